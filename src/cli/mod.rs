@@ -1,0 +1,132 @@
+//! The command-line front end: clap definitions and presentation (tables, `--json`). Domain
+//! logic lives in the library modules the commands call.
+
+mod config_cmd;
+pub mod output;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::config::ConfigError;
+use crate::docker::DockerError;
+
+/// Everything a command can fail with; `main` prints it and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot write to the terminal: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Run AI coding agents in isolated system containers.
+///
+/// cubbi launches sessions: containers with systemd as PID 1, their own Docker daemon and an
+/// OpenSSH server that accepts only your key, on a dedicated Docker endpoint.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cubbi",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Act on the cubbi service NAME (from `remote.endpoints`) instead of the local endpoint.
+    #[arg(short = 'r', long, global = true, value_name = "NAME")]
+    pub remote: Option<String>,
+
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Log more: -v info, -vv debug, -vvv trace (RUST_LOG also works).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Docker endpoint to use [default: unix:///var/run/cubbi-docker.sock].
+    #[arg(
+        long,
+        global = true,
+        env = "CUBBI_DOCKER_HOST",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show and change the user config (~/.config/cubbi/config.toml).
+    Config(config_cmd::ConfigArgs),
+    /// Print a shell completion script, e.g. `cubbi completions bash > /etc/bash_completion.d/cubbi`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Options every command's output honours.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputMode {
+    pub json: bool,
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let mode = OutputMode { json: cli.json };
+    match cli.command {
+        Command::Config(args) => {
+            refuse_remote(cli.remote.as_deref(), "config")?;
+            config_cmd::run(args, mode)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cubbi", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Commands that only ever act on this machine say so instead of ignoring `-r`.
+fn refuse_remote(remote: Option<&str>, command: &str) -> Result<(), CliError> {
+    match remote {
+        Some(name) => Err(CliError::Refused(format!(
+            "`cubbi {command}` acts on this machine only; drop `-r {name}`"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Sets up logging to stderr: `RUST_LOG` when set, otherwise the level from `-v`.
+pub fn init_tracing(verbosity: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(match verbosity {
+            0 => "warn",
+            1 => "warn,cubbi=info",
+            2 => "info,cubbi=debug",
+            _ => "trace",
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+}

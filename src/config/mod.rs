@@ -1,0 +1,250 @@
+//! The user config (`~/.config/cubbi/config.toml`): typed settings, the key schema used by
+//! `cubbi config`, `${VAR}` references, and atomic, private storage.
+
+pub mod env;
+pub mod keys;
+pub mod paths;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use store::ConfigFile;
+
+/// Everything that can go wrong reading or changing the user config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot find the home directory: set HOME or XDG_CONFIG_HOME")]
+    NoHome,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not valid TOML: {message}fix the file by hand, or start over with `cubbi config reset`"
+    )]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path} does not match cubbi's config: {message}")]
+    Schema { path: PathBuf, message: String },
+    #[error("unknown config key `{key}`; `cubbi config list` shows the known keys")]
+    UnknownKey { key: String },
+    #[error("`{key}` is a section, not a key; `cubbi config list` shows its keys")]
+    NotALeaf { key: String },
+    #[error("invalid value for `{key}`: {reason}")]
+    InvalidValue { key: String, reason: String },
+    #[error("invalid `${{...}}` reference in `{value}`: {reason}")]
+    BadReference { value: String, reason: String },
+    #[error("environment variable `{name}` is referenced by the config but not set")]
+    UnsetVariable { name: String },
+    #[error("`{name}` is not a valid Docker network name: {reason}")]
+    InvalidNetworkName { name: String, reason: String },
+    #[error("network `{name}` is not in defaults.networks; `cubbi config network list` shows them")]
+    NoSuchNetwork { name: String },
+}
+
+/// The whole user config. Every section has defaults, so an empty file is a valid config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub defaults: Defaults,
+    pub services: Services,
+    pub docker: DockerSettings,
+    pub ports: PortRange,
+    pub remote: RemoteSettings,
+    pub ui: UiSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// Image a new session boots when `--image` is not given.
+    pub image: String,
+    /// Connect to a new session right after it is ready.
+    pub connect: bool,
+    /// Mount the current directory as the workspace when no path is given.
+    pub mount_local: bool,
+    /// Extra Docker networks every session joins.
+    pub networks: Vec<String>,
+    /// Memory limit, in Docker's syntax (`4g`, `512m`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// CPU limit; half the host's cores when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// OCI runtime for sessions.
+    pub runtime: String,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            image: "base".into(),
+            connect: true,
+            mount_local: false,
+            networks: Vec::new(),
+            memory: None,
+            cpus: None,
+            runtime: "sysbox-runc".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Services {
+    pub anthropic: ApiKeyService,
+    pub openai: ApiKeyService,
+    pub openrouter: ApiKeyService,
+    pub google: ApiKeyService,
+    pub langfuse: Langfuse,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeyService {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Langfuse {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerSettings {
+    /// Docker endpoint; the dedicated cubbi endpoint when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The network every session joins unless `--no-default-network`.
+    pub network: String,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            network: "cubbi-network".into(),
+        }
+    }
+}
+
+/// The inclusive range SSH ports are allocated from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        Self {
+            start: 2300,
+            end: 2500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    pub endpoints: BTreeMap<String, RemoteEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteEndpoint {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiSettings {
+    pub colors: bool,
+    pub table_format: TableFormat,
+}
+
+impl Default for UiSettings {
+    fn default() -> Self {
+        Self {
+            colors: true,
+            table_format: TableFormat::Plain,
+        }
+    }
+}
+
+/// How tables for people are drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// Aligned columns without borders, like `docker ps`.
+    #[default]
+    Plain,
+    Ascii,
+    Utf8,
+    Markdown,
+}
+
+impl TableFormat {
+    pub const NAMES: &'static [&'static str] = &["plain", "ascii", "utf8", "markdown"];
+}
+
+impl Config {
+    /// Cross-field rules that serde's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ports.start == 0 || self.ports.start > self.ports.end {
+            return Err(ConfigError::InvalidValue {
+                key: "ports".into(),
+                reason: format!(
+                    "the range {}-{} is empty; ports.start must be between 1 and ports.end",
+                    self.ports.start, self.ports.end
+                ),
+            });
+        }
+        for name in &self.defaults.networks {
+            keys::validate_network_name(name)?;
+        }
+        keys::validate_network_name(&self.docker.network)?;
+        if let Some(cpus) = self.defaults.cpus {
+            if !(cpus > 0.0 && cpus.is_finite()) {
+                return Err(ConfigError::InvalidValue {
+                    key: "defaults.cpus".into(),
+                    reason: "must be a positive number".into(),
+                });
+            }
+        }
+        for (name, endpoint) in &self.remote.endpoints {
+            keys::validate_remote_name(name)?;
+            keys::validate_url(&format!("remote.endpoints.{name}.url"), &endpoint.url)?;
+        }
+        if let Some(default) = &self.remote.default {
+            if !self.remote.endpoints.contains_key(default) {
+                return Err(ConfigError::InvalidValue {
+                    key: "remote.default".into(),
+                    reason: format!(
+                        "no endpoint `{default}`; add it with `cubbi config set remote.endpoints.{default}.url URL`"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
