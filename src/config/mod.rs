@@ -223,27 +223,27 @@ impl Config {
             keys::validate_network_name(name)?;
         }
         keys::validate_network_name(&self.docker.network)?;
-        if let Some(cpus) = self.defaults.cpus {
-            if !(cpus > 0.0 && cpus.is_finite()) {
-                return Err(ConfigError::InvalidValue {
-                    key: "defaults.cpus".into(),
-                    reason: "must be a positive number".into(),
-                });
-            }
+        if let Some(cpus) = self.defaults.cpus
+            && !(cpus > 0.0 && cpus.is_finite())
+        {
+            return Err(ConfigError::InvalidValue {
+                key: "defaults.cpus".into(),
+                reason: "must be a positive number".into(),
+            });
         }
         for (name, endpoint) in &self.remote.endpoints {
             keys::validate_remote_name(name)?;
             keys::validate_url(&format!("remote.endpoints.{name}.url"), &endpoint.url)?;
         }
-        if let Some(default) = &self.remote.default {
-            if !self.remote.endpoints.contains_key(default) {
-                return Err(ConfigError::InvalidValue {
-                    key: "remote.default".into(),
-                    reason: format!(
-                        "no endpoint `{default}`; add it with `cubbi config set remote.endpoints.{default}.url URL`"
-                    ),
-                });
-            }
+        if let Some(default) = &self.remote.default
+            && !self.remote.endpoints.contains_key(default)
+        {
+            return Err(ConfigError::InvalidValue {
+                key: "remote.default".into(),
+                reason: format!(
+                    "no endpoint `{default}`; add it with `cubbi config set remote.endpoints.{default}.url URL`"
+                ),
+            });
         }
         Ok(())
     }

@@ -1,0 +1,31 @@
+//! The one integration test binary. It runs with its own harness (libtest-mimic) so that the
+//! real dockerd it needs is started once, shared, and stopped after the last test.
+
+mod cli;
+mod config;
+mod docker;
+mod support;
+
+use libtest_mimic::Arguments;
+
+/// `trials![module::test_fn, ...]`: each test is named by its path.
+macro_rules! trials {
+    ($($test:path),* $(,)?) => {
+        {
+            let module = module_path!().trim_start_matches("integration::");
+            vec![$(::libtest_mimic::Trial::test(format!("{module}::{}", stringify!($test)), $test)),*]
+        }
+    };
+}
+pub(crate) use trials;
+
+fn main() {
+    let args = Arguments::from_args();
+    let mut tests = Vec::new();
+    tests.extend(cli::tests());
+    tests.extend(config::tests());
+    tests.extend(docker::tests());
+    let conclusion = libtest_mimic::run(&args, tests);
+    support::teardown();
+    conclusion.exit();
+}

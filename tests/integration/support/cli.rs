@@ -1,0 +1,169 @@
+//! Runs the real `cubbi` binary with a private HOME, in the style of `Cubbi::new(&home)
+//! .args(["config", "get", "x"]).run().success().stdout_is("...")`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A throwaway HOME and XDG_CONFIG_HOME, so tests never see the developer's config.
+pub struct TestHome {
+    dir: tempfile::TempDir,
+}
+
+impl TestHome {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("a temp dir for HOME"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.path().join(".config/cubbi/config.toml")
+    }
+}
+
+pub struct Cubbi {
+    command: Command,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Cubbi {
+    pub fn new(home: &TestHome) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cubbi"));
+        command
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env_remove("CUBBI_DOCKER_HOST")
+            .env_remove("RUST_LOG");
+        Self {
+            command,
+            stdin: None,
+        }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.command.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    pub fn run(mut self) -> Ran {
+        use std::io::Write;
+        self.command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.command.spawn().expect("the cubbi binary runs");
+        let input = self.stdin.take().unwrap_or_default();
+        if let Some(mut pipe) = child.stdin.take() {
+            let _ = pipe.write_all(&input);
+        }
+        Ran {
+            output: child.wait_with_output().expect("cubbi finishes"),
+            description: format!("{:?}", self.command),
+        }
+    }
+}
+
+/// A finished `cubbi` run with assertions that print everything on failure.
+pub struct Ran {
+    pub output: Output,
+    description: String,
+}
+
+impl Ran {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "{}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.description,
+            self.output.status.code(),
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert!(
+            self.output.status.success(),
+            "expected success: {}",
+            self.report()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn failure(self) -> Self {
+        assert!(
+            !self.output.status.success(),
+            "expected failure: {}",
+            self.report()
+        );
+        assert!(
+            !self.stderr().contains("panicked"),
+            "cubbi panicked: {}",
+            self.report()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_is(self, expected: &str) -> Self {
+        assert_eq!(self.stdout(), expected, "{}", self.report());
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_contains(self, needle: &str) -> Self {
+        assert!(
+            self.stdout().contains(needle),
+            "stdout lacks {needle:?}: {}",
+            self.report()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_lacks(self, needle: &str) -> Self {
+        assert!(
+            !self.stdout().contains(needle),
+            "stdout has {needle:?}: {}",
+            self.report()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_contains(self, needle: &str) -> Self {
+        assert!(
+            self.stderr().contains(needle),
+            "stderr lacks {needle:?}: {}",
+            self.report()
+        );
+        self
+    }
+}

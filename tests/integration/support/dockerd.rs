@@ -1,0 +1,179 @@
+//! A real dockerd for the tests: reused when `CUBBI_TEST_DOCKER_HOST` names one, otherwise
+//! started from Debian's docker.io on a private socket, data-root, exec-root and bridge (never
+//! `docker0`, so it coexists with any other dockerd), and stopped when the run ends.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A dockerd the run may use.
+pub struct Dockerd {
+    pub endpoint: String,
+    owned: Option<OwnedDaemon>,
+}
+
+/// What the harness started and must take down again.
+struct OwnedDaemon {
+    child: Child,
+    root: PathBuf,
+    bridge: String,
+}
+
+impl Dockerd {
+    pub fn obtain() -> Result<Self, String> {
+        if let Ok(endpoint) = std::env::var("CUBBI_TEST_DOCKER_HOST") {
+            return Ok(Self {
+                endpoint,
+                owned: None,
+            });
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err(
+                "starting a private dockerd needs root (or set CUBBI_TEST_DOCKER_HOST \
+                        to a running dockerd)"
+                    .into(),
+            );
+        }
+        which("dockerd")
+            .ok_or("dockerd is not installed: run install/test.sh, which installs docker.io")?;
+        let root = short_temp_dir()?;
+        let bridge = format!("cbt{}", std::process::id() % 1_000_000);
+        let subnet = free_subnet()?;
+        run(Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]))?;
+        let owned_bridge = BridgeGuard(bridge.clone());
+        run(Command::new("ip").args(["addr", "add", &format!("{subnet}.1/24"), "dev", &bridge]))?;
+        run(Command::new("ip").args(["link", "set", &bridge, "up"]))?;
+        let socket = root.join("docker.sock");
+        let log = File::create(root.join("dockerd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("dockerd")
+            .arg(format!("--host=unix://{}", socket.display()))
+            .arg(format!("--data-root={}", root.join("data").display()))
+            .arg(format!("--exec-root={}", root.join("exec").display()))
+            .arg(format!("--pidfile={}", root.join("docker.pid").display()))
+            .arg(format!("--bridge={bridge}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start dockerd: {e}"))?;
+        std::mem::forget(owned_bridge);
+        let daemon = Self {
+            endpoint: format!("unix://{}", socket.display()),
+            owned: Some(OwnedDaemon {
+                child,
+                root,
+                bridge,
+            }),
+        };
+        daemon.wait_until_ready(&socket)?;
+        Ok(daemon)
+    }
+
+    fn wait_until_ready(&self, socket: &Path) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let answered = Command::new("docker")
+                .arg(format!("--host=unix://{}", socket.display()))
+                .arg("version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            if answered {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!(
+            "dockerd did not answer within 60 s; log:\n{}",
+            self.log_tail()
+        ))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let Some(owned) = &self.owned else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(owned.root.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Stops a daemon the harness started; a reused one is left running.
+    pub fn stop(self) {
+        let Some(mut owned) = self.owned else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(owned.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = owned.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = owned.child.kill();
+        let _ = owned.child.wait();
+        drop(BridgeGuard(owned.bridge));
+        let _ = std::fs::remove_dir_all(&owned.root);
+    }
+}
+
+/// Removes the harness's bridge, also when start-up fails half-way.
+struct BridgeGuard(String);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Unix socket paths are limited to 108 bytes, so the daemon lives under a short /tmp path.
+fn short_temp_dir() -> Result<PathBuf, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("cubbi-dockerd-")
+        .tempdir_in("/tmp")
+        .map_err(|e| format!("cannot make a temp dir: {e}"))?;
+    Ok(dir.keep())
+}
+
+/// A /24 in 10.213.0.0/16 that no route on this host covers yet.
+fn free_subnet() -> Result<String, String> {
+    let routes = Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .output()
+        .map_err(|e| format!("cannot run ip route: {e}"))?;
+    let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+    let start = std::process::id() % 200;
+    (0..200)
+        .map(|offset| format!("10.213.{}", (start + offset) % 200 + 20))
+        .find(|prefix| !routes.contains(&format!("{prefix}.")))
+        .ok_or_else(|| "no free /24 in 10.213.0.0/16 for the test bridge".into())
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}

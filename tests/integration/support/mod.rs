@@ -1,0 +1,148 @@
+//! Shared test support: one real dockerd for the whole run, per-test cleanup of everything a
+//! test creates, and a small fluent helper to run the `cubbi` binary in an isolated home.
+
+pub mod base_image;
+pub mod cli;
+pub mod dockerd;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use bollard::Docker;
+use libtest_mimic::Failed;
+
+pub use cli::{Cubbi, TestHome};
+
+/// Label on everything a test creates, so cleanup finds it even when the test fails.
+pub const TEST_LABEL: &str = "io.cubbi.test";
+
+static DOCKERD: Mutex<Option<Result<dockerd::Dockerd, String>>> = Mutex::new(None);
+
+/// The run's dockerd endpoint, starting the daemon on first use. Without Docker the test fails
+/// (it never passes silently); under `CI=true` the message says so explicitly.
+pub fn docker_endpoint() -> Result<String, Failed> {
+    let mut slot = DOCKERD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let state = slot.get_or_insert_with(dockerd::Dockerd::obtain);
+    match state {
+        Ok(daemon) => Ok(daemon.endpoint.clone()),
+        Err(reason) => {
+            let ci = std::env::var("CI").is_ok_and(|value| value == "true");
+            Err(if ci {
+                format!("CI=true and no Docker could be had: {reason}").into()
+            } else {
+                format!("this test needs Docker: {reason}").into()
+            })
+        }
+    }
+}
+
+/// Stops the dockerd the run started (a reused one stays up). Called once, after all tests.
+pub fn teardown() {
+    let mut slot = DOCKERD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(Ok(daemon)) = slot.take() {
+        daemon.stop();
+    }
+}
+
+/// A test's handle on Docker: the client plus the label marking what this test made.
+#[derive(Clone)]
+pub struct DockerScope {
+    pub docker: Docker,
+    pub endpoint: String,
+    pub id: String,
+}
+
+impl DockerScope {
+    /// Labels to put on every container, network or volume the test creates.
+    pub fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([(TEST_LABEL.to_string(), self.id.clone())])
+    }
+
+    /// Removes every container, network and volume carrying this test's label.
+    async fn cleanup(&self) {
+        use bollard::query_parameters::{
+            ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+            RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+        };
+        let filter = HashMap::from([("label", vec![format!("{TEST_LABEL}={}", self.id)])]);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .unwrap_or_default();
+        for container in containers {
+            if let Some(id) = container.id {
+                let options = RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build();
+                let _ = self.docker.remove_container(&id, Some(options)).await;
+            }
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::new().filters(&filter).build(),
+            ))
+            .await
+            .unwrap_or_default();
+        for network in networks {
+            if let Some(id) = network.id {
+                let _ = self.docker.remove_network(&id).await;
+            }
+        }
+        let volumes = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::new().filters(&filter).build(),
+            ))
+            .await
+            .ok()
+            .and_then(|response| response.volumes)
+            .unwrap_or_default();
+        for volume in volumes {
+            let options = RemoveVolumeOptionsBuilder::new().force(true).build();
+            let _ = self.docker.remove_volume(&volume.name, Some(options)).await;
+        }
+    }
+}
+
+/// Runs an async test body against the run's dockerd with `debian:bookworm` present, then
+/// removes what the test labelled, whether it passed, failed or panicked.
+pub fn docker_test<F, Fut>(name: &str, body: F) -> Result<(), Failed>
+where
+    F: FnOnce(DockerScope) -> Fut,
+    Fut: Future<Output = Result<(), Failed>> + Send + 'static,
+{
+    let endpoint = docker_endpoint()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let docker = cubbi::docker::connect(&endpoint).await?;
+        base_image::ensure(&docker).await?;
+        let scope = DockerScope {
+            docker,
+            endpoint,
+            id: format!("{name}-{}", std::process::id()),
+        };
+        let outcome = tokio::spawn(body(scope.clone())).await;
+        scope.cleanup().await;
+        match outcome {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(join) => Err(join.to_string().into()),
+        }
+    })
+}
