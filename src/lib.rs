@@ -1,5 +1,9 @@
 //! cubbi: system containers for AI coding agents, on a dedicated Docker endpoint.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod docker;
+pub mod images;
+pub mod local;
+pub mod ssh;

@@ -2,14 +2,18 @@
 //! logic lives in the library modules the commands call.
 
 mod config_cmd;
+mod image_cmd;
 pub mod output;
+mod session_cmd;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::api::ApiError;
 use crate::config::ConfigError;
 use crate::docker::DockerError;
+use crate::images::ImageError;
 
 /// Everything a command can fail with; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +22,10 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Api(ApiError),
     #[error("{0}")]
     Refused(String),
     #[error("cannot write to the terminal: {0}")]
@@ -44,8 +52,9 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Log more: -v info, -vv debug, -vvv trace (RUST_LOG also works).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// Log more: -v info, -vv debug, -vvv trace (RUST_LOG also works). Give it before the
+    /// command: `-v` after `session create` mounts a volume, as with docker run.
+    #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     /// Docker endpoint to use [default: unix:///var/run/cubbi-docker.sock].
@@ -59,13 +68,20 @@ pub struct Cli {
     pub endpoint: Option<String>,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub create: session_cmd::CreateArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show and change the user config (~/.config/cubbi/config.toml).
     Config(config_cmd::ConfigArgs),
+    /// Create, list, connect to and close sessions.
+    Session(session_cmd::SessionArgs),
+    /// List, inspect and build the system container images sessions boot.
+    Image(image_cmd::ImageArgs),
     /// Print a shell completion script, e.g. `cubbi completions bash > /etc/bash_completion.d/cubbi`.
     Completions {
         /// The shell to complete for.
@@ -79,12 +95,41 @@ pub struct OutputMode {
     pub json: bool,
 }
 
+/// What the global flags tell every command.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub mode: OutputMode,
+    /// `--endpoint` or `CUBBI_DOCKER_HOST`, before the config's `docker.endpoint`.
+    pub endpoint: Option<String>,
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let mode = OutputMode { json: cli.json };
-    match cli.command {
+    let context = Context {
+        mode,
+        endpoint: cli.endpoint.clone(),
+    };
+    let Some(command) = cli.command else {
+        if cli.remote.is_some() {
+            return Err(CliError::Refused("remote sessions need `cubbi serve` on the remote host, which this version does not have yet".into()));
+        }
+        let config = crate::config::ConfigFile::open_default()?.config()?;
+        return session_cmd::create_session(cli.create, &context, &config).await;
+    };
+    match command {
+        Command::Session(args) => {
+            if cli.remote.is_some() {
+                return Err(CliError::Refused("remote sessions need `cubbi serve` on the remote host, which this version does not have yet".into()));
+            }
+            session_cmd::run(args, &context).await
+        }
         Command::Config(args) => {
             refuse_remote(cli.remote.as_deref(), "config")?;
             config_cmd::run(args, mode)
+        }
+        Command::Image(args) => {
+            refuse_remote(cli.remote.as_deref(), "image")?;
+            image_cmd::run(args, &context).await
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cubbi", &mut std::io::stdout());

@@ -12,6 +12,7 @@ pub enum Kind {
     NetworkList,
     NetworkName,
     Url,
+    PathList,
     OneOf(&'static [&'static str]),
 }
 
@@ -59,6 +60,11 @@ const STATIC_KEYS: &[(&str, Kind, &str)] = &[
         "CPU limit (default: half the host's)",
     ),
     ("defaults.runtime", Kind::Text, "OCI runtime for sessions"),
+    (
+        "defaults.allow_unsafe_runc",
+        Kind::Bool,
+        "allow runc without Sysbox (no isolation)",
+    ),
     (
         "services.anthropic.api_key",
         Kind::Text,
@@ -199,6 +205,14 @@ pub fn parse_value(spec: &KeySpec, raw: &str) -> Result<toml_edit::Value, Config
             }
             array.into()
         }
+        Kind::PathList => {
+            let mut array = toml_edit::Array::new();
+            for path in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                validate_absolute_path(&spec.path, path)?;
+                array.push(path);
+            }
+            array.into()
+        }
         Kind::NetworkName => {
             validate_network_name(raw)?;
             raw.into()
@@ -255,6 +269,17 @@ pub fn validate_remote_name(name: &str) -> Result<(), ConfigError> {
         Err(ConfigError::InvalidValue {
             key: format!("remote.endpoints.{name}"),
             reason: "a remote name uses only letters, digits, `-` and `_` (at most 63)".into(),
+        })
+    }
+}
+
+pub fn validate_absolute_path(key: &str, path: &str) -> Result<(), ConfigError> {
+    if path.starts_with('/') && !path.contains('\n') {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidValue {
+            key: key.to_string(),
+            reason: format!("`{path}` is not an absolute path"),
         })
     }
 }

@@ -60,6 +60,7 @@ pub struct Config {
     pub ports: PortRange,
     pub remote: RemoteSettings,
     pub ui: UiSettings,
+    pub build: BuildSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +82,8 @@ pub struct Defaults {
     pub cpus: Option<f64>,
     /// OCI runtime for sessions.
     pub runtime: String,
+    /// Allow `runc` without Sysbox: sessions are then NOT isolated from the host.
+    pub allow_unsafe_runc: bool,
 }
 
 impl Default for Defaults {
@@ -93,6 +96,7 @@ impl Default for Defaults {
             memory: None,
             cpus: None,
             runtime: "sysbox-runc".into(),
+            allow_unsafe_runc: false,
         }
     }
 }
@@ -191,6 +195,15 @@ impl Default for UiSettings {
     }
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildSettings {
+    /// Extra CA certificates (PEM files) image builds trust; the host's
+    /// /usr/local/share/ca-certificates/*.crt when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<Vec<String>>,
+}
+
 /// How tables for people are drawn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -234,6 +247,9 @@ impl Config {
         for (name, endpoint) in &self.remote.endpoints {
             keys::validate_remote_name(name)?;
             keys::validate_url(&format!("remote.endpoints.{name}.url"), &endpoint.url)?;
+        }
+        for path in self.build.ca_certificates.iter().flatten() {
+            keys::validate_absolute_path("build.ca_certificates", path)?;
         }
         if let Some(default) = &self.remote.default
             && !self.remote.endpoints.contains_key(default)

@@ -4,6 +4,8 @@
 mod cli;
 mod config;
 mod docker;
+mod images;
+mod session;
 mod support;
 
 use libtest_mimic::Arguments;
@@ -25,6 +27,8 @@ fn main() {
     tests.extend(cli::tests());
     tests.extend(config::tests());
     tests.extend(docker::tests());
+    tests.extend(images::tests());
+    tests.extend(session::tests());
     let conclusion = libtest_mimic::run(&args, tests);
     support::teardown();
     conclusion.exit();

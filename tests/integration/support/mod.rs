@@ -4,6 +4,7 @@
 pub mod base_image;
 pub mod cli;
 pub mod dockerd;
+pub mod images;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -63,13 +64,37 @@ impl DockerScope {
         HashMap::from([(TEST_LABEL.to_string(), self.id.clone())])
     }
 
+    /// Builds `cubbi-base` once per run (through `cubbi image build`), for tests that boot it.
+    pub async fn ensure_base(&self) -> Result<(), Failed> {
+        let endpoint = self.endpoint.clone();
+        tokio::task::spawn_blocking(move || images::ensure_base(&endpoint))
+            .await
+            .map_err(|err| Failed::from(err.to_string()))?
+    }
+
+    /// `cubbi` against this test's dockerd, owning sessions as this test alone, so parallel
+    /// tests never see each other's sessions.
+    pub fn cubbi(&self, home: &TestHome) -> Cubbi {
+        Cubbi::new(home)
+            .env("CUBBI_DOCKER_HOST", &self.endpoint)
+            .env("CUBBI_OWNER", &self.id)
+    }
+
     /// Removes every container, network and volume carrying this test's label.
     async fn cleanup(&self) {
+        self.remove_labelled(&format!("{TEST_LABEL}={}", self.id))
+            .await;
+        // Sessions a test made through the CLI are marked by their owner.
+        self.remove_labelled(&format!("io.cubbi.owner={}", self.id))
+            .await;
+    }
+
+    async fn remove_labelled(&self, label: &str) {
         use bollard::query_parameters::{
             ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
             RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
         };
-        let filter = HashMap::from([("label", vec![format!("{TEST_LABEL}={}", self.id)])]);
+        let filter = HashMap::from([("label", vec![label.to_string()])]);
         let containers = self
             .docker
             .list_containers(Some(

@@ -1,0 +1,104 @@
+//! Errors of the session API, each with a stable code that HTTP responses carry.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable, machine-readable error codes (also the `code` of HTTP error bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    Conflict,
+    Invalid,
+    Exhausted,
+    Unavailable,
+    Failed,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("no session matches `{0}`; `cubbi session list` shows them")]
+    NotFound(String),
+    #[error("`{prefix}` matches several sessions: {}; give more of the id or the name", candidates.join(", "))]
+    Ambiguous {
+        prefix: String,
+        candidates: Vec<String>,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{step} failed: {reason}{}", logs_suffix(logs))]
+    Failed {
+        step: String,
+        reason: String,
+        logs: Vec<String>,
+    },
+}
+
+fn logs_suffix(logs: &[String]) -> String {
+    if logs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\nlast lines of the session's console:\n  {}",
+            logs.join("\n  ")
+        )
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Ambiguous { .. } | Self::Conflict(_) => ErrorCode::Conflict,
+            Self::Invalid(_) => ErrorCode::Invalid,
+            Self::Exhausted(_) => ErrorCode::Exhausted,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Failed { .. } => ErrorCode::Failed,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+
+    pub fn unavailable(message: impl std::fmt::Display) -> Self {
+        Self::Unavailable(message.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_snake_case() {
+        let code = serde_json::to_string(&ApiError::NotFound("x".into()).code()).unwrap();
+        assert_eq!(code, "\"not_found\"");
+        let ambiguous = ApiError::Ambiguous {
+            prefix: "a".into(),
+            candidates: vec!["a1 (alpha)".into(), "a2 (beta)".into()],
+        };
+        assert_eq!(ambiguous.code(), ErrorCode::Conflict);
+        assert!(ambiguous.to_string().contains("a1 (alpha), a2 (beta)"));
+    }
+
+    #[test]
+    fn failures_carry_console_lines() {
+        let err = ApiError::Failed {
+            step: "waiting for sshd".into(),
+            reason: "timed out".into(),
+            logs: vec!["[FAILED] Failed to start ssh.service".into()],
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with("waiting for sshd failed: timed out"),
+            "{text}"
+        );
+        assert!(text.contains("[FAILED]"), "{text}");
+    }
+}

@@ -1,0 +1,48 @@
+//! The session API: what a session is, what creating one takes, and the one backend trait
+//! every front end talks to (the local Docker endpoint today; a cubbi service over HTTP later).
+
+mod error;
+mod types;
+
+pub use error::{ApiError, ErrorCode};
+pub use types::*;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+/// Reports what a long operation is doing, for progress displays.
+pub trait Progress: Send + Sync {
+    fn step(&self, step: CreateStep);
+}
+
+/// A progress sink that shows nothing.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn step(&self, _step: CreateStep) {}
+}
+
+/// The single entry point to sessions, whatever the transport.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Creates a session and returns once its SSH server accepts the user's key.
+    async fn create(&self, spec: SessionSpec, progress: &dyn Progress)
+    -> Result<Session, ApiError>;
+    async fn list(&self) -> Result<Vec<Session>, ApiError>;
+    /// Finds one session by a unique prefix of its id or its name.
+    async fn get(&self, id_or_name: &str) -> Result<Session, ApiError>;
+    /// Stops and removes a session; its data volume stays.
+    async fn close(&self, id_or_name: &str) -> Result<Session, ApiError>;
+    /// What the session's units and agent print (the container's console).
+    async fn logs(
+        &self,
+        id_or_name: &str,
+        options: LogOptions,
+    ) -> Result<BoxStream<'static, Result<LogChunk, ApiError>>, ApiError>;
+    /// Runs a command in the session as the agent user, streaming its output.
+    async fn exec(
+        &self,
+        id_or_name: &str,
+        command: Vec<String>,
+    ) -> Result<BoxStream<'static, Result<ExecEvent, ApiError>>, ApiError>;
+}

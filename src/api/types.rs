@@ -1,0 +1,163 @@
+//! The data of the session API, shared by the CLI, the local backend and the HTTP service.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything needed to create a session. Front ends fill it from flags and config; the
+/// backend validates all of it before it makes anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// Session name; derived from the workspace or project when absent.
+    pub name: Option<String>,
+    /// A cubbi image name (`claude-code`) or any Docker image reference.
+    pub image: String,
+    /// Host folder mounted at /home/agent/workspace.
+    pub workspace: Option<PathBuf>,
+    /// Git URL cloned into the workspace when the session boots.
+    pub project: Option<String>,
+    /// Environment for the agent; may hold secrets, so it never becomes container env.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// Extra networks to join (they must exist).
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Also join the default network (`docker.network`), created when missing.
+    #[serde(default = "yes")]
+    pub default_network: bool,
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub runtime: String,
+    /// Allow `runc`, granting what systemd and the inner dockerd need: not isolated.
+    #[serde(default)]
+    pub unsafe_runc: bool,
+    /// Address the SSH port is published on.
+    pub ssh_bind: IpAddr,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    pub host: PathBuf,
+    pub container: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Where and how to reach a session over SSH; the host key is pinned, never learned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The session's host key, OpenSSH public key format.
+    pub host_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionState {
+    /// The container exists but never started (or a create was interrupted).
+    Creating,
+    /// Running, and sshd does not answer yet.
+    Starting,
+    /// sshd answers.
+    Ready,
+    /// Running, but cubbi-init reported a failure.
+    InitFailed,
+    /// Stopped cleanly.
+    Stopped,
+    /// Ended with an error.
+    Exited,
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            Self::Creating => "creating",
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::InitFailed => "init-failed",
+            Self::Stopped => "stopped",
+            Self::Exited => "exited",
+        };
+        f.write_str(text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub owner: String,
+    pub state: SessionState,
+    pub ssh: SshEndpoint,
+    /// Unix seconds.
+    pub created: i64,
+    pub workspace: Option<String>,
+    /// The command a session runs to start its tool (from the image's metadata).
+    pub command: Vec<String>,
+    /// `done` or `failed: reason` once cubbi-init has run (only filled by `get`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_status: Option<String>,
+}
+
+/// Steps of a create, for progress displays and failure messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CreateStep {
+    Validating,
+    AllocatingPort,
+    PreparingKeys,
+    CreatingContainer,
+    CopyingFiles,
+    Starting,
+    WaitingForSsh,
+    WritingSshConfig,
+}
+
+impl std::fmt::Display for CreateStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            Self::Validating => "validating",
+            Self::AllocatingPort => "allocating the SSH port",
+            Self::PreparingKeys => "preparing SSH keys",
+            Self::CreatingContainer => "creating the container",
+            Self::CopyingFiles => "copying keys and environment in",
+            Self::Starting => "starting the container",
+            Self::WaitingForSsh => "waiting for sshd to accept the key",
+            Self::WritingSshConfig => "writing the SSH config",
+        };
+        f.write_str(text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogOptions {
+    pub follow: bool,
+    pub tail: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub text: String,
+}
+
+/// Output of a command run in a session, as it arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(i32),
+}

@@ -1,0 +1,626 @@
+//! `cubbi session ...` and the `cubbi [PATH|GIT_URL]` shorthand: sessions through the backend
+//! trait, with progress, tables and `--json`.
+
+use std::io::{IsTerminal, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use futures_util::StreamExt;
+
+use super::output::{print_json, table};
+use super::{CliError, Context};
+use crate::api::{
+    ApiError, Backend, CreateStep, ExecEvent, LogOptions, Progress, Session, SessionSpec,
+    VolumeMount,
+};
+use crate::config::{Config, ConfigFile};
+use crate::local::backend::{LocalBackend, LocalOptions};
+use crate::ssh::files::SshFiles;
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    #[command(subcommand)]
+    command: SessionCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// Create a session and connect to it.
+    Create(Box<CreateCommandArgs>),
+    /// List your sessions.
+    List,
+    /// Show everything about one session, including how to SSH in.
+    Show {
+        /// Session id (a unique prefix works) or name.
+        id: String,
+    },
+    /// Open an interactive shell in a session.
+    Connect {
+        /// Session id (a unique prefix works) or name.
+        id: String,
+    },
+    /// Run a command in a session as `agent`; its exit code becomes cubbi's.
+    Exec {
+        /// Session id (a unique prefix works) or name.
+        id: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print what the session's units and agent print.
+    Logs {
+        /// Session id (a unique prefix works) or name.
+        id: String,
+        /// Keep printing as new lines arrive.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<u64>,
+    },
+    /// Stop and remove sessions; their data volume stays.
+    Close {
+        /// Session ids (unique prefixes work) or names.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Close every session you own.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+/// Options of `cubbi session create` (and of plain `cubbi`).
+#[derive(Debug, Default, Args)]
+pub struct CreateArgs {
+    /// Workspace folder to mount at /home/agent/workspace, or a git URL to clone there.
+    #[arg(value_name = "PATH|GIT_URL")]
+    pub target: Option<String>,
+    /// Image to boot [default: defaults.image from the config].
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Session name [default: from the workspace folder, or the repository and branch].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Git URL to clone into the workspace (`URL#branch` picks a branch).
+    #[arg(long, value_name = "URL")]
+    pub project: Option<String>,
+    /// Environment for the agent, KEY=VALUE (or KEY to pass this shell's value). Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read KEY=VALUE lines from a file. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Mount a host path, HOST:CONTAINER[:ro]. Repeatable.
+    #[arg(long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    pub volumes: Vec<String>,
+    /// Join an existing Docker network. Repeatable.
+    #[arg(long = "network", value_name = "NAME")]
+    pub networks: Vec<String>,
+    /// Do not join the default network (docker.network).
+    #[arg(long)]
+    pub no_default_network: bool,
+    /// Memory limit, e.g. 4g.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU limit [default: half the host's cores].
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// OCI runtime [default: sysbox-runc].
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// Allow --runtime runc without Sysbox. The session is then NOT isolated from the host.
+    #[arg(long)]
+    pub unsafe_runc: bool,
+    /// Run this command in the session (through bash -lc) and exit with its code.
+    #[arg(long, value_name = "CMD")]
+    pub run: Option<String>,
+    /// Do not connect once the session is ready.
+    #[arg(long)]
+    pub no_connect: bool,
+    /// Address the SSH port is published on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub ssh_bind: Option<IpAddr>,
+}
+
+/// `session create` accepts `-v` like docker run; plain `cubbi` cannot, since there `-v` is
+/// --verbose. This wrapper adds the short flag.
+#[derive(Debug, Args)]
+pub struct CreateCommandArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Mount a host path, HOST:CONTAINER[:ro] (same as --volume). Repeatable.
+    #[arg(short = 'v', value_name = "HOST:CONTAINER[:ro]")]
+    pub short_volumes: Vec<String>,
+}
+
+/// The local backend, configured from the user's config and environment.
+async fn local_backend(
+    context: &Context,
+    config: &Config,
+) -> Result<(LocalBackend, SshFiles), CliError> {
+    let endpoint = crate::docker::resolve_endpoint(context.endpoint.as_deref(), config);
+    let docker = crate::docker::connect(&endpoint).await?;
+    let files = SshFiles::for_user().map_err(|err| CliError::Refused(err.to_string()))?;
+    let client_key = crate::ssh::keys::load_or_create_client_key(&files.client_key())
+        .map_err(|err| CliError::Refused(err.to_string()))?;
+    let ready_timeout = std::env::var("CUBBI_READY_TIMEOUT")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_secs);
+    let options = LocalOptions {
+        owner: owner(),
+        ports: config.ports,
+        default_network: config.docker.network.clone(),
+        client_key: Arc::new(client_key),
+        ssh_files: Some(files.clone()),
+        port_lock: crate::local::ports::default_lock_path(),
+        ready_timeout,
+        extra_labels: Default::default(),
+    };
+    Ok((LocalBackend::new(docker, options), files))
+}
+
+/// Sessions belong to the local user; `CUBBI_OWNER` overrides it (the service sets it per
+/// authenticated user, tests per test).
+fn owner() -> String {
+    std::env::var("CUBBI_OWNER")
+        .ok()
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|user| user.name)
+                .unwrap_or_else(|| nix::unistd::getuid().to_string())
+        })
+}
+
+pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliError> {
+    let config = ConfigFile::open_default()?.config()?;
+    match args.command {
+        SessionCommand::Create(args) => {
+            let CreateCommandArgs {
+                mut create,
+                short_volumes,
+            } = *args;
+            create.volumes.extend(short_volumes);
+            create_session(create, context, &config).await
+        }
+        SessionCommand::List => {
+            let (backend, _) = local_backend(context, &config).await?;
+            let sessions = backend.list().await?;
+            print_sessions(&sessions, context, &config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Show { id } => {
+            let (backend, files) = local_backend(context, &config).await?;
+            let session = backend.get(&id).await?;
+            show(&session, &files, context)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Connect { id } => {
+            let (backend, _) = local_backend(context, &config).await?;
+            connect(&backend, &id, None).await
+        }
+        SessionCommand::Exec { id, command } => {
+            let (backend, _) = local_backend(context, &config).await?;
+            exec(&backend, &id, command).await
+        }
+        SessionCommand::Logs { id, follow, tail } => {
+            let (backend, _) = local_backend(context, &config).await?;
+            let mut stream = backend.logs(&id, LogOptions { follow, tail }).await?;
+            let mut stdout = std::io::stdout();
+            while let Some(chunk) = stream.next().await {
+                stdout.write_all(chunk?.text.as_bytes())?;
+                stdout.flush()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Close { ids, all } => {
+            let (backend, _) = local_backend(context, &config).await?;
+            let targets: Vec<String> = if all {
+                backend.list().await?.into_iter().map(|s| s.id).collect()
+            } else {
+                ids
+            };
+            let mut failed = false;
+            for target in targets {
+                match backend.close(&target).await {
+                    Ok(session) => eprintln!("closed {} ({})", session.name, short(&session.id)),
+                    Err(err) => {
+                        eprintln!("error: {err}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// Turns flags and config into a spec: `-e` over the config's services over image defaults.
+fn spec_from(args: &CreateArgs, config: &Config) -> Result<SessionSpec, CliError> {
+    let mut workspace = None;
+    let mut project = args.project.clone();
+    match args.target.as_deref() {
+        Some(target) if looks_like_git_url(target) => {
+            if project.is_some() {
+                return Err(CliError::Refused(
+                    "give the git URL either as PATH or with --project, not both".into(),
+                ));
+            }
+            project = Some(target.to_string());
+        }
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let absolute = if path.is_absolute() {
+                path
+            } else {
+                std::env::current_dir()?.join(path)
+            };
+            workspace = Some(absolute);
+        }
+        None if config.defaults.mount_local && project.is_none() => {
+            workspace = Some(std::env::current_dir()?);
+        }
+        None => {}
+    }
+    let mut env = crate::config::env::service_env(config, |name| std::env::var(name).ok())?;
+    for file in &args.env_file {
+        let text = std::fs::read_to_string(file).map_err(|err| {
+            CliError::Refused(format!("cannot read --env-file {}: {err}", file.display()))
+        })?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line.split_once('=').ok_or_else(|| {
+                CliError::Refused(format!(
+                    "{}:{}: expected KEY=VALUE",
+                    file.display(),
+                    number + 1
+                ))
+            })?;
+            env.insert(
+                key.trim_start_matches("export ").trim().to_string(),
+                value.to_string(),
+            );
+        }
+    }
+    for item in &args.env {
+        let (key, value) = match item.split_once('=') {
+            Some((key, value)) => (key.to_string(), value.to_string()),
+            None => {
+                let value = std::env::var(item).map_err(|_| {
+                    CliError::Refused(format!(
+                        "-e {item}: no `=` and no such variable in this shell"
+                    ))
+                })?;
+                (item.clone(), value)
+            }
+        };
+        env.insert(key, value);
+    }
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|raw| parse_volume(raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut networks = config.defaults.networks.clone();
+    networks.extend(args.networks.iter().cloned());
+    Ok(SessionSpec {
+        name: args.name.clone(),
+        image: args
+            .image
+            .clone()
+            .unwrap_or_else(|| config.defaults.image.clone()),
+        workspace,
+        project,
+        env,
+        volumes,
+        networks,
+        default_network: !args.no_default_network,
+        memory: args
+            .memory
+            .clone()
+            .or_else(|| config.defaults.memory.clone()),
+        cpus: args.cpus.or(config.defaults.cpus),
+        runtime: args
+            .runtime
+            .clone()
+            .unwrap_or_else(|| config.defaults.runtime.clone()),
+        unsafe_runc: args.unsafe_runc || config.defaults.allow_unsafe_runc,
+        ssh_bind: args.ssh_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+    })
+}
+
+fn looks_like_git_url(target: &str) -> bool {
+    target.starts_with("https://")
+        || target.starts_with("http://")
+        || target.starts_with("ssh://")
+        || target.starts_with("git://")
+        || target.starts_with("git@")
+        || (target.ends_with(".git") && target.contains(':'))
+}
+
+fn parse_volume(raw: &str) -> Result<VolumeMount, CliError> {
+    let parts: Vec<&str> = raw.split(':').collect();
+    let (host, container, read_only) = match parts.as_slice() {
+        [host, container] => (*host, *container, false),
+        [host, container, "ro"] => (*host, *container, true),
+        [host, container, "rw"] => (*host, *container, false),
+        _ => {
+            return Err(CliError::Refused(format!(
+                "-v {raw}: expected HOST:CONTAINER or HOST:CONTAINER:ro"
+            )));
+        }
+    };
+    Ok(VolumeMount {
+        host: PathBuf::from(host),
+        container: container.to_string(),
+        read_only,
+    })
+}
+
+/// A spinner on stderr naming the current step; plain lines when stderr is not a terminal.
+struct Spinner {
+    bar: indicatif::ProgressBar,
+    interactive: bool,
+}
+
+impl Spinner {
+    fn new() -> Self {
+        let interactive = std::io::stderr().is_terminal();
+        let bar = indicatif::ProgressBar::new_spinner();
+        if interactive {
+            bar.enable_steady_tick(Duration::from_millis(100));
+        }
+        Self { bar, interactive }
+    }
+}
+
+impl Progress for Spinner {
+    fn step(&self, step: CreateStep) {
+        if self.interactive {
+            self.bar.set_message(step.to_string());
+        } else {
+            tracing::info!("{step}");
+        }
+    }
+}
+
+pub async fn create_session(
+    args: CreateArgs,
+    context: &Context,
+    config: &Config,
+) -> Result<ExitCode, CliError> {
+    let spec = spec_from(&args, config)?;
+    if crate::local::runtime::is_plain_runc(&spec.runtime) && spec.unsafe_runc {
+        eprintln!("{}", crate::local::runtime::UNSAFE_WARNING);
+    }
+    let (backend, files) = local_backend(context, config).await?;
+    let started = std::time::Instant::now();
+    let spinner = Spinner::new();
+    let created = backend.create(spec, &spinner).await;
+    spinner.bar.finish_and_clear();
+    let session = created?;
+    if context.mode.json {
+        print_json(&session)?;
+    } else {
+        eprintln!(
+            "session {} ready in {:.1}s: ssh {} (port {})",
+            session.name,
+            started.elapsed().as_secs_f64(),
+            SshFiles::host_alias(&session.name),
+            session.ssh.port
+        );
+    }
+    offer_ssh_include(&files);
+    if let Some(command) = args.run {
+        return exec(
+            &backend,
+            &session.id,
+            vec!["bash".into(), "-lc".into(), command],
+        )
+        .await;
+    }
+    if args.no_connect || !config.defaults.connect || context.mode.json {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tool = (!session.command.is_empty()).then(|| session.command.clone());
+    connect(&backend, &session.id, tool).await
+}
+
+/// Once per user, on a terminal: add `Include ~/.ssh/cubbi.d/*.conf` to ~/.ssh/config.
+fn offer_ssh_include(files: &SshFiles) {
+    let marker = files.config_dir.join("ssh-include-offered");
+    if files.include_present()
+        || marker.exists()
+        || !std::io::stdin().is_terminal()
+        || !std::io::stderr().is_terminal()
+    {
+        return;
+    }
+    let _ = std::fs::write(&marker, "");
+    eprint!(
+        "Add `{}` to ~/.ssh/config so `ssh cubbi-NAME`, scp, rsync and VS Code reach sessions? [y/N] ",
+        crate::ssh::files::INCLUDE_LINE
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    if std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
+    {
+        match files.add_include() {
+            Ok(()) => eprintln!("added; try `ssh cubbi-NAME`"),
+            Err(err) => eprintln!("could not change ~/.ssh/config: {err}"),
+        }
+    }
+}
+
+async fn connect(
+    backend: &LocalBackend,
+    id: &str,
+    command: Option<Vec<String>>,
+) -> Result<ExitCode, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Refused(format!(
+            "stdin is not a terminal, so there is nothing to connect; run commands with \
+             `cubbi session exec {id} -- CMD`"
+        )));
+    }
+    let (_, ssh) = backend.ssh(id).await?;
+    let code = ssh
+        .interactive(command.as_deref())
+        .await
+        .map_err(|err| CliError::Refused(err.to_string()))?;
+    Ok(exit_code(code))
+}
+
+async fn exec(
+    backend: &LocalBackend,
+    id: &str,
+    command: Vec<String>,
+) -> Result<ExitCode, CliError> {
+    let mut stream = backend.exec(id, command).await?;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut code = 255;
+    while let Some(event) = stream.next().await {
+        match event? {
+            ExecEvent::Stdout(data) => {
+                stdout.write_all(&data)?;
+                stdout.flush()?;
+            }
+            ExecEvent::Stderr(data) => {
+                stderr.write_all(&data)?;
+                stderr.flush()?;
+            }
+            ExecEvent::Exit(exit) => code = exit,
+        }
+    }
+    Ok(exit_code(code))
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(255))
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn age(created: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let seconds = (now - created).max(0);
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn print_sessions(
+    sessions: &[Session],
+    context: &Context,
+    config: &Config,
+) -> Result<(), CliError> {
+    if context.mode.json {
+        print_json(&sessions)?;
+        return Ok(());
+    }
+    if sessions.is_empty() {
+        eprintln!("no sessions; create one with `cubbi session create` (or just `cubbi`)");
+        return Ok(());
+    }
+    let text = table(
+        config.ui.table_format,
+        &["ID", "NAME", "IMAGE", "STATE", "SSH", "AGE", "WORKSPACE"],
+        sessions.iter().map(|s| {
+            vec![
+                short(&s.id).to_string(),
+                s.name.clone(),
+                s.image.clone(),
+                s.state.to_string(),
+                format!("{}:{}", s.ssh.host, s.ssh.port),
+                age(s.created),
+                s.workspace.clone().unwrap_or_default(),
+            ]
+        }),
+    );
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), CliError> {
+    let ssh_command = format!(
+        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -p {} {}@{}",
+        files.client_key().display(),
+        files.known_hosts().display(),
+        session.ssh.port,
+        session.ssh.user,
+        session.ssh.host
+    );
+    if context.mode.json {
+        #[derive(serde::Serialize)]
+        struct Shown<'a> {
+            #[serde(flatten)]
+            session: &'a Session,
+            ssh_command: String,
+            ssh_host_alias: String,
+        }
+        print_json(&Shown {
+            session,
+            ssh_command,
+            ssh_host_alias: SshFiles::host_alias(&session.name),
+        })?;
+        return Ok(());
+    }
+    let mut out = String::new();
+    out += &format!("id:         {}\n", session.id);
+    out += &format!("name:       {}\n", session.name);
+    out += &format!("image:      {}\n", session.image);
+    out += &format!("state:      {}\n", session.state);
+    out += &format!(
+        "init:       {}\n",
+        session.init_status.as_deref().unwrap_or("unknown")
+    );
+    out += &format!("owner:      {}\n", session.owner);
+    out += &format!("created:    {} ago\n", age(session.created));
+    out += &format!(
+        "workspace:  {}\n",
+        session.workspace.as_deref().unwrap_or("-")
+    );
+    out += &format!("command:    {}\n", session.command.join(" "));
+    out += &format!(
+        "ssh:        {}@{}:{}\n",
+        session.ssh.user, session.ssh.host, session.ssh.port
+    );
+    out += &format!("host key:   {}\n", session.ssh.host_key);
+    out += &format!("connect:    cubbi session connect {}\n", session.name);
+    out += &format!(
+        "            ssh -F {} {}\n",
+        files.session_config(&session.name).display(),
+        SshFiles::host_alias(&session.name)
+    );
+    out += &format!("            {ssh_command}\n");
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+impl From<ApiError> for CliError {
+    fn from(err: ApiError) -> Self {
+        CliError::Api(err)
+    }
+}

@@ -1,0 +1,192 @@
+//! `cubbi-image.toml`: what an image is, the command a session runs, the environment it
+//! declares and the configs it keeps on the data volume.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::ImageError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageMetadata {
+    pub name: String,
+    pub description: String,
+    /// Version of the image definition (not of the tool).
+    pub version: String,
+    /// What a session runs to start the tool.
+    pub command: Vec<String>,
+    /// Prints the tool's version; used to check a built image.
+    pub version_command: Vec<String>,
+    #[serde(default)]
+    pub environment: Vec<EnvironmentDeclaration>,
+    #[serde(default)]
+    pub persistent_configs: Vec<PersistentConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentDeclaration {
+    pub name: String,
+    pub description: String,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub sensitive: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// A path in the container kept on the per-user data volume, so it survives the session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistentConfig {
+    pub source: String,
+    pub target: String,
+    #[serde(rename = "type")]
+    pub kind: PersistentKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistentKind {
+    File,
+    Directory,
+}
+
+/// Where persistent configs live in the container.
+pub const DATA_VOLUME_PATH: &str = "/mnt/agent-data";
+
+impl ImageMetadata {
+    /// Parses and checks a `cubbi-image.toml`; `origin` names the file in messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ImageError> {
+        let invalid = |message: String| ImageError::InvalidMetadata {
+            file: origin.to_path_buf(),
+            message,
+        };
+        let metadata: Self = toml::from_str(text).map_err(|err| invalid(err.to_string()))?;
+        if !is_image_name(&metadata.name) {
+            return Err(invalid(format!(
+                "name `{}` must be lowercase letters, digits and `-`",
+                metadata.name
+            )));
+        }
+        if metadata.command.is_empty() || metadata.version_command.is_empty() {
+            return Err(invalid(
+                "command and version_command must not be empty".into(),
+            ));
+        }
+        for declaration in &metadata.environment {
+            if !crate::config::env::is_env_name(&declaration.name) {
+                return Err(invalid(format!(
+                    "environment name `{}` is not a valid variable name",
+                    declaration.name
+                )));
+            }
+        }
+        for config in &metadata.persistent_configs {
+            if !config.source.starts_with('/') {
+                return Err(invalid(format!(
+                    "source `{}` must be absolute",
+                    config.source
+                )));
+            }
+            let under_volume = config
+                .target
+                .strip_prefix(DATA_VOLUME_PATH)
+                .is_some_and(|rest| rest.starts_with('/') && !rest.contains(".."));
+            if !under_volume {
+                return Err(invalid(format!(
+                    "target `{}` must be under {DATA_VOLUME_PATH}/",
+                    config.target
+                )));
+            }
+        }
+        Ok(metadata)
+    }
+
+    /// The Docker tag a built image gets: `cubbi-<name>`.
+    pub fn default_tag(&self) -> String {
+        tag_for(&self.name)
+    }
+}
+
+pub fn tag_for(name: &str) -> String {
+    format!("cubbi-{name}")
+}
+
+pub fn is_image_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "claude-code"
+description = "Claude Code"
+version = "1"
+command = ["claude"]
+version_command = ["claude", "--version"]
+
+[[environment]]
+name = "ANTHROPIC_API_KEY"
+description = "Anthropic API key"
+sensitive = true
+
+[[persistent_configs]]
+source = "/home/agent/.claude"
+target = "/mnt/agent-data/claude-code/.claude"
+type = "directory"
+"#;
+
+    fn parse(text: &str) -> Result<ImageMetadata, ImageError> {
+        ImageMetadata::parse(text, Path::new("images/x/cubbi-image.toml"))
+    }
+
+    #[test]
+    fn parses_a_full_file() {
+        let metadata = parse(GOOD).unwrap();
+        assert_eq!(metadata.default_tag(), "cubbi-claude-code");
+        assert!(metadata.environment[0].sensitive);
+        assert!(!metadata.environment[0].required);
+        assert_eq!(
+            metadata.persistent_configs[0].kind,
+            PersistentKind::Directory
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let text = GOOD.replace("sensitive = true", "sensitive = true\nsecret = 1");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("images/x/cubbi-image.toml"), "{err}");
+        assert!(err.contains("line 12"), "{err}");
+        assert!(err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let text = GOOD.replace("version = \"1\"\n", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("missing field `version`"), "{err}");
+    }
+
+    #[test]
+    fn refuses_bad_names_and_paths() {
+        assert!(parse(&GOOD.replace("\"claude-code\"", "\"Claude Code\"")).is_err());
+        assert!(parse(&GOOD.replace("[\"claude\"]", "[]")).is_err());
+        assert!(parse(&GOOD.replace("/mnt/agent-data/claude-code", "/etc")).is_err());
+        assert!(
+            parse(&GOOD.replace("/mnt/agent-data/claude-code", "/mnt/agent-data/../x")).is_err()
+        );
+        assert!(parse(&GOOD.replace("\"ANTHROPIC_API_KEY\"", "\"BAD NAME\"")).is_err());
+        assert!(parse(&GOOD.replace("\"directory\"", "\"socket\"")).is_err());
+    }
+}

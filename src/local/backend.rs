@@ -1,0 +1,840 @@
+//! Sessions on the local Docker endpoint: validate everything, reserve a port under the host
+//! lock, create the container with its labels, copy keys and env in, start it, and wait until
+//! sshd accepts the user's key. Any failure after the container exists removes it again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, HostConfig, NetworkConnectRequest, NetworkCreateRequest,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use russh::keys::PrivateKey;
+
+use super::labels::{self, SessionLabels};
+use super::{limits, naming, ports, runtime, state, upload};
+use crate::api::{
+    ApiError, Backend, CreateStep, ExecEvent, LogChunk, LogOptions, Progress, Session, SessionSpec,
+    SessionState,
+};
+use crate::config::PortRange;
+use crate::images::{ImageMetadata, METADATA_LABEL};
+use crate::ssh::client::{SshSession, SshTarget, wait_until_ready};
+use crate::ssh::files::SshFiles;
+use crate::ssh::keys;
+
+/// Where the workspace is mounted in every session.
+pub const WORKSPACE_PATH: &str = "/home/agent/workspace";
+/// Seconds systemd gets to shut down on close before Docker kills the container.
+const STOP_TIMEOUT_SECS: i32 = 10;
+
+pub struct LocalOptions {
+    /// Recorded as `io.cubbi.owner`; `list` shows only this owner's sessions.
+    pub owner: String,
+    pub ports: PortRange,
+    /// The network every session joins unless the spec says otherwise.
+    pub default_network: String,
+    /// The user's key, authorized in every session.
+    pub client_key: Arc<PrivateKey>,
+    /// The user's OpenSSH files; `None` where nobody's ~/.ssh should change (the service).
+    pub ssh_files: Option<SshFiles>,
+    pub port_lock: PathBuf,
+    pub ready_timeout: Duration,
+    /// Extra labels for everything created (tests mark their containers this way).
+    pub extra_labels: HashMap<String, String>,
+}
+
+pub struct LocalBackend {
+    docker: Docker,
+    options: LocalOptions,
+}
+
+/// An image resolved on the endpoint, with the metadata it was built with (if a cubbi image).
+struct ResolvedImage {
+    reference: String,
+    metadata: Option<ImageMetadata>,
+}
+
+/// Everything validated, ready to create.
+struct Plan {
+    name: String,
+    image: ResolvedImage,
+    workspace: Option<PathBuf>,
+    binds: Vec<String>,
+    networks: Vec<String>,
+    memory: Option<i64>,
+    nano_cpus: i64,
+}
+
+impl LocalBackend {
+    pub fn new(docker: Docker, options: LocalOptions) -> Self {
+        Self { docker, options }
+    }
+
+    fn docker_error(context: &str) -> impl Fn(bollard::errors::Error) -> ApiError + '_ {
+        move |err| ApiError::unavailable(format!("{context}: {err}"))
+    }
+
+    async fn validate(&self, spec: &SessionSpec) -> Result<Plan, ApiError> {
+        let name = match &spec.name {
+            Some(raw) => naming::sanitize_hostname(raw).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "`{raw}` has nothing usable as a session name; use letters, digits and `-`"
+                ))
+            })?,
+            None => naming::default_name(spec.workspace.as_deref(), spec.project.as_deref()),
+        };
+        for (key, value) in &spec.env {
+            upload::validate_env(key, value)?;
+        }
+        let workspace = match &spec.workspace {
+            Some(path) => Some(host_path(path, "workspace", true)?),
+            None => None,
+        };
+        let mut binds = Vec::new();
+        if let Some(workspace) = &workspace {
+            binds.push(format!("{}:{WORKSPACE_PATH}", workspace.display()));
+        }
+        for volume in &spec.volumes {
+            let host = host_path(&volume.host, "volume", false)?;
+            if !volume.container.starts_with('/') || volume.container.contains(':') {
+                return Err(ApiError::invalid(format!(
+                    "`{}` is not an absolute container path",
+                    volume.container
+                )));
+            }
+            let mode = if volume.read_only { ":ro" } else { "" };
+            binds.push(format!("{}:{}{mode}", host.display(), volume.container));
+        }
+        let memory = spec
+            .memory
+            .as_deref()
+            .map(limits::parse_memory)
+            .transpose()?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let nano_cpus = limits::nano_cpus(spec.cpus, cores)?;
+
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(Self::docker_error("cannot query the Docker endpoint"))?;
+        let available: Vec<String> = info
+            .runtimes
+            .map(|runtimes| runtimes.into_keys().collect())
+            .unwrap_or_default();
+        runtime::check_runtime(&spec.runtime, spec.unsafe_runc, &available)?;
+
+        let image = self.resolve_image(&spec.image).await?;
+        let mut networks = Vec::new();
+        if spec.default_network {
+            networks.push(self.options.default_network.clone());
+        }
+        for network in &spec.networks {
+            crate::config::keys::validate_network_name(network)
+                .map_err(|err| ApiError::invalid(err.to_string()))?;
+            if self.docker.inspect_network(network, None).await.is_err() {
+                return Err(ApiError::invalid(format!(
+                    "network `{network}` does not exist; create it with `docker network create {network}`"
+                )));
+            }
+            if !networks.contains(network) {
+                networks.push(network.clone());
+            }
+        }
+        if self.find_by_exact_name(&name).await?.is_some() {
+            return Err(ApiError::Conflict(format!(
+                "a session named `{name}` exists already; pick another --name or close it first"
+            )));
+        }
+        Ok(Plan {
+            name,
+            image,
+            workspace,
+            binds,
+            networks,
+            memory,
+            nano_cpus,
+        })
+    }
+
+    /// `claude-code` means the cubbi image `cubbi-claude-code`; anything else is a Docker
+    /// image reference that must exist on the endpoint.
+    async fn resolve_image(&self, image: &str) -> Result<ResolvedImage, ApiError> {
+        let mut candidates = Vec::new();
+        if crate::images::metadata::is_image_name(image) {
+            candidates.push(crate::images::metadata::tag_for(image));
+        }
+        candidates.push(image.to_string());
+        for reference in candidates {
+            if let Ok(found) = self.docker.inspect_image(&reference).await {
+                let metadata = found
+                    .config
+                    .and_then(|config| config.labels)
+                    .and_then(|labels| labels.get(METADATA_LABEL).cloned())
+                    .and_then(|json| serde_json::from_str(&json).ok());
+                return Ok(ResolvedImage {
+                    reference,
+                    metadata,
+                });
+            }
+        }
+        Err(ApiError::invalid(format!(
+            "unknown image `{image}`: it is not built on this endpoint; build it with `cubbi image \
+             build {image}` (`cubbi image list` shows the images)"
+        )))
+    }
+
+    async fn ensure_network(&self, name: &str) -> Result<(), ApiError> {
+        if self.docker.inspect_network(name, None).await.is_ok() {
+            return Ok(());
+        }
+        let mut labels = self.options.extra_labels.clone();
+        labels.insert(labels::MANAGED.into(), "true".into());
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            // Another create may have made it meanwhile.
+            Err(_) if self.docker.inspect_network(name, None).await.is_ok() => Ok(()),
+            Err(err) => Err(ApiError::unavailable(format!(
+                "cannot create network {name}: {err}"
+            ))),
+        }
+    }
+
+    fn data_volume(&self) -> String {
+        let owner = naming::sanitize_hostname(&self.options.owner).unwrap_or_else(|| "user".into());
+        format!("cubbi-data-{owner}")
+    }
+
+    async fn ensure_data_volume(&self) -> Result<String, ApiError> {
+        let name = self.data_volume();
+        let mut labels = self.options.extra_labels.clone();
+        labels.insert(labels::MANAGED.into(), "true".into());
+        labels.insert(labels::OWNER.into(), self.options.owner.clone());
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map_err(Self::docker_error("cannot create the data volume"))?;
+        Ok(name)
+    }
+
+    async fn containers(&self, filters: &[String]) -> Result<Vec<ContainerSummary>, ApiError> {
+        let filter = HashMap::from([("label", filters.to_vec())]);
+        self.docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(Self::docker_error("cannot list containers"))
+    }
+
+    async fn find_by_exact_name(&self, name: &str) -> Result<Option<ContainerSummary>, ApiError> {
+        let found = self
+            .containers(&[
+                format!("{}={name}", labels::NAME),
+                format!("{}=true", labels::SESSION),
+            ])
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Ports held by any cubbi session, in any state and of any owner.
+    async fn taken_ports(&self) -> Result<BTreeSet<u16>, ApiError> {
+        Ok(self
+            .containers(&[labels::SSH_PORT.to_string()])
+            .await?
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get(labels::SSH_PORT)?.parse().ok())
+            .collect())
+    }
+
+    fn container_body(
+        &self,
+        spec: &SessionSpec,
+        plan: &Plan,
+        session_labels: &SessionLabels,
+        data_volume: &str,
+    ) -> ContainerCreateBody {
+        let mut all_labels = session_labels.to_map();
+        all_labels.extend(self.options.extra_labels.clone());
+        let mut binds = plan.binds.clone();
+        binds.push(format!(
+            "{data_volume}:{}",
+            crate::images::metadata::DATA_VOLUME_PATH
+        ));
+        let port_bindings = HashMap::from([(
+            "22/tcp".to_string(),
+            Some(vec![PortBinding {
+                host_ip: Some(spec.ssh_bind.to_string()),
+                host_port: Some(session_labels.ssh_port.to_string()),
+            }]),
+        )]);
+        let mut host = HostConfig {
+            binds: Some(binds),
+            port_bindings: Some(port_bindings),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            runtime: Some(spec.runtime.clone()),
+            memory: plan.memory,
+            nano_cpus: Some(plan.nano_cpus),
+            network_mode: plan.networks.first().cloned(),
+            ..Default::default()
+        };
+        let mut volumes = Vec::new();
+        if runtime::is_plain_runc(&spec.runtime) {
+            runtime::apply_unsafe_runc(&mut host);
+            volumes.push(runtime::INNER_DOCKER_ROOT.to_string());
+        }
+        ContainerCreateBody {
+            hostname: Some(plan.name.clone()),
+            image: Some(plan.image.reference.clone()),
+            labels: Some(all_labels),
+            exposed_ports: Some(vec!["22/tcp".to_string()]),
+            volumes: Some(volumes),
+            host_config: Some(host),
+            ..Default::default()
+        }
+    }
+
+    /// Steps 4-8 of a create, after the port is reserved: anything failing here is undone
+    /// by the caller.
+    async fn boot(
+        &self,
+        id: &str,
+        spec: &SessionSpec,
+        plan: &Plan,
+        host_key: &PrivateKey,
+        session_labels: &SessionLabels,
+        progress: &dyn Progress,
+    ) -> Result<(), (CreateStep, String)> {
+        progress.step(CreateStep::CopyingFiles);
+        for network in plan.networks.iter().skip(1) {
+            let request = NetworkConnectRequest {
+                container: id.to_string(),
+                ..Default::default()
+            };
+            self.docker
+                .connect_network(network, request)
+                .await
+                .map_err(|err| {
+                    (
+                        CreateStep::CreatingContainer,
+                        format!("joining {network}: {err}"),
+                    )
+                })?;
+        }
+        let step_error = |step: CreateStep| move |err: String| (step, err);
+        let metadata = plan.image.metadata.clone();
+        let mut env = BTreeMap::new();
+        for declaration in metadata.iter().flat_map(|m| m.environment.iter()) {
+            if let Some(default) = &declaration.default {
+                env.insert(declaration.name.clone(), default.clone());
+            }
+        }
+        env.extend(spec.env.clone());
+        let mut init = BTreeMap::new();
+        if let Some(project) = &spec.project {
+            let (url, branch) = match project.rsplit_once('#') {
+                Some((url, branch)) => (url.to_string(), Some(branch.to_string())),
+                None => (project.clone(), None),
+            };
+            init.insert("CUBBI_PROJECT_URL".to_string(), url);
+            if let Some(branch) = branch {
+                init.insert("CUBBI_PROJECT_BRANCH".to_string(), branch);
+            }
+        }
+        init.insert("CUBBI_SESSION_NAME".to_string(), plan.name.clone());
+        let host_private = keys::private_openssh(host_key)
+            .map_err(|e| (CreateStep::PreparingKeys, e.to_string()))?;
+        let authorized = keys::public_openssh(self.options.client_key.public_key())
+            .map_err(|e| (CreateStep::PreparingKeys, e.to_string()))?;
+        let persistent = metadata.map(|m| m.persistent_configs).unwrap_or_default();
+        let archive = upload::archive(&upload::SessionFiles {
+            host_private_key: &host_private,
+            host_public_key: &session_labels.host_key,
+            authorized_key: &authorized,
+            env: &env,
+            init: &init,
+            persistent_configs: &persistent,
+        })
+        .map_err(|e| (CreateStep::CopyingFiles, e.to_string()))?;
+        self.docker
+            .upload_to_container(
+                id,
+                Some(UploadToContainerOptionsBuilder::new().path("/").build()),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(|e| e.to_string())
+            .map_err(step_error(CreateStep::CopyingFiles))?;
+
+        progress.step(CreateStep::Starting);
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| e.to_string())
+            .map_err(step_error(CreateStep::Starting))?;
+
+        progress.step(CreateStep::WaitingForSsh);
+        let target = SshTarget {
+            address: format!(
+                "{}:{}",
+                session_labels.connect_host(),
+                session_labels.ssh_port
+            ),
+            user: labels::AGENT_USER.to_string(),
+            client_key: self.options.client_key.clone(),
+            host_key: host_key.public_key().clone(),
+        };
+        let docker = self.docker.clone();
+        let container = id.to_string();
+        wait_until_ready(&target, self.options.ready_timeout, || {
+            let docker = docker.clone();
+            let container = container.clone();
+            async move {
+                docker
+                    .inspect_container(&container, None)
+                    .await
+                    .ok()
+                    .and_then(|c| c.state?.running)
+                    .unwrap_or(false)
+            }
+        })
+        .await
+        .map_err(|e| (CreateStep::WaitingForSsh, e.to_string()))?;
+
+        if let Some(files) = &self.options.ssh_files {
+            progress.step(CreateStep::WritingSshConfig);
+            let endpoint = session_labels
+                .clone()
+                .into_session(id.to_string(), SessionState::Ready)
+                .ssh;
+            files
+                .write_session(&plan.name, &endpoint)
+                .map_err(|e| (CreateStep::WritingSshConfig, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The last lines of a container's console, for failure messages.
+    async fn console_tail(&self, id: &str, lines: u64) -> Vec<String> {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let chunks: Vec<_> = self
+            .docker
+            .logs(id, Some(options))
+            .take(500)
+            .collect()
+            .await;
+        chunks
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|chunk| chunk.to_string())
+            .collect::<String>()
+            .lines()
+            .map(|line| line.trim_end().to_string())
+            .filter(|line| !line.is_empty())
+            .collect()
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), ApiError> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(err) => Err(ApiError::unavailable(format!(
+                "cannot remove container {id}: {err}"
+            ))),
+        }
+    }
+
+    fn session_from(&self, summary: &ContainerSummary, ssh_answers: bool) -> Option<Session> {
+        let labels = SessionLabels::from_map(summary.labels.as_ref()?)?;
+        let docker_state = state::docker_state(
+            &summary
+                .state
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            summary.status.as_deref().unwrap_or_default(),
+        );
+        let session_state = state::session_state(docker_state, ssh_answers);
+        Some(labels.into_session(summary.id.clone()?, session_state))
+    }
+
+    async fn init_status(&self, id: &str) -> Option<String> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(vec!["cat", "/var/lib/cubbi/init-status"]),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .ok()?;
+        match self.docker.start_exec(&exec.id, None).await.ok()? {
+            StartExecResults::Attached { output, .. } => {
+                let text: String = output
+                    .filter_map(|chunk| async move { chunk.ok().map(|c| c.to_string()) })
+                    .collect()
+                    .await;
+                let text = text.trim().to_string();
+                (!text.is_empty()).then_some(text)
+            }
+            StartExecResults::Detached => None,
+        }
+    }
+
+    fn ssh_target(&self, session: &Session) -> Result<SshTarget, ApiError> {
+        let host_key = keys::parse_public(&session.ssh.host_key).map_err(|err| {
+            ApiError::unavailable(format!(
+                "the session's pinned host key is unreadable: {err}"
+            ))
+        })?;
+        Ok(SshTarget {
+            address: format!("{}:{}", session.ssh.host, session.ssh.port),
+            user: session.ssh.user.clone(),
+            client_key: self.options.client_key.clone(),
+            host_key,
+        })
+    }
+
+    /// Connects to a ready session over SSH (for `connect` and `exec`).
+    pub async fn ssh(&self, id_or_name: &str) -> Result<(Session, SshSession), ApiError> {
+        let session = self.get(id_or_name).await?;
+        if !matches!(
+            session.state,
+            SessionState::Ready | SessionState::InitFailed
+        ) {
+            return Err(ApiError::Conflict(format!(
+                "session {} is {}, not ready; `cubbi session logs {}` shows why",
+                session.name, session.state, session.name
+            )));
+        }
+        let target = self.ssh_target(&session)?;
+        let connected = SshSession::connect(&target, Duration::from_secs(10))
+            .await
+            .map_err(|err| ApiError::unavailable(err.to_string()))?;
+        Ok((session, connected))
+    }
+}
+
+/// A host path given by the user: absolute, existing, and never the Docker socket.
+fn host_path(path: &Path, what: &str, must_be_dir: bool) -> Result<PathBuf, ApiError> {
+    if !path.is_absolute() {
+        return Err(ApiError::invalid(format!(
+            "{what} path `{}` must be absolute (try `$PWD/{}`)",
+            path.display(),
+            path.display()
+        )));
+    }
+    let refuse_socket = || {
+        ApiError::invalid(format!(
+            "refusing to mount `{}`: a container engine socket gives root on the host; sessions \
+             have their own Docker inside",
+            path.display()
+        ))
+    };
+    if is_container_engine_socket(path) {
+        return Err(refuse_socket());
+    }
+    let resolved = path.canonicalize().map_err(|err| {
+        ApiError::invalid(format!(
+            "{what} path `{}` cannot be used: {err}",
+            path.display()
+        ))
+    })?;
+    if must_be_dir && !resolved.is_dir() {
+        return Err(ApiError::invalid(format!(
+            "{what} `{}` is not a folder",
+            path.display()
+        )));
+    }
+    if is_container_engine_socket(&resolved) {
+        return Err(refuse_socket());
+    }
+    Ok(resolved)
+}
+
+fn is_container_engine_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let engine_name = ["docker", "containerd", "podman", "cubbi-docker"]
+        .iter()
+        .any(|engine| name.contains(engine));
+    let is_socket = std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_socket());
+    engine_name && (is_socket || name.ends_with(".sock"))
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    async fn create(
+        &self,
+        spec: SessionSpec,
+        progress: &dyn Progress,
+    ) -> Result<Session, ApiError> {
+        progress.step(CreateStep::Validating);
+        let plan = self.validate(&spec).await?;
+        for network in plan.networks.iter().take(1) {
+            if spec.default_network && network == &self.options.default_network {
+                self.ensure_network(network).await?;
+            }
+        }
+        let data_volume = self.ensure_data_volume().await?;
+
+        progress.step(CreateStep::PreparingKeys);
+        let host_key = keys::generate(&format!("cubbi-{}", plan.name))
+            .map_err(|err| ApiError::unavailable(err.to_string()))?;
+        let host_public = keys::public_openssh(host_key.public_key())
+            .map_err(|err| ApiError::unavailable(err.to_string()))?;
+
+        progress.step(CreateStep::AllocatingPort);
+        let lock_path = self.options.port_lock.clone();
+        let lock = tokio::task::spawn_blocking(move || ports::PortLock::acquire(&lock_path))
+            .await
+            .map_err(|err| ApiError::unavailable(err.to_string()))??;
+        let taken = self.taken_ports().await?;
+        let port =
+            ports::pick_free_port(self.options.ports, &taken, spec.ssh_bind, ports::can_bind)?;
+        let created_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let session_labels = SessionLabels {
+            name: plan.name.clone(),
+            owner: self.options.owner.clone(),
+            image: plan.image.reference.clone(),
+            ssh_port: port,
+            ssh_bind: spec.ssh_bind.to_string(),
+            host_key: host_public,
+            workspace: plan.workspace.as_ref().map(|p| p.display().to_string()),
+            created: created_at,
+            command: plan
+                .image
+                .metadata
+                .as_ref()
+                .map(|m| m.command.clone())
+                .unwrap_or_else(|| vec!["bash".into(), "-l".into()]),
+        };
+
+        progress.step(CreateStep::CreatingContainer);
+        let body = self.container_body(&spec, &plan, &session_labels, &data_volume);
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&format!("cubbi-{}", plan.name))
+            .build();
+        let created = self.docker.create_container(Some(options), body).await;
+        // The container's label now reserves the port: other allocators may go on.
+        drop(lock);
+        let id = match created {
+            Ok(created) => created.id,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) => {
+                return Err(ApiError::Conflict(format!(
+                    "a container named cubbi-{} exists already: {message}",
+                    plan.name
+                )));
+            }
+            Err(err) => {
+                return Err(ApiError::Failed {
+                    step: CreateStep::CreatingContainer.to_string(),
+                    reason: err.to_string(),
+                    logs: Vec::new(),
+                });
+            }
+        };
+
+        if let Err((step, reason)) = self
+            .boot(&id, &spec, &plan, &host_key, &session_labels, progress)
+            .await
+        {
+            let logs = self.console_tail(&id, 20).await;
+            let _ = self.remove(&id).await;
+            if let Some(files) = &self.options.ssh_files {
+                let _ = files.remove_session(&plan.name);
+            }
+            return Err(ApiError::Failed {
+                step: step.to_string(),
+                reason,
+                logs,
+            });
+        }
+        Ok(session_labels.into_session(id, SessionState::Ready))
+    }
+
+    async fn list(&self) -> Result<Vec<Session>, ApiError> {
+        let summaries = self
+            .containers(&[
+                format!("{}=true", labels::SESSION),
+                format!("{}={}", labels::OWNER, self.options.owner),
+            ])
+            .await?;
+        let probes = summaries.iter().map(|summary| async move {
+            let running =
+                summary.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running");
+            let labels = summary.labels.as_ref().and_then(SessionLabels::from_map);
+            let answers = match (running, labels) {
+                (true, Some(labels)) => {
+                    state::ssh_banner(&labels.connect_host(), labels.ssh_port).await
+                }
+                _ => false,
+            };
+            self.session_from(summary, answers)
+        });
+        let mut sessions: Vec<Session> = futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        sessions.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
+        Ok(sessions)
+    }
+
+    async fn get(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        if id_or_name.is_empty() {
+            return Err(ApiError::invalid("give a session id or name"));
+        }
+        let sessions = self.list().await?;
+        let exact: Vec<&Session> = sessions
+            .iter()
+            .filter(|s| s.name == id_or_name || s.id == id_or_name)
+            .collect();
+        let matches: Vec<&Session> = if exact.is_empty() {
+            sessions
+                .iter()
+                .filter(|s| s.id.starts_with(id_or_name) || s.name.starts_with(id_or_name))
+                .collect()
+        } else {
+            exact
+        };
+        match matches.as_slice() {
+            [] => Err(ApiError::NotFound(id_or_name.to_string())),
+            [one] => {
+                let mut session = (*one).clone();
+                if !matches!(
+                    session.state,
+                    SessionState::Creating | SessionState::Stopped | SessionState::Exited
+                ) {
+                    session.init_status = self.init_status(&session.id).await;
+                    if session
+                        .init_status
+                        .as_deref()
+                        .is_some_and(|s| s.starts_with("failed"))
+                    {
+                        session.state = SessionState::InitFailed;
+                    }
+                }
+                Ok(session)
+            }
+            many => Err(ApiError::Ambiguous {
+                prefix: id_or_name.to_string(),
+                candidates: many
+                    .iter()
+                    .map(|s| format!("{} ({})", &s.id[..s.id.len().min(12)], s.name))
+                    .collect(),
+            }),
+        }
+    }
+
+    async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        let session = self.get(id_or_name).await?;
+        let options = StopContainerOptionsBuilder::new()
+            .t(STOP_TIMEOUT_SECS)
+            .build();
+        // A container that is not running needs no stop; a failing stop is followed by a
+        // forced removal anyway.
+        let _ = self.docker.stop_container(&session.id, Some(options)).await;
+        self.remove(&session.id).await?;
+        if let Some(files) = &self.options.ssh_files {
+            files
+                .remove_session(&session.name)
+                .map_err(|err| ApiError::unavailable(err.to_string()))?;
+        }
+        Ok(session)
+    }
+
+    async fn logs(
+        &self,
+        id_or_name: &str,
+        options: LogOptions,
+    ) -> Result<BoxStream<'static, Result<LogChunk, ApiError>>, ApiError> {
+        let session = self.get(id_or_name).await?;
+        let tail = options
+            .tail
+            .map_or_else(|| "all".to_string(), |n| n.to_string());
+        let docker_options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(options.follow)
+            .tail(&tail)
+            .build();
+        let stream = self
+            .docker
+            .logs(&session.id, Some(docker_options))
+            .map_ok(|chunk| LogChunk {
+                text: chunk.to_string(),
+            })
+            .map_err(|err| ApiError::unavailable(format!("reading logs: {err}")));
+        Ok(Box::pin(stream))
+    }
+
+    async fn exec(
+        &self,
+        id_or_name: &str,
+        command: Vec<String>,
+    ) -> Result<BoxStream<'static, Result<ExecEvent, ApiError>>, ApiError> {
+        if command.is_empty() {
+            return Err(ApiError::invalid(
+                "give a command to run, e.g. `cubbi session exec NAME -- ls`",
+            ));
+        }
+        let (_, connected) = self.ssh(id_or_name).await?;
+        let stream = connected
+            .exec(&command)
+            .await
+            .map_err(|err| ApiError::unavailable(err.to_string()))?;
+        Ok(Box::pin(stream.map(Ok)))
+    }
+}

@@ -1,0 +1,10 @@
+//! The session backend over the local Docker endpoint.
+
+pub mod backend;
+pub mod labels;
+pub mod limits;
+pub mod naming;
+pub mod ports;
+pub mod runtime;
+pub mod state;
+pub mod upload;

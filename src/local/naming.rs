@@ -1,0 +1,93 @@
+//! Session names: an RFC 1123 hostname made from what the user gave or from the workspace.
+
+use std::path::Path;
+
+/// Lowercase, `_` → `-`, other invalid characters dropped, `--` collapsed, `-` trimmed from
+/// both ends, at most 63 characters. `None` when nothing usable is left.
+pub fn sanitize_hostname(raw: &str) -> Option<String> {
+    let mut name = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        let c = match c {
+            '_' | ' ' | '.' => '-',
+            c if c.is_ascii_alphanumeric() || c == '-' => c.to_ascii_lowercase(),
+            _ => continue,
+        };
+        if c == '-' && name.ends_with('-') {
+            continue;
+        }
+        name.push(c);
+    }
+    let trimmed = name.trim_matches('-');
+    let mut name: String = trimmed.chars().take(63).collect();
+    while name.ends_with('-') {
+        name.pop();
+    }
+    (!name.is_empty()).then_some(name)
+}
+
+/// The default name: the workspace folder's name, the repository (and branch) of a project,
+/// or `session`.
+pub fn default_name(workspace: Option<&Path>, project: Option<&str>) -> String {
+    let from_project = project.and_then(|url| {
+        let (url, branch) = match url.rsplit_once('#') {
+            Some((url, branch)) => (url, Some(branch)),
+            None => (url, None),
+        };
+        let repo = url
+            .trim_end_matches('/')
+            .rsplit(['/', ':'])
+            .next()?
+            .trim_end_matches(".git");
+        let raw = match branch {
+            Some(branch) => format!("{repo}-{branch}"),
+            None => repo.to_string(),
+        };
+        sanitize_hostname(&raw)
+    });
+    from_project
+        .or_else(|| {
+            workspace
+                .and_then(|path| path.file_name())
+                .and_then(|name| sanitize_hostname(&name.to_string_lossy()))
+        })
+        .unwrap_or_else(|| "session".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitizes_to_rfc1123() {
+        assert_eq!(
+            sanitize_hostname("My_Project").as_deref(),
+            Some("my-project")
+        );
+        assert_eq!(sanitize_hostname("--a--b__c--").as_deref(), Some("a-b-c"));
+        assert_eq!(
+            sanitize_hostname("héllo wörld!").as_deref(),
+            Some("hllo-wrld")
+        );
+        assert_eq!(sanitize_hostname("!!!"), None);
+        assert_eq!(sanitize_hostname(""), None);
+        let long = "a".repeat(80);
+        assert_eq!(sanitize_hostname(&long).unwrap().len(), 63);
+        let edge = format!("{}-b", "a".repeat(62));
+        assert_eq!(sanitize_hostname(&edge).unwrap(), "a".repeat(62));
+    }
+
+    #[test]
+    fn default_names() {
+        assert_eq!(
+            default_name(Some(Path::new("/home/me/Cool_App")), None),
+            "cool-app"
+        );
+        assert_eq!(
+            default_name(None, Some("https://github.com/org/repo.git#feature/x")),
+            "repo-featurex"
+        );
+        assert_eq!(default_name(None, Some("git@host:org/thing.git")), "thing");
+        assert_eq!(default_name(None, None), "session");
+        assert_eq!(default_name(Some(Path::new("/")), None), "session");
+    }
+}

@@ -1,0 +1,108 @@
+//! How a session container runs: under Sysbox (the default, isolated) or, only when the user
+//! explicitly asks, under plain runc with what systemd and the inner dockerd need.
+
+use bollard::models::{HostConfig, HostConfigCgroupnsModeEnum};
+
+use crate::api::ApiError;
+
+pub const SYSBOX: &str = "sysbox-runc";
+
+/// Printed on every unsafe create, so nobody mistakes such a session for a sandbox.
+pub const UNSAFE_WARNING: &str = "warning: this session runs under plain runc with extra \
+privileges (--unsafe-runc): it is NOT isolated from the host; use sysbox-runc for real isolation";
+
+/// Refuses runc unless the user opted in, and runtimes the endpoint does not have.
+pub fn check_runtime(
+    runtime: &str,
+    unsafe_runc: bool,
+    available: &[String],
+) -> Result<(), ApiError> {
+    if is_plain_runc(runtime) && !unsafe_runc {
+        return Err(ApiError::invalid(format!(
+            "runtime `{runtime}` gives no isolation from the host; sessions use sysbox-runc. To run \
+             without Sysbox anyway, add --unsafe-runc (or set defaults.allow_unsafe_runc = true)"
+        )));
+    }
+    if !available.iter().any(|name| name == runtime) {
+        let remedy = if runtime == SYSBOX {
+            "install Sysbox with `cubbi setup`, or run without isolation with --runtime runc --unsafe-runc"
+        } else {
+            "pick one the endpoint has (`docker info` lists them)"
+        };
+        return Err(ApiError::Unavailable(format!(
+            "the Docker endpoint has no `{runtime}` runtime (it has: {}); {remedy}",
+            available.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+pub fn is_plain_runc(runtime: &str) -> bool {
+    matches!(runtime, "runc" | "io.containerd.runc.v2")
+}
+
+/// What systemd as PID 1 and a nested dockerd need under plain runc (see
+/// runtime/UNSAFE-RUNC.md for each field's reason): SYS_ADMIN for mounts, namespaces and
+/// remounting the container's own cgroup tree read-write (the image's PID 1 wrapper does it),
+/// NET_ADMIN for the inner dockerd's bridge and iptables, no seccomp filter (inner runc needs
+/// keyctl), no AppArmor profile (it denies mount), and a private cgroup namespace on v1 and v2
+/// alike, so the container can touch only its own cgroups. Not `Privileged`: it is not needed,
+/// exposes every host device, and fails where the daemon's bounding set lacks a capability.
+pub fn apply_unsafe_runc(host: &mut HostConfig) {
+    host.privileged = Some(false);
+    host.cap_add = Some(vec!["SYS_ADMIN".into(), "NET_ADMIN".into()]);
+    host.security_opt = Some(vec![
+        "seccomp=unconfined".into(),
+        "apparmor=unconfined".into(),
+    ]);
+    host.cgroupns_mode = Some(HostConfigCgroupnsModeEnum::PRIVATE);
+}
+
+/// The inner dockerd's storage: overlay2 cannot stack on the container's own overlayfs, so
+/// under runc /var/lib/docker is a volume (a real filesystem); Sysbox arranges this itself.
+pub const INNER_DOCKER_ROOT: &str = "/var/lib/docker";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtimes() -> Vec<String> {
+        vec!["runc".into(), "io.containerd.runc.v2".into()]
+    }
+
+    #[test]
+    fn runc_needs_explicit_opt_in() {
+        let err = check_runtime("runc", false, &runtimes()).unwrap_err();
+        assert!(err.to_string().contains("--unsafe-runc"), "{err}");
+        assert!(check_runtime("runc", true, &runtimes()).is_ok());
+    }
+
+    #[test]
+    fn missing_sysbox_says_how_to_get_it() {
+        let err = check_runtime(SYSBOX, false, &runtimes()).unwrap_err();
+        assert_eq!(err.code(), crate::api::ErrorCode::Unavailable);
+        assert!(err.to_string().contains("cubbi setup"), "{err}");
+        assert!(check_runtime(SYSBOX, false, &[SYSBOX.to_string()]).is_ok());
+    }
+
+    #[test]
+    fn unsafe_settings_grant_only_what_systemd_and_dockerd_need() {
+        let mut host = HostConfig::default();
+        apply_unsafe_runc(&mut host);
+        assert_eq!(host.privileged, Some(false));
+        assert_eq!(
+            host.cap_add.as_deref(),
+            Some(&["SYS_ADMIN".to_string(), "NET_ADMIN".to_string()][..])
+        );
+        assert!(
+            host.security_opt
+                .as_ref()
+                .unwrap()
+                .contains(&"seccomp=unconfined".to_string())
+        );
+        assert_eq!(
+            host.cgroupns_mode,
+            Some(HostConfigCgroupnsModeEnum::PRIVATE)
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The files cubbi puts into a session before it starts (one Docker archive upload): the host
+//! key, the user's authorized key, and the session's environment — as files readable only by
+//! root and the agent, never as container env that `docker inspect` would show.
+
+use std::collections::BTreeMap;
+
+use crate::api::ApiError;
+use crate::images::metadata::PersistentConfig;
+
+/// uid/gid of the `agent` user in cubbi images.
+pub const AGENT_UID: u64 = 1000;
+
+/// What goes into the container.
+pub struct SessionFiles<'a> {
+    pub host_private_key: &'a str,
+    pub host_public_key: &'a str,
+    pub authorized_key: &'a str,
+    pub env: &'a BTreeMap<String, String>,
+    pub init: &'a BTreeMap<String, String>,
+    pub persistent_configs: &'a [PersistentConfig],
+}
+
+/// A file or folder in the archive.
+struct Entry {
+    path: &'static str,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    contents: Option<String>,
+}
+
+/// The tar stream to extract at `/` in the container.
+pub fn archive(files: &SessionFiles<'_>) -> Result<Vec<u8>, ApiError> {
+    let entries = [
+        Entry {
+            path: "etc/ssh/ssh_host_ed25519_key",
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            contents: Some(files.host_private_key.to_string()),
+        },
+        Entry {
+            path: "etc/ssh/ssh_host_ed25519_key.pub",
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            contents: Some(format!("{}\n", files.host_public_key)),
+        },
+        Entry {
+            path: "home/agent/.ssh",
+            mode: 0o700,
+            uid: AGENT_UID,
+            gid: AGENT_UID,
+            contents: None,
+        },
+        Entry {
+            path: "home/agent/.ssh/authorized_keys",
+            mode: 0o600,
+            uid: AGENT_UID,
+            gid: AGENT_UID,
+            contents: Some(format!("{}\n", files.authorized_key)),
+        },
+        Entry {
+            path: "etc/cubbi/env",
+            mode: 0o640,
+            uid: 0,
+            gid: AGENT_UID,
+            contents: Some(env_file(files.env)?),
+        },
+        Entry {
+            path: "etc/cubbi/init.env",
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            contents: Some(env_file(files.init)?),
+        },
+        Entry {
+            path: "etc/cubbi/persistent-configs",
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            contents: Some(persistent_configs_file(files.persistent_configs)),
+        },
+    ];
+    let mut builder = tar::Builder::new(Vec::new());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(entry.mode);
+        header.set_uid(entry.uid);
+        header.set_gid(entry.gid);
+        header.set_mtime(now);
+        let data = entry.contents.unwrap_or_default();
+        if data.is_empty() && entry.mode == 0o700 {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            builder
+                .append_data(&mut header, format!("{}/", entry.path), std::io::empty())
+                .map_err(archive_error)?;
+        } else {
+            header.set_size(data.len() as u64);
+            builder
+                .append_data(&mut header, entry.path, data.as_bytes())
+                .map_err(archive_error)?;
+        }
+    }
+    builder.into_inner().map_err(archive_error)
+}
+
+fn archive_error(err: std::io::Error) -> ApiError {
+    ApiError::Failed {
+        step: "preparing the session's files".into(),
+        reason: err.to_string(),
+        logs: Vec::new(),
+    }
+}
+
+/// `KEY=VALUE` lines, as pam_env's `envfile` reads them. Values were validated to be one line.
+pub fn env_file(env: &BTreeMap<String, String>) -> Result<String, ApiError> {
+    let mut text = String::new();
+    for (key, value) in env {
+        validate_env(key, value)?;
+        text.push_str(&format!("{key}={value}\n"));
+    }
+    Ok(text)
+}
+
+/// Names must be portable shell names; values one line without NUL, since the env file is
+/// line-based and a newline would smuggle in another variable, and without `#`, where pam_env
+/// would silently cut the value.
+pub fn validate_env(key: &str, value: &str) -> Result<(), ApiError> {
+    if !crate::config::env::is_env_name(key) {
+        return Err(ApiError::invalid(format!(
+            "`{key}` is not a valid environment variable name (letters, digits and `_`, not \
+             starting with a digit)"
+        )));
+    }
+    if value.contains('\n') || value.contains('\r') || value.contains('\0') {
+        return Err(ApiError::invalid(format!(
+            "the value of `{key}` contains a line break or NUL; environment values must be one line"
+        )));
+    }
+    if value.contains('#') {
+        return Err(ApiError::invalid(format!(
+            "the value of `{key}` contains `#`, which the session's environment file cannot hold \
+             (pam_env would cut the value there)"
+        )));
+    }
+    Ok(())
+}
+
+fn persistent_configs_file(configs: &[PersistentConfig]) -> String {
+    configs
+        .iter()
+        .map(|config| {
+            let kind = match config.kind {
+                crate::images::metadata::PersistentKind::File => "file",
+                crate::images::metadata::PersistentKind::Directory => "directory",
+            };
+            format!("{}\t{}\t{kind}\n", config.source, config.target)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_has_private_modes_and_owners() {
+        let env = BTreeMap::from([("OPENAI_API_KEY".to_string(), "sk-1".to_string())]);
+        let init = BTreeMap::new();
+        let files = SessionFiles {
+            host_private_key: "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+            host_public_key: "ssh-ed25519 AAAA",
+            authorized_key: "ssh-ed25519 BBBB",
+            env: &env,
+            init: &init,
+            persistent_configs: &[],
+        };
+        let bytes = archive(&files).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut seen = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let header = entry.header().clone();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            let path = entry
+                .path()
+                .unwrap()
+                .display()
+                .to_string()
+                .trim_end_matches('/')
+                .to_string();
+            seen.insert(
+                path,
+                (
+                    header.mode().unwrap(),
+                    header.uid().unwrap(),
+                    header.gid().unwrap(),
+                    text,
+                ),
+            );
+        }
+        assert_eq!(seen["etc/ssh/ssh_host_ed25519_key"].0, 0o600);
+        assert_eq!(
+            seen["etc/cubbi/env"],
+            (0o640, 0, 1000, "OPENAI_API_KEY=sk-1\n".to_string())
+        );
+        assert_eq!(seen["home/agent/.ssh/authorized_keys"].1, 1000);
+        assert_eq!(seen["home/agent/.ssh"].0, 0o700);
+    }
+
+    #[test]
+    fn env_refusals() {
+        assert!(validate_env("BAD NAME", "1").is_err());
+        assert!(validate_env("1X", "1").is_err());
+        assert!(validate_env("X", "a\nEVIL=1").is_err());
+        assert!(validate_env("X", "a\0").is_err());
+        assert!(validate_env("X", "pass#word").is_err());
+        assert!(validate_env("X", "spaces and = signs are fine").is_ok());
+    }
+}

@@ -1,0 +1,265 @@
+//! A russh client that only talks to a host presenting the pinned key, authenticated with the
+//! user's cubbi key: the readiness probe, one-off commands and interactive shells.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::BoxStream;
+use russh::client::{self, Handle};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
+use russh::{ChannelMsg, Disconnect};
+
+use super::SshError;
+use crate::api::ExecEvent;
+
+/// Where to connect and with which keys.
+#[derive(Clone)]
+pub struct SshTarget {
+    pub address: String,
+    pub user: String,
+    pub client_key: Arc<PrivateKey>,
+    pub host_key: PublicKey,
+}
+
+struct PinnedHost {
+    expected: PublicKey,
+    mismatch: bool,
+}
+
+impl client::Handler for PinnedHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        offered: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let matches = matches!(
+            offered,
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } if key.key_data() == self.expected.key_data()
+        );
+        self.mismatch = !matches;
+        Ok(matches)
+    }
+}
+
+/// An authenticated connection.
+pub struct SshSession {
+    handle: Handle<PinnedHost>,
+}
+
+impl SshSession {
+    pub async fn connect(target: &SshTarget, timeout: Duration) -> Result<Self, SshError> {
+        let connection_error = |reason: String| SshError::Connection {
+            address: target.address.clone(),
+            reason,
+        };
+        let config = Arc::new(client::Config {
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            ..Default::default()
+        });
+        let handler = PinnedHost {
+            expected: target.host_key.clone(),
+            mismatch: false,
+        };
+        let connecting = client::connect(config, target.address.as_str(), handler);
+        let mut handle = match tokio::time::timeout(timeout, connecting).await {
+            Err(_) => return Err(connection_error("timed out".into())),
+            Ok(Err(russh::Error::UnknownKey)) => return Err(SshError::HostKeyMismatch),
+            Ok(Err(err)) => return Err(connection_error(err.to_string())),
+            Ok(Ok(handle)) => handle,
+        };
+        let key = PrivateKeyWithHashAlg::new(target.client_key.clone(), None);
+        let auth = handle
+            .authenticate_publickey(target.user.clone(), key)
+            .await
+            .map_err(|err| connection_error(err.to_string()))?;
+        if !auth.success() {
+            return Err(SshError::AuthenticationRefused(target.user.clone()));
+        }
+        Ok(Self { handle })
+    }
+
+    /// Runs a command (argv, quoted for the remote shell) and streams its output.
+    pub async fn exec(self, command: &[String]) -> Result<BoxStream<'static, ExecEvent>, SshError> {
+        let line = shell_words::join(command);
+        let channel =
+            self.handle
+                .channel_open_session()
+                .await
+                .map_err(|err| SshError::Connection {
+                    address: "session".into(),
+                    reason: err.to_string(),
+                })?;
+        channel
+            .exec(true, line)
+            .await
+            .map_err(|err| SshError::Connection {
+                address: "session".into(),
+                reason: err.to_string(),
+            })?;
+        let handle = self.handle;
+        let stream = futures_util::stream::unfold(
+            (channel, Some(handle), None::<i32>),
+            |(mut channel, handle, mut exit)| async move {
+                loop {
+                    match channel.wait().await {
+                        Some(ChannelMsg::Data { data }) => {
+                            return Some((
+                                ExecEvent::Stdout(data.to_vec()),
+                                (channel, handle, exit),
+                            ));
+                        }
+                        Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                            return Some((
+                                ExecEvent::Stderr(data.to_vec()),
+                                (channel, handle, exit),
+                            ));
+                        }
+                        Some(ChannelMsg::ExitStatus { exit_status }) => {
+                            exit = Some(i32::try_from(exit_status).unwrap_or(255));
+                        }
+                        Some(ChannelMsg::ExitSignal { .. }) => exit = exit.or(Some(255)),
+                        Some(_) => {}
+                        None => {
+                            let handle = handle?;
+                            let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
+                            let code = exit.unwrap_or(255);
+                            return Some((ExecEvent::Exit(code), (channel, None, None)));
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+
+    /// An interactive PTY on the user's terminal: raw mode, window resizes, exit status.
+    pub async fn interactive(self, command: Option<&[String]>) -> Result<i32, SshError> {
+        use crossterm::terminal;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let failed = |reason: String| SshError::Connection {
+            address: "session".into(),
+            reason,
+        };
+        let mut channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        let (cols, rows) = terminal::size().unwrap_or((80, 24));
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+        channel
+            .request_pty(false, &term, u32::from(cols), u32::from(rows), 0, 0, &[])
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        match command {
+            Some(argv) => channel.exec(true, shell_words::join(argv)).await,
+            None => channel.request_shell(true).await,
+        }
+        .map_err(|err| failed(err.to_string()))?;
+
+        terminal::enable_raw_mode().map_err(|err| SshError::Terminal(err.to_string()))?;
+        let _restore = RawModeGuard;
+        let mut resized =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+                .map_err(|err| SshError::Terminal(err.to_string()))?;
+        let mut stdin = tokio::io::stdin();
+        let mut stdout = tokio::io::stdout();
+        let mut buffer = vec![0u8; 4096];
+        let mut stdin_open = true;
+        let mut exit = None;
+        loop {
+            tokio::select! {
+                read = stdin.read(&mut buffer), if stdin_open => match read {
+                    Ok(0) | Err(_) => {
+                        stdin_open = false;
+                        let _ = channel.eof().await;
+                    }
+                    Ok(n) => {
+                        let _ = channel.data_bytes(buffer[..n].to_vec()).await;
+                    }
+                },
+                _ = resized.recv() => {
+                    if let Ok((cols, rows)) = terminal::size() {
+                        let _ = channel.window_change(u32::from(cols), u32::from(rows), 0, 0).await;
+                    }
+                }
+                message = channel.wait() => match message {
+                    Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        let _ = stdout.write_all(&data).await;
+                        let _ = stdout.flush().await;
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status }) => {
+                        exit = Some(i32::try_from(exit_status).unwrap_or(255));
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+            }
+        }
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+        Ok(exit.unwrap_or(255))
+    }
+}
+
+struct RawModeGuard;
+
+impl Drop for RawModeGuard {
+    fn drop(&mut self) {
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+/// Waits until sshd accepts the key (a full handshake and authentication), retrying with
+/// backoff; `still_alive` lets the caller stop early when the container died.
+pub async fn wait_until_ready<F, Fut>(
+    target: &SshTarget,
+    timeout: Duration,
+    mut still_alive: F,
+) -> Result<(), SshError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(10);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let last = match SshSession::connect(target, remaining.min(Duration::from_secs(5))).await {
+            Ok(session) => {
+                let _ = session
+                    .handle
+                    .disconnect(Disconnect::ByApplication, "", "en")
+                    .await;
+                return Ok(());
+            }
+            Err(SshError::HostKeyMismatch) => return Err(SshError::HostKeyMismatch),
+            Err(err) => err,
+        };
+        if Instant::now() >= deadline {
+            return Err(SshError::Connection {
+                address: target.address.clone(),
+                reason: format!(
+                    "not ready after {}s ({attempts} attempts): {last}",
+                    timeout.as_secs()
+                ),
+            });
+        }
+        // Checking the container costs an API call, so only now and then.
+        if attempts.is_multiple_of(8) && !still_alive().await {
+            return Err(SshError::Connection {
+                address: target.address.clone(),
+                reason: format!("the container stopped while sshd was starting ({last})"),
+            });
+        }
+        tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,516 @@
+//! Sessions end to end on the harness's dockerd, in the explicit insecure runc mode (no Sysbox
+//! here): real systemd, real sshd, the real OpenSSH client.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use libtest_mimic::{Failed, Trial};
+
+use crate::support::{DockerScope, TestHome, docker_test};
+
+pub fn tests() -> Vec<Trial> {
+    crate::trials![
+        create_boots_systemd_sshd_and_inner_docker,
+        secrets_reach_the_agent_but_not_docker_inspect,
+        two_port_range_refuses_third_and_leaves_nothing,
+        parallel_creates_get_distinct_ports,
+        killed_create_leaves_only_what_close_removes,
+        refusals_leave_nothing_behind,
+        ambiguous_prefix_lists_candidates,
+    ]
+}
+
+const UNSAFE: [&str; 3] = ["--runtime", "runc", "--unsafe-runc"];
+
+fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "session",
+        "create",
+        "--image",
+        "base",
+        "--no-connect",
+        "--name",
+        name,
+    ];
+    args.extend(UNSAFE);
+    args.extend(extra);
+    args
+}
+
+async fn session_containers(
+    scope: &DockerScope,
+) -> Result<Vec<bollard::models::ContainerSummary>, Failed> {
+    let filter = HashMap::from([("label", vec![format!("io.cubbi.owner={}", scope.id)])]);
+    Ok(scope
+        .docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await?)
+}
+
+fn exec(scope: &DockerScope, home: &TestHome, name: &str, command: &[&str]) -> String {
+    let mut args = vec!["session", "exec", name, "--"];
+    args.extend(command);
+    scope.cubbi(home).args(args).run().success().stdout()
+}
+
+fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
+    docker_test("session-boot", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        let workspace = home.path().join("My_Project");
+        std::fs::create_dir_all(&workspace)?;
+        std::fs::write(workspace.join("hello.txt"), "from the host\n")?;
+        let workspace_arg = workspace.display().to_string();
+        let ran = scope
+            .cubbi(&home)
+            .args(create_args("My_Project", &[&workspace_arg]))
+            .run()
+            .success()
+            .stderr_contains("NOT isolated");
+        assert!(ran.stderr().contains("ready"), "{}", ran.stderr());
+
+        let name = "my-project";
+        let state = exec(
+            &scope,
+            &home,
+            name,
+            &["systemctl", "is-system-running", "--wait"],
+        );
+        assert_eq!(
+            state.trim(),
+            "running",
+            "failed units: {}",
+            exec(
+                &scope,
+                &home,
+                name,
+                &["systemctl", "--failed", "--no-legend"]
+            )
+        );
+        assert_eq!(exec(&scope, &home, name, &["id", "-u"]).trim(), "1000");
+        assert_eq!(exec(&scope, &home, name, &["hostname"]).trim(), name);
+        assert_eq!(
+            exec(&scope, &home, name, &["cat", "workspace/hello.txt"]),
+            "from the host\n"
+        );
+        assert_eq!(
+            exec(&scope, &home, name, &["cat", "/var/lib/cubbi/init-status"]).trim(),
+            "done"
+        );
+
+        // Docker inside: import a tiny image made from the session's own /bin/sh and run it.
+        let inner = exec(
+            &scope,
+            &home,
+            name,
+            &[
+                "bash",
+                "-c",
+                "set -e; d=$(mktemp -d); mkdir -p $d/bin; cp /bin/dash $d/bin/sh; \
+               for lib in $(ldd /bin/dash | grep -o '/[^ ]*'); do mkdir -p $d$(dirname $lib); cp $lib $d$lib; done; \
+               tar -C $d -c . | sudo docker import - tiny >/dev/null; \
+               sudo docker run --rm tiny /bin/sh -c 'echo inner-docker-ok'",
+            ],
+        );
+        assert_eq!(inner.trim(), "inner-docker-ok");
+
+        // Exit codes and stderr come through separately.
+        let failing = scope
+            .cubbi(&home)
+            .args([
+                "session",
+                "exec",
+                name,
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 7",
+            ])
+            .run();
+        assert_eq!(failing.output.status.code(), Some(7));
+        assert_eq!(failing.stdout(), "out\n");
+        assert!(failing.stderr().contains("err"), "{}", failing.stderr());
+
+        // OpenSSH with the written config verifies the pinned key on the first connection.
+        let config = home.path().join(format!(".ssh/cubbi.d/{name}.conf"));
+        let ssh = Command::new("ssh")
+            .env("HOME", home.path())
+            .args(["-F"])
+            .arg(&config)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                &format!("cubbi-{name}"),
+                "echo",
+                "openssh-ok",
+            ])
+            .output()?;
+        assert!(
+            ssh.status.success(),
+            "ssh failed: {}",
+            String::from_utf8_lossy(&ssh.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&ssh.stdout).trim(), "openssh-ok");
+
+        let listed = scope
+            .cubbi(&home)
+            .args(["--json", "session", "list"])
+            .run()
+            .success();
+        let sessions: serde_json::Value = serde_json::from_str(&listed.stdout())?;
+        assert_eq!(sessions[0]["name"], name);
+        assert_eq!(sessions[0]["state"], "ready");
+        scope
+            .cubbi(&home)
+            .args(["session", "show", "my-pro"])
+            .run()
+            .success()
+            .stdout_contains("init:       done");
+
+        scope
+            .cubbi(&home)
+            .args(["session", "close", name])
+            .run()
+            .success();
+        assert!(
+            session_containers(&scope).await?.is_empty(),
+            "container left after close"
+        );
+        assert!(!config.exists(), "ssh config left after close");
+        let known = std::fs::read_to_string(home.path().join(".config/cubbi/known_hosts"))
+            .unwrap_or_default();
+        assert!(
+            !known.contains(&format!("cubbi-{name}")),
+            "known_hosts line left: {known}"
+        );
+        Ok(())
+    })
+}
+
+fn secrets_reach_the_agent_but_not_docker_inspect() -> Result<(), Failed> {
+    docker_test("session-secrets", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        scope
+            .cubbi(&home)
+            .args(["config", "set", "openai.api_key", "sk-config-secret-123"])
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(create_args(
+                "secrets",
+                &["-e", "MY_TOKEN=cli-secret-456", "-e", "PLAIN=visible"],
+            ))
+            .run()
+            .success();
+        let seen = exec(
+            &scope,
+            &home,
+            "secrets",
+            &["sh", "-c", "echo $OPENAI_API_KEY $MY_TOKEN $PLAIN"],
+        );
+        assert_eq!(seen.trim(), "sk-config-secret-123 cli-secret-456 visible");
+        let mode = exec(
+            &scope,
+            &home,
+            "secrets",
+            &["stat", "-c", "%a %U %G", "/etc/cubbi/env"],
+        );
+        assert_eq!(mode.trim(), "640 root agent");
+
+        let containers = session_containers(&scope).await?;
+        let id = containers[0].id.clone().ok_or("no id")?;
+        let inspected = scope.docker.inspect_container(&id, None).await?;
+        let inspect_json = serde_json::to_string(&inspected)?;
+        for secret in ["sk-config-secret-123", "cli-secret-456"] {
+            assert!(
+                !inspect_json.contains(secret),
+                "{secret} visible in docker inspect"
+            );
+        }
+        let logs = scope
+            .cubbi(&home)
+            .args(["session", "logs", "secrets"])
+            .run()
+            .success();
+        for secret in ["sk-config-secret-123", "cli-secret-456"] {
+            assert!(!logs.stdout().contains(secret) && !logs.stderr().contains(secret));
+        }
+        let verbose = scope
+            .cubbi(&home)
+            .args(["-vvv", "--json", "session", "show", "secrets"])
+            .run()
+            .success();
+        assert!(
+            !verbose.stdout().contains("cli-secret-456")
+                && !verbose.stderr().contains("cli-secret-456")
+        );
+        Ok(())
+    })
+}
+
+fn two_port_range_refuses_third_and_leaves_nothing() -> Result<(), Failed> {
+    docker_test("session-ports", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        // A range of its own, away from the ports parallel tests use.
+        scope
+            .cubbi(&home)
+            .args(["config", "set", "ports.start", "2490"])
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(["config", "set", "ports.end", "2491"])
+            .run()
+            .success();
+        // Another test may hold a port of the range: count what is left for us.
+        scope
+            .cubbi(&home)
+            .args(create_args("first", &[]))
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(create_args("second", &[]))
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(create_args("third", &[]))
+            .run()
+            .failure()
+            .stderr_contains("no free SSH port left in 2490-2491");
+        let names: Vec<String> = session_containers(&scope)
+            .await?
+            .iter()
+            .filter_map(|c| c.labels.as_ref()?.get("io.cubbi.name").cloned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(!names.contains(&"third".to_string()));
+        assert!(!home.path().join(".ssh/cubbi.d/third.conf").exists());
+        Ok(())
+    })
+}
+
+fn parallel_creates_get_distinct_ports() -> Result<(), Failed> {
+    docker_test("session-parallel", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        let count = 20;
+        let children: Vec<_> = (0..count)
+            .map(|i| {
+                scope
+                    .cubbi(&home)
+                    .env("CUBBI_READY_TIMEOUT", "240")
+                    .args(
+                        create_args(&format!("par{i}"), &[])
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect::<Vec<_>>(),
+                    )
+                    .spawn()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output()?;
+            assert!(
+                output.status.success(),
+                "a parallel create failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let listed = scope
+            .cubbi(&home)
+            .args(["--json", "session", "list"])
+            .run()
+            .success();
+        let sessions: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout())?;
+        assert_eq!(sessions.len(), count);
+        let ports: std::collections::BTreeSet<u64> = sessions
+            .iter()
+            .filter_map(|s| s["ssh"]["port"].as_u64())
+            .collect();
+        assert_eq!(ports.len(), count, "ports are not distinct: {ports:?}");
+        assert!(
+            sessions.iter().all(|s| s["state"] == "ready"),
+            "{sessions:?}"
+        );
+        scope
+            .cubbi(&home)
+            .args(["session", "close", "--all"])
+            .run()
+            .success();
+        assert!(session_containers(&scope).await?.is_empty());
+        Ok(())
+    })
+}
+
+fn killed_create_leaves_only_what_close_removes() -> Result<(), Failed> {
+    docker_test("session-killed", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        for delay_ms in [300u64, 900] {
+            let mut child = scope
+                .cubbi(&home)
+                .args(create_args(&format!("killed{delay_ms}"), &[]))
+                .spawn();
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let killed = child.kill();
+            child.wait()?;
+            killed?;
+        }
+        let containers = session_containers(&scope).await?;
+        let listed = scope
+            .cubbi(&home)
+            .args(["--json", "session", "list"])
+            .run()
+            .success();
+        let sessions: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout())?;
+        assert_eq!(
+            sessions.len(),
+            containers.len(),
+            "list must show every leftover container"
+        );
+        scope
+            .cubbi(&home)
+            .args(["session", "close", "--all"])
+            .run()
+            .success();
+        assert!(
+            session_containers(&scope).await?.is_empty(),
+            "close left containers"
+        );
+        Ok(())
+    })
+}
+
+fn refusals_leave_nothing_behind() -> Result<(), Failed> {
+    docker_test("session-refusals", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (create_args("!!!", &[]), "nothing usable as a session name"),
+            (
+                create_args("bad-env", &["-e", "BAD NAME=1"]),
+                "not a valid environment variable name",
+            ),
+            (create_args("newline", &["-e", "X=a\nY=b"]), "line break"),
+            (
+                create_args("relative", &["-v", "relative/path:/x"]),
+                "must be absolute",
+            ),
+            (
+                create_args("missing", &["-v", "/nonexistent/cubbi:/x"]),
+                "cannot be used",
+            ),
+            (
+                create_args(
+                    "socket",
+                    &["-v", "/var/run/docker.sock:/var/run/docker.sock"],
+                ),
+                "docker.sock",
+            ),
+            (
+                vec![
+                    "session",
+                    "create",
+                    "--image",
+                    "no-such-image",
+                    "--no-connect",
+                    "--runtime",
+                    "runc",
+                    "--unsafe-runc",
+                ],
+                "unknown image `no-such-image`",
+            ),
+            (
+                create_args("net", &["--network", "no-such-net"]),
+                "network `no-such-net` does not exist",
+            ),
+            (
+                vec![
+                    "session",
+                    "create",
+                    "--image",
+                    "base",
+                    "--no-connect",
+                    "--runtime",
+                    "runc",
+                ],
+                "--unsafe-runc",
+            ),
+            (
+                vec!["session", "create", "--image", "base", "--no-connect"],
+                "sysbox-runc",
+            ),
+            (
+                create_args("mem", &["--memory", "lots"]),
+                "not a memory size",
+            ),
+        ];
+        for (args, expected) in cases {
+            let ran = scope.cubbi(&home).args(&args).run().failure();
+            let stderr = ran.stderr();
+            assert!(
+                stderr.contains(expected),
+                "{args:?}: expected {expected:?} in {stderr}"
+            );
+            assert_eq!(
+                stderr.matches("error:").count(),
+                1,
+                "one message, not a cascade: {stderr}"
+            );
+        }
+        assert!(
+            session_containers(&scope).await?.is_empty(),
+            "a refused create left a container"
+        );
+        Ok(())
+    })
+}
+
+fn ambiguous_prefix_lists_candidates() -> Result<(), Failed> {
+    docker_test("session-prefix", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        scope
+            .cubbi(&home)
+            .args(create_args("alpha-one", &[]))
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(create_args("alpha-two", &[]))
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(["session", "show", "alpha"])
+            .run()
+            .failure()
+            .stderr_contains("matches several sessions")
+            .stderr_contains("alpha-one")
+            .stderr_contains("alpha-two");
+        scope
+            .cubbi(&home)
+            .args(["session", "show", "nope"])
+            .run()
+            .failure()
+            .stderr_contains("no session matches");
+        scope
+            .cubbi(&home)
+            .args(["session", "close", "alpha-one", "alpha-two"])
+            .run()
+            .success();
+        Ok(())
+    })
+}
