@@ -4,6 +4,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod docker;
+pub mod doctor;
+pub mod engine;
 pub mod images;
 pub mod local;
 pub mod ssh;

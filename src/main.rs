@@ -15,7 +15,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cubbi::cli::run(cli)) {
+    let result = runtime.block_on(cubbi::cli::run(cli));
+    // An interactive session leaves a blocking read of stdin behind; waiting for it would keep
+    // cubbi alive until the next key press.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -2,9 +2,12 @@
 //! logic lives in the library modules the commands call.
 
 mod config_cmd;
+mod doctor_cmd;
+mod engine_cmd;
 mod image_cmd;
 pub mod output;
 mod session_cmd;
+mod setup_cmd;
 
 use std::process::ExitCode;
 
@@ -82,6 +85,12 @@ pub enum Command {
     Session(session_cmd::SessionArgs),
     /// List, inspect and build the system container images sessions boot.
     Image(image_cmd::ImageArgs),
+    /// Install the dedicated Docker endpoint with Sysbox (needs root; --dry-run shows the plan).
+    Setup(setup_cmd::SetupArgs),
+    /// Check the host and the dedicated endpoint; exit 1 when a check fails.
+    Doctor(doctor_cmd::DoctorArgs),
+    /// Start, stop or show the supervised engine (where systemd is not PID 1).
+    Engine(engine_cmd::EngineArgs),
     /// Print a shell completion script, e.g. `cubbi completions bash > /etc/bash_completion.d/cubbi`.
     Completions {
         /// The shell to complete for.
@@ -130,6 +139,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Image(args) => {
             refuse_remote(cli.remote.as_deref(), "image")?;
             image_cmd::run(args, &context).await
+        }
+        Command::Setup(args) => {
+            refuse_remote(cli.remote.as_deref(), "setup")?;
+            setup_cmd::run(args, mode).await
+        }
+        Command::Doctor(args) => {
+            refuse_remote(cli.remote.as_deref(), "doctor")?;
+            doctor_cmd::run(args, &context).await
+        }
+        Command::Engine(args) => {
+            refuse_remote(cli.remote.as_deref(), "engine")?;
+            engine_cmd::run(args, mode).await
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cubbi", &mut std::io::stdout());

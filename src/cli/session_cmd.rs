@@ -261,6 +261,13 @@ fn spec_from(args: &CreateArgs, config: &Config) -> Result<SessionSpec, CliError
         }
         Some(path) => {
             let path = PathBuf::from(path);
+            if !path.exists() {
+                return Err(CliError::Refused(format!(
+                    "`{}` is neither a cubbi command nor an existing folder; `cubbi --help` lists \
+                     the commands",
+                    path.display()
+                )));
+            }
             let absolute = if path.is_absolute() {
                 path
             } else {

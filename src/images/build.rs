@@ -80,6 +80,8 @@ pub async fn build(
                     step = line.to_string();
                     tail.clear();
                     report(BuildEvent::Step(line));
+                } else if is_builder_chatter(line) {
+                    continue;
                 } else {
                     if tail.len() == FAILURE_TAIL_LINES {
                         tail.pop_front();
@@ -102,6 +104,15 @@ pub async fn build(
             .and_then(|image| image.id)
             .ok_or_else(|| failure(request, &step, &tail, Some("the build produced no image"))),
     }
+}
+
+/// The classic builder's bookkeeping lines, which say nothing about what a step did.
+fn is_builder_chatter(line: &str) -> bool {
+    let line = line.trim_start();
+    line.starts_with("--->")
+        || line.starts_with("Removing intermediate container")
+        || line.starts_with("Successfully built")
+        || line.starts_with("Successfully tagged")
 }
 
 fn failure(

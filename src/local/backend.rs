@@ -37,6 +37,8 @@ use crate::ssh::keys;
 pub const WORKSPACE_PATH: &str = "/home/agent/workspace";
 /// Seconds systemd gets to shut down on close before Docker kills the container.
 const STOP_TIMEOUT_SECS: i32 = 10;
+/// How many ports a create tries when the one it reserved is taken before start.
+const PORT_ATTEMPTS: u32 = 3;
 
 pub struct LocalOptions {
     /// Recorded as `io.cubbi.owner`; `list` shows only this owner's sessions.
@@ -195,7 +197,16 @@ impl LocalBackend {
         )))
     }
 
+    /// Creates the default network when missing. Docker accepts duplicate network names, so
+    /// concurrent creates would each make one; the host lock makes it happen once.
     async fn ensure_network(&self, name: &str) -> Result<(), ApiError> {
+        if self.docker.inspect_network(name, None).await.is_ok() {
+            return Ok(());
+        }
+        let lock_path = self.options.port_lock.clone();
+        let _lock = tokio::task::spawn_blocking(move || ports::PortLock::acquire(&lock_path))
+            .await
+            .map_err(|err| ApiError::unavailable(err.to_string()))??;
         if self.docker.inspect_network(name, None).await.is_ok() {
             return Ok(());
         }
@@ -207,14 +218,11 @@ impl LocalBackend {
             labels: Some(labels),
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
-            Ok(_) => Ok(()),
-            // Another create may have made it meanwhile.
-            Err(_) if self.docker.inspect_network(name, None).await.is_ok() => Ok(()),
-            Err(err) => Err(ApiError::unavailable(format!(
-                "cannot create network {name}: {err}"
-            ))),
-        }
+        self.docker
+            .create_network(request)
+            .await
+            .map(|_| ())
+            .map_err(|err| ApiError::unavailable(format!("cannot create network {name}: {err}")))
     }
 
     fn data_volume(&self) -> String {
@@ -319,6 +327,68 @@ impl LocalBackend {
             volumes: Some(volumes),
             host_config: Some(host),
             ..Default::default()
+        }
+    }
+
+    /// Under the host-wide lock: picks a port no session holds and nothing has bound, then
+    /// creates the container, whose label is from then on the port's reservation.
+    async fn create_container(
+        &self,
+        spec: &SessionSpec,
+        plan: &Plan,
+        host_public: &str,
+        data_volume: &str,
+        avoid: &BTreeSet<u16>,
+        progress: &dyn Progress,
+    ) -> Result<(String, SessionLabels), ApiError> {
+        let lock_path = self.options.port_lock.clone();
+        let lock = tokio::task::spawn_blocking(move || ports::PortLock::acquire(&lock_path))
+            .await
+            .map_err(|err| ApiError::unavailable(err.to_string()))??;
+        let mut taken = self.taken_ports().await?;
+        taken.extend(avoid);
+        let port =
+            ports::pick_free_port(self.options.ports, &taken, spec.ssh_bind, ports::can_bind)?;
+        let created_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let session_labels = SessionLabels {
+            name: plan.name.clone(),
+            owner: self.options.owner.clone(),
+            image: plan.image.reference.clone(),
+            ssh_port: port,
+            ssh_bind: spec.ssh_bind.to_string(),
+            host_key: host_public.to_string(),
+            workspace: plan.workspace.as_ref().map(|p| p.display().to_string()),
+            created: created_at,
+            command: plan
+                .image
+                .metadata
+                .as_ref()
+                .map(|m| m.command.clone())
+                .unwrap_or_else(|| vec!["bash".into(), "-l".into()]),
+        };
+        progress.step(CreateStep::CreatingContainer);
+        let body = self.container_body(spec, plan, &session_labels, data_volume);
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&format!("cubbi-{}", plan.name))
+            .build();
+        let created = self.docker.create_container(Some(options), body).await;
+        drop(lock);
+        match created {
+            Ok(created) => Ok((created.id, session_labels)),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) => Err(ApiError::Conflict(format!(
+                "a container named cubbi-{} exists already: {message}",
+                plan.name
+            ))),
+            Err(err) => Err(ApiError::Failed {
+                step: CreateStep::CreatingContainer.to_string(),
+                reason: err.to_string(),
+                logs: Vec::new(),
+            }),
         }
     }
 
@@ -630,78 +700,52 @@ impl Backend for LocalBackend {
         let host_public = keys::public_openssh(host_key.public_key())
             .map_err(|err| ApiError::unavailable(err.to_string()))?;
 
-        progress.step(CreateStep::AllocatingPort);
-        let lock_path = self.options.port_lock.clone();
-        let lock = tokio::task::spawn_blocking(move || ports::PortLock::acquire(&lock_path))
-            .await
-            .map_err(|err| ApiError::unavailable(err.to_string()))??;
-        let taken = self.taken_ports().await?;
-        let port =
-            ports::pick_free_port(self.options.ports, &taken, spec.ssh_bind, ports::can_bind)?;
-        let created_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let session_labels = SessionLabels {
-            name: plan.name.clone(),
-            owner: self.options.owner.clone(),
-            image: plan.image.reference.clone(),
-            ssh_port: port,
-            ssh_bind: spec.ssh_bind.to_string(),
-            host_key: host_public,
-            workspace: plan.workspace.as_ref().map(|p| p.display().to_string()),
-            created: created_at,
-            command: plan
-                .image
-                .metadata
-                .as_ref()
-                .map(|m| m.command.clone())
-                .unwrap_or_else(|| vec!["bash".into(), "-l".into()]),
-        };
-
-        progress.step(CreateStep::CreatingContainer);
-        let body = self.container_body(&spec, &plan, &session_labels, &data_volume);
-        let options = CreateContainerOptionsBuilder::new()
-            .name(&format!("cubbi-{}", plan.name))
-            .build();
-        let created = self.docker.create_container(Some(options), body).await;
-        // The container's label now reserves the port: other allocators may go on.
-        drop(lock);
-        let id = match created {
-            Ok(created) => created.id,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409,
-                message,
-            }) => {
-                return Err(ApiError::Conflict(format!(
-                    "a container named cubbi-{} exists already: {message}",
-                    plan.name
-                )));
+        // A port free under our lock can still be taken before `start` binds it by something
+        // that does not know our lock (another Docker endpoint on this host): then the
+        // attempt is undone and the next free port tried.
+        let mut avoid = BTreeSet::new();
+        for attempt in 1..=PORT_ATTEMPTS {
+            progress.step(CreateStep::AllocatingPort);
+            let (id, session_labels) = self
+                .create_container(&spec, &plan, &host_public, &data_volume, &avoid, progress)
+                .await?;
+            match self
+                .boot(&id, &spec, &plan, &host_key, &session_labels, progress)
+                .await
+            {
+                Ok(()) => return Ok(session_labels.into_session(id, SessionState::Ready)),
+                Err((step, reason)) => {
+                    let retry = step == CreateStep::Starting
+                        && reason.contains("address already in use")
+                        && attempt < PORT_ATTEMPTS;
+                    let logs = if retry {
+                        Vec::new()
+                    } else {
+                        self.console_tail(&id, 20).await
+                    };
+                    let _ = self.remove(&id).await;
+                    if let Some(files) = &self.options.ssh_files {
+                        let _ = files.remove_session(&plan.name);
+                    }
+                    if retry {
+                        tracing::info!(
+                            port = session_labels.ssh_port,
+                            "port taken meanwhile; trying another"
+                        );
+                        avoid.insert(session_labels.ssh_port);
+                        continue;
+                    }
+                    return Err(ApiError::Failed {
+                        step: step.to_string(),
+                        reason,
+                        logs,
+                    });
+                }
             }
-            Err(err) => {
-                return Err(ApiError::Failed {
-                    step: CreateStep::CreatingContainer.to_string(),
-                    reason: err.to_string(),
-                    logs: Vec::new(),
-                });
-            }
-        };
-
-        if let Err((step, reason)) = self
-            .boot(&id, &spec, &plan, &host_key, &session_labels, progress)
-            .await
-        {
-            let logs = self.console_tail(&id, 20).await;
-            let _ = self.remove(&id).await;
-            if let Some(files) = &self.options.ssh_files {
-                let _ = files.remove_session(&plan.name);
-            }
-            return Err(ApiError::Failed {
-                step: step.to_string(),
-                reason,
-                logs,
-            });
         }
-        Ok(session_labels.into_session(id, SessionState::Ready))
+        Err(ApiError::Exhausted(format!(
+            "every SSH port tried was taken before the session could start ({PORT_ATTEMPTS} attempts)"
+        )))
     }
 
     async fn list(&self) -> Result<Vec<Session>, ApiError> {

@@ -36,7 +36,9 @@ pub fn docker_state<'a>(state: &str, status: &'a str) -> DockerState<'a> {
     }
 }
 
-/// A cheap readiness check for listings: does something speak SSH on the port?
+/// A cheap readiness check for listings: does something speak SSH on the port? Before sshd
+/// listens, Docker's proxy accepts and at once closes, so the wait is only long on a loaded
+/// host, where a short timeout would call ready sessions "starting".
 pub async fn ssh_banner(host: &str, port: u16) -> bool {
     use tokio::io::AsyncReadExt;
     let attempt = async {
@@ -45,7 +47,7 @@ pub async fn ssh_banner(host: &str, port: u16) -> bool {
         stream.read_exact(&mut banner).await.ok()?;
         Some(&banner == b"SSH-")
     };
-    tokio::time::timeout(std::time::Duration::from_millis(500), attempt)
+    tokio::time::timeout(std::time::Duration::from_secs(2), attempt)
         .await
         .ok()
         .flatten()

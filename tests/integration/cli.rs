@@ -89,7 +89,15 @@ fn remote_flag_is_refused_where_it_cannot_apply() -> Result<(), Failed> {
 
 fn unknown_command_is_a_usage_error() -> Result<(), Failed> {
     let home = TestHome::new();
-    let ran = Cubbi::new(&home).args(["frobnicate"]).run().failure();
+    Cubbi::new(&home)
+        .args(["frobnicate"])
+        .run()
+        .failure()
+        .stderr_contains("neither a cubbi command nor an existing folder");
+    let ran = Cubbi::new(&home)
+        .args(["config", "frobnicate"])
+        .run()
+        .failure();
     assert_eq!(ran.output.status.code(), Some(2));
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod docker;
+mod engine;
 mod images;
 mod session;
 mod support;
@@ -27,6 +28,7 @@ fn main() {
     tests.extend(cli::tests());
     tests.extend(config::tests());
     tests.extend(docker::tests());
+    tests.extend(engine::tests());
     tests.extend(images::tests());
     tests.extend(session::tests());
     let conclusion = libtest_mimic::run(&args, tests);

@@ -37,6 +37,7 @@ impl Dockerd {
         }
         which("dockerd")
             .ok_or("dockerd is not installed: run install/test.sh, which installs docker.io")?;
+        reap_stale_daemons();
         let root = short_temp_dir()?;
         let bridge = format!("cbt{}", std::process::id() % 1_000_000);
         let subnet = free_subnet()?;
@@ -44,6 +45,9 @@ impl Dockerd {
         let owned_bridge = BridgeGuard(bridge.clone());
         run(Command::new("ip").args(["addr", "add", &format!("{subnet}.1/24"), "dev", &bridge]))?;
         run(Command::new("ip").args(["link", "set", &bridge, "up"]))?;
+        // Written so a later run can take down what a killed run left behind.
+        let _ = std::fs::write(root.join("owner.pid"), std::process::id().to_string());
+        let _ = std::fs::write(root.join("bridge"), &bridge);
         let socket = root.join("docker.sock");
         let log = File::create(root.join("dockerd.log")).map_err(|e| e.to_string())?;
         let child = Command::new("dockerd")
@@ -118,6 +122,44 @@ impl Dockerd {
         let _ = owned.child.wait();
         drop(BridgeGuard(owned.bridge));
         let _ = std::fs::remove_dir_all(&owned.root);
+    }
+}
+
+/// Stops daemons, bridges and folders of earlier runs whose test process is gone (a run that
+/// was killed never reaches its teardown).
+fn reap_stale_daemons() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let root = entry.path();
+        let is_ours = root
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("cubbi-dockerd-"));
+        if !is_ours {
+            continue;
+        }
+        let read_pid = |file: &str| {
+            std::fs::read_to_string(root.join(file))
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok())
+        };
+        let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+        if read_pid("owner.pid").is_some_and(alive) {
+            continue;
+        }
+        if let Some(daemon) = read_pid("docker.pid").filter(|pid| alive(*pid)) {
+            let pid = nix::unistd::Pid::from_raw(daemon);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while alive(daemon) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if let Ok(bridge) = std::fs::read_to_string(root.join("bridge")) {
+            drop(BridgeGuard(bridge.trim().to_string()));
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
 

@@ -1,0 +1,78 @@
+//! `cubbi doctor`: checks the host and the dedicated endpoint; a table for people, `--json` for
+//! machines; exit 1 when any check fails.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::engine_cmd::EngineLocation;
+use super::{CliError, Context, output};
+use crate::config::ConfigFile;
+use crate::doctor::probe::{self, Probes};
+use crate::doctor::{self, Status, checks};
+use crate::engine::host::RealHost;
+use crate::engine::runner::SystemRunner;
+use crate::engine::systemd::{DbusSystemd, Systemd};
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    location: EngineLocation,
+}
+
+pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliError> {
+    let config = ConfigFile::open_default()?.config()?;
+    let paths = args.location.paths();
+    // --endpoint wins; a private engine root names its own socket; then the config and default.
+    let endpoint = match (&context.endpoint, &args.location.engine_root) {
+        (Some(endpoint), _) => endpoint.clone(),
+        (None, Some(_)) => paths.endpoint(),
+        (None, None) => crate::docker::resolve_endpoint(None, &config),
+    };
+    let systemd_is_pid1 =
+        std::fs::read_to_string("/proc/1/comm").is_ok_and(|comm| comm.trim() == "systemd");
+    let dbus = if systemd_is_pid1 {
+        DbusSystemd::connect().await.ok()
+    } else {
+        None
+    };
+    let probes = Probes {
+        host: &RealHost,
+        runner: &SystemRunner,
+        systemd: dbus.as_ref().map(|d| d as &dyn Systemd),
+    };
+    let facts = probe::gather(&probes, &paths, &endpoint, config.ports).await;
+    let results = checks::run_all(&facts);
+    if context.mode.json {
+        output::print_json(&serde_json::json!({
+            "endpoint": endpoint,
+            "status": checks::overall(&results),
+            "checks": results,
+        }))?;
+    } else {
+        let rows = results.iter().map(|check| {
+            vec![
+                check.status.to_string(),
+                check.id.to_string(),
+                check.finding.clone(),
+                check.remedy.clone(),
+            ]
+        });
+        print!(
+            "{}",
+            output::table(
+                config.ui.table_format,
+                &["STATUS", "CHECK", "FINDING", "REMEDY"],
+                rows
+            )
+        );
+        let failed = results.iter().filter(|c| c.status == Status::Fail).count();
+        let warned = results.iter().filter(|c| c.status == Status::Warn).count();
+        println!("{failed} failed, {warned} warnings, endpoint {endpoint}");
+    }
+    Ok(if doctor::passed(&results) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

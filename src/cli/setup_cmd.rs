@@ -1,0 +1,261 @@
+//! `cubbi setup`: installs the dedicated endpoint as a plan of checked steps, printed as they
+//! run; `--dry-run` prints the plan only, `--uninstall` takes it down again.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::engine_cmd::{EngineLocation, refused, require_root};
+use super::{CliError, OutputMode, output};
+use crate::engine::apply::{self, Environment, Outcome, StepReport};
+use crate::engine::host::{HostFacts, RealHost};
+use crate::engine::plan::{self, EngineMode, SetupOptions, StepState};
+use crate::engine::runner::SystemRunner;
+use crate::engine::settings;
+use crate::engine::sysbox;
+use crate::engine::systemd::{DbusSystemd, Systemd};
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace a daemon.json that is not valid JSON (after a backup next to it).
+    #[arg(long)]
+    force: bool,
+    /// Install Docker's upstream docker-ce packages (adding Docker's apt repository) instead of
+    /// Debian's docker.io, when no dockerd is installed.
+    #[arg(long)]
+    docker_ce: bool,
+    /// Install Sysbox from this sysbox-ce .deb instead of downloading the pinned release.
+    #[arg(long, value_name = "PATH")]
+    sysbox_deb: Option<PathBuf>,
+    /// The SHA-256 the --sysbox-deb file must have [default: the pinned release's].
+    #[arg(long, value_name = "HEX", requires = "sysbox_deb")]
+    sysbox_sha256: Option<String>,
+    /// Do not install Sysbox (doctor will report it missing).
+    #[arg(long)]
+    skip_sysbox: bool,
+    /// Do not install the firewall rules that keep sessions off private networks.
+    #[arg(long)]
+    no_egress_guard: bool,
+    /// Do not create the `cubbi` Docker CLI context.
+    #[arg(long)]
+    no_docker_context: bool,
+    /// The bridge's subnet [default: the recorded one, else a free /24 in 10.214.0.0/16].
+    #[arg(long, value_name = "CIDR")]
+    subnet: Option<Ipv4Net>,
+    /// The bridge interface for the engine (never docker0).
+    #[arg(long, env = "CUBBI_ENGINE_BRIDGE", default_value = settings::DEFAULT_BRIDGE)]
+    bridge: String,
+    /// Run the engine supervised (`cubbi engine start`) even where systemd is PID 1.
+    #[arg(long)]
+    supervised: bool,
+    /// Stop and remove the engine, its unit, rules, context and config (the data-root stays).
+    #[arg(long)]
+    uninstall: bool,
+    /// With --uninstall: delete the data-root too (images, containers, volumes).
+    #[arg(long, requires = "uninstall")]
+    purge: bool,
+    #[command(flatten)]
+    location: EngineLocation,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a, T: Serialize> {
+    mode: EngineMode,
+    dry_run: bool,
+    changed: bool,
+    steps: &'a [T],
+}
+
+pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError> {
+    let command = if args.uninstall {
+        "cubbi setup --uninstall"
+    } else {
+        "cubbi setup"
+    };
+    if !args.dry_run {
+        require_root(command)?;
+    }
+    settings::validate_bridge_name(&args.bridge).map_err(refused)?;
+    let paths = args.location.paths();
+    let facts = HostFacts::gather(&RealHost);
+    // Refuse a bad package before anything changes.
+    if let Some(deb) = &args.sysbox_deb {
+        let expected = match &args.sysbox_sha256 {
+            Some(sha) => sha.clone(),
+            None => sysbox::pinned_package(&facts.architecture)
+                .map_err(|err| refused(err.into()))?
+                .sha256
+                .to_string(),
+        };
+        sysbox::verify_package(deb, &expected).map_err(|err| refused(err.into()))?;
+    }
+    let wants_systemd = facts.systemd_is_pid1 && paths.is_system() && !args.supervised;
+    let dbus = if wants_systemd {
+        Some(
+            DbusSystemd::connect()
+                .await
+                .map_err(|err| refused(err.into()))?,
+        )
+    } else {
+        None
+    };
+    let env = Environment {
+        paths: &paths,
+        facts: &facts,
+        runner: &SystemRunner,
+        systemd: dbus.as_ref().map(|d| d as &dyn Systemd),
+        start_timeout: Duration::from_secs(120),
+    };
+    let invoking_user = std::env::var("SUDO_USER")
+        .ok()
+        .filter(|user| !user.is_empty() && user != "root");
+    let state = apply::read_state(&env, invoking_user.as_deref())
+        .await
+        .map_err(refused)?;
+
+    if args.uninstall {
+        let engine_mode = if wants_systemd {
+            EngineMode::Systemd
+        } else {
+            EngineMode::Supervised
+        };
+        let steps = plan::plan_uninstall(&state, &paths, engine_mode, args.purge);
+        if args.dry_run {
+            return print_plan_rows(
+                mode,
+                engine_mode,
+                steps
+                    .iter()
+                    .map(|s| (s.id, s.state, s.finding.clone()))
+                    .collect(),
+                &steps,
+            );
+        }
+        let reports = apply::uninstall(&steps, &state, engine_mode, &env, &mut |r| {
+            print_progress(mode, r)
+        })
+        .await;
+        return finish(mode, engine_mode, &reports);
+    }
+
+    let options = SetupOptions {
+        docker_ce: args.docker_ce,
+        sysbox_deb: args.sysbox_deb.clone(),
+        skip_sysbox: args.skip_sysbox,
+        egress_guard: !args.no_egress_guard,
+        docker_context: !args.no_docker_context,
+        force: args.force,
+        subnet: args.subnet,
+        bridge: args.bridge.clone(),
+        invoking_user,
+        supervised: args.supervised,
+    };
+    let plan = plan::plan_setup(&facts, &state, &paths, &options).map_err(refused)?;
+    if args.dry_run {
+        let rows = plan
+            .steps
+            .iter()
+            .map(|s| (s.id, s.state, s.finding.clone()))
+            .collect();
+        return print_plan_rows(mode, plan.mode, rows, &plan.steps);
+    }
+    if !mode.json {
+        println!(
+            "engine mode: {}",
+            match plan.mode {
+                EngineMode::Systemd => "systemd (cubbi-docker.service, over D-Bus)",
+                EngineMode::Supervised =>
+                    "supervised (systemd is not PID 1 here; `cubbi engine start|stop|status`)",
+            }
+        );
+    }
+    let reports = apply::apply(&plan, &env, &mut |r| print_progress(mode, r)).await;
+    finish(mode, plan.mode, &reports)
+}
+
+fn label(state: StepState) -> &'static str {
+    match state {
+        StepState::Done => "done",
+        StepState::ToDo => "to do",
+        StepState::Cannot => "cannot",
+        StepState::Skipped => "skipped",
+    }
+}
+
+fn print_plan_rows<T: Serialize>(
+    mode: OutputMode,
+    engine_mode: EngineMode,
+    rows: Vec<(&'static str, StepState, String)>,
+    steps: &[T],
+) -> Result<ExitCode, CliError> {
+    let changed = rows.iter().any(|(_, state, _)| *state == StepState::ToDo);
+    if mode.json {
+        output::print_json(&JsonReport {
+            mode: engine_mode,
+            dry_run: true,
+            changed,
+            steps,
+        })?;
+    } else {
+        println!("plan (dry run, nothing changes):");
+        for (id, state, finding) in rows {
+            println!("  [{:<7}] {id}: {finding}", label(state));
+        }
+        if !changed {
+            println!("everything is already in place");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_progress(mode: OutputMode, report: &StepReport) {
+    if mode.json {
+        return;
+    }
+    let tag = match report.outcome {
+        Outcome::AlreadyDone => "ok",
+        Outcome::Applied => "changed",
+        Outcome::Skipped => "skipped",
+        Outcome::Cannot => "cannot",
+        Outcome::Failed => "FAILED",
+        Outcome::NotAttempted => "blocked",
+    };
+    println!("  [{tag:<7}] {}: {}", report.id, report.message);
+}
+
+fn finish(
+    mode: OutputMode,
+    engine_mode: EngineMode,
+    reports: &[StepReport],
+) -> Result<ExitCode, CliError> {
+    let changed = reports.iter().any(|r| r.outcome == Outcome::Applied);
+    let failed = reports
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Failed | Outcome::NotAttempted));
+    if mode.json {
+        output::print_json(&JsonReport {
+            mode: engine_mode,
+            dry_run: false,
+            changed,
+            steps: reports,
+        })?;
+    } else if failed {
+        eprintln!("setup did not finish; fix the failed step and run it again");
+    } else if changed {
+        println!("done; check it with `cubbi doctor`");
+    } else {
+        println!("nothing changed: everything was already in place");
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

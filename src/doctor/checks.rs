@@ -1,0 +1,730 @@
+//! The checks, each a pure function of the facts it needs, so every one is tested on fixtures.
+
+use serde_json::Value;
+
+use super::probe::{DoctorFacts, Readable, SocketFacts, SysboxDaemons};
+use super::{Check, Status};
+use crate::engine::daemon_json::{self, SYSBOX_RUNTIME};
+use crate::engine::host::{
+    CgroupVersion, HostFacts, IDMAPPED_MOUNTS_SINCE, KernelVersion, SYSBOX_MINIMUM_KERNEL,
+    UserNamespaces,
+};
+
+const SETUP: &str = "sudo cubbi setup";
+/// The host Docker's usual sockets and data-root: cubbi's endpoint must be none of them.
+const HOST_DOCKER_SOCKETS: &[&str] = &["/var/run/docker.sock", "/run/docker.sock"];
+const HOST_DOCKER_ROOT: &str = "/var/lib/docker";
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// Every check, in the order a person reads them.
+pub fn run_all(facts: &DoctorFacts) -> Vec<Check> {
+    let host = &facts.host;
+    vec![
+        kernel(host.kernel, &host.kernel_release),
+        user_namespaces(host.user_namespaces),
+        cgroup(host.cgroup),
+        systemd(host.systemd_is_pid1),
+        engine_binary(
+            "dockerd",
+            facts.dockerd_version.as_deref(),
+            host.has("dockerd"),
+        ),
+        engine_binary(
+            "containerd",
+            facts.containerd_version.as_deref(),
+            host.has("containerd"),
+        ),
+        socket_exists(&facts.socket),
+        socket_answers(&facts.socket),
+        socket_access(&facts.socket, host.is_root),
+        daemon_json_check(facts),
+        sysbox_binary(host),
+        sysbox_daemons(&facts.sysbox_daemons),
+        sysbox_runtime(facts.docker_info.as_ref()),
+        base_image(facts.base_image_present),
+        ssh_key(facts),
+        free_ports(facts.free_ports, facts.ports.start, facts.ports.end),
+        disk(
+            facts.data_root_free_bytes,
+            &facts.data_root.display().to_string(),
+        ),
+        not_host_default(&facts.socket, facts.docker_info.as_ref()),
+        egress_guard(&facts.egress_guard, facts.egress_guard_expected),
+    ]
+}
+
+pub fn kernel(version: Option<KernelVersion>, release: &str) -> Check {
+    const ID: &str = "kernel";
+    match version {
+        Some(v) if v >= IDMAPPED_MOUNTS_SINCE => {
+            Check::ok(ID, format!("kernel {release}: idmapped mounts available"))
+        }
+        Some(v) if v >= SYSBOX_MINIMUM_KERNEL => Check::warn(
+            ID,
+            format!(
+                "kernel {release} predates idmapped mounts ({IDMAPPED_MOUNTS_SINCE}); Sysbox needs shiftfs"
+            ),
+            "use an Ubuntu kernel with shiftfs, or upgrade to 5.12+ (e.g. `apt install linux-image-amd64` from backports)",
+        ),
+        Some(_) => Check::fail(
+            ID,
+            format!(
+                "kernel {release} is too old for Sysbox (needs {SYSBOX_MINIMUM_KERNEL}+, ideally 5.12+)"
+            ),
+            "upgrade the kernel to 5.12 or newer",
+        ),
+        None => Check::warn(
+            ID,
+            format!("cannot read the kernel version from `{release}`"),
+            "uname -r",
+        ),
+    }
+}
+
+pub fn user_namespaces(userns: UserNamespaces) -> Check {
+    const ID: &str = "user-namespaces";
+    if userns.enabled() {
+        Check::ok(ID, "user namespaces are enabled")
+    } else if userns.unprivileged_clone == Some(false) {
+        Check::fail(
+            ID,
+            "kernel.unprivileged_userns_clone is 0",
+            "sudo sysctl -w kernel.unprivileged_userns_clone=1",
+        )
+    } else {
+        Check::fail(
+            ID,
+            format!(
+                "user.max_user_namespaces is {}",
+                userns
+                    .max
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "unreadable".into())
+            ),
+            "sudo sysctl -w user.max_user_namespaces=15000",
+        )
+    }
+}
+
+pub fn cgroup(version: CgroupVersion) -> Check {
+    const ID: &str = "cgroup";
+    match version {
+        CgroupVersion::V2 => Check::ok(ID, "cgroup v2"),
+        CgroupVersion::V1 | CgroupVersion::Hybrid => Check::warn(
+            ID,
+            format!(
+                "cgroup {} (Sysbox works, but v2 is what it is tested on most)",
+                if version == CgroupVersion::V1 {
+                    "v1"
+                } else {
+                    "hybrid"
+                }
+            ),
+            "boot with systemd.unified_cgroup_hierarchy=1 on the kernel command line",
+        ),
+        CgroupVersion::Unknown => Check::warn(
+            ID,
+            "no cgroup filesystem at /sys/fs/cgroup",
+            "mount cgroup2 on /sys/fs/cgroup",
+        ),
+    }
+}
+
+pub fn systemd(is_pid1: bool) -> Check {
+    const ID: &str = "systemd";
+    if is_pid1 {
+        Check::ok(
+            ID,
+            "systemd is PID 1: the engine runs as cubbi-docker.service",
+        )
+    } else {
+        Check::warn(
+            ID,
+            "systemd is not PID 1: the engine runs supervised, and does not start at boot",
+            "sudo cubbi engine start   (after each boot)",
+        )
+    }
+}
+
+pub fn engine_binary(id: &'static str, version: Option<&str>, installed: bool) -> Check {
+    match (installed, version) {
+        (true, Some(version)) => {
+            Check::ok(id, version.lines().next().unwrap_or(version).to_string())
+        }
+        (true, None) => Check::warn(
+            id,
+            format!("{id} is installed but `{id} --version` failed"),
+            format!("{id} --version"),
+        ),
+        (false, _) => Check::fail(
+            id,
+            format!("{id} is not installed"),
+            format!("{SETUP}   (installs Debian's docker.io)"),
+        ),
+    }
+}
+
+pub fn socket_exists(socket: &SocketFacts) -> Check {
+    const ID: &str = "endpoint-socket";
+    match &socket.path {
+        None => Check::ok(
+            ID,
+            format!(
+                "{} is not a unix socket; checked by answering",
+                socket.endpoint
+            ),
+        ),
+        Some(path) if socket.exists => Check::ok(ID, format!("{} exists", path.display())),
+        Some(path) => Check::fail(
+            ID,
+            format!("{} does not exist", path.display()),
+            format!("{SETUP}   (or `sudo cubbi engine start`)"),
+        ),
+    }
+}
+
+pub fn socket_answers(socket: &SocketFacts) -> Check {
+    const ID: &str = "endpoint-answers";
+    match &socket.answers {
+        Ok(()) => Check::ok(ID, format!("{} answers", socket.endpoint)),
+        Err(reason) => Check::fail(
+            ID,
+            format!(
+                "{} does not answer: {}",
+                socket.endpoint,
+                reason.lines().next().unwrap_or_default()
+            ),
+            "sudo cubbi engine start   (or `sudo systemctl restart cubbi-docker`)",
+        ),
+    }
+}
+
+pub fn socket_access(socket: &SocketFacts, is_root: bool) -> Check {
+    const ID: &str = "endpoint-access";
+    match &socket.path {
+        _ if is_root => Check::ok(ID, "root may use every socket"),
+        Some(path) if socket.exists && !socket.accessible => Check::fail(
+            ID,
+            format!(
+                "you may not use {}: you are not in its group",
+                path.display()
+            ),
+            format!(
+                "sudo usermod -aG {} $USER   (then log in again)",
+                crate::engine::SOCKET_GROUP
+            ),
+        ),
+        Some(path) if socket.exists => Check::ok(ID, format!("you may use {}", path.display())),
+        _ => Check::ok(ID, "nothing to check without a socket"),
+    }
+}
+
+pub fn daemon_json_check(facts: &DoctorFacts) -> Check {
+    const ID: &str = "daemon-json";
+    let path = facts.daemon_json_path.display();
+    match &facts.daemon_json {
+        Readable::NeedsRoot => Check::warn(
+            ID,
+            format!("{path} needs root to read"),
+            "sudo cubbi doctor",
+        ),
+        Readable::Unknown(reason) => {
+            Check::fail(ID, format!("cannot read {path}: {reason}"), SETUP)
+        }
+        Readable::Read(None) => Check::fail(ID, format!("{path} does not exist"), SETUP),
+        Readable::Read(Some(text)) => match daemon_json::parse(&facts.daemon_json_path, text) {
+            Err(err) => Check::fail(ID, err.to_string(), format!("fix it, or `{SETUP} --force`")),
+            Ok(map) => {
+                let drifted = daemon_json::mismatched_keys(&map, &facts.expected_daemon_json);
+                if drifted.is_empty() {
+                    Check::ok(ID, format!("{path} is valid and matches what setup writes"))
+                } else {
+                    Check::warn(
+                        ID,
+                        format!(
+                            "{path} differs from what setup writes in: {}",
+                            drifted.join(", ")
+                        ),
+                        SETUP,
+                    )
+                }
+            }
+        },
+    }
+}
+
+pub fn sysbox_binary(host: &HostFacts) -> Check {
+    const ID: &str = "sysbox-runc";
+    match host.programs.get("sysbox-runc") {
+        Some(path) => Check::ok(ID, format!("{} is installed", path.display())),
+        None => Check::fail(
+            ID,
+            "sysbox-runc is not installed: sessions cannot run under Sysbox",
+            format!(
+                "{SETUP}   (or `{SETUP} --sysbox-deb ./sysbox-ce_{}-0.linux_amd64.deb`)",
+                crate::engine::sysbox::SYSBOX_VERSION
+            ),
+        ),
+    }
+}
+
+pub fn sysbox_daemons(daemons: &SysboxDaemons) -> Check {
+    const ID: &str = "sysbox-services";
+    match daemons {
+        SysboxDaemons::Units { mgr, fs } if mgr == "active" && fs == "active" => {
+            Check::ok(ID, "sysbox-mgr and sysbox-fs are active")
+        }
+        SysboxDaemons::Units { mgr, fs } => Check::fail(
+            ID,
+            format!("sysbox-mgr is {mgr}, sysbox-fs is {fs}"),
+            "sudo systemctl start sysbox   (installed by `sudo cubbi setup`)",
+        ),
+        SysboxDaemons::Processes {
+            mgr: true,
+            fs: true,
+        } => Check::ok(ID, "sysbox-mgr and sysbox-fs are running"),
+        SysboxDaemons::Processes { mgr, fs } => Check::fail(
+            ID,
+            format!(
+                "not running: {}",
+                [(!mgr).then_some("sysbox-mgr"), (!fs).then_some("sysbox-fs")]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "install Sysbox (`sudo cubbi setup`) and start sysbox-mgr and sysbox-fs",
+        ),
+    }
+}
+
+/// `docker info`: sysbox-runc registered and the default runtime.
+pub fn sysbox_runtime(info: Option<&Value>) -> Check {
+    const ID: &str = "sysbox-default-runtime";
+    let Some(info) = info else {
+        return Check::fail(
+            ID,
+            "the endpoint does not answer, so its runtimes are unknown",
+            "sudo cubbi engine start",
+        );
+    };
+    let registered = info
+        .get("Runtimes")
+        .and_then(Value::as_object)
+        .is_some_and(|runtimes| runtimes.contains_key(SYSBOX_RUNTIME));
+    let default = info
+        .get("DefaultRuntime")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
+    match (registered, default == SYSBOX_RUNTIME) {
+        (true, true) => Check::ok(ID, "sysbox-runc is registered and the default runtime"),
+        (true, false) => Check::fail(
+            ID,
+            format!("sysbox-runc is registered but the default is {default}"),
+            SETUP,
+        ),
+        (false, _) => Check::fail(
+            ID,
+            format!("sysbox-runc is not registered (default: {default})"),
+            SETUP,
+        ),
+    }
+}
+
+pub fn base_image(present: Option<bool>) -> Check {
+    const ID: &str = "base-image";
+    match present {
+        Some(true) => Check::ok(ID, format!("{} is present", super::probe::BASE_IMAGE)),
+        Some(false) => Check::warn(
+            ID,
+            format!("{} is not built yet", super::probe::BASE_IMAGE),
+            "cubbi image build base",
+        ),
+        None => Check::warn(
+            ID,
+            "the endpoint does not answer, so images are unknown",
+            "sudo cubbi engine start",
+        ),
+    }
+}
+
+pub fn ssh_key(facts: &DoctorFacts) -> Check {
+    const ID: &str = "ssh-key";
+    match (&facts.ssh_key, facts.ssh_key_present) {
+        (Some(path), true) => Check::ok(ID, format!("{} is present", path.display())),
+        (Some(path), false) => Check::warn(
+            ID,
+            format!("{} does not exist yet", path.display()),
+            "created by your first `cubbi session create`",
+        ),
+        (None, _) => Check::warn(ID, "no home directory to hold the key", "set HOME"),
+    }
+}
+
+pub fn free_ports(free: usize, start: u16, end: u16) -> Check {
+    const ID: &str = "ports";
+    let total = usize::from(end.saturating_sub(start)) + 1;
+    let range = format!("{start}-{end}");
+    match free {
+        0 => Check::fail(
+            ID,
+            format!("no free port in {range}"),
+            "cubbi session close NAME   (or widen with `cubbi config set ports.end N`)",
+        ),
+        n if n < 10 => Check::warn(
+            ID,
+            format!("only {n} of {total} ports free in {range}"),
+            "cubbi config set ports.end N",
+        ),
+        n => Check::ok(ID, format!("{n} of {total} ports free in {range}")),
+    }
+}
+
+pub fn disk(free: Option<u64>, data_root: &str) -> Check {
+    const ID: &str = "disk";
+    match free {
+        None => Check::warn(
+            ID,
+            format!("cannot read free space for {data_root}"),
+            format!("df -h {data_root}"),
+        ),
+        Some(bytes) if bytes < 2 * GIB => Check::fail(
+            ID,
+            format!("{} free for {data_root}", human(bytes)),
+            "free disk space, or `docker --context cubbi system prune`",
+        ),
+        Some(bytes) if bytes < 10 * GIB => Check::warn(
+            ID,
+            format!("{} free for {data_root}", human(bytes)),
+            "docker --context cubbi system prune",
+        ),
+        Some(bytes) => Check::ok(ID, format!("{} free for {data_root}", human(bytes))),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / GIB as f64)
+}
+
+/// The endpoint must be cubbi's own, never the host Docker.
+pub fn not_host_default(socket: &SocketFacts, info: Option<&Value>) -> Check {
+    const ID: &str = "not-host-docker";
+    if let Some(path) = &socket.path
+        && HOST_DOCKER_SOCKETS
+            .iter()
+            .any(|host| path.as_path() == std::path::Path::new(host))
+    {
+        return Check::fail(
+            ID,
+            format!(
+                "the endpoint is the host Docker's socket {}",
+                path.display()
+            ),
+            "cubbi config unset docker.endpoint   (and unset CUBBI_DOCKER_HOST)",
+        );
+    }
+    match info
+        .and_then(|info| info.get("DockerRootDir"))
+        .and_then(Value::as_str)
+    {
+        Some(HOST_DOCKER_ROOT) => Check::fail(
+            ID,
+            format!("the endpoint's data-root is the host Docker's {HOST_DOCKER_ROOT}"),
+            "cubbi config unset docker.endpoint",
+        ),
+        Some(root) => Check::ok(ID, format!("a dedicated engine (data-root {root})")),
+        None => Check::ok(
+            ID,
+            format!("{} is not the host Docker's socket", socket.endpoint),
+        ),
+    }
+}
+
+pub fn egress_guard(installed: &Readable<bool>, expected: bool) -> Check {
+    const ID: &str = "egress-guard";
+    match installed {
+        Readable::Read(true) => Check::ok(ID, "CUBBI-EGRESS rules are in place"),
+        Readable::Read(false) if !expected => {
+            Check::warn(ID, "no engine set up, so no egress rules", SETUP)
+        }
+        Readable::Read(false) => Check::warn(
+            ID,
+            "the egress guard is not in place: sessions can reach private networks",
+            SETUP,
+        ),
+        Readable::NeedsRoot => Check::warn(
+            ID,
+            "checking firewall rules needs root",
+            "sudo cubbi doctor",
+        ),
+        Readable::Unknown(reason) => Check::warn(ID, reason.clone(), "apt-get install iptables"),
+    }
+}
+
+/// Inside a Sysbox container, root (uid 0) must map to an unprivileged host uid. `uid_map` is
+/// the container's `/proc/self/uid_map` ("inside outside count" per line).
+pub fn uid_map(uid_map: &str) -> Check {
+    const ID: &str = "userns-mapping";
+    let root_line = uid_map.lines().find_map(|line| {
+        let numbers: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        match numbers.as_slice() {
+            [0, outside, count] => Some((*outside, *count)),
+            _ => None,
+        }
+    });
+    match root_line {
+        Some((0, _)) => Check::fail(
+            ID,
+            "container root is host root (no user namespace)",
+            "run sessions with --runtime sysbox-runc",
+        ),
+        Some((outside, count)) => Check::ok(
+            ID,
+            format!("container root is host uid {outside} ({count} ids mapped)"),
+        ),
+        None => Check::fail(
+            ID,
+            "cannot read the container's uid map",
+            "cat /proc/self/uid_map inside a session",
+        ),
+    }
+}
+
+/// The worst status of a set of checks.
+pub fn overall(checks: &[Check]) -> Status {
+    checks
+        .iter()
+        .map(|check| check.status)
+        .max()
+        .unwrap_or(Status::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn socket(path: &str, exists: bool, accessible: bool, answers: bool) -> SocketFacts {
+        SocketFacts {
+            endpoint: format!("unix://{path}"),
+            path: Some(PathBuf::from(path)),
+            exists,
+            accessible,
+            answers: if answers {
+                Ok(())
+            } else {
+                Err("connection refused".into())
+            },
+        }
+    }
+
+    #[test]
+    fn kernel_versions() {
+        let check = |release: &str| kernel(KernelVersion::parse(release), release).status;
+        assert_eq!(check("6.18.44"), Status::Ok);
+        assert_eq!(check("5.12.0"), Status::Ok);
+        assert_eq!(check("5.4.0-100-generic"), Status::Fail);
+        assert_eq!(check("5.10.0-28-amd64"), Status::Warn);
+        assert_eq!(check("weird"), Status::Warn);
+        assert!(
+            kernel(KernelVersion::parse("5.10.0"), "5.10.0")
+                .finding
+                .contains("shiftfs")
+        );
+    }
+
+    #[test]
+    fn user_namespace_knobs() {
+        assert_eq!(
+            user_namespaces(UserNamespaces {
+                max: Some(1),
+                unprivileged_clone: None
+            })
+            .status,
+            Status::Ok
+        );
+        let off = user_namespaces(UserNamespaces {
+            max: Some(1),
+            unprivileged_clone: Some(false),
+        });
+        assert_eq!(off.status, Status::Fail);
+        assert!(off.remedy.contains("unprivileged_userns_clone=1"));
+        assert!(
+            user_namespaces(UserNamespaces {
+                max: Some(0),
+                unprivileged_clone: None
+            })
+            .remedy
+            .contains("max_user_namespaces")
+        );
+    }
+
+    #[test]
+    fn cgroups_and_systemd() {
+        assert_eq!(cgroup(CgroupVersion::V2).status, Status::Ok);
+        assert_eq!(cgroup(CgroupVersion::V1).status, Status::Warn);
+        assert_eq!(systemd(true).status, Status::Ok);
+        let no = systemd(false);
+        assert_eq!(no.status, Status::Warn);
+        assert!(no.remedy.contains("cubbi engine start"));
+    }
+
+    #[test]
+    fn engine_binaries() {
+        assert_eq!(
+            engine_binary(
+                "dockerd",
+                Some("Docker version 20.10.24+dfsg1, build 297e128"),
+                true
+            )
+            .status,
+            Status::Ok
+        );
+        assert_eq!(engine_binary("dockerd", None, false).status, Status::Fail);
+    }
+
+    #[test]
+    fn socket_checks() {
+        assert_eq!(
+            socket_exists(&socket("/s", false, false, false)).status,
+            Status::Fail
+        );
+        assert_eq!(
+            socket_answers(&socket("/s", true, true, false)).status,
+            Status::Fail
+        );
+        assert_eq!(
+            socket_answers(&socket("/s", true, true, true)).status,
+            Status::Ok
+        );
+        let denied = socket_access(&socket("/s", true, false, true), false);
+        assert_eq!(denied.status, Status::Fail);
+        assert!(denied.remedy.contains("usermod -aG cubbi"));
+        assert_eq!(
+            socket_access(&socket("/s", true, false, true), true).status,
+            Status::Ok
+        );
+    }
+
+    #[test]
+    fn docker_info_runtimes() {
+        let sysbox = json!({"DefaultRuntime": "sysbox-runc", "Runtimes": {"runc": {}, "sysbox-runc": {"path": "/usr/bin/sysbox-runc"}}});
+        assert_eq!(sysbox_runtime(Some(&sysbox)).status, Status::Ok);
+        let registered_only =
+            json!({"DefaultRuntime": "runc", "Runtimes": {"runc": {}, "sysbox-runc": {}}});
+        assert!(
+            sysbox_runtime(Some(&registered_only))
+                .finding
+                .contains("default is runc")
+        );
+        let plain = json!({"DefaultRuntime": "runc", "Runtimes": {"runc": {}}});
+        assert_eq!(sysbox_runtime(Some(&plain)).status, Status::Fail);
+        assert_eq!(sysbox_runtime(None).status, Status::Fail);
+    }
+
+    #[test]
+    fn sysbox_binary_and_daemons() {
+        let mut host =
+            HostFacts::gather(&crate::engine::host::fixture::FixtureHost::debian_with_systemd());
+        let missing = sysbox_binary(&host);
+        assert_eq!(missing.status, Status::Fail);
+        assert!(missing.remedy.contains("--sysbox-deb"));
+        host.programs
+            .insert("sysbox-runc".into(), "/usr/bin/sysbox-runc".into());
+        assert_eq!(sysbox_binary(&host).status, Status::Ok);
+        let units = SysboxDaemons::Units {
+            mgr: "active".into(),
+            fs: "inactive".into(),
+        };
+        assert!(
+            sysbox_daemons(&units)
+                .finding
+                .contains("sysbox-fs is inactive")
+        );
+        let procs = SysboxDaemons::Processes {
+            mgr: false,
+            fs: false,
+        };
+        assert_eq!(
+            sysbox_daemons(&procs).finding,
+            "not running: sysbox-mgr, sysbox-fs"
+        );
+        assert_eq!(
+            sysbox_daemons(&SysboxDaemons::Processes {
+                mgr: true,
+                fs: true
+            })
+            .status,
+            Status::Ok
+        );
+    }
+
+    #[test]
+    fn the_host_docker_is_never_the_endpoint() {
+        assert_eq!(
+            not_host_default(&socket("/var/run/docker.sock", true, true, true), None).status,
+            Status::Fail
+        );
+        let host_root = json!({"DockerRootDir": "/var/lib/docker"});
+        assert_eq!(
+            not_host_default(&socket("/tmp/x.sock", true, true, true), Some(&host_root)).status,
+            Status::Fail
+        );
+        let own = json!({"DockerRootDir": "/var/lib/cubbi-docker"});
+        assert_eq!(
+            not_host_default(
+                &socket("/var/run/cubbi-docker.sock", true, true, true),
+                Some(&own)
+            )
+            .status,
+            Status::Ok
+        );
+    }
+
+    #[test]
+    fn ports_disk_image_egress() {
+        assert_eq!(free_ports(0, 2300, 2500).status, Status::Fail);
+        assert_eq!(free_ports(5, 2300, 2500).status, Status::Warn);
+        assert!(free_ports(201, 2300, 2500).finding.contains("201 of 201"));
+        assert_eq!(disk(Some(GIB), "/d").status, Status::Fail);
+        assert_eq!(disk(Some(5 * GIB), "/d").status, Status::Warn);
+        assert_eq!(disk(Some(50 * GIB), "/d").status, Status::Ok);
+        assert_eq!(base_image(Some(false)).remedy, "cubbi image build base");
+        assert_eq!(
+            egress_guard(&Readable::NeedsRoot, true).remedy,
+            "sudo cubbi doctor"
+        );
+        assert_eq!(egress_guard(&Readable::Read(true), true).status, Status::Ok);
+    }
+
+    #[test]
+    fn uid_maps() {
+        assert_eq!(
+            uid_map("         0     165536      65536\n").status,
+            Status::Ok
+        );
+        assert_eq!(
+            uid_map("         0          0 4294967295\n").status,
+            Status::Fail
+        );
+        assert_eq!(uid_map("").status, Status::Fail);
+    }
+
+    #[test]
+    fn overall_is_the_worst() {
+        let checks = [
+            Check::ok("a", ""),
+            Check::warn("b", "", ""),
+            Check::ok("c", ""),
+        ];
+        assert_eq!(overall(&checks), Status::Warn);
+        assert!(super::super::passed(&checks));
+        assert!(!super::super::passed(&[Check::fail("x", "", "")]));
+    }
+}

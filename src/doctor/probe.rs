@@ -1,0 +1,240 @@
+//! Gathering [`DoctorFacts`] from the real machine: files, programs, the endpoint (bollard),
+//! systemd (D-Bus) and iptables. Anything unreadable without root is recorded as such.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::PortRange;
+use crate::engine::EnginePaths;
+use crate::engine::egress::{self, GuardSettings};
+use crate::engine::host::{HostFacts, HostProbe};
+use crate::engine::runner::CommandRunner;
+use crate::engine::settings::EngineSettings;
+use crate::engine::systemd::Systemd;
+
+/// The image every tool image builds on.
+pub const BASE_IMAGE: &str = "cubbi-base";
+
+/// A fact that may need root to read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "value", rename_all = "kebab-case")]
+pub enum Readable<T> {
+    Read(T),
+    NeedsRoot,
+    Unknown(String),
+}
+
+/// How Sysbox's two daemons are doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SysboxDaemons {
+    /// ActiveState of sysbox-mgr.service and sysbox-fs.service over D-Bus.
+    Units { mgr: String, fs: String },
+    /// Without systemd: whether the processes run.
+    Processes { mgr: bool, fs: bool },
+}
+
+/// The dedicated socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SocketFacts {
+    pub endpoint: String,
+    /// The socket path for unix:// endpoints.
+    pub path: Option<PathBuf>,
+    pub exists: bool,
+    /// The current user may read and write it.
+    pub accessible: bool,
+    /// `Ok` when it answered; otherwise why not.
+    pub answers: Result<(), String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorFacts {
+    pub host: HostFacts,
+    pub dockerd_version: Option<String>,
+    pub containerd_version: Option<String>,
+    pub socket: SocketFacts,
+    /// `docker info` of the endpoint, as the Docker API names its fields.
+    pub docker_info: Option<Value>,
+    pub daemon_json_path: PathBuf,
+    pub daemon_json: Readable<Option<String>>,
+    /// What setup would write for these paths.
+    pub expected_daemon_json: serde_json::Map<String, Value>,
+    pub sysbox_daemons: SysboxDaemons,
+    pub base_image_present: Option<bool>,
+    pub ssh_key: Option<PathBuf>,
+    pub ssh_key_present: bool,
+    pub ports: PortRange,
+    pub free_ports: usize,
+    pub data_root: PathBuf,
+    pub data_root_free_bytes: Option<u64>,
+    pub egress_guard: Readable<bool>,
+    pub egress_guard_expected: bool,
+}
+
+/// The probes doctor uses; all real ones by default.
+pub struct Probes<'a> {
+    pub host: &'a dyn HostProbe,
+    pub runner: &'a dyn CommandRunner,
+    /// `None` where systemd is not PID 1 or the bus is unreachable.
+    pub systemd: Option<&'a dyn Systemd>,
+}
+
+pub async fn gather(
+    probes: &Probes<'_>,
+    paths: &EnginePaths,
+    endpoint: &str,
+    ports: PortRange,
+) -> DoctorFacts {
+    let host = HostFacts::gather(probes.host);
+    let version = |program: &str| {
+        host.has(program).then(|| {
+            probes
+                .runner
+                .output(program, &["--version"])
+                .ok()
+                .filter(|out| out.success)
+                .map(|out| out.stdout.trim().to_string())
+        })?
+    };
+    let dockerd_version = version("dockerd");
+    let containerd_version = version("containerd");
+    let socket_path = endpoint.strip_prefix("unix://").map(PathBuf::from);
+    let exists = socket_path.as_ref().is_some_and(|path| path.exists());
+    let accessible = socket_path.as_ref().is_some_and(|path| {
+        nix::unistd::access(
+            path.as_path(),
+            nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+        )
+        .is_ok()
+    });
+    let (answers, docker_info, base_image_present) = match crate::docker::connect(endpoint).await {
+        Ok(docker) => {
+            let info = docker
+                .info()
+                .await
+                .ok()
+                .and_then(|info| serde_json::to_value(info).ok());
+            let image = docker.inspect_image(BASE_IMAGE).await.is_ok();
+            (Ok(()), info, Some(image))
+        }
+        Err(err) => (Err(err.to_string()), None, None),
+    };
+    let daemon_json = match std::fs::read_to_string(&paths.daemon_json) {
+        Ok(text) => Readable::Read(Some(text)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Readable::Read(None),
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => Readable::NeedsRoot,
+        Err(err) => Readable::Unknown(err.to_string()),
+    };
+    let settings = EngineSettings::load(&paths.engine_json).ok().flatten();
+    let expected_daemon_json =
+        crate::engine::daemon_json::render(&crate::engine::daemon_json::DaemonSettings {
+            paths,
+            bridge: settings
+                .as_ref()
+                .map(|s| s.bridge.as_str())
+                .unwrap_or(crate::engine::settings::DEFAULT_BRIDGE),
+            // Setup always names the group; a bare `engine start` leaves it out when it is missing.
+            socket_group: nix::unistd::Group::from_name(crate::engine::SOCKET_GROUP)
+                .ok()
+                .flatten()
+                .map(|_| crate::engine::SOCKET_GROUP),
+        });
+    let sysbox_daemons = match probes.systemd {
+        Some(systemd) => SysboxDaemons::Units {
+            mgr: systemd
+                .active_state("sysbox-mgr.service")
+                .await
+                .unwrap_or_else(|_| "unknown".into()),
+            fs: systemd
+                .active_state("sysbox-fs.service")
+                .await
+                .unwrap_or_else(|_| "unknown".into()),
+        },
+        None => {
+            let running = running_programs();
+            SysboxDaemons::Processes {
+                mgr: running.iter().any(|name| name == "sysbox-mgr"),
+                fs: running.iter().any(|name| name == "sysbox-fs"),
+            }
+        }
+    };
+    let ssh_key = crate::ssh::files::SshFiles::for_user()
+        .ok()
+        .map(|files| files.client_key());
+    let ssh_key_present = ssh_key.as_ref().is_some_and(|path| path.exists());
+    let free_ports = (ports.start..=ports.end)
+        .filter(|port| {
+            crate::local::ports::can_bind(std::net::SocketAddr::from(([0, 0, 0, 0], *port)))
+        })
+        .count();
+    let egress_guard = match (&settings, host.is_root, host.has("iptables")) {
+        (None, _, _) => Readable::Read(false),
+        (Some(_), false, _) => Readable::NeedsRoot,
+        (Some(_), true, false) => Readable::Unknown("iptables is not installed".into()),
+        (Some(settings), true, true) => Readable::Read(egress::is_installed(
+            probes.runner,
+            &GuardSettings {
+                bridge: settings.bridge.clone(),
+                subnet: settings.subnet,
+                nameservers: egress::parse_nameservers(
+                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                ),
+            },
+        )),
+    };
+    DoctorFacts {
+        dockerd_version,
+        containerd_version,
+        socket: SocketFacts {
+            endpoint: endpoint.to_string(),
+            path: socket_path,
+            exists,
+            accessible,
+            answers,
+        },
+        docker_info,
+        daemon_json_path: paths.daemon_json.clone(),
+        daemon_json,
+        expected_daemon_json,
+        sysbox_daemons,
+        base_image_present,
+        ssh_key,
+        ssh_key_present,
+        ports,
+        free_ports,
+        data_root_free_bytes: free_bytes(&paths.data_root),
+        data_root: paths.data_root.clone(),
+        egress_guard,
+        egress_guard_expected: settings.is_some(),
+        host,
+    }
+}
+
+/// Names of running programs, from /proc/*/comm.
+fn running_programs() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|entry| {
+                    entry
+                        .file_name()
+                        .to_string_lossy()
+                        .chars()
+                        .all(|c| c.is_ascii_digit())
+                })
+                .filter_map(|entry| std::fs::read_to_string(entry.path().join("comm")).ok())
+                .map(|comm| comm.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Free bytes on the filesystem holding `path` (or its nearest existing parent, before setup).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|candidate| candidate.exists())?;
+    let stats = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(stats.blocks_available() as u64 * stats.fragment_size() as u64)
+}

@@ -1,0 +1,693 @@
+//! Carrying out a [`Plan`]: reads the current [`EngineState`], runs each to-do step through the
+//! boundary traits, and reports every step as it goes. Steps the rest depends on (the engine
+//! binaries, daemon.json, the engine) stop the run when they fail; Sysbox does not, so the
+//! endpoint still comes up and `doctor` reports what is missing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::egress::{self, GuardSettings};
+use super::host::HostFacts;
+use super::plan::{Action, EngineMode, EngineState, Plan, StepState, SysboxSource, UninstallStep};
+use super::runner::CommandRunner;
+use super::settings::EngineSettings;
+use super::systemd::{self, Systemd};
+use super::{
+    DOCKER_CONTEXT, EngineError, EnginePaths, SOCKET_GROUP, UNIT_NAME, supervisor, sysbox,
+};
+
+/// The host Docker's config, which the sysbox-ce installer edits; cubbi only snapshots and
+/// restores it around that installer.
+const HOST_DOCKER_DAEMON_JSON: &str = "/etc/docker/daemon.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    AlreadyDone,
+    Applied,
+    Skipped,
+    Cannot,
+    Failed,
+    /// Not attempted because a step it depends on failed.
+    NotAttempted,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub id: &'static str,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+/// The real-world handles a run needs.
+pub struct Environment<'a> {
+    pub paths: &'a EnginePaths,
+    pub facts: &'a HostFacts,
+    pub runner: &'a dyn CommandRunner,
+    /// Present in systemd mode.
+    pub systemd: Option<&'a dyn Systemd>,
+    pub start_timeout: Duration,
+}
+
+/// Reads what is in place now.
+pub async fn read_state(
+    env: &Environment<'_>,
+    invoking_user: Option<&str>,
+) -> Result<EngineState, EngineError> {
+    let paths = env.paths;
+    let engine_settings = EngineSettings::load(&paths.engine_json)?;
+    let group = nix::unistd::Group::from_name(SOCKET_GROUP).ok().flatten();
+    let user_in_group = match (&group, invoking_user) {
+        (Some(group), Some(user)) => {
+            group.mem.iter().any(|member| member == user)
+                || nix::unistd::User::from_name(user)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|account| account.gid == group.gid)
+        }
+        _ => false,
+    };
+    let (unit_active, unit_enabled) = match env.systemd {
+        Some(systemd) => (
+            systemd
+                .active_state(UNIT_NAME)
+                .await
+                .is_ok_and(|state| state == "active"),
+            systemd
+                .unit_file_state(UNIT_NAME)
+                .await
+                .is_ok_and(|state| state == "enabled"),
+        ),
+        None => (false, false),
+    };
+    let nameservers =
+        egress::parse_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let egress_installed = engine_settings.as_ref().is_some_and(|settings| {
+        env.facts.has("iptables")
+            && egress::is_installed(
+                env.runner,
+                &GuardSettings {
+                    bridge: settings.bridge.clone(),
+                    subnet: settings.subnet,
+                    nameservers: nameservers.clone(),
+                },
+            )
+    });
+    let docker_context_endpoint = if env.facts.has("docker") {
+        as_user(
+            invoking_user,
+            "docker",
+            &[
+                "context",
+                "inspect",
+                DOCKER_CONTEXT,
+                "--format",
+                "{{.Endpoints.docker.Host}}",
+            ],
+        )
+        .and_then(|(program, args)| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            env.runner.output(&program, &args).ok()
+        })
+        .filter(|out| out.success)
+        .map(|out| out.stdout.trim().to_string())
+    } else {
+        None
+    };
+    Ok(EngineState {
+        daemon_json: read_optional(&paths.daemon_json)?,
+        engine_settings,
+        unit_file: read_optional(&paths.unit_file)?,
+        group_exists: group.is_some(),
+        user_in_group,
+        engine_answers: crate::docker::connect(&paths.endpoint()).await.is_ok(),
+        unit_active,
+        unit_enabled,
+        egress_installed,
+        docker_context_endpoint,
+        nameservers,
+    })
+}
+
+/// Runs `program` as `user` when one is given (the sudo caller), via runuser.
+fn as_user(user: Option<&str>, program: &str, args: &[&str]) -> Option<(String, Vec<String>)> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    Some(match user {
+        Some(user) => {
+            let mut full = vec![
+                "-u".to_string(),
+                user.to_string(),
+                "--".to_string(),
+                program.to_string(),
+            ];
+            full.extend(args);
+            ("runuser".to_string(), full)
+        }
+        None => (program.to_string(), args),
+    })
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, EngineError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(EngineError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Writes through a temp file in the same folder, so a crash never leaves half a file.
+pub fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), EngineError> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let write_error = |source| EngineError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let folder = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(folder).map_err(write_error)?;
+    let mut temp = tempfile::NamedTempFile::new_in(folder).map_err(write_error)?;
+    temp.write_all(contents.as_bytes()).map_err(write_error)?;
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(write_error)?;
+    temp.persist(path).map_err(|err| write_error(err.error))?;
+    Ok(())
+}
+
+/// Applies every to-do step, calling `report` after each.
+pub async fn apply(
+    plan: &Plan,
+    env: &Environment<'_>,
+    report: &mut dyn FnMut(&StepReport),
+) -> Vec<StepReport> {
+    let mut reports = Vec::new();
+    let mut blocked_by: Option<&'static str> = None;
+    for step in &plan.steps {
+        let (outcome, message) = match (step.state, blocked_by) {
+            (StepState::Done, _) => (Outcome::AlreadyDone, step.finding.clone()),
+            (StepState::Skipped, _) => (Outcome::Skipped, step.finding.clone()),
+            (StepState::Cannot, _) => (Outcome::Cannot, step.finding.clone()),
+            (StepState::ToDo, Some(failed)) => (
+                Outcome::NotAttempted,
+                format!("not attempted: `{failed}` failed"),
+            ),
+            (StepState::ToDo, None) => match apply_action(&step.action, plan, env).await {
+                Ok(note) => (
+                    Outcome::Applied,
+                    if note.is_empty() {
+                        step.finding.clone()
+                    } else {
+                        format!("{}; {note}", step.finding)
+                    },
+                ),
+                // Sysbox is optional for bringing the endpoint up: say why and go on.
+                Err(err) if step.id == "sysbox" => (
+                    Outcome::Cannot,
+                    format!(
+                        "cannot install Sysbox: {err}; the endpoint comes up without it and \
+                         `cubbi doctor` reports it"
+                    ),
+                ),
+                Err(err) => {
+                    if matches!(step.id, "docker-engine" | "daemon-json" | "engine") {
+                        blocked_by = Some(step.id);
+                    }
+                    (Outcome::Failed, err.to_string())
+                }
+            },
+        };
+        let entry = StepReport {
+            id: step.id,
+            outcome,
+            message,
+        };
+        report(&entry);
+        reports.push(entry);
+    }
+    reports
+}
+
+async fn apply_action(
+    action: &Action,
+    plan: &Plan,
+    env: &Environment<'_>,
+) -> Result<String, EngineError> {
+    let runner = env.runner;
+    match action {
+        Action::Nothing => Ok(String::new()),
+        Action::InstallPackages {
+            packages,
+            docker_ce_repository,
+        } => {
+            if *docker_ce_repository {
+                add_docker_ce_repository(env)?;
+            }
+            let mut args = vec![
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "install",
+                "-y",
+                "--no-install-recommends",
+            ];
+            args.extend(packages.iter().map(String::as_str));
+            runner.run("env", &args)?;
+            Ok(String::new())
+        }
+        Action::InstallSysbox { source } => install_sysbox(source, env),
+        Action::CreateGroup { group, add_user } => {
+            if nix::unistd::Group::from_name(group)
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                runner.run("groupadd", &["--system", group])?;
+            }
+            if let Some(user) = add_user {
+                runner.run("usermod", &["--append", "--groups", group, user])?;
+            }
+            Ok(String::new())
+        }
+        Action::WriteConfig {
+            daemon_json,
+            engine_json,
+            backup_invalid,
+        } => {
+            let paths = env.paths;
+            let mut note = String::new();
+            if *backup_invalid && paths.daemon_json.exists() {
+                let backup = backup_path(&paths.daemon_json);
+                std::fs::copy(&paths.daemon_json, &backup).map_err(|source| {
+                    EngineError::Write {
+                        path: backup.clone(),
+                        source,
+                    }
+                })?;
+                note = format!("the invalid file was kept as {}", backup.display());
+            }
+            write_atomically(&paths.daemon_json, daemon_json, 0o644)?;
+            write_atomically(&paths.engine_json, engine_json, 0o644)?;
+            Ok(note)
+        }
+        Action::InstallUnit { unit, restart } => {
+            write_atomically(&env.paths.unit_file, unit, 0o644)?;
+            let systemd = require_systemd(env)?;
+            systemd.daemon_reload().await?;
+            if *restart {
+                systemd.stop(UNIT_NAME).await?;
+            }
+            start_unit(systemd, env).await
+        }
+        Action::StartUnit => start_unit(require_systemd(env)?, env).await,
+        Action::StartSupervised { restart } => {
+            if *restart {
+                supervisor::stop(&env.paths.pidfile, Duration::from_secs(60)).await?;
+            }
+            supervisor::ensure_bridge(runner, &plan.settings)?;
+            let dockerd = env
+                .facts
+                .programs
+                .get("dockerd")
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from("dockerd"));
+            let pid = supervisor::start(env.paths, &dockerd, env.start_timeout).await?;
+            Ok(format!(
+                "dockerd pid {pid}, log {}",
+                env.paths.log_file.display()
+            ))
+        }
+        Action::InstallEgressGuard { guard } => {
+            egress::install(runner, guard)?;
+            Ok(String::new())
+        }
+        Action::CreateDockerContext { endpoint, user } => {
+            let host = format!("host={endpoint}");
+            let exists = as_user(
+                user.as_deref(),
+                "docker",
+                &["context", "inspect", DOCKER_CONTEXT],
+            )
+            .and_then(|(program, args)| {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                runner.output(&program, &args).ok()
+            })
+            .is_some_and(|out| out.success);
+            let verb = if exists { "update" } else { "create" };
+            if let Some((program, args)) = as_user(
+                user.as_deref(),
+                "docker",
+                &["context", verb, DOCKER_CONTEXT, "--docker", &host],
+            ) {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                runner.run(&program, &args)?;
+            }
+            Ok(format!("try `docker --context {DOCKER_CONTEXT} ps`"))
+        }
+    }
+}
+
+fn require_systemd<'a>(env: &Environment<'a>) -> Result<&'a dyn Systemd, EngineError> {
+    env.systemd.ok_or_else(|| {
+        EngineError::Refused("systemd mode without a D-Bus connection to systemd".into())
+    })
+}
+
+async fn start_unit(systemd: &dyn Systemd, env: &Environment<'_>) -> Result<String, EngineError> {
+    systemd.enable(UNIT_NAME).await?;
+    systemd.start(UNIT_NAME).await?;
+    systemd::wait_until_active(systemd, UNIT_NAME, env.start_timeout).await?;
+    Ok(format!("{UNIT_NAME} is active"))
+}
+
+fn backup_path(path: &Path) -> PathBuf {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".invalid-{seconds}.bak"));
+    path.with_file_name(name)
+}
+
+fn add_docker_ce_repository(env: &Environment<'_>) -> Result<(), EngineError> {
+    let distro = &env.facts.distro;
+    let id = if distro.id == "ubuntu" || distro.id_like.iter().any(|l| l == "ubuntu") {
+        "ubuntu"
+    } else {
+        "debian"
+    };
+    let keyring = "/etc/apt/keyrings/docker.asc";
+    std::fs::create_dir_all("/etc/apt/keyrings").map_err(|source| EngineError::Write {
+        path: "/etc/apt/keyrings".into(),
+        source,
+    })?;
+    env.runner.run(
+        "curl",
+        &[
+            "-fsSL",
+            "--connect-timeout",
+            "10",
+            &format!("https://download.docker.com/linux/{id}/gpg"),
+            "-o",
+            keyring,
+        ],
+    )?;
+    let arch = match env.facts.architecture.as_str() {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let line = format!(
+        "deb [arch={arch} signed-by={keyring}] https://download.docker.com/linux/{id} {} stable\n",
+        distro.version_codename
+    );
+    write_atomically(
+        Path::new("/etc/apt/sources.list.d/docker.list"),
+        &line,
+        0o644,
+    )?;
+    env.runner.run("apt-get", &["update"])?;
+    Ok(())
+}
+
+/// Installs sysbox-ce, keeping the host Docker's daemon.json as it was: the package's installer
+/// adds sysbox-runc to it and restarts the host Docker, which cubbi does not want.
+fn install_sysbox(source: &SysboxSource, env: &Environment<'_>) -> Result<String, EngineError> {
+    let download_dir = tempfile::tempdir().map_err(|source| EngineError::Write {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let package = match source {
+        SysboxSource::File { path } => path.clone(),
+        SysboxSource::Download { url, sha256 } => {
+            let file_name = url.rsplit('/').next().unwrap_or("sysbox-ce.deb");
+            let target = download_dir.path().join(file_name);
+            let target_text = target.display().to_string();
+            env.runner.run(
+                "curl",
+                &[
+                    "-fsSL",
+                    "--connect-timeout",
+                    "10",
+                    "--max-time",
+                    "600",
+                    "-o",
+                    &target_text,
+                    url,
+                ],
+            )?;
+            sysbox::verify_package(&target, sha256)?;
+            target
+        }
+    };
+    let host_config = Path::new(HOST_DOCKER_DAEMON_JSON);
+    let before = std::fs::read(host_config).ok();
+    let package_text = package.display().to_string();
+    let installed = env.runner.run(
+        "env",
+        &[
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            &package_text,
+        ],
+    );
+    let after = std::fs::read(host_config).ok();
+    let mut note = String::new();
+    if before != after {
+        match &before {
+            Some(bytes) => std::fs::write(host_config, bytes),
+            None => std::fs::remove_file(host_config),
+        }
+        .map_err(|source| EngineError::Write {
+            path: host_config.to_path_buf(),
+            source,
+        })?;
+        note = format!(
+            "the sysbox-ce installer changed {HOST_DOCKER_DAEMON_JSON} (and may have restarted docker.service); \
+             cubbi restored the file as it was"
+        );
+    }
+    match installed {
+        Ok(_) => Ok(note),
+        Err(err) => Err(EngineError::Refused(format!(
+            "{err}\n  sysbox-ce's installer refuses while the host Docker has containers; the endpoint comes up \
+             without Sysbox and `cubbi doctor` says what is missing. {note}"
+        ))),
+    }
+}
+
+/// Carries out `--uninstall`.
+pub async fn uninstall(
+    steps: &[UninstallStep],
+    state: &EngineState,
+    mode: EngineMode,
+    env: &Environment<'_>,
+    report: &mut dyn FnMut(&StepReport),
+) -> Vec<StepReport> {
+    let mut reports = Vec::new();
+    for step in steps {
+        let (outcome, message) = match step.state {
+            StepState::Done => (Outcome::AlreadyDone, step.finding.clone()),
+            StepState::Skipped | StepState::Cannot => (Outcome::Skipped, step.finding.clone()),
+            StepState::ToDo => match uninstall_step(step.id, state, mode, env).await {
+                Ok(()) => (Outcome::Applied, step.finding.clone()),
+                Err(err) => (Outcome::Failed, err.to_string()),
+            },
+        };
+        let entry = StepReport {
+            id: step.id,
+            outcome,
+            message,
+        };
+        report(&entry);
+        reports.push(entry);
+    }
+    reports
+}
+
+async fn uninstall_step(
+    id: &str,
+    state: &EngineState,
+    mode: EngineMode,
+    env: &Environment<'_>,
+) -> Result<(), EngineError> {
+    let paths = env.paths;
+    match id {
+        "engine" => {
+            match mode {
+                EngineMode::Systemd => {
+                    let systemd = require_systemd(env)?;
+                    systemd.stop(UNIT_NAME).await?;
+                    systemd.disable(UNIT_NAME).await?;
+                }
+                EngineMode::Supervised => {
+                    supervisor::stop(&paths.pidfile, Duration::from_secs(60)).await?;
+                }
+            }
+            if let Some(settings) = &state.engine_settings {
+                supervisor::remove_bridge(env.runner, &settings.bridge)?;
+            }
+            Ok(())
+        }
+        "unit" => {
+            remove_if_present(&paths.unit_file)?;
+            if let Some(systemd) = env.systemd {
+                systemd.daemon_reload().await?;
+            }
+            Ok(())
+        }
+        "egress-guard" => {
+            if let Some(settings) = &state.engine_settings {
+                egress::uninstall(
+                    env.runner,
+                    &GuardSettings {
+                        bridge: settings.bridge.clone(),
+                        subnet: settings.subnet,
+                        nameservers: state.nameservers.clone(),
+                    },
+                )?;
+            }
+            Ok(())
+        }
+        "docker-context" => {
+            let user = std::env::var("SUDO_USER").ok();
+            if let Some((program, args)) = as_user(
+                user.as_deref(),
+                "docker",
+                &["context", "rm", "--force", DOCKER_CONTEXT],
+            ) {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                env.runner.run(&program, &args)?;
+            }
+            Ok(())
+        }
+        "config" => {
+            remove_if_present(&paths.daemon_json)?;
+            remove_if_present(&paths.engine_json)?;
+            // Only an emptied folder goes; anything else in it is the user's.
+            let _ = std::fs::remove_dir(&paths.config_dir);
+            Ok(())
+        }
+        "data-root" => match std::fs::remove_dir_all(&paths.data_root) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(EngineError::Write {
+                path: paths.data_root.clone(),
+                source,
+            }),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<(), EngineError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(EngineError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::host::fixture::FixtureHost;
+    use crate::engine::plan::{SetupOptions, plan_setup};
+    use crate::engine::runner::fake::RecordingRunner;
+    use crate::engine::systemd::fake::FakeSystemd;
+
+    #[tokio::test]
+    async fn systemd_mode_writes_files_and_drives_the_unit_over_the_trait() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = EnginePaths::under_root(dir.path());
+        let facts = HostFacts::gather(&FixtureHost::debian_with_systemd());
+        let options = SetupOptions {
+            bridge: "cubbi0".into(),
+            skip_sysbox: true,
+            supervised: false,
+            ..Default::default()
+        };
+        let mut plan = plan_setup(
+            &facts,
+            &EngineState {
+                group_exists: true,
+                ..Default::default()
+            },
+            &paths,
+            &options,
+        )
+        .unwrap();
+        // A private root is always supervised; force the systemd path to exercise it.
+        plan.mode = EngineMode::Systemd;
+        for step in &mut plan.steps {
+            if step.id == "engine" {
+                step.action = Action::InstallUnit {
+                    unit: "[Unit]\n".into(),
+                    restart: false,
+                };
+            }
+        }
+        let runner = RecordingRunner::default();
+        let systemd = FakeSystemd::default();
+        let env = Environment {
+            paths: &paths,
+            facts: &facts,
+            runner: &runner,
+            systemd: Some(&systemd),
+            start_timeout: Duration::from_secs(2),
+        };
+        let mut seen = Vec::new();
+        let reports = apply(&plan, &env, &mut |r| seen.push(r.id)).await;
+        assert_eq!(seen.len(), plan.steps.len());
+        assert!(
+            reports.iter().all(|r| r.outcome != Outcome::Failed),
+            "{reports:#?}"
+        );
+        assert_eq!(
+            systemd.calls(),
+            [
+                "daemon-reload",
+                "enable cubbi-docker.service",
+                "start cubbi-docker.service"
+            ]
+        );
+        assert!(
+            paths.daemon_json.exists() && paths.engine_json.exists() && paths.unit_file.exists()
+        );
+        assert!(
+            runner
+                .commands()
+                .iter()
+                .any(|c| c.starts_with("iptables -w -A CUBBI-EGRESS"))
+                || !options.egress_guard
+        );
+    }
+
+    #[test]
+    fn backups_sit_next_to_the_file() {
+        let backup = backup_path(Path::new("/etc/cubbi/docker/daemon.json"));
+        assert!(backup.starts_with("/etc/cubbi/docker"));
+        assert!(backup.to_string_lossy().ends_with(".bak"));
+    }
+
+    #[test]
+    fn commands_for_the_sudo_caller_run_through_runuser() {
+        let (program, args) = as_user(Some("alice"), "docker", &["context", "ls"]).unwrap();
+        assert_eq!(program, "runuser");
+        assert_eq!(args, ["-u", "alice", "--", "docker", "context", "ls"]);
+        let (program, _) = as_user(None, "docker", &[]).unwrap();
+        assert_eq!(program, "docker");
+    }
+}

@@ -1,0 +1,285 @@
+//! The engine's daemon.json: what cubbi writes, merged into what is already there so keys a user
+//! added by hand survive a re-run, and a file that is not JSON is refused with its location.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use super::EnginePaths;
+
+/// The runtime Sysbox registers, and the engine's default.
+pub const SYSBOX_RUNTIME: &str = "sysbox-runc";
+pub const SYSBOX_RUNC_PATH: &str = "/usr/bin/sysbox-runc";
+
+/// Keys cubbi owns; every other key belongs to the user and is kept. `runtimes` is shared: only
+/// its `sysbox-runc` entry is cubbi's.
+const MANAGED_KEYS: &[&str] = &[
+    "hosts",
+    "data-root",
+    "exec-root",
+    "pidfile",
+    "bridge",
+    "default-runtime",
+    "group",
+];
+
+/// Keys dockerd refuses next to `bridge`.
+const CONFLICTING_KEYS: &[&str] = &["bip"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonJsonError {
+    #[error(
+        "{path} is not valid JSON (line {line}, column {column}: {reason}); fix it, or run \
+         setup with --force to replace it (the old file is kept as a backup)"
+    )]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("{path} must hold a JSON object, found {found}; fix it or run setup with --force")]
+    NotAnObject { path: PathBuf, found: &'static str },
+    #[error(
+        "{path} sets `{key}`, which dockerd refuses together with cubbi's `bridge`; remove `{key}` \
+         (the subnet comes from --subnet)"
+    )]
+    Conflict { path: PathBuf, key: String },
+}
+
+/// What the engine's daemon.json must say.
+#[derive(Debug, Clone)]
+pub struct DaemonSettings<'a> {
+    pub paths: &'a EnginePaths,
+    pub bridge: &'a str,
+    /// The socket's group; `None` leaves dockerd's default (and a missing group would stop it).
+    pub socket_group: Option<&'a str>,
+}
+
+/// cubbi's part of daemon.json.
+pub fn render(settings: &DaemonSettings<'_>) -> Map<String, Value> {
+    let paths = settings.paths;
+    let mut map = Map::new();
+    map.insert("hosts".into(), json!([paths.endpoint()]));
+    map.insert("data-root".into(), json!(paths.data_root));
+    map.insert("exec-root".into(), json!(paths.exec_root));
+    map.insert("pidfile".into(), json!(paths.pidfile));
+    map.insert("bridge".into(), json!(settings.bridge));
+    map.insert("default-runtime".into(), json!(SYSBOX_RUNTIME));
+    map.insert(
+        "runtimes".into(),
+        json!({ SYSBOX_RUNTIME: { "path": SYSBOX_RUNC_PATH } }),
+    );
+    if let Some(group) = settings.socket_group {
+        map.insert("group".into(), json!(group));
+    }
+    map
+}
+
+/// The file to write and whether it differs from what is there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    pub text: String,
+    pub changed: bool,
+    /// Keys the user added that were kept.
+    pub kept_user_keys: Vec<String>,
+}
+
+/// Parses an existing daemon.json into an object, or says exactly where it is broken.
+pub fn parse(path: &Path, text: &str) -> Result<Map<String, Value>, DaemonJsonError> {
+    let value: Value = serde_json::from_str(text).map_err(|err| DaemonJsonError::Invalid {
+        path: path.to_path_buf(),
+        line: err.line(),
+        column: err.column(),
+        reason: err.to_string(),
+    })?;
+    match value {
+        Value::Object(map) => Ok(map),
+        other => Err(DaemonJsonError::NotAnObject {
+            path: path.to_path_buf(),
+            found: kind_of(&other),
+        }),
+    }
+}
+
+/// cubbi's keys over the existing file (`None`: no file yet), keeping the user's keys and other
+/// runtimes.
+pub fn merge(
+    path: &Path,
+    existing: Option<&str>,
+    desired: &Map<String, Value>,
+) -> Result<Merged, DaemonJsonError> {
+    let before = match existing {
+        Some(text) => Some(parse(path, text)?),
+        None => None,
+    };
+    let mut merged = before.clone().unwrap_or_default();
+    if let Some(key) = CONFLICTING_KEYS
+        .iter()
+        .find(|key| merged.contains_key(**key))
+    {
+        return Err(DaemonJsonError::Conflict {
+            path: path.to_path_buf(),
+            key: (*key).to_string(),
+        });
+    }
+    for (key, value) in desired {
+        if key == "runtimes" {
+            let runtimes = merged
+                .entry("runtimes")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !runtimes.is_object() {
+                *runtimes = Value::Object(Map::new());
+            }
+            if let (Value::Object(target), Value::Object(ours)) = (runtimes, value) {
+                for (name, runtime) in ours {
+                    target.insert(name.clone(), runtime.clone());
+                }
+            }
+        } else {
+            merged.insert(key.clone(), value.clone());
+        }
+    }
+    let kept_user_keys = merged
+        .keys()
+        .filter(|key| !MANAGED_KEYS.contains(&key.as_str()) && *key != "runtimes")
+        .cloned()
+        .collect();
+    let changed = before.as_ref() != Some(&merged);
+    let mut text = serde_json::to_string_pretty(&Value::Object(merged)).unwrap_or_default();
+    text.push('\n');
+    Ok(Merged {
+        text,
+        changed,
+        kept_user_keys,
+    })
+}
+
+/// cubbi's keys whose value in `existing` differs from `desired` (for `doctor`).
+pub fn mismatched_keys(existing: &Map<String, Value>, desired: &Map<String, Value>) -> Vec<String> {
+    desired
+        .iter()
+        .filter(|(key, value)| match (key.as_str(), existing.get(*key)) {
+            ("runtimes", Some(Value::Object(present))) => value
+                .as_object()
+                .is_some_and(|ours| ours.iter().any(|(name, rt)| present.get(name) != Some(rt))),
+            (_, present) => present != Some(*value),
+        })
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired() -> Map<String, Value> {
+        let paths = EnginePaths::system();
+        render(&DaemonSettings {
+            paths: &paths,
+            bridge: "cubbi0",
+            socket_group: Some("cubbi"),
+        })
+    }
+
+    const PATH: &str = "/etc/cubbi/docker/daemon.json";
+
+    #[test]
+    fn renders_the_dedicated_endpoint() {
+        let map = desired();
+        assert_eq!(map["hosts"], json!(["unix:///var/run/cubbi-docker.sock"]));
+        assert_eq!(map["data-root"], json!("/var/lib/cubbi-docker"));
+        assert_eq!(map["exec-root"], json!("/var/run/cubbi-docker"));
+        assert_eq!(map["pidfile"], json!("/var/run/cubbi-docker.pid"));
+        assert_eq!(map["bridge"], json!("cubbi0"));
+        assert_eq!(map["default-runtime"], json!("sysbox-runc"));
+        assert_eq!(
+            map["runtimes"]["sysbox-runc"]["path"],
+            json!("/usr/bin/sysbox-runc")
+        );
+        assert_eq!(map["group"], json!("cubbi"));
+        assert!(!map.contains_key("bip"));
+    }
+
+    #[test]
+    fn a_fresh_file_is_written_and_a_rerun_changes_nothing() {
+        let first = merge(Path::new(PATH), None, &desired()).unwrap();
+        assert!(first.changed);
+        let second = merge(Path::new(PATH), Some(&first.text), &desired()).unwrap();
+        assert!(!second.changed);
+        assert_eq!(first.text, second.text);
+    }
+
+    #[test]
+    fn user_keys_and_other_runtimes_survive() {
+        let existing = r#"{
+            "log-level": "debug",
+            "data-root": "/somewhere/else",
+            "runtimes": {"crun": {"path": "/usr/bin/crun"}}
+        }"#;
+        let merged = merge(Path::new(PATH), Some(existing), &desired()).unwrap();
+        assert!(merged.changed);
+        assert_eq!(merged.kept_user_keys, ["log-level"]);
+        let value: Value = serde_json::from_str(&merged.text).unwrap();
+        assert_eq!(value["log-level"], json!("debug"));
+        assert_eq!(value["data-root"], json!("/var/lib/cubbi-docker"));
+        assert_eq!(value["runtimes"]["crun"]["path"], json!("/usr/bin/crun"));
+        assert_eq!(
+            value["runtimes"]["sysbox-runc"]["path"],
+            json!("/usr/bin/sysbox-runc")
+        );
+    }
+
+    #[test]
+    fn invalid_json_is_refused_with_its_location() {
+        let err = merge(
+            Path::new(PATH),
+            Some("{\n  \"a\": 1,\n  oops\n}"),
+            &desired(),
+        )
+        .unwrap_err();
+        let DaemonJsonError::Invalid { line, column, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!((*line, *column), (3, 3));
+        let text = err.to_string();
+        assert!(text.contains(PATH) && text.contains("--force"), "{text}");
+    }
+
+    #[test]
+    fn a_non_object_and_a_conflicting_bip_are_refused() {
+        let err = merge(Path::new(PATH), Some("[1]"), &desired()).unwrap_err();
+        assert!(err.to_string().contains("an array"), "{err}");
+        let err = merge(
+            Path::new(PATH),
+            Some(r#"{"bip":"10.1.0.1/24"}"#),
+            &desired(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, DaemonJsonError::Conflict { .. }), "{err}");
+    }
+
+    #[test]
+    fn mismatches_name_the_drifted_keys_only() {
+        let mut existing = desired();
+        existing.insert("log-level".into(), json!("debug"));
+        assert!(mismatched_keys(&existing, &desired()).is_empty());
+        existing.insert("default-runtime".into(), json!("runc"));
+        existing.insert("runtimes".into(), json!({"crun": {"path": "/x"}}));
+        assert_eq!(
+            mismatched_keys(&existing, &desired()),
+            ["default-runtime", "runtimes"]
+        );
+    }
+}

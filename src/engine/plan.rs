@@ -1,0 +1,1011 @@
+//! `cubbi setup` as data: each step says what it found (already done, to do, cannot, skipped)
+//! and what applying it means. Building the plan is pure, over [`HostFacts`] and the current
+//! [`EngineState`], so every host situation is a unit test; [`super::apply`] carries it out.
+
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::daemon_json::{self, DaemonSettings};
+use super::egress::GuardSettings;
+use super::host::{HostFacts, IDMAPPED_MOUNTS_SINCE, SYSBOX_MINIMUM_KERNEL};
+use super::settings::EngineSettings;
+use super::subnet;
+use super::sysbox;
+use super::unit::{self, UnitSettings};
+use super::{EngineError, EnginePaths, SOCKET_GROUP};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepState {
+    Done,
+    ToDo,
+    /// Cannot be done here; setup says why and goes on where the rest does not depend on it.
+    Cannot,
+    Skipped,
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineMode {
+    /// `cubbi-docker.service`, driven over D-Bus.
+    Systemd,
+    /// `cubbi engine start`: a detached dockerd with a pidfile.
+    Supervised,
+}
+
+/// Where the Sysbox package comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "lowercase")]
+pub enum SysboxSource {
+    /// `--sysbox-deb PATH`, already checked to be a .deb with the expected checksum.
+    File { path: PathBuf },
+    /// The pinned release, verified after download.
+    Download { url: String, sha256: String },
+}
+
+/// What applying a step does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Action {
+    Nothing,
+    InstallPackages {
+        packages: Vec<String>,
+        docker_ce_repository: bool,
+    },
+    InstallSysbox {
+        source: SysboxSource,
+    },
+    CreateGroup {
+        group: String,
+        add_user: Option<String>,
+    },
+    WriteConfig {
+        daemon_json: String,
+        engine_json: String,
+        backup_invalid: bool,
+    },
+    InstallUnit {
+        unit: String,
+        restart: bool,
+    },
+    StartUnit,
+    StartSupervised {
+        restart: bool,
+    },
+    InstallEgressGuard {
+        #[serde(skip)]
+        guard: GuardSettings,
+    },
+    CreateDockerContext {
+        endpoint: String,
+        user: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub id: &'static str,
+    pub state: StepState,
+    /// One line: what was found, or what will be done.
+    pub finding: String,
+    pub action: Action,
+}
+
+impl Step {
+    fn new(id: &'static str, state: StepState, finding: impl Into<String>, action: Action) -> Self {
+        Self {
+            id,
+            state,
+            finding: finding.into(),
+            action,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub mode: EngineMode,
+    pub steps: Vec<Step>,
+    pub settings: EngineSettings,
+}
+
+impl Plan {
+    /// True when nothing is left to do (a re-run).
+    pub fn is_noop(&self) -> bool {
+        self.steps.iter().all(|step| step.state != StepState::ToDo)
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, Default)]
+pub struct SetupOptions {
+    pub docker_ce: bool,
+    /// A checked `--sysbox-deb`.
+    pub sysbox_deb: Option<PathBuf>,
+    pub skip_sysbox: bool,
+    pub egress_guard: bool,
+    pub docker_context: bool,
+    pub force: bool,
+    pub subnet: Option<Ipv4Net>,
+    pub bridge: String,
+    /// The user to add to the group and give the Docker context (`SUDO_USER`).
+    pub invoking_user: Option<String>,
+    /// Use the supervised engine even where systemd is PID 1.
+    pub supervised: bool,
+}
+
+/// What is in place now, read before planning.
+#[derive(Debug, Clone, Default)]
+pub struct EngineState {
+    pub daemon_json: Option<String>,
+    pub engine_settings: Option<EngineSettings>,
+    pub unit_file: Option<String>,
+    pub group_exists: bool,
+    pub user_in_group: bool,
+    /// The dedicated socket answers.
+    pub engine_answers: bool,
+    pub unit_active: bool,
+    pub unit_enabled: bool,
+    pub egress_installed: bool,
+    /// The endpoint of an existing `cubbi` Docker context.
+    pub docker_context_endpoint: Option<String>,
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+}
+
+/// The one-line summary of the host for the preflight step.
+pub fn preflight_finding(facts: &HostFacts) -> (StepState, String) {
+    let kernel = match facts.kernel {
+        Some(version) if version >= IDMAPPED_MOUNTS_SINCE => {
+            format!("kernel {version} (idmapped mounts: Sysbox needs no shiftfs)")
+        }
+        Some(version) if version >= SYSBOX_MINIMUM_KERNEL => format!(
+            "kernel {version} (older than {IDMAPPED_MOUNTS_SINCE}: Sysbox needs shiftfs, which Ubuntu kernels carry)"
+        ),
+        Some(version) => {
+            format!("kernel {version} (too old for Sysbox, which needs {SYSBOX_MINIMUM_KERNEL}+)")
+        }
+        None => format!("kernel `{}` (version unknown)", facts.kernel_release),
+    };
+    let init = if facts.systemd_is_pid1 {
+        "systemd is PID 1"
+    } else {
+        "systemd is not PID 1"
+    };
+    let userns = if facts.user_namespaces.enabled() {
+        "user namespaces on"
+    } else {
+        "user namespaces OFF"
+    };
+    let distro = if facts.distro.is_debian_family() {
+        facts.distro.describe()
+    } else {
+        format!(
+            "{} (no apt: packages need installing by hand)",
+            facts.distro.describe()
+        )
+    };
+    (
+        StepState::Done,
+        format!(
+            "{distro}; {kernel}; {init}; cgroup {}; {userns}",
+            serde_json::to_value(facts.cgroup)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        ),
+    )
+}
+
+/// The setup plan for this host and this state.
+pub fn plan_setup(
+    facts: &HostFacts,
+    state: &EngineState,
+    paths: &EnginePaths,
+    options: &SetupOptions,
+) -> Result<Plan, EngineError> {
+    let mode = if facts.systemd_is_pid1 && paths.is_system() && !options.supervised {
+        EngineMode::Systemd
+    } else {
+        EngineMode::Supervised
+    };
+    let mut steps = Vec::new();
+    let (state_preflight, finding) = preflight_finding(facts);
+    steps.push(Step::new(
+        "preflight",
+        state_preflight,
+        finding,
+        Action::Nothing,
+    ));
+
+    // Engine binaries.
+    let has_engine = facts.has("dockerd") && facts.has("containerd");
+    steps.push(if has_engine {
+        let dockerd = facts.programs.get("dockerd").map(|p| p.display().to_string());
+        Step::new(
+            "docker-engine",
+            StepState::Done,
+            format!("reusing {}", dockerd.unwrap_or_default()),
+            Action::Nothing,
+        )
+    } else if facts.distro.is_debian_family() && facts.has("apt-get") {
+        let packages: Vec<String> = if options.docker_ce {
+            ["docker-ce", "docker-ce-cli", "containerd.io"].map(String::from).to_vec()
+        } else {
+            ["docker.io"].map(String::from).to_vec()
+        };
+        Step::new(
+            "docker-engine",
+            StepState::ToDo,
+            format!(
+                "install {}{}",
+                packages.join(" "),
+                if options.docker_ce { " from Docker's apt repository" } else { " from the distribution" }
+            ),
+            Action::InstallPackages {
+                packages,
+                docker_ce_repository: options.docker_ce,
+            },
+        )
+    } else {
+        Step::new(
+            "docker-engine",
+            StepState::Cannot,
+            format!(
+                "dockerd/containerd missing and {} has no apt: install Docker Engine (dockerd, containerd) \
+                 with your package manager, then run setup again",
+                facts.distro.describe()
+            ),
+            Action::Nothing,
+        )
+    });
+
+    // Sysbox.
+    steps.push(plan_sysbox(facts, options));
+
+    // The socket's group.
+    let user = options.invoking_user.clone();
+    steps.push(
+        if state.group_exists && (user.is_none() || state.user_in_group) {
+            Step::new(
+                "group",
+                StepState::Done,
+                match &user {
+                    Some(user) => format!("group {SOCKET_GROUP} exists and {user} is in it"),
+                    None => format!("group {SOCKET_GROUP} exists"),
+                },
+                Action::Nothing,
+            )
+        } else {
+            Step::new(
+                "group",
+                StepState::ToDo,
+                match (&user, state.group_exists) {
+                    (Some(user), true) => {
+                        format!("add {user} to group {SOCKET_GROUP} (takes effect at next login)")
+                    }
+                    (Some(user), false) => format!(
+                        "create group {SOCKET_GROUP} and add {user} (takes effect at next login)"
+                    ),
+                    (None, _) => format!("create group {SOCKET_GROUP}"),
+                },
+                Action::CreateGroup {
+                    group: SOCKET_GROUP.into(),
+                    add_user: user,
+                },
+            )
+        },
+    );
+
+    // Bridge, subnet and daemon.json.
+    let bridge = state
+        .engine_settings
+        .as_ref()
+        .filter(|recorded| options.subnet.is_none() || Some(recorded.subnet) == options.subnet)
+        .map(|recorded| recorded.bridge.clone())
+        .unwrap_or_else(|| options.bridge.clone());
+    let wanted_subnet = options.subnet.or(state
+        .engine_settings
+        .as_ref()
+        .map(|recorded| recorded.subnet));
+    let subnet = subnet::choose_subnet(&facts.routes, &bridge, wanted_subnet)?;
+    let settings = EngineSettings {
+        bridge: bridge.clone(),
+        subnet,
+    };
+    let desired = daemon_json::render(&DaemonSettings {
+        paths,
+        bridge: &bridge,
+        socket_group: Some(SOCKET_GROUP),
+    });
+    let (merged, backup_invalid) =
+        match daemon_json::merge(&paths.daemon_json, state.daemon_json.as_deref(), &desired) {
+            Ok(merged) => (merged, false),
+            Err(_) if options.force => (
+                daemon_json::merge(&paths.daemon_json, None, &desired)?,
+                true,
+            ),
+            Err(err) => return Err(err.into()),
+        };
+    let settings_changed = state.engine_settings.as_ref() != Some(&settings);
+    let config_changed = merged.changed || settings_changed;
+    steps.push(if config_changed {
+        let kept = if merged.kept_user_keys.is_empty() {
+            String::new()
+        } else {
+            format!("; keeping your keys {}", merged.kept_user_keys.join(", "))
+        };
+        Step::new(
+            "daemon-json",
+            StepState::ToDo,
+            format!(
+                "write {} (bridge {bridge}, subnet {subnet}){kept}{}",
+                paths.daemon_json.display(),
+                if backup_invalid {
+                    "; the invalid file is backed up first"
+                } else {
+                    ""
+                }
+            ),
+            Action::WriteConfig {
+                daemon_json: merged.text,
+                engine_json: settings.to_json(),
+                backup_invalid,
+            },
+        )
+    } else {
+        Step::new(
+            "daemon-json",
+            StepState::Done,
+            format!(
+                "{} is up to date (bridge {bridge}, subnet {subnet})",
+                paths.daemon_json.display()
+            ),
+            Action::Nothing,
+        )
+    });
+
+    // The engine itself.
+    steps.push(plan_engine(
+        facts,
+        state,
+        paths,
+        &settings,
+        mode,
+        config_changed,
+        has_engine,
+    ));
+
+    // Egress guard.
+    steps.push(if !options.egress_guard {
+        Step::new("egress-guard", StepState::Skipped, "skipped (--no-egress-guard)", Action::Nothing)
+    } else if !facts.has("iptables") {
+        Step::new(
+            "egress-guard",
+            StepState::Cannot,
+            "iptables is not installed: `apt-get install iptables`, then run setup again",
+            Action::Nothing,
+        )
+    } else if state.egress_installed && !config_changed {
+        Step::new("egress-guard", StepState::Done, format!("rules for {bridge} are in place"), Action::Nothing)
+    } else {
+        Step::new(
+            "egress-guard",
+            StepState::ToDo,
+            format!("block private networks, link-local and 169.254.169.254 from {bridge} (chain CUBBI-EGRESS)"),
+            Action::InstallEgressGuard {
+                guard: GuardSettings {
+                    bridge: bridge.clone(),
+                    subnet,
+                    nameservers: state.nameservers.clone(),
+                },
+            },
+        )
+    });
+
+    // Docker CLI context.
+    let endpoint = paths.endpoint();
+    steps.push(if !options.docker_context {
+        Step::new(
+            "docker-context",
+            StepState::Skipped,
+            "skipped (--no-docker-context)",
+            Action::Nothing,
+        )
+    } else if !facts.has("docker") {
+        Step::new(
+            "docker-context",
+            StepState::Skipped,
+            "no docker CLI installed",
+            Action::Nothing,
+        )
+    } else if state.docker_context_endpoint.as_deref() == Some(endpoint.as_str()) {
+        Step::new(
+            "docker-context",
+            StepState::Done,
+            format!("context `{}` points at {endpoint}", super::DOCKER_CONTEXT),
+            Action::Nothing,
+        )
+    } else {
+        Step::new(
+            "docker-context",
+            StepState::ToDo,
+            format!("create context `{}` for {endpoint}", super::DOCKER_CONTEXT),
+            Action::CreateDockerContext {
+                endpoint,
+                user: options.invoking_user.clone(),
+            },
+        )
+    });
+
+    Ok(Plan {
+        mode,
+        steps,
+        settings,
+    })
+}
+
+fn plan_sysbox(facts: &HostFacts, options: &SetupOptions) -> Step {
+    if facts.has_sysbox() {
+        return Step::new(
+            "sysbox",
+            StepState::Done,
+            "sysbox-runc, sysbox-mgr and sysbox-fs are installed",
+            Action::Nothing,
+        );
+    }
+    if options.skip_sysbox {
+        return Step::new(
+            "sysbox",
+            StepState::Skipped,
+            "skipped (--skip-sysbox); doctor will report it",
+            Action::Nothing,
+        );
+    }
+    if !facts.distro.is_debian_family() || !facts.has("apt-get") {
+        return Step::new(
+            "sysbox",
+            StepState::Cannot,
+            format!(
+                "Sysbox is missing and {} cannot install .deb packages; by hand: {}",
+                facts.distro.describe(),
+                sysbox::manual_instructions(&facts.architecture)
+            ),
+            Action::Nothing,
+        );
+    }
+    if let Some(path) = &options.sysbox_deb {
+        return Step::new(
+            "sysbox",
+            StepState::ToDo,
+            format!("install sysbox-ce from {}", path.display()),
+            Action::InstallSysbox {
+                source: SysboxSource::File { path: path.clone() },
+            },
+        );
+    }
+    match sysbox::pinned_package(&facts.architecture) {
+        Ok(package) if facts.has("curl") => Step::new(
+            "sysbox",
+            StepState::ToDo,
+            format!(
+                "download sysbox-ce {} and check its SHA-256 before installing",
+                sysbox::SYSBOX_VERSION
+            ),
+            Action::InstallSysbox {
+                source: SysboxSource::Download {
+                    url: package.url,
+                    sha256: package.sha256.to_string(),
+                },
+            },
+        ),
+        Ok(_) => Step::new(
+            "sysbox",
+            StepState::Cannot,
+            "Sysbox is missing and curl is not installed to fetch it: pass --sysbox-deb PATH",
+            Action::Nothing,
+        ),
+        Err(err) => Step::new(
+            "sysbox",
+            StepState::Cannot,
+            err.to_string(),
+            Action::Nothing,
+        ),
+    }
+}
+
+fn plan_engine(
+    facts: &HostFacts,
+    state: &EngineState,
+    paths: &EnginePaths,
+    settings: &EngineSettings,
+    mode: EngineMode,
+    config_changed: bool,
+    has_engine: bool,
+) -> Step {
+    let id = "engine";
+    let engine_will_exist = has_engine || facts.distro.is_debian_family();
+    if !engine_will_exist {
+        return Step::new(
+            id,
+            StepState::Cannot,
+            "no dockerd to run (see docker-engine)",
+            Action::Nothing,
+        );
+    }
+    match mode {
+        EngineMode::Systemd => {
+            let unit_text = unit::render(&UnitSettings {
+                dockerd: &program(facts, "dockerd", "/usr/sbin/dockerd"),
+                ip: &program(facts, "ip", "/usr/sbin/ip"),
+                daemon_json: &paths.daemon_json,
+                bridge: &settings.bridge,
+                bridge_address: subnet::gateway(&settings.subnet).unwrap_or(settings.subnet),
+            });
+            let unit_changed = state.unit_file.as_deref() != Some(unit_text.as_str());
+            if unit_changed || config_changed {
+                Step::new(
+                    id,
+                    StepState::ToDo,
+                    format!(
+                        "write {}, daemon-reload, enable and {} it over D-Bus",
+                        paths.unit_file.display(),
+                        if state.unit_active {
+                            "restart"
+                        } else {
+                            "start"
+                        }
+                    ),
+                    Action::InstallUnit {
+                        unit: unit_text,
+                        restart: state.unit_active,
+                    },
+                )
+            } else if state.unit_active && state.unit_enabled && state.engine_answers {
+                Step::new(
+                    id,
+                    StepState::Done,
+                    format!("{} is enabled and active", super::UNIT_NAME),
+                    Action::Nothing,
+                )
+            } else {
+                Step::new(
+                    id,
+                    StepState::ToDo,
+                    format!("enable and start {}", super::UNIT_NAME),
+                    Action::StartUnit,
+                )
+            }
+        }
+        EngineMode::Supervised => {
+            if state.engine_answers && !config_changed {
+                Step::new(
+                    id,
+                    StepState::Done,
+                    format!("supervised dockerd answers on {}", paths.socket.display()),
+                    Action::Nothing,
+                )
+            } else {
+                Step::new(
+                    id,
+                    StepState::ToDo,
+                    format!(
+                        "{} the supervised dockerd (systemd is not managing it here){}",
+                        if state.engine_answers {
+                            "restart"
+                        } else {
+                            "start"
+                        },
+                        if paths.is_system() {
+                            ""
+                        } else {
+                            " under the private engine root"
+                        }
+                    ),
+                    Action::StartSupervised {
+                        restart: state.engine_answers,
+                    },
+                )
+            }
+        }
+    }
+}
+
+fn program(facts: &HostFacts, name: &str, fallback: &str) -> PathBuf {
+    facts
+        .programs
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(fallback))
+}
+
+/// What `--uninstall` removes.
+#[derive(Debug, Clone, Serialize)]
+pub struct UninstallStep {
+    pub id: &'static str,
+    pub state: StepState,
+    pub finding: String,
+}
+
+/// The uninstall plan: stop and disable, remove unit, rules, context and config; the data-root
+/// only with `purge`. The `cubbi` group stays (other files may belong to it).
+pub fn plan_uninstall(
+    state: &EngineState,
+    paths: &EnginePaths,
+    mode: EngineMode,
+    purge: bool,
+) -> Vec<UninstallStep> {
+    let step = |id, todo: bool, finding: String| UninstallStep {
+        id,
+        state: if todo {
+            StepState::ToDo
+        } else {
+            StepState::Done
+        },
+        finding: if todo {
+            finding
+        } else {
+            format!("nothing to do (already gone): {finding}")
+        },
+    };
+    let running = state.engine_answers || state.unit_active;
+    vec![
+        step(
+            "engine",
+            running || (mode == EngineMode::Systemd && state.unit_enabled),
+            match mode {
+                EngineMode::Systemd => format!("stop and disable {}", super::UNIT_NAME),
+                EngineMode::Supervised => "stop the supervised dockerd".into(),
+            },
+        ),
+        step(
+            "unit",
+            state.unit_file.is_some(),
+            format!("remove {}", paths.unit_file.display()),
+        ),
+        step(
+            "egress-guard",
+            state.egress_installed,
+            "remove the CUBBI-EGRESS rules".into(),
+        ),
+        step(
+            "docker-context",
+            state.docker_context_endpoint.is_some(),
+            format!("remove Docker context `{}`", super::DOCKER_CONTEXT),
+        ),
+        step(
+            "config",
+            state.daemon_json.is_some() || state.engine_settings.is_some(),
+            format!("remove {} and engine.json", paths.daemon_json.display()),
+        ),
+        UninstallStep {
+            id: "data-root",
+            state: if purge {
+                StepState::ToDo
+            } else {
+                StepState::Skipped
+            },
+            finding: if purge {
+                format!(
+                    "delete {} (images, containers, volumes)",
+                    paths.data_root.display()
+                )
+            } else {
+                format!(
+                    "keep {} (add --purge to delete it)",
+                    paths.data_root.display()
+                )
+            },
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::host::fixture::FixtureHost;
+
+    fn options() -> SetupOptions {
+        SetupOptions {
+            egress_guard: true,
+            docker_context: true,
+            bridge: "cubbi0".into(),
+            invoking_user: Some("alice".into()),
+            ..Default::default()
+        }
+    }
+
+    fn state_of<'a>(plan: &'a Plan, id: &str) -> &'a Step {
+        plan.steps.iter().find(|step| step.id == id).unwrap()
+    }
+
+    fn debian() -> HostFacts {
+        HostFacts::gather(&FixtureHost::debian_with_systemd())
+    }
+
+    #[test]
+    fn a_fresh_systemd_host_gets_every_step() {
+        let plan = plan_setup(
+            &debian(),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        assert_eq!(plan.mode, EngineMode::Systemd);
+        let ids: Vec<_> = plan.steps.iter().map(|s| (s.id, s.state)).collect();
+        assert_eq!(
+            ids,
+            [
+                ("preflight", StepState::Done),
+                ("docker-engine", StepState::Done),
+                ("sysbox", StepState::Cannot),
+                ("group", StepState::ToDo),
+                ("daemon-json", StepState::ToDo),
+                ("engine", StepState::ToDo),
+                ("egress-guard", StepState::ToDo),
+                ("docker-context", StepState::ToDo),
+            ]
+        );
+        // No curl on the fixture: Sysbox cannot be fetched, and the message says how to go on.
+        assert!(state_of(&plan, "sysbox").finding.contains("--sysbox-deb"));
+        assert!(matches!(
+            state_of(&plan, "engine").action,
+            Action::InstallUnit { restart: false, .. }
+        ));
+        assert_eq!(plan.settings.subnet.to_string(), "10.214.0.0/24");
+    }
+
+    /// The state a completed setup leaves, for the re-run tests.
+    fn after_setup(plan: &Plan) -> EngineState {
+        let mut state = EngineState {
+            group_exists: true,
+            user_in_group: true,
+            engine_answers: true,
+            unit_active: true,
+            unit_enabled: true,
+            egress_installed: true,
+            docker_context_endpoint: Some(EnginePaths::system().endpoint()),
+            engine_settings: Some(plan.settings.clone()),
+            ..Default::default()
+        };
+        for step in &plan.steps {
+            match &step.action {
+                Action::WriteConfig { daemon_json, .. } => {
+                    state.daemon_json = Some(daemon_json.clone())
+                }
+                Action::InstallUnit { unit, .. } => state.unit_file = Some(unit.clone()),
+                _ => {}
+            }
+        }
+        state
+    }
+
+    #[test]
+    fn a_rerun_changes_nothing_and_says_so() {
+        let first = plan_setup(
+            &debian(),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        let second = plan_setup(
+            &debian(),
+            &after_setup(&first),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        assert!(second.is_noop(), "{:#?}", second.steps);
+        assert_eq!(second.settings, first.settings, "the subnet is reused");
+    }
+
+    #[test]
+    fn without_systemd_the_engine_is_supervised() {
+        let mut host = FixtureHost::debian_with_systemd();
+        host.file("/proc/1/comm", "bash\n");
+        let plan = plan_setup(
+            &HostFacts::gather(&host),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        assert_eq!(plan.mode, EngineMode::Supervised);
+        assert!(matches!(
+            state_of(&plan, "engine").action,
+            Action::StartSupervised { restart: false }
+        ));
+        // A private engine root is supervised even where systemd runs.
+        let private = EnginePaths::under_root(std::path::Path::new("/tmp/x"));
+        let plan = plan_setup(&debian(), &EngineState::default(), &private, &options()).unwrap();
+        assert_eq!(plan.mode, EngineMode::Supervised);
+    }
+
+    #[test]
+    fn a_host_without_docker_gets_packages_or_instructions() {
+        let mut host = FixtureHost::debian_with_systemd();
+        host.programs.retain(|p| p != "dockerd");
+        let plan = plan_setup(
+            &HostFacts::gather(&host),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        let step = state_of(&plan, "docker-engine");
+        assert_eq!(
+            step.action,
+            Action::InstallPackages {
+                packages: vec!["docker.io".into()],
+                docker_ce_repository: false
+            }
+        );
+        let ce = SetupOptions {
+            docker_ce: true,
+            ..options()
+        };
+        let plan = plan_setup(
+            &HostFacts::gather(&host),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &ce,
+        )
+        .unwrap();
+        assert!(
+            matches!(&state_of(&plan, "docker-engine").action, Action::InstallPackages { docker_ce_repository: true, packages } if packages.contains(&"docker-ce".to_string()))
+        );
+
+        host.file(
+            "/etc/os-release",
+            "ID=fedora\nPRETTY_NAME=\"Fedora Linux 40\"\n",
+        );
+        let plan = plan_setup(
+            &HostFacts::gather(&host),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        let step = state_of(&plan, "docker-engine");
+        assert_eq!(step.state, StepState::Cannot);
+        assert!(step.finding.contains("Fedora Linux 40"), "{}", step.finding);
+        assert_eq!(state_of(&plan, "engine").state, StepState::Cannot);
+        assert!(state_of(&plan, "sysbox").finding.contains("sha256sum -c"));
+    }
+
+    #[test]
+    fn sysbox_sources() {
+        let mut host = FixtureHost::debian_with_systemd();
+        host.programs.push("curl".into());
+        let facts = HostFacts::gather(&host);
+        let plan = plan_setup(
+            &facts,
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        let Action::InstallSysbox {
+            source: SysboxSource::Download { url, sha256 },
+        } = &state_of(&plan, "sysbox").action
+        else {
+            panic!("{:?}", state_of(&plan, "sysbox"));
+        };
+        assert!(url.contains(sysbox::SYSBOX_VERSION) && sha256.len() == 64);
+        let local = SetupOptions {
+            sysbox_deb: Some("/tmp/s.deb".into()),
+            ..options()
+        };
+        let plan = plan_setup(
+            &facts,
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &local,
+        )
+        .unwrap();
+        assert!(matches!(
+            &state_of(&plan, "sysbox").action,
+            Action::InstallSysbox {
+                source: SysboxSource::File { .. }
+            }
+        ));
+        host.programs
+            .extend(["sysbox-runc", "sysbox-mgr", "sysbox-fs"].map(String::from));
+        let plan = plan_setup(
+            &HostFacts::gather(&host),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        assert_eq!(state_of(&plan, "sysbox").state, StepState::Done);
+    }
+
+    #[test]
+    fn refusals_leave_nothing_planned() {
+        let corrupt = EngineState {
+            daemon_json: Some("{ nope".into()),
+            ..Default::default()
+        };
+        let err = plan_setup(&debian(), &corrupt, &EnginePaths::system(), &options()).unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let forced = SetupOptions {
+            force: true,
+            ..options()
+        };
+        let plan = plan_setup(&debian(), &corrupt, &EnginePaths::system(), &forced).unwrap();
+        assert!(matches!(
+            state_of(&plan, "daemon-json").action,
+            Action::WriteConfig {
+                backup_invalid: true,
+                ..
+            }
+        ));
+
+        let mut host = FixtureHost::debian_with_systemd();
+        host.file("/proc/net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\nwg0\t0000D60A\t00000000\t0001\t0\t0\t0\t0000FFFF\n");
+        let colliding = SetupOptions {
+            subnet: Some("10.214.9.0/24".parse().unwrap()),
+            ..options()
+        };
+        let err = plan_setup(
+            &HostFacts::gather(&host),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &colliding,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("wg0"), "{err}");
+    }
+
+    #[test]
+    fn opt_outs_are_skipped() {
+        let opts = SetupOptions {
+            egress_guard: false,
+            docker_context: false,
+            skip_sysbox: true,
+            ..options()
+        };
+        let plan = plan_setup(
+            &debian(),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &opts,
+        )
+        .unwrap();
+        for id in ["egress-guard", "docker-context", "sysbox"] {
+            assert_eq!(state_of(&plan, id).state, StepState::Skipped, "{id}");
+        }
+    }
+
+    #[test]
+    fn uninstall_keeps_data_unless_purged() {
+        let state = EngineState {
+            engine_answers: true,
+            daemon_json: Some("{}".into()),
+            ..Default::default()
+        };
+        let steps = plan_uninstall(
+            &state,
+            &EnginePaths::system(),
+            EngineMode::Supervised,
+            false,
+        );
+        let data = steps.iter().find(|s| s.id == "data-root").unwrap();
+        assert_eq!(data.state, StepState::Skipped);
+        assert!(data.finding.contains("--purge"));
+        let steps = plan_uninstall(&state, &EnginePaths::system(), EngineMode::Supervised, true);
+        assert_eq!(
+            steps.iter().find(|s| s.id == "data-root").unwrap().state,
+            StepState::ToDo
+        );
+        assert_eq!(
+            steps.iter().find(|s| s.id == "unit").unwrap().state,
+            StepState::Done
+        );
+    }
+}

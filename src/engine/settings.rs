@@ -1,0 +1,97 @@
+//! cubbi's own record of how the engine was set up (bridge name and subnet), kept in engine.json
+//! next to daemon.json so a re-run reuses the same subnet instead of picking a new one.
+
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::EngineError;
+
+/// The dedicated bridge's default name (never `docker0`).
+pub const DEFAULT_BRIDGE: &str = "cubbi0";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    /// The bridge interface dockerd's default network uses; cubbi creates it before dockerd starts.
+    pub bridge: String,
+    /// The bridge's subnet; the bridge holds its first address.
+    pub subnet: Ipv4Net,
+}
+
+impl EngineSettings {
+    /// The recorded settings, or `None` before the first setup.
+    pub fn load(path: &Path) -> Result<Option<Self>, EngineError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(EngineError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        serde_json::from_str(&text).map(Some).map_err(|err| {
+            EngineError::Refused(format!(
+                "{} is not valid (line {}, column {}: {err}); remove it and run setup again",
+                path.display(),
+                err.line(),
+                err.column()
+            ))
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing two plain fields cannot fail; fall back to an empty object just in case.
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into());
+        text.push('\n');
+        text
+    }
+}
+
+/// Whether `name` is a usable Linux interface name for the bridge.
+pub fn validate_bridge_name(name: &str) -> Result<(), EngineError> {
+    let valid = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name != "docker0";
+    if valid {
+        Ok(())
+    } else {
+        Err(EngineError::Refused(format!(
+            "`{name}` cannot be the cubbi bridge: use 1-15 letters, digits, - or _, and not docker0"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.json");
+        assert_eq!(EngineSettings::load(&path).unwrap(), None);
+        let settings = EngineSettings {
+            bridge: "cubbi0".into(),
+            subnet: "10.214.3.0/24".parse().unwrap(),
+        };
+        std::fs::write(&path, settings.to_json()).unwrap();
+        assert_eq!(EngineSettings::load(&path).unwrap(), Some(settings));
+        std::fs::write(&path, "{").unwrap();
+        assert!(EngineSettings::load(&path).is_err());
+    }
+
+    #[test]
+    fn bridge_names_follow_linux_rules_and_never_docker0() {
+        assert!(validate_bridge_name("cubbi0").is_ok());
+        assert!(validate_bridge_name("docker0").is_err());
+        assert!(validate_bridge_name("a-name-too-long-x").is_err());
+        assert!(validate_bridge_name("bad name").is_err());
+    }
+}

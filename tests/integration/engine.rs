@@ -1,0 +1,382 @@
+//! The dedicated endpoint for real: `cubbi engine start` on a private engine root brings up a
+//! dockerd, `cubbi doctor --json` sees it answer and Sysbox missing, `cubbi engine stop` takes
+//! it down; `cubbi setup` on a private root is idempotent and uninstalls; bad input is refused
+//! before anything changes. The host Docker's files are hashed before and after every test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::{Failed, Trial};
+
+use crate::support::{Cubbi, TestHome};
+
+pub fn tests() -> Vec<Trial> {
+    crate::trials![
+        engine_start_doctor_stop,
+        setup_on_a_private_root_is_idempotent_and_uninstalls,
+        setup_refuses_bad_input_and_changes_nothing,
+    ]
+}
+
+/// The host Docker's files cubbi must never touch.
+const HOST_DOCKER_FILES: &[&str] = &["/etc/docker/daemon.json", "/var/run/docker.sock"];
+
+/// Content hash of regular files, identity (inode, mode, mtime) of sockets, or "absent".
+fn host_docker_fingerprint() -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    HOST_DOCKER_FILES
+        .iter()
+        .map(|path| match std::fs::metadata(path) {
+            Err(_) => format!("{path}: absent"),
+            Ok(meta) if meta.is_file() => format!(
+                "{path}: sha256 {}",
+                cubbi::engine::sysbox::sha256_file(Path::new(path)).unwrap_or_default()
+            ),
+            Ok(meta) => format!(
+                "{path}: inode {} mode {:o} mtime {}",
+                meta.ino(),
+                meta.mode(),
+                meta.mtime()
+            ),
+        })
+        .collect()
+}
+
+/// dockerd creates its iptables chains at start-up and fails when another dockerd creates the
+/// same chain at the same moment, so engines start one at a time, after the shared test dockerd.
+static ENGINE_START: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Root and dockerd are needed; without them the test fails (it never passes silently). Holds
+/// the start lock for the whole test.
+fn require_root_and_dockerd() -> Result<std::sync::MutexGuard<'static, ()>, Failed> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("this test starts a dockerd and needs root".into());
+    }
+    if crate::support::dockerd::which("dockerd").is_none() {
+        return Err(
+            "dockerd is not installed: run install/test.sh, which installs docker.io".into(),
+        );
+    }
+    crate::support::docker_endpoint()?;
+    Ok(ENGINE_START
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+/// A short private engine root (socket paths are limited to 107 bytes) and a unique bridge;
+/// dropping it stops the engine and removes what is left, also when the test fails.
+struct PrivateEngine {
+    root: PathBuf,
+    bridge: String,
+    home: TestHome,
+}
+
+impl PrivateEngine {
+    fn new(tag: &str) -> Result<Self, Failed> {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("cubbi-{tag}-"))
+            .tempdir_in("/tmp")?
+            .keep();
+        Ok(Self {
+            root,
+            bridge: format!("cb{tag}{}", std::process::id() % 100_000),
+            home: TestHome::new(),
+        })
+    }
+
+    fn root_arg(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn cubbi(&self) -> Cubbi {
+        Cubbi::new(&self.home)
+    }
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        let _ = self
+            .cubbi()
+            .args(["engine", "stop", "--timeout", "30", "--engine-root"])
+            .args([self.root_arg()])
+            .run();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn engine_start_doctor_stop() -> Result<(), Failed> {
+    let _one_at_a_time = require_root_and_dockerd()?;
+    let before = host_docker_fingerprint();
+    let engine = PrivateEngine::new("e")?;
+    let root = engine.root_arg();
+
+    engine
+        .cubbi()
+        .args([
+            "engine",
+            "start",
+            "--engine-root",
+            &root,
+            "--bridge",
+            &engine.bridge,
+        ])
+        .run()
+        .success()
+        .stdout_contains("started the engine");
+    engine
+        .cubbi()
+        .args(["engine", "status", "--engine-root", &root])
+        .run()
+        .success()
+        .stdout_contains("running");
+    // A second start sees the running engine and changes nothing.
+    engine
+        .cubbi()
+        .args([
+            "engine",
+            "start",
+            "--engine-root",
+            &root,
+            "--bridge",
+            &engine.bridge,
+        ])
+        .run()
+        .success()
+        .stdout_contains("already runs");
+
+    // Sysbox is missing here, so doctor fails (exit 1) and says how to fix it.
+    let ran = engine
+        .cubbi()
+        .args(["--json", "doctor", "--engine-root", &root])
+        .run()
+        .failure();
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout())?;
+    let check = |id: &str| {
+        report["checks"]
+            .as_array()
+            .and_then(|checks| checks.iter().find(|c| c["id"] == id).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(report["endpoint"], format!("unix://{root}/docker.sock"));
+    for id in [
+        "endpoint-socket",
+        "endpoint-answers",
+        "endpoint-access",
+        "daemon-json",
+        "sysbox-default-runtime",
+        "not-host-docker",
+    ] {
+        assert_eq!(check(id)["status"], "ok", "{id}: {}", ran.stdout());
+    }
+    let sysbox = check("sysbox-runc");
+    assert_eq!(sysbox["status"], "fail", "{}", ran.stdout());
+    assert!(
+        sysbox["remedy"]
+            .as_str()
+            .is_some_and(|r| r.contains("cubbi setup")),
+        "{sysbox}"
+    );
+
+    engine
+        .cubbi()
+        .args(["engine", "stop", "--engine-root", &root])
+        .run()
+        .success()
+        .stdout_contains("stopped the engine");
+    engine
+        .cubbi()
+        .args(["engine", "status", "--engine-root", &root])
+        .run()
+        .stdout_contains("stopped");
+    let bridge_left = Command::new("ip")
+        .args(["link", "show", "dev", &engine.bridge])
+        .output()?
+        .status
+        .success();
+    assert!(!bridge_left, "the bridge {} is left behind", engine.bridge);
+    assert_eq!(
+        host_docker_fingerprint(),
+        before,
+        "the host Docker's files changed"
+    );
+    Ok(())
+}
+
+fn setup_on_a_private_root_is_idempotent_and_uninstalls() -> Result<(), Failed> {
+    let _one_at_a_time = require_root_and_dockerd()?;
+    let before = host_docker_fingerprint();
+    let engine = PrivateEngine::new("s")?;
+    let root = engine.root_arg();
+    let setup = |extra: &[&str]| {
+        engine
+            .cubbi()
+            .args(["setup", "--engine-root", &root, "--bridge", &engine.bridge])
+            .args(["--skip-sysbox", "--no-docker-context"])
+            .args(extra)
+            .run()
+    };
+    setup(&["--dry-run"])
+        .success()
+        .stdout_contains("nothing changes")
+        .stdout_contains("[to do  ] daemon-json");
+    assert!(
+        !Path::new(&root).join("daemon.json").exists(),
+        "--dry-run wrote daemon.json"
+    );
+
+    setup(&[])
+        .success()
+        .stdout_contains("engine mode: supervised")
+        .stdout_contains("[changed] engine");
+    setup(&[]).success().stdout_contains("nothing changed");
+
+    // A key added by hand survives a re-run that has something to change.
+    let daemon_json = Path::new(&root).join("daemon.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&daemon_json)?)?;
+    config["log-level"] = "warn".into();
+    std::fs::write(&daemon_json, serde_json::to_string_pretty(&config)?)?;
+    setup(&[]).success();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&daemon_json)?)?;
+    assert_eq!(config["log-level"], "warn");
+
+    setup(&["--uninstall", "--purge"])
+        .success()
+        .stdout_contains("[changed] engine");
+    assert!(!daemon_json.exists(), "uninstall left daemon.json");
+    assert!(
+        !Path::new(&root).join("data").exists(),
+        "--purge left the data-root"
+    );
+    assert_eq!(
+        host_docker_fingerprint(),
+        before,
+        "the host Docker's files changed"
+    );
+    Ok(())
+}
+
+fn setup_refuses_bad_input_and_changes_nothing() -> Result<(), Failed> {
+    let _one_at_a_time = require_root_and_dockerd()?;
+    let before = host_docker_fingerprint();
+    let engine = PrivateEngine::new("r")?;
+    let root = engine.root_arg();
+    let setup = |extra: &[&str]| {
+        engine
+            .cubbi()
+            .args([
+                "setup",
+                "--engine-root",
+                &root,
+                "--bridge",
+                &engine.bridge,
+                "--skip-sysbox",
+                "--no-docker-context",
+            ])
+            .args(extra)
+            .run()
+    };
+
+    // Not root: refused plainly, before anything.
+    let as_nobody = Command::new("runuser")
+        .args([
+            "-u",
+            "nobody",
+            "--",
+            env!("CARGO_BIN_EXE_cubbi"),
+            "setup",
+            "--engine-root",
+            &root,
+        ])
+        .output()?;
+    assert!(!as_nobody.status.success());
+    assert!(
+        String::from_utf8_lossy(&as_nobody.stderr).contains("needs root"),
+        "{as_nobody:?}"
+    );
+
+    // A corrupt daemon.json: refused with its location, left as it was.
+    let daemon_json = Path::new(&root).join("daemon.json");
+    std::fs::write(&daemon_json, "{\n  \"log-level\": \"warn\",\n  oops\n}\n")?;
+    setup(&[])
+        .failure()
+        .stderr_contains("line 3")
+        .stderr_contains("--force");
+    assert_eq!(
+        std::fs::read_to_string(&daemon_json)?,
+        "{\n  \"log-level\": \"warn\",\n  oops\n}\n"
+    );
+    std::fs::remove_file(&daemon_json)?;
+
+    // A subnet the host already routes: an extra bridge with an address makes one.
+    let dummy = format!("cbd{}", std::process::id() % 100_000);
+    let made = Command::new("ip")
+        .args(["link", "add", &dummy, "type", "bridge"])
+        .status()?
+        .success();
+    assert!(made, "cannot make a test bridge");
+    let collided = (|| {
+        Command::new("ip")
+            .args(["address", "add", "10.214.250.1/24", "dev", &dummy])
+            .status()?;
+        Command::new("ip")
+            .args(["link", "set", &dummy, "up"])
+            .status()?;
+        let ran = setup(&["--subnet", "10.214.250.0/24"]).failure();
+        Ok::<_, std::io::Error>(ran.stderr())
+    })();
+    let _ = Command::new("ip").args(["link", "delete", &dummy]).status();
+    let stderr = collided?;
+    assert!(
+        stderr.contains("collides") && stderr.contains(&dummy),
+        "{stderr}"
+    );
+
+    // --sysbox-deb that is not a Debian package, then one that fails its checksum.
+    let not_deb = Path::new(&root).join("sysbox.deb");
+    std::fs::write(&not_deb, "#!/bin/sh\necho not a package\n")?;
+    let not_deb_arg = not_deb.display().to_string();
+    engine
+        .cubbi()
+        .args([
+            "setup",
+            "--engine-root",
+            &root,
+            "--sysbox-deb",
+            &not_deb_arg,
+        ])
+        .run()
+        .failure()
+        .stderr_contains("not a Debian package");
+    std::fs::write(
+        &not_deb,
+        b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n",
+    )?;
+    engine
+        .cubbi()
+        .args([
+            "setup",
+            "--engine-root",
+            &root,
+            "--sysbox-deb",
+            &not_deb_arg,
+        ])
+        .run()
+        .failure()
+        .stderr_contains("SHA-256");
+
+    assert!(!daemon_json.exists(), "a refused setup wrote daemon.json");
+    assert!(
+        !Path::new(&root).join("docker.sock").exists(),
+        "a refused setup started dockerd"
+    );
+    assert_eq!(
+        host_docker_fingerprint(),
+        before,
+        "the host Docker's files changed"
+    );
+    Ok(())
+}
