@@ -81,7 +81,7 @@ fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
             &scope,
             &home,
             name,
-            &["systemctl", "is-system-running", "--wait"],
+            &["sudo", "systemctl", "is-system-running", "--wait"],
         );
         assert_eq!(
             state.trim(),
