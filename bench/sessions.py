@@ -142,6 +142,10 @@ def main():
     parser.add_argument("-n", type=int, default=10)
     parser.add_argument("--list-sessions", type=int, default=50)
     args = parser.parse_args()
+    with open("/proc/sys/fs/inotify/max_user_instances") as f:
+        if int(f.read()) < 1024:
+            sys.exit("fs.inotify.max_user_instances is below 1024: dozens of runc sessions cannot boot "
+                     "(see `cubbi doctor`); raise it with `sysctl -w fs.inotify.max_user_instances=8192`")
     sock = args.endpoint.removeprefix("unix://")
     tmp = tempfile.mkdtemp(prefix="cubbi-bench-")
     env = dict(os.environ, HOME=tmp, XDG_CONFIG_HOME=os.path.join(tmp, ".config"),

@@ -50,6 +50,7 @@ pub fn run_all(facts: &DoctorFacts) -> Vec<Check> {
         ),
         not_host_default(&facts.socket, facts.docker_info.as_ref()),
         egress_guard(&facts.egress_guard, facts.egress_guard_expected),
+        inotify(facts.inotify_instances),
     ]
 }
 
@@ -358,6 +359,31 @@ pub fn ssh_key(facts: &DoctorFacts) -> Check {
             "created by your first `cubbi session create`",
         ),
         (None, _) => Check::warn(ID, "no home directory to hold the key", "set HOME"),
+    }
+}
+
+/// Enough inotify instances for many systemd containers. Every systemd, journald and dbus
+/// holds some; without user namespaces (runc) they all count against root's limit, and at
+/// Debian's default of 128 the 27th session's systemd cannot start (seen on this project's CI
+/// machine). Sysbox's installer raises the same limit.
+pub const INOTIFY_INSTANCES_WANTED: u64 = 8192;
+
+pub fn inotify(instances: Option<u64>) -> Check {
+    const ID: &str = "inotify";
+    let remedy = format!(
+        "echo fs.inotify.max_user_instances={INOTIFY_INSTANCES_WANTED} | sudo tee /etc/sysctl.d/90-cubbi.conf && sudo sysctl --system"
+    );
+    match instances {
+        None => Check::warn(ID, "cannot read fs.inotify.max_user_instances", remedy),
+        Some(n) if n < 1024 => Check::warn(
+            ID,
+            format!(
+                "fs.inotify.max_user_instances is {n}: only about {} sessions can boot systemd at once",
+                n / 5
+            ),
+            remedy,
+        ),
+        Some(n) => Check::ok(ID, format!("fs.inotify.max_user_instances is {n}")),
     }
 }
 
@@ -726,5 +752,13 @@ mod tests {
         assert_eq!(overall(&checks), Status::Warn);
         assert!(super::super::passed(&checks));
         assert!(!super::super::passed(&[Check::fail("x", "", "")]));
+    }
+
+    #[test]
+    fn inotify_limit_is_checked() {
+        assert_eq!(inotify(Some(128)).status, Status::Warn);
+        assert!(inotify(Some(128)).remedy.contains("max_user_instances=8192"));
+        assert_eq!(inotify(Some(8192)).status, Status::Ok);
+        assert_eq!(inotify(None).status, Status::Warn);
     }
 }

@@ -71,6 +71,8 @@ pub struct DoctorFacts {
     pub data_root_free_bytes: Option<u64>,
     pub egress_guard: Readable<bool>,
     pub egress_guard_expected: bool,
+    /// `fs.inotify.max_user_instances`; `None` when unreadable.
+    pub inotify_instances: Option<u64>,
 }
 
 /// The probes doctor uses; all real ones by default.
@@ -208,6 +210,9 @@ pub async fn gather(
         data_root: paths.data_root.clone(),
         egress_guard,
         egress_guard_expected: settings.is_some(),
+        inotify_instances: std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+            .ok()
+            .and_then(|text| text.trim().parse().ok()),
         host,
     }
 }

@@ -484,20 +484,28 @@ impl LocalBackend {
         };
         let docker = self.docker.clone();
         let container = id.to_string();
-        wait_until_ready(&target, self.options.ready_timeout, || {
+        let ready = wait_until_ready(&target, self.options.ready_timeout, || {
             let docker = docker.clone();
             let container = container.clone();
             async move {
+                // A container restarting under its restart policy is not booting: it died.
                 docker
                     .inspect_container(&container, None)
                     .await
                     .ok()
-                    .and_then(|c| c.state?.running)
-                    .unwrap_or(false)
+                    .is_some_and(|c| {
+                        let state = c.state.unwrap_or_default();
+                        state.running == Some(true)
+                            && state.restarting != Some(true)
+                            && c.restart_count.unwrap_or(0) == 0
+                    })
             }
         })
         .await
-        .map_err(|e| (CreateStep::WaitingForSsh, e.to_string()))?;
+        .map_err(|e| (CreateStep::WaitingForSsh, e.to_string()));
+        if let Err((step, reason)) = ready {
+            return Err((step, self.explain_boot_failure(id, reason).await));
+        }
 
         if let Some(files) = &self.options.ssh_files {
             progress.step(CreateStep::WritingSshConfig);
@@ -510,6 +518,28 @@ impl LocalBackend {
                 .map_err(|e| (CreateStep::WritingSshConfig, e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Says why a session never answered when its container died while booting.
+    async fn explain_boot_failure(&self, id: &str, reason: String) -> String {
+        let Ok(container) = self.docker.inspect_container(id, None).await else {
+            return reason;
+        };
+        let restarts = container.restart_count.unwrap_or(0);
+        let state = container.state.unwrap_or_default();
+        if restarts == 0 && state.running == Some(true) {
+            return reason;
+        }
+        format!(
+            "the container exited (code {}) before sshd was up{}; `cubbi doctor` checks the host \
+             limits systemd needs",
+            state.exit_code.unwrap_or(-1),
+            if restarts > 0 {
+                format!(" and was restarted {restarts} times")
+            } else {
+                String::new()
+            }
+        )
     }
 
     /// The last lines of a container's console, for failure messages.
