@@ -757,7 +757,11 @@ mod tests {
     #[test]
     fn inotify_limit_is_checked() {
         assert_eq!(inotify(Some(128)).status, Status::Warn);
-        assert!(inotify(Some(128)).remedy.contains("max_user_instances=8192"));
+        assert!(
+            inotify(Some(128))
+                .remedy
+                .contains("max_user_instances=8192")
+        );
         assert_eq!(inotify(Some(8192)).status, Status::Ok);
         assert_eq!(inotify(None).status, Status::Warn);
     }
