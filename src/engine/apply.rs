@@ -22,6 +22,9 @@ use super::{
 /// restores it around that installer.
 const HOST_DOCKER_DAEMON_JSON: &str = "/etc/docker/daemon.json";
 
+/// How long a stopping engine may take: the unit's TimeoutStopSec plus ExecStopPost.
+const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
@@ -298,7 +301,9 @@ async fn apply_action(
             let systemd = require_systemd(env)?;
             systemd.daemon_reload().await?;
             if *restart {
+                // A start queued while the stop job is pending would replace it: no restart.
                 systemd.stop(UNIT_NAME).await?;
+                systemd::wait_until_stopped(systemd, UNIT_NAME, STOP_TIMEOUT).await?;
             }
             start_unit(systemd, env).await
         }
@@ -527,6 +532,8 @@ async fn uninstall_step(
                 EngineMode::Systemd => {
                     let systemd = require_systemd(env)?;
                     systemd.stop(UNIT_NAME).await?;
+                    // ExecStopPost deletes the bridge; wait for it before going on.
+                    systemd::wait_until_stopped(systemd, UNIT_NAME, STOP_TIMEOUT).await?;
                     systemd.disable(UNIT_NAME).await?;
                 }
                 EngineMode::Supervised => {

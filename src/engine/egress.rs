@@ -1,7 +1,12 @@
-//! The egress guard: iptables rules in a chain of cubbi's own, jumped to from Docker's
-//! `DOCKER-USER` chain for traffic entering from the cubbi bridge only, that keep sessions off the
-//! host's private networks, link-local addresses and the cloud metadata service while the
-//! internet stays reachable. The host's own Docker bridges are never matched.
+//! The egress guard: iptables rules in a chain of cubbi's own, jumped to for traffic entering from
+//! the cubbi bridge only, that keep sessions off the host's private networks, link-local addresses
+//! and the cloud metadata service while the internet stays reachable. The host's own Docker
+//! bridges are never matched.
+//!
+//! Two hooks: Docker's `DOCKER-USER` (in FORWARD) for traffic to other machines, and `INPUT` for
+//! traffic to the machine's own addresses (a service bound to the host's LAN or VPN address is
+//! reached through INPUT, never FORWARD). The bridge's own gateway address stays reachable, since
+//! it is inside the session subnet.
 
 use std::net::Ipv4Addr;
 
@@ -13,6 +18,10 @@ use super::runner::{CommandError, CommandRunner};
 pub const CHAIN: &str = "CUBBI-EGRESS";
 /// Docker's hook for user rules in FORWARD; dockerd creates it and leaves its contents alone.
 pub const DOCKER_USER: &str = "DOCKER-USER";
+/// Packets to the machine's own addresses.
+pub const INPUT: &str = "INPUT";
+/// The chains that jump to [`CHAIN`] for traffic from the bridge.
+pub const HOOKS: &[&str] = &[DOCKER_USER, INPUT];
 
 /// Destinations sessions may not reach: RFC 1918, link-local (which holds 169.254.169.254).
 pub const BLOCKED: &[&str] = &[
@@ -87,7 +96,7 @@ pub fn chain_rules(settings: &GuardSettings) -> Vec<Vec<String>> {
     rules
 }
 
-/// The jump from DOCKER-USER, as arguments after `-I`/`-C`/`-D DOCKER-USER`.
+/// The jump from each hook, as arguments after `-I`/`-C`/`-D HOOK`.
 pub fn jump_rule(settings: &GuardSettings) -> Vec<String> {
     ["-i", &settings.bridge, "-j", CHAIN]
         .iter()
@@ -106,18 +115,22 @@ pub fn expected_listing(settings: &GuardSettings) -> Vec<String> {
         .collect()
 }
 
-/// Whether the guard is fully in place: the chain holds exactly our rules and the jump exists.
+/// Whether the guard is fully in place: the chain holds exactly our rules and every hook jumps
+/// to it.
 pub fn is_installed(runner: &dyn CommandRunner, settings: &GuardSettings) -> bool {
     let listing = runner.output("iptables", &["-w", "-S", CHAIN]);
     let chain_matches = listing.is_ok_and(|out| {
         out.success && normalize(&out.stdout) == normalize(&expected_listing(settings).join("\n"))
     });
-    chain_matches && jump_present(runner, settings)
+    chain_matches
+        && HOOKS
+            .iter()
+            .all(|hook| jump_present(runner, settings, hook))
 }
 
-fn jump_present(runner: &dyn CommandRunner, settings: &GuardSettings) -> bool {
+fn jump_present(runner: &dyn CommandRunner, settings: &GuardSettings, hook: &str) -> bool {
     let jump = jump_rule(settings);
-    let mut args = vec!["-w", "-C", DOCKER_USER];
+    let mut args = vec!["-w", "-C", hook];
     args.extend(jump.iter().map(String::as_str));
     runner
         .output("iptables", &args)
@@ -133,7 +146,8 @@ fn normalize(listing: &str) -> Vec<String> {
         .collect()
 }
 
-/// Creates or rebuilds the chain and hooks it into DOCKER-USER (which dockerd has made by then).
+/// Creates or rebuilds the chain and hooks it first into DOCKER-USER (which dockerd has made by
+/// then) and INPUT.
 pub fn install(runner: &dyn CommandRunner, settings: &GuardSettings) -> Result<(), CommandError> {
     // -N fails when the chain exists; that is fine, it is flushed next.
     let _ = runner.output("iptables", &["-w", "-N", CHAIN])?;
@@ -143,27 +157,34 @@ pub fn install(runner: &dyn CommandRunner, settings: &GuardSettings) -> Result<(
         args.extend(rule.iter().map(String::as_str));
         runner.run("iptables", &args)?;
     }
-    if !jump_present(runner, settings) {
-        let _ = runner.output("iptables", &["-w", "-N", DOCKER_USER])?;
+    for hook in HOOKS {
+        if jump_present(runner, settings, hook) {
+            continue;
+        }
+        if *hook == DOCKER_USER {
+            let _ = runner.output("iptables", &["-w", "-N", DOCKER_USER])?;
+        }
         let jump = jump_rule(settings);
-        let mut args = vec!["-w", "-I", DOCKER_USER];
+        let mut args = vec!["-w", "-I", hook];
         args.extend(jump.iter().map(String::as_str));
         runner.run("iptables", &args)?;
     }
     Ok(())
 }
 
-/// Removes the jump and the chain; absent pieces are fine.
+/// Removes the jumps and the chain; absent pieces are fine.
 pub fn uninstall(runner: &dyn CommandRunner, settings: &GuardSettings) -> Result<(), CommandError> {
-    // Bounded: a jump added twice by hand is removed too, but a broken iptables cannot loop us.
-    for _ in 0..8 {
-        if !jump_present(runner, settings) {
-            break;
+    for hook in HOOKS {
+        // Bounded: a jump added twice by hand is removed too, but a broken iptables cannot loop us.
+        for _ in 0..8 {
+            if !jump_present(runner, settings, hook) {
+                break;
+            }
+            let jump = jump_rule(settings);
+            let mut args = vec!["-w", "-D", hook];
+            args.extend(jump.iter().map(String::as_str));
+            runner.run("iptables", &args)?;
         }
-        let jump = jump_rule(settings);
-        let mut args = vec!["-w", "-D", DOCKER_USER];
-        args.extend(jump.iter().map(String::as_str));
-        runner.run("iptables", &args)?;
     }
     let _ = runner.output("iptables", &["-w", "-F", CHAIN])?;
     let _ = runner.output("iptables", &["-w", "-X", CHAIN])?;
@@ -234,9 +255,17 @@ mod tests {
                 .count(),
             9
         );
+        let hooks: Vec<&str> = commands
+            .iter()
+            .filter(|c| c.starts_with("iptables -w -I "))
+            .map(String::as_str)
+            .collect();
         assert_eq!(
-            commands.last().map(String::as_str),
-            Some("iptables -w -I DOCKER-USER -i cubbi0 -j CUBBI-EGRESS")
+            hooks,
+            [
+                "iptables -w -I DOCKER-USER -i cubbi0 -j CUBBI-EGRESS",
+                "iptables -w -I INPUT -i cubbi0 -j CUBBI-EGRESS"
+            ]
         );
         assert!(commands.iter().all(|c| !c.contains("docker0")));
     }
@@ -249,5 +278,37 @@ mod tests {
         let drifted =
             RecordingRunner::default().answering("iptables -w -S", true, "-N CUBBI-EGRESS\n");
         assert!(!is_installed(&drifted, &settings()));
+        // A guard from before the INPUT hook existed is not complete.
+        let forward_only = RecordingRunner::default()
+            .answering("iptables -w -S", true, &listing)
+            .answering("iptables -w -C INPUT", false, "");
+        assert!(!is_installed(&forward_only, &settings()));
+    }
+
+    #[test]
+    fn uninstall_unhooks_both_chains_then_drops_ours() {
+        // No jump in DOCKER-USER; one in INPUT that never goes away (the fake does not change),
+        // so its removal stops at the bound instead of looping.
+        let runner = RecordingRunner::default()
+            .answering("iptables -w -C DOCKER-USER", false, "")
+            .answering("iptables -w -C INPUT", true, "");
+        uninstall(&runner, &settings()).unwrap();
+        let commands = runner.commands();
+        assert!(
+            commands
+                .iter()
+                .all(|c| !c.starts_with("iptables -w -D DOCKER-USER"))
+        );
+        assert_eq!(
+            commands
+                .iter()
+                .filter(|c| *c == "iptables -w -D INPUT -i cubbi0 -j CUBBI-EGRESS")
+                .count(),
+            8
+        );
+        assert_eq!(
+            &commands[commands.len() - 2..],
+            ["iptables -w -F CUBBI-EGRESS", "iptables -w -X CUBBI-EGRESS"]
+        );
     }
 }

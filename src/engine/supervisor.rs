@@ -135,9 +135,22 @@ pub fn remove_bridge(runner: &dyn CommandRunner, bridge: &str) -> Result<bool, S
         .map_err(fail)?
         .success
     {
-        runner
-            .run("ip", &["link", "delete", bridge])
+        let deleted = runner
+            .output("ip", &["link", "delete", bridge])
             .map_err(fail)?;
+        // Something else (the unit's ExecStopPost) may delete it between the two commands.
+        if !deleted.success
+            && runner
+                .output("ip", &["link", "show", "dev", bridge])
+                .map_err(fail)?
+                .success
+        {
+            return Err(fail(CommandError::Failed {
+                command: format!("ip link delete {bridge}"),
+                status: "non-zero exit".into(),
+                stderr: deleted.stderr,
+            }));
+        }
         Ok(true)
     } else {
         Ok(false)
@@ -311,6 +324,24 @@ mod tests {
                 "ip link show dev cubbi0",
                 "ip -4 -o address show dev cubbi0",
                 "ip link set cubbi0 up",
+            ]
+        );
+    }
+
+    #[test]
+    fn removing_the_bridge_fails_only_when_it_is_still_there() {
+        let gone = RecordingRunner::default().answering("ip link show", false, "");
+        assert!(!remove_bridge(&gone, "cubbi0").unwrap());
+        assert_eq!(gone.commands(), ["ip link show dev cubbi0"]);
+        let stuck = RecordingRunner::default().answering("ip link delete", false, "");
+        let err = remove_bridge(&stuck, "cubbi0").unwrap_err();
+        assert!(err.to_string().contains("ip link delete cubbi0"), "{err}");
+        assert_eq!(
+            stuck.commands(),
+            [
+                "ip link show dev cubbi0",
+                "ip link delete cubbi0",
+                "ip link show dev cubbi0"
             ]
         );
     }

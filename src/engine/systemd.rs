@@ -24,6 +24,12 @@ pub enum SystemdError {
         state: String,
         seconds: u64,
     },
+    #[error("{unit} did not stop within {seconds} s (state {state}); see `journalctl -u {unit}`")]
+    NotStopped {
+        unit: String,
+        state: String,
+        seconds: u64,
+    },
 }
 
 /// The systemd operations cubbi uses.
@@ -32,7 +38,9 @@ pub trait Systemd: Send + Sync {
     async fn daemon_reload(&self) -> Result<(), SystemdError>;
     async fn enable(&self, unit: &str) -> Result<(), SystemdError>;
     async fn disable(&self, unit: &str) -> Result<(), SystemdError>;
+    /// Queues a start job; systemd answers before the job has run (see [`wait_until_active`]).
     async fn start(&self, unit: &str) -> Result<(), SystemdError>;
+    /// Queues a stop job; systemd answers before the job has run (see [`wait_until_stopped`]).
     async fn stop(&self, unit: &str) -> Result<(), SystemdError>;
     /// `ActiveState`: active, activating, inactive, failed…
     async fn active_state(&self, unit: &str) -> Result<String, SystemdError>;
@@ -60,6 +68,30 @@ pub async fn wait_until_active(
             });
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Polls until `unit` is no longer running (`inactive` or `failed`): StopUnit returns as soon as
+/// the job is queued, while ExecStop/ExecStopPost may still be running.
+pub async fn wait_until_stopped(
+    systemd: &dyn Systemd,
+    unit: &str,
+    timeout: Duration,
+) -> Result<(), SystemdError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let state = systemd.active_state(unit).await?;
+        if state == "inactive" || state == "failed" {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SystemdError::NotStopped {
+                unit: unit.to_string(),
+                state,
+                seconds: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -298,5 +330,29 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("journalctl -u b.service"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_stop_ends_on_inactive_or_failed_and_times_out_otherwise() {
+        let systemd = FakeSystemd::default();
+        systemd.start("a.service").await.unwrap();
+        systemd.stop("a.service").await.unwrap();
+        wait_until_stopped(&systemd, "a.service", Duration::from_secs(1))
+            .await
+            .unwrap();
+        for (unit, state) in [("b.service", "failed"), ("c.service", "deactivating")] {
+            systemd
+                .active
+                .lock()
+                .unwrap()
+                .insert(unit.into(), state.into());
+        }
+        wait_until_stopped(&systemd, "b.service", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let err = wait_until_stopped(&systemd, "c.service", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("deactivating"), "{err}");
     }
 }

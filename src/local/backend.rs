@@ -15,7 +15,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
@@ -371,7 +372,7 @@ impl LocalBackend {
         progress.step(CreateStep::CreatingContainer);
         let body = self.container_body(spec, plan, &session_labels, data_volume);
         let options = CreateContainerOptionsBuilder::new()
-            .name(&format!("cubbi-{}", plan.name))
+            .name(&labels::booting_container_name(&plan.name))
             .build();
         let created = self.docker.create_container(Some(options), body).await;
         drop(lock);
@@ -520,6 +521,26 @@ impl LocalBackend {
         Ok(())
     }
 
+    /// Records in Docker itself that the session became ready, by renaming its container from
+    /// `cubbi-NAME.booting` to `cubbi-NAME`: `list` then reads readiness from one `docker ps`
+    /// instead of probing every session, and a create that died half-way stays recognisable.
+    async fn mark_ready(&self, id: &str, name: &str) -> Result<(), ApiError> {
+        let options = RenameContainerOptionsBuilder::new()
+            .name(&labels::container_name(name))
+            .build();
+        if let Err(err) = self.docker.rename_container(id, options).await {
+            let _ = self.remove(id).await;
+            if let Some(files) = &self.options.ssh_files {
+                let _ = files.remove_session(name);
+            }
+            return Err(ApiError::Conflict(format!(
+                "session {name} became ready but its container could not take the name {}: {err}",
+                labels::container_name(name)
+            )));
+        }
+        Ok(())
+    }
+
     /// Says why a session never answered when its container died while booting.
     async fn explain_boot_failure(&self, id: &str, reason: String) -> String {
         let Ok(container) = self.docker.inspect_container(id, None).await else {
@@ -582,8 +603,15 @@ impl LocalBackend {
         }
     }
 
-    fn session_from(&self, summary: &ContainerSummary, ssh_answers: bool) -> Option<Session> {
+    /// A session's state from one `docker ps` row: the container name says whether its create
+    /// saw sshd accept the key (see [`Self::mark_ready`]).
+    fn session_from(&self, summary: &ContainerSummary) -> Option<Session> {
         let labels = SessionLabels::from_map(summary.labels.as_ref()?)?;
+        let booted = summary
+            .names
+            .iter()
+            .flatten()
+            .any(|name| name.trim_start_matches('/') == labels::container_name(&labels.name));
         let docker_state = state::docker_state(
             &summary
                 .state
@@ -592,7 +620,7 @@ impl LocalBackend {
                 .unwrap_or_default(),
             summary.status.as_deref().unwrap_or_default(),
         );
-        let session_state = state::session_state(docker_state, ssh_answers);
+        let session_state = state::session_state(docker_state, booted);
         Some(labels.into_session(summary.id.clone()?, session_state))
     }
 
@@ -743,7 +771,10 @@ impl Backend for LocalBackend {
                 .boot(&id, &spec, &plan, &host_key, &session_labels, progress)
                 .await
             {
-                Ok(()) => return Ok(session_labels.into_session(id, SessionState::Ready)),
+                Ok(()) => {
+                    self.mark_ready(&id, &plan.name).await?;
+                    return Ok(session_labels.into_session(id, SessionState::Ready));
+                }
                 Err((step, reason)) => {
                     let retry = step == CreateStep::Starting
                         && reason.contains("address already in use")
@@ -785,22 +816,9 @@ impl Backend for LocalBackend {
                 format!("{}={}", labels::OWNER, self.options.owner),
             ])
             .await?;
-        let probes = summaries.iter().map(|summary| async move {
-            let running =
-                summary.state.as_ref().map(|s| s.to_string()).as_deref() == Some("running");
-            let labels = summary.labels.as_ref().and_then(SessionLabels::from_map);
-            let answers = match (running, labels) {
-                (true, Some(labels)) => {
-                    state::ssh_banner(&labels.connect_host(), labels.ssh_port).await
-                }
-                _ => false,
-            };
-            self.session_from(summary, answers)
-        });
-        let mut sessions: Vec<Session> = futures_util::future::join_all(probes)
-            .await
-            .into_iter()
-            .flatten()
+        let mut sessions: Vec<Session> = summaries
+            .iter()
+            .filter_map(|summary| self.session_from(summary))
             .collect();
         sessions.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
         Ok(sessions)

@@ -18,6 +18,16 @@ pub const COMMAND: &str = "io.cubbi.command";
 /// Marks networks and volumes cubbi made.
 pub const MANAGED: &str = "io.cubbi.managed";
 
+/// The container of a ready session.
+pub fn container_name(session: &str) -> String {
+    format!("cubbi-{session}")
+}
+
+/// The container of a session whose create has not yet seen sshd accept the key.
+pub fn booting_container_name(session: &str) -> String {
+    format!("cubbi-{session}.booting")
+}
+
 /// The user that SSH logins use inside every cubbi image.
 pub const AGENT_USER: &str = "agent";
 

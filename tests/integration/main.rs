@@ -7,6 +7,7 @@ mod docker;
 mod engine;
 mod images;
 mod session;
+mod setup_systemd;
 mod support;
 
 use libtest_mimic::Arguments;
@@ -31,6 +32,7 @@ fn main() {
     tests.extend(engine::tests());
     tests.extend(images::tests());
     tests.extend(session::tests());
+    tests.extend(setup_systemd::tests());
     let conclusion = libtest_mimic::run(&args, tests);
     support::teardown();
     conclusion.exit();

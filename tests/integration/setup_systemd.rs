@@ -1,0 +1,374 @@
+//! `cubbi setup` against real systemd: inside a system container booted from `cubbi-base`
+//! (systemd as PID 1, a system bus, its own docker.service on /var/run/docker.sock), the real
+//! cubbi binary installs the dedicated endpoint as `cubbi-docker.service` over D-Bus. The tests
+//! read the unit's state back over D-Bus (busctl), prove a re-run restarts nothing, that
+//! `--uninstall` takes it all down, that the container's own dockerd — a real "host Docker" —
+//! keeps answering throughout, and that the egress guard keeps containers on the dedicated
+//! endpoint off the machine's private addresses.
+//!
+//! The system container is made here (not with `cubbi session create`) so that
+//! /var/lib/cubbi-docker and /var/lib/docker are volumes: both dockerds then get overlay2 on a
+//! real filesystem instead of the container's own overlayfs.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use libtest_mimic::{Failed, Trial};
+
+use crate::support::{DockerScope, docker_test};
+
+pub fn tests() -> Vec<Trial> {
+    crate::trials![
+        setup_drives_the_unit_over_dbus_and_leaves_the_host_docker_alone,
+        egress_guard_keeps_containers_off_private_addresses,
+    ]
+}
+
+const UNIT_PATH: &str = "/org/freedesktop/systemd1/unit/cubbi_2ddocker_2eservice";
+const DEDICATED: &str = "unix:///var/run/cubbi-docker.sock";
+const OWN: &str = "unix:///var/run/docker.sock";
+
+/// A booted `cubbi-base` container with the cubbi binary at /usr/local/bin/cubbi.
+struct SystemContainer {
+    endpoint: String,
+    id: String,
+}
+
+impl SystemContainer {
+    async fn boot(scope: &DockerScope) -> Result<Self, Failed> {
+        use bollard::models::{ContainerCreateBody, HostConfig};
+        use bollard::query_parameters::CreateContainerOptionsBuilder;
+        scope.ensure_base().await?;
+        let mut host = HostConfig::default();
+        cubbi::local::runtime::apply_unsafe_runc(&mut host);
+        let body = ContainerCreateBody {
+            image: Some("cubbi-base".into()),
+            labels: Some(scope.labels()),
+            host_config: Some(host),
+            volumes: Some(vec![
+                "/var/lib/cubbi-docker".to_string(),
+                "/var/lib/docker".to_string(),
+            ]),
+            ..Default::default()
+        };
+        let created = scope
+            .docker
+            .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
+            .await?;
+        scope.docker.start_container(&created.id, None).await?;
+        let container = Self {
+            endpoint: scope.endpoint.clone(),
+            id: created.id,
+        };
+        container.wait_for_boot().await?;
+        let copied = Command::new("docker")
+            .args(["-H", &container.endpoint, "cp", env!("CARGO_BIN_EXE_cubbi")])
+            .arg(format!("{}:/usr/local/bin/cubbi", container.id))
+            .output()?;
+        assert!(
+            copied.status.success(),
+            "docker cp of the cubbi binary failed: {}",
+            text(&copied.stderr)
+        );
+        Ok(container)
+    }
+
+    /// `systemctl is-system-running --wait` as root; the bus may not answer for the first moments.
+    async fn wait_for_boot(&self) -> Result<(), Failed> {
+        let mut last = String::new();
+        for _ in 0..120 {
+            let out = self.exec(&["systemctl", "is-system-running", "--wait"]);
+            let state = text(&out.stdout).trim().to_string();
+            if state == "running" {
+                return Ok(());
+            }
+            if state == "degraded" {
+                let failed = self.exec(&["systemctl", "--failed", "--no-legend"]);
+                return Err(format!(
+                    "the system container booted degraded: {}",
+                    text(&failed.stdout)
+                )
+                .into());
+            }
+            last = format!("{state} {}", text(&out.stderr));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(format!("systemd inside the container never finished booting: {last}").into())
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .args(["-H", &self.endpoint, "exec", &self.id])
+            .args(args)
+            .output()
+            .expect("docker exec runs")
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        self.exec(&["bash", "-c", script])
+    }
+
+    /// Runs `script` as root inside and returns its stdout; a failure fails the test.
+    #[track_caller]
+    fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "inside the system container `{script}` failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// `cubbi ARGS` as root inside, with its output for the assertion messages.
+    fn cubbi(&self, args: &[&str]) -> (bool, String) {
+        let mut full = vec!["/usr/local/bin/cubbi"];
+        full.extend(args);
+        let out = self.exec(&full);
+        (
+            out.status.success(),
+            format!(
+                "cubbi {}\nexit {:?}\nstdout:\n{}\nstderr:\n{}",
+                args.join(" "),
+                out.status.code(),
+                text(&out.stdout),
+                text(&out.stderr)
+            ),
+        )
+    }
+
+    /// A property of cubbi-docker.service, read over D-Bus from systemd itself: busctl prints
+    /// `s "active"` or `t 1700000000000000`; this returns the value without its type.
+    #[track_caller]
+    fn unit_property(&self, property: &str) -> String {
+        let out = self.ok(&format!(
+            "busctl get-property org.freedesktop.systemd1 {UNIT_PATH} \
+             org.freedesktop.systemd1.Unit {property}"
+        ));
+        let value = out.trim();
+        value
+            .split_once(' ')
+            .map(|(_, value)| value.trim_matches('"').to_string())
+            .unwrap_or_else(|| value.to_string())
+    }
+
+    /// Whether `docker -H ENDPOINT info` answers inside, and the daemon's ID when it does.
+    fn docker_id(&self, endpoint: &str) -> Option<String> {
+        let out = self.exec(&[
+            "timeout",
+            "30",
+            "docker",
+            "-H",
+            endpoint,
+            "info",
+            "--format",
+            "{{.ID}} {{.DockerRootDir}}",
+        ]);
+        out.status
+            .success()
+            .then(|| text(&out.stdout).trim().to_string())
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn setup_drives_the_unit_over_dbus_and_leaves_the_host_docker_alone() -> Result<(), Failed> {
+    docker_test("setup-systemd", |scope| async move {
+        let sc = SystemContainer::boot(&scope).await?;
+        let own_before = sc
+            .docker_id(OWN)
+            .expect("the system container's own dockerd answers on /var/run/docker.sock");
+        let own_config = sc.ok("sha256sum /etc/docker/daemon.json");
+        let own_invocation = sc.ok("systemctl show -p InvocationID --value docker.service");
+
+        let (ok, first) = sc.cubbi(&["setup", "--skip-sysbox", "--no-docker-context"]);
+        assert!(ok, "first setup failed: {first}");
+        assert!(first.contains("engine mode: systemd"), "{first}");
+        assert!(first.contains("[changed]"), "{first}");
+
+        assert_eq!(sc.unit_property("ActiveState"), "active");
+        assert_eq!(sc.unit_property("SubState"), "running");
+        assert_eq!(sc.unit_property("UnitFileState"), "enabled");
+        assert_eq!(
+            sc.unit_property("FragmentPath"),
+            "/etc/systemd/system/cubbi-docker.service"
+        );
+        let invocation = sc.unit_property("InvocationID");
+        let entered = sc.unit_property("ActiveEnterTimestamp");
+        assert_ne!(entered, "0", "an active unit has an ActiveEnterTimestamp");
+
+        let dedicated = sc
+            .docker_id(DEDICATED)
+            .unwrap_or_else(|| panic!("the dedicated socket does not answer after: {first}"));
+        assert!(
+            dedicated.ends_with("/var/lib/cubbi-docker"),
+            "the dedicated engine's data-root: {dedicated}"
+        );
+        assert_ne!(
+            dedicated, own_before,
+            "the dedicated endpoint is a separate daemon"
+        );
+        let group = sc.ok("stat -c %G /var/run/cubbi-docker.sock");
+        assert_eq!(group.trim(), "cubbi", "the socket belongs to group cubbi");
+        assert_eq!(
+            sc.docker_id(OWN).as_deref(),
+            Some(own_before.as_str()),
+            "the container's own dockerd still answers, the same daemon"
+        );
+
+        // Again: nothing to do, and the unit is not restarted.
+        let (ok, second) = sc.cubbi(&["setup", "--skip-sysbox", "--no-docker-context"]);
+        assert!(ok, "second setup failed: {second}");
+        assert!(
+            second.contains("nothing changed"),
+            "a re-run must say it changed nothing: {second}"
+        );
+        assert!(
+            !second.contains("[changed]"),
+            "a re-run changed a step: {second}"
+        );
+        assert_eq!(
+            sc.unit_property("InvocationID"),
+            invocation,
+            "re-run restarted the unit"
+        );
+        assert_eq!(sc.unit_property("ActiveEnterTimestamp"), entered);
+        assert_eq!(sc.unit_property("ActiveState"), "active");
+
+        // Uninstall: the unit is stopped, disabled and gone; the data-root stays.
+        let (ok, removed) = sc.cubbi(&["setup", "--uninstall"]);
+        assert!(ok, "uninstall failed: {removed}");
+        assert_eq!(sc.unit_property("ActiveState"), "inactive", "{removed}");
+        assert_eq!(sc.unit_property("LoadState"), "not-found", "{removed}");
+        assert_eq!(sc.unit_property("UnitFileState"), "", "{removed}");
+        assert_eq!(
+            sc.docker_id(DEDICATED),
+            None,
+            "the dedicated socket still answers after uninstall"
+        );
+        let leftovers = sc.ok("ls -d /etc/systemd/system/cubbi-docker.service \
+             /etc/systemd/system/multi-user.target.wants/cubbi-docker.service \
+             /etc/cubbi/docker/daemon.json /var/run/cubbi-docker.sock 2>/dev/null || true");
+        assert_eq!(leftovers.trim(), "", "uninstall left files behind");
+        sc.ok("test -d /var/lib/cubbi-docker/image");
+        let bridge = sc.sh("ip link show cubbi0");
+        assert!(!bridge.status.success(), "the cubbi0 bridge is still there");
+
+        // The container's own Docker was never touched: same daemon, config, unit invocation.
+        assert_eq!(sc.docker_id(OWN).as_deref(), Some(own_before.as_str()));
+        assert_eq!(sc.ok("sha256sum /etc/docker/daemon.json"), own_config);
+        assert_eq!(
+            sc.ok("systemctl show -p InvocationID --value docker.service"),
+            own_invocation,
+            "docker.service was restarted"
+        );
+        Ok(())
+    })
+}
+
+/// A container on the dedicated endpoint tries TCP to `address:22` (sshd listens there) and
+/// prints the first bytes it reads, or fails.
+fn probe_from_dedicated(sc: &SystemContainer, address: &str) -> Output {
+    sc.sh(&format!(
+        "timeout 60 docker -H {DEDICATED} run --rm --runtime runc --network bridge probe \
+         /bin/bash -c 'exec 3<>/dev/tcp/{address}/22 && head -c 4 <&3'"
+    ))
+}
+
+fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
+    docker_test("setup-egress", |scope| async move {
+        let sc = SystemContainer::boot(&scope).await?;
+        // Two private listeners: sshd on an address of the machine itself (put on `lo`, since
+        // the dummy module may not be loaded; reached through INPUT), and a second sshd in a network namespace behind a veth pair
+        // (a neighbour on a private network, reached through FORWARD).
+        sc.ok("ip address add 192.168.250.1/32 dev lo");
+        sc.ok("ip netns add cubbi-t1 && \
+               ip link add cubbi-t1h type veth peer name cubbi-t1n && \
+               ip link set cubbi-t1n netns cubbi-t1 && \
+               ip address add 172.31.250.1/30 dev cubbi-t1h && ip link set cubbi-t1h up && \
+               ip -n cubbi-t1 address add 172.31.250.2/30 dev cubbi-t1n && \
+               ip -n cubbi-t1 link set cubbi-t1n up && ip -n cubbi-t1 link set lo up && \
+               ip -n cubbi-t1 route add default via 172.31.250.1 && \
+               ip netns exec cubbi-t1 /usr/sbin/sshd -p 22 -o PidFile=none");
+        for address in ["192.168.250.1", "172.31.250.2"] {
+            let banner = sc.ok(&format!("exec 3<>/dev/tcp/{address}/22 && head -c 4 <&3"));
+            assert_eq!(banner, "SSH-", "the listener on {address} answers locally");
+        }
+
+        let (ok, setup) = sc.cubbi(&["setup", "--skip-sysbox", "--no-docker-context"]);
+        assert!(ok, "setup failed: {setup}");
+        assert!(setup.contains("egress-guard"), "{setup}");
+        sc.ok("iptables -w -S CUBBI-EGRESS");
+        // An image for the dedicated endpoint, made from the container's own bash and its libs.
+        sc.ok(&format!(
+            "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/usr/bin; cp /bin/bash $d/bin/bash; \
+             cp /usr/bin/head $d/usr/bin/head; \
+             for lib in $(ldd /bin/bash /usr/bin/head | grep -o '/[^ :]*' | sort -u); do \
+               mkdir -p $d$(dirname $lib); cp $lib $d$lib; done; \
+             tar -C $d -c . | docker -H {DEDICATED} import - probe >/dev/null"
+        ));
+        // The bridge's own gateway is on the session's subnet, so it stays reachable: this
+        // proves containers on the dedicated endpoint run and reach something at all.
+        let gateway = sc
+            .ok("ip -4 -o address show cubbi0 | awk '{print $4}' | cut -d/ -f1")
+            .trim()
+            .to_string();
+        let out = probe_from_dedicated(&sc, &gateway);
+        assert_eq!(
+            text(&out.stdout),
+            "SSH-",
+            "the bridge gateway {gateway} must stay reachable: {}",
+            text(&out.stderr)
+        );
+        for address in ["192.168.250.1", "172.31.250.2"] {
+            let out = probe_from_dedicated(&sc, address);
+            assert!(
+                !out.status.success() && text(&out.stdout).is_empty(),
+                "with the egress guard, {address}:22 must be unreachable from a container on \
+                 the dedicated endpoint, but it answered {:?}\n{}",
+                text(&out.stdout),
+                sc.ok("iptables -w -S; iptables -w -t nat -S")
+            );
+            assert_ne!(
+                out.status.code(),
+                Some(124),
+                "the connection to {address} must be refused at once, not time out"
+            );
+        }
+
+        // Uninstall takes the rules away ...
+        let (ok, removed) = sc.cubbi(&["setup", "--uninstall"]);
+        assert!(ok, "uninstall failed: {removed}");
+        let chain = sc.sh("iptables -w -S CUBBI-EGRESS");
+        assert!(
+            !chain.status.success(),
+            "the CUBBI-EGRESS chain survived uninstall: {}",
+            text(&chain.stdout)
+        );
+        let rules = sc.ok("iptables -w -S");
+        assert!(!rules.contains("CUBBI-EGRESS"), "{rules}");
+        // ... and the endpoint brought back without the guard reaches both listeners: it was
+        // the guard, not the network, that kept them out.
+        let (ok, unguarded) = sc.cubbi(&[
+            "setup",
+            "--skip-sysbox",
+            "--no-docker-context",
+            "--no-egress-guard",
+        ]);
+        assert!(ok, "setup --no-egress-guard failed: {unguarded}");
+        for address in ["192.168.250.1", "172.31.250.2"] {
+            let out = probe_from_dedicated(&sc, address);
+            assert_eq!(
+                text(&out.stdout),
+                "SSH-",
+                "without the guard, {address}:22 must be reachable: {}",
+                text(&out.stderr)
+            );
+        }
+        Ok(())
+    })
+}
