@@ -1,6 +1,7 @@
 //! cubbi: system containers for AI coding agents, on a dedicated Docker endpoint.
 
 pub mod api;
+pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod docker;

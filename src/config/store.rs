@@ -1,7 +1,5 @@
 //! Reading and atomically rewriting `config.toml`, keeping the user's comments and layout.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use toml_edit::{DocumentMut, Item, Table};
@@ -145,27 +143,16 @@ impl ConfigFile {
     /// Writes the file atomically (temp file in the same folder, then rename), mode 0600, so a
     /// crash never leaves a half-written config and secrets are never world-readable.
     pub fn save(&self) -> Result<(), ConfigError> {
-        let write_error = |source| ConfigError::Write {
+        crate::atomic_file::write(
+            &self.path,
+            self.document.to_string().as_bytes(),
+            0o600,
+            0o700,
+        )
+        .map_err(|source| ConfigError::Write {
             path: self.path.clone(),
             source,
-        };
-        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(write_error)?;
-        let mut temp = tempfile::Builder::new()
-            .prefix(".config.toml.")
-            .permissions(std::fs::Permissions::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(write_error)?;
-        temp.write_all(self.document.to_string().as_bytes())
-            .map_err(write_error)?;
-        temp.as_file().sync_all().map_err(write_error)?;
-        temp.persist(&self.path)
-            .map_err(|err| write_error(err.error))?;
-        Ok(())
+        })
     }
 
     fn item(&self, path: &str) -> Option<&Item> {
@@ -214,6 +201,8 @@ fn indent(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use crate::config::keys::{lookup, parse_value};
 

@@ -165,21 +165,12 @@ fn read_optional(path: &Path) -> Result<Option<String>, EngineError> {
 
 /// Writes through a temp file in the same folder, so a crash never leaves half a file.
 pub fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), EngineError> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let write_error = |source| EngineError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let folder = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(folder).map_err(write_error)?;
-    let mut temp = tempfile::NamedTempFile::new_in(folder).map_err(write_error)?;
-    temp.write_all(contents.as_bytes()).map_err(write_error)?;
-    temp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(write_error)?;
-    temp.persist(path).map_err(|err| write_error(err.error))?;
-    Ok(())
+    crate::atomic_file::write(path, contents.as_bytes(), mode, 0o755).map_err(|source| {
+        EngineError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Applies every to-do step, calling `report` after each.
