@@ -109,6 +109,7 @@ impl Dockerd {
         let Some(mut owned) = self.owned else {
             return;
         };
+        remove_everything(&self.endpoint);
         let pid = nix::unistd::Pid::from_raw(owned.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -149,6 +150,7 @@ fn reap_stale_daemons() {
             continue;
         }
         if let Some(daemon) = read_pid("docker.pid").filter(|pid| alive(*pid)) {
+            remove_everything(&format!("unix://{}", root.join("docker.sock").display()));
             let pid = nix::unistd::Pid::from_raw(daemon);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -161,6 +163,30 @@ fn reap_stale_daemons() {
         }
         let _ = std::fs::remove_dir_all(&root);
     }
+}
+
+/// Removes every container and network of a harness daemon before it stops: dockerd leaves
+/// the bridges of user-defined networks behind when it exits, and each holds one of Docker's
+/// default address pools until none is left for anybody on this host.
+fn remove_everything(endpoint: &str) {
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .arg(format!("--host={endpoint}"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output()
+    };
+    if let Ok(listed) = docker(&["ps", "-aq"]) {
+        let ids = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-fv"];
+            args.extend(ids);
+            let _ = docker(&args);
+        }
+    }
+    let _ = docker(&["network", "prune", "-f"]);
 }
 
 /// Removes the harness's bridge, also when start-up fails half-way.
