@@ -172,6 +172,7 @@ fn refuse_remote(remote: Option<&str>, command: &str) -> Result<(), CliError> {
 /// Sets up logging to stderr: `RUST_LOG` when set, otherwise the level from `-v`.
 pub fn init_tracing(verbosity: u8) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(match verbosity {
             0 => "warn",
@@ -180,10 +181,18 @@ pub fn init_tracing(verbosity: u8) {
             _ => "trace",
         })
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // bollard traces whole request bodies, and the archive put into a session holds its host
+    // key and secrets: its trace events are dropped whatever -v or RUST_LOG ask for.
+    let no_request_bodies = tracing_subscriber::filter::filter_fn(|metadata| {
+        !(*metadata.level() == tracing::Level::TRACE && metadata.target().starts_with("bollard"))
+    });
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .without_time()
+        .with_filter(no_request_bodies);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
         .init();
 }
 

@@ -253,6 +253,30 @@ fn secrets_reach_the_agent_but_not_docker_inspect() -> Result<(), Failed> {
             !verbose.stdout().contains("cli-secret-456")
                 && !verbose.stderr().contains("cli-secret-456")
         );
+        // The most verbose create there is: the upload of keys and env must not be logged.
+        let traced = scope
+            .cubbi(&home)
+            .env("RUST_LOG", "trace")
+            .args(create_args(
+                "traced",
+                &["-e", "TRACED_SECRET=trace-secret-789"],
+            ))
+            .run()
+            .success();
+        assert!(
+            traced.stderr().contains("TRACE"),
+            "RUST_LOG=trace had no effect"
+        );
+        for output in [traced.stdout(), traced.stderr()] {
+            assert!(
+                !output.contains("trace-secret-789"),
+                "secret in -vvv output"
+            );
+            assert!(
+                !output.contains("OPENSSH PRIVATE KEY"),
+                "host key in -vvv output"
+            );
+        }
         Ok(())
     })
 }
