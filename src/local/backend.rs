@@ -652,6 +652,39 @@ impl LocalBackend {
         }
     }
 
+    /// One session by exact name or id, else by a unique prefix of either: one `docker ps`,
+    /// without the exec `get` spends on the init status (connect, exec, logs and close do not
+    /// need it).
+    async fn find(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        if id_or_name.is_empty() {
+            return Err(ApiError::invalid("give a session id or name"));
+        }
+        let sessions = self.list().await?;
+        let exact: Vec<&Session> = sessions
+            .iter()
+            .filter(|s| s.name == id_or_name || s.id == id_or_name)
+            .collect();
+        let matches: Vec<&Session> = if exact.is_empty() {
+            sessions
+                .iter()
+                .filter(|s| s.id.starts_with(id_or_name) || s.name.starts_with(id_or_name))
+                .collect()
+        } else {
+            exact
+        };
+        match matches.as_slice() {
+            [] => Err(ApiError::NotFound(id_or_name.to_string())),
+            [one] => Ok((*one).clone()),
+            many => Err(ApiError::Ambiguous {
+                prefix: id_or_name.to_string(),
+                candidates: many
+                    .iter()
+                    .map(|s| format!("{} ({})", &s.id[..s.id.len().min(12)], s.name))
+                    .collect(),
+            }),
+        }
+    }
+
     fn ssh_target(&self, session: &Session) -> Result<SshTarget, ApiError> {
         let host_key = keys::parse_public(&session.ssh.host_key).map_err(|err| {
             ApiError::unavailable(format!(
@@ -668,7 +701,7 @@ impl LocalBackend {
 
     /// Connects to a ready session over SSH (for `connect` and `exec`).
     pub async fn ssh(&self, id_or_name: &str) -> Result<(Session, SshSession), ApiError> {
-        let session = self.get(id_or_name).await?;
+        let session = self.find(id_or_name).await?;
         if !matches!(
             session.state,
             SessionState::Ready | SessionState::InitFailed
@@ -825,53 +858,25 @@ impl Backend for LocalBackend {
     }
 
     async fn get(&self, id_or_name: &str) -> Result<Session, ApiError> {
-        if id_or_name.is_empty() {
-            return Err(ApiError::invalid("give a session id or name"));
-        }
-        let sessions = self.list().await?;
-        let exact: Vec<&Session> = sessions
-            .iter()
-            .filter(|s| s.name == id_or_name || s.id == id_or_name)
-            .collect();
-        let matches: Vec<&Session> = if exact.is_empty() {
-            sessions
-                .iter()
-                .filter(|s| s.id.starts_with(id_or_name) || s.name.starts_with(id_or_name))
-                .collect()
-        } else {
-            exact
-        };
-        match matches.as_slice() {
-            [] => Err(ApiError::NotFound(id_or_name.to_string())),
-            [one] => {
-                let mut session = (*one).clone();
-                if !matches!(
-                    session.state,
-                    SessionState::Creating | SessionState::Stopped | SessionState::Exited
-                ) {
-                    session.init_status = self.init_status(&session.id).await;
-                    if session
-                        .init_status
-                        .as_deref()
-                        .is_some_and(|s| s.starts_with("failed"))
-                    {
-                        session.state = SessionState::InitFailed;
-                    }
-                }
-                Ok(session)
+        let mut session = self.find(id_or_name).await?;
+        if !matches!(
+            session.state,
+            SessionState::Creating | SessionState::Stopped | SessionState::Exited
+        ) {
+            session.init_status = self.init_status(&session.id).await;
+            if session
+                .init_status
+                .as_deref()
+                .is_some_and(|s| s.starts_with("failed"))
+            {
+                session.state = SessionState::InitFailed;
             }
-            many => Err(ApiError::Ambiguous {
-                prefix: id_or_name.to_string(),
-                candidates: many
-                    .iter()
-                    .map(|s| format!("{} ({})", &s.id[..s.id.len().min(12)], s.name))
-                    .collect(),
-            }),
         }
+        Ok(session)
     }
 
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {
-        let session = self.get(id_or_name).await?;
+        let session = self.find(id_or_name).await?;
         let options = StopContainerOptionsBuilder::new()
             .t(STOP_TIMEOUT_SECS)
             .build();
@@ -892,7 +897,7 @@ impl Backend for LocalBackend {
         id_or_name: &str,
         options: LogOptions,
     ) -> Result<BoxStream<'static, Result<LogChunk, ApiError>>, ApiError> {
-        let session = self.get(id_or_name).await?;
+        let session = self.find(id_or_name).await?;
         let tail = options
             .tail
             .map_or_else(|| "all".to_string(), |n| n.to_string());
