@@ -15,7 +15,7 @@ use crate::engine::host::{HostFacts, RealHost};
 use crate::engine::runner::SystemRunner;
 use crate::engine::settings::{self, EngineSettings};
 use crate::engine::supervisor::{self, EngineStatus, StopOutcome};
-use crate::engine::{EngineError, EnginePaths, SOCKET_GROUP, apply, subnet};
+use crate::engine::{EngineError, EnginePaths, SOCKET_GROUP, apply, firewall, plan, subnet};
 
 /// Where the engine's files live; shared by `setup`, `doctor` and `engine`.
 #[derive(Debug, Clone, Args)]
@@ -148,6 +148,25 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
     }
     let facts = HostFacts::gather(&RealHost);
     let recorded = ensure_config(&paths, &facts, &args.bridge, args.subnet).map_err(refused)?;
+    // dockerd runs without iptables: NAT and the egress guard are cubbi's, put in place first.
+    if facts.has("iptables") {
+        let nameservers = firewall::parse_nameservers(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        );
+        let rules = plan::firewall_rules(&facts, &recorded, &nameservers);
+        apply::install_firewall(
+            &paths,
+            &SystemRunner,
+            &rules.script(&recorded.bridge),
+            &rules,
+        )
+        .map_err(refused)?;
+    } else {
+        eprintln!(
+            "warning: iptables is not installed, so sessions on this engine get no NAT and no \
+             egress guard (apt-get install iptables)"
+        );
+    }
     supervisor::ensure_bridge(&SystemRunner, &recorded).map_err(|err| refused(err.into()))?;
     let dockerd = facts.programs.get("dockerd").cloned().ok_or_else(|| {
         CliError::Refused("dockerd is not installed: run `sudo cubbi setup`".into())
@@ -175,10 +194,11 @@ fn ensure_config(
     let recorded = EngineSettings::load(&paths.engine_json)?;
     let settings = match recorded {
         Some(recorded) => recorded,
-        None => EngineSettings {
-            bridge: bridge.to_string(),
-            subnet: subnet::choose_subnet(&facts.routes, bridge, subnet_wanted)?,
-        },
+        None => EngineSettings::new(
+            bridge.to_string(),
+            subnet::choose_subnet(&facts.routes, bridge, subnet_wanted)?,
+            true,
+        ),
     };
     // A missing group would stop dockerd; setup creates it, a bare `engine start` may not have.
     let group_exists = nix::unistd::Group::from_name(SOCKET_GROUP)
@@ -188,6 +208,7 @@ fn ensure_config(
     let desired = daemon_json::render(&DaemonSettings {
         paths,
         bridge: &settings.bridge,
+        pool: settings.pool,
         socket_group: group_exists.then_some(SOCKET_GROUP),
     });
     let existing = match std::fs::read_to_string(&paths.daemon_json) {

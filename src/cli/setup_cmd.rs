@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use super::engine_cmd::{EngineLocation, refused, require_root};
 use super::{CliError, OutputMode, output};
+use crate::doctor::verify;
+use crate::doctor::{Check, Status};
 use crate::engine::apply::{self, Environment, Outcome, StepReport};
 use crate::engine::host::{HostFacts, RealHost};
 use crate::engine::plan::{self, EngineMode, SetupOptions, StepState};
@@ -176,8 +178,36 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
             }
         );
     }
-    let reports = apply::apply(&plan, &env, &mut |r| print_progress(mode, r)).await;
+    let mut reports = apply::apply(&plan, &env, &mut |r| print_progress(mode, r)).await;
+    let engine_up = !reports
+        .iter()
+        .any(|r| r.id == "engine" && matches!(r.outcome, Outcome::Failed | Outcome::NotAttempted));
+    if engine_up {
+        for check in verify::verify_endpoint(&paths.endpoint(), facts.has_sysbox()).await {
+            let report = verification_report(check);
+            print_progress(mode, &report);
+            reports.push(report);
+        }
+    }
     finish(mode, plan.mode, &reports)
+}
+
+/// A verification as a setup step: it changes nothing, so it is `ok`, `cannot` or `FAILED`.
+fn verification_report(check: Check) -> StepReport {
+    let outcome = match check.status {
+        Status::Ok => Outcome::AlreadyDone,
+        Status::Warn => Outcome::Cannot,
+        Status::Fail => Outcome::Failed,
+    };
+    let mut message = format!("{}: {}", check.id, check.finding);
+    if check.status != Status::Ok && !check.remedy.is_empty() {
+        message.push_str(&format!(" (next: {})", check.remedy));
+    }
+    StepReport {
+        id: "verify",
+        outcome,
+        message,
+    }
 }
 
 fn label(state: StepState) -> &'static str {

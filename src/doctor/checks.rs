@@ -6,8 +6,8 @@ use super::probe::{DoctorFacts, Readable, SocketFacts, SysboxDaemons};
 use super::{Check, Status};
 use crate::engine::daemon_json::{self, SYSBOX_RUNTIME};
 use crate::engine::host::{
-    CgroupVersion, HostFacts, IDMAPPED_MOUNTS_SINCE, KernelVersion, SYSBOX_MINIMUM_KERNEL,
-    UserNamespaces,
+    CgroupVersion, HostFacts, IDMAPPED_MOUNTS_SINCE, INOTIFY_INSTANCES_WANTED, KernelVersion,
+    SYSBOX_MINIMUM_KERNEL, SYSCTL_CONF, UserNamespaces,
 };
 
 const SETUP: &str = "sudo cubbi setup";
@@ -49,7 +49,7 @@ pub fn run_all(facts: &DoctorFacts) -> Vec<Check> {
             &facts.data_root.display().to_string(),
         ),
         not_host_default(&facts.socket, facts.docker_info.as_ref()),
-        egress_guard(&facts.egress_guard, facts.egress_guard_expected),
+        firewall(&facts.firewall, facts.egress_guard),
         inotify(facts.inotify_instances),
     ]
 }
@@ -362,16 +362,12 @@ pub fn ssh_key(facts: &DoctorFacts) -> Check {
     }
 }
 
-/// Enough inotify instances for many systemd containers. Every systemd, journald and dbus
-/// holds some; without user namespaces (runc) they all count against root's limit, and at
-/// Debian's default of 128 the 27th session's systemd cannot start (seen on this project's CI
-/// machine). Sysbox's installer raises the same limit.
-pub const INOTIFY_INSTANCES_WANTED: u64 = 8192;
-
+/// Enough inotify instances for many systemd containers (see [`INOTIFY_INSTANCES_WANTED`]).
 pub fn inotify(instances: Option<u64>) -> Check {
     const ID: &str = "inotify";
     let remedy = format!(
-        "echo fs.inotify.max_user_instances={INOTIFY_INSTANCES_WANTED} | sudo tee /etc/sysctl.d/90-cubbi.conf && sudo sysctl --system"
+        "sudo cubbi setup (or: echo fs.inotify.max_user_instances={INOTIFY_INSTANCES_WANTED} | \
+         sudo tee {SYSCTL_CONF} && sudo sysctl --system)"
     );
     match instances {
         None => Check::warn(ID, "cannot read fs.inotify.max_user_instances", remedy),
@@ -466,24 +462,38 @@ pub fn not_host_default(socket: &SocketFacts, info: Option<&Value>) -> Check {
     }
 }
 
-pub fn egress_guard(installed: &Readable<bool>, expected: bool) -> Check {
-    const ID: &str = "egress-guard";
-    match installed {
-        Readable::Read(true) => Check::ok(ID, "CUBBI-EGRESS rules are in place"),
-        Readable::Read(false) if !expected => {
-            Check::warn(ID, "no engine set up, so no egress rules", SETUP)
+/// cubbi's firewall: the engine's dockerd runs without iptables, so these rules are its NAT
+/// as well as its egress guard.
+pub fn firewall(installed: &Readable<bool>, egress_guard: Option<bool>) -> Check {
+    const ID: &str = "firewall";
+    match (installed, egress_guard) {
+        (Readable::Read(_), None) => {
+            Check::warn(ID, "no engine set up, so no firewall rules", SETUP)
         }
-        Readable::Read(false) => Check::warn(
+        (Readable::Read(true), Some(true)) => Check::ok(
             ID,
-            "the egress guard is not in place: sessions can reach private networks",
+            "NAT, forwarding and the egress guard (CUBBI-* chains) are in place",
+        ),
+        (Readable::Read(true), Some(false)) => Check::warn(
+            ID,
+            "NAT and forwarding are in place, but the egress guard is off: sessions can reach \
+             private networks and this host",
+            "sudo cubbi setup (without --no-egress-guard)",
+        ),
+        (Readable::Read(false), Some(_)) => Check::fail(
+            ID,
+            "cubbi's firewall chains are missing or changed: sessions may have no network, or \
+             reach private networks",
             SETUP,
         ),
-        Readable::NeedsRoot => Check::warn(
+        (Readable::NeedsRoot, _) => Check::warn(
             ID,
             "checking firewall rules needs root",
             "sudo cubbi doctor",
         ),
-        Readable::Unknown(reason) => Check::warn(ID, reason.clone(), "apt-get install iptables"),
+        (Readable::Unknown(reason), _) => {
+            Check::warn(ID, reason.clone(), "apt-get install iptables")
+        }
     }
 }
 
@@ -723,10 +733,22 @@ mod tests {
         assert_eq!(disk(Some(50 * GIB), "/d").status, Status::Ok);
         assert_eq!(base_image(Some(false)).remedy, "cubbi image build base");
         assert_eq!(
-            egress_guard(&Readable::NeedsRoot, true).remedy,
+            firewall(&Readable::NeedsRoot, Some(true)).remedy,
             "sudo cubbi doctor"
         );
-        assert_eq!(egress_guard(&Readable::Read(true), true).status, Status::Ok);
+        assert_eq!(
+            firewall(&Readable::Read(true), Some(true)).status,
+            Status::Ok
+        );
+        assert_eq!(
+            firewall(&Readable::Read(true), Some(false)).status,
+            Status::Warn
+        );
+        assert_eq!(
+            firewall(&Readable::Read(false), Some(true)).status,
+            Status::Fail
+        );
+        assert_eq!(firewall(&Readable::Read(false), None).status, Status::Warn);
     }
 
     #[test]

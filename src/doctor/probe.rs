@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::config::PortRange;
 use crate::engine::EnginePaths;
-use crate::engine::egress::{self, GuardSettings};
+use crate::engine::firewall;
 use crate::engine::host::{HostFacts, HostProbe};
 use crate::engine::runner::CommandRunner;
 use crate::engine::settings::EngineSettings;
@@ -69,8 +69,10 @@ pub struct DoctorFacts {
     pub free_ports: usize,
     pub data_root: PathBuf,
     pub data_root_free_bytes: Option<u64>,
-    pub egress_guard: Readable<bool>,
-    pub egress_guard_expected: bool,
+    /// cubbi's firewall (NAT, forwarding, guard) as engine.json records it is in iptables.
+    pub firewall: Readable<bool>,
+    /// What engine.json records: `None` before setup, else whether the egress guard is on.
+    pub egress_guard: Option<bool>,
     /// `fs.inotify.max_user_instances`; `None` when unreadable.
     pub inotify_instances: Option<u64>,
 }
@@ -137,6 +139,9 @@ pub async fn gather(
                 .as_ref()
                 .map(|s| s.bridge.as_str())
                 .unwrap_or(crate::engine::settings::DEFAULT_BRIDGE),
+            pool: settings
+                .as_ref()
+                .map_or(crate::engine::settings::DEFAULT_POOL, |s| s.pool),
             // Setup always names the group; a bare `engine start` leaves it out when it is missing.
             socket_group: nix::unistd::Group::from_name(crate::engine::SOCKET_GROUP)
                 .ok()
@@ -171,20 +176,19 @@ pub async fn gather(
             crate::local::ports::can_bind(std::net::SocketAddr::from(([0, 0, 0, 0], *port)))
         })
         .count();
-    let egress_guard = match (&settings, host.is_root, host.has("iptables")) {
+    let firewall = match (&settings, host.is_root, host.has("iptables")) {
         (None, _, _) => Readable::Read(false),
         (Some(_), false, _) => Readable::NeedsRoot,
         (Some(_), true, false) => Readable::Unknown("iptables is not installed".into()),
-        (Some(settings), true, true) => Readable::Read(egress::is_installed(
-            probes.runner,
-            &GuardSettings {
-                bridge: settings.bridge.clone(),
-                subnet: settings.subnet,
-                nameservers: egress::parse_nameservers(
-                    &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-                ),
-            },
-        )),
+        (Some(settings), true, true) => {
+            let nameservers = firewall::parse_nameservers(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            );
+            Readable::Read(
+                crate::engine::plan::firewall_rules(&host, settings, &nameservers)
+                    .is_installed(probes.runner),
+            )
+        }
     };
     DoctorFacts {
         dockerd_version,
@@ -208,8 +212,8 @@ pub async fn gather(
         free_ports,
         data_root_free_bytes: free_bytes(&paths.data_root),
         data_root: paths.data_root.clone(),
-        egress_guard,
-        egress_guard_expected: settings.is_some(),
+        firewall,
+        egress_guard: settings.as_ref().map(|settings| settings.egress_guard),
         inotify_instances: std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
             .ok()
             .and_then(|text| text.trim().parse().ok()),

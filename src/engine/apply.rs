@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::egress::{self, GuardSettings};
-use super::host::HostFacts;
+use super::firewall::{self, RuleSet};
+use super::host::{HostFacts, INOTIFY_SYSCTL, SYSCTL_CONF};
 use super::plan::{Action, EngineMode, EngineState, Plan, StepState, SysboxSource, UninstallStep};
 use super::runner::CommandRunner;
 use super::settings::EngineSettings;
@@ -85,18 +85,13 @@ pub async fn read_state(
         ),
         None => (false, false),
     };
-    let nameservers =
-        egress::parse_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
-    let egress_installed = engine_settings.as_ref().is_some_and(|settings| {
+    let nameservers = firewall::parse_nameservers(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    );
+    let firewall_installed = engine_settings.as_ref().is_some_and(|settings| {
         env.facts.has("iptables")
-            && egress::is_installed(
-                env.runner,
-                &GuardSettings {
-                    bridge: settings.bridge.clone(),
-                    subnet: settings.subnet,
-                    nameservers: nameservers.clone(),
-                },
-            )
+            && super::plan::firewall_rules(env.facts, settings, &nameservers)
+                .is_installed(env.runner)
     });
     let docker_context_endpoint = if env.facts.has("docker") {
         as_user(
@@ -128,7 +123,8 @@ pub async fn read_state(
         engine_answers: crate::docker::connect(&paths.endpoint()).await.is_ok(),
         unit_active,
         unit_enabled,
-        egress_installed,
+        firewall_installed,
+        firewall_script: read_optional(&paths.firewall_script)?,
         docker_context_endpoint,
         nameservers,
     })
@@ -161,6 +157,35 @@ fn read_optional(path: &Path) -> Result<Option<String>, EngineError> {
             source,
         }),
     }
+}
+
+/// Keeps the limit in sysctl.d for the next boot and sets it now; a read-only /proc/sys (inside
+/// a container) leaves the file for the next boot and says so.
+fn raise_inotify_limit(value: u64) -> Result<String, EngineError> {
+    let conf = format!(
+        "# Written by `cubbi setup`: every session's systemd, journald and dbus take inotify\n\
+         # instances, and Debian's default of 128 stops the 27th session from booting.\n\
+         fs.inotify.max_user_instances = {value}\n"
+    );
+    write_atomically(Path::new(SYSCTL_CONF), &conf, 0o644)?;
+    match std::fs::write(INOTIFY_SYSCTL, format!("{value}\n")) {
+        Ok(()) => Ok(String::new()),
+        Err(err) => Ok(format!(
+            "could not set it now ({err}); it applies at the next boot or `sysctl --system`"
+        )),
+    }
+}
+
+/// Writes the firewall script (for the unit and `cubbi engine start`) and puts its rules in place.
+pub fn install_firewall(
+    paths: &EnginePaths,
+    runner: &dyn CommandRunner,
+    script: &str,
+    rules: &RuleSet,
+) -> Result<(), EngineError> {
+    write_atomically(&paths.firewall_script, script, 0o700)?;
+    rules.install(runner)?;
+    Ok(())
 }
 
 /// Writes through a temp file in the same folder, so a crash never leaves half a file.
@@ -253,6 +278,7 @@ async fn apply_action(
             Ok(String::new())
         }
         Action::InstallSysbox { source } => install_sysbox(source, env),
+        Action::RaiseInotifyLimit { value } => raise_inotify_limit(*value),
         Action::CreateGroup { group, add_user } => {
             if nix::unistd::Group::from_name(group)
                 .ok()
@@ -316,8 +342,8 @@ async fn apply_action(
                 env.paths.log_file.display()
             ))
         }
-        Action::InstallEgressGuard { guard } => {
-            egress::install(runner, guard)?;
+        Action::InstallFirewall { script, rules } => {
+            install_firewall(env.paths, runner, script, rules)?;
             Ok(String::new())
         }
         Action::CreateDockerContext { endpoint, user } => {
@@ -543,18 +569,19 @@ async fn uninstall_step(
             }
             Ok(())
         }
-        "egress-guard" => {
+        "firewall" => {
             if let Some(settings) = &state.engine_settings {
-                egress::uninstall(
-                    env.runner,
-                    &GuardSettings {
-                        bridge: settings.bridge.clone(),
-                        subnet: settings.subnet,
-                        nameservers: state.nameservers.clone(),
-                    },
-                )?;
+                // With the guard: its chains and hooks are a superset of the unguarded set.
+                let everything = EngineSettings {
+                    egress_guard: true,
+                    ..settings.clone()
+                };
+                if env.facts.has("iptables") {
+                    super::plan::firewall_rules(env.facts, &everything, &state.nameservers)
+                        .uninstall(env.runner)?;
+                }
             }
-            Ok(())
+            remove_if_present(&paths.firewall_script)
         }
         "docker-context" => {
             let user = std::env::var("SUDO_USER").ok();
@@ -571,6 +598,10 @@ async fn uninstall_step(
         "config" => {
             remove_if_present(&paths.daemon_json)?;
             remove_if_present(&paths.engine_json)?;
+            if paths.is_system() {
+                // The live limit stays: lowering it under running containers helps nobody.
+                remove_if_present(Path::new(SYSCTL_CONF))?;
+            }
             // Only an emptied folder goes; anything else in it is the user's.
             let _ = std::fs::remove_dir(&paths.config_dir);
             Ok(())
@@ -668,8 +699,12 @@ mod tests {
             runner
                 .commands()
                 .iter()
-                .any(|c| c.starts_with("iptables -w -A CUBBI-EGRESS"))
+                .any(|c| c.starts_with("iptables -w -t filter -A CUBBI-EGRESS"))
                 || !options.egress_guard
+        );
+        assert!(
+            paths.firewall_script.exists(),
+            "the unit runs the firewall script"
         );
     }
 

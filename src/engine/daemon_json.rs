@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ipnet::Ipv4Net;
 use serde_json::{Map, Value, json};
 
 use super::EnginePaths;
@@ -21,6 +22,8 @@ const MANAGED_KEYS: &[&str] = &[
     "bridge",
     "default-runtime",
     "group",
+    "iptables",
+    "default-address-pools",
 ];
 
 /// Keys dockerd refuses next to `bridge`.
@@ -52,6 +55,8 @@ pub enum DaemonJsonError {
 pub struct DaemonSettings<'a> {
     pub paths: &'a EnginePaths,
     pub bridge: &'a str,
+    /// Where the engine's other networks take their /24s from.
+    pub pool: Ipv4Net,
     /// The socket's group; `None` leaves dockerd's default (and a missing group would stop it).
     pub socket_group: Option<&'a str>,
 }
@@ -66,6 +71,14 @@ pub fn render(settings: &DaemonSettings<'_>) -> Map<String, Value> {
     map.insert("pidfile".into(), json!(paths.pidfile));
     map.insert("bridge".into(), json!(settings.bridge));
     map.insert("default-runtime".into(), json!(SYSBOX_RUNTIME));
+    // A second dockerd with iptables on deletes and re-creates the shared DOCKER chains at start,
+    // dropping the host Docker's port forwards; cubbi writes the engine's rules itself
+    // (`engine::firewall`).
+    map.insert("iptables".into(), json!(false));
+    map.insert(
+        "default-address-pools".into(),
+        json!([{ "base": settings.pool.trunc().to_string(), "size": 24 }]),
+    );
     map.insert(
         "runtimes".into(),
         json!({ SYSBOX_RUNTIME: { "path": SYSBOX_RUNC_PATH } }),
@@ -189,6 +202,7 @@ mod tests {
         render(&DaemonSettings {
             paths: &paths,
             bridge: "cubbi0",
+            pool: "10.214.0.0/16".parse().unwrap(),
             socket_group: Some("cubbi"),
         })
     }
@@ -210,6 +224,15 @@ mod tests {
         );
         assert_eq!(map["group"], json!("cubbi"));
         assert!(!map.contains_key("bip"));
+        assert_eq!(
+            map["iptables"],
+            json!(false),
+            "dockerd must leave the shared chains alone"
+        );
+        assert_eq!(
+            map["default-address-pools"],
+            json!([{"base": "10.214.0.0/16", "size": 24}])
+        );
     }
 
     #[test]

@@ -214,6 +214,7 @@ pub const PROGRAMS: &[&str] = &[
     "sysbox-fs",
     "ip",
     "iptables",
+    "ip6tables",
     "groupadd",
     "usermod",
     "apt-get",
@@ -234,7 +235,18 @@ pub struct HostFacts {
     pub routes: Vec<Route>,
     pub is_root: bool,
     pub architecture: String,
+    /// `fs.inotify.max_user_instances`.
+    pub inotify_instances: Option<u64>,
 }
+
+/// Enough inotify instances for many systemd containers. Every systemd, journald and dbus
+/// holds some; without user namespaces (runc) they all count against root's limit, and at
+/// Debian's default of 128 the 27th session's systemd cannot start (seen on this project's CI
+/// machine). Sysbox's installer raises the same limit.
+pub const INOTIFY_INSTANCES_WANTED: u64 = 8192;
+pub const INOTIFY_SYSCTL: &str = "/proc/sys/fs/inotify/max_user_instances";
+/// Where setup makes the limit last across reboots.
+pub const SYSCTL_CONF: &str = "/etc/sysctl.d/90-cubbi.conf";
 
 impl HostFacts {
     pub fn gather(host: &dyn HostProbe) -> Self {
@@ -262,6 +274,7 @@ impl HostFacts {
                 .unwrap_or_default(),
             is_root: host.is_root(),
             architecture: std::env::consts::ARCH.to_string(),
+            inotify_instances: number(INOTIFY_SYSCTL),
         }
     }
 
@@ -304,6 +317,7 @@ pub mod fixture {
                 .file("/proc/1/comm", "systemd\n")
                 .file("/proc/mounts", "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n")
                 .file("/proc/sys/user/max_user_namespaces", "63000\n")
+                .file("/proc/sys/fs/inotify/max_user_instances", "128\n")
                 .file("/proc/net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\neth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
             host.programs = [
                 "dockerd",

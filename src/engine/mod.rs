@@ -1,5 +1,5 @@
 //! The dedicated Docker endpoint: its daemon.json, bridge and subnet, the systemd unit (driven
-//! over D-Bus), the supervised fallback where systemd is not PID 1, Sysbox, the egress guard, and
+//! over D-Bus), the supervised fallback where systemd is not PID 1, Sysbox, the firewall (NAT and egress guard), and
 //! `cubbi setup` as a plan of checked steps.
 //!
 //! Everything that touches the kernel, a daemon or an external program sits behind a trait
@@ -8,7 +8,7 @@
 
 pub mod apply;
 pub mod daemon_json;
-pub mod egress;
+pub mod firewall;
 pub mod host;
 pub mod paths;
 pub mod plan;

@@ -17,6 +17,8 @@ pub struct EnginePaths {
     /// cubbi's own settings for the engine (bridge name and address), which daemon.json cannot
     /// hold: dockerd refuses unknown keys.
     pub engine_json: PathBuf,
+    /// The engine's firewall as a script (`up`/`down`), run before dockerd starts.
+    pub firewall_script: PathBuf,
     pub socket: PathBuf,
     pub data_root: PathBuf,
     pub exec_root: PathBuf,
@@ -34,6 +36,7 @@ impl EnginePaths {
         Self {
             daemon_json: config_dir.join("daemon.json"),
             engine_json: config_dir.join("engine.json"),
+            firewall_script: config_dir.join("firewall.sh"),
             config_dir,
             socket: PathBuf::from("/var/run/cubbi-docker.sock"),
             data_root: PathBuf::from("/var/lib/cubbi-docker"),
@@ -50,6 +53,7 @@ impl EnginePaths {
             config_dir: root.to_path_buf(),
             daemon_json: root.join("daemon.json"),
             engine_json: root.join("engine.json"),
+            firewall_script: root.join("firewall.sh"),
             socket: root.join("docker.sock"),
             data_root: root.join("data"),
             exec_root: root.join("exec"),

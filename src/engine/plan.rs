@@ -8,8 +8,10 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use super::daemon_json::{self, DaemonSettings};
-use super::egress::GuardSettings;
-use super::host::{HostFacts, IDMAPPED_MOUNTS_SINCE, SYSBOX_MINIMUM_KERNEL};
+use super::firewall::{self, RuleSet};
+use super::host::{
+    HostFacts, IDMAPPED_MOUNTS_SINCE, INOTIFY_INSTANCES_WANTED, SYSBOX_MINIMUM_KERNEL, SYSCTL_CONF,
+};
 use super::settings::EngineSettings;
 use super::subnet;
 use super::sysbox;
@@ -58,6 +60,9 @@ pub enum Action {
     InstallSysbox {
         source: SysboxSource,
     },
+    RaiseInotifyLimit {
+        value: u64,
+    },
     CreateGroup {
         group: String,
         add_user: Option<String>,
@@ -75,9 +80,10 @@ pub enum Action {
     StartSupervised {
         restart: bool,
     },
-    InstallEgressGuard {
+    InstallFirewall {
+        script: String,
         #[serde(skip)]
-        guard: GuardSettings,
+        rules: RuleSet,
     },
     CreateDockerContext {
         endpoint: String,
@@ -149,7 +155,10 @@ pub struct EngineState {
     pub engine_answers: bool,
     pub unit_active: bool,
     pub unit_enabled: bool,
-    pub egress_installed: bool,
+    /// The recorded firewall is in iptables as recorded.
+    pub firewall_installed: bool,
+    /// The firewall script on disk.
+    pub firewall_script: Option<String>,
     /// The endpoint of an existing `cubbi` Docker context.
     pub docker_context_endpoint: Option<String>,
     pub nameservers: Vec<std::net::Ipv4Addr>,
@@ -264,6 +273,7 @@ pub fn plan_setup(
 
     // Sysbox.
     steps.push(plan_sysbox(facts, options));
+    steps.push(plan_inotify(facts, paths));
 
     // The socket's group.
     let user = options.invoking_user.clone();
@@ -311,13 +321,11 @@ pub fn plan_setup(
         .as_ref()
         .map(|recorded| recorded.subnet));
     let subnet = subnet::choose_subnet(&facts.routes, &bridge, wanted_subnet)?;
-    let settings = EngineSettings {
-        bridge: bridge.clone(),
-        subnet,
-    };
+    let settings = EngineSettings::new(bridge.clone(), subnet, options.egress_guard);
     let desired = daemon_json::render(&DaemonSettings {
         paths,
         bridge: &bridge,
+        pool: settings.pool,
         socket_group: Some(SOCKET_GROUP),
     });
     let (merged, backup_invalid) =
@@ -330,8 +338,13 @@ pub fn plan_setup(
             Err(err) => return Err(err.into()),
         };
     let settings_changed = state.engine_settings.as_ref() != Some(&settings);
-    let config_changed = merged.changed || settings_changed;
-    steps.push(if config_changed {
+    // Only what dockerd reads restarts it; the guard is cubbi's own rules.
+    let engine_changed = merged.changed
+        || !state
+            .engine_settings
+            .as_ref()
+            .is_some_and(|recorded| recorded.same_engine(&settings));
+    steps.push(if merged.changed || settings_changed {
         let kept = if merged.kept_user_keys.is_empty() {
             String::new()
         } else {
@@ -367,6 +380,9 @@ pub fn plan_setup(
         )
     });
 
+    // The firewall, before the engine: the unit runs its script ahead of dockerd.
+    steps.push(plan_firewall(facts, state, &settings, settings_changed));
+
     // The engine itself.
     steps.push(plan_engine(
         facts,
@@ -374,36 +390,9 @@ pub fn plan_setup(
         paths,
         &settings,
         mode,
-        config_changed,
+        engine_changed,
         has_engine,
     ));
-
-    // Egress guard.
-    steps.push(if !options.egress_guard {
-        Step::new("egress-guard", StepState::Skipped, "skipped (--no-egress-guard)", Action::Nothing)
-    } else if !facts.has("iptables") {
-        Step::new(
-            "egress-guard",
-            StepState::Cannot,
-            "iptables is not installed: `apt-get install iptables`, then run setup again",
-            Action::Nothing,
-        )
-    } else if state.egress_installed && !config_changed {
-        Step::new("egress-guard", StepState::Done, format!("rules for {bridge} are in place"), Action::Nothing)
-    } else {
-        Step::new(
-            "egress-guard",
-            StepState::ToDo,
-            format!("block private networks, link-local and 169.254.169.254 from {bridge} (chain CUBBI-EGRESS)"),
-            Action::InstallEgressGuard {
-                guard: GuardSettings {
-                    bridge: bridge.clone(),
-                    subnet,
-                    nameservers: state.nameservers.clone(),
-                },
-            },
-        )
-    });
 
     // Docker CLI context.
     let endpoint = paths.endpoint();
@@ -445,6 +434,105 @@ pub fn plan_setup(
         steps,
         settings,
     })
+}
+
+/// Every session's systemd, journald and dbus take inotify instances; at Debian's default of 128
+/// the 27th runc session cannot boot.
+fn plan_inotify(facts: &HostFacts, paths: &EnginePaths) -> Step {
+    let id = "inotify";
+    if !paths.is_system() {
+        return Step::new(
+            id,
+            StepState::Skipped,
+            "private engine root: host sysctls are left alone",
+            Action::Nothing,
+        );
+    }
+    match facts.inotify_instances {
+        None => Step::new(
+            id,
+            StepState::Skipped,
+            "cannot read fs.inotify.max_user_instances",
+            Action::Nothing,
+        ),
+        Some(now) if now >= INOTIFY_INSTANCES_WANTED => Step::new(
+            id,
+            StepState::Done,
+            format!("fs.inotify.max_user_instances is {now}"),
+            Action::Nothing,
+        ),
+        Some(now) => Step::new(
+            id,
+            StepState::ToDo,
+            format!(
+                "raise fs.inotify.max_user_instances from {now} to {INOTIFY_INSTANCES_WANTED} \
+                 (at {now} only about {} sessions can boot systemd) and keep it in {SYSCTL_CONF}",
+                now / 5
+            ),
+            Action::RaiseInotifyLimit {
+                value: INOTIFY_INSTANCES_WANTED,
+            },
+        ),
+    }
+}
+
+/// The firewall cubbi keeps for `settings` on this host.
+pub fn firewall_rules(
+    facts: &HostFacts,
+    settings: &EngineSettings,
+    nameservers: &[std::net::Ipv4Addr],
+) -> RuleSet {
+    firewall::rule_set(&firewall::FirewallSettings {
+        bridge: settings.bridge.clone(),
+        subnets: firewall::engine_subnets(settings.subnet, settings.pool),
+        nameservers: nameservers.to_vec(),
+        egress_guard: settings.egress_guard,
+        ipv6: facts.has("ip6tables"),
+    })
+}
+
+fn plan_firewall(
+    facts: &HostFacts,
+    state: &EngineState,
+    settings: &EngineSettings,
+    settings_changed: bool,
+) -> Step {
+    let id = "firewall";
+    let bridges = format!("{}+", settings.bridge);
+    let guard = if settings.egress_guard {
+        "egress guard on (private networks, link-local, 169.254.169.254 and this host blocked)"
+    } else {
+        "egress guard OFF (--no-egress-guard)"
+    };
+    if !facts.has("iptables") {
+        return Step::new(
+            id,
+            StepState::Cannot,
+            "iptables is not installed, so sessions get no NAT and no egress guard: \
+             `apt-get install iptables`, then run setup again",
+            Action::Nothing,
+        );
+    }
+    let rules = firewall_rules(facts, settings, &state.nameservers);
+    let script = rules.script(&settings.bridge);
+    if state.firewall_installed
+        && !settings_changed
+        && state.firewall_script.as_deref() == Some(script.as_str())
+    {
+        Step::new(
+            id,
+            StepState::Done,
+            format!("NAT and forwarding for {bridges} in place; {guard}"),
+            Action::Nothing,
+        )
+    } else {
+        Step::new(
+            id,
+            StepState::ToDo,
+            format!("NAT and forwarding for {bridges} in cubbi's own chains; {guard}"),
+            Action::InstallFirewall { script, rules },
+        )
+    }
 }
 
 fn plan_sysbox(facts: &HostFacts, options: &SetupOptions) -> Step {
@@ -541,6 +629,7 @@ fn plan_engine(
                 dockerd: &program(facts, "dockerd", "/usr/sbin/dockerd"),
                 ip: &program(facts, "ip", "/usr/sbin/ip"),
                 daemon_json: &paths.daemon_json,
+                firewall: &paths.firewall_script,
                 bridge: &settings.bridge,
                 bridge_address: subnet::gateway(&settings.subnet).unwrap_or(settings.subnet),
             });
@@ -666,9 +755,9 @@ pub fn plan_uninstall(
             format!("remove {}", paths.unit_file.display()),
         ),
         step(
-            "egress-guard",
-            state.egress_installed,
-            "remove the CUBBI-EGRESS rules".into(),
+            "firewall",
+            state.firewall_installed || state.firewall_script.is_some(),
+            "remove the CUBBI-* firewall chains and their script".into(),
         ),
         step(
             "docker-context",
@@ -742,10 +831,11 @@ mod tests {
                 ("preflight", StepState::Done),
                 ("docker-engine", StepState::Done),
                 ("sysbox", StepState::Cannot),
+                ("inotify", StepState::ToDo),
                 ("group", StepState::ToDo),
                 ("daemon-json", StepState::ToDo),
+                ("firewall", StepState::ToDo),
                 ("engine", StepState::ToDo),
-                ("egress-guard", StepState::ToDo),
                 ("docker-context", StepState::ToDo),
             ]
         );
@@ -766,7 +856,7 @@ mod tests {
             engine_answers: true,
             unit_active: true,
             unit_enabled: true,
-            egress_installed: true,
+            firewall_installed: true,
             docker_context_endpoint: Some(EnginePaths::system().endpoint()),
             engine_settings: Some(plan.settings.clone()),
             ..Default::default()
@@ -777,6 +867,9 @@ mod tests {
                     state.daemon_json = Some(daemon_json.clone())
                 }
                 Action::InstallUnit { unit, .. } => state.unit_file = Some(unit.clone()),
+                Action::InstallFirewall { script, .. } => {
+                    state.firewall_script = Some(script.clone())
+                }
                 _ => {}
             }
         }
@@ -792,8 +885,13 @@ mod tests {
             &options(),
         )
         .unwrap();
+        // The first run raised the inotify limit.
+        let raised = HostFacts {
+            inotify_instances: Some(INOTIFY_INSTANCES_WANTED),
+            ..debian()
+        };
         let second = plan_setup(
-            &debian(),
+            &raised,
             &after_setup(&first),
             &EnginePaths::system(),
             &options(),
@@ -977,9 +1075,47 @@ mod tests {
             &opts,
         )
         .unwrap();
-        for id in ["egress-guard", "docker-context", "sysbox"] {
+        for id in ["docker-context", "sysbox"] {
             assert_eq!(state_of(&plan, id).state, StepState::Skipped, "{id}");
         }
+        // Without the guard the firewall still gives sessions NAT, and says the guard is off.
+        let firewall = state_of(&plan, "firewall");
+        assert!(
+            firewall.finding.contains("egress guard OFF"),
+            "{}",
+            firewall.finding
+        );
+        let Action::InstallFirewall { script, .. } = &firewall.action else {
+            panic!("{:?}", firewall.action)
+        };
+        assert!(script.contains("MASQUERADE") && !script.contains("CUBBI-EGRESS"));
+    }
+
+    #[test]
+    fn turning_the_guard_off_redoes_the_firewall_but_keeps_the_engine_running() {
+        let guarded = plan_setup(
+            &debian(),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        let state = after_setup(&guarded);
+        let unguarded = SetupOptions {
+            egress_guard: false,
+            ..options()
+        };
+        let plan = plan_setup(&debian(), &state, &EnginePaths::system(), &unguarded).unwrap();
+        assert_eq!(state_of(&plan, "firewall").state, StepState::ToDo);
+        assert_eq!(state_of(&plan, "engine").state, StepState::Done);
+        // A firewall someone flushed is put back on a re-run.
+        let flushed = EngineState {
+            firewall_installed: false,
+            ..after_setup(&guarded)
+        };
+        let plan = plan_setup(&debian(), &flushed, &EnginePaths::system(), &options()).unwrap();
+        assert_eq!(state_of(&plan, "firewall").state, StepState::ToDo);
+        assert_eq!(state_of(&plan, "engine").state, StepState::Done);
     }
 
     #[test]

@@ -11,6 +11,18 @@ use super::EngineError;
 /// The dedicated bridge's default name (never `docker0`).
 pub const DEFAULT_BRIDGE: &str = "cubbi0";
 
+/// Where the engine's other networks (`cubbi-network`, networks users make) take their /24s:
+/// outside Docker's default pools, so the host Docker never competes for them.
+pub const DEFAULT_POOL: Ipv4Net = Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 214, 0, 0), 16);
+
+fn default_pool() -> Ipv4Net {
+    DEFAULT_POOL
+}
+
+fn enabled() -> bool {
+    true
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSettings {
@@ -18,6 +30,28 @@ pub struct EngineSettings {
     pub bridge: String,
     /// The bridge's subnet; the bridge holds its first address.
     pub subnet: Ipv4Net,
+    /// The address pool of the engine's other networks (daemon.json `default-address-pools`).
+    #[serde(default = "default_pool")]
+    pub pool: Ipv4Net,
+    /// Whether the firewall includes the egress guard (`setup --no-egress-guard` turns it off).
+    #[serde(default = "enabled")]
+    pub egress_guard: bool,
+}
+
+impl EngineSettings {
+    pub fn new(bridge: String, subnet: Ipv4Net, egress_guard: bool) -> Self {
+        Self {
+            bridge,
+            subnet,
+            pool: default_pool(),
+            egress_guard,
+        }
+    }
+
+    /// Whether dockerd must restart to apply `other` (the guard is cubbi's own rules only).
+    pub fn same_engine(&self, other: &Self) -> bool {
+        self.bridge == other.bridge && self.subnet == other.subnet && self.pool == other.pool
+    }
 }
 
 impl EngineSettings {
@@ -77,11 +111,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("engine.json");
         assert_eq!(EngineSettings::load(&path).unwrap(), None);
-        let settings = EngineSettings {
-            bridge: "cubbi0".into(),
-            subnet: "10.214.3.0/24".parse().unwrap(),
-        };
+        let settings = EngineSettings::new("cubbi0".into(), "10.214.3.0/24".parse().unwrap(), true);
         std::fs::write(&path, settings.to_json()).unwrap();
+        assert_eq!(EngineSettings::load(&path).unwrap(), Some(settings.clone()));
+        // A file from before the pool and guard were recorded reads with their defaults.
+        std::fs::write(&path, r#"{"bridge": "cubbi0", "subnet": "10.214.3.0/24"}"#).unwrap();
         assert_eq!(EngineSettings::load(&path).unwrap(), Some(settings));
         std::fs::write(&path, "{").unwrap();
         assert!(EngineSettings::load(&path).is_err());

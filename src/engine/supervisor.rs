@@ -294,10 +294,7 @@ mod tests {
 
     #[test]
     fn the_bridge_is_made_only_when_missing() {
-        let settings = EngineSettings {
-            bridge: "cubbi0".into(),
-            subnet: "10.214.3.0/24".parse().unwrap(),
-        };
+        let settings = EngineSettings::new("cubbi0".into(), "10.214.3.0/24".parse().unwrap(), true);
         let missing = RecordingRunner::default()
             .answering("ip link show", false, "")
             .answering("ip -4 -o address show", true, "");

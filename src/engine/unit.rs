@@ -5,7 +5,8 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 
-/// The unit source, with `@DOCKERD@`, `@DAEMON_JSON@`, `@IP@`, `@BRIDGE@`, `@BRIDGE_ADDRESS@`.
+/// The unit source, with `@DOCKERD@`, `@DAEMON_JSON@`, `@IP@`, `@BRIDGE@`, `@BRIDGE_ADDRESS@`,
+/// `@FIREWALL@`.
 pub const UNIT_TEMPLATE: &str = include_str!("../../systemd-units/host/cubbi-docker.service");
 
 /// What the unit needs to know.
@@ -14,6 +15,8 @@ pub struct UnitSettings<'a> {
     pub dockerd: &'a Path,
     pub ip: &'a Path,
     pub daemon_json: &'a Path,
+    /// The firewall script (`engine::firewall`), run before dockerd when it exists.
+    pub firewall: &'a Path,
     pub bridge: &'a str,
     /// The bridge's own address with prefix, e.g. `10.214.0.1/24`.
     pub bridge_address: Ipv4Net,
@@ -24,6 +27,7 @@ pub fn render(settings: &UnitSettings<'_>) -> String {
         .replace("@DOCKERD@", &settings.dockerd.display().to_string())
         .replace("@DAEMON_JSON@", &settings.daemon_json.display().to_string())
         .replace("@IP@", &settings.ip.display().to_string())
+        .replace("@FIREWALL@", &settings.firewall.display().to_string())
         .replace("@BRIDGE_ADDRESS@", &settings.bridge_address.to_string())
         .replace("@BRIDGE@", settings.bridge)
 }
@@ -38,6 +42,7 @@ mod tests {
             dockerd: Path::new("/usr/sbin/dockerd"),
             ip: Path::new("/usr/sbin/ip"),
             daemon_json: Path::new("/etc/cubbi/docker/daemon.json"),
+            firewall: Path::new("/etc/cubbi/docker/firewall.sh"),
             bridge: "cubbi0",
             bridge_address: "10.214.0.1/24".parse().unwrap(),
         });
@@ -50,6 +55,10 @@ mod tests {
         assert!(unit.contains("ExecStartPre=-/usr/sbin/ip address add 10.214.0.1/24 dev cubbi0"));
         assert!(unit.contains("ExecStopPost=-/usr/sbin/ip link delete cubbi0"));
         assert!(unit.contains("Type=notify"));
+        assert!(unit.contains(
+            "ExecStartPre=/bin/sh -c 'test ! -e /etc/cubbi/docker/firewall.sh || \
+             exec /bin/sh /etc/cubbi/docker/firewall.sh up'"
+        ));
         assert!(!unit.contains("docker0"));
         assert!(!unit.contains("/etc/docker/"));
     }

@@ -4,6 +4,17 @@ use std::path::Path;
 
 /// Lowercase, `_` → `-`, other invalid characters dropped, `--` collapsed, `-` trimmed from
 /// both ends, at most 63 characters. `None` when nothing usable is left.
+/// Docker's bridge-driver option naming a network's Linux bridge.
+pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
+/// The Linux bridge for `cubbi-network` on an engine whose default bridge is `engine_bridge`:
+/// on cubbi's own engine (`cubbi0`) it is `cubbi0n`, so the engine's firewall, which matches
+/// `cubbi0+`, covers sessions too. Other engines keep Docker's own naming.
+pub fn network_bridge_name(engine_bridge: &str) -> Option<String> {
+    (engine_bridge.starts_with("cubbi") && engine_bridge.len() < 15)
+        .then(|| format!("{engine_bridge}n"))
+}
+
 pub fn sanitize_hostname(raw: &str) -> Option<String> {
     let mut name = String::with_capacity(raw.len());
     for c in raw.chars() {
@@ -56,6 +67,17 @@ pub fn default_name(workspace: Option<&Path>, project: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_networks_share_the_engine_bridge_prefix() {
+        assert_eq!(network_bridge_name("cubbi0").as_deref(), Some("cubbi0n"));
+        assert_eq!(network_bridge_name("docker0"), None);
+        assert_eq!(
+            network_bridge_name("cubbi-123456789"),
+            None,
+            "15 characters at most"
+        );
+    }
 
     #[test]
     fn sanitizes_to_rfc1123() {

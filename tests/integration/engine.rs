@@ -103,6 +103,11 @@ impl Drop for PrivateEngine {
         let _ = Command::new("ip")
             .args(["link", "delete", &self.bridge])
             .output();
+        // `engine start` put cubbi's firewall for this bridge into the host's iptables.
+        let firewall = self.root.join("firewall.sh");
+        if firewall.exists() {
+            let _ = Command::new("sh").arg(&firewall).arg("down").output();
+        }
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
@@ -168,6 +173,7 @@ fn engine_start_doctor_stop() -> Result<(), Failed> {
         "daemon-json",
         "sysbox-default-runtime",
         "not-host-docker",
+        "firewall",
     ] {
         assert_eq!(check(id)["status"], "ok", "{id}: {}", ran.stdout());
     }

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod docker;
 mod engine;
+mod firewall;
 mod images;
 mod session;
 mod setup_systemd;
@@ -30,6 +31,7 @@ fn main() {
     tests.extend(config::tests());
     tests.extend(docker::tests());
     tests.extend(engine::tests());
+    tests.extend(firewall::tests());
     tests.extend(images::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());

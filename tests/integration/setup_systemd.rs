@@ -270,88 +270,126 @@ fn setup_drives_the_unit_over_dbus_and_leaves_the_host_docker_alone() -> Result<
     })
 }
 
-/// A container on the dedicated endpoint tries TCP to `address:22` (sshd listens there) and
-/// prints the first bytes it reads, or fails.
-fn probe_from_dedicated(sc: &SystemContainer, address: &str) -> Output {
+/// A container on the dedicated endpoint, on `network`, tries TCP to `address:22` (sshd listens
+/// there) and prints the first bytes it reads, or fails.
+fn probe_from_dedicated(sc: &SystemContainer, network: &str, address: &str) -> Output {
     sc.sh(&format!(
-        "timeout 60 docker -H {DEDICATED} run --rm --runtime runc --network bridge probe \
+        "timeout 60 docker -H {DEDICATED} run --rm --runtime runc --network {network} probe \
          /bin/bash -c 'exec 3<>/dev/tcp/{address}/22 && head -c 4 <&3'"
     ))
+}
+
+fn assert_reaches(sc: &SystemContainer, network: &str, address: &str, why: &str) {
+    let out = probe_from_dedicated(sc, network, address);
+    assert_eq!(
+        text(&out.stdout),
+        "SSH-",
+        "{why}: {address}:22 must be reachable from {network}: {}\n{}",
+        text(&out.stderr),
+        sc.ok("iptables -w -S; iptables -w -t nat -S")
+    );
+}
+
+fn assert_refused(sc: &SystemContainer, network: &str, address: &str) {
+    let out = probe_from_dedicated(sc, network, address);
+    assert!(
+        !out.status.success() && text(&out.stdout).is_empty(),
+        "with the egress guard, {address}:22 must be unreachable from {network} on the dedicated \
+         endpoint, but it answered {:?}\n{}",
+        text(&out.stdout),
+        sc.ok("iptables -w -S; iptables -w -t nat -S")
+    );
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "the connection from {network} to {address} must be refused at once, not time out"
+    );
+}
+
+/// The host Docker's own NAT chain: a second dockerd with iptables on would re-create it empty.
+fn own_docker_nat(sc: &SystemContainer) -> String {
+    sc.ok("iptables -w -t nat -S DOCKER")
 }
 
 fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
     docker_test("setup-egress", |scope| async move {
         let sc = SystemContainer::boot(&scope).await?;
-        // Two private listeners: sshd on an address of the machine itself (put on `lo`, since
-        // the dummy module may not be loaded; reached through INPUT), and a second sshd in a network namespace behind a veth pair
-        // (a neighbour on a private network, reached through FORWARD).
+        // Listeners: sshd on an address of the machine itself (put on `lo`, since the dummy
+        // module may not be loaded; reached through INPUT), and a second sshd in a network
+        // namespace behind a veth pair, both on a private network (172.31.250.2) and on a
+        // public one (198.51.100.2, standing in for the internet), reached through FORWARD.
         sc.ok("ip address add 192.168.250.1/32 dev lo");
         sc.ok("ip netns add cubbi-t1 && \
                ip link add cubbi-t1h type veth peer name cubbi-t1n && \
                ip link set cubbi-t1n netns cubbi-t1 && \
-               ip address add 172.31.250.1/30 dev cubbi-t1h && ip link set cubbi-t1h up && \
+               ip address add 172.31.250.1/30 dev cubbi-t1h && \
+               ip address add 198.51.100.1/30 dev cubbi-t1h && ip link set cubbi-t1h up && \
                ip -n cubbi-t1 address add 172.31.250.2/30 dev cubbi-t1n && \
+               ip -n cubbi-t1 address add 198.51.100.2/30 dev cubbi-t1n && \
                ip -n cubbi-t1 link set cubbi-t1n up && ip -n cubbi-t1 link set lo up && \
                ip -n cubbi-t1 route add default via 172.31.250.1 && \
                ip netns exec cubbi-t1 /usr/sbin/sshd -p 22 -o PidFile=none");
-        for address in ["192.168.250.1", "172.31.250.2"] {
+        for address in ["192.168.250.1", "172.31.250.2", "198.51.100.2"] {
             let banner = sc.ok(&format!("exec 3<>/dev/tcp/{address}/22 && head -c 4 <&3"));
             assert_eq!(banner, "SSH-", "the listener on {address} answers locally");
         }
-
-        let (ok, setup) = sc.cubbi(&["setup", "--skip-sysbox", "--no-docker-context"]);
-        assert!(ok, "setup failed: {setup}");
-        assert!(setup.contains("egress-guard"), "{setup}");
-        sc.ok("iptables -w -S CUBBI-EGRESS");
-        // An image for the dedicated endpoint, made from the container's own bash and its libs.
-        sc.ok(&format!(
-            "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/usr/bin; cp /bin/bash $d/bin/bash; \
+        // An image made from the container's own bash and its libs, for both engines.
+        let image = "set -e; d=$(mktemp -d); mkdir -p $d/bin $d/usr/bin; cp /bin/bash $d/bin/bash; \
              cp /usr/bin/head $d/usr/bin/head; \
              for lib in $(ldd /bin/bash /usr/bin/head | grep -o '/[^ :]*' | sort -u); do \
                mkdir -p $d$(dirname $lib); cp $lib $d$lib; done; \
-             tar -C $d -c . | docker -H {DEDICATED} import - probe >/dev/null"
+             tar -C $d -c . | docker -H ENDPOINT import - probe >/dev/null";
+        sc.ok(&image.replace("ENDPOINT", OWN));
+        // The host Docker publishes a port: its DNAT rule lives in the shared DOCKER chain.
+        sc.ok(&format!(
+            "docker -H {OWN} run -d -i -p 127.0.0.1:18080:80 probe /bin/bash -c 'read line'"
         ));
-        // The bridge's own gateway is on the session's subnet, so it stays reachable: this
-        // proves containers on the dedicated endpoint run and reach something at all.
+        let own_nat = own_docker_nat(&sc);
+        assert!(own_nat.contains("18080"), "{own_nat}");
+
+        let (ok, setup) = sc.cubbi(&["setup", "--skip-sysbox", "--no-docker-context"]);
+        assert!(ok, "setup failed: {setup}");
+        assert!(setup.contains("firewall"), "{setup}");
+        assert!(setup.contains("egress guard on"), "{setup}");
+        assert_eq!(
+            own_docker_nat(&sc),
+            own_nat,
+            "starting the dedicated engine changed the host Docker's NAT rules"
+        );
+        sc.ok("iptables -w -S CUBBI-EGRESS");
+        sc.ok(&image.replace("ENDPOINT", DEDICATED));
+        // What `cubbi-network` is on this engine: a bridge named with the engine bridge's prefix.
+        sc.ok(&format!(
+            "docker -H {DEDICATED} network create -o com.docker.network.bridge.name=cubbi0n \
+             probe-net >/dev/null"
+        ));
         let gateway = sc
             .ok("ip -4 -o address show cubbi0 | awk '{print $4}' | cut -d/ -f1")
             .trim()
             .to_string();
-        let out = probe_from_dedicated(&sc, &gateway);
-        assert_eq!(
-            text(&out.stdout),
-            "SSH-",
-            "the bridge gateway {gateway} must stay reachable: {}",
-            text(&out.stderr)
-        );
-        for address in ["192.168.250.1", "172.31.250.2"] {
-            let out = probe_from_dedicated(&sc, address);
-            assert!(
-                !out.status.success() && text(&out.stdout).is_empty(),
-                "with the egress guard, {address}:22 must be unreachable from a container on \
-                 the dedicated endpoint, but it answered {:?}\n{}",
-                text(&out.stdout),
-                sc.ok("iptables -w -S; iptables -w -t nat -S")
-            );
-            assert_ne!(
-                out.status.code(),
-                Some(124),
-                "the connection to {address} must be refused at once, not time out"
-            );
+        for network in ["bridge", "probe-net"] {
+            // NAT and forwarding are cubbi's (dockerd runs without iptables) and they work.
+            assert_reaches(&sc, network, "198.51.100.2", "the internet stays reachable");
+            for address in ["192.168.250.1", "172.31.250.2", gateway.as_str()] {
+                assert_refused(&sc, network, address);
+            }
         }
+        let (ok, doctor) = sc.cubbi(&["doctor"]);
+        assert!(doctor.contains("firewall"), "{ok} {doctor}");
+        assert!(
+            doctor
+                .lines()
+                .any(|line| line.contains("firewall") && line.contains("ok")),
+            "{doctor}"
+        );
 
         // Uninstall takes the rules away ...
         let (ok, removed) = sc.cubbi(&["setup", "--uninstall"]);
         assert!(ok, "uninstall failed: {removed}");
-        let chain = sc.sh("iptables -w -S CUBBI-EGRESS");
-        assert!(
-            !chain.status.success(),
-            "the CUBBI-EGRESS chain survived uninstall: {}",
-            text(&chain.stdout)
-        );
-        let rules = sc.ok("iptables -w -S");
-        assert!(!rules.contains("CUBBI-EGRESS"), "{rules}");
-        // ... and the endpoint brought back without the guard reaches both listeners: it was
+        let rules = sc.ok("iptables -w -S; iptables -w -t nat -S; ip6tables -w -S");
+        assert!(!rules.contains("CUBBI"), "{rules}");
+        sc.ok("test ! -e /etc/cubbi/docker/firewall.sh");
+        // ... and the endpoint brought back without the guard reaches every listener: it was
         // the guard, not the network, that kept them out.
         let (ok, unguarded) = sc.cubbi(&[
             "setup",
@@ -360,15 +398,11 @@ fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
             "--no-egress-guard",
         ]);
         assert!(ok, "setup --no-egress-guard failed: {unguarded}");
-        for address in ["192.168.250.1", "172.31.250.2"] {
-            let out = probe_from_dedicated(&sc, address);
-            assert_eq!(
-                text(&out.stdout),
-                "SSH-",
-                "without the guard, {address}:22 must be reachable: {}",
-                text(&out.stderr)
-            );
+        assert!(unguarded.contains("egress guard OFF"), "{unguarded}");
+        for address in ["192.168.250.1", "172.31.250.2", "198.51.100.2"] {
+            assert_reaches(&sc, "bridge", address, "without the guard");
         }
+        assert_eq!(own_docker_nat(&sc), own_nat);
         Ok(())
     })
 }

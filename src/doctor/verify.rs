@@ -1,0 +1,165 @@
+//! Setup's last step: the endpoint it brought up answers, has sysbox-runc registered as its
+//! default runtime, and, where Sysbox is installed, a smoke container under it runs with root
+//! mapped to an unprivileged host uid.
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use super::checks;
+use super::{Check, Status};
+use crate::engine::daemon_json::SYSBOX_RUNTIME;
+
+/// The image the smoke container prefers (any local image does).
+const SMOKE_IMAGE: &str = "cubbi-base:latest";
+
+/// Every verification, in order; the first failing one ends it.
+pub async fn verify_endpoint(endpoint: &str, sysbox_installed: bool) -> Vec<Check> {
+    let docker = match crate::docker::connect(endpoint).await {
+        Ok(docker) => docker,
+        Err(err) => {
+            return vec![Check::fail(
+                "endpoint-answers",
+                err.to_string(),
+                "cubbi doctor",
+            )];
+        }
+    };
+    let mut results = vec![Check::ok("endpoint-answers", format!("{endpoint} answers"))];
+    let info = docker
+        .info()
+        .await
+        .ok()
+        .and_then(|info| serde_json::to_value(info).ok());
+    let runtime = checks::sysbox_runtime(info.as_ref());
+    let runtime_ok = runtime.status == Status::Ok;
+    results.push(runtime);
+    if !runtime_ok {
+        return results;
+    }
+    results.push(if sysbox_installed {
+        smoke(&docker).await
+    } else {
+        Check::warn(
+            "sysbox-smoke",
+            "Sysbox is not installed, so no container can run under it yet",
+            "install Sysbox (sudo cubbi setup --sysbox-deb PATH), then cubbi doctor",
+        )
+    });
+    results
+}
+
+/// Runs `cat /proc/self/uid_map` under sysbox-runc and judges the mapping.
+async fn smoke(docker: &Docker) -> Check {
+    const ID: &str = "sysbox-smoke";
+    let image = match smoke_image(docker).await {
+        Some(image) => image,
+        None => {
+            return Check::warn(
+                ID,
+                "no image on the endpoint yet to run the Sysbox smoke test with",
+                "cubbi image build base, then cubbi doctor",
+            );
+        }
+    };
+    let body = ContainerCreateBody {
+        image: Some(image.clone()),
+        entrypoint: Some(vec!["cat".into()]),
+        cmd: Some(vec!["/proc/self/uid_map".into()]),
+        labels: Some([("io.cubbi.smoke".to_string(), "true".to_string())].into()),
+        host_config: Some(HostConfig {
+            runtime: Some(SYSBOX_RUNTIME.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = match docker
+        .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
+        .await
+    {
+        Ok(created) => created,
+        Err(err) => {
+            return Check::fail(
+                ID,
+                format!("cannot create a smoke container: {err}"),
+                "cubbi doctor",
+            );
+        }
+    };
+    let outcome = run_and_read(docker, &created.id).await;
+    let _ = docker
+        .remove_container(
+            &created.id,
+            Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+        )
+        .await;
+    match outcome {
+        Ok(uid_map) => {
+            let mut check = checks::uid_map(&uid_map);
+            check.id = ID;
+            check.finding = format!("{} ({image} under {SYSBOX_RUNTIME})", check.finding);
+            check
+        }
+        Err(reason) => Check::fail(
+            ID,
+            format!("the smoke container under {SYSBOX_RUNTIME} failed: {reason}"),
+            "journalctl -u sysbox-mgr -u sysbox-fs; cubbi doctor",
+        ),
+    }
+}
+
+async fn smoke_image(docker: &Docker) -> Option<String> {
+    let images = docker
+        .list_images(Some(ListImagesOptionsBuilder::new().build()))
+        .await
+        .ok()?;
+    let tags: Vec<String> = images
+        .into_iter()
+        .flat_map(|image| image.repo_tags)
+        .filter(|tag| tag != "<none>:<none>")
+        .collect();
+    tags.iter()
+        .find(|tag| *tag == SMOKE_IMAGE)
+        .or_else(|| tags.first())
+        .cloned()
+}
+
+async fn run_and_read(docker: &Docker, id: &str) -> Result<String, String> {
+    docker
+        .start_container(id, None)
+        .await
+        .map_err(|err| err.to_string())?;
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        docker
+            .wait_container(id, Some(WaitContainerOptionsBuilder::new().build()))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .map_err(|_| "it did not finish within 60 s".to_string())?;
+    for result in waited {
+        match result {
+            Ok(status) if status.status_code != 0 => {
+                return Err(format!("it exited with {}", status.status_code));
+            }
+            Err(err) => return Err(err.to_string()),
+            Ok(_) => {}
+        }
+    }
+    let output: Vec<_> = docker
+        .logs(
+            id,
+            Some(LogsOptionsBuilder::new().stdout(true).stderr(true).build()),
+        )
+        .collect()
+        .await;
+    Ok(output
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|chunk| chunk.to_string())
+        .collect())
+}
