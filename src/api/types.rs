@@ -110,6 +110,10 @@ pub struct Session {
     /// `done` or `failed: reason` once cubbi-init has run (only filled by `get`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_status: Option<String>,
+    /// The project clone's `done`, `skipped` or `failed: reason` once it has finished (only
+    /// filled by `get`; the clone runs beside sshd, so a ready session may not have it yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_status: Option<String>,
 }
 
 /// Steps of a create, for progress displays and failure messages.

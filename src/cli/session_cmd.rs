@@ -350,13 +350,13 @@ fn spec_from(args: &CreateArgs, config: &Config) -> Result<SessionSpec, CliError
     })
 }
 
+/// A git URL (optionally `#branch`), as opposed to a folder.
 fn looks_like_git_url(target: &str) -> bool {
-    target.starts_with("https://")
-        || target.starts_with("http://")
-        || target.starts_with("ssh://")
-        || target.starts_with("git://")
-        || target.starts_with("git@")
-        || (target.ends_with(".git") && target.contains(':'))
+    let url = target.rsplit_once('#').map_or(target, |(url, _)| url);
+    ["https://", "http://", "ssh://", "git://", "file://", "git@"]
+        .iter()
+        .any(|scheme| target.starts_with(scheme))
+        || (url.ends_with(".git") && url.contains(':'))
 }
 
 fn parse_volume(raw: &str) -> Result<VolumeMount, CliError> {
@@ -603,6 +603,10 @@ fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), Cl
         "init:       {}\n",
         session.init_status.as_deref().unwrap_or("unknown")
     );
+    out += &format!(
+        "project:    {}\n",
+        session.project_status.as_deref().unwrap_or("unknown")
+    );
     out += &format!("owner:      {}\n", session.owner);
     out += &format!("created:    {} ago\n", age(session.created));
     out += &format!(
@@ -629,5 +633,28 @@ fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), Cl
 impl From<ApiError> for CliError {
     fn from(err: ApiError) -> Self {
         CliError::Api(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_git_url;
+
+    #[test]
+    fn git_urls_and_folders() {
+        for url in [
+            "https://example.com/a/b.git",
+            "https://example.com/a/b#dev",
+            "git@example.com:a/b.git",
+            "git@example.com:a/b.git#feature/x",
+            "file:///srv/repo.git",
+            "file:///srv/repo#main",
+            "host:path/repo.git#dev",
+        ] {
+            assert!(looks_like_git_url(url), "{url}");
+        }
+        for path in [".", "/home/me/project", "repo.git", "./a:b", "my#folder"] {
+            assert!(!looks_like_git_url(path), "{path}");
+        }
     }
 }

@@ -213,10 +213,23 @@ impl LocalBackend {
         }
         let mut labels = self.options.extra_labels.clone();
         labels.insert(labels::MANAGED.into(), "true".into());
+        // On cubbi's engine the firewall matches bridges by the engine bridge's prefix.
+        let engine_bridge = self
+            .docker
+            .inspect_network("bridge", None)
+            .await
+            .ok()
+            .and_then(|network| network.options)
+            .and_then(|options| options.get(naming::BRIDGE_NAME_OPTION).cloned());
+        let options = engine_bridge
+            .as_deref()
+            .and_then(naming::network_bridge_name)
+            .map(|bridge| HashMap::from([(naming::BRIDGE_NAME_OPTION.to_string(), bridge)]));
         let request = NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".into()),
             labels: Some(labels),
+            options,
             ..Default::default()
         };
         self.docker
@@ -624,32 +637,38 @@ impl LocalBackend {
         Some(labels.into_session(summary.id.clone()?, session_state))
     }
 
-    async fn init_status(&self, id: &str) -> Option<String> {
+    /// What the container reported back (runtime/CONTRACT.md): cubbi-init's and the project
+    /// clone's status lines, read with one exec; `None` for a file not written yet.
+    async fn reported_status(&self, id: &str) -> (Option<String>, Option<String>) {
         use bollard::exec::{CreateExecOptions, StartExecResults};
-        let exec = self
+        let script = "for f in init-status project-status; do \
+                      s=$(head -n 1 \"/var/lib/cubbi/$f\" 2>/dev/null); printf '%s=%s\\n' \"$f\" \"$s\"; \
+                      done";
+        let Ok(exec) = self
             .docker
             .create_exec(
                 id,
                 CreateExecOptions {
-                    cmd: Some(vec!["cat", "/var/lib/cubbi/init-status"]),
+                    cmd: Some(vec!["sh", "-c", script]),
                     attach_stdout: Some(true),
                     attach_stderr: Some(false),
                     ..Default::default()
                 },
             )
             .await
-            .ok()?;
-        match self.docker.start_exec(&exec.id, None).await.ok()? {
-            StartExecResults::Attached { output, .. } => {
-                let text: String = output
+        else {
+            return (None, None);
+        };
+        let text: String = match self.docker.start_exec(&exec.id, None).await {
+            Ok(StartExecResults::Attached { output, .. }) => {
+                output
                     .filter_map(|chunk| async move { chunk.ok().map(|c| c.to_string()) })
                     .collect()
-                    .await;
-                let text = text.trim().to_string();
-                (!text.is_empty()).then_some(text)
+                    .await
             }
-            StartExecResults::Detached => None,
-        }
+            Ok(StartExecResults::Detached) | Err(_) => return (None, None),
+        };
+        parse_reported_status(&text)
     }
 
     /// One session by exact name or id, else by a unique prefix of either: one `docker ps`,
@@ -754,6 +773,26 @@ fn host_path(path: &Path, what: &str, must_be_dir: bool) -> Result<PathBuf, ApiE
         return Err(refuse_socket());
     }
     Ok(resolved)
+}
+
+/// `init-status=LINE` and `project-status=LINE`, as [`LocalBackend::reported_status`] prints
+/// them; an empty line is a file not written yet.
+fn parse_reported_status(text: &str) -> (Option<String>, Option<String>) {
+    let mut init = None;
+    let mut project = None;
+    for line in text.lines() {
+        let Some((file, status)) = line.split_once('=') else {
+            continue;
+        };
+        let status = status.trim();
+        let status = (!status.is_empty()).then(|| status.to_string());
+        match file {
+            "init-status" => init = status,
+            "project-status" => project = status,
+            _ => {}
+        }
+    }
+    (init, project)
 }
 
 fn is_container_engine_socket(path: &Path) -> bool {
@@ -863,7 +902,7 @@ impl Backend for LocalBackend {
             session.state,
             SessionState::Creating | SessionState::Stopped | SessionState::Exited
         ) {
-            session.init_status = self.init_status(&session.id).await;
+            (session.init_status, session.project_status) = self.reported_status(&session.id).await;
             if session
                 .init_status
                 .as_deref()
@@ -933,5 +972,28 @@ impl Backend for LocalBackend {
             .await
             .map_err(|err| ApiError::unavailable(err.to_string()))?;
         Ok(Box::pin(stream.map(Ok)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_reported_status;
+
+    #[test]
+    fn reported_status_lines() {
+        assert_eq!(
+            parse_reported_status(
+                "init-status=done\nproject-status=failed: git clone (exit 128): fatal: x=y\n"
+            ),
+            (
+                Some("done".into()),
+                Some("failed: git clone (exit 128): fatal: x=y".into())
+            )
+        );
+        assert_eq!(
+            parse_reported_status("init-status=done\nproject-status=\n"),
+            (Some("done".into()), None)
+        );
+        assert_eq!(parse_reported_status(""), (None, None));
     }
 }

@@ -120,6 +120,7 @@ impl SessionLabels {
             workspace: self.workspace,
             command: self.command,
             init_status: None,
+            project_status: None,
         }
     }
 }

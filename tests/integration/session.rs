@@ -8,6 +8,7 @@ use std::time::Duration;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use libtest_mimic::{Failed, Trial};
 
+use crate::support::pty::Terminal;
 use crate::support::{DockerScope, TestHome, docker_test};
 
 pub fn tests() -> Vec<Trial> {
@@ -19,6 +20,8 @@ pub fn tests() -> Vec<Trial> {
         killed_create_leaves_only_what_close_removes,
         refusals_leave_nothing_behind,
         ambiguous_prefix_lists_candidates,
+        connect_is_a_login_shell_on_a_real_terminal,
+        project_is_cloned_into_the_workspace,
     ]
 }
 
@@ -535,6 +538,272 @@ fn ambiguous_prefix_lists_candidates() -> Result<(), Failed> {
             .args(["session", "close", "alpha-one", "alpha-two"])
             .run()
             .success();
+        Ok(())
+    })
+}
+
+fn connect_is_a_login_shell_on_a_real_terminal() -> Result<(), Failed> {
+    docker_test("session-connect", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        scope
+            .cubbi(&home)
+            .args(create_args("tty", &[]))
+            .run()
+            .success();
+
+        // A pipe is no terminal: a clear refusal, not a hang or a garbled session.
+        scope
+            .cubbi(&home)
+            .args(["session", "connect", "tty"])
+            .stdin("echo hi\n")
+            .run()
+            .failure()
+            .stderr_contains("stdin is not a terminal")
+            .stderr_contains("cubbi session exec tty -- CMD");
+
+        let command = scope
+            .cubbi(&home)
+            .env("TERM", "xterm")
+            .args(["session", "connect", "tty"])
+            .into_command();
+        tokio::task::spawn_blocking(move || drive_connect(command))
+            .await?
+            .map_err(Failed::from)
+    })
+}
+
+/// Types into `cubbi session connect` on a 40x120 terminal, resizes it, and exits with 5.
+fn drive_connect(command: Command) -> Result<(), String> {
+    const STEP: Duration = Duration::from_secs(30);
+    let mut term = Terminal::spawn(command, 40, 120).map_err(|err| err.to_string())?;
+    let cooked = term.termios()?;
+    // The echo of what is typed shows `$((40+2))`; only the shell's output shows 42.
+    term.send("echo ready-$((40+2))\r")?;
+    term.expect("ready-42", STEP)?;
+    term.send("shopt -q login_shell && echo login-$((1+1)); id -u\r")?;
+    term.expect("login-2", STEP)?;
+    term.expect("1000", STEP)?;
+    term.send("stty size\r")?;
+    term.expect("40 120", STEP)?;
+
+    // The kernel sends cubbi SIGWINCH; cubbi passes the new size on to the remote terminal.
+    // A command typed right after the resize may reach sshd before the window change, so
+    // ask again until the new size shows (or the deadline passes).
+    term.resize(30, 100)?;
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        term.send("stty size\r")?;
+        match term.expect("30 100", Duration::from_secs(2)) {
+            Ok(()) => break,
+            Err(err) if std::time::Instant::now() >= deadline => {
+                return Err(format!("the resize never reached the session: {err}"));
+            }
+            Err(_) => {}
+        }
+    }
+
+    term.send("exit 5\r")?;
+    let status = term.wait(STEP)?;
+    if status.code() != Some(5) {
+        return Err(format!(
+            "cubbi exited with {status}, not 5; terminal:\n{}",
+            term.transcript()
+        ));
+    }
+    // Raw mode is undone on the way out.
+    let restored = term.termios()?;
+    if restored.local_flags != cooked.local_flags || restored.input_flags != cooked.input_flags {
+        return Err(format!(
+            "the terminal was left changed: {:?} / {:?} instead of {:?} / {:?}",
+            restored.local_flags, restored.input_flags, cooked.local_flags, cooked.input_flags
+        ));
+    }
+    Ok(())
+}
+
+/// git on the host, without the host's or the user's git config.
+fn git(dir: &std::path::Path, args: &[&str]) -> Result<String, Failed> {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .output()
+        .map_err(|err| format!("git is needed on the host (install/test.sh installs it): {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// The project status `session show` reports once the clone has finished (it runs beside
+/// sshd, so a ready session may still be cloning).
+async fn project_status(
+    scope: &DockerScope,
+    home: &TestHome,
+    name: &str,
+) -> Result<String, Failed> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = scope
+            .cubbi(home)
+            .args(["--json", "session", "show", name])
+            .run()
+            .success();
+        let session: serde_json::Value = serde_json::from_str(&shown.stdout())?;
+        if let Some(status) = session["project_status"].as_str() {
+            return Ok(status.to_string());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("no project status after 60 s: {session}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn project_is_cloned_into_the_workspace() -> Result<(), Failed> {
+    docker_test("session-project", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        // A repository with `main` and a `feature` branch one commit ahead, served read-only
+        // into the sessions from a bind mount as file:///srv/repo.git.
+        let repos = tempfile::tempdir()?;
+        let work = repos.path().join("work");
+        let bare = repos.path().join("repo.git");
+        std::fs::create_dir(&work)?;
+        git(&work, &["init", "-q", "-b", "main"])?;
+        std::fs::write(work.join("README"), "on main\n")?;
+        git(&work, &["add", "README"])?;
+        git(&work, &["commit", "-q", "-m", "main"])?;
+        git(&work, &["checkout", "-q", "-b", "feature"])?;
+        std::fs::write(work.join("feature.txt"), "on feature\n")?;
+        git(&work, &["add", "feature.txt"])?;
+        git(&work, &["commit", "-q", "-m", "feature"])?;
+        let feature_commit = git(&work, &["rev-parse", "HEAD"])?;
+        git(
+            repos.path(),
+            &["init", "-q", "--bare", "-b", "main", "repo.git"],
+        )?;
+        git(&work, &["push", "-q", "../repo.git", "main", "feature"])?;
+        // Owned by the agent's uid, as a repository of a host user 1000 would be: git refuses
+        // to serve one owned by someone else ("detected dubious ownership"), and that
+        // protection is not cubbi's to switch off.
+        let chowned = Command::new("chown")
+            .args(["-R", "1000:1000"])
+            .arg(&bare)
+            .status()?;
+        assert!(chowned.success(), "chown of the test repository failed");
+        let mount = format!("{}:/srv/repo.git:ro", bare.display());
+
+        scope
+            .cubbi(&home)
+            .args(create_args(
+                "proj",
+                &["-v", &mount, "--project", "file:///srv/repo.git#feature"],
+            ))
+            .run()
+            .success();
+        assert_eq!(project_status(&scope, &home, "proj").await?, "done");
+        assert_eq!(
+            exec(&scope, &home, "proj", &["cat", "workspace/feature.txt"]),
+            "on feature\n"
+        );
+        assert_eq!(
+            exec(
+                &scope,
+                &home,
+                "proj",
+                &["git", "-C", "workspace", "rev-parse", "HEAD"]
+            )
+            .trim(),
+            feature_commit
+        );
+        assert_eq!(
+            exec(
+                &scope,
+                &home,
+                "proj",
+                &["git", "-C", "workspace", "branch", "--show-current"]
+            )
+            .trim(),
+            "feature"
+        );
+        let owners = exec(
+            &scope,
+            &home,
+            "proj",
+            &[
+                "sh",
+                "-c",
+                "find /home/agent/workspace -printf '%U:%G\\n' | sort -u",
+            ],
+        );
+        assert_eq!(owners.trim(), "1000:1000", "owners in the workspace");
+        scope
+            .cubbi(&home)
+            .args(["session", "show", "proj"])
+            .run()
+            .success()
+            .stdout_contains("project:    done");
+
+        // A repository that does not exist: the session still comes up (the clone never
+        // holds up boot), and `session show` says what went wrong.
+        scope
+            .cubbi(&home)
+            .args(create_args(
+                "badproj",
+                &["-v", &mount, "--project", "file:///srv/missing.git"],
+            ))
+            .run()
+            .success();
+        let failed = project_status(&scope, &home, "badproj").await?;
+        assert!(
+            failed.starts_with("failed: git clone (exit 128): fatal:")
+                && failed.contains("does not appear to be a git repository"),
+            "{failed}"
+        );
+        scope
+            .cubbi(&home)
+            .args(["session", "show", "badproj"])
+            .run()
+            .success()
+            .stdout_contains("project:    failed: git clone");
+        assert_eq!(
+            exec(&scope, &home, "badproj", &["ls", "-A", "workspace"]),
+            ""
+        );
+
+        // The shorthand `cubbi GIT_URL`: named after the repository, default branch.
+        scope
+            .cubbi(&home)
+            .args([
+                "--image",
+                "base",
+                "--no-connect",
+                "--volume",
+                &mount,
+                "--runtime",
+                "runc",
+                "--unsafe-runc",
+                "file:///srv/repo.git",
+            ])
+            .run()
+            .success();
+        assert_eq!(project_status(&scope, &home, "repo").await?, "done");
+        assert_eq!(
+            exec(&scope, &home, "repo", &["cat", "workspace/README"]),
+            "on main\n"
+        );
+        assert_eq!(
+            exec(&scope, &home, "repo", &["ls", "workspace"]).trim(),
+            "README"
+        );
         Ok(())
     })
 }

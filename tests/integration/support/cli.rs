@@ -53,6 +53,11 @@ impl Cubbi {
         self
     }
 
+    /// The command as configured, for tests that attach it to something else (a terminal).
+    pub fn into_command(self) -> Command {
+        self.command
+    }
+
     /// Runs without waiting, for tests that interrupt a command.
     pub fn spawn(mut self) -> std::process::Child {
         self.command

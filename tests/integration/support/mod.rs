@@ -5,6 +5,7 @@ pub mod base_image;
 pub mod cli;
 pub mod dockerd;
 pub mod images;
+pub mod pty;
 
 use std::collections::HashMap;
 use std::future::Future;
