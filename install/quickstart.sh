@@ -46,7 +46,10 @@ cargo build --release --locked
 "${sudo[@]}" install -m 0755 target/release/cubbi /usr/local/bin/cubbi
 
 say "setting up the dedicated Docker endpoint (cubbi setup)"
-"${sudo[@]}" cubbi setup
+setup_args=()
+# Without Sysbox, images can only build with runc as the engine's default runtime.
+[ "$unsafe" = 1 ] && ! command -v sysbox-runc >/dev/null 2>&1 && setup_args=(--unsafe-runc)
+"${sudo[@]}" cubbi setup "${setup_args[@]}"
 
 # The socket belongs to group cubbi; a shell started before setup is not in it yet.
 run_cubbi() {
@@ -54,7 +57,7 @@ run_cubbi() {
 }
 
 runtime=()
-if ! run_cubbi --json doctor | python3 -c 'import json,sys; sys.exit(0 if any(c["id"]=="sysbox-runc" and c["status"]=="ok" for c in json.load(sys.stdin)["checks"]) else 1)'; then
+if ! run_cubbi --json doctor 2>/dev/null | python3 -c 'import json,sys; sys.exit(0 if any(c["id"]=="sysbox-runc" and c["status"]=="ok" for c in json.load(sys.stdin)["checks"]) else 1)'; then
     if [ "$unsafe" = 0 ]; then
         cat >&2 <<'MSG'
 
@@ -70,5 +73,16 @@ fi
 say "building the $image image (Docker's cache makes a rebuild quick)"
 run_cubbi image build "$image"
 
-say "creating a session"
-run_cubbi session create --image "$image" "${runtime[@]}" "${connect[@]}"
+# One session per image; a second run connects to it instead of making another.
+name="quickstart-$image"
+if run_cubbi session show "$name" >/dev/null 2>&1; then
+    say "session $name exists already"
+    if ((${#connect[@]})); then
+        run_cubbi session show "$name"
+    else
+        run_cubbi session connect "$name"
+    fi
+else
+    say "creating session $name"
+    run_cubbi session create --name "$name" --image "$image" "${runtime[@]}" "${connect[@]}"
+fi

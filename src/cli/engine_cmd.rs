@@ -209,6 +209,7 @@ fn ensure_config(
         paths,
         bridge: &settings.bridge,
         pool: settings.pool,
+        default_runtime: &settings.default_runtime,
         socket_group: group_exists.then_some(SOCKET_GROUP),
     });
     let existing = match std::fs::read_to_string(&paths.daemon_json) {

@@ -57,6 +57,11 @@ pub struct SetupArgs {
     /// Run the engine supervised (`cubbi engine start`) even where systemd is PID 1.
     #[arg(long)]
     supervised: bool,
+    /// On a host without Sysbox, make runc the engine's default runtime (so images build)
+    /// instead of installing Sysbox. Sessions then need --unsafe-runc too and are NOT isolated
+    /// from the host: for trials and CI only.
+    #[arg(long, conflicts_with_all = ["sysbox_deb", "skip_sysbox"])]
+    unsafe_runc: bool,
     /// Stop and remove the engine, its unit, rules, context and config (the data-root stays).
     #[arg(long)]
     uninstall: bool,
@@ -158,6 +163,7 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
         bridge: args.bridge.clone(),
         invoking_user,
         supervised: args.supervised,
+        unsafe_runc: args.unsafe_runc,
     };
     let plan = plan::plan_setup(&facts, &state, &paths, &options).map_err(refused)?;
     if args.dry_run {
@@ -183,7 +189,13 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
         .iter()
         .any(|r| r.id == "engine" && matches!(r.outcome, Outcome::Failed | Outcome::NotAttempted));
     if engine_up {
-        for check in verify::verify_endpoint(&paths.endpoint(), facts.has_sysbox()).await {
+        for check in verify::verify_endpoint(
+            &paths.endpoint(),
+            &plan.settings.default_runtime,
+            facts.has_sysbox(),
+        )
+        .await
+        {
             let report = verification_report(check);
             print_progress(mode, &report);
             reports.push(report);

@@ -142,6 +142,11 @@ pub async fn gather(
             pool: settings
                 .as_ref()
                 .map_or(crate::engine::settings::DEFAULT_POOL, |s| s.pool),
+            default_runtime: settings
+                .as_ref()
+                .map_or(crate::engine::daemon_json::SYSBOX_RUNTIME, |s| {
+                    s.default_runtime.as_str()
+                }),
             // Setup always names the group; a bare `engine start` leaves it out when it is missing.
             socket_group: nix::unistd::Group::from_name(crate::engine::SOCKET_GROUP)
                 .ok()

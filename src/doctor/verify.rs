@@ -17,8 +17,13 @@ use crate::engine::daemon_json::SYSBOX_RUNTIME;
 /// The image the smoke container prefers (any local image does).
 const SMOKE_IMAGE: &str = "cubbi-base:latest";
 
-/// Every verification, in order; the first failing one ends it.
-pub async fn verify_endpoint(endpoint: &str, sysbox_installed: bool) -> Vec<Check> {
+/// Every verification, in order; the first failing one ends it. `default_runtime` is what setup
+/// configured: sysbox-runc, or runc after `--unsafe-runc`.
+pub async fn verify_endpoint(
+    endpoint: &str,
+    default_runtime: &str,
+    sysbox_installed: bool,
+) -> Vec<Check> {
     let docker = match crate::docker::connect(endpoint).await {
         Ok(docker) => docker,
         Err(err) => {
@@ -35,6 +40,30 @@ pub async fn verify_endpoint(endpoint: &str, sysbox_installed: bool) -> Vec<Chec
         .await
         .ok()
         .and_then(|info| serde_json::to_value(info).ok());
+    if default_runtime != SYSBOX_RUNTIME {
+        let actual = info
+            .as_ref()
+            .and_then(|info| info.get("DefaultRuntime"))
+            .and_then(|value| value.as_str())
+            .unwrap_or("unknown");
+        results.push(if actual == default_runtime {
+            Check::warn(
+                "sysbox-default-runtime",
+                format!(
+                    "{actual} is the default runtime (--unsafe-runc): sessions are NOT isolated \
+                     from the host"
+                ),
+                "install Sysbox, then sudo cubbi setup (without --unsafe-runc)",
+            )
+        } else {
+            Check::fail(
+                "sysbox-default-runtime",
+                format!("the default runtime is {actual}, setup configured {default_runtime}"),
+                "sudo cubbi setup",
+            )
+        });
+        return results;
+    }
     let runtime = checks::sysbox_runtime(info.as_ref());
     let runtime_ok = runtime.status == Status::Ok;
     results.push(runtime);

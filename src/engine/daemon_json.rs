@@ -57,6 +57,8 @@ pub struct DaemonSettings<'a> {
     pub bridge: &'a str,
     /// Where the engine's other networks take their /24s from.
     pub pool: Ipv4Net,
+    /// sysbox-runc, or runc on a host without Sysbox after `setup --unsafe-runc`.
+    pub default_runtime: &'a str,
     /// The socket's group; `None` leaves dockerd's default (and a missing group would stop it).
     pub socket_group: Option<&'a str>,
 }
@@ -70,7 +72,7 @@ pub fn render(settings: &DaemonSettings<'_>) -> Map<String, Value> {
     map.insert("exec-root".into(), json!(paths.exec_root));
     map.insert("pidfile".into(), json!(paths.pidfile));
     map.insert("bridge".into(), json!(settings.bridge));
-    map.insert("default-runtime".into(), json!(SYSBOX_RUNTIME));
+    map.insert("default-runtime".into(), json!(settings.default_runtime));
     // A second dockerd with iptables on deletes and re-creates the shared DOCKER chains at start,
     // dropping the host Docker's port forwards; cubbi writes the engine's rules itself
     // (`engine::firewall`).
@@ -203,6 +205,7 @@ mod tests {
             paths: &paths,
             bridge: "cubbi0",
             pool: "10.214.0.0/16".parse().unwrap(),
+            default_runtime: SYSBOX_RUNTIME,
             socket_group: Some("cubbi"),
         })
     }

@@ -141,6 +141,8 @@ pub struct SetupOptions {
     pub invoking_user: Option<String>,
     /// Use the supervised engine even where systemd is PID 1.
     pub supervised: bool,
+    /// Without Sysbox, make runc the engine's default runtime instead of installing Sysbox.
+    pub unsafe_runc: bool,
 }
 
 /// What is in place now, read before planning.
@@ -321,11 +323,15 @@ pub fn plan_setup(
         .as_ref()
         .map(|recorded| recorded.subnet));
     let subnet = subnet::choose_subnet(&facts.routes, &bridge, wanted_subnet)?;
-    let settings = EngineSettings::new(bridge.clone(), subnet, options.egress_guard);
+    let mut settings = EngineSettings::new(bridge.clone(), subnet, options.egress_guard);
+    if options.unsafe_runc && !facts.has_sysbox() {
+        settings.default_runtime = "runc".into();
+    }
     let desired = daemon_json::render(&DaemonSettings {
         paths,
         bridge: &bridge,
         pool: settings.pool,
+        default_runtime: &settings.default_runtime,
         socket_group: Some(SOCKET_GROUP),
     });
     let (merged, backup_invalid) =
@@ -354,8 +360,9 @@ pub fn plan_setup(
             "daemon-json",
             StepState::ToDo,
             format!(
-                "write {} (bridge {bridge}, subnet {subnet}){kept}{}",
+                "write {} (bridge {bridge}, subnet {subnet}, default runtime {}){kept}{}",
                 paths.daemon_json.display(),
+                settings.default_runtime,
                 if backup_invalid {
                     "; the invalid file is backed up first"
                 } else {
@@ -541,6 +548,16 @@ fn plan_sysbox(facts: &HostFacts, options: &SetupOptions) -> Step {
             "sysbox",
             StepState::Done,
             "sysbox-runc, sysbox-mgr and sysbox-fs are installed",
+            Action::Nothing,
+        );
+    }
+    if options.unsafe_runc {
+        return Step::new(
+            "sysbox",
+            StepState::Skipped,
+            "--unsafe-runc: Sysbox is not installed and runc is the engine's default runtime; \
+             sessions are NOT isolated from the host (install Sysbox and run setup without \
+             --unsafe-runc to fix that)",
             Action::Nothing,
         );
     }
@@ -1089,6 +1106,49 @@ mod tests {
             panic!("{:?}", firewall.action)
         };
         assert!(script.contains("MASQUERADE") && !script.contains("CUBBI-EGRESS"));
+    }
+
+    #[test]
+    fn unsafe_runc_makes_runc_the_default_instead_of_installing_sysbox() {
+        let opts = SetupOptions {
+            unsafe_runc: true,
+            ..options()
+        };
+        let plan = plan_setup(
+            &debian(),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &opts,
+        )
+        .unwrap();
+        let sysbox = state_of(&plan, "sysbox");
+        assert_eq!(sysbox.state, StepState::Skipped);
+        assert!(
+            sysbox.finding.contains("NOT isolated"),
+            "{}",
+            sysbox.finding
+        );
+        assert_eq!(plan.settings.default_runtime, "runc");
+        let Action::WriteConfig { daemon_json, .. } = &state_of(&plan, "daemon-json").action else {
+            panic!("daemon.json is written")
+        };
+        let written: serde_json::Value = serde_json::from_str(daemon_json).unwrap();
+        assert_eq!(written["default-runtime"], "runc");
+        // Sysbox registered and still named, so installing it later is one setup away.
+        assert!(written["runtimes"]["sysbox-runc"].is_object());
+        // Without the flag the engine's default stays sysbox-runc.
+        assert_eq!(
+            plan_setup(
+                &debian(),
+                &EngineState::default(),
+                &EnginePaths::system(),
+                &options()
+            )
+            .unwrap()
+            .settings
+            .default_runtime,
+            "sysbox-runc"
+        );
     }
 
     #[test]

@@ -23,6 +23,10 @@ fn enabled() -> bool {
     true
 }
 
+fn sysbox_runtime() -> String {
+    super::daemon_json::SYSBOX_RUNTIME.to_string()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSettings {
@@ -36,6 +40,10 @@ pub struct EngineSettings {
     /// Whether the firewall includes the egress guard (`setup --no-egress-guard` turns it off).
     #[serde(default = "enabled")]
     pub egress_guard: bool,
+    /// The engine's default runtime: sysbox-runc, or runc after `setup --unsafe-runc` on a host
+    /// without Sysbox (image builds run under the default runtime).
+    #[serde(default = "sysbox_runtime")]
+    pub default_runtime: String,
 }
 
 impl EngineSettings {
@@ -45,12 +53,16 @@ impl EngineSettings {
             subnet,
             pool: default_pool(),
             egress_guard,
+            default_runtime: sysbox_runtime(),
         }
     }
 
     /// Whether dockerd must restart to apply `other` (the guard is cubbi's own rules only).
     pub fn same_engine(&self, other: &Self) -> bool {
-        self.bridge == other.bridge && self.subnet == other.subnet && self.pool == other.pool
+        self.bridge == other.bridge
+            && self.subnet == other.subnet
+            && self.pool == other.pool
+            && self.default_runtime == other.default_runtime
     }
 }
 

@@ -124,6 +124,15 @@ fn failure(
     let mut output: Vec<String> = tail.iter().map(|line| format!("  {line}")).collect();
     if let Some(message) = message {
         output.push(format!("  {}", message.trim()));
+        if message.contains("sysbox-runc: no such file") {
+            // Builds run under the engine's default runtime, which names a Sysbox not installed.
+            output.push(
+                "  the endpoint's default runtime is sysbox-runc, which is not installed: install \
+                 Sysbox (sudo cubbi setup), or for a trial without isolation run \
+                 `sudo cubbi setup --unsafe-runc` so images build with runc"
+                    .to_string(),
+            );
+        }
     }
     ImageError::BuildFailed {
         tag: request.tag.clone(),

@@ -389,6 +389,10 @@ fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
         let rules = sc.ok("iptables -w -S; iptables -w -t nat -S; ip6tables -w -S");
         assert!(!rules.contains("CUBBI"), "{rules}");
         sc.ok("test ! -e /etc/cubbi/docker/firewall.sh");
+        for bridge in ["cubbi0", "cubbi0n"] {
+            let left = sc.sh(&format!("ip link show {bridge}"));
+            assert!(!left.status.success(), "uninstall left the bridge {bridge}");
+        }
         // ... and the endpoint brought back without the guard reaches every listener: it was
         // the guard, not the network, that kept them out.
         let (ok, unguarded) = sc.cubbi(&[
