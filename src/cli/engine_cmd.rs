@@ -150,9 +150,7 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
     let recorded = ensure_config(&paths, &facts, &args.bridge, args.subnet).map_err(refused)?;
     // dockerd runs without iptables: NAT and the egress guard are cubbi's, put in place first.
     if facts.has("iptables") {
-        let nameservers = firewall::parse_nameservers(
-            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        );
+        let nameservers = firewall::host_nameservers();
         let rules = plan::firewall_rules(&facts, &recorded, &nameservers);
         apply::install_firewall(
             &paths,

@@ -186,9 +186,7 @@ pub async fn gather(
         (Some(_), false, _) => Readable::NeedsRoot,
         (Some(_), true, false) => Readable::Unknown("iptables is not installed".into()),
         (Some(settings), true, true) => {
-            let nameservers = firewall::parse_nameservers(
-                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-            );
+            let nameservers = firewall::host_nameservers();
             Readable::Read(
                 crate::engine::plan::firewall_rules(&host, settings, &nameservers)
                     .is_installed(probes.runner),

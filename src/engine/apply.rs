@@ -85,9 +85,7 @@ pub async fn read_state(
         ),
         None => (false, false),
     };
-    let nameservers = firewall::parse_nameservers(
-        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-    );
+    let nameservers = firewall::host_nameservers();
     let firewall_installed = engine_settings.as_ref().is_some_and(|settings| {
         env.facts.has("iptables")
             && super::plan::firewall_rules(env.facts, settings, &nameservers)

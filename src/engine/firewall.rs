@@ -108,6 +108,27 @@ fn is_blocked(address: Ipv4Addr) -> bool {
         .any(|net| net.contains(&address))
 }
 
+/// systemd-resolved's list of the real upstream servers, which Docker hands containers when
+/// `/etc/resolv.conf` names only the local stub (127.0.0.53).
+const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
+
+/// The DNS servers containers on the engine use, read as Docker reads them.
+pub fn host_nameservers() -> Vec<Ipv4Addr> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    choose_nameservers(&read("/etc/resolv.conf"), || read(RESOLVED_UPSTREAMS))
+}
+
+/// `/etc/resolv.conf`'s servers, unless they are all loopback (a local stub resolver that
+/// containers cannot reach): then systemd-resolved's upstreams.
+fn choose_nameservers(resolv_conf: &str, upstreams: impl FnOnce() -> String) -> Vec<Ipv4Addr> {
+    let listed = parse_nameservers(resolv_conf);
+    if listed.iter().all(Ipv4Addr::is_loopback) {
+        parse_nameservers(&upstreams())
+    } else {
+        listed
+    }
+}
+
 /// The nameservers in `/etc/resolv.conf` text.
 pub fn parse_nameservers(resolv_conf: &str) -> Vec<Ipv4Addr> {
     resolv_conf
@@ -510,6 +531,21 @@ mod tests {
             [Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::new(1, 1, 1, 1)]
         );
         assert!(parse_nameservers("nameserver ::1\n").is_empty());
+    }
+
+    #[test]
+    fn a_local_stub_resolver_gives_way_to_its_upstreams() {
+        let stub = "nameserver 127.0.0.53\noptions edns0\n";
+        let upstreams = || "nameserver 192.168.1.1\n".to_string();
+        assert_eq!(
+            choose_nameservers(stub, upstreams),
+            [Ipv4Addr::new(192, 168, 1, 1)]
+        );
+        let lan = "nameserver 10.0.0.2\n";
+        assert_eq!(
+            choose_nameservers(lan, || panic!("not read")),
+            [Ipv4Addr::new(10, 0, 0, 2)]
+        );
     }
 
     #[test]
