@@ -60,7 +60,7 @@ pub struct SetupArgs {
     /// On a host without Sysbox, make runc the engine's default runtime (so images build)
     /// instead of installing Sysbox. Sessions then need --unsafe-runc too and are NOT isolated
     /// from the host: for trials and CI only.
-    #[arg(long, conflicts_with_all = ["sysbox_deb", "skip_sysbox"])]
+    #[arg(long, conflicts_with = "sysbox_deb")]
     unsafe_runc: bool,
     /// Stop and remove the engine, its unit, rules, context and config (the data-root stays).
     #[arg(long)]

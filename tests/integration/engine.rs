@@ -186,6 +186,36 @@ fn engine_start_doctor_stop() -> Result<(), Failed> {
         "{sysbox}"
     );
 
+    // Builds run under the default runtime, sysbox-runc, which is missing: the failure says
+    // what to do instead of only Docker's OCI error.
+    let image_dir = tempfile::tempdir()?;
+    std::fs::write(
+        image_dir.path().join("Dockerfile"),
+        "FROM scratch\nRUN true\n",
+    )?;
+    std::fs::write(
+        image_dir.path().join("cubbi-image.toml"),
+        "name = \"scratchy\"\ndescription = \"x\"\nversion = \"1\"\ncommand = [\"true\"]\nversion_command = [\"true\"]\n",
+    )?;
+    let endpoint = format!("unix://{root}/docker.sock");
+    engine
+        .cubbi()
+        .args([
+            "--endpoint",
+            &endpoint,
+            "image",
+            "build",
+            "--no-host-ca",
+            "--base",
+            "scratch",
+            "--from",
+        ])
+        .args([image_dir.path().display().to_string()])
+        .run()
+        .failure()
+        .stderr_contains("sysbox-runc, which is not installed")
+        .stderr_contains("--unsafe-runc");
+
     engine
         .cubbi()
         .args(["engine", "stop", "--engine-root", &root])
@@ -238,6 +268,32 @@ fn setup_on_a_private_root_is_idempotent_and_uninstalls() -> Result<(), Failed> 
         .stdout_contains("engine mode: supervised")
         .stdout_contains("[changed] engine");
     setup(&[]).success().stdout_contains("nothing changed");
+
+    // Without Sysbox, --unsafe-runc makes runc the default runtime (so images build), restarts
+    // the engine for it, and verify says sessions are not isolated.
+    setup(&["--unsafe-runc"])
+        .success()
+        .stdout_contains("default runtime runc")
+        .stdout_contains("[changed] engine")
+        .stdout_contains("NOT isolated");
+    let default_runtime = Command::new("docker")
+        .args([
+            "-H",
+            &format!("unix://{root}/docker.sock"),
+            "info",
+            "--format",
+        ])
+        .arg("{{.DefaultRuntime}}")
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&default_runtime.stdout).trim(),
+        "runc",
+        "{}",
+        String::from_utf8_lossy(&default_runtime.stderr)
+    );
+    setup(&["--unsafe-runc"])
+        .success()
+        .stdout_contains("nothing changed");
 
     // A key added by hand survives a re-run that has something to change.
     let daemon_json = Path::new(&root).join("daemon.json");
