@@ -341,7 +341,16 @@ async fn apply_action(
             ))
         }
         Action::InstallFirewall { script, rules } => {
-            install_firewall(env.paths, runner, script, rules)?;
+            write_atomically(&env.paths.firewall_script, script, 0o700)?;
+            // A guard turned off leaves its chains behind unless they go explicitly.
+            let everything = EngineSettings {
+                egress_guard: true,
+                ..plan.settings.clone()
+            };
+            rules.replace(
+                &super::plan::firewall_rules(env.facts, &everything, &[]),
+                runner,
+            )?;
             Ok(String::new())
         }
         Action::CreateDockerContext { endpoint, user } => {

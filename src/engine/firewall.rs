@@ -363,6 +363,36 @@ impl RuleSet {
         Ok(())
     }
 
+    /// Installs this set and removes what `superset` has beyond it (the guard's chains and hooks
+    /// when the guard is turned off), with no moment without rules in between.
+    pub fn replace(
+        &self,
+        superset: &RuleSet,
+        runner: &dyn CommandRunner,
+    ) -> Result<(), CommandError> {
+        self.install(runner)?;
+        let stale = RuleSet {
+            chains: superset
+                .chains
+                .iter()
+                .filter(|chain| {
+                    !self
+                        .chains
+                        .iter()
+                        .any(|own| own.family == chain.family && own.name == chain.name)
+                })
+                .cloned()
+                .collect(),
+            hooks: superset
+                .hooks
+                .iter()
+                .filter(|hook| !self.hooks.contains(hook))
+                .cloned()
+                .collect(),
+        };
+        stale.uninstall(runner)
+    }
+
     /// Removes the hooks and the chains; absent pieces are fine.
     pub fn uninstall(&self, runner: &dyn CommandRunner) -> Result<(), CommandError> {
         for hook in &self.hooks {
@@ -697,6 +727,31 @@ mod tests {
             commands.last().map(String::as_str),
             Some("ip6tables -w -t filter -X CUBBI-EGRESS6")
         );
+    }
+
+    #[test]
+    fn turning_the_guard_off_removes_only_the_guard() {
+        let runner = RecordingRunner::default();
+        rule_set(&settings(false))
+            .replace(&rule_set(&settings(true)), &runner)
+            .unwrap();
+        let commands = runner.commands();
+        for gone in [
+            "iptables -w -t filter -D INPUT -i cubbi0+ -j CUBBI-INPUT",
+            "iptables -w -t filter -X CUBBI-INPUT",
+            "iptables -w -t filter -X CUBBI-EGRESS",
+            "ip6tables -w -t filter -X CUBBI-EGRESS6",
+        ] {
+            assert!(commands.iter().any(|c| c == gone), "{gone}: {commands:#?}");
+        }
+        for kept in [
+            "-X CUBBI-FORWARD",
+            "-X CUBBI-POSTROUTING",
+            "-D FORWARD -j",
+            "-D POSTROUTING",
+        ] {
+            assert!(commands.iter().all(|c| !c.contains(kept)), "{kept}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub fn tests() -> Vec<Trial> {
         engine_start_doctor_stop,
         setup_on_a_private_root_is_idempotent_and_uninstalls,
         setup_refuses_bad_input_and_changes_nothing,
+        a_session_on_the_setup_engine_is_kept_off_the_host,
     ]
 }
 
@@ -100,9 +101,11 @@ impl Drop for PrivateEngine {
             .args(["engine", "stop", "--timeout", "30", "--engine-root"])
             .args([self.root_arg()])
             .run();
-        let _ = Command::new("ip")
-            .args(["link", "delete", &self.bridge])
-            .output();
+        for bridge in [self.bridge.clone(), format!("{}n", self.bridge)] {
+            let _ = Command::new("ip")
+                .args(["link", "delete", &bridge])
+                .output();
+        }
         // `engine start` put cubbi's firewall for this bridge into the host's iptables.
         let firewall = self.root.join("firewall.sh");
         if firewall.exists() {
@@ -441,4 +444,154 @@ fn setup_refuses_bad_input_and_changes_nothing() -> Result<(), Failed> {
         "the host Docker's files changed"
     );
     Ok(())
+}
+
+/// From inside `name`, a TCP connection to `address:port`: "open" or "refused".
+fn session_connects(
+    home_cubbi: impl Fn() -> Cubbi,
+    name: &str,
+    address: &str,
+    port: u16,
+) -> String {
+    let probe = format!(
+        "timeout 10 bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null && echo open || echo refused"
+    );
+    home_cubbi()
+        .args(["session", "exec", name, "--", "bash", "-c", &probe])
+        .run()
+        .success()
+        .stdout()
+        .trim()
+        .to_string()
+}
+
+/// A real session on an engine `cubbi setup` made: its network gets the engine bridge's prefix,
+/// so the firewall covers it. A listener on every address of this machine is out of the
+/// session's reach with the egress guard (its gateway and the machine's own address), and in
+/// reach once setup drops the guard, live, without restarting the engine.
+fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
+    let _one_at_a_time = require_root_and_dockerd()?;
+    crate::support::docker_test("engine-session", |scope| async move {
+        scope.ensure_base().await?;
+        let mut engine = PrivateEngine::new("g")?;
+        engine.bridge = format!("cubbig{}", std::process::id() % 100_000);
+        let root = engine.root_arg();
+        let private = format!("unix://{root}/docker.sock");
+        let setup = |extra: &[&str]| {
+            engine
+                .cubbi()
+                .args(["setup", "--engine-root", &root, "--bridge", &engine.bridge])
+                .args(["--skip-sysbox", "--no-docker-context", "--unsafe-runc"])
+                .args(extra)
+                .run()
+        };
+        setup(&[]).success().stdout_contains("egress guard on");
+        let copied = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker -H {} save cubbi-base | docker -H {private} load",
+                scope.endpoint
+            ))
+            .output()?;
+        assert!(
+            copied.status.success(),
+            "copying cubbi-base: {}",
+            String::from_utf8_lossy(&copied.stderr)
+        );
+        let cubbi = || {
+            engine
+                .cubbi()
+                .env("CUBBI_DOCKER_HOST", &private)
+                .env("CUBBI_OWNER", &scope.id)
+        };
+        cubbi()
+            .args([
+                "session",
+                "create",
+                "--image",
+                "base",
+                "--no-connect",
+                "--name",
+                "guarded",
+            ])
+            .args(["--runtime", "runc", "--unsafe-runc"])
+            .run()
+            .success();
+        let network_bridge = format!("{}n", engine.bridge);
+        let bridge_up = Command::new("ip")
+            .args(["link", "show", "dev", &network_bridge])
+            .output()?;
+        assert!(
+            bridge_up.status.success(),
+            "cubbi-network's bridge is not named {network_bridge}"
+        );
+
+        let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
+        let port = listener.local_addr()?.port();
+        let route = cubbi()
+            .args([
+                "session", "exec", "guarded", "--", "ip", "-4", "route", "show", "default",
+            ])
+            .run()
+            .success()
+            .stdout();
+        let gateway = route
+            .split_whitespace()
+            .skip_while(|word| *word != "via")
+            .nth(1)
+            .ok_or_else(|| format!("no default route in the session: {route}"))?
+            .to_string();
+        let host_route = Command::new("ip")
+            .args(["-4", "route", "get", "1.1.1.1"])
+            .output()?;
+        let host_route = String::from_utf8_lossy(&host_route.stdout).into_owned();
+        let host_address = host_route
+            .split_whitespace()
+            .skip_while(|word| *word != "src")
+            .nth(1)
+            .ok_or_else(|| format!("no source address in `ip route get`: {host_route}"))?
+            .to_string();
+        for address in [&gateway, &host_address] {
+            assert_eq!(
+                session_connects(cubbi, "guarded", address, port),
+                "refused",
+                "with the egress guard the session reached this machine at {address}:{port}"
+            );
+        }
+
+        // Without the guard the same listener answers: it was the guard that kept it out.
+        setup(&["--no-egress-guard"])
+            .success()
+            .stdout_contains("egress guard OFF")
+            .stdout_contains("[ok     ] engine");
+        for address in [&gateway, &host_address] {
+            assert_eq!(
+                session_connects(cubbi, "guarded", address, port),
+                "open",
+                "without the guard {address}:{port} must answer"
+            );
+        }
+        drop(listener);
+
+        cubbi()
+            .args(["session", "close", "guarded"])
+            .run()
+            .success();
+        setup(&["--uninstall", "--purge"]).success();
+        let left = Command::new("ip")
+            .args(["link", "show", "dev", &network_bridge])
+            .output()?;
+        assert!(!left.status.success(), "uninstall left {network_bridge}");
+        let rules = Command::new("sh")
+            .arg("-c")
+            .arg("iptables -w -S; iptables -w -t nat -S; ip6tables -w -S")
+            .output()?;
+        let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+        assert!(
+            !rules.contains(&engine.bridge),
+            "uninstall left rules for {}:\n{rules}",
+            engine.bridge
+        );
+        Ok(())
+    })
 }
