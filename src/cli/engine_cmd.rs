@@ -155,7 +155,10 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
         apply::install_firewall(
             &paths,
             &SystemRunner,
-            &rules.script(&recorded.bridge),
+            &rules.script(
+                &recorded.bridge,
+                &plan::firewall_superset(&facts, &recorded),
+            ),
             &rules,
         )
         .map_err(refused)?;

@@ -343,12 +343,8 @@ async fn apply_action(
         Action::InstallFirewall { script, rules } => {
             write_atomically(&env.paths.firewall_script, script, 0o700)?;
             // A guard turned off leaves its chains behind unless they go explicitly.
-            let everything = EngineSettings {
-                egress_guard: true,
-                ..plan.settings.clone()
-            };
             rules.replace(
-                &super::plan::firewall_rules(env.facts, &everything, &[]),
+                &super::plan::firewall_superset(env.facts, &plan.settings),
                 runner,
             )?;
             Ok(String::new())
@@ -583,16 +579,10 @@ async fn uninstall_step(
             Ok(())
         }
         "firewall" => {
-            if let Some(settings) = &state.engine_settings {
-                // With the guard: its chains and hooks are a superset of the unguarded set.
-                let everything = EngineSettings {
-                    egress_guard: true,
-                    ..settings.clone()
-                };
-                if env.facts.has("iptables") {
-                    super::plan::firewall_rules(env.facts, &everything, &state.nameservers)
-                        .uninstall(env.runner)?;
-                }
+            if let Some(settings) = &state.engine_settings
+                && env.facts.has("iptables")
+            {
+                super::plan::firewall_superset(env.facts, settings).uninstall(env.runner)?;
             }
             remove_if_present(&paths.firewall_script)
         }

@@ -5,15 +5,16 @@
 //! forwards until that daemon restarts. cubbi therefore writes its own rules, in chains of its own
 //! that nobody else flushes:
 //!
-//! - `nat CUBBI-POSTROUTING`: masquerade the engine's subnets going anywhere but its bridges (what
-//!   dockerd's `ip-masq` would do); published ports go through docker-proxy and need no DNAT.
-//! - `filter CUBBI-FORWARD`: let the bridges' traffic out and the replies back in, through the
-//!   egress guard first.
-//! - the egress guard (on by default): `CUBBI-EGRESS` rejects private networks, link-local and the
-//!   cloud metadata address for forwarded traffic; `CUBBI-INPUT` rejects every new connection from
-//!   a session to the machine itself (its gateway, its LAN and VPN addresses); IPv6 from the
-//!   bridges is rejected altogether (the engine gives sessions none, but link-local reaches the
-//!   host).
+//! - `nat CUBBI-NAT-<bridge>`: masquerade the engine's subnets going anywhere but its bridges
+//!   (what dockerd's `ip-masq` would do); published ports go through docker-proxy and need no
+//!   DNAT.
+//! - `filter CUBBI-FWD-<bridge>`: let the bridges' traffic out and the replies back in, through
+//!   the egress guard first.
+//! - the egress guard (on by default): `CUBBI-EGRESS-<bridge>` rejects private networks,
+//!   link-local and the cloud metadata address for forwarded traffic; `CUBBI-INPUT-<bridge>`
+//!   rejects every new connection from a session to the machine itself (its gateway, its LAN
+//!   and VPN addresses); `ip6tables CUBBI-V6-<bridge>` rejects IPv6 from the bridges altogether
+//!   (the engine gives sessions none, but link-local reaches the host).
 //!
 //! Rules match interfaces, never source addresses a session could forge: every bridge of the
 //! engine is named with the engine bridge's prefix (`cubbi0`, `cubbi0n` for `cubbi-network`), so
@@ -28,11 +29,14 @@ use ipnet::Ipv4Net;
 
 use super::runner::{CommandError, CommandRunner};
 
-pub const NAT_CHAIN: &str = "CUBBI-POSTROUTING";
-pub const FORWARD_CHAIN: &str = "CUBBI-FORWARD";
-pub const EGRESS_CHAIN: &str = "CUBBI-EGRESS";
-pub const INPUT_CHAIN: &str = "CUBBI-INPUT";
-pub const EGRESS6_CHAIN: &str = "CUBBI-EGRESS6";
+/// Chain names are these prefixes plus the engine's bridge, so two engines on one host (a
+/// system one and a trial under `--engine-root`) never flush each other's rules. With a bridge
+/// of at most 15 characters every name stays within iptables' 28.
+pub const NAT_PREFIX: &str = "CUBBI-NAT-";
+pub const FORWARD_PREFIX: &str = "CUBBI-FWD-";
+pub const EGRESS_PREFIX: &str = "CUBBI-EGRESS-";
+pub const INPUT_PREFIX: &str = "CUBBI-INPUT-";
+pub const V6_PREFIX: &str = "CUBBI-V6-";
 
 /// Destinations sessions may not reach: RFC 1918, link-local (which holds 169.254.169.254).
 pub const BLOCKED: &[&str] = &[
@@ -78,7 +82,7 @@ impl Family {
 pub struct Chain {
     pub family: Family,
     pub table: &'static str,
-    pub name: &'static str,
+    pub name: String,
     pub rules: Vec<Vec<String>>,
 }
 
@@ -166,13 +170,18 @@ fn private_dns_rules(settings: &FirewallSettings) -> Vec<Vec<String>> {
 /// Everything cubbi installs for `settings`.
 pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
     let bridges = format!("{}+", settings.bridge);
+    let nat_chain = format!("{NAT_PREFIX}{}", settings.bridge);
+    let forward_chain = format!("{FORWARD_PREFIX}{}", settings.bridge);
+    let egress_chain = format!("{EGRESS_PREFIX}{}", settings.bridge);
+    let input_chain = format!("{INPUT_PREFIX}{}", settings.bridge);
+    let v6_chain = format!("{V6_PREFIX}{}", settings.bridge);
     let mut chains = Vec::new();
     let mut hooks = Vec::new();
 
     chains.push(Chain {
         family: Family::V4,
         table: "nat",
-        name: NAT_CHAIN,
+        name: nat_chain.clone(),
         rules: settings
             .subnets
             .iter()
@@ -193,7 +202,7 @@ pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
         family: Family::V4,
         table: "nat",
         builtin: "POSTROUTING",
-        rule: words(&["-j", NAT_CHAIN]),
+        rule: words(&["-j", &nat_chain]),
     });
 
     if settings.egress_guard {
@@ -217,7 +226,7 @@ pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
         chains.push(Chain {
             family: Family::V4,
             table: "filter",
-            name: EGRESS_CHAIN,
+            name: egress_chain.clone(),
             rules: egress,
         });
 
@@ -241,20 +250,20 @@ pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
         chains.push(Chain {
             family: Family::V4,
             table: "filter",
-            name: INPUT_CHAIN,
+            name: input_chain.clone(),
             rules: input,
         });
         hooks.push(Hook {
             family: Family::V4,
             table: "filter",
             builtin: "INPUT",
-            rule: words(&["-i", &bridges, "-j", INPUT_CHAIN]),
+            rule: words(&["-i", &bridges, "-j", &input_chain]),
         });
     }
 
     let mut forward = Vec::new();
     if settings.egress_guard {
-        forward.push(words(&["-i", &bridges, "-j", EGRESS_CHAIN]));
+        forward.push(words(&["-i", &bridges, "-j", &egress_chain]));
     }
     forward.push(words(&["-i", &bridges, "-j", "ACCEPT"]));
     forward.push(words(
@@ -263,21 +272,21 @@ pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
     chains.push(Chain {
         family: Family::V4,
         table: "filter",
-        name: FORWARD_CHAIN,
+        name: forward_chain.clone(),
         rules: forward,
     });
     hooks.push(Hook {
         family: Family::V4,
         table: "filter",
         builtin: "FORWARD",
-        rule: words(&["-j", FORWARD_CHAIN]),
+        rule: words(&["-j", &forward_chain]),
     });
 
     if settings.egress_guard && settings.ipv6 {
         chains.push(Chain {
             family: Family::V6,
             table: "filter",
-            name: EGRESS6_CHAIN,
+            name: v6_chain.clone(),
             rules: vec![
                 words(&[ESTABLISHED, &["-j", "RETURN"]].concat()),
                 words(&["-j", "REJECT", "--reject-with", "icmp6-adm-prohibited"]),
@@ -288,7 +297,7 @@ pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
                 family: Family::V6,
                 table: "filter",
                 builtin,
-                rule: words(&["-i", &bridges, "-j", EGRESS6_CHAIN]),
+                rule: words(&["-i", &bridges, "-j", &v6_chain]),
             });
         }
     }
@@ -325,12 +334,12 @@ impl RuleSet {
     fn fill_calls(&self) -> Vec<Call> {
         let mut calls = Vec::new();
         for chain in &self.chains {
-            calls.push(call(chain.family, chain.table, &["-N", chain.name], true));
-            calls.push(call(chain.family, chain.table, &["-F", chain.name], false));
+            calls.push(call(chain.family, chain.table, &["-N", &chain.name], true));
+            calls.push(call(chain.family, chain.table, &["-F", &chain.name], false));
         }
         for chain in &self.chains {
             for rule in &chain.rules {
-                let mut args = vec!["-A", chain.name];
+                let mut args = vec!["-A", chain.name.as_str()];
                 args.extend(rule.iter().map(String::as_str));
                 calls.push(call(chain.family, chain.table, &args, false));
             }
@@ -342,11 +351,11 @@ impl RuleSet {
         let flush = self
             .chains
             .iter()
-            .map(|chain| call(chain.family, chain.table, &["-F", chain.name], true));
+            .map(|chain| call(chain.family, chain.table, &["-F", &chain.name], true));
         let delete = self
             .chains
             .iter()
-            .map(|chain| call(chain.family, chain.table, &["-X", chain.name], true));
+            .map(|chain| call(chain.family, chain.table, &["-X", &chain.name], true));
         flush.chain(delete).collect()
     }
 
@@ -414,7 +423,7 @@ impl RuleSet {
         self.chains.iter().all(|chain| {
             let program = chain.family.program();
             runner
-                .output(program, &["-w", "-t", chain.table, "-S", chain.name])
+                .output(program, &["-w", "-t", chain.table, "-S", &chain.name])
                 .is_ok_and(|out| {
                     out.success && normalize(&out.stdout) == normalize(&expected_listing(chain))
                 })
@@ -423,7 +432,9 @@ impl RuleSet {
 
     /// A shell script with `up` and `down` doing what [`install`](Self::install) and
     /// [`uninstall`](Self::uninstall) do, for the unit and the supervised engine to run at start.
-    pub fn script(&self, bridge: &str) -> String {
+    /// `down` takes away everything `teardown` names (the guarded set), so it also clears a guard
+    /// that was turned off.
+    pub fn script(&self, bridge: &str, teardown: &RuleSet) -> String {
         let line = |call: &Call| {
             let mut text = call.program.to_string();
             for arg in &call.args {
@@ -445,13 +456,13 @@ impl RuleSet {
             up.push(format!("{check} 2>/dev/null || {insert}"));
         }
         let mut down = Vec::new();
-        for hook in &self.hooks {
+        for hook in &teardown.hooks {
             down.push(format!(
                 "while {} 2>/dev/null; do :; done",
                 line(&hook_call(hook, "-D"))
             ));
         }
-        for drop in self.drop_calls() {
+        for drop in teardown.drop_calls() {
             down.push(line(&drop));
         }
         let indent = |lines: Vec<String>| {
@@ -595,15 +606,15 @@ mod tests {
     fn nat_and_forwarding_match_the_bridges_by_interface() {
         let rules = rule_set(&settings(false));
         assert_eq!(
-            listing(&rules, NAT_CHAIN),
-            "-N CUBBI-POSTROUTING\n\
-             -A CUBBI-POSTROUTING -s 10.214.0.0/16 ! -o cubbi0+ -j MASQUERADE"
+            listing(&rules, "CUBBI-NAT-cubbi0"),
+            "-N CUBBI-NAT-cubbi0\n\
+             -A CUBBI-NAT-cubbi0 -s 10.214.0.0/16 ! -o cubbi0+ -j MASQUERADE"
         );
         assert_eq!(
-            listing(&rules, FORWARD_CHAIN),
-            "-N CUBBI-FORWARD\n\
-             -A CUBBI-FORWARD -i cubbi0+ -j ACCEPT\n\
-             -A CUBBI-FORWARD -o cubbi0+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+            listing(&rules, "CUBBI-FWD-cubbi0"),
+            "-N CUBBI-FWD-cubbi0\n\
+             -A CUBBI-FWD-cubbi0 -i cubbi0+ -j ACCEPT\n\
+             -A CUBBI-FWD-cubbi0 -o cubbi0+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
         );
         assert_eq!(rules.chains.len(), 2, "no guard chains without the guard");
         let hooks: Vec<String> = rules
@@ -614,8 +625,8 @@ mod tests {
         assert_eq!(
             hooks,
             [
-                "nat POSTROUTING -j CUBBI-POSTROUTING",
-                "filter FORWARD -j CUBBI-FORWARD"
+                "nat POSTROUTING -j CUBBI-NAT-cubbi0",
+                "filter FORWARD -j CUBBI-FWD-cubbi0"
             ]
         );
     }
@@ -624,26 +635,26 @@ mod tests {
     fn the_guard_blocks_private_ranges_the_host_itself_and_ipv6() {
         let rules = rule_set(&settings(true));
         assert_eq!(
-            listing(&rules, EGRESS_CHAIN),
-            "-N CUBBI-EGRESS\n\
-             -A CUBBI-EGRESS -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
-             -A CUBBI-EGRESS -d 10.214.0.0/16 -j RETURN\n\
-             -A CUBBI-EGRESS -d 192.168.1.1/32 -p udp -m udp --dport 53 -j RETURN\n\
-             -A CUBBI-EGRESS -d 192.168.1.1/32 -p tcp -m tcp --dport 53 -j RETURN\n\
-             -A CUBBI-EGRESS -d 10.0.0.0/8 -j REJECT --reject-with icmp-net-prohibited\n\
-             -A CUBBI-EGRESS -d 172.16.0.0/12 -j REJECT --reject-with icmp-net-prohibited\n\
-             -A CUBBI-EGRESS -d 192.168.0.0/16 -j REJECT --reject-with icmp-net-prohibited\n\
-             -A CUBBI-EGRESS -d 169.254.0.0/16 -j REJECT --reject-with icmp-net-prohibited\n\
-             -A CUBBI-EGRESS -j RETURN"
+            listing(&rules, "CUBBI-EGRESS-cubbi0"),
+            "-N CUBBI-EGRESS-cubbi0\n\
+             -A CUBBI-EGRESS-cubbi0 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
+             -A CUBBI-EGRESS-cubbi0 -d 10.214.0.0/16 -j RETURN\n\
+             -A CUBBI-EGRESS-cubbi0 -d 192.168.1.1/32 -p udp -m udp --dport 53 -j RETURN\n\
+             -A CUBBI-EGRESS-cubbi0 -d 192.168.1.1/32 -p tcp -m tcp --dport 53 -j RETURN\n\
+             -A CUBBI-EGRESS-cubbi0 -d 10.0.0.0/8 -j REJECT --reject-with icmp-net-prohibited\n\
+             -A CUBBI-EGRESS-cubbi0 -d 172.16.0.0/12 -j REJECT --reject-with icmp-net-prohibited\n\
+             -A CUBBI-EGRESS-cubbi0 -d 192.168.0.0/16 -j REJECT --reject-with icmp-net-prohibited\n\
+             -A CUBBI-EGRESS-cubbi0 -d 169.254.0.0/16 -j REJECT --reject-with icmp-net-prohibited\n\
+             -A CUBBI-EGRESS-cubbi0 -j RETURN"
         );
-        let input = listing(&rules, INPUT_CHAIN);
+        let input = listing(&rules, "CUBBI-INPUT-cubbi0");
         assert!(input.ends_with(
-            "-A CUBBI-INPUT -p tcp -j REJECT --reject-with tcp-reset\n\
-             -A CUBBI-INPUT -j REJECT --reject-with icmp-port-unreachable"
+            "-A CUBBI-INPUT-cubbi0 -p tcp -j REJECT --reject-with tcp-reset\n\
+             -A CUBBI-INPUT-cubbi0 -j REJECT --reject-with icmp-port-unreachable"
         ));
         assert!(input.contains("-d 192.168.1.1/32 -p udp -m udp --dport 53 -j RETURN"));
-        assert!(listing(&rules, FORWARD_CHAIN).contains(
-            "-A CUBBI-FORWARD -i cubbi0+ -j CUBBI-EGRESS\n-A CUBBI-FORWARD -i cubbi0+ -j ACCEPT"
+        assert!(listing(&rules, "CUBBI-FWD-cubbi0").contains(
+            "-A CUBBI-FWD-cubbi0 -i cubbi0+ -j CUBBI-EGRESS-cubbi0\n-A CUBBI-FWD-cubbi0 -i cubbi0+ -j ACCEPT"
         ));
         let v6: Vec<&Hook> = rules
             .hooks
@@ -666,12 +677,14 @@ mod tests {
         let rules = rule_set(&settings(true));
         rules.install(&runner).unwrap();
         let commands = runner.commands();
-        assert_eq!(commands[0], "iptables -w -t nat -N CUBBI-POSTROUTING");
+        assert_eq!(commands[0], "iptables -w -t nat -N CUBBI-NAT-cubbi0");
         let first_insert = commands.iter().position(|c| c.contains(" -I ")).unwrap();
         let last_append = commands.iter().rposition(|c| c.contains(" -A ")).unwrap();
         assert!(last_append < first_insert, "{commands:#?}");
         assert!(
-            commands.contains(&"iptables -w -t filter -I INPUT -i cubbi0+ -j CUBBI-INPUT".into())
+            commands.contains(
+                &"iptables -w -t filter -I INPUT -i cubbi0+ -j CUBBI-INPUT-cubbi0".into()
+            )
         );
         assert!(
             commands
@@ -697,7 +710,7 @@ mod tests {
         let drifted = RecordingRunner::default().answering(
             "iptables -w -t nat -S",
             true,
-            "-N CUBBI-POSTROUTING\n",
+            "-N CUBBI-NAT-cubbi0\n",
         );
         assert!(!rules.is_installed(&drifted));
     }
@@ -718,14 +731,14 @@ mod tests {
         assert_eq!(
             commands
                 .iter()
-                .filter(|c| *c == "iptables -w -t filter -D INPUT -i cubbi0+ -j CUBBI-INPUT")
+                .filter(|c| *c == "iptables -w -t filter -D INPUT -i cubbi0+ -j CUBBI-INPUT-cubbi0")
                 .count(),
             8,
             "bounded removal of a hook that never goes away"
         );
         assert_eq!(
             commands.last().map(String::as_str),
-            Some("ip6tables -w -t filter -X CUBBI-EGRESS6")
+            Some("ip6tables -w -t filter -X CUBBI-V6-cubbi0")
         );
     }
 
@@ -737,16 +750,16 @@ mod tests {
             .unwrap();
         let commands = runner.commands();
         for gone in [
-            "iptables -w -t filter -D INPUT -i cubbi0+ -j CUBBI-INPUT",
-            "iptables -w -t filter -X CUBBI-INPUT",
-            "iptables -w -t filter -X CUBBI-EGRESS",
-            "ip6tables -w -t filter -X CUBBI-EGRESS6",
+            "iptables -w -t filter -D INPUT -i cubbi0+ -j CUBBI-INPUT-cubbi0",
+            "iptables -w -t filter -X CUBBI-INPUT-cubbi0",
+            "iptables -w -t filter -X CUBBI-EGRESS-cubbi0",
+            "ip6tables -w -t filter -X CUBBI-V6-cubbi0",
         ] {
             assert!(commands.iter().any(|c| c == gone), "{gone}: {commands:#?}");
         }
         for kept in [
-            "-X CUBBI-FORWARD",
-            "-X CUBBI-POSTROUTING",
+            "-X CUBBI-FWD-cubbi0",
+            "-X CUBBI-NAT-cubbi0",
             "-D FORWARD -j",
             "-D POSTROUTING",
         ] {
@@ -757,15 +770,15 @@ mod tests {
     #[test]
     fn the_script_does_the_same_and_quotes_nothing_it_need_not() {
         let rules = rule_set(&settings(true));
-        let script = rules.script("cubbi0");
+        let script = rules.script("cubbi0", &rules);
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains(
-            "    iptables -w -t filter -C INPUT -i cubbi0+ -j CUBBI-INPUT 2>/dev/null || \
-             iptables -w -t filter -I INPUT -i cubbi0+ -j CUBBI-INPUT\n"
+            "    iptables -w -t filter -C INPUT -i cubbi0+ -j CUBBI-INPUT-cubbi0 2>/dev/null || \
+             iptables -w -t filter -I INPUT -i cubbi0+ -j CUBBI-INPUT-cubbi0\n"
         ));
-        assert!(script.contains("iptables -w -t nat -N CUBBI-POSTROUTING 2>/dev/null || true"));
+        assert!(script.contains("iptables -w -t nat -N CUBBI-NAT-cubbi0 2>/dev/null || true"));
         assert!(script.contains(
-            "while iptables -w -t nat -D POSTROUTING -j CUBBI-POSTROUTING 2>/dev/null; do :; done"
+            "while iptables -w -t nat -D POSTROUTING -j CUBBI-NAT-cubbi0 2>/dev/null; do :; done"
         ));
         assert!(script.contains("'!'"), "anything but plain words is quoted");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");

@@ -498,6 +498,16 @@ pub fn firewall_rules(
     })
 }
 
+/// Every chain and hook the firewall can have for this engine (the guarded set), for taking it
+/// all away whatever the guard was.
+pub fn firewall_superset(facts: &HostFacts, settings: &EngineSettings) -> RuleSet {
+    let guarded = EngineSettings {
+        egress_guard: true,
+        ..settings.clone()
+    };
+    firewall_rules(facts, &guarded, &[])
+}
+
 fn plan_firewall(
     facts: &HostFacts,
     state: &EngineState,
@@ -521,7 +531,7 @@ fn plan_firewall(
         );
     }
     let rules = firewall_rules(facts, settings, &state.nameservers);
-    let script = rules.script(&settings.bridge);
+    let script = rules.script(&settings.bridge, &firewall_superset(facts, settings));
     if state.firewall_installed
         && !settings_changed
         && state.firewall_script.as_deref() == Some(script.as_str())
@@ -1105,7 +1115,13 @@ mod tests {
         let Action::InstallFirewall { script, .. } = &firewall.action else {
             panic!("{:?}", firewall.action)
         };
-        assert!(script.contains("MASQUERADE") && !script.contains("CUBBI-EGRESS"));
+        let up = script.split("down()").next().unwrap_or_default();
+        assert!(
+            up.contains("MASQUERADE") && !up.contains("CUBBI-EGRESS"),
+            "{script}"
+        );
+        // `down` still clears a guard from an earlier setup.
+        assert!(script.contains("-X CUBBI-EGRESS-cubbi0"), "{script}");
     }
 
     #[test]

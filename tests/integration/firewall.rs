@@ -11,7 +11,10 @@ use libtest_mimic::{Failed, Trial};
 use crate::trials;
 
 pub fn tests() -> Vec<Trial> {
-    trials![setup_and_the_unit_script_install_the_same_rules_and_remove_them]
+    trials![
+        setup_and_the_unit_script_install_the_same_rules_and_remove_them,
+        two_engines_keep_their_own_rules,
+    ]
 }
 
 /// Runs every program inside the namespace.
@@ -29,11 +32,11 @@ impl CommandRunner for InNamespace {
 struct Namespace(String);
 
 impl Namespace {
-    fn new() -> Result<Self, Failed> {
+    fn new(tag: &str) -> Result<Self, Failed> {
         if !nix::unistd::geteuid().is_root() {
             return Err("this test makes a network namespace and needs root".into());
         }
-        let name = format!("cubbi-fw{}", std::process::id());
+        let name = format!("cubbi-fw{tag}{}", std::process::id());
         let status = Command::new("ip").args(["netns", "add", &name]).status()?;
         if !status.success() {
             return Err(format!("`ip netns add {name}` failed").into());
@@ -64,8 +67,12 @@ fn dump(runner: &InNamespace) -> String {
 }
 
 fn rules() -> RuleSet {
+    rules_for("cubbi0")
+}
+
+fn rules_for(bridge: &str) -> RuleSet {
     firewall::rule_set(&FirewallSettings {
-        bridge: "cubbi0".into(),
+        bridge: bridge.into(),
         subnets: firewall::engine_subnets(
             "10.214.7.0/24".parse().expect("a subnet"),
             "10.214.0.0/16".parse().expect("a pool"),
@@ -77,7 +84,7 @@ fn rules() -> RuleSet {
 }
 
 fn setup_and_the_unit_script_install_the_same_rules_and_remove_them() -> Result<(), Failed> {
-    let namespace = Namespace::new()?;
+    let namespace = Namespace::new("a")?;
     let runner = InNamespace(namespace.0.clone());
     let pristine = dump(&runner);
     assert!(!pristine.contains("CUBBI"), "{pristine}");
@@ -99,7 +106,7 @@ fn setup_and_the_unit_script_install_the_same_rules_and_remove_them() -> Result<
 
     let script_dir = tempfile::tempdir()?;
     let script = script_dir.path().join("firewall.sh");
-    std::fs::write(&script, rules.script("cubbi0"))?;
+    std::fs::write(&script, rules.script("cubbi0", &rules))?;
     let script_path = script.to_string_lossy().into_owned();
     for _ in 0..2 {
         let up = runner.output("sh", &[&script_path, "up"])?;
@@ -114,5 +121,32 @@ fn setup_and_the_unit_script_install_the_same_rules_and_remove_them() -> Result<
     let down = runner.output("sh", &[&script_path, "down"])?;
     assert!(down.success, "`down` failed: {}", down.stderr);
     assert_eq!(dump(&runner), pristine, "`down` left rules behind");
+    Ok(())
+}
+
+/// A system engine and a trial one under `--engine-root` on the same host: installing,
+/// re-installing or removing one leaves the other's rules whole.
+fn two_engines_keep_their_own_rules() -> Result<(), Failed> {
+    let namespace = Namespace::new("b")?;
+    let runner = InNamespace(namespace.0.clone());
+    let pristine = dump(&runner);
+    let system = rules_for("cubbi0");
+    let trial = rules_for("cubbitrial");
+    system.install(&runner)?;
+    trial.install(&runner)?;
+    system.install(&runner)?;
+    assert!(
+        system.is_installed(&runner) && trial.is_installed(&runner),
+        "{}",
+        dump(&runner)
+    );
+    trial.uninstall(&runner)?;
+    assert!(
+        system.is_installed(&runner),
+        "removing one engine's rules broke the other's"
+    );
+    assert!(!trial.is_installed(&runner));
+    system.uninstall(&runner)?;
+    assert_eq!(dump(&runner), pristine);
     Ok(())
 }

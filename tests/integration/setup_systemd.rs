@@ -356,7 +356,7 @@ fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
             own_nat,
             "starting the dedicated engine changed the host Docker's NAT rules"
         );
-        sc.ok("iptables -w -S CUBBI-EGRESS");
+        sc.ok("iptables -w -S CUBBI-EGRESS-cubbi0");
         sc.ok(&image.replace("ENDPOINT", DEDICATED));
         // What `cubbi-network` is on this engine: a bridge named with the engine bridge's prefix.
         sc.ok(&format!(
