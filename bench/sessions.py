@@ -190,6 +190,8 @@ def main():
         ids = run(["docker", "-H", args.endpoint, "ps", "-aq", "--filter", f"label=io.cubbi.bench={OWNER}"], check=False).stdout.split()
         if ids:
             run(["docker", "-H", args.endpoint, "rm", "-fv", *ids], check=False)
+        # The per-owner data volume outlives sessions by design; the bench's owner is gone.
+        run(["docker", "-H", args.endpoint, "volume", "rm", f"cubbi-data-{OWNER}"], check=False)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,18 @@ install -m 0755 "$R/init" "$R/cubbi-init" "$R/cubbi-project" "$R/cubbi-ssh-keyge
     "$R/cubbi-docker-storage" "$L/"
 
 # --- units and drop-ins
-for f in "$U"/*.service; do install -m 0644 "$f" "$S/"; done
+for f in "$U"/*.service "$U"/*.timer; do install -m 0644 "$f" "$S/"; done
 for d in "$U"/*.d; do
     [ -d "$d" ] || continue
     mkdir -p "$S/$(basename "$d")"
     install -m 0644 "$d"/*.conf "$S/$(basename "$d")/"
 done
+# The inner dockerd and containerd start on first use (docker.socket) or from the timer, never
+# in the middle of the boot that the first login waits for. Disabled first: disabling a unit
+# also disables what its [Install] section names with Also=.
+systemctl disable docker.service containerd.service
 systemctl enable cubbi-init.service cubbi-ssh-keygen.service cubbi-project.service \
-    ssh.service docker.service containerd.service
+    ssh.service docker.socket cubbi-docker-late.timer
 
 # --- sshd: keys only; the session env file is loaded by PAM for every session
 install -m 0644 "$R/sshd_config.d/cubbi.conf" /etc/ssh/sshd_config.d/cubbi.conf
@@ -79,6 +83,12 @@ systemctl mask \
     e2scrub_all.timer e2scrub_all.service e2scrub_reap.service \
     fstrim.timer fstrim.service \
     >/dev/null
+# --- and what costs CPU while the first login waits, for nothing here: users come with the
+#     image (sysusers), the journal is volatile (journal-flush), /run/nologin is never made
+#     (user-sessions), utmp records serve only `who` and `last`
+systemctl mask systemd-sysusers.service systemd-journal-flush.service \
+    systemd-user-sessions.service systemd-update-utmp.service \
+    systemd-update-utmp-runlevel.service >/dev/null
 
 # --- no generators: nothing for them to do in a container (fstab, gpt,
 #     getty, sysv scripts...), and each one costs a fork+exec at every boot

@@ -186,13 +186,24 @@ pub fn init_tracing(verbosity: u8) {
     let no_request_bodies = tracing_subscriber::filter::filter_fn(|metadata| {
         !(*metadata.level() == tracing::Level::TRACE && metadata.target().starts_with("bollard"))
     });
-    let output = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .without_time()
-        .with_filter(no_request_bodies);
+    // -vv and RUST_LOG show the time since start, which is what one reads a slow step by.
+    let timed = verbosity >= 2 || std::env::var_os("RUST_LOG").is_some();
+    let plain = (!timed).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .without_time()
+            .with_filter(no_request_bodies.clone())
+    });
+    let with_uptime = timed.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_filter(no_request_bodies)
+    });
     tracing_subscriber::registry()
         .with(filter)
-        .with(output)
+        .with(plain)
+        .with(with_uptime)
         .init();
 }
 

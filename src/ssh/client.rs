@@ -227,13 +227,22 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(10);
+    let mut delay = Duration::from_millis(5);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let last = match SshSession::connect(target, remaining.min(Duration::from_secs(5))).await {
+        let started = Instant::now();
+        let outcome = SshSession::connect(target, remaining.min(Duration::from_secs(5))).await;
+        tracing::trace!(
+            attempts,
+            took_ms = started.elapsed().as_millis() as u64,
+            ok = outcome.is_ok(),
+            "ssh readiness attempt"
+        );
+        let last = match outcome {
             Ok(session) => {
+                tracing::debug!(attempts, "sshd accepted the key");
                 let _ = session
                     .handle
                     .disconnect(Disconnect::ByApplication, "", "en")
@@ -260,6 +269,8 @@ where
             });
         }
         tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
-        delay = (delay * 2).min(Duration::from_millis(100));
+        // A refused attempt costs about a millisecond (docker-proxy or the kernel answers at
+        // once), so polling often is cheap and every millisecond here is the user's.
+        delay = (delay * 2).min(Duration::from_millis(20));
     }
 }
