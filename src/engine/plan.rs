@@ -841,15 +841,20 @@ mod tests {
         HostFacts::gather(&FixtureHost::debian_with_systemd())
     }
 
-    #[test]
-    fn a_fresh_systemd_host_gets_every_step() {
-        let plan = plan_setup(
+    /// The plan for a fresh Debian host with systemd.
+    fn fresh_plan(options: &SetupOptions) -> Plan {
+        plan_setup(
             &debian(),
             &EngineState::default(),
             &EnginePaths::system(),
-            &options(),
+            options,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_fresh_systemd_host_gets_every_step() {
+        let plan = fresh_plan(&options());
         assert_eq!(plan.mode, EngineMode::Systemd);
         let ids: Vec<_> = plan.steps.iter().map(|s| (s.id, s.state)).collect();
         assert_eq!(
@@ -905,13 +910,7 @@ mod tests {
 
     #[test]
     fn a_rerun_changes_nothing_and_says_so() {
-        let first = plan_setup(
-            &debian(),
-            &EngineState::default(),
-            &EnginePaths::system(),
-            &options(),
-        )
-        .unwrap();
+        let first = fresh_plan(&options());
         // The first run raised the inotify limit.
         let raised = HostFacts {
             inotify_instances: Some(INOTIFY_INSTANCES_WANTED),
@@ -1095,13 +1094,7 @@ mod tests {
             skip_sysbox: true,
             ..options()
         };
-        let plan = plan_setup(
-            &debian(),
-            &EngineState::default(),
-            &EnginePaths::system(),
-            &opts,
-        )
-        .unwrap();
+        let plan = fresh_plan(&opts);
         for id in ["docker-context", "sysbox"] {
             assert_eq!(state_of(&plan, id).state, StepState::Skipped, "{id}");
         }
@@ -1130,13 +1123,7 @@ mod tests {
             unsafe_runc: true,
             ..options()
         };
-        let plan = plan_setup(
-            &debian(),
-            &EngineState::default(),
-            &EnginePaths::system(),
-            &opts,
-        )
-        .unwrap();
+        let plan = fresh_plan(&opts);
         let sysbox = state_of(&plan, "sysbox");
         assert_eq!(sysbox.state, StepState::Skipped);
         assert!(
@@ -1154,28 +1141,14 @@ mod tests {
         assert!(written["runtimes"]["sysbox-runc"].is_object());
         // Without the flag the engine's default stays sysbox-runc.
         assert_eq!(
-            plan_setup(
-                &debian(),
-                &EngineState::default(),
-                &EnginePaths::system(),
-                &options()
-            )
-            .unwrap()
-            .settings
-            .default_runtime,
+            fresh_plan(&options()).settings.default_runtime,
             "sysbox-runc"
         );
     }
 
     #[test]
     fn turning_the_guard_off_redoes_the_firewall_but_keeps_the_engine_running() {
-        let guarded = plan_setup(
-            &debian(),
-            &EngineState::default(),
-            &EnginePaths::system(),
-            &options(),
-        )
-        .unwrap();
+        let guarded = fresh_plan(&options());
         let state = after_setup(&guarded);
         let unguarded = SetupOptions {
             egress_guard: false,
