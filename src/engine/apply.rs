@@ -607,6 +607,12 @@ async fn uninstall_step(
             }
             // Only an emptied folder goes; anything else in it is the user's.
             let _ = std::fs::remove_dir(&paths.config_dir);
+            if paths.is_system()
+                && let Some(parent) = paths.config_dir.parent()
+            {
+                // /etc/cubbi too, when setup made it and nothing else lives there.
+                let _ = std::fs::remove_dir(parent);
+            }
             Ok(())
         }
         "data-root" => match std::fs::remove_dir_all(&paths.data_root) {
