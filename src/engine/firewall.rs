@@ -31,7 +31,8 @@ use super::runner::{CommandError, CommandRunner};
 
 /// Chain names are these prefixes plus the engine's bridge, so two engines on one host (a
 /// system one and a trial under `--engine-root`) never flush each other's rules. With a bridge
-/// of at most 15 characters every name stays within iptables' 28.
+/// of at most 14 characters (`settings::validate_bridge_name`) every name stays within
+/// iptables' 28.
 pub const NAT_PREFIX: &str = "CUBBI-NAT-";
 pub const FORWARD_PREFIX: &str = "CUBBI-FWD-";
 pub const EGRESS_PREFIX: &str = "CUBBI-EGRESS-";

@@ -99,8 +99,10 @@ impl EngineSettings {
 
 /// Whether `name` is a usable Linux interface name for the bridge.
 pub fn validate_bridge_name(name: &str) -> Result<(), EngineError> {
+    // 14, not Linux's 15: `cubbi-network`'s bridge is this name plus `n`, and the firewall
+    // covers sessions only because it shares the prefix.
     let valid = !name.is_empty()
-        && name.len() <= 15
+        && name.len() <= 14
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -109,7 +111,7 @@ pub fn validate_bridge_name(name: &str) -> Result<(), EngineError> {
         Ok(())
     } else {
         Err(EngineError::Refused(format!(
-            "`{name}` cannot be the cubbi bridge: use 1-15 letters, digits, - or _, and not docker0"
+            "`{name}` cannot be the cubbi bridge: use 1-14 letters, digits, - or _, and not docker0"
         )))
     }
 }
@@ -138,6 +140,11 @@ mod tests {
         assert!(validate_bridge_name("cubbi0").is_ok());
         assert!(validate_bridge_name("docker0").is_err());
         assert!(validate_bridge_name("a-name-too-long-x").is_err());
+        assert!(validate_bridge_name("fourteen-chars").is_ok());
+        assert!(
+            validate_bridge_name("fifteen-chars-x").is_err(),
+            "cubbi-network's bridge adds a character"
+        );
         assert!(validate_bridge_name("bad name").is_err());
     }
 }

@@ -8,10 +8,11 @@ use std::path::Path;
 pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
 /// The Linux bridge for `cubbi-network` on an engine whose default bridge is `engine_bridge`:
-/// on cubbi's own engine (`cubbi0`) it is `cubbi0n`, so the engine's firewall, which matches
-/// `cubbi0+`, covers sessions too. Other engines keep Docker's own naming.
+/// on cubbi's engine (`cubbi0`, or whatever `setup --bridge` named) it is `cubbi0n`, so the
+/// engine's firewall, which matches `cubbi0+`, covers sessions too. The host Docker's `docker0`
+/// keeps Docker's own naming (its bridges are not cubbi's to name).
 pub fn network_bridge_name(engine_bridge: &str) -> Option<String> {
-    (engine_bridge.starts_with("cubbi") && engine_bridge.len() < 15)
+    (engine_bridge != "docker0" && !engine_bridge.is_empty() && engine_bridge.len() < 15)
         .then(|| format!("{engine_bridge}n"))
 }
 
@@ -72,6 +73,7 @@ mod tests {
     fn session_networks_share_the_engine_bridge_prefix() {
         assert_eq!(network_bridge_name("cubbi0").as_deref(), Some("cubbi0n"));
         assert_eq!(network_bridge_name("docker0"), None);
+        assert_eq!(network_bridge_name("br0").as_deref(), Some("br0n"));
         assert_eq!(
             network_bridge_name("cubbi-123456789"),
             None,
