@@ -21,6 +21,8 @@ use super::{
 /// The host Docker's config, which the sysbox-ce installer edits; cubbi only snapshots and
 /// restores it around that installer.
 const HOST_DOCKER_DAEMON_JSON: &str = "/etc/docker/daemon.json";
+/// The host Docker's unit, which cubbi only ever asks to re-read that file.
+const HOST_DOCKER_UNIT: &str = "docker.service";
 
 /// How long a stopping engine may take: the unit's TimeoutStopSec plus ExecStopPost.
 const STOP_TIMEOUT: Duration = Duration::from_secs(90);
@@ -275,7 +277,7 @@ async fn apply_action(
             runner.run("env", &args)?;
             Ok(String::new())
         }
-        Action::InstallSysbox { source } => install_sysbox(source, env),
+        Action::InstallSysbox { source } => install_sysbox(source, env).await,
         Action::RaiseInotifyLimit { value } => raise_inotify_limit(*value),
         Action::CreateGroup { group, add_user } => {
             if nix::unistd::Group::from_name(group)
@@ -444,7 +446,10 @@ fn add_docker_ce_repository(env: &Environment<'_>) -> Result<(), EngineError> {
 
 /// Installs sysbox-ce, keeping the host Docker's daemon.json as it was: the package's installer
 /// adds sysbox-runc to it and restarts the host Docker, which cubbi does not want.
-fn install_sysbox(source: &SysboxSource, env: &Environment<'_>) -> Result<String, EngineError> {
+async fn install_sysbox(
+    source: &SysboxSource,
+    env: &Environment<'_>,
+) -> Result<String, EngineError> {
     let download_dir = tempfile::tempdir().map_err(|source| EngineError::Write {
         path: std::env::temp_dir(),
         source,
@@ -485,22 +490,7 @@ fn install_sysbox(source: &SysboxSource, env: &Environment<'_>) -> Result<String
             &package_text,
         ],
     );
-    let after = std::fs::read(host_config).ok();
-    let mut note = String::new();
-    if before != after {
-        match &before {
-            Some(bytes) => std::fs::write(host_config, bytes),
-            None => std::fs::remove_file(host_config),
-        }
-        .map_err(|source| EngineError::Write {
-            path: host_config.to_path_buf(),
-            source,
-        })?;
-        note = format!(
-            "the sysbox-ce installer changed {HOST_DOCKER_DAEMON_JSON} (and may have restarted docker.service); \
-             cubbi restored the file as it was"
-        );
-    }
+    let note = restore_host_docker(host_config, before, env.systemd).await?;
     match installed {
         Ok(_) => Ok(note),
         Err(err) => Err(EngineError::Refused(format!(
@@ -508,6 +498,51 @@ fn install_sysbox(source: &SysboxSource, env: &Environment<'_>) -> Result<String
              without Sysbox and `cubbi doctor` says what is missing. {note}"
         ))),
     }
+}
+
+/// The sysbox-ce installer adds itself to the host Docker's daemon.json and restarts it; cubbi
+/// puts the file back as it was and has a running docker.service re-read it, so the host Docker
+/// ends up with its own configuration. Returns what happened, for the step's message.
+async fn restore_host_docker(
+    host_config: &Path,
+    before: Option<Vec<u8>>,
+    systemd: Option<&dyn Systemd>,
+) -> Result<String, EngineError> {
+    if std::fs::read(host_config).ok() == before {
+        return Ok(String::new());
+    }
+    match &before {
+        Some(bytes) => std::fs::write(host_config, bytes),
+        None => std::fs::remove_file(host_config),
+    }
+    .map_err(|source| EngineError::Write {
+        path: host_config.to_path_buf(),
+        source,
+    })?;
+    let mut note = format!(
+        "the sysbox-ce installer changed {} (and restarts docker.service); cubbi restored the \
+         file as it was",
+        host_config.display()
+    );
+    let running = match systemd {
+        Some(systemd) => systemd
+            .active_state(HOST_DOCKER_UNIT)
+            .await
+            .is_ok_and(|state| state == "active"),
+        None => false,
+    };
+    match systemd {
+        Some(systemd) if running => {
+            systemd.reload(HOST_DOCKER_UNIT).await?;
+            note.push_str(&format!(
+                " and reloaded {HOST_DOCKER_UNIT}, which runs with its own configuration again"
+            ));
+        }
+        _ => note.push_str(&format!(
+            "; {HOST_DOCKER_UNIT} is not running under systemd here, so nothing was reloaded"
+        )),
+    }
+    Ok(note)
 }
 
 /// Carries out `--uninstall`.
@@ -715,6 +750,42 @@ mod tests {
             paths.firewall_script.exists(),
             "the unit runs the firewall script"
         );
+    }
+
+    #[tokio::test]
+    async fn the_host_docker_gets_its_own_config_back_after_the_sysbox_installer() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("daemon.json");
+        let systemd = FakeSystemd::default();
+        systemd.start(HOST_DOCKER_UNIT).await.unwrap();
+
+        // Untouched: nothing to say, nothing reloaded.
+        std::fs::write(&config, "{\"log-level\": \"warn\"}").unwrap();
+        let before = std::fs::read(&config).ok();
+        let note = restore_host_docker(&config, before.clone(), Some(&systemd))
+            .await
+            .unwrap();
+        assert!(note.is_empty());
+
+        // Edited by the installer: the file is put back and docker.service re-reads it.
+        std::fs::write(&config, "{\"runtimes\": {\"sysbox-runc\": {}}}").unwrap();
+        let note = restore_host_docker(&config, before, Some(&systemd))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            "{\"log-level\": \"warn\"}"
+        );
+        assert!(note.contains("reloaded docker.service"), "{note}");
+        assert_eq!(
+            systemd.calls().last().map(String::as_str),
+            Some("reload docker.service")
+        );
+
+        // Created by the installer where there was none: it goes again.
+        let note = restore_host_docker(&config, None, None).await.unwrap();
+        assert!(!config.exists());
+        assert!(note.contains("nothing was reloaded"), "{note}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub trait Systemd: Send + Sync {
     async fn start(&self, unit: &str) -> Result<(), SystemdError>;
     /// Queues a stop job; systemd answers before the job has run (see [`wait_until_stopped`]).
     async fn stop(&self, unit: &str) -> Result<(), SystemdError>;
+    /// Asks the unit to re-read its configuration (ExecReload).
+    async fn reload(&self, unit: &str) -> Result<(), SystemdError>;
     /// `ActiveState`: active, activating, inactive, failed…
     async fn active_state(&self, unit: &str) -> Result<String, SystemdError>;
     /// `UnitFileState`: enabled, disabled, static… (empty when the unit file does not exist)
@@ -104,6 +106,7 @@ trait Manager {
     async fn reload(&self) -> zbus::Result<()>;
     async fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     async fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    async fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     async fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     async fn enable_unit_files(
         &self,
@@ -220,6 +223,15 @@ impl Systemd for DbusSystemd {
             .map_err(call_error("stop", unit))
     }
 
+    async fn reload(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager()
+            .await?
+            .reload_unit(unit, "replace")
+            .await
+            .map(|_| ())
+            .map_err(call_error("reload", unit))
+    }
+
     async fn active_state(&self, unit: &str) -> Result<String, SystemdError> {
         self.unit(unit)
             .await?
@@ -298,6 +310,10 @@ pub mod fake {
         async fn stop(&self, unit: &str) -> Result<(), SystemdError> {
             self.record(format!("stop {unit}"));
             Self::set(&self.active, unit, "inactive");
+            Ok(())
+        }
+        async fn reload(&self, unit: &str) -> Result<(), SystemdError> {
+            self.record(format!("reload {unit}"));
             Ok(())
         }
         async fn active_state(&self, unit: &str) -> Result<String, SystemdError> {
