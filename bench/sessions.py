@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import shutil
 import tempfile
 import time
 
@@ -192,6 +193,7 @@ def main():
             run(["docker", "-H", args.endpoint, "rm", "-fv", *ids], check=False)
         # The per-owner data volume outlives sessions by design; the bench's owner is gone.
         run(["docker", "-H", args.endpoint, "volume", "rm", f"cubbi-data-{OWNER}"], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
