@@ -147,6 +147,10 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
         return Ok(ExitCode::SUCCESS);
     }
     let facts = HostFacts::gather(&RealHost);
+    // Before anything is written: no config, rules or bridge for an engine that cannot run.
+    let dockerd = facts.programs.get("dockerd").cloned().ok_or_else(|| {
+        CliError::Refused("dockerd is not installed: run `sudo cubbi setup`".into())
+    })?;
     let recorded = ensure_config(&paths, &facts, &args.bridge, args.subnet).map_err(refused)?;
     // dockerd runs without iptables: NAT and the egress guard are cubbi's, put in place first.
     if facts.has("iptables") {
@@ -169,9 +173,6 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
         );
     }
     supervisor::ensure_bridge(&SystemRunner, &recorded).map_err(|err| refused(err.into()))?;
-    let dockerd = facts.programs.get("dockerd").cloned().ok_or_else(|| {
-        CliError::Refused("dockerd is not installed: run `sudo cubbi setup`".into())
-    })?;
     let started = supervisor::start(&paths, &dockerd, Duration::from_secs(args.timeout)).await;
     let pid = match started {
         Ok(pid) => pid,

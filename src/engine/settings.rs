@@ -12,8 +12,8 @@ use super::EngineError;
 pub const DEFAULT_BRIDGE: &str = "cubbi0";
 
 /// Where the engine's other networks (`cubbi-network`, networks users make) take their /24s:
-/// outside Docker's default pools, so the host Docker never competes for them.
-pub const DEFAULT_POOL: Ipv4Net = Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 214, 0, 0), 16);
+/// the space the bridge's subnet comes from, outside Docker's default pools.
+pub const DEFAULT_POOL: Ipv4Net = super::subnet::ENGINE_SPACE;
 
 fn default_pool() -> Ipv4Net {
     DEFAULT_POOL

@@ -10,6 +10,13 @@ use ipnet::Ipv4Net;
 /// address pools (172.17-31/16, 192.168/16), so it does not race the host Docker for a subnet.
 const CANDIDATE_SPACE: (u8, u8) = (10, 214);
 
+/// That space as a network: the bridge's /24 comes from it, and so do the /24s of the engine's
+/// other networks (daemon.json `default-address-pools`).
+pub const ENGINE_SPACE: Ipv4Net = Ipv4Net::new_assert(
+    Ipv4Addr::new(CANDIDATE_SPACE.0, CANDIDATE_SPACE.1, 0, 0),
+    16,
+);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetError {
     #[error(
