@@ -9,12 +9,14 @@ use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::TryStreamExt;
 
 pub const BASE_IMAGE: &str = "debian:bookworm";
+/// The Debian release `BASE_IMAGE` is.
+const RELEASE: &str = "bookworm";
 
 pub async fn ensure(docker: &Docker) -> Result<(), String> {
     if docker.inspect_image(BASE_IMAGE).await.is_ok() {
         return Ok(());
     }
-    let tarball = tokio::task::spawn_blocking(cached_rootfs)
+    let tarball = tokio::task::spawn_blocking(cached_rootfs_once)
         .await
         .map_err(|e| e.to_string())??;
     let bytes = tokio::fs::read(&tarball)
@@ -40,6 +42,19 @@ fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/cubbi-test"))
 }
 
+/// The rootfs tarball; a failed bootstrap is reported to every later test without trying the
+/// mirror again (one bad mirror would otherwise cost a debootstrap per test).
+fn cached_rootfs_once() -> Result<PathBuf, String> {
+    static FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let mut failure = FAILURE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(reason) = failure.as_ref() {
+        return Err(format!("(an earlier test's bootstrap) {reason}"));
+    }
+    cached_rootfs().inspect_err(|reason| *failure = Some(reason.clone()))
+}
+
 /// The rootfs tarball, made under an exclusive lock so parallel runs bootstrap only once.
 fn cached_rootfs() -> Result<PathBuf, String> {
     let dir = cache_dir();
@@ -53,15 +68,21 @@ fn cached_rootfs() -> Result<PathBuf, String> {
     }
     super::dockerd::which("debootstrap")
         .ok_or("debootstrap is not installed: run install/test.sh, which installs it")?;
-    let mirror = debian_mirror()?;
+    let (mirror, origin) = debian_mirror()?;
     let rootfs = tempfile::Builder::new()
         .prefix("bookworm-rootfs-")
         .tempdir_in(&dir)
         .map_err(|e| e.to_string())?;
     run(Command::new("debootstrap")
-        .args(["--variant=minbase", "bookworm"])
+        .args(["--variant=minbase", RELEASE])
         .arg(rootfs.path())
-        .arg(&mirror))?;
+        .arg(&mirror))
+    .map_err(|err| {
+        format!(
+            "{err}\nthe mirror was {mirror}, from {origin}; set \
+             CUBBI_TEST_DEBIAN_MIRROR=http://.../debian to use another"
+        )
+    })?;
     let partial = dir.join("debian-bookworm.tar.partial");
     run(Command::new("tar")
         .arg("-C")
@@ -73,38 +94,17 @@ fn cached_rootfs() -> Result<PathBuf, String> {
     Ok(tarball)
 }
 
-/// The Debian mirror this host already uses (the only one reachable here), from apt's sources.
-fn debian_mirror() -> Result<String, String> {
+/// The Debian mirror to bootstrap from: `CUBBI_TEST_DEBIAN_MIRROR`, else the one apt on this
+/// host uses for Debian itself (the only one reachable here), with where it was read.
+fn debian_mirror() -> Result<(String, String), String> {
     if let Ok(mirror) = std::env::var("CUBBI_TEST_DEBIAN_MIRROR") {
-        return Ok(mirror);
+        return Ok((mirror, "CUBBI_TEST_DEBIAN_MIRROR".into()));
     }
-    let mut texts = Vec::new();
-    for dir in ["/etc/apt/sources.list.d"] {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                texts.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
-            }
-        }
-    }
-    texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
-    mirror_from_sources(&texts.join("\n"))
-        .ok_or_else(|| "no Debian mirror found in /etc/apt; set CUBBI_TEST_DEBIAN_MIRROR".into())
-}
-
-/// The first Debian archive URI (not the security archive) in deb822 or one-line sources.
-fn mirror_from_sources(text: &str) -> Option<String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
-        .flat_map(|line| {
-            let uris = line.strip_prefix("URIs:").map(str::split_whitespace);
-            let one_line = line
-                .strip_prefix("deb ")
-                .and_then(|rest| rest.split_whitespace().find(|word| word.contains("://")));
-            uris.into_iter().flatten().chain(one_line)
-        })
-        .find(|uri| uri.starts_with("http") && !uri.contains("security"))
-        .map(str::to_string)
+    let mirror = super::apt_sources::host_mirror(std::path::Path::new("/etc/apt"), RELEASE)?;
+    Ok((
+        mirror.uri,
+        format!("{} (suite {})", mirror.file.display(), mirror.suite),
+    ))
 }
 
 fn run(command: &mut Command) -> Result<(), String> {
@@ -114,22 +114,17 @@ fn run(command: &mut Command) -> Result<(), String> {
     if output.status.success() {
         return Ok(());
     }
+    // debootstrap reports on stdout (`E: ...`), other tools on stderr.
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<&str> = text.lines().collect();
     Err(format!(
-        "{command:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
+        "{command:?} failed ({}):\n{}",
+        output.status,
+        lines[lines.len().saturating_sub(10)..].join("\n")
     ))
 }
 
 pub fn mirror_parsing_self_check() -> Result<(), String> {
-    let deb822 = "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm\n\
-                  Types: deb\nURIs: http://mirror.invalid/debian-security\n";
-    let one_line = "deb [arch=amd64] http://other.invalid/debian bookworm main\n";
-    match (mirror_from_sources(deb822), mirror_from_sources(one_line)) {
-        (Some(a), Some(b))
-            if a == "http://mirror.invalid/debian" && b == "http://other.invalid/debian" =>
-        {
-            Ok(())
-        }
-        other => Err(format!("unexpected mirrors: {other:?}")),
-    }
+    super::apt_sources::self_check()
 }

@@ -1,6 +1,7 @@
 //! Shared test support: one real dockerd for the whole run, per-test cleanup of everything a
 //! test creates, and a small fluent helper to run the `cubbi` binary in an isolated home.
 
+pub mod apt_sources;
 pub mod base_image;
 pub mod cli;
 pub mod dockerd;
