@@ -4,6 +4,7 @@
 
 pub mod checks;
 pub mod probe;
+pub mod uid_probe;
 pub mod verify;
 
 use serde::Serialize;
