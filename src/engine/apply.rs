@@ -182,9 +182,10 @@ pub fn install_firewall(
     runner: &dyn CommandRunner,
     script: &str,
     rules: &RuleSet,
+    teardown: &RuleSet,
 ) -> Result<(), EngineError> {
     write_atomically(&paths.firewall_script, script, 0o700)?;
-    rules.install(runner)?;
+    rules.apply(teardown, runner)?;
     Ok(())
 }
 
@@ -342,13 +343,18 @@ async fn apply_action(
                 env.paths.log_file.display()
             ))
         }
-        Action::InstallFirewall { script, rules } => {
+        Action::InstallFirewall {
+            script,
+            rules,
+            teardown,
+        } => {
             write_atomically(&env.paths.firewall_script, script, 0o700)?;
-            // A guard turned off leaves its chains behind unless they go explicitly.
-            rules.replace(
-                &super::plan::firewall_superset(env.facts, &plan.settings),
-                runner,
-            )?;
+            // One iptables-restore per family; a guard turned off goes in the same payload.
+            rules.apply(teardown, runner)?;
+            Ok(String::new())
+        }
+        Action::WriteFirewallScript { script } => {
+            write_atomically(&env.paths.firewall_script, script, 0o700)?;
             Ok(String::new())
         }
         Action::CreateDockerContext { endpoint, user } => {
@@ -690,6 +696,7 @@ mod tests {
             bridge: "cubbi0".into(),
             skip_sysbox: true,
             supervised: false,
+            egress_guard: true,
             ..Default::default()
         };
         let mut plan = plan_setup(
@@ -739,12 +746,20 @@ mod tests {
         assert!(
             paths.daemon_json.exists() && paths.engine_json.exists() && paths.unit_file.exists()
         );
+        // The guard is on (asked for above), so its rules went in with the one restore.
+        assert!(options.egress_guard);
+        let restores: Vec<(String, String)> = runner
+            .inputs()
+            .into_iter()
+            .filter(|(command, _)| command.starts_with("iptables-restore"))
+            .collect();
+        assert_eq!(restores.len(), 1, "{restores:#?}");
         assert!(
-            runner
-                .commands()
-                .iter()
-                .any(|c| c.starts_with("iptables -w -t filter -A CUBBI-EGRESS"))
-                || !options.egress_guard
+            restores[0]
+                .1
+                .contains("-A CUBBI-EGRESS-cubbi0 -d 10.0.0.0/8 -j REJECT"),
+            "{}",
+            restores[0].1
         );
         assert!(
             paths.firewall_script.exists(),
