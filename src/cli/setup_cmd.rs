@@ -124,9 +124,7 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
         systemd: dbus.as_ref().map(|d| d as &dyn Systemd),
         start_timeout: Duration::from_secs(120),
     };
-    let invoking_user = std::env::var("SUDO_USER")
-        .ok()
-        .filter(|user| !user.is_empty() && user != "root");
+    let invoking_user = apply::invoking_user();
     let state = apply::read_state(&env, invoking_user.as_deref())
         .await
         .map_err(refused)?;

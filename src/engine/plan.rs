@@ -851,6 +851,24 @@ pub fn plan_uninstall(
             state.docker_context_endpoint.is_some(),
             format!("remove Docker context `{}`", super::DOCKER_CONTEXT),
         ),
+        UninstallStep {
+            id: "ip-forward",
+            // Only the system engine: a private one under --engine-root shares the host with
+            // others and leaves the host's sysctls alone.
+            state: if paths.is_system()
+                && state
+                    .engine_settings
+                    .as_ref()
+                    .is_some_and(|settings| settings.ip_forward_before == Some(false))
+            {
+                StepState::ToDo
+            } else {
+                StepState::Skipped
+            },
+            finding: "turn net.ipv4.ip_forward off again (it was off before setup; the engine's \
+                      dockerd turned it on)"
+                .into(),
+        },
         step(
             "config",
             state.daemon_json.is_some() || state.engine_settings.is_some(),
@@ -1256,5 +1274,82 @@ mod tests {
             steps.iter().find(|s| s.id == "unit").unwrap().state,
             StepState::Done
         );
+        let forward = |before: Option<bool>, paths: &EnginePaths| {
+            let mut settings =
+                EngineSettings::new("cubbi0".into(), "10.214.0.0/24".parse().unwrap(), true);
+            settings.ip_forward_before = before;
+            let state = EngineState {
+                engine_settings: Some(settings),
+                ..Default::default()
+            };
+            plan_uninstall(&state, paths, EngineMode::Systemd, false)
+                .into_iter()
+                .find(|s| s.id == "ip-forward")
+                .unwrap()
+                .state
+        };
+        let system = EnginePaths::system();
+        assert_eq!(forward(Some(false), &system), StepState::ToDo);
+        assert_eq!(forward(Some(true), &system), StepState::Skipped);
+        assert_eq!(forward(None, &system), StepState::Skipped);
+        let private = EnginePaths::under_root(std::path::Path::new("/tmp/x"));
+        assert_eq!(forward(Some(false), &private), StepState::Skipped);
+    }
+
+    #[test]
+    fn setup_records_ip_forward_as_it_was_before_the_engine() {
+        let plan = fresh_plan(&options());
+        assert_eq!(plan.settings.ip_forward_before, Some(false));
+    }
+
+    #[test]
+    fn without_iptables_the_guard_refuses_and_an_explicit_opt_out_gets_a_plain_script() {
+        let mut host = FixtureHost::debian_with_systemd();
+        host.programs.retain(|p| p != "iptables");
+        let facts = HostFacts::gather(&host);
+        let err = plan_setup(
+            &facts,
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("iptables") && text.contains("--no-egress-guard"),
+            "{text}"
+        );
+        let off = SetupOptions {
+            egress_guard: false,
+            ..options()
+        };
+        let plan = plan_setup(
+            &facts,
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &off,
+        )
+        .unwrap();
+        assert!(matches!(
+            state_of(&plan, "firewall").action,
+            Action::WriteFirewallScript { .. }
+        ));
+        // Installing Docker brings iptables with it, and the guard goes in.
+        host.programs.retain(|p| p != "dockerd");
+        let plan = plan_setup(
+            &HostFacts::gather(&host),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        assert!(matches!(
+            &state_of(&plan, "docker-engine").action,
+            Action::InstallPackages { packages, .. } if packages.contains(&"iptables".to_string())
+        ));
+        assert!(matches!(
+            state_of(&plan, "firewall").action,
+            Action::InstallFirewall { .. }
+        ));
     }
 }
