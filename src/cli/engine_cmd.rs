@@ -10,12 +10,14 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use super::{CliError, OutputMode, output};
-use crate::engine::daemon_json::{self, DaemonSettings};
+use crate::engine::daemon_json;
 use crate::engine::host::{HostFacts, RealHost};
 use crate::engine::runner::SystemRunner;
 use crate::engine::settings::{self, EngineSettings};
 use crate::engine::supervisor::{self, EngineStatus, StopOutcome};
-use crate::engine::{EngineError, EnginePaths, SOCKET_GROUP, apply, firewall, plan, subnet};
+use crate::engine::{
+    self, Desired, EngineError, EnginePaths, SOCKET_GROUP, Wanted, apply, firewall, plan,
+};
 
 /// Where the engine's files live; shared by `setup`, `doctor` and `engine`.
 #[derive(Debug, Clone, Args)]
@@ -152,26 +154,9 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
         CliError::Refused("dockerd is not installed: run `sudo cubbi setup`".into())
     })?;
     let recorded = ensure_config(&paths, &facts, &args.bridge, args.subnet).map_err(refused)?;
-    // dockerd runs without iptables: NAT and the egress guard are cubbi's, put in place first.
-    if facts.has("iptables") {
-        let nameservers = firewall::host_nameservers();
-        let rules = plan::firewall_rules(&facts, &recorded, &nameservers);
-        apply::install_firewall(
-            &paths,
-            &SystemRunner,
-            &rules.script(
-                &recorded.bridge,
-                &plan::firewall_superset(&facts, &recorded),
-            ),
-            &rules,
-        )
-        .map_err(refused)?;
-    } else {
-        eprintln!(
-            "warning: iptables is not installed, so sessions on this engine get no NAT and no \
-             egress guard (apt-get install iptables)"
-        );
-    }
+    // dockerd runs without iptables: NAT and the egress guard are cubbi's, put in place first,
+    // and without them the engine does not start unless the guard was turned off at setup.
+    firewall_before_start(&paths, &facts, &recorded).map_err(refused)?;
     supervisor::ensure_bridge(&SystemRunner, &recorded).map_err(|err| refused(err.into()))?;
     let started = supervisor::start(&paths, &dockerd, Duration::from_secs(args.timeout)).await;
     let pid = match started {
@@ -186,7 +171,42 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// daemon.json and engine.json as setup would write them, written only when they differ.
+/// The firewall for `recorded`, applied through the runner (one iptables-restore per family)
+/// and written as the script; a refusal when iptables is missing and the guard is on.
+fn firewall_before_start(
+    paths: &EnginePaths,
+    facts: &HostFacts,
+    recorded: &EngineSettings,
+) -> Result<(), EngineError> {
+    if !facts.has("iptables") {
+        if recorded.egress_guard {
+            return Err(EngineError::Refused(
+                "iptables is not installed, and the engine does not start without its firewall \
+                 (NAT and the egress guard): `apt-get install iptables`, or turn the guard off \
+                 explicitly with `sudo cubbi setup --no-egress-guard`"
+                    .into(),
+            ));
+        }
+        eprintln!(
+            "warning: iptables is not installed and the egress guard is off, so sessions on \
+             this engine get no NAT (apt-get install iptables)"
+        );
+        return Ok(());
+    }
+    let nameservers = firewall::host_nameservers();
+    let rules = plan::firewall_rules(facts, recorded, &nameservers);
+    let teardown = plan::firewall_superset(facts, recorded);
+    apply::install_firewall(
+        paths,
+        &SystemRunner,
+        &rules.script(&recorded.bridge, &teardown),
+        &rules,
+        &teardown,
+    )
+}
+
+/// daemon.json and engine.json as setup would write them (`engine::desired`, keeping what is
+/// recorded), written only when they differ.
 fn ensure_config(
     paths: &EnginePaths,
     facts: &HostFacts,
@@ -194,26 +214,29 @@ fn ensure_config(
     subnet_wanted: Option<Ipv4Net>,
 ) -> Result<EngineSettings, EngineError> {
     let recorded = EngineSettings::load(&paths.engine_json)?;
-    let settings = match recorded {
-        Some(recorded) => recorded,
-        None => EngineSettings::new(
-            bridge.to_string(),
-            subnet::choose_subnet(&facts.routes, bridge, subnet_wanted)?,
-            true,
-        ),
-    };
     // A missing group would stop dockerd; setup creates it, a bare `engine start` may not have.
     let group_exists = nix::unistd::Group::from_name(SOCKET_GROUP)
         .ok()
         .flatten()
         .is_some();
-    let desired = daemon_json::render(&DaemonSettings {
+    let Desired {
+        settings,
+        daemon_json: desired,
+    } = engine::desired(
+        facts,
         paths,
-        bridge: &settings.bridge,
-        pool: settings.pool,
-        default_runtime: &settings.default_runtime,
-        socket_group: group_exists.then_some(SOCKET_GROUP),
-    });
+        recorded.as_ref(),
+        &Wanted {
+            bridge,
+            subnet: if recorded.is_some() {
+                None
+            } else {
+                subnet_wanted
+            },
+            socket_group: group_exists.then_some(SOCKET_GROUP),
+            ..Default::default()
+        },
+    )?;
     let existing = match std::fs::read_to_string(&paths.daemon_json) {
         Ok(text) => Some(text),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
@@ -228,7 +251,9 @@ fn ensure_config(
     if merged.changed {
         apply::write_atomically(&paths.daemon_json, &merged.text, 0o644)?;
     }
-    apply::write_atomically(&paths.engine_json, &settings.to_json(), 0o644)?;
+    if recorded.as_ref() != Some(&settings) {
+        apply::write_atomically(&paths.engine_json, &settings.to_json(), 0o644)?;
+    }
     Ok(settings)
 }
 

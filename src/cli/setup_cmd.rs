@@ -51,6 +51,10 @@ pub struct SetupArgs {
     /// The bridge's subnet [default: the recorded one, else a free /24 in 10.214.0.0/16].
     #[arg(long, value_name = "CIDR")]
     subnet: Option<Ipv4Net>,
+    /// Where the engine's other networks take their /24s [default: the recorded pool, else
+    /// 10.214.0.0/16]; refused when it overlaps a host route.
+    #[arg(long, value_name = "CIDR")]
+    pool: Option<Ipv4Net>,
     /// The bridge interface for the engine (never docker0).
     #[arg(long, env = "CUBBI_ENGINE_BRIDGE", default_value = settings::DEFAULT_BRIDGE)]
     bridge: String,
@@ -120,9 +124,7 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
         systemd: dbus.as_ref().map(|d| d as &dyn Systemd),
         start_timeout: Duration::from_secs(120),
     };
-    let invoking_user = std::env::var("SUDO_USER")
-        .ok()
-        .filter(|user| !user.is_empty() && user != "root");
+    let invoking_user = apply::invoking_user();
     let state = apply::read_state(&env, invoking_user.as_deref())
         .await
         .map_err(refused)?;
@@ -160,6 +162,7 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
         docker_context: !args.no_docker_context,
         force: args.force,
         subnet: args.subnet,
+        pool: args.pool,
         bridge: args.bridge.clone(),
         invoking_user,
         supervised: args.supervised,

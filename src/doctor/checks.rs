@@ -50,6 +50,7 @@ pub fn run_all(facts: &DoctorFacts) -> Vec<Check> {
         ),
         not_host_default(&facts.socket, facts.docker_info.as_ref()),
         firewall(&facts.firewall, facts.egress_guard),
+        forwarding(host.ip_forward, facts.forward_policy.as_deref()),
         inotify(facts.inotify_instances),
     ]
 }
@@ -497,6 +498,33 @@ pub fn firewall(installed: &Readable<bool>, egress_guard: Option<bool>) -> Check
     }
 }
 
+/// IP forwarding on (the engine's dockerd turns it on) with FORWARD's policy ACCEPT makes this
+/// host a router between all its networks. cubbi's bridges are closed either way (CUBBI-FWD
+/// ends with a DROP of anything new into them); the warning is about the host's other networks.
+pub fn forwarding(ip_forward: Option<bool>, policy: Option<&str>) -> Check {
+    const ID: &str = "ip-forwarding";
+    match (ip_forward, policy) {
+        (Some(true), Some("ACCEPT")) => Check::warn(
+            ID,
+            "net.ipv4.ip_forward is 1 and the FORWARD policy is ACCEPT: this host forwards \
+             between all its networks (cubbi's bridges are closed by CUBBI-FWD's DROP, other \
+             interfaces are not)",
+            "sudo iptables -P FORWARD DROP   (after checking nothing on this host relies on \
+             forwarding; make it last with your firewall's configuration)",
+        ),
+        (Some(true), Some(policy)) => Check::ok(
+            ID,
+            format!("IP forwarding is on and the FORWARD policy is {policy}"),
+        ),
+        (Some(true), None) => Check::ok(
+            ID,
+            "IP forwarding is on (reading FORWARD's policy needs root and iptables)",
+        ),
+        (Some(false), _) => Check::ok(ID, "IP forwarding is off"),
+        (None, _) => Check::ok(ID, "net.ipv4.ip_forward cannot be read"),
+    }
+}
+
 /// Inside a Sysbox container, root (uid 0) must map to an unprivileged host uid. `uid_map` is
 /// the container's `/proc/self/uid_map` ("inside outside count" per line).
 pub fn uid_map(uid_map: &str) -> Check {
@@ -749,6 +777,26 @@ mod tests {
             Status::Fail
         );
         assert_eq!(firewall(&Readable::Read(false), None).status, Status::Warn);
+    }
+
+    #[test]
+    fn forwarding_with_an_accept_policy_warns() {
+        assert_eq!(forwarding(Some(true), Some("ACCEPT")).status, Status::Warn);
+        assert!(
+            forwarding(Some(true), Some("ACCEPT"))
+                .remedy
+                .contains("-P FORWARD DROP")
+        );
+        assert_eq!(forwarding(Some(true), Some("DROP")).status, Status::Ok);
+        assert_eq!(forwarding(Some(false), Some("ACCEPT")).status, Status::Ok);
+        assert_eq!(forwarding(None, None).status, Status::Ok);
+        assert_eq!(
+            super::super::probe::parse_forward_policy(
+                "-P FORWARD ACCEPT\n-A FORWARD -j CUBBI-FWD-cubbi0\n"
+            )
+            .as_deref(),
+            Some("ACCEPT")
+        );
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct DoctorFacts {
     pub egress_guard: Option<bool>,
     /// `fs.inotify.max_user_instances`; `None` when unreadable.
     pub inotify_instances: Option<u64>,
+    /// FORWARD's policy in the filter table (`ACCEPT`, `DROP`); `None` when it cannot be read
+    /// (not root, no iptables).
+    pub forward_policy: Option<String>,
 }
 
 /// The probes doctor uses; all real ones by default.
@@ -193,7 +196,18 @@ pub async fn gather(
             )
         }
     };
+    let forward_policy = (host.is_root && host.has("iptables"))
+        .then(|| {
+            probes
+                .runner
+                .output("iptables", &["-w", "-t", "filter", "-S", "FORWARD"])
+                .ok()
+                .filter(|out| out.success)
+                .and_then(|out| parse_forward_policy(&out.stdout))
+        })
+        .flatten();
     DoctorFacts {
+        forward_policy,
         dockerd_version,
         containerd_version,
         socket: SocketFacts {
@@ -222,6 +236,14 @@ pub async fn gather(
             .and_then(|text| text.trim().parse().ok()),
         host,
     }
+}
+
+/// `ACCEPT` from `-P FORWARD ACCEPT` in `iptables -S FORWARD`.
+pub fn parse_forward_policy(listing: &str) -> Option<String> {
+    listing
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("-P FORWARD "))
+        .map(|policy| policy.trim().to_string())
 }
 
 /// Names of running programs, from /proc/*/comm.

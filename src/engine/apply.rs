@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::firewall::{self, RuleSet};
-use super::host::{HostFacts, INOTIFY_SYSCTL, SYSCTL_CONF};
+use super::host::{HostFacts, INOTIFY_SYSCTL, IP_FORWARD_SYSCTL, SYSCTL_CONF};
 use super::plan::{Action, EngineMode, EngineState, Plan, StepState, SysboxSource, UninstallStep};
 use super::runner::CommandRunner;
 use super::settings::EngineSettings;
@@ -94,9 +94,9 @@ pub async fn read_state(
                 .is_installed(env.runner)
     });
     let docker_context_endpoint = if env.facts.has("docker") {
-        as_user(
+        docker_as(
+            env.runner,
             invoking_user,
-            "docker",
             &[
                 "context",
                 "inspect",
@@ -105,10 +105,7 @@ pub async fn read_state(
                 "{{.Endpoints.docker.Host}}",
             ],
         )
-        .and_then(|(program, args)| {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            env.runner.output(&program, &args).ok()
-        })
+        .ok()
         .filter(|out| out.success)
         .map(|out| out.stdout.trim().to_string())
     } else {
@@ -130,10 +127,18 @@ pub async fn read_state(
     })
 }
 
-/// Runs `program` as `user` when one is given (the sudo caller), via runuser.
-fn as_user(user: Option<&str>, program: &str, args: &[&str]) -> Option<(String, Vec<String>)> {
+/// The user who ran `sudo cubbi …` (not root), whose Docker CLI config gets the context.
+pub fn invoking_user() -> Option<String> {
+    std::env::var("SUDO_USER")
+        .ok()
+        .filter(|user| !user.is_empty() && user != "root")
+}
+
+/// The command line running `program` as `user` when one is given (the sudo caller), via
+/// runuser.
+fn as_user(user: Option<&str>, program: &str, args: &[&str]) -> (String, Vec<String>) {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    Some(match user {
+    match user {
         Some(user) => {
             let mut full = vec![
                 "-u".to_string(),
@@ -145,7 +150,19 @@ fn as_user(user: Option<&str>, program: &str, args: &[&str]) -> Option<(String, 
             ("runuser".to_string(), full)
         }
         None => (program.to_string(), args),
-    })
+    }
+}
+
+/// The Docker CLI as the sudo caller (so contexts land in their `~/.docker`), else as root.
+/// The one place cubbi runs `docker` on someone's behalf.
+pub fn docker_as(
+    runner: &dyn CommandRunner,
+    user: Option<&str>,
+    args: &[&str],
+) -> Result<super::runner::CommandOutput, super::runner::CommandError> {
+    let (program, args) = as_user(user, "docker", args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    runner.output(&program, &args)
 }
 
 fn read_optional(path: &Path) -> Result<Option<String>, EngineError> {
@@ -182,9 +199,10 @@ pub fn install_firewall(
     runner: &dyn CommandRunner,
     script: &str,
     rules: &RuleSet,
+    teardown: &RuleSet,
 ) -> Result<(), EngineError> {
     write_atomically(&paths.firewall_script, script, 0o700)?;
-    rules.install(runner)?;
+    rules.apply(teardown, runner)?;
     Ok(())
 }
 
@@ -342,36 +360,32 @@ async fn apply_action(
                 env.paths.log_file.display()
             ))
         }
-        Action::InstallFirewall { script, rules } => {
+        Action::InstallFirewall {
+            script,
+            rules,
+            teardown,
+        } => {
             write_atomically(&env.paths.firewall_script, script, 0o700)?;
-            // A guard turned off leaves its chains behind unless they go explicitly.
-            rules.replace(
-                &super::plan::firewall_superset(env.facts, &plan.settings),
-                runner,
-            )?;
+            // One iptables-restore per family; a guard turned off goes in the same payload.
+            rules.apply(teardown, runner)?;
+            Ok(String::new())
+        }
+        Action::WriteFirewallScript { script } => {
+            write_atomically(&env.paths.firewall_script, script, 0o700)?;
             Ok(String::new())
         }
         Action::CreateDockerContext { endpoint, user } => {
             let host = format!("host={endpoint}");
-            let exists = as_user(
+            let exists = docker_as(
+                runner,
                 user.as_deref(),
-                "docker",
                 &["context", "inspect", DOCKER_CONTEXT],
             )
-            .and_then(|(program, args)| {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                runner.output(&program, &args).ok()
-            })
-            .is_some_and(|out| out.success);
+            .is_ok_and(|out| out.success);
             let verb = if exists { "update" } else { "create" };
-            if let Some((program, args)) = as_user(
-                user.as_deref(),
-                "docker",
-                &["context", verb, DOCKER_CONTEXT, "--docker", &host],
-            ) {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                runner.run(&program, &args)?;
-            }
+            let args = ["context", verb, DOCKER_CONTEXT, "--docker", &host];
+            let out = docker_as(runner, user.as_deref(), &args)?;
+            super::runner::check("docker", &args, out)?;
             Ok(format!("try `docker --context {DOCKER_CONTEXT} ps`"))
         }
     }
@@ -511,8 +525,13 @@ async fn restore_host_docker(
     if std::fs::read(host_config).ok() == before {
         return Ok(String::new());
     }
+    // Atomically: dockerd (or a person) reading it meanwhile sees the old or the new file whole.
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(host_config).map_or(0o644, |meta| meta.permissions().mode() & 0o7777)
+    };
     match &before {
-        Some(bytes) => std::fs::write(host_config, bytes),
+        Some(bytes) => crate::atomic_file::write(host_config, bytes, mode, 0o755),
         None => std::fs::remove_file(host_config),
     }
     .map_err(|source| EngineError::Write {
@@ -535,7 +554,9 @@ async fn restore_host_docker(
         Some(systemd) if running => {
             systemd.reload(HOST_DOCKER_UNIT).await?;
             note.push_str(&format!(
-                " and reloaded {HOST_DOCKER_UNIT}, which runs with its own configuration again"
+                " and reloaded {HOST_DOCKER_UNIT} (a reload re-applies only dockerd's reloadable \
+                 settings; if the installer's restart changed others, restart {HOST_DOCKER_UNIT} \
+                 yourself when its containers can stop)"
             ));
         }
         _ => note.push_str(&format!(
@@ -559,7 +580,8 @@ pub async fn uninstall(
             StepState::Done => (Outcome::AlreadyDone, step.finding.clone()),
             StepState::Skipped | StepState::Cannot => (Outcome::Skipped, step.finding.clone()),
             StepState::ToDo => match uninstall_step(step.id, state, mode, env).await {
-                Ok(()) => (Outcome::Applied, step.finding.clone()),
+                Ok(note) if note.is_empty() => (Outcome::Applied, step.finding.clone()),
+                Ok(note) => (Outcome::Skipped, format!("{}: {note}", step.finding)),
                 Err(err) => (Outcome::Failed, err.to_string()),
             },
         };
@@ -579,7 +601,7 @@ async fn uninstall_step(
     state: &EngineState,
     mode: EngineMode,
     env: &Environment<'_>,
-) -> Result<(), EngineError> {
+) -> Result<String, EngineError> {
     let paths = env.paths;
     match id {
         "engine" => {
@@ -604,35 +626,35 @@ async fn uninstall_step(
                     supervisor::remove_bridge(env.runner, &network_bridge)?;
                 }
             }
-            Ok(())
+            Ok(String::new())
         }
         "unit" => {
             remove_if_present(&paths.unit_file)?;
             if let Some(systemd) = env.systemd {
                 systemd.daemon_reload().await?;
             }
-            Ok(())
+            Ok(String::new())
         }
         "firewall" => {
             if let Some(settings) = &state.engine_settings
                 && env.facts.has("iptables")
             {
+                // One restore per family: every hook and chain, guarded or not.
                 super::plan::firewall_superset(env.facts, settings).uninstall(env.runner)?;
             }
-            remove_if_present(&paths.firewall_script)
+            remove_if_present(&paths.firewall_script)?;
+            Ok(String::new())
         }
         "docker-context" => {
-            let user = std::env::var("SUDO_USER").ok();
-            if let Some((program, args)) = as_user(
-                user.as_deref(),
-                "docker",
-                &["context", "rm", "--force", DOCKER_CONTEXT],
-            ) {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                env.runner.run(&program, &args)?;
-            }
-            Ok(())
+            let args = ["context", "rm", "--force", DOCKER_CONTEXT];
+            let out = docker_as(env.runner, invoking_user().as_deref(), &args)?;
+            super::runner::check("docker", &args, out)?;
+            Ok(String::new())
         }
+        "ip-forward" => restore_ip_forward(
+            Path::new(IP_FORWARD_SYSCTL),
+            Path::new("/sys/class/net/docker0"),
+        ),
         "config" => {
             remove_if_present(&paths.daemon_json)?;
             remove_if_present(&paths.engine_json)?;
@@ -648,18 +670,35 @@ async fn uninstall_step(
                 // /etc/cubbi too, when setup made it and nothing else lives there.
                 let _ = std::fs::remove_dir(parent);
             }
-            Ok(())
+            Ok(String::new())
         }
         "data-root" => match std::fs::remove_dir_all(&paths.data_root) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(String::new()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
             Err(source) => Err(EngineError::Write {
                 path: paths.data_root.clone(),
                 source,
             }),
         },
-        _ => Ok(()),
+        _ => Ok(String::new()),
     }
+}
+
+/// Turns `net.ipv4.ip_forward` off again (it was off before cubbi's engine first ran), unless
+/// the host Docker's `docker0` exists: that Docker needs forwarding too. Returns why it was left
+/// on, or nothing.
+fn restore_ip_forward(sysctl: &Path, docker0: &Path) -> Result<String, EngineError> {
+    if docker0.exists() {
+        return Ok(format!(
+            "left on: {} exists, and the host Docker needs forwarding",
+            docker0.display()
+        ));
+    }
+    std::fs::write(sysctl, "0\n").map_err(|source| EngineError::Write {
+        path: sysctl.to_path_buf(),
+        source,
+    })?;
+    Ok(String::new())
 }
 
 fn remove_if_present(path: &Path) -> Result<(), EngineError> {
@@ -690,6 +729,7 @@ mod tests {
             bridge: "cubbi0".into(),
             skip_sysbox: true,
             supervised: false,
+            egress_guard: true,
             ..Default::default()
         };
         let mut plan = plan_setup(
@@ -739,12 +779,20 @@ mod tests {
         assert!(
             paths.daemon_json.exists() && paths.engine_json.exists() && paths.unit_file.exists()
         );
+        // The guard is on (asked for above), so its rules went in with the one restore.
+        assert!(options.egress_guard);
+        let restores: Vec<(String, String)> = runner
+            .inputs()
+            .into_iter()
+            .filter(|(command, _)| command.starts_with("iptables-restore"))
+            .collect();
+        assert_eq!(restores.len(), 1, "{restores:#?}");
         assert!(
-            runner
-                .commands()
-                .iter()
-                .any(|c| c.starts_with("iptables -w -t filter -A CUBBI-EGRESS"))
-                || !options.egress_guard
+            restores[0]
+                .1
+                .contains("-A CUBBI-EGRESS-cubbi0 -d 10.0.0.0/8 -j REJECT"),
+            "{}",
+            restores[0].1
         );
         assert!(
             paths.firewall_script.exists(),
@@ -769,14 +817,22 @@ mod tests {
 
         // Edited by the installer: the file is put back and docker.service re-reads it.
         std::fs::write(&config, "{\"runtimes\": {\"sysbox-runc\": {}}}").unwrap();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let inode = std::fs::metadata(&config).unwrap().ino();
         let note = restore_host_docker(&config, before, Some(&systemd))
             .await
             .unwrap();
+        // Replaced by a rename (never truncated in place), keeping the file's mode.
+        let restored = std::fs::metadata(&config).unwrap();
+        assert_ne!(restored.ino(), inode, "the file was rewritten in place");
+        assert_eq!(restored.permissions().mode() & 0o777, 0o640);
         assert_eq!(
             std::fs::read_to_string(&config).unwrap(),
             "{\"log-level\": \"warn\"}"
         );
         assert!(note.contains("reloaded docker.service"), "{note}");
+        assert!(note.contains("only dockerd's reloadable"), "{note}");
         assert_eq!(
             systemd.calls().last().map(String::as_str),
             Some("reload docker.service")
@@ -797,10 +853,28 @@ mod tests {
 
     #[test]
     fn commands_for_the_sudo_caller_run_through_runuser() {
-        let (program, args) = as_user(Some("alice"), "docker", &["context", "ls"]).unwrap();
-        assert_eq!(program, "runuser");
-        assert_eq!(args, ["-u", "alice", "--", "docker", "context", "ls"]);
-        let (program, _) = as_user(None, "docker", &[]).unwrap();
-        assert_eq!(program, "docker");
+        let runner = RecordingRunner::default();
+        docker_as(&runner, Some("alice"), &["context", "ls"]).unwrap();
+        docker_as(&runner, None, &["context", "ls"]).unwrap();
+        assert_eq!(
+            runner.commands(),
+            ["runuser -u alice -- docker context ls", "docker context ls"]
+        );
+    }
+
+    #[test]
+    fn uninstall_turns_ip_forward_off_again_unless_another_docker_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysctl = dir.path().join("ip_forward");
+        let docker0 = dir.path().join("docker0");
+        std::fs::write(&sysctl, "1\n").unwrap();
+        let note = restore_ip_forward(&sysctl, &docker0).unwrap();
+        assert_eq!(std::fs::read_to_string(&sysctl).unwrap(), "0\n");
+        assert!(note.is_empty(), "{note}");
+        std::fs::write(&sysctl, "1\n").unwrap();
+        std::fs::create_dir(&docker0).unwrap();
+        let note = restore_ip_forward(&sysctl, &docker0).unwrap();
+        assert_eq!(std::fs::read_to_string(&sysctl).unwrap(), "1\n");
+        assert!(note.contains("docker0"), "{note}");
     }
 }

@@ -237,6 +237,8 @@ pub struct HostFacts {
     pub architecture: String,
     /// `fs.inotify.max_user_instances`.
     pub inotify_instances: Option<u64>,
+    /// `net.ipv4.ip_forward`; `None` when unreadable.
+    pub ip_forward: Option<bool>,
 }
 
 /// Enough inotify instances for many systemd containers. Every systemd, journald and dbus
@@ -245,6 +247,7 @@ pub struct HostFacts {
 /// machine). Sysbox's installer raises the same limit.
 pub const INOTIFY_INSTANCES_WANTED: u64 = 8192;
 pub const INOTIFY_SYSCTL: &str = "/proc/sys/fs/inotify/max_user_instances";
+pub const IP_FORWARD_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Where setup makes the limit last across reboots.
 pub const SYSCTL_CONF: &str = "/etc/sysctl.d/90-cubbi.conf";
 
@@ -275,6 +278,7 @@ impl HostFacts {
             is_root: host.is_root(),
             architecture: std::env::consts::ARCH.to_string(),
             inotify_instances: number(INOTIFY_SYSCTL),
+            ip_forward: number(IP_FORWARD_SYSCTL).map(|value| value != 0),
         }
     }
 
@@ -318,6 +322,7 @@ pub mod fixture {
                 .file("/proc/mounts", "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n")
                 .file("/proc/sys/user/max_user_namespaces", "63000\n")
                 .file("/proc/sys/fs/inotify/max_user_instances", "128\n")
+                .file("/proc/sys/net/ipv4/ip_forward", "0\n")
                 .file("/proc/net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\neth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
             host.programs = [
                 "dockerd",

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod daemon_json;
+pub mod desired;
 pub mod firewall;
 pub mod host;
 pub mod paths;
@@ -22,6 +23,7 @@ pub mod unit;
 
 use std::path::PathBuf;
 
+pub use desired::{Desired, Wanted, desired};
 pub use paths::EnginePaths;
 
 /// The group that owns the dedicated socket; setup creates it and adds the invoking user.

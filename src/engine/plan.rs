@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use super::daemon_json::{self, DaemonSettings};
+use super::daemon_json;
 use super::firewall::{self, RuleSet};
 use super::host::{
     HostFacts, IDMAPPED_MOUNTS_SINCE, INOTIFY_INSTANCES_WANTED, SYSBOX_MINIMUM_KERNEL, SYSCTL_CONF,
@@ -84,6 +84,13 @@ pub enum Action {
         script: String,
         #[serde(skip)]
         rules: RuleSet,
+        /// Everything the firewall can have: what `rules` lacks of it is taken away.
+        #[serde(skip)]
+        teardown: RuleSet,
+    },
+    /// Without iptables and with the guard explicitly off: a script that only says so.
+    WriteFirewallScript {
+        script: String,
     },
     CreateDockerContext {
         endpoint: String,
@@ -136,6 +143,8 @@ pub struct SetupOptions {
     pub docker_context: bool,
     pub force: bool,
     pub subnet: Option<Ipv4Net>,
+    /// `--pool`: where the engine's other networks take their /24s.
+    pub pool: Option<Ipv4Net>,
     pub bridge: String,
     /// The user to add to the group and give the Docker context (`SUDO_USER`).
     pub invoking_user: Option<String>,
@@ -242,11 +251,15 @@ pub fn plan_setup(
             Action::Nothing,
         )
     } else if facts.distro.is_debian_family() && facts.has("apt-get") {
-        let packages: Vec<String> = if options.docker_ce {
+        let mut packages: Vec<String> = if options.docker_ce {
             ["docker-ce", "docker-ce-cli", "containerd.io"].map(String::from).to_vec()
         } else {
             ["docker.io"].map(String::from).to_vec()
         };
+        // The engine's firewall needs it; the engine does not start without it.
+        if !facts.has("iptables") {
+            packages.push("iptables".into());
+        }
         Step::new(
             "docker-engine",
             StepState::ToDo,
@@ -311,29 +324,25 @@ pub fn plan_setup(
         },
     );
 
-    // Bridge, subnet and daemon.json.
-    let bridge = state
-        .engine_settings
-        .as_ref()
-        .filter(|recorded| options.subnet.is_none() || Some(recorded.subnet) == options.subnet)
-        .map(|recorded| recorded.bridge.clone())
-        .unwrap_or_else(|| options.bridge.clone());
-    let wanted_subnet = options.subnet.or(state
-        .engine_settings
-        .as_ref()
-        .map(|recorded| recorded.subnet));
-    let subnet = subnet::choose_subnet(&facts.routes, &bridge, wanted_subnet)?;
-    let mut settings = EngineSettings::new(bridge.clone(), subnet, options.egress_guard);
-    if options.unsafe_runc && !facts.has_sysbox() {
-        settings.default_runtime = "runc".into();
-    }
-    let desired = daemon_json::render(&DaemonSettings {
+    // Bridge, subnet, pool and daemon.json: derived as `cubbi engine start` derives them.
+    let super::Desired {
+        settings,
+        daemon_json: desired,
+    } = super::desired(
+        facts,
         paths,
-        bridge: &bridge,
-        pool: settings.pool,
-        default_runtime: &settings.default_runtime,
-        socket_group: Some(SOCKET_GROUP),
-    });
+        state.engine_settings.as_ref(),
+        &super::Wanted {
+            bridge: &options.bridge,
+            subnet: options.subnet,
+            pool: options.pool,
+            egress_guard: Some(options.egress_guard),
+            unsafe_runc: Some(options.unsafe_runc),
+            socket_group: Some(SOCKET_GROUP),
+        },
+    )?;
+    let bridge = settings.bridge.clone();
+    let subnet = settings.subnet;
     let (merged, backup_invalid) =
         match daemon_json::merge(&paths.daemon_json, state.daemon_json.as_deref(), &desired) {
             Ok(merged) => (merged, false),
@@ -388,7 +397,26 @@ pub fn plan_setup(
     });
 
     // The firewall, before the engine: the unit runs its script ahead of dockerd.
-    steps.push(plan_firewall(facts, state, &settings, settings_changed));
+    let iptables_coming = facts.has("iptables")
+        || steps.iter().any(|step| {
+            matches!(&step.action, Action::InstallPackages { packages, .. }
+                if packages.iter().any(|p| p == "iptables"))
+        });
+    if !iptables_coming && settings.egress_guard {
+        return Err(EngineError::Refused(
+            "iptables is not installed, and the engine does not start without its firewall \
+             (NAT and the egress guard): install it (`apt-get install iptables`) and run setup \
+             again, or turn the guard off explicitly with --no-egress-guard"
+                .into(),
+        ));
+    }
+    steps.push(plan_firewall(
+        facts,
+        state,
+        &settings,
+        settings_changed,
+        iptables_coming,
+    ));
 
     // The engine itself.
     steps.push(plan_engine(
@@ -489,12 +517,20 @@ pub fn firewall_rules(
     settings: &EngineSettings,
     nameservers: &[std::net::Ipv4Addr],
 ) -> RuleSet {
+    firewall_rules_with(settings, nameservers, facts.has("ip6tables"))
+}
+
+fn firewall_rules_with(
+    settings: &EngineSettings,
+    nameservers: &[std::net::Ipv4Addr],
+    ipv6: bool,
+) -> RuleSet {
     firewall::rule_set(&firewall::FirewallSettings {
         bridge: settings.bridge.clone(),
         subnets: firewall::engine_subnets(settings.subnet, settings.pool),
         nameservers: nameservers.to_vec(),
         egress_guard: settings.egress_guard,
-        ipv6: facts.has("ip6tables"),
+        ipv6,
     })
 }
 
@@ -508,47 +544,71 @@ pub fn firewall_superset(facts: &HostFacts, settings: &EngineSettings) -> RuleSe
     firewall_rules(facts, &guarded, &[])
 }
 
+/// The firewall step. `iptables_coming`: iptables is installed, or the docker-engine step
+/// installs it. Without it (only reachable with the guard off) the script the unit requires
+/// just says so.
 fn plan_firewall(
     facts: &HostFacts,
     state: &EngineState,
     settings: &EngineSettings,
     settings_changed: bool,
+    iptables_coming: bool,
 ) -> Step {
     let id = "firewall";
     let bridges = format!("{}+", settings.bridge);
     let guard = if settings.egress_guard {
-        "egress guard on (private networks, link-local, 169.254.169.254 and this host blocked)"
+        "egress guard on (private networks, carrier-grade NAT, link-local, cloud metadata and this host blocked; new connections into the bridges dropped)"
     } else {
-        "egress guard OFF (--no-egress-guard)"
+        "egress guard OFF (--no-egress-guard); new connections into the bridges dropped"
     };
-    if !facts.has("iptables") {
-        return Step::new(
-            id,
-            StepState::Cannot,
-            "iptables is not installed, so sessions get no NAT and no egress guard: \
-             `apt-get install iptables`, then run setup again",
-            Action::Nothing,
+    let (script, finding, action) = if iptables_coming {
+        let ipv6 = facts.has("ip6tables") || !facts.has("iptables");
+        let rules = firewall_rules_with(settings, &state.nameservers, ipv6);
+        let superset = firewall_rules_with(
+            &EngineSettings {
+                egress_guard: true,
+                ..settings.clone()
+            },
+            &[],
+            ipv6,
         );
-    }
-    let rules = firewall_rules(facts, settings, &state.nameservers);
-    let script = rules.script(&settings.bridge, &firewall_superset(facts, settings));
-    if state.firewall_installed
-        && !settings_changed
+        let script = rules.script(&settings.bridge, &superset);
+        (
+            script.clone(),
+            format!("NAT and forwarding for {bridges} in cubbi's own chains; {guard}"),
+            Action::InstallFirewall {
+                script,
+                rules,
+                teardown: superset,
+            },
+        )
+    } else {
+        let script = firewall::without_iptables_script(&settings.bridge);
+        (
+            script.clone(),
+            "iptables is not installed and the guard is off (--no-egress-guard): the engine \
+             starts without NAT or guard, so sessions have no network (`apt-get install \
+             iptables`, then run setup again)"
+                .to_string(),
+            Action::WriteFirewallScript { script },
+        )
+    };
+    let in_place = !settings_changed
         && state.firewall_script.as_deref() == Some(script.as_str())
-    {
+        && (state.firewall_installed || !iptables_coming);
+    if in_place {
         Step::new(
             id,
             StepState::Done,
-            format!("NAT and forwarding for {bridges} in place; {guard}"),
+            if iptables_coming {
+                format!("NAT and forwarding for {bridges} in place; {guard}")
+            } else {
+                finding
+            },
             Action::Nothing,
         )
     } else {
-        Step::new(
-            id,
-            StepState::ToDo,
-            format!("NAT and forwarding for {bridges} in cubbi's own chains; {guard}"),
-            Action::InstallFirewall { script, rules },
-        )
+        Step::new(id, StepState::ToDo, finding, action)
     }
 }
 
@@ -791,6 +851,24 @@ pub fn plan_uninstall(
             state.docker_context_endpoint.is_some(),
             format!("remove Docker context `{}`", super::DOCKER_CONTEXT),
         ),
+        UninstallStep {
+            id: "ip-forward",
+            // Only the system engine: a private one under --engine-root shares the host with
+            // others and leaves the host's sysctls alone.
+            state: if paths.is_system()
+                && state
+                    .engine_settings
+                    .as_ref()
+                    .is_some_and(|settings| settings.ip_forward_before == Some(false))
+            {
+                StepState::ToDo
+            } else {
+                StepState::Skipped
+            },
+            finding: "turn net.ipv4.ip_forward off again (it was off before setup; the engine's \
+                      dockerd turned it on)"
+                .into(),
+        },
         step(
             "config",
             state.daemon_json.is_some() || state.engine_settings.is_some(),
@@ -1110,11 +1188,15 @@ mod tests {
         };
         let up = script.split("down()").next().unwrap_or_default();
         assert!(
-            up.contains("MASQUERADE") && !up.contains("CUBBI-EGRESS"),
+            up.contains("MASQUERADE")
+                && !up.contains("-A CUBBI-EGRESS")
+                && !up.contains("-j CUBBI-EGRESS"),
             "{script}"
         );
-        // `down` still clears a guard from an earlier setup.
-        assert!(script.contains("-X CUBBI-EGRESS-cubbi0"), "{script}");
+        // `up` takes a guard from an earlier setup away in the same payload, and so does `down`.
+        assert!(up.contains("-X CUBBI-EGRESS-cubbi0"), "{script}");
+        let down = script.split("down()").nth(1).unwrap_or_default();
+        assert!(down.contains("-X CUBBI-EGRESS-cubbi0"), "{script}");
     }
 
     #[test]
@@ -1192,5 +1274,82 @@ mod tests {
             steps.iter().find(|s| s.id == "unit").unwrap().state,
             StepState::Done
         );
+        let forward = |before: Option<bool>, paths: &EnginePaths| {
+            let mut settings =
+                EngineSettings::new("cubbi0".into(), "10.214.0.0/24".parse().unwrap(), true);
+            settings.ip_forward_before = before;
+            let state = EngineState {
+                engine_settings: Some(settings),
+                ..Default::default()
+            };
+            plan_uninstall(&state, paths, EngineMode::Systemd, false)
+                .into_iter()
+                .find(|s| s.id == "ip-forward")
+                .unwrap()
+                .state
+        };
+        let system = EnginePaths::system();
+        assert_eq!(forward(Some(false), &system), StepState::ToDo);
+        assert_eq!(forward(Some(true), &system), StepState::Skipped);
+        assert_eq!(forward(None, &system), StepState::Skipped);
+        let private = EnginePaths::under_root(std::path::Path::new("/tmp/x"));
+        assert_eq!(forward(Some(false), &private), StepState::Skipped);
+    }
+
+    #[test]
+    fn setup_records_ip_forward_as_it_was_before_the_engine() {
+        let plan = fresh_plan(&options());
+        assert_eq!(plan.settings.ip_forward_before, Some(false));
+    }
+
+    #[test]
+    fn without_iptables_the_guard_refuses_and_an_explicit_opt_out_gets_a_plain_script() {
+        let mut host = FixtureHost::debian_with_systemd();
+        host.programs.retain(|p| p != "iptables");
+        let facts = HostFacts::gather(&host);
+        let err = plan_setup(
+            &facts,
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("iptables") && text.contains("--no-egress-guard"),
+            "{text}"
+        );
+        let off = SetupOptions {
+            egress_guard: false,
+            ..options()
+        };
+        let plan = plan_setup(
+            &facts,
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &off,
+        )
+        .unwrap();
+        assert!(matches!(
+            state_of(&plan, "firewall").action,
+            Action::WriteFirewallScript { .. }
+        ));
+        // Installing Docker brings iptables with it, and the guard goes in.
+        host.programs.retain(|p| p != "dockerd");
+        let plan = plan_setup(
+            &HostFacts::gather(&host),
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options(),
+        )
+        .unwrap();
+        assert!(matches!(
+            &state_of(&plan, "docker-engine").action,
+            Action::InstallPackages { packages, .. } if packages.contains(&"iptables".to_string())
+        ));
+        assert!(matches!(
+            state_of(&plan, "firewall").action,
+            Action::InstallFirewall { .. }
+        ));
     }
 }

@@ -1,7 +1,8 @@
 //! External programs (ip, iptables, groupadd, usermod, apt-get, docker) behind one trait, so the
 //! setup steps are tested by recording the commands they would run.
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -30,18 +31,35 @@ pub trait CommandRunner: Send + Sync {
     /// Runs `program args…` to completion; a non-zero exit is an `Ok` with `success: false`.
     fn output(&self, program: &str, args: &[&str]) -> Result<CommandOutput, CommandError>;
 
+    /// Like [`output`](Self::output), with `input` on the program's stdin (how the firewall's
+    /// `iptables-restore` payload is handed over).
+    fn output_with_input(
+        &self,
+        program: &str,
+        args: &[&str],
+        input: &str,
+    ) -> Result<CommandOutput, CommandError>;
+
     /// Runs it and turns a non-zero exit into an error carrying its stderr.
     fn run(&self, program: &str, args: &[&str]) -> Result<CommandOutput, CommandError> {
-        let output = self.output(program, args)?;
-        if output.success {
-            Ok(output)
-        } else {
-            Err(CommandError::Failed {
-                command: command_line(program, args),
-                status: "non-zero exit".into(),
-                stderr: output.stderr.trim().to_string(),
-            })
-        }
+        check(program, args, self.output(program, args)?)
+    }
+}
+
+/// A non-zero exit as an error carrying its stderr.
+pub fn check(
+    program: &str,
+    args: &[&str],
+    output: CommandOutput,
+) -> Result<CommandOutput, CommandError> {
+    if output.success {
+        Ok(output)
+    } else {
+        Err(CommandError::Failed {
+            command: command_line(program, args),
+            status: "non-zero exit".into(),
+            stderr: output.stderr.trim().to_string(),
+        })
     }
 }
 
@@ -80,6 +98,36 @@ impl CommandRunner for SystemRunner {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         })
     }
+
+    fn output_with_input(
+        &self,
+        program: &str,
+        args: &[&str],
+        input: &str,
+    ) -> Result<CommandOutput, CommandError> {
+        tracing::debug!(command = %command_line(program, args), "running with input");
+        let spawn_error = |source| CommandError::Spawn {
+            command: command_line(program, args),
+            source,
+        };
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_error)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A program that exits early closes its stdin; its exit status says why.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let output = child.wait_with_output().map_err(spawn_error)?;
+        Ok(CommandOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +140,8 @@ pub mod fake {
     #[derive(Default)]
     pub struct RecordingRunner {
         pub ran: Mutex<Vec<String>>,
+        /// What was handed to each command that got stdin, with its command line.
+        pub inputs: Mutex<Vec<(String, String)>>,
         pub answers: Vec<(String, CommandOutput)>,
     }
 
@@ -115,6 +165,13 @@ pub mod fake {
         pub fn commands(&self) -> Vec<String> {
             self.ran.lock().map(|ran| ran.clone()).unwrap_or_default()
         }
+
+        pub fn inputs(&self) -> Vec<(String, String)> {
+            self.inputs
+                .lock()
+                .map(|inputs| inputs.clone())
+                .unwrap_or_default()
+        }
     }
 
     impl CommandRunner for RecordingRunner {
@@ -132,6 +189,18 @@ pub mod fake {
                     success: true,
                     ..Default::default()
                 }))
+        }
+
+        fn output_with_input(
+            &self,
+            program: &str,
+            args: &[&str],
+            input: &str,
+        ) -> Result<CommandOutput, CommandError> {
+            if let Ok(mut inputs) = self.inputs.lock() {
+                inputs.push((command_line(program, args), input.to_string()));
+            }
+            self.output(program, args)
         }
     }
 }

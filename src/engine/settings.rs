@@ -44,6 +44,10 @@ pub struct EngineSettings {
     /// without Sysbox (image builds run under the default runtime).
     #[serde(default = "sysbox_runtime")]
     pub default_runtime: String,
+    /// `net.ipv4.ip_forward` before the first setup (dockerd turns it on): `Some(false)` makes
+    /// `--uninstall` turn it off again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_forward_before: Option<bool>,
 }
 
 impl EngineSettings {
@@ -54,6 +58,7 @@ impl EngineSettings {
             pool: default_pool(),
             egress_guard,
             default_runtime: sysbox_runtime(),
+            ip_forward_before: None,
         }
     }
 

@@ -29,6 +29,18 @@ pub enum SubnetError {
         device: String,
         suggestion: String,
     },
+    #[error(
+        "the engine's address pool {pool} overlaps {route}, which this host routes via {device}: \
+         sessions' networks would shadow it; pick a pool outside every host route with --pool \
+         (e.g. --pool 10.215.0.0/16), or fix the route"
+    )]
+    PoolCollides {
+        pool: Ipv4Net,
+        route: Ipv4Net,
+        device: String,
+    },
+    #[error("the pool {0} is too small: the engine's networks are /24s, so use a /24 or larger")]
+    PoolTooSmall(Ipv4Net),
     #[error("no free /24 left in {0}.{1}.0.0/16: name one with --subnet")]
     Exhausted(u8, u8),
     #[error("cannot parse the routing table at line {line}: {reason}")]
@@ -125,6 +137,34 @@ pub fn choose_subnet(
     }
 }
 
+/// Refuses a pool that overlaps a host route (a LAN, a VPN, another Docker's bridge). Not
+/// counted: the default route, routes through the engine's own bridges (`<bridge>*`), and the
+/// routes dockerd adds for the engine's other networks (`br-…` devices, inside the pool).
+pub fn check_pool(routes: &[Route], own_bridge: &str, pool: Ipv4Net) -> Result<(), SubnetError> {
+    let pool = pool.trunc();
+    if pool.prefix_len() > 24 {
+        return Err(SubnetError::PoolTooSmall(pool));
+    }
+    let ours = |route: &Route| {
+        route.device.starts_with(own_bridge)
+            || (route.device.starts_with("br-")
+                && pool.contains(&route.destination)
+                && route.destination.prefix_len() >= 24)
+    };
+    match routes
+        .iter()
+        .filter(|route| route.destination.prefix_len() > 0 && !ours(route))
+        .find(|route| overlaps(&route.destination, &pool))
+    {
+        Some(route) => Err(SubnetError::PoolCollides {
+            pool,
+            route: route.destination,
+            device: route.device.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The bridge's own address: the first host of the subnet, with its prefix (`10.214.0.1/24`).
 pub fn gateway(subnet: &Ipv4Net) -> Option<Ipv4Net> {
     let first = subnet.hosts().next()?;
@@ -196,6 +236,36 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         assert!(text.contains("172.29.0.0/24"), "{text}");
         assert!(text.contains("cubbidev0"), "{text}");
         assert!(text.contains("--subnet 10.214.0.0/24"), "{text}");
+    }
+
+    #[test]
+    fn a_pool_overlapping_a_host_route_is_refused_with_the_route() {
+        let pool = net("10.214.0.0/16");
+        let vpn = |destination: &str, device: &str| Route {
+            device: device.into(),
+            destination: net(destination),
+        };
+        let routes = parse_proc_net_route(PROC_NET_ROUTE).unwrap();
+        assert!(check_pool(&routes, "cubbi0", pool).is_ok());
+        for (route, device) in [("10.214.5.0/24", "eth1"), ("10.0.0.0/8", "tailscale0")] {
+            let err = check_pool(&[vpn(route, device)], "cubbi0", pool).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(route) && text.contains(device), "{text}");
+            assert!(text.contains("--pool"), "{text}");
+        }
+        // The engine's own bridges and networks are not collisions on a re-run.
+        let own = [
+            vpn("10.214.0.0/24", "cubbi0"),
+            vpn("10.214.1.0/24", "cubbi0n"),
+            vpn("10.214.2.0/24", "br-0123456789ab"),
+        ];
+        assert!(check_pool(&own, "cubbi0", pool).is_ok());
+        // A host Docker network covering more than a /24 of the pool is not one of ours.
+        assert!(check_pool(&[vpn("10.214.0.0/20", "br-0123456789ab")], "cubbi0", pool).is_err());
+        assert!(matches!(
+            check_pool(&[], "cubbi0", net("10.214.0.0/25")),
+            Err(SubnetError::PoolTooSmall(_))
+        ));
     }
 
     #[test]

@@ -15,7 +15,8 @@ pub struct UnitSettings<'a> {
     pub dockerd: &'a Path,
     pub ip: &'a Path,
     pub daemon_json: &'a Path,
-    /// The firewall script (`engine::firewall`), run before dockerd when it exists.
+    /// The firewall script (`engine::firewall`), run before dockerd; the engine does not start
+    /// without it.
     pub firewall: &'a Path,
     pub bridge: &'a str,
     /// The bridge's own address with prefix, e.g. `10.214.0.1/24`.
@@ -55,10 +56,17 @@ mod tests {
         assert!(unit.contains("ExecStartPre=-/usr/sbin/ip address add 10.214.0.1/24 dev cubbi0"));
         assert!(unit.contains("ExecStopPost=-/usr/sbin/ip link delete cubbi0"));
         assert!(unit.contains("Type=notify"));
+        // Fail closed: no script, no engine.
         assert!(unit.contains(
-            "ExecStartPre=/bin/sh -c 'test ! -e /etc/cubbi/docker/firewall.sh || \
-             exec /bin/sh /etc/cubbi/docker/firewall.sh up'"
+            "ExecStartPre=/bin/sh -c 'test -e /etc/cubbi/docker/firewall.sh || { echo \"cubbi: \
+             /etc/cubbi/docker/firewall.sh is missing, and the engine does not start without its \
+             firewall: run sudo cubbi setup\" >&2; exit 1; }; exec /bin/sh \
+             /etc/cubbi/docker/firewall.sh up'"
         ));
+        assert!(
+            !unit.contains("test ! -e"),
+            "a missing script must not be skipped"
+        );
         assert!(!unit.contains("docker0"));
         assert!(!unit.contains("/etc/docker/"));
     }

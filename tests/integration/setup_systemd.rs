@@ -323,13 +323,20 @@ fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
                ip link add cubbi-t1h type veth peer name cubbi-t1n && \
                ip link set cubbi-t1n netns cubbi-t1 && \
                ip address add 172.31.250.1/30 dev cubbi-t1h && \
-               ip address add 198.51.100.1/30 dev cubbi-t1h && ip link set cubbi-t1h up && \
+               ip address add 198.51.100.1/30 dev cubbi-t1h && \
+               ip address add 100.64.250.1/30 dev cubbi-t1h && ip link set cubbi-t1h up && \
                ip -n cubbi-t1 address add 172.31.250.2/30 dev cubbi-t1n && \
                ip -n cubbi-t1 address add 198.51.100.2/30 dev cubbi-t1n && \
+               ip -n cubbi-t1 address add 100.64.250.2/30 dev cubbi-t1n && \
                ip -n cubbi-t1 link set cubbi-t1n up && ip -n cubbi-t1 link set lo up && \
                ip -n cubbi-t1 route add default via 172.31.250.1 && \
                ip netns exec cubbi-t1 /usr/sbin/sshd -p 22 -o PidFile=none");
-        for address in ["192.168.250.1", "172.31.250.2", "198.51.100.2"] {
+        for address in [
+            "192.168.250.1",
+            "172.31.250.2",
+            "198.51.100.2",
+            "100.64.250.2",
+        ] {
             let banner = sc.ok(&format!("exec 3<>/dev/tcp/{address}/22 && head -c 4 <&3"));
             assert_eq!(banner, "SSH-", "the listener on {address} answers locally");
         }
@@ -357,6 +364,28 @@ fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
             "starting the dedicated engine changed the host Docker's NAT rules"
         );
         sc.ok("iptables -w -S CUBBI-EGRESS-cubbi0");
+        let forward = sc.ok("iptables -w -S CUBBI-FWD-cubbi0");
+        assert!(
+            forward
+                .trim_end()
+                .ends_with("-A CUBBI-FWD-cubbi0 -o cubbi0+ -j DROP"),
+            "new connections into the bridges must be dropped last: {forward}"
+        );
+        // Fail closed: without its script the unit does not start the engine.
+        sc.ok("mv /etc/cubbi/docker/firewall.sh /root/firewall.sh");
+        let restart = sc.sh("systemctl restart cubbi-docker.service");
+        assert!(
+            !restart.status.success(),
+            "the engine started without its firewall script"
+        );
+        let journal = sc.ok("journalctl -u cubbi-docker.service --no-pager | tail -n 20");
+        assert!(
+            journal.contains("does not start without its firewall"),
+            "{journal}"
+        );
+        sc.ok("mv /root/firewall.sh /etc/cubbi/docker/firewall.sh && \
+               systemctl reset-failed cubbi-docker.service; \
+               systemctl restart cubbi-docker.service");
         sc.ok(&image.replace("ENDPOINT", DEDICATED));
         // What `cubbi-network` is on this engine: a bridge named with the engine bridge's prefix.
         sc.ok(&format!(
@@ -370,7 +399,13 @@ fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
         for network in ["bridge", "probe-net"] {
             // NAT and forwarding are cubbi's (dockerd runs without iptables) and they work.
             assert_reaches(&sc, network, "198.51.100.2", "the internet stays reachable");
-            for address in ["192.168.250.1", "172.31.250.2", gateway.as_str()] {
+            // Carrier-grade NAT (Tailscale, a cloud's metadata) is refused like RFC 1918.
+            for address in [
+                "192.168.250.1",
+                "172.31.250.2",
+                "100.64.250.2",
+                gateway.as_str(),
+            ] {
                 assert_refused(&sc, network, address);
             }
         }
@@ -403,7 +438,12 @@ fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
         ]);
         assert!(ok, "setup --no-egress-guard failed: {unguarded}");
         assert!(unguarded.contains("egress guard OFF"), "{unguarded}");
-        for address in ["192.168.250.1", "172.31.250.2", "198.51.100.2"] {
+        for address in [
+            "192.168.250.1",
+            "172.31.250.2",
+            "198.51.100.2",
+            "100.64.250.2",
+        ] {
             assert_reaches(&sc, "bridge", address, "without the guard");
         }
         assert_eq!(own_docker_nat(&sc), own_nat);
