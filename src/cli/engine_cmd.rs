@@ -168,7 +168,53 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
         }
     };
     report_started(mode, &paths, pid, false)?;
+    if let Some(warning) = sysbox_warning(
+        &recorded,
+        &facts,
+        crate::engine::sysbox::daemons_answering(),
+    ) {
+        eprintln!("warning: {warning}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What keeps sessions from starting under the engine's default runtime, sysbox-runc. cubbi
+/// does not supervise sysbox-mgr and sysbox-fs: they serve every engine on the host (one pair
+/// per host, fixed sockets), so their lifetime is not this engine's; it says what is missing.
+fn sysbox_warning(
+    recorded: &EngineSettings,
+    facts: &HostFacts,
+    (mgr, fs): (bool, bool),
+) -> Option<String> {
+    use crate::engine::daemon_json::SYSBOX_RUNTIME;
+    use crate::engine::sysbox::{FS_SOCKET, MGR_SOCKET};
+    if recorded.default_runtime != SYSBOX_RUNTIME {
+        return None;
+    }
+    if !facts.has(SYSBOX_RUNTIME) {
+        return Some(
+            "sysbox-runc, the engine's default runtime, is not installed: sessions and image \
+             builds fail until it is (`sudo cubbi setup`)"
+                .into(),
+        );
+    }
+    let down: Vec<String> = [
+        (mgr, "sysbox-mgr", MGR_SOCKET),
+        (fs, "sysbox-fs", FS_SOCKET),
+    ]
+    .into_iter()
+    .filter(|(answers, ..)| !answers)
+    .map(|(_, name, socket)| format!("{name} ({socket})"))
+    .collect();
+    (!down.is_empty()).then(|| {
+        format!(
+            "Sysbox is installed but {} not answering, so every sysbox-runc container (sessions, \
+             image builds) fails to start: start {} as root (`sysbox-mgr &`, then `sysbox-fs &`; \
+             `systemctl start sysbox` where systemd runs), then `cubbi doctor`",
+            down.join(" and "),
+            if down.len() == 1 { "it" } else { "them" }
+        )
+    })
 }
 
 /// The firewall for `recorded`, applied through the runner (one iptables-restore per family)
@@ -300,4 +346,49 @@ pub fn require_root(command: &str) -> Result<(), CliError> {
 
 pub fn refused(err: EngineError) -> CliError {
     CliError::Refused(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::host::fixture::FixtureHost;
+
+    fn facts(with_sysbox: bool) -> HostFacts {
+        let mut host = FixtureHost::debian_with_systemd();
+        if with_sysbox {
+            host.programs
+                .extend(["sysbox-runc", "sysbox-mgr", "sysbox-fs"].map(String::from));
+        }
+        HostFacts::gather(&host)
+    }
+
+    fn settings(runtime: &str) -> EngineSettings {
+        let mut settings =
+            EngineSettings::new("cubbi0".into(), "10.214.0.0/24".parse().unwrap(), true);
+        settings.default_runtime = runtime.into();
+        settings
+    }
+
+    #[test]
+    fn start_says_which_sysbox_daemon_is_down() {
+        let sysbox = settings("sysbox-runc");
+        assert_eq!(sysbox_warning(&sysbox, &facts(true), (true, true)), None);
+        let one = sysbox_warning(&sysbox, &facts(true), (true, false)).unwrap();
+        assert!(
+            one.contains("sysbox-fs (/run/sysbox/sysfs.sock)") && !one.contains("sysbox-mgr ("),
+            "{one}"
+        );
+        let both = sysbox_warning(&sysbox, &facts(true), (false, false)).unwrap();
+        assert!(
+            both.contains("sysbox-mgr") && both.contains("start them"),
+            "{both}"
+        );
+        let missing = sysbox_warning(&sysbox, &facts(false), (false, false)).unwrap();
+        assert!(missing.contains("not installed"), "{missing}");
+        // An engine set up with --unsafe-runc does not need Sysbox.
+        assert_eq!(
+            sysbox_warning(&settings("runc"), &facts(false), (false, false)),
+            None
+        );
+    }
 }

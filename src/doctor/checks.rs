@@ -288,14 +288,19 @@ pub fn sysbox_daemons(daemons: &SysboxDaemons) -> Check {
         SysboxDaemons::Processes { mgr, fs } => Check::fail(
             ID,
             format!(
-                "not running: {}",
+                "not running or not answering on /run/sysbox: {}",
                 [(!mgr).then_some("sysbox-mgr"), (!fs).then_some("sysbox-fs")]
                     .into_iter()
                     .flatten()
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            "install Sysbox (`sudo cubbi setup`) and start sysbox-mgr and sysbox-fs",
+            format!(
+                "start them as root: `sysbox-mgr &` then `sysbox-fs &` (they must answer on {} \
+                 and {}); install Sysbox first with `sudo cubbi setup` where it is missing",
+                crate::engine::sysbox::MGR_SOCKET,
+                crate::engine::sysbox::FS_SOCKET
+            ),
         ),
     }
 }
@@ -715,9 +720,15 @@ mod tests {
             mgr: false,
             fs: false,
         };
+        let down = sysbox_daemons(&procs);
         assert_eq!(
-            sysbox_daemons(&procs).finding,
-            "not running: sysbox-mgr, sysbox-fs"
+            down.finding,
+            "not running or not answering on /run/sysbox: sysbox-mgr, sysbox-fs"
+        );
+        assert!(
+            down.remedy.contains("/run/sysbox/sysmgr.sock"),
+            "{}",
+            down.remedy
         );
         assert_eq!(
             sysbox_daemons(&SysboxDaemons::Processes {

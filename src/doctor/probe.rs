@@ -32,7 +32,7 @@ pub enum Readable<T> {
 pub enum SysboxDaemons {
     /// ActiveState of sysbox-mgr.service and sysbox-fs.service over D-Bus.
     Units { mgr: String, fs: String },
-    /// Without systemd: whether the processes run.
+    /// Without systemd: whether each process runs and answers on its socket in /run/sysbox.
     Processes { mgr: bool, fs: bool },
 }
 
@@ -168,10 +168,12 @@ pub async fn gather(
                 .unwrap_or_else(|_| "unknown".into()),
         },
         None => {
+            // Without systemd: the process runs and answers on its socket.
             let running = running_programs();
+            let (mgr_answers, fs_answers) = crate::engine::sysbox::daemons_answering();
             SysboxDaemons::Processes {
-                mgr: running.iter().any(|name| name == "sysbox-mgr"),
-                fs: running.iter().any(|name| name == "sysbox-fs"),
+                mgr: mgr_answers && running.iter().any(|name| name == "sysbox-mgr"),
+                fs: fs_answers && running.iter().any(|name| name == "sysbox-fs"),
             }
         }
     };

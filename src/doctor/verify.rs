@@ -5,17 +5,14 @@
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
-use super::checks;
 use super::{Check, Status};
+use super::{checks, uid_probe};
 use crate::engine::daemon_json::SYSBOX_RUNTIME;
-
-/// The image the smoke container prefers (any local image does).
-const SMOKE_IMAGE: &str = "cubbi-base:latest";
 
 /// Every verification, in order; the first failing one ends it. `default_runtime` is what setup
 /// configured: sysbox-runc, or runc after `--unsafe-runc`.
@@ -82,26 +79,21 @@ pub async fn verify_endpoint(
     results
 }
 
-/// Runs `cat /proc/self/uid_map` under sysbox-runc and judges the mapping.
-async fn smoke(docker: &Docker) -> Check {
+/// Runs the uid-map probe under sysbox-runc and judges the mapping. The probe image is made
+/// by cubbi itself (see [`uid_probe`]), so this works right after setup, before any build.
+pub async fn smoke(docker: &Docker) -> Check {
     const ID: &str = "sysbox-smoke";
-    let image = match smoke_image(docker).await {
-        Some(image) => image,
-        None => {
-            return Check::warn(
-                ID,
-                "no image on the endpoint yet to run the Sysbox smoke test with",
-                "cubbi image build base, then cubbi doctor",
-            );
-        }
+    let image = match uid_probe::ensure(docker).await {
+        Ok(image) => image,
+        Err(reason) => return Check::warn(ID, reason, "cubbi doctor"),
     };
     let body = ContainerCreateBody {
         image: Some(image.clone()),
-        entrypoint: Some(vec!["cat".into()]),
-        cmd: Some(vec!["/proc/self/uid_map".into()]),
+        entrypoint: Some(vec![uid_probe::PROGRAM.into()]),
         labels: Some([("io.cubbi.smoke".to_string(), "true".to_string())].into()),
         host_config: Some(HostConfig {
             runtime: Some(SYSBOX_RUNTIME.into()),
+            network_mode: Some("none".into()),
             ..Default::default()
         }),
         ..Default::default()
@@ -139,22 +131,6 @@ async fn smoke(docker: &Docker) -> Check {
             "journalctl -u sysbox-mgr -u sysbox-fs; cubbi doctor",
         ),
     }
-}
-
-async fn smoke_image(docker: &Docker) -> Option<String> {
-    let images = docker
-        .list_images(Some(ListImagesOptionsBuilder::new().build()))
-        .await
-        .ok()?;
-    let tags: Vec<String> = images
-        .into_iter()
-        .flat_map(|image| image.repo_tags)
-        .filter(|tag| tag != "<none>:<none>")
-        .collect();
-    tags.iter()
-        .find(|tag| *tag == SMOKE_IMAGE)
-        .or_else(|| tags.first())
-        .cloned()
 }
 
 async fn run_and_read(docker: &Docker, id: &str) -> Result<String, String> {

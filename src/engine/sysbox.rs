@@ -24,6 +24,19 @@ const PINNED_PACKAGES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Where sysbox-mgr and sysbox-fs listen (fixed paths in Sysbox; sysbox-runc dials them for
+/// every container).
+pub const MGR_SOCKET: &str = "/run/sysbox/sysmgr.sock";
+pub const FS_SOCKET: &str = "/run/sysbox/sysfs.sock";
+
+/// Whether sysbox-mgr and sysbox-fs accept connections on their sockets: what sysbox-runc
+/// needs, however the daemons are supervised (systemd units, or started by hand where
+/// systemd is not PID 1). A stale socket file left by a dead daemon does not count.
+pub fn daemons_answering() -> (bool, bool) {
+    let answers = |path: &str| std::os::unix::net::UnixStream::connect(path).is_ok();
+    (answers(MGR_SOCKET), answers(FS_SOCKET))
+}
+
 const RELEASES_URL: &str = "https://downloads.nestybox.com/sysbox/releases";
 
 /// The beginning of every .deb: an ar archive whose first member is `debian-binary`.

@@ -470,6 +470,7 @@ fn session_connects(
 /// session's reach with the egress guard (its gateway and the machine's own address), and in
 /// reach once setup drops the guard, live, without restarting the engine.
 fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
+    crate::support::sysbox::require()?;
     let _one_at_a_time = require_root_and_dockerd()?;
     crate::support::docker_test("engine-session", |scope| async move {
         scope.ensure_base().await?;
@@ -481,11 +482,15 @@ fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
             engine
                 .cubbi()
                 .args(["setup", "--engine-root", &root, "--bridge", &engine.bridge])
-                .args(["--skip-sysbox", "--no-docker-context", "--unsafe-runc"])
+                .args(["--no-docker-context"])
                 .args(extra)
                 .run()
         };
-        setup(&[]).success().stdout_contains("egress guard on");
+        // Sysbox is installed here, so setup's verify runs its smoke container under it.
+        setup(&[])
+            .success()
+            .stdout_contains("egress guard on")
+            .stdout_contains("container root is host uid");
         let copied = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -514,7 +519,6 @@ fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
                 "--name",
                 "guarded",
             ])
-            .args(["--runtime", "runc", "--unsafe-runc"])
             .run()
             .success();
         let network_bridge = format!("{}n", engine.bridge);

@@ -10,6 +10,7 @@ mod images;
 mod session;
 mod setup_systemd;
 mod support;
+mod sysbox;
 
 use libtest_mimic::Arguments;
 
@@ -35,6 +36,7 @@ fn main() {
     tests.extend(images::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
+    tests.extend(sysbox::tests());
     let conclusion = libtest_mimic::run(&args, tests);
     support::teardown();
     conclusion.exit();

@@ -50,7 +50,16 @@ impl Dockerd {
         let _ = std::fs::write(root.join("bridge"), &bridge);
         let socket = root.join("docker.sock");
         let log = File::create(root.join("dockerd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new("dockerd")
+        let mut command = Command::new("dockerd");
+        // What `cubbi setup` registers: sessions name the runtime themselves on every create.
+        if super::sysbox::installed() {
+            command.arg(format!(
+                "--add-runtime={}={}",
+                super::sysbox::RUNTIME,
+                super::sysbox::RUNC_PATH
+            ));
+        }
+        let child = command
             .arg(format!("--host=unix://{}", socket.display()))
             .arg(format!("--data-root={}", root.join("data").display()))
             .arg(format!("--exec-root={}", root.join("exec").display()))

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod dockerd;
 pub mod images;
 pub mod pty;
+pub mod sysbox;
 
 use std::collections::HashMap;
 use std::future::Future;
