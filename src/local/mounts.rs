@@ -39,8 +39,8 @@ const KNOWN_SOCKETS: &[&str] = &[
 ];
 
 /// How many entries a source folder on the same filesystem as an engine socket is searched
-/// for another name of that socket (a hard link) before cubbi gives up and refuses.
-const HARD_LINK_SEARCH_LIMIT: usize = 20_000;
+/// for another name of that socket (a hard link) before cubbi stops looking (and warns).
+const HARD_LINK_SEARCH_LIMIT: usize = 100_000;
 
 /// `path` made absolute and lexically normal: `..` and `.` resolved, `//` and a trailing `/`
 /// dropped. `None` when it is not absolute.
@@ -209,12 +209,13 @@ pub fn check_source(given: &Path, resolved: &Path, sockets: &[PathBuf]) -> Resul
                     });
                 return refuse(format!("it holds {}{original}", path.display()));
             }
-            Search::TooLarge => {
-                return refuse(format!(
-                    "it is on the same filesystem as an engine socket and too large (over \
-                     {HARD_LINK_SEARCH_LIMIT} entries) to check for another name of it"
-                ));
-            }
+            // Engines keep their sockets on /run (a tmpfs), so a large folder here is a
+            // workspace on a host whose engine socket sits on the same disk: refusing it
+            // would refuse every large project.
+            Search::TooLarge => tracing::warn!(
+                "{shown} has over {HARD_LINK_SEARCH_LIMIT} entries on the filesystem of an \
+                 engine socket; it was not fully searched for a hard link to that socket"
+            ),
         }
     }
     Ok(())
