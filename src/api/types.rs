@@ -30,8 +30,12 @@ pub struct SessionSpec {
     /// Also join the default network (`docker.network`), created when missing.
     #[serde(default = "yes")]
     pub default_network: bool,
+    /// Memory limit in Docker's syntax; half the host's memory when absent. Swap is as large.
     pub memory: Option<String>,
     pub cpus: Option<f64>,
+    /// Most processes the session may run at once; [`DEFAULT_PIDS_LIMIT`] when absent.
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
     pub runtime: String,
     /// Allow `runc`, granting what systemd and the inner dockerd need: not isolated.
     #[serde(default)]
@@ -42,6 +46,19 @@ pub struct SessionSpec {
 
 fn yes() -> bool {
     true
+}
+
+/// The pids limit of a session when neither the spec nor the config gives one.
+pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
+
+/// A session's resource limits as Docker applies them (bytes, cores, processes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub memory: Option<i64>,
+    /// Memory plus swap, as Docker counts it.
+    pub memory_swap: Option<i64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +131,9 @@ pub struct Session {
     /// filled by `get`; the clone runs beside sshd, so a ready session may not have it yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub project_status: Option<String>,
+    /// Limits as applied (only filled by `get` and `create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 }
 
 /// Steps of a create, for progress displays and failure messages.

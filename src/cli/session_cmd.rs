@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 use super::output::{print_json, table};
 use super::{CliError, Context};
 use crate::api::{
-    ApiError, Backend, CreateStep, ExecEvent, LogOptions, Progress, Session, SessionSpec,
-    VolumeMount,
+    ApiError, Backend, CreateStep, ExecEvent, LogOptions, Progress, Resources, Session,
+    SessionSpec, VolumeMount,
 };
 use crate::config::{Config, ConfigFile};
 use crate::local::backend::{LocalBackend, LocalOptions};
@@ -103,9 +103,13 @@ pub struct CreateArgs {
     /// Do not join the default network (docker.network).
     #[arg(long)]
     pub no_default_network: bool,
-    /// Memory limit, e.g. 4g.
+    /// Memory limit, e.g. 4g [default: defaults.memory, else half the host's memory]. The
+    /// session gets as much swap again.
     #[arg(long)]
     pub memory: Option<String>,
+    /// Most processes the session may run at once [default: defaults.pids_limit, 4096].
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
     /// CPU limit [default: half the host's cores].
     #[arg(long)]
     pub cpus: Option<f64>,
@@ -157,7 +161,15 @@ async fn local_backend(
         default_network: config.docker.network.clone(),
         client_key: Arc::new(client_key),
         ssh_files: Some(files.clone()),
-        port_lock: crate::local::ports::default_lock_path(),
+        port_lock: crate::local::ports::LockLocation::resolve()?,
+        lock_timeout: std::env::var("CUBBI_LOCK_TIMEOUT")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .map_or(
+                crate::local::ports::DEFAULT_LOCK_TIMEOUT,
+                Duration::from_secs,
+            ),
+        engine_socket: endpoint.strip_prefix("unix://").map(PathBuf::from),
         ready_timeout,
         extra_labels: Default::default(),
     };
@@ -341,6 +353,7 @@ fn spec_from(args: &CreateArgs, config: &Config) -> Result<SessionSpec, CliError
             .clone()
             .or_else(|| config.defaults.memory.clone()),
         cpus: args.cpus.or(config.defaults.cpus),
+        pids_limit: Some(args.pids_limit.unwrap_or(config.defaults.pids_limit)),
         runtime: args
             .runtime
             .clone()
@@ -614,6 +627,9 @@ fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), Cl
         session.workspace.as_deref().unwrap_or("-")
     );
     out += &format!("command:    {}\n", session.command.join(" "));
+    if let Some(resources) = &session.resources {
+        out += &format!("limits:     {}\n", describe_resources(resources));
+    }
     out += &format!(
         "ssh:        {}@{}:{}\n",
         session.ssh.user, session.ssh.host, session.ssh.port
@@ -630,6 +646,25 @@ fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), Cl
     Ok(())
 }
 
+/// `memory 4.0 GiB (+4.0 GiB swap), 2 CPUs, 4096 processes`; `-` for what has no limit.
+fn describe_resources(resources: &Resources) -> String {
+    let gib = |bytes: i64| format!("{:.1} GiB", bytes as f64 / (1024.0 * 1024.0 * 1024.0));
+    let memory = match (resources.memory, resources.memory_swap) {
+        (Some(memory), Some(total)) if total > memory => {
+            format!("memory {} (+{} swap)", gib(memory), gib(total - memory))
+        }
+        (Some(memory), _) => format!("memory {}", gib(memory)),
+        (None, _) => "memory -".to_string(),
+    };
+    let cpus = resources
+        .cpus
+        .map_or_else(|| "CPUs -".to_string(), |c| format!("{c} CPUs"));
+    let pids = resources
+        .pids_limit
+        .map_or_else(|| "processes -".to_string(), |p| format!("{p} processes"));
+    format!("{memory}, {cpus}, {pids}")
+}
+
 impl From<ApiError> for CliError {
     fn from(err: ApiError) -> Self {
         CliError::Api(err)
@@ -638,7 +673,28 @@ impl From<ApiError> for CliError {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_git_url;
+    use super::{Resources, describe_resources, looks_like_git_url};
+
+    #[test]
+    fn resources_read_as_people_say_them() {
+        let shown = describe_resources(&Resources {
+            memory: Some(4 * 1024 * 1024 * 1024),
+            memory_swap: Some(8 * 1024 * 1024 * 1024),
+            cpus: Some(1.0),
+            pids_limit: Some(4096),
+        });
+        assert_eq!(
+            shown,
+            "memory 4.0 GiB (+4.0 GiB swap), 1 CPUs, 4096 processes"
+        );
+        let none = describe_resources(&Resources {
+            memory: None,
+            memory_swap: None,
+            cpus: None,
+            pids_limit: None,
+        });
+        assert_eq!(none, "memory -, CPUs -, processes -");
+    }
 
     #[test]
     fn git_urls_and_folders() {

@@ -9,6 +9,7 @@ pub enum Kind {
     Bool,
     Port,
     PositiveNumber,
+    PositiveInteger,
     NetworkList,
     NetworkName,
     Url,
@@ -53,11 +54,20 @@ const STATIC_KEYS: &[(&str, Kind, &str)] = &[
         Kind::NetworkList,
         "extra networks every session joins",
     ),
-    ("defaults.memory", Kind::Text, "memory limit, e.g. 4g"),
+    (
+        "defaults.memory",
+        Kind::Text,
+        "memory limit, e.g. 4g (default: half the host's)",
+    ),
     (
         "defaults.cpus",
         Kind::PositiveNumber,
         "CPU limit (default: half the host's)",
+    ),
+    (
+        "defaults.pids_limit",
+        Kind::PositiveInteger,
+        "most processes a session may run (default 4096)",
     ),
     ("defaults.runtime", Kind::Text, "OCI runtime for sessions"),
     (
@@ -196,6 +206,10 @@ pub fn parse_value(spec: &KeySpec, raw: &str) -> Result<toml_edit::Value, Config
         Kind::PositiveNumber => match raw.parse::<f64>() {
             Ok(n) if n > 0.0 && n.is_finite() => n.into(),
             _ => return Err(invalid(format!("`{raw}` is not a positive number"))),
+        },
+        Kind::PositiveInteger => match raw.parse::<i64>() {
+            Ok(n) if n > 0 => n.into(),
+            _ => return Err(invalid(format!("`{raw}` is not a positive whole number"))),
         },
         Kind::NetworkList => {
             let mut array = toml_edit::Array::new();
@@ -366,6 +380,10 @@ mod tests {
         let format = lookup("ui.table_format").unwrap();
         assert!(parse_value(&format, "utf8").is_ok());
         assert!(parse_value(&format, "fancy").is_err());
+        let pids = lookup("defaults.pids_limit").unwrap();
+        assert_eq!(parse_value(&pids, "512").unwrap().as_integer(), Some(512));
+        assert!(parse_value(&pids, "1.5").is_err());
+        assert!(parse_value(&pids, "0").is_err());
         let text = lookup("defaults.image").unwrap();
         assert!(parse_value(&text, "a\nb").is_err());
         assert!(parse_value(&text, "${UNCLOSED").is_err());

@@ -74,12 +74,15 @@ pub struct Defaults {
     pub mount_local: bool,
     /// Extra Docker networks every session joins.
     pub networks: Vec<String>,
-    /// Memory limit, in Docker's syntax (`4g`, `512m`).
+    /// Memory limit, in Docker's syntax (`4g`, `512m`); half the host's memory when unset.
+    /// Sessions get as much swap again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
     /// CPU limit; half the host's cores when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
+    /// Most processes a session may run at once (a fork bomb stays inside).
+    pub pids_limit: i64,
     /// OCI runtime for sessions.
     pub runtime: String,
     /// Allow `runc` without Sysbox: sessions are then NOT isolated from the host.
@@ -95,6 +98,7 @@ impl Default for Defaults {
             networks: Vec::new(),
             memory: None,
             cpus: None,
+            pids_limit: crate::api::DEFAULT_PIDS_LIMIT,
             runtime: "sysbox-runc".into(),
             allow_unsafe_runc: false,
         }
@@ -244,6 +248,12 @@ impl Config {
                 reason: "must be a positive number".into(),
             });
         }
+        crate::local::limits::pids_limit(Some(self.defaults.pids_limit)).map_err(|err| {
+            ConfigError::InvalidValue {
+                key: "defaults.pids_limit".into(),
+                reason: err.to_string(),
+            }
+        })?;
         for (name, endpoint) in &self.remote.endpoints {
             keys::validate_remote_name(name)?;
             keys::validate_url(&format!("remote.endpoints.{name}.url"), &endpoint.url)?;

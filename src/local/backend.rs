@@ -1,6 +1,8 @@
-//! Sessions on the local Docker endpoint: validate everything, reserve a port under the host
-//! lock, create the container with its labels, copy keys and env in, start it, and wait until
-//! sshd accepts the user's key. Any failure after the container exists removes it again.
+//! Sessions on the local Docker endpoint: validate everything, reserve the name and a port
+//! under the host lock by creating the container with its labels (a [`Reservation`]), copy
+//! keys and env in, start it, and wait until sshd accepts the user's key. The reservation owns
+//! the undo until the session is ready; a process killed before that leaves only a labelled
+//! container, which `list` shows and `close` removes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,10 +25,10 @@ use futures_util::{StreamExt, TryStreamExt};
 use russh::keys::PrivateKey;
 
 use super::labels::{self, SessionLabels};
-use super::{limits, naming, ports, runtime, state, upload};
+use super::{limits, mounts, naming, ports, runtime, state, upload};
 use crate::api::{
-    ApiError, Backend, CreateStep, ExecEvent, LogChunk, LogOptions, Progress, Session, SessionSpec,
-    SessionState,
+    ApiError, Backend, CreateStep, ExecEvent, LogChunk, LogOptions, Progress, Resources, Session,
+    SessionSpec, SessionState,
 };
 use crate::config::PortRange;
 use crate::images::{ImageMetadata, METADATA_LABEL};
@@ -51,7 +53,12 @@ pub struct LocalOptions {
     pub client_key: Arc<PrivateKey>,
     /// The user's OpenSSH files; `None` where nobody's ~/.ssh should change (the service).
     pub ssh_files: Option<SshFiles>,
-    pub port_lock: PathBuf,
+    /// The host-wide allocation lock (`ports::LockLocation::resolve`).
+    pub port_lock: ports::LockLocation,
+    /// How long a create waits for that lock before it gives up, naming the holder.
+    pub lock_timeout: Duration,
+    /// The endpoint's own socket (unix endpoints), never mountable into a session.
+    pub engine_socket: Option<PathBuf>,
     pub ready_timeout: Duration,
     /// Extra labels for everything created (tests mark their containers this way).
     pub extra_labels: HashMap<String, String>,
@@ -75,8 +82,83 @@ struct Plan {
     workspace: Option<PathBuf>,
     binds: Vec<String>,
     networks: Vec<String>,
-    memory: Option<i64>,
+    memory: i64,
     nano_cpus: i64,
+    pids_limit: i64,
+}
+
+/// Why a boot did not reach readiness.
+#[derive(Debug, thiserror::Error)]
+enum BootError {
+    /// Something outside cubbi's lock bound the reserved port before `start` did.
+    #[error("port {0} was taken before the session could start")]
+    PortTaken(u16),
+    #[error("{step} failed: {reason}")]
+    Step { step: CreateStep, reason: String },
+}
+
+impl BootError {
+    fn at(step: CreateStep) -> impl Fn(String) -> Self {
+        move |reason| Self::Step { step, reason }
+    }
+}
+
+/// A session's name and port, held by its labelled container from the moment it is created
+/// under the lock. Until [`Reservation::commit`] it owns the undo: [`Reservation::abort`]
+/// removes the container (and the ssh files, once written). Dropped uncommitted (a cancelled
+/// future), it leaves the container for `list` and `close`, and says so.
+struct Reservation {
+    id: String,
+    labels: SessionLabels,
+    ssh_files_written: bool,
+    settled: bool,
+}
+
+impl Reservation {
+    fn commit(mut self) -> (String, SessionLabels) {
+        self.settled = true;
+        (std::mem::take(&mut self.id), self.labels.clone())
+    }
+
+    async fn abort(mut self, backend: &LocalBackend) {
+        self.settled = true;
+        if let Err(err) = backend.remove(&self.id).await {
+            tracing::warn!(
+                "could not remove the failed session's container: {err}; `cubbi session close {}` \
+                 removes it",
+                self.labels.name
+            );
+        }
+        if self.ssh_files_written
+            && let Some(files) = &backend.options.ssh_files
+            && let Err(err) = files.remove_session(&self.labels.name)
+        {
+            tracing::warn!("could not remove the failed session's ssh files: {err}");
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            tracing::warn!(
+                "session {} was interrupted while booting; `cubbi session close {}` removes it",
+                self.labels.name,
+                self.labels.name
+            );
+        }
+    }
+}
+
+impl Plan {
+    fn resources(&self) -> Resources {
+        Resources {
+            memory: Some(self.memory),
+            memory_swap: Some(self.memory.saturating_mul(2)),
+            cpus: Some(self.nano_cpus as f64 / 1e9),
+            pids_limit: Some(self.pids_limit),
+        }
+    }
 }
 
 impl LocalBackend {
@@ -100,30 +182,39 @@ impl LocalBackend {
         for (key, value) in &spec.env {
             upload::validate_env(key, value)?;
         }
+        let sockets = mounts::known_sockets(self.options.engine_socket.as_deref());
         let workspace = match &spec.workspace {
-            Some(path) => Some(host_path(path, "workspace", true)?),
+            Some(path) => Some(host_path(path, "workspace", true, &sockets)?),
             None => None,
         };
         let mut binds = Vec::new();
+        let mut targets: Vec<(String, String)> = Vec::new();
         if let Some(workspace) = &workspace {
             binds.push(format!("{}:{WORKSPACE_PATH}", workspace.display()));
+            targets.push((WORKSPACE_PATH.into(), "the workspace".into()));
+        }
+        if runtime::is_plain_runc(&spec.runtime) {
+            targets.push((
+                runtime::INNER_DOCKER_ROOT.into(),
+                "the inner Docker's storage (under --unsafe-runc)".into(),
+            ));
         }
         for volume in &spec.volumes {
-            let host = host_path(&volume.host, "volume", false)?;
-            if !volume.container.starts_with('/') || volume.container.contains(':') {
-                return Err(ApiError::invalid(format!(
-                    "`{}` is not an absolute container path",
-                    volume.container
-                )));
-            }
+            let target = mounts::check_target(&volume.container)?;
+            let host = host_path(&volume.host, "volume", false, &sockets)?;
             let mode = if volume.read_only { ":ro" } else { "" };
-            binds.push(format!("{}:{}{mode}", host.display(), volume.container));
+            binds.push(format!("{}:{target}{mode}", host.display()));
+            targets.push((
+                target,
+                format!("-v {}:{}", volume.host.display(), volume.container),
+            ));
         }
-        let memory = spec
-            .memory
-            .as_deref()
-            .map(limits::parse_memory)
-            .transpose()?;
+        mounts::check_duplicates(targets.iter().map(|(t, what)| (t.as_str(), what.as_str())))?;
+        let memory = match spec.memory.as_deref() {
+            Some(raw) => limits::parse_memory(raw)?,
+            None => limits::default_memory(limits::host_memory()?),
+        };
+        let pids_limit = limits::pids_limit(spec.pids_limit)?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let nano_cpus = limits::nano_cpus(spec.cpus, cores)?;
 
@@ -155,11 +246,8 @@ impl LocalBackend {
                 networks.push(network.clone());
             }
         }
-        if self.find_by_exact_name(&name).await?.is_some() {
-            return Err(ApiError::Conflict(format!(
-                "a session named `{name}` exists already; pick another --name or close it first"
-            )));
-        }
+        // Early, for a quick refusal; the check that counts is under the lock (`reserve`).
+        self.check_name_free(&name).await?;
         Ok(Plan {
             name,
             image,
@@ -168,6 +256,7 @@ impl LocalBackend {
             networks,
             memory,
             nano_cpus,
+            pids_limit,
         })
     }
 
@@ -204,10 +293,7 @@ impl LocalBackend {
         if self.docker.inspect_network(name, None).await.is_ok() {
             return Ok(());
         }
-        let lock_path = self.options.port_lock.clone();
-        let _lock = tokio::task::spawn_blocking(move || ports::PortLock::acquire(&lock_path))
-            .await
-            .map_err(|err| ApiError::unavailable(err.to_string()))??;
+        let _lock = self.lock().await?;
         if self.docker.inspect_network(name, None).await.is_ok() {
             return Ok(());
         }
@@ -239,26 +325,53 @@ impl LocalBackend {
             .map_err(|err| ApiError::unavailable(format!("cannot create network {name}: {err}")))
     }
 
-    fn data_volume(&self) -> String {
-        let owner = naming::sanitize_hostname(&self.options.owner).unwrap_or_else(|| "user".into());
-        format!("cubbi-data-{owner}")
+    /// Takes the host-wide allocation lock (bounded wait, see [`ports::PortLock`]).
+    async fn lock(&self) -> Result<ports::PortLock, ApiError> {
+        let location = self.options.port_lock.clone();
+        let timeout = self.options.lock_timeout;
+        tokio::task::spawn_blocking(move || ports::PortLock::acquire(&location, timeout))
+            .await
+            .map_err(|err| ApiError::unavailable(err.to_string()))?
     }
 
+    /// The owner's data volume: `cubbi-data-NAME-HASH` (one per exact owner), or the volume of
+    /// the old scheme (`cubbi-data-NAME`) when it exists and is labelled with exactly this
+    /// owner, so data made before the change stays. A volume of that name owned by someone
+    /// else is refused, never shared.
     async fn ensure_data_volume(&self) -> Result<String, ApiError> {
-        let name = self.data_volume();
+        let owner = &self.options.owner;
+        let legacy = naming::legacy_data_volume_name(owner);
+        if let Ok(existing) = self.docker.inspect_volume(&legacy).await
+            && existing.labels.get(labels::OWNER) == Some(owner)
+        {
+            return Ok(legacy);
+        }
+        let name = naming::data_volume_name(owner);
         let mut labels = self.options.extra_labels.clone();
         labels.insert(labels::MANAGED.into(), "true".into());
-        labels.insert(labels::OWNER.into(), self.options.owner.clone());
+        labels.insert(labels::OWNER.into(), owner.clone());
         let request = VolumeCreateRequest {
             name: Some(name.clone()),
             labels: Some(labels),
             ..Default::default()
         };
-        self.docker
+        // Creating an existing volume returns it as it is, labels included.
+        let volume = self
+            .docker
             .create_volume(request)
             .await
             .map_err(Self::docker_error("cannot create the data volume"))?;
-        Ok(name)
+        match volume.labels.get(labels::OWNER) {
+            Some(found) if found == owner => Ok(name),
+            found => Err(ApiError::Conflict(format!(
+                "the data volume {name} belongs to {}, not to {owner}; cubbi will not share it. \
+                 Remove or rename it (`docker volume rm {name}`) if it is stale",
+                found.map_or_else(
+                    || "nobody cubbi knows (it has no owner label)".to_string(),
+                    |o| format!("`{o}`")
+                )
+            ))),
+        }
     }
 
     async fn containers(&self, filters: &[String]) -> Result<Vec<ContainerSummary>, ApiError> {
@@ -274,14 +387,48 @@ impl LocalBackend {
             .map_err(Self::docker_error("cannot list containers"))
     }
 
-    async fn find_by_exact_name(&self, name: &str) -> Result<Option<ContainerSummary>, ApiError> {
-        let found = self
+    /// Refuses a name a session of any owner has, or a container Docker knows as
+    /// `cubbi-NAME` or `cubbi-NAME.booting` (cubbi's or not).
+    async fn check_name_free(&self, name: &str) -> Result<(), ApiError> {
+        let by_label = self
             .containers(&[
                 format!("{}={name}", labels::NAME),
                 format!("{}=true", labels::SESSION),
             ])
             .await?;
-        Ok(found.into_iter().next())
+        if !by_label.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "a session named `{name}` exists already; pick another --name or close it first"
+            )));
+        }
+        let wanted = [
+            format!("/{}", labels::container_name(name)),
+            format!("/{}", labels::booting_container_name(name)),
+        ];
+        // Docker's name filter is a substring/regex match; compare exactly here.
+        let filter = HashMap::from([("name", vec![labels::container_name(name)])]);
+        let by_name = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(Self::docker_error("cannot list containers"))?;
+        if let Some(taken) = by_name
+            .iter()
+            .flat_map(|c| c.names.iter().flatten())
+            .find(|n| wanted.contains(n))
+        {
+            return Err(ApiError::Conflict(format!(
+                "a container named {} exists already on this endpoint; pick another --name, or \
+                 remove that container",
+                taken.trim_start_matches('/')
+            )));
+        }
+        Ok(())
     }
 
     /// Ports held by any cubbi session, in any state and of any owner.
@@ -323,8 +470,11 @@ impl LocalBackend {
                 maximum_retry_count: None,
             }),
             runtime: Some(spec.runtime.clone()),
-            memory: plan.memory,
+            memory: Some(plan.memory),
+            // Swap as large as the memory limit (Docker's MemorySwap counts both).
+            memory_swap: Some(plan.memory.saturating_mul(2)),
             nano_cpus: Some(plan.nano_cpus),
+            pids_limit: Some(plan.pids_limit),
             network_mode: plan.networks.first().cloned(),
             ..Default::default()
         };
@@ -344,9 +494,10 @@ impl LocalBackend {
         }
     }
 
-    /// Under the host-wide lock: picks a port no session holds and nothing has bound, then
-    /// creates the container, whose label is from then on the port's reservation.
-    async fn create_container(
+    /// Under the host-wide lock: checks the name is free, picks a port no session holds and
+    /// nothing has bound, and creates the container, whose name and labels are from then on
+    /// the reservation of both.
+    async fn reserve(
         &self,
         spec: &SessionSpec,
         plan: &Plan,
@@ -354,11 +505,9 @@ impl LocalBackend {
         data_volume: &str,
         avoid: &BTreeSet<u16>,
         progress: &dyn Progress,
-    ) -> Result<(String, SessionLabels), ApiError> {
-        let lock_path = self.options.port_lock.clone();
-        let lock = tokio::task::spawn_blocking(move || ports::PortLock::acquire(&lock_path))
-            .await
-            .map_err(|err| ApiError::unavailable(err.to_string()))??;
+    ) -> Result<Reservation, ApiError> {
+        let lock = self.lock().await?;
+        self.check_name_free(&plan.name).await?;
         let mut taken = self.taken_ports().await?;
         taken.extend(avoid);
         let port =
@@ -390,7 +539,12 @@ impl LocalBackend {
         let created = self.docker.create_container(Some(options), body).await;
         drop(lock);
         match created {
-            Ok(created) => Ok((created.id, session_labels)),
+            Ok(created) => Ok(Reservation {
+                id: created.id,
+                labels: session_labels,
+                ssh_files_written: false,
+                settled: false,
+            }),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 409,
                 message,
@@ -406,17 +560,19 @@ impl LocalBackend {
         }
     }
 
-    /// Steps 4-8 of a create, after the port is reserved: anything failing here is undone
-    /// by the caller.
+    /// Steps 4-8 of a create, after the reservation: anything failing here is undone by the
+    /// caller through the reservation.
     async fn boot(
         &self,
-        id: &str,
+        reservation: &mut Reservation,
         spec: &SessionSpec,
         plan: &Plan,
         host_key: &PrivateKey,
-        session_labels: &SessionLabels,
         progress: &dyn Progress,
-    ) -> Result<(), (CreateStep, String)> {
+    ) -> Result<(), BootError> {
+        let id = reservation.id.clone();
+        let id = id.as_str();
+        let session_labels = &reservation.labels.clone();
         progress.step(CreateStep::CopyingFiles);
         for network in plan.networks.iter().skip(1) {
             let request = NetworkConnectRequest {
@@ -426,14 +582,11 @@ impl LocalBackend {
             self.docker
                 .connect_network(network, request)
                 .await
-                .map_err(|err| {
-                    (
-                        CreateStep::CreatingContainer,
-                        format!("joining {network}: {err}"),
-                    )
+                .map_err(|err| BootError::Step {
+                    step: CreateStep::CreatingContainer,
+                    reason: format!("joining {network}: {err}"),
                 })?;
         }
-        let step_error = |step: CreateStep| move |err: String| (step, err);
         let metadata = plan.image.metadata.clone();
         let mut env = BTreeMap::new();
         for declaration in metadata.iter().flat_map(|m| m.environment.iter()) {
@@ -455,9 +608,9 @@ impl LocalBackend {
         }
         init.insert("CUBBI_SESSION_NAME".to_string(), plan.name.clone());
         let host_private = keys::private_openssh(host_key)
-            .map_err(|e| (CreateStep::PreparingKeys, e.to_string()))?;
+            .map_err(|e| BootError::at(CreateStep::PreparingKeys)(e.to_string()))?;
         let authorized = keys::public_openssh(self.options.client_key.public_key())
-            .map_err(|e| (CreateStep::PreparingKeys, e.to_string()))?;
+            .map_err(|e| BootError::at(CreateStep::PreparingKeys)(e.to_string()))?;
         let persistent = metadata.map(|m| m.persistent_configs).unwrap_or_default();
         let archive = upload::archive(&upload::SessionFiles {
             host_private_key: &host_private,
@@ -467,7 +620,7 @@ impl LocalBackend {
             init: &init,
             persistent_configs: &persistent,
         })
-        .map_err(|e| (CreateStep::CopyingFiles, e.to_string()))?;
+        .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
         self.docker
             .upload_to_container(
                 id,
@@ -475,15 +628,18 @@ impl LocalBackend {
                 bollard::body_full(archive.into()),
             )
             .await
-            .map_err(|e| e.to_string())
-            .map_err(step_error(CreateStep::CopyingFiles))?;
+            .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
 
         progress.step(CreateStep::Starting);
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| e.to_string())
-            .map_err(step_error(CreateStep::Starting))?;
+        if let Err(err) = self.docker.start_container(id, None).await {
+            // Our container failed to start, so it holds no port: if the port cannot be bound
+            // now, something outside the lock took it.
+            let address = std::net::SocketAddr::new(spec.ssh_bind, session_labels.ssh_port);
+            if !ports::can_bind(address) {
+                return Err(BootError::PortTaken(session_labels.ssh_port));
+            }
+            return Err(BootError::at(CreateStep::Starting)(err.to_string()));
+        }
 
         progress.step(CreateStep::WaitingForSsh);
         let target = SshTarget {
@@ -515,10 +671,12 @@ impl LocalBackend {
                     })
             }
         })
-        .await
-        .map_err(|e| (CreateStep::WaitingForSsh, e.to_string()));
-        if let Err((step, reason)) = ready {
-            return Err((step, self.explain_boot_failure(id, reason).await));
+        .await;
+        if let Err(err) = ready {
+            return Err(BootError::Step {
+                step: CreateStep::WaitingForSsh,
+                reason: self.explain_boot_failure(id, err.to_string()).await,
+            });
         }
 
         if let Some(files) = &self.options.ssh_files {
@@ -527,9 +685,11 @@ impl LocalBackend {
                 .clone()
                 .into_session(id.to_string(), SessionState::Ready)
                 .ssh;
+            // Set first: a write that fails half-way is undone too.
+            reservation.ssh_files_written = true;
             files
                 .write_session(&plan.name, &endpoint)
-                .map_err(|e| (CreateStep::WritingSshConfig, e.to_string()))?;
+                .map_err(|e| BootError::at(CreateStep::WritingSshConfig)(e.to_string()))?;
         }
         Ok(())
     }
@@ -537,21 +697,20 @@ impl LocalBackend {
     /// Records in Docker itself that the session became ready, by renaming its container from
     /// `cubbi-NAME.booting` to `cubbi-NAME`: `list` then reads readiness from one `docker ps`
     /// instead of probing every session, and a create that died half-way stays recognisable.
-    async fn mark_ready(&self, id: &str, name: &str) -> Result<(), ApiError> {
+    async fn mark_ready(&self, id: &str, name: &str) -> Result<(), BootError> {
         let options = RenameContainerOptionsBuilder::new()
             .name(&labels::container_name(name))
             .build();
-        if let Err(err) = self.docker.rename_container(id, options).await {
-            let _ = self.remove(id).await;
-            if let Some(files) = &self.options.ssh_files {
-                let _ = files.remove_session(name);
-            }
-            return Err(ApiError::Conflict(format!(
-                "session {name} became ready but its container could not take the name {}: {err}",
-                labels::container_name(name)
-            )));
-        }
-        Ok(())
+        self.docker
+            .rename_container(id, options)
+            .await
+            .map_err(|err| BootError::Step {
+                step: CreateStep::WaitingForSsh,
+                reason: format!(
+                    "session {name} became ready but its container could not take the name {}: {err}",
+                    labels::container_name(name)
+                ),
+            })
     }
 
     /// Says why a session never answered when its container died while booting.
@@ -738,24 +897,20 @@ impl LocalBackend {
     }
 }
 
-/// A host path given by the user: absolute, existing, and never the Docker socket.
-fn host_path(path: &Path, what: &str, must_be_dir: bool) -> Result<PathBuf, ApiError> {
+/// A host path given by the user: absolute, existing, never a socket, and never a folder
+/// holding a container engine's or D-Bus's socket (see [`mounts::check_source`]).
+fn host_path(
+    path: &Path,
+    what: &str,
+    must_be_dir: bool,
+    sockets: &[PathBuf],
+) -> Result<PathBuf, ApiError> {
     if !path.is_absolute() {
         return Err(ApiError::invalid(format!(
             "{what} path `{}` must be absolute (try `$PWD/{}`)",
             path.display(),
             path.display()
         )));
-    }
-    let refuse_socket = || {
-        ApiError::invalid(format!(
-            "refusing to mount `{}`: a container engine socket gives root on the host; sessions \
-             have their own Docker inside",
-            path.display()
-        ))
-    };
-    if is_container_engine_socket(path) {
-        return Err(refuse_socket());
     }
     let resolved = path.canonicalize().map_err(|err| {
         ApiError::invalid(format!(
@@ -769,9 +924,7 @@ fn host_path(path: &Path, what: &str, must_be_dir: bool) -> Result<PathBuf, ApiE
             path.display()
         )));
     }
-    if is_container_engine_socket(&resolved) {
-        return Err(refuse_socket());
-    }
+    mounts::check_source(path, &resolved, sockets)?;
     Ok(resolved)
 }
 
@@ -793,19 +946,6 @@ fn parse_reported_status(text: &str) -> (Option<String>, Option<String>) {
         }
     }
     (init, project)
-}
-
-fn is_container_engine_socket(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let engine_name = ["docker", "containerd", "podman", "cubbi-docker"]
-        .iter()
-        .any(|engine| name.contains(engine));
-    let is_socket = std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_socket());
-    engine_name && (is_socket || name.ends_with(".sock"))
 }
 
 #[async_trait]
@@ -836,38 +976,38 @@ impl Backend for LocalBackend {
         let mut avoid = BTreeSet::new();
         for attempt in 1..=PORT_ATTEMPTS {
             progress.step(CreateStep::AllocatingPort);
-            let (id, session_labels) = self
-                .create_container(&spec, &plan, &host_public, &data_volume, &avoid, progress)
+            let mut reservation = self
+                .reserve(&spec, &plan, &host_public, &data_volume, &avoid, progress)
                 .await?;
-            match self
-                .boot(&id, &spec, &plan, &host_key, &session_labels, progress)
+            let booted = match self
+                .boot(&mut reservation, &spec, &plan, &host_key, progress)
                 .await
             {
+                Ok(()) => self.mark_ready(&reservation.id, &plan.name).await,
+                Err(err) => Err(err),
+            };
+            match booted {
                 Ok(()) => {
-                    self.mark_ready(&id, &plan.name).await?;
-                    return Ok(session_labels.into_session(id, SessionState::Ready));
+                    let (id, session_labels) = reservation.commit();
+                    let mut session = session_labels.into_session(id, SessionState::Ready);
+                    session.resources = Some(plan.resources());
+                    return Ok(session);
                 }
-                Err((step, reason)) => {
-                    let retry = step == CreateStep::Starting
-                        && reason.contains("address already in use")
-                        && attempt < PORT_ATTEMPTS;
-                    let logs = if retry {
-                        Vec::new()
-                    } else {
-                        self.console_tail(&id, 20).await
-                    };
-                    let _ = self.remove(&id).await;
-                    if let Some(files) = &self.options.ssh_files {
-                        let _ = files.remove_session(&plan.name);
-                    }
-                    if retry {
-                        tracing::info!(
-                            port = session_labels.ssh_port,
-                            "port taken meanwhile; trying another"
-                        );
-                        avoid.insert(session_labels.ssh_port);
-                        continue;
-                    }
+                Err(BootError::PortTaken(port)) if attempt < PORT_ATTEMPTS => {
+                    tracing::info!(port, "port taken meanwhile; trying another");
+                    reservation.abort(self).await;
+                    avoid.insert(port);
+                }
+                Err(BootError::PortTaken(port)) => {
+                    reservation.abort(self).await;
+                    return Err(ApiError::Exhausted(format!(
+                        "every SSH port tried was taken before the session could start \
+                         ({PORT_ATTEMPTS} attempts, the last {port})"
+                    )));
+                }
+                Err(BootError::Step { step, reason }) => {
+                    let logs = self.console_tail(&reservation.id, 20).await;
+                    reservation.abort(self).await;
                     return Err(ApiError::Failed {
                         step: step.to_string(),
                         reason,
@@ -911,6 +1051,18 @@ impl Backend for LocalBackend {
                 session.state = SessionState::InitFailed;
             }
         }
+        session.resources = self
+            .docker
+            .inspect_container(&session.id, None)
+            .await
+            .ok()
+            .and_then(|container| container.host_config)
+            .map(|host| Resources {
+                memory: host.memory.filter(|m| *m > 0),
+                memory_swap: host.memory_swap.filter(|m| *m > 0),
+                cpus: host.nano_cpus.filter(|n| *n > 0).map(|n| n as f64 / 1e9),
+                pids_limit: host.pids_limit.filter(|p| *p > 0),
+            });
         Ok(session)
     }
 

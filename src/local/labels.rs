@@ -121,6 +121,7 @@ impl SessionLabels {
             command: self.command,
             init_status: None,
             project_status: None,
+            resources: None,
         }
     }
 }

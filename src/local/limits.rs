@@ -37,6 +37,47 @@ pub fn parse_memory(raw: &str) -> Result<i64, ApiError> {
     Ok(bytes as i64)
 }
 
+/// The memory limit when none is given: half the host's memory.
+pub fn default_memory(host_bytes: i64) -> i64 {
+    (host_bytes / 2).max(6 * 1024 * 1024)
+}
+
+/// The host's memory in bytes (MemTotal of /proc/meminfo).
+pub fn host_memory() -> Result<i64, ApiError> {
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|err| ApiError::unavailable(format!("cannot read /proc/meminfo: {err}")))?;
+    parse_mem_total(&text).ok_or_else(|| {
+        ApiError::unavailable(
+            "no MemTotal in /proc/meminfo; give the session a limit with --memory",
+        )
+    })
+}
+
+fn parse_mem_total(meminfo: &str) -> Option<i64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: i64 = line
+        .trim_start_matches("MemTotal:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// `--pids-limit`, by default [`crate::api::DEFAULT_PIDS_LIMIT`]; at least 64 (systemd, sshd
+/// and the inner dockerd need a few dozen before the agent runs anything).
+pub fn pids_limit(requested: Option<i64>) -> Result<i64, ApiError> {
+    let limit = requested.unwrap_or(crate::api::DEFAULT_PIDS_LIMIT);
+    if !(64..=4_194_304).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "pids limit {limit} is out of range: give 64 to 4194304 (default {})",
+            crate::api::DEFAULT_PIDS_LIMIT
+        )));
+    }
+    Ok(limit)
+}
+
 /// `--cpus` as Docker's NanoCpus; by default half the host's cores (at least one).
 pub fn nano_cpus(cpus: Option<f64>, host_cores: usize) -> Result<i64, ApiError> {
     let cpus = cpus.unwrap_or_else(|| (host_cores as f64 / 2.0).max(1.0));
@@ -60,6 +101,26 @@ mod tests {
         assert_eq!(parse_memory("1.5g").unwrap(), 1536 * 1024 * 1024);
         for bad in ["", "g", "12x", "-1g", "1k", "lots"] {
             assert!(parse_memory(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn memory_defaults_to_half_the_host() {
+        let meminfo = "MemTotal:       24576000 kB\nMemFree:        1000 kB\n";
+        let total = parse_mem_total(meminfo).unwrap();
+        assert_eq!(total, 24_576_000 * 1024);
+        assert_eq!(default_memory(total), 12_288_000 * 1024);
+        assert!(parse_mem_total("MemFree: 1 kB\n").is_none());
+        assert!(host_memory().unwrap() > 0);
+    }
+
+    #[test]
+    fn pids_limit_has_a_default_and_a_range() {
+        assert_eq!(pids_limit(None).unwrap(), 4096);
+        assert_eq!(pids_limit(Some(100)).unwrap(), 100);
+        for bad in [0, -1, 10, 5_000_000] {
+            let err = pids_limit(Some(bad)).unwrap_err();
+            assert_eq!(err.code(), crate::api::ErrorCode::Invalid, "{bad}");
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod labels;
 pub mod limits;
+pub mod mounts;
 pub mod naming;
 pub mod ports;
 pub mod runtime;

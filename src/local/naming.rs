@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-/// Lowercase, `_` → `-`, other invalid characters dropped, `--` collapsed, `-` trimmed from
-/// both ends, at most 63 characters. `None` when nothing usable is left.
 /// Docker's bridge-driver option naming a network's Linux bridge.
 pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
@@ -16,6 +14,8 @@ pub fn network_bridge_name(engine_bridge: &str) -> Option<String> {
         .then(|| format!("{engine_bridge}n"))
 }
 
+/// Lowercase, `_` → `-`, other invalid characters dropped, `--` collapsed, `-` trimmed from
+/// both ends, at most 63 characters. `None` when nothing usable is left.
 pub fn sanitize_hostname(raw: &str) -> Option<String> {
     let mut name = String::with_capacity(raw.len());
     for c in raw.chars() {
@@ -35,6 +35,27 @@ pub fn sanitize_hostname(raw: &str) -> Option<String> {
         name.pop();
     }
     (!name.is_empty()).then_some(name)
+}
+
+/// The owner's data volume: the owner made readable plus a hash of the exact owner, so
+/// `john.doe` and `john_doe` (or `Alice` and `alice`) never share one.
+pub fn data_volume_name(owner: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let readable: String = sanitize_hostname(owner)
+        .unwrap_or_else(|| "user".into())
+        .chars()
+        .take(40)
+        .collect();
+    let digest = Sha256::digest(owner.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("cubbi-data-{}-{hash}", readable.trim_end_matches('-'))
+}
+
+/// The data volume's name before owners were hashed in (`cubbi-data-john-doe`): several
+/// owners can map to it, so it is used only when its owner label is exactly the owner.
+pub fn legacy_data_volume_name(owner: &str) -> String {
+    let owner = sanitize_hostname(owner).unwrap_or_else(|| "user".into());
+    format!("cubbi-data-{owner}")
 }
 
 /// The default name: the workspace folder's name, the repository (and branch) of a project,
@@ -98,6 +119,23 @@ mod tests {
         assert_eq!(sanitize_hostname(&long).unwrap().len(), 63);
         let edge = format!("{}-b", "a".repeat(62));
         assert_eq!(sanitize_hostname(&edge).unwrap(), "a".repeat(62));
+    }
+
+    #[test]
+    fn data_volumes_are_one_per_exact_owner() {
+        let names: std::collections::BTreeSet<String> = [
+            "john.doe", "john_doe", "John.Doe", "Alice", "alice", "", "!!!", "ü",
+        ]
+        .iter()
+        .map(|owner| data_volume_name(owner))
+        .collect();
+        assert_eq!(names.len(), 8, "{names:?}");
+        let name = data_volume_name("john.doe");
+        assert!(name.starts_with("cubbi-data-john-doe-"), "{name}");
+        assert_eq!(name.len(), "cubbi-data-john-doe-".len() + 8);
+        assert_eq!(data_volume_name("john.doe"), name, "stable");
+        assert_eq!(legacy_data_volume_name("john.doe"), "cubbi-data-john-doe");
+        assert!(data_volume_name(&"x".repeat(200)).len() < 64);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder};
 use libtest_mimic::{Failed, Trial};
 
 use crate::support::pty::Terminal;
@@ -19,6 +19,10 @@ pub fn tests() -> Vec<Trial> {
         parallel_creates_get_distinct_ports,
         killed_create_leaves_only_what_close_removes,
         refusals_leave_nothing_behind,
+        a_taken_name_is_refused_before_anything_is_made,
+        parallel_creates_of_one_name_leave_one_working_session,
+        limits_are_applied_and_shown,
+        another_owners_data_volume_is_refused,
         ambiguous_prefix_lists_candidates,
         connect_is_a_login_shell_on_a_real_terminal,
         project_is_cloned_into_the_workspace,
@@ -338,6 +342,7 @@ fn parallel_creates_get_distinct_ports() -> Result<(), Failed> {
                 scope
                     .cubbi(&home)
                     .env("CUBBI_READY_TIMEOUT", "240")
+                    .env("CUBBI_LOCK_TIMEOUT", "240")
                     .args(
                         create_args(&format!("par{i}"), &[])
                             .iter()
@@ -381,49 +386,205 @@ fn parallel_creates_get_distinct_ports() -> Result<(), Failed> {
     })
 }
 
+/// Where `killed_create_leaves_only_what_close_removes` interrupts a create.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KillPoint {
+    /// Before it has made anything in Docker.
+    BeforeCreate,
+    /// As soon as its container exists (created, not started).
+    AfterContainerCreate,
+    /// As soon as its container runs (booting, not ready).
+    AfterStart,
+}
+
+/// This test's sessions named `name`, as Docker has them.
+async fn containers_named(
+    scope: &DockerScope,
+    name: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>, Failed> {
+    Ok(session_containers(scope)
+        .await?
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get("io.cubbi.name"))
+                .is_some_and(|n| n == name)
+        })
+        .collect())
+}
+
+/// The ssh files cubbi writes for a session (either layout: one known_hosts for all, or one
+/// per session beside the conf).
+fn ssh_leftovers(home: &TestHome, name: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(home.path().join(".ssh/cubbi.d")) {
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with(&format!("{name}.")) {
+                left.push(file);
+            }
+        }
+    }
+    let known =
+        std::fs::read_to_string(home.path().join(".config/cubbi/known_hosts")).unwrap_or_default();
+    left.extend(
+        known
+            .lines()
+            .filter(|line| {
+                line.split_whitespace()
+                    .any(|w| w == format!("cubbi-{name}"))
+            })
+            .map(str::to_string),
+    );
+    left
+}
+
 fn killed_create_leaves_only_what_close_removes() -> Result<(), Failed> {
     docker_test("session-killed", |scope| async move {
         scope.ensure_base().await?;
         let home = TestHome::new();
-        for delay_ms in [300u64, 900] {
-            let mut child = scope
-                .cubbi(&home)
-                .args(create_args(&format!("killed{delay_ms}"), &[]))
-                .spawn();
-            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        for point in [
+            KillPoint::BeforeCreate,
+            KillPoint::AfterContainerCreate,
+            KillPoint::AfterStart,
+        ] {
+            let name = format!("killed-{}", format!("{point:?}").to_lowercase());
+            let mut child = scope.cubbi(&home).args(create_args(&name, &[])).spawn();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let reached = match point {
+                    KillPoint::BeforeCreate => Ok(true),
+                    KillPoint::AfterContainerCreate => containers_named(&scope, &name)
+                        .await
+                        .map(|found| !found.is_empty()),
+                    KillPoint::AfterStart => containers_named(&scope, &name).await.map(|found| {
+                        found
+                            .iter()
+                            .any(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "running"))
+                    }),
+                };
+                let reached = match reached {
+                    Ok(reached) => reached,
+                    Err(err) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(err);
+                    }
+                };
+                if reached {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline || child.try_wait()?.is_some() {
+                    let _ = child.kill();
+                    let output = child.wait_with_output()?;
+                    return Err(format!(
+                        "{point:?} never reached: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let killed = child.kill();
             child.wait()?;
             killed?;
+
+            let containers = containers_named(&scope, &name).await?;
+            if point != KillPoint::BeforeCreate {
+                assert_eq!(containers.len(), 1, "{point:?}: the container must stay");
+            }
+            let listed = scope
+                .cubbi(&home)
+                .args(["--json", "session", "list"])
+                .run()
+                .success();
+            let sessions: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout())?;
+            let shown = sessions
+                .iter()
+                .filter(|s| s["name"] == name.as_str())
+                .count();
+            assert_eq!(
+                shown,
+                containers.len(),
+                "{point:?}: list must show every leftover container"
+            );
+            // The anonymous volumes of the leftover (the inner Docker's storage under runc).
+            let mut anonymous = Vec::new();
+            for container in &containers {
+                let id = container.id.clone().ok_or("no id")?;
+                let inspected = scope.docker.inspect_container(&id, None).await?;
+                for mount in inspected.mounts.unwrap_or_default() {
+                    if mount.destination.as_deref() == Some("/var/lib/docker") {
+                        anonymous.extend(mount.name);
+                    }
+                }
+            }
+            if point != KillPoint::BeforeCreate {
+                assert!(
+                    !anonymous.is_empty(),
+                    "{point:?}: no inner Docker volume seen"
+                );
+            }
+            if !containers.is_empty() {
+                scope
+                    .cubbi(&home)
+                    .args(["session", "close", &name])
+                    .run()
+                    .success();
+            }
+            assert!(
+                containers_named(&scope, &name).await?.is_empty(),
+                "{point:?}: close left the container"
+            );
+            for volume in anonymous {
+                assert!(
+                    scope.docker.inspect_volume(&volume).await.is_err(),
+                    "{point:?}: close left volume {volume}"
+                );
+            }
+            let left = ssh_leftovers(&home, &name);
+            assert!(left.is_empty(), "{point:?}: ssh files left: {left:?}");
         }
-        let containers = session_containers(&scope).await?;
-        let listed = scope
-            .cubbi(&home)
-            .args(["--json", "session", "list"])
-            .run()
-            .success();
-        let sessions: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout())?;
-        assert_eq!(
-            sessions.len(),
-            containers.len(),
-            "list must show every leftover container"
-        );
-        scope
-            .cubbi(&home)
-            .args(["session", "close", "--all"])
-            .run()
-            .success();
-        assert!(
-            session_containers(&scope).await?.is_empty(),
-            "close left containers"
-        );
         Ok(())
     })
+}
+
+/// `-v` of a harmless host folder onto `target` (not /tmp: the harness's dockerd has its
+/// socket there).
+fn tmp_mount(target: &str) -> String {
+    format!("/usr/share/doc:{target}")
 }
 
 fn refusals_leave_nothing_behind() -> Result<(), Failed> {
     docker_test("session-refusals", |scope| async move {
         scope.ensure_base().await?;
         let home = TestHome::new();
+        let workspace = home.path().join("ws");
+        std::fs::create_dir(&workspace)?;
+        let workspace_arg = workspace.display().to_string();
+        // A socket of any name is refused, not only the ones called docker*.
+        let socket = home.path().join("notes.txt");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket)?;
+        let socket_arg = socket.display().to_string();
+        // The folder holding the endpoint's socket.
+        let engine_socket = scope
+            .endpoint
+            .strip_prefix("unix://")
+            .ok_or("the harness's endpoint is a unix socket")?;
+        let engine_dir = std::path::Path::new(engine_socket)
+            .parent()
+            .ok_or("socket has a folder")?
+            .display()
+            .to_string();
+        let m_home = tmp_mount("/home/agent");
+        let m_home_slash = tmp_mount("/home//agent/");
+        let m_ssh = tmp_mount("/etc/ssh");
+        let m_root = tmp_mount("/srv/..");
+        let m_run = tmp_mount("/run/x");
+        let m_workspace = tmp_mount("/home/agent/workspace/");
+        let m_engine = format!("{engine_dir}:/srv/engine");
+        let m_socket = format!("{socket_arg}:/srv/s");
         let cases: Vec<(Vec<&str>, &str)> = vec![
             (create_args("!!!", &[]), "nothing usable as a session name"),
             (
@@ -483,6 +644,46 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
                 create_args("mem", &["--memory", "lots"]),
                 "not a memory size",
             ),
+            (
+                create_args("pids", &["--pids-limit", "5"]),
+                "pids limit 5 is out of range",
+            ),
+            (
+                create_args("over-home", &["-v", &m_home]),
+                "refusing to mount over `/home/agent`",
+            ),
+            (
+                create_args("over-home-slash", &["-v", &m_home_slash]),
+                "refusing to mount over",
+            ),
+            (
+                create_args("over-ssh", &["-v", &m_ssh]),
+                "refusing to mount over `/etc/ssh`",
+            ),
+            (
+                create_args("over-root", &["-v", &m_root]),
+                "refusing to mount over",
+            ),
+            (
+                create_args("over-run", &["-v", &m_run]),
+                "refusing to mount over",
+            ),
+            (
+                create_args("twice", &[&workspace_arg, "-v", &m_workspace]),
+                "two mounts on `/home/agent/workspace`",
+            ),
+            (
+                create_args("any-socket", &["-v", &m_socket]),
+                "it is a socket",
+            ),
+            (
+                create_args("engine-dir", &["-v", &m_engine]),
+                "refusing to mount",
+            ),
+            (
+                create_args("root-workspace", &["/"]),
+                "refusing to mount `/`",
+            ),
         ];
         for (args, expected) in cases {
             let ran = scope.cubbi(&home).args(&args).run().failure();
@@ -501,6 +702,214 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
             session_containers(&scope).await?.is_empty(),
             "a refused create left a container"
         );
+        assert!(
+            !home.path().join(".ssh/cubbi.d").exists()
+                || std::fs::read_dir(home.path().join(".ssh/cubbi.d"))?
+                    .next()
+                    .is_none(),
+            "a refused create left ssh files"
+        );
+        Ok(())
+    })
+}
+
+fn a_taken_name_is_refused_before_anything_is_made() -> Result<(), Failed> {
+    docker_test("session-taken-name", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        // A container cubbi did not make holds the name a session would take when ready.
+        let name = format!("taken-{}", std::process::id());
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&format!("cubbi-{name}"))
+            .build();
+        let body = bollard::models::ContainerCreateBody {
+            image: Some("debian:bookworm".into()),
+            cmd: Some(vec!["true".into()]),
+            labels: Some(scope.labels()),
+            ..Default::default()
+        };
+        scope.docker.create_container(Some(options), body).await?;
+        let started = std::time::Instant::now();
+        scope
+            .cubbi(&home)
+            .args(create_args(&name, &[]))
+            .run()
+            .failure()
+            .stderr_contains(&format!("a container named cubbi-{name} exists already"));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "refused only after booting: {:?}",
+            started.elapsed()
+        );
+        assert!(session_containers(&scope).await?.is_empty());
+        assert!(ssh_leftovers(&home, &name).is_empty());
+        Ok(())
+    })
+}
+
+fn parallel_creates_of_one_name_leave_one_working_session() -> Result<(), Failed> {
+    docker_test("session-same-name", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        // The first command makes the client key; parallel first runs would each make one
+        // (a race of src/ssh/keys.rs, outside this test's subject).
+        scope.cubbi(&home).args(["session", "list"]).run().success();
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                scope
+                    .cubbi(&home)
+                    .env("CUBBI_READY_TIMEOUT", "240")
+                    .env("CUBBI_LOCK_TIMEOUT", "240")
+                    .args(create_args("twin", &[]))
+                    .spawn()
+            })
+            .collect();
+        let mut succeeded = 0;
+        for child in children {
+            let output = child.wait_with_output()?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.success() {
+                succeeded += 1;
+            } else {
+                assert!(stderr.contains("exists already"), "{stderr}");
+            }
+        }
+        assert_eq!(succeeded, 1, "exactly one create of a name wins");
+        assert_eq!(containers_named(&scope, "twin").await?.len(), 1);
+        // The winner's ssh files survived the losers: OpenSSH verifies and logs in.
+        let config = home.path().join(".ssh/cubbi.d/twin.conf");
+        let ssh = Command::new("ssh")
+            .env("HOME", home.path())
+            .arg("-F")
+            .arg(&config)
+            .args(["-o", "BatchMode=yes", "cubbi-twin", "echo", "twin-ok"])
+            .output()?;
+        assert!(
+            ssh.status.success(),
+            "ssh failed: {}",
+            String::from_utf8_lossy(&ssh.stderr)
+        );
+        Ok(())
+    })
+}
+
+fn limits_are_applied_and_shown() -> Result<(), Failed> {
+    docker_test("session-limits", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        // A data volume of the old naming, labelled with exactly this owner, is kept.
+        let legacy = cubbi::local::naming::legacy_data_volume_name(&scope.id);
+        let mut labels = scope.labels();
+        labels.insert("io.cubbi.owner".into(), scope.id.clone());
+        scope
+            .docker
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(legacy.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await?;
+        let host_memory = cubbi::local::limits::host_memory()?;
+        scope
+            .cubbi(&home)
+            .args(create_args("plain", &[]))
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(create_args(
+                "limited",
+                &["--pids-limit", "100", "--memory", "512m"],
+            ))
+            .run()
+            .success();
+        for (name, pids, memory) in [
+            ("plain", 4096, host_memory / 2),
+            ("limited", 100, 512 * 1024 * 1024),
+        ] {
+            let id = containers_named(&scope, name).await?[0]
+                .id
+                .clone()
+                .ok_or("no id")?;
+            let inspected = scope.docker.inspect_container(&id, None).await?;
+            let host = inspected.host_config.ok_or("no HostConfig")?;
+            assert_eq!(host.pids_limit, Some(pids), "{name}");
+            assert_eq!(host.memory, Some(memory), "{name}");
+            assert_eq!(host.memory_swap, Some(2 * memory), "{name}");
+            let shown = scope
+                .cubbi(&home)
+                .args(["--json", "session", "show", name])
+                .run()
+                .success();
+            let session: serde_json::Value = serde_json::from_str(&shown.stdout())?;
+            assert_eq!(session["resources"]["pids_limit"], pids, "{session}");
+            assert_eq!(session["resources"]["memory"], memory, "{session}");
+            let mounts = inspected.mounts.unwrap_or_default();
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m.name.as_deref() == Some(legacy.as_str())),
+                "{name} does not use the owner's existing data volume: {mounts:?}"
+            );
+        }
+        scope
+            .cubbi(&home)
+            .args(["session", "show", "limited"])
+            .run()
+            .success()
+            .stdout_contains("limits:     memory 0.5 GiB (+0.5 GiB swap)")
+            .stdout_contains("100 processes");
+        Ok(())
+    })
+}
+
+fn another_owners_data_volume_is_refused() -> Result<(), Failed> {
+    docker_test("session-volume-owner", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        // `NAME.x` and `NAME_x` once shared one volume; now each has its own, and a volume of
+        // one's name that someone else owns is refused, not shared.
+        let me = format!("{}.x", scope.id);
+        let volume = cubbi::local::naming::data_volume_name(&me);
+        assert_ne!(
+            volume,
+            cubbi::local::naming::data_volume_name(&format!("{}_x", scope.id))
+        );
+        let mut labels = scope.labels();
+        labels.insert("io.cubbi.owner".into(), "someone-else".into());
+        scope
+            .docker
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(volume.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await?;
+        scope
+            .cubbi(&home)
+            .env("CUBBI_OWNER", &me)
+            .args(create_args("stolen", &[]))
+            .run()
+            .failure()
+            .stderr_contains(&format!(
+                "the data volume {volume} belongs to `someone-else`"
+            ));
+        let volume_now = scope.docker.inspect_volume(&volume).await?;
+        assert_eq!(
+            volume_now.labels.get("io.cubbi.owner").map(String::as_str),
+            Some("someone-else")
+        );
+        let filter = HashMap::from([("label", vec!["io.cubbi.name=stolen".to_string()])]);
+        let left = scope
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await?;
+        assert!(left.is_empty(), "a refused create left a container");
         Ok(())
     })
 }

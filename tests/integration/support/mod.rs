@@ -53,6 +53,19 @@ pub fn teardown() {
     }
 }
 
+/// A 0700 folder for this run, used as the `XDG_RUNTIME_DIR` of every cubbi the tests start.
+fn run_dir() -> Option<&'static std::path::Path> {
+    static DIR: std::sync::OnceLock<Option<tempfile::TempDir>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("cubbi-test-run-")
+            .tempdir()
+            .ok()
+    })
+    .as_ref()
+    .map(tempfile::TempDir::path)
+}
+
 /// A test's handle on Docker: the client plus the label marking what this test made.
 #[derive(Clone)]
 pub struct DockerScope {
@@ -77,10 +90,16 @@ impl DockerScope {
 
     /// `cubbi` against this test's dockerd, owning sessions as this test alone, so parallel
     /// tests never see each other's sessions.
+    /// The run's processes share one port lock (a private runtime folder of the run, since no
+    /// `cubbi setup` made the system lock here), whatever HOME each test gives them.
     pub fn cubbi(&self, home: &TestHome) -> Cubbi {
-        Cubbi::new(home)
+        let cubbi = Cubbi::new(home)
             .env("CUBBI_DOCKER_HOST", &self.endpoint)
-            .env("CUBBI_OWNER", &self.id)
+            .env("CUBBI_OWNER", &self.id);
+        match run_dir() {
+            Some(dir) => cubbi.env("XDG_RUNTIME_DIR", dir),
+            None => cubbi,
+        }
     }
 
     /// Removes every container, network and volume carrying this test's label.
