@@ -158,6 +158,16 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
     // and without them the engine does not start unless the guard was turned off at setup.
     firewall_before_start(&paths, &facts, &recorded).map_err(refused)?;
     supervisor::ensure_bridge(&SystemRunner, &recorded).map_err(|err| refused(err.into()))?;
+    // /run is fresh after a reboot and no systemd re-creates the port lock here.
+    if paths.is_system()
+        && let Some(group) = nix::unistd::Group::from_name(SOCKET_GROUP).ok().flatten()
+        && let Err(err) = crate::local::ports::prepare_system_lock(
+            std::path::Path::new(crate::local::ports::SYSTEM_LOCK_DIR),
+            group.gid.as_raw(),
+        )
+    {
+        eprintln!("warning: cannot prepare the SSH port lock: {err}");
+    }
     let started = supervisor::start(&paths, &dockerd, Duration::from_secs(args.timeout)).await;
     let pid = match started {
         Ok(pid) => pid,

@@ -123,6 +123,7 @@ pub async fn read_state(
         firewall_installed,
         firewall_script: read_optional(&paths.firewall_script)?,
         docker_context_endpoint,
+        port_lock_ready: paths.is_system() && port_lock_ready(env.facts.systemd_is_pid1),
         nameservers,
     })
 }
@@ -297,6 +298,32 @@ async fn apply_action(
         }
         Action::InstallSysbox { source } => install_sysbox(source, env).await,
         Action::RaiseInotifyLimit { value } => raise_inotify_limit(*value),
+        Action::PreparePortLock { tmpfiles } => {
+            let gid = nix::unistd::Group::from_name(SOCKET_GROUP)
+                .ok()
+                .flatten()
+                .map(|group| group.gid.as_raw())
+                .ok_or_else(|| {
+                    EngineError::Refused(format!(
+                        "group {SOCKET_GROUP} is missing, so the port lock cannot be made"
+                    ))
+                })?;
+            let dir = Path::new(crate::local::ports::SYSTEM_LOCK_DIR);
+            crate::local::ports::prepare_system_lock(dir, gid).map_err(|source| {
+                EngineError::Write {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })?;
+            if *tmpfiles {
+                write_atomically(
+                    Path::new(TMPFILES_CONF),
+                    crate::local::ports::TMPFILES_LINES,
+                    0o644,
+                )?;
+            }
+            Ok(String::new())
+        }
         Action::CreateGroup { group, add_user } => {
             if nix::unistd::Group::from_name(group)
                 .ok()
@@ -661,6 +688,9 @@ async fn uninstall_step(
             if paths.is_system() {
                 // The live limit stays: lowering it under running containers helps nobody.
                 remove_if_present(Path::new(SYSCTL_CONF))?;
+                remove_if_present(Path::new(TMPFILES_CONF))?;
+                remove_if_present(Path::new(crate::local::ports::SYSTEM_LOCK_FILE))?;
+                let _ = std::fs::remove_dir(crate::local::ports::SYSTEM_LOCK_DIR);
             }
             // Only an emptied folder goes; anything else in it is the user's.
             let _ = std::fs::remove_dir(&paths.config_dir);
@@ -682,6 +712,40 @@ async fn uninstall_step(
         },
         _ => Ok(String::new()),
     }
+}
+
+/// systemd re-creates the port lock from this at every boot (/run is a tmpfs).
+const TMPFILES_CONF: &str = "/etc/tmpfiles.d/cubbi.conf";
+
+/// The port lock and its folder as setup makes them, and the tmpfiles.d entry where needed.
+fn port_lock_ready(systemd: bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(gid) = nix::unistd::Group::from_name(SOCKET_GROUP)
+        .ok()
+        .flatten()
+        .map(|group| group.gid.as_raw())
+    else {
+        return false;
+    };
+    let owned = |path: &str, file_type_ok: fn(&std::fs::FileType) -> bool, mode: u32| {
+        Path::new(path).symlink_metadata().is_ok_and(|meta| {
+            file_type_ok(&meta.file_type())
+                && meta.uid() == 0
+                && meta.gid() == gid
+                && meta.mode() & 0o7777 == mode
+        })
+    };
+    owned(
+        crate::local::ports::SYSTEM_LOCK_DIR,
+        std::fs::FileType::is_dir,
+        0o770,
+    ) && owned(
+        crate::local::ports::SYSTEM_LOCK_FILE,
+        std::fs::FileType::is_file,
+        0o660,
+    ) && (!systemd
+        || std::fs::read_to_string(TMPFILES_CONF)
+            .is_ok_and(|text| text == crate::local::ports::TMPFILES_LINES))
 }
 
 /// Turns `net.ipv4.ip_forward` off again (it was off before cubbi's engine first ran), unless

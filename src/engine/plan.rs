@@ -53,6 +53,11 @@ pub enum SysboxSource {
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Action {
     Nothing,
+    /// The host-wide SSH port lock (`local::ports::prepare_system_lock`), and with `tmpfiles`
+    /// its tmpfiles.d entry so systemd re-creates it in the fresh /run of every boot.
+    PreparePortLock {
+        tmpfiles: bool,
+    },
     InstallPackages {
         packages: Vec<String>,
         docker_ce_repository: bool,
@@ -173,6 +178,9 @@ pub struct EngineState {
     /// The endpoint of an existing `cubbi` Docker context.
     pub docker_context_endpoint: Option<String>,
     pub nameservers: Vec<std::net::Ipv4Addr>,
+    /// The host-wide SSH port lock exists root:cubbi 0660 in a root:cubbi 0770 folder (and
+    /// its tmpfiles.d entry where systemd runs).
+    pub port_lock_ready: bool,
 }
 
 /// The one-line summary of the host for the preflight step.
@@ -323,6 +331,34 @@ pub fn plan_setup(
             )
         },
     );
+
+    // The port lock every user's create takes: root-owned, group cubbi, never created by a
+    // user (only for the system engine; a trial engine's sessions use per-user locks).
+    if paths.is_system() {
+        steps.push(if state.port_lock_ready {
+            Step::new(
+                "port-lock",
+                StepState::Done,
+                format!(
+                    "{} is root:{SOCKET_GROUP} 0660",
+                    crate::local::ports::SYSTEM_LOCK_FILE
+                ),
+                Action::Nothing,
+            )
+        } else {
+            Step::new(
+                "port-lock",
+                StepState::ToDo,
+                format!(
+                    "create {} root:{SOCKET_GROUP} 0660 (the SSH port lock shared by every user)",
+                    crate::local::ports::SYSTEM_LOCK_FILE
+                ),
+                Action::PreparePortLock {
+                    tmpfiles: facts.systemd_is_pid1,
+                },
+            )
+        });
+    }
 
     // Bridge, subnet, pool and daemon.json: derived as `cubbi engine start` derives them.
     let super::Desired {
@@ -943,12 +979,18 @@ mod tests {
                 ("sysbox", StepState::Cannot),
                 ("inotify", StepState::ToDo),
                 ("group", StepState::ToDo),
+                ("port-lock", StepState::ToDo),
                 ("daemon-json", StepState::ToDo),
                 ("firewall", StepState::ToDo),
                 ("engine", StepState::ToDo),
                 ("docker-context", StepState::ToDo),
             ]
         );
+        // systemd re-creates the lock in every boot's /run from a tmpfiles.d entry.
+        assert!(matches!(
+            state_of(&plan, "port-lock").action,
+            Action::PreparePortLock { tmpfiles: true }
+        ));
         // No curl on the fixture: Sysbox cannot be fetched, and the message says how to go on.
         assert!(state_of(&plan, "sysbox").finding.contains("--sysbox-deb"));
         assert!(matches!(
@@ -969,6 +1011,7 @@ mod tests {
             firewall_installed: true,
             docker_context_endpoint: Some(EnginePaths::system().endpoint()),
             engine_settings: Some(plan.settings.clone()),
+            port_lock_ready: true,
             ..Default::default()
         };
         for step in &plan.steps {
