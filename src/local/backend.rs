@@ -85,6 +85,8 @@ struct Plan {
     memory: i64,
     nano_cpus: i64,
     pids_limit: i64,
+    /// `-v` targets Sysbox must not ID-map (see [`runtime::unshifted_binds`]).
+    unshifted: Vec<String>,
 }
 
 /// Why a boot did not reach readiness.
@@ -188,6 +190,7 @@ impl LocalBackend {
             None => None,
         };
         let mut binds = Vec::new();
+        let mut unshifted = Vec::new();
         let mut targets: Vec<(String, String)> = Vec::new();
         if let Some(workspace) = &workspace {
             binds.push(format!("{}:{WORKSPACE_PATH}", workspace.display()));
@@ -203,6 +206,9 @@ impl LocalBackend {
             let target = mounts::check_target(&volume.container)?;
             let host = host_path(&volume.host, "volume", false, &sockets)?;
             let mode = if volume.read_only { ":ro" } else { "" };
+            if runtime::is_sysbox(&spec.runtime) && runtime::owned_by_host_root(&host) {
+                unshifted.push(target.clone());
+            }
             binds.push(format!("{}:{target}{mode}", host.display()));
             targets.push((
                 target,
@@ -257,6 +263,7 @@ impl LocalBackend {
             memory,
             nano_cpus,
             pids_limit,
+            unshifted: runtime::unshifted_binds(unshifted)?,
         })
     }
 
@@ -484,6 +491,7 @@ impl LocalBackend {
             volumes.push(runtime::INNER_DOCKER_ROOT.to_string());
         }
         ContainerCreateBody {
+            env: runtime::skip_uid_shift_env(&plan.unshifted).map(|var| vec![var]),
             hostname: Some(plan.name.clone()),
             image: Some(plan.image.reference.clone()),
             labels: Some(all_labels),

@@ -62,12 +62,65 @@ pub fn apply_unsafe_runc(host: &mut HostConfig) {
 /// under runc /var/lib/docker is a volume (a real filesystem); Sysbox arranges this itself.
 pub const INNER_DOCKER_ROOT: &str = "/var/lib/docker";
 
+pub fn is_sysbox(runtime: &str) -> bool {
+    runtime == SYSBOX
+}
+
+/// Whether a bind source belongs to host root.
+pub fn owned_by_host_root(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|meta| meta.uid() == 0)
+}
+
+/// Sysbox ID-maps bind mounts so files keep their host owners inside (the workspace shows as
+/// the agent's): through such a mount the session's root acts as host root on root-owned
+/// files. `-v` sources owned by host root are therefore not ID-mapped (Sysbox's
+/// `SYSBOX_SKIP_UID_SHIFT`): they show as `nobody`, and the session's root gets only what
+/// the file grants to others. Sysbox splits the list on `,` and refuses spaces, so such
+/// targets cannot be listed and are refused.
+pub fn unshifted_binds(targets: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if let Some(bad) = targets
+        .iter()
+        .find(|t| t.contains([',', '=']) || t.chars().any(char::is_whitespace))
+    {
+        return Err(ApiError::invalid(format!(
+            "cannot mount a source owned by host root at `{bad}` under Sysbox: the target may not \
+             contain `,`, `=` or spaces; pick another target"
+        )));
+    }
+    Ok(targets)
+}
+
+/// The container variable that asks Sysbox not to ID-map `targets`, when there are any.
+pub fn skip_uid_shift_env(targets: &[String]) -> Option<String> {
+    (!targets.is_empty()).then(|| format!("SYSBOX_SKIP_UID_SHIFT={}", targets.join(",")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn runtimes() -> Vec<String> {
         vec!["runc".into(), "io.containerd.runc.v2".into()]
+    }
+
+    #[test]
+    fn root_owned_binds_are_listed_for_sysbox() {
+        assert_eq!(skip_uid_shift_env(&[]), None);
+        assert_eq!(
+            skip_uid_shift_env(&["/mnt/a".into(), "/srv/b".into()]).as_deref(),
+            Some("SYSBOX_SKIP_UID_SHIFT=/mnt/a,/srv/b")
+        );
+        for bad in ["/mnt/a,b", "/mnt/a b", "/mnt/a=b"] {
+            assert!(unshifted_binds(vec![bad.into()]).is_err(), "{bad}");
+        }
+        // `/` belongs to root on every Linux host; a fresh temp file belongs to whoever runs.
+        assert!(owned_by_host_root(std::path::Path::new("/")));
+        let mine = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(
+            owned_by_host_root(mine.path()),
+            nix::unistd::geteuid().is_root()
+        );
     }
 
     #[test]

@@ -94,6 +94,7 @@ fn base_image_layers_hold_no_host_keys() -> Result<(), Failed> {
 fn base_boots_systemd_and_sshd_refuses_password_and_root() -> Result<(), Failed> {
     docker_test("image-boot", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         scope
             .cubbi(&home)
@@ -105,9 +106,6 @@ fn base_boots_systemd_and_sshd_refuses_password_and_root() -> Result<(), Failed>
                 "--no-connect",
                 "--name",
                 "boot",
-                "--runtime",
-                "runc",
-                "--unsafe-runc",
             ])
             .run()
             .success();

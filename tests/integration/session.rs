@@ -1,5 +1,6 @@
-//! Sessions end to end on the harness's dockerd, in the explicit insecure runc mode (no Sysbox
-//! here): real systemd, real sshd, the real OpenSSH client.
+//! Sessions end to end on the harness's dockerd under the default runtime, sysbox-runc: real
+//! systemd, real sshd, the real OpenSSH client. The kill-and-clean-up test runs the explicit
+//! insecure runc mode instead, whose anonymous inner Docker volume must go too.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -29,6 +30,7 @@ pub fn tests() -> Vec<Trial> {
     ]
 }
 
+/// The fallback for hosts without Sysbox (see the runc group in `sysbox.rs` and below).
 const UNSAFE: [&str; 3] = ["--runtime", "runc", "--unsafe-runc"];
 
 fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -41,7 +43,13 @@ fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         "--name",
         name,
     ];
-    args.extend(UNSAFE);
+    args.extend(extra);
+    args
+}
+
+/// `create_args` under the explicit insecure runc mode.
+fn create_args_runc<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = create_args(name, &UNSAFE);
     args.extend(extra);
     args
 }
@@ -70,6 +78,7 @@ fn exec(scope: &DockerScope, home: &TestHome, name: &str, command: &[&str]) -> S
 fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
     docker_test("session-boot", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         let workspace = home.path().join("My_Project");
         std::fs::create_dir_all(&workspace)?;
@@ -79,9 +88,13 @@ fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
             .cubbi(&home)
             .args(create_args("My_Project", &[&workspace_arg]))
             .run()
-            .success()
-            .stderr_contains("NOT isolated");
+            .success();
         assert!(ran.stderr().contains("ready"), "{}", ran.stderr());
+        assert!(
+            !ran.stderr().contains("NOT isolated"),
+            "no insecure-mode warning under Sysbox: {}",
+            ran.stderr()
+        );
 
         let name = "my-project";
         let state = exec(
@@ -204,6 +217,7 @@ fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
 fn secrets_reach_the_agent_but_not_docker_inspect() -> Result<(), Failed> {
     docker_test("session-secrets", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         scope
             .cubbi(&home)
@@ -291,6 +305,7 @@ fn secrets_reach_the_agent_but_not_docker_inspect() -> Result<(), Failed> {
 fn two_port_range_refuses_third_and_leaves_nothing() -> Result<(), Failed> {
     docker_test("session-ports", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // A range of its own, away from the ports parallel tests use.
         scope
@@ -335,6 +350,7 @@ fn two_port_range_refuses_third_and_leaves_nothing() -> Result<(), Failed> {
 fn parallel_creates_get_distinct_ports() -> Result<(), Failed> {
     docker_test("session-parallel", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         let count = 20;
         let children: Vec<_> = (0..count)
@@ -450,7 +466,10 @@ fn killed_create_leaves_only_what_close_removes() -> Result<(), Failed> {
             KillPoint::AfterStart,
         ] {
             let name = format!("killed-{}", format!("{point:?}").to_lowercase());
-            let mut child = scope.cubbi(&home).args(create_args(&name, &[])).spawn();
+            let mut child = scope
+                .cubbi(&home)
+                .args(create_args_runc(&name, &[]))
+                .spawn();
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             loop {
                 let reached = match point {
@@ -559,6 +578,7 @@ fn tmp_mount(target: &str) -> String {
 fn refusals_leave_nothing_behind() -> Result<(), Failed> {
     docker_test("session-refusals", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         let workspace = home.path().join("ws");
         std::fs::create_dir(&workspace)?;
@@ -614,9 +634,6 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
                     "--image",
                     "no-such-image",
                     "--no-connect",
-                    "--runtime",
-                    "runc",
-                    "--unsafe-runc",
                 ],
                 "unknown image `no-such-image`",
             ),
@@ -635,10 +652,6 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
                     "runc",
                 ],
                 "--unsafe-runc",
-            ),
-            (
-                vec!["session", "create", "--image", "base", "--no-connect"],
-                "sysbox-runc",
             ),
             (
                 create_args("mem", &["--memory", "lots"]),
@@ -716,6 +729,7 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
 fn a_taken_name_is_refused_before_anything_is_made() -> Result<(), Failed> {
     docker_test("session-taken-name", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // A container cubbi did not make holds the name a session would take when ready.
         let name = format!("taken-{}", std::process::id());
@@ -750,6 +764,7 @@ fn a_taken_name_is_refused_before_anything_is_made() -> Result<(), Failed> {
 fn parallel_creates_of_one_name_leave_one_working_session() -> Result<(), Failed> {
     docker_test("session-same-name", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // The first command makes the client key; parallel first runs would each make one
         // (a race of src/ssh/keys.rs, outside this test's subject).
@@ -796,6 +811,7 @@ fn parallel_creates_of_one_name_leave_one_working_session() -> Result<(), Failed
 fn limits_are_applied_and_shown() -> Result<(), Failed> {
     docker_test("session-limits", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // A data volume of the old naming, labelled with exactly this owner, is kept.
         let legacy = cubbi::local::naming::legacy_data_volume_name(&scope.id);
@@ -866,6 +882,7 @@ fn limits_are_applied_and_shown() -> Result<(), Failed> {
 fn another_owners_data_volume_is_refused() -> Result<(), Failed> {
     docker_test("session-volume-owner", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // `NAME.x` and `NAME_x` once shared one volume; now each has its own, and a volume of
         // one's name that someone else owns is refused, not shared.
@@ -917,6 +934,7 @@ fn another_owners_data_volume_is_refused() -> Result<(), Failed> {
 fn ambiguous_prefix_lists_candidates() -> Result<(), Failed> {
     docker_test("session-prefix", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         scope
             .cubbi(&home)
@@ -954,6 +972,7 @@ fn ambiguous_prefix_lists_candidates() -> Result<(), Failed> {
 fn connect_is_a_login_shell_on_a_real_terminal() -> Result<(), Failed> {
     docker_test("session-connect", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         scope
             .cubbi(&home)
@@ -1079,6 +1098,7 @@ async fn project_status(
 fn project_is_cloned_into_the_workspace() -> Result<(), Failed> {
     docker_test("session-project", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // A repository with `main` and a `feature` branch one commit ahead, served read-only
         // into the sessions from a bind mount as file:///srv/repo.git.
@@ -1197,9 +1217,6 @@ fn project_is_cloned_into_the_workspace() -> Result<(), Failed> {
                 "--no-connect",
                 "--volume",
                 &mount,
-                "--runtime",
-                "runc",
-                "--unsafe-runc",
                 "file:///srv/repo.git",
             ])
             .run()
