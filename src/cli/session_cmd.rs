@@ -572,9 +572,9 @@ fn print_sessions(
 
 fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), CliError> {
     let ssh_command = format!(
-        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -p {} {}@{}",
+        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ForwardAgent=no -p {} {}@{}",
         files.client_key().display(),
-        files.known_hosts().display(),
+        files.session_known_hosts(&session.name).display(),
         session.ssh.port,
         session.ssh.user,
         session.ssh.host
