@@ -40,6 +40,18 @@ impl client::Handler for PinnedHost {
         self.mismatch = !matches;
         Ok(matches)
     }
+
+    /// cubbi never requests agent forwarding, so a server that opens an agent channel anyway
+    /// is refused (russh's default would accept it).
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        drop(reply);
+        Ok(())
+    }
 }
 
 /// An authenticated connection.
@@ -52,8 +64,8 @@ impl SshSession {
     /// completes the key exchange and then never answers the login cannot hold the caller.
     ///
     /// The client never asks for agent or X11 forwarding: no `agent_forward` or `request_x11`
-    /// call exists in cubbi, and the handler accepts no server-opened agent channel (russh's
-    /// default refuses it).
+    /// call exists in cubbi, and the handler refuses a server-opened agent channel (russh's
+    /// default would accept one).
     pub async fn connect(target: &SshTarget, timeout: Duration) -> Result<Self, SshError> {
         match tokio::time::timeout(timeout, Self::connect_and_log_in(target)).await {
             Ok(outcome) => outcome,
