@@ -12,6 +12,7 @@ S=/etc/systemd/system
 # --- cubbi programs
 install -m 0755 "$R/init" "$R/cubbi-init" "$R/cubbi-project" "$R/cubbi-ssh-keygen" \
     "$R/cubbi-docker-storage" "$L/"
+install -m 0644 "$R/cubbi-lib.sh" "$L/"
 
 # --- units and drop-ins
 for f in "$U"/*.service "$U"/*.timer; do install -m 0644 "$f" "$S/"; done

@@ -12,8 +12,15 @@ const REQUEST_TIMEOUT_SECS: u64 = 120;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("unsupported Docker endpoint `{0}`: use unix:///path/to/socket or tcp://host:port")]
+    #[error("unsupported Docker endpoint `{0}`: use unix:///path/to/socket")]
     UnsupportedEndpoint(String),
+    #[error(
+        "refusing the network Docker endpoint `{0}`: cubbi sends each session's SSH host key and \
+         secrets to Docker in the clear over it, and then connects to sessions on 127.0.0.1, \
+         which is not where that Docker runs. Use the local socket (unix:///path/to/socket), or \
+         run cubbi on the Docker host itself"
+    )]
+    NetworkEndpoint(String),
     #[error(
         "cannot reach Docker at {endpoint}: {reason}\n  is the cubbi engine running? Point --endpoint \
          (or CUBBI_DOCKER_HOST) at a running dockerd"
@@ -44,15 +51,11 @@ pub async fn connect(endpoint: &str) -> Result<Docker, DockerError> {
             });
         }
         Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
-    } else if let Some(address) = endpoint
-        .strip_prefix("tcp://")
-        .or_else(|| endpoint.strip_prefix("http://"))
+    } else if ["tcp://", "http://", "https://", "ssh://"]
+        .iter()
+        .any(|scheme| endpoint.starts_with(scheme))
     {
-        Docker::connect_with_http(
-            &format!("http://{address}"),
-            REQUEST_TIMEOUT_SECS,
-            bollard::API_DEFAULT_VERSION,
-        )
+        return Err(DockerError::NetworkEndpoint(endpoint.to_string()));
     } else {
         return Err(DockerError::UnsupportedEndpoint(endpoint.to_string()));
     }
@@ -82,5 +85,31 @@ mod tests {
         assert!(matches!(err, DockerError::UnsupportedEndpoint(_)));
         let err = connect("unix:///nonexistent/cubbi.sock").await.unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    /// Over TCP the session archive (host key, env file) would travel in the clear, and SSH
+    /// would then dial 127.0.0.1 rather than the Docker host: refused before any connection.
+    #[tokio::test]
+    async fn refuses_network_endpoints() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for endpoint in [
+            format!("tcp://127.0.0.1:{port}"),
+            format!("http://127.0.0.1:{port}"),
+            format!("https://127.0.0.1:{port}"),
+            "ssh://user@host".to_string(),
+        ] {
+            let err = connect(&endpoint).await.unwrap_err();
+            assert!(
+                matches!(err, DockerError::NetworkEndpoint(_)),
+                "{endpoint}: {err}"
+            );
+            assert!(err.to_string().contains("unix://"), "{err}");
+        }
+        listener.set_nonblocking(true).unwrap();
+        assert!(
+            listener.accept().is_err(),
+            "nothing may even connect to a refused endpoint"
+        );
     }
 }

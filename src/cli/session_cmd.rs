@@ -297,36 +297,14 @@ fn spec_from(args: &CreateArgs, config: &Config) -> Result<SessionSpec, CliError
         let text = std::fs::read_to_string(file).map_err(|err| {
             CliError::Refused(format!("cannot read --env-file {}: {err}", file.display()))
         })?;
-        for (number, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (key, value) = line.split_once('=').ok_or_else(|| {
-                CliError::Refused(format!(
-                    "{}:{}: expected KEY=VALUE",
-                    file.display(),
-                    number + 1
-                ))
-            })?;
-            env.insert(
-                key.trim_start_matches("export ").trim().to_string(),
-                value.to_string(),
-            );
-        }
+        let entries = crate::config::env_file::parse_file(&text)
+            .map_err(|err| CliError::Refused(format!("--env-file {}: {err}", file.display())))?;
+        env.extend(entries);
     }
     for item in &args.env {
-        let (key, value) = match item.split_once('=') {
-            Some((key, value)) => (key.to_string(), value.to_string()),
-            None => {
-                let value = std::env::var(item).map_err(|_| {
-                    CliError::Refused(format!(
-                        "-e {item}: no `=` and no such variable in this shell"
-                    ))
-                })?;
-                (item.clone(), value)
-            }
-        };
+        let (key, value) =
+            crate::config::env_file::parse_assignment(item, |name| std::env::var(name).ok())
+                .map_err(|err| CliError::Refused(format!("-e: {err}")))?;
         env.insert(key, value);
     }
     let volumes = args
@@ -585,9 +563,9 @@ fn print_sessions(
 
 fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), CliError> {
     let ssh_command = format!(
-        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -p {} {}@{}",
+        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ForwardAgent=no -p {} {}@{}",
         files.client_key().display(),
-        files.known_hosts().display(),
+        files.session_known_hosts(&session.name).display(),
         session.ssh.port,
         session.ssh.user,
         session.ssh.host

@@ -4,9 +4,14 @@ use std::collections::BTreeMap;
 
 use super::{Config, ConfigError};
 
-/// Expands `${VAR}` references from the process environment. `$$` stands for a literal `$`.
-/// Values are kept unresolved in the file and resolved only here, when they are used.
-pub fn expand(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+/// Expands `${VAR}` references in the value of config key `key`. `$$` stands for a literal
+/// `$`. Values are kept unresolved in the file and resolved only here, when they are used.
+/// Errors name the key, never the value (it may be a secret).
+pub fn expand(
+    key: &str,
+    value: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(at) = rest.find('$') {
@@ -17,14 +22,17 @@ pub fn expand(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body.find('}').ok_or_else(|| ConfigError::BadReference {
-                value: value.to_string(),
+                key: key.to_string(),
                 reason: "`${` has no closing `}`".into(),
             })?;
             let name = &body[..end];
             if !is_env_name(name) {
                 return Err(ConfigError::BadReference {
-                    value: value.to_string(),
-                    reason: format!("`{name}` is not a valid environment variable name"),
+                    key: key.to_string(),
+                    reason: "the name between `${` and `}` is not a valid environment variable \
+                             name (letters, digits and `_`, not starting with a digit); write \
+                             `$$` for a literal `$`"
+                        .into(),
                 });
             }
             let resolved = lookup(name).ok_or_else(|| ConfigError::UnsetVariable {
@@ -41,17 +49,7 @@ pub fn expand(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<St
     Ok(out)
 }
 
-/// [`expand`] against the real process environment.
-pub fn expand_from_process(value: &str) -> Result<String, ConfigError> {
-    expand(value, |name| std::env::var(name).ok())
-}
-
-/// POSIX-portable environment variable names: a letter or `_`, then letters, digits or `_`.
-pub fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
+pub use super::env_file::is_env_name;
 
 /// The environment a session gets from `[services]`, resolved, before `-e` overrides.
 pub fn service_env(
@@ -59,47 +57,53 @@ pub fn service_env(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, String>, ConfigError> {
     let services = &config.services;
-    let pairs: [(&[&str], &Option<String>); 7] = [
-        (&["OPENAI_API_KEY"], &services.openai.api_key),
-        (&["ANTHROPIC_API_KEY"], &services.anthropic.api_key),
-        (&["OPENROUTER_API_KEY"], &services.openrouter.api_key),
+    let pairs: [(&str, &[&str], &Option<String>); 7] = [
         (
+            "services.openai.api_key",
+            &["OPENAI_API_KEY"],
+            &services.openai.api_key,
+        ),
+        (
+            "services.anthropic.api_key",
+            &["ANTHROPIC_API_KEY"],
+            &services.anthropic.api_key,
+        ),
+        (
+            "services.openrouter.api_key",
+            &["OPENROUTER_API_KEY"],
+            &services.openrouter.api_key,
+        ),
+        (
+            "services.google.api_key",
             &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
             &services.google.api_key,
         ),
-        (&["LANGFUSE_URL"], &services.langfuse.url),
         (
+            "services.langfuse.url",
+            &["LANGFUSE_URL"],
+            &services.langfuse.url,
+        ),
+        (
+            "services.langfuse.public_key",
             &["LANGFUSE_INIT_PROJECT_PUBLIC_KEY"],
             &services.langfuse.public_key,
         ),
         (
+            "services.langfuse.secret_key",
             &["LANGFUSE_INIT_PROJECT_SECRET_KEY"],
             &services.langfuse.secret_key,
         ),
     ];
     let mut env = BTreeMap::new();
-    for (names, value) in pairs {
+    for (key, names, value) in pairs {
         if let Some(raw) = value {
-            let resolved = expand(raw, &lookup)?;
+            let resolved = expand(key, raw, &lookup)?;
             for name in names {
                 env.insert((*name).to_string(), resolved.clone());
             }
         }
     }
     Ok(env)
-}
-
-/// Precedence: values given on the command line (`-e`) win over the config file, which wins
-/// over built-in defaults (the image's declared defaults, passed as `defaults`).
-pub fn merge_session_env(
-    defaults: BTreeMap<String, String>,
-    from_config: BTreeMap<String, String>,
-    from_command_line: BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
-    let mut env = defaults;
-    env.extend(from_config);
-    env.extend(from_command_line);
-    env
 }
 
 #[cfg(test)]
@@ -116,27 +120,30 @@ mod tests {
 
     #[test]
     fn expands_references_and_keeps_plain_text() {
-        assert_eq!(expand("${HOME}/x", lookup).unwrap(), "/home/me/x");
-        assert_eq!(expand("a${KEY}b${KEY}", lookup).unwrap(), "ask-123bsk-123");
-        assert_eq!(expand("no refs", lookup).unwrap(), "no refs");
-        assert_eq!(expand("cost $5 and $$", lookup).unwrap(), "cost $5 and $");
+        let expand = |value| expand("k", value, lookup);
+        assert_eq!(expand("${HOME}/x").unwrap(), "/home/me/x");
+        assert_eq!(expand("a${KEY}b${KEY}").unwrap(), "ask-123bsk-123");
+        assert_eq!(expand("no refs").unwrap(), "no refs");
+        assert_eq!(expand("cost $5 and $$").unwrap(), "cost $5 and $");
     }
 
     #[test]
     fn refuses_unset_and_malformed_references() {
-        let err = expand("${MISSING}", lookup).unwrap_err();
+        let err = expand("k", "${MISSING}", lookup).unwrap_err();
         assert!(err.to_string().contains("MISSING"), "{err}");
-        assert!(expand("${KEY", lookup).is_err());
-        assert!(expand("${1BAD}", lookup).is_err());
+        assert!(expand("k", "${KEY", lookup).is_err());
+        assert!(expand("k", "${1BAD}", lookup).is_err());
     }
 
     #[test]
-    fn env_names() {
-        assert!(is_env_name("OPENAI_API_KEY"));
-        assert!(is_env_name("_x1"));
-        assert!(!is_env_name("1X"));
-        assert!(!is_env_name("BAD NAME"));
-        assert!(!is_env_name(""));
+    fn reference_errors_name_the_key_never_the_value() {
+        for value in ["sk-SECRET123${KEY", "sk-SECRET123${1x}", "${sk-SECRET123}"] {
+            let err = expand("services.openai.api_key", value, lookup)
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("SECRET123"), "{err}");
+            assert!(err.contains("services.openai.api_key"), "{err}");
+        }
     }
 
     #[test]
@@ -151,17 +158,5 @@ mod tests {
         assert_eq!(env["OPENAI_API_KEY"], "sk-o");
         assert_eq!(env["LANGFUSE_INIT_PROJECT_SECRET_KEY"], "ls");
         assert!(!env.contains_key("ANTHROPIC_API_KEY"));
-    }
-
-    #[test]
-    fn command_line_wins_over_config_over_defaults() {
-        let pair = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
-        let merged = merge_session_env(
-            pair("A", "default"),
-            BTreeMap::from([("A".into(), "config".into()), ("B".into(), "config".into())]),
-            pair("B", "cli"),
-        );
-        assert_eq!(merged["A"], "config");
-        assert_eq!(merged["B"], "cli");
     }
 }

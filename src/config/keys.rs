@@ -190,7 +190,7 @@ pub fn parse_value(spec: &KeySpec, raw: &str) -> Result<toml_edit::Value, Config
                 return Err(invalid("must be one line".into()));
             }
             if raw.contains("${") {
-                super::env::expand(raw, |_| Some(String::new()))?;
+                super::env::expand(&spec.path, raw, |_| Some(String::new()))?;
             }
             raw.into()
         }

@@ -2,6 +2,7 @@
 //! `cubbi config`, `${VAR}` references, and atomic, private storage.
 
 pub mod env;
+pub mod env_file;
 pub mod keys;
 pub mod paths;
 pub mod store;
@@ -40,8 +41,8 @@ pub enum ConfigError {
     NotALeaf { key: String },
     #[error("invalid value for `{key}`: {reason}")]
     InvalidValue { key: String, reason: String },
-    #[error("invalid `${{...}}` reference in `{value}`: {reason}")]
-    BadReference { value: String, reason: String },
+    #[error("invalid `${{...}}` reference in the value of `{key}`: {reason}")]
+    BadReference { key: String, reason: String },
     #[error("environment variable `{name}` is referenced by the config but not set")]
     UnsetVariable { name: String },
     #[error("`{name}` is not a valid Docker network name: {reason}")]

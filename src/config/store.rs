@@ -44,7 +44,7 @@ impl ConfigFile {
             .parse::<DocumentMut>()
             .map_err(|err| ConfigError::Syntax {
                 path: path.to_path_buf(),
-                message: indent(&err.to_string()),
+                message: indent(&describe(&text, err.span(), err.message())),
             })?;
         let file = Self {
             path: path.to_path_buf(),
@@ -60,11 +60,11 @@ impl ConfigFile {
 
     /// The typed, validated config, with defaults for everything the file leaves out.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(&self.document.to_string()).map_err(|err| ConfigError::Schema {
-                path: self.path.clone(),
-                message: indent(&err.to_string()),
-            })?;
+        let text = self.document.to_string();
+        let config: Config = toml::from_str(&text).map_err(|err| ConfigError::Schema {
+            path: self.path.clone(),
+            message: indent(&describe(&text, err.span(), err.message())),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -190,6 +190,55 @@ fn remove_path(table: &mut dyn toml_edit::TableLike, parts: &[&str]) -> bool {
     }
 }
 
+/// A parse error as `line L, column C (key `K`): message`, built from the error's span and its
+/// bare message, never from its Display: toml's Display quotes the offending line, and that
+/// line may hold a secret (`api_key = sk-...` without quotes). Values serde quotes in its
+/// message (`invalid type: string "..."`, `unknown variant `...``) are cut out as well.
+fn describe(text: &str, span: Option<std::ops::Range<usize>>, message: &str) -> String {
+    let Some(span) = span else {
+        return message.trim().to_string();
+    };
+    let start = span.start.min(text.len());
+    let start = (0..=start)
+        .rev()
+        .find(|at| text.is_char_boundary(*at))
+        .unwrap_or(0);
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let mut message = message.trim().to_string();
+    let mut key = None;
+    if let Some((name, value)) = line_text.split_once('=') {
+        let name = name.trim();
+        if !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            key = Some(name.to_string());
+        }
+        let value = value.trim();
+        for candidate in [value, value.trim_matches('"'), value.trim_matches('\'')] {
+            if candidate.is_empty() {
+                continue;
+            }
+            for quoted in [
+                format!("\"{candidate}\""),
+                format!("`{candidate}`"),
+                format!("'{candidate}'"),
+            ] {
+                message = message.replace(&quoted, "(the value)");
+            }
+        }
+    }
+    match key {
+        Some(key) => format!("line {line}, column {column} (key `{key}`): {message}"),
+        None => format!("line {line}, column {column}: {message}"),
+    }
+}
+
 fn indent(message: &str) -> String {
     let body: Vec<String> = message
         .trim_end()
@@ -258,6 +307,33 @@ mod tests {
         let err = ConfigFile::open(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("column"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_never_show_the_line() {
+        let (_dir, path) = file_with("[services.openai]\napi_key = sk-SECRET123\n");
+        let err = ConfigFile::open(&path).unwrap_err().to_string();
+        assert!(!err.contains("SECRET123"), "{err}");
+        assert!(err.contains("line 2, column"), "{err}");
+        assert!(err.contains("`api_key`"), "{err}");
+    }
+
+    #[test]
+    fn schema_errors_never_show_the_value() {
+        for text in [
+            "[services.openai]\napi_key = 12345678\n",
+            "[defaults]\nconnect = \"sk-SECRET123\"\n",
+            "[ui]\ntable_format = \"sk-SECRET123\"\n",
+            "[services.openai]\napi_key = [\"sk-SECRET123\"]\n",
+        ] {
+            let (_dir, path) = file_with(text);
+            let err = ConfigFile::open(&path).unwrap_err().to_string();
+            assert!(
+                !err.contains("SECRET123") && !err.contains("12345678"),
+                "{text}: {err}"
+            );
+            assert!(err.contains("line 2, column"), "{text}: {err}");
+        }
     }
 
     #[test]

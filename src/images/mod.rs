@@ -5,6 +5,8 @@ pub mod build;
 pub mod catalog;
 pub mod context;
 pub mod metadata;
+#[cfg(test)]
+mod runtime_lib;
 
 use std::path::PathBuf;
 

@@ -118,38 +118,15 @@ fn archive_error(err: std::io::Error) -> ApiError {
     }
 }
 
-/// `KEY=VALUE` lines, as pam_env's `envfile` reads them. Values were validated to be one line.
+/// `KEY=VALUE` lines, as pam_env's `envfile` reads them (`config::env_file` says which values
+/// it can carry).
 pub fn env_file(env: &BTreeMap<String, String>) -> Result<String, ApiError> {
-    let mut text = String::new();
-    for (key, value) in env {
-        validate_env(key, value)?;
-        text.push_str(&format!("{key}={value}\n"));
-    }
-    Ok(text)
+    crate::config::env_file::render(env).map_err(|err| ApiError::invalid(err.to_string()))
 }
 
-/// Names must be portable shell names; values one line without NUL, since the env file is
-/// line-based and a newline would smuggle in another variable, and without `#`, where pam_env
-/// would silently cut the value.
+/// Whether a variable can reach the session unchanged (`config::env_file::validate`).
 pub fn validate_env(key: &str, value: &str) -> Result<(), ApiError> {
-    if !crate::config::env::is_env_name(key) {
-        return Err(ApiError::invalid(format!(
-            "`{key}` is not a valid environment variable name (letters, digits and `_`, not \
-             starting with a digit)"
-        )));
-    }
-    if value.contains('\n') || value.contains('\r') || value.contains('\0') {
-        return Err(ApiError::invalid(format!(
-            "the value of `{key}` contains a line break or NUL; environment values must be one line"
-        )));
-    }
-    if value.contains('#') {
-        return Err(ApiError::invalid(format!(
-            "the value of `{key}` contains `#`, which the session's environment file cannot hold \
-             (pam_env would cut the value there)"
-        )));
-    }
-    Ok(())
+    crate::config::env_file::validate(key, value).map_err(|err| ApiError::invalid(err.to_string()))
 }
 
 fn persistent_configs_file(configs: &[PersistentConfig]) -> String {

@@ -40,6 +40,18 @@ impl client::Handler for PinnedHost {
         self.mismatch = !matches;
         Ok(matches)
     }
+
+    /// cubbi never requests agent forwarding, so a server that opens an agent channel anyway
+    /// is refused (russh's default would accept it).
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        drop(reply);
+        Ok(())
+    }
 }
 
 /// An authenticated connection.
@@ -48,7 +60,26 @@ pub struct SshSession {
 }
 
 impl SshSession {
+    /// Connects, verifies the pinned host key and logs in, all within `timeout`: a server that
+    /// completes the key exchange and then never answers the login cannot hold the caller.
+    ///
+    /// The client never asks for agent or X11 forwarding: no `agent_forward` or `request_x11`
+    /// call exists in cubbi, and the handler refuses a server-opened agent channel (russh's
+    /// default would accept one).
     pub async fn connect(target: &SshTarget, timeout: Duration) -> Result<Self, SshError> {
+        match tokio::time::timeout(timeout, Self::connect_and_log_in(target)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(SshError::Connection {
+                address: target.address.clone(),
+                reason: format!(
+                    "timed out after {:.1}s (no handshake and login)",
+                    timeout.as_secs_f64()
+                ),
+            }),
+        }
+    }
+
+    async fn connect_and_log_in(target: &SshTarget) -> Result<Self, SshError> {
         let connection_error = |reason: String| SshError::Connection {
             address: target.address.clone(),
             reason,
@@ -62,12 +93,10 @@ impl SshSession {
             expected: target.host_key.clone(),
             mismatch: false,
         };
-        let connecting = client::connect(config, target.address.as_str(), handler);
-        let mut handle = match tokio::time::timeout(timeout, connecting).await {
-            Err(_) => return Err(connection_error("timed out".into())),
-            Ok(Err(russh::Error::UnknownKey)) => return Err(SshError::HostKeyMismatch),
-            Ok(Err(err)) => return Err(connection_error(err.to_string())),
-            Ok(Ok(handle)) => handle,
+        let mut handle = match client::connect(config, target.address.as_str(), handler).await {
+            Err(russh::Error::UnknownKey) => return Err(SshError::HostKeyMismatch),
+            Err(err) => return Err(connection_error(err.to_string())),
+            Ok(handle) => handle,
         };
         let key = PrivateKeyWithHashAlg::new(target.client_key.clone(), None);
         let auth = handle
@@ -272,5 +301,96 @@ where
         // A refused attempt costs about a millisecond (docker-proxy or the kernel answers at
         // once), so polling often is cheap and every millisecond here is the user's.
         delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An SSH server that completes the key exchange and then never answers the login.
+    struct StallingLogin;
+
+    impl russh::server::Handler for StallingLogin {
+        type Error = russh::Error;
+
+        async fn auth_publickey_offered(
+            &mut self,
+            _user: &str,
+            _offer: russh::server::PublicKeyOffer<'_>,
+        ) -> Result<russh::server::Auth, Self::Error> {
+            std::future::pending().await
+        }
+    }
+
+    fn target(address: String, host_key: PublicKey) -> SshTarget {
+        SshTarget {
+            address,
+            user: "agent".into(),
+            client_key: Arc::new(crate::ssh::keys::generate("client").unwrap()),
+            host_key,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_login_that_never_answers_times_out() {
+        let host = crate::ssh::keys::generate("host").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let config = Arc::new(russh::server::Config {
+            keys: vec![host.clone()],
+            ..Default::default()
+        });
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let config = config.clone();
+                tokio::spawn(async move {
+                    if let Ok(session) =
+                        russh::server::run_stream(config, stream, StallingLogin).await
+                    {
+                        let _ = session.await;
+                    }
+                });
+            }
+        });
+        let target = target(address, host.public_key().clone());
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(20),
+            SshSession::connect(&target, Duration::from_millis(1500)),
+        )
+        .await
+        .expect("connect must give up by itself within its timeout");
+        let Err(err) = outcome else {
+            panic!("a stalled login must not succeed")
+        };
+        assert!(err.to_string().contains("timed out"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_accepts_and_says_nothing_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let host = crate::ssh::keys::generate("host").unwrap();
+        let target = target(address, host.public_key().clone());
+        let started = Instant::now();
+        let err = SshSession::connect(&target, Duration::from_millis(500))
+            .await
+            .err()
+            .expect("a silent server must not succeed");
+        assert!(err.to_string().contains("timed out"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        held.abort();
     }
 }

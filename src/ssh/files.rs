@@ -1,7 +1,12 @@
-//! The user's OpenSSH side of a session: a pinned `known_hosts` line in
-//! `~/.config/cubbi/known_hosts` and `~/.ssh/cubbi.d/<name>.conf`, so `ssh cubbi-<name>`, scp,
-//! rsync and VS Code Remote-SSH verify the host key on the very first connection.
+//! The user's OpenSSH side of a session: `~/.ssh/cubbi.d/<name>.known_hosts` (the pinned host
+//! key) and `~/.ssh/cubbi.d/<name>.conf`, so `ssh cubbi-<name>`, scp, rsync and VS Code
+//! Remote-SSH verify the host key on the very first connection.
+//!
+//! Every session has files of its own, so parallel creates and closes never read-modify-write
+//! a shared file (an earlier single `~/.config/cubbi/known_hosts` lost lines that way). Lines a
+//! previous version left in that file are harmless: no config refers to it any more.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::SshError;
@@ -37,8 +42,16 @@ impl SshFiles {
         self.config_dir.join("id_cubbi")
     }
 
-    pub fn known_hosts(&self) -> PathBuf {
+    /// The single known_hosts file of earlier versions; read by nothing now, never written.
+    pub fn legacy_known_hosts(&self) -> PathBuf {
         self.config_dir.join("known_hosts")
+    }
+
+    /// `~/.ssh/cubbi.d/<name>.known_hosts`: the session's pinned host key, alone in its file.
+    pub fn session_known_hosts(&self, name: &str) -> PathBuf {
+        self.ssh_dir
+            .join("cubbi.d")
+            .join(format!("{name}.known_hosts"))
     }
 
     pub fn session_config(&self, name: &str) -> PathBuf {
@@ -49,53 +62,53 @@ impl SshFiles {
         format!("cubbi-{name}")
     }
 
-    /// Pins the session's host key and writes its OpenSSH config.
+    /// Pins the session's host key and writes its OpenSSH config. Both files belong to this
+    /// session alone and are replaced atomically, so concurrent creates cannot lose lines.
     pub fn write_session(&self, name: &str, endpoint: &SshEndpoint) -> Result<(), SshError> {
-        let mut lines = self.known_hosts_without(name)?;
-        lines.push(format!(
-            "{} {} {}",
+        let known = format!(
+            "{} {} {}\n",
             known_hosts_host(&endpoint.host, endpoint.port),
             key_without_comment(&endpoint.host_key),
             Self::host_alias(name)
-        ));
+        );
+        write_file(&self.session_known_hosts(name), known.as_bytes(), 0o600)?;
         write_file(
-            &self.known_hosts(),
-            (lines.join("\n") + "\n").as_bytes(),
+            &self.session_config(name),
+            self.session_config_text(name, endpoint).as_bytes(),
             0o600,
-        )?;
-        let config = format!(
+        )
+    }
+
+    /// The Host block. OpenSSH takes the first value it finds for an option, and the Include
+    /// goes first in ~/.ssh/config, so these win over a user's `Host *` defaults: no agent or
+    /// X11 forwarding into a sandbox whose user has sudo, and no known_hosts but the pin.
+    fn session_config_text(&self, name: &str, endpoint: &SshEndpoint) -> String {
+        format!(
             "# Written by cubbi for session {name}; removed by `cubbi session close`.\n\
              Host {alias}\n    HostName {host}\n    Port {port}\n    User {user}\n    \
              IdentityFile {key}\n    IdentitiesOnly yes\n    UserKnownHostsFile {known}\n    \
-             StrictHostKeyChecking yes\n",
+             GlobalKnownHostsFile /dev/null\n    StrictHostKeyChecking yes\n    \
+             UpdateHostKeys no\n    ForwardAgent no\n    ForwardX11 no\n",
             alias = Self::host_alias(name),
             host = endpoint.host,
             port = endpoint.port,
             user = endpoint.user,
             key = quote(&self.client_key()),
-            known = quote(&self.known_hosts()),
-        );
-        write_file(&self.session_config(name), config.as_bytes(), 0o600)
+            known = quote(&self.session_known_hosts(name)),
+        )
     }
 
-    /// Removes the session's known_hosts line and config; missing files are fine.
+    /// Removes the session's known_hosts and config; missing files are fine.
     pub fn remove_session(&self, name: &str) -> Result<(), SshError> {
-        if self.known_hosts().exists() {
-            let lines = self.known_hosts_without(name)?;
-            let text = if lines.is_empty() {
-                String::new()
-            } else {
-                lines.join("\n") + "\n"
-            };
-            write_file(&self.known_hosts(), text.as_bytes(), 0o600)?;
+        for path in [self.session_known_hosts(name), self.session_config(name)] {
+            match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(SshError::Write { path, source: err });
+                }
+                _ => {}
+            }
         }
-        match std::fs::remove_file(self.session_config(name)) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(SshError::Write {
-                path: self.session_config(name),
-                source: err,
-            }),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// Whether `~/.ssh/config` already includes the per-session configs.
@@ -105,31 +118,54 @@ impl SshFiles {
     }
 
     /// Puts the `Include` first in `~/.ssh/config` (Include must precede any Host block).
+    ///
+    /// A symlinked config (stow, home-manager) is written through: the link's target is
+    /// replaced atomically in its own folder, with its mode, and the link stays. A config that
+    /// cannot be read, is not UTF-8, is not a regular file or is a dangling link is left alone:
+    /// the error says which line to add by hand.
     pub fn add_include(&self) -> Result<(), SshError> {
         let path = self.ssh_dir.join("config");
-        let existing = std::fs::read_to_string(&path).unwrap_or_default();
-        let text = format!("{INCLUDE_LINE}\n\n{existing}");
-        write_file(&path, text.as_bytes(), 0o600)
-    }
-
-    fn known_hosts_without(&self, name: &str) -> Result<Vec<String>, SshError> {
-        let text = match std::fs::read_to_string(self.known_hosts()) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(SshError::Read {
-                    path: self.known_hosts(),
-                    source,
-                });
-            }
+        let refuse = |reason: String| SshError::IncludeRefused {
+            path: path.clone(),
+            reason,
         };
-        let marker = Self::host_alias(name);
-        Ok(text
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .filter(|line| line.split_whitespace().nth(3) != Some(marker.as_str()))
-            .map(str::to_string)
-            .collect())
+        let metadata = match std::fs::symlink_metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let text = format!("{INCLUDE_LINE}\n");
+                return write_file(&path, text.as_bytes(), 0o600);
+            }
+            Err(err) => return Err(refuse(format!("cannot inspect it ({err})"))),
+        };
+        let target = if metadata.file_type().is_symlink() {
+            std::fs::canonicalize(&path).map_err(|err| {
+                refuse(format!(
+                    "it is a symlink whose target cannot be resolved ({err})"
+                ))
+            })?
+        } else {
+            path.clone()
+        };
+        let target_metadata = std::fs::metadata(&target)
+            .map_err(|err| refuse(format!("cannot inspect {} ({err})", target.display())))?;
+        if !target_metadata.is_file() {
+            return Err(refuse(format!(
+                "{} is not a regular file",
+                target.display()
+            )));
+        }
+        let bytes = std::fs::read(&target)
+            .map_err(|err| refuse(format!("cannot read {} ({err})", target.display())))?;
+        let existing = String::from_utf8(bytes)
+            .map_err(|_| refuse(format!("{} is not UTF-8 text", target.display())))?;
+        let mode = target_metadata.permissions().mode() & 0o7777;
+        let text = format!("{INCLUDE_LINE}\n\n{existing}");
+        crate::atomic_file::write(&target, text.as_bytes(), mode, 0o700).map_err(|source| {
+            SshError::Write {
+                path: target.clone(),
+                source,
+            }
+        })
     }
 }
 
@@ -158,6 +194,8 @@ fn quote(path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn endpoint(port: u16) -> SshEndpoint {
@@ -169,47 +207,204 @@ mod tests {
         }
     }
 
+    fn files_in(dir: &Path) -> SshFiles {
+        SshFiles {
+            config_dir: dir.join("cubbi"),
+            ssh_dir: dir.join(".ssh"),
+        }
+    }
+
     #[test]
-    fn writes_and_removes_only_its_own_lines() {
+    fn writes_and_removes_only_its_own_files() {
         let dir = tempfile::tempdir().unwrap();
-        let files = SshFiles {
-            config_dir: dir.path().join("cubbi"),
-            ssh_dir: dir.path().join(".ssh"),
-        };
+        let files = files_in(dir.path());
         files.write_session("alpha", &endpoint(2300)).unwrap();
         files.write_session("beta", &endpoint(2301)).unwrap();
-        let known = std::fs::read_to_string(files.known_hosts()).unwrap();
-        assert!(
-            known
-                .contains("[127.0.0.1]:2300 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake cubbi-alpha"),
-            "{known}"
+        let known = std::fs::read_to_string(files.session_known_hosts("alpha")).unwrap();
+        assert_eq!(
+            known,
+            "[127.0.0.1]:2300 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake cubbi-alpha\n"
         );
+        let mode = std::fs::metadata(files.session_known_hosts("alpha"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         let config = std::fs::read_to_string(files.session_config("alpha")).unwrap();
         assert!(config.contains("Host cubbi-alpha\n"), "{config}");
         assert!(config.contains("Port 2300") && config.contains("StrictHostKeyChecking yes"));
         files.remove_session("alpha").unwrap();
-        let known = std::fs::read_to_string(files.known_hosts()).unwrap();
-        assert!(
-            !known.contains("cubbi-alpha") && known.contains("cubbi-beta"),
-            "{known}"
-        );
         assert!(!files.session_config("alpha").exists());
+        assert!(!files.session_known_hosts("alpha").exists());
+        assert!(files.session_known_hosts("beta").exists());
+        assert!(files.session_config("beta").exists());
         files.remove_session("alpha").unwrap();
+        assert!(
+            !files.legacy_known_hosts().exists(),
+            "the shared file is never written"
+        );
+    }
+
+    #[test]
+    fn host_block_pins_its_own_file_and_forwards_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        files.write_session("alpha", &endpoint(2300)).unwrap();
+        let config = std::fs::read_to_string(files.session_config("alpha")).unwrap();
+        let options: Vec<(String, String)> = config
+            .lines()
+            .skip_while(|line| !line.starts_with("Host "))
+            .skip(1)
+            .filter_map(|line| {
+                let (key, value) = line.trim().split_once(' ')?;
+                Some((key.to_string(), value.trim().to_string()))
+            })
+            .collect();
+        let get = |key: &str| {
+            options
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("ForwardAgent"), Some("no"), "{config}");
+        assert_eq!(get("ForwardX11"), Some("no"), "{config}");
+        assert_eq!(get("StrictHostKeyChecking"), Some("yes"), "{config}");
+        assert_eq!(
+            get("UserKnownHostsFile"),
+            Some(files.session_known_hosts("alpha").to_str().unwrap()),
+            "{config}"
+        );
+    }
+
+    /// The race of the shared file: 20 sessions written at once in one HOME. Each pin must be
+    /// there afterwards, as OpenSSH's own lookup (`ssh-keygen -F`) finds it.
+    #[test]
+    fn parallel_writes_keep_every_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        let count = 20u16;
+        let keys: Vec<String> = (0..count)
+            .map(|i| {
+                let key = crate::ssh::keys::generate(&format!("k{i}")).unwrap();
+                crate::ssh::keys::public_openssh(key.public_key()).unwrap()
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for (i, key) in keys.iter().enumerate() {
+                let files = files.clone();
+                scope.spawn(move || {
+                    let mut end = endpoint(2300 + i as u16);
+                    end.host_key = key.clone();
+                    files.write_session(&format!("par{i}"), &end).unwrap();
+                    // And a close of another name at the same time, as `close` would do.
+                    files.remove_session(&format!("gone{i}")).unwrap();
+                });
+            }
+        });
+        for (i, key) in keys.iter().enumerate() {
+            let file = files.session_known_hosts(&format!("par{i}"));
+            let host = format!("[127.0.0.1]:{}", 2300 + i);
+            let found = std::process::Command::new("ssh-keygen")
+                .arg("-F")
+                .arg(&host)
+                .arg("-f")
+                .arg(&file)
+                .output()
+                .expect("ssh-keygen (openssh-client) must be installed");
+            let text = String::from_utf8_lossy(&found.stdout);
+            assert!(
+                found.status.success(),
+                "{host} not found in {}",
+                file.display()
+            );
+            assert!(text.contains(&key_without_comment(key)), "{text}");
+        }
     }
 
     #[test]
     fn include_goes_first_once() {
         let dir = tempfile::tempdir().unwrap();
-        let files = SshFiles {
-            config_dir: dir.path().join("cubbi"),
-            ssh_dir: dir.path().join(".ssh"),
-        };
+        let files = files_in(dir.path());
         std::fs::create_dir_all(&files.ssh_dir).unwrap();
-        std::fs::write(files.ssh_dir.join("config"), "Host x\n  User y\n").unwrap();
+        let path = files.ssh_dir.join("config");
+        std::fs::write(&path, "Host x\n  User y\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(!files.include_present());
         files.add_include().unwrap();
         assert!(files.include_present());
-        let text = std::fs::read_to_string(files.ssh_dir.join("config")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with(INCLUDE_LINE) && text.ends_with("Host x\n  User y\n"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "the file's mode is kept");
+    }
+
+    #[test]
+    fn include_creates_a_missing_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        files.add_include().unwrap();
+        let text = std::fs::read_to_string(files.ssh_dir.join("config")).unwrap();
+        assert_eq!(text, format!("{INCLUDE_LINE}\n"));
+    }
+
+    #[test]
+    fn include_writes_through_a_symlinked_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        let dotfiles = dir.path().join("dotfiles/ssh");
+        std::fs::create_dir_all(&dotfiles).unwrap();
+        std::fs::create_dir_all(&files.ssh_dir).unwrap();
+        let target = dotfiles.join("config");
+        std::fs::write(&target, "Host x\n").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = files.ssh_dir.join("config");
+        std::os::unix::fs::symlink("../dotfiles/ssh/config", &link).unwrap();
+        files.add_include().unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the link must stay a link"
+        );
+        let text = std::fs::read_to_string(&target).unwrap();
+        assert_eq!(text, format!("{INCLUDE_LINE}\n\nHost x\n"));
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        assert!(files.include_present());
+    }
+
+    #[test]
+    fn include_refuses_what_it_cannot_edit_and_says_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        std::fs::create_dir_all(&files.ssh_dir).unwrap();
+        let path = files.ssh_dir.join("config");
+
+        // Not UTF-8: left byte for byte.
+        let binary = b"Host x\n  User \xff\xfe\n".to_vec();
+        std::fs::write(&path, &binary).unwrap();
+        let err = files.add_include().unwrap_err().to_string();
+        assert!(err.contains(INCLUDE_LINE) && err.contains("UTF-8"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), binary);
+
+        // A dangling symlink: the link stays, nothing is created.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("missing/config", &path).unwrap();
+        let err = files.add_include().unwrap_err().to_string();
+        assert!(err.contains(INCLUDE_LINE), "{err}");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+
+        // Not a regular file.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let err = files.add_include().unwrap_err().to_string();
+        assert!(err.contains(INCLUDE_LINE), "{err}");
+        assert!(path.is_dir());
     }
 }

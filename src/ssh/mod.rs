@@ -34,4 +34,12 @@ pub enum SshError {
     AuthenticationRefused(String),
     #[error("{0}")]
     Terminal(String),
+    #[error(
+        "left {path} unchanged: {reason}; add this line at its top yourself: {line}",
+        line = files::INCLUDE_LINE
+    )]
+    IncludeRefused {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }

@@ -12,6 +12,7 @@ pub fn tests() -> Vec<Trial> {
         secrets_are_masked_in_list_and_get,
         unknown_key_is_refused_and_file_unchanged,
         broken_file_is_reported_and_never_overwritten,
+        parse_errors_never_print_a_secret,
         env_references_stay_unresolved_in_the_file,
         network_add_list_remove,
         invalid_network_name_is_refused,
@@ -127,6 +128,54 @@ fn broken_file_is_reported_and_never_overwritten() -> Result<(), Failed> {
         .failure()
         .stderr_contains("line 3");
     assert_eq!(std::fs::read_to_string(&path)?, broken);
+    Ok(())
+}
+
+/// An unquoted key is a TOML syntax error; toml's own message quotes the line. cubbi's says
+/// where and which key, and nothing of the value, for every command that reads the file.
+fn parse_errors_never_print_a_secret() -> Result<(), Failed> {
+    let home = TestHome::new();
+    let path = home.config_file();
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    for (text, line) in [
+        (
+            "[services.openai]\napi_key = sk-SECRET123\n",
+            "line 2, column",
+        ),
+        (
+            "[services.openai]\napi_key = \"sk-SECRET123\n",
+            "line 2, column",
+        ),
+        ("[defaults]\nconnect = \"sk-SECRET123\"\n", "line 2, column"),
+        (
+            "[services.openai]\napi_key = \"sk-SECRET123${OOPS\"\n",
+            "services.openai.api_key",
+        ),
+    ] {
+        std::fs::write(&path, text)?;
+        let commands: &[&[&str]] = if text.contains("OOPS") {
+            // Valid TOML: the reference is expanded (and refused) only when a session uses it.
+            &[&["session", "create", "--no-connect"]]
+        } else {
+            &[
+                &["config", "list"],
+                &["config", "get", "defaults.image"],
+                &["-vvv", "config", "set", "defaults.image", "x"],
+                &["session", "create", "--no-connect"],
+            ]
+        };
+        for args in commands {
+            let ran = Cubbi::new(&home).args(*args).run().failure();
+            let output = format!("{}{}", ran.stdout(), ran.stderr());
+            assert!(
+                !output.contains("SECRET123"),
+                "{args:?} on {text:?}: {output}"
+            );
+            if args[0] == "config" && !text.contains("OOPS") {
+                assert!(output.contains(line), "{args:?} on {text:?}: {output}");
+            }
+        }
+    }
     Ok(())
 }
 

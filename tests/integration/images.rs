@@ -125,7 +125,7 @@ fn base_boots_systemd_and_sshd_refuses_password_and_root() -> Result<(), Failed>
             .as_u64()
             .ok_or("no port")?
             .to_string();
-        let known_hosts = home.path().join(".config/cubbi/known_hosts");
+        let known_hosts = home.path().join(".ssh/cubbi.d/boot.known_hosts");
         let key = home.path().join(".config/cubbi/id_cubbi");
         let ssh = |user: &str, extra: &[&str]| {
             Command::new("ssh")

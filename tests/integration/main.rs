@@ -9,6 +9,7 @@ mod firewall;
 mod images;
 mod session;
 mod setup_systemd;
+mod ssh_files;
 mod support;
 mod sysbox;
 
@@ -36,6 +37,7 @@ fn main() {
     tests.extend(images::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
+    tests.extend(ssh_files::tests());
     tests.extend(sysbox::tests());
     let conclusion = libtest_mimic::run(&args, tests);
     support::teardown();
