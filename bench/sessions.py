@@ -201,7 +201,7 @@ def cubbi_create(command, env):
     result = run(command, env)
     total = time.perf_counter() - start
     stamps, attempts = {}, None
-    for line in result.stderr.splitlines():
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", result.stderr).splitlines():
         match = re.match(r"\s*([0-9.]+)s\s+\w+\s+\S+:\s+(.*)$", line)
         if not match:
             continue
@@ -262,7 +262,7 @@ def systemd_analyze(endpoint, container):
         if result.returncode == 0 or time.perf_counter() > deadline:
             break
         time.sleep(0.5)  # "Bootup is not yet finished" until the default target is reached
-    lines = [(result.stdout or result.stderr).strip()]
+    lines = [" ".join((result.stdout or result.stderr).split())]
     blame = run(docker + ["systemd-analyze", "blame", "--no-pager"], check=False).stdout.splitlines()[:8]
     lines += ["  blame: " + ", ".join(" ".join(line.split()) for line in blame)]
     chain = run(docker + ["systemd-analyze", "critical-chain", "--no-pager", "ssh.service"], check=False).stdout

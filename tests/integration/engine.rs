@@ -12,8 +12,8 @@ use crate::support::{Cubbi, TestHome};
 
 pub fn tests() -> Vec<Trial> {
     crate::trials![
-        engine_start_doctor_stop,
-        setup_on_a_private_root_is_idempotent_and_uninstalls,
+        engine_start_doctor_stop_without_sysbox,
+        setup_on_a_private_root_is_idempotent_and_uninstalls_without_sysbox,
         setup_refuses_bad_input_and_changes_nothing,
         a_session_on_the_setup_engine_is_kept_off_the_host,
     ]
@@ -115,7 +115,8 @@ impl Drop for PrivateEngine {
     }
 }
 
-fn engine_start_doctor_stop() -> Result<(), Failed> {
+fn engine_start_doctor_stop_without_sysbox() -> Result<(), Failed> {
+    crate::support::sysbox::require_absent()?;
     let _one_at_a_time = require_root_and_dockerd()?;
     let before = host_docker_fingerprint();
     let engine = PrivateEngine::new("e")?;
@@ -244,7 +245,8 @@ fn engine_start_doctor_stop() -> Result<(), Failed> {
     Ok(())
 }
 
-fn setup_on_a_private_root_is_idempotent_and_uninstalls() -> Result<(), Failed> {
+fn setup_on_a_private_root_is_idempotent_and_uninstalls_without_sysbox() -> Result<(), Failed> {
+    crate::support::sysbox::require_absent()?;
     let _one_at_a_time = require_root_and_dockerd()?;
     let before = host_docker_fingerprint();
     let engine = PrivateEngine::new("s")?;

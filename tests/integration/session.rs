@@ -204,12 +204,8 @@ fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
             "container left after close"
         );
         assert!(!config.exists(), "ssh config left after close");
-        let known = std::fs::read_to_string(home.path().join(".config/cubbi/known_hosts"))
-            .unwrap_or_default();
-        assert!(
-            !known.contains(&format!("cubbi-{name}")),
-            "known_hosts line left: {known}"
-        );
+        let pin = home.path().join(format!(".ssh/cubbi.d/{name}.known_hosts"));
+        assert!(!pin.exists(), "pinned host key left after close");
         Ok(())
     })
 }

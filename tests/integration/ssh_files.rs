@@ -32,6 +32,7 @@ fn openssh(home: &TestHome, config: &std::path::Path, alias: &str, command: &str
 fn parallel_creates_then_strict_openssh_into_each() -> Result<(), Failed> {
     docker_test("ssh-files-parallel", |scope| async move {
         scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
         let home = TestHome::new();
         let started = Instant::now();
         let children: Vec<_> = (0..PARALLEL)
@@ -45,9 +46,6 @@ fn parallel_creates_then_strict_openssh_into_each() -> Result<(), Failed> {
                         "--image",
                         "base",
                         "--no-connect",
-                        "--runtime",
-                        "runc",
-                        "--unsafe-runc",
                         "--name",
                         &format!("kh{i}"),
                     ])

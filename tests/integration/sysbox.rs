@@ -125,7 +125,7 @@ fn inner_docker_run(scope: &DockerScope, home: &TestHome, session: &str, name: &
         &format!(
             "set -e; d=$(mktemp -d); mkdir -p $d/bin; cp /bin/dash $d/bin/sh; \
              cp /bin/sleep $d/bin/sleep; \
-             for lib in $(ldd /bin/dash /bin/sleep | grep -o '/[^ ]*' | sort -u); do \
+             for lib in $( (ldd /bin/dash; ldd /bin/sleep) | grep -o '/[^ ]*' | sort -u); do \
                mkdir -p $d$(dirname $lib); cp $lib $d$lib; done; \
              tar -C $d -c . | docker import - tiny >/dev/null; \
              docker run --rm tiny /bin/sh -c 'echo inner-docker-ok'; \

@@ -34,3 +34,16 @@ pub fn require() -> Result<(), Failed> {
     )
     .into())
 }
+
+/// For a test of the host-without-Sysbox path (`*_without_sysbox`): install/test.sh runs those
+/// outside the Sysbox kit, whose namespace makes Sysbox visible to everything inside it.
+pub fn require_absent() -> Result<(), Failed> {
+    if Path::new(RUNC_PATH).exists() {
+        return Err(format!(
+            "this test covers a host without Sysbox, but {RUNC_PATH} exists here: run it \
+             outside the Sysbox kit (install/test.sh does)"
+        )
+        .into());
+    }
+    Ok(())
+}
