@@ -52,8 +52,9 @@ if command -v sysbox-runc >/dev/null 2>&1 && pgrep -x sysbox-mgr >/dev/null 2>&1
     export CUBBI_TEST_SYSBOX=required
 elif kit=$(sysbox_kit); then
     echo "install/test.sh: the integration suite runs under the Sysbox test kit $kit" >&2
-    sysbox_run=("$kit")
-    [ "$(id -u)" = 0 ] || sysbox_run=(sudo --preserve-env "$kit")
+    # One kit per host (its Sysbox daemons are host-wide): concurrent runs take turns.
+    sysbox_run=(flock /tmp/sysbox-kit.lock "$kit")
+    [ "$(id -u)" = 0 ] || sysbox_run=(sudo --preserve-env flock /tmp/sysbox-kit.lock "$kit")
     export CUBBI_TEST_SYSBOX=required
 elif [ "${CI:-}" = true ]; then
     echo "install/test.sh: CI=true and no Sysbox: neither sysbox-runc with a running sysbox-mgr \
