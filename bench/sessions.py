@@ -174,7 +174,11 @@ def baseline_create(sock, tmp, port, label, index, image, settings, keep=False):
     created = time.perf_counter()
     api(sock, "PUT", f"/containers/{cid}/archive?path=/", archive, "application/x-tar")
     uploaded = time.perf_counter()
-    api(sock, "POST", f"/containers/{cid}/start", b"")
+    try:
+        api(sock, "POST", f"/containers/{cid}/start", b"")
+    except RuntimeError:
+        api(sock, "DELETE", f"/containers/{cid}?force=true&v=true")
+        raise
     started = time.perf_counter()
     attempts = 0
     while True:
@@ -222,6 +226,23 @@ def cubbi_create(command, env):
     if attempts is not None:
         phases["login attempts"] = attempts
     return total, phases
+
+
+RETRIES = []
+
+
+def retrying(label, sample):
+    """One sample, taken again when a port mapping failed because something else on the host
+    rewrote Docker's shared iptables chains meanwhile (another dockerd starting or stopping):
+    noise from the environment, not the thing measured. Retries are counted and printed."""
+    for attempt in range(3):
+        try:
+            return sample()
+        except RuntimeError as err:
+            if "iptables" not in str(err) or attempt == 2:
+                raise
+            RETRIES.append(label)
+            time.sleep(1)
 
 
 def free_port():
@@ -311,7 +332,7 @@ def main():
         # The cubbi client key doubles as the baselines' key; the warm-up session's container
         # gives the settings the raw baseline copies.
         run(cubbi + ["session", "list"], env)
-        run(create + ["--name", "warmup"], env)
+        retrying("warm-up", lambda: run(create + ["--name", "warmup"], env))
         settings = cubbi_settings(sock, "cubbi-warmup")
         run(cubbi + ["session", "close", "warmup"], env)
         os.symlink(os.path.join(tmp, ".config", "cubbi", "id_cubbi"), os.path.join(tmp, "client"))
@@ -323,13 +344,13 @@ def main():
         floor_cmd = docker + ["run", "--rm", "--runtime", args.runtime, "debian:bookworm", "true"]
         run(floor_cmd)
         # One untimed boot of each baseline image, so first-use costs fall on no sample.
-        baseline_create(sock, tmp, free_port(), "warm-raw", 0, "cubbi-base", settings)
-        baseline_create(sock, tmp, free_port(), "warm-stock", 0, STOCK_IMAGE, stock)
+        retrying("warm-up", lambda: baseline_create(sock, tmp, free_port(), "warm-raw", 0, "cubbi-base", settings))
+        retrying("warm-up", lambda: baseline_create(sock, tmp, free_port(), "warm-stock", 0, STOCK_IMAGE, stock))
 
         ours, raw, bares, stocks, floor = [], [], [], [], []
         ours_phases, raw_phases, bare_phases, stock_phases = [], [], [], []
         for i in range(args.n):  # interleaved, so drift in host load touches all alike
-            elapsed, phases = cubbi_create(create + ["--name", f"c{i}"], timed_env)
+            elapsed, phases = retrying("cubbi", lambda: cubbi_create(create + ["--name", f"c{i}"], timed_env))
             ours.append(elapsed)
             ours_phases.append(phases)
             run(cubbi + ["session", "close", f"c{i}"], env)
@@ -337,7 +358,8 @@ def main():
                     ("raw", "cubbi-base", settings, raw, raw_phases),
                     ("bare", "cubbi-base", bare, bares, bare_phases),
                     ("stock", STOCK_IMAGE, stock, stocks, stock_phases)):
-                elapsed, phases, _ = baseline_create(sock, tmp, free_port(), label, i, image, config)
+                elapsed, phases, _ = retrying(label, lambda: baseline_create(
+                    sock, tmp, free_port(), label, i, image, config))
                 totals.append(elapsed)
                 phase_list.append(phases)
             start = time.perf_counter()
@@ -350,6 +372,8 @@ def main():
         print(summary("stock: Debian systemd+openssh-server, CMD /sbin/init, same steps", stocks))
         print(summary(f"floor: docker run --rm --runtime {args.runtime} debian:bookworm true", floor))
         median = statistics.median
+        if RETRIES:
+            print(f"samples retried after a port-mapping (iptables) failure: {', '.join(RETRIES)}")
         print(f"ratios (medians): cubbi/raw {median(ours) / median(raw):.2f}, "
               f"cubbi/bare {median(ours) / median(bares):.2f}, "
               f"cubbi/stock {median(ours) / median(stocks):.2f}, "
@@ -360,9 +384,10 @@ def main():
         phase_table("phases, stock (Debian systemd+sshd):", stock_phases)
 
         # Inside one booted session of each image; then what one OpenSSH login costs once up.
-        run(create + ["--name", "analyze"], env)
+        retrying("analyze", lambda: run(create + ["--name", "analyze"], env))
         print("systemd-analyze in a cubbi session (as root):\n  " + systemd_analyze(args.endpoint, "cubbi-analyze"))
-        _, _, (stock_id, stock_ssh) = baseline_create(sock, tmp, free_port(), "analyze", 0, STOCK_IMAGE, stock, keep=True)
+        _, _, (stock_id, stock_ssh) = retrying("analyze", lambda: baseline_create(
+            sock, tmp, free_port(), "analyze", 0, STOCK_IMAGE, stock, keep=True))
         print("systemd-analyze in the stock container (as root):\n  " + systemd_analyze(args.endpoint, stock_id))
         logins = []
         for _ in range(5):
