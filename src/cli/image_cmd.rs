@@ -62,6 +62,8 @@ struct ImageRow {
     name: String,
     description: String,
     tag: String,
+    /// The tool release the image installs (none for `base`).
+    tool_version: Option<String>,
     built: bool,
     id: Option<String>,
     size_bytes: Option<i64>,
@@ -82,6 +84,7 @@ pub async fn run(args: ImageArgs, context: &Context) -> Result<ExitCode, CliErro
                 rows.push(ImageRow {
                     name: image.metadata.name.clone(),
                     description: image.metadata.description.clone(),
+                    tool_version: image.metadata.tool_version.clone(),
                     built: local.is_some(),
                     id: local.as_ref().and_then(|i| i.id.clone()),
                     size_bytes: local.as_ref().and_then(|i| i.size),
@@ -93,11 +96,12 @@ pub async fn run(args: ImageArgs, context: &Context) -> Result<ExitCode, CliErro
             } else {
                 let text = table(
                     config.ui.table_format,
-                    &["NAME", "TAG", "BUILT", "SIZE", "DESCRIPTION"],
+                    &["NAME", "TAG", "VERSION", "BUILT", "SIZE", "DESCRIPTION"],
                     rows.iter().map(|row| {
                         vec![
                             row.name.clone(),
                             row.tag.clone(),
+                            row.tool_version.clone().unwrap_or_else(|| "-".into()),
                             if row.built { "yes" } else { "no" }.to_string(),
                             row.size_bytes.map(human_size).unwrap_or_default(),
                             row.description.clone(),
@@ -224,6 +228,9 @@ fn inspect(
     }
     let mut out = String::new();
     out += &format!("name:        {}\n", metadata.name);
+    if let Some(version) = &metadata.tool_version {
+        out += &format!("tool:        {version} (pinned)\n");
+    }
     out += &format!("description: {}\n", metadata.description);
     out += &format!("version:     {}\n", metadata.version);
     out += &format!("tag:         {}\n", shown.tag);

@@ -50,6 +50,9 @@ pub async fn build(
     if let Some(base) = &request.base {
         build_args.insert("BASE".to_string(), base.clone());
     }
+    if let Some(version) = &request.image.metadata.tool_version {
+        build_args.insert("TOOL_VERSION".to_string(), version.clone());
+    }
     let options = BuildImageOptionsBuilder::new()
         .dockerfile("Dockerfile")
         .t(&request.tag)

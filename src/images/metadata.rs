@@ -18,6 +18,10 @@ pub struct ImageMetadata {
     pub command: Vec<String>,
     /// Prints the tool's version; used to check a built image.
     pub version_command: Vec<String>,
+    /// The tool release the image installs (the `TOOL_VERSION` build argument), so a build
+    /// is repeatable and `image list` can say what is inside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_version: Option<String>,
     #[serde(default)]
     pub environment: Vec<EnvironmentDeclaration>,
     #[serde(default)]
@@ -54,6 +58,17 @@ pub enum PersistentKind {
     Directory,
 }
 
+/// A release number as package managers write them; it lands in a Dockerfile `RUN` line, so
+/// nothing a shell would interpret gets through.
+fn is_tool_version(version: &str) -> bool {
+    !version.is_empty()
+        && version.len() <= 64
+        && version.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
+}
+
 /// Where persistent configs live in the container.
 pub const DATA_VOLUME_PATH: &str = "/mnt/agent-data";
 
@@ -75,6 +90,13 @@ impl ImageMetadata {
             return Err(invalid(
                 "command and version_command must not be empty".into(),
             ));
+        }
+        if let Some(version) = &metadata.tool_version
+            && !is_tool_version(version)
+        {
+            return Err(invalid(format!(
+                "tool_version `{version}` must be a release number: letters, digits, `.`, `-`, `+`"
+            )));
         }
         for declaration in &metadata.environment {
             if !crate::config::env::is_env_name(&declaration.name) {
@@ -160,6 +182,43 @@ type = "directory"
             metadata.persistent_configs[0].kind,
             PersistentKind::Directory
         );
+    }
+
+    #[test]
+    fn tool_versions_are_release_numbers_only() {
+        let pinned = GOOD.replace(
+            "version = \"1\"\n",
+            "version = \"1\"\ntool_version = \"2.1.0-beta.1+b2\"\n",
+        );
+        assert_eq!(
+            parse(&pinned).unwrap().tool_version.as_deref(),
+            Some("2.1.0-beta.1+b2")
+        );
+        for bad in ["1.0; curl x | sh", "$(id)", "", "-rf", "1 2"] {
+            let text = GOOD.replace(
+                "version = \"1\"\n",
+                &format!("version = \"1\"\ntool_version = \"{bad}\"\n"),
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("tool_version"), "{bad}: {err}");
+        }
+    }
+
+    /// Every tool image pins the release it installs; the Dockerfile takes it.
+    #[test]
+    fn every_tool_image_pins_its_release() {
+        let catalog = crate::images::Catalog::embedded().unwrap();
+        for image in catalog.all() {
+            if image.metadata.name == "base" {
+                assert_eq!(image.metadata.tool_version, None);
+                continue;
+            }
+            assert!(
+                image.metadata.tool_version.is_some(),
+                "{} has no tool_version",
+                image.metadata.name
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub fn tests() -> Vec<Trial> {
         base_image_layers_hold_no_host_keys,
         base_boots_systemd_and_sshd_refuses_password_and_root,
         booting_without_cubbi_keys_generates_unique_ones,
-        claude_code_image_runs_its_version,
+        every_tool_image_boots_under_sysbox_with_its_pinned_release,
         unknown_image_lists_the_known_ones,
         bad_metadata_names_file_line_and_field,
         build_failure_shows_the_failing_step,
@@ -220,38 +220,77 @@ fn booting_without_cubbi_keys_generates_unique_ones() -> Result<(), Failed> {
     })
 }
 
-fn claude_code_image_runs_its_version() -> Result<(), Failed> {
+/// Every tool image builds with the release its metadata pins, boots as a session under the
+/// default runtime (sysbox-runc) to `running` with no failed unit, and its tool prints that
+/// release as `agent`.
+fn every_tool_image_boots_under_sysbox_with_its_pinned_release() -> Result<(), Failed> {
+    crate::support::sysbox::require()?;
     docker_test("image-tool", |scope| async move {
         scope.ensure_base().await?;
         let home = TestHome::new();
-        scope
+        let listed = scope
             .cubbi(&home)
-            .args(["image", "build", "claude-code"])
+            .args(["--json", "image", "list"])
             .run()
             .success();
-        let out = Command::new("docker")
-            .args([
-                "-H",
-                &scope.endpoint,
-                "run",
-                "--rm",
-                "--user",
-                "agent",
-                "--label",
-            ])
-            .arg(format!("{}={}", crate::support::TEST_LABEL, scope.id))
-            .args(["cubbi-claude-code", "claude", "--version"])
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "claude --version failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            text.chars().any(|c| c.is_ascii_digit()),
-            "no version in {text:?}"
-        );
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout())?;
+        let tools: Vec<(String, String)> = rows
+            .iter()
+            .filter(|row| row["name"] != "base")
+            .map(|row| {
+                (
+                    row["name"].as_str().unwrap_or_default().to_string(),
+                    row["tool_version"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        assert!(tools.len() >= 5, "{tools:?}");
+        for (name, version) in &tools {
+            assert!(!version.is_empty(), "{name} pins no release");
+            scope
+                .cubbi(&home)
+                .args(["image", "build", name])
+                .run()
+                .success();
+            let session = format!("tool-{name}");
+            scope
+                .cubbi(&home)
+                .args([
+                    "session",
+                    "create",
+                    "--image",
+                    name,
+                    "--no-connect",
+                    "--name",
+                    &session,
+                ])
+                .run()
+                .success();
+            let exec = |script: &str| {
+                scope
+                    .cubbi(&home)
+                    .args(["session", "exec", &session, "--", "bash", "-lc", script])
+                    .run()
+                    .success()
+                    .stdout()
+            };
+            let state = exec(
+                "sudo systemctl is-system-running --wait; systemctl --failed --no-legend --plain",
+            );
+            assert_eq!(state.trim(), "running", "{name}: state and failed units");
+            let metadata = crate::support::images::metadata_of(&scope.endpoint, name)?;
+            let printed = exec(&shell_words::join(&metadata));
+            assert!(
+                printed.contains(version.as_str()),
+                "{name}: `{}` printed {printed:?}, not the pinned {version}",
+                metadata.join(" ")
+            );
+            scope
+                .cubbi(&home)
+                .args(["session", "close", &session])
+                .run()
+                .success();
+        }
         Ok(())
     })
 }

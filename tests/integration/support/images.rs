@@ -26,3 +26,20 @@ pub fn ensure_base(endpoint: &str) -> Result<(), Failed> {
     });
     outcome.clone().map_err(Failed::from)
 }
+
+/// The version command a built cubbi image declares in its metadata label.
+pub fn metadata_of(endpoint: &str, name: &str) -> Result<Vec<String>, Failed> {
+    let home = TestHome::new();
+    let shown = Cubbi::new(&home)
+        .args(["--endpoint", endpoint, "--json", "image", "inspect", name])
+        .run()
+        .success();
+    let value: serde_json::Value = serde_json::from_str(&shown.stdout())?;
+    let command = value["metadata"]["version_command"]
+        .as_array()
+        .ok_or_else(|| format!("no metadata.version_command in {value}"))?
+        .iter()
+        .filter_map(|word| word.as_str().map(str::to_string))
+        .collect();
+    Ok(command)
+}
