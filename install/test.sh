@@ -32,13 +32,14 @@ fi
 # where it exists. A host with Sysbox installed for real (sysbox-runc on PATH, sysbox-mgr
 # running) is used as it is; otherwise the test kit (a Sysbox built from source that runs
 # inside a private mount namespace, see its README) is looked for in CUBBI_SYSBOX_KIT, beside
-# this checkout and beside the repository it was cloned from. Under CI=true a run without
+# this checkout, beside the repository it was cloned from, and in /work/shared. Under CI=true a run without
 # Sysbox is a failure; elsewhere the suite runs with only the runc fallback, and says so.
 sysbox_kit() {
     local origin candidate
     origin=$(git config --get remote.origin.url 2>/dev/null || true)
+    # Last, where this project's development machines keep it.
     for candidate in "${CUBBI_SYSBOX_KIT:-}" "$PWD/../shared/sysbox/with-sysbox.sh" \
-        "${origin:+$origin/../shared/sysbox/with-sysbox.sh}"; do
+        "${origin:+$origin/../shared/sysbox/with-sysbox.sh}" /work/shared/sysbox/with-sysbox.sh; do
         if [ -n "$candidate" ] && [ -x "$candidate" ]; then
             echo "$candidate"
             return 0

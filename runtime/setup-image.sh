@@ -90,6 +90,12 @@ systemctl mask \
 systemctl mask systemd-sysusers.service systemd-journal-flush.service \
     systemd-user-sessions.service systemd-update-utmp.service \
     systemd-update-utmp-runlevel.service >/dev/null
+# --- and what only runs under Sysbox, where /proc/sys looks writable and CAP_SYS_MODULE is
+#     held in the user namespace: kernel modules cannot be loaded from a container, and the
+#     sysctl defaults are the host's business (the inner dockerd sets what it needs). Under
+#     Sysbox they took 260 ms (sysctl) and 2 x 170 ms (modprobe@dm_mod, @loop) of the boot
+#     the first login waits for on a 2-core host (bench/sessions.py, systemd-analyze).
+systemctl mask systemd-sysctl.service modprobe@.service >/dev/null
 
 # --- no generators: nothing for them to do in a container (fstab, gpt,
 #     getty, sysv scripts...), and each one costs a fork+exec at every boot
