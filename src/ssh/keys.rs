@@ -44,8 +44,13 @@ pub fn load_or_create_client_key(path: &Path) -> Result<PrivateKey, SshError> {
             reason: err.to_string(),
         }),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            let key = generate("cubbi")?;
-            write_private(path, &private_openssh(&key)?)?;
+            // Several first runs at once (parallel creates in a fresh HOME) must end with one
+            // key: each writes its own in a temporary file and links it into place only if no
+            // key is there yet; a run that loses the race uses the winner's key.
+            let key = match create_new_private(path, &generate("cubbi")?)? {
+                Some(mine) => mine,
+                None => return load_or_create_client_key(path),
+            };
             let public = format!("{}\n", public_openssh(key.public_key())?);
             write_file(&path.with_extension("pub"), public.as_bytes(), 0o644)?;
             Ok(key)
@@ -57,8 +62,38 @@ pub fn load_or_create_client_key(path: &Path) -> Result<PrivateKey, SshError> {
     }
 }
 
-fn write_private(path: &Path, pem: &str) -> Result<(), SshError> {
-    write_file(path, pem.as_bytes(), 0o600)
+/// Writes `key` to `path` (0600) unless a file is there already: `Some(key)` when this call
+/// created it, `None` when another process got there first.
+fn create_new_private(path: &Path, key: &PrivateKey) -> Result<Option<PrivateKey>, SshError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let write_error = |source: std::io::Error| SshError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(write_error)?;
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".id_cubbi.")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(parent)
+        .map_err(write_error)?;
+    temporary
+        .write_all(private_openssh(key)?.as_bytes())
+        .and_then(|()| temporary.as_file().sync_all())
+        .map_err(write_error)?;
+    match temporary.persist_noclobber(path) {
+        Ok(_) => Ok(Some(key.clone())),
+        Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(err) => Err(write_error(err.error)),
+    }
 }
 
 /// Atomic write (temp file + rename) with the given mode, creating private parent folders.
@@ -74,6 +109,33 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    /// Parallel first runs in one HOME agree on one key, the one on disk.
+    #[test]
+    fn concurrent_first_runs_end_with_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cubbi").join("id_cubbi");
+        let keys: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| scope.spawn(|| load_or_create_client_key(&path).unwrap()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| public_openssh(h.join().unwrap().public_key()).unwrap())
+                .collect()
+        });
+        let on_disk =
+            public_openssh(load_or_create_client_key(&path).unwrap().public_key()).unwrap();
+        assert!(keys.iter().all(|k| *k == on_disk), "{keys:#?} vs {on_disk}");
+        let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+        assert_eq!(public.trim(), on_disk);
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".id_cubbi."))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
 
     #[test]
     fn client_key_is_created_once_with_private_mode() {

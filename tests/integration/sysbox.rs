@@ -212,12 +212,9 @@ fn unsafe_runc_session_shows_what_it_gives_up() -> Result<(), Failed> {
             "nothing virtualises /proc or /sys under runc: {:?}",
             findings.virtualised
         );
-        // The inner dockerd cannot stack overlayfs on the container's overlay here.
-        assert!(
-            ["overlay2", "fuse-overlayfs", "vfs"].contains(&findings.inner_driver.as_str()),
-            "inner Docker storage: {}",
-            findings.inner_driver
-        );
+        // /var/lib/docker is an anonymous volume (a host filesystem) under runc, and
+        // sysbox-mgr's own folder under Sysbox: overlay2 works on both, never vfs.
+        assert_eq!(findings.inner_driver, "overlay2", "inner Docker storage");
         Ok(())
     })
 }
