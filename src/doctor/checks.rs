@@ -40,6 +40,7 @@ pub fn run_all(facts: &DoctorFacts) -> Vec<Check> {
         daemon_json_check(facts),
         sysbox_binary(host),
         sysbox_daemons(&facts.sysbox_daemons),
+        sysbox_docker_socket(host.has_sysbox(), facts.other_docker_socket.as_deref()),
         sysbox_runtime(facts.docker_info.as_ref()),
         base_image(facts.base_image_present),
         ssh_key(facts),
@@ -301,6 +302,40 @@ pub fn sysbox_daemons(daemons: &SysboxDaemons) -> Check {
                 crate::engine::sysbox::MGR_SOCKET,
                 crate::engine::sysbox::FS_SOCKET
             ),
+        ),
+    }
+}
+
+/// Where Sysbox asks "the" Docker about a container (`DOCKER_HOST`, else this socket).
+pub const SYSBOX_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Sysbox (v0.7.0) asks the Docker at `/var/run/docker.sock` whether a container is Docker's,
+/// to alias the embedded DNS for inner containers and to know which path disappears when the
+/// container is removed. With nothing there it recognises the engine's data-root by its
+/// layout; a *different* dockerd there answers "not mine" for every session (see
+/// docs/architecture.md, "Sysbox and /var/run/docker.sock").
+pub fn sysbox_docker_socket(sysbox: bool, other: Option<&std::path::Path>) -> Check {
+    const ID: &str = "sysbox-docker-socket";
+    match (sysbox, other) {
+        (false, _) => Check::ok(ID, "no Sysbox here, nothing asks another Docker"),
+        (true, None) => Check::ok(
+            ID,
+            format!(
+                "no other Docker at {SYSBOX_DOCKER_SOCKET}: Sysbox recognises the engine's \
+                 containers by their data-root"
+            ),
+        ),
+        (true, Some(path)) => Check::warn(
+            ID,
+            format!(
+                "another Docker answers at {}: Sysbox asks it about cubbi's sessions, finds none, \
+                 and then neither aliases their inner containers' DNS nor keeps their state \
+                 across a stop (inner images are copied back instead)",
+                path.display()
+            ),
+            "where cubbi is Sysbox's only user: a sysbox-mgr drop-in with \
+             Environment=DOCKER_HOST=unix:///var/run/cubbi-docker.sock, then \
+             `systemctl daemon-reload && systemctl restart sysbox` with no sessions running",
         ),
     }
 }
@@ -695,6 +730,21 @@ mod tests {
         let plain = json!({"DefaultRuntime": "runc", "Runtimes": {"runc": {}}});
         assert_eq!(sysbox_runtime(Some(&plain)).status, Status::Fail);
         assert_eq!(sysbox_runtime(None).status, Status::Fail);
+    }
+
+    #[test]
+    fn another_docker_at_sysbox_socket_is_a_warning() {
+        let other = std::path::Path::new("/var/run/docker.sock");
+        assert_eq!(sysbox_docker_socket(false, Some(other)).status, Status::Ok);
+        assert_eq!(sysbox_docker_socket(true, None).status, Status::Ok);
+        let warned = sysbox_docker_socket(true, Some(other));
+        assert_eq!(warned.status, Status::Warn);
+        assert!(
+            warned.finding.contains("/var/run/docker.sock"),
+            "{}",
+            warned.finding
+        );
+        assert!(warned.remedy.contains("DOCKER_HOST"), "{}", warned.remedy);
     }
 
     #[test]

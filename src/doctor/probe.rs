@@ -78,6 +78,9 @@ pub struct DoctorFacts {
     /// FORWARD's policy in the filter table (`ACCEPT`, `DROP`); `None` when it cannot be read
     /// (not root, no iptables).
     pub forward_policy: Option<String>,
+    /// A Docker socket at the path Sysbox asks (`/var/run/docker.sock`) that is not this
+    /// endpoint's.
+    pub other_docker_socket: Option<PathBuf>,
 }
 
 /// The probes doctor uses; all real ones by default.
@@ -208,7 +211,9 @@ pub async fn gather(
                 .and_then(|out| parse_forward_policy(&out.stdout))
         })
         .flatten();
+    let other_docker_socket = other_docker_socket(socket_path.as_deref());
     DoctorFacts {
+        other_docker_socket,
         forward_policy,
         dockerd_version,
         containerd_version,
@@ -241,6 +246,19 @@ pub async fn gather(
 }
 
 /// `ACCEPT` from `-P FORWARD ACCEPT` in `iptables -S FORWARD`.
+/// The socket at `/var/run/docker.sock` (where Sysbox looks for "the" Docker), unless it is
+/// the endpoint's own.
+fn other_docker_socket(endpoint_socket: Option<&Path>) -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let path = Path::new(crate::doctor::checks::SYSBOX_DOCKER_SOCKET);
+    let is_socket = std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_socket());
+    let ours = endpoint_socket
+        .and_then(|ours| ours.canonicalize().ok())
+        .zip(path.canonicalize().ok())
+        .is_some_and(|(ours, theirs)| ours == theirs);
+    (is_socket && !ours).then(|| path.to_path_buf())
+}
+
 pub fn parse_forward_policy(listing: &str) -> Option<String> {
     listing
         .lines()
