@@ -307,6 +307,57 @@ fn assert_refused(sc: &SystemContainer, network: &str, address: &str) {
 }
 
 /// The host Docker's own NAT chain: a second dockerd with iptables on would re-create it empty.
+/// A LAN neighbour (the `cubbi-t1` namespace) that routes the engine's pool via this host
+/// cannot open a connection to a session's listener, even where FORWARD's policy is ACCEPT (a
+/// host with no other Docker): CUBBI-FWD's last rule drops it. The same connection succeeds
+/// with that rule taken out, so the probe can see a way in when there is one.
+fn assert_no_way_in_from_the_lan(sc: &SystemContainer) {
+    sc.ok(&format!(
+        "docker -H {DEDICATED} run -d -i --runtime runc --network probe-net --name inbound probe \
+         /bin/bash -c 'read line' >/dev/null"
+    ));
+    let pid = sc.ok(&format!(
+        "docker -H {DEDICATED} inspect -f '{{{{.State.Pid}}}}' inbound"
+    ));
+    let address = sc
+        .ok(&format!(
+            "docker -H {DEDICATED} inspect -f \
+             '{{{{range .NetworkSettings.Networks}}}}{{{{.IPAddress}}}}{{{{end}}}}' inbound"
+        ))
+        .trim()
+        .to_string();
+    // A listener in the session's network namespace: the host's sshd, entered with nsenter.
+    sc.ok(&format!(
+        "nsenter -t {} -n /usr/sbin/sshd -p 2222 -o PidFile=none",
+        pid.trim()
+    ));
+    let banner = sc.ok(&format!("exec 3<>/dev/tcp/{address}/2222 && head -c 4 <&3"));
+    assert_eq!(
+        banner, "SSH-",
+        "the session's listener answers from the host"
+    );
+    sc.ok("iptables -w -P FORWARD ACCEPT && \
+           ip -n cubbi-t1 route replace 10.214.0.0/16 via 172.31.250.1");
+    let from_lan = format!(
+        "ip netns exec cubbi-t1 timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/2222 && head -c 4 <&3'"
+    );
+    let blocked = sc.sh(&from_lan);
+    assert!(
+        !blocked.status.success(),
+        "a LAN neighbour reached a session's listener at {address}:2222: {}",
+        text(&blocked.stdout)
+    );
+    sc.ok("iptables -w -D CUBBI-FWD-cubbi0 -o cubbi0+ -j DROP");
+    let open = sc.sh(&from_lan);
+    sc.ok("iptables -w -A CUBBI-FWD-cubbi0 -o cubbi0+ -j DROP");
+    assert_eq!(
+        text(&open.stdout),
+        "SSH-",
+        "without the DROP the neighbour gets in, so the probe works"
+    );
+    sc.ok(&format!("docker -H {DEDICATED} rm -f inbound >/dev/null"));
+}
+
 fn own_docker_nat(sc: &SystemContainer) -> String {
     sc.ok("iptables -w -t nat -S DOCKER")
 }
@@ -417,6 +468,8 @@ fn egress_guard_keeps_containers_off_private_addresses() -> Result<(), Failed> {
                 .any(|line| line.contains("firewall") && line.contains("ok")),
             "{doctor}"
         );
+
+        assert_no_way_in_from_the_lan(&sc);
 
         // Uninstall takes the rules away ...
         let (ok, removed) = sc.cubbi(&["setup", "--uninstall"]);
