@@ -1,12 +1,8 @@
 //! The harness itself: a container from the locally bootstrapped `debian:bookworm` runs on the
 //! test dockerd through bollard, and cleanup removes what a test made.
 
-use std::collections::HashMap;
-
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
 use futures_util::TryStreamExt;
 use libtest_mimic::{Failed, Trial};
 
@@ -107,15 +103,7 @@ fn cleanup_removes_labelled_containers() -> Result<(), Failed> {
         .build()?;
     runtime.block_on(async {
         let docker = cubbi::docker::connect(&endpoint).await?;
-        let filter = HashMap::from([("label", vec![leftover_label.clone()])]);
-        let left = docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filter)
-                    .build(),
-            ))
-            .await?;
+        let left = support::containers_labelled(&docker, &leftover_label).await?;
         assert!(left.is_empty(), "containers left behind: {left:?}");
         Ok(())
     })

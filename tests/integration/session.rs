@@ -2,11 +2,10 @@
 //! systemd, real sshd, the real OpenSSH client. The kill-and-clean-up test runs the explicit
 //! insecure runc mode instead, whose anonymous inner Docker volume must go too.
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::query_parameters::CreateContainerOptionsBuilder;
 use libtest_mimic::{Failed, Trial};
 
 use crate::support::pty::Terminal;
@@ -57,16 +56,8 @@ fn create_args_runc<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 async fn session_containers(
     scope: &DockerScope,
 ) -> Result<Vec<bollard::models::ContainerSummary>, Failed> {
-    let filter = HashMap::from([("label", vec![format!("io.cubbi.owner={}", scope.id)])]);
-    Ok(scope
-        .docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filter)
-                .build(),
-        ))
-        .await?)
+    crate::support::containers_labelled(&scope.docker, &format!("io.cubbi.owner={}", scope.id))
+        .await
 }
 
 fn exec(scope: &DockerScope, home: &TestHome, name: &str, command: &[&str]) -> String {
@@ -912,16 +903,8 @@ fn another_owners_data_volume_is_refused() -> Result<(), Failed> {
             volume_now.labels.get("io.cubbi.owner").map(String::as_str),
             Some("someone-else")
         );
-        let filter = HashMap::from([("label", vec!["io.cubbi.name=stolen".to_string()])]);
-        let left = scope
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filter)
-                    .build(),
-            ))
-            .await?;
+        let left =
+            crate::support::containers_labelled(&scope.docker, "io.cubbi.name=stolen").await?;
         assert!(left.is_empty(), "a refused create left a container");
         Ok(())
     })

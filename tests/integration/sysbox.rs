@@ -233,17 +233,7 @@ fn verify_smoke_needs_no_prior_image() -> Result<(), Failed> {
             check.finding
         );
         // The smoke container is removed again.
-        let filter =
-            std::collections::HashMap::from([("label", vec!["io.cubbi.smoke".to_string()])]);
-        let left = scope
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filter)
-                    .build(),
-            ))
-            .await?;
+        let left = crate::support::containers_labelled(&scope.docker, "io.cubbi.smoke").await?;
         assert!(left.is_empty(), "{left:?}");
         Ok(())
     })

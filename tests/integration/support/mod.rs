@@ -164,6 +164,22 @@ impl DockerScope {
     }
 }
 
+/// Every container (any state) carrying `label` (`key` or `key=value`).
+pub async fn containers_labelled(
+    docker: &Docker,
+    label: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>, Failed> {
+    let filter = HashMap::from([("label", vec![label.to_string()])]);
+    Ok(docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await?)
+}
+
 /// Runs an async test body against the run's dockerd with `debian:bookworm` present, then
 /// removes what the test labelled, whether it passed, failed or panicked.
 pub fn docker_test<F, Fut>(name: &str, body: F) -> Result<(), Failed>
