@@ -719,7 +719,6 @@ const TMPFILES_CONF: &str = "/etc/tmpfiles.d/cubbi.conf";
 
 /// The port lock and its folder as setup makes them, and the tmpfiles.d entry where needed.
 fn port_lock_ready(systemd: bool) -> bool {
-    use std::os::unix::fs::MetadataExt;
     let Some(gid) = nix::unistd::Group::from_name(SOCKET_GROUP)
         .ok()
         .flatten()
@@ -727,25 +726,10 @@ fn port_lock_ready(systemd: bool) -> bool {
     else {
         return false;
     };
-    let owned = |path: &str, file_type_ok: fn(&std::fs::FileType) -> bool, mode: u32| {
-        Path::new(path).symlink_metadata().is_ok_and(|meta| {
-            file_type_ok(&meta.file_type())
-                && meta.uid() == 0
-                && meta.gid() == gid
-                && meta.mode() & 0o7777 == mode
-        })
-    };
-    owned(
-        crate::local::ports::SYSTEM_LOCK_DIR,
-        std::fs::FileType::is_dir,
-        0o770,
-    ) && owned(
-        crate::local::ports::SYSTEM_LOCK_FILE,
-        std::fs::FileType::is_file,
-        0o660,
-    ) && (!systemd
-        || std::fs::read_to_string(TMPFILES_CONF)
-            .is_ok_and(|text| text == crate::local::ports::TMPFILES_LINES))
+    crate::local::ports::system_lock_ready(Path::new(crate::local::ports::SYSTEM_LOCK_DIR), gid)
+        && (!systemd
+            || std::fs::read_to_string(TMPFILES_CONF)
+                .is_ok_and(|text| text == crate::local::ports::TMPFILES_LINES))
 }
 
 /// Turns `net.ipv4.ip_forward` off again (it was off before cubbi's engine first ran), unless

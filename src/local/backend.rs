@@ -381,8 +381,13 @@ impl LocalBackend {
         }
     }
 
-    async fn containers(&self, filters: &[String]) -> Result<Vec<ContainerSummary>, ApiError> {
-        let filter = HashMap::from([("label", filters.to_vec())]);
+    /// Containers in any state matching every `key` (`label`, `name`) filter in `values`.
+    async fn containers(
+        &self,
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<ContainerSummary>, ApiError> {
+        let filter = HashMap::from([(key, values.to_vec())]);
         self.docker
             .list_containers(Some(
                 ListContainersOptionsBuilder::new()
@@ -398,10 +403,13 @@ impl LocalBackend {
     /// `cubbi-NAME` or `cubbi-NAME.booting` (cubbi's or not).
     async fn check_name_free(&self, name: &str) -> Result<(), ApiError> {
         let by_label = self
-            .containers(&[
-                format!("{}={name}", labels::NAME),
-                format!("{}=true", labels::SESSION),
-            ])
+            .containers(
+                "label",
+                &[
+                    format!("{}={name}", labels::NAME),
+                    format!("{}=true", labels::SESSION),
+                ],
+            )
             .await?;
         if !by_label.is_empty() {
             return Err(ApiError::Conflict(format!(
@@ -413,17 +421,9 @@ impl LocalBackend {
             format!("/{}", labels::booting_container_name(name)),
         ];
         // Docker's name filter is a substring/regex match; compare exactly here.
-        let filter = HashMap::from([("name", vec![labels::container_name(name)])]);
         let by_name = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filter)
-                    .build(),
-            ))
-            .await
-            .map_err(Self::docker_error("cannot list containers"))?;
+            .containers("name", &[labels::container_name(name)])
+            .await?;
         if let Some(taken) = by_name
             .iter()
             .flat_map(|c| c.names.iter().flatten())
@@ -441,7 +441,7 @@ impl LocalBackend {
     /// Ports held by any cubbi session, in any state and of any owner.
     async fn taken_ports(&self) -> Result<BTreeSet<u16>, ApiError> {
         Ok(self
-            .containers(&[labels::SSH_PORT.to_string()])
+            .containers("label", &[labels::SSH_PORT.to_string()])
             .await?
             .iter()
             .filter_map(|c| c.labels.as_ref()?.get(labels::SSH_PORT)?.parse().ok())
@@ -1031,10 +1031,13 @@ impl Backend for LocalBackend {
 
     async fn list(&self) -> Result<Vec<Session>, ApiError> {
         let summaries = self
-            .containers(&[
-                format!("{}=true", labels::SESSION),
-                format!("{}={}", labels::OWNER, self.options.owner),
-            ])
+            .containers(
+                "label",
+                &[
+                    format!("{}=true", labels::SESSION),
+                    format!("{}={}", labels::OWNER, self.options.owner),
+                ],
+            )
             .await?;
         let mut sessions: Vec<Session> = summaries
             .iter()

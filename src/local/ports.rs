@@ -69,6 +69,9 @@ impl LockLocation {
     }
 }
 
+const SYSTEM_LOCK_DIR_MODE: u32 = 0o770;
+const SYSTEM_LOCK_FILE_MODE: u32 = 0o660;
+
 /// Creates the system lock for `cubbi setup` (run as root): `dir` root-owned, group
 /// `group_gid`, mode 0770, and `dir/ports.lock` root:`group_gid` 0660. Idempotent; refuses a
 /// symlink or a non-folder at `dir` and a non-regular file at the lock. Returns the lock's
@@ -84,7 +87,9 @@ pub fn prepare_system_lock(dir: &Path, group_gid: u32) -> std::io::Result<PathBu
             )));
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().mode(0o770).create(dir)?;
+            std::fs::DirBuilder::new()
+                .mode(SYSTEM_LOCK_DIR_MODE)
+                .create(dir)?;
         }
         Err(err) => return Err(err),
     }
@@ -95,15 +100,18 @@ pub fn prepare_system_lock(dir: &Path, group_gid: u32) -> std::io::Result<PathBu
         Some(Gid::from_raw(group_gid)),
     )
     .map_err(std::io::Error::from)?;
-    nix::sys::stat::fchmod(&dir_handle, nix::sys::stat::Mode::from_bits_truncate(0o770))
-        .map_err(std::io::Error::from)?;
+    nix::sys::stat::fchmod(
+        &dir_handle,
+        nix::sys::stat::Mode::from_bits_truncate(SYSTEM_LOCK_DIR_MODE),
+    )
+    .map_err(std::io::Error::from)?;
     let path = dir.join("ports.lock");
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o660)
+        .mode(SYSTEM_LOCK_FILE_MODE)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)?;
     if !file.metadata()?.file_type().is_file() {
@@ -118,9 +126,31 @@ pub fn prepare_system_lock(dir: &Path, group_gid: u32) -> std::io::Result<PathBu
         Some(Gid::from_raw(group_gid)),
     )
     .map_err(std::io::Error::from)?;
-    nix::sys::stat::fchmod(&file, nix::sys::stat::Mode::from_bits_truncate(0o660))
-        .map_err(std::io::Error::from)?;
+    nix::sys::stat::fchmod(
+        &file,
+        nix::sys::stat::Mode::from_bits_truncate(SYSTEM_LOCK_FILE_MODE),
+    )
+    .map_err(std::io::Error::from)?;
     Ok(path)
+}
+
+/// Whether `dir` and its lock are as [`prepare_system_lock`] leaves them (no symlinks).
+pub fn system_lock_ready(dir: &Path, group_gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let as_prepared = |path: &Path, is_kind: fn(&std::fs::FileType) -> bool, mode: u32| {
+        path.symlink_metadata().is_ok_and(|meta| {
+            is_kind(&meta.file_type())
+                && meta.uid() == 0
+                && meta.gid() == group_gid
+                && meta.mode() & 0o7777 == mode
+        })
+    };
+    as_prepared(dir, std::fs::FileType::is_dir, SYSTEM_LOCK_DIR_MODE)
+        && as_prepared(
+            &dir.join("ports.lock"),
+            std::fs::FileType::is_file,
+            SYSTEM_LOCK_FILE_MODE,
+        )
 }
 
 /// Holds the allocation lock; dropping it releases the lock.
@@ -454,8 +484,14 @@ mod tests {
         let gid = nix::unistd::getgid().as_raw();
         let prepared = match prepare_system_lock(&lock_dir, gid) {
             Ok(path) => path,
-            // chown to root needs root; the unit tests may run unprivileged.
-            Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => return,
+            // chown to root needs root; unprivileged runs say so, CI (root) never skips.
+            Err(err)
+                if err.kind() == std::io::ErrorKind::PermissionDenied
+                    && std::env::var("CI").as_deref() != Ok("true") =>
+            {
+                eprintln!("not checked without root: {err}");
+                return;
+            }
             Err(err) => panic!("{err}"),
         };
         assert_eq!(prepared, lock_dir.join("ports.lock"));
@@ -469,8 +505,20 @@ mod tests {
             (file_meta.mode() & 0o777, file_meta.uid(), file_meta.gid()),
             (0o660, 0, gid)
         );
-        // Twice is fine, and the lock then opens as a system lock.
+        assert!(system_lock_ready(&lock_dir, gid));
+        assert!(!system_lock_ready(&lock_dir, gid.wrapping_add(1)));
+        std::fs::set_permissions(
+            &prepared,
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .unwrap();
+        assert!(
+            !system_lock_ready(&lock_dir, gid),
+            "a world-writable lock is not ready"
+        );
+        // Twice is fine (and mends the mode), and the lock then opens as a system lock.
         prepare_system_lock(&lock_dir, gid).unwrap();
+        assert!(system_lock_ready(&lock_dir, gid));
         PortLock::acquire(&LockLocation::System(prepared), Duration::ZERO).unwrap();
         // A symlink in place of the folder is refused.
         let link = dir.path().join("link");
