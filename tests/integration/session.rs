@@ -9,7 +9,7 @@ use bollard::query_parameters::CreateContainerOptionsBuilder;
 use libtest_mimic::{Failed, Trial};
 
 use crate::support::pty::Terminal;
-use crate::support::{DockerScope, TestHome, docker_test};
+use crate::support::{DockerScope, TestHome, create_args, docker_test};
 
 pub fn tests() -> Vec<Trial> {
     crate::trials![
@@ -31,20 +31,6 @@ pub fn tests() -> Vec<Trial> {
 
 /// The fallback for hosts without Sysbox (see the runc group in `sysbox.rs` and below).
 const UNSAFE: [&str; 3] = ["--runtime", "runc", "--unsafe-runc"];
-
-fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "session",
-        "create",
-        "--image",
-        "base",
-        "--no-connect",
-        "--name",
-        name,
-    ];
-    args.extend(extra);
-    args
-}
 
 /// `create_args` under the explicit insecure runc mode.
 fn create_args_runc<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {

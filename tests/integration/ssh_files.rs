@@ -40,15 +40,7 @@ fn parallel_creates_then_strict_openssh_into_each() -> Result<(), Failed> {
                 scope
                     .cubbi(&home)
                     .env("CUBBI_READY_TIMEOUT", "300")
-                    .args([
-                        "session",
-                        "create",
-                        "--image",
-                        "base",
-                        "--no-connect",
-                        "--name",
-                        &format!("kh{i}"),
-                    ])
+                    .args(crate::support::create_args(&format!("kh{i}"), &[]))
                     .spawn()
             })
             .collect();

@@ -50,17 +50,7 @@ fn probe(scope: &DockerScope, home: &TestHome, name: &str, extra: &[&str]) -> Fi
     std::fs::write(&secret, SECRET).expect("secret file");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("0600");
     let bind = format!("{}:/mnt/host-secret:ro", secret.display());
-    let mut args = vec![
-        "session",
-        "create",
-        "--image",
-        "base",
-        "--no-connect",
-        "--name",
-        name,
-        "-v",
-        &bind,
-    ];
+    let mut args = crate::support::create_args(name, &["-v", &bind]);
     args.extend(extra);
     let created = scope.cubbi(home).args(args).run().success();
     let warned = created.stderr().contains("NOT isolated");

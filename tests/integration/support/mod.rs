@@ -164,6 +164,21 @@ impl DockerScope {
     }
 }
 
+/// `session create` of `cubbi-base` named `name`, without connecting, plus `extra`.
+pub fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "session",
+        "create",
+        "--image",
+        "base",
+        "--no-connect",
+        "--name",
+        name,
+    ];
+    args.extend(extra);
+    args
+}
+
 /// Every container (any state) carrying `label` (`key` or `key=value`).
 pub async fn containers_labelled(
     docker: &Docker,
