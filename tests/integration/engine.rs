@@ -512,15 +512,7 @@ fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
                 .env("CUBBI_OWNER", &scope.id)
         };
         cubbi()
-            .args([
-                "session",
-                "create",
-                "--image",
-                "base",
-                "--no-connect",
-                "--name",
-                "guarded",
-            ])
+            .args(crate::support::create_args("guarded", &[]))
             .run()
             .success();
         let network_bridge = format!("{}n", engine.bridge);

@@ -98,15 +98,7 @@ fn base_boots_systemd_and_sshd_refuses_password_and_root() -> Result<(), Failed>
         let home = TestHome::new();
         scope
             .cubbi(&home)
-            .args([
-                "session",
-                "create",
-                "--image",
-                "base",
-                "--no-connect",
-                "--name",
-                "boot",
-            ])
+            .args(crate::support::create_args("boot", &[]))
             .run()
             .success();
         let pid1 = scope
