@@ -9,4 +9,6 @@ pub mod doctor;
 pub mod engine;
 pub mod images;
 pub mod local;
+pub mod remote;
+pub mod service;
 pub mod ssh;

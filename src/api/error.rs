@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Stable, machine-readable error codes (also the `code` of HTTP error bodies).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     NotFound,
@@ -12,6 +12,30 @@ pub enum ErrorCode {
     Exhausted,
     Unavailable,
     Failed,
+    /// No token, or one the service does not know (HTTP 401).
+    Unauthorized,
+    /// A per-user limit of the service is reached (HTTP 429).
+    Quota,
+    /// The request body is over the service's limit (HTTP 413).
+    TooLarge,
+    /// A fault of the service itself (HTTP 500); the service logs the details.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status a failure with this code answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Invalid => 400,
+            Self::Unauthorized => 401,
+            Self::NotFound => 404,
+            Self::Conflict => 409,
+            Self::TooLarge => 413,
+            Self::Quota => 429,
+            Self::Failed | Self::Internal => 500,
+            Self::Exhausted | Self::Unavailable => 503,
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,6 +61,13 @@ pub enum ApiError {
         reason: String,
         logs: Vec<String>,
     },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Quota(String),
+    /// A failure a cubbi service reported, as it worded it.
+    #[error("{message}")]
+    Service { code: ErrorCode, message: String },
 }
 
 fn logs_suffix(logs: &[String]) -> String {
@@ -59,6 +90,9 @@ impl ApiError {
             Self::Exhausted(_) => ErrorCode::Exhausted,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Failed { .. } => ErrorCode::Failed,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::Quota(_) => ErrorCode::Quota,
+            Self::Service { code, .. } => *code,
         }
     }
 

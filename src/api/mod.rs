@@ -1,8 +1,9 @@
 //! The session API: what a session is, what creating one takes, and the one backend trait
-//! every front end talks to (the local Docker endpoint today; a cubbi service over HTTP later).
+//! every front end talks to (the local Docker endpoint, or a cubbi service over HTTP).
 
 mod error;
 mod types;
+pub mod wire;
 
 pub use error::{ApiError, ErrorCode};
 pub use types::*;
@@ -13,6 +14,8 @@ use futures_util::stream::BoxStream;
 /// Reports what a long operation is doing, for progress displays.
 pub trait Progress: Send + Sync {
     fn step(&self, step: CreateStep);
+    /// The session exists from here on (its name and port are held), though it is not ready.
+    fn reserved(&self, _session: &Session) {}
 }
 
 /// A progress sink that shows nothing.
@@ -39,6 +42,8 @@ pub trait Backend: Send + Sync {
         id_or_name: &str,
         options: LogOptions,
     ) -> Result<BoxStream<'static, Result<LogChunk, ApiError>>, ApiError>;
+    /// Lets `public_key` log in to a ready session as the agent user and says where to reach it.
+    async fn connect(&self, id_or_name: &str, public_key: &str) -> Result<Session, ApiError>;
     /// Runs a command in the session as the agent user, streaming its output.
     async fn exec(
         &self,

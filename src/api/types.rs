@@ -42,6 +42,10 @@ pub struct SessionSpec {
     pub unsafe_runc: bool,
     /// Address the SSH port is published on.
     pub ssh_bind: IpAddr,
+    /// More OpenSSH public keys allowed to log in as `agent`, besides the backend's own client
+    /// key (a service authorizes its caller's key this way).
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -52,7 +56,7 @@ fn yes() -> bool {
 pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
 
 /// A session's resource limits as Docker applies them (bytes, cores, processes).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Resources {
     pub memory: Option<i64>,
     /// Memory plus swap, as Docker counts it.
@@ -71,7 +75,7 @@ pub struct VolumeMount {
 }
 
 /// Where and how to reach a session over SSH; the host key is pinned, never learned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SshEndpoint {
     pub host: String,
     pub port: u16,
@@ -80,7 +84,7 @@ pub struct SshEndpoint {
     pub host_key: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SessionState {
     /// The container exists but never started (or a create was interrupted).
@@ -111,7 +115,7 @@ impl std::fmt::Display for SessionState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Session {
     pub id: String,
     pub name: String,
@@ -172,7 +176,7 @@ pub struct LogOptions {
     pub tail: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogChunk {
     pub text: String,
 }

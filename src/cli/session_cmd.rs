@@ -157,6 +157,8 @@ async fn local_backend(
         .map_or(Duration::from_secs(60), Duration::from_secs);
     let options = LocalOptions {
         owner: owner(),
+        all_owners: false,
+        index: None,
         ports: config.ports,
         default_network: config.docker.network.clone(),
         client_key: Arc::new(client_key),
@@ -338,6 +340,7 @@ fn spec_from(args: &CreateArgs, config: &Config) -> Result<SessionSpec, CliError
             .unwrap_or_else(|| config.defaults.runtime.clone()),
         unsafe_runc: args.unsafe_runc || config.defaults.allow_unsafe_runc,
         ssh_bind: args.ssh_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+        authorized_keys: Vec::new(),
     })
 }
 

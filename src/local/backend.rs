@@ -24,6 +24,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use russh::keys::PrivateKey;
 
+use super::index::SessionIndex;
 use super::labels::{self, SessionLabels};
 use super::{limits, mounts, naming, ports, runtime, state, upload};
 use crate::api::{
@@ -43,9 +44,14 @@ const STOP_TIMEOUT_SECS: i32 = 10;
 /// How many ports a create tries when the one it reserved is taken before start.
 const PORT_ATTEMPTS: u32 = 3;
 
+#[derive(Clone)]
 pub struct LocalOptions {
     /// Recorded as `io.cubbi.owner`; `list` shows only this owner's sessions.
     pub owner: String,
+    /// `list` (and so every lookup) sees the sessions of every owner: a service's admin.
+    pub all_owners: bool,
+    /// Where `list` reads sessions instead of asking Docker each time (the service keeps one).
+    pub index: Option<Arc<SessionIndex>>,
     pub ports: PortRange,
     /// The network every session joins unless the spec says otherwise.
     pub default_network: String,
@@ -78,6 +84,8 @@ struct ResolvedImage {
 /// Everything validated, ready to create.
 struct Plan {
     name: String,
+    /// The spec's extra keys, one canonical line each (see [`keys::canonical_public`]).
+    authorized_keys: Vec<String>,
     image: ResolvedImage,
     workspace: Option<PathBuf>,
     binds: Vec<String>,
@@ -184,6 +192,13 @@ impl LocalBackend {
         for (key, value) in &spec.env {
             upload::validate_env(key, value)?;
         }
+        let authorized_keys = spec
+            .authorized_keys
+            .iter()
+            .map(|key| {
+                keys::canonical_public(key).map_err(|err| ApiError::invalid(err.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let sockets = mounts::known_sockets(self.options.engine_socket.as_deref());
         let workspace = match &spec.workspace {
             Some(path) => Some(host_path(path, "workspace", true, &sockets)?),
@@ -256,6 +271,7 @@ impl LocalBackend {
         self.check_name_free(&name).await?;
         Ok(Plan {
             name,
+            authorized_keys,
             image,
             workspace,
             binds,
@@ -617,8 +633,12 @@ impl LocalBackend {
         init.insert("CUBBI_SESSION_NAME".to_string(), plan.name.clone());
         let host_private = keys::private_openssh(host_key)
             .map_err(|e| BootError::at(CreateStep::PreparingKeys)(e.to_string()))?;
-        let authorized = keys::public_openssh(self.options.client_key.public_key())
+        let own = keys::public_openssh(self.options.client_key.public_key())
             .map_err(|e| BootError::at(CreateStep::PreparingKeys)(e.to_string()))?;
+        let authorized = std::iter::once(own)
+            .chain(plan.authorized_keys.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n");
         let persistent = metadata.map(|m| m.persistent_configs).unwrap_or_default();
         let archive = upload::archive(&upload::SessionFiles {
             host_private_key: &host_private,
@@ -783,27 +803,6 @@ impl LocalBackend {
         }
     }
 
-    /// A session's state from one `docker ps` row: the container name says whether its create
-    /// saw sshd accept the key (see [`Self::mark_ready`]).
-    fn session_from(&self, summary: &ContainerSummary) -> Option<Session> {
-        let labels = SessionLabels::from_map(summary.labels.as_ref()?)?;
-        let booted = summary
-            .names
-            .iter()
-            .flatten()
-            .any(|name| name.trim_start_matches('/') == labels::container_name(&labels.name));
-        let docker_state = state::docker_state(
-            &summary
-                .state
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            summary.status.as_deref().unwrap_or_default(),
-        );
-        let session_state = state::session_state(docker_state, booted);
-        Some(labels.into_session(summary.id.clone()?, session_state))
-    }
-
     /// What the container reported back (runtime/CONTRACT.md): cubbi-init's and the project
     /// clone's status lines, read with one exec; `None` for a file not written yet.
     async fn reported_status(&self, id: &str) -> (Option<String>, Option<String>) {
@@ -885,8 +884,8 @@ impl LocalBackend {
         })
     }
 
-    /// Connects to a ready session over SSH (for `connect` and `exec`).
-    pub async fn ssh(&self, id_or_name: &str) -> Result<(Session, SshSession), ApiError> {
+    /// A session one can log in to (ready, or ready with a failed init).
+    async fn ready(&self, id_or_name: &str) -> Result<Session, ApiError> {
         let session = self.find(id_or_name).await?;
         if !matches!(
             session.state,
@@ -897,12 +896,80 @@ impl LocalBackend {
                 session.name, session.state, session.name
             )));
         }
+        Ok(session)
+    }
+
+    /// Appends a canonical key line to the agent's authorized_keys, once. The key is an
+    /// argument of the script, never part of its text.
+    async fn authorize(&self, id: &str, key: &str) -> Result<(), ApiError> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let script = "f=/home/agent/.ssh/authorized_keys; grep -qxF -- \"$1\" \"$f\" 2>/dev/null \
+                      || printf '%s\\n' \"$1\" >> \"$f\"";
+        let failed = |err: String| ApiError::unavailable(format!("cannot authorize the key: {err}"));
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(vec!["sh", "-c", script, "sh", key]),
+                    user: Some("1000:1000"),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|err| failed(err.to_string()))?
+        {
+            while output.next().await.is_some() {}
+        }
+        let code = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|err| failed(err.to_string()))?
+            .exit_code;
+        match code {
+            Some(0) => Ok(()),
+            other => Err(failed(format!("the session's shell exited with {other:?}"))),
+        }
+    }
+
+    /// Connects to a ready session over SSH (for `exec`).
+    pub async fn ssh(&self, id_or_name: &str) -> Result<(Session, SshSession), ApiError> {
+        let session = self.ready(id_or_name).await?;
         let target = self.ssh_target(&session)?;
         let connected = SshSession::connect(&target, Duration::from_secs(10))
             .await
             .map_err(|err| ApiError::unavailable(err.to_string()))?;
         Ok((session, connected))
     }
+}
+
+/// A session's state from one `docker ps` row: the container name says whether its create
+/// saw sshd accept the key (see [`Self::mark_ready`]).
+pub(super) fn session_from(summary: &ContainerSummary) -> Option<Session> {
+    let labels = SessionLabels::from_map(summary.labels.as_ref()?)?;
+    let booted = summary
+        .names
+        .iter()
+        .flatten()
+        .any(|name| name.trim_start_matches('/') == labels::container_name(&labels.name));
+    let docker_state = state::docker_state(
+        &summary
+            .state
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        summary.status.as_deref().unwrap_or_default(),
+    );
+    let session_state = state::session_state(docker_state, booted);
+    Some(labels.into_session(summary.id.clone()?, session_state))
 }
 
 /// A host path given by the user: absolute, existing, never a socket, and never a folder
@@ -987,6 +1054,12 @@ impl Backend for LocalBackend {
             let mut reservation = self
                 .reserve(&spec, &plan, &host_public, &data_volume, &avoid, progress)
                 .await?;
+            progress.reserved(
+                &reservation
+                    .labels
+                    .clone()
+                    .into_session(reservation.id.clone(), SessionState::Creating),
+            );
             let booted = match self
                 .boot(&mut reservation, &spec, &plan, &host_key, progress)
                 .await
@@ -1030,19 +1103,24 @@ impl Backend for LocalBackend {
     }
 
     async fn list(&self) -> Result<Vec<Session>, ApiError> {
-        let summaries = self
-            .containers(
-                "label",
-                &[
-                    format!("{}=true", labels::SESSION),
-                    format!("{}={}", labels::OWNER, self.options.owner),
-                ],
-            )
-            .await?;
-        let mut sessions: Vec<Session> = summaries
-            .iter()
-            .filter_map(|summary| self.session_from(summary))
-            .collect();
+        let visible = |session: &Session| {
+            self.options.all_owners || session.owner == self.options.owner
+        };
+        let mut sessions: Vec<Session> = match self.options.index.as_ref().and_then(|i| i.sessions())
+        {
+            Some(indexed) => indexed.into_iter().filter(visible).collect(),
+            None => {
+                let mut filters = vec![format!("{}=true", labels::SESSION)];
+                if !self.options.all_owners {
+                    filters.push(format!("{}={}", labels::OWNER, self.options.owner));
+                }
+                self.containers("label", &filters)
+                    .await?
+                    .iter()
+                    .filter_map(session_from)
+                    .collect()
+            }
+        };
         sessions.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
         Ok(sessions)
     }
@@ -1117,6 +1195,21 @@ impl Backend for LocalBackend {
             })
             .map_err(|err| ApiError::unavailable(format!("reading logs: {err}")));
         Ok(Box::pin(stream))
+    }
+
+    async fn connect(&self, id_or_name: &str, public_key: &str) -> Result<Session, ApiError> {
+        let key = keys::canonical_public(public_key)
+            .map_err(|err| ApiError::invalid(err.to_string()))?;
+        let session = self.ready(id_or_name).await?;
+        let own = keys::canonical_public(
+            &keys::public_openssh(self.options.client_key.public_key())
+                .map_err(|err| ApiError::unavailable(err.to_string()))?,
+        )
+        .map_err(|err| ApiError::unavailable(err.to_string()))?;
+        if key != own {
+            self.authorize(&session.id, &key).await?;
+        }
+        Ok(session)
     }
 
     async fn exec(

@@ -36,6 +36,24 @@ pub fn parse_public(line: &str) -> Result<PublicKey, SshError> {
     })
 }
 
+/// A public key someone sent (an HTTP field, a flag), checked and rewritten as
+/// `TYPE BASE64` without its comment: what reaches authorized_keys is exactly one key line,
+/// never options, newlines or shell text.
+pub fn canonical_public(line: &str) -> Result<String, SshError> {
+    if line.trim().lines().count() != 1 {
+        return Err(SshError::BadKey {
+            path: PathBuf::from("(public key)"),
+            reason: "give exactly one key on one line".into(),
+        });
+    }
+    let mut key = PublicKey::from_openssh(line.trim()).map_err(|err| SshError::BadKey {
+        path: PathBuf::from("(public key)"),
+        reason: format!("not an OpenSSH public key ({err})"),
+    })?;
+    key.set_comment("");
+    public_openssh(&key).map(|text| text.trim().to_string())
+}
+
 /// Loads the user's client key, creating it (0600, with a 0644 `.pub`) on first use.
 pub fn load_or_create_client_key(path: &Path) -> Result<PrivateKey, SshError> {
     match std::fs::read_to_string(path) {

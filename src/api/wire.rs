@@ -1,0 +1,213 @@
+//! What travels over HTTP between `cubbi -r` and `cubbi serve`: request bodies, streamed lines
+//! and the error body. The session types themselves ([`super::Session`]) travel as they are.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{ApiError, ErrorCode, ExecEvent, VolumeMount};
+
+/// The body of `POST /v1/sessions`. The service decides the rest (SSH bind address, runtime
+/// policy, limits); a field it does not know is refused, never ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// A cubbi image name (`claude-code`) the service allows.
+    pub image: String,
+    /// Session name; derived from the project when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Environment for the agent; written into the session as a file, never container env.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Extra networks to join; the service allows only those its config names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// Also join the service's default network.
+    #[serde(default = "yes")]
+    pub default_network: bool,
+    /// Host paths of the service's host: refused unless the service allows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<VolumeMountSchema>)]
+    pub volumes: Vec<VolumeMount>,
+    /// Git URL cloned into the workspace (`URL#branch` picks a branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Memory limit in Docker's syntax (`4g`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    /// `sysbox-runc` unless given; `runc` only where the service allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// The caller's OpenSSH public key, authorized in the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// [`VolumeMount`] as the OpenAPI document describes it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct VolumeMountSchema {
+    host: String,
+    container: String,
+    read_only: Option<bool>,
+}
+
+/// The body of `POST /v1/sessions/{id}/connect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectRequest {
+    /// An OpenSSH public key to authorize in the session.
+    pub public_key: String,
+}
+
+/// The body of `POST /v1/sessions/{id}/exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments, run as `agent` (no shell unless you give one).
+    pub command: Vec<String>,
+}
+
+/// One line of a streamed exec (NDJSON): output as base64, then the exit code, or an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecLine {
+    Stdout(String),
+    Stderr(String),
+    Exit(i32),
+    Error(ErrorDetail),
+}
+
+impl ExecLine {
+    pub fn from_event(event: Result<ExecEvent, ApiError>) -> Self {
+        match event {
+            Ok(ExecEvent::Stdout(data)) => Self::Stdout(STANDARD.encode(data)),
+            Ok(ExecEvent::Stderr(data)) => Self::Stderr(STANDARD.encode(data)),
+            Ok(ExecEvent::Exit(code)) => Self::Exit(code),
+            Err(err) => Self::Error(ErrorDetail::from(&err)),
+        }
+    }
+
+    pub fn into_event(self) -> Result<ExecEvent, ApiError> {
+        let decode = |data: String| {
+            STANDARD.decode(data).map_err(|err| {
+                ApiError::unavailable(format!("the service sent undecodable output: {err}"))
+            })
+        };
+        match self {
+            Self::Stdout(data) => Ok(ExecEvent::Stdout(decode(data)?)),
+            Self::Stderr(data) => Ok(ExecEvent::Stderr(decode(data)?)),
+            Self::Exit(code) => Ok(ExecEvent::Exit(code)),
+            Self::Error(detail) => Err(detail.into()),
+        }
+    }
+}
+
+/// One line of a streamed log (NDJSON): console text, or the error that ended the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLine {
+    Text(String),
+    Error(ErrorDetail),
+}
+
+/// Every HTTP failure: `{"error": {"code": "not_found", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl From<&ApiError> for ErrorDetail {
+    fn from(err: &ApiError) -> Self {
+        Self {
+            code: err.code(),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<ErrorDetail> for ApiError {
+    fn from(detail: ErrorDetail) -> Self {
+        ApiError::Service {
+            code: detail.code,
+            message: detail.message,
+        }
+    }
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// One entry of `GET /v1/images`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    pub name: String,
+    pub description: String,
+    /// The Docker tag sessions of it boot.
+    pub tag: String,
+    /// Whether the image is built on the service's endpoint.
+    pub built: bool,
+    /// The tool's version the image was built with, when it declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_version: Option<String>,
+    /// The whole `cubbi-image.toml` (only in `GET /v1/images/{name}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_lines_round_trip_bytes() {
+        let bytes = vec![0u8, 159, 146, 150, b'\n'];
+        let line = ExecLine::from_event(Ok(ExecEvent::Stdout(bytes.clone())));
+        let text = serde_json::to_string(&line).unwrap();
+        assert!(text.starts_with("{\"stdout\":"), "{text}");
+        let back: ExecLine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.into_event().unwrap(), ExecEvent::Stdout(bytes));
+    }
+
+    #[test]
+    fn create_request_refuses_unknown_fields() {
+        let err = serde_json::from_str::<CreateRequest>(r#"{"image":"base","privileged":true}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("privileged"), "{err}");
+        let ok: CreateRequest = serde_json::from_str(r#"{"image":"base"}"#).unwrap();
+        assert!(ok.default_network);
+    }
+
+    #[test]
+    fn errors_keep_their_code_across_the_wire() {
+        let sent = ErrorDetail::from(&ApiError::NotFound("x".into()));
+        let text = serde_json::to_string(&ErrorBody { error: sent }).unwrap();
+        let body: ErrorBody = serde_json::from_str(&text).unwrap();
+        let err = ApiError::from(body.error);
+        assert_eq!(err.code(), ErrorCode::NotFound);
+        assert!(err.to_string().starts_with("no session matches `x`"));
+    }
+}

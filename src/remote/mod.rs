@@ -1,0 +1,1 @@
+//! The client side of `cubbi serve`: remotes, their tokens, and the backend over HTTP.

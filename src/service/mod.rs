@@ -1,0 +1,1 @@
+//! `cubbi serve`: the session API over HTTP for a shared Sysbox host.
