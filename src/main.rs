@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cubbi::cli::Cli::parse();
-    cubbi::cli::init_tracing(cli.verbose);
+    cubbi::cli::init_tracing(cli.verbose, cli.is_service());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

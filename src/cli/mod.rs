@@ -31,6 +31,8 @@ pub enum CliError {
     Api(ApiError),
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::remotes::RemoteError),
     #[error("cannot write to the terminal: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -110,26 +112,27 @@ pub struct Context {
     pub mode: OutputMode,
     /// `--endpoint` or `CUBBI_DOCKER_HOST`, before the config's `docker.endpoint`.
     pub endpoint: Option<String>,
+    /// The cubbi service session commands act on (`-r NAME`, else `remote.default`); `None`
+    /// for the local endpoint.
+    pub remote: Option<String>,
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let mode = OutputMode { json: cli.json };
-    let context = Context {
+    let mut context = Context {
         mode,
         endpoint: cli.endpoint.clone(),
+        remote: None,
     };
     let Some(command) = cli.command else {
-        if cli.remote.is_some() {
-            return Err(CliError::Refused("remote sessions need `cubbi serve` on the remote host, which this version does not have yet".into()));
-        }
         let config = crate::config::ConfigFile::open_default()?.config()?;
+        context.remote = session_remote(cli.remote.as_deref(), &config);
         return session_cmd::create_session(cli.create, &context, &config).await;
     };
     match command {
         Command::Session(args) => {
-            if cli.remote.is_some() {
-                return Err(CliError::Refused("remote sessions need `cubbi serve` on the remote host, which this version does not have yet".into()));
-            }
+            let config = crate::config::ConfigFile::open_default()?.config()?;
+            context.remote = session_remote(cli.remote.as_deref(), &config);
             session_cmd::run(args, &context).await
         }
         Command::Config(args) => {
@@ -159,6 +162,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
 }
 
+/// The remote session commands go to: `-r NAME`, else `remote.default`; `-r local` (or no
+/// default) is the local endpoint.
+fn session_remote(flag: Option<&str>, config: &crate::config::Config) -> Option<String> {
+    match flag {
+        Some("local") => None,
+        Some(name) => Some(name.to_string()),
+        None => config.remote.default.clone(),
+    }
+}
+
 /// Commands that only ever act on this machine say so instead of ignoring `-r`.
 fn refuse_remote(remote: Option<&str>, command: &str) -> Result<(), CliError> {
     match remote {
@@ -169,18 +182,53 @@ fn refuse_remote(remote: Option<&str>, command: &str) -> Result<(), CliError> {
     }
 }
 
-/// Sets up logging to stderr: `RUST_LOG` when set, otherwise the level from `-v`.
-pub fn init_tracing(verbosity: u8) {
+impl Cli {
+    /// `cubbi serve` itself (not its token subcommands): a daemon, which logs differently.
+    pub fn is_service(&self) -> bool {
+        matches!(&self.command, Some(Command::Serve(serve)) if serve.command.is_none())
+    }
+}
+
+/// Sets up logging: for commands, to stderr, `RUST_LOG` when set, otherwise the level from
+/// `-v`; for the service, to stdout at info, one JSON object a line when stdout is not a
+/// terminal (journald, a log collector).
+pub fn init_tracing(verbosity: u8, service: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(match verbosity {
-            0 => "warn",
-            1 => "warn,cubbi=info",
-            2 => "info,cubbi=debug",
+        EnvFilter::new(match (verbosity, service) {
+            (0, true) => "warn,cubbi=info,tower_http=info",
+            (0, false) => "warn",
+            (1, _) => "warn,cubbi=info",
+            (2, _) => "info,cubbi=debug",
             _ => "trace",
         })
     });
+    if service {
+        let no_request_bodies = tracing_subscriber::filter::filter_fn(|metadata| {
+            !(*metadata.level() == tracing::Level::TRACE
+                && metadata.target().starts_with("bollard"))
+        });
+        let json = (!std::io::stdout().is_terminal()).then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_writer(std::io::stdout)
+                .with_filter(no_request_bodies.clone())
+        });
+        let text = std::io::stdout().is_terminal().then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stdout)
+                .with_filter(no_request_bodies)
+        });
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(json)
+            .with(text)
+            .init();
+        return;
+    }
     // bollard traces whole request bodies, and the archive put into a session holds its host
     // key and secrets: its trace events are dropped whatever -v or RUST_LOG ask for.
     let no_request_bodies = tracing_subscriber::filter::filter_fn(|metadata| {

@@ -19,7 +19,10 @@ use crate::api::{
 };
 use crate::config::{Config, ConfigFile};
 use crate::local::backend::{LocalBackend, LocalOptions};
+use crate::remote::client::RemoteBackend;
+use crate::ssh::client::{SshSession, SshTarget};
 use crate::ssh::files::SshFiles;
+use russh::keys::PrivateKey;
 
 #[derive(Debug, Args)]
 pub struct SessionArgs {
@@ -141,16 +144,59 @@ pub struct CreateCommandArgs {
     pub short_volumes: Vec<String>,
 }
 
+/// What session commands act on: the local endpoint or a cubbi service (`-r NAME`), with the
+/// user's SSH files and client key either way.
+pub(super) struct Target {
+    backend: Box<dyn Backend>,
+    files: SshFiles,
+    client_key: Arc<PrivateKey>,
+    /// The remote's name, `None` for the local endpoint.
+    remote: Option<String>,
+}
+
+impl Target {
+    pub(super) async fn open(context: &Context, config: &Config) -> Result<Self, CliError> {
+        let files = SshFiles::for_user().map_err(|err| CliError::Refused(err.to_string()))?;
+        let client_key = Arc::new(
+            crate::ssh::keys::load_or_create_client_key(&files.client_key())
+                .map_err(|err| CliError::Refused(err.to_string()))?,
+        );
+        let backend: Box<dyn Backend> = match &context.remote {
+            None => Box::new(local_backend(context, config, &files, &client_key).await?),
+            Some(name) => {
+                let remote = crate::remote::remotes::resolve(config, name)?;
+                let token = remote.token.ok_or_else(|| {
+                    crate::remote::remotes::RemoteError::NoToken { name: name.clone() }
+                })?;
+                let public_key = crate::ssh::keys::public_openssh(client_key.public_key())
+                    .map_err(|err| CliError::Refused(err.to_string()))?;
+                Box::new(RemoteBackend::new(
+                    name,
+                    &remote.url,
+                    token,
+                    public_key,
+                    Some(files.clone()),
+                )?)
+            }
+        };
+        Ok(Self {
+            backend,
+            files,
+            client_key,
+            remote: context.remote.clone(),
+        })
+    }
+}
+
 /// The local backend, configured from the user's config and environment.
 async fn local_backend(
     context: &Context,
     config: &Config,
-) -> Result<(LocalBackend, SshFiles), CliError> {
+    files: &SshFiles,
+    client_key: &Arc<PrivateKey>,
+) -> Result<LocalBackend, CliError> {
     let endpoint = crate::docker::resolve_endpoint(context.endpoint.as_deref(), config);
     let docker = crate::docker::connect(&endpoint).await?;
-    let files = SshFiles::for_user().map_err(|err| CliError::Refused(err.to_string()))?;
-    let client_key = crate::ssh::keys::load_or_create_client_key(&files.client_key())
-        .map_err(|err| CliError::Refused(err.to_string()))?;
     let ready_timeout = std::env::var("CUBBI_READY_TIMEOUT")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -161,7 +207,7 @@ async fn local_backend(
         index: None,
         ports: config.ports,
         default_network: config.docker.network.clone(),
-        client_key: Arc::new(client_key),
+        client_key: Arc::clone(client_key),
         ssh_files: Some(files.clone()),
         port_lock: crate::local::ports::LockLocation::resolve()?,
         lock_timeout: std::env::var("CUBBI_LOCK_TIMEOUT")
@@ -175,7 +221,7 @@ async fn local_backend(
         ready_timeout,
         extra_labels: Default::default(),
     };
-    Ok((LocalBackend::new(docker, options), files))
+    Ok(LocalBackend::new(docker, options))
 }
 
 /// Sessions belong to the local user; `CUBBI_OWNER` overrides it (the service sets it per
@@ -195,37 +241,34 @@ fn owner() -> String {
 
 pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliError> {
     let config = ConfigFile::open_default()?.config()?;
-    match args.command {
+    let command = match args.command {
         SessionCommand::Create(args) => {
             let CreateCommandArgs {
                 mut create,
                 short_volumes,
             } = *args;
             create.volumes.extend(short_volumes);
-            create_session(create, context, &config).await
+            return create_session(create, context, &config).await;
         }
+        other => other,
+    };
+    let target = Target::open(context, &config).await?;
+    let backend = target.backend.as_ref();
+    match command {
+        SessionCommand::Create(_) => Err(CliError::Refused("create is handled above".into())),
         SessionCommand::List => {
-            let (backend, _) = local_backend(context, &config).await?;
             let sessions = backend.list().await?;
             print_sessions(&sessions, context, &config)?;
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::Show { id } => {
-            let (backend, files) = local_backend(context, &config).await?;
             let session = backend.get(&id).await?;
-            show(&session, &files, context)?;
+            show(&session, &target.files, context)?;
             Ok(ExitCode::SUCCESS)
         }
-        SessionCommand::Connect { id } => {
-            let (backend, _) = local_backend(context, &config).await?;
-            connect(&backend, &id, None).await
-        }
-        SessionCommand::Exec { id, command } => {
-            let (backend, _) = local_backend(context, &config).await?;
-            exec(&backend, &id, command).await
-        }
+        SessionCommand::Connect { id } => connect(&target, &id, None).await,
+        SessionCommand::Exec { id, command } => exec(backend, &id, command).await,
         SessionCommand::Logs { id, follow, tail } => {
-            let (backend, _) = local_backend(context, &config).await?;
             let mut stream = backend.logs(&id, LogOptions { follow, tail }).await?;
             let mut stdout = std::io::stdout();
             while let Some(chunk) = stream.next().await {
@@ -235,15 +278,14 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::Close { ids, all } => {
-            let (backend, _) = local_backend(context, &config).await?;
             let targets: Vec<String> = if all {
                 backend.list().await?.into_iter().map(|s| s.id).collect()
             } else {
                 ids
             };
             let mut failed = false;
-            for target in targets {
-                match backend.close(&target).await {
+            for id in targets {
+                match backend.close(&id).await {
                     Ok(session) => eprintln!("closed {} ({})", session.name, short(&session.id)),
                     Err(err) => {
                         eprintln!("error: {err}");
@@ -261,7 +303,7 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
 }
 
 /// Turns flags and config into a spec: `-e` over the config's services over image defaults.
-fn spec_from(args: &CreateArgs, config: &Config) -> Result<SessionSpec, CliError> {
+fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<SessionSpec, CliError> {
     let mut workspace = None;
     let mut project = args.project.clone();
     match args.target.as_deref() {
@@ -289,7 +331,8 @@ fn spec_from(args: &CreateArgs, config: &Config) -> Result<SessionSpec, CliError
             };
             workspace = Some(absolute);
         }
-        None if config.defaults.mount_local && project.is_none() => {
+        // The folder one stands in is on this machine, not the service's.
+        None if config.defaults.mount_local && project.is_none() && !remote => {
             workspace = Some(std::env::current_dir()?);
         }
         None => {}
@@ -404,11 +447,12 @@ pub async fn create_session(
     context: &Context,
     config: &Config,
 ) -> Result<ExitCode, CliError> {
-    let spec = spec_from(&args, config)?;
+    let spec = spec_from(&args, config, context.remote.is_some())?;
     if crate::local::runtime::is_plain_runc(&spec.runtime) && spec.unsafe_runc {
         eprintln!("{}", crate::local::runtime::UNSAFE_WARNING);
     }
-    let (backend, files) = local_backend(context, config).await?;
+    let target = Target::open(context, config).await?;
+    let backend = target.backend.as_ref();
     let started = std::time::Instant::now();
     let spinner = Spinner::new();
     let created = backend.create(spec, &spinner).await;
@@ -425,10 +469,10 @@ pub async fn create_session(
             session.ssh.port
         );
     }
-    offer_ssh_include(&files);
+    offer_ssh_include(&target.files);
     if let Some(command) = args.run {
         return exec(
-            &backend,
+            backend,
             &session.id,
             vec!["bash".into(), "-lc".into(), command],
         )
@@ -438,7 +482,7 @@ pub async fn create_session(
         return Ok(ExitCode::SUCCESS);
     }
     let tool = (!session.command.is_empty()).then(|| session.command.clone());
-    connect(&backend, &session.id, tool).await
+    connect(&target, &session.id, tool).await
 }
 
 /// Once per user, on a terminal: add `Include ~/.ssh/cubbi.d/*.conf` to ~/.ssh/config.
@@ -468,17 +512,40 @@ fn offer_ssh_include(files: &SshFiles) {
 }
 
 async fn connect(
-    backend: &LocalBackend,
+    target: &Target,
     id: &str,
     command: Option<Vec<String>>,
 ) -> Result<ExitCode, CliError> {
     if !std::io::stdin().is_terminal() {
+        let remote = target
+            .remote
+            .as_ref()
+            .map(|name| format!("-r {name} "))
+            .unwrap_or_default();
         return Err(CliError::Refused(format!(
             "stdin is not a terminal, so there is nothing to connect; run commands with \
-             `cubbi session exec {id} -- CMD`"
+             `cubbi {remote}session exec {id} -- CMD`"
         )));
     }
-    let (_, ssh) = backend.ssh(id).await?;
+    let public_key = crate::ssh::keys::public_openssh(target.client_key.public_key())
+        .map_err(|err| CliError::Refused(err.to_string()))?;
+    let session = target.backend.connect(id, &public_key).await?;
+    let host_key = crate::ssh::keys::parse_public(&session.ssh.host_key).map_err(|err| {
+        CliError::Refused(format!("the session's pinned host key is unreadable: {err}"))
+    })?;
+    let address = match session.ssh.host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", session.ssh.port),
+        _ => format!("{}:{}", session.ssh.host, session.ssh.port),
+    };
+    let ssh_target = SshTarget {
+        address,
+        user: session.ssh.user.clone(),
+        client_key: Arc::clone(&target.client_key),
+        host_key,
+    };
+    let ssh = SshSession::connect(&ssh_target, Duration::from_secs(10))
+        .await
+        .map_err(|err| CliError::Refused(err.to_string()))?;
     let code = ssh
         .interactive(command.as_deref())
         .await
@@ -487,7 +554,7 @@ async fn connect(
 }
 
 async fn exec(
-    backend: &LocalBackend,
+    backend: &dyn Backend,
     id: &str,
     command: Vec<String>,
 ) -> Result<ExitCode, CliError> {

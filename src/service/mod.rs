@@ -1,1 +1,172 @@
-//! `cubbi serve`: the session API over HTTP for a shared Sysbox host.
+//! `cubbi serve`: the session API over HTTP for a shared Sysbox host. [`router`] holds the
+//! routes (generic over the backend), [`auth`] the token extractor, [`store`] the service's own
+//! state, [`docker_host`] the real sessions; this module starts and stops the server.
+
+pub mod auth;
+pub mod config;
+pub mod docker_host;
+pub mod http_error;
+pub mod openapi;
+pub mod policy;
+pub mod router;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::ApiError;
+use crate::local::backend::LocalOptions;
+use crate::local::index::SessionIndex;
+use config::ServiceConfig;
+use docker_host::DockerHost;
+use policy::Policy;
+use router::{AppState, SessionHost};
+use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("the server stopped: {0}")]
+    Server(std::io::Error),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A running service: where it listens, and how to stop it.
+pub struct RunningService {
+    pub address: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningService {
+    /// Stops accepting, lets requests and streams end (streams are told to), and returns
+    /// once the server is gone or the grace period is over.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Runs until [`Self::stop`] from elsewhere, or a failure.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(err) => Err(ServeError::Setup(format!("the server task failed: {err}"))),
+        }
+    }
+
+    /// A handle that stops the service when sent `true` (signal handlers use it).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Serves `host`'s sessions on `listener` until stopped.
+pub fn start<H: SessionHost>(
+    listener: TcpListener,
+    host: H,
+    store: Arc<dyn Store>,
+    config: &ServiceConfig,
+) -> Result<RunningService, ServeError> {
+    let address = listener.local_addr().map_err(|source| ServeError::Listen {
+        address: "the listener".into(),
+        source,
+    })?;
+    let (stop, stopping) = watch::channel(false);
+    let policy = Policy::from_config(config)?;
+    let state = AppState::new(
+        host,
+        store,
+        policy,
+        stopping.clone(),
+        Duration::from_secs(config.server.request_timeout),
+    );
+    let app = router::router(state, config.server.body_limit);
+    let grace = Duration::from_secs(config.server.shutdown_grace);
+    let task = tokio::spawn(async move {
+        let mut stopped = stopping.clone();
+        let mut stopped_again = stopping;
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            tracing::info!("stopping: no new connections; streams are ending");
+        });
+        let deadline = async move {
+            let _ = stopped_again.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = server => served.map_err(ServeError::Server),
+            () = deadline => {
+                tracing::warn!("connections still open after {}s; exiting anyway", grace.as_secs());
+                Ok(())
+            }
+        }
+    });
+    Ok(RunningService {
+        address,
+        stop,
+        task,
+    })
+}
+
+/// What an embedding (the tests) may set beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceOptions {
+    /// Labels for everything the service creates.
+    pub extra_labels: std::collections::HashMap<String, String>,
+    /// The port allocation lock; [`crate::local::ports::LockLocation::resolve`] when absent.
+    pub port_lock: Option<crate::local::ports::LockLocation>,
+}
+
+/// The real service: sessions on the configured Docker endpoint.
+pub async fn start_on_docker(
+    listener: TcpListener,
+    config: &ServiceConfig,
+    store: Arc<dyn Store>,
+    options: ServiceOptions,
+) -> Result<RunningService, ServeError> {
+    let docker = crate::docker::connect(&config.docker.endpoint)
+        .await
+        .map_err(|err| ServeError::Setup(err.to_string()))?;
+    let key_path = config.state_dir.join("id_cubbi");
+    let client_key = crate::ssh::keys::load_or_create_client_key(&key_path)
+        .map_err(|err| ServeError::Setup(err.to_string()))?;
+    let index = SessionIndex::start(docker.clone()).await?;
+    let template = LocalOptions {
+        owner: String::new(),
+        all_owners: false,
+        index: Some(Arc::clone(&index)),
+        ports: config.ports,
+        default_network: config.docker.network.clone(),
+        client_key: Arc::new(client_key),
+        ssh_files: None,
+        port_lock: match options.port_lock {
+            Some(lock) => lock,
+            None => crate::local::ports::LockLocation::resolve()?,
+        },
+        lock_timeout: crate::local::ports::DEFAULT_LOCK_TIMEOUT,
+        engine_socket: config
+            .docker
+            .endpoint
+            .strip_prefix("unix://")
+            .map(std::path::PathBuf::from),
+        ready_timeout: std::env::var("CUBBI_READY_TIMEOUT")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .map_or(Duration::from_secs(60), Duration::from_secs),
+        extra_labels: options.extra_labels,
+    };
+    let host = DockerHost::new(docker, template, index, config.images.clone());
+    start(listener, host, store, config)
+}

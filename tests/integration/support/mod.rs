@@ -7,6 +7,7 @@ pub mod cli;
 pub mod dockerd;
 pub mod images;
 pub mod pty;
+pub mod service;
 pub mod sysbox;
 
 use std::collections::HashMap;
@@ -51,6 +52,11 @@ pub fn teardown() {
     if let Some(Ok(daemon)) = slot.take() {
         daemon.stop();
     }
+}
+
+/// The port lock every cubbi of this run takes, the CLI's and the in-process service's alike.
+pub fn port_lock() -> Option<cubbi::local::ports::LockLocation> {
+    run_dir().map(|dir| cubbi::local::ports::LockLocation::User(dir.join("cubbi/ports.lock")))
 }
 
 /// A 0700 folder for this run, used as the `XDG_RUNTIME_DIR` of every cubbi the tests start.

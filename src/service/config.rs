@@ -1,0 +1,303 @@
+//! `/etc/cubbi/service.toml`: what the service listens on, which Docker endpoint it drives,
+//! and what it lets its users ask for. Every key has a safe default; an unknown key is an
+//! error, so a typo never silently keeps a default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::PortRange;
+
+/// Where `cubbi serve` reads its config unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cubbi/service.toml";
+/// Where the service keeps its database unless the config or `--state-dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cubbi";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// The images sessions may boot (cubbi image names); empty allows every cubbi image.
+    pub images: Vec<String>,
+    /// Whether requests may mount paths of the service's host.
+    pub allow_host_volumes: bool,
+    /// Whether requests may ask for plain runc (not isolated).
+    pub allow_unsafe_runc: bool,
+    pub state_dir: PathBuf,
+    pub server: ServerSettings,
+    pub docker: DockerSection,
+    pub ssh: SshSection,
+    pub ports: PortRange,
+    pub limits: Limits,
+    pub networks: NetworksSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub host: IpAddr,
+    pub port: u16,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// Seconds a request may take (streams excepted).
+    pub request_timeout: u64,
+    /// Seconds streams get to end after SIGTERM before the service exits anyway.
+    pub shutdown_grace: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerSection {
+    pub endpoint: String,
+    pub network: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshSection {
+    /// The address session SSH ports are published on.
+    pub bind: IpAddr,
+    /// The name clients dial for SSH; the host of the request's URL when absent.
+    pub public_host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most sessions one user may have at once (0: no limit).
+    pub sessions_per_user: usize,
+    /// Largest (and default) memory limit of a session, Docker's syntax.
+    pub memory: Option<String>,
+    /// Largest (and default) CPU limit of a session.
+    pub cpus: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworksSection {
+    /// Extra Docker networks requests may join; none unless listed.
+    pub allowed: Vec<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            images: Vec::new(),
+            allow_host_volumes: false,
+            allow_unsafe_runc: false,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            server: ServerSettings::default(),
+            docker: DockerSection::default(),
+            ssh: SshSection::default(),
+            ports: PortRange::default(),
+            limits: Limits::default(),
+            networks: NetworksSection::default(),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 3000,
+            tls_cert: None,
+            tls_key: None,
+            body_limit: 256 * 1024,
+            request_timeout: 180,
+            shutdown_grace: 10,
+        }
+    }
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        Self {
+            endpoint: crate::docker::DEFAULT_ENDPOINT.to_string(),
+            network: crate::config::Config::default().docker.network,
+        }
+    }
+}
+
+impl Default for SshSection {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            public_host: None,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            sessions_per_user: 10,
+            memory: None,
+            cpus: None,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Reads a config file; a missing file at the default path means the defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ServiceConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(ServiceConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ServiceConfigError> {
+        let config: Self = toml::from_str(text).map_err(|err| ServiceConfigError::Parse {
+            path: origin.to_path_buf(),
+            reason: err.message().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ServiceConfigError> {
+        let invalid = |key: &str, reason: String| ServiceConfigError::Invalid {
+            key: key.to_string(),
+            reason,
+        };
+        if self.ports.start == 0 || self.ports.start > self.ports.end {
+            return Err(invalid(
+                "ports",
+                format!(
+                    "{}-{} is not a range of ports (start ≤ end, both above 0)",
+                    self.ports.start, self.ports.end
+                ),
+            ));
+        }
+        for image in &self.images {
+            if !crate::images::metadata::is_image_name(image) {
+                return Err(invalid(
+                    "images",
+                    format!("`{image}` is not a cubbi image name"),
+                ));
+            }
+        }
+        for network in &self.networks.allowed {
+            crate::config::keys::validate_network_name(network)
+                .map_err(|err| invalid("networks.allowed", err.to_string()))?;
+        }
+        if let Some(memory) = &self.limits.memory {
+            crate::local::limits::parse_memory(memory)
+                .map_err(|err| invalid("limits.memory", err.to_string()))?;
+        }
+        if let Some(cpus) = self.limits.cpus
+            && !(cpus.is_finite() && cpus > 0.0)
+        {
+            return Err(invalid("limits.cpus", format!("{cpus} is not above 0")));
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(invalid(
+                "server.tls_cert",
+                "give both server.tls_cert and server.tls_key, or neither".into(),
+            ));
+        }
+        if self.server.body_limit < 1024 {
+            return Err(invalid(
+                "server.body_limit",
+                "at least 1024 bytes".to_string(),
+            ));
+        }
+        if let Some(host) = &self.ssh.public_host
+            && (host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/'))
+        {
+            return Err(invalid("ssh.public_host", format!("`{host}` is not a host name")));
+        }
+        Ok(())
+    }
+
+    pub fn listen_address(&self) -> SocketAddr {
+        SocketAddr::new(self.server.host, self.server.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_safe_defaults() {
+        let config = ServiceConfig::parse("", Path::new("t.toml")).unwrap();
+        assert_eq!(config.listen_address().to_string(), "127.0.0.1:3000");
+        assert!(!config.allow_host_volumes);
+        assert!(!config.allow_unsafe_runc);
+        assert!(config.networks.allowed.is_empty());
+        assert_eq!(config.limits.sessions_per_user, 10);
+    }
+
+    #[test]
+    fn the_documented_keys_parse() {
+        let text = r#"
+            images = ["base", "claude-code"]
+            allow_host_volumes = true
+            [server]
+            host = "0.0.0.0"
+            port = 8443
+            [docker]
+            endpoint = "unix:///var/run/cubbi-docker.sock"
+            network = "cubbi-network"
+            [ssh]
+            bind = "0.0.0.0"
+            public_host = "cubbi.example.org"
+            [ports]
+            start = 2300
+            end = 2400
+            [limits]
+            sessions_per_user = 3
+            memory = "8g"
+            cpus = 2.0
+            [networks]
+            allowed = ["shared-db"]
+        "#;
+        let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
+        assert_eq!(config.server.port, 8443);
+        assert_eq!(config.ssh.public_host.as_deref(), Some("cubbi.example.org"));
+        assert_eq!(config.limits.sessions_per_user, 3);
+        assert_eq!(config.images, vec!["base", "claude-code"]);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused() {
+        for (text, needle) in [
+            ("[server]\nprot = 1", "prot"),
+            ("[ports]\nstart = 2500\nend = 2300", "ports"),
+            ("images = [\"../x\"]", "images"),
+            ("[limits]\nmemory = \"lots\"", "limits.memory"),
+            ("[limits]\ncpus = -1.0", "limits.cpus"),
+            ("[server]\ntls_cert = \"/c.pem\"", "tls_key"),
+            ("[ssh]\npublic_host = \"a b\"", "public_host"),
+        ] {
+            let err = ServiceConfig::parse(text, Path::new("t.toml")).unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+    }
+}

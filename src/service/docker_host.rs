@@ -1,0 +1,93 @@
+//! The real [`SessionHost`]: sessions on the service's Docker endpoint through the local
+//! backend, one per caller, reading from a shared [`SessionIndex`]. Service users own their
+//! sessions under `serve:USER`, a namespace no local account can have (`:` is not allowed in
+//! user names), so a service user named like a local account never sees that account's
+//! sessions or data volume.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bollard::Docker;
+
+use super::router::SessionHost;
+use super::store::Caller;
+use crate::api::wire::ImageInfo;
+use crate::api::{ApiError, Session};
+use crate::images::Catalog;
+use crate::local::backend::{LocalBackend, LocalOptions};
+use crate::local::index::SessionIndex;
+
+const OWNER_PREFIX: &str = "serve:";
+
+pub struct DockerHost {
+    docker: Docker,
+    /// Everything but the owner, which each caller sets.
+    template: LocalOptions,
+    index: Arc<SessionIndex>,
+    /// Images offered; empty offers every cubbi image.
+    images: Vec<String>,
+}
+
+impl DockerHost {
+    pub fn new(docker: Docker, template: LocalOptions, index: Arc<SessionIndex>, images: Vec<String>) -> Self {
+        Self {
+            docker,
+            template,
+            index,
+            images,
+        }
+    }
+
+    /// The owner label of a service user's sessions.
+    pub fn owner_label(user: &str) -> String {
+        format!("{OWNER_PREFIX}{user}")
+    }
+}
+
+#[async_trait]
+impl SessionHost for DockerHost {
+    type Sessions = LocalBackend;
+
+    fn sessions_of(&self, caller: &Caller) -> LocalBackend {
+        let options = LocalOptions {
+            owner: Self::owner_label(&caller.user),
+            all_owners: caller.admin,
+            index: Some(Arc::clone(&self.index)),
+            ..self.template.clone()
+        };
+        LocalBackend::new(self.docker.clone(), options)
+    }
+
+    async fn changed(&self, id: &str) {
+        self.index.refresh(id).await;
+    }
+
+    async fn images(&self) -> Result<Vec<ImageInfo>, ApiError> {
+        let catalog = Catalog::embedded().map_err(|err| ApiError::unavailable(err.to_string()))?;
+        let mut offered = Vec::new();
+        for image in catalog.all() {
+            let metadata = &image.metadata;
+            if !self.images.is_empty() && !self.images.contains(&metadata.name) {
+                continue;
+            }
+            let tag = metadata.default_tag();
+            let built = self.docker.inspect_image(&tag).await.is_ok();
+            offered.push(ImageInfo {
+                name: metadata.name.clone(),
+                description: metadata.description.clone(),
+                tag,
+                built,
+                tool_version: metadata.tool_version.clone(),
+                metadata: serde_json::to_value(metadata).ok(),
+            });
+        }
+        Ok(offered)
+    }
+
+    fn present(&self, mut session: Session) -> Session {
+        if let Some(user) = session.owner.strip_prefix(OWNER_PREFIX) {
+            session.owner = user.to_string();
+        }
+        session
+    }
+}

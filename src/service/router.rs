@@ -1,0 +1,603 @@
+//! The routes of the session API. The router is generic over [`SessionHost`], which hands out
+//! an [`api::Backend`](crate::api::Backend) per caller, so tests can put any backend behind
+//! it; handlers only parse, authorize, call the backend and map its errors to statuses.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::header::{CONTENT_TYPE, HOST};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::auth::Authenticated;
+use super::http_error::HttpError;
+use super::openapi;
+use super::policy::Policy;
+use super::store::{Caller, Store};
+use crate::api::wire::{
+    ConnectRequest, CreateRequest, ExecLine, ExecRequest, Health, ImageInfo, LogLine,
+};
+use crate::api::{ApiError, Backend, CreateStep, ErrorCode, LogOptions, Progress, Session};
+
+/// Where the service's sessions come from: one backend per caller, scoped to what the caller
+/// may see, plus what is not about one session (the image catalogue).
+#[async_trait]
+pub trait SessionHost: Send + Sync + 'static {
+    type Sessions: Backend + 'static;
+    /// The sessions `caller` may act on: their own, or everyone's for an admin.
+    fn sessions_of(&self, caller: &Caller) -> Self::Sessions;
+    /// A session was created or closed: the next read must already show it.
+    async fn changed(&self, id: &str);
+    /// The images sessions may boot.
+    async fn images(&self) -> Result<Vec<ImageInfo>, ApiError>;
+    /// A session as the caller sees it (owners as the service names them).
+    fn present(&self, session: Session) -> Session {
+        session
+    }
+}
+
+/// What every handler shares.
+pub struct AppState<H> {
+    shared: Arc<Shared<H>>,
+}
+
+impl<H> Clone for AppState<H> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+struct Shared<H> {
+    host: Arc<H>,
+    store: Arc<dyn Store>,
+    policy: Policy,
+    /// Creates under way per user, counted against the quota with the sessions they have.
+    creating: Mutex<HashMap<String, usize>>,
+    /// Turns true when the service is stopping; streams end then.
+    stopping: watch::Receiver<bool>,
+    request_timeout: Duration,
+}
+
+impl<H: SessionHost> AppState<H> {
+    pub fn new(
+        host: H,
+        store: Arc<dyn Store>,
+        policy: Policy,
+        stopping: watch::Receiver<bool>,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                host: Arc::new(host),
+                store,
+                policy,
+                creating: Mutex::new(HashMap::new()),
+                stopping,
+                request_timeout,
+            }),
+        }
+    }
+
+    pub(super) fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.shared.store)
+    }
+
+    /// A session as the caller gets it: owner as the service names it, and the SSH host
+    /// the caller should dial (the configured public name, else the host the caller used).
+    fn publish(&self, session: Session, headers: &HeaderMap) -> Session {
+        let mut session = self.shared.host.present(session);
+        if let Some(host) = self
+            .shared
+            .policy
+            .public_host
+            .clone()
+            .or_else(|| request_host(headers))
+        {
+            session.ssh.host = host;
+        }
+        session
+    }
+
+    /// Counts a create against the caller's quota until the returned guard drops.
+    async fn quota_slot(&self, caller: &Caller) -> Result<CreateSlot<H>, HttpError> {
+        let limit = self.shared.policy.sessions_per_user;
+        let owned = if limit == 0 {
+            0
+        } else {
+            // An admin's quota counts their own sessions, not everyone's they can see.
+            let own = Caller {
+                admin: false,
+                ..caller.clone()
+            };
+            self.shared.host.sessions_of(&own).list().await?.len()
+        };
+        let mut creating = self
+            .shared
+            .creating
+            .lock()
+            .map_err(|_| HttpError::new(ErrorCode::Internal, "quota bookkeeping failed"))?;
+        let under_way = creating.entry(caller.user.clone()).or_default();
+        if limit > 0 && owned + *under_way >= limit {
+            return Err(ApiError::Quota(format!(
+                "you have {} sessions (with those being created) and this service allows {limit} \
+                 per user (limits.sessions_per_user); close one first",
+                owned + *under_way
+            ))
+            .into());
+        }
+        *under_way += 1;
+        Ok(CreateSlot {
+            state: self.clone(),
+            user: caller.user.clone(),
+        })
+    }
+}
+
+struct CreateSlot<H> {
+    state: AppState<H>,
+    user: String,
+}
+
+impl<H> Drop for CreateSlot<H> {
+    fn drop(&mut self) {
+        if let Ok(mut creating) = self.state.shared.creating.lock()
+            && let Some(count) = creating.get_mut(&self.user)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                creating.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// The host part of the request's `Host` header (`[::1]:3000` gives `::1`).
+fn request_host(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(HOST)?.to_str().ok()?;
+    let host = match value.strip_prefix('[') {
+        Some(rest) => rest.split(']').next()?,
+        None => value.rsplit_once(':').map_or(value, |(host, _)| host),
+    };
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+    valid.then(|| host.to_string())
+}
+
+/// Session ids and names in paths: what `cubbi` could have made, nothing else.
+fn check_id(id: &str) -> Result<(), HttpError> {
+    let fine = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if fine {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            ErrorCode::Invalid,
+            "a session id or name has only letters, digits, `-`, `_` and `.` (at most 128)",
+        ))
+    }
+}
+
+pub fn router<H: SessionHost>(state: AppState<H>, body_limit: usize) -> Router {
+    let timed = Router::new()
+        .route("/v1/sessions", get(list::<H>).post(create::<H>))
+        .route("/v1/sessions/{id}", get(show::<H>).delete(close::<H>))
+        .route("/v1/sessions/{id}/connect", post(connect::<H>))
+        .route("/v1/images", get(images::<H>))
+        .route("/v1/images/{name}", get(image::<H>))
+        .route("/v1/openapi.json", get(openapi_document::<H>))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            time_limit::<H>,
+        ));
+    let streamed = Router::new()
+        .route("/v1/sessions/{id}/exec", post(exec::<H>))
+        .route("/v1/sessions/{id}/logs", get(logs::<H>));
+    Router::new()
+        .merge(timed)
+        .merge(streamed)
+        .route("/healthz", get(healthz))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let route = request
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("unmatched", |path| path.as_str());
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    route,
+                    user = tracing::field::Empty,
+                )
+            }),
+        )
+        .with_state(state)
+}
+
+/// Requests other than streams get `server.request_timeout`.
+async fn time_limit<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(state.shared.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => HttpError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "the request took longer than {}s (server.request_timeout)",
+                state.shared.request_timeout.as_secs()
+            ),
+        )
+        .with_status(StatusCode::GATEWAY_TIMEOUT)
+        .into_response(),
+    }
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    HttpError::new(ErrorCode::Internal, "internal error; the service logged it").into_response()
+}
+
+async fn unknown_route() -> HttpError {
+    HttpError::new(ErrorCode::NotFound, "no such route; GET /v1/openapi.json lists them")
+}
+
+async fn wrong_method() -> HttpError {
+    HttpError::new(ErrorCode::Invalid, "this route does not take that method")
+        .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "The service is up", body = Health)))]
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "service", security(("token" = [])),
+    responses((status = 200, description = "This document"),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn openapi_document<H: SessionHost>(_caller: Authenticated) -> Response {
+    Json(openapi::document()).into_response()
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// Only this owner's sessions (admins).
+    owner: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(ListQuery),
+    security(("token" = [])),
+    responses((status = 200, description = "The caller's sessions (an admin's: everyone's)", body = Vec<Session>),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 503, description = "The Docker endpoint is down", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn list<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    Authenticated(caller): Authenticated,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Session>>, HttpError> {
+    let Query(query) = query?;
+    let backend = state.shared.host.sessions_of(&caller);
+    let sessions = backend
+        .list()
+        .await?
+        .into_iter()
+        .map(|session| state.publish(session, &headers))
+        .filter(|session| query.owner.as_ref().is_none_or(|owner| &session.owner == owner))
+        .collect();
+    Ok(Json(sessions))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateQuery {
+    /// `false`: answer 202 as soon as the session exists, before it is ready.
+    wait: Option<bool>,
+}
+
+/// Tells the handler when the session exists, for `?wait=false`.
+struct Reserved(Mutex<Option<tokio::sync::oneshot::Sender<Session>>>);
+
+impl Progress for Reserved {
+    fn step(&self, step: CreateStep) {
+        tracing::debug!("{step}");
+    }
+
+    fn reserved(&self, session: &Session) {
+        if let Some(sender) = self.0.lock().ok().and_then(|mut slot| slot.take()) {
+            let _ = sender.send(session.clone());
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", params(CreateQuery),
+    request_body = CreateRequest, security(("token" = [])),
+    responses((status = 201, description = "Ready: sshd accepts the key", body = Session),
+        (status = 202, description = "Created, still booting (`?wait=false`)", body = Session),
+        (status = 400, description = "Invalid request", body = crate::api::wire::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 409, description = "The name is taken", body = crate::api::wire::ErrorBody),
+        (status = 413, description = "Body over the limit", body = crate::api::wire::ErrorBody),
+        (status = 429, description = "Quota reached", body = crate::api::wire::ErrorBody),
+        (status = 500, description = "The session failed to boot", body = crate::api::wire::ErrorBody),
+        (status = 503, description = "The Docker endpoint is down or no port is free", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn create<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    Authenticated(caller): Authenticated,
+    query: Result<Query<CreateQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Json<CreateRequest>, JsonRejection>,
+) -> Result<Response, HttpError> {
+    let Query(query) = query?;
+    let Json(request) = body?;
+    let spec = state.shared.policy.spec(request)?;
+    let backend = state.shared.host.sessions_of(&caller);
+    let slot = state.quota_slot(&caller).await?;
+    let (sender, reserved) = tokio::sync::oneshot::channel();
+    let host = Arc::clone(&state.shared.host);
+    // The create runs on its own task: a client that goes away must not cancel it half-way.
+    let mut task = tokio::spawn(async move {
+        let progress = Reserved(Mutex::new(Some(sender)));
+        let created = backend.create(spec, &progress).await;
+        drop(slot);
+        if let Ok(session) = &created {
+            host.changed(&session.id).await;
+        }
+        created
+    });
+    let finished = |joined: Result<Result<Session, ApiError>, tokio::task::JoinError>| {
+        joined.map_err(|err| HttpError::new(ErrorCode::Internal, err.to_string()))?
+            .map_err(HttpError::from)
+    };
+    if query.wait.unwrap_or(true) {
+        let session = finished(task.await)?;
+        return Ok((StatusCode::CREATED, Json(state.publish(session, &headers))).into_response());
+    }
+    tokio::select! {
+        Ok(session) = reserved => {
+            state.shared.host.changed(&session.id).await;
+            Ok((StatusCode::ACCEPTED, Json(state.publish(session, &headers))).into_response())
+        }
+        joined = &mut task => {
+            let session = finished(joined)?;
+            Ok((StatusCode::CREATED, Json(state.publish(session, &headers))).into_response())
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "Session id, unique id prefix, or name")),
+    security(("token" = [])),
+    responses((status = 200, description = "The session", body = Session),
+        (status = 400, description = "Bad id", body = crate::api::wire::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 404, description = "No such session of the caller's", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn show<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    Authenticated(caller): Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Session>, HttpError> {
+    let Path(id) = id?;
+    check_id(&id)?;
+    let session = state.shared.host.sessions_of(&caller).get(&id).await?;
+    Ok(Json(state.publish(session, &headers)))
+}
+
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
+    params(("id" = String, Path, description = "Session id, unique id prefix, or name")),
+    security(("token" = [])),
+    responses((status = 200, description = "Closed; its data volume stays", body = Session),
+        (status = 400, description = "Bad id", body = crate::api::wire::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 404, description = "No such session of the caller's", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn close<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    Authenticated(caller): Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<Session>, HttpError> {
+    let Path(id) = id?;
+    check_id(&id)?;
+    let session = state.shared.host.sessions_of(&caller).close(&id).await?;
+    state.shared.host.changed(&session.id).await;
+    Ok(Json(state.publish(session, &headers)))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/connect", tag = "sessions",
+    params(("id" = String, Path, description = "Session id, unique id prefix, or name")),
+    request_body = ConnectRequest, security(("token" = [])),
+    responses((status = 200, description = "The key may log in; where to reach the session", body = Session),
+        (status = 400, description = "Bad id or key", body = crate::api::wire::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 404, description = "No such session of the caller's", body = crate::api::wire::ErrorBody),
+        (status = 409, description = "The session is not ready", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn connect<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    Authenticated(caller): Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Json<ConnectRequest>, JsonRejection>,
+) -> Result<Json<Session>, HttpError> {
+    let Path(id) = id?;
+    check_id(&id)?;
+    let Json(request) = body?;
+    let session = state
+        .shared
+        .host
+        .sessions_of(&caller)
+        .connect(&id, &request.public_key)
+        .await?;
+    Ok(Json(state.publish(session, &headers)))
+}
+
+/// Newline-delimited JSON, ended early when the service stops.
+fn ndjson<H, T>(state: &AppState<H>, lines: impl Stream<Item = T> + Send + 'static) -> Response
+where
+    T: Serialize + Send + 'static,
+{
+    let mut stopping = state.shared.stopping.clone();
+    let stop = async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+    };
+    let bytes = lines.take_until(stop).map(|line| {
+        let mut text = serde_json::to_vec(&line).unwrap_or_default();
+        text.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(text))
+    });
+    (
+        [(CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(bytes),
+    )
+        .into_response()
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/exec", tag = "sessions",
+    params(("id" = String, Path, description = "Session id, unique id prefix, or name")),
+    request_body = ExecRequest, security(("token" = [])),
+    responses((status = 200, description = "NDJSON lines of ExecLine: output (base64), then the exit code", body = ExecLine, content_type = "application/x-ndjson"),
+        (status = 400, description = "Bad id or command", body = crate::api::wire::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 404, description = "No such session of the caller's", body = crate::api::wire::ErrorBody),
+        (status = 409, description = "The session is not ready", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn exec<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    Authenticated(caller): Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<ExecRequest>, JsonRejection>,
+) -> Result<Response, HttpError> {
+    let Path(id) = id?;
+    check_id(&id)?;
+    let Json(request) = body?;
+    let events = state
+        .shared
+        .host
+        .sessions_of(&caller)
+        .exec(&id, request.command)
+        .await?;
+    Ok(ndjson(&state, events.map(ExecLine::from_event)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogsQuery {
+    /// Keep streaming until the session ends or the client goes.
+    follow: Option<bool>,
+    /// Only the last N lines.
+    tail: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/sessions/{id}/logs", tag = "sessions",
+    params(("id" = String, Path, description = "Session id, unique id prefix, or name"), LogsQuery),
+    security(("token" = [])),
+    responses((status = 200, description = "NDJSON lines of LogLine", body = LogLine, content_type = "application/x-ndjson"),
+        (status = 400, description = "Bad id or query", body = crate::api::wire::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 404, description = "No such session of the caller's", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn logs<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    Authenticated(caller): Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Path(id) = id?;
+    check_id(&id)?;
+    let Query(query) = query?;
+    let options = LogOptions {
+        follow: query.follow.unwrap_or(false),
+        tail: query.tail,
+    };
+    let chunks: BoxStream<'static, _> = state
+        .shared
+        .host
+        .sessions_of(&caller)
+        .logs(&id, options)
+        .await?;
+    let lines = chunks.scan(false, |failed, chunk| {
+        // Nothing follows an error line.
+        if *failed {
+            return std::future::ready(None);
+        }
+        let line = match chunk {
+            Ok(chunk) => LogLine::Text(chunk.text),
+            Err(err) => {
+                *failed = true;
+                LogLine::Error((&err).into())
+            }
+        };
+        std::future::ready(Some(line))
+    });
+    Ok(ndjson(&state, lines))
+}
+
+#[utoipa::path(get, path = "/v1/images", tag = "images", security(("token" = [])),
+    responses((status = 200, description = "The images this service offers", body = Vec<ImageInfo>),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn images<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    _caller: Authenticated,
+) -> Result<Json<Vec<ImageInfo>>, HttpError> {
+    let mut images = state.shared.host.images().await?;
+    for image in &mut images {
+        image.metadata = None;
+    }
+    Ok(Json(images))
+}
+
+#[utoipa::path(get, path = "/v1/images/{name}", tag = "images",
+    params(("name" = String, Path, description = "Image name, e.g. claude-code")),
+    security(("token" = [])),
+    responses((status = 200, description = "The image and its whole metadata", body = ImageInfo),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 404, description = "Not offered here", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn image<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    _caller: Authenticated,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<ImageInfo>, HttpError> {
+    let Path(name) = name?;
+    state
+        .shared
+        .host
+        .images()
+        .await?
+        .into_iter()
+        .find(|image| image.name == name)
+        .map(Json)
+        .ok_or_else(|| {
+            HttpError::new(
+                ErrorCode::NotFound,
+                "no image of that name here; GET /v1/images lists them",
+            )
+        })
+}

@@ -1,0 +1,108 @@
+//! `cubbi serve` started in-process on 127.0.0.1:0 against the run's dockerd, with a real
+//! token store in a temporary state folder, and the clients that drive it: the remote
+//! backend, the `cubbi -r` binary, and plain HTTP for what a client must never send.
+
+use std::sync::Arc;
+
+use cubbi::remote::client::RemoteBackend;
+use cubbi::service::config::ServiceConfig;
+use cubbi::service::store::{SqliteStore, Store};
+use cubbi::service::{RunningService, ServiceOptions};
+use libtest_mimic::Failed;
+use sha2::Digest;
+
+use super::DockerScope;
+
+pub struct TestService {
+    pub url: String,
+    pub store: Arc<SqliteStore>,
+    pub running: Option<RunningService>,
+    pub config: ServiceConfig,
+    _state: tempfile::TempDir,
+}
+
+/// A user name of this test alone (service owners are global on the endpoint).
+pub fn user(scope: &DockerScope, who: &str) -> String {
+    let digest = sha2::Sha256::digest(scope.id.as_bytes());
+    let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{who}-{tag}")
+}
+
+impl TestService {
+    pub async fn start(scope: &DockerScope, tune: impl FnOnce(&mut ServiceConfig)) -> Result<Self, Failed> {
+        let state = tempfile::tempdir()?;
+        let mut config = ServiceConfig::default();
+        config.docker.endpoint = scope.endpoint.clone();
+        config.ssh.bind = "127.0.0.1".parse()?;
+        config.state_dir = state.path().to_path_buf();
+        config.server.shutdown_grace = 5;
+        tune(&mut config);
+        let store = Arc::new(SqliteStore::open(state.path())?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let options = ServiceOptions {
+            extra_labels: scope.labels(),
+            port_lock: super::port_lock(),
+        };
+        let running = cubbi::service::start_on_docker(
+            listener,
+            &config,
+            Arc::clone(&store) as Arc<dyn Store>,
+            options,
+        )
+        .await?;
+        Ok(Self {
+            url: format!("http://{}", running.address),
+            store,
+            running: Some(running),
+            config,
+            _state: state,
+        })
+    }
+
+    /// Another service on the same state folder and config (a restart).
+    pub async fn restart(scope: &DockerScope, before: &TestService) -> Result<Self, Failed> {
+        let state = tempfile::tempdir()?;
+        let mut config = before.config.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let options = ServiceOptions {
+            extra_labels: scope.labels(),
+            port_lock: super::port_lock(),
+        };
+        let store = Arc::clone(&before.store);
+        // The same state folder: the service's key and tokens carry over.
+        config.state_dir = before.config.state_dir.clone();
+        let running = cubbi::service::start_on_docker(
+            listener,
+            &config,
+            Arc::clone(&store) as Arc<dyn Store>,
+            options,
+        )
+        .await?;
+        Ok(Self {
+            url: format!("http://{}", running.address),
+            store,
+            running: Some(running),
+            config,
+            _state: state,
+        })
+    }
+
+    /// A token for `user`, as `cubbi serve token create` would print it.
+    pub fn token(&self, user: &str, admin: bool) -> Result<String, Failed> {
+        Ok(self.store.issue_token(user, admin)?.1)
+    }
+
+    /// The remote backend as `cubbi -r` builds it, with a fresh client key.
+    pub fn client(&self, token: &str) -> Result<RemoteBackend, Failed> {
+        let key = cubbi::ssh::keys::generate("test")?;
+        let public = cubbi::ssh::keys::public_openssh(key.public_key())?;
+        Ok(RemoteBackend::new("test", &self.url, token.to_string(), public, None)?)
+    }
+
+    pub async fn stop(&mut self) -> Result<(), Failed> {
+        if let Some(running) = self.running.take() {
+            running.stop().await?;
+        }
+        Ok(())
+    }
+}
