@@ -8,6 +8,7 @@ mod image_cmd;
 pub mod output;
 mod session_cmd;
 mod setup_cmd;
+mod token_cmd;
 
 use std::process::ExitCode;
 
@@ -17,6 +18,7 @@ use crate::api::ApiError;
 use crate::config::ConfigError;
 use crate::docker::DockerError;
 use crate::images::ImageError;
+use crate::service::store::StoreError;
 
 /// Everything a command can fail with; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,8 @@ pub enum CliError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Api(ApiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{0}")]
     Refused(String),
     #[error("cannot write to the terminal: {0}")]
@@ -91,11 +95,25 @@ pub enum Command {
     Doctor(doctor_cmd::DoctorArgs),
     /// Start, stop or show the supervised engine (where systemd is not PID 1).
     Engine(engine_cmd::EngineArgs),
+    /// Serve the session API over HTTP on a shared host, and manage its API tokens.
+    Serve(ServeArgs),
     /// Print a shell completion script, e.g. `cubbi completions bash > /etc/bash_completion.d/cubbi`.
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(subcommand)]
+    command: Option<ServeCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServeCommand {
+    /// Manage the service's API tokens.
+    Token(token_cmd::TokenArgs),
 }
 
 /// Options every command's output honours.
@@ -151,6 +169,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Engine(args) => {
             refuse_remote(cli.remote.as_deref(), "engine")?;
             engine_cmd::run(args, mode).await
+        }
+        Command::Serve(args) => {
+            refuse_remote(cli.remote.as_deref(), "serve")?;
+            match args.command {
+                Some(ServeCommand::Token(token)) => token_cmd::run(token, &context).await,
+                None => Err(CliError::Refused(
+                    "this cubbi cannot serve the API yet; only `cubbi serve token` works".into(),
+                )),
+            }
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cubbi", &mut std::io::stdout());
