@@ -6,6 +6,7 @@ mod doctor_cmd;
 mod engine_cmd;
 mod image_cmd;
 pub mod output;
+mod remote_cmd;
 mod session_cmd;
 mod setup_cmd;
 
@@ -17,6 +18,7 @@ use crate::api::ApiError;
 use crate::config::ConfigError;
 use crate::docker::DockerError;
 use crate::images::ImageError;
+use crate::remote::remotes::RemoteError;
 
 /// Everything a command can fail with; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,8 @@ pub enum CliError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Api(ApiError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     #[error("{0}")]
     Refused(String),
     #[error("cannot write to the terminal: {0}")]
@@ -91,6 +95,14 @@ pub enum Command {
     Doctor(doctor_cmd::DoctorArgs),
     /// Start, stop or show the supervised engine (where systemd is not PID 1).
     Engine(engine_cmd::EngineArgs),
+    /// Add, list and remove the cubbi services `-r NAME` can act on.
+    Remote(remote_cmd::RemoteArgs),
+    /// Store the token for a remote: `cubbi -r NAME auth`, the token on stdin or typed hidden.
+    Auth {
+        /// Store the token without checking it against the service.
+        #[arg(long)]
+        no_verify: bool,
+    },
     /// Print a shell completion script, e.g. `cubbi completions bash > /etc/bash_completion.d/cubbi`.
     Completions {
         /// The shell to complete for.
@@ -152,6 +164,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             refuse_remote(cli.remote.as_deref(), "engine")?;
             engine_cmd::run(args, mode).await
         }
+        Command::Remote(args) => {
+            refuse_remote(cli.remote.as_deref(), "remote")?;
+            remote_cmd::run(args, mode)
+        }
+        Command::Auth { no_verify } => remote_cmd::auth(cli.remote.as_deref(), no_verify).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cubbi", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
