@@ -7,6 +7,7 @@ mod docker;
 mod engine;
 mod firewall;
 mod images;
+mod remotes;
 mod session;
 mod setup_systemd;
 mod ssh_files;
@@ -35,6 +36,7 @@ fn main() {
     tests.extend(engine::tests());
     tests.extend(firewall::tests());
     tests.extend(images::tests());
+    tests.extend(remotes::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
     tests.extend(ssh_files::tests());
