@@ -7,6 +7,7 @@ mod engine_cmd;
 mod image_cmd;
 pub mod output;
 mod serve_cmd;
+mod remote_cmd;
 mod session_cmd;
 mod setup_cmd;
 mod token_cmd;
@@ -20,6 +21,7 @@ use crate::config::ConfigError;
 use crate::docker::DockerError;
 use crate::images::ImageError;
 use crate::service::store::StoreError;
+use crate::remote::remotes::RemoteError;
 
 /// Everything a command can fail with; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +36,10 @@ pub enum CliError {
     Api(ApiError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     #[error("{0}")]
     Refused(String),
-    #[error(transparent)]
-    Remote(#[from] crate::remote::remotes::RemoteError),
     #[error("cannot write to the terminal: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -100,6 +102,14 @@ pub enum Command {
     Engine(engine_cmd::EngineArgs),
     /// Serve the session API over HTTP on a shared host, and manage its API tokens.
     Serve(ServeArgs),
+    /// Add, list and remove the cubbi services `-r NAME` can act on.
+    Remote(remote_cmd::RemoteArgs),
+    /// Store the token for a remote: `cubbi -r NAME auth`, the token on stdin or typed hidden.
+    Auth {
+        /// Store the token without checking it against the service.
+        #[arg(long)]
+        no_verify: bool,
+    },
     /// Print a shell completion script, e.g. `cubbi completions bash > /etc/bash_completion.d/cubbi`.
     Completions {
         /// The shell to complete for.
@@ -184,6 +194,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 None => serve_cmd::run(args.run, &context).await,
             }
         }
+        Command::Remote(args) => {
+            refuse_remote(cli.remote.as_deref(), "remote")?;
+            remote_cmd::run(args, mode)
+        }
+        Command::Auth { no_verify } => remote_cmd::auth(cli.remote.as_deref(), no_verify).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cubbi", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
