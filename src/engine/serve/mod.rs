@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod health;
+pub mod install;
+pub mod steps;
 pub mod unit;
 
 /// The systemd unit name of the service.
