@@ -249,7 +249,8 @@ async fn serve_health_report() -> StepReport {
             id: "serve-health",
             outcome: Outcome::Failed,
             message: format!(
-                "{err} (waited {} s); see `systemctl status cubbi-serve` and                  `journalctl -u cubbi-serve`",
+                "{err} (waited {} s); see `systemctl status cubbi-serve` and \
+                 `journalctl -u cubbi-serve`",
                 serve::health::SETUP_WAIT.as_secs()
             ),
         },
