@@ -205,7 +205,7 @@ pub fn router<H: SessionHost>(state: AppState<H>, body_limit: usize) -> Router {
         .route("/v1/sessions/{id}/connect", post(connect::<H>))
         .route("/v1/images", get(images::<H>))
         .route("/v1/images/{name}", get(image::<H>))
-        .route("/v1/openapi.json", get(openapi_document::<H>))
+        .route("/v1/openapi.json", get(openapi_document))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             time_limit::<H>,
@@ -287,7 +287,7 @@ pub(super) async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "service", security(("token" = [])),
     responses((status = 200, description = "This document"),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody)))]
-pub(super) async fn openapi_document<H: SessionHost>(_caller: Authenticated) -> Response {
+pub(super) async fn openapi_document(_caller: Authenticated) -> Response {
     Json(openapi::document()).into_response()
 }
 
