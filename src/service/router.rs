@@ -233,7 +233,9 @@ pub fn router<H: SessionHost>(state: AppState<H>, body_limit: usize) -> Router {
                     route,
                     user = tracing::field::Empty,
                 )
-            }),
+            })
+            // One line per answer, at info: the status and how long it took.
+            .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .with_state(state)
 }

@@ -26,6 +26,7 @@ pub fn tests() -> Vec<Trial> {
         users_see_only_their_own_sessions_and_restarts_keep_them,
         bad_requests_are_refused_and_make_nothing,
         cli_drives_the_service_like_the_local_endpoint,
+        the_binary_logs_json_without_tokens_and_stops_on_sigterm,
     ]
 }
 
@@ -111,6 +112,33 @@ async fn conformance(backend: &dyn Backend, name: &str) -> Result<(), Failed> {
     .await?;
     assert_eq!(code, 0);
     assert!(out.starts_with("agent\n"), "{out}");
+
+    // Another key, authorized through connect, logs in (real sshd, pinned host key).
+    let other = cubbi::ssh::keys::generate("second-device")?;
+    let other_public = cubbi::ssh::keys::public_openssh(other.public_key())?;
+    let reached = backend.connect(name, &other_public).await?;
+    assert_eq!(reached.ssh.host_key, session.ssh.host_key);
+    let target = cubbi::ssh::client::SshTarget {
+        address: format!("{}:{}", reached.ssh.host, reached.ssh.port),
+        user: reached.ssh.user.clone(),
+        client_key: Arc::new(other),
+        host_key: cubbi::ssh::keys::parse_public(&reached.ssh.host_key)?,
+    };
+    let ssh = cubbi::ssh::client::SshSession::connect(&target, Duration::from_secs(20)).await?;
+    let mut events = ssh.exec(&["whoami".to_string()]).await?;
+    let mut said = Vec::new();
+    while let Some(event) = events.next().await {
+        if let ExecEvent::Stdout(data) = event {
+            said.extend(data);
+        }
+    }
+    assert_eq!(String::from_utf8(said)?, "agent\n");
+    let err = backend
+        .connect(name, "ssh-ed25519 AAAA\nfrom=\"*\" ssh-ed25519 BBBB")
+        .await
+        .err()
+        .ok_or("a two-line key was accepted")?;
+    assert_eq!(err.code(), ErrorCode::Invalid, "{err}");
 
     // Refusals leave nothing: a bad env name and a taken name.
     let before = backend.list().await?.len();
@@ -760,5 +788,82 @@ fn cli_drives_the_service_like_the_local_endpoint() -> Result<(), Failed> {
         assert_eq!(left.stdout().trim(), "[]");
         assert!(!home.path().join(".ssh/cubbi.d/cli-r.conf").exists());
         service.stop().await
+    })
+}
+
+fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Failed> {
+    use std::io::{BufRead, BufReader};
+    docker_test("serve-binary", |scope| async move {
+        let state = tempfile::tempdir()?;
+        let config = state.path().join("service.toml");
+        std::fs::write(&config, "[server]\nshutdown_grace = 3\n[ssh]\nbind = \"127.0.0.1\"\n")?;
+        let token = tokio::task::spawn_blocking({
+            let dir = state.path().to_path_buf();
+            move || {
+                crate::support::Cubbi::new(&TestHome::new())
+                    .args(["serve", "token", "create", "--user", "dave", "--state-dir"])
+                    .args([dir.as_os_str()])
+                    .run()
+            }
+        })
+        .await?
+        .success()
+        .stdout()
+        .trim()
+        .to_string();
+        let home = TestHome::new();
+        let mut child = crate::support::Cubbi::new(&home)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .args([config.as_os_str()])
+            .args(["--state-dir"])
+            .args([state.path().as_os_str()])
+            .env("CUBBI_DOCKER_HOST", &scope.endpoint)
+            .into_command();
+        let mut child = child
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let address = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.recv().await {
+                seen.push(line.clone());
+                let record: Value = serde_json::from_str(&line).map_err(|err| format!("not a JSON log line: {line}: {err}"))?;
+                if let Some(address) = record["fields"]["address"].as_str() {
+                    return Ok::<String, Failed>(address.to_string());
+                }
+            }
+            Err("the service exited before listening".into())
+        })
+        .await
+        .map_err(|_| "the service did not say where it listens")??;
+        let http = reqwest::Client::new();
+        let health = http.get(format!("http://{address}/healthz")).send().await?;
+        assert_eq!(health.status(), 200);
+        let listed = http.get(format!("http://{address}/v1/sessions")).bearer_auth(&token).send().await?;
+        assert_eq!(listed.status(), 200);
+        let refused = http.get(format!("http://{address}/v1/sessions")).bearer_auth("cubbi_0123456789ab_secretsecretsecretsecretsecretsecretsecretsec").send().await?;
+        assert_eq!(refused.status(), 401);
+
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        let stopping = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+        assert!(status.success(), "cubbi serve exited with {status}");
+        assert!(stopping.elapsed() < Duration::from_secs(6), "SIGTERM took {:?}", stopping.elapsed());
+        while let Ok(line) = lines.try_recv() {
+            seen.push(line);
+        }
+        let all = seen.join("\n");
+        assert!(all.contains("/v1/sessions"), "no request was logged: {all}");
+        assert!(all.contains("dave"), "the request's user was not logged: {all}");
+        assert!(!all.contains(&token) && !all.contains("secretsecret"), "a token reached the log");
+        Ok(())
     })
 }

@@ -8,7 +8,14 @@ use std::path::Path;
 
 /// The config `cubbi setup --service` writes when there is none.
 pub const DEFAULT_SERVICE_CONFIG: &str = r#"# cubbi serve: the session API over HTTP. Written by `cubbi setup --service`, which never
-# overwrites it; edit it, then `systemctl restart cubbi-serve`.
+# overwrites it; edit it, then `systemctl restart cubbi-serve`. Unknown keys are refused.
+
+# Let sessions mount host folders. Off: a session sees only its own volumes.
+allow_host_volumes = false
+# Let sessions run under plain runc instead of Sysbox. Off: runc sessions are NOT isolated.
+allow_unsafe_runc = false
+# The images sessions may boot; empty offers every cubbi image.
+images = []
 
 [server]
 # Where the HTTP API listens. Keep it on loopback behind a TLS reverse proxy; a port below
@@ -19,18 +26,20 @@ port = 3000
 [ssh]
 # The address session SSH ports are published on.
 bind = "0.0.0.0"
+# The name clients dial for SSH (default: the host of the URL they reach the API at).
+# public_host = "cubbi.example.com"
 
 [docker]
 # The dedicated engine `cubbi setup` installed (group cubbi has access).
 endpoint = "unix:///var/run/cubbi-docker.sock"
-# Let sessions mount host folders. Off: a session sees only its own volumes.
-allow_host_volumes = false
-# Let sessions run under plain runc instead of Sysbox. Off: runc sessions are NOT isolated.
-allow_unsafe_runc = false
 
 [limits]
 # Sessions one user may have at a time.
 sessions_per_user = 10
+
+[networks]
+# Extra Docker networks sessions may join.
+allowed = []
 "#;
 
 /// The mode of the file: root writes it, the service's group reads it, nobody else.
@@ -96,19 +105,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_config_says_what_the_service_expects() {
-        let table: toml::Table = DEFAULT_SERVICE_CONFIG.parse().unwrap();
-        assert_eq!(table["server"]["host"].as_str(), Some("127.0.0.1"));
-        assert_eq!(table["server"]["port"].as_integer(), Some(3000));
-        assert_eq!(table["ssh"]["bind"].as_str(), Some("0.0.0.0"));
-        assert_eq!(
-            table["docker"]["endpoint"].as_str(),
-            Some(crate::docker::DEFAULT_ENDPOINT)
-        );
-        assert_eq!(table["docker"]["allow_host_volumes"].as_bool(), Some(false));
-        assert_eq!(table["docker"]["allow_unsafe_runc"].as_bool(), Some(false));
-        assert_eq!(table["limits"]["sessions_per_user"].as_integer(), Some(10));
-        assert_eq!(health_address(Some(DEFAULT_SERVICE_CONFIG)), DEFAULT_LISTEN);
+    fn the_default_config_is_what_cubbi_serve_reads() {
+        let config = crate::service::config::ServiceConfig::parse(
+            DEFAULT_SERVICE_CONFIG,
+            std::path::Path::new("service.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.listen_address(), DEFAULT_LISTEN);
+        assert!(!config.allow_host_volumes && !config.allow_unsafe_runc);
+        assert_eq!(config.limits.sessions_per_user, 10);
     }
 
     #[test]
