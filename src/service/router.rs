@@ -222,20 +222,23 @@ pub fn router<H: SessionHost>(state: AppState<H>, body_limit: usize) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let route = request
-                    .extensions()
-                    .get::<axum::extract::MatchedPath>()
-                    .map_or("unmatched", |path| path.as_str());
-                tracing::info_span!(
-                    "request",
-                    method = %request.method(),
-                    route,
-                    user = tracing::field::Empty,
-                )
-            })
-            // One line per answer, at info: the status and how long it took.
-            .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO)),
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let route = request
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |path| path.as_str());
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        route,
+                        user = tracing::field::Empty,
+                    )
+                })
+                // One line per answer, at info: the status and how long it took.
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
+                ),
         )
         .with_state(state)
 }

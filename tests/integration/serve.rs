@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cubbi::api::{
-    ApiError, Backend, ErrorCode, ExecEvent, LogOptions, Quiet, SessionSpec, SessionState,
-};
+use cubbi::api::{Backend, ErrorCode, ExecEvent, LogOptions, Quiet, SessionSpec, SessionState};
 use cubbi::local::backend::{LocalBackend, LocalOptions};
 use cubbi::service::store::Store;
 use futures_util::StreamExt;
@@ -169,18 +167,28 @@ async fn conformance(backend: &dyn Backend, name: &str) -> Result<(), Failed> {
         )
         .await?;
     let marker = format!("cubbi-marker-{}", std::process::id());
-    // The journal is the session's console (runtime/init follows it to Docker's log).
-    let (_, _, code) = run(backend, name, &["logger", marker.as_str()]).await?;
-    assert_eq!(code, 0);
-    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+    // The journal is the session's console (runtime/init follows it to Docker's log). The
+    // stream attaches on its first read, so the marker is logged until it shows up.
+    let seen = tokio::time::timeout(Duration::from_secs(60), async {
         let mut text = String::new();
-        while let Some(chunk) = logs.next().await {
-            text += &chunk?.text;
-            if text.contains(&marker) {
-                return Ok::<bool, ApiError>(true);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                chunk = logs.next() => match chunk {
+                    Some(chunk) => {
+                        text += &chunk?.text;
+                        if text.contains(&marker) {
+                            return Ok::<bool, Failed>(true);
+                        }
+                    }
+                    None => return Ok(false),
+                },
+                _ = tick.tick() => {
+                    let (_, _, code) = run(backend, name, &["logger", marker.as_str()]).await?;
+                    assert_eq!(code, 0);
+                }
             }
         }
-        Ok(false)
     })
     .await
     .map_err(|_| "the marker never arrived on the followed logs")??;
@@ -796,7 +804,10 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
     docker_test("serve-binary", |scope| async move {
         let state = tempfile::tempdir()?;
         let config = state.path().join("service.toml");
-        std::fs::write(&config, "[server]\nshutdown_grace = 3\n[ssh]\nbind = \"127.0.0.1\"\n")?;
+        std::fs::write(
+            &config,
+            "[server]\nshutdown_grace = 3\n[ssh]\nbind = \"127.0.0.1\"\n",
+        )?;
         let token = tokio::task::spawn_blocking({
             let dir = state.path().to_path_buf();
             move || {
@@ -834,7 +845,8 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
         let address = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.recv().await {
                 seen.push(line.clone());
-                let record: Value = serde_json::from_str(&line).map_err(|err| format!("not a JSON log line: {line}: {err}"))?;
+                let record: Value = serde_json::from_str(&line)
+                    .map_err(|err| format!("not a JSON log line: {line}: {err}"))?;
                 if let Some(address) = record["fields"]["address"].as_str() {
                     return Ok::<String, Failed>(address.to_string());
                 }
@@ -846,9 +858,17 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
         let http = reqwest::Client::new();
         let health = http.get(format!("http://{address}/healthz")).send().await?;
         assert_eq!(health.status(), 200);
-        let listed = http.get(format!("http://{address}/v1/sessions")).bearer_auth(&token).send().await?;
+        let listed = http
+            .get(format!("http://{address}/v1/sessions"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
         assert_eq!(listed.status(), 200);
-        let refused = http.get(format!("http://{address}/v1/sessions")).bearer_auth("cubbi_0123456789ab_secretsecretsecretsecretsecretsecretsecretsec").send().await?;
+        let refused = http
+            .get(format!("http://{address}/v1/sessions"))
+            .bearer_auth("cubbi_0123456789ab_secretsecretsecretsecretsecretsecretsecretsec")
+            .send()
+            .await?;
         assert_eq!(refused.status(), 401);
 
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
@@ -856,14 +876,24 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
         let status = tokio::task::spawn_blocking(move || child.wait()).await??;
         assert!(status.success(), "cubbi serve exited with {status}");
-        assert!(stopping.elapsed() < Duration::from_secs(6), "SIGTERM took {:?}", stopping.elapsed());
+        assert!(
+            stopping.elapsed() < Duration::from_secs(6),
+            "SIGTERM took {:?}",
+            stopping.elapsed()
+        );
         while let Ok(line) = lines.try_recv() {
             seen.push(line);
         }
         let all = seen.join("\n");
         assert!(all.contains("/v1/sessions"), "no request was logged: {all}");
-        assert!(all.contains("dave"), "the request's user was not logged: {all}");
-        assert!(!all.contains(&token) && !all.contains("secretsecret"), "a token reached the log");
+        assert!(
+            all.contains("dave"),
+            "the request's user was not logged: {all}"
+        );
+        assert!(
+            !all.contains(&token) && !all.contains("secretsecret"),
+            "a token reached the log"
+        );
         Ok(())
     })
 }
