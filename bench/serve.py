@@ -389,6 +389,9 @@ def main():
         single = [api.request("GET", "/v1/sessions")[2] for _ in range(50)]
         print(f"RSS with {listed_n} sessions, idle: {mib(rss_50)}; one GET /v1/sessions from Python: "
               f"median {statistics.median(single) * 1000:.2f} ms")
+        load = open("/proc/loadavg").read().split()[0]
+        print(f"load average before wrk {load}")
+        rows.append(("host load average before wrk", load, "", ""))
         with Sampler(service.pid) as health_sample:
             health = wrk(f"{api.base}/healthz", args.wrk_threads, args.wrk_connections, args.duration)
         with Sampler(service.pid) as list_sample:
