@@ -6,8 +6,11 @@ mod doctor_cmd;
 mod engine_cmd;
 mod image_cmd;
 pub mod output;
+mod serve_cmd;
+mod remote_cmd;
 mod session_cmd;
 mod setup_cmd;
+mod token_cmd;
 
 use std::process::ExitCode;
 
@@ -17,6 +20,8 @@ use crate::api::ApiError;
 use crate::config::ConfigError;
 use crate::docker::DockerError;
 use crate::images::ImageError;
+use crate::service::store::StoreError;
+use crate::remote::remotes::RemoteError;
 
 /// Everything a command can fail with; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +34,12 @@ pub enum CliError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Api(ApiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     #[error("{0}")]
     Refused(String),
-    #[error(transparent)]
-    Remote(#[from] crate::remote::remotes::RemoteError),
     #[error("cannot write to the terminal: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -93,11 +100,36 @@ pub enum Command {
     Doctor(doctor_cmd::DoctorArgs),
     /// Start, stop or show the supervised engine (where systemd is not PID 1).
     Engine(engine_cmd::EngineArgs),
+    /// Serve the session API over HTTP on a shared host, and manage its API tokens.
+    Serve(ServeArgs),
+    /// Add, list and remove the cubbi services `-r NAME` can act on.
+    Remote(remote_cmd::RemoteArgs),
+    /// Store the token for a remote: `cubbi -r NAME auth`, the token on stdin or typed hidden.
+    Auth {
+        /// Store the token without checking it against the service.
+        #[arg(long)]
+        no_verify: bool,
+    },
     /// Print a shell completion script, e.g. `cubbi completions bash > /etc/bash_completion.d/cubbi`.
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServeArgs {
+    #[command(subcommand)]
+    command: Option<ServeCommand>,
+    #[command(flatten)]
+    run: serve_cmd::ServeRunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServeCommand {
+    /// Manage the service's API tokens.
+    Token(token_cmd::TokenArgs),
 }
 
 /// Options every command's output honours.
@@ -155,6 +187,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             refuse_remote(cli.remote.as_deref(), "engine")?;
             engine_cmd::run(args, mode).await
         }
+        Command::Serve(args) => {
+            refuse_remote(cli.remote.as_deref(), "serve")?;
+            match args.command {
+                Some(ServeCommand::Token(token)) => token_cmd::run(token, &context).await,
+                None => serve_cmd::run(args.run, &context).await,
+            }
+        }
+        Command::Remote(args) => {
+            refuse_remote(cli.remote.as_deref(), "remote")?;
+            remote_cmd::run(args, mode)
+        }
+        Command::Auth { no_verify } => remote_cmd::auth(cli.remote.as_deref(), no_verify).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cubbi", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -270,8 +270,19 @@ pub fn validate_network_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The name `-r` takes for the local endpoint, so no remote may be called that.
+pub const LOCAL_REMOTE_NAME: &str = "local";
+
 /// Names of remote endpoints: short identifiers usable with `-r NAME`.
 pub fn validate_remote_name(name: &str) -> Result<(), ConfigError> {
+    if name == LOCAL_REMOTE_NAME {
+        return Err(ConfigError::InvalidValue {
+            key: format!("remote.endpoints.{name}"),
+            reason: format!(
+                "`{LOCAL_REMOTE_NAME}` is reserved for the local endpoint; pick another remote name"
+            ),
+        });
+    }
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -343,6 +354,7 @@ mod tests {
             Err(ConfigError::NotALeaf { .. })
         ));
         assert!(lookup("remote.endpoints.bad name.url").is_err());
+        assert!(lookup("remote.endpoints.local.url").is_err());
         assert_eq!(
             lookup("remote.endpoints.team.url").unwrap().path,
             "remote.endpoints.team.url"

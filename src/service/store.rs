@@ -1,17 +1,696 @@
-//! The service's own state (placeholder until the SQLite store lands on this branch).
+//! Users and API tokens of `cubbi serve`, kept in an embedded SQLite database.
+//!
+//! Tokens look like `cubbi_<id>_<secret>`: the id (12 hex digits) finds the row, the secret (32
+//! random bytes, base64url) proves possession. Only the SHA-256 of the whole token is stored, so
+//! neither the database file nor a backup of it lets anyone act as a user.
 
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The database file inside the state folder.
+pub const DATABASE_FILE: &str = "cubbi.db";
+
+const TOKEN_PREFIX: &str = "cubbi_";
+const ID_HEX_DIGITS: usize = 12;
+const SECRET_BYTES: usize = 32;
+/// base64url without padding of 32 bytes.
+const SECRET_CHARS: usize = 43;
+const TOKEN_LEN: usize = TOKEN_PREFIX.len() + ID_HEX_DIGITS + 1 + SECRET_CHARS;
+
+/// `last_used` is written at most this often per token, so that authenticating a request is
+/// normally a read only.
+const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
+
+/// How long a statement waits for another process (`cubbi serve` and `cubbi serve token ...`
+/// share the file) to release its lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many have been
+/// applied. Append new ones (e.g. projects referencing users); never edit a released one.
+const MIGRATIONS: &[&str] = &[
+    // 1: users and their API tokens.
+    "CREATE TABLE users (
+        name TEXT PRIMARY KEY NOT NULL,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY NOT NULL,
+        user TEXT NOT NULL REFERENCES users(name),
+        hash BLOB NOT NULL,
+        created INTEGER NOT NULL,
+        last_used INTEGER,
+        revoked INTEGER
+    ) STRICT;
+    CREATE INDEX tokens_by_user ON tokens(user);",
+];
+
+/// Who made a request, as its token says.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Caller {
     pub user: String,
     pub admin: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0}")]
-    Database(String),
+/// A token as listed: everything but the secret. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub user: String,
+    /// The user's admin flag (it belongs to the user, so all of a user's tokens share it).
+    pub admin: bool,
+    pub created: i64,
+    pub last_used: Option<i64>,
+    pub revoked: Option<i64>,
 }
 
+/// Failures of the store. Messages name files and users, never a token.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the service state folder {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the service database {path}: {source}")]
+    OpenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the service database {path} is readable by other users (mode {mode:04o}); it holds the \
+         API token hashes: run `chmod 600 {path}`"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error(
+        "the service database {path} has schema version {found}, but this cubbi knows only up to \
+         {known}: use a newer cubbi"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("service database {path}: {source}")]
+    Database {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "user name {name:?} is not allowed: use 1 to 32 characters, a lowercase letter first, \
+         then lowercase letters, digits, `_` or `-`"
+    )]
+    InvalidUser { name: String },
+    #[error("cannot issue a token: {attempts} random token ids in a row were already taken")]
+    IdCollisions { attempts: u32 },
+}
+
+/// Where users and tokens live. Synchronous: each call is short, and SQLite is local.
 pub trait Store: Send + Sync + 'static {
+    /// Issues a token for `user` (created if new; `admin` sets the user's admin flag). Returns the record and the secret token text, shown once.
+    fn issue_token(&self, user: &str, admin: bool) -> Result<(TokenRecord, String), StoreError>;
+    /// The caller a token belongs to; None for unknown, malformed or revoked tokens.
     fn authenticate(&self, token: &str) -> Result<Option<Caller>, StoreError>;
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Revokes by id; false when no such (unrevoked) token.
+    fn revoke(&self, id: &str) -> Result<bool, StoreError>;
+}
+
+/// User names become Docker label values and parts of volume names, hence the narrow alphabet.
+pub fn validate_user(name: &str) -> Result<(), StoreError> {
+    let mut chars = name.chars();
+    let first_is_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    let rest_allowed =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if first_is_letter && rest_allowed && name.len() <= 32 {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidUser {
+            name: name.to_string(),
+        })
+    }
+}
+
+/// The store in `STATE_DIR/cubbi.db`.
+pub struct SqliteStore {
+    path: PathBuf,
+    // rusqlite connections are not Sync; calls are short, so one connection behind a lock is
+    // enough for the service.
+    connection: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database in `state_dir` and brings its schema up to
+    /// date. Refuses a database other users can read and one from a newer cubbi.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        // An existing folder keeps its mode: the administrator may have chosen it.
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: state_dir.to_path_buf(),
+                source,
+            })?;
+        let path = state_dir.join(DATABASE_FILE);
+        create_private_file(&path)?;
+        let mode = std::fs::metadata(&path)
+            .map_err(|source| StoreError::OpenFile {
+                path: path.clone(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(StoreError::Exposed {
+                path,
+                mode: mode & 0o7777,
+            });
+        }
+        let database_error = |source| StoreError::Database {
+            path: path.clone(),
+            source,
+        };
+        let mut connection = Connection::open(&path).map_err(database_error)?;
+        connection
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(database_error)?;
+        // WAL lets `cubbi serve` read while `cubbi serve token create` writes. SQLite gives the
+        // -wal and -shm files the database file's mode.
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(database_error)?;
+        connection
+            .pragma_update(None, "foreign_keys", true)
+            .map_err(database_error)?;
+        migrate(&mut connection, &path)?;
+        Ok(Self {
+            path,
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn connection(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no half-done work: every change runs in a
+        // transaction that rolls back when dropped.
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn database_error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// Creates the file with mode 0600 unless it exists; SQLite would create it with 0644.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::OpenFile {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Applies the migrations this database lacks, all in one transaction. The version is read
+/// inside the (immediate, so write-locked) transaction so that two processes opening a new
+/// database at once do not both apply the same migration.
+fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let database_error = |source| StoreError::Database {
+        path: path.to_path_buf(),
+        source,
+    };
+    let known = MIGRATIONS.len() as i64;
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(database_error)?;
+    let found: i64 = transaction
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(database_error)?;
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    for (applied, migration) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        transaction
+            .execute_batch(migration)
+            .map_err(database_error)?;
+        transaction
+            .pragma_update(None, "user_version", applied as i64 + 1)
+            .map_err(database_error)?;
+    }
+    transaction.commit().map_err(database_error)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn new_token() -> (String, String) {
+    let id_bytes: [u8; ID_HEX_DIGITS / 2] = rand::random();
+    let id: String = id_bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let secret_bytes: [u8; SECRET_BYTES] = rand::random();
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes);
+    let token = format!("{TOKEN_PREFIX}{id}_{secret}");
+    (id, token)
+}
+
+/// The id part of a well-formed token; None for anything else.
+fn token_id(token: &str) -> Option<&str> {
+    if token.len() != TOKEN_LEN {
+        return None;
+    }
+    let (id, secret) = token.strip_prefix(TOKEN_PREFIX)?.split_once('_')?;
+    let id_ok = id.len() == ID_HEX_DIGITS
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let secret_ok = secret.len() == SECRET_CHARS
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (id_ok && secret_ok).then_some(id)
+}
+
+fn is_primary_key_clash(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+impl Store for SqliteStore {
+    fn issue_token(&self, user: &str, admin: bool) -> Result<(TokenRecord, String), StoreError> {
+        validate_user(user)?;
+        // 48 random bits make a clash rare, not impossible.
+        const ATTEMPTS: u32 = 3;
+        let mut connection = self.connection();
+        for _ in 0..ATTEMPTS {
+            let created = now();
+            let (id, token) = new_token();
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|err| self.database_error(err))?;
+            transaction
+                .execute(
+                    "INSERT INTO users (name, admin, created) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET admin = excluded.admin",
+                    params![user, admin, created],
+                )
+                .map_err(|err| self.database_error(err))?;
+            let inserted = transaction.execute(
+                "INSERT INTO tokens (id, user, hash, created) VALUES (?1, ?2, ?3, ?4)",
+                params![id, user, token_hash(&token), created],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(err) if is_primary_key_clash(&err) => continue,
+                Err(err) => return Err(self.database_error(err)),
+            }
+            transaction
+                .commit()
+                .map_err(|err| self.database_error(err))?;
+            let record = TokenRecord {
+                id,
+                user: user.to_string(),
+                admin,
+                created,
+                last_used: None,
+                revoked: None,
+            };
+            return Ok((record, token));
+        }
+        Err(StoreError::IdCollisions { attempts: ATTEMPTS })
+    }
+
+    fn authenticate(&self, token: &str) -> Result<Option<Caller>, StoreError> {
+        let Some(id) = token_id(token) else {
+            return Ok(None);
+        };
+        let connection = self.connection();
+        let row = connection
+            .query_row(
+                "SELECT tokens.hash, tokens.user, users.admin, tokens.last_used, tokens.revoked
+                 FROM tokens JOIN users ON users.name = tokens.user
+                 WHERE tokens.id = ?1",
+                params![id],
+                |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, bool>(2)?,
+                        row.get::<_, Option<i64>>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|err| self.database_error(err))?;
+        let Some((stored_hash, user, admin, last_used, revoked)) = row else {
+            return Ok(None);
+        };
+        let matches: bool = stored_hash.ct_eq(&token_hash(token)).into();
+        if !matches || revoked.is_some() {
+            return Ok(None);
+        }
+        let now = now();
+        if last_used.is_none_or(|last| now - last >= LAST_USED_RESOLUTION_SECONDS) {
+            connection
+                .execute(
+                    "UPDATE tokens SET last_used = ?1 WHERE id = ?2",
+                    params![now, id],
+                )
+                .map_err(|err| self.database_error(err))?;
+        }
+        Ok(Some(Caller { user, admin }))
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare(
+                "SELECT tokens.id, tokens.user, users.admin, tokens.created, tokens.last_used,
+                        tokens.revoked
+                 FROM tokens JOIN users ON users.name = tokens.user
+                 ORDER BY tokens.created, tokens.id",
+            )
+            .map_err(|err| self.database_error(err))?;
+        let records = statement
+            .query_map([], |row| {
+                Ok(TokenRecord {
+                    id: row.get(0)?,
+                    user: row.get(1)?,
+                    admin: row.get(2)?,
+                    created: row.get(3)?,
+                    last_used: row.get(4)?,
+                    revoked: row.get(5)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| self.database_error(err))?;
+        Ok(records)
+    }
+
+    fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .connection()
+            .execute(
+                "UPDATE tokens SET revoked = ?1 WHERE id = ?2 AND revoked IS NULL",
+                params![now(), id],
+            )
+            .map_err(|err| self.database_error(err))?;
+        Ok(changed > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn issued_tokens_authenticate_as_their_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (record, token) = store.issue_token("alice", true).unwrap();
+        assert!(
+            token.starts_with(&format!("cubbi_{}_", record.id)),
+            "{record:?}"
+        );
+        assert_eq!(token.len(), TOKEN_LEN);
+        assert_eq!(record.user, "alice");
+        assert!(record.admin);
+        let caller = store.authenticate(&token).unwrap();
+        assert_eq!(
+            caller,
+            Some(Caller {
+                user: "alice".into(),
+                admin: true
+            })
+        );
+        let listed = store.tokens().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, record.id);
+        assert!(listed[0].last_used.is_some(), "{listed:?}");
+    }
+
+    #[test]
+    fn last_used_is_not_rewritten_within_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (record, token) = store.issue_token("alice", false).unwrap();
+        store.authenticate(&token).unwrap();
+        // Pretend the first use was 30 s ago: the next one must leave it alone.
+        let earlier = now() - 30;
+        store
+            .connection()
+            .execute(
+                "UPDATE tokens SET last_used = ?1 WHERE id = ?2",
+                params![earlier, record.id],
+            )
+            .unwrap();
+        store.authenticate(&token).unwrap();
+        assert_eq!(store.tokens().unwrap()[0].last_used, Some(earlier));
+    }
+
+    #[test]
+    fn right_id_with_wrong_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (record, token) = store.issue_token("alice", false).unwrap();
+        let mut forged = format!("cubbi_{}_", record.id);
+        forged.push_str(&"A".repeat(SECRET_CHARS));
+        assert_ne!(forged, token);
+        assert_eq!(store.authenticate(&forged).unwrap(), None);
+        // One character changed at the end.
+        let mut tampered = token.clone();
+        let last = tampered.pop().unwrap();
+        tampered.push(if last == 'x' { 'y' } else { 'x' });
+        assert_eq!(store.authenticate(&tampered).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (record, token) = store.issue_token("alice", false).unwrap();
+        let huge = "cubbi_".to_string() + &"a".repeat(1 << 20);
+        let non_ascii = format!("cubbi_{}_{}", record.id, "é".repeat(SECRET_CHARS / 2 + 1));
+        let unprefixed = token.trim_start_matches("cubbi_").to_string();
+        let cases = [
+            "",
+            "cubbi_",
+            "cubbi__",
+            &unprefixed,
+            &huge,
+            &non_ascii,
+            &token[..token.len() - 1],
+            &format!("{token}x"),
+            &token.to_uppercase(),
+            "Bearer",
+            "ü",
+        ];
+        for case in cases {
+            assert_eq!(store.authenticate(case).unwrap(), None, "{case:.80}");
+        }
+    }
+
+    #[test]
+    fn revoked_tokens_no_longer_authenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (record, token) = store.issue_token("alice", false).unwrap();
+        let (_, other) = store.issue_token("alice", false).unwrap();
+        assert!(store.revoke(&record.id).unwrap());
+        assert_eq!(store.authenticate(&token).unwrap(), None);
+        assert!(store.authenticate(&other).unwrap().is_some());
+        assert!(!store.revoke(&record.id).unwrap(), "already revoked");
+        assert!(!store.revoke("000000000000").unwrap(), "unknown id");
+        let listed = store.tokens().unwrap();
+        let revoked = listed.iter().find(|r| r.id == record.id).unwrap();
+        assert!(revoked.revoked.is_some());
+    }
+
+    #[test]
+    fn files_are_private_to_the_owner() {
+        let parent = tempfile::tempdir().unwrap();
+        let state_dir = parent.path().join("state");
+        let store = SqliteStore::open(&state_dir).unwrap();
+        store.issue_token("alice", false).unwrap();
+        assert_eq!(mode(&state_dir), 0o700);
+        assert_eq!(mode(&state_dir.join(DATABASE_FILE)), 0o600);
+        let wal = state_dir.join("cubbi.db-wal");
+        assert!(wal.exists(), "WAL journal mode");
+        assert_eq!(mode(&wal), 0o600);
+    }
+
+    #[test]
+    fn existing_folder_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(mode(dir.path()), 0o750);
+    }
+
+    #[test]
+    fn database_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path()).unwrap());
+        let path = dir.path().join(DATABASE_FILE);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let Err(err) = SqliteStore::open(dir.path()) else {
+            panic!("a world-readable database was opened");
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("chmod 600 {}", path.display())),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn concurrent_stores_issue_tokens_that_all_authenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        let tokens: Vec<String> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..2)
+                .map(|worker| {
+                    let barrier = &barrier;
+                    let dir = dir.path();
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let store = SqliteStore::open(dir).unwrap();
+                        (0..20)
+                            .map(|_| {
+                                store
+                                    .issue_token(&format!("user{worker}"), false)
+                                    .unwrap()
+                                    .1
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().unwrap())
+                .collect()
+        });
+        assert_eq!(tokens.len(), 40);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.tokens().unwrap().len(), 40);
+        for token in &tokens {
+            assert!(store.authenticate(token).unwrap().is_some());
+        }
+    }
+
+    #[test]
+    fn token_text_never_reaches_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (_, token) = store.issue_token("alice", false).unwrap();
+        store.authenticate(&token).unwrap();
+        let secret = token.rsplit('_').next().unwrap();
+        drop(store);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let found = |needle: &str| {
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            };
+            assert!(!found(&token), "{} holds the token", path.display());
+            assert!(!found(secret), "{} holds the secret", path.display());
+        }
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, token) = SqliteStore::open(dir.path())
+            .unwrap()
+            .issue_token("alice", false)
+            .unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let version: i64 = store
+            .connection()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert!(store.authenticate(&token).unwrap().is_some());
+    }
+
+    #[test]
+    fn database_from_a_newer_cubbi_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .connection()
+            .pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1)
+            .unwrap();
+        drop(store);
+        let Err(err) = SqliteStore::open(dir.path()) else {
+            panic!("a newer schema was opened");
+        };
+        assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+        assert!(err.to_string().contains("newer cubbi"), "{err}");
+    }
+
+    #[test]
+    fn user_names_follow_the_label_alphabet() {
+        for good in ["a", "alice", "bob-2", "x_y", &"a".repeat(32)] {
+            assert!(validate_user(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Alice",
+            "1abc",
+            "-a",
+            "a b",
+            "a.b",
+            "é",
+            "a/b",
+            &"a".repeat(33),
+        ] {
+            let err = validate_user(bad).unwrap_err();
+            assert!(err.to_string().contains("lowercase letter first"), "{err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert!(store.issue_token("Bad Name", false).is_err());
+        assert!(store.tokens().unwrap().is_empty());
+    }
 }

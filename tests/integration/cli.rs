@@ -47,6 +47,11 @@ fn every_subcommand_has_help() -> Result<(), Failed> {
         &["config", "reset"],
         &["config", "network"],
         &["config", "network", "add"],
+        &["remote"],
+        &["remote", "add"],
+        &["remote", "list"],
+        &["remote", "remove"],
+        &["auth"],
         &["completions"],
     ] {
         let ran = Cubbi::new(&home)

@@ -8,6 +8,8 @@ mod engine;
 mod firewall;
 mod images;
 mod serve;
+mod serve_tokens;
+mod remotes;
 mod session;
 mod setup_systemd;
 mod ssh_files;
@@ -37,6 +39,8 @@ fn main() {
     tests.extend(firewall::tests());
     tests.extend(images::tests());
     tests.extend(serve::tests());
+    tests.extend(serve_tokens::tests());
+    tests.extend(remotes::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
     tests.extend(ssh_files::tests());

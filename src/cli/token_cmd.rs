@@ -1,0 +1,123 @@
+//! `cubbi serve token ...`: the API tokens of the service on this host.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::output::{print_json, table};
+use super::{CliError, Context};
+use crate::config::ConfigFile;
+use crate::service::store::{SqliteStore, Store, TokenRecord};
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+    /// The service's state folder, which holds its database.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/cubbi",
+        global = true
+    )]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Issue a token for a user (created if new). Prints only the token, once.
+    Create {
+        /// User name: a lowercase letter, then up to 31 lowercase letters, digits, `_` or `-`.
+        #[arg(long, value_name = "NAME")]
+        user: String,
+        /// Make the user an administrator (without it, the user is not one).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List all tokens, revoked ones included.
+    List,
+    /// Revoke a token by its id (see `cubbi serve token list`).
+    Revoke {
+        /// Token id: the 12 hex digits after `cubbi_`.
+        id: String,
+    },
+}
+
+pub async fn run(args: TokenArgs, context: &Context) -> Result<ExitCode, CliError> {
+    // The store's calls block, briefly; nothing else runs on this runtime meanwhile.
+    let store = SqliteStore::open(&args.state_dir)?;
+    match args.command {
+        TokenCommand::Create { user, admin } => {
+            let (record, token) = store.issue_token(&user, admin)?;
+            // stdout carries the token alone so that `TOKEN=$(cubbi serve token create ...)`
+            // works; everything for the reader goes to stderr.
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{token}")?;
+            stdout.flush()?;
+            eprintln!(
+                "Token {} for {}{}: it is shown once; give it to {}, who runs `cubbi -r NAME auth`.",
+                record.id,
+                record.user,
+                if record.admin { " (admin)" } else { "" },
+                record.user
+            );
+        }
+        TokenCommand::List => {
+            let records = store.tokens()?;
+            if context.mode.json {
+                print_json(&records)?;
+            } else {
+                let format = ConfigFile::open_default()?.config()?.ui.table_format;
+                let text = table(
+                    format,
+                    &["ID", "USER", "ADMIN", "CREATED", "LAST USED", "STATE"],
+                    records.iter().map(row),
+                );
+                std::io::stdout().write_all(text.as_bytes())?;
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !store.revoke(&id)? {
+                return Err(CliError::Refused(format!(
+                    "no unrevoked token with id {id:?}; see `cubbi serve token list`"
+                )));
+            }
+            eprintln!("Revoked token {id}.");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(record: &TokenRecord) -> Vec<String> {
+    let now = now();
+    vec![
+        record.id.clone(),
+        record.user.clone(),
+        if record.admin { "yes" } else { "no" }.to_string(),
+        format!("{} ago", age(now, record.created)),
+        record
+            .last_used
+            .map_or_else(|| "never".to_string(), |t| format!("{} ago", age(now, t))),
+        match record.revoked {
+            Some(t) => format!("revoked {} ago", age(now, t)),
+            None => "active".to_string(),
+        },
+    ]
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+fn age(now: i64, then: i64) -> String {
+    match (now - then).max(0) {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
