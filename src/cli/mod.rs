@@ -6,8 +6,8 @@ mod doctor_cmd;
 mod engine_cmd;
 mod image_cmd;
 pub mod output;
-mod serve_cmd;
 mod remote_cmd;
+mod serve_cmd;
 mod session_cmd;
 mod setup_cmd;
 mod token_cmd;
@@ -20,8 +20,8 @@ use crate::api::ApiError;
 use crate::config::ConfigError;
 use crate::docker::DockerError;
 use crate::images::ImageError;
-use crate::service::store::StoreError;
 use crate::remote::remotes::RemoteError;
+use crate::service::store::StoreError;
 
 /// Everything a command can fail with; `main` prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]

@@ -65,7 +65,9 @@ pub async fn run(args: ServeRunArgs, context: &Context) -> Result<ExitCode, CliE
         ));
     }
     if config.allow_unsafe_runc {
-        tracing::warn!("allow_unsafe_runc is on: users may ask for sessions NOT isolated from this host");
+        tracing::warn!(
+            "allow_unsafe_runc is on: users may ask for sessions NOT isolated from this host"
+        );
     }
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&config.state_dir).map_err(|err| CliError::Refused(err.to_string()))?,

@@ -161,24 +161,25 @@ impl Target {
             crate::ssh::keys::load_or_create_client_key(&files.client_key())
                 .map_err(|err| CliError::Refused(err.to_string()))?,
         );
-        let backend: Box<dyn Backend> = match &context.remote {
-            None => Box::new(local_backend(context, config, &files, &client_key).await?),
-            Some(name) => {
-                let remote = crate::remote::remotes::resolve(config, name)?;
-                let token = remote.token.ok_or_else(|| {
-                    crate::remote::remotes::RemoteError::NoToken { name: name.clone() }
-                })?;
-                let public_key = crate::ssh::keys::public_openssh(client_key.public_key())
-                    .map_err(|err| CliError::Refused(err.to_string()))?;
-                Box::new(RemoteBackend::new(
-                    name,
-                    &remote.url,
-                    token,
-                    public_key,
-                    Some(files.clone()),
-                )?)
-            }
-        };
+        let backend: Box<dyn Backend> =
+            match &context.remote {
+                None => Box::new(local_backend(context, config, &files, &client_key).await?),
+                Some(name) => {
+                    let remote = crate::remote::remotes::resolve(config, name)?;
+                    let token = remote.token.ok_or_else(|| {
+                        crate::remote::remotes::RemoteError::NoToken { name: name.clone() }
+                    })?;
+                    let public_key = crate::ssh::keys::public_openssh(client_key.public_key())
+                        .map_err(|err| CliError::Refused(err.to_string()))?;
+                    Box::new(RemoteBackend::new(
+                        name,
+                        &remote.url,
+                        token,
+                        public_key,
+                        Some(files.clone()),
+                    )?)
+                }
+            };
         Ok(Self {
             backend,
             files,
@@ -531,7 +532,9 @@ async fn connect(
         .map_err(|err| CliError::Refused(err.to_string()))?;
     let session = target.backend.connect(id, &public_key).await?;
     let host_key = crate::ssh::keys::parse_public(&session.ssh.host_key).map_err(|err| {
-        CliError::Refused(format!("the session's pinned host key is unreadable: {err}"))
+        CliError::Refused(format!(
+            "the session's pinned host key is unreadable: {err}"
+        ))
     })?;
     let address = match session.ssh.host.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", session.ssh.port),
@@ -553,11 +556,7 @@ async fn connect(
     Ok(exit_code(code))
 }
 
-async fn exec(
-    backend: &dyn Backend,
-    id: &str,
-    command: Vec<String>,
-) -> Result<ExitCode, CliError> {
+async fn exec(backend: &dyn Backend, id: &str, command: Vec<String>) -> Result<ExitCode, CliError> {
     let mut stream = backend.exec(id, command).await?;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();

@@ -17,6 +17,7 @@ use crate::engine::apply::{self, Environment, Outcome, StepReport};
 use crate::engine::host::{HostFacts, RealHost};
 use crate::engine::plan::{self, EngineMode, SetupOptions, StepState};
 use crate::engine::runner::SystemRunner;
+use crate::engine::serve;
 use crate::engine::settings;
 use crate::engine::sysbox;
 use crate::engine::systemd::{DbusSystemd, Systemd};
@@ -66,6 +67,10 @@ pub struct SetupArgs {
     /// from the host: for trials and CI only.
     #[arg(long, conflicts_with = "sysbox_deb")]
     unsafe_runc: bool,
+    /// Also install `cubbi serve` as cubbi-serve.service (its own system user, a default
+    /// /etc/cubbi/service.toml, a hardened unit running this binary), and wait for its /healthz.
+    #[arg(long, conflicts_with = "uninstall")]
+    service: bool,
     /// Stop and remove the engine, its unit, rules, context and config (the data-root stays).
     #[arg(long)]
     uninstall: bool,
@@ -167,6 +172,18 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
         invoking_user,
         supervised: args.supervised,
         unsafe_runc: args.unsafe_runc,
+        service: if args.service {
+            Some(plan::ServiceOptions {
+                // The unit runs the binary that runs setup, so both are the same version.
+                cubbi_binary: std::env::current_exe().map_err(|err| {
+                    CliError::Refused(format!(
+                        "--service: cannot tell where this cubbi binary is: {err}"
+                    ))
+                })?,
+            })
+        } else {
+            None
+        },
     };
     let plan = plan::plan_setup(&facts, &state, &paths, &options).map_err(refused)?;
     if args.dry_run {
@@ -204,7 +221,40 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
             reports.push(report);
         }
     }
+    let service_started = args.service
+        && !reports.iter().any(|r| {
+            r.id.starts_with("serve")
+                && matches!(r.outcome, Outcome::Failed | Outcome::NotAttempted)
+        });
+    if service_started {
+        let report = serve_health_report().await;
+        print_progress(mode, &report);
+        reports.push(report);
+    }
     finish(mode, plan.mode, &reports)
+}
+
+/// Waits for the service's /healthz on the address its config names (the default when the
+/// config cannot be read): a started unit only means the process runs.
+async fn serve_health_report() -> StepReport {
+    let config = std::fs::read_to_string(serve::SERVICE_CONFIG).ok();
+    let address = serve::config::health_address(config.as_deref());
+    match serve::health::wait_healthy(address, serve::health::SETUP_WAIT).await {
+        Ok(()) => StepReport {
+            id: "serve-health",
+            outcome: Outcome::AlreadyDone,
+            message: format!("http://{address}/healthz answers ok"),
+        },
+        Err(err) => StepReport {
+            id: "serve-health",
+            outcome: Outcome::Failed,
+            message: format!(
+                "{err} (waited {} s); see `systemctl status cubbi-serve` and \
+                 `journalctl -u cubbi-serve`",
+                serve::health::SETUP_WAIT.as_secs()
+            ),
+        },
+    }
 }
 
 /// A verification as a setup step: it changes nothing, so it is `ok`, `cannot` or `FAILED`.

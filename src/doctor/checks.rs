@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::probe::{DoctorFacts, Readable, SocketFacts, SysboxDaemons};
+use super::probe::{DoctorFacts, Readable, ServeFacts, SocketFacts, SysboxDaemons};
 use super::{Check, Status};
 use crate::engine::daemon_json::{self, SYSBOX_RUNTIME};
 use crate::engine::host::{
@@ -19,7 +19,7 @@ const GIB: u64 = 1024 * 1024 * 1024;
 /// Every check, in the order a person reads them.
 pub fn run_all(facts: &DoctorFacts) -> Vec<Check> {
     let host = &facts.host;
-    vec![
+    let mut checks = vec![
         kernel(host.kernel, &host.kernel_release),
         user_namespaces(host.user_namespaces),
         cgroup(host.cgroup),
@@ -53,7 +53,40 @@ pub fn run_all(facts: &DoctorFacts) -> Vec<Check> {
         firewall(&facts.firewall, facts.egress_guard),
         forwarding(host.ip_forward, facts.forward_policy.as_deref()),
         inotify(facts.inotify_instances),
-    ]
+    ];
+    // Only where `cubbi setup --service` installed it: the service is optional.
+    if let Some(service) = &facts.serve {
+        checks.push(serve(service));
+    }
+    checks
+}
+
+/// The session service is running and answers /healthz. A warning, not a failure: local
+/// sessions work without it.
+pub fn serve(facts: &ServeFacts) -> Check {
+    const ID: &str = "serve";
+    const REMEDY: &str = "systemctl status cubbi-serve; journalctl -u cubbi-serve";
+    let url = format!("http://{}/healthz", facts.address);
+    match (facts.active_state.as_deref(), &facts.health) {
+        (Some(state), _) if state != "active" => Check::warn(
+            ID,
+            format!("cubbi-serve.service is {state}, not active"),
+            REMEDY,
+        ),
+        (_, Err(why)) => Check::warn(
+            ID,
+            format!("cubbi-serve.service does not answer {url}: {why}"),
+            REMEDY,
+        ),
+        (Some(_), Ok(())) => Check::ok(
+            ID,
+            format!("cubbi-serve.service is active; {url} answers ok"),
+        ),
+        (None, Ok(())) => Check::ok(
+            ID,
+            format!("{url} answers ok (systemd not reachable to ask for the unit)"),
+        ),
+    }
 }
 
 pub fn kernel(version: Option<KernelVersion>, release: &str) -> Check {
@@ -871,6 +904,33 @@ mod tests {
             Status::Fail
         );
         assert_eq!(uid_map("").status, Status::Fail);
+    }
+
+    #[test]
+    fn the_service_is_checked_when_installed() {
+        let facts = |state: Option<&str>, health: Result<(), String>| ServeFacts {
+            active_state: state.map(String::from),
+            address: "127.0.0.1:3000".parse().unwrap(),
+            health,
+        };
+        let up = serve(&facts(Some("active"), Ok(())));
+        assert_eq!(up.status, Status::Ok);
+        assert!(
+            up.finding.contains("http://127.0.0.1:3000/healthz"),
+            "{}",
+            up.finding
+        );
+        for down in [
+            facts(Some("failed"), Ok(())),
+            facts(Some("activating"), Err("nothing answers".into())),
+            facts(Some("active"), Err("nothing answers".into())),
+            facts(None, Err("nothing answers".into())),
+        ] {
+            let check = serve(&down);
+            assert_eq!(check.status, Status::Warn, "{down:?}");
+            assert!(check.remedy.contains("journalctl -u cubbi-serve"));
+            assert!(check.remedy.contains("systemctl status cubbi-serve"));
+        }
     }
 
     #[test]

@@ -81,6 +81,19 @@ pub struct DoctorFacts {
     /// A Docker socket at the path Sysbox asks (`/var/run/docker.sock`) that is not this
     /// endpoint's.
     pub other_docker_socket: Option<PathBuf>,
+    /// `cubbi-serve.service`, when `cubbi setup --service` installed it.
+    pub serve: Option<ServeFacts>,
+}
+
+/// How the installed service is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServeFacts {
+    /// `ActiveState` over D-Bus; `None` without systemd.
+    pub active_state: Option<String>,
+    /// Where /healthz was asked.
+    pub address: std::net::SocketAddr,
+    /// `Ok` when /healthz answered ok; otherwise why not.
+    pub health: Result<(), String>,
 }
 
 /// The probes doctor uses; all real ones by default.
@@ -212,7 +225,9 @@ pub async fn gather(
         })
         .flatten();
     let other_docker_socket = other_docker_socket(socket_path.as_deref());
+    let serve = serve_facts(probes.systemd).await;
     DoctorFacts {
+        serve,
         other_docker_socket,
         forward_policy,
         dockerd_version,
@@ -243,6 +258,34 @@ pub async fn gather(
             .and_then(|text| text.trim().parse().ok()),
         host,
     }
+}
+
+/// The service's state and one /healthz, only where its unit is installed. The config is
+/// root:cubbi-serve 0640, so without root the default address is asked.
+async fn serve_facts(systemd: Option<&dyn Systemd>) -> Option<ServeFacts> {
+    use crate::engine::serve;
+    if !Path::new(serve::SERVE_UNIT_FILE).exists() {
+        return None;
+    }
+    let active_state = match systemd {
+        Some(systemd) => Some(
+            systemd
+                .active_state(serve::SERVE_UNIT_NAME)
+                .await
+                .unwrap_or_else(|_| "unknown".into()),
+        ),
+        None => None,
+    };
+    let config = std::fs::read_to_string(serve::SERVICE_CONFIG).ok();
+    let address = serve::config::health_address(config.as_deref());
+    let health = serve::health::probe(address, serve::health::PROBE_TIMEOUT)
+        .await
+        .map_err(|err| err.to_string());
+    Some(ServeFacts {
+        active_state,
+        address,
+        health,
+    })
 }
 
 /// `ACCEPT` from `-P FORWARD ACCEPT` in `iptables -S FORWARD`.

@@ -15,7 +15,7 @@ use super::runner::CommandRunner;
 use super::settings::EngineSettings;
 use super::systemd::{self, Systemd};
 use super::{
-    DOCKER_CONTEXT, EngineError, EnginePaths, SOCKET_GROUP, UNIT_NAME, supervisor, sysbox,
+    DOCKER_CONTEXT, EngineError, EnginePaths, SOCKET_GROUP, UNIT_NAME, serve, supervisor, sysbox,
 };
 
 /// The host Docker's config, which the sysbox-ce installer edits; cubbi only snapshots and
@@ -125,6 +125,7 @@ pub async fn read_state(
         docker_context_endpoint,
         port_lock_ready: paths.is_system() && port_lock_ready(env.facts.systemd_is_pid1),
         nameservers,
+        serve: super::serve::install::read_state(env.systemd).await?,
     })
 }
 
@@ -252,7 +253,11 @@ pub async fn apply(
                     ),
                 ),
                 Err(err) => {
-                    if matches!(step.id, "docker-engine" | "daemon-json" | "engine") {
+                    // The service's unit needs its user (for the config's group and User=).
+                    if matches!(
+                        step.id,
+                        "docker-engine" | "daemon-json" | "engine" | "serve-user"
+                    ) {
                         blocked_by = Some(step.id);
                     }
                     (Outcome::Failed, err.to_string())
@@ -414,6 +419,18 @@ async fn apply_action(
             let out = docker_as(runner, user.as_deref(), &args)?;
             super::runner::check("docker", &args, out)?;
             Ok(format!("try `docker --context {DOCKER_CONTEXT} ps`"))
+        }
+        Action::CreateServiceUser { user, group } => {
+            serve::install::create_user(runner, user, group)?;
+            Ok(String::new())
+        }
+        Action::WriteServiceConfig { contents } => serve::install::write_config(contents),
+        Action::InstallServeUnit { unit, restart } => {
+            serve::install::install_unit(require_systemd(env)?, unit, *restart, env.start_timeout)
+                .await
+        }
+        Action::StartServeUnit => {
+            serve::install::start_unit(require_systemd(env)?, env.start_timeout).await
         }
     }
 }
@@ -700,6 +717,14 @@ async fn uninstall_step(
                 // /etc/cubbi too, when setup made it and nothing else lives there.
                 let _ = std::fs::remove_dir(parent);
             }
+            Ok(String::new())
+        }
+        "serve" => {
+            serve::install::remove_unit(env.systemd).await?;
+            Ok(String::new())
+        }
+        "serve-data" => {
+            serve::install::purge(env.runner)?;
             Ok(String::new())
         }
         "data-root" => match std::fs::remove_dir_all(&paths.data_root) {

@@ -14,6 +14,7 @@ pub mod host;
 pub mod paths;
 pub mod plan;
 pub mod runner;
+pub mod serve;
 pub mod settings;
 pub mod subnet;
 pub mod supervisor;

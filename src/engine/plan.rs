@@ -101,6 +101,21 @@ pub enum Action {
         endpoint: String,
         user: Option<String>,
     },
+    /// `cubbi setup --service`: the system user the service runs as, in `group`.
+    CreateServiceUser {
+        user: String,
+        group: String,
+    },
+    /// The service's default config, written only where there is none.
+    WriteServiceConfig {
+        contents: String,
+    },
+    /// Writes `cubbi-serve.service`, daemon-reload, enable and start (or restart) it.
+    InstallServeUnit {
+        unit: String,
+        restart: bool,
+    },
+    StartServeUnit,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,7 +128,12 @@ pub struct Step {
 }
 
 impl Step {
-    fn new(id: &'static str, state: StepState, finding: impl Into<String>, action: Action) -> Self {
+    pub(super) fn new(
+        id: &'static str,
+        state: StepState,
+        finding: impl Into<String>,
+        action: Action,
+    ) -> Self {
         Self {
             id,
             state,
@@ -157,6 +177,30 @@ pub struct SetupOptions {
     pub supervised: bool,
     /// Without Sysbox, make runc the engine's default runtime instead of installing Sysbox.
     pub unsafe_runc: bool,
+    /// `--service`: also install `cubbi serve` as a system service.
+    pub service: Option<ServiceOptions>,
+}
+
+/// What `--service` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// The cubbi binary the unit runs (the one running setup).
+    pub cubbi_binary: PathBuf,
+}
+
+/// The service as it is now (see [`super::serve`]).
+#[derive(Debug, Clone, Default)]
+pub struct ServeState {
+    pub user_exists: bool,
+    /// The user is in the socket's group (so it reaches the engine and the port lock).
+    pub user_in_group: bool,
+    /// `/etc/cubbi/service.toml`, when it exists.
+    pub config: Option<String>,
+    /// `/var/lib/cubbi` exists.
+    pub state_dir_exists: bool,
+    pub unit_file: Option<String>,
+    pub unit_active: bool,
+    pub unit_enabled: bool,
 }
 
 /// What is in place now, read before planning.
@@ -181,6 +225,7 @@ pub struct EngineState {
     /// The host-wide SSH port lock exists root:cubbi 0660 in a root:cubbi 0770 folder (and
     /// its tmpfiles.d entry where systemd runs).
     pub port_lock_ready: bool,
+    pub serve: ServeState,
 }
 
 /// The one-line summary of the host for the preflight step.
@@ -499,6 +544,15 @@ pub fn plan_setup(
             },
         )
     });
+
+    if let Some(service) = &options.service {
+        steps.extend(super::serve::steps::plan_service(
+            &state.serve,
+            paths,
+            mode,
+            service,
+        )?);
+    }
 
     Ok(Plan {
         mode,
@@ -863,7 +917,8 @@ pub fn plan_uninstall(
         },
     };
     let running = state.engine_answers || state.unit_active;
-    vec![
+    let mut steps = super::serve::steps::plan_serve_uninstall(&state.serve, purge);
+    steps.extend([
         step(
             "engine",
             running || (mode == EngineMode::Systemd && state.unit_enabled),
@@ -929,7 +984,8 @@ pub fn plan_uninstall(
                 )
             },
         },
-    ]
+    ]);
+    steps
 }
 
 #[cfg(test)]

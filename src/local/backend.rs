@@ -905,7 +905,8 @@ impl LocalBackend {
         use bollard::exec::{CreateExecOptions, StartExecResults};
         let script = "f=/home/agent/.ssh/authorized_keys; grep -qxF -- \"$1\" \"$f\" 2>/dev/null \
                       || printf '%s\\n' \"$1\" >> \"$f\"";
-        let failed = |err: String| ApiError::unavailable(format!("cannot authorize the key: {err}"));
+        let failed =
+            |err: String| ApiError::unavailable(format!("cannot authorize the key: {err}"));
         let exec = self
             .docker
             .create_exec(
@@ -1103,24 +1104,23 @@ impl Backend for LocalBackend {
     }
 
     async fn list(&self) -> Result<Vec<Session>, ApiError> {
-        let visible = |session: &Session| {
-            self.options.all_owners || session.owner == self.options.owner
-        };
-        let mut sessions: Vec<Session> = match self.options.index.as_ref().and_then(|i| i.sessions())
-        {
-            Some(indexed) => indexed.into_iter().filter(visible).collect(),
-            None => {
-                let mut filters = vec![format!("{}=true", labels::SESSION)];
-                if !self.options.all_owners {
-                    filters.push(format!("{}={}", labels::OWNER, self.options.owner));
+        let visible =
+            |session: &Session| self.options.all_owners || session.owner == self.options.owner;
+        let mut sessions: Vec<Session> =
+            match self.options.index.as_ref().and_then(|i| i.sessions()) {
+                Some(indexed) => indexed.into_iter().filter(visible).collect(),
+                None => {
+                    let mut filters = vec![format!("{}=true", labels::SESSION)];
+                    if !self.options.all_owners {
+                        filters.push(format!("{}={}", labels::OWNER, self.options.owner));
+                    }
+                    self.containers("label", &filters)
+                        .await?
+                        .iter()
+                        .filter_map(session_from)
+                        .collect()
                 }
-                self.containers("label", &filters)
-                    .await?
-                    .iter()
-                    .filter_map(session_from)
-                    .collect()
-            }
-        };
+            };
         sessions.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
         Ok(sessions)
     }
@@ -1198,8 +1198,8 @@ impl Backend for LocalBackend {
     }
 
     async fn connect(&self, id_or_name: &str, public_key: &str) -> Result<Session, ApiError> {
-        let key = keys::canonical_public(public_key)
-            .map_err(|err| ApiError::invalid(err.to_string()))?;
+        let key =
+            keys::canonical_public(public_key).map_err(|err| ApiError::invalid(err.to_string()))?;
         let session = self.ready(id_or_name).await?;
         let own = keys::canonical_public(
             &keys::public_openssh(self.options.client_key.public_key())

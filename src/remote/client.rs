@@ -80,7 +80,9 @@ impl RemoteBackend {
         }
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
-        let detail = serde_json::from_slice::<ErrorBody>(&body).ok().map(|b| b.error);
+        let detail = serde_json::from_slice::<ErrorBody>(&body)
+            .ok()
+            .map(|b| b.error);
         if status == StatusCode::UNAUTHORIZED {
             return Err(ApiError::Unauthorized(format!(
                 "the cubbi service `{}` refused the token{}; run `cubbi -r {} auth` with a valid one",

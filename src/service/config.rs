@@ -230,7 +230,10 @@ impl ServiceConfig {
         if let Some(host) = &self.ssh.public_host
             && (host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/'))
         {
-            return Err(invalid("ssh.public_host", format!("`{host}` is not a host name")));
+            return Err(invalid(
+                "ssh.public_host",
+                format!("`{host}` is not a host name"),
+            ));
         }
         Ok(())
     }

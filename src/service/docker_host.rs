@@ -29,7 +29,12 @@ pub struct DockerHost {
 }
 
 impl DockerHost {
-    pub fn new(docker: Docker, template: LocalOptions, index: Arc<SessionIndex>, images: Vec<String>) -> Self {
+    pub fn new(
+        docker: Docker,
+        template: LocalOptions,
+        index: Arc<SessionIndex>,
+        images: Vec<String>,
+    ) -> Self {
         Self {
             docker,
             template,

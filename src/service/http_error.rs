@@ -51,8 +51,13 @@ impl From<ApiError> for HttpError {
 impl From<JsonRejection> for HttpError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::BytesRejection(bytes) if bytes.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(ErrorCode::TooLarge, "the request body is over this service's limit")
+            JsonRejection::BytesRejection(bytes)
+                if bytes.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Self::new(
+                    ErrorCode::TooLarge,
+                    "the request body is over this service's limit",
+                )
             }
             JsonRejection::MissingJsonContentType(_) => Self::new(
                 ErrorCode::Invalid,

@@ -176,22 +176,43 @@ mod tests {
             }],
             ..request()
         };
-        assert!(policy().spec(volume).unwrap_err().to_string().contains("host paths"));
+        assert!(
+            policy()
+                .spec(volume)
+                .unwrap_err()
+                .to_string()
+                .contains("host paths")
+        );
         let runc = CreateRequest {
             runtime: Some("runc".into()),
             ..request()
         };
-        assert!(policy().spec(runc).unwrap_err().to_string().contains("Sysbox only"));
+        assert!(
+            policy()
+                .spec(runc)
+                .unwrap_err()
+                .to_string()
+                .contains("Sysbox only")
+        );
         let network = CreateRequest {
             networks: vec!["cubbi-alice".into()],
             ..request()
         };
-        assert!(policy().spec(network).unwrap_err().to_string().contains("cubbi-alice"));
+        assert!(
+            policy()
+                .spec(network)
+                .unwrap_err()
+                .to_string()
+                .contains("cubbi-alice")
+        );
         let image = CreateRequest {
             image: "../../etc".into(),
             ..request()
         };
-        assert_eq!(policy().spec(image).unwrap_err().code(), crate::api::ErrorCode::Invalid);
+        assert_eq!(
+            policy().spec(image).unwrap_err().code(),
+            crate::api::ErrorCode::Invalid
+        );
     }
 
     #[test]
@@ -207,11 +228,23 @@ mod tests {
             memory: Some("4g".into()),
             ..request()
         };
-        assert!(policy.spec(big).unwrap_err().to_string().contains("limits.memory"));
+        assert!(
+            policy
+                .spec(big)
+                .unwrap_err()
+                .to_string()
+                .contains("limits.memory")
+        );
         let cpus = CreateRequest {
             cpus: Some(2.0),
             ..request()
         };
-        assert!(policy.spec(cpus).unwrap_err().to_string().contains("limits.cpus"));
+        assert!(
+            policy
+                .spec(cpus)
+                .unwrap_err()
+                .to_string()
+                .contains("limits.cpus")
+        );
     }
 }

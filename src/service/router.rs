@@ -264,7 +264,10 @@ fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 async fn unknown_route() -> HttpError {
-    HttpError::new(ErrorCode::NotFound, "no such route; GET /v1/openapi.json lists them")
+    HttpError::new(
+        ErrorCode::NotFound,
+        "no such route; GET /v1/openapi.json lists them",
+    )
 }
 
 async fn wrong_method() -> HttpError {
@@ -313,7 +316,12 @@ pub(super) async fn list<H: SessionHost>(
         .await?
         .into_iter()
         .map(|session| state.publish(session, &headers))
-        .filter(|session| query.owner.as_ref().is_none_or(|owner| &session.owner == owner))
+        .filter(|session| {
+            query
+                .owner
+                .as_ref()
+                .is_none_or(|owner| &session.owner == owner)
+        })
         .collect();
     Ok(Json(sessions))
 }
@@ -376,7 +384,8 @@ pub(super) async fn create<H: SessionHost>(
         created
     });
     let finished = |joined: Result<Result<Session, ApiError>, tokio::task::JoinError>| {
-        joined.map_err(|err| HttpError::new(ErrorCode::Internal, err.to_string()))?
+        joined
+            .map_err(|err| HttpError::new(ErrorCode::Internal, err.to_string()))?
             .map_err(HttpError::from)
     };
     if query.wait.unwrap_or(true) {

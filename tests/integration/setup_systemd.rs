@@ -21,6 +21,7 @@ pub fn tests() -> Vec<Trial> {
     crate::trials![
         setup_drives_the_unit_over_dbus_and_leaves_the_host_docker_alone,
         egress_guard_keeps_containers_off_private_addresses,
+        setup_service_runs_cubbi_serve_hardened_as_its_own_user,
     ]
 }
 
@@ -266,6 +267,111 @@ fn setup_drives_the_unit_over_dbus_and_leaves_the_host_docker_alone() -> Result<
             own_invocation,
             "docker.service was restarted"
         );
+        Ok(())
+    })
+}
+
+/// `GET /healthz` from inside: curl where the image has it, else bash's /dev/tcp.
+const HEALTHZ: &str = "if command -v curl >/dev/null; then \
+       curl -fsS --max-time 5 http://127.0.0.1:3000/healthz; \
+     else exec 3<>/dev/tcp/127.0.0.1/3000 && \
+       printf 'GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && timeout 5 cat <&3; fi";
+
+/// `cubbi setup --service` on top of the engine: the cubbi-serve user in group cubbi, the
+/// default config root:cubbi-serve 0640, the hardened unit active and answering /healthz; a
+/// re-run changes nothing and `--uninstall` takes the unit away.
+fn setup_service_runs_cubbi_serve_hardened_as_its_own_user() -> Result<(), Failed> {
+    docker_test("setup-serve", |scope| async move {
+        let sc = SystemContainer::boot(&scope).await?;
+        let (ok, setup) = sc.cubbi(&["setup", "--skip-sysbox", "--no-docker-context", "--service"]);
+        // What setup made before the service had to answer is checked first, so a service that
+        // does not come up still shows which of these held.
+        let id = sc.ok("id cubbi-serve");
+        assert!(
+            id.contains("(cubbi)"),
+            "cubbi-serve is not in group cubbi: {id}
+{setup}"
+        );
+        assert!(id.contains("(cubbi-serve)"), "{id}");
+        let shell = sc.ok("getent passwd cubbi-serve | cut -d: -f7");
+        assert_eq!(shell.trim(), "/usr/sbin/nologin");
+        let config = sc.ok("stat -c '%a %U:%G' /etc/cubbi/service.toml");
+        assert_eq!(config.trim(), "640 root:cubbi-serve", "{setup}");
+        sc.ok("grep -qx 'port = 3000' /etc/cubbi/service.toml");
+        let hardening = sc.ok(
+            "systemctl show cubbi-serve -p NoNewPrivileges -p ProtectSystem -p ProtectHome \
+             -p PrivateTmp -p User -p SupplementaryGroups -p CapabilityBoundingSet \
+             -p FragmentPath -p UnitFileState",
+        );
+        for wanted in [
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "User=cubbi-serve",
+            "SupplementaryGroups=cubbi",
+            "CapabilityBoundingSet=\n",
+            "FragmentPath=/etc/systemd/system/cubbi-serve.service",
+            "UnitFileState=enabled",
+        ] {
+            assert!(
+                format!("{hardening}\n").contains(wanted),
+                "`{wanted}` missing from:\n{hardening}\n{setup}"
+            );
+        }
+        let exec = sc.ok("systemctl show cubbi-serve -p ExecStart --value");
+        assert!(
+            exec.contains("/usr/local/bin/cubbi serve --config /etc/cubbi/service.toml"),
+            "{exec}"
+        );
+
+        // Needs `cubbi serve`: the service up, as its user, answering /healthz.
+        let journal = || sc.ok("journalctl -u cubbi-serve --no-pager | tail -n 30");
+        assert!(ok, "setup --service failed: {setup}\n{}", journal());
+        assert!(setup.contains("serve-health"), "{setup}");
+        let active = sc.sh("systemctl is-active cubbi-serve");
+        assert_eq!(text(&active.stdout).trim(), "active", "{}", journal());
+        let pid = sc.ok("systemctl show -p MainPID --value cubbi-serve");
+        let owner = sc.ok(&format!("stat -c %U /proc/{}", pid.trim()));
+        assert_eq!(
+            owner.trim(),
+            "cubbi-serve",
+            "the service runs as its own user"
+        );
+        let state_dir = sc.ok("stat -c '%a %U' /var/lib/cubbi");
+        assert_eq!(state_dir.trim(), "700 cubbi-serve");
+        let health = sc.ok(HEALTHZ);
+        assert!(
+            health.replace(' ', "").contains(r#""status":"ok""#),
+            "/healthz: {health}"
+        );
+        let (_, doctor) = sc.cubbi(&["doctor"]);
+        assert!(
+            doctor
+                .lines()
+                .any(|line| line.contains("serve") && line.contains("ok")),
+            "{doctor}"
+        );
+
+        // Again: nothing changes, the service is not restarted, and a hand-edited config stays.
+        sc.ok("echo '# mine' >> /etc/cubbi/service.toml");
+        let invocation = sc.ok("systemctl show -p InvocationID --value cubbi-serve");
+        let (ok, again) = sc.cubbi(&["setup", "--skip-sysbox", "--no-docker-context", "--service"]);
+        assert!(ok, "{again}");
+        assert!(again.contains("nothing changed"), "{again}");
+        assert_eq!(
+            sc.ok("systemctl show -p InvocationID --value cubbi-serve"),
+            invocation
+        );
+        sc.ok("tail -n 1 /etc/cubbi/service.toml | grep -qx '# mine'");
+
+        // Uninstall: the unit goes, the user and config stay (no --purge).
+        let (ok, removed) = sc.cubbi(&["setup", "--uninstall"]);
+        assert!(ok, "{removed}");
+        sc.ok("test ! -e /etc/systemd/system/cubbi-serve.service");
+        let after = sc.sh("systemctl is-active cubbi-serve");
+        assert_ne!(text(&after.stdout).trim(), "active", "{removed}");
+        sc.ok("id cubbi-serve && test -e /etc/cubbi/service.toml");
         Ok(())
     })
 }

@@ -29,7 +29,10 @@ pub fn user(scope: &DockerScope, who: &str) -> String {
 }
 
 impl TestService {
-    pub async fn start(scope: &DockerScope, tune: impl FnOnce(&mut ServiceConfig)) -> Result<Self, Failed> {
+    pub async fn start(
+        scope: &DockerScope,
+        tune: impl FnOnce(&mut ServiceConfig),
+    ) -> Result<Self, Failed> {
         let state = tempfile::tempdir()?;
         let mut config = ServiceConfig::default();
         config.docker.endpoint = scope.endpoint.clone();
@@ -96,7 +99,13 @@ impl TestService {
     pub fn client(&self, token: &str) -> Result<RemoteBackend, Failed> {
         let key = cubbi::ssh::keys::generate("test")?;
         let public = cubbi::ssh::keys::public_openssh(key.public_key())?;
-        Ok(RemoteBackend::new("test", &self.url, token.to_string(), public, None)?)
+        Ok(RemoteBackend::new(
+            "test",
+            &self.url,
+            token.to_string(),
+            public,
+            None,
+        )?)
     }
 
     pub async fn stop(&mut self) -> Result<(), Failed> {

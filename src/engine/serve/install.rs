@@ -1,0 +1,215 @@
+//! Carrying out the `--service` steps and their uninstall: the user, the config, the unit over
+//! D-Bus. Reading the state they are planned from lives here too, beside what changes it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::config::write_if_absent;
+use super::{SERVE_STATE_DIR, SERVE_UNIT_FILE, SERVE_UNIT_NAME, SERVE_USER, SERVICE_CONFIG};
+use crate::engine::plan::ServeState;
+use crate::engine::runner::CommandRunner;
+use crate::engine::systemd::{self, Systemd};
+use crate::engine::{EngineError, SOCKET_GROUP};
+
+/// The unit's TimeoutStopSec and a margin.
+const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// The service as it is now; without systemd its unit reads as neither active nor enabled.
+pub async fn read_state(systemd: Option<&dyn Systemd>) -> Result<ServeState, EngineError> {
+    let user_exists = nix::unistd::User::from_name(SERVE_USER)
+        .ok()
+        .flatten()
+        .is_some();
+    let user_in_group = nix::unistd::Group::from_name(SOCKET_GROUP)
+        .ok()
+        .flatten()
+        .is_some_and(|group| group.mem.iter().any(|member| member == SERVE_USER));
+    let (unit_active, unit_enabled) = match systemd {
+        Some(systemd) => (
+            systemd
+                .active_state(SERVE_UNIT_NAME)
+                .await
+                .is_ok_and(|state| state == "active"),
+            systemd
+                .unit_file_state(SERVE_UNIT_NAME)
+                .await
+                .is_ok_and(|state| state == "enabled"),
+        ),
+        None => (false, false),
+    };
+    Ok(ServeState {
+        user_exists,
+        user_in_group,
+        config: read_optional(Path::new(SERVICE_CONFIG))?,
+        state_dir_exists: Path::new(SERVE_STATE_DIR).exists(),
+        unit_file: read_optional(Path::new(SERVE_UNIT_FILE))?,
+        unit_active,
+        unit_enabled,
+    })
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, EngineError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(EngineError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The system user, with its own group, no home and no login, then added to `group`.
+pub fn create_user(runner: &dyn CommandRunner, user: &str, group: &str) -> Result<(), EngineError> {
+    if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+        runner.run(
+            "useradd",
+            &[
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--user-group",
+                user,
+            ],
+        )?;
+    }
+    runner.run("usermod", &["--append", "--groups", group, user])?;
+    Ok(())
+}
+
+/// The default config, root:cubbi-serve 0640, unless one exists by now. Returns a note for the
+/// step when it found one.
+pub fn write_config(contents: &str) -> Result<String, EngineError> {
+    let gid = nix::unistd::Group::from_name(SERVE_USER)
+        .ok()
+        .flatten()
+        .map(|group| group.gid.as_raw())
+        .ok_or_else(|| {
+            EngineError::Refused(format!(
+                "group {SERVE_USER} is missing, so {SERVICE_CONFIG} cannot be given to it"
+            ))
+        })?;
+    let path = Path::new(SERVICE_CONFIG);
+    let wrote = write_if_absent(path, contents, gid).map_err(|source| EngineError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(if wrote {
+        String::new()
+    } else {
+        format!("{SERVICE_CONFIG} appeared meanwhile and was kept")
+    })
+}
+
+/// Writes the unit, reloads systemd, and (re)starts the service.
+pub async fn install_unit(
+    systemd: &dyn Systemd,
+    unit: &str,
+    restart: bool,
+    start_timeout: Duration,
+) -> Result<String, EngineError> {
+    crate::engine::apply::write_atomically(Path::new(SERVE_UNIT_FILE), unit, 0o644)?;
+    systemd.daemon_reload().await?;
+    if restart {
+        // A start queued while the stop job is pending would replace it: no restart.
+        systemd.stop(SERVE_UNIT_NAME).await?;
+        systemd::wait_until_stopped(systemd, SERVE_UNIT_NAME, STOP_TIMEOUT).await?;
+    }
+    start_unit(systemd, start_timeout).await
+}
+
+pub async fn start_unit(
+    systemd: &dyn Systemd,
+    start_timeout: Duration,
+) -> Result<String, EngineError> {
+    systemd.enable(SERVE_UNIT_NAME).await?;
+    systemd.start(SERVE_UNIT_NAME).await?;
+    systemd::wait_until_active(systemd, SERVE_UNIT_NAME, start_timeout).await?;
+    Ok(format!("{SERVE_UNIT_NAME} is active"))
+}
+
+/// `--uninstall`: stops and disables the service (where systemd runs) and removes its unit.
+pub async fn remove_unit(systemd: Option<&dyn Systemd>) -> Result<(), EngineError> {
+    if let Some(systemd) = systemd {
+        systemd.stop(SERVE_UNIT_NAME).await?;
+        systemd::wait_until_stopped(systemd, SERVE_UNIT_NAME, STOP_TIMEOUT).await?;
+        systemd.disable(SERVE_UNIT_NAME).await?;
+    }
+    remove_if_present(Path::new(SERVE_UNIT_FILE))?;
+    if let Some(systemd) = systemd {
+        systemd.daemon_reload().await?;
+    }
+    Ok(())
+}
+
+/// `--uninstall --purge`: the config, the state and the user (with its own group).
+pub fn purge(runner: &dyn CommandRunner) -> Result<(), EngineError> {
+    remove_if_present(Path::new(SERVICE_CONFIG))?;
+    match std::fs::remove_dir_all(SERVE_STATE_DIR) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(EngineError::Write {
+                path: SERVE_STATE_DIR.into(),
+                source,
+            });
+        }
+    }
+    if nix::unistd::User::from_name(SERVE_USER)
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        runner.run("userdel", &[SERVE_USER])?;
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), EngineError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(EngineError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::runner::fake::RecordingRunner;
+    use crate::engine::systemd::fake::FakeSystemd;
+
+    #[test]
+    fn the_user_is_a_system_user_without_login_in_the_socket_group() {
+        let runner = RecordingRunner::default();
+        // A name no test machine has, so useradd is called.
+        create_user(&runner, "cubbi-serve-test-nobody", "cubbi").unwrap();
+        assert_eq!(
+            runner.commands(),
+            [
+                "useradd --system --no-create-home --shell /usr/sbin/nologin --user-group \
+                 cubbi-serve-test-nobody",
+                "usermod --append --groups cubbi cubbi-serve-test-nobody"
+            ]
+        );
+        // An existing user is only added to the group.
+        let runner = RecordingRunner::default();
+        create_user(&runner, "root", "cubbi").unwrap();
+        assert_eq!(runner.commands(), ["usermod --append --groups cubbi root"]);
+    }
+
+    #[tokio::test]
+    async fn starting_enables_and_waits_for_active() {
+        let systemd = FakeSystemd::default();
+        let note = start_unit(&systemd, Duration::from_secs(1)).await.unwrap();
+        assert!(note.contains("active"), "{note}");
+        assert_eq!(
+            systemd.calls(),
+            ["enable cubbi-serve.service", "start cubbi-serve.service"]
+        );
+    }
+}
