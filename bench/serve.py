@@ -236,6 +236,18 @@ def main():
         if int(f.read()) < 1024:
             sys.exit("fs.inotify.max_user_instances is below 1024: dozens of sessions cannot boot; "
                      "raise it with `sysctl -w fs.inotify.max_user_instances=8192`")
+    if args.runtime == "sysbox-runc":
+        # Sysbox maps every container's root to one host uid, whose key quota all of them share;
+        # each systemd service takes a session keyring, so at the kernel's default (200 keys,
+        # 20000 bytes) about two dozen sessions boot and the rest fail with "join session
+        # keyring: create session key: disk quota exceeded". The sysbox-ce package raises both.
+        with open("/proc/sys/kernel/keys/maxkeys") as f, open("/proc/sys/kernel/keys/maxbytes") as g:
+            maxkeys, maxbytes = int(f.read()), int(g.read())
+        if maxkeys < 20000 or maxbytes < 1400000:
+            sys.exit(f"kernel.keys.maxkeys {maxkeys} / maxbytes {maxbytes} are below what the sysbox-ce "
+                     "package sets: Sysbox sessions beyond about two dozen fail with `create session key: "
+                     "disk quota exceeded`; raise them with "
+                     "`sysctl -w kernel.keys.maxkeys=20000 kernel.keys.maxbytes=1400000`")
 
     cubbi = os.path.abspath(args.cubbi)
     tmp = tempfile.mkdtemp(prefix="cubbi-bench-serve-")
