@@ -3,48 +3,11 @@
 # so the figures under Sysbox and runc come from one engine in one run:
 #
 #   sudo SYSBOX_KIT/with-sysbox.sh bench/with-private-engine.sh [-n 7] [--list-sessions 0]
-#   (or directly on a host with Sysbox installed)
-#
-# Needs root, docker.io, a release build of cubbi (target/release/cubbi) and debian:bookworm
-# as a rootfs tarball (the test suite caches one in ~/.cache/cubbi-test/debian-bookworm.tar;
-# BENCH_BASE_TAR overrides). Everything it makes (dockerd, bridge, data) is removed at exit.
+#   (or directly on a host with Sysbox installed; see bench/private-engine.sh for what it needs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
-[ -x /usr/bin/sysbox-runc ] || { echo "no /usr/bin/sysbox-runc: run inside the Sysbox kit" >&2; exit 2; }
-base_tar=${BENCH_BASE_TAR:-${XDG_CACHE_HOME:-$HOME/.cache}/cubbi-test/debian-bookworm.tar}
-[ -f "$base_tar" ] || { echo "no $base_tar: run the test suite once, or set BENCH_BASE_TAR" >&2; exit 2; }
-cubbi=$PWD/target/release/cubbi
-[ -x "$cubbi" ] || cargo build --release --locked
-
-root=$(mktemp -d /tmp/cubbi-bench-XXXXXX)
-bridge=cbb$$
-sock=unix://$root/docker.sock
-cleanup() {
-    if [ -f "$root/docker.pid" ]; then
-        docker -H "$sock" ps -aq | xargs -r docker -H "$sock" rm -fv >/dev/null 2>&1 || true
-        docker -H "$sock" network prune -f >/dev/null 2>&1 || true
-        kill "$(cat "$root/docker.pid")" 2>/dev/null || true
-        for _ in $(seq 1 100); do [ -e "$root/docker.pid" ] || break; sleep 0.2; done
-    fi
-    ip link delete "$bridge" 2>/dev/null || true
-    rm -rf "$root"
-}
-trap cleanup EXIT
-
-# A /24 no route covers yet, in 10.212.0.0/16.
-subnet=$(for i in $(seq 10 250); do
-    ip -4 route show table all | grep -q "10\.212\.$i\." || { echo "10.212.$i"; break; }
-done)
-ip link add "$bridge" type bridge
-ip addr add "$subnet.1/24" dev "$bridge"
-ip link set "$bridge" up
-dockerd --host="$sock" --data-root="$root/data" --exec-root="$root/exec" \
-    --pidfile="$root/docker.pid" --bridge="$bridge" \
-    --add-runtime sysbox-runc=/usr/bin/sysbox-runc >"$root/dockerd.log" 2>&1 &
-for _ in $(seq 1 150); do docker -H "$sock" version >/dev/null 2>&1 && break; sleep 0.2; done
-docker -H "$sock" import "$base_tar" debian:bookworm >/dev/null
-"$cubbi" --endpoint "$sock" image build base >/dev/null
+# shellcheck source=bench/private-engine.sh
+. bench/private-engine.sh
 
 for runtime in sysbox-runc runc; do
     echo "=== --runtime $runtime"

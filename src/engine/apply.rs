@@ -774,7 +774,7 @@ fn restore_ip_forward(sysctl: &Path, docker0: &Path) -> Result<String, EngineErr
     Ok(String::new())
 }
 
-fn remove_if_present(path: &Path) -> Result<(), EngineError> {
+pub(in crate::engine) fn remove_if_present(path: &Path) -> Result<(), EngineError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::config::write_if_absent;
 use super::{SERVE_STATE_DIR, SERVE_UNIT_FILE, SERVE_UNIT_NAME, SERVE_USER, SERVICE_CONFIG};
+use crate::engine::apply::remove_if_present;
 use crate::engine::plan::ServeState;
 use crate::engine::runner::CommandRunner;
 use crate::engine::systemd::{self, Systemd};
@@ -164,17 +165,6 @@ pub fn purge(runner: &dyn CommandRunner) -> Result<(), EngineError> {
         runner.run("userdel", &[SERVE_USER])?;
     }
     Ok(())
-}
-
-fn remove_if_present(path: &Path) -> Result<(), EngineError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(EngineError::Write {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
 }
 
 #[cfg(test)]

@@ -41,39 +41,33 @@ impl TestService {
         config.server.shutdown_grace = 5;
         tune(&mut config);
         let store = Arc::new(SqliteStore::open(state.path())?);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let options = ServiceOptions {
-            extra_labels: scope.labels(),
-            port_lock: super::port_lock(),
-        };
-        let running = cubbi::service::start_on_docker(
-            listener,
-            &config,
-            Arc::clone(&store) as Arc<dyn Store>,
-            options,
-        )
-        .await?;
-        Ok(Self {
-            url: format!("http://{}", running.address),
-            store,
-            running: Some(running),
-            config,
-            _state: state,
-        })
+        Self::launch(scope, config, store, state).await
     }
 
-    /// Another service on the same state folder and config (a restart).
+    /// Another service on the same state folder and config (a restart): the service's key
+    /// and tokens carry over.
     pub async fn restart(scope: &DockerScope, before: &TestService) -> Result<Self, Failed> {
-        let state = tempfile::tempdir()?;
-        let mut config = before.config.clone();
+        let unused = tempfile::tempdir()?;
+        Self::launch(
+            scope,
+            before.config.clone(),
+            Arc::clone(&before.store),
+            unused,
+        )
+        .await
+    }
+
+    async fn launch(
+        scope: &DockerScope,
+        config: ServiceConfig,
+        store: Arc<SqliteStore>,
+        state: tempfile::TempDir,
+    ) -> Result<Self, Failed> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let options = ServiceOptions {
             extra_labels: scope.labels(),
             port_lock: super::port_lock(),
         };
-        let store = Arc::clone(&before.store);
-        // The same state folder: the service's key and tokens carry over.
-        config.state_dir = before.config.state_dir.clone();
         let running = cubbi::service::start_on_docker(
             listener,
             &config,
