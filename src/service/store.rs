@@ -395,13 +395,14 @@ impl Store for SqliteStore {
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        // rowid keeps the order of issue among tokens created in the same second.
         let connection = self.connection();
         let mut statement = connection
             .prepare(
                 "SELECT tokens.id, tokens.user, users.admin, tokens.created, tokens.last_used,
                         tokens.revoked
                  FROM tokens JOIN users ON users.name = tokens.user
-                 ORDER BY tokens.created, tokens.id",
+                 ORDER BY tokens.created, tokens.rowid",
             )
             .map_err(|err| self.database_error(err))?;
         let records = statement
