@@ -6,8 +6,8 @@ use super::probe::{DoctorFacts, Readable, ServeFacts, SocketFacts, SysboxDaemons
 use super::{Check, Status};
 use crate::engine::daemon_json::{self, SYSBOX_RUNTIME};
 use crate::engine::host::{
-    CgroupVersion, HostFacts, IDMAPPED_MOUNTS_SINCE, INOTIFY_INSTANCES_WANTED, KernelVersion,
-    SYSBOX_MINIMUM_KERNEL, SYSCTL_CONF, UserNamespaces,
+    CgroupVersion, HostFacts, IDMAPPED_MOUNTS_SINCE, INOTIFY_INSTANCES, KEYS_MAXBYTES,
+    KEYS_MAXKEYS, KernelVersion, SYSBOX_MINIMUM_KERNEL, SYSCTL_CONF, UserNamespaces,
 };
 
 const SETUP: &str = "sudo cubbi setup";
@@ -53,6 +53,7 @@ pub fn run_all(facts: &DoctorFacts) -> Vec<Check> {
         firewall(&facts.firewall, facts.egress_guard),
         forwarding(host.ip_forward, facts.forward_policy.as_deref()),
         inotify(facts.inotify_instances),
+        key_quota(host.keys_maxkeys, host.keys_maxbytes),
     ];
     // Only where `cubbi setup --service` installed it: the service is optional.
     if let Some(service) = &facts.serve {
@@ -436,12 +437,12 @@ pub fn ssh_key(facts: &DoctorFacts) -> Check {
     }
 }
 
-/// Enough inotify instances for many systemd containers (see [`INOTIFY_INSTANCES_WANTED`]).
+/// Enough inotify instances for many systemd containers (see [`INOTIFY_INSTANCES`]).
 pub fn inotify(instances: Option<u64>) -> Check {
     const ID: &str = "inotify";
     let remedy = format!(
-        "sudo cubbi setup (or: echo fs.inotify.max_user_instances={INOTIFY_INSTANCES_WANTED} | \
-         sudo tee {SYSCTL_CONF} && sudo sysctl --system)"
+        "sudo cubbi setup (or: echo {}={} | sudo tee {SYSCTL_CONF} && sudo sysctl --system)",
+        INOTIFY_INSTANCES.name, INOTIFY_INSTANCES.wanted
     );
     match instances {
         None => Check::warn(ID, "cannot read fs.inotify.max_user_instances", remedy),
@@ -455,6 +456,53 @@ pub fn inotify(instances: Option<u64>) -> Check {
         ),
         Some(n) => Check::ok(ID, format!("fs.inotify.max_user_instances is {n}")),
     }
+}
+
+/// A key quota big enough for many Sysbox sessions, which all share one host user's (see
+/// [`KEYS_MAXKEYS`]). A warning: runc sessions and a few Sysbox ones work without it.
+pub fn key_quota(maxkeys: Option<u64>, maxbytes: Option<u64>) -> Check {
+    const ID: &str = "key-quota";
+    let remedy = format!(
+        "sudo cubbi setup (or: sysctl -w {}={} {}={})",
+        KEYS_MAXKEYS.name, KEYS_MAXKEYS.wanted, KEYS_MAXBYTES.name, KEYS_MAXBYTES.wanted
+    );
+    let (Some(keys), Some(bytes)) = (maxkeys, maxbytes) else {
+        return Check::warn(
+            ID,
+            format!(
+                "cannot read {} and {}",
+                KEYS_MAXKEYS.name, KEYS_MAXBYTES.name
+            ),
+            remedy,
+        );
+    };
+    let found = format!(
+        "{} is {keys} and {} is {bytes}",
+        KEYS_MAXKEYS.name, KEYS_MAXBYTES.name
+    );
+    if keys >= KEYS_MAXKEYS.wanted && bytes >= KEYS_MAXBYTES.wanted {
+        return Check::ok(ID, found);
+    }
+    // Seen: at the defaults (200 keys, 20000 bytes) the 25th Sysbox session fails, so each
+    // takes about 8 keys. Only an estimate: which of the two runs out first is not measured,
+    // and what runs in the sessions may take keys too.
+    let bytes_too = if bytes < KEYS_MAXBYTES.wanted {
+        format!(
+            ", fewer while {} is below {}",
+            KEYS_MAXBYTES.name, KEYS_MAXBYTES.wanted
+        )
+    } else {
+        String::new()
+    };
+    Check::warn(
+        ID,
+        format!(
+            "{found}: every Sysbox session's root is one host user sharing this quota, so only \
+             about {} sessions can run at once (an estimate: roughly maxkeys/8{bytes_too})",
+            keys / 8
+        ),
+        remedy,
+    )
 }
 
 pub fn free_ports(free: usize, start: u16, end: u16) -> Check {
@@ -955,5 +1003,25 @@ mod tests {
         );
         assert_eq!(inotify(Some(8192)).status, Status::Ok);
         assert_eq!(inotify(None).status, Status::Warn);
+    }
+
+    #[test]
+    fn key_quota_is_checked() {
+        let low = key_quota(Some(200), Some(20000));
+        assert_eq!(low.status, Status::Warn);
+        assert!(
+            low.finding.contains("only about 25 sessions") && low.finding.contains("estimate"),
+            "{}",
+            low.finding
+        );
+        assert_eq!(
+            low.remedy,
+            "sudo cubbi setup (or: sysctl -w kernel.keys.maxkeys=20000 kernel.keys.maxbytes=1400000)"
+        );
+        // One of the two still low is enough to warn.
+        assert_eq!(key_quota(Some(20000), Some(20000)).status, Status::Warn);
+        assert_eq!(key_quota(Some(20000), Some(1400000)).status, Status::Ok);
+        assert_eq!(key_quota(Some(1000000), Some(25000000)).status, Status::Ok);
+        assert_eq!(key_quota(None, Some(1400000)).status, Status::Warn);
     }
 }

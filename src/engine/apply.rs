@@ -9,8 +9,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::firewall::{self, RuleSet};
-use super::host::{HostFacts, INOTIFY_SYSCTL, IP_FORWARD_SYSCTL, SYSCTL_CONF};
-use super::plan::{Action, EngineMode, EngineState, Plan, StepState, SysboxSource, UninstallStep};
+use super::host::{HostFacts, IP_FORWARD_SYSCTL, KEY_QUOTA_CONF, SYSCTL_CONF};
+use super::plan::{
+    Action, EngineMode, EngineState, Plan, StepState, SysboxSource, SysctlSetting, UninstallStep,
+};
 use super::runner::CommandRunner;
 use super::settings::EngineSettings;
 use super::systemd::{self, Systemd};
@@ -178,21 +180,48 @@ fn read_optional(path: &Path) -> Result<Option<String>, EngineError> {
     }
 }
 
-/// Keeps the limit in sysctl.d for the next boot and sets it now; a read-only /proc/sys (inside
-/// a container) leaves the file for the next boot and says so.
-fn raise_inotify_limit(value: u64) -> Result<String, EngineError> {
-    let conf = format!(
-        "# Written by `cubbi setup`: every session's systemd, journald and dbus take inotify\n\
-         # instances, and Debian's default of 128 stops the 27th session from booting.\n\
-         fs.inotify.max_user_instances = {value}\n"
-    );
-    write_atomically(Path::new(SYSCTL_CONF), &conf, 0o644)?;
-    match std::fs::write(INOTIFY_SYSCTL, format!("{value}\n")) {
-        Ok(()) => Ok(String::new()),
-        Err(err) => Ok(format!(
-            "could not set it now ({err}); it applies at the next boot or `sysctl --system`"
-        )),
+/// The sysctl.d drop-in for `settings`, headed by why cubbi raised them.
+fn sysctl_conf(comment: &str, settings: &[SysctlSetting]) -> String {
+    let mut conf = String::new();
+    for (index, line) in comment.lines().enumerate() {
+        let lead = if index == 0 {
+            "Written by `cubbi setup`: "
+        } else {
+            ""
+        };
+        conf.push_str(&format!("# {lead}{line}\n"));
     }
+    for setting in settings {
+        conf.push_str(&format!("{} = {}\n", setting.limit.name, setting.value));
+    }
+    conf
+}
+
+/// Keeps the limits in sysctl.d for the next boot and sets them now; a read-only /proc/sys
+/// (inside a container) leaves the file for the next boot and says so.
+fn raise_sysctl_limits(
+    conf: &str,
+    comment: &str,
+    settings: &[SysctlSetting],
+) -> Result<String, EngineError> {
+    write_atomically(Path::new(conf), &sysctl_conf(comment, settings), 0o644)?;
+    let unset: Vec<String> = settings
+        .iter()
+        .filter_map(|setting| {
+            let written = std::fs::write(setting.limit.path, format!("{}\n", setting.value));
+            written
+                .err()
+                .map(|err| format!("{} ({err})", setting.limit.name))
+        })
+        .collect();
+    Ok(if unset.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "could not set {} now; it applies at the next boot or `sysctl --system`",
+            unset.join(", ")
+        )
+    })
 }
 
 /// Writes the firewall script (for the unit and `cubbi engine start`) and puts its rules in place.
@@ -302,7 +331,11 @@ async fn apply_action(
             Ok(String::new())
         }
         Action::InstallSysbox { source } => install_sysbox(source, env).await,
-        Action::RaiseInotifyLimit { value } => raise_inotify_limit(*value),
+        Action::RaiseSysctlLimits {
+            conf,
+            comment,
+            settings,
+        } => raise_sysctl_limits(conf, comment, settings),
         Action::PreparePortLock { tmpfiles } => {
             let gid = nix::unistd::Group::from_name(SOCKET_GROUP)
                 .ok()
@@ -705,6 +738,7 @@ async fn uninstall_step(
             if paths.is_system() {
                 // The live limit stays: lowering it under running containers helps nobody.
                 remove_if_present(Path::new(SYSCTL_CONF))?;
+                remove_if_present(Path::new(KEY_QUOTA_CONF))?;
                 remove_if_present(Path::new(TMPFILES_CONF))?;
                 remove_if_present(Path::new(crate::local::ports::SYSTEM_LOCK_FILE))?;
                 let _ = std::fs::remove_dir(crate::local::ports::SYSTEM_LOCK_DIR);
@@ -792,6 +826,86 @@ mod tests {
     use crate::engine::plan::{SetupOptions, plan_setup};
     use crate::engine::runner::fake::RecordingRunner;
     use crate::engine::systemd::fake::FakeSystemd;
+
+    /// The drop-ins a fresh system setup writes, by step.
+    fn drop_in(id: &str) -> (&'static str, String) {
+        let facts = HostFacts::gather(&FixtureHost::debian_with_systemd());
+        let options = SetupOptions {
+            bridge: "cubbi0".into(),
+            ..Default::default()
+        };
+        let plan = plan_setup(
+            &facts,
+            &EngineState::default(),
+            &EnginePaths::system(),
+            &options,
+        )
+        .unwrap();
+        let step = plan.steps.iter().find(|step| step.id == id).unwrap();
+        let Action::RaiseSysctlLimits {
+            conf,
+            comment,
+            settings,
+        } = &step.action
+        else {
+            panic!("{id}: {:?}", step.action);
+        };
+        (conf, sysctl_conf(comment, settings))
+    }
+
+    #[test]
+    fn the_inotify_drop_in_is_rendered() {
+        assert_eq!(
+            drop_in("inotify"),
+            (
+                SYSCTL_CONF,
+                "# Written by `cubbi setup`: every session's systemd, journald and dbus take inotify\n\
+                 # instances, and Debian's default of 128 stops the 27th session from booting.\n\
+                 fs.inotify.max_user_instances = 8192\n"
+                    .to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn the_key_quota_drop_in_is_rendered() {
+        assert_eq!(
+            drop_in("key-quota"),
+            (
+                KEY_QUOTA_CONF,
+                "# Written by `cubbi setup`: every Sysbox session's root is one host user and shares its\n\
+                 # kernel key quota; at the defaults (200 keys, 20000 bytes) about\n\
+                 # the 25th session cannot start.\n\
+                 kernel.keys.maxkeys = 20000\n\
+                 kernel.keys.maxbytes = 1400000\n"
+                    .to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn an_unwritable_sysctl_keeps_the_drop_in_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("90-test.conf");
+        let settings = [SysctlSetting {
+            limit: crate::engine::host::SysctlLimit {
+                name: "kernel.keys.maxkeys",
+                // No such folder: stands in for a read-only /proc/sys inside a container.
+                path: "/nonexistent-cubbi-test/kernel/keys/maxkeys",
+                wanted: 20000,
+            },
+            value: 20000,
+        }];
+        let note = raise_sysctl_limits(conf.to_str().unwrap(), "why", &settings).unwrap();
+        assert!(
+            note.starts_with("could not set kernel.keys.maxkeys (") && note.contains("next boot"),
+            "{note}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&conf).unwrap(),
+            "# Written by `cubbi setup`: why\nkernel.keys.maxkeys = 20000\n"
+        );
+    }
 
     #[tokio::test]
     async fn systemd_mode_writes_files_and_drives_the_unit_over_the_trait() {

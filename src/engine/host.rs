@@ -237,19 +237,55 @@ pub struct HostFacts {
     pub architecture: String,
     /// `fs.inotify.max_user_instances`.
     pub inotify_instances: Option<u64>,
+    /// `kernel.keys.maxkeys`.
+    pub keys_maxkeys: Option<u64>,
+    /// `kernel.keys.maxbytes`.
+    pub keys_maxbytes: Option<u64>,
     /// `net.ipv4.ip_forward`; `None` when unreadable.
     pub ip_forward: Option<bool>,
+}
+
+/// A host-wide sysctl that many system containers on one host exhaust: setup raises it to
+/// `wanted` (never lowers it) and doctor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SysctlLimit {
+    /// As `sysctl` and sysctl.d spell it.
+    pub name: &'static str,
+    /// Its file under /proc/sys.
+    #[serde(skip)]
+    pub path: &'static str,
+    pub wanted: u64,
 }
 
 /// Enough inotify instances for many systemd containers. Every systemd, journald and dbus
 /// holds some; without user namespaces (runc) they all count against root's limit, and at
 /// Debian's default of 128 the 27th session's systemd cannot start (seen on this project's CI
 /// machine). Sysbox's installer raises the same limit.
-pub const INOTIFY_INSTANCES_WANTED: u64 = 8192;
-pub const INOTIFY_SYSCTL: &str = "/proc/sys/fs/inotify/max_user_instances";
+pub const INOTIFY_INSTANCES: SysctlLimit = SysctlLimit {
+    name: "fs.inotify.max_user_instances",
+    path: "/proc/sys/fs/inotify/max_user_instances",
+    wanted: 8192,
+};
+/// Under Sysbox every session's root maps to the same unprivileged host user, so all sessions
+/// share that user's kernel key quota; each session's runc takes a session keyring, and at the
+/// kernel's defaults (200 keys, 20000 bytes) creates past about 24 sessions fail with "create
+/// session key: disk quota exceeded". The values are the ones the sysbox-ce package sets.
+pub const KEYS_MAXKEYS: SysctlLimit = SysctlLimit {
+    name: "kernel.keys.maxkeys",
+    path: "/proc/sys/kernel/keys/maxkeys",
+    wanted: 20000,
+};
+pub const KEYS_MAXBYTES: SysctlLimit = SysctlLimit {
+    name: "kernel.keys.maxbytes",
+    path: "/proc/sys/kernel/keys/maxbytes",
+    wanted: 1400000,
+};
 pub const IP_FORWARD_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
-/// Where setup makes the limit last across reboots.
+/// Where setup makes the inotify limit last across reboots.
 pub const SYSCTL_CONF: &str = "/etc/sysctl.d/90-cubbi.conf";
+/// Where setup makes the key quota last across reboots: a file of its own, so each step writes
+/// only what it owns (uninstall removes both).
+pub const KEY_QUOTA_CONF: &str = "/etc/sysctl.d/90-cubbi-keys.conf";
 
 impl HostFacts {
     pub fn gather(host: &dyn HostProbe) -> Self {
@@ -277,7 +313,9 @@ impl HostFacts {
                 .unwrap_or_default(),
             is_root: host.is_root(),
             architecture: std::env::consts::ARCH.to_string(),
-            inotify_instances: number(INOTIFY_SYSCTL),
+            inotify_instances: number(INOTIFY_INSTANCES.path),
+            keys_maxkeys: number(KEYS_MAXKEYS.path),
+            keys_maxbytes: number(KEYS_MAXBYTES.path),
             ip_forward: number(IP_FORWARD_SYSCTL).map(|value| value != 0),
         }
     }
@@ -322,6 +360,8 @@ pub mod fixture {
                 .file("/proc/mounts", "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n")
                 .file("/proc/sys/user/max_user_namespaces", "63000\n")
                 .file("/proc/sys/fs/inotify/max_user_instances", "128\n")
+                .file("/proc/sys/kernel/keys/maxkeys", "200\n")
+                .file("/proc/sys/kernel/keys/maxbytes", "20000\n")
                 .file("/proc/sys/net/ipv4/ip_forward", "0\n")
                 .file("/proc/net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\neth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n");
             host.programs = [
@@ -455,6 +495,23 @@ mod tests {
         assert!(facts.has("dockerd") && !facts.has_sysbox());
         assert_eq!(facts.routes.len(), 1);
         assert!(facts.user_namespaces.enabled());
+        assert_eq!(facts.inotify_instances, Some(128));
+        assert_eq!(
+            (facts.keys_maxkeys, facts.keys_maxbytes),
+            (Some(200), Some(20000))
+        );
+    }
+
+    #[test]
+    fn sysctl_paths_match_their_names() {
+        for limit in [INOTIFY_INSTANCES, KEYS_MAXKEYS, KEYS_MAXBYTES] {
+            assert_eq!(
+                limit.path,
+                format!("/proc/sys/{}", limit.name.replace('.', "/")),
+                "{}",
+                limit.name
+            );
+        }
     }
 
     #[test]

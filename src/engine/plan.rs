@@ -10,7 +10,8 @@ use serde::Serialize;
 use super::daemon_json;
 use super::firewall::{self, RuleSet};
 use super::host::{
-    HostFacts, IDMAPPED_MOUNTS_SINCE, INOTIFY_INSTANCES_WANTED, SYSBOX_MINIMUM_KERNEL, SYSCTL_CONF,
+    HostFacts, IDMAPPED_MOUNTS_SINCE, INOTIFY_INSTANCES, KEY_QUOTA_CONF, KEYS_MAXBYTES,
+    KEYS_MAXKEYS, SYSBOX_MINIMUM_KERNEL, SYSCTL_CONF, SysctlLimit,
 };
 use super::settings::EngineSettings;
 use super::subnet;
@@ -65,8 +66,12 @@ pub enum Action {
     InstallSysbox {
         source: SysboxSource,
     },
-    RaiseInotifyLimit {
-        value: u64,
+    /// Writes `settings` to the sysctl.d drop-in `conf` (headed by `comment`, why cubbi raised
+    /// them) and sets them now.
+    RaiseSysctlLimits {
+        conf: &'static str,
+        comment: &'static str,
+        settings: Vec<SysctlSetting>,
     },
     CreateGroup {
         group: String,
@@ -116,6 +121,14 @@ pub enum Action {
         restart: bool,
     },
     StartServeUnit,
+}
+
+/// One sysctl and the value setup gives it: the wanted one, or the host's own when higher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SysctlSetting {
+    #[serde(flatten)]
+    pub limit: SysctlLimit,
+    pub value: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -342,6 +355,7 @@ pub fn plan_setup(
     // Sysbox.
     steps.push(plan_sysbox(facts, options));
     steps.push(plan_inotify(facts, paths));
+    steps.push(plan_key_quota(facts, paths));
 
     // The socket's group.
     let user = options.invoking_user.clone();
@@ -564,7 +578,62 @@ pub fn plan_setup(
 /// Every session's systemd, journald and dbus take inotify instances; at Debian's default of 128
 /// the 27th runc session cannot boot.
 fn plan_inotify(facts: &HostFacts, paths: &EnginePaths) -> Step {
-    let id = "inotify";
+    plan_sysctl_limits(
+        SysctlStep {
+            id: "inotify",
+            conf: SYSCTL_CONF,
+            comment: "every session's systemd, journald and dbus take inotify\n\
+                      instances, and Debian's default of 128 stops the 27th session from booting.",
+            limits: &[(INOTIFY_INSTANCES, facts.inotify_instances)],
+            why: &|now| {
+                format!(
+                    "at {} only about {} sessions can boot systemd",
+                    now[0],
+                    now[0] / 5
+                )
+            },
+        },
+        paths,
+    )
+}
+
+/// Under Sysbox every session's root is the same host user, and at the kernel's default key
+/// quota creates past about 24 sessions fail ("create session key: disk quota exceeded"). Not
+/// only when Sysbox is set up now, like inotify: Sysbox installed later needs it just the same.
+fn plan_key_quota(facts: &HostFacts, paths: &EnginePaths) -> Step {
+    plan_sysctl_limits(
+        SysctlStep {
+            id: "key-quota",
+            conf: KEY_QUOTA_CONF,
+            comment: "every Sysbox session's root is one host user and shares its\n\
+                      kernel key quota; at the defaults (200 keys, 20000 bytes) about\n\
+                      the 25th session cannot start.",
+            limits: &[
+                (KEYS_MAXKEYS, facts.keys_maxkeys),
+                (KEYS_MAXBYTES, facts.keys_maxbytes),
+            ],
+            why: &|_| {
+                "every Sysbox session's root is one host user and shares its key quota".into()
+            },
+        },
+        paths,
+    )
+}
+
+/// Host sysctls one setup step raises together and keeps in its own sysctl.d drop-in.
+struct SysctlStep<'a> {
+    id: &'static str,
+    conf: &'static str,
+    /// Heads the drop-in: why cubbi raised them.
+    comment: &'static str,
+    /// Each limit with its value as read (`None`: unreadable).
+    limits: &'a [(SysctlLimit, Option<u64>)],
+    /// Why, for the finding, from the values as read (in `limits`' order).
+    why: &'a dyn Fn(&[u64]) -> String,
+}
+
+fn plan_sysctl_limits(step: SysctlStep<'_>, paths: &EnginePaths) -> Step {
+    let id = step.id;
     if !paths.is_system() {
         return Step::new(
             id,
@@ -573,32 +642,60 @@ fn plan_inotify(facts: &HostFacts, paths: &EnginePaths) -> Step {
             Action::Nothing,
         );
     }
-    match facts.inotify_instances {
-        None => Step::new(
-            id,
-            StepState::Skipped,
-            "cannot read fs.inotify.max_user_instances",
-            Action::Nothing,
-        ),
-        Some(now) if now >= INOTIFY_INSTANCES_WANTED => Step::new(
-            id,
-            StepState::Done,
-            format!("fs.inotify.max_user_instances is {now}"),
-            Action::Nothing,
-        ),
-        Some(now) => Step::new(
-            id,
-            StepState::ToDo,
-            format!(
-                "raise fs.inotify.max_user_instances from {now} to {INOTIFY_INSTANCES_WANTED} \
-                 (at {now} only about {} sessions can boot systemd) and keep it in {SYSCTL_CONF}",
-                now / 5
-            ),
-            Action::RaiseInotifyLimit {
-                value: INOTIFY_INSTANCES_WANTED,
-            },
-        ),
+    let mut now = Vec::with_capacity(step.limits.len());
+    for (limit, value) in step.limits {
+        match value {
+            Some(value) => now.push(*value),
+            None => {
+                return Step::new(
+                    id,
+                    StepState::Skipped,
+                    format!("cannot read {}", limit.name),
+                    Action::Nothing,
+                );
+            }
+        }
     }
+    let read = step
+        .limits
+        .iter()
+        .map(|(limit, _)| *limit)
+        .zip(now.iter().copied());
+    let low: Vec<String> = read
+        .clone()
+        .filter(|(limit, now)| *now < limit.wanted)
+        .map(|(limit, now)| format!("{} from {now} to {}", limit.name, limit.wanted))
+        .collect();
+    if low.is_empty() {
+        let found: Vec<String> = read
+            .map(|(limit, now)| format!("{} is {now}", limit.name))
+            .collect();
+        return Step::new(id, StepState::Done, found.join(" and "), Action::Nothing);
+    }
+    // The drop-in holds every limit of the step, each at the higher of the wanted and the
+    // current value: a limit the admin raised further is never lowered, now or at boot.
+    let settings: Vec<SysctlSetting> = read
+        .map(|(limit, now)| SysctlSetting {
+            limit,
+            value: now.max(limit.wanted),
+        })
+        .collect();
+    Step::new(
+        id,
+        StepState::ToDo,
+        format!(
+            "raise {} ({}) and keep {} in {}",
+            low.join(" and "),
+            (step.why)(&now),
+            if settings.len() == 1 { "it" } else { "them" },
+            step.conf
+        ),
+        Action::RaiseSysctlLimits {
+            conf: step.conf,
+            comment: step.comment,
+            settings,
+        },
+    )
 }
 
 /// The firewall cubbi keeps for `settings` on this host.
@@ -1034,6 +1131,7 @@ mod tests {
                 ("docker-engine", StepState::Done),
                 ("sysbox", StepState::Cannot),
                 ("inotify", StepState::ToDo),
+                ("key-quota", StepState::ToDo),
                 ("group", StepState::ToDo),
                 ("port-lock", StepState::ToDo),
                 ("daemon-json", StepState::ToDo),
@@ -1088,9 +1186,11 @@ mod tests {
     #[test]
     fn a_rerun_changes_nothing_and_says_so() {
         let first = fresh_plan(&options());
-        // The first run raised the inotify limit.
+        // The first run raised the inotify limit and the key quota.
         let raised = HostFacts {
-            inotify_instances: Some(INOTIFY_INSTANCES_WANTED),
+            inotify_instances: Some(INOTIFY_INSTANCES.wanted),
+            keys_maxkeys: Some(KEYS_MAXKEYS.wanted),
+            keys_maxbytes: Some(KEYS_MAXBYTES.wanted),
             ..debian()
         };
         let second = plan_setup(
@@ -1102,6 +1202,104 @@ mod tests {
         .unwrap();
         assert!(second.is_noop(), "{:#?}", second.steps);
         assert_eq!(second.settings, first.settings, "the subnet is reused");
+    }
+
+    fn key_quota_step(maxkeys: Option<u64>, maxbytes: Option<u64>, paths: &EnginePaths) -> Step {
+        let facts = HostFacts {
+            keys_maxkeys: maxkeys,
+            keys_maxbytes: maxbytes,
+            ..debian()
+        };
+        plan_key_quota(&facts, paths)
+    }
+
+    #[test]
+    fn the_default_key_quota_is_raised() {
+        let step = key_quota_step(Some(200), Some(20000), &EnginePaths::system());
+        assert_eq!(step.state, StepState::ToDo);
+        assert_eq!(
+            step.finding,
+            "raise kernel.keys.maxkeys from 200 to 20000 and kernel.keys.maxbytes from 20000 to \
+             1400000 (every Sysbox session's root is one host user and shares its key quota) \
+             and keep them in /etc/sysctl.d/90-cubbi-keys.conf"
+        );
+        let Action::RaiseSysctlLimits { conf, settings, .. } = &step.action else {
+            panic!("{:?}", step.action);
+        };
+        assert_eq!(*conf, KEY_QUOTA_CONF);
+        let values: Vec<_> = settings.iter().map(|s| (s.limit.name, s.value)).collect();
+        assert_eq!(
+            values,
+            [
+                ("kernel.keys.maxkeys", 20000),
+                ("kernel.keys.maxbytes", 1400000)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_raised_key_quota_is_done() {
+        let step = key_quota_step(Some(20000), Some(1400000), &EnginePaths::system());
+        assert_eq!(step.state, StepState::Done);
+        assert_eq!(
+            step.finding,
+            "kernel.keys.maxkeys is 20000 and kernel.keys.maxbytes is 1400000"
+        );
+        let higher = key_quota_step(Some(1000000), Some(25000000), &EnginePaths::system());
+        assert_eq!(higher.state, StepState::Done);
+    }
+
+    #[test]
+    fn a_higher_key_limit_is_kept() {
+        // maxkeys raised further by the admin, maxbytes still the default.
+        let step = key_quota_step(Some(50000), Some(20000), &EnginePaths::system());
+        assert_eq!(step.state, StepState::ToDo);
+        assert!(
+            step.finding
+                .starts_with("raise kernel.keys.maxbytes from 20000 to 1400000 ("),
+            "{}",
+            step.finding
+        );
+        let Action::RaiseSysctlLimits { settings, .. } = &step.action else {
+            panic!("{:?}", step.action);
+        };
+        let values: Vec<_> = settings.iter().map(|s| (s.limit.name, s.value)).collect();
+        assert_eq!(
+            values,
+            [
+                ("kernel.keys.maxkeys", 50000),
+                ("kernel.keys.maxbytes", 1400000)
+            ],
+            "the drop-in keeps the higher maxkeys rather than lowering it at the next boot"
+        );
+    }
+
+    #[test]
+    fn the_key_quota_is_left_alone_when_unknown_or_private() {
+        let unreadable = key_quota_step(Some(200), None, &EnginePaths::system());
+        assert_eq!(unreadable.state, StepState::Skipped);
+        assert_eq!(unreadable.finding, "cannot read kernel.keys.maxbytes");
+        let private = key_quota_step(
+            Some(200),
+            Some(20000),
+            &EnginePaths::under_root(std::path::Path::new("/tmp/cubbi-engine")),
+        );
+        assert_eq!(private.state, StepState::Skipped);
+    }
+
+    #[test]
+    fn the_inotify_step_keeps_its_finding() {
+        let step = plan_inotify(&debian(), &EnginePaths::system());
+        assert_eq!(
+            step.finding,
+            "raise fs.inotify.max_user_instances from 128 to 8192 (at 128 only about 25 \
+             sessions can boot systemd) and keep it in /etc/sysctl.d/90-cubbi.conf"
+        );
+        assert!(matches!(
+            &step.action,
+            Action::RaiseSysctlLimits { conf: SYSCTL_CONF, settings, .. }
+                if settings.len() == 1 && settings[0].value == 8192
+        ));
     }
 
     #[test]
