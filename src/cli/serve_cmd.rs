@@ -1,4 +1,4 @@
-//! `cubbi serve`: runs the session API over HTTP until SIGTERM or SIGINT.
+//! `cubbi serve`: runs the session API over HTTP or HTTPS until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,13 +57,6 @@ pub fn effective_config(args: &ServeRunArgs, context: &Context) -> Result<Servic
 
 pub async fn run(args: ServeRunArgs, context: &Context) -> Result<ExitCode, CliError> {
     let config = effective_config(&args, context)?;
-    if config.server.tls_cert.is_some() {
-        return Err(CliError::Refused(
-            "server.tls_cert: this version serves plain HTTP only; put it behind a TLS proxy \
-             (nginx, caddy) and remove the tls keys"
-                .into(),
-        ));
-    }
     if config.allow_unsafe_runc {
         tracing::warn!(
             "allow_unsafe_runc is on: users may ask for sessions NOT isolated from this host"
@@ -79,7 +72,13 @@ pub async fn run(args: ServeRunArgs, context: &Context) -> Result<ExitCode, CliE
     let running = start_on_docker(listener, &config, store, ServiceOptions::default())
         .await
         .map_err(|err| CliError::Refused(err.to_string()))?;
-    tracing::info!(address = %running.address, endpoint = %config.docker.endpoint, "cubbi serve is listening");
+    // The config's validation guarantees the key comes with the certificate.
+    let scheme = if config.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(address = %running.address, scheme, endpoint = %config.docker.endpoint, "cubbi serve is listening");
     let stopper = running.stopper();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};

@@ -44,11 +44,12 @@ impl RemoteBackend {
         public_key: String,
         ssh_files: Option<SshFiles>,
     ) -> Result<Self, ApiError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("cubbi/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| ApiError::unavailable(format!("cannot set up HTTP: {err}")))?;
+        let http = super::http_client(
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(concat!("cubbi/", env!("CARGO_PKG_VERSION"))),
+        )
+        .map_err(|err| ApiError::unavailable(err.to_string()))?;
         Ok(Self {
             name: name.to_string(),
             url: url.trim_end_matches('/').to_string(),

@@ -328,11 +328,12 @@ pub async fn check_token(url: &str, token: &str) -> Result<(), RemoteError> {
         url: endpoint.clone(),
         reason,
     };
-    let client = reqwest::Client::builder()
-        .timeout(CHECK_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|err| unreachable(error_chain(&err)))?;
+    let client = super::http_client(
+        reqwest::Client::builder()
+            .timeout(CHECK_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none()),
+    )
+    .map_err(|err| unreachable(err.to_string()))?;
     let mut authorization = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
         .map_err(|_| RemoteError::InvalidToken {
             reason: "it cannot be sent in an HTTP header",

@@ -1,4 +1,4 @@
-//! `cubbi serve`: the session API over HTTP for a shared Sysbox host. [`router`] holds the
+//! `cubbi serve`: the session API over HTTP (or HTTPS, [`tls`]) for a shared Sysbox host. [`router`] holds the
 //! routes (generic over the backend), [`auth`] the token extractor, [`store`] the service's own
 //! state, [`docker_host`] the real sessions; this module starts and stops the server.
 
@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod policy;
 pub mod router;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub enum ServeError {
     Server(std::io::Error),
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Setup(String),
 }
@@ -72,7 +75,8 @@ impl RunningService {
     }
 }
 
-/// Serves `host`'s sessions on `listener` until stopped.
+/// Serves `host`'s sessions on `listener` until stopped: over TLS when the config names a
+/// certificate and key (`server.tls_cert`, `server.tls_key`), plain HTTP otherwise.
 pub fn start<H: SessionHost>(
     listener: TcpListener,
     host: H,
@@ -83,6 +87,8 @@ pub fn start<H: SessionHost>(
         address: "the listener".into(),
         source,
     })?;
+    // Before anything starts, so a bad certificate or key stops `cubbi serve` at once.
+    let acceptor = tls::acceptor_from_settings(&config.server)?;
     let (stop, stopping) = watch::channel(false);
     let policy = Policy::from_config(config)?;
     let state = AppState::new(
@@ -94,30 +100,53 @@ pub fn start<H: SessionHost>(
     );
     let app = router::router(state, config.server.body_limit);
     let grace = Duration::from_secs(config.server.shutdown_grace);
-    let task = tokio::spawn(async move {
-        let mut stopped = stopping.clone();
-        let mut stopped_again = stopping;
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-            tracing::info!("stopping: no new connections; streams are ending");
-        });
-        let deadline = async move {
-            let _ = stopped_again.wait_for(|stop| *stop).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            served = server => served.map_err(ServeError::Server),
-            () = deadline => {
-                tracing::warn!("connections still open after {}s; exiting anyway", grace.as_secs());
-                Ok(())
-            }
+    let task = match acceptor {
+        Some(acceptor) => {
+            let listener =
+                tls::TlsListener::new(listener, acceptor).map_err(|source| ServeError::Listen {
+                    address: address.to_string(),
+                    source,
+                })?;
+            tokio::spawn(serve(listener, app, stopping, grace))
         }
-    });
+        None => tokio::spawn(serve(listener, app, stopping, grace)),
+    };
     Ok(RunningService {
         address,
         stop,
         task,
     })
+}
+
+/// Runs `app` on `listener` until `stopping` turns true, then waits for open requests and
+/// streams at most `grace`: the same shutdown for plain HTTP and TLS.
+async fn serve<L>(
+    listener: L,
+    app: axum::Router,
+    stopping: watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<(), ServeError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let mut stopped = stopping.clone();
+    let mut stopped_again = stopping;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+        tracing::info!("stopping: no new connections; streams are ending");
+    });
+    let deadline = async move {
+        let _ = stopped_again.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(ServeError::Server),
+        () = deadline => {
+            tracing::warn!("connections still open after {}s; exiting anyway", grace.as_secs());
+            Ok(())
+        }
+    }
 }
 
 /// What an embedding (the tests) may set beyond the config file.

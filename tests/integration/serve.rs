@@ -25,6 +25,7 @@ pub fn tests() -> Vec<Trial> {
         bad_requests_are_refused_and_make_nothing,
         cli_drives_the_service_like_the_local_endpoint,
         the_binary_logs_json_without_tokens_and_stops_on_sigterm,
+        https_with_a_private_ca_for_clients_that_trust_it,
     ]
 }
 
@@ -894,6 +895,175 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
             !all.contains(&token) && !all.contains("secretsecret"),
             "a token reached the log"
         );
+        Ok(())
+    })
+}
+
+/// Runs `openssl` with `args` in `dir`, failing the test with its stderr.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Result<(), Failed> {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|err| format!("this test needs the openssl command: {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A private CA (`ca.pem`) and a server certificate for 127.0.0.1 and localhost signed by it
+/// (`server.pem`, key `server.key` with mode 0600), in `dir`.
+fn private_ca_and_server_cert(dir: &std::path::Path) -> Result<(), Failed> {
+    use std::os::unix::fs::PermissionsExt;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cubbi test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    )?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "2",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    )?;
+    // The service refuses a key others may read; openssl's umask-made mode may be 0644.
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    Ok(())
+}
+
+/// `server.tls_cert`/`tls_key` make the service speak HTTPS: clients trusting the private CA
+/// (reqwest with it as a root, the binary with CUBBI_CA_CERT) get through, the others fail
+/// the handshake, and plain HTTP to the port gets no answer. No session is booted.
+fn https_with_a_private_ca_for_clients_that_trust_it() -> Result<(), Failed> {
+    docker_test("serve-tls", |scope| async move {
+        let pki = tempfile::tempdir()?;
+        private_ca_and_server_cert(pki.path())?;
+        let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
+        let mut service = TestService::start(&scope, |config| {
+            config.server.tls_cert = Some(cert);
+            config.server.tls_key = Some(key);
+        })
+        .await?;
+        assert!(
+            service.url.starts_with("https://127.0.0.1:"),
+            "{}",
+            service.url
+        );
+        let ca_path = pki.path().join("ca.pem");
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_path)?)?;
+        let trusting = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()?;
+        let healthz = format!("{}/healthz", service.url);
+        let answer = trusting.get(&healthz).send().await?;
+        assert_eq!(answer.status(), 200);
+
+        let untrusting = reqwest::Client::new();
+        let refused = untrusting.get(&healthz).send().await;
+        assert!(refused.is_err(), "a client without the CA got {refused:?}");
+
+        let plain = format!("{}/healthz", service.url.replacen("https://", "http://", 1));
+        let plain_answer = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()?
+            .get(&plain)
+            .send()
+            .await;
+        assert!(
+            plain_answer.is_err(),
+            "plain HTTP to the TLS port got {plain_answer:?}"
+        );
+
+        // The server still answers after the failed handshakes.
+        assert_eq!(trusting.get(&healthz).send().await?.status(), 200);
+
+        let token = service.token(&user(&scope, "tls"), false)?;
+        let home = Arc::new(TestHome::new());
+        let (url, ca_env) = (service.url.clone(), ca_path.clone());
+        let listed = tokio::task::spawn_blocking(move || {
+            let cubbi = || crate::support::Cubbi::new(&home).env("CUBBI_CA_CERT", &ca_env);
+            cubbi().args(["remote", "add", "t", &url]).run().success();
+            cubbi()
+                .args(["-r", "t", "auth"])
+                .stdin(format!("{token}\n"))
+                .run()
+                .success();
+            cubbi()
+                .args(["-r", "t", "--json", "session", "list"])
+                .run()
+                .success()
+                .stdout()
+        })
+        .await?;
+        let sessions: Value = serde_json::from_str(&listed)?;
+        assert_eq!(sessions, json!([]));
+        service.stop().await?;
         Ok(())
     })
 }

@@ -75,8 +75,14 @@ impl TestService {
             options,
         )
         .await?;
+        // The service serves TLS exactly when the config names a certificate.
+        let scheme = if config.server.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Self {
-            url: format!("http://{}", running.address),
+            url: format!("{scheme}://{}", running.address),
             store,
             running: Some(running),
             config,
