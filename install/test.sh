@@ -11,6 +11,8 @@ command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 command -v git >/dev/null 2>&1 || missing+=(git)
+# The HTTPS test makes its CA and certificate with the openssl command.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)
@@ -26,6 +28,13 @@ if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)
     "${sudo[@]}" sysctl -qw fs.inotify.max_user_instances=8192
+fi
+# Under Sysbox every session's root is one host user, sharing its kernel key quota; at the
+# kernel's default (200 keys) creates fail past ~24 sessions (what `cubbi setup` raises too).
+if [ "$(cat /proc/sys/kernel/keys/maxkeys)" -lt 20000 ] || [ "$(cat /proc/sys/kernel/keys/maxbytes)" -lt 1400000 ]; then
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" sysctl -qw kernel.keys.maxkeys=20000 kernel.keys.maxbytes=1400000
 fi
 
 # Sysbox: sessions run under the default runtime, sysbox-runc, so the integration suite runs
