@@ -103,6 +103,10 @@ enum BootError {
     /// Something outside cubbi's lock bound the reserved port before `start` did.
     #[error("port {0} was taken before the session could start")]
     PortTaken(u16),
+    /// Docker could not publish the port (its NAT rules changed under it, e.g. another
+    /// dockerd on the host re-creating its chains); another attempt usually succeeds.
+    #[error("Docker could not publish port {port}: {reason}")]
+    Publishing { port: u16, reason: String },
     #[error("{step} failed: {reason}")]
     Step { step: CreateStep, reason: String },
 }
@@ -666,7 +670,14 @@ impl LocalBackend {
             if !ports::can_bind(address) {
                 return Err(BootError::PortTaken(session_labels.ssh_port));
             }
-            return Err(BootError::at(CreateStep::Starting)(err.to_string()));
+            let reason = err.to_string();
+            if reason.contains("programming external connectivity") {
+                return Err(BootError::Publishing {
+                    port: session_labels.ssh_port,
+                    reason,
+                });
+            }
+            return Err(BootError::at(CreateStep::Starting)(reason));
         }
 
         progress.step(CreateStep::WaitingForSsh);
@@ -1079,6 +1090,20 @@ impl Backend for LocalBackend {
                     tracing::info!(port, "port taken meanwhile; trying another");
                     reservation.abort(self).await;
                     avoid.insert(port);
+                }
+                Err(BootError::Publishing { port, reason }) if attempt < PORT_ATTEMPTS => {
+                    tracing::info!(port, "{reason}; trying again");
+                    reservation.abort(self).await;
+                    avoid.insert(port);
+                }
+                Err(BootError::Publishing { reason, .. }) => {
+                    let logs = self.console_tail(&reservation.id, 20).await;
+                    reservation.abort(self).await;
+                    return Err(ApiError::Failed {
+                        step: CreateStep::Starting.to_string(),
+                        reason,
+                        logs,
+                    });
                 }
                 Err(BootError::PortTaken(port)) => {
                     reservation.abort(self).await;
