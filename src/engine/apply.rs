@@ -76,19 +76,7 @@ pub async fn read_state(
         }
         _ => false,
     };
-    let (unit_active, unit_enabled) = match env.systemd {
-        Some(systemd) => (
-            systemd
-                .active_state(UNIT_NAME)
-                .await
-                .is_ok_and(|state| state == "active"),
-            systemd
-                .unit_file_state(UNIT_NAME)
-                .await
-                .is_ok_and(|state| state == "enabled"),
-        ),
-        None => (false, false),
-    };
+    let (unit_active, unit_enabled) = systemd::active_and_enabled(env.systemd, UNIT_NAME).await;
     let nameservers = firewall::host_nameservers();
     let firewall_installed = engine_settings.as_ref().is_some_and(|settings| {
         env.facts.has("iptables")

@@ -51,6 +51,24 @@ pub trait Systemd: Send + Sync {
 }
 
 /// Polls until `unit` is active; a `failed` unit ends the wait early.
+/// Whether `unit` is active and enabled; both false without systemd or on a D-Bus error
+/// (setup then plans to start and enable it, which reports a real failure).
+pub async fn active_and_enabled(systemd: Option<&dyn Systemd>, unit: &str) -> (bool, bool) {
+    match systemd {
+        Some(systemd) => (
+            systemd
+                .active_state(unit)
+                .await
+                .is_ok_and(|state| state == "active"),
+            systemd
+                .unit_file_state(unit)
+                .await
+                .is_ok_and(|state| state == "enabled"),
+        ),
+        None => (false, false),
+    }
+}
+
 pub async fn wait_until_active(
     systemd: &dyn Systemd,
     unit: &str,

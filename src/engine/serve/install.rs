@@ -25,19 +25,7 @@ pub async fn read_state(systemd: Option<&dyn Systemd>) -> Result<ServeState, Eng
         .ok()
         .flatten()
         .is_some_and(|group| group.mem.iter().any(|member| member == SERVE_USER));
-    let (unit_active, unit_enabled) = match systemd {
-        Some(systemd) => (
-            systemd
-                .active_state(SERVE_UNIT_NAME)
-                .await
-                .is_ok_and(|state| state == "active"),
-            systemd
-                .unit_file_state(SERVE_UNIT_NAME)
-                .await
-                .is_ok_and(|state| state == "enabled"),
-        ),
-        None => (false, false),
-    };
+    let (unit_active, unit_enabled) = systemd::active_and_enabled(systemd, SERVE_UNIT_NAME).await;
     Ok(ServeState {
         user_exists,
         user_in_group,
