@@ -16,6 +16,8 @@ pub trait Progress: Send + Sync {
     fn step(&self, step: CreateStep);
     /// The session exists from here on (its name and port are held), though it is not ready.
     fn reserved(&self, _session: &Session) {}
+    /// Something the user should know once (not a failure).
+    fn notice(&self, _message: &str) {}
 }
 
 /// A progress sink that shows nothing.

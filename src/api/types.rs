@@ -138,6 +138,9 @@ pub struct Session {
     /// Limits as applied (only filled by `get` and `create`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// The Docker networks the session is on (only filled by `get`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
 }
 
 /// Steps of a create, for progress displays and failure messages.

@@ -441,6 +441,10 @@ impl Progress for Spinner {
             tracing::info!("{step}");
         }
     }
+
+    fn notice(&self, message: &str) {
+        self.bar.suspend(|| eprintln!("{message}"));
+    }
 }
 
 pub async fn create_session(
@@ -676,6 +680,9 @@ fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), Cl
     out += &format!("command:    {}\n", session.command.join(" "));
     if let Some(resources) = &session.resources {
         out += &format!("limits:     {}\n", describe_resources(resources));
+    }
+    if !session.networks.is_empty() {
+        out += &format!("networks:   {}\n", session.networks.join(", "));
     }
     out += &format!(
         "ssh:        {}@{}:{}\n",

@@ -114,7 +114,7 @@ const STATIC_KEYS: &[(&str, Kind, &str)] = &[
     (
         "docker.network",
         Kind::NetworkName,
-        "network every session joins",
+        "one network every session joins instead of its owner's own",
     ),
     ("ports.start", Kind::Port, "first SSH port sessions may get"),
     ("ports.end", Kind::Port, "last SSH port sessions may get"),

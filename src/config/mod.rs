@@ -134,24 +134,18 @@ pub struct Langfuse {
     pub secret_key: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DockerSettings {
     /// Docker endpoint; the dedicated cubbi endpoint when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// The network every session joins unless `--no-default-network`.
-    pub network: String,
+    /// A network every session joins (unless `--no-default-network`) instead of its owner's
+    /// own `cubbi-OWNER-HASH`; sessions of different owners on it can reach each other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
-impl Default for DockerSettings {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            network: "cubbi-network".into(),
-        }
-    }
-}
 
 /// The inclusive range SSH ports are allocated from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,7 +234,9 @@ impl Config {
         for name in &self.defaults.networks {
             keys::validate_network_name(name)?;
         }
-        keys::validate_network_name(&self.docker.network)?;
+        if let Some(network) = &self.docker.network {
+            keys::validate_network_name(network)?;
+        }
         if let Some(cpus) = self.defaults.cpus
             && !(cpus > 0.0 && cpus.is_finite())
         {

@@ -594,18 +594,19 @@ pub fn firewall(installed: &Readable<bool>, egress_guard: Option<bool>) -> Check
         }
         (Readable::Read(true), Some(true)) => Check::ok(
             ID,
-            "NAT, forwarding and the egress guard (CUBBI-* chains) are in place",
+            "NAT, forwarding, isolation between the engine's networks and the egress guard \
+             (CUBBI-* chains) are in place",
         ),
         (Readable::Read(true), Some(false)) => Check::warn(
             ID,
-            "NAT and forwarding are in place, but the egress guard is off: sessions can reach \
-             private networks and this host",
+            "NAT, forwarding and isolation between the engine's networks are in place, but the \
+             egress guard is off: sessions can reach private networks and this host",
             "sudo cubbi setup (without --no-egress-guard)",
         ),
         (Readable::Read(false), Some(_)) => Check::fail(
             ID,
-            "cubbi's firewall chains are missing or changed: sessions may have no network, or \
-             reach private networks",
+            "cubbi's firewall chains are missing or changed: sessions may have no network, reach \
+             private networks, or reach other users' sessions",
             SETUP,
         ),
         (Readable::NeedsRoot, _) => Check::warn(

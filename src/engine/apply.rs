@@ -684,10 +684,8 @@ async fn uninstall_step(
             }
             if let Some(settings) = &state.engine_settings {
                 supervisor::remove_bridge(env.runner, &settings.bridge)?;
-                // dockerd leaves its networks' bridges up when it stops; cubbi-network's is ours.
-                if let Some(network_bridge) =
-                    crate::local::naming::network_bridge_name(&settings.bridge)
-                {
+                // dockerd leaves its networks' bridges up when it stops; they are ours.
+                for network_bridge in supervisor::network_bridges(env.runner, &settings.bridge)? {
                     supervisor::remove_bridge(env.runner, &network_bridge)?;
                 }
             }

@@ -8,12 +8,13 @@
 //! - `nat CUBBI-NAT-<bridge>`: masquerade the engine's subnets going anywhere but its bridges
 //!   (what dockerd's `ip-masq` would do); published ports go through docker-proxy and need no
 //!   DNAT.
-//! - `filter CUBBI-FWD-<bridge>`: the bridges' traffic goes through the egress guard and out,
+//! - `filter CUBBI-FWD-<bridge>`: traffic within one bridge (sessions of one network) passes,
+//!   traffic routed from one of the engine's bridges to another (a session reaching another
+//!   owner's network) is rejected, the bridges' other traffic goes through the egress guard and out,
 //!   replies come back in, and every other packet forwarded INTO a bridge is dropped (a LAN
 //!   neighbour routing the engine's subnets via this host reaches no session, whatever FORWARD's
 //!   policy).
-//! - the egress guard (on by default): `CUBBI-EGRESS-<bridge>` lets sessions reach each other
-//!   (matched by interface, `-o <bridge>+`, never by address) and rejects private networks,
+//! - the egress guard (on by default): `CUBBI-EGRESS-<bridge>` rejects private networks,
 //!   carrier-grade NAT (Tailscale; one cloud's metadata at 100.100.100.200), link-local and the
 //!   cloud metadata and host endpoints for forwarded traffic; `CUBBI-INPUT-<bridge>` rejects every
 //!   new connection from a session to the machine itself (its gateway, its LAN and VPN
@@ -22,8 +23,8 @@
 //!   fc00::/7 and fe80::/10 and everything else.
 //!
 //! Rules match interfaces, never source addresses a session could forge: every bridge of the
-//! engine is named with the engine bridge's prefix (`cubbi0`, `cubbi0n` for `cubbi-network`), so
-//! `-i cubbi0+` covers them all.
+//! engine is named with the engine bridge's prefix (`cubbi0`, then `cubbi0` plus a hash of the
+//! network's name, see `local::naming`), so `-i cubbi0+` covers them all.
 //!
 //! [`RuleSet`] is the one model. It renders, per family, ONE `iptables-restore --noflush`
 //! payload that declares (creating or flushing) and fills every chain, hooks each chain in
@@ -236,9 +237,6 @@ pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
 
     if settings.egress_guard {
         let mut egress = vec![words(&[ESTABLISHED, &["-j", "RETURN"]].concat())];
-        // Sessions talk to each other (br_netfilter sends bridged traffic through FORWARD):
-        // matched by the engine's own bridges, never by an address range a LAN may also route.
-        egress.push(words(&["-o", &bridges, "-j", "RETURN"]));
         egress.extend(private_dns_rules(settings));
         for blocked in BLOCKED {
             egress.push(words(&[
@@ -289,7 +287,32 @@ pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
         });
     }
 
-    let mut forward = Vec::new();
+    // Sessions on one network talk to each other: switched within its bridge (br_netfilter
+    // sends that through FORWARD, marked as bridged). Anything routed from one of the engine's
+    // bridges to another crosses networks, i.e. owners: refused, whatever the addresses.
+    let mut forward = vec![
+        words(&[
+            "-i",
+            &bridges,
+            "-o",
+            &bridges,
+            "-m",
+            "physdev",
+            "--physdev-is-bridged",
+            "-j",
+            "ACCEPT",
+        ]),
+        words(&[
+            "-i",
+            &bridges,
+            "-o",
+            &bridges,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-net-prohibited",
+        ]),
+    ];
     if settings.egress_guard {
         forward.push(words(&["-i", &bridges, "-j", &egress_chain]));
     }
@@ -893,6 +916,8 @@ mod tests {
         assert_eq!(
             listing(&rules, "CUBBI-FWD-cubbi0"),
             "-N CUBBI-FWD-cubbi0\n\
+             -A CUBBI-FWD-cubbi0 -i cubbi0+ -o cubbi0+ -m physdev --physdev-is-bridged -j ACCEPT\n\
+             -A CUBBI-FWD-cubbi0 -i cubbi0+ -o cubbi0+ -j REJECT --reject-with icmp-net-prohibited\n\
              -A CUBBI-FWD-cubbi0 -i cubbi0+ -j ACCEPT\n\
              -A CUBBI-FWD-cubbi0 -o cubbi0+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
              -A CUBBI-FWD-cubbi0 -o cubbi0+ -j DROP"
@@ -933,8 +958,32 @@ mod tests {
                 before_drop
                     .iter()
                     .filter(|r| r.contains("-o cubbi0+") && r.ends_with("ACCEPT"))
-                    .all(|r| r.contains("RELATED,ESTABLISHED")),
+                    .all(
+                        |r| r.contains("RELATED,ESTABLISHED") || r.contains("--physdev-is-bridged")
+                    ),
                 "{before_drop:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bridges_are_isolated_from_each_other_guard_or_not() {
+        for guard in [false, true] {
+            let forward = listing(&rule_set(&settings(guard)), "CUBBI-FWD-cubbi0");
+            let mut lines = forward.lines().skip(1);
+            assert_eq!(
+                lines.next(),
+                Some(
+                    "-A CUBBI-FWD-cubbi0 -i cubbi0+ -o cubbi0+ -m physdev --physdev-is-bridged -j ACCEPT"
+                ),
+                "guard {guard}: within one bridge first"
+            );
+            assert_eq!(
+                lines.next(),
+                Some(
+                    "-A CUBBI-FWD-cubbi0 -i cubbi0+ -o cubbi0+ -j REJECT --reject-with icmp-net-prohibited"
+                ),
+                "guard {guard}: then nothing routed between bridges"
             );
         }
     }
@@ -946,7 +995,6 @@ mod tests {
             listing(&rules, "CUBBI-EGRESS-cubbi0"),
             "-N CUBBI-EGRESS-cubbi0\n\
              -A CUBBI-EGRESS-cubbi0 -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n\
-             -A CUBBI-EGRESS-cubbi0 -o cubbi0+ -j RETURN\n\
              -A CUBBI-EGRESS-cubbi0 -d 192.168.1.1/32 -p udp -m udp --dport 53 -j RETURN\n\
              -A CUBBI-EGRESS-cubbi0 -d 192.168.1.1/32 -p tcp -m tcp --dport 53 -j RETURN\n\
              -A CUBBI-EGRESS-cubbi0 -d 10.0.0.0/8 -j REJECT --reject-with icmp-net-prohibited\n\

@@ -104,10 +104,11 @@ impl EngineSettings {
 
 /// Whether `name` is a usable Linux interface name for the bridge.
 pub fn validate_bridge_name(name: &str) -> Result<(), EngineError> {
-    // 14, not Linux's 15: `cubbi-network`'s bridge is this name plus `n`, and the firewall
-    // covers sessions only because it shares the prefix.
+    // Each network's bridge is this name plus a hash (Linux allows 15 characters), and the
+    // firewall covers and isolates sessions only because their bridges share the prefix.
+    let max = crate::local::naming::MAX_ENGINE_BRIDGE;
     let valid = !name.is_empty()
-        && name.len() <= 14
+        && name.len() <= max
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -116,7 +117,8 @@ pub fn validate_bridge_name(name: &str) -> Result<(), EngineError> {
         Ok(())
     } else {
         Err(EngineError::Refused(format!(
-            "`{name}` cannot be the cubbi bridge: use 1-14 letters, digits, - or _, and not docker0"
+            "`{name}` cannot be the cubbi bridge: use 1-{max} letters, digits, - or _, and not \
+             docker0 (each network's bridge adds a hash to the name)"
         )))
     }
 }
@@ -145,10 +147,10 @@ mod tests {
         assert!(validate_bridge_name("cubbi0").is_ok());
         assert!(validate_bridge_name("docker0").is_err());
         assert!(validate_bridge_name("a-name-too-long-x").is_err());
-        assert!(validate_bridge_name("fourteen-chars").is_ok());
+        assert!(validate_bridge_name("nine-char").is_ok());
         assert!(
-            validate_bridge_name("fifteen-chars-x").is_err(),
-            "cubbi-network's bridge adds a character"
+            validate_bridge_name("ten-chars-").is_err(),
+            "each network's bridge adds a hash of at least 6 characters"
         );
         assert!(validate_bridge_name("bad name").is_err());
     }

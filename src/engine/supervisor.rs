@@ -124,6 +124,43 @@ pub fn ensure_bridge(
     Ok(())
 }
 
+/// The bridges of the engine's networks (`ENGINE` plus a hash, or the old `ENGINEn`), as
+/// `ip -o link show type bridge` lists them: dockerd leaves them up when it stops.
+pub fn network_bridges(
+    runner: &dyn CommandRunner,
+    engine_bridge: &str,
+) -> Result<Vec<String>, SupervisorError> {
+    let listed = runner
+        .output("ip", &["-o", "link", "show", "type", "bridge"])
+        .map_err(|source| SupervisorError::Bridge {
+            bridge: engine_bridge.to_string(),
+            source,
+        })?;
+    Ok(network_bridges_in(&listed.stdout, engine_bridge))
+}
+
+fn network_bridges_in(listing: &str, engine_bridge: &str) -> Vec<String> {
+    let legacy = crate::local::naming::legacy_network_bridge_name(engine_bridge);
+    let hashed_len = 15usize.saturating_sub(engine_bridge.len());
+    listing
+        .lines()
+        .filter_map(|line| line.split(':').nth(1))
+        .map(|name| {
+            name.trim()
+                .split('@')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .filter(|name| {
+            *name == legacy
+                || name.strip_prefix(engine_bridge).is_some_and(|hash| {
+                    hash.len() == hashed_len && hash.chars().all(|c| c.is_ascii_hexdigit())
+                })
+        })
+        .collect()
+}
+
 /// Removes the bridge when it exists.
 pub fn remove_bridge(runner: &dyn CommandRunner, bridge: &str) -> Result<bool, SupervisorError> {
     let fail = |source| SupervisorError::Bridge {
@@ -271,6 +308,20 @@ fn parent_of(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_bridges_are_the_engine_prefix_plus_a_hash() {
+        let listing = "3: cubbi0: <BROADCAST> mtu 1500\n\
+                       4: cubbi0n: <BROADCAST> mtu 1500\n\
+                       5: cubbi0a1b2c3d4e: <BROADCAST> mtu 1500\n\
+                       6: cubbi01: <BROADCAST> mtu 1500\n\
+                       7: cubbi0zzzzzzzzz: <BROADCAST> mtu 1500\n\
+                       8: docker0: <BROADCAST> mtu 1500\n";
+        assert_eq!(
+            network_bridges_in(listing, "cubbi0"),
+            vec!["cubbi0n".to_string(), "cubbi0a1b2c3d4e".to_string()]
+        );
+    }
     use crate::engine::runner::fake::RecordingRunner;
 
     #[test]

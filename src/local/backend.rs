@@ -12,8 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, HostConfig, NetworkConnectRequest, NetworkCreateRequest,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -44,6 +45,9 @@ const STOP_TIMEOUT_SECS: i32 = 10;
 /// How many ports a create tries when the one it reserved is taken before start.
 const PORT_ATTEMPTS: u32 = 3;
 
+/// The one network every session joined before owners had networks of their own.
+const LEGACY_SHARED_NETWORK: &str = "cubbi-network";
+
 #[derive(Clone)]
 pub struct LocalOptions {
     /// Recorded as `io.cubbi.owner`; `list` shows only this owner's sessions.
@@ -53,8 +57,9 @@ pub struct LocalOptions {
     /// Where `list` reads sessions instead of asking Docker each time (the service keeps one).
     pub index: Option<Arc<SessionIndex>>,
     pub ports: PortRange,
-    /// The network every session joins unless the spec says otherwise.
-    pub default_network: String,
+    /// The network every session joins unless the spec says otherwise; the owner's own
+    /// (`naming::owner_network_name`) when absent.
+    pub default_network: Option<String>,
     /// The user's key, authorized in every session.
     pub client_key: Arc<PrivateKey>,
     /// The user's OpenSSH files; `None` where nobody's ~/.ssh should change (the service).
@@ -257,7 +262,7 @@ impl LocalBackend {
         let image = self.resolve_image(&spec.image).await?;
         let mut networks = Vec::new();
         if spec.default_network {
-            networks.push(self.options.default_network.clone());
+            networks.push(self.default_network());
         }
         for network in &spec.networks {
             crate::config::keys::validate_network_name(network)
@@ -314,9 +319,18 @@ impl LocalBackend {
         )))
     }
 
+    /// The network sessions join unless told otherwise: the configured one, or the owner's own,
+    /// which other owners' sessions cannot reach.
+    fn default_network(&self) -> String {
+        self.options
+            .default_network
+            .clone()
+            .unwrap_or_else(|| naming::owner_network_name(&self.options.owner))
+    }
+
     /// Creates the default network when missing. Docker accepts duplicate network names, so
     /// concurrent creates would each make one; the host lock makes it happen once.
-    async fn ensure_network(&self, name: &str) -> Result<(), ApiError> {
+    async fn ensure_network(&self, name: &str, progress: &dyn Progress) -> Result<(), ApiError> {
         if self.docker.inspect_network(name, None).await.is_ok() {
             return Ok(());
         }
@@ -326,18 +340,26 @@ impl LocalBackend {
         }
         let mut labels = self.options.extra_labels.clone();
         labels.insert(labels::MANAGED.into(), "true".into());
-        // On cubbi's engine the firewall matches bridges by the engine bridge's prefix.
-        let engine_bridge = self
-            .docker
-            .inspect_network("bridge", None)
-            .await
-            .ok()
-            .and_then(|network| network.options)
-            .and_then(|options| options.get(naming::BRIDGE_NAME_OPTION).cloned());
-        let options = engine_bridge
-            .as_deref()
-            .and_then(naming::network_bridge_name)
+        if self.options.default_network.is_none() {
+            labels.insert(labels::OWNER.into(), self.options.owner.clone());
+        }
+        let options = self
+            .network_bridge(name)
+            .await?
             .map(|bridge| HashMap::from([(naming::BRIDGE_NAME_OPTION.to_string(), bridge)]));
+        if self.options.default_network.is_none()
+            && self
+                .docker
+                .inspect_network(LEGACY_SHARED_NETWORK, None)
+                .await
+                .is_ok()
+        {
+            progress.notice(&format!(
+                "Your sessions now join {name}, a network of your own that other users' sessions \
+                 cannot reach. Sessions still on the shared {LEGACY_SHARED_NETWORK} keep it until \
+                 they are closed."
+            ));
+        }
         let request = NetworkCreateRequest {
             name: name.to_string(),
             driver: Some("bridge".into()),
@@ -350,6 +372,49 @@ impl LocalBackend {
             .await
             .map(|_| ())
             .map_err(|err| ApiError::unavailable(format!("cannot create network {name}: {err}")))
+    }
+
+    /// The Linux bridge a new network gets on cubbi's engine: the engine bridge's name plus a
+    /// hash of the network's, so the firewall covers it and isolates it from the other networks.
+    /// `None` on an engine cubbi does not own (the host Docker's `docker0`), where Docker names
+    /// it. Two networks never share a bridge: a clash of hashes is refused.
+    async fn network_bridge(&self, network: &str) -> Result<Option<String>, ApiError> {
+        let engine_bridge = self
+            .docker
+            .inspect_network("bridge", None)
+            .await
+            .ok()
+            .and_then(|found| found.options)
+            .and_then(|options| options.get(naming::BRIDGE_NAME_OPTION).cloned());
+        let Some(engine_bridge) = engine_bridge.filter(|bridge| bridge != "docker0") else {
+            return Ok(None);
+        };
+        let Some(bridge) = naming::network_bridge_name(&engine_bridge, network) else {
+            return Err(ApiError::unavailable(format!(
+                "the engine's bridge `{engine_bridge}` is longer than {} characters, which leaves \
+                 no room to name network bridges its firewall covers; re-run `sudo cubbi setup \
+                 --bridge cubbi0`",
+                naming::MAX_ENGINE_BRIDGE
+            )));
+        };
+        let existing = self
+            .docker
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await
+            .map_err(Self::docker_error("cannot list the networks"))?;
+        if let Some(holder) = existing.iter().find(|other| {
+            other
+                .options
+                .as_ref()
+                .and_then(|options| options.get(naming::BRIDGE_NAME_OPTION))
+                == Some(&bridge)
+        }) {
+            return Err(ApiError::Conflict(format!(
+                "network {network} would use the bridge {bridge}, which network {} has already",
+                holder.name.as_deref().unwrap_or("?")
+            )));
+        }
+        Ok(Some(bridge))
     }
 
     /// Takes the host-wide allocation lock (bounded wait, see [`ports::PortLock`]).
@@ -510,9 +575,23 @@ impl LocalBackend {
             runtime::apply_unsafe_runc(&mut host);
             volumes.push(runtime::INNER_DOCKER_ROOT.to_string());
         }
+        // The owner's sessions reach each other by session name, not only by the container's
+        // (`cubbi-NAME`). Only on the owner's own network: on a shared one, the name could
+        // shadow something other users' sessions reach by that name.
+        let owners_network = spec.default_network && self.options.default_network.is_none();
+        let networking_config = owners_network.then(|| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                self.default_network(),
+                EndpointSettings {
+                    aliases: Some(vec![plan.name.clone()]),
+                    ..Default::default()
+                },
+            )])),
+        });
         ContainerCreateBody {
             env: runtime::skip_uid_shift_env(&plan.unshifted).map(|var| vec![var]),
             hostname: Some(plan.name.clone()),
+            networking_config,
             image: Some(plan.image.reference.clone()),
             labels: Some(all_labels),
             exposed_ports: Some(vec!["22/tcp".to_string()]),
@@ -1044,10 +1123,10 @@ impl Backend for LocalBackend {
     ) -> Result<Session, ApiError> {
         progress.step(CreateStep::Validating);
         let plan = self.validate(&spec).await?;
-        for network in plan.networks.iter().take(1) {
-            if spec.default_network && network == &self.options.default_network {
-                self.ensure_network(network).await?;
-            }
+        if spec.default_network
+            && let Some(network) = plan.networks.first()
+        {
+            self.ensure_network(network, progress).await?;
         }
         let data_volume = self.ensure_data_volume().await?;
 
@@ -1165,18 +1244,23 @@ impl Backend for LocalBackend {
                 session.state = SessionState::InitFailed;
             }
         }
-        session.resources = self
-            .docker
-            .inspect_container(&session.id, None)
-            .await
-            .ok()
-            .and_then(|container| container.host_config)
+        let inspected = self.docker.inspect_container(&session.id, None).await.ok();
+        session.resources = inspected
+            .as_ref()
+            .and_then(|container| container.host_config.as_ref())
             .map(|host| Resources {
                 memory: host.memory.filter(|m| *m > 0),
                 memory_swap: host.memory_swap.filter(|m| *m > 0),
                 cpus: host.nano_cpus.filter(|n| *n > 0).map(|n| n as f64 / 1e9),
                 pids_limit: host.pids_limit.filter(|p| *p > 0),
             });
+        let mut networks: Vec<String> = inspected
+            .and_then(|container| container.network_settings)
+            .and_then(|settings| settings.networks)
+            .map(|networks| networks.into_keys().collect())
+            .unwrap_or_default();
+        networks.sort();
+        session.networks = networks;
         Ok(session)
     }
 

@@ -122,6 +122,7 @@ impl SessionLabels {
             init_status: None,
             project_status: None,
             resources: None,
+            networks: Vec::new(),
         }
     }
 }

@@ -5,13 +5,60 @@ use std::path::Path;
 /// Docker's bridge-driver option naming a network's Linux bridge.
 pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
-/// The Linux bridge for `cubbi-network` on an engine whose default bridge is `engine_bridge`:
-/// on cubbi's engine (`cubbi0`, or whatever `setup --bridge` named) it is `cubbi0n`, so the
-/// engine's firewall, which matches `cubbi0+`, covers sessions too. The host Docker's `docker0`
-/// keeps Docker's own naming (its bridges are not cubbi's to name).
-pub fn network_bridge_name(engine_bridge: &str) -> Option<String> {
-    (engine_bridge != "docker0" && !engine_bridge.is_empty() && engine_bridge.len() < 15)
-        .then(|| format!("{engine_bridge}n"))
+/// Linux's longest interface name.
+const MAX_INTERFACE_NAME: usize = 15;
+
+/// Fewest hash characters a network's bridge name gets: 24 bits, and a clash is refused, never
+/// shared (see `LocalBackend::ensure_network`).
+pub const MIN_BRIDGE_HASH: usize = 6;
+
+/// The longest engine bridge that leaves [`MIN_BRIDGE_HASH`] characters for its networks.
+pub const MAX_ENGINE_BRIDGE: usize = MAX_INTERFACE_NAME - MIN_BRIDGE_HASH;
+
+/// The Linux bridge of `network` on an engine whose default bridge is `engine_bridge`: the
+/// engine bridge's name plus a hash of the network's, filling Linux's 15 characters. On cubbi's
+/// engine (`cubbi0`, or whatever `setup --bridge` named) the firewall matches `cubbi0+`, so it
+/// covers every network's sessions, and isolates each such bridge from the others. The host
+/// Docker's `docker0` keeps Docker's own naming (its bridges are not cubbi's to name).
+pub fn network_bridge_name(engine_bridge: &str, network: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    if engine_bridge == "docker0"
+        || engine_bridge.is_empty()
+        || engine_bridge.len() > MAX_ENGINE_BRIDGE
+    {
+        return None;
+    }
+    let digest = Sha256::digest(network.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!(
+        "{engine_bridge}{}",
+        &hex[..MAX_INTERFACE_NAME - engine_bridge.len()]
+    ))
+}
+
+/// The bridge of the shared `cubbi-network` of releases before owners had networks of their
+/// own: still removed with the engine.
+pub fn legacy_network_bridge_name(engine_bridge: &str) -> String {
+    format!("{engine_bridge}n")
+}
+
+/// The network an owner's sessions join: `cubbi-` plus the owner made readable and a hash of
+/// the exact owner, so two owners never share one (as with data volumes).
+pub fn owner_network_name(owner: &str) -> String {
+    format!("cubbi-{}", owner_suffix(owner))
+}
+
+/// `NAME-HASH` for an owner: readable, at most 40 characters of name, and injective.
+fn owner_suffix(owner: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let readable: String = sanitize_hostname(owner)
+        .unwrap_or_else(|| "user".into())
+        .chars()
+        .take(40)
+        .collect();
+    let digest = Sha256::digest(owner.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{hash}", readable.trim_end_matches('-'))
 }
 
 /// Lowercase, `_` → `-`, other invalid characters dropped, `--` collapsed, `-` trimmed from
@@ -40,15 +87,7 @@ pub fn sanitize_hostname(raw: &str) -> Option<String> {
 /// The owner's data volume: the owner made readable plus a hash of the exact owner, so
 /// `john.doe` and `john_doe` (or `Alice` and `alice`) never share one.
 pub fn data_volume_name(owner: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let readable: String = sanitize_hostname(owner)
-        .unwrap_or_else(|| "user".into())
-        .chars()
-        .take(40)
-        .collect();
-    let digest = Sha256::digest(owner.as_bytes());
-    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("cubbi-data-{}-{hash}", readable.trim_end_matches('-'))
+    format!("cubbi-data-{}", owner_suffix(owner))
 }
 
 /// The data volume's name before owners were hashed in (`cubbi-data-john-doe`): several
@@ -92,14 +131,35 @@ mod tests {
 
     #[test]
     fn session_networks_share_the_engine_bridge_prefix() {
-        assert_eq!(network_bridge_name("cubbi0").as_deref(), Some("cubbi0n"));
-        assert_eq!(network_bridge_name("docker0"), None);
-        assert_eq!(network_bridge_name("br0").as_deref(), Some("br0n"));
-        assert_eq!(
-            network_bridge_name("cubbi-123456789"),
-            None,
-            "15 characters at most"
+        let bridge = network_bridge_name("cubbi0", "cubbi-alice-12345678").unwrap();
+        assert_eq!(bridge.len(), 15);
+        assert!(bridge.starts_with("cubbi0"), "{bridge}");
+        assert!(bridge[6..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(
+            network_bridge_name("cubbi0", "cubbi-bob-12345678").unwrap(),
+            bridge
         );
+        assert_eq!(
+            network_bridge_name("cubbi0", "cubbi-alice-12345678").unwrap(),
+            bridge,
+            "stable"
+        );
+        assert_eq!(network_bridge_name("docker0", "x"), None);
+        assert_eq!(network_bridge_name("cbt123456", "x").unwrap().len(), 15);
+        assert_eq!(network_bridge_name("cubbi-1234", "x"), None, "too long");
+        assert_eq!(legacy_network_bridge_name("cubbi0"), "cubbi0n");
+    }
+
+    #[test]
+    fn owner_networks_are_one_per_exact_owner() {
+        let names: std::collections::BTreeSet<String> =
+            ["john.doe", "john_doe", "Alice", "alice", "serve:alice", ""]
+                .iter()
+                .map(|owner| owner_network_name(owner))
+                .collect();
+        assert_eq!(names.len(), 6, "{names:?}");
+        assert!(owner_network_name("serve:alice").starts_with("cubbi-servealice-"));
+        assert!(owner_network_name(&"x".repeat(200)).len() < 64);
     }
 
     #[test]

@@ -64,7 +64,9 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct DockerSection {
     pub endpoint: String,
-    pub network: String,
+    /// One network every user's sessions share instead of a network per user (which keeps
+    /// users' sessions apart): only for a service whose users trust each other.
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -129,7 +131,7 @@ impl Default for DockerSection {
     fn default() -> Self {
         Self {
             endpoint: crate::docker::DEFAULT_ENDPOINT.to_string(),
-            network: crate::config::Config::default().docker.network,
+            network: None,
         }
     }
 }
@@ -205,6 +207,10 @@ impl ServiceConfig {
         for network in &self.networks.allowed {
             crate::config::keys::validate_network_name(network)
                 .map_err(|err| invalid("networks.allowed", err.to_string()))?;
+        }
+        if let Some(network) = &self.docker.network {
+            crate::config::keys::validate_network_name(network)
+                .map_err(|err| invalid("docker.network", err.to_string()))?;
         }
         if let Some(memory) = &self.limits.memory {
             crate::local::limits::parse_memory(memory)

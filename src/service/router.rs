@@ -346,6 +346,10 @@ impl Progress for Reserved {
         tracing::debug!("{step}");
     }
 
+    fn notice(&self, message: &str) {
+        tracing::info!("{message}");
+    }
+
     fn reserved(&self, session: &Session) {
         if let Some(sender) = self.0.lock().ok().and_then(|mut slot| slot.take()) {
             let _ = sender.send(session.clone());

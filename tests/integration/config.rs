@@ -249,6 +249,20 @@ fn invalid_network_name_is_refused() -> Result<(), Failed> {
 fn unset_restores_default() -> Result<(), Failed> {
     let home = TestHome::new();
     Cubbi::new(&home)
+        .args(["config", "set", "ports.start", "2400"])
+        .run()
+        .success();
+    Cubbi::new(&home)
+        .args(["config", "unset", "ports.start"])
+        .run()
+        .success();
+    Cubbi::new(&home)
+        .args(["config", "get", "ports.start"])
+        .run()
+        .success()
+        .stdout_is("2300\n");
+    // docker.network has no default: each owner's sessions get a network of their own.
+    Cubbi::new(&home)
         .args(["config", "set", "docker.network", "other"])
         .run()
         .success();
@@ -259,8 +273,8 @@ fn unset_restores_default() -> Result<(), Failed> {
     Cubbi::new(&home)
         .args(["config", "get", "docker.network"])
         .run()
-        .success()
-        .stdout_is("cubbi-network\n");
+        .failure()
+        .stderr_contains("not set");
     Ok(())
 }
 

@@ -101,7 +101,9 @@ impl Drop for PrivateEngine {
             .args(["engine", "stop", "--timeout", "30", "--engine-root"])
             .args([self.root_arg()])
             .run();
-        for bridge in [self.bridge.clone(), format!("{}n", self.bridge)] {
+        let mut bridges = engine_bridges(&self.bridge);
+        bridges.push(self.bridge.clone());
+        for bridge in bridges {
             let _ = Command::new("ip")
                 .args(["link", "delete", &bridge])
                 .output();
@@ -448,6 +450,57 @@ fn setup_refuses_bad_input_and_changes_nothing() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The bridges of an engine's networks on this host: its bridge's name plus more.
+fn engine_bridges(engine_bridge: &str) -> Vec<String> {
+    let listed = Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    listed
+        .lines()
+        .filter_map(|line| line.split(':').nth(1))
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with(engine_bridge) && name != engine_bridge)
+        .collect()
+}
+
+/// A session's IPv4 address on its (first) network.
+fn session_address(home_cubbi: impl Fn() -> Cubbi, name: &str) -> Result<String, Failed> {
+    let shown = home_cubbi()
+        // eth0: the inner dockerd's docker0 has an address of its own.
+        .args([
+            "session", "exec", name, "--", "ip", "-4", "-o", "addr", "show", "dev", "eth0",
+        ])
+        .run()
+        .success()
+        .stdout();
+    shown
+        .split_whitespace()
+        .skip_while(|word| *word != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .ok_or_else(|| format!("no address in {name}: {shown}").into())
+}
+
+/// The networks `session show --json` lists for `name`.
+fn session_networks(home_cubbi: impl Fn() -> Cubbi, name: &str) -> Result<Vec<String>, Failed> {
+    let shown = home_cubbi()
+        .args(["--json", "session", "show", name])
+        .run()
+        .success()
+        .stdout();
+    let json: serde_json::Value = serde_json::from_str(&shown)?;
+    Ok(json["session"]["networks"]
+        .as_array()
+        .or_else(|| json["networks"].as_array())
+        .ok_or_else(|| format!("no networks in {shown}"))?
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect())
+}
+
 /// From inside `name`, a TCP connection to `address:port`: "open" or "refused".
 fn session_connects(
     home_cubbi: impl Fn() -> Cubbi,
@@ -477,7 +530,7 @@ fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
     crate::support::docker_test("engine-session", |scope| async move {
         scope.ensure_base().await?;
         let mut engine = PrivateEngine::new("g")?;
-        engine.bridge = format!("cubbig{}", std::process::id() % 100_000);
+        engine.bridge = format!("cg{}", std::process::id() % 1_000_000);
         let root = engine.root_arg();
         let private = format!("unix://{root}/docker.sock");
         let setup = |extra: &[&str]| {
@@ -511,17 +564,24 @@ fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
                 .env("CUBBI_DOCKER_HOST", &private)
                 .env("CUBBI_OWNER", &scope.id)
         };
+        // The shared network of releases before owners had their own, as they made it.
+        let legacy = Command::new("docker")
+            .args(["-H", &private, "network", "create", "-o"])
+            .arg(format!("com.docker.network.bridge.name={}n", engine.bridge))
+            .arg("cubbi-network")
+            .output()?;
+        assert!(legacy.status.success(), "{legacy:?}");
         cubbi()
             .args(crate::support::create_args("guarded", &[]))
             .run()
-            .success();
-        let network_bridge = format!("{}n", engine.bridge);
-        let bridge_up = Command::new("ip")
-            .args(["link", "show", "dev", &network_bridge])
-            .output()?;
+            .success()
+            .stderr_contains("a network of your own");
+        let network_bridges = engine_bridges(&engine.bridge);
         assert!(
-            bridge_up.status.success(),
-            "cubbi-network's bridge is not named {network_bridge}"
+            network_bridges
+                .iter()
+                .any(|bridge| bridge.len() == 15 && *bridge != format!("{}n", engine.bridge)),
+            "the owner's network has no bridge named with the engine's prefix: {network_bridges:?}"
         );
 
         let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
@@ -557,6 +617,84 @@ fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
             );
         }
 
+        // Owners: `guarded` and `a2` are this test's, `b1` and `b2` another owner's. Each
+        // owner's sessions reach each other (by name and address); nothing crosses owners.
+        let other_owner = format!("{}-b", scope.id);
+        let cubbi_b = || {
+            engine
+                .cubbi()
+                .env("CUBBI_DOCKER_HOST", &private)
+                .env("CUBBI_OWNER", &other_owner)
+        };
+        let second = cubbi()
+            .args(crate::support::create_args("a2", &[]))
+            .run()
+            .success();
+        assert!(
+            !second.stderr().contains("a network of your own"),
+            "the change is announced once: {}",
+            second.stderr()
+        );
+        for name in ["b1", "b2"] {
+            cubbi_b()
+                .args(crate::support::create_args(name, &[]))
+                .run()
+                .success();
+        }
+        let a_networks = session_networks(cubbi, "guarded")?;
+        let b_networks = session_networks(cubbi_b, "b1")?;
+        assert_eq!(a_networks.len(), 1, "{a_networks:?}");
+        assert!(a_networks[0].starts_with("cubbi-"), "{a_networks:?}");
+        assert_ne!(a_networks, b_networks, "two owners share a network");
+        assert_eq!(session_networks(cubbi, "a2")?, a_networks);
+        let a2 = session_address(cubbi, "a2")?;
+        let b1 = session_address(cubbi_b, "b1")?;
+        let b2 = session_address(cubbi_b, "b2")?;
+        let guarded = session_address(cubbi, "guarded")?;
+        // sshd listens on 22 in every session. The same with the guard off (below): it is the
+        // isolation between bridges, not the guard's private ranges, that keeps owners apart.
+        let owners_are_apart = |guard: &str| {
+            for (who, target, expected) in [
+                ("a2 by name", "a2", "open"),
+                ("a2 by address", a2.as_str(), "open"),
+                ("b1 by address", b1.as_str(), "refused"),
+                ("b2 by address", b2.as_str(), "refused"),
+            ] {
+                assert_eq!(
+                    session_connects(cubbi, "guarded", target, 22),
+                    expected,
+                    "guard {guard}: guarded (owner A) to {who}"
+                );
+            }
+            for (who, target, expected) in [
+                ("b2 by name", "b2", "open"),
+                ("b2 by address", b2.as_str(), "open"),
+                ("guarded by address", guarded.as_str(), "refused"),
+                ("a2 by address", a2.as_str(), "refused"),
+                ("a2 by name", "a2", "refused"),
+            ] {
+                assert_eq!(
+                    session_connects(cubbi_b, "b1", target, 22),
+                    expected,
+                    "guard {guard}: b1 (owner B) to {who}"
+                );
+            }
+        };
+        owners_are_apart("on");
+        // The internet stays reachable from an owner's network: the Debian mirror apt uses.
+        let mirror = crate::support::apt_sources::host_mirror(Path::new("/etc/apt"), "bookworm")?;
+        let mirror_host = mirror
+            .uri
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', ':']).next())
+            .ok_or_else(|| format!("no host in {}", mirror.uri))?
+            .to_string();
+        assert_eq!(
+            session_connects(cubbi, "guarded", &mirror_host, 80),
+            "open",
+            "the internet ({mirror_host}:80) from the owner's network"
+        );
         // Without the guard the same listener answers: it was the guard that kept it out.
         setup(&["--no-egress-guard"])
             .success()
@@ -570,16 +708,17 @@ fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
             );
         }
         drop(listener);
+        owners_are_apart("off");
 
-        cubbi()
-            .args(["session", "close", "guarded"])
-            .run()
-            .success();
+        for name in ["b1", "b2"] {
+            cubbi_b().args(["session", "close", name]).run().success();
+        }
+        for name in ["a2", "guarded"] {
+            cubbi().args(["session", "close", name]).run().success();
+        }
         setup(&["--uninstall", "--purge"]).success();
-        let left = Command::new("ip")
-            .args(["link", "show", "dev", &network_bridge])
-            .output()?;
-        assert!(!left.status.success(), "uninstall left {network_bridge}");
+        let left = engine_bridges(&engine.bridge);
+        assert!(left.is_empty(), "uninstall left the bridges {left:?}");
         let rules = Command::new("sh")
             .arg("-c")
             .arg("iptables -w -S; iptables -w -t nat -S; ip6tables -w -S")

@@ -228,7 +228,7 @@ fn local_backend(scope: &DockerScope) -> Result<LocalBackend, Failed> {
             all_owners: false,
             index: None,
             ports: Default::default(),
-            default_network: "cubbi-network".into(),
+            default_network: None,
             client_key: Arc::new(key),
             ssh_files: None,
             port_lock: crate::support::port_lock().ok_or("no run folder for the port lock")?,

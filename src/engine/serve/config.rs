@@ -32,13 +32,17 @@ bind = "0.0.0.0"
 [docker]
 # The dedicated engine `cubbi setup` installed (group cubbi has access).
 endpoint = "unix:///var/run/cubbi-docker.sock"
+# Each user's sessions join a network of their own, which other users' sessions cannot reach.
+# Naming one here puts every user's sessions on it together instead.
+# network = "team"
 
 [limits]
 # Sessions one user may have at a time.
 sessions_per_user = 10
 
 [networks]
-# Extra Docker networks sessions may join.
+# Extra Docker networks sessions may join (every user may join each of them, so they are
+# shared between users).
 allowed = []
 "#;
 
