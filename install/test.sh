@@ -37,6 +37,20 @@ if [ "$(cat /proc/sys/kernel/keys/maxkeys)" -lt 20000 ] || [ "$(cat /proc/sys/ke
     "${sudo[@]}" sysctl -qw kernel.keys.maxkeys=20000 kernel.keys.maxbytes=1400000
 fi
 
+# cubbi's firewall isolates the engine's networks with iptables' physdev match. The kernel
+# loads its module on first use from the host, but not from inside a system container, where
+# the setup_systemd test applies the rules: use it once here, in a throwaway namespace.
+if command -v iptables >/dev/null 2>&1; then
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    probe_ns="cubbi-physdev-$$"
+    if "${sudo[@]}" ip netns add "$probe_ns" 2>/dev/null; then
+        "${sudo[@]}" ip netns exec "$probe_ns" iptables -w -A FORWARD -m physdev \
+            --physdev-is-bridged -j ACCEPT 2>/dev/null || true
+        "${sudo[@]}" ip netns delete "$probe_ns" 2>/dev/null || true
+    fi
+fi
+
 # Sysbox: sessions run under the default runtime, sysbox-runc, so the integration suite runs
 # where it exists. A host with Sysbox installed for real (sysbox-runc on PATH, sysbox-mgr
 # running) is used as it is; otherwise the test kit (a Sysbox built from source that runs
