@@ -146,7 +146,6 @@ pub struct DockerSettings {
     pub network: Option<String>,
 }
 
-
 /// The inclusive range SSH ports are allocated from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -194,8 +194,10 @@ mod tests {
                 .to_string()
                 .contains("Sysbox only")
         );
+        // Another user's own network is a network like any other: not joinable unless listed.
+        let alices = crate::local::naming::owner_network_name("serve:alice");
         let network = CreateRequest {
-            networks: vec!["cubbi-alice".into()],
+            networks: vec![alices.clone()],
             ..request()
         };
         assert!(
@@ -203,7 +205,7 @@ mod tests {
                 .spec(network)
                 .unwrap_err()
                 .to_string()
-                .contains("cubbi-alice")
+                .contains(&alices)
         );
         let image = CreateRequest {
             image: "../../etc".into(),
