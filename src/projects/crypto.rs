@@ -48,6 +48,16 @@ impl ProjectKey {
         }
     }
 
+    /// Like [`resolve`](Self::resolve) but never creates the key file: `None` when neither
+    /// the variable nor the file exists (what reading a sealed credential needs).
+    pub fn resolve_existing(key_file: &Path) -> Result<Option<Self>, ProjectError> {
+        match std::env::var(KEY_ENV) {
+            Ok(value) => Self::from_env_value(&value).map(Some),
+            Err(std::env::VarError::NotPresent) => read_key_file(key_file),
+            Err(std::env::VarError::NotUnicode(_)) => Err(ProjectError::BadEnvKey),
+        }
+    }
+
     /// Parses 64 hex digits or base64 (standard or URL-safe, padded or not) of 32 bytes.
     pub fn from_env_value(value: &str) -> Result<Self, ProjectError> {
         let bytes = parse_key_text(value).ok_or(ProjectError::BadEnvKey)?;

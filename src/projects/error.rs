@@ -46,6 +46,11 @@ pub enum ProjectError {
         "cannot decrypt credentials in {path}: wrong key ({key_origin}) or the file was altered"
     )]
     Decrypt { path: PathBuf, key_origin: String },
+    #[error(
+        "cannot decrypt credentials in {path}: no key (CUBBI_PROJECT_KEY is not set and \
+         {key_file} does not exist); set the key the credentials were stored with"
+    )]
+    NoKey { path: PathBuf, key_file: PathBuf },
     #[error("{path} is not a valid project file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("{path} must be a private folder (not a symbolic link); {reason}")]

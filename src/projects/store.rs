@@ -235,17 +235,30 @@ impl ProjectStore {
         &self.dir
     }
 
-    fn key(&self) -> Result<ProjectKey, ProjectError> {
+    /// The key, created on first use when `create` (sealing); reading never creates one, so
+    /// a missing key is an error and not a silently new, wrong key.
+    fn key(&self, create: bool) -> Result<Option<ProjectKey>, ProjectError> {
         let mut slot = self
             .key
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(key) = slot.as_ref() {
-            return Ok(key.clone());
+            return Ok(Some(key.clone()));
         }
-        let key = ProjectKey::resolve(&self.key_file)?;
-        *slot = Some(key.clone());
+        let key = if create {
+            Some(ProjectKey::resolve(&self.key_file)?)
+        } else {
+            ProjectKey::resolve_existing(&self.key_file)?
+        };
+        slot.clone_from(&key);
         Ok(key)
+    }
+
+    fn no_key(&self, path: &Path) -> ProjectError {
+        ProjectError::NoKey {
+            path: path.to_path_buf(),
+            key_file: self.key_file.clone(),
+        }
     }
 
     /// Every project, sorted by name.
@@ -564,7 +577,8 @@ impl ProjectStore {
         };
         let sealed = match secret {
             Some(secret) => Some(
-                self.key()?
+                self.key(true)?
+                    .ok_or_else(|| self.no_key(&project.file))?
                     .seal(&associated_id(&project.id, kind), secret.as_bytes())?,
             ),
             None => None,
@@ -681,7 +695,7 @@ impl ProjectStore {
                 )));
             }
             (_, Some(sealed)) => {
-                let key = self.key()?;
+                let key = self.key(false)?.ok_or_else(|| self.no_key(path))?;
                 let secret = key
                     .open(&associated_id(&stored.id, kind), sealed)
                     .and_then(|bytes| String::from_utf8(bytes).ok())
@@ -1014,6 +1028,25 @@ mod tests {
         let all = store(dir.path(), 1).list().unwrap();
         assert_eq!(all.len(), 9);
         assert_eq!(all.iter().filter(|p| p.name == "same").count(), 1);
+    }
+
+    #[test]
+    fn reading_without_a_key_is_an_error_and_creates_none() {
+        if std::env::var_os(crypto::KEY_ENV).is_some() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let added = store(dir.path(), 1)
+            .add(new("github.com/o/r", token("secret-token")))
+            .unwrap();
+        let keyless =
+            ProjectStore::new(dir.path().join("projects"), dir.path().join("project.key"));
+        let err = keyless.list().unwrap_err().to_string();
+        assert!(
+            err.contains(&added.file.display().to_string()) && err.contains("does not exist"),
+            "{err}"
+        );
+        assert!(!dir.path().join("project.key").exists());
     }
 
     #[test]

@@ -38,7 +38,7 @@ impl RepoUrl {
     /// Parses any accepted form, refusing hostile or ambiguous values.
     pub fn parse(input: &str) -> Result<Self, ProjectError> {
         let refuse = |reason: &str| ProjectError::InvalidUrl {
-            url: input.to_string(),
+            url: redacted(input),
             reason: reason.to_string(),
         };
         if input.is_empty() {
@@ -121,7 +121,7 @@ impl RepoUrl {
     /// `[user@]host[:port]/path`, the part after `scheme://` (or a whole short form).
     fn parse_authority_path(input: &str, rest: &str, form: UrlForm) -> Result<Self, ProjectError> {
         let refuse = |reason: &str| ProjectError::InvalidUrl {
-            url: input.to_string(),
+            url: redacted(input),
             reason: reason.to_string(),
         };
         let Some((authority, path)) = rest.split_once('/') else {
@@ -203,6 +203,27 @@ impl RepoUrl {
     }
 }
 
+/// `input` as an error message may show it: a password or token in `scheme://USERINFO@` is
+/// replaced by `***` (a plain SSH user name stays).
+fn redacted(input: &str) -> String {
+    let Some((scheme, rest)) = input.split_once("://") else {
+        return input.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return input.to_string();
+    };
+    let userinfo = &rest[..at];
+    let ssh = matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "ssh" | "git+ssh" | "ssh+git"
+    );
+    if ssh && !userinfo.contains(':') {
+        return input.to_string();
+    }
+    format!("{scheme}://***{}", &rest[at..])
+}
+
 /// `host`, or `[host]:port` for a port other than 22.
 pub fn known_hosts_host(host: &str, port: Option<u16>) -> String {
     match port {
@@ -233,7 +254,7 @@ fn validate_user(input: &str, user: &str) -> Result<(), ProjectError> {
         Ok(())
     } else {
         Err(ProjectError::InvalidUrl {
-            url: input.to_string(),
+            url: redacted(input),
             reason: format!("`{user}` is not a valid SSH user"),
         })
     }
@@ -242,7 +263,7 @@ fn validate_user(input: &str, user: &str) -> Result<(), ProjectError> {
 /// A DNS name or IPv4 address, lowercased.
 fn validate_host(input: &str, host: &str) -> Result<String, ProjectError> {
     let refuse = |reason: &str| ProjectError::InvalidUrl {
-        url: input.to_string(),
+        url: redacted(input),
         reason: reason.to_string(),
     };
     if host.is_empty() {
@@ -278,7 +299,7 @@ fn validate_host(input: &str, host: &str) -> Result<String, ProjectError> {
 /// `org/repo` (two or more segments), without a trailing `/` or `.git`.
 fn validate_path(input: &str, path: &str) -> Result<String, ProjectError> {
     let refuse = |reason: &str| ProjectError::InvalidUrl {
-        url: input.to_string(),
+        url: redacted(input),
         reason: reason.to_string(),
     };
     let path = path.strip_suffix('/').unwrap_or(path);
@@ -506,6 +527,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--token-stdin"), "{err}");
+        assert!(!err.contains("tok@"), "{err}");
+        let err = RepoUrl::parse("ssh://git:s3cret@github.com/org/repo")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]
