@@ -418,7 +418,6 @@ impl ProjectStore {
         };
         self.known_host_keys(&host)
             .into_iter()
-            .map(|(key, source)| (key, source))
             .chain(
                 project
                     .host_keys

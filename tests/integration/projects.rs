@@ -186,7 +186,7 @@ fn project_ssh_key_is_never_shown_or_stored_in_clear_without_sysbox() -> Result<
     if status.is_ok_and(|status| status.success()) {
         Cubbi::new(&home)
             .args(["project", "add", "github.com/org/locked", "--ssh-key"])
-            .arg(&keys.path().join("locked"))
+            .arg(keys.path().join("locked"))
             .run()
             .failure()
             .stderr_contains("unencrypted deploy key");
@@ -553,7 +553,13 @@ fn project_host_key_for_a_custom_host_without_sysbox() -> Result<(), Failed> {
         .run()
         .success();
     Cubbi::new(&home)
-        .args(["project", "add", "git@other.example.com:org/repo", "--name", "other"])
+        .args([
+            "project",
+            "add",
+            "git@other.example.com:org/repo",
+            "--name",
+            "other",
+        ])
         .run()
         .success();
     Cubbi::new(&home)
