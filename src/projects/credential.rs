@@ -1,6 +1,7 @@
 //! Checking the credentials a project is given, and what may be shown of them.
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use russh::keys::PrivateKey;
@@ -23,10 +24,15 @@ pub fn read_ssh_key(path: &Path) -> Result<Credential, ProjectError> {
         path: path.to_path_buf(),
         reason,
     };
-    let file = std::fs::File::open(path).map_err(|source| ProjectError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // O_NONBLOCK: a FIFO in the key's place must not hang the command on open.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| ProjectError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let metadata = file.metadata().map_err(|source| ProjectError::Read {
         path: path.to_path_buf(),
         source,

@@ -231,6 +231,27 @@ mod tests {
     }
 
     #[test]
+    fn config_lines_are_checked_when_the_config_is() {
+        let mut config = crate::config::Config::default();
+        config.projects.known_hosts = vec![format!(
+            "git.example.com,[git.example.com]:2222 {}",
+            BUILTIN[0].split_once(' ').unwrap().1
+        )];
+        config.validate().unwrap();
+        let keys = lines_for(
+            config.projects.known_hosts.iter().map(String::as_str),
+            "[git.example.com]:2222",
+        );
+        assert_eq!(keys.len(), 1);
+        config
+            .projects
+            .known_hosts
+            .push("git.example.com ssh-ed25519 AAAAbroken".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("projects.known_hosts"), "{err}");
+    }
+
+    #[test]
     fn given_host_keys_are_checked() {
         let github = BUILTIN[0].split_once(' ').unwrap().1;
         let key = parse_given(github, "git.example.com").unwrap();

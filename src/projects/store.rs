@@ -296,7 +296,9 @@ impl ProjectStore {
             let id = RepoUrl::parse(reference)?.id();
             return self.read_if_exists(&self.path_for(&id));
         }
-        url::validate_name(reference)?;
+        if url::validate_name(reference).is_err() {
+            return Ok(None);
+        }
         Ok(self
             .list()?
             .into_iter()
@@ -469,10 +471,22 @@ impl ProjectStore {
     /// The checkout for `reference` (`ID|NAME|URL[#branch]`): the branch after `#` replaces
     /// the stored one.
     pub fn checkout_of(&self, reference: &str) -> Result<Option<ProjectCheckout>, ProjectError> {
-        let (base, branch) = url::split_branch(reference)?;
-        let Some(project) = self.get(base)? else {
-            return Ok(None);
+        let (base, branch) = match reference.split_once('#') {
+            Some((base, branch)) => (base, Some(branch)),
+            None => (reference, None),
         };
+        // What cannot be a registered project's id, name or URL (an ad-hoc URL in a form the
+        // store does not take, say) is simply no registered project.
+        let project = match self.get(base) {
+            Ok(Some(project)) => project,
+            Ok(None) | Err(ProjectError::InvalidUrl { .. } | ProjectError::InvalidName { .. }) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
+        if let Some(branch) = branch {
+            url::validate_branch(branch)?;
+        }
         let known_hosts = self
             .host_keys(&project)
             .into_iter()
@@ -863,6 +877,15 @@ mod tests {
             |line| line.starts_with("github.com ssh-") || line.starts_with("github.com ecdsa-")
         ));
         assert!(store.checkout_of("nope").unwrap().is_none());
+        for other in [
+            "Repo",
+            "file:///srv/repo.git",
+            "https://gitlab.com/o/r#dev",
+            "/srv/x",
+        ] {
+            assert!(store.checkout_of(other).unwrap().is_none(), "{other}");
+        }
+        assert!(store.checkout_of("repo#-x").is_err());
 
         assert!(matches!(
             store.add(new("https://github.com/Org/Repo", None)),
