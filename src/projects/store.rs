@@ -616,7 +616,7 @@ impl ProjectStore {
             source: std::io::Error::other(err),
         })?;
         let text = format!(
-            "# A cubbi project (`cubbi project show {}`); the credential is encrypted.\n{text}",
+            "# A cubbi project (`cubbi project show {}`); a credential is stored encrypted.\n{text}",
             project.name
         );
         crate::atomic_file::write(&project.file, text.as_bytes(), 0o600, 0o700).map_err(|source| {

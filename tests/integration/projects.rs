@@ -25,6 +25,8 @@ pub fn tests() -> Vec<Trial> {
         project_unknown_host_without_terminal_is_refused_without_sysbox,
         project_hostile_urls_are_refused_without_sysbox,
         project_host_key_is_scanned_from_a_real_sshd_without_sysbox,
+        project_scanned_key_is_confirmed_on_a_terminal_without_sysbox,
+        project_token_typed_on_a_terminal_is_hidden_without_sysbox,
     ]
 }
 
@@ -778,5 +780,79 @@ fn project_host_key_is_scanned_from_a_real_sshd_without_sysbox() -> Result<(), F
         .run()
         .failure()
         .stderr_contains("cannot scan the SSH host key");
+    Ok(())
+}
+
+fn project_scanned_key_is_confirmed_on_a_terminal_without_sysbox() -> Result<(), Failed> {
+    use crate::support::pty::Terminal;
+    let sshd = Sshd::start()?;
+    let home = TestHome::new();
+    let keys = tempfile::tempdir()?;
+    let (_, key_path) = write_key(keys.path(), "deploy")?;
+    let pattern = format!("[127.0.0.1]:{}", sshd.port);
+    // Declined: nothing is stored.
+    let url = format!("ssh://git@127.0.0.1:{}/org/declined", sshd.port);
+    let command = Cubbi::new(&home)
+        .args(["project", "add", &url, "--ssh-key"])
+        .arg(&key_path)
+        .into_command();
+    let mut term = Terminal::spawn(command, 24, 200)?;
+    term.expect(&sshd.host_key_fingerprint, Duration::from_secs(15))?;
+    term.expect("[y/N]", Duration::from_secs(5))?;
+    term.send("n\r")?;
+    let status = term.wait(Duration::from_secs(15))?;
+    assert!(!status.success(), "{}", term.transcript());
+    assert!(
+        term.transcript().contains("nothing was saved"),
+        "{}",
+        term.transcript()
+    );
+    assert!(project_files(&home).is_empty());
+    // Confirmed: stored with exactly that key.
+    let url = format!("ssh://git@127.0.0.1:{}/org/confirmed", sshd.port);
+    let command = Cubbi::new(&home)
+        .args(["project", "add", &url, "--ssh-key"])
+        .arg(&key_path)
+        .into_command();
+    let mut term = Terminal::spawn(command, 24, 200)?;
+    term.expect(
+        &format!("Trust this key for {pattern}?"),
+        Duration::from_secs(15),
+    )?;
+    term.send("y\r")?;
+    let status = term.wait(Duration::from_secs(15))?;
+    assert!(status.success(), "{}", term.transcript());
+    let shown = json(
+        &Cubbi::new(&home)
+            .args(["--json", "project", "show", "confirmed"])
+            .run()
+            .success(),
+    )?;
+    assert_eq!(
+        shown["host_keys"][0]["fingerprint"],
+        sshd.host_key_fingerprint.as_str()
+    );
+    assert_eq!(shown["host_keys"][0]["host"], pattern.as_str());
+    Ok(())
+}
+
+fn project_token_typed_on_a_terminal_is_hidden_without_sysbox() -> Result<(), Failed> {
+    use crate::support::pty::Terminal;
+    let home = TestHome::new();
+    let command = Cubbi::new(&home)
+        .args(["project", "add", "github.com/org/typed", "--token-stdin"])
+        .into_command();
+    let mut term = Terminal::spawn(command, 24, 120)?;
+    term.expect("token (input hidden): ", Duration::from_secs(15))?;
+    term.send(&format!("{TOKEN}\r"))?;
+    let status = term.wait(Duration::from_secs(15))?;
+    assert!(status.success(), "{}", term.transcript());
+    assert!(!term.transcript().contains(TOKEN), "{}", term.transcript());
+    Cubbi::new(&home)
+        .args(["project", "show", "typed"])
+        .run()
+        .success()
+        .stdout_contains("token:       set");
+    never_contains(&[], home.path(), &[], &[TOKEN.into()]);
     Ok(())
 }
