@@ -104,7 +104,7 @@ struct SettingsArgs {
 
 pub async fn run(args: ProjectArgs, mode: OutputMode) -> Result<ExitCode, CliError> {
     let config = ConfigFile::open_default()?.config()?;
-    let store = ProjectStore::open_default(config.projects.known_hosts.clone())?;
+    let store = ProjectStore::for_config(&config)?;
     match args.command {
         ProjectCommand::Add {
             url,

@@ -205,6 +205,11 @@ impl ProjectStore {
             .with_known_hosts(config_known_hosts))
     }
 
+    /// The user's store with the extra host keys `config` lists (`projects.known_hosts`).
+    pub fn for_config(config: &crate::config::Config) -> Result<Self, ProjectError> {
+        Self::open_default(config.projects.known_hosts.clone())
+    }
+
     /// A store in `dir`, its key from `CUBBI_PROJECT_KEY` or else `key_file`.
     pub fn new(dir: PathBuf, key_file: PathBuf) -> Self {
         Self {
