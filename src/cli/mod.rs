@@ -6,6 +6,7 @@ mod doctor_cmd;
 mod engine_cmd;
 mod image_cmd;
 pub mod output;
+mod project_cmd;
 mod remote_cmd;
 mod serve_cmd;
 mod session_cmd;
@@ -20,6 +21,7 @@ use crate::api::ApiError;
 use crate::config::ConfigError;
 use crate::docker::DockerError;
 use crate::images::ImageError;
+use crate::projects::ProjectError;
 use crate::remote::remotes::RemoteError;
 use crate::service::store::StoreError;
 
@@ -38,6 +40,8 @@ pub enum CliError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Project(#[from] ProjectError),
     #[error("{0}")]
     Refused(String),
     #[error("cannot write to the terminal: {0}")]
@@ -104,6 +108,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Add, list and remove the cubbi services `-r NAME` can act on.
     Remote(remote_cmd::RemoteArgs),
+    /// Register git repositories and their credentials once, to clone into sessions.
+    Project(project_cmd::ProjectArgs),
     /// Store the token for a remote: `cubbi -r NAME auth`, the token on stdin or typed hidden.
     Auth {
         /// Store the token without checking it against the service.
@@ -197,6 +203,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Remote(args) => {
             refuse_remote(cli.remote.as_deref(), "remote")?;
             remote_cmd::run(args, mode)
+        }
+        Command::Project(args) => {
+            refuse_remote(cli.remote.as_deref(), "project")?;
+            project_cmd::run(args, mode).await
         }
         Command::Auth { no_verify } => remote_cmd::auth(cli.remote.as_deref(), no_verify).await,
         Command::Completions { shell } => {

@@ -230,7 +230,7 @@ fn read_token(name: &str) -> Result<String, CliError> {
 }
 
 /// Reads one line in raw mode, so nothing typed is echoed; Ctrl-C, Ctrl-D and Esc cancel.
-fn read_hidden_line() -> Result<String, CliError> {
+pub(super) fn read_hidden_line() -> Result<String, CliError> {
     use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
     let terminal_error = |err: std::io::Error| {

@@ -14,6 +14,8 @@ pub enum Kind {
     NetworkName,
     Url,
     PathList,
+    /// One entry a line (known_hosts lines hold commas and spaces).
+    LineList,
     OneOf(&'static [&'static str]),
 }
 
@@ -123,6 +125,11 @@ const STATIC_KEYS: &[(&str, Kind, &str)] = &[
         Kind::Text,
         "remote endpoint used when -r is not given",
     ),
+    (
+        "projects.known_hosts",
+        Kind::LineList,
+        "extra known_hosts lines for git hosts, one a line",
+    ),
     ("ui.colors", Kind::Bool, "colored output"),
     (
         "ui.table_format",
@@ -224,6 +231,16 @@ pub fn parse_value(spec: &KeySpec, raw: &str) -> Result<toml_edit::Value, Config
             for path in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 validate_absolute_path(&spec.path, path)?;
                 array.push(path);
+            }
+            array.into()
+        }
+        Kind::LineList => {
+            let mut array = toml_edit::Array::new();
+            for line in raw.lines().map(str::trim).filter(|s| !s.is_empty()) {
+                if line.contains('\0') {
+                    return Err(invalid("must not hold NUL characters".into()));
+                }
+                array.push(line);
             }
             array.into()
         }

@@ -62,6 +62,7 @@ pub struct Config {
     pub remote: RemoteSettings,
     pub ui: UiSettings,
     pub build: BuildSettings,
+    pub projects: ProjectSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +203,15 @@ pub struct BuildSettings {
     pub ca_certificates: Option<Vec<String>>,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectSettings {
+    /// Extra `known_hosts` lines (`HOST KEYTYPE BASE64`) for git hosts, beside the keys of
+    /// github.com, gitlab.com and bitbucket.org that cubbi ships.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub known_hosts: Vec<String>,
+}
+
 /// How tables for people are drawn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -257,6 +267,12 @@ impl Config {
         for path in self.build.ca_certificates.iter().flatten() {
             keys::validate_absolute_path("build.ca_certificates", path)?;
         }
+        crate::projects::known_hosts::validate_config_lines(&self.projects.known_hosts).map_err(
+            |err| ConfigError::InvalidValue {
+                key: "projects.known_hosts".into(),
+                reason: err.to_string(),
+            },
+        )?;
         if let Some(default) = &self.remote.default
             && !self.remote.endpoints.contains_key(default)
         {

@@ -5,11 +5,22 @@
 //! database) produces a [`ProjectCheckout`] through [`ProjectSource`]; the local backend turns
 //! it into files uploaded before the container starts (never env, labels or arguments).
 
+pub mod credential;
+pub mod crypto;
+mod error;
+pub mod host_scan;
+pub mod known_hosts;
+pub mod store;
+pub mod url;
+
 use std::fmt;
 
 use async_trait::async_trait;
 
 use crate::api::ApiError;
+
+pub use error::ProjectError;
+pub use store::{NewProject, Project, ProjectStore, ProjectUpdate};
 
 /// How git authenticates to the project's host.
 #[derive(Clone, PartialEq, Eq)]

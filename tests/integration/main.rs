@@ -7,6 +7,7 @@ mod docker;
 mod engine;
 mod firewall;
 mod images;
+mod projects;
 mod remotes;
 mod serve;
 mod serve_tokens;
@@ -38,6 +39,7 @@ fn main() {
     tests.extend(engine::tests());
     tests.extend(firewall::tests());
     tests.extend(images::tests());
+    tests.extend(projects::tests());
     tests.extend(serve::tests());
     tests.extend(serve_tokens::tests());
     tests.extend(remotes::tests());

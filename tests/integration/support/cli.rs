@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// A throwaway HOME and XDG_CONFIG_HOME, so tests never see the developer's config.
+/// A throwaway HOME, XDG_CONFIG_HOME and XDG_DATA_HOME, so tests never see the developer's
+/// config or projects.
 pub struct TestHome {
     dir: tempfile::TempDir,
 }
@@ -36,6 +37,8 @@ impl Cubbi {
         command
             .env("HOME", home.path())
             .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("XDG_DATA_HOME", home.path().join(".local/share"))
+            .env_remove("CUBBI_PROJECT_KEY")
             .env_remove("CUBBI_DOCKER_HOST")
             .env_remove("RUST_LOG");
         Self {
@@ -50,6 +53,11 @@ impl Cubbi {
         S: AsRef<std::ffi::OsStr>,
     {
         self.command.args(args);
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.arg(arg);
         self
     }
 
