@@ -36,6 +36,9 @@ pub struct CreateRequest {
     /// Git URL cloned into the workspace (`URL#branch` picks a branch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Run the project's `.cubbi/init.sh` even when `project` is an ad-hoc URL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_init: bool,
     /// Memory limit in Docker's syntax (`4g`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,

@@ -119,6 +119,7 @@ impl Policy {
             image: request.image,
             workspace: None,
             project: request.project,
+            run_init: request.run_init,
             env: request.env,
             volumes: request.volumes,
             networks: request.networks,
