@@ -7,6 +7,7 @@ mod docker;
 mod engine;
 mod firewall;
 mod images;
+mod projects_session;
 mod remotes;
 mod serve;
 mod serve_tokens;
@@ -40,6 +41,7 @@ fn main() {
     tests.extend(images::tests());
     tests.extend(serve::tests());
     tests.extend(serve_tokens::tests());
+    tests.extend(projects_session::tests());
     tests.extend(remotes::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
