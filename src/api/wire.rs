@@ -33,7 +33,8 @@ pub struct CreateRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<VolumeMountSchema>)]
     pub volumes: Vec<VolumeMount>,
-    /// Git URL cloned into the workspace (`URL#branch` picks a branch).
+    /// A registered project (id, name or URL) or a git URL, cloned into the workspace
+    /// (`#branch` picks a branch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
     /// Run the project's `.cubbi/init.sh` even when `project` is an ad-hoc URL.

@@ -84,6 +84,8 @@ install -d -o git -g git -m 700 /home/git/.ssh
 printf '%s\n' "$AUTHORIZED_KEY" > /home/git/.ssh/authorized_keys
 chown git:git /home/git/.ssh/authorized_keys
 chmod 600 /home/git/.ssh/authorized_keys
+# The package made host keys at build time; this run's are its own.
+rm -f /etc/ssh/ssh_host_*
 ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 git config --system safe.directory '*'
 work=$(mktemp -d)
@@ -177,14 +179,31 @@ async fn start_server(
     scope.docker.create_container(Some(options), body).await?;
     scope.docker.start_container(&host, None).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while root_exec(&scope.docker, &host, &["test", "-f", "/ready"])
-        .await?
-        .1
-        != 0
-    {
+    loop {
+        let running = scope
+            .docker
+            .inspect_container(&host, None)
+            .await?
+            .state
+            .and_then(|state| state.running)
+            == Some(true);
+        if !running {
+            return Err(format!(
+                "the git server stopped while setting up:\n{}",
+                server_log(scope, &host).await
+            )
+            .into());
+        }
+        if root_exec(&scope.docker, &host, &["test", "-f", "/ready"])
+            .await?
+            .1
+            == 0
+        {
+            break;
+        }
         if Instant::now() > deadline {
             return Err(format!(
-                "the git server never got ready: {}",
+                "the git server never got ready:\n{}",
                 server_log(scope, &host).await
             )
             .into());
