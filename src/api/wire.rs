@@ -203,6 +203,10 @@ mod tests {
         assert!(err.to_string().contains("privileged"), "{err}");
         let ok: CreateRequest = serde_json::from_str(r#"{"image":"base"}"#).unwrap();
         assert!(ok.default_network);
+        assert!(!ok.run_init);
+        let asked: CreateRequest =
+            serde_json::from_str(r#"{"image":"base","run_init":true}"#).unwrap();
+        assert!(asked.run_init);
     }
 
     #[test]
