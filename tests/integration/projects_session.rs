@@ -105,8 +105,11 @@ INIT
 echo feature > feature.txt
 git add -A
 git commit -qm feature
+git checkout -q -b broken
+printf 'echo INIT-BROKEN-RAN\nexit 3\n' > .cubbi/init.sh
+git commit -qam broken
 git init -q --bare -b main /srv/repo.git
-git push -q /srv/repo.git main feature
+git push -q /srv/repo.git main feature broken
 chown -R git:git /srv/repo.git
 printf 'tokuser:%s\n' "$HTTP_TOKEN" > /etc/lighttpd/git-users
 cat > /etc/lighttpd/git.conf <<'CONF'
@@ -660,6 +663,13 @@ fn token_projects_and_ad_hoc_urls() -> Result<(), Failed> {
                 "badtok".to_string(),
                 checkout("h/git/badtok", &url, token_of("not-the-token"), &[]),
             ),
+            (
+                "broken".to_string(),
+                ProjectCheckout {
+                    branch: Some("broken".into()),
+                    ..checkout("h/git/broken", &url, token_of(&token), &[])
+                },
+            ),
         ]));
         let backend = backend(&scope, projects)?;
 
@@ -723,6 +733,36 @@ fn token_projects_and_ad_hoc_urls() -> Result<(), Failed> {
             "credentials cut"
         );
         backend.close("http-bad").await?;
+
+        // A registered project whose init.sh fails: init-failed, the script's output in the
+        // logs, and the token gone from the session.
+        backend
+            .create(spec("http-broken", Some("broken"), &server.network), &Quiet)
+            .await?;
+        assert_eq!(
+            project_status(&backend, "http-broken").await?,
+            "failed: .cubbi/init.sh (exit 3)"
+        );
+        expect_init_failed(&backend, "http-broken").await?;
+        assert_eq!(
+            run(&backend, "http-broken", &["test", "-e", CRED_DIR])
+                .await?
+                .1,
+            1,
+            "credentials cut"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !logs(&backend, "http-broken")
+            .await?
+            .contains("INIT-BROKEN-RAN")
+        {
+            if Instant::now() > deadline {
+                return Err("the failing init.sh's output is not in the logs".into());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_nowhere(&scope, &backend, "http-broken", &token).await?;
+        backend.close("http-broken").await?;
 
         // An ad-hoc URL: cloned, but its init.sh is anyone's code and runs only when asked.
         let adhoc = format!("{public_url}#feature");
