@@ -195,6 +195,7 @@ pub async fn start_on_docker(
             .and_then(|value| value.parse().ok())
             .map_or(Duration::from_secs(60), Duration::from_secs),
         extra_labels: options.extra_labels,
+        projects: None,
     };
     let host = DockerHost::new(docker, template, index, config.images.clone());
     start(listener, host, store, config)

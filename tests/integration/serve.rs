@@ -35,6 +35,7 @@ fn spec(name: &str) -> SessionSpec {
         image: "base".into(),
         workspace: None,
         project: None,
+        run_init: false,
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         volumes: Vec::new(),
         networks: Vec::new(),
@@ -236,6 +237,7 @@ fn local_backend(scope: &DockerScope) -> Result<LocalBackend, Failed> {
             engine_socket: None,
             ready_timeout: Duration::from_secs(120),
             extra_labels: scope.labels(),
+            projects: None,
         },
     ))
 }
