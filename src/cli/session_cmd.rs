@@ -225,8 +225,9 @@ async fn local_backend(
         engine_socket: endpoint.strip_prefix("unix://").map(PathBuf::from),
         ready_timeout,
         extra_labels: Default::default(),
-        // The project store arrives with `cubbi project`; until then every project is a URL.
-        projects: None,
+        // `--project NAME|URL` finds the projects `cubbi project add` registered; anything else
+        // is an ad-hoc URL.
+        projects: Some(Arc::new(crate::projects::ProjectStore::for_config(config)?)),
     };
     Ok(LocalBackend::new(docker, options))
 }

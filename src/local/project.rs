@@ -42,8 +42,13 @@ pub fn ad_hoc(reference: &str) -> ProjectCheckout {
         Some((url, branch)) if !branch.is_empty() => (url.to_string(), Some(branch.to_string())),
         _ => (reference.trim_end_matches('#').to_string(), None),
     };
+    // The store's id where the store takes the URL, so a repository keeps its config volume
+    // whether it is registered or not.
+    let id = crate::projects::url::RepoUrl::parse(&url)
+        .map(|parsed| parsed.id())
+        .unwrap_or_else(|_| project_id(&url));
     ProjectCheckout {
-        id: project_id(&url),
+        id,
         url,
         branch,
         credential: None,

@@ -23,6 +23,7 @@ pub fn tests() -> Vec<Trial> {
         ssh_key_projects_clone_and_refuse_what_they_must,
         token_projects_and_ad_hoc_urls,
         project_configs_persist_per_project,
+        cli_sessions_clone_registered_projects,
     ]
 }
 
@@ -161,7 +162,8 @@ async fn start_server(
             ..Default::default()
         })
         .await?;
-    let host = format!("gitsrv-{}", scope.id);
+    // A dotted name: the project store takes full host names only (`org/repo` is no host).
+    let host = format!("gitsrv-{}.test", scope.id);
     let body = bollard::models::ContainerCreateBody {
         image: Some(SERVER_IMAGE.into()),
         cmd: Some(vec!["bash".into(), "-c".into(), SERVER_SCRIPT.into()]),
@@ -897,6 +899,142 @@ fn project_configs_persist_per_project() -> Result<(), Failed> {
             Some("example.org/p")
         );
         assert_eq!(volume.labels.get("io.cubbi.owner"), Some(&scope.id));
+        Ok(())
+    })
+}
+
+/// The whole local path through the binary: `cubbi project add` seals the key in the real
+/// store, `session create --project NAME -vvv` finds it there, the clone and init.sh run, and
+/// neither the verbose output nor `session show` carries the key. An ad-hoc URL needs
+/// `--run-init` for its init.sh.
+fn cli_sessions_clone_registered_projects() -> Result<(), Failed> {
+    docker_test("psess-cli", |scope| async move {
+        scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
+        let key = cubbi::ssh::keys::generate("project")?;
+        let private = cubbi::ssh::keys::private_openssh(&key)?;
+        let public = cubbi::ssh::keys::public_openssh(key.public_key())?;
+        let server = start_server(&scope, &public, "cli-token").await?;
+        let home = crate::support::TestHome::new();
+        let key_file = home.path().join("deploy_key");
+        std::fs::write(&key_file, &private)?;
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        let host_key = server
+            .known_host
+            .split_once(' ')
+            .map(|(_, key)| key.to_string())
+            .ok_or("no host key")?;
+        let url = format!("ssh://git@{}/srv/repo.git", server.host);
+        scope
+            .cubbi(&home)
+            .args([
+                "project", "add", &url, "--name", "repo", "--branch", "feature",
+            ])
+            .arg("--ssh-key")
+            .arg(&key_file)
+            .args(["--host-key", &host_key])
+            .run()
+            .success();
+        let created = scope
+            .cubbi(&home)
+            .args([
+                "-vvv",
+                "session",
+                "create",
+                "--image",
+                "base",
+                "--no-connect",
+            ])
+            .args(["--name", "cli-repo", "--project", "repo"])
+            .args(["--network", &server.network])
+            .run()
+            .success();
+        let body = key_body(&private);
+        assert!(
+            !created.stdout().contains(&body) && !created.stderr().contains(&body),
+            "the private key is in -vvv output"
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let shown = loop {
+            let shown = scope
+                .cubbi(&home)
+                .args(["--json", "session", "show", "cli-repo"])
+                .run()
+                .success()
+                .stdout();
+            if shown.contains("\"project_status\"") || Instant::now() > deadline {
+                break shown;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(shown.contains("\"project_status\": \"done\""), "{shown}");
+        assert!(!shown.contains(&body), "the private key is in session show");
+        let exec = |script: &str| {
+            scope
+                .cubbi(&home)
+                .args(["session", "exec", "cli-repo", "--", "bash", "-c", script])
+                .run()
+                .success()
+                .stdout()
+        };
+        assert_eq!(exec("git -C workspace branch --show-current"), "feature\n");
+        assert_eq!(exec("cat init-marker"), "1000\n");
+        assert_eq!(
+            exec("printenv CUBBI_PROJECT_URL CUBBI_PROJECT_TYPE CUBBI_CONFIG_DIR"),
+            format!("{url}\ngit\n/cubbi-config\n")
+        );
+
+        // The same repository over HTTP without credentials, not registered: init.sh runs only
+        // with --run-init.
+        let ad_hoc = format!("http://{}/pub/repo.git#feature", server.host);
+        for (name, extra, marker) in [
+            ("cli-adhoc", None, "absent"),
+            ("cli-adhoc-init", Some("--run-init"), "present"),
+        ] {
+            scope
+                .cubbi(&home)
+                .args(["session", "create", "--image", "base", "--no-connect"])
+                .args(["--name", name, "--project", &ad_hoc])
+                .args(["--network", &server.network])
+                .args(extra)
+                .run()
+                .success();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let done = scope
+                    .cubbi(&home)
+                    .args(["--json", "session", "show", name])
+                    .run()
+                    .success()
+                    .stdout()
+                    .contains("\"project_status\": \"done\"");
+                if done {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{name}: the clone never finished").into());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let found = scope
+                .cubbi(&home)
+                .args(["session", "exec", name, "--", "bash", "-c"])
+                .arg("test -e init-marker && echo present || echo absent")
+                .run()
+                .success()
+                .stdout();
+            assert_eq!(found.trim(), marker, "{name}");
+        }
+        for name in ["cli-repo", "cli-adhoc", "cli-adhoc-init"] {
+            scope
+                .cubbi(&home)
+                .args(["session", "close", name])
+                .run()
+                .success();
+        }
         Ok(())
     })
 }
