@@ -23,9 +23,49 @@ pub fn write(path: &Path, contents: &[u8], mode: u32, dir_mode: u32) -> std::io:
     Ok(())
 }
 
+/// Writes `contents` to `path` with `mode` unless a file is there already: a complete temp
+/// file, then `link(2)`, which fails like `O_EXCL` when another process created it first, so
+/// nobody ever reads half a file. `true` when this call created it.
+pub fn create_new(path: &Path, contents: &[u8], mode: u32, dir_mode: u32) -> std::io::Result<bool> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(dir_mode)
+        .create(dir)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".cubbi.")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    temp.write_all(contents)?;
+    temp.as_file().sync_all()?;
+    match temp.persist_noclobber(path) {
+        Ok(_) => Ok(true),
+        Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(err.error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_new_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k/key");
+        assert!(create_new(&path, b"first", 0o600, 0o700).unwrap());
+        assert!(!create_new(&path, b"second", 0o600, 0o700).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+    }
 
     #[test]
     fn writes_with_mode_and_replaces() {

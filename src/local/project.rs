@@ -222,7 +222,14 @@ mod tests {
         let checkout = ad_hoc("git@github.com:Org/Repo.git#feature/x");
         assert_eq!(checkout.url, "git@github.com:Org/Repo.git");
         assert_eq!(checkout.branch.as_deref(), Some("feature/x"));
-        assert_eq!(checkout.id, "github.com/org/repo");
+        // The store's id: the host lowercased, the path as given (paths are case-sensitive
+        // on some hosts).
+        assert_eq!(checkout.id, "github.com/Org/Repo");
+        assert_eq!(
+            ad_hoc("https://github.com/Org/Repo").id,
+            checkout.id,
+            "one id for the SSH and HTTPS forms"
+        );
         assert!(!checkout.registered && checkout.credential.is_none());
         assert_eq!(ad_hoc("https://h/o/r").branch, None);
     }

@@ -5,8 +5,8 @@
 //! The key comes from `CUBBI_PROJECT_KEY` (64 hex digits or base64 of 32 bytes), else from
 //! `$XDG_CONFIG_HOME/cubbi/project.key`, created 0600 on first use.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -219,34 +219,13 @@ fn read_key_file(path: &Path) -> Result<Option<ProjectKey>, ProjectError> {
 /// Writes a new key file unless one exists: a complete 0600 temp file, then `link(2)`, which
 /// fails with EEXIST (like O_EXCL) when another process created the key first.
 fn create_key_file(path: &Path, bytes: &[u8; 32]) -> Result<(), ProjectError> {
-    let write_error = |source: std::io::Error| ProjectError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(parent)
-        .map_err(write_error)?;
-    let mut temporary = tempfile::Builder::new()
-        .prefix(".project.key.")
-        .permissions(std::fs::Permissions::from_mode(0o600))
-        .tempfile_in(parent)
-        .map_err(write_error)?;
     let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    temporary
-        .write_all(format!("{hex}\n").as_bytes())
-        .and_then(|()| temporary.as_file().sync_all())
-        .map_err(write_error)?;
-    match temporary.persist_noclobber(path) {
-        Ok(_) => Ok(()),
-        Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(err) => Err(write_error(err.error)),
-    }
+    crate::atomic_file::create_new(path, format!("{hex}\n").as_bytes(), 0o600, 0o700)
+        .map(|_| ())
+        .map_err(|source| ProjectError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// The default key file, `$XDG_CONFIG_HOME/cubbi/project.key`.

@@ -83,35 +83,13 @@ pub fn load_or_create_client_key(path: &Path) -> Result<PrivateKey, SshError> {
 /// Writes `key` to `path` (0600) unless a file is there already: `Some(key)` when this call
 /// created it, `None` when another process got there first.
 fn create_new_private(path: &Path, key: &PrivateKey) -> Result<Option<PrivateKey>, SshError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let write_error = |source: std::io::Error| SshError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(parent)
-        .map_err(write_error)?;
-    let mut temporary = tempfile::Builder::new()
-        .prefix(".id_cubbi.")
-        .permissions(std::fs::Permissions::from_mode(0o600))
-        .tempfile_in(parent)
-        .map_err(write_error)?;
-    temporary
-        .write_all(private_openssh(key)?.as_bytes())
-        .and_then(|()| temporary.as_file().sync_all())
-        .map_err(write_error)?;
-    match temporary.persist_noclobber(path) {
-        Ok(_) => Ok(Some(key.clone())),
-        Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
-        Err(err) => Err(write_error(err.error)),
-    }
+    let created =
+        crate::atomic_file::create_new(path, private_openssh(key)?.as_bytes(), 0o600, 0o700)
+            .map_err(|source| SshError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    Ok(created.then(|| key.clone()))
 }
 
 /// Atomic write (temp file + rename) with the given mode, creating private parent folders.
