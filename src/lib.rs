@@ -13,3 +13,4 @@ pub mod projects;
 pub mod remote;
 pub mod service;
 pub mod ssh;
+pub mod token_text;

@@ -80,18 +80,10 @@ pub fn check_ssh_key_text(text: &str) -> Result<PrivateKey, String> {
 /// A token must be one line of printable ASCII without spaces, at most 4 KiB. The reason
 /// never quotes it.
 pub fn validate_token(token: &str) -> Result<(), ProjectError> {
-    let reason = if token.is_empty() {
-        "it is empty"
-    } else if token.len() > MAX_TOKEN_BYTES {
-        "it is longer than 4096 bytes"
-    } else if token.bytes().any(|byte| byte.is_ascii_whitespace()) {
-        "it contains whitespace"
-    } else if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
-        "it contains characters other than printable ASCII"
-    } else {
-        return Ok(());
-    };
-    Err(ProjectError::InvalidToken { reason })
+    match crate::token_text::problem(token, MAX_TOKEN_BYTES) {
+        Some(reason) => Err(ProjectError::InvalidToken { reason }),
+        None => Ok(()),
+    }
 }
 
 /// The HTTPS user name a token goes with: `[A-Za-z0-9._-]`, 1 to 64, not starting with `-`.

@@ -19,7 +19,7 @@ pub enum ProjectError {
     #[error("invalid token user `{user}`: use letters, digits, `.`, `_` and `-`")]
     InvalidTokenUser { user: String },
     #[error("invalid token: {reason}")]
-    InvalidToken { reason: &'static str },
+    InvalidToken { reason: String },
     #[error("invalid SSH key {path}: {reason}")]
     InvalidSshKey { path: PathBuf, reason: String },
     #[error("invalid host key `{key}`: {reason}")]

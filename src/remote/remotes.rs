@@ -55,7 +55,7 @@ pub enum RemoteError {
     #[error("no token stored for remote `{name}`; store one with `cubbi -r {name} auth`")]
     NoToken { name: String },
     #[error("invalid token: {reason}")]
-    InvalidToken { reason: &'static str },
+    InvalidToken { reason: String },
     #[error("invalid URL `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error(
@@ -71,7 +71,7 @@ pub enum RemoteError {
     TokenFileInvalid {
         path: PathBuf,
         name: String,
-        reason: &'static str,
+        reason: String,
     },
     #[error("{path} must be a private folder (not a symbolic link); {reason}")]
     CredentialsDir { path: PathBuf, reason: String },
@@ -262,18 +262,10 @@ pub fn resolve(config: &Config, name: &str) -> Result<Remote, RemoteError> {
 /// A token must fit in an HTTP header as is: non-empty, printable ASCII without whitespace,
 /// at most [`MAX_TOKEN_BYTES`]. The reason never quotes the token.
 pub fn validate_token(token: &str) -> Result<(), RemoteError> {
-    let reason = if token.is_empty() {
-        "it is empty"
-    } else if token.len() > MAX_TOKEN_BYTES {
-        "it is longer than 512 bytes"
-    } else if token.bytes().any(|byte| byte.is_ascii_whitespace()) {
-        "it contains whitespace"
-    } else if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
-        "it contains characters other than printable ASCII"
-    } else {
-        return Ok(());
-    };
-    Err(RemoteError::InvalidToken { reason })
+    match crate::token_text::problem(token, MAX_TOKEN_BYTES) {
+        Some(reason) => Err(RemoteError::InvalidToken { reason }),
+        None => Ok(()),
+    }
 }
 
 /// Checks a URL for `cubbi remote add` and returns it without trailing slashes: http or https,
@@ -336,7 +328,7 @@ pub async fn check_token(url: &str, token: &str) -> Result<(), RemoteError> {
     .map_err(|err| unreachable(err.to_string()))?;
     let mut authorization = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
         .map_err(|_| RemoteError::InvalidToken {
-            reason: "it cannot be sent in an HTTP header",
+            reason: "it cannot be sent in an HTTP header".into(),
         })?;
     authorization.set_sensitive(true);
     let response = client
