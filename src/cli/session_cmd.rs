@@ -221,6 +221,7 @@ async fn local_backend(
         engine_socket: endpoint.strip_prefix("unix://").map(PathBuf::from),
         ready_timeout,
         extra_labels: Default::default(),
+        projects: None,
     };
     Ok(LocalBackend::new(docker, options))
 }

@@ -73,6 +73,8 @@ pub struct LocalOptions {
     pub ready_timeout: Duration,
     /// Extra labels for everything created (tests mark their containers this way).
     pub extra_labels: HashMap<String, String>,
+    /// Where `create` looks up the owner's registered projects (`None`: only ad-hoc URLs).
+    pub projects: Option<Arc<dyn crate::projects::ProjectSource>>,
 }
 
 pub struct LocalBackend {

@@ -70,6 +70,8 @@ pub enum ProjectError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("project database {path}: {reason}")]
+    Database { path: PathBuf, reason: String },
     #[error("cannot scan the SSH host key of {address}: {reason}")]
     HostScan { address: String, reason: String },
     #[error("{0}")]

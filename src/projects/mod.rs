@@ -10,8 +10,10 @@ pub mod crypto;
 mod error;
 pub mod host_scan;
 pub mod known_hosts;
+pub mod records;
 pub mod store;
 pub mod url;
+pub mod wire;
 
 use std::fmt;
 

@@ -236,6 +236,7 @@ fn local_backend(scope: &DockerScope) -> Result<LocalBackend, Failed> {
             engine_socket: None,
             ready_timeout: Duration::from_secs(120),
             extra_labels: scope.labels(),
+            projects: None,
         },
     ))
 }
