@@ -17,8 +17,13 @@ pub struct SessionSpec {
     pub image: String,
     /// Host folder mounted at /home/agent/workspace.
     pub workspace: Option<PathBuf>,
-    /// Git URL cloned into the workspace when the session boots.
+    /// A registered project (id, name or URL, `#branch` allowed) or a git URL, cloned into the
+    /// workspace when the session boots.
     pub project: Option<String>,
+    /// Run the project's `.cubbi/init.sh` even for an ad-hoc URL (a registered project always
+    /// runs it).
+    #[serde(default)]
+    pub run_init: bool,
     /// Environment for the agent; may hold secrets, so it never becomes container env.
     #[serde(default)]
     pub env: BTreeMap<String, String>,

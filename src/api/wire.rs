@@ -33,9 +33,13 @@ pub struct CreateRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<VolumeMountSchema>)]
     pub volumes: Vec<VolumeMount>,
-    /// Git URL cloned into the workspace (`URL#branch` picks a branch).
+    /// A registered project (id, name or URL) or a git URL, cloned into the workspace
+    /// (`#branch` picks a branch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Run the project's `.cubbi/init.sh` even when `project` is an ad-hoc URL.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_init: bool,
     /// Memory limit in Docker's syntax (`4g`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
@@ -199,6 +203,10 @@ mod tests {
         assert!(err.to_string().contains("privileged"), "{err}");
         let ok: CreateRequest = serde_json::from_str(r#"{"image":"base"}"#).unwrap();
         assert!(ok.default_network);
+        assert!(!ok.run_init);
+        let asked: CreateRequest =
+            serde_json::from_str(r#"{"image":"base","run_init":true}"#).unwrap();
+        assert!(asked.run_init);
     }
 
     #[test]

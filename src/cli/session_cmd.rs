@@ -91,6 +91,10 @@ pub struct CreateArgs {
     /// Git URL to clone into the workspace (`URL#branch` picks a branch).
     #[arg(long, value_name = "URL")]
     pub project: Option<String>,
+    /// Run the project's `.cubbi/init.sh` after the clone even for an ad-hoc git URL (a
+    /// registered project always runs it).
+    #[arg(long)]
+    pub run_init: bool,
     /// Environment for the agent, KEY=VALUE (or KEY to pass this shell's value). Repeatable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -221,6 +225,7 @@ async fn local_backend(
         engine_socket: endpoint.strip_prefix("unix://").map(PathBuf::from),
         ready_timeout,
         extra_labels: Default::default(),
+        // The project store arrives with `cubbi project`; until then every project is a URL.
         projects: None,
     };
     Ok(LocalBackend::new(docker, options))
@@ -369,6 +374,7 @@ fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<Session
             .unwrap_or_else(|| config.defaults.image.clone()),
         workspace,
         project,
+        run_init: args.run_init,
         env,
         volumes,
         networks,

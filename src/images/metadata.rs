@@ -71,6 +71,10 @@ fn is_tool_version(version: &str) -> bool {
 
 /// Where persistent configs live in the container.
 pub const DATA_VOLUME_PATH: &str = "/mnt/agent-data";
+/// Where a project session's persistent config volume (one per owner and project) is mounted;
+/// its persistent configs live under `CONFIG_VOLUME_PATH/<image name>/` instead of
+/// [`DATA_VOLUME_PATH`].
+pub const CONFIG_VOLUME_PATH: &str = "/cubbi-config";
 
 impl ImageMetadata {
     /// Parses and checks a `cubbi-image.toml`; `origin` names the file in messages.

@@ -12,9 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, EndpointSettings, HostConfig, NetworkConnectRequest,
-    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerSummary, EndpointSettings, HealthConfig, HostConfig,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -27,13 +27,15 @@ use russh::keys::PrivateKey;
 
 use super::index::SessionIndex;
 use super::labels::{self, SessionLabels};
-use super::{limits, mounts, naming, ports, runtime, state, upload};
+use super::{limits, mounts, naming, ports, project, runtime, state, upload};
 use crate::api::{
     ApiError, Backend, CreateStep, ExecEvent, LogChunk, LogOptions, Progress, Resources, Session,
     SessionSpec, SessionState,
 };
 use crate::config::PortRange;
+use crate::images::metadata::{CONFIG_VOLUME_PATH, DATA_VOLUME_PATH};
 use crate::images::{ImageMetadata, METADATA_LABEL};
+use crate::projects::{ProjectCheckout, ProjectSource};
 use crate::ssh::client::{SshSession, SshTarget, wait_until_ready};
 use crate::ssh::files::SshFiles;
 use crate::ssh::keys;
@@ -73,8 +75,9 @@ pub struct LocalOptions {
     pub ready_timeout: Duration,
     /// Extra labels for everything created (tests mark their containers this way).
     pub extra_labels: HashMap<String, String>,
-    /// Where `create` looks up the owner's registered projects (`None`: only ad-hoc URLs).
-    pub projects: Option<Arc<dyn crate::projects::ProjectSource>>,
+    /// The owner's registered projects: a spec's `project` found here is cloned with its
+    /// credential and runs its init.sh; anything else is an ad-hoc git URL.
+    pub projects: Option<Arc<dyn ProjectSource>>,
 }
 
 pub struct LocalBackend {
@@ -102,6 +105,8 @@ struct Plan {
     pids_limit: i64,
     /// `-v` targets Sysbox must not ID-map (see [`runtime::unshifted_binds`]).
     unshifted: Vec<String>,
+    /// The project to clone (registered, or an ad-hoc URL) and its credential's files.
+    project: Option<(ProjectCheckout, project::CredentialFiles)>,
 }
 
 /// Why a boot did not reach readiness.
@@ -192,6 +197,14 @@ impl LocalBackend {
     }
 
     async fn validate(&self, spec: &SessionSpec) -> Result<Plan, ApiError> {
+        let project = match &spec.project {
+            Some(reference) => {
+                let checkout = self.checkout(reference).await?;
+                let files = project::credential_files(&checkout)?;
+                Some((checkout, files))
+            }
+            None => None,
+        };
         let name = match &spec.name {
             Some(raw) => naming::sanitize_hostname(raw).ok_or_else(|| {
                 ApiError::invalid(format!(
@@ -291,7 +304,53 @@ impl LocalBackend {
             nano_cpus,
             pids_limit,
             unshifted: runtime::unshifted_binds(unshifted)?,
+            project,
         })
+    }
+
+    /// The registered project `reference` names, else `reference` as an ad-hoc git URL.
+    async fn checkout(&self, reference: &str) -> Result<ProjectCheckout, ApiError> {
+        if let Some(source) = &self.options.projects
+            && let Some(checkout) = source.checkout(reference).await?
+        {
+            return Ok(checkout);
+        }
+        Ok(project::ad_hoc(reference))
+    }
+
+    /// The owner's config volume for one project (`naming::config_volume_name`), made on first
+    /// use and labelled with both; one labelled for another owner or project is refused.
+    async fn ensure_config_volume(&self, project_id: &str) -> Result<String, ApiError> {
+        let owner = &self.options.owner;
+        let name = naming::config_volume_name(owner, project_id);
+        let mut labels = self.options.extra_labels.clone();
+        labels.insert(labels::MANAGED.into(), "true".into());
+        labels.insert(labels::OWNER.into(), owner.clone());
+        labels.insert(labels::PROJECT.into(), project_id.to_string());
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        // Creating an existing volume returns it as it is, labels included.
+        let volume = self
+            .docker
+            .create_volume(request)
+            .await
+            .map_err(Self::docker_error(
+                "cannot create the project's config volume",
+            ))?;
+        let found_owner = volume.labels.get(labels::OWNER);
+        let found_project = volume.labels.get(labels::PROJECT);
+        if found_owner == Some(owner) && found_project.map(String::as_str) == Some(project_id) {
+            return Ok(name);
+        }
+        Err(ApiError::Conflict(format!(
+            "the config volume {name} is labelled for owner {:?} and project {:?}, not for {owner} \
+             and {project_id}; cubbi will not share it. Remove it (`docker volume rm {name}`) if \
+             it is stale",
+            found_owner, found_project
+        )))
     }
 
     /// `claude-code` means the cubbi image `cubbi-claude-code`; anything else is a Docker
@@ -545,10 +604,14 @@ impl LocalBackend {
         let mut all_labels = session_labels.to_map();
         all_labels.extend(self.options.extra_labels.clone());
         let mut binds = plan.binds.clone();
-        binds.push(format!(
-            "{data_volume}:{}",
-            crate::images::metadata::DATA_VOLUME_PATH
-        ));
+        // A project session keeps its configs per project, never in the owner's data volume
+        // (which other projects' sessions see).
+        let data_path = if plan.project.is_some() {
+            CONFIG_VOLUME_PATH
+        } else {
+            DATA_VOLUME_PATH
+        };
+        binds.push(format!("{data_volume}:{data_path}"));
         let port_bindings = HashMap::from([(
             "22/tcp".to_string(),
             Some(vec![PortBinding {
@@ -599,6 +662,7 @@ impl LocalBackend {
             exposed_ports: Some(vec!["22/tcp".to_string()]),
             volumes: Some(volumes),
             host_config: Some(host),
+            healthcheck: Some(status_healthcheck()),
             ..Default::default()
         }
     }
@@ -705,15 +769,48 @@ impl LocalBackend {
         }
         env.extend(spec.env.clone());
         let mut init = BTreeMap::new();
-        if let Some(project) = &spec.project {
-            let (url, branch) = match project.rsplit_once('#') {
-                Some((url, branch)) => (url.to_string(), Some(branch.to_string())),
-                None => (project.clone(), None),
-            };
-            init.insert("CUBBI_PROJECT_URL".to_string(), url);
-            if let Some(branch) = branch {
-                init.insert("CUBBI_PROJECT_BRANCH".to_string(), branch);
+        let mut persistent = metadata
+            .as_ref()
+            .map(|m| m.persistent_configs.clone())
+            .unwrap_or_default();
+        let no_credentials = project::CredentialFiles::default();
+        let mut credentials = &no_credentials;
+        if let Some((checkout, files)) = &plan.project {
+            credentials = files;
+            init.insert("CUBBI_PROJECT_URL".to_string(), checkout.url.clone());
+            if let Some(branch) = &checkout.branch {
+                init.insert("CUBBI_PROJECT_BRANCH".to_string(), branch.clone());
             }
+            // A registered project's init.sh was vouched for when it was registered; an
+            // ad-hoc URL's is anyone's code, run only when asked.
+            if checkout.registered || spec.run_init {
+                init.insert("CUBBI_PROJECT_RUN_INIT".to_string(), "1".to_string());
+            }
+            if checkout.registered {
+                init.insert("CUBBI_PROJECT_REGISTERED".to_string(), "1".to_string());
+            }
+            // What the agent sees: the URL without any secret, and where its configs persist.
+            let image_name = metadata.as_ref().map_or_else(
+                || {
+                    naming::sanitize_hostname(&plan.image.reference)
+                        .unwrap_or_else(|| "image".into())
+                },
+                |m| m.name.clone(),
+            );
+            env.insert(
+                "CUBBI_PROJECT_URL".to_string(),
+                project::public_url(&checkout.url),
+            );
+            env.insert("CUBBI_PROJECT_TYPE".to_string(), "git".to_string());
+            env.insert(
+                "CUBBI_CONFIG_DIR".to_string(),
+                CONFIG_VOLUME_PATH.to_string(),
+            );
+            env.insert(
+                "CUBBI_IMAGE_CONFIG_DIR".to_string(),
+                format!("{CONFIG_VOLUME_PATH}/{image_name}"),
+            );
+            persistent = project::retarget(&persistent, &image_name);
         }
         init.insert("CUBBI_SESSION_NAME".to_string(), plan.name.clone());
         let host_private = keys::private_openssh(host_key)
@@ -724,7 +821,6 @@ impl LocalBackend {
             .chain(plan.authorized_keys.iter().cloned())
             .collect::<Vec<_>>()
             .join("\n");
-        let persistent = metadata.map(|m| m.persistent_configs).unwrap_or_default();
         let archive = upload::archive(&upload::SessionFiles {
             host_private_key: &host_private,
             host_public_key: &session_labels.host_key,
@@ -732,6 +828,7 @@ impl LocalBackend {
             env: &env,
             init: &init,
             persistent_configs: &persistent,
+            project_credentials: credentials,
         })
         .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
         self.docker
@@ -1065,6 +1162,25 @@ pub(super) fn session_from(summary: &ContainerSummary) -> Option<Session> {
     Some(labels.into_session(summary.id.clone()?, session_state))
 }
 
+/// Docker's health check of a session: unhealthy once cubbi-init or the project clone (or its
+/// init.sh) wrote a `failed` status, so `docker ps`, and so `session list`, shows
+/// `init-failed` without an exec per session (see [`state::session_state`]).
+fn status_healthcheck() -> HealthConfig {
+    const SECOND: i64 = 1_000_000_000;
+    HealthConfig {
+        test: Some(vec![
+            "CMD".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            "! grep -qs '^failed' /var/lib/cubbi/init-status /var/lib/cubbi/project-status".into(),
+        ]),
+        interval: Some(5 * SECOND),
+        timeout: Some(5 * SECOND),
+        retries: Some(1),
+        ..Default::default()
+    }
+}
+
 /// A host path given by the user: absolute, existing, never a socket, and never a folder
 /// holding a container engine's or D-Bus's socket (see [`mounts::check_source`]).
 fn host_path(
@@ -1130,7 +1246,10 @@ impl Backend for LocalBackend {
         {
             self.ensure_network(network, progress).await?;
         }
-        let data_volume = self.ensure_data_volume().await?;
+        let data_volume = match &plan.project {
+            Some((checkout, _)) => self.ensure_config_volume(&checkout.id).await?,
+            None => self.ensure_data_volume().await?,
+        };
 
         progress.step(CreateStep::PreparingKeys);
         let host_key = keys::generate(&format!("cubbi-{}", plan.name))
@@ -1238,11 +1357,12 @@ impl Backend for LocalBackend {
             SessionState::Creating | SessionState::Stopped | SessionState::Exited
         ) {
             (session.init_status, session.project_status) = self.reported_status(&session.id).await;
-            if session
-                .init_status
-                .as_deref()
-                .is_some_and(|s| s.starts_with("failed"))
-            {
+            // A failed clone or init.sh fails the session as a failed boot does: the user
+            // would otherwise work in an empty or half-prepared workspace.
+            let failed = |status: &Option<String>| {
+                status.as_deref().is_some_and(|s| s.starts_with("failed"))
+            };
+            if failed(&session.init_status) || failed(&session.project_status) {
                 session.state = SessionState::InitFailed;
             }
         }

@@ -120,6 +120,16 @@ impl SessionIndex {
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => {
+                        // Every health check is an exec (three events each few seconds per
+                        // session) that changes nothing `docker ps` shows; its verdict comes
+                        // as its own `health_status` event.
+                        if event
+                            .action
+                            .as_deref()
+                            .is_some_and(|a| a.starts_with("exec_"))
+                        {
+                            continue;
+                        }
                         if let Some(id) = event.actor.and_then(|actor| actor.id) {
                             self.refresh(&id).await;
                         }

@@ -17,6 +17,8 @@ pub const CREATED: &str = "io.cubbi.created";
 pub const COMMAND: &str = "io.cubbi.command";
 /// Marks networks and volumes cubbi made.
 pub const MANAGED: &str = "io.cubbi.managed";
+/// The project id a per-project config volume belongs to (with [`OWNER`]).
+pub const PROJECT: &str = "io.cubbi.project";
 
 /// The container of a ready session.
 pub fn container_name(session: &str) -> String {

@@ -7,6 +7,7 @@ pub mod limits;
 pub mod mounts;
 pub mod naming;
 pub mod ports;
+pub mod project;
 pub mod runtime;
 pub mod state;
 pub mod upload;

@@ -16,6 +16,7 @@ const PROTECTED_TREES: &[&str] = &[
     "/etc/cubbi",
     "/var/lib/cubbi",
     crate::images::metadata::DATA_VOLUME_PATH,
+    crate::images::metadata::CONFIG_VOLUME_PATH,
 ];
 
 /// Targets a mount may neither be nor be above; below is fine (the workspace is).

@@ -90,6 +90,31 @@ pub fn data_volume_name(owner: &str) -> String {
     format!("cubbi-data-{}", owner_suffix(owner))
 }
 
+/// A project's persistent config volume for one owner: `cubbi-config-REPO-HASH`, the readable
+/// part from the project id's last component, the hash over the exact owner and project id
+/// (length-prefixed, so no two pairs give the same input), so no two owners or projects share
+/// one.
+pub fn config_volume_name(owner: &str, project_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let last = project_id
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    let readable: String = sanitize_hostname(last)
+        .unwrap_or_else(|| "project".into())
+        .chars()
+        .take(30)
+        .collect();
+    let mut hasher = Sha256::new();
+    hasher.update((owner.len() as u64).to_le_bytes());
+    hasher.update(owner.as_bytes());
+    hasher.update(project_id.as_bytes());
+    let digest = hasher.finalize();
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("cubbi-config-{}-{hash}", readable.trim_end_matches('-'))
+}
+
 /// The data volume's name before owners were hashed in (`cubbi-data-john-doe`): several
 /// owners can map to it, so it is used only when its owner label is exactly the owner.
 pub fn legacy_data_volume_name(owner: &str) -> String {
@@ -196,6 +221,27 @@ mod tests {
         assert_eq!(data_volume_name("john.doe"), name, "stable");
         assert_eq!(legacy_data_volume_name("john.doe"), "cubbi-data-john-doe");
         assert!(data_volume_name(&"x".repeat(200)).len() < 64);
+    }
+
+    #[test]
+    fn config_volumes_are_one_per_owner_and_project() {
+        let pairs = [
+            ("alice", "github.com/org/repo"),
+            ("bob", "github.com/org/repo"),
+            ("alice", "github.com/org/other"),
+            ("alice", "gitlab.com/org/repo"),
+            ("ali", "cegithub.com/org/repo"),
+            ("", ""),
+        ];
+        let names: std::collections::BTreeSet<String> = pairs
+            .iter()
+            .map(|(owner, project)| config_volume_name(owner, project))
+            .collect();
+        assert_eq!(names.len(), pairs.len(), "{names:?}");
+        let name = config_volume_name("alice", "github.com/org/My_Repo");
+        assert!(name.starts_with("cubbi-config-my-repo-"), "{name}");
+        assert_eq!(config_volume_name("alice", "github.com/org/My_Repo"), name);
+        assert!(config_volume_name("x", &"y".repeat(300)).len() < 64);
     }
 
     #[test]

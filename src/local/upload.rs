@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::project::{CREDENTIAL_DIR, CredentialFiles};
 use crate::api::ApiError;
 use crate::images::metadata::PersistentConfig;
 
@@ -18,11 +19,15 @@ pub struct SessionFiles<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub init: &'a BTreeMap<String, String>,
     pub persistent_configs: &'a [PersistentConfig],
+    /// The project's credential files (absolute paths under
+    /// [`project::CREDENTIAL_DIR`](super::project::CREDENTIAL_DIR)); empty without one.
+    pub project_credentials: &'a CredentialFiles,
 }
 
 /// A file or folder in the archive.
 struct Entry {
-    path: &'static str,
+    /// Relative to `/`; a folder when `contents` is `None`.
+    path: String,
     mode: u32,
     uid: u64,
     gid: u64,
@@ -31,57 +36,75 @@ struct Entry {
 
 /// The tar stream to extract at `/` in the container.
 pub fn archive(files: &SessionFiles<'_>) -> Result<Vec<u8>, ApiError> {
-    let entries = [
+    let mut entries = vec![
         Entry {
-            path: "etc/ssh/ssh_host_ed25519_key",
+            path: "etc/ssh/ssh_host_ed25519_key".into(),
             mode: 0o600,
             uid: 0,
             gid: 0,
             contents: Some(files.host_private_key.to_string()),
         },
         Entry {
-            path: "etc/ssh/ssh_host_ed25519_key.pub",
+            path: "etc/ssh/ssh_host_ed25519_key.pub".into(),
             mode: 0o644,
             uid: 0,
             gid: 0,
             contents: Some(format!("{}\n", files.host_public_key)),
         },
         Entry {
-            path: "home/agent/.ssh",
+            path: "home/agent/.ssh".into(),
             mode: 0o700,
             uid: AGENT_UID,
             gid: AGENT_UID,
             contents: None,
         },
         Entry {
-            path: "home/agent/.ssh/authorized_keys",
+            path: "home/agent/.ssh/authorized_keys".into(),
             mode: 0o600,
             uid: AGENT_UID,
             gid: AGENT_UID,
             contents: Some(format!("{}\n", files.authorized_key)),
         },
         Entry {
-            path: "etc/cubbi/env",
+            path: "etc/cubbi/env".into(),
             mode: 0o640,
             uid: 0,
             gid: AGENT_UID,
             contents: Some(env_file(files.env)?),
         },
         Entry {
-            path: "etc/cubbi/init.env",
+            path: "etc/cubbi/init.env".into(),
             mode: 0o600,
             uid: 0,
             gid: 0,
             contents: Some(env_file(files.init)?),
         },
         Entry {
-            path: "etc/cubbi/persistent-configs",
+            path: "etc/cubbi/persistent-configs".into(),
             mode: 0o600,
             uid: 0,
             gid: 0,
             contents: Some(persistent_configs_file(files.persistent_configs)),
         },
     ];
+    if !files.project_credentials.files.is_empty() {
+        entries.push(Entry {
+            path: CREDENTIAL_DIR.trim_start_matches('/').into(),
+            mode: 0o700,
+            uid: AGENT_UID,
+            gid: AGENT_UID,
+            contents: None,
+        });
+    }
+    for (path, contents) in &files.project_credentials.files {
+        entries.push(Entry {
+            path: path.trim_start_matches('/').into(),
+            mode: 0o600,
+            uid: AGENT_UID,
+            gid: AGENT_UID,
+            contents: Some(contents.clone()),
+        });
+    }
     let mut builder = tar::Builder::new(Vec::new());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -93,18 +116,20 @@ pub fn archive(files: &SessionFiles<'_>) -> Result<Vec<u8>, ApiError> {
         header.set_uid(entry.uid);
         header.set_gid(entry.gid);
         header.set_mtime(now);
-        let data = entry.contents.unwrap_or_default();
-        if data.is_empty() && entry.mode == 0o700 {
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_size(0);
-            builder
-                .append_data(&mut header, format!("{}/", entry.path), std::io::empty())
-                .map_err(archive_error)?;
-        } else {
-            header.set_size(data.len() as u64);
-            builder
-                .append_data(&mut header, entry.path, data.as_bytes())
-                .map_err(archive_error)?;
+        match entry.contents {
+            None => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, format!("{}/", entry.path), std::io::empty())
+                    .map_err(archive_error)?;
+            }
+            Some(data) => {
+                header.set_size(data.len() as u64);
+                builder
+                    .append_data(&mut header, &entry.path, data.as_bytes())
+                    .map_err(archive_error)?;
+            }
         }
     }
     builder.into_inner().map_err(archive_error)
@@ -157,6 +182,12 @@ mod tests {
             env: &env,
             init: &init,
             persistent_configs: &[],
+            project_credentials: &CredentialFiles {
+                files: BTreeMap::from([(
+                    super::super::project::SSH_KEY_FILE,
+                    "PRIVATE".to_string(),
+                )]),
+            },
         };
         let bytes = archive(&files).unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());
@@ -190,6 +221,14 @@ mod tests {
         );
         assert_eq!(seen["home/agent/.ssh/authorized_keys"].1, 1000);
         assert_eq!(seen["home/agent/.ssh"].0, 0o700);
+        assert_eq!(
+            seen["home/agent/.ssh/cubbi-project"],
+            (0o700, 1000, 1000, String::new())
+        );
+        assert_eq!(
+            seen["home/agent/.ssh/cubbi-project/id_key"],
+            (0o600, 1000, 1000, "PRIVATE".to_string())
+        );
     }
 
     #[test]

@@ -119,6 +119,7 @@ impl Policy {
             image: request.image,
             workspace: None,
             project: request.project,
+            run_init: request.run_init,
             env: request.env,
             volumes: request.volumes,
             networks: request.networks,
@@ -164,6 +165,15 @@ mod tests {
         assert!(!spec.unsafe_runc);
         assert!(spec.workspace.is_none());
         assert_eq!(spec.authorized_keys, vec!["ssh-ed25519 AAAA".to_string()]);
+        assert!(!spec.run_init);
+        let asked = policy()
+            .spec(CreateRequest {
+                project: Some("https://h/o/r".into()),
+                run_init: true,
+                ..request()
+            })
+            .unwrap();
+        assert!(asked.run_init, "the caller's --run-init reaches the spec");
     }
 
     #[test]

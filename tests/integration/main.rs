@@ -8,6 +8,7 @@ mod engine;
 mod firewall;
 mod images;
 mod projects;
+mod projects_session;
 mod remotes;
 mod serve;
 mod serve_tokens;
@@ -42,6 +43,7 @@ fn main() {
     tests.extend(projects::tests());
     tests.extend(serve::tests());
     tests.extend(serve_tokens::tests());
+    tests.extend(projects_session::tests());
     tests.extend(remotes::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());

@@ -35,6 +35,7 @@ fn spec(name: &str) -> SessionSpec {
         image: "base".into(),
         workspace: None,
         project: None,
+        run_init: false,
         env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
         volumes: Vec::new(),
         networks: Vec::new(),
