@@ -78,6 +78,9 @@ pub enum ProjectError {
     Refused(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// What a cubbi service answered, as it worded it.
+    #[error(transparent)]
+    Service(ApiError),
 }
 
 impl From<ProjectError> for ApiError {
@@ -96,6 +99,7 @@ impl From<ProjectError> for ApiError {
             }
             ProjectError::NotFound { .. } => ApiError::Invalid(err.to_string()),
             ProjectError::HostScan { .. } => ApiError::Unavailable(err.to_string()),
+            ProjectError::Service(err) => err,
             other => ApiError::Failed {
                 step: "project store".into(),
                 reason: other.to_string(),

@@ -5,6 +5,7 @@
 //! database) produces a [`ProjectCheckout`] through [`ProjectSource`]; the local backend turns
 //! it into files uploaded before the container starts (never env, labels or arguments).
 
+pub mod catalog;
 pub mod credential;
 pub mod crypto;
 mod error;
