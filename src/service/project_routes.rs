@@ -79,7 +79,7 @@ fn redact_quoted(message: &str) -> String {
             }
             None => {
                 // An unclosed quote: drop what follows rather than risk quoting a secret.
-                out.push_str("…");
+                out.push('…');
                 rest = "";
             }
         }

@@ -143,8 +143,10 @@ impl Service {
 }
 
 fn config(state: &std::path::Path, key_byte: &str) -> ServiceConfig {
-    let mut config = ServiceConfig::default();
-    config.state_dir = state.to_path_buf();
+    let mut config = ServiceConfig {
+        state_dir: state.to_path_buf(),
+        ..ServiceConfig::default()
+    };
     config.server.shutdown_grace = 2;
     config.projects.storage.key = Some(SecretText(key_byte.repeat(32)));
     config
