@@ -205,8 +205,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             remote_cmd::run(args, mode)
         }
         Command::Project(args) => {
-            refuse_remote(cli.remote.as_deref(), "project")?;
-            project_cmd::run(args, mode).await
+            // Projects live where sessions are created: `-r NAME`, else `remote.default`.
+            let config = crate::config::ConfigFile::open_default()?.config()?;
+            let remote = session_remote(cli.remote.as_deref(), &config);
+            project_cmd::run(args, mode, remote.as_deref(), &config).await
         }
         Command::Auth { no_verify } => remote_cmd::auth(cli.remote.as_deref(), no_verify).await,
         Command::Completions { shell } => {

@@ -10,14 +10,16 @@ use clap::{Args, Subcommand};
 
 use super::output::{print_json, table};
 use super::{CliError, OutputMode};
-use crate::config::ConfigFile;
+use crate::config::Config;
+use crate::projects::catalog::ProjectCatalog;
 use crate::projects::credential::{self, CredentialSummary};
 use crate::projects::known_hosts::{self, HostKey};
 use crate::projects::store::{self, ProjectSummary};
 use crate::projects::url::RepoUrl;
 use crate::projects::{
-    Credential, NewProject, Project, ProjectError, ProjectStore, ProjectUpdate, host_scan,
+    Credential, NewProject, ProjectError, ProjectStore, ProjectUpdate, host_scan,
 };
+use crate::remote::projects::RemoteProjects;
 
 #[derive(Debug, Args)]
 pub struct ProjectArgs {
@@ -102,18 +104,45 @@ struct SettingsArgs {
     yes: bool,
 }
 
-pub async fn run(args: ProjectArgs, mode: OutputMode) -> Result<ExitCode, CliError> {
-    let config = ConfigFile::open_default()?.config()?;
-    let store = ProjectStore::for_config(&config)?;
+/// The projects of this machine, or of the cubbi service `remote`.
+fn catalog(remote: Option<&str>, config: &Config) -> Result<Box<dyn ProjectCatalog>, CliError> {
+    let Some(name) = remote else {
+        return Ok(Box::new(ProjectStore::for_config(config)?));
+    };
+    let remote = crate::remote::remotes::resolve(config, name)?;
+    let token = remote
+        .token
+        .ok_or_else(|| crate::remote::remotes::RemoteError::NoToken {
+            name: name.to_string(),
+        })?;
+    Ok(Box::new(
+        RemoteProjects::new(
+            name,
+            &remote.url,
+            token,
+            config.projects.known_hosts.clone(),
+        )
+        .map_err(CliError::Api)?,
+    ))
+}
+
+pub async fn run(
+    args: ProjectArgs,
+    mode: OutputMode,
+    remote: Option<&str>,
+    config: &Config,
+) -> Result<ExitCode, CliError> {
+    let catalog = catalog(remote, config)?;
+    let store = catalog.as_ref();
     match args.command {
         ProjectCommand::Add {
             url,
             name,
             credential,
             settings,
-        } => add(&store, &url, name, credential, settings).await?,
-        ProjectCommand::List => list(&store, mode, config.ui.table_format)?,
-        ProjectCommand::Show { project } => show(&store, &project, mode)?,
+        } => add(store, &url, name, credential, settings).await?,
+        ProjectCommand::List => list(store, mode, config.ui.table_format).await?,
+        ProjectCommand::Show { project } => show(store, &project, mode).await?,
         ProjectCommand::Update {
             project,
             name,
@@ -129,10 +158,10 @@ pub async fn run(args: ProjectArgs, mode: OutputMode) -> Result<ExitCode, CliErr
                 no_branch,
                 settings,
             };
-            update(&store, &project, change).await?
+            update(store, &project, change).await?
         }
         ProjectCommand::Remove { project } => {
-            let removed = store.remove(&project)?;
+            let removed = store.remove(&project).await?;
             eprintln!(
                 "removed project {} ({}) and its credential",
                 removed.name, removed.id
@@ -143,7 +172,7 @@ pub async fn run(args: ProjectArgs, mode: OutputMode) -> Result<ExitCode, CliErr
 }
 
 async fn add(
-    store: &ProjectStore,
+    store: &dyn ProjectCatalog,
     url: &str,
     name: Option<String>,
     credential_args: CredentialArgs,
@@ -156,10 +185,10 @@ async fn add(
     if let Some(branch) = &settings.branch {
         crate::projects::url::validate_branch(branch)?;
     }
-    if let Some(existing) = store.get(&url.id())? {
+    if let Some(existing) = store.get(&url.id()).await? {
         return Err(ProjectError::AlreadyExists {
-            id: existing.id,
-            name: existing.name,
+            id: existing.summary.id,
+            name: existing.summary.name,
         }
         .into());
     }
@@ -172,13 +201,15 @@ async fn add(
     }
     let clone_url = store::clone_url(&url, credential.as_ref());
     let host_keys = host_keys_for(store, &clone_url, &[], &settings).await?;
-    let project = store.add(NewProject {
-        url,
-        name,
-        branch: settings.branch,
-        credential,
-        host_keys,
-    })?;
+    let project = store
+        .add(NewProject {
+            url,
+            name,
+            branch: settings.branch,
+            credential,
+            host_keys,
+        })
+        .await?;
     eprintln!(
         "added project {} ({}); it clones {}",
         project.name, project.id, project.url
@@ -195,8 +226,25 @@ struct Change {
     settings: SettingsArgs,
 }
 
-async fn update(store: &ProjectStore, reference: &str, change: Change) -> Result<(), CliError> {
-    let current = store.require(reference)?;
+async fn update(
+    store: &dyn ProjectCatalog,
+    reference: &str,
+    change: Change,
+) -> Result<(), CliError> {
+    let current = store
+        .get(reference)
+        .await?
+        .ok_or_else(|| ProjectError::NotFound {
+            reference: reference.to_string(),
+        })?
+        .summary;
+    // The keys confirmed for this project itself (not the shipped or configured ones).
+    let own_keys = current
+        .host_keys
+        .iter()
+        .filter(|key| key.source == store::HostKeySource::Project)
+        .map(|key| HostKey::parse(&key.key))
+        .collect::<Result<Vec<_>, _>>()?;
     let credential = if change.no_credential {
         Some(None)
     } else {
@@ -211,8 +259,8 @@ async fn update(store: &ProjectStore, reference: &str, change: Change) -> Result
         Some(host_keys_for(store, &clone_url, &[], &change.settings).await?)
     } else if clone_url != current.url {
         // Moving from HTTPS to SSH may need a host key.
-        let keys = host_keys_for(store, &clone_url, &current.host_keys, &change.settings).await?;
-        (keys != current.host_keys).then_some(keys)
+        let keys = host_keys_for(store, &clone_url, &own_keys, &change.settings).await?;
+        (keys != own_keys).then_some(keys)
     } else {
         None
     };
@@ -233,16 +281,18 @@ async fn update(store: &ProjectStore, reference: &str, change: Change) -> Result
                 .into(),
         ));
     }
-    let updated = store.update(
-        &current.id,
-        ProjectUpdate {
-            name: change.name,
-            credential,
-            token_user: change.credential.token_user,
-            branch,
-            host_keys,
-        },
-    )?;
+    let updated = store
+        .update(
+            &current.id,
+            ProjectUpdate {
+                name: change.name,
+                credential,
+                token_user: change.credential.token_user,
+                branch,
+                host_keys,
+            },
+        )
+        .await?;
     eprintln!(
         "updated project {} ({}); it clones {}",
         updated.name, updated.id, updated.url
@@ -296,7 +346,7 @@ fn read_token() -> Result<String, CliError> {
 /// knows; `--host-key` when given; else the scanned key, once its owner confirmed it (on a
 /// terminal, or `--yes`). `existing` are keys the project already has.
 async fn host_keys_for(
-    store: &ProjectStore,
+    store: &dyn ProjectCatalog,
     clone_url: &str,
     existing: &[HostKey],
     settings: &SettingsArgs,
@@ -312,8 +362,11 @@ async fn host_keys_for(
     if let Some(given) = &settings.host_key {
         return Ok(vec![known_hosts::parse_given(given, &pattern)?]);
     }
-    if !existing.is_empty() || !store.known_host_keys(&pattern).is_empty() {
+    if !existing.is_empty() {
         return Ok(existing.to_vec());
+    }
+    if let Some(known) = store.known_host(&pattern) {
+        return Ok(known);
     }
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     if !settings.yes && !interactive {
@@ -352,13 +405,12 @@ async fn host_keys_for(
     }
 }
 
-fn list(
-    store: &ProjectStore,
+async fn list(
+    store: &dyn ProjectCatalog,
     mode: OutputMode,
     format: crate::config::TableFormat,
 ) -> Result<(), CliError> {
-    let projects = store.list()?;
-    let summaries: Vec<ProjectSummary> = projects.iter().map(|p| store.summary(p)).collect();
+    let summaries: Vec<ProjectSummary> = store.list().await?;
     if mode.json {
         print_json(&summaries)?;
         return Ok(());
@@ -383,9 +435,18 @@ fn list(
     Ok(())
 }
 
-fn show(store: &ProjectStore, reference: &str, mode: OutputMode) -> Result<(), CliError> {
-    let project: Project = store.require(reference)?;
-    let summary = store.summary(&project);
+async fn show(
+    store: &dyn ProjectCatalog,
+    reference: &str,
+    mode: OutputMode,
+) -> Result<(), CliError> {
+    let shown = store
+        .get(reference)
+        .await?
+        .ok_or_else(|| ProjectError::NotFound {
+            reference: reference.to_string(),
+        })?;
+    let summary = shown.summary;
     if mode.json {
         print_json(&summary)?;
         return Ok(());
@@ -416,7 +477,7 @@ fn show(store: &ProjectStore, reference: &str, mode: OutputMode) -> Result<(), C
             out += &format!("token:       {token}\n");
         }
     }
-    if project.uses_ssh() {
+    if summary.url.starts_with("ssh://") {
         for (i, key) in summary.host_keys.iter().enumerate() {
             out += &format!(
                 "{}{} {} {} ({})\n",
@@ -436,7 +497,11 @@ fn show(store: &ProjectStore, reference: &str, mode: OutputMode) -> Result<(), C
             );
         }
     }
-    out += &format!("file:        {}\n", project.file.display());
+    match (&shown.file, store.remote()) {
+        (Some(file), _) => out += &format!("file:        {}\n", file.display()),
+        (None, Some(remote)) => out += &format!("stored on:   the cubbi service `{remote}`\n"),
+        (None, None) => {}
+    }
     std::io::stdout().write_all(out.as_bytes())?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::HashAlg;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Credential, ProjectError};
 
@@ -104,7 +104,7 @@ pub fn validate_token_user(user: &str) -> Result<(), ProjectError> {
 }
 
 /// What `list` and `show` print about a credential: never the secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CredentialSummary {
     None,
@@ -115,7 +115,7 @@ pub enum CredentialSummary {
     Token {
         username: String,
         /// Always `set`.
-        token: &'static str,
+        token: String,
     },
 }
 
@@ -142,7 +142,7 @@ impl CredentialSummary {
             },
             Some(Credential::Token { username, .. }) => Self::Token {
                 username: username.clone(),
-                token: "set",
+                token: "set".into(),
             },
         }
     }

@@ -67,6 +67,15 @@ impl ProjectKey {
         })
     }
 
+    /// Parses key text as [`from_env_value`](Self::from_env_value) does, for another source
+    /// (`origin`, e.g. `projects.storage.key` of the service); `None` when it is not a key.
+    pub fn from_text(value: &str, origin: &str) -> Option<Self> {
+        parse_key_text(value).map(|bytes| Self {
+            bytes,
+            origin: origin.into(),
+        })
+    }
+
     /// A key from raw bytes, for tests and callers with their own key management.
     pub fn from_bytes(bytes: [u8; 32], origin: &str) -> Self {
         Self {

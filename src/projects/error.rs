@@ -70,12 +70,17 @@ pub enum ProjectError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("project database {path}: {reason}")]
+    Database { path: PathBuf, reason: String },
     #[error("cannot scan the SSH host key of {address}: {reason}")]
     HostScan { address: String, reason: String },
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// What a cubbi service answered, as it worded it.
+    #[error(transparent)]
+    Service(ApiError),
 }
 
 impl From<ProjectError> for ApiError {
@@ -94,6 +99,7 @@ impl From<ProjectError> for ApiError {
             }
             ProjectError::NotFound { .. } => ApiError::Invalid(err.to_string()),
             ProjectError::HostScan { .. } => ApiError::Unavailable(err.to_string()),
+            ProjectError::Service(err) => err,
             other => ApiError::Failed {
                 step: "project store".into(),
                 reason: other.to_string(),

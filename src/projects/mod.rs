@@ -5,13 +5,16 @@
 //! database) produces a [`ProjectCheckout`] through [`ProjectSource`]; the local backend turns
 //! it into files uploaded before the container starts (never env, labels or arguments).
 
+pub mod catalog;
 pub mod credential;
 pub mod crypto;
 mod error;
 pub mod host_scan;
 pub mod known_hosts;
+pub mod records;
 pub mod store;
 pub mod url;
+pub mod wire;
 
 use std::fmt;
 

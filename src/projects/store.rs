@@ -19,26 +19,20 @@
 //! sealed = "base64(nonce || ciphertext || tag)"
 //! ```
 
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::credential::{self, CredentialSummary};
 use super::crypto::{self, ProjectKey};
 use super::known_hosts::{self, HostKey};
+use super::records::{DirRecords, ProjectRecords, Record};
 use super::url::{self, RepoUrl};
 use super::{Credential, ProjectCheckout, ProjectError, ProjectSource};
 use crate::api::ApiError;
 
-/// The largest project file read.
-const MAX_FILE_BYTES: u64 = 256 * 1024;
 const FORMAT_VERSION: u32 = 1;
 
 /// A registered project, its secret decrypted.
@@ -56,7 +50,7 @@ pub struct Project {
     pub host_keys: Vec<HostKey>,
     /// Unix seconds.
     pub created: i64,
-    /// The file it is stored in.
+    /// Where it is stored: its file, or its row of the service's database.
     pub file: PathBuf,
 }
 
@@ -94,7 +88,7 @@ pub struct ProjectUpdate {
 }
 
 /// Where a host key is known from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HostKeySource {
     /// Shipped in cubbi (github.com, gitlab.com, bitbucket.org).
@@ -106,7 +100,7 @@ pub enum HostKeySource {
 }
 
 /// One host key as `show` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostKeySummary {
     /// `host` or `[host]:port`.
     pub host: String,
@@ -116,7 +110,7 @@ pub struct HostKeySummary {
 }
 
 /// A project as `list --json` and `show --json` print it: no secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProjectSummary {
     pub id: String,
     pub name: String,
@@ -171,9 +165,12 @@ impl CredentialKind {
     }
 }
 
-/// The local store.
+/// The project store: projects encoded, sealed and checked here, kept by a
+/// [`ProjectRecords`] (files for the local CLI, the database for the service).
 pub struct ProjectStore {
+    /// The folder (or database) the records are in, for messages.
     dir: PathBuf,
+    records: Arc<dyn ProjectRecords>,
     key_file: PathBuf,
     /// Loaded on first need: a store of public projects never creates a key.
     key: Mutex<Option<ProjectKey>>,
@@ -213,6 +210,7 @@ impl ProjectStore {
     /// A store in `dir`, its key from `CUBBI_PROJECT_KEY` or else `key_file`.
     pub fn new(dir: PathBuf, key_file: PathBuf) -> Self {
         Self {
+            records: Arc::new(DirRecords::new(dir.clone())),
             dir,
             key_file,
             key: Mutex::new(None),
@@ -233,6 +231,22 @@ impl ProjectStore {
         Self {
             config_known_hosts: lines,
             ..self
+        }
+    }
+
+    /// A store on other `records` (the service's database), sealing with `key`. `location`
+    /// names where they are in messages.
+    pub fn on_records(
+        records: Arc<dyn ProjectRecords>,
+        location: PathBuf,
+        key: ProjectKey,
+    ) -> Self {
+        Self {
+            dir: location.clone(),
+            records,
+            key_file: location,
+            key: Mutex::new(Some(key)),
+            config_known_hosts: Vec::new(),
         }
     }
 
@@ -268,29 +282,12 @@ impl ProjectStore {
 
     /// Every project, sorted by name.
     pub fn list(&self) -> Result<Vec<Project>, ProjectError> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(ProjectError::Read {
-                    path: self.dir.clone(),
-                    source,
-                });
-            }
-        };
-        let mut projects = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| ProjectError::Read {
-                path: self.dir.clone(),
-                source,
-            })?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') || !name.ends_with(".toml") {
-                continue;
-            }
-            projects.push(self.read(&entry.path())?);
-        }
+        let mut projects = self
+            .records
+            .list()?
+            .into_iter()
+            .map(|record| self.decode(record))
+            .collect::<Result<Vec<_>, _>>()?;
         projects.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(projects)
     }
@@ -299,7 +296,11 @@ impl ProjectStore {
     pub fn get(&self, reference: &str) -> Result<Option<Project>, ProjectError> {
         if reference.contains('/') {
             let id = RepoUrl::parse(reference)?.id();
-            return self.read_if_exists(&self.path_for(&id));
+            return self
+                .records
+                .get(&id)?
+                .map(|record| self.decode(record))
+                .transpose();
         }
         if url::validate_name(reference).is_err() {
             return Ok(None);
@@ -338,27 +339,17 @@ impl ProjectStore {
             file: self.path_for(&id),
         };
         self.check_host_keys(&project)?;
-        let _lock = self.lock()?;
-        if let Some(existing) = self.read_if_exists(&project.file)? {
-            return Err(ProjectError::AlreadyExists {
-                id: existing.id,
-                name: existing.name,
-            });
-        }
-        self.check_name_free(&project.name, &project.id)?;
-        self.write(&project)?;
+        // The records refuse a taken id or name in the same step that writes.
+        let text = self.encode(&project)?;
+        self.records.insert(&project.id, &project.name, &text)?;
         Ok(project)
     }
 
     /// Changes a project; see [`ProjectUpdate`].
     pub fn update(&self, reference: &str, change: ProjectUpdate) -> Result<Project, ProjectError> {
-        let _lock = self.lock()?;
         let mut project = self.require(reference)?;
         if let Some(name) = change.name {
             url::validate_name(&name)?;
-            if name != project.name {
-                self.check_name_free(&name, &project.id)?;
-            }
             project.name = name;
         }
         if let Some(branch) = change.branch {
@@ -402,18 +393,20 @@ impl ProjectStore {
             project.host_keys = dedup(host_keys);
         }
         self.check_host_keys(&project)?;
-        self.write(&project)?;
+        let text = self.encode(&project)?;
+        self.records.replace(&project.id, &project.name, &text)?;
         Ok(project)
     }
 
     /// Forgets a project; returns what it was.
     pub fn remove(&self, reference: &str) -> Result<Project, ProjectError> {
-        let _lock = self.lock()?;
         let project = self.require(reference)?;
-        std::fs::remove_file(&project.file).map_err(|source| ProjectError::Write {
-            path: project.file.clone(),
-            source,
-        })?;
+        if !self.records.delete(&project.id)? {
+            // Removed by someone else in the meantime: it is gone, as asked, but not by us.
+            return Err(ProjectError::NotFound {
+                reference: reference.to_string(),
+            });
+        }
         Ok(project)
     }
 
@@ -507,9 +500,9 @@ impl ProjectStore {
         }))
     }
 
-    /// `<dir>/<sha256(id)[..16]>.toml`.
+    /// Where project `id` is stored: `<dir>/<sha256(id)[..16]>.toml` locally.
     pub fn path_for(&self, id: &str) -> PathBuf {
-        self.dir.join(file_name(id))
+        self.records.location(id)
     }
 
     fn check_host_keys(&self, project: &Project) -> Result<(), ProjectError> {
@@ -524,64 +517,8 @@ impl ProjectStore {
         Ok(())
     }
 
-    fn check_name_free(&self, name: &str, id: &str) -> Result<(), ProjectError> {
-        if let Some(other) = self
-            .list()?
-            .into_iter()
-            .find(|other| other.name == name && other.id != id)
-        {
-            return Err(ProjectError::NameTaken {
-                name: name.to_string(),
-                id: other.id,
-            });
-        }
-        Ok(())
-    }
-
-    /// Takes the store's lock (blocking), creating the private folder first.
-    fn lock(&self) -> Result<Flock<File>, ProjectError> {
-        self.ensure_private_dir()?;
-        let path = self.dir.join(".lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|source| ProjectError::Lock {
-                path: path.clone(),
-                source,
-            })?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| ProjectError::Lock {
-            path,
-            source: errno.into(),
-        })
-    }
-
-    fn ensure_private_dir(&self) -> Result<(), ProjectError> {
-        let refuse = |reason: String| ProjectError::StoreDir {
-            path: self.dir.clone(),
-            reason,
-        };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|err| refuse(format!("cannot create it: {err}")))?;
-        let metadata = std::fs::symlink_metadata(&self.dir)
-            .map_err(|err| refuse(format!("cannot inspect it: {err}")))?;
-        if !metadata.is_dir() {
-            return Err(refuse("it is a symbolic link or a file; remove it".into()));
-        }
-        if metadata.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|err| refuse(format!("cannot make it private: {err}")))?;
-        }
-        Ok(())
-    }
-
-    fn write(&self, project: &Project) -> Result<(), ProjectError> {
+    /// The record text of `project`, its credential sealed.
+    fn encode(&self, project: &Project) -> Result<String, ProjectError> {
         let (kind, secret, token_user) = match &project.credential {
             None => (CredentialKind::None, None, None),
             Some(Credential::SshKey { private_key }) => {
@@ -620,54 +557,21 @@ impl ProjectStore {
             path: project.file.clone(),
             source: std::io::Error::other(err),
         })?;
-        let text = format!(
+        Ok(format!(
             "# A cubbi project (`cubbi project show {}`); a credential is stored encrypted.\n{text}",
             project.name
-        );
-        crate::atomic_file::write(&project.file, text.as_bytes(), 0o600, 0o700).map_err(|source| {
-            ProjectError::Write {
-                path: project.file.clone(),
-                source,
-            }
-        })
+        ))
     }
 
-    fn read_if_exists(&self, path: &Path) -> Result<Option<Project>, ProjectError> {
-        match std::fs::symlink_metadata(path) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            _ => self.read(path).map(Some),
-        }
-    }
-
-    /// Reads and checks one file, decrypting its credential. Any inconsistency is an error
-    /// naming the file: never a silently different project.
-    fn read(&self, path: &Path) -> Result<Project, ProjectError> {
+    /// Decodes and checks one record, decrypting its credential. Any inconsistency is an
+    /// error naming where the record is: never a silently different project.
+    fn decode(&self, record: Record) -> Result<Project, ProjectError> {
+        let Record { location, text } = record;
+        let path = location.as_path();
         let corrupt = |reason: String| ProjectError::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|source| ProjectError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let metadata = file.metadata().map_err(|source| ProjectError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if !metadata.is_file() {
-            return Err(corrupt("it is not a regular file".into()));
-        }
-        let mut text = String::new();
-        file.take(MAX_FILE_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(|_| corrupt("it is not UTF-8 text".into()))?;
-        if text.len() as u64 > MAX_FILE_BYTES {
-            return Err(corrupt("it is larger than 256 KiB".into()));
-        }
         let stored: ProjectFile = toml::from_str(&text)
             .map_err(|err| corrupt(format!("{} (was it cut short or edited?)", err.message())))?;
         if stored.version != FORMAT_VERSION {
@@ -677,7 +581,7 @@ impl ProjectStore {
             )));
         }
         let parsed = RepoUrl::parse(&stored.id).map_err(|err| corrupt(err.to_string()))?;
-        if parsed.id() != stored.id || path.file_name() != Some(file_name(&stored.id).as_ref()) {
+        if parsed.id() != stored.id || self.records.location(&stored.id) != path {
             return Err(corrupt(format!(
                 "it holds project {} under another project's file name",
                 stored.id
@@ -784,16 +688,6 @@ fn associated_id(id: &str, kind: CredentialKind) -> String {
     format!("{id}\0{}", kind.name())
 }
 
-fn file_name(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    let hex: String = digest
-        .iter()
-        .take(8)
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("{hex}.toml")
-}
-
 fn dedup(keys: Vec<HostKey>) -> Vec<HostKey> {
     let mut unique: Vec<HostKey> = Vec::new();
     for key in keys {
@@ -813,6 +707,8 @@ fn now() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     const ED25519: &str =

@@ -60,14 +60,14 @@ impl RemoteBackend {
         })
     }
 
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(&self.token)
     }
 
     /// Sends a request; a failure status becomes the service's error as it worded it.
-    async fn send(&self, request: RequestBuilder) -> Result<Response, ApiError> {
+    pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Response, ApiError> {
         let response = request.send().await.map_err(|err| {
             ApiError::unavailable(format!(
                 "cannot reach the cubbi service `{}` at {}: {}",
@@ -103,7 +103,10 @@ impl RemoteBackend {
         })
     }
 
-    async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ApiError> {
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<T, ApiError> {
         let response = self.send(request).await?;
         response.json().await.map_err(|err| {
             ApiError::unavailable(format!(

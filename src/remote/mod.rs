@@ -2,6 +2,7 @@
 //! user configured and their tokens).
 
 pub mod client;
+pub mod projects;
 pub mod remotes;
 
 use std::path::PathBuf;

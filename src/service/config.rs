@@ -43,6 +43,7 @@ pub struct ServiceConfig {
     pub ports: PortRange,
     pub limits: Limits,
     pub networks: NetworksSection,
+    pub projects: ProjectsSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -96,6 +97,36 @@ pub struct NetworksSection {
     pub allowed: Vec<String>,
 }
 
+/// `[projects]`: the users' registered git repositories.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectsSection {
+    /// Extra `known_hosts` lines (`HOST KEYTYPE BASE64`) for git hosts cubbi does not ship
+    /// keys of; projects on them need no key of their own.
+    pub known_hosts: Vec<String>,
+    pub storage: ProjectStorage,
+}
+
+/// `[projects.storage]`: how credentials are sealed in the database.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectStorage {
+    /// 32 bytes as 64 hex digits or base64; `STATE_DIR/project.key` (created on first use)
+    /// when absent.
+    pub key: Option<SecretText>,
+}
+
+/// A secret from the config: its `Debug` never shows it, so a logged config leaks nothing.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
@@ -109,6 +140,7 @@ impl Default for ServiceConfig {
             ports: PortRange::default(),
             limits: Limits::default(),
             networks: NetworksSection::default(),
+            projects: ProjectsSection::default(),
         }
     }
 }
@@ -233,6 +265,17 @@ impl ServiceConfig {
                 "at least 1024 bytes".to_string(),
             ));
         }
+        crate::projects::known_hosts::validate_config_lines(&self.projects.known_hosts)
+            .map_err(|err| invalid("projects.known_hosts", err.to_string()))?;
+        if let Some(key) = &self.projects.storage.key
+            && crate::projects::crypto::ProjectKey::from_text(&key.0, "").is_none()
+        {
+            // The message never quotes the value: it is a secret.
+            return Err(invalid(
+                "projects.storage.key",
+                "give 32 bytes as 64 hex digits or as base64 (e.g. `openssl rand -hex 32`)".into(),
+            ));
+        }
         if let Some(host) = &self.ssh.public_host
             && (host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/'))
         {
@@ -286,6 +329,10 @@ mod tests {
             cpus = 2.0
             [networks]
             allowed = ["shared-db"]
+            [projects]
+            known_hosts = ["git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"]
+            [projects.storage]
+            key = "0000000000000000000000000000000000000000000000000000000000000000"
         "#;
         let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
         assert_eq!(config.server.port, 8443);
@@ -304,6 +351,11 @@ mod tests {
             ("[limits]\ncpus = -1.0", "limits.cpus"),
             ("[server]\ntls_cert = \"/c.pem\"", "tls_key"),
             ("[ssh]\npublic_host = \"a b\"", "public_host"),
+            (
+                "[projects.storage]\nkey = \"short\"",
+                "projects.storage.key",
+            ),
+            ("[projects]\nknown_hosts = [\"x\"]", "projects.known_hosts"),
         ] {
             let err = ServiceConfig::parse(text, Path::new("t.toml")).unwrap_err();
             assert!(err.to_string().contains(needle), "{text}: {err}");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bollard::Docker;
 
+use super::projects::ServiceProjects;
 use super::router::SessionHost;
 use super::store::Caller;
 use crate::api::wire::ImageInfo;
@@ -26,6 +27,8 @@ pub struct DockerHost {
     index: Arc<SessionIndex>,
     /// Images offered; empty offers every cubbi image.
     images: Vec<String>,
+    /// Every user's registered projects.
+    projects: ServiceProjects,
 }
 
 impl DockerHost {
@@ -34,12 +37,14 @@ impl DockerHost {
         template: LocalOptions,
         index: Arc<SessionIndex>,
         images: Vec<String>,
+        projects: ServiceProjects,
     ) -> Self {
         Self {
             docker,
             template,
             index,
             images,
+            projects,
         }
     }
 
@@ -58,6 +63,9 @@ impl SessionHost for DockerHost {
             owner: Self::owner_label(&caller.user),
             all_owners: caller.admin,
             index: Some(Arc::clone(&self.index)),
+            // `--project NAME` clones with the caller's own registered credentials (an
+            // admin's too: projects are never shared).
+            projects: Some(Arc::new(self.projects.of_user(&caller.user))),
             ..self.template.clone()
         };
         LocalBackend::new(self.docker.clone(), options)
@@ -87,6 +95,10 @@ impl SessionHost for DockerHost {
             });
         }
         Ok(offered)
+    }
+
+    fn projects_of(&self, caller: &Caller) -> Result<crate::projects::ProjectStore, ApiError> {
+        Ok(self.projects.of_user(&caller.user))
     }
 
     fn present(&self, mut session: Session) -> Session {

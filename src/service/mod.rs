@@ -8,6 +8,8 @@ pub mod docker_host;
 pub mod http_error;
 pub mod openapi;
 pub mod policy;
+pub mod project_routes;
+pub mod projects;
 pub mod router;
 pub mod store;
 pub mod tls;
@@ -42,6 +44,8 @@ pub enum ServeError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Projects(#[from] projects::ProjectsSetupError),
     #[error("{0}")]
     Setup(String),
 }
@@ -195,8 +199,10 @@ pub async fn start_on_docker(
             .and_then(|value| value.parse().ok())
             .map_or(Duration::from_secs(60), Duration::from_secs),
         extra_labels: options.extra_labels,
+        // Each caller's own, set by DockerHost::sessions_of.
         projects: None,
     };
-    let host = DockerHost::new(docker, template, index, config.images.clone());
+    let projects = projects::ServiceProjects::open(config)?;
+    let host = DockerHost::new(docker, template, index, config.images.clone(), projects);
     start(listener, host, store, config)
 }

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::router;
+use super::{project_routes, router};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,11 @@ use super::router;
         router::logs,
         router::images,
         router::image,
+        project_routes::list,
+        project_routes::add,
+        project_routes::show,
+        project_routes::update,
+        project_routes::remove,
     ),
     components(schemas(
         crate::api::Session,
@@ -38,6 +43,13 @@ use super::router;
         crate::api::wire::ErrorDetail,
         crate::api::wire::Health,
         crate::api::wire::ImageInfo,
+        crate::projects::store::ProjectSummary,
+        crate::projects::store::HostKeySummary,
+        crate::projects::store::HostKeySource,
+        crate::projects::credential::CredentialSummary,
+        crate::projects::wire::AddProjectRequest,
+        crate::projects::wire::UpdateProjectRequest,
+        crate::projects::wire::CredentialInput,
     )),
     modifiers(&BearerToken)
 )]
@@ -79,6 +91,8 @@ mod tests {
             "/v1/sessions/{id}/logs",
             "/v1/images",
             "/v1/images/{name}",
+            "/v1/projects",
+            "/v1/projects/{reference}",
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }

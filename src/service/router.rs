@@ -27,6 +27,7 @@ use super::auth::Authenticated;
 use super::http_error::HttpError;
 use super::openapi;
 use super::policy::Policy;
+use super::project_routes;
 use super::store::{Caller, Store};
 use crate::api::wire::{
     ConnectRequest, CreateRequest, ExecLine, ExecRequest, Health, ImageInfo, LogLine,
@@ -47,6 +48,13 @@ pub trait SessionHost: Send + Sync + 'static {
     /// A session as the caller sees it (owners as the service names them).
     fn present(&self, session: Session) -> Session {
         session
+    }
+    /// The projects `caller` registered (their own, an admin's too). A host without a
+    /// project store answers 503.
+    fn projects_of(&self, _caller: &Caller) -> Result<crate::projects::ProjectStore, ApiError> {
+        Err(ApiError::unavailable(
+            "this service keeps no projects".to_string(),
+        ))
     }
 }
 
@@ -92,6 +100,10 @@ impl<H: SessionHost> AppState<H> {
                 request_timeout,
             }),
         }
+    }
+
+    pub(super) fn host(&self) -> &H {
+        &self.shared.host
     }
 
     pub(super) fn store(&self) -> Arc<dyn Store> {
@@ -206,6 +218,16 @@ pub fn router<H: SessionHost>(state: AppState<H>, body_limit: usize) -> Router {
         .route("/v1/images", get(images::<H>))
         .route("/v1/images/{name}", get(image::<H>))
         .route("/v1/openapi.json", get(openapi_document))
+        .route(
+            "/v1/projects",
+            get(project_routes::list::<H>).post(project_routes::add::<H>),
+        )
+        .route(
+            "/v1/projects/{reference}",
+            get(project_routes::show::<H>)
+                .put(project_routes::update::<H>)
+                .delete(project_routes::remove::<H>),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             time_limit::<H>,

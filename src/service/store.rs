@@ -51,6 +51,16 @@ const MIGRATIONS: &[&str] = &[
         revoked INTEGER
     ) STRICT;
     CREATE INDEX tokens_by_user ON tokens(user);",
+    // 2: each user's registered projects: the sealed record text (see
+    // crate::projects::store), keyed by user and project id; names are unique per user.
+    "CREATE TABLE projects (
+        user TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (user, id),
+        UNIQUE (user, name)
+    ) STRICT;",
 ];
 
 /// Who made a request, as its token says.
@@ -151,6 +161,34 @@ impl SqliteStore {
     /// Opens (creating when missing) the database in `state_dir` and brings its schema up to
     /// date. Refuses a database other users can read and one from a newer cubbi.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let (path, connection) = open_database(state_dir)?;
+        Ok(Self {
+            path,
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn connection(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no half-done work: every change runs in a
+        // transaction that rolls back when dropped.
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn database_error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Database {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// A connection to `STATE_DIR/cubbi.db` (created when missing), its schema brought up to
+/// date. Refuses a database other users can read and one from a newer cubbi. The token store
+/// and the project store each open one.
+pub fn open_database(state_dir: &Path) -> Result<(PathBuf, Connection), StoreError> {
+    {
         // An existing folder keeps its mode: the administrator may have chosen it.
         DirBuilder::new()
             .recursive(true)
@@ -192,25 +230,7 @@ impl SqliteStore {
             .pragma_update(None, "foreign_keys", true)
             .map_err(database_error)?;
         migrate(&mut connection, &path)?;
-        Ok(Self {
-            path,
-            connection: Mutex::new(connection),
-        })
-    }
-
-    fn connection(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves no half-done work: every change runs in a
-        // transaction that rolls back when dropped.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn database_error(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Database {
-            path: self.path.clone(),
-            source,
-        }
+        Ok((path, connection))
     }
 }
 

@@ -11,6 +11,7 @@ mod projects;
 mod projects_session;
 mod remotes;
 mod serve;
+mod serve_projects;
 mod serve_tokens;
 mod session;
 mod setup_systemd;
@@ -42,6 +43,7 @@ fn main() {
     tests.extend(images::tests());
     tests.extend(projects::tests());
     tests.extend(serve::tests());
+    tests.extend(serve_projects::tests());
     tests.extend(serve_tokens::tests());
     tests.extend(projects_session::tests());
     tests.extend(remotes::tests());
