@@ -24,6 +24,7 @@ pub fn tests() -> Vec<Trial> {
         token_projects_and_ad_hoc_urls,
         project_configs_persist_per_project,
         cli_sessions_clone_registered_projects,
+        remote_sessions_clone_the_callers_registered_projects,
     ]
 }
 
@@ -1035,6 +1036,159 @@ fn cli_sessions_clone_registered_projects() -> Result<(), Failed> {
                 .run()
                 .success();
         }
+        Ok(())
+    })
+}
+
+/// The same through `cubbi serve`: the project registered with `cubbi -r test project add` is
+/// sealed in the service's database under the caller's name, and `cubbi -r test session create
+/// --project NAME` clones it with that key on the service's endpoint. Another user of the same
+/// service has no such project.
+fn remote_sessions_clone_the_callers_registered_projects() -> Result<(), Failed> {
+    docker_test("psess-remote", |scope| async move {
+        scope.ensure_base().await?;
+        crate::support::sysbox::require()?;
+        let key = cubbi::ssh::keys::generate("project")?;
+        let private = cubbi::ssh::keys::private_openssh(&key)?;
+        let public = cubbi::ssh::keys::public_openssh(key.public_key())?;
+        let server = start_server(&scope, &public, "remote-token").await?;
+        let network = server.network.clone();
+        let mut service = crate::support::service::TestService::start(&scope, |config| {
+            // The git server's network, which sessions join to reach it.
+            config.networks.allowed = vec![network];
+        })
+        .await?;
+        let home = Arc::new(crate::support::TestHome::new());
+        let key_file = home.path().join("deploy_key");
+        std::fs::write(&key_file, &private)?;
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        // The service runs on this runtime: the binary is run off it.
+        let cubbi = |args: Vec<String>, stdin: Option<String>| {
+            let home = Arc::clone(&home);
+            tokio::task::spawn_blocking(move || {
+                let mut command = crate::support::Cubbi::new(&home).args(args);
+                if let Some(input) = stdin {
+                    command = command.stdin(input);
+                }
+                command.run()
+            })
+        };
+        let words = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let alice = service.token(&crate::support::service::user(&scope, "alice"), false)?;
+        let bob = service.token(&crate::support::service::user(&scope, "bob"), false)?;
+        for (remote, token) in [("test", &alice), ("bob", &bob)] {
+            cubbi(words(&["remote", "add", remote, &service.url]), None)
+                .await?
+                .success();
+            cubbi(words(&["-r", remote, "auth"]), Some(format!("{token}\n")))
+                .await?
+                .success();
+        }
+        let host_key = server
+            .known_host
+            .split_once(' ')
+            .map(|(_, key)| key.to_string())
+            .ok_or("no host key")?;
+        let url = format!("ssh://git@{}/srv/repo.git", server.host);
+        let key_path = key_file.display().to_string();
+        cubbi(
+            words(&[
+                "-r",
+                "test",
+                "project",
+                "add",
+                &url,
+                "--name",
+                "repo",
+                "--branch",
+                "feature",
+                "--ssh-key",
+                &key_path,
+                "--host-key",
+                &host_key,
+            ]),
+            None,
+        )
+        .await?
+        .success();
+        let created = cubbi(
+            words(&[
+                "-r",
+                "test",
+                "-vvv",
+                "session",
+                "create",
+                "--image",
+                "base",
+                "--no-connect",
+                "--name",
+                "remote-repo",
+                "--project",
+                "repo",
+                "--network",
+                &server.network,
+            ]),
+            None,
+        )
+        .await?
+        .success();
+        let body = key_body(&private);
+        assert!(
+            !created.stdout().contains(&body) && !created.stderr().contains(&body),
+            "the private key is in -vvv output"
+        );
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let shown = loop {
+            let shown = cubbi(
+                words(&["-r", "test", "--json", "session", "show", "remote-repo"]),
+                None,
+            )
+            .await?
+            .success()
+            .stdout();
+            if shown.contains("\"project_status\"") || Instant::now() > deadline {
+                break shown;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(shown.contains("\"project_status\": \"done\""), "{shown}");
+        let marker = cubbi(
+            words(&[
+                "-r",
+                "test",
+                "session",
+                "exec",
+                "remote-repo",
+                "--",
+                "bash",
+                "-c",
+                "git -C workspace branch --show-current; cat init-marker",
+            ]),
+            None,
+        )
+        .await?
+        .success()
+        .stdout();
+        assert_eq!(marker, "feature\n1000\n");
+        // Bob's projects are his own: alice's `repo` is not one of them.
+        let listed = cubbi(words(&["-r", "bob", "--json", "project", "list"]), None)
+            .await?
+            .success()
+            .stdout();
+        assert!(!listed.contains("srv/repo"), "{listed}");
+        cubbi(words(&["-r", "bob", "project", "show", "repo"]), None)
+            .await?
+            .failure();
+        cubbi(
+            words(&["-r", "test", "session", "close", "remote-repo"]),
+            None,
+        )
+        .await?
+        .success();
+        service.stop().await?;
         Ok(())
     })
 }
