@@ -44,6 +44,15 @@ sessions_per_user = 10
 # Extra Docker networks sessions may join (every user may join each of them, so they are
 # shared between users).
 allowed = []
+
+[projects]
+# More pinned SSH host keys for git hosts ("HOST KEYTYPE BASE64"); github.com, gitlab.com and
+# bitbucket.org ship with cubbi.
+known_hosts = []
+# The key users' project credentials are sealed with (64 hex characters or base64). Default: a
+# key file made at first start in the state folder (/var/lib/cubbi/project.key).
+# [projects.storage]
+# key = "..."
 "#;
 
 /// The mode of the file: root writes it, the service's group reads it, nobody else.
