@@ -8,18 +8,9 @@ use std::path::Path;
 /// Writes `contents` to `path` atomically with `mode`, creating missing parent folders with
 /// `dir_mode`.
 pub fn write(path: &Path, contents: &[u8], mode: u32, dir_mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(dir_mode)
-        .create(dir)?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(".cubbi.")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)?;
-    temp.write_all(contents)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|err| err.error)?;
+    complete_temp(path, contents, mode, dir_mode)?
+        .persist(path)
+        .map_err(|err| err.error)?;
     Ok(())
 }
 
@@ -27,6 +18,20 @@ pub fn write(path: &Path, contents: &[u8], mode: u32, dir_mode: u32) -> std::io:
 /// file, then `link(2)`, which fails like `O_EXCL` when another process created it first, so
 /// nobody ever reads half a file. `true` when this call created it.
 pub fn create_new(path: &Path, contents: &[u8], mode: u32, dir_mode: u32) -> std::io::Result<bool> {
+    match complete_temp(path, contents, mode, dir_mode)?.persist_noclobber(path) {
+        Ok(_) => Ok(true),
+        Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(err) => Err(err.error),
+    }
+}
+
+/// `contents`, synced, in a temp file beside `path` that already has the final `mode`.
+fn complete_temp(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    dir_mode: u32,
+) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -41,11 +46,7 @@ pub fn create_new(path: &Path, contents: &[u8], mode: u32, dir_mode: u32) -> std
         .tempfile_in(dir)?;
     temp.write_all(contents)?;
     temp.as_file().sync_all()?;
-    match temp.persist_noclobber(path) {
-        Ok(_) => Ok(true),
-        Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(err) => Err(err.error),
-    }
+    Ok(temp)
 }
 
 #[cfg(test)]

@@ -904,6 +904,40 @@ fn project_configs_persist_per_project() -> Result<(), Failed> {
     })
 }
 
+/// A deploy key the git server accepts, written 0600 into a test home, and the server's host
+/// key as `--host-key` takes it.
+struct DeployKey {
+    file: std::path::PathBuf,
+    private: String,
+    host_key: String,
+}
+
+async fn server_with_deploy_key(
+    scope: &DockerScope,
+    home: &crate::support::TestHome,
+) -> Result<(GitServer, DeployKey), Failed> {
+    let key = cubbi::ssh::keys::generate("project")?;
+    let private = cubbi::ssh::keys::private_openssh(&key)?;
+    let public = cubbi::ssh::keys::public_openssh(key.public_key())?;
+    let server = start_server(scope, &public, "unused-token").await?;
+    let file = home.path().join("deploy_key");
+    std::fs::write(&file, &private)?;
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let host_key = server
+        .known_host
+        .split_once(' ')
+        .map(|(_, key)| key.to_string())
+        .ok_or("no host key")?;
+    Ok((
+        server,
+        DeployKey {
+            file,
+            private,
+            host_key,
+        },
+    ))
+}
+
 /// The whole local path through the binary: `cubbi project add` seals the key in the real
 /// store, `session create --project NAME -vvv` finds it there, the clone and init.sh run, and
 /// neither the verbose output nor `session show` carries the key. An ad-hoc URL needs
@@ -912,22 +946,9 @@ fn cli_sessions_clone_registered_projects() -> Result<(), Failed> {
     docker_test("psess-cli", |scope| async move {
         scope.ensure_base().await?;
         crate::support::sysbox::require()?;
-        let key = cubbi::ssh::keys::generate("project")?;
-        let private = cubbi::ssh::keys::private_openssh(&key)?;
-        let public = cubbi::ssh::keys::public_openssh(key.public_key())?;
-        let server = start_server(&scope, &public, "cli-token").await?;
         let home = crate::support::TestHome::new();
-        let key_file = home.path().join("deploy_key");
-        std::fs::write(&key_file, &private)?;
-        std::fs::set_permissions(
-            &key_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )?;
-        let host_key = server
-            .known_host
-            .split_once(' ')
-            .map(|(_, key)| key.to_string())
-            .ok_or("no host key")?;
+        let (server, deploy) = server_with_deploy_key(&scope, &home).await?;
+        let (key_file, private, host_key) = (deploy.file, deploy.private, deploy.host_key);
         let url = format!("ssh://git@{}/srv/repo.git", server.host);
         scope
             .cubbi(&home)
@@ -1048,23 +1069,15 @@ fn remote_sessions_clone_the_callers_registered_projects() -> Result<(), Failed>
     docker_test("psess-remote", |scope| async move {
         scope.ensure_base().await?;
         crate::support::sysbox::require()?;
-        let key = cubbi::ssh::keys::generate("project")?;
-        let private = cubbi::ssh::keys::private_openssh(&key)?;
-        let public = cubbi::ssh::keys::public_openssh(key.public_key())?;
-        let server = start_server(&scope, &public, "remote-token").await?;
+        let home = Arc::new(crate::support::TestHome::new());
+        let (server, deploy) = server_with_deploy_key(&scope, &home).await?;
+        let (key_file, private, host_key) = (deploy.file, deploy.private, deploy.host_key);
         let network = server.network.clone();
         let mut service = crate::support::service::TestService::start(&scope, |config| {
             // The git server's network, which sessions join to reach it.
             config.networks.allowed = vec![network];
         })
         .await?;
-        let home = Arc::new(crate::support::TestHome::new());
-        let key_file = home.path().join("deploy_key");
-        std::fs::write(&key_file, &private)?;
-        std::fs::set_permissions(
-            &key_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )?;
         // The service runs on this runtime: the binary is run off it.
         let cubbi = |args: Vec<String>, stdin: Option<String>| {
             let home = Arc::clone(&home);
@@ -1087,11 +1100,6 @@ fn remote_sessions_clone_the_callers_registered_projects() -> Result<(), Failed>
                 .await?
                 .success();
         }
-        let host_key = server
-            .known_host
-            .split_once(' ')
-            .map(|(_, key)| key.to_string())
-            .ok_or("no host key")?;
         let url = format!("ssh://git@{}/srv/repo.git", server.host);
         let key_path = key_file.display().to_string();
         cubbi(
