@@ -310,12 +310,21 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
     }
 }
 
+/// A git URL, or a short `host/org/repo` that is no folder here (`cubbi github.com/org/repo`).
+fn names_a_repository(target: &str) -> bool {
+    use crate::local::project::looks_like_git_url;
+    let base = target.rsplit_once('#').map_or(target, |(base, _)| base);
+    looks_like_git_url(target)
+        || (!std::path::Path::new(target).exists()
+            && crate::projects::url::RepoUrl::parse(base).is_ok())
+}
+
 /// Turns flags and config into a spec: `-e` over the config's services over image defaults.
 fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<SessionSpec, CliError> {
     let mut workspace = None;
     let mut project = args.project.clone();
     match args.target.as_deref() {
-        Some(target) if looks_like_git_url(target) => {
+        Some(target) if names_a_repository(target) => {
             if project.is_some() {
                 return Err(CliError::Refused(
                     "give the git URL either as PATH or with --project, not both".into(),
@@ -394,15 +403,6 @@ fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<Session
         ssh_bind: args.ssh_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         authorized_keys: Vec::new(),
     })
-}
-
-/// A git URL (optionally `#branch`), as opposed to a folder.
-fn looks_like_git_url(target: &str) -> bool {
-    let url = target.rsplit_once('#').map_or(target, |(url, _)| url);
-    ["https://", "http://", "ssh://", "git://", "file://", "git@"]
-        .iter()
-        .any(|scheme| target.starts_with(scheme))
-        || (url.ends_with(".git") && url.contains(':'))
 }
 
 fn parse_volume(raw: &str) -> Result<VolumeMount, CliError> {
@@ -735,7 +735,8 @@ impl From<ApiError> for CliError {
 
 #[cfg(test)]
 mod tests {
-    use super::{Resources, describe_resources, looks_like_git_url};
+    use super::{Resources, describe_resources};
+    use crate::local::project::looks_like_git_url;
 
     #[test]
     fn resources_read_as_people_say_them() {
@@ -773,6 +774,12 @@ mod tests {
         }
         for path in [".", "/home/me/project", "repo.git", "./a:b", "my#folder"] {
             assert!(!looks_like_git_url(path), "{path}");
+        }
+        // The short form, when no such folder is here.
+        assert!(super::names_a_repository("github.com/org/repo"));
+        assert!(super::names_a_repository("github.com/org/repo#dev"));
+        for not_one in [".", "/", "org/repo", "no-such-folder"] {
+            assert!(!super::names_a_repository(not_one), "{not_one}");
         }
     }
 }

@@ -315,7 +315,24 @@ impl LocalBackend {
         {
             return Ok(checkout);
         }
-        Ok(project::ad_hoc(reference))
+        if project::looks_like_git_url(reference) {
+            return Ok(project::ad_hoc(reference));
+        }
+        // `host/org/repo[#branch]`, not registered: cloned over HTTPS without a credential.
+        let (base, branch) = match reference.split_once('#') {
+            Some((base, branch)) => (base, Some(branch)),
+            None => (reference, None),
+        };
+        match crate::projects::url::RepoUrl::parse(base) {
+            Ok(url) => Ok(project::ad_hoc(&match branch {
+                Some(branch) => format!("{}#{branch}", url.https_url()),
+                None => url.https_url(),
+            })),
+            Err(_) => Err(ApiError::invalid(format!(
+                "no project `{reference}` is registered (`cubbi project list` shows yours); give \
+                 a git URL to clone a repository that is not"
+            ))),
+        }
     }
 
     /// The owner's config volume for one project (`naming::config_volume_name`), made on first

@@ -34,6 +34,15 @@ impl std::fmt::Debug for CredentialFiles {
     }
 }
 
+/// A git URL (optionally `#branch`), as opposed to a folder.
+pub fn looks_like_git_url(target: &str) -> bool {
+    let url = target.rsplit_once('#').map_or(target, |(url, _)| url);
+    ["https://", "http://", "ssh://", "git://", "file://", "git@"]
+        .iter()
+        .any(|scheme| target.starts_with(scheme))
+        || (url.ends_with(".git") && url.contains(':'))
+}
+
 /// A reference the project source does not know: a git URL cloned as it is (`URL#branch`
 /// picks a branch), with no credential and no pinned host key; its init.sh runs only when
 /// asked.

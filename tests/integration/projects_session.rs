@@ -1009,6 +1009,25 @@ fn cli_sessions_clone_registered_projects() -> Result<(), Failed> {
             format!("{url}\ngit\n/cubbi-config\n")
         );
 
+        // A name nobody registered is refused before anything is made.
+        scope
+            .cubbi(&home)
+            .args(["session", "create", "--image", "base", "--no-connect"])
+            .args(["--name", "cli-nosuch", "--project", "nosuch"])
+            .run()
+            .failure()
+            .stderr_contains("no project `nosuch` is registered");
+        assert!(
+            crate::support::containers_labelled(
+                &scope.docker,
+                &format!("io.cubbi.owner={}", scope.id)
+            )
+            .await?
+            .iter()
+            .all(|c| !format!("{:?}", c.names).contains("cli-nosuch")),
+            "a refused create left a container"
+        );
+
         // The same repository over HTTP without credentials, not registered: init.sh runs only
         // with --run-init.
         let ad_hoc = format!("http://{}/pub/repo.git#feature", server.host);
