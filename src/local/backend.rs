@@ -495,6 +495,27 @@ impl LocalBackend {
         Ok(Some(bridge))
     }
 
+    /// A session Docker calls unhealthy whose status files report no failure: the check's
+    /// exec timed out (a host busy booting many sessions), so its state is what Docker's state
+    /// and the container's name say, as if it had no health check.
+    async fn state_despite_health(&self, id: &str, name: &str) -> SessionState {
+        let Ok(container) = self.docker.inspect_container(id, None).await else {
+            return SessionState::Exited;
+        };
+        let running = container
+            .state
+            .as_ref()
+            .and_then(|state| state.running)
+            .unwrap_or(false);
+        let booted = container.name.as_deref().map(|n| n.trim_start_matches('/'))
+            == Some(labels::container_name(name).as_str());
+        match (running, booted) {
+            (true, true) => SessionState::Ready,
+            (true, false) => SessionState::Starting,
+            (false, _) => SessionState::Exited,
+        }
+    }
+
     /// Takes the host-wide allocation lock (bounded wait, see [`ports::PortLock`]).
     async fn lock(&self) -> Result<ports::PortLock, ApiError> {
         let location = self.options.port_lock.clone();
@@ -1179,6 +1200,13 @@ pub(super) fn session_from(summary: &ContainerSummary) -> Option<Session> {
     Some(labels.into_session(summary.id.clone()?, session_state))
 }
 
+/// Whether cubbi-init or the project clone wrote a `failed` status.
+fn reports_failure(init: &Option<String>, project: &Option<String>) -> bool {
+    [init, project]
+        .iter()
+        .any(|status| status.as_deref().is_some_and(|s| s.starts_with("failed")))
+}
+
 /// Docker's health check of a session: unhealthy once cubbi-init or the project clone (or its
 /// init.sh) wrote a `failed` status, so `docker ps`, and so `session list`, shows
 /// `init-failed` without an exec per session (see [`state::session_state`]).
@@ -1194,8 +1222,10 @@ fn status_healthcheck() -> HealthConfig {
         // Each check is an exec in the session: every 15 s keeps 50 sessions near 3 a second,
         // and `show` reads the status directly, without waiting for a check.
         interval: Some(15 * SECOND),
-        timeout: Some(5 * SECOND),
-        retries: Some(1),
+        // A busy host can take seconds to start an exec; a slow check is not a failed boot
+        // (and `list` confirms an unhealthy session from its status files anyway).
+        timeout: Some(30 * SECOND),
+        retries: Some(2),
         ..Default::default()
     }
 }
@@ -1365,6 +1395,15 @@ impl Backend for LocalBackend {
                         .collect()
                 }
             };
+        for session in sessions
+            .iter_mut()
+            .filter(|s| s.state == SessionState::InitFailed)
+        {
+            let (init, project) = self.reported_status(&session.id).await;
+            if !reports_failure(&init, &project) {
+                session.state = self.state_despite_health(&session.id, &session.name).await;
+            }
+        }
         sessions.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
         Ok(sessions)
     }
@@ -1378,11 +1417,10 @@ impl Backend for LocalBackend {
             (session.init_status, session.project_status) = self.reported_status(&session.id).await;
             // A failed clone or init.sh fails the session as a failed boot does: the user
             // would otherwise work in an empty or half-prepared workspace.
-            let failed = |status: &Option<String>| {
-                status.as_deref().is_some_and(|s| s.starts_with("failed"))
-            };
-            if failed(&session.init_status) || failed(&session.project_status) {
+            if reports_failure(&session.init_status, &session.project_status) {
                 session.state = SessionState::InitFailed;
+            } else if session.state == SessionState::InitFailed {
+                session.state = self.state_despite_health(&session.id, &session.name).await;
             }
         }
         let inspected = self.docker.inspect_container(&session.id, None).await.ok();
