@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bollard::Docker;
 use cubbi::api::{ApiError, Backend, ExecEvent, LogOptions, Quiet, SessionSpec, SessionState};
-use cubbi::local::backend::{LocalBackend, LocalOptions};
+use cubbi::local::backend::LocalBackend;
 use cubbi::projects::{Credential, ProjectCheckout, ProjectSource};
 use futures_util::StreamExt;
 use libtest_mimic::{Failed, Trial};
@@ -289,25 +289,7 @@ impl ProjectSource for Projects {
 }
 
 fn backend(scope: &DockerScope, projects: Projects) -> Result<LocalBackend, Failed> {
-    let key = cubbi::ssh::keys::generate("test")?;
-    Ok(LocalBackend::new(
-        scope.docker.clone(),
-        LocalOptions {
-            owner: scope.id.clone(),
-            all_owners: false,
-            index: None,
-            ports: Default::default(),
-            default_network: None,
-            client_key: Arc::new(key),
-            ssh_files: None,
-            port_lock: crate::support::port_lock().ok_or("no run folder for the port lock")?,
-            lock_timeout: Duration::from_secs(60),
-            engine_socket: None,
-            ready_timeout: Duration::from_secs(120),
-            extra_labels: scope.labels(),
-            projects: Some(Arc::new(projects)),
-        },
-    ))
+    crate::support::local_backend(scope, Some(Arc::new(projects)))
 }
 
 fn spec(name: &str, project: Option<&str>, network: &str) -> SessionSpec {

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cubbi::api::{Backend, ErrorCode, ExecEvent, LogOptions, Quiet, SessionSpec, SessionState};
-use cubbi::local::backend::{LocalBackend, LocalOptions};
 use cubbi::service::store::Store;
 use futures_util::StreamExt;
 use libtest_mimic::{Failed, Trial};
 use serde_json::{Value, json};
 
 use crate::support::service::{TestService, user};
-use crate::support::{DockerScope, TestHome, docker_test};
+use crate::support::{TestHome, docker_test};
 
 pub fn tests() -> Vec<Trial> {
     crate::trials![
@@ -220,33 +219,11 @@ async fn conformance(backend: &dyn Backend, name: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-fn local_backend(scope: &DockerScope) -> Result<LocalBackend, Failed> {
-    let key = cubbi::ssh::keys::generate("test")?;
-    Ok(LocalBackend::new(
-        scope.docker.clone(),
-        LocalOptions {
-            owner: scope.id.clone(),
-            all_owners: false,
-            index: None,
-            ports: Default::default(),
-            default_network: None,
-            client_key: Arc::new(key),
-            ssh_files: None,
-            port_lock: crate::support::port_lock().ok_or("no run folder for the port lock")?,
-            lock_timeout: Duration::from_secs(60),
-            engine_socket: None,
-            ready_timeout: Duration::from_secs(120),
-            extra_labels: scope.labels(),
-            projects: None,
-        },
-    ))
-}
-
 fn conformance_local_and_remote() -> Result<(), Failed> {
     docker_test("serve-conformance", |scope| async move {
         scope.ensure_base().await?;
         crate::support::sysbox::require()?;
-        let local = local_backend(&scope)?;
+        let local = crate::support::local_backend(&scope, None)?;
         conformance(&local, "conf-local").await?;
 
         let mut service = TestService::start(&scope, |_| {}).await?;

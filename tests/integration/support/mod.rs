@@ -55,6 +55,33 @@ pub fn teardown() {
 }
 
 /// The port lock every cubbi of this run takes, the CLI's and the in-process service's alike.
+/// A `LocalBackend` on this test's dockerd owning sessions as this test alone, with a key of
+/// its own and, when given, the projects it resolves `--project` with.
+pub fn local_backend(
+    scope: &DockerScope,
+    projects: Option<std::sync::Arc<dyn cubbi::projects::ProjectSource>>,
+) -> Result<cubbi::local::backend::LocalBackend, Failed> {
+    let key = cubbi::ssh::keys::generate("test")?;
+    Ok(cubbi::local::backend::LocalBackend::new(
+        scope.docker.clone(),
+        cubbi::local::backend::LocalOptions {
+            owner: scope.id.clone(),
+            all_owners: false,
+            index: None,
+            ports: Default::default(),
+            default_network: None,
+            client_key: std::sync::Arc::new(key),
+            ssh_files: None,
+            port_lock: port_lock().ok_or("no run folder for the port lock")?,
+            lock_timeout: std::time::Duration::from_secs(60),
+            engine_socket: None,
+            ready_timeout: std::time::Duration::from_secs(120),
+            extra_labels: scope.labels(),
+            projects,
+        },
+    ))
+}
+
 pub fn port_lock() -> Option<cubbi::local::ports::LockLocation> {
     run_dir().map(|dir| cubbi::local::ports::LockLocation::User(dir.join("cubbi/ports.lock")))
 }
