@@ -340,25 +340,15 @@ impl LocalBackend {
     async fn ensure_config_volume(&self, project_id: &str) -> Result<String, ApiError> {
         let owner = &self.options.owner;
         let name = naming::config_volume_name(owner, project_id);
-        let mut labels = self.options.extra_labels.clone();
-        labels.insert(labels::MANAGED.into(), "true".into());
-        labels.insert(labels::OWNER.into(), owner.clone());
-        labels.insert(labels::PROJECT.into(), project_id.to_string());
-        let request = VolumeCreateRequest {
-            name: Some(name.clone()),
-            labels: Some(labels),
-            ..Default::default()
-        };
-        // Creating an existing volume returns it as it is, labels included.
-        let volume = self
-            .docker
-            .create_volume(request)
-            .await
-            .map_err(Self::docker_error(
+        let found = self
+            .labelled_volume(
+                &name,
+                &[(labels::PROJECT, project_id)],
                 "cannot create the project's config volume",
-            ))?;
-        let found_owner = volume.labels.get(labels::OWNER);
-        let found_project = volume.labels.get(labels::PROJECT);
+            )
+            .await?;
+        let found_owner = found.get(labels::OWNER);
+        let found_project = found.get(labels::PROJECT);
         if found_owner == Some(owner) && found_project.map(String::as_str) == Some(project_id) {
             return Ok(name);
         }
@@ -538,21 +528,10 @@ impl LocalBackend {
             return Ok(legacy);
         }
         let name = naming::data_volume_name(owner);
-        let mut labels = self.options.extra_labels.clone();
-        labels.insert(labels::MANAGED.into(), "true".into());
-        labels.insert(labels::OWNER.into(), owner.clone());
-        let request = VolumeCreateRequest {
-            name: Some(name.clone()),
-            labels: Some(labels),
-            ..Default::default()
-        };
-        // Creating an existing volume returns it as it is, labels included.
-        let volume = self
-            .docker
-            .create_volume(request)
-            .await
-            .map_err(Self::docker_error("cannot create the data volume"))?;
-        match volume.labels.get(labels::OWNER) {
+        let found = self
+            .labelled_volume(&name, &[], "cannot create the data volume")
+            .await?;
+        match found.get(labels::OWNER) {
             Some(found) if found == owner => Ok(name),
             found => Err(ApiError::Conflict(format!(
                 "the data volume {name} belongs to {}, not to {owner}; cubbi will not share it. \
@@ -563,6 +542,34 @@ impl LocalBackend {
                 )
             ))),
         }
+    }
+
+    /// Creates the volume `name` labelled managed, with this owner and `extra`, and returns the
+    /// labels it has: creating an existing volume returns it as it is, so the caller checks
+    /// whose it is before using it.
+    async fn labelled_volume(
+        &self,
+        name: &str,
+        extra: &[(&str, &str)],
+        failure: &'static str,
+    ) -> Result<HashMap<String, String>, ApiError> {
+        let mut labels = self.options.extra_labels.clone();
+        labels.insert(labels::MANAGED.into(), "true".into());
+        labels.insert(labels::OWNER.into(), self.options.owner.clone());
+        for (key, value) in extra {
+            labels.insert(key.to_string(), value.to_string());
+        }
+        let request = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let volume = self
+            .docker
+            .create_volume(request)
+            .await
+            .map_err(Self::docker_error(failure))?;
+        Ok(volume.labels)
     }
 
     /// Containers in any state matching every `key` (`label`, `name`) filter in `values`.
