@@ -69,6 +69,10 @@ struct StartArgs {
     /// The bridge's subnet, when none is recorded yet [default: a free /24 in 10.214.0.0/16].
     #[arg(long, value_name = "CIDR")]
     subnet: Option<Ipv4Net>,
+    /// Where the engine's other networks take their /24s, when none is recorded yet [default:
+    /// 10.214.0.0/16]; refused when it overlaps a host route.
+    #[arg(long, value_name = "CIDR")]
+    pool: Option<Ipv4Net>,
     /// Seconds to wait for the socket to answer.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -153,7 +157,8 @@ async fn start(args: StartArgs, mode: OutputMode) -> Result<ExitCode, CliError> 
     let dockerd = facts.programs.get("dockerd").cloned().ok_or_else(|| {
         CliError::Refused("dockerd is not installed: run `sudo cubbi setup`".into())
     })?;
-    let recorded = ensure_config(&paths, &facts, &args.bridge, args.subnet).map_err(refused)?;
+    let recorded =
+        ensure_config(&paths, &facts, &args.bridge, args.subnet, args.pool).map_err(refused)?;
     // dockerd runs without iptables: NAT and the egress guard are cubbi's, put in place first,
     // and without them the engine does not start unless the guard was turned off at setup.
     firewall_before_start(&paths, &facts, &recorded).map_err(refused)?;
@@ -268,6 +273,7 @@ fn ensure_config(
     facts: &HostFacts,
     bridge: &str,
     subnet_wanted: Option<Ipv4Net>,
+    pool_wanted: Option<Ipv4Net>,
 ) -> Result<EngineSettings, EngineError> {
     let recorded = EngineSettings::load(&paths.engine_json)?;
     // A missing group would stop dockerd; setup creates it, a bare `engine start` may not have.
@@ -288,6 +294,11 @@ fn ensure_config(
                 None
             } else {
                 subnet_wanted
+            },
+            pool: if recorded.is_some() {
+                None
+            } else {
+                pool_wanted
             },
             socket_group: group_exists.then_some(SOCKET_GROUP),
             ..Default::default()

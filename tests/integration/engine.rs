@@ -8,6 +8,7 @@ use std::process::Command;
 
 use libtest_mimic::{Failed, Trial};
 
+use crate::support::sysbox::SessionRuntime;
 use crate::support::{Cubbi, TestHome};
 
 pub fn tests() -> Vec<Trial> {
@@ -69,7 +70,43 @@ fn require_root_and_dockerd() -> Result<std::sync::MutexGuard<'static, ()>, Fail
 struct PrivateEngine {
     root: PathBuf,
     bridge: String,
+    /// The engine's address pool, a /16 no host route touches (a cubbi engine already on the
+    /// host routes 10.214.0.0/24, the default's first /24), and the bridge's /24 in it.
+    pool: String,
+    subnet: String,
     home: TestHome,
+}
+
+/// A 10.X.0.0/16 that nothing on this host routes (any table), for a private engine's pool.
+fn unrouted_pool() -> Result<u8, Failed> {
+    let routes = Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .output()?;
+    let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+    // Every destination named in the table, as a network (a bare address is a /32).
+    let destinations: Vec<ipnet::Ipv4Net> = routes
+        .split_whitespace()
+        .filter_map(|word| {
+            word.parse::<ipnet::Ipv4Net>().ok().or_else(|| {
+                word.parse::<std::net::Ipv4Addr>()
+                    .ok()
+                    .map(ipnet::Ipv4Net::from)
+            })
+        })
+        .collect();
+    let routed = |second: u32| {
+        let pool = ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(10, second as u8, 0, 0), 16)
+            .expect("a /16");
+        destinations
+            .iter()
+            .any(|route| route.prefix_len() > 0 && (pool.contains(route) || route.contains(&pool)))
+    };
+    let start = std::process::id() % 80;
+    (0..80)
+        .map(|offset| (start + offset) % 80 + 150)
+        .find(|second| !routed(*second))
+        .and_then(|second| u8::try_from(second).ok())
+        .ok_or_else(|| "no unrouted 10.X.0.0/16 (X in 150-229) for a private engine".into())
 }
 
 impl PrivateEngine {
@@ -78,15 +115,23 @@ impl PrivateEngine {
             .prefix(&format!("cubbi-{tag}-"))
             .tempdir_in("/tmp")?
             .keep();
+        let second = unrouted_pool()?;
         Ok(Self {
             root,
             bridge: format!("cb{tag}{}", std::process::id() % 100_000),
+            pool: format!("10.{second}.0.0/16"),
+            subnet: format!("10.{second}.0.0/24"),
             home: TestHome::new(),
         })
     }
 
     fn root_arg(&self) -> String {
         self.root.display().to_string()
+    }
+
+    /// `--subnet` and `--pool` for `setup` and `engine start`: addresses nothing here uses.
+    fn address_args(&self) -> [&str; 4] {
+        ["--subnet", &self.subnet, "--pool", &self.pool]
     }
 
     fn cubbi(&self) -> Cubbi {
@@ -134,6 +179,7 @@ fn engine_start_doctor_stop_without_sysbox() -> Result<(), Failed> {
             "--bridge",
             &engine.bridge,
         ])
+        .args(engine.address_args())
         .run()
         .success()
         .stdout_contains("started the engine");
@@ -154,6 +200,7 @@ fn engine_start_doctor_stop_without_sysbox() -> Result<(), Failed> {
             "--bridge",
             &engine.bridge,
         ])
+        .args(engine.address_args())
         .run()
         .success()
         .stdout_contains("already runs");
@@ -257,6 +304,7 @@ fn setup_on_a_private_root_is_idempotent_and_uninstalls_without_sysbox() -> Resu
         engine
             .cubbi()
             .args(["setup", "--engine-root", &root, "--bridge", &engine.bridge])
+            .args(engine.address_args())
             .args(["--skip-sysbox", "--no-docker-context"])
             .args(extra)
             .run()
@@ -344,6 +392,8 @@ fn setup_refuses_bad_input_and_changes_nothing() -> Result<(), Failed> {
                 &engine.bridge,
                 "--skip-sysbox",
                 "--no-docker-context",
+                "--pool",
+                &engine.pool,
             ])
             .args(extra)
             .run()
@@ -525,7 +575,6 @@ fn session_connects(
 /// session's reach with the egress guard (its gateway and the machine's own address), and in
 /// reach once setup drops the guard, live, without restarting the engine.
 fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
-    crate::support::sysbox::require()?;
     let _one_at_a_time = require_root_and_dockerd()?;
     crate::support::docker_test("engine-session", |scope| async move {
         scope.ensure_base().await?;
@@ -533,19 +582,28 @@ fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
         engine.bridge = format!("cg{}", std::process::id() % 1_000_000);
         let root = engine.root_arg();
         let private = format!("unix://{root}/docker.sock");
+        // Without Sysbox the engine's default runtime is runc (setup --unsafe-runc), and its
+        // sessions run under `--runtime runc --unsafe-runc` like every session of this run.
+        let runtime_flags: &[&str] = match SessionRuntime::of_this_run() {
+            SessionRuntime::Sysbox => &[],
+            SessionRuntime::UnsafeRunc => &["--skip-sysbox", "--unsafe-runc"],
+        };
         let setup = |extra: &[&str]| {
             engine
                 .cubbi()
                 .args(["setup", "--engine-root", &root, "--bridge", &engine.bridge])
+                .args(engine.address_args())
                 .args(["--no-docker-context"])
+                .args(runtime_flags)
                 .args(extra)
                 .run()
         };
-        // Sysbox is installed here, so setup's verify runs its smoke container under it.
-        setup(&[])
-            .success()
-            .stdout_contains("egress guard on")
-            .stdout_contains("container root is host uid");
+        let first = setup(&[]).success().stdout_contains("egress guard on");
+        match SessionRuntime::of_this_run() {
+            // With Sysbox, setup's verify runs its smoke container under it.
+            SessionRuntime::Sysbox => first.stdout_contains("container root is host uid"),
+            SessionRuntime::UnsafeRunc => first.stdout_contains("NOT isolated"),
+        };
         let copied = Command::new("sh")
             .arg("-c")
             .arg(format!(

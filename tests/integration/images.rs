@@ -7,6 +7,7 @@ use std::process::Command;
 use futures_util::TryStreamExt;
 use libtest_mimic::{Failed, Trial};
 
+use crate::support::sysbox::SessionRuntime;
 use crate::support::{TestHome, docker_test};
 
 pub fn tests() -> Vec<Trial> {
@@ -15,7 +16,7 @@ pub fn tests() -> Vec<Trial> {
         base_image_layers_hold_no_host_keys,
         base_boots_systemd_and_sshd_refuses_password_and_root,
         booting_without_cubbi_keys_generates_unique_ones,
-        every_tool_image_boots_under_sysbox_with_its_pinned_release,
+        every_tool_image_boots_a_session_with_its_pinned_release,
         unknown_image_lists_the_known_ones,
         bad_metadata_names_file_line_and_field,
         build_failure_shows_the_failing_step,
@@ -94,7 +95,6 @@ fn base_image_layers_hold_no_host_keys() -> Result<(), Failed> {
 fn base_boots_systemd_and_sshd_refuses_password_and_root() -> Result<(), Failed> {
     docker_test("image-boot", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         scope
             .cubbi(&home)
@@ -213,10 +213,9 @@ fn booting_without_cubbi_keys_generates_unique_ones() -> Result<(), Failed> {
 }
 
 /// Every tool image builds with the release its metadata pins, boots as a session under the
-/// default runtime (sysbox-runc) to `running` with no failed unit, and its tool prints that
-/// release as `agent`.
-fn every_tool_image_boots_under_sysbox_with_its_pinned_release() -> Result<(), Failed> {
-    crate::support::sysbox::require()?;
+/// run's session runtime (sysbox-runc where Sysbox is) to `running` with no failed unit, and
+/// its tool prints that release as `agent`.
+fn every_tool_image_boots_a_session_with_its_pinned_release() -> Result<(), Failed> {
     docker_test("image-tool", |scope| async move {
         scope.ensure_base().await?;
         let home = TestHome::new();
@@ -256,6 +255,7 @@ fn every_tool_image_boots_under_sysbox_with_its_pinned_release() -> Result<(), F
                     "--name",
                     &session,
                 ])
+                .args(SessionRuntime::of_this_run().create_flags())
                 .run()
                 .success();
             let exec = |script: &str| {

@@ -32,6 +32,15 @@ macro_rules! trials {
 }
 pub(crate) use trials;
 
+/// `sysbox_trials![...]`: tests that prove a property of Sysbox itself (the Sysbox group). They
+/// run where Sysbox is; elsewhere the run names them in its not-run line.
+macro_rules! sysbox_trials {
+    ($($test:path),* $(,)?) => {
+        crate::support::sysbox::group(crate::trials![$($test),*])
+    };
+}
+pub(crate) use sysbox_trials;
+
 fn main() {
     let args = Arguments::from_args();
     let mut tests = Vec::new();
@@ -53,5 +62,8 @@ fn main() {
     tests.extend(sysbox::tests());
     let conclusion = libtest_mimic::run(&args, tests);
     support::teardown();
+    if let Some(line) = support::sysbox::not_run_line(&args) {
+        println!("{line}");
+    }
     conclusion.exit();
 }

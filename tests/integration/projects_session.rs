@@ -16,6 +16,7 @@ use cubbi::projects::{Credential, ProjectCheckout, ProjectSource};
 use futures_util::StreamExt;
 use libtest_mimic::{Failed, Trial};
 
+use crate::support::sysbox::SessionRuntime;
 use crate::support::{DockerScope, docker_test};
 
 pub fn tests() -> Vec<Trial> {
@@ -306,8 +307,8 @@ fn spec(name: &str, project: Option<&str>, network: &str) -> SessionSpec {
         memory: Some("512m".into()),
         cpus: None,
         pids_limit: None,
-        runtime: "sysbox-runc".into(),
-        unsafe_runc: false,
+        runtime: SessionRuntime::of_this_run().runtime_name().into(),
+        unsafe_runc: SessionRuntime::of_this_run().unsafe_runc(),
         ssh_bind: "127.0.0.1".parse().expect("an address"),
         authorized_keys: Vec::new(),
     }
@@ -446,7 +447,6 @@ fn key_body(private: &str) -> String {
 fn ssh_key_projects_clone_and_refuse_what_they_must() -> Result<(), Failed> {
     docker_test("psess-ssh", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let key = cubbi::ssh::keys::generate("project")?;
         let private = cubbi::ssh::keys::private_openssh(&key)?;
         let public = cubbi::ssh::keys::public_openssh(key.public_key())?;
@@ -624,7 +624,6 @@ fn ssh_key_projects_clone_and_refuse_what_they_must() -> Result<(), Failed> {
 fn token_projects_and_ad_hoc_urls() -> Result<(), Failed> {
     docker_test("psess-http", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let token = format!(
             "tok{}x{}",
             std::process::id(),
@@ -794,7 +793,6 @@ fn token_projects_and_ad_hoc_urls() -> Result<(), Failed> {
 fn project_configs_persist_per_project() -> Result<(), Failed> {
     docker_test("psess-persist", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let server = start_server(&scope, "ssh-ed25519 AAAAunused", "unused").await?;
         let url = format!("http://{}/pub/repo.git", server.host);
         let projects = Projects(HashMap::from([
@@ -927,7 +925,6 @@ async fn server_with_deploy_key(
 fn cli_sessions_clone_registered_projects() -> Result<(), Failed> {
     docker_test("psess-cli", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = crate::support::TestHome::new();
         let (server, deploy) = server_with_deploy_key(&scope, &home).await?;
         let (key_file, private, host_key) = (deploy.file, deploy.private, deploy.host_key);
@@ -953,6 +950,7 @@ fn cli_sessions_clone_registered_projects() -> Result<(), Failed> {
                 "--no-connect",
             ])
             .args(["--name", "cli-repo", "--project", "repo"])
+            .args(SessionRuntime::of_this_run().create_flags())
             .args(["--network", &server.network])
             .run()
             .success();
@@ -1021,6 +1019,7 @@ fn cli_sessions_clone_registered_projects() -> Result<(), Failed> {
                 .cubbi(&home)
                 .args(["session", "create", "--image", "base", "--no-connect"])
                 .args(["--name", name, "--project", &ad_hoc])
+                .args(SessionRuntime::of_this_run().create_flags())
                 .args(["--network", &server.network])
                 .args(extra)
                 .run()
@@ -1069,7 +1068,6 @@ fn cli_sessions_clone_registered_projects() -> Result<(), Failed> {
 fn remote_sessions_clone_the_callers_registered_projects() -> Result<(), Failed> {
     docker_test("psess-remote", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = Arc::new(crate::support::TestHome::new());
         let (server, deploy) = server_with_deploy_key(&scope, &home).await?;
         let (key_file, private, host_key) = (deploy.file, deploy.private, deploy.host_key);
@@ -1139,7 +1137,10 @@ fn remote_sessions_clone_the_callers_registered_projects() -> Result<(), Failed>
                 "repo",
                 "--network",
                 &server.network,
-            ]),
+            ])
+            .into_iter()
+            .chain(words(SessionRuntime::of_this_run().create_flags()))
+            .collect(),
             None,
         )
         .await?

@@ -14,6 +14,7 @@ use libtest_mimic::{Failed, Trial};
 use serde_json::{Value, json};
 
 use crate::support::service::{TestService, user};
+use crate::support::sysbox::SessionRuntime;
 use crate::support::{TestHome, docker_test};
 
 pub fn tests() -> Vec<Trial> {
@@ -42,8 +43,8 @@ fn spec(name: &str) -> SessionSpec {
         memory: Some("512m".into()),
         cpus: None,
         pids_limit: None,
-        runtime: "sysbox-runc".into(),
-        unsafe_runc: false,
+        runtime: SessionRuntime::of_this_run().runtime_name().into(),
+        unsafe_runc: SessionRuntime::of_this_run().unsafe_runc(),
         ssh_bind: "127.0.0.1".parse().expect("an address"),
         authorized_keys: Vec::new(),
     }
@@ -222,7 +223,6 @@ async fn conformance(backend: &dyn Backend, name: &str) -> Result<(), Failed> {
 fn conformance_local_and_remote() -> Result<(), Failed> {
     docker_test("serve-conformance", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let local = crate::support::local_backend(&scope, None)?;
         conformance(&local, "conf-local").await?;
 
@@ -390,7 +390,6 @@ fn every_route_needs_a_valid_token() -> Result<(), Failed> {
 fn users_see_only_their_own_sessions_and_restarts_keep_them() -> Result<(), Failed> {
     docker_test("serve-users", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let mut service = TestService::start(&scope, |_| {}).await?;
         let alice_name = user(&scope, "alice");
         let alice = service.token(&alice_name, false)?;
@@ -405,7 +404,8 @@ fn users_see_only_their_own_sessions_and_restarts_keep_them() -> Result<(), Fail
             &document,
             ("post", "/v1/sessions", "/v1/sessions"),
             Some(&alice),
-            Some(json!({"image": "base", "name": "iso-a", "memory": "512m"})),
+            Some(json!({"image": "base", "name": "iso-a", "memory": "512m",
+                "runtime": SessionRuntime::of_this_run().runtime_name()})),
             &base,
         )
         .await?;
@@ -543,7 +543,6 @@ fn users_see_only_their_own_sessions_and_restarts_keep_them() -> Result<(), Fail
 fn bad_requests_are_refused_and_make_nothing() -> Result<(), Failed> {
     docker_test("serve-refusals", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let mut service =
             TestService::start(&scope, |config| config.limits.sessions_per_user = 1).await?;
         let alice = service.token(&user(&scope, "alice"), false)?;
@@ -565,7 +564,7 @@ fn bad_requests_are_refused_and_make_nothing() -> Result<(), Failed> {
                 400,
                 "bad env",
             ),
-            (json!({"image": "base", "runtime": "runc"}), 400, "runc"),
+            (json!({"image": "base", "runtime": "kata"}), 400, "runtime"),
             (
                 json!({"image": "base", "volumes": [{"host": "/etc", "container": "/mnt"}]}),
                 400,
@@ -588,6 +587,28 @@ fn bad_requests_are_refused_and_make_nothing() -> Result<(), Failed> {
             assert_eq!(got, status, "{why}: {answer}");
             assert_eq!(answer["error"]["code"], "invalid", "{why}");
         }
+        // runc is refused by a service that does not allow it (the suite's own service allows
+        // it on a host without Sysbox, where its sessions run under runc).
+        let mut strict =
+            TestService::start(&scope, |config| config.allow_unsafe_runc = false).await?;
+        let (got, answer) = call(
+            &http,
+            &document,
+            create,
+            Some(&strict.token(&user(&scope, "alice"), false)?),
+            Some(json!({"image": "base", "runtime": "runc"})),
+            &strict.url,
+        )
+        .await?;
+        assert_eq!(got, 400, "runc on a Sysbox-only service: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("Sysbox only")),
+            "{answer}"
+        );
+        strict.stop().await?;
         // Malformed JSON and an oversized body, as raw bytes.
         let raw = |bytes: Vec<u8>| {
             http.post(format!("{base}/v1/sessions"))
@@ -639,7 +660,8 @@ fn bad_requests_are_refused_and_make_nothing() -> Result<(), Failed> {
             &document,
             create,
             Some(&alice),
-            Some(json!({"image": "base", "name": "quota-1", "memory": "512m"})),
+            Some(json!({"image": "base", "name": "quota-1", "memory": "512m",
+                "runtime": SessionRuntime::of_this_run().runtime_name()})),
             &base,
         )
         .await?;
@@ -649,7 +671,8 @@ fn bad_requests_are_refused_and_make_nothing() -> Result<(), Failed> {
             &document,
             create,
             Some(&alice),
-            Some(json!({"image": "base", "name": "quota-2"})),
+            Some(json!({"image": "base", "name": "quota-2",
+                "runtime": SessionRuntime::of_this_run().runtime_name()})),
             &base,
         )
         .await?;
@@ -672,7 +695,6 @@ fn bad_requests_are_refused_and_make_nothing() -> Result<(), Failed> {
 fn cli_drives_the_service_like_the_local_endpoint() -> Result<(), Failed> {
     docker_test("serve-cli", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let mut service = TestService::start(&scope, |_| {}).await?;
         let token = service.token(&user(&scope, "carol"), false)?;
         let home = Arc::new(TestHome::new());
@@ -695,19 +717,24 @@ fn cli_drives_the_service_like_the_local_endpoint() -> Result<(), Failed> {
         })
         .await?;
         let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        blocking(args(&[
-            "-r",
-            "test",
-            "session",
-            "create",
-            "--image",
-            "base",
-            "--name",
-            "cli-r",
-            "--no-connect",
-            "--memory",
-            "512m",
-        ]))
+        blocking(
+            args(&[
+                "-r",
+                "test",
+                "session",
+                "create",
+                "--image",
+                "base",
+                "--name",
+                "cli-r",
+                "--no-connect",
+                "--memory",
+                "512m",
+            ])
+            .into_iter()
+            .chain(args(SessionRuntime::of_this_run().create_flags()))
+            .collect(),
+        )
         .await?
         .success();
         blocking(args(&["-r", "test", "session", "list"]))

@@ -1,6 +1,7 @@
-//! Sessions end to end on the harness's dockerd under the default runtime, sysbox-runc: real
-//! systemd, real sshd, the real OpenSSH client. The kill-and-clean-up test runs the explicit
-//! insecure runc mode instead, whose anonymous inner Docker volume must go too.
+//! Sessions end to end on the harness's dockerd under the run's session runtime (the default,
+//! sysbox-runc, where the host has Sysbox; `--runtime runc --unsafe-runc` elsewhere): real
+//! systemd, real sshd, the real OpenSSH client. The kill-and-clean-up test always runs the
+//! explicit insecure runc mode, whose anonymous inner Docker volume must go too.
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use bollard::query_parameters::CreateContainerOptionsBuilder;
 use libtest_mimic::{Failed, Trial};
 
 use crate::support::pty::Terminal;
-use crate::support::{DockerScope, TestHome, create_args, docker_test};
+use crate::support::sysbox::{SessionRuntime, UNSAFE_RUNC_FLAGS};
+use crate::support::{DockerScope, TestHome, create_args, create_args_on, docker_test};
 
 pub fn tests() -> Vec<Trial> {
     crate::trials![
@@ -29,14 +31,9 @@ pub fn tests() -> Vec<Trial> {
     ]
 }
 
-/// The fallback for hosts without Sysbox (see the runc group in `sysbox.rs` and below).
-const UNSAFE: [&str; 3] = ["--runtime", "runc", "--unsafe-runc"];
-
-/// `create_args` under the explicit insecure runc mode.
+/// `create_args` under the explicit insecure runc mode, whatever the host has.
 fn create_args_runc<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = create_args(name, &UNSAFE);
-    args.extend(extra);
-    args
+    create_args_on(&UNSAFE_RUNC_FLAGS, name, extra)
 }
 
 async fn session_containers(
@@ -55,7 +52,6 @@ fn exec(scope: &DockerScope, home: &TestHome, name: &str, command: &[&str]) -> S
 fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
     docker_test("session-boot", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         let workspace = home.path().join("My_Project");
         std::fs::create_dir_all(&workspace)?;
@@ -67,9 +63,10 @@ fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
             .run()
             .success();
         assert!(ran.stderr().contains("ready"), "{}", ran.stderr());
-        assert!(
-            !ran.stderr().contains("NOT isolated"),
-            "no insecure-mode warning under Sysbox: {}",
+        assert_eq!(
+            ran.stderr().contains("NOT isolated"),
+            SessionRuntime::of_this_run().unsafe_runc(),
+            "the insecure-mode warning appears exactly under --unsafe-runc: {}",
             ran.stderr()
         );
 
@@ -190,7 +187,6 @@ fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
 fn secrets_reach_the_agent_but_not_docker_inspect() -> Result<(), Failed> {
     docker_test("session-secrets", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         scope
             .cubbi(&home)
@@ -278,7 +274,6 @@ fn secrets_reach_the_agent_but_not_docker_inspect() -> Result<(), Failed> {
 fn two_port_range_refuses_third_and_leaves_nothing() -> Result<(), Failed> {
     docker_test("session-ports", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // A range of its own, away from the ports parallel tests use.
         scope
@@ -323,7 +318,6 @@ fn two_port_range_refuses_third_and_leaves_nothing() -> Result<(), Failed> {
 fn parallel_creates_get_distinct_ports() -> Result<(), Failed> {
     docker_test("session-parallel", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         let count = 20;
         let children: Vec<_> = (0..count)
@@ -551,7 +545,6 @@ fn tmp_mount(target: &str) -> String {
 fn refusals_leave_nothing_behind() -> Result<(), Failed> {
     docker_test("session-refusals", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         let workspace = home.path().join("ws");
         std::fs::create_dir(&workspace)?;
@@ -702,7 +695,6 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
 fn a_taken_name_is_refused_before_anything_is_made() -> Result<(), Failed> {
     docker_test("session-taken-name", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // A container cubbi did not make holds the name a session would take when ready.
         let name = format!("taken-{}", std::process::id());
@@ -737,7 +729,6 @@ fn a_taken_name_is_refused_before_anything_is_made() -> Result<(), Failed> {
 fn parallel_creates_of_one_name_leave_one_working_session() -> Result<(), Failed> {
     docker_test("session-same-name", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // The first command makes the client key; parallel first runs would each make one
         // (a race of src/ssh/keys.rs, outside this test's subject).
@@ -784,7 +775,6 @@ fn parallel_creates_of_one_name_leave_one_working_session() -> Result<(), Failed
 fn limits_are_applied_and_shown() -> Result<(), Failed> {
     docker_test("session-limits", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // A data volume of the old naming, labelled with exactly this owner, is kept.
         let legacy = cubbi::local::naming::legacy_data_volume_name(&scope.id);
@@ -855,7 +845,6 @@ fn limits_are_applied_and_shown() -> Result<(), Failed> {
 fn another_owners_data_volume_is_refused() -> Result<(), Failed> {
     docker_test("session-volume-owner", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // `NAME.x` and `NAME_x` once shared one volume; now each has its own, and a volume of
         // one's name that someone else owns is refused, not shared.
@@ -899,7 +888,6 @@ fn another_owners_data_volume_is_refused() -> Result<(), Failed> {
 fn ambiguous_prefix_lists_candidates() -> Result<(), Failed> {
     docker_test("session-prefix", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         scope
             .cubbi(&home)
@@ -937,7 +925,6 @@ fn ambiguous_prefix_lists_candidates() -> Result<(), Failed> {
 fn connect_is_a_login_shell_on_a_real_terminal() -> Result<(), Failed> {
     docker_test("session-connect", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         scope
             .cubbi(&home)
@@ -1063,7 +1050,6 @@ async fn project_status(
 fn project_is_cloned_into_the_workspace() -> Result<(), Failed> {
     docker_test("session-project", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         // A repository with `main` and a `feature` branch one commit ahead, served read-only
         // into the sessions from a bind mount as file:///srv/repo.git.

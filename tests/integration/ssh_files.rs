@@ -32,7 +32,6 @@ fn openssh(home: &TestHome, config: &std::path::Path, alias: &str, command: &str
 fn parallel_creates_then_strict_openssh_into_each() -> Result<(), Failed> {
     docker_test("ssh-files-parallel", |scope| async move {
         scope.ensure_base().await?;
-        crate::support::sysbox::require()?;
         let home = TestHome::new();
         let started = Instant::now();
         let children: Vec<_> = (0..PARALLEL)

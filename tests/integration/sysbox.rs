@@ -1,4 +1,5 @@
-//! What Sysbox promises, shown on real sessions: a session under the default runtime
+//! What Sysbox promises, shown on real sessions (the Sysbox group: these run only where Sysbox
+//! is, and are named as not run elsewhere): a session under the default runtime
 //! (sysbox-runc) maps its root to an unprivileged host uid, cannot read a root-only host file
 //! bound into it, sees Sysbox's virtualised /proc and /sys, and runs an inner Docker whose
 //! containers the engine never sees. The same probes under `--unsafe-runc` show what that
@@ -12,11 +13,12 @@ use libtest_mimic::{Failed, Trial};
 use crate::support::{DockerScope, TestHome, docker_test, sysbox};
 
 pub fn tests() -> Vec<Trial> {
-    crate::trials![
+    let mut tests = crate::trials![unsafe_runc_session_shows_what_it_gives_up];
+    tests.extend(crate::sysbox_trials![
         default_runtime_session_is_isolated,
-        unsafe_runc_session_shows_what_it_gives_up,
         verify_smoke_needs_no_prior_image,
-    ]
+    ]);
+    tests
 }
 
 /// What one session shows about its isolation.
@@ -50,8 +52,8 @@ fn probe(scope: &DockerScope, home: &TestHome, name: &str, extra: &[&str]) -> Fi
     std::fs::write(&secret, SECRET).expect("secret file");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("0600");
     let bind = format!("{}:/mnt/host-secret:ro", secret.display());
-    let mut args = crate::support::create_args(name, &["-v", &bind]);
-    args.extend(extra);
+    // `extra` names the runtime; none is the endpoint's default.
+    let args = crate::support::create_args_on(extra, name, &["-v", &bind]);
     let created = scope.cubbi(home).args(args).run().success();
     let warned = created.stderr().contains("NOT isolated");
     assert_eq!(
@@ -182,12 +184,7 @@ fn unsafe_runc_session_shows_what_it_gives_up() -> Result<(), Failed> {
     docker_test("sysbox-unsafe", |scope| async move {
         scope.ensure_base().await?;
         let home = TestHome::new();
-        let findings = probe(
-            &scope,
-            &home,
-            "unsafe",
-            &["--runtime", "runc", "--unsafe-runc"],
-        );
+        let findings = probe(&scope, &home, "unsafe", &sysbox::UNSAFE_RUNC_FLAGS);
         assert_eq!(
             findings.root_map,
             (0, 0, 4_294_967_295),

@@ -199,6 +199,19 @@ impl DockerScope {
 
 /// `session create` of `cubbi-base` named `name`, without connecting, plus `extra`.
 pub fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    create_args_on(
+        sysbox::SessionRuntime::of_this_run().create_flags(),
+        name,
+        extra,
+    )
+}
+
+/// `create_args` with the runtime flags given (`&[]`: the endpoint's default runtime).
+pub fn create_args_on<'a>(
+    runtime_flags: &[&'a str],
+    name: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
     let mut args = vec![
         "session",
         "create",
@@ -208,6 +221,7 @@ pub fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         "--name",
         name,
     ];
+    args.extend(runtime_flags);
     args.extend(extra);
     args
 }

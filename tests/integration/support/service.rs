@@ -39,6 +39,9 @@ impl TestService {
         config.ssh.bind = "127.0.0.1".parse()?;
         config.state_dir = state.path().to_path_buf();
         config.server.shutdown_grace = 5;
+        // Without Sysbox, sessions run the same scenarios under runc, which the service
+        // refuses unless allowed.
+        config.allow_unsafe_runc = super::sysbox::SessionRuntime::of_this_run().unsafe_runc();
         tune(&mut config);
         let store = Arc::new(SqliteStore::open(state.path())?);
         Self::launch(scope, config, store, state).await
