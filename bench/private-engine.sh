@@ -1,4 +1,4 @@
-# Sourced by the bench wrappers: starts a throwaway dockerd that registers sysbox-runc, on a
+# Sourced by the bench wrappers: starts a throwaway dockerd (registering sysbox-runc where it is), on a
 # bridge and data root of its own, imports debian:bookworm and builds cubbi-base, and removes
 # it all at exit. Sets `sock` (the endpoint) and `cubbi` (the binary).
 #
@@ -6,8 +6,16 @@
 # $CARGO_TARGET_DIR/release/cubbi, else target/release/cubbi; built when missing) and
 # debian:bookworm as a rootfs tarball (the test suite caches one in
 # ~/.cache/cubbi-test/debian-bookworm.tar; BENCH_BASE_TAR overrides).
+#
+# Sysbox is used the way install/test.sh uses it: where sysbox-runc is on PATH, or under the
+# command prefix CUBBI_TEST_SYSBOX_WRAPPER (the bench re-runs itself under it once). Sets
+# `sysbox_runc` to its path, or empty on a host without Sysbox (then only runc is measured).
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 2; }
-[ -x /usr/bin/sysbox-runc ] || { echo "no /usr/bin/sysbox-runc: run inside the Sysbox kit" >&2; exit 2; }
+if [ -n "${CUBBI_TEST_SYSBOX_WRAPPER:-}" ] && [ -z "${CUBBI_BENCH_WRAPPED:-}" ]; then
+    read -r -a bench_wrapper <<<"$CUBBI_TEST_SYSBOX_WRAPPER"
+    exec env CUBBI_BENCH_WRAPPED=1 "${bench_wrapper[@]}" "$0" "$@"
+fi
+sysbox_runc=$(command -v sysbox-runc || true)
 base_tar=${BENCH_BASE_TAR:-${XDG_CACHE_HOME:-$HOME/.cache}/cubbi-test/debian-bookworm.tar}
 [ -f "$base_tar" ] || { echo "no $base_tar: run the test suite once, or set BENCH_BASE_TAR" >&2; exit 2; }
 cubbi=${CUBBI_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/cubbi}
@@ -37,7 +45,7 @@ ip addr add "$subnet.1/24" dev "$bridge"
 ip link set "$bridge" up
 dockerd --host="$sock" --data-root="$root/data" --exec-root="$root/exec" \
     --pidfile="$root/docker.pid" --bridge="$bridge" \
-    --add-runtime sysbox-runc=/usr/bin/sysbox-runc >"$root/dockerd.log" 2>&1 &
+    ${sysbox_runc:+--add-runtime "sysbox-runc=$sysbox_runc"} >"$root/dockerd.log" 2>&1 &
 for _ in $(seq 1 150); do docker -H "$sock" version >/dev/null 2>&1 && break; sleep 0.2; done
 docker -H "$sock" import "$base_tar" debian:bookworm >/dev/null
 "$cubbi" --endpoint "$sock" image build base >/dev/null

@@ -2,8 +2,9 @@
 # Runs bench/serve.py once on a throwaway dockerd that registers sysbox-runc; arguments go to
 # serve.py:
 #
-#   flock /tmp/sysbox-kit.lock SYSBOX_KIT/with-sysbox.sh bench/serve-private-engine.sh [--runtime runc]
-#   (or directly, as root, on a host with Sysbox installed)
+#   sudo bench/serve-private-engine.sh [--runtime runc]
+#   (as root, on a host with Sysbox installed or with CUBBI_TEST_SYSBOX_WRAPPER naming the
+#   command that provides it; without Sysbox, pass --runtime runc)
 #
 # Needs wrk besides what bench/private-engine.sh needs.
 set -euo pipefail

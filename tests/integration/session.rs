@@ -594,13 +594,17 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
                 "docker.sock",
             ),
             (
-                vec![
-                    "session",
-                    "create",
-                    "--image",
-                    "no-such-image",
-                    "--no-connect",
-                ],
+                [
+                    &[
+                        "session",
+                        "create",
+                        "--image",
+                        "no-such-image",
+                        "--no-connect",
+                    ][..],
+                    SessionRuntime::of_this_run().create_flags(),
+                ]
+                .concat(),
                 "unknown image `no-such-image`",
             ),
             (
@@ -1170,6 +1174,7 @@ fn project_is_cloned_into_the_workspace() -> Result<(), Failed> {
                 &mount,
                 "file:///srv/repo.git",
             ])
+            .args(SessionRuntime::of_this_run().create_flags())
             .run()
             .success();
         assert_eq!(project_status(&scope, &home, "repo").await?, "done");
