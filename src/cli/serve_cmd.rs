@@ -62,6 +62,16 @@ pub async fn run(args: ServeRunArgs, context: &Context) -> Result<ExitCode, CliE
             "allow_unsafe_runc is on: users may ask for sessions NOT isolated from this host"
         );
     }
+    // The connection cap (server.max_connections), not the descriptor table, bounds clients.
+    if let Some(limit) = crate::service::connections::raise_open_files_limit()
+        && limit < config.server.max_connections as u64 + 256
+    {
+        tracing::warn!(
+            "this process may open only {limit} files, fewer than server.max_connections ({}) \
+             needs: raise LimitNOFILE (the unit sets 65536) or lower server.max_connections",
+            config.server.max_connections
+        );
+    }
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&config.state_dir).map_err(|err| CliError::Refused(err.to_string()))?,
     );

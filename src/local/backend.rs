@@ -27,6 +27,7 @@ use russh::keys::PrivateKey;
 
 use super::index::SessionIndex;
 use super::labels::{self, SessionLabels};
+use super::session_exec::{self, ExecBounds};
 use super::{limits, mounts, naming, ports, project, runtime, state, upload};
 use crate::api::{
     ApiError, Backend, CreateStep, ExecEvent, LogChunk, LogOptions, Progress, Resources, Session,
@@ -46,6 +47,8 @@ pub const WORKSPACE_PATH: &str = "/home/agent/workspace";
 const STOP_TIMEOUT_SECS: i32 = 10;
 /// How many ports a create tries when the one it reserved is taken before start.
 const PORT_ATTEMPTS: u32 = 3;
+/// Status reads `list` makes at once for sessions Docker calls unhealthy.
+const STATUS_READS_AT_ONCE: usize = 8;
 
 /// The one network every session joined before owners had networks of their own.
 const LEGACY_SHARED_NETWORK: &str = "cubbi-network";
@@ -1040,35 +1043,25 @@ impl LocalBackend {
     /// What the container reported back (runtime/CONTRACT.md): cubbi-init's and the project
     /// clone's status lines, read with one exec; `None` for a file not written yet.
     async fn reported_status(&self, id: &str) -> (Option<String>, Option<String>) {
-        use bollard::exec::{CreateExecOptions, StartExecResults};
         let script = "for f in init-status project-status; do \
                       s=$(head -n 1 \"/var/lib/cubbi/$f\" 2>/dev/null); printf '%s=%s\\n' \"$f\" \"$s\"; \
                       done";
-        let Ok(exec) = self
-            .docker
-            .create_exec(
-                id,
-                CreateExecOptions {
-                    cmd: Some(vec!["sh", "-c", script]),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(false),
-                    ..Default::default()
-                },
-            )
-            .await
-        else {
-            return (None, None);
-        };
-        let text: String = match self.docker.start_exec(&exec.id, None).await {
-            Ok(StartExecResults::Attached { output, .. }) => {
-                output
-                    .filter_map(|chunk| async move { chunk.ok().map(|c| c.to_string()) })
-                    .collect()
-                    .await
+        // The session's root controls what this runs: bounded, and unknown when it misbehaves.
+        match session_exec::run_bounded(
+            &self.docker,
+            id,
+            vec!["sh", "-c", script],
+            None,
+            ExecBounds::STATUS,
+        )
+        .await
+        {
+            Ok(captured) => parse_reported_status(&captured.stdout),
+            Err(err) => {
+                tracing::debug!(session = id, "reading the session's status: {err}");
+                (None, None)
             }
-            Ok(StartExecResults::Detached) | Err(_) => return (None, None),
-        };
-        parse_reported_status(&text)
+        }
     }
 
     /// One session by exact name or id, else by a unique prefix of either: one `docker ps`,
@@ -1136,40 +1129,20 @@ impl LocalBackend {
     /// Appends a canonical key line to the agent's authorized_keys, once. The key is an
     /// argument of the script, never part of its text.
     async fn authorize(&self, id: &str, key: &str) -> Result<(), ApiError> {
-        use bollard::exec::{CreateExecOptions, StartExecResults};
         let script = "f=/home/agent/.ssh/authorized_keys; grep -qxF -- \"$1\" \"$f\" 2>/dev/null \
                       || printf '%s\\n' \"$1\" >> \"$f\"";
         let failed =
             |err: String| ApiError::unavailable(format!("cannot authorize the key: {err}"));
-        let exec = self
-            .docker
-            .create_exec(
-                id,
-                CreateExecOptions {
-                    cmd: Some(vec!["sh", "-c", script, "sh", key]),
-                    user: Some("1000:1000"),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|err| failed(err.to_string()))?;
-        if let StartExecResults::Attached { mut output, .. } = self
-            .docker
-            .start_exec(&exec.id, None)
-            .await
-            .map_err(|err| failed(err.to_string()))?
-        {
-            while output.next().await.is_some() {}
-        }
-        let code = self
-            .docker
-            .inspect_exec(&exec.id)
-            .await
-            .map_err(|err| failed(err.to_string()))?
-            .exit_code;
-        match code {
+        let captured = session_exec::run_bounded(
+            &self.docker,
+            id,
+            vec!["sh", "-c", script, "sh", key],
+            Some("1000:1000"),
+            ExecBounds::AUTHORIZE,
+        )
+        .await
+        .map_err(|err| failed(format!("the session's shell: {err}")))?;
+        match captured.exit_code {
             Some(0) => Ok(()),
             other => Err(failed(format!("the session's shell exited with {other:?}"))),
         }
@@ -1402,14 +1375,29 @@ impl Backend for LocalBackend {
                         .collect()
                 }
             };
-        for session in sessions
-            .iter_mut()
-            .filter(|s| s.state == SessionState::InitFailed)
-        {
-            let (init, project) = self.reported_status(&session.id).await;
-            if !reports_failure(&init, &project) {
-                session.state = self.state_despite_health(&session.id, &session.name).await;
-            }
+        // Sessions Docker calls unhealthy are checked against their status files, a few at a
+        // time: each read is bounded, and one hostile session cannot hold up the list.
+        let unhealthy: Vec<(usize, String, String)> = sessions
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == SessionState::InitFailed)
+            .map(|(index, s)| (index, s.id.clone(), s.name.clone()))
+            .collect();
+        let rechecked: Vec<(usize, SessionState)> = futures_util::stream::iter(unhealthy)
+            .map(|(index, id, name)| async move {
+                let (init, project) = self.reported_status(&id).await;
+                let state = if reports_failure(&init, &project) {
+                    SessionState::InitFailed
+                } else {
+                    self.state_despite_health(&id, &name).await
+                };
+                (index, state)
+            })
+            .buffer_unordered(STATUS_READS_AT_ONCE)
+            .collect()
+            .await;
+        for (index, state) in rechecked {
+            sessions[index].state = state;
         }
         sessions.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
         Ok(sessions)

@@ -78,10 +78,24 @@ pub fn pids_limit(requested: Option<i64>) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
+/// The smallest CPU limit: Docker's NanoCpus of anything smaller rounds to 0, which means no
+/// limit at all.
+pub const MIN_CPUS: f64 = 0.01;
+
+/// A CPU count a limit may be: finite and at least [`MIN_CPUS`].
+pub fn check_cpus(cpus: f64) -> Result<f64, ApiError> {
+    if !(cpus.is_finite() && cpus >= MIN_CPUS) {
+        return Err(ApiError::invalid(format!(
+            "{cpus} CPUs is not a limit: give at least {MIN_CPUS}"
+        )));
+    }
+    Ok(cpus)
+}
+
 /// `--cpus` as Docker's NanoCpus; by default half the host's cores (at least one).
 pub fn nano_cpus(cpus: Option<f64>, host_cores: usize) -> Result<i64, ApiError> {
-    let cpus = cpus.unwrap_or_else(|| (host_cores as f64 / 2.0).max(1.0));
-    if !(cpus > 0.0 && cpus <= host_cores.max(1) as f64) {
+    let cpus = check_cpus(cpus.unwrap_or_else(|| (host_cores as f64 / 2.0).max(1.0)))?;
+    if cpus > host_cores.max(1) as f64 {
         return Err(ApiError::invalid(format!(
             "--cpus {cpus} is out of range: this host has {host_cores} cores"
         )));
@@ -122,6 +136,16 @@ mod tests {
             let err = pids_limit(Some(bad)).unwrap_err();
             assert_eq!(err.code(), crate::api::ErrorCode::Invalid, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_cpu_limit_too_small_to_be_one_is_refused() {
+        // 1e-10 CPUs would be NanoCpus 0: no limit at all.
+        for bad in [0.0, 1e-10, 0.009, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(check_cpus(bad).is_err(), "{bad}");
+            assert!(nano_cpus(Some(bad), 8).is_err(), "{bad}");
+        }
+        assert_eq!(nano_cpus(Some(0.01), 8).unwrap(), 10_000_000);
     }
 
     #[test]

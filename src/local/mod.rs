@@ -9,5 +9,6 @@ pub mod naming;
 pub mod ports;
 pub mod project;
 pub mod runtime;
+pub mod session_exec;
 pub mod state;
 pub mod upload;

@@ -32,8 +32,8 @@ pub enum ServiceConfigError {
 pub struct ServiceConfig {
     /// The images sessions may boot (cubbi image names); empty allows every cubbi image.
     pub images: Vec<String>,
-    /// Whether requests may mount paths of the service's host.
-    pub allow_host_volumes: bool,
+    /// The host folders below which requests may mount paths (`false`: none).
+    pub allow_host_volumes: super::host_volumes::HostVolumeRoots,
     /// Whether requests may ask for plain runc (not isolated).
     pub allow_unsafe_runc: bool,
     pub state_dir: PathBuf,
@@ -59,6 +59,14 @@ pub struct ServerSettings {
     pub request_timeout: u64,
     /// Seconds streams get to end after SIGTERM before the service exits anyway.
     pub shutdown_grace: u64,
+    /// Connections open at once (TLS handshakes included); past it, new ones wait in the
+    /// kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// Seconds a client gets to send a whole request head; a connection that says nothing
+    /// (or dribbles) is closed then.
+    pub header_timeout: u64,
+    /// Streams (followed logs, execs) one user may hold open at once.
+    pub streams_per_user: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -88,6 +96,9 @@ pub struct Limits {
     pub memory: Option<String>,
     /// Largest (and default) CPU limit of a session.
     pub cpus: Option<f64>,
+    /// Largest (and default) number of processes in a session. Under Sysbox a session's
+    /// processes are host processes, so this bounds what one session takes of the host's.
+    pub pids_limit: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -131,7 +142,7 @@ impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             images: Vec::new(),
-            allow_host_volumes: false,
+            allow_host_volumes: Default::default(),
             allow_unsafe_runc: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             server: ServerSettings::default(),
@@ -155,6 +166,9 @@ impl Default for ServerSettings {
             body_limit: 256 * 1024,
             request_timeout: 180,
             shutdown_grace: 10,
+            max_connections: 512,
+            header_timeout: 10,
+            streams_per_user: 8,
         }
     }
 }
@@ -183,6 +197,7 @@ impl Default for Limits {
             sessions_per_user: 10,
             memory: None,
             cpus: None,
+            pids_limit: crate::api::DEFAULT_PIDS_LIMIT,
         }
     }
 }
@@ -248,15 +263,40 @@ impl ServiceConfig {
             crate::local::limits::parse_memory(memory)
                 .map_err(|err| invalid("limits.memory", err.to_string()))?;
         }
-        if let Some(cpus) = self.limits.cpus
-            && !(cpus.is_finite() && cpus > 0.0)
-        {
-            return Err(invalid("limits.cpus", format!("{cpus} is not above 0")));
+        if let Some(cpus) = self.limits.cpus {
+            crate::local::limits::check_cpus(cpus)
+                .map_err(|err| invalid("limits.cpus", err.to_string()))?;
         }
+        crate::local::limits::pids_limit(Some(self.limits.pids_limit))
+            .map_err(|err| invalid("limits.pids_limit", err.to_string()))?;
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return Err(invalid(
                 "server.tls_cert",
                 "give both server.tls_cert and server.tls_key, or neither".into(),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                format!(
+                    "{} is not between 1 and 1000000",
+                    self.server.max_connections
+                ),
+            ));
+        }
+        if !(1..=300).contains(&self.server.header_timeout) {
+            return Err(invalid(
+                "server.header_timeout",
+                format!(
+                    "{} seconds is not between 1 and 300",
+                    self.server.header_timeout
+                ),
+            ));
+        }
+        if !(1..=1000).contains(&self.server.streams_per_user) {
+            return Err(invalid(
+                "server.streams_per_user",
+                format!("{} is not between 1 and 1000", self.server.streams_per_user),
             ));
         }
         if self.server.body_limit < 1024 {
@@ -300,7 +340,7 @@ mod tests {
     fn empty_file_means_safe_defaults() {
         let config = ServiceConfig::parse("", Path::new("t.toml")).unwrap();
         assert_eq!(config.listen_address().to_string(), "127.0.0.1:3000");
-        assert!(!config.allow_host_volumes);
+        assert!(config.allow_host_volumes.is_off());
         assert!(!config.allow_unsafe_runc);
         assert!(config.networks.allowed.is_empty());
         assert_eq!(config.limits.sessions_per_user, 10);
@@ -310,7 +350,7 @@ mod tests {
     fn the_documented_keys_parse() {
         let text = r#"
             images = ["base", "claude-code"]
-            allow_host_volumes = true
+            allow_host_volumes = ["/srv/shared"]
             [server]
             host = "0.0.0.0"
             port = 8443
@@ -327,6 +367,7 @@ mod tests {
             sessions_per_user = 3
             memory = "8g"
             cpus = 2.0
+            pids_limit = 2048
             [networks]
             allowed = ["shared-db"]
             [projects]

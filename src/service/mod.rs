@@ -4,7 +4,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod docker_host;
+pub mod host_volumes;
 pub mod http_error;
 pub mod openapi;
 pub mod policy;
@@ -38,8 +40,6 @@ pub enum ServeError {
         address: String,
         source: std::io::Error,
     },
-    #[error("the server stopped: {0}")]
-    Server(std::io::Error),
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error(transparent)]
@@ -100,57 +100,36 @@ pub fn start<H: SessionHost>(
         store,
         policy,
         stopping.clone(),
-        Duration::from_secs(config.server.request_timeout),
+        router::Timing {
+            request_timeout: Duration::from_secs(config.server.request_timeout),
+            streams_per_user: config.server.streams_per_user,
+        },
     );
     let app = router::router(state, config.server.body_limit);
     let grace = Duration::from_secs(config.server.shutdown_grace);
+    let header_timeout = Duration::from_secs(config.server.header_timeout);
+    let gate = connections::ConnectionGate::new(config.server.max_connections);
     let task = match acceptor {
         Some(acceptor) => {
-            let listener =
-                tls::TlsListener::new(listener, acceptor).map_err(|source| ServeError::Listen {
-                    address: address.to_string(),
-                    source,
-                })?;
-            tokio::spawn(serve(listener, app, stopping, grace))
+            let listener = tls::TlsListener::new(listener, acceptor, gate.clone());
+            tokio::spawn(async move {
+                connections::serve(listener, gate, app, header_timeout, stopping, grace).await;
+                Ok(())
+            })
         }
-        None => tokio::spawn(serve(listener, app, stopping, grace)),
+        None => {
+            let listener = connections::PlainAcceptor::new(listener, gate.clone());
+            tokio::spawn(async move {
+                connections::serve(listener, gate, app, header_timeout, stopping, grace).await;
+                Ok(())
+            })
+        }
     };
     Ok(RunningService {
         address,
         stop,
         task,
     })
-}
-
-/// Runs `app` on `listener` until `stopping` turns true, then waits for open requests and
-/// streams at most `grace`: the same shutdown for plain HTTP and TLS.
-async fn serve<L>(
-    listener: L,
-    app: axum::Router,
-    stopping: watch::Receiver<bool>,
-    grace: Duration,
-) -> Result<(), ServeError>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let mut stopped = stopping.clone();
-    let mut stopped_again = stopping;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-        tracing::info!("stopping: no new connections; streams are ending");
-    });
-    let deadline = async move {
-        let _ = stopped_again.wait_for(|stop| *stop).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        served = server => served.map_err(ServeError::Server),
-        () = deadline => {
-            tracing::warn!("connections still open after {}s; exiting anyway", grace.as_secs());
-            Ok(())
-        }
-    }
 }
 
 /// What an embedding (the tests) may set beyond the config file.

@@ -3,17 +3,20 @@
 //! networks, limits) are the service's decisions, never the caller's.
 
 use std::net::IpAddr;
+use std::path::Path;
 
 use crate::api::wire::CreateRequest;
 use crate::api::{ApiError, SessionSpec};
 use crate::local::{limits, runtime};
 
 use super::config::ServiceConfig;
+use super::host_volumes::HostMountRule;
+use crate::engine::paths::EnginePaths;
 
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub images: Vec<String>,
-    pub allow_host_volumes: bool,
+    pub host_mounts: HostMountRule,
     pub allow_unsafe_runc: bool,
     pub networks_allowed: Vec<String>,
     pub ssh_bind: IpAddr,
@@ -22,13 +25,25 @@ pub struct Policy {
     /// Bytes.
     pub max_memory: Option<i64>,
     pub max_cpus: Option<f64>,
+    pub max_pids: i64,
 }
 
 impl Policy {
     pub fn from_config(config: &ServiceConfig) -> Result<Self, ApiError> {
         Ok(Self {
             images: config.images.clone(),
-            allow_host_volumes: config.allow_host_volumes,
+            host_mounts: HostMountRule::new(
+                &config.allow_host_volumes,
+                &[
+                    config.state_dir.as_path(),
+                    Path::new(super::config::DEFAULT_CONFIG_PATH)
+                        .parent()
+                        .unwrap_or(Path::new("/etc/cubbi")),
+                    Path::new("/run/cubbi"),
+                    &EnginePaths::system().data_root,
+                    &EnginePaths::system().exec_root,
+                ],
+            ),
             allow_unsafe_runc: config.allow_unsafe_runc,
             networks_allowed: config.networks.allowed.clone(),
             ssh_bind: config.ssh.bind,
@@ -39,8 +54,10 @@ impl Policy {
                 .memory
                 .as_deref()
                 .map(limits::parse_memory)
-                .transpose()?,
-            max_cpus: config.limits.cpus,
+                .transpose()?
+                .or_else(host_share_of_memory),
+            max_cpus: config.limits.cpus.or_else(|| Some(host_share_of_cpus())),
+            max_pids: config.limits.pids_limit,
         })
     }
 
@@ -59,10 +76,17 @@ impl Policy {
                 self.images.join(", ")
             )));
         }
-        if !request.volumes.is_empty() && !self.allow_host_volumes {
+        let volumes = request
+            .volumes
+            .into_iter()
+            .map(|volume| self.host_mounts.check(volume))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Docker's default bridge is one segment every such session would share, whoever
+        // owns it: a session here is on its owner's network or on networks the service allows.
+        if !request.default_network && request.networks.is_empty() {
             return Err(ApiError::invalid(
-                "this service does not mount host paths (allow_host_volumes is off); use a \
-                 --project git URL for your code",
+                "a session without its owner's network (`default_network: false`) must name a \
+                 network it may join (`networks`, from the service's networks.allowed)",
             ));
         }
         for network in &request.networks {
@@ -104,6 +128,19 @@ impl Policy {
             (None, Some(max)) => Some(max.to_string()),
             (None, None) => None,
         };
+        if let Some(cpus) = request.cpus {
+            limits::check_cpus(cpus)?;
+        }
+        let pids_limit = match request.pids_limit {
+            Some(pids) if pids > self.max_pids => {
+                return Err(ApiError::invalid(format!(
+                    "pids limit {pids} is over this service's limit ({}, limits.pids_limit)",
+                    self.max_pids
+                )));
+            }
+            Some(pids) => limits::pids_limit(Some(pids))?,
+            None => self.max_pids,
+        };
         let cpus = match (request.cpus, self.max_cpus) {
             (Some(cpus), Some(max)) if cpus > max => {
                 return Err(ApiError::invalid(format!(
@@ -121,18 +158,32 @@ impl Policy {
             project: request.project,
             run_init: request.run_init,
             env: request.env,
-            volumes: request.volumes,
+            volumes,
             networks: request.networks,
             default_network: request.default_network,
             memory,
             cpus,
-            pids_limit: request.pids_limit,
+            pids_limit: Some(pids_limit),
             runtime,
             unsafe_runc,
             ssh_bind: self.ssh_bind,
             authorized_keys: request.public_key.into_iter().collect(),
         })
     }
+}
+
+/// A session's memory when the config sets none: a quarter of the host's (at least 512 MiB),
+/// so a few sessions of one user cannot take all of it.
+fn host_share_of_memory() -> Option<i64> {
+    limits::host_memory()
+        .ok()
+        .map(|total| (total / 4).max(512 * 1024 * 1024))
+}
+
+/// A session's CPUs when the config sets none: half the host's cores, at least one.
+fn host_share_of_cpus() -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores as f64 / 2.0).max(1.0)
 }
 
 #[cfg(test)]
@@ -225,6 +276,97 @@ mod tests {
             policy().spec(image).unwrap_err().code(),
             crate::api::ErrorCode::Invalid
         );
+    }
+
+    #[test]
+    fn slipped_limits_and_the_shared_bridge_are_refused() {
+        let policy = policy();
+        // 1e-10 CPUs would become NanoCpus 0, which is no limit at all.
+        let tiny = CreateRequest {
+            cpus: Some(1e-10),
+            ..request()
+        };
+        assert!(
+            policy
+                .spec(tiny)
+                .unwrap_err()
+                .to_string()
+                .contains("at least")
+        );
+        // The service's pids cap (default 4096) bounds requests and is the default.
+        let many = CreateRequest {
+            pids_limit: Some(4_194_304),
+            ..request()
+        };
+        assert!(
+            policy
+                .spec(many)
+                .unwrap_err()
+                .to_string()
+                .contains("limits.pids_limit")
+        );
+        assert_eq!(
+            policy.spec(request()).unwrap().pids_limit,
+            Some(crate::api::DEFAULT_PIDS_LIMIT)
+        );
+        // Without limits in the config, a session still gets a share of the host, not all.
+        let defaults = policy.spec(request()).unwrap();
+        assert!(
+            defaults.memory.is_some() && defaults.cpus.is_some(),
+            "{defaults:?}"
+        );
+        // No owner's network and no other: Docker's default bridge, shared by everyone.
+        let bridge = CreateRequest {
+            default_network: false,
+            ..request()
+        };
+        assert!(
+            policy
+                .spec(bridge)
+                .unwrap_err()
+                .to_string()
+                .contains("default_network")
+        );
+    }
+
+    #[test]
+    fn host_volumes_only_below_the_roots_never_the_state_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(shared.join("data")).unwrap();
+        let mut config = ServiceConfig {
+            state_dir: shared.join("state"),
+            ..Default::default()
+        };
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        config.allow_host_volumes =
+            toml::from_str::<toml::Table>(&format!("v = [{:?}]", shared.display().to_string()))
+                .unwrap()["v"]
+                .clone()
+                .try_into()
+                .unwrap();
+        let policy = Policy::from_config(&config).unwrap();
+        let mount = |host: std::path::PathBuf| CreateRequest {
+            volumes: vec![VolumeMount {
+                host,
+                container: "/mnt/x".into(),
+                read_only: false,
+            }],
+            ..request()
+        };
+        let spec = policy.spec(mount(shared.join("data"))).unwrap();
+        assert_eq!(
+            spec.volumes[0].host,
+            std::fs::canonicalize(shared.join("data")).unwrap()
+        );
+        for (bad, why) in [
+            (config.state_dir.clone(), "cubbi's own"),
+            (shared.clone(), "cubbi's own"),
+            ("/etc".into(), "outside"),
+        ] {
+            let err = policy.spec(mount(bad)).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
     }
 
     #[test]

@@ -76,7 +76,10 @@ struct Shared<H> {
     store: Arc<dyn Store>,
     policy: Policy,
     /// Creates under way per user, counted against the quota with the sessions they have.
-    creating: Mutex<HashMap<String, usize>>,
+    creating: PerUser,
+    /// Streams (followed logs, execs) open per user.
+    streams: PerUser,
+    streams_per_user: usize,
     /// Turns true when the service is stopping; streams end then.
     stopping: watch::Receiver<bool>,
     request_timeout: Duration,
@@ -88,16 +91,18 @@ impl<H: SessionHost> AppState<H> {
         store: Arc<dyn Store>,
         policy: Policy,
         stopping: watch::Receiver<bool>,
-        request_timeout: Duration,
+        timing: Timing,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 host: Arc::new(host),
                 store,
                 policy,
-                creating: Mutex::new(HashMap::new()),
+                creating: PerUser::default(),
+                streams: PerUser::default(),
+                streams_per_user: timing.streams_per_user,
                 stopping,
-                request_timeout,
+                request_timeout: timing.request_timeout,
             }),
         }
     }
@@ -127,7 +132,7 @@ impl<H: SessionHost> AppState<H> {
     }
 
     /// Counts a create against the caller's quota until the returned guard drops.
-    async fn quota_slot(&self, caller: &Caller) -> Result<CreateSlot<H>, HttpError> {
+    async fn quota_slot(&self, caller: &Caller) -> Result<UserSlot, HttpError> {
         let limit = self.shared.policy.sessions_per_user;
         let owned = if limit == 0 {
             0
@@ -139,41 +144,83 @@ impl<H: SessionHost> AppState<H> {
             };
             self.shared.host.sessions_of(&own).list().await?.len()
         };
-        let mut creating = self
-            .shared
-            .creating
-            .lock()
-            .map_err(|_| HttpError::new(ErrorCode::Internal, "quota bookkeeping failed"))?;
-        let under_way = creating.entry(caller.user.clone()).or_default();
-        if limit > 0 && owned + *under_way >= limit {
-            return Err(ApiError::Quota(format!(
-                "you have {} sessions (with those being created) and this service allows {limit} \
-                 per user (limits.sessions_per_user); close one first",
-                owned + *under_way
-            ))
-            .into());
-        }
-        *under_way += 1;
-        Ok(CreateSlot {
-            state: self.clone(),
-            user: caller.user.clone(),
+        self.shared.creating.take(&caller.user, |under_way| {
+            if limit > 0 && owned + under_way >= limit {
+                return Err(ApiError::Quota(format!(
+                    "you have {} sessions (with those being created) and this service allows \
+                     {limit} per user (limits.sessions_per_user); close one first",
+                    owned + under_way
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    /// Counts an open stream against the caller's cap until the returned slot drops (the
+    /// stream's body holds it).
+    fn stream_slot(&self, caller: &Caller) -> Result<UserSlot, HttpError> {
+        let limit = self.shared.streams_per_user;
+        self.shared.streams.take(&caller.user, |open| {
+            if open >= limit {
+                return Err(ApiError::Quota(format!(
+                    "you have {open} streams open (followed logs, execs) and this service \
+                     allows {limit} per user (server.streams_per_user); end one first"
+                )));
+            }
+            Ok(())
         })
     }
 }
 
-struct CreateSlot<H> {
-    state: AppState<H>,
+/// What the router needs to know of time and streams (from `[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How long a request may take (streams excepted).
+    pub request_timeout: Duration,
+    /// Streams one user may hold open at once.
+    pub streams_per_user: usize,
+}
+
+/// Per-user counts of things under way (creates, open streams).
+#[derive(Clone, Default)]
+struct PerUser(Arc<Mutex<HashMap<String, usize>>>);
+
+impl PerUser {
+    /// One more for `user` if `admit` allows it given the count now; the slot counts until it
+    /// drops.
+    fn take(
+        &self,
+        user: &str,
+        admit: impl FnOnce(usize) -> Result<(), ApiError>,
+    ) -> Result<UserSlot, HttpError> {
+        let mut counts = self
+            .0
+            .lock()
+            .map_err(|_| HttpError::new(ErrorCode::Internal, "per-user bookkeeping failed"))?;
+        let count = counts.entry(user.to_string()).or_default();
+        admit(*count)?;
+        *count += 1;
+        Ok(UserSlot {
+            counts: self.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+/// One counted thing of one user's; dropping it gives the count back.
+struct UserSlot {
+    counts: PerUser,
     user: String,
 }
 
-impl<H> Drop for CreateSlot<H> {
+impl Drop for UserSlot {
     fn drop(&mut self) {
-        if let Ok(mut creating) = self.state.shared.creating.lock()
-            && let Some(count) = creating.get_mut(&self.user)
+        if let Ok(mut counts) = self.counts.0.lock()
+            && let Some(count) = counts.get_mut(&self.user)
         {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                creating.remove(&self.user);
+                counts.remove(&self.user);
             }
         }
     }
@@ -501,8 +548,13 @@ pub(super) async fn connect<H: SessionHost>(
     Ok(Json(state.publish(session, &headers)))
 }
 
-/// Newline-delimited JSON, ended early when the service stops.
-fn ndjson<H, T>(state: &AppState<H>, lines: impl Stream<Item = T> + Send + 'static) -> Response
+/// Newline-delimited JSON, ended early when the service stops; `slot` counts the stream
+/// against its user's cap until the body is done or dropped.
+fn ndjson<H, T>(
+    state: &AppState<H>,
+    lines: impl Stream<Item = T> + Send + 'static,
+    slot: UserSlot,
+) -> Response
 where
     T: Serialize + Send + 'static,
 {
@@ -510,7 +562,8 @@ where
     let stop = async move {
         let _ = stopping.wait_for(|stopping| *stopping).await;
     };
-    let bytes = lines.take_until(stop).map(|line| {
+    let bytes = lines.take_until(stop).map(move |line| {
+        let _counted = &slot;
         let mut text = serde_json::to_vec(&line).unwrap_or_default();
         text.push(b'\n');
         Ok::<_, Infallible>(Bytes::from(text))
@@ -539,13 +592,14 @@ pub(super) async fn exec<H: SessionHost>(
     let Path(id) = id?;
     check_id(&id)?;
     let Json(request) = body?;
+    let slot = state.stream_slot(&caller)?;
     let events = state
         .shared
         .host
         .sessions_of(&caller)
         .exec(&id, request.command)
         .await?;
-    Ok(ndjson(&state, events.map(ExecLine::from_event)))
+    Ok(ndjson(&state, events.map(ExecLine::from_event), slot))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -577,6 +631,7 @@ pub(super) async fn logs<H: SessionHost>(
         follow: query.follow.unwrap_or(false),
         tail: query.tail,
     };
+    let slot = state.stream_slot(&caller)?;
     let chunks: BoxStream<'static, _> = state
         .shared
         .host
@@ -597,7 +652,7 @@ pub(super) async fn logs<H: SessionHost>(
         };
         std::future::ready(Some(line))
     });
-    Ok(ndjson(&state, lines))
+    Ok(ndjson(&state, lines, slot))
 }
 
 #[utoipa::path(get, path = "/v1/images", tag = "images", security(("token" = [])),

@@ -20,10 +20,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::config::ServerSettings;
+use super::connections::{Acceptor, ConnectionGate, ConnectionPermit, accept_tcp};
 
 /// How long a client gets to finish the TLS handshake before its connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Finished handshakes waiting for axum to pick them up; axum accepts in a tight loop, so
+/// Finished handshakes waiting for the serve loop to pick them up; it accepts in a tight loop, so
 /// this only fills if the server is stuck, and then handshake tasks wait instead of piling up.
 const READY_QUEUE: usize = 64;
 
@@ -140,29 +141,28 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// Accepts TCP on a background task and yields connections whose TLS handshake finished.
+/// A finished handshake, with the share of the connection cap it has held since its TCP accept.
+type Ready = (TlsStream<TcpStream>, SocketAddr, ConnectionPermit);
+
+/// Accepts TCP on a background task and yields connections whose TLS handshake finished. A
+/// connection holds its permit from the TCP accept on, so handshakes in progress count
+/// against the connection cap too.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    address: SocketAddr,
+    ready: mpsc::Receiver<Ready>,
     accepting: AbortHandle,
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<Self> {
-        let address = listener.local_addr()?;
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, gate: ConnectionGate) -> Self {
         let (sender, ready) = mpsc::channel(READY_QUEUE);
-        let accepting = tokio::spawn(accept_loop(listener, acceptor, sender)).abort_handle();
-        Ok(Self {
-            ready,
-            address,
-            accepting,
-        })
+        let accepting = tokio::spawn(accept_loop(listener, acceptor, gate, sender)).abort_handle();
+        Self { ready, accepting }
     }
 }
 
 impl Drop for TlsListener {
-    /// axum drops the listener on graceful shutdown; the TCP socket lives in the accept task,
-    /// so that task must end too or the port would keep taking connections.
+    /// The serve loop drops the listener when it stops; the TCP socket lives in the accept
+    /// task, so that task must end too or the port would keep taking connections.
     fn drop(&mut self) {
         self.accepting.abort();
     }
@@ -171,20 +171,12 @@ impl Drop for TlsListener {
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    gate: ConnectionGate,
+    ready: mpsc::Sender<Ready>,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // The peer gave up before we got to it: nothing wrong with the listener.
-            Err(err) if is_connection_error(&err) => continue,
-            Err(err) => {
-                // Out of file descriptors and the like: retrying at once would spin.
-                tracing::error!("accepting a connection failed: {err}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+        let permit = gate.admit().await;
+        let (tcp, peer) = accept_tcp(&listener).await;
         if ready.is_closed() {
             return;
         }
@@ -194,7 +186,7 @@ async fn accept_loop(
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     // Fails only once the server is gone; the connection just closes.
-                    let _ = ready.send((stream, peer)).await;
+                    let _ = ready.send((stream, peer, permit)).await;
                 }
                 Ok(Err(err)) => tracing::debug!(%peer, "TLS handshake failed: {err}"),
                 Err(_) => tracing::debug!(
@@ -207,33 +199,20 @@ async fn accept_loop(
     }
 }
 
-fn is_connection_error(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
-}
-
-impl axum::serve::Listener for TlsListener {
+impl Acceptor for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+    async fn accept(&mut self) -> Ready {
         match self.ready.recv().await {
             Some(connection) => connection,
             None => {
                 // The accept task holds a sender until it ends, and it ends only if it
-                // panicked; axum has no way to hear of an error here, so stop taking new ones.
+                // panicked; the serve loop has no way to hear of an error here, so stop
+                // taking new ones.
                 tracing::error!("the TLS accept task is gone; no new connections");
                 std::future::pending().await
             }
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.address)
     }
 }
 

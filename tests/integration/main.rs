@@ -11,6 +11,7 @@ mod projects;
 mod projects_session;
 mod remotes;
 mod serve;
+mod serve_hardening;
 mod serve_projects;
 mod serve_tokens;
 mod session;
@@ -52,6 +53,7 @@ fn main() {
     tests.extend(images::tests());
     tests.extend(projects::tests());
     tests.extend(serve::tests());
+    tests.extend(serve_hardening::tests());
     tests.extend(serve_projects::tests());
     tests.extend(serve_tokens::tests());
     tests.extend(projects_session::tests());

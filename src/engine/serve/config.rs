@@ -10,7 +10,8 @@ use std::path::Path;
 pub const DEFAULT_SERVICE_CONFIG: &str = r#"# cubbi serve: the session API over HTTP. Written by `cubbi setup --service`, which never
 # overwrites it; edit it, then `systemctl restart cubbi-serve`. Unknown keys are refused.
 
-# Let sessions mount host folders. Off: a session sees only its own volumes.
+# The host folders below which sessions may mount paths, e.g. ["/srv/shared"]. Off (false): a
+# session sees only its own volumes. cubbi's state, config and engine folders are never mounted.
 allow_host_volumes = false
 # Let sessions run under plain runc instead of Sysbox. Off: runc sessions are NOT isolated.
 allow_unsafe_runc = false
@@ -125,7 +126,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.listen_address(), DEFAULT_LISTEN);
-        assert!(!config.allow_host_volumes && !config.allow_unsafe_runc);
+        assert!(config.allow_host_volumes.is_off() && !config.allow_unsafe_runc);
         assert_eq!(config.limits.sessions_per_user, 10);
     }
 

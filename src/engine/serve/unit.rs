@@ -79,6 +79,7 @@ mod tests {
             "Restart=on-failure",
             "KillSignal=SIGTERM",
             "TimeoutStopSec=30",
+            "LimitNOFILE=65536",
             "WantedBy=multi-user.target",
         ] {
             assert!(lines.contains(&wanted), "missing `{wanted}` in:\n{unit}");

@@ -271,3 +271,22 @@ where
         }
     })
 }
+
+/// Checks `check` every 200 ms until it passes or `within` is over; then its last complaint is
+/// the test's failure. The one poll loop of the suite.
+pub async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> Result<(), Failed>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(()) => return Ok(()),
+            Err(complaint) if std::time::Instant::now() >= deadline => {
+                return Err(format!("still not so after {within:?}: {complaint}").into());
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}

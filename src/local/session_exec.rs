@@ -1,0 +1,101 @@
+//! Commands cubbi itself runs inside a session (reading its status files, authorizing a key),
+//! bounded in time and in bytes read.
+//!
+//! Root in a session controls everything such a command runs: one user replaced `/usr/bin/sh`
+//! in their own session, and a single status read grew the service by 600 MB in 6 s; another
+//! that never exits would hold the request (and an admin's list or close) for ever. So every
+//! exec cubbi makes into a session goes through [`run_bounded`], which stops reading past
+//! `max_output` and gives up after `timeout`.
+
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use futures_util::StreamExt;
+
+/// How much a command cubbi runs in a session may print, and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecBounds {
+    pub max_output: usize,
+    pub timeout: Duration,
+}
+
+impl ExecBounds {
+    /// For reading the session's small status files (one line each).
+    pub const STATUS: Self = Self {
+        max_output: 4096,
+        timeout: Duration::from_secs(5),
+    };
+    /// For writing a key to authorized_keys (prints nothing when it works).
+    pub const AUTHORIZE: Self = Self {
+        max_output: 4096,
+        timeout: Duration::from_secs(15),
+    };
+}
+
+/// What a bounded command printed on stdout and its exit code.
+#[derive(Debug)]
+pub struct Captured {
+    pub stdout: String,
+    pub exit_code: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionExecError {
+    #[error("{0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("it did not finish within {} s", .0.as_secs())]
+    TimedOut(Duration),
+    #[error("it printed more than {0} bytes")]
+    TooMuchOutput(usize),
+}
+
+/// Runs `command` in container `id` as `user` (the image's default when `None`), reading at
+/// most `bounds.max_output` bytes of its stdout and stderr within `bounds.timeout`.
+pub async fn run_bounded(
+    docker: &Docker,
+    id: &str,
+    command: Vec<&str>,
+    user: Option<&str>,
+    bounds: ExecBounds,
+) -> Result<Captured, SessionExecError> {
+    let run = async {
+        let exec = docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(command),
+                    user,
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut stdout = Vec::new();
+        let mut read = 0usize;
+        if let StartExecResults::Attached { mut output, .. } =
+            docker.start_exec(&exec.id, None).await?
+        {
+            while let Some(chunk) = output.next().await {
+                let chunk = chunk?;
+                read += chunk.as_ref().len();
+                if read > bounds.max_output {
+                    // Dropping the stream closes the attach; the command gets EPIPE.
+                    return Err(SessionExecError::TooMuchOutput(bounds.max_output));
+                }
+                if let bollard::container::LogOutput::StdOut { message } = chunk {
+                    stdout.extend_from_slice(&message);
+                }
+            }
+        }
+        let exit_code = docker.inspect_exec(&exec.id).await?.exit_code;
+        Ok(Captured {
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            exit_code,
+        })
+    };
+    tokio::time::timeout(bounds.timeout, run)
+        .await
+        .map_err(|_| SessionExecError::TimedOut(bounds.timeout))?
+}
