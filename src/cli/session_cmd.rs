@@ -132,8 +132,8 @@ pub struct CreateArgs {
     /// Do not connect once the session is ready.
     #[arg(long)]
     pub no_connect: bool,
-    /// Address the SSH port is published on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    /// Address the SSH port is published on (default 127.0.0.1; a service decides its own).
+    #[arg(long, value_name = "ADDR")]
     pub ssh_bind: Option<IpAddr>,
 }
 
@@ -321,6 +321,12 @@ fn names_a_repository(target: &str) -> bool {
 
 /// Turns flags and config into a spec: `-e` over the config's services over image defaults.
 fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<SessionSpec, CliError> {
+    if remote && let Some(bind) = args.ssh_bind {
+        return Err(CliError::Refused(format!(
+            "--ssh-bind {bind}: a service publishes session ports on the address its config \
+             names (ssh.bind), not one the client picks"
+        )));
+    }
     let mut workspace = None;
     let mut project = args.project.clone();
     match args.target.as_deref() {

@@ -360,28 +360,55 @@ fn ndjson<T: DeserializeOwned + Send + 'static>(
     )
 }
 
-/// A spec as a request: what only makes sense on this machine is refused here, clearly.
+/// A spec as a request: every field is carried or refused here, clearly (the destructuring
+/// names them all, so a new one cannot be dropped silently). Plain runc needs the same opt-in
+/// as locally; the service's bind address and the authorized keys are the service's and this
+/// client's own.
 fn create_request(spec: SessionSpec, public_key: String) -> Result<CreateRequest, ApiError> {
-    if let Some(workspace) = &spec.workspace {
+    let SessionSpec {
+        name,
+        image,
+        workspace,
+        project,
+        run_init,
+        env,
+        volumes,
+        networks,
+        default_network,
+        memory,
+        cpus,
+        pids_limit,
+        runtime,
+        unsafe_runc,
+        ssh_bind: _, // `--ssh-bind` is refused for a remote where it is parsed
+        authorized_keys,
+    } = spec;
+    if let Some(workspace) = &workspace {
         return Err(ApiError::invalid(format!(
             "a folder of this machine ({}) cannot be mounted into a remote session; give a git \
              URL (`cubbi -r NAME https://host/org/repo`) or --project",
             workspace.display()
         )));
     }
+    crate::local::runtime::check_opt_in(&runtime, unsafe_runc)?;
+    if !authorized_keys.is_empty() {
+        return Err(ApiError::invalid(
+            "a remote session authorizes this client's key only; extra keys cannot be sent",
+        ));
+    }
     Ok(CreateRequest {
-        image: spec.image,
-        name: spec.name,
-        env: spec.env,
-        networks: spec.networks,
-        default_network: spec.default_network,
-        volumes: spec.volumes,
-        project: spec.project,
-        run_init: spec.run_init,
-        memory: spec.memory,
-        cpus: spec.cpus,
-        pids_limit: spec.pids_limit,
-        runtime: Some(spec.runtime),
+        image,
+        name,
+        env,
+        networks,
+        default_network,
+        volumes,
+        project,
+        run_init,
+        memory,
+        cpus,
+        pids_limit,
+        runtime: Some(runtime),
         public_key: Some(public_key),
     })
 }
@@ -512,6 +539,49 @@ mod tests {
         )
         .unwrap();
         assert_eq!(request.public_key.as_deref(), Some("ssh-ed25519 AAAA"));
+    }
+
+    #[test]
+    fn runc_needs_the_opt_in_remotely_too() {
+        let spec = SessionSpec {
+            name: None,
+            image: "base".into(),
+            workspace: None,
+            project: None,
+            run_init: false,
+            env: Default::default(),
+            volumes: Vec::new(),
+            networks: Vec::new(),
+            default_network: true,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            runtime: "runc".into(),
+            unsafe_runc: false,
+            ssh_bind: "127.0.0.1".parse().unwrap(),
+            authorized_keys: Vec::new(),
+        };
+        let err = create_request(spec.clone(), "k".into()).unwrap_err();
+        assert!(err.to_string().contains("--unsafe-runc"), "{err}");
+        let request = create_request(
+            SessionSpec {
+                unsafe_runc: true,
+                ..spec.clone()
+            },
+            "k".into(),
+        )
+        .unwrap();
+        assert_eq!(request.runtime.as_deref(), Some("runc"));
+        let err = create_request(
+            SessionSpec {
+                unsafe_runc: true,
+                authorized_keys: vec!["ssh-ed25519 AAAA".into()],
+                ..spec
+            },
+            "k".into(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("extra keys"), "{err}");
     }
 
     const KEY: &str =

@@ -15,6 +15,7 @@ pub fn tests() -> Vec<Trial> {
     crate::trials![
         hostile_session_answers_are_refused_and_write_nothing_without_sysbox,
         service_text_reaches_the_terminal_without_escapes_without_sysbox,
+        remote_runc_needs_the_opt_in_and_warns_without_sysbox,
     ]
 }
 
@@ -317,5 +318,57 @@ fn service_text_reaches_the_terminal_without_escapes_without_sysbox() -> Result<
         "{}",
         refused.stderr()
     );
+    Ok(())
+}
+
+/// `-r X --runtime runc` is refused before any request unless `--unsafe-runc` is given, as
+/// locally, and the unsafe warning is printed when it is.
+fn remote_runc_needs_the_opt_in_and_warns_without_sysbox() -> Result<(), Failed> {
+    let stub = StubService::start()?;
+    let home = home_for(&stub)?;
+    let key = host_key()?;
+    stub.on(
+        "POST",
+        "/v1/sessions",
+        201,
+        session("web", "127.0.0.1", "agent", &key).to_string(),
+    );
+    let create = [
+        "-r",
+        "evil",
+        "session",
+        "create",
+        "--image",
+        "base",
+        "--name",
+        "web",
+        "--no-connect",
+        "--runtime",
+        "runc",
+    ];
+    Cubbi::new(&home)
+        .args(create)
+        .run()
+        .failure()
+        .stderr_contains("--unsafe-runc");
+    Cubbi::new(&home)
+        .args(create)
+        .args(["--ssh-bind", "0.0.0.0"])
+        .arg("--unsafe-runc")
+        .run()
+        .failure()
+        .stderr_contains("--ssh-bind 0.0.0.0");
+    assert!(
+        !stub.seen().iter().any(|s| s == "POST /v1/sessions"),
+        "a refused create reached the service: {:?}",
+        stub.seen()
+    );
+    Cubbi::new(&home)
+        .args(create)
+        .arg("--unsafe-runc")
+        .run()
+        .success()
+        .stderr_contains("NOT isolated from the host");
+    assert!(stub.seen().iter().any(|s| s == "POST /v1/sessions"));
     Ok(())
 }
