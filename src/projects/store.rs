@@ -57,7 +57,7 @@ pub struct Project {
 impl Project {
     /// Whether git reaches it over SSH, and so needs a host key.
     pub fn uses_ssh(&self) -> bool {
-        self.url.starts_with("ssh://")
+        is_ssh_clone_url(&self.url)
     }
 }
 
@@ -673,13 +673,16 @@ pub fn clone_url(url: &RepoUrl, credential: Option<&Credential>) -> String {
     }
 }
 
-/// `host` or `[host]:port` of an `ssh://` clone URL; `None` for HTTPS.
+/// Whether git reaches `clone_url` over SSH (`ssh://` or scp-like `user@host:path`).
+pub fn is_ssh_clone_url(clone_url: &str) -> bool {
+    RepoUrl::parse(clone_url).is_ok_and(|url| url.is_ssh_form())
+}
+
+/// `host` or `[host]:port` of an SSH clone URL; `None` for HTTPS.
 pub fn ssh_host_pattern(clone_url: &str) -> Option<String> {
-    if !clone_url.starts_with("ssh://") {
-        return None;
-    }
     RepoUrl::parse(clone_url)
         .ok()
+        .filter(RepoUrl::is_ssh_form)
         .map(|url| url.known_hosts_host())
 }
 
@@ -752,7 +755,9 @@ mod tests {
             .unwrap();
         assert_eq!(added.id, "github.com/Org/Repo");
         assert_eq!(added.name, "repo");
-        assert_eq!(added.url, "ssh://git@github.com/Org/Repo.git");
+        assert_eq!(added.url, "git@github.com:Org/Repo.git", "cloned as given");
+        assert!(added.uses_ssh());
+        assert_eq!(ssh_host_pattern(&added.url).as_deref(), Some("github.com"));
         let text = std::fs::read_to_string(&added.file).unwrap();
         assert!(
             !text.contains("PRIVATE") && !text.contains(&pem[40..80]),
