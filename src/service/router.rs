@@ -399,6 +399,7 @@ pub(super) async fn create<H: SessionHost>(
 ) -> Result<Response, HttpError> {
     let Query(query) = query?;
     let Json(request) = body?;
+    check_offered(&state.shared.host.images().await?, &request.image)?;
     let spec = state.shared.policy.spec(request)?;
     let backend = state.shared.host.sessions_of(&caller);
     let slot = state.quota_slot(&caller).await?;
@@ -482,6 +483,21 @@ pub(super) async fn close<H: SessionHost>(
     let session = sessions.close(&target).await?;
     state.shared.host.changed(&session.id).await;
     Ok(Json(state.publish(session, &headers)))
+}
+
+/// A service boots only images of its catalogue (`GET /v1/images`), built: never another
+/// image of the engine, which a name like an image id prefix (`3f2a9c`) would otherwise reach.
+fn check_offered(offered: &[ImageInfo], image: &str) -> Result<(), ApiError> {
+    match offered.iter().find(|info| info.name == image) {
+        Some(info) if info.built => Ok(()),
+        Some(_) => Err(ApiError::unavailable(format!(
+            "image `{image}` is not built on this service yet; an admin builds it with `cubbi \
+             image build {image}`"
+        ))),
+        None => Err(ApiError::invalid(format!(
+            "this service does not offer image `{image}`; `GET /v1/images` lists those it does"
+        ))),
+    }
 }
 
 /// The full id of the session named exactly `id`, or whose full or 12-character short id is
@@ -673,6 +689,27 @@ mod tests {
             "ssh": {"host": "127.0.0.1", "port": 2300, "user": "agent", "host_key": "k"},
         }))
         .expect("a session")
+    }
+
+    #[test]
+    fn only_built_catalogue_images_boot() {
+        let info = |name: &str, built: bool| ImageInfo {
+            name: name.into(),
+            description: String::new(),
+            tag: format!("cubbi-{name}"),
+            built,
+            tool_version: None,
+            metadata: None,
+        };
+        let offered = [info("base", true), info("codex", false)];
+        assert!(check_offered(&offered, "base").is_ok());
+        let err = check_offered(&offered, "codex").unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+        for other in ["3f2a9c", "debian", "claude-code"] {
+            let err = check_offered(&offered, other).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Invalid, "{err}");
+            assert!(err.to_string().contains("does not offer"), "{err}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub fn tests() -> Vec<Trial> {
         the_binary_logs_json_without_tokens_and_stops_on_sigterm,
         https_with_a_private_ca_for_clients_that_trust_it,
         close_takes_exact_names_and_tokens_keep_admins,
+        images_outside_the_catalogue_never_boot,
     ]
 }
 
@@ -1139,6 +1140,50 @@ fn close_takes_exact_names_and_tokens_keep_admins() -> Result<(), Failed> {
         let closed = backend.close(&name).await?;
         assert_eq!(closed.id, session.id);
         assert!(backend.list().await?.iter().all(|s| s.id != session.id));
+        service.stop().await?;
+        Ok(())
+    })
+}
+
+/// With `images = []` (the default) a service boots its catalogue's images only: an image of
+/// the engine named by its id prefix is refused, and nothing is created.
+fn images_outside_the_catalogue_never_boot() -> Result<(), Failed> {
+    docker_test("serve-catalogue", |scope| async move {
+        scope.ensure_base().await?;
+        let mut service = TestService::start(&scope, |_| {}).await?;
+        assert!(service.config.images.is_empty(), "the default catalogue");
+        let token = service.token(&user(&scope, "eve"), false)?;
+        let id = scope
+            .docker
+            .inspect_image("cubbi-base")
+            .await?
+            .id
+            .ok_or("cubbi-base has no id")?;
+        let prefix = id.trim_start_matches("sha256:")[..12].to_string();
+        let runtime = SessionRuntime::of_this_run().runtime_name();
+        let http = reqwest::Client::new();
+        for image in [prefix.as_str(), "cubbi-base"] {
+            let answer = http
+                .post(format!("{}/v1/sessions", service.url))
+                .bearer_auth(&token)
+                .json(&json!({"image": image, "name": "rogue", "runtime": runtime}))
+                .send()
+                .await?;
+            let status = answer.status().as_u16();
+            let body: Value = answer.json().await?;
+            assert_eq!(status, 400, "{image}: {body}");
+            assert_eq!(body["error"]["code"], "invalid", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("does not offer")),
+                "{body}"
+            );
+        }
+        assert!(
+            service.client(&token)?.list().await?.is_empty(),
+            "a session was made"
+        );
         service.stop().await?;
         Ok(())
     })
