@@ -39,7 +39,7 @@ where
 /// that reorder what is shown are printed escaped (`\u{1b}`), so such text cannot move the
 /// cursor, retitle the window, hide itself or fake a line of cubbi's own output.
 pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
-    escape_where(text, |c| is_unsafe(c))
+    escape_where(text, is_unsafe)
 }
 
 /// [`terminal_safe`] for messages of several lines: line breaks stay, all else is escaped.
