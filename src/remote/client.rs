@@ -508,12 +508,11 @@ impl Backend for RemoteBackend {
 mod tests {
     use super::*;
 
-    #[test]
-    fn local_folders_are_refused_for_remote_sessions() {
-        let spec = SessionSpec {
+    fn spec(runtime: &str) -> SessionSpec {
+        SessionSpec {
             name: None,
             image: "base".into(),
-            workspace: Some("/home/me/code".into()),
+            workspace: None,
             project: None,
             run_init: false,
             env: Default::default(),
@@ -523,10 +522,18 @@ mod tests {
             memory: None,
             cpus: None,
             pids_limit: None,
-            runtime: "sysbox-runc".into(),
+            runtime: runtime.into(),
             unsafe_runc: false,
             ssh_bind: "127.0.0.1".parse().unwrap(),
             authorized_keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn local_folders_are_refused_for_remote_sessions() {
+        let spec = SessionSpec {
+            workspace: Some("/home/me/code".into()),
+            ..spec("sysbox-runc")
         };
         let err = create_request(spec.clone(), "ssh-ed25519 AAAA".into()).unwrap_err();
         assert!(err.to_string().contains("/home/me/code"), "{err}");
@@ -543,24 +550,7 @@ mod tests {
 
     #[test]
     fn runc_needs_the_opt_in_remotely_too() {
-        let spec = SessionSpec {
-            name: None,
-            image: "base".into(),
-            workspace: None,
-            project: None,
-            run_init: false,
-            env: Default::default(),
-            volumes: Vec::new(),
-            networks: Vec::new(),
-            default_network: true,
-            memory: None,
-            cpus: None,
-            pids_limit: None,
-            runtime: "runc".into(),
-            unsafe_runc: false,
-            ssh_bind: "127.0.0.1".parse().unwrap(),
-            authorized_keys: Vec::new(),
-        };
+        let spec = spec("runc");
         let err = create_request(spec.clone(), "k".into()).unwrap_err();
         assert!(err.to_string().contains("--unsafe-runc"), "{err}");
         let request = create_request(

@@ -21,6 +21,19 @@ pub fn tests() -> Vec<Trial> {
 
 const TOKEN: &str = "cubbi-stub-token_1";
 
+/// `session create` of `web` on the stub, without connecting.
+const CREATE: &[&str] = &[
+    "-r",
+    "evil",
+    "session",
+    "create",
+    "--image",
+    "base",
+    "--name",
+    "web",
+    "--no-connect",
+];
+
 /// A home whose remote `evil` is the stub, with a token, and an `~/.ssh/config` that includes
 /// cubbi's files as `cubbi` offers it.
 fn home_for(stub: &StubService) -> Result<TestHome, Failed> {
@@ -148,17 +161,7 @@ fn hostile_session_answers_are_refused_and_write_nothing_without_sysbox() -> Res
         stub.on("DELETE", "/v1/sessions/web", 200, body.clone());
         stub.on("GET", "/v1/sessions", 200, format!("[{body}]"));
         for args in [
-            &[
-                "-r",
-                "evil",
-                "session",
-                "create",
-                "--image",
-                "base",
-                "--name",
-                "web",
-                "--no-connect",
-            ][..],
+            CREATE,
             &["-r", "evil", "session", "close", "web"],
             &["-r", "evil", "session", "show", "web"],
             &["-r", "evil", "session", "list"],
@@ -216,20 +219,7 @@ fn hostile_session_answers_are_refused_and_write_nothing_without_sysbox() -> Res
     let honest = session("web", "127.0.0.1", "agent", &key).to_string();
     stub.on("POST", "/v1/sessions", 201, honest.clone());
     stub.on("DELETE", "/v1/sessions/web", 200, honest);
-    Cubbi::new(&home)
-        .args([
-            "-r",
-            "evil",
-            "session",
-            "create",
-            "--image",
-            "base",
-            "--name",
-            "web",
-            "--no-connect",
-        ])
-        .run()
-        .success();
+    Cubbi::new(&home).args(CREATE).run().success();
     let mut written: Vec<PathBuf> = files_under(&ssh_files);
     written.sort();
     assert_eq!(
@@ -333,26 +323,14 @@ fn remote_runc_needs_the_opt_in_and_warns_without_sysbox() -> Result<(), Failed>
         201,
         session("web", "127.0.0.1", "agent", &key).to_string(),
     );
-    let create = [
-        "-r",
-        "evil",
-        "session",
-        "create",
-        "--image",
-        "base",
-        "--name",
-        "web",
-        "--no-connect",
-        "--runtime",
-        "runc",
-    ];
+    let create = [CREATE, &["--runtime", "runc"]].concat();
     Cubbi::new(&home)
-        .args(create)
+        .args(&create)
         .run()
         .failure()
         .stderr_contains("--unsafe-runc");
     Cubbi::new(&home)
-        .args(create)
+        .args(&create)
         .args(["--ssh-bind", "0.0.0.0"])
         .arg("--unsafe-runc")
         .run()
@@ -364,7 +342,7 @@ fn remote_runc_needs_the_opt_in_and_warns_without_sysbox() -> Result<(), Failed>
         stub.seen()
     );
     Cubbi::new(&home)
-        .args(create)
+        .args(&create)
         .arg("--unsafe-runc")
         .run()
         .success()
