@@ -309,33 +309,22 @@ impl ServiceProjects {
             key,
             known_hosts: config.projects.known_hosts.clone(),
         };
+        // A Decrypt error here means the key is not the one the records were sealed with.
+        let wrong_key = |result: Result<(), ProjectError>| match result {
+            Err(ProjectError::Decrypt { .. }) => Err(ProjectsSetupError::WrongKey {
+                origin: projects.key.origin().to_string(),
+                path: projects.db.path.clone(),
+                key_file: key_file.clone(),
+            }),
+            other => other.map_err(ProjectsSetupError::from),
+        };
         // Records sealed before credentials were bound to their user are resealed, bound,
         // before anything reads them; after this, an unbound sealed record is refused.
         for user in projects.db.users()? {
-            match projects.of_user(&user).bind_credentials() {
-                Err(ProjectError::Decrypt { .. }) => {
-                    return Err(ProjectsSetupError::WrongKey {
-                        origin: projects.key.origin().to_string(),
-                        path: projects.db.path.clone(),
-                        key_file,
-                    });
-                }
-                Err(other) => return Err(other.into()),
-                Ok(_) => {}
-            }
+            wrong_key(projects.of_user(&user).bind_credentials().map(drop))?;
         }
         if let Some((user, id)) = projects.db.a_sealed_record()? {
-            match projects.of_user(&user).get(&id) {
-                Err(ProjectError::Decrypt { .. }) => {
-                    return Err(ProjectsSetupError::WrongKey {
-                        origin: projects.key.origin().to_string(),
-                        path: projects.db.path.clone(),
-                        key_file,
-                    });
-                }
-                Err(other) => return Err(other.into()),
-                Ok(_) => {}
-            }
+            wrong_key(projects.of_user(&user).get(&id).map(drop))?;
         }
         Ok(projects)
     }
