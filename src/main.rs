@@ -22,7 +22,12 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Messages can carry a service's words: no escape sequence reaches the terminal.
+            let message = format!("{err:#}");
+            eprintln!(
+                "error: {}",
+                cubbi::cli::output::terminal_safe_lines(&message)
+            );
             ExitCode::FAILURE
         }
     }

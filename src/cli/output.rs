@@ -34,6 +34,39 @@ where
     text
 }
 
+/// Text from elsewhere (a service's answer, a session's status) made safe for a terminal:
+/// control characters (C0, DEL, C1, so every escape sequence) and the bidirectional controls
+/// that reorder what is shown are printed escaped (`\u{1b}`), so such text cannot move the
+/// cursor, retitle the window, hide itself or fake a line of cubbi's own output.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_where(text, is_unsafe)
+}
+
+/// [`terminal_safe`] for messages of several lines: line breaks stay, all else is escaped.
+pub fn terminal_safe_lines(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_where(text, |c| c != '\n' && is_unsafe(c))
+}
+
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn escape_where(text: &str, escape: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(&escape) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut safe = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escape(c) {
+            safe.extend(c.escape_unicode());
+        } else {
+            safe.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(safe)
+}
+
 /// Pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -44,6 +77,18 @@ pub fn print_json<T: Serialize>(value: &T) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_text_cannot_steer_the_terminal() {
+        assert_eq!(terminal_safe("alice"), "alice");
+        let hostile = "al\u{1b}]0;owned\u{7}ice\u{1b}[2J\rok\nfake: line\u{9b}31m\u{202e}x";
+        let safe = terminal_safe(hostile);
+        assert!(!safe.chars().any(|c| c.is_control()), "{safe}");
+        assert!(!safe.contains('\u{202e}'), "{safe}");
+        assert!(safe.contains("\\u{1b}]0;owned"), "{safe}");
+        let lines = terminal_safe_lines("first\nsecond\u{1b}[31m");
+        assert_eq!(lines, "first\nsecond\\u{1b}[31m");
+    }
 
     #[test]
     fn plain_tables_align_columns() {

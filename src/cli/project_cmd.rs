@@ -477,7 +477,7 @@ async fn show(
             out += &format!("token:       {token}\n");
         }
     }
-    if summary.url.starts_with("ssh://") {
+    if crate::projects::store::is_ssh_clone_url(&summary.url) {
         for (i, key) in summary.host_keys.iter().enumerate() {
             out += &format!(
                 "{}{} {} {} ({})\n",

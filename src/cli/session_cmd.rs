@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use futures_util::StreamExt;
 
-use super::output::{print_json, table};
+use super::output::{print_json, table, terminal_safe as safe, terminal_safe_lines};
 use super::{CliError, Context};
 use crate::api::{
     ApiError, Backend, CreateStep, ExecEvent, LogOptions, Progress, Resources, Session,
@@ -132,8 +132,8 @@ pub struct CreateArgs {
     /// Do not connect once the session is ready.
     #[arg(long)]
     pub no_connect: bool,
-    /// Address the SSH port is published on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    /// Address the SSH port is published on (default 127.0.0.1; a service decides its own).
+    #[arg(long, value_name = "ADDR")]
     pub ssh_bind: Option<IpAddr>,
 }
 
@@ -296,7 +296,7 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
                 match backend.close(&id).await {
                     Ok(session) => eprintln!("closed {} ({})", session.name, short(&session.id)),
                     Err(err) => {
-                        eprintln!("error: {err}");
+                        eprintln!("error: {}", terminal_safe_lines(&err.to_string()));
                         failed = true;
                     }
                 }
@@ -321,6 +321,12 @@ fn names_a_repository(target: &str) -> bool {
 
 /// Turns flags and config into a spec: `-e` over the config's services over image defaults.
 fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<SessionSpec, CliError> {
+    if remote && let Some(bind) = args.ssh_bind {
+        return Err(CliError::Refused(format!(
+            "--ssh-bind {bind}: a service publishes session ports on the address its config \
+             names (ssh.bind), not one the client picks"
+        )));
+    }
     let mut workspace = None;
     let mut project = args.project.clone();
     match args.target.as_deref() {
@@ -476,7 +482,7 @@ pub async fn create_session(
     } else {
         eprintln!(
             "session {} ready in {:.1}s: ssh {} (port {})",
-            session.name,
+            safe(&session.name),
             started.elapsed().as_secs_f64(),
             SshFiles::host_alias(&session.name),
             session.ssh.port
@@ -627,14 +633,15 @@ fn print_sessions(
         config.ui.table_format,
         &["ID", "NAME", "IMAGE", "STATE", "SSH", "AGE", "WORKSPACE"],
         sessions.iter().map(|s| {
+            // Every cell may come from a service: printed without control characters.
             vec![
-                short(&s.id).to_string(),
-                s.name.clone(),
-                s.image.clone(),
+                safe(short(&s.id)).into_owned(),
+                safe(&s.name).into_owned(),
+                safe(&s.image).into_owned(),
                 s.state.to_string(),
-                format!("{}:{}", s.ssh.host, s.ssh.port),
+                safe(&format!("{}:{}", s.ssh.host, s.ssh.port)).into_owned(),
                 age(s.created),
-                s.workspace.clone().unwrap_or_default(),
+                safe(s.workspace.as_deref().unwrap_or_default()).into_owned(),
             ]
         }),
     );
@@ -666,44 +673,52 @@ fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), Cl
         })?;
         return Ok(());
     }
+    // Every value may come from a service: printed without control characters, so none can
+    // add a line of its own or steer the terminal.
     let mut out = String::new();
-    out += &format!("id:         {}\n", session.id);
-    out += &format!("name:       {}\n", session.name);
-    out += &format!("image:      {}\n", session.image);
+    out += &format!("id:         {}\n", safe(&session.id));
+    out += &format!("name:       {}\n", safe(&session.name));
+    out += &format!("image:      {}\n", safe(&session.image));
     out += &format!("state:      {}\n", session.state);
     out += &format!(
         "init:       {}\n",
-        session.init_status.as_deref().unwrap_or("unknown")
+        safe(session.init_status.as_deref().unwrap_or("unknown"))
     );
     out += &format!(
         "project:    {}\n",
-        session.project_status.as_deref().unwrap_or("unknown")
+        safe(session.project_status.as_deref().unwrap_or("unknown"))
     );
-    out += &format!("owner:      {}\n", session.owner);
+    out += &format!("owner:      {}\n", safe(&session.owner));
     out += &format!("created:    {} ago\n", age(session.created));
     out += &format!(
         "workspace:  {}\n",
-        session.workspace.as_deref().unwrap_or("-")
+        safe(session.workspace.as_deref().unwrap_or("-"))
     );
-    out += &format!("command:    {}\n", session.command.join(" "));
+    out += &format!("command:    {}\n", safe(&session.command.join(" ")));
     if let Some(resources) = &session.resources {
         out += &format!("limits:     {}\n", describe_resources(resources));
     }
     if !session.networks.is_empty() {
-        out += &format!("networks:   {}\n", session.networks.join(", "));
+        out += &format!("networks:   {}\n", safe(&session.networks.join(", ")));
     }
     out += &format!(
-        "ssh:        {}@{}:{}\n",
-        session.ssh.user, session.ssh.host, session.ssh.port
+        "ssh:        {}\n",
+        safe(&format!(
+            "{}@{}:{}",
+            session.ssh.user, session.ssh.host, session.ssh.port
+        ))
     );
-    out += &format!("host key:   {}\n", session.ssh.host_key);
-    out += &format!("connect:    cubbi session connect {}\n", session.name);
+    out += &format!("host key:   {}\n", safe(&session.ssh.host_key));
+    out += &format!(
+        "connect:    cubbi session connect {}\n",
+        safe(&session.name)
+    );
     out += &format!(
         "            ssh -F {} {}\n",
         files.session_config(&session.name).display(),
-        SshFiles::host_alias(&session.name)
+        safe(&SshFiles::host_alias(&session.name))
     );
-    out += &format!("            {ssh_command}\n");
+    out += &format!("            {}\n", safe(&ssh_command));
     std::io::stdout().write_all(out.as_bytes())?;
     Ok(())
 }

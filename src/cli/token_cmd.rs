@@ -32,9 +32,13 @@ enum TokenCommand {
         /// User name: a lowercase letter, then up to 31 lowercase letters, digits, `_` or `-`.
         #[arg(long, value_name = "NAME")]
         user: String,
-        /// Make the user an administrator (without it, the user is not one).
-        #[arg(long)]
+        /// Make the user an administrator. Without `--admin` or `--no-admin`, an existing
+        /// user stays what they are and a new user is not an administrator.
+        #[arg(long, conflicts_with = "no_admin")]
         admin: bool,
+        /// Make the user no administrator (demote an existing one).
+        #[arg(long)]
+        no_admin: bool,
     },
     /// List all tokens, revoked ones included.
     List,
@@ -49,8 +53,17 @@ pub async fn run(args: TokenArgs, context: &Context) -> Result<ExitCode, CliErro
     // The store's calls block, briefly; nothing else runs on this runtime meanwhile.
     let store = SqliteStore::open(&args.state_dir)?;
     match args.command {
-        TokenCommand::Create { user, admin } => {
-            let (record, token) = store.issue_token(&user, admin)?;
+        TokenCommand::Create {
+            user,
+            admin,
+            no_admin,
+        } => {
+            let flag = match (admin, no_admin) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            let (record, token) = store.issue_token(&user, flag)?;
             // stdout carries the token alone so that `TOKEN=$(cubbi serve token create ...)`
             // works; everything for the reader goes to stderr.
             let mut stdout = std::io::stdout().lock();

@@ -84,6 +84,40 @@ pub fn sanitize_hostname(raw: &str) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
+/// A session name as the naming rules above make them: what [`sanitize_hostname`] leaves
+/// unchanged (lowercase letters, digits and single inner `-`, at most 63 characters). A name
+/// from elsewhere (a service's answer) becomes one only through [`SessionName::parse`], so it
+/// can be used in a file name or an OpenSSH `Host` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a session name (lowercase letters, digits and single inner `-`, at most 63 \
+     characters)"
+)]
+pub struct NotASessionName(pub String);
+
+impl SessionName {
+    pub fn parse(raw: &str) -> Result<Self, NotASessionName> {
+        if sanitize_hostname(raw).as_deref() == Some(raw) {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(NotASessionName(raw.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SessionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The owner's data volume: the owner made readable plus a hash of the exact owner, so
 /// `john.doe` and `john_doe` (or `Alice` and `alice`) never share one.
 pub fn data_volume_name(owner: &str) -> String {
@@ -185,6 +219,29 @@ mod tests {
         assert_eq!(names.len(), 6, "{names:?}");
         assert!(owner_network_name("serve:alice").starts_with("cubbi-servealice-"));
         assert!(owner_network_name(&"x".repeat(200)).len() < 64);
+    }
+
+    #[test]
+    fn session_names_are_what_the_naming_rules_make() {
+        for good in ["web", "web2", "a-b-c", "x", &"a".repeat(63)] {
+            assert_eq!(SessionName::parse(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            "../../.config/x/cubbi",
+            "a/b",
+            "Web",
+            "-a",
+            "a-",
+            "a--b",
+            "a.b",
+            "a b",
+            "a\nHost *",
+            &"a".repeat(64),
+        ] {
+            let err = SessionName::parse(bad).unwrap_err();
+            assert!(err.to_string().contains("not a session name"), "{err}");
+        }
     }
 
     #[test]

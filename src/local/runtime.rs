@@ -17,12 +17,7 @@ pub fn check_runtime(
     unsafe_runc: bool,
     available: &[String],
 ) -> Result<(), ApiError> {
-    if is_plain_runc(runtime) && !unsafe_runc {
-        return Err(ApiError::invalid(format!(
-            "runtime `{runtime}` gives no isolation from the host; sessions use sysbox-runc. To run \
-             without Sysbox anyway, add --unsafe-runc (or set defaults.allow_unsafe_runc = true)"
-        )));
-    }
+    check_opt_in(runtime, unsafe_runc)?;
     if !available.iter().any(|name| name == runtime) {
         let remedy = if runtime == SYSBOX {
             "install Sysbox with `cubbi setup`, or run without isolation with --runtime runc --unsafe-runc"
@@ -32,6 +27,18 @@ pub fn check_runtime(
         return Err(ApiError::Unavailable(format!(
             "the Docker endpoint has no `{runtime}` runtime (it has: {}); {remedy}",
             available.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses plain runc unless the user opted in (`--unsafe-runc`), locally and before a request
+/// to a service alike.
+pub fn check_opt_in(runtime: &str, unsafe_runc: bool) -> Result<(), ApiError> {
+    if is_plain_runc(runtime) && !unsafe_runc {
+        return Err(ApiError::invalid(format!(
+            "runtime `{runtime}` gives no isolation from the host; sessions use sysbox-runc. To run \
+             without Sysbox anyway, add --unsafe-runc (or set defaults.allow_unsafe_runc = true)"
         )));
     }
     Ok(())

@@ -43,6 +43,11 @@ pub trait ProjectRecords: Send + Sync {
     fn replace(&self, id: &str, name: &str, text: &str) -> Result<(), ProjectError>;
     /// Removes the record of `id`; false when there was none.
     fn delete(&self, id: &str) -> Result<bool, ProjectError>;
+    /// The user these records belong to, where several users share one store (the
+    /// service): sealed credentials are bound to it. `None` for a store of one user.
+    fn owner(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Records as files `<first 16 hex digits of sha256(id)>.toml` (0600) in a private folder

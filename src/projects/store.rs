@@ -34,6 +34,9 @@ use super::{Credential, ProjectCheckout, ProjectError, ProjectSource};
 use crate::api::ApiError;
 
 const FORMAT_VERSION: u32 = 1;
+/// The format of a record whose sealed credential is bound to its owner as well (the
+/// service's records, [`ProjectRecords::owner`]).
+const BOUND_VERSION: u32 = 2;
 
 /// A registered project, its secret decrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +60,7 @@ pub struct Project {
 impl Project {
     /// Whether git reaches it over SSH, and so needs a host key.
     pub fn uses_ssh(&self) -> bool {
-        self.url.starts_with("ssh://")
+        is_ssh_clone_url(&self.url)
     }
 }
 
@@ -534,12 +537,18 @@ impl ProjectStore {
             Some(secret) => Some(
                 self.key(true)?
                     .ok_or_else(|| self.no_key(&project.file))?
-                    .seal(&associated_id(&project.id, kind), secret.as_bytes())?,
+                    .seal(
+                        &associated_data(&project.id, kind, self.records.owner()),
+                        secret.as_bytes(),
+                    )?,
             ),
             None => None,
         };
         let file = ProjectFile {
-            version: FORMAT_VERSION,
+            version: match self.records.owner() {
+                Some(_) => BOUND_VERSION,
+                None => FORMAT_VERSION,
+            },
             id: project.id.clone(),
             name: project.name.clone(),
             url: project.url.clone(),
@@ -566,6 +575,34 @@ impl ProjectStore {
     /// Decodes and checks one record, decrypting its credential. Any inconsistency is an
     /// error naming where the record is: never a silently different project.
     fn decode(&self, record: Record) -> Result<Project, ProjectError> {
+        self.decode_with(record, false).map(|(project, _)| project)
+    }
+
+    /// Reseals, bound to the owner, every record of a shared store sealed before credentials
+    /// were bound to their user; the number resealed. The service runs it at start.
+    pub fn bind_credentials(&self) -> Result<usize, ProjectError> {
+        if self.records.owner().is_none() {
+            return Ok(0);
+        }
+        let mut resealed = 0;
+        for record in self.records.list()? {
+            // Only unbound sealed records are opened here; the rest is checked when read.
+            let unbound = toml::from_str::<ProjectFile>(&record.text).is_ok_and(|stored| {
+                stored.version == FORMAT_VERSION && stored.credential.sealed.is_some()
+            });
+            if unbound {
+                let (project, _) = self.decode_with(record, true)?;
+                let text = self.encode(&project)?;
+                self.records.replace(&project.id, &project.name, &text)?;
+                resealed += 1;
+            }
+        }
+        Ok(resealed)
+    }
+
+    /// [`Self::decode`], and the record's format version. `unbound`: a shared store's record
+    /// sealed without its owner is read (only to reseal it).
+    fn decode_with(&self, record: Record, unbound: bool) -> Result<(Project, u32), ProjectError> {
         let Record { location, text } = record;
         let path = location.as_path();
         let corrupt = |reason: String| ProjectError::Corrupt {
@@ -574,12 +611,24 @@ impl ProjectStore {
         };
         let stored: ProjectFile = toml::from_str(&text)
             .map_err(|err| corrupt(format!("{} (was it cut short or edited?)", err.message())))?;
-        if stored.version != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "format version {} is not {FORMAT_VERSION}; was it written by another cubbi?",
-                stored.version
-            )));
-        }
+        let owner = self.records.owner();
+        let bound = match (stored.version, owner) {
+            (FORMAT_VERSION, None) => None,
+            (FORMAT_VERSION, Some(_)) if unbound || stored.credential.sealed.is_none() => None,
+            (FORMAT_VERSION, Some(user)) => {
+                return Err(corrupt(format!(
+                    "its credential is not bound to user {user} (a record of an older cubbi the \
+                     service did not reseal at start, or one copied from another user)"
+                )));
+            }
+            (BOUND_VERSION, Some(user)) => Some(user),
+            (version, _) => {
+                return Err(corrupt(format!(
+                    "format version {version} is not one this store reads; was it written by \
+                     another cubbi?"
+                )));
+            }
+        };
         let parsed = RepoUrl::parse(&stored.id).map_err(|err| corrupt(err.to_string()))?;
         if parsed.id() != stored.id || self.records.location(&stored.id) != path {
             return Err(corrupt(format!(
@@ -619,7 +668,7 @@ impl ProjectStore {
             (_, Some(sealed)) => {
                 let key = self.key(false)?.ok_or_else(|| self.no_key(path))?;
                 let secret = key
-                    .open(&associated_id(&stored.id, kind), sealed)
+                    .open(&associated_data(&stored.id, kind, bound), sealed)
                     .and_then(|bytes| String::from_utf8(bytes).ok())
                     .ok_or_else(|| ProjectError::Decrypt {
                         path: path.to_path_buf(),
@@ -642,16 +691,20 @@ impl ProjectStore {
         if let Some(user) = &stored.token_user {
             credential::validate_token_user(user).map_err(|err| corrupt(err.to_string()))?;
         }
-        Ok(Project {
-            id: stored.id,
-            name: stored.name,
-            url: stored.url,
-            branch: stored.branch,
-            credential,
-            host_keys,
-            created: stored.created,
-            file: path.to_path_buf(),
-        })
+        let version = stored.version;
+        Ok((
+            Project {
+                id: stored.id,
+                name: stored.name,
+                url: stored.url,
+                branch: stored.branch,
+                credential,
+                host_keys,
+                created: stored.created,
+                file: path.to_path_buf(),
+            },
+            version,
+        ))
     }
 }
 
@@ -673,19 +726,27 @@ pub fn clone_url(url: &RepoUrl, credential: Option<&Credential>) -> String {
     }
 }
 
-/// `host` or `[host]:port` of an `ssh://` clone URL; `None` for HTTPS.
+/// Whether git reaches `clone_url` over SSH (`ssh://` or scp-like `user@host:path`).
+pub fn is_ssh_clone_url(clone_url: &str) -> bool {
+    RepoUrl::parse(clone_url).is_ok_and(|url| url.is_ssh_form())
+}
+
+/// `host` or `[host]:port` of an SSH clone URL; `None` for HTTPS.
 pub fn ssh_host_pattern(clone_url: &str) -> Option<String> {
-    if !clone_url.starts_with("ssh://") {
-        return None;
-    }
     RepoUrl::parse(clone_url)
         .ok()
+        .filter(RepoUrl::is_ssh_form)
         .map(|url| url.known_hosts_host())
 }
 
-/// The associated data binds the id and the kind of credential.
-fn associated_id(id: &str, kind: CredentialKind) -> String {
-    format!("{id}\0{}", kind.name())
+/// The associated data binds the id and the kind of credential, and in a shared store the
+/// user the record belongs to: a sealed credential copied to another user's record, or to
+/// another project, does not open.
+fn associated_data(id: &str, kind: CredentialKind, owner: Option<&str>) -> String {
+    match owner {
+        None => format!("{id}\0{}", kind.name()),
+        Some(user) => format!("{id}\0{}\0user={user}", kind.name()),
+    }
 }
 
 fn dedup(keys: Vec<HostKey>) -> Vec<HostKey> {
@@ -752,7 +813,9 @@ mod tests {
             .unwrap();
         assert_eq!(added.id, "github.com/Org/Repo");
         assert_eq!(added.name, "repo");
-        assert_eq!(added.url, "ssh://git@github.com/Org/Repo.git");
+        assert_eq!(added.url, "git@github.com:Org/Repo.git", "cloned as given");
+        assert!(added.uses_ssh());
+        assert_eq!(ssh_host_pattern(&added.url).as_deref(), Some("github.com"));
         let text = std::fs::read_to_string(&added.file).unwrap();
         assert!(
             !text.contains("PRIVATE") && !text.contains(&pem[40..80]),

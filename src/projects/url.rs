@@ -29,6 +29,8 @@ pub struct RepoUrl {
     /// The SSH user given in the URL (`git` when none was).
     pub user: Option<String>,
     pub form: UrlForm,
+    /// Whether the path was written with `.git` (an scp-like URL is cloned as written).
+    pub git_suffix: bool,
 }
 
 /// The SSH user when a URL names none; every big forge uses it.
@@ -92,6 +94,7 @@ impl RepoUrl {
             if let Some((user, host)) = authority.split_once('@') {
                 validate_user(input, user)?;
                 let host = validate_host(input, host)?;
+                let git_suffix = path.trim_end_matches('/').ends_with(".git");
                 let path = validate_path(input, path)?;
                 return Ok(Self {
                     host,
@@ -99,6 +102,7 @@ impl RepoUrl {
                     path,
                     user: Some(user.to_string()),
                     form: UrlForm::Scp,
+                    git_suffix,
                 });
             }
             // `host:PORT/org/repo`: the id of a project on a non-default port.
@@ -163,6 +167,7 @@ impl RepoUrl {
         Ok(Self {
             host,
             port: port.filter(|port| *port != default_port),
+            git_suffix: path.trim_end_matches('/').ends_with(".git"),
             path: validate_path(input, path)?,
             user,
             form,
@@ -186,10 +191,21 @@ impl RepoUrl {
         matches!(self.form, UrlForm::Scp | UrlForm::Ssh)
     }
 
-    /// `ssh://USER@host[:port]/org/repo.git`.
+    /// The SSH URL git clones. An scp-like URL stays one, as written (`USER@host:org/repo`,
+    /// `.git` only when it was given): its path is relative to the git user's home, which a
+    /// plain git-over-SSH server (sshd + git-shell) needs, and `ssh://host/org/repo` would
+    /// name `/org/repo`. Every other form: `ssh://USER@host[:port]/org/repo.git`.
     pub fn ssh_url(&self) -> String {
         let user = self.user.as_deref().unwrap_or(DEFAULT_SSH_USER);
-        format!("ssh://{user}@{}/{}.git", self.host_port(), self.path)
+        match self.form {
+            UrlForm::Scp => format!(
+                "{user}@{}:{}{}",
+                self.host,
+                self.path,
+                if self.git_suffix { ".git" } else { "" }
+            ),
+            _ => format!("ssh://{user}@{}/{}.git", self.host_port(), self.path),
+        }
     }
 
     /// `https://host[:port]/org/repo.git`.
@@ -468,9 +484,33 @@ mod tests {
         );
         assert_eq!(url.known_hosts_host(), "[git.example.com]:2222");
         let url = RepoUrl::parse("git@github.com:org/repo").unwrap();
-        assert_eq!(url.ssh_url(), "ssh://git@github.com/org/repo.git");
+        assert_eq!(url.ssh_url(), "git@github.com:org/repo");
         assert_eq!(url.https_url(), "https://github.com/org/repo.git");
         assert_eq!(url.known_hosts_host(), "github.com");
+    }
+
+    /// `git@host:org/repo` names `~git/org/repo`; `ssh://git@host/org/repo` names `/org/repo`.
+    #[test]
+    fn scp_like_urls_are_cloned_as_written() {
+        for (given, clone) in [
+            (
+                "git@git.example.com:org/repo.git",
+                "git@git.example.com:org/repo.git",
+            ),
+            (
+                "git@git.example.com:org/repo",
+                "git@git.example.com:org/repo",
+            ),
+            (
+                "deploy@git.lan.example:srv/repo.git/",
+                "deploy@git.lan.example:srv/repo.git",
+            ),
+        ] {
+            let url = RepoUrl::parse(given).unwrap();
+            assert_eq!(url.ssh_url(), clone, "{given}");
+            let again = RepoUrl::parse(&url.ssh_url()).unwrap();
+            assert_eq!((again.id(), again.form), (url.id(), UrlForm::Scp));
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ use super::{project_routes, router};
         crate::projects::wire::UpdateProjectRequest,
         crate::projects::wire::CredentialInput,
     )),
-    modifiers(&BearerToken)
+    modifiers(&BearerToken, &CommonAnswers)
 )]
 struct ApiDoc;
 
@@ -64,6 +64,65 @@ impl Modify for BearerToken {
             "token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The answers every route of a kind can give, whatever its handler says: 504 from the
+/// request time limit on every route but the streams (`server.request_timeout`), and 503 on
+/// every route that reaches Docker or the project store when they are down.
+struct CommonAnswers;
+
+/// Routes under the request time limit (see `router::router`).
+const TIMED: &[&str] = &[
+    "/v1/sessions",
+    "/v1/sessions/{id}",
+    "/v1/sessions/{id}/connect",
+    "/v1/images",
+    "/v1/images/{name}",
+    "/v1/openapi.json",
+    "/v1/projects",
+    "/v1/projects/{reference}",
+];
+
+/// Routes that answer without Docker or a store.
+const ALWAYS_UP: &[&str] = &["/healthz", "/v1/openapi.json"];
+
+impl Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let answer = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                if TIMED.contains(&path.as_str()) {
+                    responses.entry("504".into()).or_insert_with(|| {
+                        answer("The request took longer than server.request_timeout").into()
+                    });
+                }
+                if !ALWAYS_UP.contains(&path.as_str()) {
+                    responses.entry("503".into()).or_insert_with(|| {
+                        answer("The Docker endpoint or the service's store is unavailable").into()
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -100,5 +159,37 @@ mod tests {
             document["components"]["securitySchemes"]["token"]["scheme"],
             "bearer"
         );
+    }
+
+    /// Every timed route documents the time limit's 504, every route that reaches Docker or
+    /// the store its 503, each with the error body.
+    #[test]
+    fn timeouts_and_outages_are_documented() {
+        let document = serde_json::to_value(super::document()).unwrap();
+        let paths = document["paths"].as_object().unwrap();
+        let mut checked = 0;
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = &operation["responses"];
+                let has = |code: &str| {
+                    responses[code]["content"]["application/json"]["schema"]["$ref"]
+                        == "#/components/schemas/ErrorBody"
+                };
+                if super::TIMED.contains(&path.as_str()) {
+                    assert!(has("504"), "{method} {path} lacks 504");
+                } else {
+                    assert!(
+                        responses.get("504").is_none(),
+                        "{method} {path} is not timed"
+                    );
+                }
+                if !super::ALWAYS_UP.contains(&path.as_str()) {
+                    assert!(has("503"), "{method} {path} lacks 503");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "{checked} operations");
+        assert!(paths["/v1/sessions/{id}/exec"]["post"]["responses"]["503"].is_object());
     }
 }

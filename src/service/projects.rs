@@ -72,6 +72,19 @@ impl ProjectDb {
         }
     }
 
+    /// Every user with a project.
+    fn users(&self) -> Result<Vec<String>, ProjectError> {
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare("SELECT DISTINCT user FROM projects ORDER BY user")
+            .map_err(|err| self.error(err))?;
+        let users: Result<Vec<String>, _> = statement
+            .query_map([], |row| row.get(0))
+            .map_err(|err| self.error(err))?
+            .collect();
+        users.map_err(|err| self.error(err))
+    }
+
     /// Some `(user, id)` whose record holds a sealed credential, to check the key against.
     fn a_sealed_record(&self) -> Result<Option<(String, String)>, ProjectError> {
         self.connection()
@@ -111,6 +124,10 @@ impl UserProjects {
 }
 
 impl ProjectRecords for UserProjects {
+    fn owner(&self) -> Option<&str> {
+        Some(&self.user)
+    }
+
     fn location(&self, id: &str) -> PathBuf {
         // Not a file: where the row is, for messages about it.
         PathBuf::from(format!(
@@ -292,18 +309,22 @@ impl ServiceProjects {
             key,
             known_hosts: config.projects.known_hosts.clone(),
         };
+        // A Decrypt error here means the key is not the one the records were sealed with.
+        let wrong_key = |result: Result<(), ProjectError>| match result {
+            Err(ProjectError::Decrypt { .. }) => Err(ProjectsSetupError::WrongKey {
+                origin: projects.key.origin().to_string(),
+                path: projects.db.path.clone(),
+                key_file: key_file.clone(),
+            }),
+            other => other.map_err(ProjectsSetupError::from),
+        };
+        // Records sealed before credentials were bound to their user are resealed, bound,
+        // before anything reads them; after this, an unbound sealed record is refused.
+        for user in projects.db.users()? {
+            wrong_key(projects.of_user(&user).bind_credentials().map(drop))?;
+        }
         if let Some((user, id)) = projects.db.a_sealed_record()? {
-            match projects.of_user(&user).get(&id) {
-                Err(ProjectError::Decrypt { .. }) => {
-                    return Err(ProjectsSetupError::WrongKey {
-                        origin: projects.key.origin().to_string(),
-                        path: projects.db.path.clone(),
-                        key_file,
-                    });
-                }
-                Err(other) => return Err(other.into()),
-                Ok(_) => {}
-            }
+            wrong_key(projects.of_user(&user).get(&id).map(drop))?;
         }
         Ok(projects)
     }
@@ -398,6 +419,82 @@ mod tests {
         );
         let db = ProjectDb::open(dir.path()).unwrap();
         assert_eq!(Arc::new(db).of_user("alice").list().unwrap().len(), 1);
+    }
+
+    fn token_project(token: &str) -> NewProject {
+        NewProject {
+            url: RepoUrl::parse("github.com/o/r").unwrap(),
+            name: None,
+            branch: None,
+            credential: Some(Credential::Token {
+                username: "x-access-token".into(),
+                token: token.into(),
+            }),
+            host_keys: Vec::new(),
+        }
+    }
+
+    /// A sealed credential is bound to its user: copied into another user's row it does not
+    /// open, and a record sealed before the binding is resealed, bound, at start.
+    #[test]
+    fn credentials_are_bound_to_their_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServiceConfig {
+            state_dir: dir.path().to_path_buf(),
+            ..ServiceConfig::default()
+        };
+        config.projects.storage.key = Some(super::super::config::SecretText("11".repeat(32)));
+        let projects = ServiceProjects::open(&config).unwrap();
+        projects
+            .of_user("alice")
+            .add(token_project("alice-secret"))
+            .unwrap();
+        let alice_row = projects
+            .db
+            .of_user("alice")
+            .get("github.com/o/r")
+            .unwrap()
+            .unwrap();
+        assert!(alice_row.text.contains("version = 2"), "{}", alice_row.text);
+        // Mallory copies alice's row into her own (write access to the database).
+        let mallory = projects.db.of_user("mallory");
+        mallory
+            .insert("github.com/o/r", "r", &alice_row.text)
+            .unwrap();
+        let err = projects.of_user("mallory").get("r").unwrap_err();
+        assert!(matches!(err, ProjectError::Decrypt { .. }), "{err}");
+        assert!(projects.of_user("alice").get("r").unwrap().is_some());
+
+        // A record as an older cubbi sealed it: no user in the associated data.
+        let key = ProjectKey::from_text(&"11".repeat(32), "test").unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let old = ProjectStore::new(files.path().join("p"), files.path().join("k")).with_key(key);
+        old.add(token_project("bob-secret")).unwrap();
+        let legacy = std::fs::read_to_string(old.get("r").unwrap().unwrap().file).unwrap();
+        assert!(legacy.contains("version = 1"), "{legacy}");
+        projects
+            .db
+            .of_user("bob")
+            .insert("github.com/o/r", "r", &legacy)
+            .unwrap();
+        let err = projects.of_user("bob").get("r").unwrap_err().to_string();
+        assert!(err.contains("not bound to user bob"), "{err}");
+        drop(projects);
+
+        // The start reseals what it can open, bound; bob reads his.
+        let projects = ServiceProjects::open(&config).unwrap();
+        let bob = projects.of_user("bob").get("r").unwrap().unwrap();
+        assert!(matches!(
+            bob.credential,
+            Some(Credential::Token { ref token, .. }) if token == "bob-secret"
+        ));
+        let row = projects
+            .db
+            .of_user("bob")
+            .get("github.com/o/r")
+            .unwrap()
+            .unwrap();
+        assert!(row.text.contains("version = 2"), "{}", row.text);
     }
 
     #[test]

@@ -446,6 +446,7 @@ pub(super) async fn create<H: SessionHost>(
 ) -> Result<Response, HttpError> {
     let Query(query) = query?;
     let Json(request) = body?;
+    check_offered(&state.shared.host.images().await?, &request.image)?;
     let spec = state.shared.policy.spec(request)?;
     let backend = state.shared.host.sessions_of(&caller);
     let slot = state.quota_slot(&caller).await?;
@@ -502,7 +503,7 @@ pub(super) async fn show<H: SessionHost>(
 }
 
 #[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
-    params(("id" = String, Path, description = "Session id, unique id prefix, or name")),
+    params(("id" = String, Path, description = "The session's exact name, its full id or its 12-character short id; never a prefix")),
     security(("token" = [])),
     responses((status = 200, description = "Closed; its data volume stays", body = Session),
         (status = 400, description = "Bad id", body = crate::api::wire::ErrorBody),
@@ -516,9 +517,44 @@ pub(super) async fn close<H: SessionHost>(
 ) -> Result<Json<Session>, HttpError> {
     let Path(id) = id?;
     check_id(&id)?;
-    let session = state.shared.host.sessions_of(&caller).close(&id).await?;
+    let sessions = state.shared.host.sessions_of(&caller);
+    // Destructive: the exact session or none (`DELETE /v1/sessions/w` must not close `web2`).
+    let listed = sessions.list().await?;
+    let target = exact_session(&listed, &id).ok_or_else(|| ApiError::Service {
+        code: ErrorCode::NotFound,
+        message: format!(
+            "no session is named `{id}` or has that id; closing takes a session's exact name or \
+             id, never a prefix (`cubbi session list` shows them)"
+        ),
+    })?;
+    let session = sessions.close(&target).await?;
     state.shared.host.changed(&session.id).await;
     Ok(Json(state.publish(session, &headers)))
+}
+
+/// A service boots only images of its catalogue (`GET /v1/images`), built: never another
+/// image of the engine, which a name like an image id prefix (`3f2a9c`) would otherwise reach.
+fn check_offered(offered: &[ImageInfo], image: &str) -> Result<(), ApiError> {
+    match offered.iter().find(|info| info.name == image) {
+        Some(info) if info.built => Ok(()),
+        Some(_) => Err(ApiError::unavailable(format!(
+            "image `{image}` is not built on this service yet; an admin builds it with `cubbi \
+             image build {image}`"
+        ))),
+        None => Err(ApiError::invalid(format!(
+            "this service does not offer image `{image}`; `GET /v1/images` lists those it does"
+        ))),
+    }
+}
+
+/// The full id of the session named exactly `id`, or whose full or 12-character short id is
+/// exactly `id`.
+fn exact_session(sessions: &[Session], id: &str) -> Option<String> {
+    let short = |full: &str| full.get(..12).unwrap_or(full).to_string();
+    sessions
+        .iter()
+        .find(|s| s.name == id || s.id == id || short(&s.id) == id)
+        .map(|s| s.id.clone())
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{id}/connect", tag = "sessions",
@@ -695,4 +731,55 @@ pub(super) async fn image<H: SessionHost>(
                 "no image of that name here; GET /v1/images lists them",
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str, name: &str) -> Session {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "image": "base", "owner": "bob", "state": "ready",
+            "created": 0, "workspace": null, "command": [],
+            "ssh": {"host": "127.0.0.1", "port": 2300, "user": "agent", "host_key": "k"},
+        }))
+        .expect("a session")
+    }
+
+    #[test]
+    fn only_built_catalogue_images_boot() {
+        let info = |name: &str, built: bool| ImageInfo {
+            name: name.into(),
+            description: String::new(),
+            tag: format!("cubbi-{name}"),
+            built,
+            tool_version: None,
+            metadata: None,
+        };
+        let offered = [info("base", true), info("codex", false)];
+        assert!(check_offered(&offered, "base").is_ok());
+        let err = check_offered(&offered, "codex").unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+        for other in ["3f2a9c", "debian", "claude-code"] {
+            let err = check_offered(&offered, other).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Invalid, "{err}");
+            assert!(err.to_string().contains("does not offer"), "{err}");
+        }
+    }
+
+    #[test]
+    fn destructive_routes_take_exact_names_and_ids_only() {
+        let full = "3f2a9c0d1e2b4a5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
+        let sessions = [session(full, "web2"), session(&"b".repeat(64), "api")];
+        for exact in ["web2", full, &full[..12]] {
+            assert_eq!(
+                exact_session(&sessions, exact).as_deref(),
+                Some(full),
+                "{exact}"
+            );
+        }
+        for prefix in ["w", "web", "3f2a", &full[..11], &full[..13], "web2x"] {
+            assert_eq!(exact_session(&sessions, prefix), None, "{prefix}");
+        }
+    }
 }

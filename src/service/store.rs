@@ -125,8 +125,14 @@ pub enum StoreError {
 
 /// Where users and tokens live. Synchronous: each call is short, and SQLite is local.
 pub trait Store: Send + Sync + 'static {
-    /// Issues a token for `user` (created if new; `admin` sets the user's admin flag). Returns the record and the secret token text, shown once.
-    fn issue_token(&self, user: &str, admin: bool) -> Result<(TokenRecord, String), StoreError>;
+    /// Issues a token for `user`; returns the record and the secret token text, shown once.
+    /// A new token for `user`, created if new. `admin`: `Some` sets the user's flag,
+    /// `None` keeps an existing user's (a new user is not an admin); the record says which.
+    fn issue_token(
+        &self,
+        user: &str,
+        admin: Option<bool>,
+    ) -> Result<(TokenRecord, String), StoreError>;
     /// The caller a token belongs to; None for unknown, malformed or revoked tokens.
     fn authenticate(&self, token: &str) -> Result<Option<Caller>, StoreError>;
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
@@ -329,7 +335,11 @@ fn is_primary_key_clash(err: &rusqlite::Error) -> bool {
 }
 
 impl Store for SqliteStore {
-    fn issue_token(&self, user: &str, admin: bool) -> Result<(TokenRecord, String), StoreError> {
+    fn issue_token(
+        &self,
+        user: &str,
+        admin: Option<bool>,
+    ) -> Result<(TokenRecord, String), StoreError> {
         validate_user(user)?;
         // 48 random bits make a clash rare, not impossible.
         const ATTEMPTS: u32 = 3;
@@ -340,11 +350,20 @@ impl Store for SqliteStore {
             let transaction = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|err| self.database_error(err))?;
+            // An existing user's flag changes only when asked: a token for an admin made
+            // without `--admin` must not demote them.
             transaction
                 .execute(
                     "INSERT INTO users (name, admin, created) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (name) DO UPDATE SET admin = excluded.admin",
-                    params![user, admin, created],
+                     ON CONFLICT (name) DO UPDATE SET admin = COALESCE(?4, users.admin)",
+                    params![user, admin.unwrap_or(false), created, admin],
+                )
+                .map_err(|err| self.database_error(err))?;
+            let admin: bool = transaction
+                .query_row(
+                    "SELECT admin FROM users WHERE name = ?1",
+                    params![user],
+                    |row| row.get(0),
                 )
                 .map_err(|err| self.database_error(err))?;
             let inserted = transaction.execute(
@@ -465,7 +484,7 @@ mod tests {
     fn issued_tokens_authenticate_as_their_user() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let (record, token) = store.issue_token("alice", true).unwrap();
+        let (record, token) = store.issue_token("alice", Some(true)).unwrap();
         assert!(
             token.starts_with(&format!("cubbi_{}_", record.id)),
             "{record:?}"
@@ -491,7 +510,7 @@ mod tests {
     fn last_used_is_not_rewritten_within_a_minute() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let (record, token) = store.issue_token("alice", false).unwrap();
+        let (record, token) = store.issue_token("alice", Some(false)).unwrap();
         store.authenticate(&token).unwrap();
         // Pretend the first use was 30 s ago: the next one must leave it alone.
         let earlier = now() - 30;
@@ -510,7 +529,7 @@ mod tests {
     fn right_id_with_wrong_secret_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let (record, token) = store.issue_token("alice", false).unwrap();
+        let (record, token) = store.issue_token("alice", Some(false)).unwrap();
         let mut forged = format!("cubbi_{}_", record.id);
         forged.push_str(&"A".repeat(SECRET_CHARS));
         assert_ne!(forged, token);
@@ -526,7 +545,7 @@ mod tests {
     fn malformed_tokens_are_refused_without_panicking() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let (record, token) = store.issue_token("alice", false).unwrap();
+        let (record, token) = store.issue_token("alice", Some(false)).unwrap();
         let huge = "cubbi_".to_string() + &"a".repeat(1 << 20);
         let non_ascii = format!("cubbi_{}_{}", record.id, "é".repeat(SECRET_CHARS / 2 + 1));
         let unprefixed = token.trim_start_matches("cubbi_").to_string();
@@ -552,8 +571,8 @@ mod tests {
     fn revoked_tokens_no_longer_authenticate() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let (record, token) = store.issue_token("alice", false).unwrap();
-        let (_, other) = store.issue_token("alice", false).unwrap();
+        let (record, token) = store.issue_token("alice", Some(false)).unwrap();
+        let (_, other) = store.issue_token("alice", Some(false)).unwrap();
         assert!(store.revoke(&record.id).unwrap());
         assert_eq!(store.authenticate(&token).unwrap(), None);
         assert!(store.authenticate(&other).unwrap().is_some());
@@ -569,7 +588,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let state_dir = parent.path().join("state");
         let store = SqliteStore::open(&state_dir).unwrap();
-        store.issue_token("alice", false).unwrap();
+        store.issue_token("alice", Some(false)).unwrap();
         assert_eq!(mode(&state_dir), 0o700);
         assert_eq!(mode(&state_dir.join(DATABASE_FILE)), 0o600);
         let wal = state_dir.join("cubbi.db-wal");
@@ -602,6 +621,24 @@ mod tests {
     }
 
     #[test]
+    fn a_token_without_the_flag_keeps_the_users_admin_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (record, first) = store.issue_token("alice", Some(true)).unwrap();
+        assert!(record.admin);
+        let (record, second) = store.issue_token("alice", None).unwrap();
+        assert!(record.admin, "a token made without --admin demoted alice");
+        for token in [&first, &second] {
+            assert!(store.authenticate(token).unwrap().unwrap().admin);
+        }
+        let (record, _) = store.issue_token("bob", None).unwrap();
+        assert!(!record.admin, "a new user is not an admin");
+        let (record, _) = store.issue_token("alice", Some(false)).unwrap();
+        assert!(!record.admin);
+        assert!(!store.authenticate(&first).unwrap().unwrap().admin);
+    }
+
+    #[test]
     fn concurrent_stores_issue_tokens_that_all_authenticate() {
         let dir = tempfile::tempdir().unwrap();
         let barrier = std::sync::Barrier::new(2);
@@ -616,7 +653,7 @@ mod tests {
                         (0..20)
                             .map(|_| {
                                 store
-                                    .issue_token(&format!("user{worker}"), false)
+                                    .issue_token(&format!("user{worker}"), Some(false))
                                     .unwrap()
                                     .1
                             })
@@ -641,7 +678,7 @@ mod tests {
     fn token_text_never_reaches_the_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let (_, token) = store.issue_token("alice", false).unwrap();
+        let (_, token) = store.issue_token("alice", Some(false)).unwrap();
         store.authenticate(&token).unwrap();
         let secret = token.rsplit('_').next().unwrap();
         drop(store);
@@ -663,7 +700,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, token) = SqliteStore::open(dir.path())
             .unwrap()
-            .issue_token("alice", false)
+            .issue_token("alice", Some(false))
             .unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let version: i64 = store
@@ -711,7 +748,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        assert!(store.issue_token("Bad Name", false).is_err());
+        assert!(store.issue_token("Bad Name", Some(false)).is_err());
         assert!(store.tokens().unwrap().is_empty());
     }
 }

@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::SshError;
+use super::checked::{self, CheckedEndpoint};
 use super::keys::write_file;
 use crate::api::SshEndpoint;
 
@@ -64,17 +65,26 @@ impl SshFiles {
 
     /// Pins the session's host key and writes its OpenSSH config. Both files belong to this
     /// session alone and are replaced atomically, so concurrent creates cannot lose lines.
+    /// A name, host, user or key that could leave `cubbi.d` or add a directive is refused
+    /// (whoever checked it before: this is the last place before the files).
     pub fn write_session(&self, name: &str, endpoint: &SshEndpoint) -> Result<(), SshError> {
+        let name = checked::check_name(name)?;
+        let endpoint = CheckedEndpoint::parse(endpoint)?;
         let known = format!(
             "{} {} {}\n",
             known_hosts_host(&endpoint.host, endpoint.port),
-            key_without_comment(&endpoint.host_key),
-            Self::host_alias(name)
+            endpoint.host_key,
+            Self::host_alias(name.as_str())
         );
-        write_file(&self.session_known_hosts(name), known.as_bytes(), 0o600)?;
         write_file(
-            &self.session_config(name),
-            self.session_config_text(name, endpoint).as_bytes(),
+            &self.session_known_hosts(name.as_str()),
+            known.as_bytes(),
+            0o600,
+        )?;
+        write_file(
+            &self.session_config(name.as_str()),
+            self.session_config_text(name.as_str(), &endpoint)
+                .as_bytes(),
             0o600,
         )
     }
@@ -82,7 +92,7 @@ impl SshFiles {
     /// The Host block. OpenSSH takes the first value it finds for an option, and the Include
     /// goes first in ~/.ssh/config, so these win over a user's `Host *` defaults: no agent or
     /// X11 forwarding into a sandbox whose user has sudo, and no known_hosts but the pin.
-    fn session_config_text(&self, name: &str, endpoint: &SshEndpoint) -> String {
+    fn session_config_text(&self, name: &str, endpoint: &CheckedEndpoint) -> String {
         format!(
             "# Written by cubbi for session {name}; removed by `cubbi session close`.\n\
              Host {alias}\n    HostName {host}\n    Port {port}\n    User {user}\n    \
@@ -99,7 +109,10 @@ impl SshFiles {
     }
 
     /// Removes the session's known_hosts and config; missing files are fine.
+    /// A name that is not a session name is refused: it could name a file outside `cubbi.d`.
     pub fn remove_session(&self, name: &str) -> Result<(), SshError> {
+        let name = checked::check_name(name)?;
+        let name = name.as_str();
         for path in [self.session_known_hosts(name), self.session_config(name)] {
             match std::fs::remove_file(&path) {
                 Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -179,10 +192,6 @@ fn known_hosts_host(host: &str, port: u16) -> String {
     }
 }
 
-fn key_without_comment(key: &str) -> String {
-    key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
-}
-
 fn quote(path: &Path) -> String {
     let text = path.display().to_string();
     if text.contains(' ') {
@@ -203,7 +212,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             user: "agent".into(),
-            host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake host@x".into(),
+            host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAv6DsKRDHwOfHjfUK0cw6GU8eYuf7ZEu6h7mU/A+NFp host@x".into(),
         }
     }
 
@@ -223,7 +232,7 @@ mod tests {
         let known = std::fs::read_to_string(files.session_known_hosts("alpha")).unwrap();
         assert_eq!(
             known,
-            "[127.0.0.1]:2300 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake cubbi-alpha\n"
+            "[127.0.0.1]:2300 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAv6DsKRDHwOfHjfUK0cw6GU8eYuf7ZEu6h7mU/A+NFp cubbi-alpha\n"
         );
         let mode = std::fs::metadata(files.session_known_hosts("alpha"))
             .unwrap()
@@ -243,6 +252,46 @@ mod tests {
             !files.legacy_known_hosts().exists(),
             "the shared file is never written"
         );
+    }
+
+    /// Defence in depth: whatever a caller checked, nothing leaves `cubbi.d` and no value
+    /// can add a line to the files.
+    #[test]
+    fn hostile_values_are_refused_and_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        let outside = dir.path().join(".config/x");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("cubbi.conf"), "keep").unwrap();
+        for name in ["../../.config/x/cubbi", "a/b", "A", "a\nHost *"] {
+            let err = files.write_session(name, &endpoint(2300)).unwrap_err();
+            assert!(matches!(err, SshError::Unsafe(_)), "{err}");
+            let err = files.remove_session(name).unwrap_err();
+            assert!(err.to_string().contains("not a session name"), "{err}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(outside.join("cubbi.conf")).unwrap(),
+            "keep"
+        );
+        let hostile = [
+            SshEndpoint {
+                host: "127.0.0.1\nMatch exec \"touch /tmp/pwned\"".into(),
+                ..endpoint(2300)
+            },
+            SshEndpoint {
+                user: "agent\n    ProxyCommand sh -c x".into(),
+                ..endpoint(2300)
+            },
+            SshEndpoint {
+                host_key: format!("{}\nHost *\n", endpoint(2300).host_key),
+                ..endpoint(2300)
+            },
+        ];
+        for end in hostile {
+            let err = files.write_session("alpha", &end).unwrap_err().to_string();
+            assert!(err.contains("refusing to write OpenSSH files"), "{err}");
+        }
+        assert!(!files.ssh_dir.join("cubbi.d").exists(), "nothing written");
     }
 
     #[test]
@@ -317,7 +366,10 @@ mod tests {
                 "{host} not found in {}",
                 file.display()
             );
-            assert!(text.contains(&key_without_comment(key)), "{text}");
+            assert!(
+                text.contains(&checked::canonical_host_key(key).unwrap()),
+                "{text}"
+            );
         }
     }
 

@@ -2,6 +2,7 @@
 //! known_hosts entries and per-session OpenSSH config, and a russh client for the readiness
 //! probe, one-off commands and interactive shells.
 
+pub mod checked;
 pub mod client;
 pub mod files;
 pub mod keys;
@@ -34,6 +35,8 @@ pub enum SshError {
     AuthenticationRefused(String),
     #[error("{0}")]
     Terminal(String),
+    #[error("refusing to write OpenSSH files: {0}")]
+    Unsafe(#[from] checked::UnsafeValue),
     #[error(
         "left {path} unchanged: {reason}; add this line at its top yourself: {line}",
         line = files::INCLUDE_LINE

@@ -6,6 +6,7 @@ mod config;
 mod docker;
 mod engine;
 mod firewall;
+mod hostile_service;
 mod images;
 mod projects;
 mod projects_session;
@@ -50,6 +51,7 @@ fn main() {
     tests.extend(docker::tests());
     tests.extend(engine::tests());
     tests.extend(firewall::tests());
+    tests.extend(hostile_service::tests());
     tests.extend(images::tests());
     tests.extend(projects::tests());
     tests.extend(serve::tests());

@@ -135,7 +135,7 @@ fn project_ssh_key_is_never_shown_or_stored_in_clear_without_sysbox() -> Result<
         .args(["project", "show", "https://github.com/Org/Repo"])
         .run()
         .success()
-        .stdout_contains("url:         ssh://git@github.com/Org/Repo.git")
+        .stdout_contains("url:         git@github.com:Org/Repo.git")
         .stdout_contains("public key:  ssh-ed25519 ")
         .stdout_contains("github.com ssh-ed25519 SHA256:+DiY3wvvV6TuJJhbpZisF/zLDA0zPMSvHdkr4UvCOqU (shipped with cubbi)");
     let show_json = Cubbi::new(&home)

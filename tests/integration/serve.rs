@@ -26,6 +26,8 @@ pub fn tests() -> Vec<Trial> {
         cli_drives_the_service_like_the_local_endpoint,
         the_binary_logs_json_without_tokens_and_stops_on_sigterm,
         https_with_a_private_ca_for_clients_that_trust_it,
+        close_takes_exact_names_and_tokens_keep_admins,
+        images_outside_the_catalogue_never_boot,
     ]
 }
 
@@ -1069,6 +1071,119 @@ fn https_with_a_private_ca_for_clients_that_trust_it() -> Result<(), Failed> {
         .await?;
         let sessions: Value = serde_json::from_str(&listed)?;
         assert_eq!(sessions, json!([]));
+        service.stop().await?;
+        Ok(())
+    })
+}
+
+/// `DELETE /v1/sessions/w` must not close `web2…` (only an exact name or id closes), and a
+/// token made for an admin without `--admin` must not demote them.
+fn close_takes_exact_names_and_tokens_keep_admins() -> Result<(), Failed> {
+    docker_test("serve-exact", |scope| async move {
+        scope.ensure_base().await?;
+        let mut service = TestService::start(&scope, |_| {}).await?;
+        let (bob, ada) = (user(&scope, "bob"), user(&scope, "ada"));
+        let bob_token = service.token(&bob, false)?;
+        let ada_token = service.token(&ada, true)?;
+        let name = user(&scope, "web2");
+        let backend = service.client(&bob_token)?;
+        let session = backend.create(spec(&name), &Quiet).await?;
+
+        let http = reqwest::Client::new();
+        for prefix in ["w", "web", "web2", &session.id[..6], &session.id[..11]] {
+            let answer = http
+                .delete(format!("{}/v1/sessions/{prefix}", service.url))
+                .bearer_auth(&bob_token)
+                .send()
+                .await?;
+            assert_eq!(answer.status().as_u16(), 404, "DELETE {prefix}");
+            let body: Value = answer.json().await?;
+            assert_eq!(body["error"]["code"], "not_found", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("never a prefix")),
+                "{body}"
+            );
+        }
+        let err = backend
+            .close("web")
+            .await
+            .err()
+            .ok_or("`web` closed a session")?;
+        assert_eq!(err.code(), ErrorCode::NotFound, "{err}");
+        let still = backend.get(&name).await?;
+        assert_eq!(still.state, SessionState::Ready, "a prefix closed {name}");
+
+        // A new token for ada without --admin, as `cubbi serve token create` makes it.
+        let state = service.config.state_dir.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            crate::support::Cubbi::new(&TestHome::new())
+                .args(["serve", "token", "create", "--user", &ada, "--state-dir"])
+                .arg(&state)
+                .run()
+        })
+        .await?
+        .success()
+        .stderr_contains("(admin)");
+        let new_token = made.stdout().trim().to_string();
+        for token in [&ada_token, &new_token] {
+            let seen = service.client(token)?.list().await?;
+            assert!(
+                seen.iter().any(|s| s.name == name),
+                "ada lost admin: {token} sees {:?}",
+                seen.iter().map(|s| &s.name).collect::<Vec<_>>()
+            );
+        }
+
+        // The exact name does close.
+        let closed = backend.close(&name).await?;
+        assert_eq!(closed.id, session.id);
+        assert!(backend.list().await?.iter().all(|s| s.id != session.id));
+        service.stop().await?;
+        Ok(())
+    })
+}
+
+/// With `images = []` (the default) a service boots its catalogue's images only: an image of
+/// the engine named by its id prefix is refused, and nothing is created.
+fn images_outside_the_catalogue_never_boot() -> Result<(), Failed> {
+    docker_test("serve-catalogue", |scope| async move {
+        scope.ensure_base().await?;
+        let mut service = TestService::start(&scope, |_| {}).await?;
+        assert!(service.config.images.is_empty(), "the default catalogue");
+        let token = service.token(&user(&scope, "eve"), false)?;
+        let id = scope
+            .docker
+            .inspect_image("cubbi-base")
+            .await?
+            .id
+            .ok_or("cubbi-base has no id")?;
+        let prefix = id.trim_start_matches("sha256:")[..12].to_string();
+        let runtime = SessionRuntime::of_this_run().runtime_name();
+        let http = reqwest::Client::new();
+        for image in [prefix.as_str(), "cubbi-base"] {
+            let answer = http
+                .post(format!("{}/v1/sessions", service.url))
+                .bearer_auth(&token)
+                .json(&json!({"image": image, "name": "rogue", "runtime": runtime}))
+                .send()
+                .await?;
+            let status = answer.status().as_u16();
+            let body: Value = answer.json().await?;
+            assert_eq!(status, 400, "{image}: {body}");
+            assert_eq!(body["error"]["code"], "invalid", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("does not offer")),
+                "{body}"
+            );
+        }
+        assert!(
+            service.client(&token)?.list().await?.is_empty(),
+            "a session was made"
+        );
         service.stop().await?;
         Ok(())
     })

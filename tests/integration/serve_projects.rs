@@ -131,7 +131,7 @@ impl Service {
     }
 
     fn token(&self, user: &str) -> Result<String, Failed> {
-        Ok(self.store.issue_token(user, false)?.1)
+        Ok(self.store.issue_token(user, Some(false))?.1)
     }
 
     async fn stop(&mut self) -> Result<(), Failed> {

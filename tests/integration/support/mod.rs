@@ -8,6 +8,7 @@ pub mod dockerd;
 pub mod images;
 pub mod pty;
 pub mod service;
+pub mod stub;
 pub mod sysbox;
 
 use std::collections::HashMap;

@@ -95,7 +95,7 @@ impl TestService {
 
     /// A token for `user`, as `cubbi serve token create` would print it.
     pub fn token(&self, user: &str, admin: bool) -> Result<String, Failed> {
-        Ok(self.store.issue_token(user, admin)?.1)
+        Ok(self.store.issue_token(user, Some(admin))?.1)
     }
 
     /// The remote backend as `cubbi -r` builds it, with a fresh client key.
