@@ -596,14 +596,18 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
                 "docker.sock",
             ),
             (
-                vec![
-                    "session",
-                    "create",
-                    "--image",
-                    "no-such-image",
-                    "--no-connect",
-                    "--no-mount",
-                ],
+                [
+                    &[
+                        "session",
+                        "create",
+                        "--image",
+                        "no-such-image",
+                        "--no-connect",
+                        "--no-mount",
+                    ][..],
+                    SessionRuntime::of_this_run().create_flags(),
+                ]
+                .concat(),
                 "unknown image `no-such-image`",
             ),
             (
