@@ -1254,6 +1254,32 @@ fn plain_cubbi_mounts_the_folder_it_runs_in_but_never_home() -> Result<(), Faile
             .success()
             .stdout_contains("my-app")
             .stdout_contains(&shown.display().to_string());
+        // connect's shell starts there too, and is still a login shell.
+        let command = scope
+            .cubbi(&home)
+            .env("TERM", "xterm")
+            .args(["session", "connect", "my-app"])
+            .into_command();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            const STEP: Duration = Duration::from_secs(30);
+            let mut term = Terminal::spawn(command, 40, 120).map_err(|err| err.to_string())?;
+            // The echo of what is typed shows `$((1+1))`; only the shell's output shows 2.
+            term.send("echo cwd-$((1+1))=$PWD\r")?;
+            term.expect("cwd-2=/home/agent/workspace", STEP)?;
+            term.send("shopt -q login_shell && echo login-$((2+2))\r")?;
+            term.expect("login-4", STEP)?;
+            term.send("exit 3\r")?;
+            let status = term.wait(STEP)?;
+            if status.code() != Some(3) {
+                return Err(format!(
+                    "connect ended with {status}:\n{}",
+                    term.transcript()
+                ));
+            }
+            Ok(())
+        })
+        .await?
+        .map_err(Failed::from)?;
         scope
             .cubbi(&home)
             .args(["session", "close", "my-app"])
