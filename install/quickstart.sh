@@ -44,6 +44,8 @@ fi
 say "building and installing cubbi"
 cargo build --release --locked
 "${sudo[@]}" install -m 0755 target/release/cubbi /usr/local/bin/cubbi
+"${sudo[@]}" install -d -m 0755 /usr/local/share/man/man1
+target/release/cubbi man | "${sudo[@]}" tee /usr/local/share/man/man1/cubbi.1 >/dev/null
 
 say "setting up the dedicated Docker endpoint (cubbi setup)"
 setup_args=()
@@ -84,5 +86,6 @@ if run_cubbi session show "$name" >/dev/null 2>&1; then
     fi
 else
     say "creating session $name"
-    run_cubbi session create --name "$name" --image "$image" "${runtime[@]}" "${connect[@]}"
+    # Not for a project, so the folder this runs in is not mounted.
+    run_cubbi session create --name "$name" --image "$image" --no-mount "${runtime[@]}" "${connect[@]}"
 fi

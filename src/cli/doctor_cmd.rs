@@ -1,6 +1,7 @@
 //! `cubbi doctor`: checks the host and the dedicated endpoint; a table for people, `--json` for
 //! machines; exit 1 when any check fails.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -50,7 +51,10 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
             "checks": results,
         }))?;
     } else {
-        let rows = results.iter().map(|check| {
+        // What needs action first: failures, then warnings, then what is fine.
+        let mut ordered: Vec<&doctor::Check> = results.iter().collect();
+        ordered.sort_by_key(|check| std::cmp::Reverse(check.status));
+        let rows = ordered.iter().map(|check| {
             vec![
                 check.status.to_string(),
                 check.id.to_string(),
@@ -58,17 +62,24 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
                 check.remedy.clone(),
             ]
         });
-        print!(
-            "{}",
-            output::table(
-                config.ui.table_format,
-                &["STATUS", "CHECK", "FINDING", "REMEDY"],
-                rows
-            )
-        );
+        let width = output::terminal_width();
         let failed = results.iter().filter(|c| c.status == Status::Fail).count();
         let warned = results.iter().filter(|c| c.status == Status::Warn).count();
-        println!("{failed} failed, {warned} warnings, endpoint {endpoint}");
+        let text = [
+            output::table_within(
+                config.ui.table_format,
+                &["STATUS", "CHECK", "FINDING", "REMEDY"],
+                rows,
+                width,
+            ),
+            output::paragraph(
+                &format!("{failed} failed, {warned} warnings, endpoint {endpoint}"),
+                width,
+            ),
+            output::paragraph(&doctor::next_step(&results), width),
+        ]
+        .concat();
+        std::io::stdout().write_all(text.as_bytes())?;
     }
     Ok(if doctor::passed(&results) {
         ExitCode::SUCCESS

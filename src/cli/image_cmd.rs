@@ -74,6 +74,9 @@ pub async fn run(args: ImageArgs, context: &Context) -> Result<ExitCode, CliErro
     let config = file.config()?;
     let catalog = Catalog::embedded()?;
     let endpoint = crate::docker::resolve_endpoint(context.endpoint.as_deref(), &config);
+    if let Some(remote) = &context.remote {
+        return remote_images(args.command, remote, context, &config).await;
+    }
     match args.command {
         ImageCommand::List => {
             let docker = crate::docker::connect(&endpoint).await?;
@@ -94,21 +97,17 @@ pub async fn run(args: ImageArgs, context: &Context) -> Result<ExitCode, CliErro
             if context.mode.json {
                 print_json(&rows)?;
             } else {
-                let text = table(
+                print_images(
                     config.ui.table_format,
-                    &["NAME", "TAG", "VERSION", "BUILT", "SIZE", "DESCRIPTION"],
-                    rows.iter().map(|row| {
-                        vec![
-                            row.name.clone(),
-                            row.tag.clone(),
-                            row.tool_version.clone().unwrap_or_else(|| "-".into()),
-                            if row.built { "yes" } else { "no" }.to_string(),
-                            row.size_bytes.map(human_size).unwrap_or_default(),
-                            row.description.clone(),
-                        ]
+                    rows.iter().map(|row| ListedImage {
+                        name: &row.name,
+                        tag: &row.tag,
+                        tool_version: row.tool_version.as_deref(),
+                        built: row.built,
+                        size: row.size_bytes.map(human_size).unwrap_or_default(),
+                        description: &row.description,
                     }),
-                );
-                std::io::stdout().write_all(text.as_bytes())?;
+                )?;
             }
         }
         ImageCommand::Inspect { name } => {
@@ -118,7 +117,7 @@ pub async fn run(args: ImageArgs, context: &Context) -> Result<ExitCode, CliErro
                 .inspect_image(&image.metadata.default_tag())
                 .await
                 .ok();
-            inspect(&image.metadata, local, context)?;
+            inspect(&image.metadata, Built::Here(local.as_ref()), context)?;
         }
         ImageCommand::Build(build) => {
             let docker = crate::docker::connect(&endpoint).await?;
@@ -158,6 +157,115 @@ pub async fn run(args: ImageArgs, context: &Context) -> Result<ExitCode, CliErro
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One row of the human `image list`, wherever the image is.
+struct ListedImage<'a> {
+    name: &'a str,
+    tag: &'a str,
+    tool_version: Option<&'a str>,
+    built: bool,
+    size: String,
+    description: &'a str,
+}
+
+fn print_images<'a>(
+    format: crate::config::TableFormat,
+    rows: impl IntoIterator<Item = ListedImage<'a>>,
+) -> Result<(), CliError> {
+    let text = table(
+        format,
+        &["NAME", "TAG", "VERSION", "BUILT", "SIZE", "DESCRIPTION"],
+        rows.into_iter().map(|row| {
+            vec![
+                row.name.to_string(),
+                row.tag.to_string(),
+                row.tool_version.unwrap_or("-").to_string(),
+                if row.built { "yes" } else { "no" }.to_string(),
+                row.size,
+                row.description.to_string(),
+            ]
+        }),
+    );
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// `image list` and `image inspect` of the images the cubbi service `remote` offers; its
+/// images are built there, with `cubbi image build` on that host.
+async fn remote_images(
+    command: ImageCommand,
+    remote: &str,
+    context: &Context,
+    config: &crate::config::Config,
+) -> Result<ExitCode, CliError> {
+    let client = super::remote_cmd::client(config, remote)?;
+    match command {
+        ImageCommand::List => {
+            let images = client.images().await?;
+            if context.mode.json {
+                print_json(&images)?;
+            } else {
+                print_images(
+                    config.ui.table_format,
+                    images.iter().map(|image| ListedImage {
+                        name: &image.name,
+                        tag: &image.tag,
+                        tool_version: image.tool_version.as_deref(),
+                        built: image.built,
+                        size: String::new(),
+                        description: &image.description,
+                    }),
+                )?;
+            }
+        }
+        ImageCommand::Inspect { name } => {
+            let image = client.image(&name).await?;
+            if context.mode.json {
+                print_json(&image)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let metadata: ImageMetadata = image
+                .metadata
+                .clone()
+                .ok_or_else(|| {
+                    CliError::Refused(format!(
+                        "the service `{remote}` sent no metadata for `{name}`"
+                    ))
+                })
+                .and_then(|value| {
+                    serde_json::from_value(value).map_err(|err| {
+                        CliError::Refused(format!(
+                            "the service `{remote}` sent metadata for `{name}` this cubbi cannot \
+                             read: {err}"
+                        ))
+                    })
+                })?;
+            inspect(
+                &metadata,
+                Built::There {
+                    remote,
+                    built: image.built,
+                },
+                context,
+            )?;
+        }
+        ImageCommand::Build(_) => {
+            return Err(CliError::Refused(format!(
+                "`cubbi image build` builds on this machine only; drop `-r {remote}` (the \
+                 service's images are built on its host)"
+            )));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether and where an image is built.
+enum Built<'a> {
+    /// On this machine's endpoint, with Docker's details when it is.
+    Here(Option<&'a bollard::models::ImageInspect>),
+    /// On the cubbi service `remote`.
+    There { remote: &'a str, built: bool },
 }
 
 async fn build_one(
@@ -200,11 +308,11 @@ async fn build_one(
     Ok(())
 }
 
-fn inspect(
-    metadata: &ImageMetadata,
-    local: Option<bollard::models::ImageInspect>,
-    context: &Context,
-) -> Result<(), CliError> {
+fn inspect(metadata: &ImageMetadata, built: Built<'_>, context: &Context) -> Result<(), CliError> {
+    let (local, there) = match built {
+        Built::Here(local) => (local, None),
+        Built::There { remote, built } => (None, Some((remote, built))),
+    };
     #[derive(Serialize)]
     struct Inspected<'a> {
         metadata: &'a ImageMetadata,
@@ -235,8 +343,10 @@ fn inspect(
     out += &format!("version:     {}\n", metadata.version);
     out += &format!("tag:         {}\n", shown.tag);
     out += &format!("command:     {}\n", metadata.command.join(" "));
-    match &shown.id {
-        Some(id) => {
+    match (&shown.id, there) {
+        (_, Some((remote, true))) => out += &format!("built:       yes, on `{remote}`\n"),
+        (_, Some((remote, false))) => out += &format!("built:       no, not on `{remote}`\n"),
+        (Some(id), None) => {
             out += &format!("built:       yes, {}", short_id(id));
             if let Some(size) = shown.size_bytes {
                 out += &format!(", {}", human_size(size));
@@ -246,7 +356,7 @@ fn inspect(
             }
             out += "\n";
         }
-        None => out += &format!("built:       no (cubbi image build {})\n", metadata.name),
+        (None, None) => out += &format!("built:       no (cubbi image build {})\n", metadata.name),
     }
     if !metadata.environment.is_empty() {
         out += "environment:\n";

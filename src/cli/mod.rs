@@ -116,6 +116,8 @@ pub enum Command {
         #[arg(long)]
         no_verify: bool,
     },
+    /// Print the man page (roff), e.g. `cubbi man > /usr/local/share/man/man1/cubbi.1`.
+    Man,
     /// Print a shell completion script, e.g. `cubbi completions bash > /etc/bash_completion.d/cubbi`.
     Completions {
         /// The shell to complete for.
@@ -178,7 +180,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             config_cmd::run(args, mode)
         }
         Command::Image(args) => {
-            refuse_remote(cli.remote.as_deref(), "image")?;
+            // `-r NAME` lists and inspects the images of that service; building is local.
+            context.remote = cli.remote.filter(|name| name != "local");
             image_cmd::run(args, &context).await
         }
         Command::Setup(args) => {
@@ -211,6 +214,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             project_cmd::run(args, mode, remote.as_deref(), &config).await
         }
         Command::Auth { no_verify } => remote_cmd::auth(cli.remote.as_deref(), no_verify).await,
+        Command::Man => {
+            refuse_remote(cli.remote.as_deref(), "man")?;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cubbi", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -318,5 +326,18 @@ mod tests {
     #[test]
     fn clap_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_man_page_is_made_from_the_clap_definitions() {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut page)
+            .expect("renders");
+        let page = String::from_utf8(page).expect("roff is text");
+        assert!(page.contains(".TH cubbi"), "no title line");
+        for command in ["session", "image", "doctor", "completions", "man"] {
+            assert!(page.contains(command), "{command} is missing");
+        }
     }
 }

@@ -109,21 +109,11 @@ fn catalog(remote: Option<&str>, config: &Config) -> Result<Box<dyn ProjectCatal
     let Some(name) = remote else {
         return Ok(Box::new(ProjectStore::for_config(config)?));
     };
-    let remote = crate::remote::remotes::resolve(config, name)?;
-    let token = remote
-        .token
-        .ok_or_else(|| crate::remote::remotes::RemoteError::NoToken {
-            name: name.to_string(),
-        })?;
-    Ok(Box::new(
-        RemoteProjects::new(
-            name,
-            &remote.url,
-            token,
-            config.projects.known_hosts.clone(),
-        )
-        .map_err(CliError::Api)?,
-    ))
+    Ok(Box::new(RemoteProjects::with_client(
+        name,
+        super::remote_cmd::client(config, name)?,
+        config.projects.known_hosts.clone(),
+    )))
 }
 
 pub async fn run(

@@ -261,6 +261,20 @@ pub(super) fn read_hidden_line() -> Result<String, CliError> {
     }
 }
 
+/// A client of the cubbi service `name` that authorizes no SSH key (for what creates no
+/// session: projects, images).
+pub(super) fn client(
+    config: &crate::config::Config,
+    name: &str,
+) -> Result<crate::remote::client::RemoteBackend, CliError> {
+    let remote = remotes::resolve(config, name)?;
+    let token = remote.token.ok_or_else(|| RemoteError::NoToken {
+        name: name.to_string(),
+    })?;
+    crate::remote::client::RemoteBackend::new(name, &remote.url, token, String::new(), None)
+        .map_err(CliError::Api)
+}
+
 fn cancelled() -> CliError {
     CliError::Refused("cancelled; nothing was saved".into())
 }

@@ -18,7 +18,7 @@ use crate::api::{
     SessionSpec, VolumeMount,
 };
 use crate::config::{Config, ConfigFile};
-use crate::local::backend::{LocalBackend, LocalOptions};
+use crate::local::backend::{LocalBackend, LocalOptions, WORKSPACE_PATH};
 use crate::remote::client::RemoteBackend;
 use crate::ssh::client::{SshSession, SshTarget};
 use crate::ssh::files::SshFiles;
@@ -132,6 +132,9 @@ pub struct CreateArgs {
     /// Do not connect once the session is ready.
     #[arg(long)]
     pub no_connect: bool,
+    /// Without a PATH, mount no folder (instead of the current one, defaults.mount_local).
+    #[arg(long)]
+    pub no_mount: bool,
     /// Address the SSH port is published on (default 127.0.0.1; a service decides its own).
     #[arg(long, value_name = "ADDR")]
     pub ssh_bind: Option<IpAddr>,
@@ -320,14 +323,21 @@ fn names_a_repository(target: &str) -> bool {
 }
 
 /// Turns flags and config into a spec: `-e` over the config's services over image defaults.
-fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<SessionSpec, CliError> {
-    if remote && let Some(bind) = args.ssh_bind {
+fn spec_from(
+    args: &CreateArgs,
+    config: &Config,
+    context: &Context,
+) -> Result<SessionSpec, CliError> {
+    if context.remote.is_some()
+        && let Some(bind) = args.ssh_bind
+    {
         return Err(CliError::Refused(format!(
             "--ssh-bind {bind}: a service publishes session ports on the address its config \
              names (ssh.bind), not one the client picks"
         )));
     }
     let mut workspace = None;
+    let mut mount_current = false;
     let mut project = args.project.clone();
     match args.target.as_deref() {
         Some(target) if names_a_repository(target) => {
@@ -355,10 +365,12 @@ fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<Session
             workspace = Some(absolute);
         }
         // The folder one stands in is on this machine, not the service's.
-        None if config.defaults.mount_local && project.is_none() && !remote => {
-            workspace = Some(std::env::current_dir()?);
+        None => {
+            mount_current = config.defaults.mount_local
+                && !args.no_mount
+                && project.is_none()
+                && context.remote.is_none();
         }
-        None => {}
     }
     let mut env = crate::config::env::service_env(config, |name| std::env::var(name).ok())?;
     for file in &args.env_file {
@@ -382,6 +394,10 @@ fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<Session
         .collect::<Result<Vec<_>, _>>()?;
     let mut networks = config.defaults.networks.clone();
     networks.extend(args.networks.iter().cloned());
+    // Checked after the flags, so a mistyped flag is reported as such wherever one stands.
+    if mount_current {
+        workspace = Some(current_folder(context, config)?);
+    }
     Ok(SessionSpec {
         name: args.name.clone(),
         image: args
@@ -409,6 +425,23 @@ fn spec_from(args: &CreateArgs, config: &Config, remote: bool) -> Result<Session
         ssh_bind: args.ssh_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         authorized_keys: Vec::new(),
     })
+}
+
+/// The folder one stands in, as the workspace nobody named: refused (saying what to do
+/// instead) when it is `/`, the home folder, a folder holding it, or holds an engine socket.
+fn current_folder(context: &Context, config: &Config) -> Result<PathBuf, CliError> {
+    let folder = std::env::current_dir()?;
+    let endpoint = crate::docker::resolve_endpoint(context.endpoint.as_deref(), config);
+    let sockets = crate::local::mounts::known_sockets(
+        endpoint.strip_prefix("unix://").map(std::path::Path::new),
+    );
+    crate::local::mounts::check_current_folder(&folder, dirs::home_dir().as_deref(), &sockets)
+        .map_err(|err| {
+            CliError::Refused(format!(
+                "{err}; cd into a project folder, or give the folder to mount (`cubbi PATH`), \
+                 or pass --no-mount for a session without one"
+            ))
+        })
 }
 
 fn parse_volume(raw: &str) -> Result<VolumeMount, CliError> {
@@ -466,7 +499,7 @@ pub async fn create_session(
     context: &Context,
     config: &Config,
 ) -> Result<ExitCode, CliError> {
-    let spec = spec_from(&args, config, context.remote.is_some())?;
+    let spec = spec_from(&args, config, context)?;
     if crate::local::runtime::is_plain_runc(&spec.runtime) && spec.unsafe_runc {
         eprintln!("{}", crate::local::runtime::UNSAFE_WARNING);
     }
@@ -487,6 +520,9 @@ pub async fn create_session(
             SshFiles::host_alias(&session.name),
             session.ssh.port
         );
+        if let Some(folder) = &session.workspace {
+            eprintln!("workspace: {folder} mounted at {WORKSPACE_PATH}");
+        }
     }
     offer_ssh_include(&target.files);
     if let Some(command) = args.run {
@@ -568,7 +604,10 @@ async fn connect(
         .await
         .map_err(|err| CliError::Refused(err.to_string()))?;
     let code = ssh
-        .interactive(command.as_deref())
+        .interactive(
+            command.as_deref(),
+            session.workspace.is_some().then_some(WORKSPACE_PATH),
+        )
         .await
         .map_err(|err| CliError::Refused(err.to_string()))?;
     Ok(exit_code(code))

@@ -96,7 +96,7 @@ impl Default for Defaults {
         Self {
             image: "base".into(),
             connect: true,
-            mount_local: false,
+            mount_local: true,
             networks: Vec::new(),
             memory: None,
             cpus: None,

@@ -71,3 +71,38 @@ impl Check {
 pub fn passed(checks: &[Check]) -> bool {
     checks.iter().all(|check| check.status != Status::Fail)
 }
+
+/// The one thing to do next: the remedy of the first failure, else of the first warning, else
+/// how to start.
+pub fn next_step(checks: &[Check]) -> String {
+    for status in [Status::Fail, Status::Warn] {
+        if let Some(check) = checks
+            .iter()
+            .find(|check| check.status == status && !check.remedy.is_empty())
+        {
+            return format!("next: {} ({} {status})", check.remedy, check.id);
+        }
+    }
+    "next: all is well; run `cubbi` in a project folder to start a session there".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_step_is_the_first_failure_then_warning() {
+        let ok = Check::ok("kernel", "6.1");
+        let warn = Check::warn("disk", "low", "free some space");
+        let fail = Check::fail("socket", "missing", "sudo cubbi setup");
+        assert_eq!(
+            next_step(&[ok.clone(), warn.clone(), fail.clone()]),
+            "next: sudo cubbi setup (socket fail)"
+        );
+        assert_eq!(
+            next_step(&[ok.clone(), warn]),
+            "next: free some space (disk warn)"
+        );
+        assert!(next_step(&[ok]).contains("run `cubbi` in a project folder"));
+    }
+}

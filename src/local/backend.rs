@@ -1505,9 +1505,11 @@ impl Backend for LocalBackend {
                 "give a command to run, e.g. `cubbi session exec NAME -- ls`",
             ));
         }
-        let (_, connected) = self.ssh(id_or_name).await?;
+        let (session, connected) = self.ssh(id_or_name).await?;
+        // A session with a workspace starts there, as `connect` does.
+        let dir = session.workspace.is_some().then_some(WORKSPACE_PATH);
         let stream = connected
-            .exec(&command)
+            .exec(&command, dir)
             .await
             .map_err(|err| ApiError::unavailable(err.to_string()))?;
         Ok(Box::pin(stream.map(Ok)))

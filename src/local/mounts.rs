@@ -222,6 +222,42 @@ pub fn check_source(given: &Path, resolved: &Path, sockets: &[PathBuf]) -> Resul
     Ok(())
 }
 
+/// Refuses the folder one stands in as a workspace nobody named: `/`, the user's home folder
+/// and any folder holding it (a session would get every file the user has), and whatever
+/// [`check_source`] refuses. Returns the folder resolved.
+pub fn check_current_folder(
+    folder: &Path,
+    home: Option<&Path>,
+    sockets: &[PathBuf],
+) -> Result<PathBuf, ApiError> {
+    let resolved = folder.canonicalize().map_err(|err| {
+        ApiError::invalid(format!(
+            "the current folder `{}` cannot be used: {err}",
+            folder.display()
+        ))
+    })?;
+    let refuse = |why: String| {
+        Err(ApiError::invalid(format!(
+            "refusing to mount the current folder `{}` as the workspace: {why}",
+            folder.display()
+        )))
+    };
+    if resolved == Path::new("/") {
+        return refuse("it is the root of the filesystem".into());
+    }
+    if let Some(home) = home.filter(|home| home.is_absolute()) {
+        let home_resolved = home.canonicalize().unwrap_or_else(|_| lexical(home));
+        if resolved == home_resolved {
+            return refuse(format!("it is your home folder ({})", home.display()));
+        }
+        if home_resolved.starts_with(&resolved) {
+            return refuse(format!("it holds your home folder ({})", home.display()));
+        }
+    }
+    check_source(folder, &resolved, sockets)?;
+    Ok(resolved)
+}
+
 enum Search {
     Clean,
     Found(PathBuf),
@@ -427,6 +463,56 @@ mod tests {
             err.contains("notes") && err.contains("another name of"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_current_folder_is_refused_when_it_is_or_holds_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("users/me");
+        let project = home.join("src/project");
+        std::fs::create_dir_all(&project).unwrap();
+        for (folder, why) in [
+            (home.clone(), "it is your home folder"),
+            (home.join("src/.."), "it is your home folder"),
+            (dir.path().join("users"), "it holds your home folder"),
+            (dir.path().to_path_buf(), "it holds your home folder"),
+            (PathBuf::from("/"), "it is the root of the filesystem"),
+        ] {
+            let err = check_current_folder(&folder, Some(&home), &[])
+                .expect_err(&folder.display().to_string())
+                .to_string();
+            assert!(
+                err.contains("refusing to mount the current folder") && err.contains(why),
+                "{}: {err}",
+                folder.display()
+            );
+        }
+        // A folder below home, or beside it, is a project.
+        assert_eq!(
+            check_current_folder(&project, Some(&home), &[]).unwrap(),
+            project.canonicalize().unwrap()
+        );
+        let beside = dir.path().join("users/other");
+        std::fs::create_dir(&beside).unwrap();
+        assert!(check_current_folder(&beside, Some(&home), &[]).is_ok());
+        // Without a home, only the root is refused by that rule.
+        assert!(check_current_folder(&home, None, &[]).is_ok());
+        assert!(check_current_folder(Path::new("/"), None, &[]).is_err());
+    }
+
+    #[test]
+    fn the_current_folder_is_refused_when_it_holds_an_engine_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        let project = dir.path().join("project");
+        std::fs::create_dir(&project).unwrap();
+        let socket = project.join("docker.sock");
+        let _listener = UnixListener::bind(&socket).unwrap();
+        let err = check_current_folder(&project, Some(&home), &[socket])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("it holds"), "{err}");
     }
 
     #[test]

@@ -23,19 +23,14 @@ pub struct RemoteProjects {
 }
 
 impl RemoteProjects {
-    pub fn new(
-        name: &str,
-        url: &str,
-        token: String,
-        config_known_hosts: Vec<String>,
-    ) -> Result<Self, ApiError> {
-        // No session is created through this client, so it authorizes no SSH key.
-        let client = RemoteBackend::new(name, url, token, String::new(), None)?;
-        Ok(Self {
+    /// Projects through `client`, a client of the service `name` that authorizes no SSH key
+    /// (no session is created through it).
+    pub fn with_client(name: &str, client: RemoteBackend, config_known_hosts: Vec<String>) -> Self {
+        Self {
             name: name.to_string(),
             client,
             config_known_hosts,
-        })
+        }
     }
 
     /// `/v1/projects/{reference}`, the reference (an id has `/`) one percent-encoded segment.

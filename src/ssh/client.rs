@@ -109,9 +109,14 @@ impl SshSession {
         Ok(Self { handle })
     }
 
-    /// Runs a command (argv, quoted for the remote shell) and streams its output.
-    pub async fn exec(self, command: &[String]) -> Result<BoxStream<'static, ExecEvent>, SshError> {
-        let line = shell_words::join(command);
+    /// Runs a command (argv, quoted for the remote shell) in `dir` (else the login folder) and
+    /// streams its output.
+    pub async fn exec(
+        self,
+        command: &[String],
+        dir: Option<&str>,
+    ) -> Result<BoxStream<'static, ExecEvent>, SshError> {
+        let line = command_line(Some(command), dir);
         let channel =
             self.handle
                 .channel_open_session()
@@ -164,7 +169,11 @@ impl SshSession {
     }
 
     /// An interactive PTY on the user's terminal: raw mode, window resizes, exit status.
-    pub async fn interactive(self, command: Option<&[String]>) -> Result<i32, SshError> {
+    pub async fn interactive(
+        self,
+        command: Option<&[String]>,
+        dir: Option<&str>,
+    ) -> Result<i32, SshError> {
         use crossterm::terminal;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -183,9 +192,9 @@ impl SshSession {
             .request_pty(false, &term, u32::from(cols), u32::from(rows), 0, 0, &[])
             .await
             .map_err(|err| failed(err.to_string()))?;
-        match command {
-            Some(argv) => channel.exec(true, shell_words::join(argv)).await,
-            None => channel.request_shell(true).await,
+        match (command, dir) {
+            (None, None) => channel.request_shell(true).await,
+            _ => channel.exec(true, command_line(command, dir)).await,
         }
         .map_err(|err| failed(err.to_string()))?;
 
@@ -304,9 +313,36 @@ where
     }
 }
 
+/// The line the session's shell runs: `command` (argv, quoted), or a login shell when there is
+/// none, started in `dir` when given.
+pub fn command_line(command: Option<&[String]>, dir: Option<&str>) -> String {
+    let run = match command {
+        Some(argv) => shell_words::join(argv),
+        None => "exec \"${SHELL:-/bin/bash}\" -l".to_string(),
+    };
+    match dir {
+        Some(dir) => format!("cd {} && {run}", shell_words::quote(dir)),
+        None => run,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_lines_start_in_the_folder_given() {
+        let argv = ["echo".to_string(), "a b".to_string()];
+        assert_eq!(command_line(Some(&argv), None), "echo 'a b'");
+        assert_eq!(
+            command_line(Some(&argv), Some("/home/agent/workspace")),
+            "cd /home/agent/workspace && echo 'a b'"
+        );
+        assert_eq!(
+            command_line(None, Some("/w s")),
+            "cd '/w s' && exec \"${SHELL:-/bin/bash}\" -l"
+        );
+    }
 
     /// An SSH server that completes the key exchange and then never answers the login.
     struct StallingLogin;

@@ -9,6 +9,7 @@ pub fn tests() -> Vec<Trial> {
         help_lists_commands_and_global_flags,
         every_subcommand_has_help,
         completions_for_bash,
+        man_page_for_man,
         remote_flag_is_refused_where_it_cannot_apply,
         unknown_command_is_a_usage_error,
         network_docker_endpoints_are_refused,
@@ -53,6 +54,7 @@ fn every_subcommand_has_help() -> Result<(), Failed> {
         &["remote", "remove"],
         &["auth"],
         &["completions"],
+        &["man"],
     ] {
         let ran = Cubbi::new(&home)
             .args(path)
@@ -81,6 +83,17 @@ fn completions_for_bash() -> Result<(), Failed> {
         .success()
         .stdout_contains("complete -F _cubbi")
         .stdout_contains("config");
+    Ok(())
+}
+
+fn man_page_for_man() -> Result<(), Failed> {
+    let home = TestHome::new();
+    Cubbi::new(&home)
+        .args(["man"])
+        .run()
+        .success()
+        .stdout_contains(".TH cubbi")
+        .stdout_contains("session");
     Ok(())
 }
 

@@ -252,6 +252,7 @@ fn every_tool_image_boots_a_session_with_its_pinned_release() -> Result<(), Fail
                     "--image",
                     name,
                     "--no-connect",
+                    "--no-mount",
                     "--name",
                     &session,
                 ])

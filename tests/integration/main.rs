@@ -20,6 +20,7 @@ mod setup_systemd;
 mod ssh_files;
 mod support;
 mod sysbox;
+mod tables;
 
 use libtest_mimic::Arguments;
 
@@ -64,6 +65,7 @@ fn main() {
     tests.extend(setup_systemd::tests());
     tests.extend(ssh_files::tests());
     tests.extend(sysbox::tests());
+    tests.extend(tables::tests());
     let conclusion = libtest_mimic::run(&args, tests);
     support::teardown();
     if let Some(line) = support::sysbox::not_run_line(&args) {

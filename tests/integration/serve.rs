@@ -24,6 +24,7 @@ pub fn tests() -> Vec<Trial> {
         users_see_only_their_own_sessions_and_restarts_keep_them,
         bad_requests_are_refused_and_make_nothing,
         cli_drives_the_service_like_the_local_endpoint,
+        image_commands_with_r_read_the_services_catalogue,
         the_binary_logs_json_without_tokens_and_stops_on_sigterm,
         https_with_a_private_ca_for_clients_that_trust_it,
         close_takes_exact_names_and_tokens_keep_admins,
@@ -127,7 +128,7 @@ async fn conformance(backend: &dyn Backend, name: &str) -> Result<(), Failed> {
         host_key: cubbi::ssh::keys::parse_public(&reached.ssh.host_key)?,
     };
     let ssh = cubbi::ssh::client::SshSession::connect(&target, Duration::from_secs(20)).await?;
-    let mut events = ssh.exec(&["whoami".to_string()]).await?;
+    let mut events = ssh.exec(&["whoami".to_string()], None).await?;
     let mut said = Vec::new();
     while let Some(event) = events.next().await {
         if let ExecEvent::Stdout(data) = event {
@@ -1186,5 +1187,75 @@ fn images_outside_the_catalogue_never_boot() -> Result<(), Failed> {
         );
         service.stop().await?;
         Ok(())
+    })
+}
+
+/// `cubbi -r NAME image list` and `image inspect` show the service's images; `image build`
+/// stays local and says so.
+fn image_commands_with_r_read_the_services_catalogue() -> Result<(), Failed> {
+    docker_test("serve-images", |scope| async move {
+        scope.ensure_base().await?;
+        let mut service = TestService::start(&scope, |_| {}).await?;
+        let token = service.token(&user(&scope, "erin"), false)?;
+        let url = service.url.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), Failed> {
+            let home = TestHome::new();
+            let cubbi = || crate::support::Cubbi::new(&home);
+            cubbi()
+                .args(["remote", "add", "test", &url])
+                .run()
+                .success();
+            cubbi()
+                .args(["-r", "test", "auth"])
+                .stdin(format!("{token}\n"))
+                .run()
+                .success();
+            let listed = cubbi()
+                .args(["-r", "test", "--json", "image", "list"])
+                .run()
+                .success();
+            let images: Value = serde_json::from_str(&listed.stdout())?;
+            let base = images
+                .as_array()
+                .and_then(|all| all.iter().find(|image| image["name"] == "base"))
+                .ok_or_else(|| format!("no base in {images}"))?;
+            assert_eq!(base["built"], json!(true), "{images}");
+            assert_eq!(base["tag"], json!("cubbi-base"), "{images}");
+            let table = cubbi()
+                .args(["-r", "test", "image", "list"])
+                .run()
+                .success()
+                .stdout();
+            let base_row = table
+                .lines()
+                .find(|line| line.starts_with("base "))
+                .ok_or_else(|| format!("no base row:\n{table}"))?;
+            assert!(base_row.contains(" yes "), "{table}");
+            cubbi()
+                .args(["-r", "test", "image", "inspect", "base"])
+                .run()
+                .success()
+                .stdout_contains("name:        base")
+                .stdout_contains("built:       yes, on `test`");
+            let inspected = cubbi()
+                .args(["-r", "test", "--json", "image", "inspect", "base"])
+                .run()
+                .success();
+            let inspected: Value = serde_json::from_str(&inspected.stdout())?;
+            assert_eq!(inspected["metadata"]["name"], json!("base"), "{inspected}");
+            cubbi()
+                .args(["-r", "test", "image", "inspect", "nope"])
+                .run()
+                .failure()
+                .stderr_contains("no image of that name");
+            cubbi()
+                .args(["-r", "test", "image", "build", "base"])
+                .run()
+                .failure()
+                .stderr_contains("builds on this machine only");
+            Ok(())
+        })
+        .await??;
+        service.stop().await
     })
 }

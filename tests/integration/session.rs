@@ -28,6 +28,7 @@ pub fn tests() -> Vec<Trial> {
         ambiguous_prefix_lists_candidates,
         connect_is_a_login_shell_on_a_real_terminal,
         project_is_cloned_into_the_workspace,
+        plain_cubbi_mounts_the_folder_it_runs_in_but_never_home,
     ]
 }
 
@@ -90,8 +91,9 @@ fn create_boots_systemd_sshd_and_inner_docker() -> Result<(), Failed> {
         );
         assert_eq!(exec(&scope, &home, name, &["id", "-u"]).trim(), "1000");
         assert_eq!(exec(&scope, &home, name, &["hostname"]).trim(), name);
+        // exec starts in the workspace of a session that has one.
         assert_eq!(
-            exec(&scope, &home, name, &["cat", "workspace/hello.txt"]),
+            exec(&scope, &home, name, &["cat", "hello.txt"]),
             "from the host\n"
         );
         assert_eq!(
@@ -601,6 +603,7 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
                         "--image",
                         "no-such-image",
                         "--no-connect",
+                        "--no-mount",
                     ][..],
                     SessionRuntime::of_this_run().create_flags(),
                 ]
@@ -618,6 +621,7 @@ fn refusals_leave_nothing_behind() -> Result<(), Failed> {
                     "--image",
                     "base",
                     "--no-connect",
+                    "--no-mount",
                     "--runtime",
                     "runc",
                 ],
@@ -1186,6 +1190,102 @@ fn project_is_cloned_into_the_workspace() -> Result<(), Failed> {
             exec(&scope, &home, "repo", &["ls", "workspace"]).trim(),
             "README"
         );
+        Ok(())
+    })
+}
+
+/// Plain `cubbi` mounts the folder it runs in and names the session after it; `exec` starts
+/// there. In `$HOME`, or a folder holding it, it refuses, says what to do, and makes nothing.
+fn plain_cubbi_mounts_the_folder_it_runs_in_but_never_home() -> Result<(), Failed> {
+    docker_test("session-mount-local", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        let project = home.path().join("src/My-App");
+        std::fs::create_dir_all(&project)?;
+        std::fs::write(project.join("marker.txt"), "from the project\n")?;
+        let plain = |dir: &std::path::Path| {
+            scope
+                .cubbi(&home)
+                .current_dir(dir)
+                .args(["--image", "base", "--no-connect"])
+                .args(SessionRuntime::of_this_run().create_flags())
+        };
+
+        let above = home.path().parent().ok_or("HOME has a parent")?;
+        for (dir, why) in [
+            (home.path(), "it is your home folder"),
+            (above, "it holds your home folder"),
+        ] {
+            plain(dir)
+                .run()
+                .failure()
+                .stderr_contains("refusing to mount the current folder")
+                .stderr_contains(why)
+                .stderr_contains("cd into a project folder")
+                .stderr_contains("--no-mount");
+        }
+        assert!(
+            session_containers(&scope).await?.is_empty(),
+            "a refused create left a container"
+        );
+        assert!(
+            !home.path().join(".ssh/cubbi.d").exists(),
+            "a refused create wrote ssh files"
+        );
+
+        let ran = plain(&project).run().success();
+        let shown = project.canonicalize()?;
+        ran.stderr_contains("session my-app ready")
+            .stderr_contains(&format!(
+                "workspace: {} mounted at /home/agent/workspace",
+                shown.display()
+            ));
+        assert_eq!(
+            exec(&scope, &home, "my-app", &["pwd"]).trim(),
+            "/home/agent/workspace"
+        );
+        assert_eq!(
+            exec(&scope, &home, "my-app", &["cat", "marker.txt"]),
+            "from the project\n"
+        );
+        scope
+            .cubbi(&home)
+            .args(["session", "list"])
+            .run()
+            .success()
+            .stdout_contains("my-app")
+            .stdout_contains(&shown.display().to_string());
+        // connect's shell starts there too, and is still a login shell.
+        let command = scope
+            .cubbi(&home)
+            .env("TERM", "xterm")
+            .args(["session", "connect", "my-app"])
+            .into_command();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            const STEP: Duration = Duration::from_secs(30);
+            let mut term = Terminal::spawn(command, 40, 120).map_err(|err| err.to_string())?;
+            // The echo of what is typed shows `$((1+1))`; only the shell's output shows 2.
+            term.send("echo cwd-$((1+1))=$PWD\r")?;
+            term.expect("cwd-2=/home/agent/workspace", STEP)?;
+            term.send("shopt -q login_shell && echo login-$((2+2))\r")?;
+            term.expect("login-4", STEP)?;
+            term.send("exit 3\r")?;
+            let status = term.wait(STEP)?;
+            if status.code() != Some(3) {
+                return Err(format!(
+                    "connect ended with {status}:\n{}",
+                    term.transcript()
+                ));
+            }
+            Ok(())
+        })
+        .await?
+        .map_err(Failed::from)?;
+        scope
+            .cubbi(&home)
+            .args(["session", "close", "my-app"])
+            .run()
+            .success();
         Ok(())
     })
 }

@@ -32,9 +32,12 @@ pub struct Cubbi {
 }
 
 impl Cubbi {
+    /// Runs in the home folder, as a user who just logged in: a `session create` without a
+    /// PATH is refused there unless it passes `--no-mount` (or a test changes the folder).
     pub fn new(home: &TestHome) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cubbi"));
         command
+            .current_dir(home.path())
             .env("HOME", home.path())
             .env("XDG_CONFIG_HOME", home.path().join(".config"))
             .env("XDG_DATA_HOME", home.path().join(".local/share"))
@@ -53,6 +56,12 @@ impl Cubbi {
         S: AsRef<std::ffi::OsStr>,
     {
         self.command.args(args);
+        self
+    }
+
+    /// Runs in `dir` instead of the home folder.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.command.current_dir(dir);
         self
     }
 

@@ -198,7 +198,8 @@ impl DockerScope {
     }
 }
 
-/// `session create` of `cubbi-base` named `name`, without connecting, plus `extra`.
+/// `session create` of `cubbi-base` named `name`, without connecting, plus `extra`; the
+/// current folder is not mounted (a PATH in `extra` is).
 pub fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     create_args_on(
         sysbox::SessionRuntime::of_this_run().create_flags(),
@@ -219,6 +220,7 @@ pub fn create_args_on<'a>(
         "--image",
         "base",
         "--no-connect",
+        "--no-mount",
         "--name",
         name,
     ];
