@@ -24,6 +24,24 @@ if ((${#missing[@]})); then
         "${missing[@]}" >/dev/null
 fi
 
+# The OpenAPI test reads the served document with a real validator and a real client generator,
+# from PyPI into a venv of their own (pinned; kept between runs).
+openapi_tools=${CUBBI_TEST_OPENAPI_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/cubbi-test/openapi/bin}
+if [ ! -x "$openapi_tools/openapi-python-client" ] || [ ! -x "$openapi_tools/openapi-spec-validator" ]; then
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+        sudo=()
+        [ "$(id -u)" = 0 ] || sudo=(sudo)
+        "${sudo[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+            python3-venv >/dev/null
+    fi
+    echo "install/test.sh: installing the OpenAPI validator and client generator into $(dirname "$openapi_tools")" >&2
+    python3 -m venv "$(dirname "$openapi_tools")"
+    "$openapi_tools/pip" install -q --disable-pip-version-check \
+        "openapi-spec-validator==0.9.0" "openapi-python-client==0.29.1"
+fi
+export CUBBI_TEST_OPENAPI_TOOLS="$openapi_tools"
+
 # Sessions under runc (no Sysbox here) all count against root's inotify instances, since there
 # are no user namespaces; at Debian's default of 128 only ~25 systemd containers boot at once.
 if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then

@@ -131,7 +131,7 @@ fn needs_host_key(pattern: &str) -> HttpError {
     )
 }
 
-#[utoipa::path(get, path = "/v1/projects", tag = "projects", security(("token" = [])),
+#[utoipa::path(get, path = "/v1/projects", operation_id = "list_projects", tag = "projects", security(("token" = [])),
     responses((status = 200, description = "The caller's projects, by name (never a secret)", body = Vec<ProjectSummary>),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
         (status = 500, description = "The project store failed", body = crate::api::wire::ErrorBody)))]
@@ -147,7 +147,7 @@ pub(super) async fn list<H: SessionHost>(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/projects", tag = "projects", request_body = AddProjectRequest,
+#[utoipa::path(post, path = "/v1/projects", operation_id = "add_project", tag = "projects", request_body = AddProjectRequest,
     security(("token" = [])),
     responses((status = 201, description = "Registered", body = ProjectSummary),
         (status = 400, description = "Bad URL, name, branch, credential or host key; or an SSH host without a known key", body = crate::api::wire::ErrorBody),
@@ -205,7 +205,7 @@ pub(super) async fn add<H: SessionHost>(
     .await
 }
 
-#[utoipa::path(get, path = "/v1/projects/{reference}", tag = "projects",
+#[utoipa::path(get, path = "/v1/projects/{reference}", operation_id = "show_project", tag = "projects",
     params(("reference" = String, Path, description = "The project's name, or its id host/org/repo percent-encoded as one segment")),
     security(("token" = [])),
     responses((status = 200, description = "The project (never its secret)", body = ProjectSummary),
@@ -227,7 +227,7 @@ pub(super) async fn show<H: SessionHost>(
     .await
 }
 
-#[utoipa::path(put, path = "/v1/projects/{reference}", tag = "projects",
+#[utoipa::path(put, path = "/v1/projects/{reference}", operation_id = "update_project", tag = "projects",
     params(("reference" = String, Path, description = "The project's name, or its id host/org/repo percent-encoded as one segment")),
     request_body = UpdateProjectRequest, security(("token" = [])),
     responses((status = 200, description = "Changed", body = ProjectSummary),
@@ -296,7 +296,7 @@ pub(super) async fn update<H: SessionHost>(
     .await
 }
 
-#[utoipa::path(delete, path = "/v1/projects/{reference}", tag = "projects",
+#[utoipa::path(delete, path = "/v1/projects/{reference}", operation_id = "remove_project", tag = "projects",
     params(("reference" = String, Path, description = "The project's name, or its id host/org/repo percent-encoded as one segment")),
     security(("token" = [])),
     responses((status = 200, description = "Forgotten, with its credential; what it was", body = ProjectSummary),

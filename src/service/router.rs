@@ -349,7 +349,7 @@ async fn wrong_method() -> HttpError {
         .with_status(StatusCode::METHOD_NOT_ALLOWED)
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "service",
+#[utoipa::path(get, path = "/healthz", operation_id = "health", tag = "service",
     responses((status = 200, description = "The service is up", body = Health)))]
 pub(super) async fn healthz() -> Json<Health> {
     Json(Health {
@@ -358,7 +358,7 @@ pub(super) async fn healthz() -> Json<Health> {
     })
 }
 
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "service", security(("token" = [])),
+#[utoipa::path(get, path = "/v1/openapi.json", operation_id = "get_openapi_document", tag = "service", security(("token" = [])),
     responses((status = 200, description = "This document"),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody)))]
 pub(super) async fn openapi_document(_caller: Authenticated) -> Response {
@@ -366,13 +366,14 @@ pub(super) async fn openapi_document(_caller: Authenticated) -> Response {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     /// Only this owner's sessions (admins).
     owner: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(ListQuery),
+#[utoipa::path(get, path = "/v1/sessions", operation_id = "list_sessions", tag = "sessions", params(ListQuery),
     security(("token" = [])),
     responses((status = 200, description = "The caller's sessions (an admin's: everyone's)", body = Vec<Session>),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
@@ -401,6 +402,7 @@ pub(super) async fn list<H: SessionHost>(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateQuery {
     /// `false`: answer 202 as soon as the session exists, before it is ready.
@@ -426,7 +428,7 @@ impl Progress for Reserved {
     }
 }
 
-#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", params(CreateQuery),
+#[utoipa::path(post, path = "/v1/sessions", operation_id = "create_session", tag = "sessions", params(CreateQuery),
     request_body = CreateRequest, security(("token" = [])),
     responses((status = 201, description = "Ready: sshd accepts the key", body = Session),
         (status = 202, description = "Created, still booting (`?wait=false`)", body = Session),
@@ -483,7 +485,7 @@ pub(super) async fn create<H: SessionHost>(
     }
 }
 
-#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions",
+#[utoipa::path(get, path = "/v1/sessions/{id}", operation_id = "show_session", tag = "sessions",
     params(("id" = String, Path, description = "Session id, unique id prefix, or name")),
     security(("token" = [])),
     responses((status = 200, description = "The session", body = Session),
@@ -502,7 +504,7 @@ pub(super) async fn show<H: SessionHost>(
     Ok(Json(state.publish(session, &headers)))
 }
 
-#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions",
+#[utoipa::path(delete, path = "/v1/sessions/{id}", operation_id = "close_session", tag = "sessions",
     params(("id" = String, Path, description = "The session's exact name, its full id or its 12-character short id; never a prefix")),
     security(("token" = [])),
     responses((status = 200, description = "Closed; its data volume stays", body = Session),
@@ -557,7 +559,7 @@ fn exact_session(sessions: &[Session], id: &str) -> Option<String> {
         .map(|s| s.id.clone())
 }
 
-#[utoipa::path(post, path = "/v1/sessions/{id}/connect", tag = "sessions",
+#[utoipa::path(post, path = "/v1/sessions/{id}/connect", operation_id = "connect_session", tag = "sessions",
     params(("id" = String, Path, description = "Session id, unique id prefix, or name")),
     request_body = ConnectRequest, security(("token" = [])),
     responses((status = 200, description = "The key may log in; where to reach the session", body = Session),
@@ -611,7 +613,7 @@ where
         .into_response()
 }
 
-#[utoipa::path(post, path = "/v1/sessions/{id}/exec", tag = "sessions",
+#[utoipa::path(post, path = "/v1/sessions/{id}/exec", operation_id = "exec_in_session", tag = "sessions",
     params(("id" = String, Path, description = "Session id, unique id prefix, or name")),
     request_body = ExecRequest, security(("token" = [])),
     responses((status = 200, description = "NDJSON lines of ExecLine: output (base64), then the exit code", body = ExecLine, content_type = "application/x-ndjson"),
@@ -639,6 +641,7 @@ pub(super) async fn exec<H: SessionHost>(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogsQuery {
     /// Keep streaming until the session ends or the client goes.
@@ -647,7 +650,7 @@ pub(super) struct LogsQuery {
     tail: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/sessions/{id}/logs", tag = "sessions",
+#[utoipa::path(get, path = "/v1/sessions/{id}/logs", operation_id = "session_logs", tag = "sessions",
     params(("id" = String, Path, description = "Session id, unique id prefix, or name"), LogsQuery),
     security(("token" = [])),
     responses((status = 200, description = "NDJSON lines of LogLine", body = LogLine, content_type = "application/x-ndjson"),
@@ -691,7 +694,7 @@ pub(super) async fn logs<H: SessionHost>(
     Ok(ndjson(&state, lines, slot))
 }
 
-#[utoipa::path(get, path = "/v1/images", tag = "images", security(("token" = [])),
+#[utoipa::path(get, path = "/v1/images", operation_id = "list_images", tag = "images", security(("token" = [])),
     responses((status = 200, description = "The images this service offers", body = Vec<ImageInfo>),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody)))]
 pub(super) async fn images<H: SessionHost>(
@@ -705,7 +708,7 @@ pub(super) async fn images<H: SessionHost>(
     Ok(Json(images))
 }
 
-#[utoipa::path(get, path = "/v1/images/{name}", tag = "images",
+#[utoipa::path(get, path = "/v1/images/{name}", operation_id = "show_image", tag = "images",
     params(("name" = String, Path, description = "Image name, e.g. claude-code")),
     security(("token" = [])),
     responses((status = 200, description = "The image and its whole metadata", body = ImageInfo),

@@ -8,6 +8,7 @@ mod engine;
 mod firewall;
 mod hostile_service;
 mod images;
+mod openapi_tools;
 mod projects;
 mod projects_session;
 mod remotes;
@@ -54,6 +55,7 @@ fn main() {
     tests.extend(firewall::tests());
     tests.extend(hostile_service::tests());
     tests.extend(images::tests());
+    tests.extend(openapi_tools::tests());
     tests.extend(projects::tests());
     tests.extend(serve::tests());
     tests.extend(serve_hardening::tests());
