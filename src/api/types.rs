@@ -123,6 +123,8 @@ impl std::fmt::Display for SessionState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Session {
     pub id: String,
+    /// What the naming rules make of the requested name (see `CreateRequest.name`).
+    #[schema(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$", min_length = 1, max_length = 63)]
     pub name: String,
     pub image: String,
     pub owner: String,

@@ -16,8 +16,10 @@ use super::{ApiError, ErrorCode, ExecEvent, VolumeMount};
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// A cubbi image name (`claude-code`) the service allows.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]*$", min_length = 1, max_length = 63)]
     pub image: String,
-    /// Session name; derived from the project when absent.
+    /// Session name; derived from the project when absent. Lowercased, `_`, `.` and spaces
+    /// become `-`, other characters are dropped, at most 63 are kept; nothing left is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Environment for the agent; written into the session as a file, never container env.
