@@ -1,14 +1,9 @@
 //! `cubbi remote ...` and `cubbi -r NAME auth` end to end, through the real binary, real files
 //! and a real (tiny) HTTP service. No Docker needed.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
 
@@ -178,7 +173,9 @@ fn reserved_and_non_http_remotes_are_refused_without_sysbox() -> Result<(), Fail
 
 fn auth_checks_the_token_with_the_service_without_sysbox() -> Result<(), Failed> {
     let home = TestHome::new();
-    let service = FakeService::start(GOOD_TOKEN)?;
+    // The service's part of `auth`: `GET /v1/sessions` is 200 for the right token, else 401.
+    let service = crate::support::stub::StubService::requiring_token(GOOD_TOKEN)?;
+    service.on("GET", "/v1/sessions", 200, "[]");
     Cubbi::new(&home)
         .args(["remote", "add", "x", &service.url])
         .run()
@@ -277,84 +274,4 @@ fn auth_refuses_an_unreachable_service_unless_no_verify_without_sysbox() -> Resu
         .stderr_contains("whitespace");
     assert!(!ran.stderr().contains("two words"), "{}", ran.stderr());
     Ok(())
-}
-
-/// Stands in for `cubbi serve` until it exists: `GET /v1/sessions` answers 200 `[]` for the
-/// right bearer token and 401 otherwise, one connection at a time.
-struct FakeService {
-    url: String,
-    address: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl FakeService {
-    fn start(token: &str) -> Result<Self, Failed> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let address = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let token = token.to_string();
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(stream) = stream {
-                    let _ = answer(stream, &token);
-                }
-            }
-        });
-        Ok(Self {
-            url: format!("http://{address}"),
-            address,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-fn answer(stream: TcpStream, token: &str) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut authorized = false;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("authorization")
-        {
-            // The scheme is case-insensitive, the token is not.
-            authorized = value.trim().split_once(' ').is_some_and(|(scheme, given)| {
-                scheme.eq_ignore_ascii_case("bearer") && given == token
-            });
-        }
-    }
-    let (status, body) = match (request_line.starts_with("GET /v1/sessions "), authorized) {
-        (false, _) => ("404 Not Found", ""),
-        (true, false) => ("401 Unauthorized", ""),
-        (true, true) => ("200 OK", "[]"),
-    };
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
-}
-
-impl Drop for FakeService {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.address);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

@@ -24,6 +24,15 @@ pub struct StubService {
 
 impl StubService {
     pub fn start() -> Result<Self, Failed> {
+        Self::serve(None)
+    }
+
+    /// A stub that answers 401 to every request without `Authorization: Bearer TOKEN`.
+    pub fn requiring_token(token: &str) -> Result<Self, Failed> {
+        Self::serve(Some(token.to_string()))
+    }
+
+    fn serve(token: Option<String>) -> Result<Self, Failed> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let address = listener.local_addr()?;
         let answers: Arc<Mutex<Answers>> = Arc::default();
@@ -36,7 +45,7 @@ impl StubService {
                     break;
                 }
                 if let Ok(stream) = stream {
-                    let _ = answer(stream, &table, &log);
+                    let _ = answer(stream, token.as_deref(), &table, &log);
                 }
             }
         });
@@ -65,6 +74,7 @@ impl StubService {
 
 fn answer(
     stream: TcpStream,
+    token: Option<&str>,
     table: &Mutex<Answers>,
     seen: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
@@ -73,6 +83,7 @@ fn answer(
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut length = 0usize;
+    let mut authorized = token.is_none();
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
@@ -82,6 +93,15 @@ fn answer(
             && name.eq_ignore_ascii_case("content-length")
         {
             length = value.trim().parse().unwrap_or(0);
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("authorization")
+            && token.is_some()
+        {
+            // The scheme is case-insensitive, the token is not.
+            authorized = value.trim().split_once(' ').is_some_and(|(scheme, given)| {
+                scheme.eq_ignore_ascii_case("bearer") && Some(given) == token
+            });
         }
     }
     let mut body = vec![0u8; length];
@@ -98,16 +118,24 @@ fn answer(
     seen.lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(format!("{method} {path}"));
-    let (status, body) = table
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|((m, p), _)| *m == method && *p == path)
-        .map(|(_, answer)| answer.clone())
-        .unwrap_or((
-            404,
-            r#"{"error":{"code":"not_found","message":"stub: no answer"}}"#.into(),
-        ));
+    let unauthorized = (
+        401,
+        r#"{"error":{"code":"unauthorized","message":"stub: no valid token"}}"#.to_string(),
+    );
+    let (status, body) = if !authorized {
+        unauthorized
+    } else {
+        table
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|((m, p), _)| *m == method && *p == path)
+            .map(|(_, answer)| answer.clone())
+            .unwrap_or((
+                404,
+                r#"{"error":{"code":"not_found","message":"stub: no answer"}}"#.into(),
+            ))
+    };
     let mut stream = stream;
     write!(
         stream,
