@@ -99,6 +99,8 @@ pub struct Limits {
     /// Largest (and default) number of processes in a session. Under Sysbox a session's
     /// processes are host processes, so this bounds what one session takes of the host's.
     pub pids_limit: i64,
+    /// Most projects one user may register (each holds a sealed credential and host keys).
+    pub projects_per_user: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -198,6 +200,7 @@ impl Default for Limits {
             memory: None,
             cpus: None,
             pids_limit: crate::api::DEFAULT_PIDS_LIMIT,
+            projects_per_user: 100,
         }
     }
 }

@@ -26,6 +26,7 @@ pub struct Policy {
     pub max_memory: Option<i64>,
     pub max_cpus: Option<f64>,
     pub max_pids: i64,
+    pub projects_per_user: usize,
 }
 
 impl Policy {
@@ -58,6 +59,7 @@ impl Policy {
                 .or_else(host_share_of_memory),
             max_cpus: config.limits.cpus.or_else(|| Some(host_share_of_cpus())),
             max_pids: config.limits.pids_limit,
+            projects_per_user: config.limits.projects_per_user,
         })
     }
 

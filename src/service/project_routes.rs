@@ -153,7 +153,8 @@ pub(super) async fn list<H: SessionHost>(
         (status = 400, description = "Bad URL, name, branch, credential or host key; or an SSH host without a known key", body = crate::api::wire::ErrorBody),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
         (status = 409, description = "The project or the name is taken", body = crate::api::wire::ErrorBody),
-        (status = 413, description = "Body over the limit", body = crate::api::wire::ErrorBody)))]
+        (status = 413, description = "Body over the limit", body = crate::api::wire::ErrorBody),
+        (status = 429, description = "The caller has limits.projects_per_user projects", body = crate::api::wire::ErrorBody)))]
 pub(super) async fn add<H: SessionHost>(
     State(state): State<AppState<H>>,
     Authenticated(caller): Authenticated,
@@ -161,7 +162,16 @@ pub(super) async fn add<H: SessionHost>(
 ) -> Result<Response, HttpError> {
     let Json(request) = body.map_err(body_error)?;
     let store = store_of(&state, &caller)?;
+    let limit = state.policy().projects_per_user;
     blocking(move || {
+        let registered = store.list().map_err(project_error)?.len();
+        if registered >= limit {
+            return Err(ApiError::Quota(format!(
+                "you have {registered} projects and this service allows {limit} per user \
+                 (limits.projects_per_user); remove one first"
+            ))
+            .into());
+        }
         let url = RepoUrl::parse(&request.url).map_err(project_error)?;
         if let Some(name) = &request.name {
             url::validate_name(name).map_err(project_error)?;

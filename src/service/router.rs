@@ -111,6 +111,10 @@ impl<H: SessionHost> AppState<H> {
         &self.shared.host
     }
 
+    pub(super) fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
     pub(super) fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.shared.store)
     }

@@ -26,6 +26,7 @@ pub fn tests() -> Vec<Trial> {
     crate::trials![
         projects_crud_over_http_per_user_and_no_secret_leaks_without_sysbox,
         projects_wrong_storage_key_on_restart_is_a_clear_error_without_sysbox,
+        projects_per_user_are_capped_without_sysbox,
         projects_cli_drives_the_service_like_the_local_store_without_sysbox,
     ]
 }
@@ -522,6 +523,44 @@ fn projects_crud_over_http_per_user_and_no_secret_leaks_without_sysbox() -> Resu
             );
         }
         Ok(())
+    })
+}
+
+/// `limits.projects_per_user`: past it an add is a 429 naming the limit, and nothing is added.
+fn projects_per_user_are_capped_without_sysbox() -> Result<(), Failed> {
+    let state = tempfile::tempdir()?;
+    runtime()?.block_on(async {
+        let mut config = config(state.path(), "cd");
+        config.limits.projects_per_user = 1;
+        let mut service = Service::start(config).await?;
+        let alice = service.token("alice")?;
+        let http = reqwest::Client::new();
+        let add = |url: &'static str| {
+            http.post(format!("{}/v1/projects", service.url))
+                .bearer_auth(&alice)
+                .json(&json!({ "url": url }))
+                .send()
+        };
+        assert_eq!(add("https://gitlab.com/team/one").await?.status(), 201);
+        let refused = add("https://gitlab.com/team/two").await?;
+        assert_eq!(refused.status(), 429);
+        let body: Value = refused.json().await?;
+        assert_eq!(body["error"]["code"], "quota", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("limits.projects_per_user")),
+            "{body}"
+        );
+        let listed: Value = http
+            .get(format!("{}/v1/projects", service.url))
+            .bearer_auth(&alice)
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+        service.stop().await
     })
 }
 
