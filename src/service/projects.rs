@@ -434,16 +434,22 @@ mod tests {
         }
     }
 
+    /// A service config on `state_dir` with a fixed sealing key.
+    fn sealed_config(state_dir: &std::path::Path) -> ServiceConfig {
+        let mut config = ServiceConfig {
+            state_dir: state_dir.to_path_buf(),
+            ..ServiceConfig::default()
+        };
+        config.projects.storage.key = Some(super::super::config::SecretText("11".repeat(32)));
+        config
+    }
+
     /// A sealed credential is bound to its user: copied into another user's row it does not
     /// open, and a record sealed before the binding is resealed, bound, at start.
     #[test]
     fn credentials_are_bound_to_their_user() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = ServiceConfig {
-            state_dir: dir.path().to_path_buf(),
-            ..ServiceConfig::default()
-        };
-        config.projects.storage.key = Some(super::super::config::SecretText("11".repeat(32)));
+        let config = sealed_config(dir.path());
         let projects = ServiceProjects::open(&config).unwrap();
         projects
             .of_user("alice")
@@ -500,11 +506,7 @@ mod tests {
     #[test]
     fn the_store_seals_in_the_database_and_a_wrong_key_stops_the_start() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = ServiceConfig {
-            state_dir: dir.path().to_path_buf(),
-            ..ServiceConfig::default()
-        };
-        config.projects.storage.key = Some(super::super::config::SecretText("11".repeat(32)));
+        let mut config = sealed_config(dir.path());
         let projects = ServiceProjects::open(&config).unwrap();
         let store = projects.of_user("alice");
         store
