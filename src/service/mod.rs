@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod docker_host;
+mod documented;
 pub mod host_volumes;
 pub mod http_error;
 pub mod openapi;

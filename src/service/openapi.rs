@@ -1,32 +1,15 @@
 //! The OpenAPI 3.1 document of the service, generated from the handlers and types themselves
 //! (utoipa), served at `/v1/openapi.json`; the tests validate every response against it.
 
+use utoipa::openapi::path::Paths;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{project_routes, router};
+use super::router;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "cubbi", description = "Sessions: system containers for AI coding agents."),
-    paths(
-        router::healthz,
-        router::openapi_document,
-        router::list,
-        router::create,
-        router::show,
-        router::close,
-        router::connect,
-        router::exec,
-        router::logs,
-        router::images,
-        router::image,
-        project_routes::list,
-        project_routes::add,
-        project_routes::show,
-        project_routes::update,
-        project_routes::remove,
-    ),
     components(schemas(
         crate::api::Session,
         crate::api::SessionState,
@@ -51,7 +34,7 @@ use super::{project_routes, router};
         crate::projects::wire::UpdateProjectRequest,
         crate::projects::wire::CredentialInput,
     )),
-    modifiers(&BearerToken, &CommonAnswers)
+    modifiers(&BearerToken)
 )]
 struct ApiDoc;
 
@@ -67,60 +50,44 @@ impl Modify for BearerToken {
     }
 }
 
-/// The answers every route of a kind can give, whatever its handler says: 504 from the
-/// request time limit on every route but the streams (`server.request_timeout`), and 503 on
-/// every route that reaches Docker or the project store when they are down.
-struct CommonAnswers;
-
-/// Routes under the request time limit (see `router::router`).
-const TIMED: &[&str] = &[
-    "/v1/sessions",
-    "/v1/sessions/{id}",
-    "/v1/sessions/{id}/connect",
-    "/v1/images",
-    "/v1/images/{name}",
-    "/v1/openapi.json",
-    "/v1/projects",
-    "/v1/projects/{reference}",
-];
-
 /// Routes that answer without Docker or a store.
 const ALWAYS_UP: &[&str] = &["/healthz", "/v1/openapi.json"];
 
-impl Modify for CommonAnswers {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let answer = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
-                .build()
-        };
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
-                let responses = &mut operation.responses.responses;
-                if TIMED.contains(&path.as_str()) {
-                    responses.entry("504".into()).or_insert_with(|| {
-                        answer("The request took longer than server.request_timeout").into()
-                    });
-                }
-                if !ALWAYS_UP.contains(&path.as_str()) {
-                    responses.entry("503".into()).or_insert_with(|| {
-                        answer("The Docker endpoint or the service's store is unavailable").into()
-                    });
-                }
+/// The answers every route of a kind can give, whatever its handler says: 504 from the
+/// request time limit on every timed route (`server.request_timeout`), and 503 on every route
+/// that reaches Docker or the project store when they are down.
+fn add_common_answers(paths: &mut Paths, timed: bool) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let answer = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            if timed {
+                responses.entry("504".into()).or_insert_with(|| {
+                    answer("The request took longer than server.request_timeout").into()
+                });
+            }
+            if !ALWAYS_UP.contains(&path.as_str()) {
+                responses.entry("503".into()).or_insert_with(|| {
+                    answer("The Docker endpoint or the service's store is unavailable").into()
+                });
             }
         }
     }
@@ -128,7 +95,19 @@ impl Modify for CommonAnswers {
 
 /// The document, as served.
 pub fn document() -> utoipa::openapi::OpenApi {
+    // The paths are the routes as the router registers them (the host type only picks
+    // handler instances; no host is made).
+    let routes = router::routes::<super::docker_host::DockerHost>();
     let mut document = ApiDoc::openapi();
+    for (group, timed) in [
+        (routes.timed.paths(), true),
+        (routes.streamed.paths(), false),
+        (routes.health.paths(), false),
+    ] {
+        let mut paths = group.clone();
+        add_common_answers(&mut paths, timed);
+        document.paths.merge(paths);
+    }
     document.info.version = env!("CARGO_PKG_VERSION").to_string();
     document
 }
@@ -167,6 +146,9 @@ mod tests {
     fn timeouts_and_outages_are_documented() {
         let document = serde_json::to_value(super::document()).unwrap();
         let paths = document["paths"].as_object().unwrap();
+        let routes = super::router::routes::<crate::service::docker_host::DockerHost>();
+        let timed = &routes.timed.paths().paths;
+        assert!(timed.contains_key("/v1/sessions") && !timed.contains_key("/healthz"));
         let mut checked = 0;
         for (path, item) in paths {
             for (method, operation) in item.as_object().unwrap() {
@@ -175,7 +157,7 @@ mod tests {
                     responses[code]["content"]["application/json"]["schema"]["$ref"]
                         == "#/components/schemas/ErrorBody"
                 };
-                if super::TIMED.contains(&path.as_str()) {
+                if timed.contains_key(path) {
                     assert!(has("504"), "{method} {path} lacks 504");
                 } else {
                     assert!(
@@ -191,5 +173,45 @@ mod tests {
         }
         assert!(checked >= 15, "{checked} operations");
         assert!(paths["/v1/sessions/{id}/exec"]["post"]["responses"]["503"].is_object());
+    }
+
+    /// Every `$ref` in the document names a schema it carries (the paths come from the
+    /// routes, the schemas from the list above: a handler's new body type must be listed).
+    #[test]
+    fn every_reference_resolves() {
+        fn refs(value: &serde_json::Value, found: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(target)) = map.get("$ref") {
+                        found.push(target.clone());
+                    }
+                    map.values().for_each(|v| refs(v, found));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+                _ => {}
+            }
+        }
+        let document = serde_json::to_value(super::document()).unwrap();
+        let mut found = Vec::new();
+        refs(&document, &mut found);
+        assert!(found.len() > 20, "{} references", found.len());
+        for target in found {
+            let name = target
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("unexpected reference {target}"));
+            assert!(
+                document["components"]["schemas"][name].is_object(),
+                "{target} does not resolve"
+            );
+        }
+    }
+
+    /// The always-up list names routes that exist.
+    #[test]
+    fn always_up_routes_are_routes() {
+        let document = serde_json::to_value(super::document()).unwrap();
+        for path in super::ALWAYS_UP {
+            assert!(document["paths"][path].is_object(), "{path}");
+        }
     }
 }

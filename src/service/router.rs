@@ -17,13 +17,13 @@ use axum::http::header::{CONTENT_TYPE, HOST};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::auth::Authenticated;
+use super::documented::DocumentedRoutes;
 use super::http_error::HttpError;
 use super::openapi;
 use super::policy::Policy;
@@ -261,35 +261,56 @@ fn check_id(id: &str) -> Result<(), HttpError> {
     }
 }
 
+/// Every route of the service, each with its document entry: `timed` ones answer within
+/// `server.request_timeout`, `streamed` ones (exec, logs) may run for as long as they stream,
+/// and `health` is for probes.
+pub(super) struct ServiceRoutes<H> {
+    pub timed: DocumentedRoutes<AppState<H>>,
+    pub streamed: DocumentedRoutes<AppState<H>>,
+    pub health: DocumentedRoutes<AppState<H>>,
+}
+
+/// The routes, registered with their documentation; the host type only picks the handlers'
+/// instances, so the document can be made without a host.
+pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
+    ServiceRoutes {
+        timed: DocumentedRoutes::new()
+            .route::<__path_list, _>(list::<H>)
+            .route::<__path_create, _>(create::<H>)
+            .route::<__path_show, _>(show::<H>)
+            .route::<__path_close, _>(close::<H>)
+            .route::<__path_connect, _>(connect::<H>)
+            .route::<__path_images, _>(images::<H>)
+            .route::<__path_image, _>(image::<H>)
+            .route::<__path_openapi_document, _>(openapi_document)
+            .route::<project_routes::__path_list, _>(project_routes::list::<H>)
+            .route::<project_routes::__path_add, _>(project_routes::add::<H>)
+            .route::<project_routes::__path_show, _>(project_routes::show::<H>)
+            .route::<project_routes::__path_update, _>(project_routes::update::<H>)
+            .route::<project_routes::__path_remove, _>(project_routes::remove::<H>),
+        streamed: DocumentedRoutes::new()
+            .route::<__path_exec, _>(exec::<H>)
+            .route::<__path_logs, _>(logs::<H>),
+        health: DocumentedRoutes::new().route::<__path_healthz, _>(healthz),
+    }
+}
+
 pub fn router<H: SessionHost>(state: AppState<H>, body_limit: usize) -> Router {
-    let timed = Router::new()
-        .route("/v1/sessions", get(list::<H>).post(create::<H>))
-        .route("/v1/sessions/{id}", get(show::<H>).delete(close::<H>))
-        .route("/v1/sessions/{id}/connect", post(connect::<H>))
-        .route("/v1/images", get(images::<H>))
-        .route("/v1/images/{name}", get(image::<H>))
-        .route("/v1/openapi.json", get(openapi_document))
-        .route(
-            "/v1/projects",
-            get(project_routes::list::<H>).post(project_routes::add::<H>),
-        )
-        .route(
-            "/v1/projects/{reference}",
-            get(project_routes::show::<H>)
-                .put(project_routes::update::<H>)
-                .delete(project_routes::remove::<H>),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            time_limit::<H>,
-        ));
-    let streamed = Router::new()
-        .route("/v1/sessions/{id}/exec", post(exec::<H>))
-        .route("/v1/sessions/{id}/logs", get(logs::<H>));
+    let ServiceRoutes {
+        timed,
+        streamed,
+        health,
+    } = routes::<H>();
+    let time_limited = middleware::from_fn_with_state(state.clone(), time_limit::<H>);
+    let (timed, _) = timed
+        .map_router(|router| router.route_layer(time_limited))
+        .into_parts();
+    let (streamed, _) = streamed.into_parts();
+    let (health, _) = health.into_parts();
     Router::new()
         .merge(timed)
         .merge(streamed)
-        .route("/healthz", get(healthz))
+        .merge(health)
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
