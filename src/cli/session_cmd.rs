@@ -231,6 +231,8 @@ async fn local_backend(
         // `--project NAME|URL` finds the projects `cubbi project add` registered; anything else
         // is an ad-hoc URL.
         projects: Some(Arc::new(crate::projects::ProjectStore::for_config(config)?)),
+        // A disk limit is the service's (`limits.disk`); local sessions are the user's own.
+        disk_limit: None,
     };
     Ok(LocalBackend::new(docker, options))
 }

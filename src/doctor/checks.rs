@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::probe::{DoctorFacts, Readable, ServeFacts, SocketFacts, SysboxDaemons};
+use super::probe::{DoctorFacts, Readable, ServeFacts, ServeLimits, SocketFacts, SysboxDaemons};
 use super::{Check, Status};
 use crate::engine::daemon_json::{self, SYSBOX_RUNTIME};
 use crate::engine::host::{
@@ -58,6 +58,7 @@ pub fn run_all(facts: &DoctorFacts) -> Vec<Check> {
     // Only where `cubbi setup --service` installed it: the service is optional.
     if let Some(service) = &facts.serve {
         checks.push(serve(service));
+        checks.push(serve_limits(&service.limits));
     }
     checks
 }
@@ -87,6 +88,52 @@ pub fn serve(facts: &ServeFacts) -> Check {
             ID,
             format!("{url} answers ok (systemd not reachable to ask for the unit)"),
         ),
+    }
+}
+
+/// What one session and one user of the service may take. A warning where a user could take
+/// the host (no session cap) or the disk has no limit, with why not.
+pub fn serve_limits(limits: &Result<ServeLimits, String>) -> Check {
+    const ID: &str = "serve-limits";
+    const CONFIG: &str = crate::engine::serve::SERVICE_CONFIG;
+    let limits = match limits {
+        Ok(limits) => limits,
+        Err(why) => return Check::warn(ID, format!("service limits unknown: {why}"), CONFIG),
+    };
+    let memory = limits
+        .memory_bytes
+        .map_or("no memory limit".to_string(), |bytes| {
+            format!("{} memory", human(bytes.max(0) as u64))
+        });
+    let cpus = limits
+        .cpus
+        .as_ref()
+        .map_or("no CPU limit".to_string(), |cpus| format!("{cpus} CPUs"));
+    let disk = match &limits.disk {
+        Ok(bytes) => format!("{} disk", human((*bytes).max(0) as u64)),
+        Err(_) => "no disk limit".to_string(),
+    };
+    let ports = u32::from(limits.ports.end) - u32::from(limits.ports.start) + 1;
+    let sessions = match limits.sessions_per_user {
+        0 => "no session cap".to_string(),
+        cap => format!("{cap} sessions (so {cap} of the {ports} SSH ports)"),
+    };
+    let finding = format!(
+        "each session: {memory}, {cpus}, {} processes, {disk}; each user: {sessions}, {} projects",
+        limits.pids, limits.projects_per_user
+    );
+    match (&limits.disk, limits.sessions_per_user) {
+        (_, 0) => Check::warn(
+            ID,
+            format!("{finding}: one user can take every port and the host"),
+            format!("set limits.sessions_per_user in {CONFIG}"),
+        ),
+        (Err(why), _) => Check::warn(
+            ID,
+            format!("{finding}; no disk limit because {why}"),
+            "put the engine's data root on XFS mounted with -o pquota to limit each session's disk",
+        ),
+        (Ok(_), _) => Check::ok(ID, finding),
     }
 }
 
@@ -955,12 +1002,65 @@ mod tests {
         assert_eq!(uid_map("").status, Status::Fail);
     }
 
+    /// The service's limits are said with what is missing: a disk limit and why not, a
+    /// session cap.
+    #[test]
+    fn service_limits_are_said_and_gaps_warned() {
+        let engine =
+            serde_json::json!({"Driver": "overlay2", "DockerRootDir": "/nonexistent/cubbi-docker"});
+        let limits = crate::doctor::probe::serve_limits(
+            "[limits]\nmemory = \"2g\"\ncpus = 1.5\nsessions_per_user = 4\n",
+            Some(&engine),
+        )
+        .unwrap();
+        assert_eq!(limits.memory_bytes, Some(2 << 30));
+        assert_eq!(limits.cpus.as_deref(), Some("1.5"));
+        let check = serve_limits(&Ok(limits.clone()));
+        assert_eq!(check.status, Status::Warn, "{}", check.finding);
+        for part in [
+            "2.0 GiB memory",
+            "1.5 CPUs",
+            "4096 processes",
+            "4 sessions (so 4 of the 201 SSH ports)",
+            "100 projects",
+            "no disk limit because",
+        ] {
+            assert!(check.finding.contains(part), "{part}: {}", check.finding);
+        }
+        assert!(check.remedy.contains("pquota"), "{}", check.remedy);
+        let with_disk = ServeLimits {
+            disk: Ok(20 << 30),
+            ..limits.clone()
+        };
+        let check = serve_limits(&Ok(with_disk.clone()));
+        assert_eq!(check.status, Status::Ok, "{}", check.finding);
+        assert!(check.finding.contains("20.0 GiB disk"), "{}", check.finding);
+        let uncapped = serve_limits(&Ok(ServeLimits {
+            sessions_per_user: 0,
+            ..with_disk
+        }));
+        assert_eq!(uncapped.status, Status::Warn);
+        assert!(uncapped.remedy.contains("limits.sessions_per_user"));
+        // Defaults come from the host: memory and CPUs are always limited.
+        let defaults = crate::doctor::probe::serve_limits("", None).unwrap();
+        assert!(
+            defaults
+                .memory_bytes
+                .is_some_and(|bytes| bytes >= 512 << 20)
+        );
+        assert!(defaults.cpus.is_some());
+        assert!(defaults.disk.is_err());
+        // A config the service would refuse is reported, not guessed around.
+        assert!(crate::doctor::probe::serve_limits("[limits]\ndisk = \"lots\"", None).is_err());
+    }
+
     #[test]
     fn the_service_is_checked_when_installed() {
         let facts = |state: Option<&str>, health: Result<(), String>| ServeFacts {
             active_state: state.map(String::from),
             address: "127.0.0.1:3000".parse().unwrap(),
             health,
+            limits: Err("not read".into()),
         };
         let up = serve(&facts(Some("active"), Ok(())));
         assert_eq!(up.status, Status::Ok);

@@ -94,6 +94,64 @@ pub struct ServeFacts {
     pub address: std::net::SocketAddr,
     /// `Ok` when /healthz answered ok; otherwise why not.
     pub health: Result<(), String>,
+    /// What each session and user may take, from the service's config and the host; why
+    /// not known otherwise (the config is readable by root only).
+    pub limits: Result<ServeLimits, String>,
+}
+
+/// The service's limits in effect: configured, or derived from this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServeLimits {
+    pub memory_bytes: Option<i64>,
+    /// CPUs, as text (`1`, `0.5`).
+    pub cpus: Option<String>,
+    pub pids: i64,
+    /// Bytes of writable layer per session, or why there is no disk limit.
+    pub disk: Result<i64, String>,
+    pub sessions_per_user: usize,
+    pub projects_per_user: usize,
+    /// The SSH ports every user's sessions share.
+    pub ports: PortRange,
+}
+
+/// The limits `cubbi serve` would apply with the config text, on an engine described by
+/// `docker_info`.
+pub fn serve_limits(config: &str, docker_info: Option<&Value>) -> Result<ServeLimits, String> {
+    use crate::service::{config::ServiceConfig, disk_quota, policy::Policy};
+    let parsed = ServiceConfig::parse(config, Path::new(crate::engine::serve::SERVICE_CONFIG))
+        .map_err(|err| err.to_string())?;
+    let policy = Policy::from_config(&parsed).map_err(|err| err.to_string())?;
+    let configured_disk = parsed
+        .limits
+        .disk
+        .as_deref()
+        .map(crate::local::limits::parse_memory)
+        .transpose()
+        .map_err(|err| err.to_string())?;
+    let disk = match docker_info.map(|info| serde_json::from_value(info.clone())) {
+        Some(Ok(info)) => {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+            match disk_quota::decide(
+                configured_disk,
+                &info,
+                &mounts,
+                disk_quota::filesystem_bytes,
+            ) {
+                Ok(disk_quota::DiskLimit::PerSession(bytes)) => Ok(bytes),
+                Ok(disk_quota::DiskLimit::Unavailable(why)) | Err(why) => Err(why),
+            }
+        }
+        _ => Err("the engine did not answer".to_string()),
+    };
+    Ok(ServeLimits {
+        memory_bytes: policy.max_memory,
+        cpus: policy.max_cpus.map(|cpus| format!("{cpus}")),
+        pids: policy.max_pids,
+        disk,
+        sessions_per_user: policy.sessions_per_user,
+        projects_per_user: policy.projects_per_user,
+        ports: parsed.ports,
+    })
 }
 
 /// The probes doctor uses; all real ones by default.
@@ -225,7 +283,7 @@ pub async fn gather(
         })
         .flatten();
     let other_docker_socket = other_docker_socket(socket_path.as_deref());
-    let serve = serve_facts(probes.systemd).await;
+    let serve = serve_facts(probes.systemd, docker_info.as_ref()).await;
     DoctorFacts {
         serve,
         other_docker_socket,
@@ -262,7 +320,10 @@ pub async fn gather(
 
 /// The service's state and one /healthz, only where its unit is installed. The config is
 /// root:cubbi-serve 0640, so without root the default address is asked.
-async fn serve_facts(systemd: Option<&dyn Systemd>) -> Option<ServeFacts> {
+async fn serve_facts(
+    systemd: Option<&dyn Systemd>,
+    docker_info: Option<&Value>,
+) -> Option<ServeFacts> {
     use crate::engine::serve;
     if !Path::new(serve::SERVE_UNIT_FILE).exists() {
         return None;
@@ -276,7 +337,15 @@ async fn serve_facts(systemd: Option<&dyn Systemd>) -> Option<ServeFacts> {
         ),
         None => None,
     };
-    let config = std::fs::read_to_string(serve::SERVICE_CONFIG).ok();
+    let config = std::fs::read_to_string(serve::SERVICE_CONFIG);
+    let limits = match &config {
+        Ok(text) => serve_limits(text, docker_info),
+        Err(err) => Err(format!(
+            "cannot read {}: {err} (run doctor as root to see them)",
+            serve::SERVICE_CONFIG
+        )),
+    };
+    let config = config.ok();
     let address = serve::config::health_address(config.as_deref());
     let health = serve::health::probe(address, serve::health::PROBE_TIMEOUT)
         .await
@@ -285,6 +354,7 @@ async fn serve_facts(systemd: Option<&dyn Systemd>) -> Option<ServeFacts> {
         active_state,
         address,
         health,
+        limits,
     })
 }
 

@@ -81,6 +81,9 @@ pub struct LocalOptions {
     /// The owner's registered projects: a spec's `project` found here is cloned with its
     /// credential and runs its init.sh; anything else is an ad-hoc git URL.
     pub projects: Option<Arc<dyn ProjectSource>>,
+    /// Bytes each session's writable layer may hold (`StorageOpt size`); only where the
+    /// engine's storage enforces it (see `service::disk_quota`).
+    pub disk_limit: Option<i64>,
 }
 
 pub struct LocalBackend {
@@ -681,6 +684,10 @@ impl LocalBackend {
             nano_cpus: Some(plan.nano_cpus),
             pids_limit: Some(plan.pids_limit),
             network_mode: plan.networks.first().cloned(),
+            storage_opt: self
+                .options
+                .disk_limit
+                .map(|bytes| HashMap::from([("size".to_string(), bytes.to_string())])),
             ..Default::default()
         };
         let mut volumes = Vec::new();

@@ -101,6 +101,9 @@ pub struct Limits {
     pub pids_limit: i64,
     /// Most projects one user may register (each holds a sealed credential and host keys).
     pub projects_per_user: usize,
+    /// Largest writable layer of a session, Docker's syntax (`20g`). Needs the engine's data
+    /// root on XFS with project quotas; unset, a quarter of that file system where possible.
+    pub disk: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -201,6 +204,7 @@ impl Default for Limits {
             cpus: None,
             pids_limit: crate::api::DEFAULT_PIDS_LIMIT,
             projects_per_user: 100,
+            disk: None,
         }
     }
 }
@@ -265,6 +269,10 @@ impl ServiceConfig {
         if let Some(memory) = &self.limits.memory {
             crate::local::limits::parse_memory(memory)
                 .map_err(|err| invalid("limits.memory", err.to_string()))?;
+        }
+        if let Some(disk) = &self.limits.disk {
+            crate::local::limits::parse_memory(disk)
+                .map_err(|err| invalid("limits.disk", err.to_string()))?;
         }
         if let Some(cpus) = self.limits.cpus {
             crate::local::limits::check_cpus(cpus)

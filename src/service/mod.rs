@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod disk_quota;
 pub mod docker_host;
 mod documented;
 pub mod host_volumes;
@@ -156,6 +157,7 @@ pub async fn start_on_docker(
     let client_key = crate::ssh::keys::load_or_create_client_key(&key_path)
         .map_err(|err| ServeError::Setup(err.to_string()))?;
     let index = SessionIndex::start(docker.clone()).await?;
+    let disk = disk_limit(&docker, config).await?;
     let template = LocalOptions {
         owner: String::new(),
         all_owners: false,
@@ -181,8 +183,37 @@ pub async fn start_on_docker(
         extra_labels: options.extra_labels,
         // Each caller's own, set by DockerHost::sessions_of.
         projects: None,
+        disk_limit: disk.bytes(),
     };
     let projects = projects::ServiceProjects::open(config)?;
     let host = DockerHost::new(docker, template, index, config.images.clone(), projects);
     start(listener, host, store, config)
+}
+
+/// The disk limit every session gets, decided once from the engine's storage.
+async fn disk_limit(
+    docker: &bollard::Docker,
+    config: &ServiceConfig,
+) -> Result<disk_quota::DiskLimit, ServeError> {
+    let configured = config
+        .limits
+        .disk
+        .as_deref()
+        .map(crate::local::limits::parse_memory)
+        .transpose()?;
+    let info = docker.info().await.map_err(|err| {
+        ServeError::Setup(format!("cannot ask the engine about its storage: {err}"))
+    })?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let limit = disk_quota::decide(configured, &info, &mounts, disk_quota::filesystem_bytes)
+        .map_err(ServeError::Setup)?;
+    match &limit {
+        disk_quota::DiskLimit::PerSession(bytes) => {
+            tracing::info!(bytes, "each session's writable layer is limited")
+        }
+        disk_quota::DiskLimit::Unavailable(why) => {
+            tracing::warn!("sessions have no disk limit: {why}")
+        }
+    }
+    Ok(limit)
 }

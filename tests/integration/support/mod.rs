@@ -79,6 +79,7 @@ pub fn local_backend(
             ready_timeout: std::time::Duration::from_secs(120),
             extra_labels: scope.labels(),
             projects,
+            disk_limit: None,
         },
     ))
 }
