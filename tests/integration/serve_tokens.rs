@@ -150,6 +150,41 @@ fn tokens_create_list_revoke_without_sysbox() -> Result<(), Failed> {
     let records: serde_json::Value = serde_json::from_str(&listed.stdout())?;
     assert_eq!(records.as_array().map(Vec::len), Some(2), "{records}");
 
+    // Admin is the user's: another token for bob without a flag keeps bob an admin, and
+    // only `--no-admin` demotes him (every token of his).
+    let create_for_bob = |flag: Option<&str>| {
+        Cubbi::new(&home)
+            .args(["serve", "token", "create", "--user", "bob", "--state-dir", state])
+            .args(flag)
+            .run()
+            .success()
+    };
+    let admin_of_bob = || -> Result<Vec<bool>, Failed> {
+        let listed = Cubbi::new(&home)
+            .args(["--json", "serve", "token", "list", "--state-dir", state])
+            .run()
+            .success();
+        let records: serde_json::Value = serde_json::from_str(&listed.stdout())?;
+        Ok(records
+            .as_array()
+            .ok_or("a JSON array")?
+            .iter()
+            .filter(|record| record["user"] == "bob")
+            .map(|record| record["admin"] == true)
+            .collect())
+    };
+    create_for_bob(None).stderr_contains("for bob (admin)");
+    assert_eq!(admin_of_bob()?, vec![true, true]);
+    create_for_bob(Some("--no-admin")).stderr_lacks("(admin)");
+    assert_eq!(admin_of_bob()?, vec![false, false, false]);
+    Cubbi::new(&home)
+        .args(["serve", "token", "create", "--user", "bob", "--admin", "--no-admin"])
+        .args(["--state-dir", state])
+        .run()
+        .failure()
+        .stderr_contains("cannot be used with");
+    assert_eq!(admin_of_bob()?.len(), 3, "a refused create issues nothing");
+
     Cubbi::new(&home)
         .args([
             "-r",

@@ -195,6 +195,16 @@ impl Ran {
     }
 
     #[track_caller]
+    pub fn stderr_lacks(self, needle: &str) -> Self {
+        assert!(
+            !self.stderr().contains(needle),
+            "stderr has {needle:?}: {}",
+            self.report()
+        );
+        self
+    }
+
+    #[track_caller]
     pub fn stderr_contains(self, needle: &str) -> Self {
         assert!(
             self.stderr().contains(needle),
