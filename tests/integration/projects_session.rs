@@ -114,6 +114,12 @@ git commit -qam broken
 git init -q --bare -b main /srv/repo.git
 git push -q /srv/repo.git main feature broken
 chown -R git:git /srv/repo.git
+# The same repository where an scp-like URL (`git@HOST:org/repo.git`) points: relative to the
+# git user's home, behind git-shell, as a plain git-over-SSH server has it.
+install -d -o git -g git /home/git/org
+git clone -q --bare /srv/repo.git /home/git/org/repo.git
+chown -R git:git /home/git/org
+usermod -s /usr/bin/git-shell git
 printf 'tokuser:%s\n' "$HTTP_TOKEN" > /etc/lighttpd/git-users
 cat > /etc/lighttpd/git.conf <<'CONF'
 server.modules = ("mod_alias", "mod_auth", "mod_authn_file", "mod_cgi", "mod_setenv")
@@ -476,6 +482,15 @@ fn ssh_key_projects_clone_and_refuse_what_they_must() -> Result<(), Failed> {
                 ),
             ),
             (
+                "scplike".to_string(),
+                checkout(
+                    "h/srv/scplike",
+                    &format!("git@{}:org/repo.git", server.host),
+                    ssh_key(&private),
+                    &[&server.known_host],
+                ),
+            ),
+            (
                 "unknownhost".to_string(),
                 checkout("h/srv/unknown", &url, ssh_key(&private), &[&other_known]),
             ),
@@ -560,6 +575,23 @@ fn ssh_key_projects_clone_and_refuse_what_they_must() -> Result<(), Failed> {
         }
         assert_nowhere(&scope, &backend, "ssh-good", &key_body(&private)).await?;
         backend.close("ssh-good").await?;
+
+        // An scp-like URL is cloned as written: relative to the git user's home on a server
+        // that is sshd and git-shell, nothing more (read as /org/repo.git it is not there).
+        backend
+            .create(spec("ssh-scp", Some("scplike"), &server.network), &Quiet)
+            .await?;
+        assert_eq!(project_status(&backend, "ssh-scp").await?, "done");
+        assert_eq!(
+            sh(
+                &backend,
+                "ssh-scp",
+                "cat workspace/feature.txt; git -C workspace remote get-url origin"
+            )
+            .await?,
+            format!("feature\ngit@{}:org/repo.git\n", server.host)
+        );
+        backend.close("ssh-scp").await?;
 
         // A key the server does not know: init-failed, with why, and the key is gone.
         backend

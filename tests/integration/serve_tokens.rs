@@ -154,7 +154,15 @@ fn tokens_create_list_revoke_without_sysbox() -> Result<(), Failed> {
     // only `--no-admin` demotes him (every token of his).
     let create_for_bob = |flag: Option<&str>| {
         Cubbi::new(&home)
-            .args(["serve", "token", "create", "--user", "bob", "--state-dir", state])
+            .args([
+                "serve",
+                "token",
+                "create",
+                "--user",
+                "bob",
+                "--state-dir",
+                state,
+            ])
             .args(flag)
             .run()
             .success()
@@ -178,7 +186,15 @@ fn tokens_create_list_revoke_without_sysbox() -> Result<(), Failed> {
     create_for_bob(Some("--no-admin")).stderr_lacks("(admin)");
     assert_eq!(admin_of_bob()?, vec![false, false, false]);
     Cubbi::new(&home)
-        .args(["serve", "token", "create", "--user", "bob", "--admin", "--no-admin"])
+        .args([
+            "serve",
+            "token",
+            "create",
+            "--user",
+            "bob",
+            "--admin",
+            "--no-admin",
+        ])
         .args(["--state-dir", state])
         .run()
         .failure()
