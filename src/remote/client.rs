@@ -34,9 +34,9 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 /// The largest error body read; the rest is not waited for.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// How long a stream (logs, exec) may send nothing before the client gives up on it. The
-/// service sends no keep-alive lines, so this is long: a quiet `exec` or `logs --follow` of an
-/// hour ends with an error saying so.
-const STREAM_IDLE: Duration = Duration::from_secs(3600);
+/// service sends a blank line every 30 s of quiet, so a quiet `exec` or `logs --follow` stays
+/// open however long it lasts, and only a service that went away is given up on.
+const STREAM_IDLE: Duration = Duration::from_secs(300);
 
 /// How much and how long the client waits for a service.
 #[derive(Debug, Clone, Copy)]

@@ -611,8 +611,27 @@ pub(super) async fn connect<H: SessionHost>(
     Ok(Json(state.publish(session, &headers)))
 }
 
-/// Newline-delimited JSON, ended early when the service stops; `slot` counts the stream
-/// against its user's cap until the body is done or dropped.
+/// How often a stream with nothing to say sends a blank line, so clients (whose idle limit
+/// ends a stream the service has abandoned) and proxies keep a quiet `exec` or `logs -f` open.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// `chunks`, with a blank line whenever nothing came for `every`; ends when `chunks` does.
+fn with_keepalives<S>(chunks: S, every: Duration) -> impl Stream<Item = S::Item> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    futures_util::stream::unfold(Box::pin(chunks), move |mut chunks| async move {
+        match tokio::time::timeout(every, chunks.next()).await {
+            Ok(Some(chunk)) => Some((chunk, chunks)),
+            Ok(None) => None,
+            Err(_) => Some((Ok(Bytes::from_static(b"\n")), chunks)),
+        }
+    })
+}
+
+/// Newline-delimited JSON, ended early when the service stops, with a blank line every
+/// [`KEEPALIVE`] of silence; `slot` counts the stream against its user's cap until the body
+/// is done or dropped.
 fn ndjson<H, T>(
     state: &AppState<H>,
     lines: impl Stream<Item = T> + Send + 'static,
@@ -633,7 +652,7 @@ where
     });
     (
         [(CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(bytes),
+        Body::from_stream(with_keepalives(bytes, KEEPALIVE)),
     )
         .into_response()
 }
@@ -641,7 +660,7 @@ where
 #[utoipa::path(post, path = "/v1/sessions/{id}/exec", operation_id = "exec_in_session", tag = "sessions",
     params(("id" = String, Path, description = "Session id, unique id prefix, or name")),
     request_body = ExecRequest, security(("token" = [])),
-    responses((status = 200, description = "NDJSON lines of ExecLine: output (base64), then the exit code", body = ExecLine, content_type = "application/x-ndjson"),
+    responses((status = 200, description = "NDJSON lines of ExecLine: output (base64), then the exit code; a blank line every 30 s of quiet (skip it)", body = ExecLine, content_type = "application/x-ndjson"),
         (status = 400, description = "Bad id or command", body = crate::api::wire::ErrorBody),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
         (status = 404, description = "No such session of the caller's", body = crate::api::wire::ErrorBody),
@@ -678,7 +697,7 @@ pub(super) struct LogsQuery {
 #[utoipa::path(get, path = "/v1/sessions/{id}/logs", operation_id = "session_logs", tag = "sessions",
     params(("id" = String, Path, description = "Session id, unique id prefix, or name"), LogsQuery),
     security(("token" = [])),
-    responses((status = 200, description = "NDJSON lines of LogLine", body = LogLine, content_type = "application/x-ndjson"),
+    responses((status = 200, description = "NDJSON lines of LogLine; a blank line every 30 s of quiet (skip it)", body = LogLine, content_type = "application/x-ndjson"),
         (status = 400, description = "Bad id or query", body = crate::api::wire::ErrorBody),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
         (status = 404, description = "No such session of the caller's", body = crate::api::wire::ErrorBody)))]
@@ -764,6 +783,30 @@ pub(super) async fn image<H: SessionHost>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A quiet stream gets blank lines while it is quiet, its own lines as they come, and
+    /// ends when it ends.
+    #[tokio::test(start_paused = true)]
+    async fn quiet_streams_get_keepalives() {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+        let chunks = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            let line = receiver.recv().await?;
+            Some((Ok(Bytes::from(line)), receiver))
+        });
+        let mut body = Box::pin(with_keepalives(chunks, Duration::from_secs(30)));
+        let started = tokio::time::Instant::now();
+        let first = body.next().await.unwrap().unwrap();
+        assert_eq!(first.as_ref(), b"\n");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        sender.send("{\"line\":1}\n").unwrap();
+        assert_eq!(
+            body.next().await.unwrap().unwrap().as_ref(),
+            b"{\"line\":1}\n"
+        );
+        assert_eq!(body.next().await.unwrap().unwrap().as_ref(), b"\n");
+        drop(sender);
+        assert!(body.next().await.is_none());
+    }
 
     fn session(id: &str, name: &str) -> Session {
         serde_json::from_value(serde_json::json!({
