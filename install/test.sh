@@ -15,6 +15,8 @@ command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 command -v git >/dev/null 2>&1 || missing+=(git)
 # The HTTPS test makes its CA and certificate with the openssl command.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The disk-limit test gives a private dockerd a btrfs data root (the btrfs storage driver).
+command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)

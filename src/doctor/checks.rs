@@ -131,7 +131,7 @@ pub fn serve_limits(limits: &Result<ServeLimits, String>) -> Check {
         (Err(why), _) => Check::warn(
             ID,
             format!("{finding}; no disk limit because {why}"),
-            "put the engine's data root on XFS mounted with -o pquota to limit each session's disk",
+            "use the btrfs storage driver, or put the engine's data root on XFS mounted with -o pquota, to limit each session's disk",
         ),
         (Ok(_), _) => Check::ok(ID, finding),
     }

@@ -137,7 +137,7 @@ pub fn serve_limits(config: &str, docker_info: Option<&Value>) -> Result<ServeLi
                 &mounts,
                 disk_quota::filesystem_bytes,
             ) {
-                Ok(disk_quota::DiskLimit::PerSession(bytes)) => Ok(bytes),
+                Ok(disk_quota::DiskLimit::PerSession(limit)) => Ok(limit.writable_bytes),
                 Ok(disk_quota::DiskLimit::Unavailable(why)) | Err(why) => Err(why),
             }
         }

@@ -81,9 +81,9 @@ pub struct LocalOptions {
     /// The owner's registered projects: a spec's `project` found here is cloned with its
     /// credential and runs its init.sh; anything else is an ad-hoc git URL.
     pub projects: Option<Arc<dyn ProjectSource>>,
-    /// Bytes each session's writable layer may hold (`StorageOpt size`); only where the
-    /// engine's storage enforces it (see `service::disk_quota`).
-    pub disk_limit: Option<i64>,
+    /// What each session may write to its root file system (`StorageOpt size`); only where
+    /// the engine's storage enforces it (see `service::disk_quota`).
+    pub disk_limit: Option<limits::DiskLimit>,
 }
 
 pub struct LocalBackend {
@@ -95,6 +95,8 @@ pub struct LocalBackend {
 struct ResolvedImage {
     reference: String,
     metadata: Option<ImageMetadata>,
+    /// Bytes of the image's file system (Docker's `Size`).
+    size: i64,
 }
 
 /// Everything validated, ready to create.
@@ -384,6 +386,7 @@ impl LocalBackend {
                 return Ok(ResolvedImage {
                     reference,
                     metadata,
+                    size: found.size.unwrap_or(0),
                 });
             }
         }
@@ -684,10 +687,12 @@ impl LocalBackend {
             nano_cpus: Some(plan.nano_cpus),
             pids_limit: Some(plan.pids_limit),
             network_mode: plan.networks.first().cloned(),
-            storage_opt: self
-                .options
-                .disk_limit
-                .map(|bytes| HashMap::from([("size".to_string(), bytes.to_string())])),
+            storage_opt: self.options.disk_limit.map(|limit| {
+                HashMap::from([(
+                    "size".to_string(),
+                    limit.storage_size(plan.image.size).to_string(),
+                )])
+            }),
             ..Default::default()
         };
         let mut volumes = Vec::new();

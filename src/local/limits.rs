@@ -103,6 +103,29 @@ pub fn nano_cpus(cpus: Option<f64>, host_cores: usize) -> Result<i64, ApiError> 
     Ok((cpus * 1e9) as i64)
 }
 
+/// A limit on what a session writes to its root file system, as the engine's storage
+/// driver counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLimit {
+    /// Bytes a session may write.
+    pub writable_bytes: i64,
+    /// The driver's size counts the image too (btrfs: the size of the whole root file
+    /// system), not only what the session wrote (overlay2 on XFS).
+    pub counts_image: bool,
+}
+
+impl DiskLimit {
+    /// `StorageOpt size` for a session of an image of `image_bytes`, so the session may write
+    /// `writable_bytes` whatever the driver counts.
+    pub fn storage_size(&self, image_bytes: i64) -> i64 {
+        if self.counts_image {
+            self.writable_bytes.saturating_add(image_bytes.max(0))
+        } else {
+            self.writable_bytes
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

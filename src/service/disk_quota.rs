@@ -1,67 +1,74 @@
-//! A disk limit on each session's writable layer, where the engine's storage can enforce one.
+//! A disk limit on what each session writes to its root file system, where the engine's
+//! storage can enforce one.
 //!
-//! Docker honours `StorageOpt size` on overlay2 only when its data root is on XFS mounted with
-//! project quotas (`pquota`/`prjquota`); anywhere else it refuses the create. So the service
-//! finds out once, at start, and either limits every session or says why it cannot. What the
-//! limit does not cover: named volumes (the agent data volume, project config volumes) and,
-//! under runc, the inner Docker's anonymous volume (under Sysbox that lives in sysbox-mgr's
-//! own folder on the host).
+//! Docker honours `StorageOpt size` on two drivers of Linux: btrfs (a quota group on the
+//! container's subvolume, which counts the image too) and overlay2 when its data root is on
+//! XFS mounted with project quotas (`pquota`/`prjquota`; counts only what the container
+//! wrote). Anywhere else it refuses the create. So the service finds out once, at start, and
+//! either limits every session or says why it cannot. What the limit does not cover: named
+//! volumes (the agent data volume, project config volumes) and, under runc, the inner
+//! Docker's anonymous volume (under Sysbox that lives in sysbox-mgr's own folder on the host).
 
 use std::path::Path;
 
 use bollard::models::SystemInfo;
 
+use crate::local::limits::DiskLimit as SessionDiskLimit;
+
 /// What the service does about disk, decided at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskLimit {
-    /// Every session's writable layer is limited to this many bytes.
-    PerSession(i64),
+    /// Every session may write this much to its root file system.
+    PerSession(SessionDiskLimit),
     /// No limit, and why (shown at start and by `doctor`).
     Unavailable(String),
 }
 
 impl DiskLimit {
-    pub fn bytes(&self) -> Option<i64> {
+    pub fn per_session(&self) -> Option<SessionDiskLimit> {
         match self {
-            Self::PerSession(bytes) => Some(*bytes),
+            Self::PerSession(limit) => Some(*limit),
             Self::Unavailable(_) => None,
         }
     }
 }
 
-/// Why the engine cannot limit a container's writable layer, if it cannot. `mounts` is
-/// `/proc/self/mounts` of the host the engine runs on (the service only talks to a local
-/// socket, so it is this host's).
-pub fn unsupported_because(info: &SystemInfo, mounts: &str) -> Option<String> {
+/// How the engine's storage limits a container's size: `Ok(counts_image)`, or why it cannot.
+/// `mounts` is `/proc/self/mounts` of the host the engine runs on (the service only talks to
+/// a local socket, so it is this host's).
+pub fn support(info: &SystemInfo, mounts: &str) -> Result<bool, String> {
     let driver = info.driver.as_deref().unwrap_or("unknown");
+    if driver == "btrfs" {
+        return Ok(true);
+    }
     if driver != "overlay2" {
-        return Some(format!(
-            "the engine's storage driver is {driver}; disk limits need overlay2 on XFS with \
-             project quotas"
+        return Err(format!(
+            "the engine's storage driver is {driver}; disk limits need btrfs, or overlay2 on \
+             XFS with project quotas"
         ));
     }
     let Some(root) = info.docker_root_dir.as_deref() else {
-        return Some("the engine does not say where its data root is".to_string());
+        return Err("the engine does not say where its data root is".to_string());
     };
     let Some((fstype, options)) = mount_of(Path::new(root), mounts) else {
-        return Some(format!("no mount holds the engine's data root {root}"));
+        return Err(format!("no mount holds the engine's data root {root}"));
     };
     if fstype != "xfs" {
-        return Some(format!(
+        return Err(format!(
             "the engine's data root {root} is on {fstype}; disk limits need XFS mounted with \
-             pquota (e.g. a dedicated XFS volume for the engine's data root)"
+             pquota (or the btrfs storage driver)"
         ));
     }
     let quotas = options
         .split(',')
         .any(|option| matches!(option, "pquota" | "prjquota" | "pqnoenforce"));
     if !quotas {
-        return Some(format!(
+        return Err(format!(
             "the engine's data root {root} is on XFS without project quotas; mount it with \
              -o pquota"
         ));
     }
-    None
+    Ok(false)
 }
 
 /// The file system type and options of the mount holding `path`: the longest mount point
@@ -92,14 +99,20 @@ pub fn decide(
     mounts: &str,
     filesystem_bytes: impl FnOnce(&Path) -> Option<u64>,
 ) -> Result<DiskLimit, String> {
-    match (unsupported_because(info, mounts), configured) {
-        (Some(why), Some(_)) => Err(format!("limits.disk is set, but {why}")),
-        (Some(why), None) => Ok(DiskLimit::Unavailable(why)),
-        (None, Some(bytes)) => Ok(DiskLimit::PerSession(bytes)),
-        (None, None) => {
+    let limit = |writable_bytes, counts_image| {
+        DiskLimit::PerSession(SessionDiskLimit {
+            writable_bytes,
+            counts_image,
+        })
+    };
+    match (support(info, mounts), configured) {
+        (Err(why), Some(_)) => Err(format!("limits.disk is set, but {why}")),
+        (Err(why), None) => Ok(DiskLimit::Unavailable(why)),
+        (Ok(counts_image), Some(bytes)) => Ok(limit(bytes, counts_image)),
+        (Ok(counts_image), None) => {
             let root = info.docker_root_dir.as_deref().unwrap_or("/");
             Ok(match filesystem_bytes(Path::new(root)) {
-                Some(total) => DiskLimit::PerSession(i64::try_from(total / 4).unwrap_or(i64::MAX)),
+                Some(total) => limit(i64::try_from(total / 4).unwrap_or(i64::MAX), counts_image),
                 None => DiskLimit::Unavailable(format!("cannot measure the file system of {root}")),
             })
         }
@@ -130,18 +143,41 @@ mod tests {
 /dev/vdc /srv/plain xfs rw,relatime,attr2,inode64,noquota 0 0
 ";
 
+    fn per_session(writable_bytes: i64, counts_image: bool) -> DiskLimit {
+        DiskLimit::PerSession(SessionDiskLimit {
+            writable_bytes,
+            counts_image,
+        })
+    }
+
     #[test]
     fn overlay2_on_xfs_with_project_quotas_can_limit() {
         let on = info("overlay2", "/var/lib/cubbi-docker");
-        assert_eq!(unsupported_because(&on, MOUNTS), None);
+        assert_eq!(support(&on, MOUNTS), Ok(false));
         assert_eq!(
             decide(Some(10 << 30), &on, MOUNTS, |_| None),
-            Ok(DiskLimit::PerSession(10 << 30))
+            Ok(per_session(10 << 30, false))
         );
         assert_eq!(
             decide(None, &on, MOUNTS, |_| Some(400 << 30)),
-            Ok(DiskLimit::PerSession(100 << 30))
+            Ok(per_session(100 << 30, false))
         );
+    }
+
+    /// btrfs limits the whole root file system, image included, on any mount.
+    #[test]
+    fn btrfs_can_limit_counting_the_image() {
+        let on = info("btrfs", "/var/lib/docker");
+        assert_eq!(support(&on, MOUNTS), Ok(true));
+        let decided = decide(Some(1 << 30), &on, MOUNTS, |_| None).unwrap();
+        assert_eq!(decided, per_session(1 << 30, true));
+        let limit = decided.per_session().unwrap();
+        assert_eq!(limit.storage_size(700 << 20), (1 << 30) + (700 << 20));
+        let overlay = SessionDiskLimit {
+            counts_image: false,
+            ..limit
+        };
+        assert_eq!(overlay.storage_size(700 << 20), 1 << 30);
     }
 
     #[test]
@@ -158,7 +194,7 @@ mod tests {
             ),
         ];
         for (engine, why) in cases {
-            let reason = unsupported_because(&engine, MOUNTS).unwrap();
+            let reason = support(&engine, MOUNTS).unwrap_err();
             assert!(reason.contains(why), "{reason}");
             match decide(None, &engine, MOUNTS, |_| Some(1 << 40)).unwrap() {
                 DiskLimit::Unavailable(text) => assert_eq!(text, reason),

@@ -183,7 +183,7 @@ pub async fn start_on_docker(
         extra_labels: options.extra_labels,
         // Each caller's own, set by DockerHost::sessions_of.
         projects: None,
-        disk_limit: disk.bytes(),
+        disk_limit: disk.per_session(),
     };
     let projects = projects::ServiceProjects::open(config)?;
     let host = DockerHost::new(docker, template, index, config.images.clone(), projects);
@@ -208,9 +208,10 @@ async fn disk_limit(
     let limit = disk_quota::decide(configured, &info, &mounts, disk_quota::filesystem_bytes)
         .map_err(ServeError::Setup)?;
     match &limit {
-        disk_quota::DiskLimit::PerSession(bytes) => {
-            tracing::info!(bytes, "each session's writable layer is limited")
-        }
+        disk_quota::DiskLimit::PerSession(limit) => tracing::info!(
+            bytes = limit.writable_bytes,
+            "what each session writes to its root file system is limited"
+        ),
         disk_quota::DiskLimit::Unavailable(why) => {
             tracing::warn!("sessions have no disk limit: {why}")
         }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod disk;
 mod docker;
 mod engine;
 mod firewall;
@@ -50,6 +51,7 @@ fn main() {
     let mut tests = Vec::new();
     tests.extend(cli::tests());
     tests.extend(config::tests());
+    tests.extend(disk::tests());
     tests.extend(docker::tests());
     tests.extend(engine::tests());
     tests.extend(firewall::tests());

@@ -35,11 +35,24 @@ impl Dockerd {
                     .into(),
             );
         }
+        reap_stale_daemons();
+        Self::start_private(None, &[])
+    }
+
+    /// A dockerd of the caller's own, its data root at `data_root` when given (a file system
+    /// a test prepared) or in its private folder, with `extra_args`; stopped by [`Self::stop`].
+    pub fn start_private(data_root: Option<&Path>, extra_args: &[&str]) -> Result<Self, String> {
         which("dockerd")
             .ok_or("dockerd is not installed: run install/test.sh, which installs docker.io")?;
-        reap_stale_daemons();
         let root = short_temp_dir()?;
-        let bridge = format!("cbt{}", std::process::id() % 1_000_000);
+        let data_root = data_root.map_or_else(|| root.join("data"), Path::to_path_buf);
+        // One bridge per daemon of this run, at most 9 characters (what cubbi's firewall
+        // allows an engine's bridge): the pid, and for later daemons how many came before.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let bridge = match STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 => format!("cbt{}", std::process::id() % 1_000_000),
+            nth => format!("cbt{}{}", std::process::id() % 100_000, nth % 10),
+        };
         let subnet = free_subnet()?;
         run(Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]))?;
         let owned_bridge = BridgeGuard(bridge.clone());
@@ -61,10 +74,11 @@ impl Dockerd {
         }
         let child = command
             .arg(format!("--host=unix://{}", socket.display()))
-            .arg(format!("--data-root={}", root.join("data").display()))
+            .arg(format!("--data-root={}", data_root.display()))
             .arg(format!("--exec-root={}", root.join("exec").display()))
             .arg(format!("--pidfile={}", root.join("docker.pid").display()))
             .arg(format!("--bridge={bridge}"))
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
