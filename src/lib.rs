@@ -11,6 +11,7 @@ pub mod images;
 pub mod local;
 pub mod projects;
 pub mod remote;
+pub mod run;
 pub mod service;
 pub mod ssh;
 pub mod token_text;

@@ -8,6 +8,7 @@ mod image_cmd;
 pub mod output;
 mod project_cmd;
 mod remote_cmd;
+mod run_cmd;
 mod serve_cmd;
 mod session_cmd;
 mod setup_cmd;
@@ -96,6 +97,8 @@ pub enum Command {
     Config(config_cmd::ConfigArgs),
     /// Create, list, connect to and close sessions.
     Session(session_cmd::SessionArgs),
+    /// Run one prompt headless with the session's tool and print its result.
+    Run(Box<run_cmd::RunArgs>),
     /// List, inspect and build the system container images sessions boot.
     Image(image_cmd::ImageArgs),
     /// Install the dedicated Docker endpoint with Sysbox (needs root; --dry-run shows the plan).
@@ -174,6 +177,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = crate::config::ConfigFile::open_default()?.config()?;
             context.remote = session_remote(cli.remote.as_deref(), &config);
             session_cmd::run(args, &context).await
+        }
+        Command::Run(args) => {
+            let config = crate::config::ConfigFile::open_default()?.config()?;
+            context.remote = session_remote(cli.remote.as_deref(), &config);
+            run_cmd::run(*args, &context, &config).await
         }
         Command::Config(args) => {
             refuse_remote(cli.remote.as_deref(), "config")?;

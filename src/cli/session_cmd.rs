@@ -154,9 +154,9 @@ pub struct CreateCommandArgs {
 /// What session commands act on: the local endpoint or a cubbi service (`-r NAME`), with the
 /// user's SSH files and client key either way.
 pub(super) struct Target {
-    backend: Box<dyn Backend>,
+    pub(super) backend: Box<dyn Backend>,
     files: SshFiles,
-    client_key: Arc<PrivateKey>,
+    pub(super) client_key: Arc<PrivateKey>,
     /// The remote's name, `None` for the local endpoint.
     remote: Option<String>,
 }
@@ -325,7 +325,7 @@ fn names_a_repository(target: &str) -> bool {
 }
 
 /// Turns flags and config into a spec: `-e` over the config's services over image defaults.
-fn spec_from(
+pub(super) fn spec_from(
     args: &CreateArgs,
     config: &Config,
     context: &Context,

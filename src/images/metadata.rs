@@ -26,6 +26,55 @@ pub struct ImageMetadata {
     pub environment: Vec<EnvironmentDeclaration>,
     #[serde(default)]
     pub persistent_configs: Vec<PersistentConfig>,
+    /// How to run one prompt non-interactively (`cubbi run`); absent when the tool cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headless: Option<Headless>,
+}
+
+/// The tool's own headless mode. Every option is an argv template where `{value}` stands for
+/// the value; an absent option is one the tool lacks, and asking for it is refused.
+/// The argv is `command`, then the options, then `resume`, then `prompt`; the prompt itself is
+/// written to a file the tool reads on stdin (or where `{prompt_file}` stands), never argv.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Headless {
+    pub command: Vec<String>,
+    /// Continues the tool's own conversation `{value}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Vec<String>>,
+    /// Repeated once per allowed tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tool: Option<Vec<String>>,
+    /// Repeated once per disallowed tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disallowed_tool: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append_system_prompt: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<Vec<String>>,
+    /// Last words of the argv (`-` for "prompt on stdin", or `{prompt_file}`).
+    #[serde(default)]
+    pub prompt: Vec<String>,
+    /// Which parser reads what the tool prints.
+    pub output: OutputFormat,
+}
+
+/// What a tool prints in its headless mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// Claude Code's `--output-format stream-json`.
+    ClaudeStreamJson,
+    /// `codex exec --json`.
+    CodexJson,
+    /// Gemini CLI's `-o stream-json`.
+    GeminiStreamJson,
+    /// `opencode run --format json`.
+    OpencodeJson,
+    /// Plain text: the result is what the tool printed, success its exit code.
+    Text,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,6 +159,9 @@ impl ImageMetadata {
                 )));
             }
         }
+        if let Some(headless) = &metadata.headless {
+            headless.check().map_err(invalid)?;
+        }
         for config in &metadata.persistent_configs {
             if !config.source.starts_with('/') {
                 return Err(invalid(format!(
@@ -134,6 +186,37 @@ impl ImageMetadata {
     /// The Docker tag a built image gets: `cubbi-<name>`.
     pub fn default_tag(&self) -> String {
         tag_for(&self.name)
+    }
+}
+
+impl Headless {
+    /// Each option template takes its value exactly once; the command is not empty.
+    fn check(&self) -> Result<(), String> {
+        if self.command.is_empty() {
+            return Err("headless.command must not be empty".into());
+        }
+        let options = [
+            ("resume", &self.resume),
+            ("allowed_tool", &self.allowed_tool),
+            ("disallowed_tool", &self.disallowed_tool),
+            ("append_system_prompt", &self.append_system_prompt),
+            ("max_turns", &self.max_turns),
+            ("model", &self.model),
+        ];
+        for (name, template) in options {
+            if let Some(template) = template {
+                let uses = template
+                    .iter()
+                    .filter(|word| word.contains("{value}"))
+                    .count();
+                if uses != 1 {
+                    return Err(format!(
+                        "headless.{name} must hold `{{value}}` exactly once, in one word"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

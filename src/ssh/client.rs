@@ -116,6 +116,17 @@ impl SshSession {
         command: &[String],
         dir: Option<&str>,
     ) -> Result<BoxStream<'static, ExecEvent>, SshError> {
+        self.exec_with_input(command, dir, None).await
+    }
+
+    /// [`Self::exec`], with `input` written to the command's stdin and then closed, so what
+    /// it carries never appears in a process listing.
+    pub async fn exec_with_input(
+        self,
+        command: &[String],
+        dir: Option<&str>,
+        input: Option<&[u8]>,
+    ) -> Result<BoxStream<'static, ExecEvent>, SshError> {
         let line = command_line(Some(command), dir);
         let channel =
             self.handle
@@ -132,6 +143,16 @@ impl SshSession {
                 address: "session".into(),
                 reason: err.to_string(),
             })?;
+        if let Some(input) = input {
+            let sent = async {
+                channel.data(input).await?;
+                channel.eof().await
+            };
+            sent.await.map_err(|err| SshError::Connection {
+                address: "session".into(),
+                reason: err.to_string(),
+            })?;
+        }
         let handle = self.handle;
         let stream = futures_util::stream::unfold(
             (channel, Some(handle), None::<i32>),

@@ -1,0 +1,257 @@
+//! `cubbi run`: one prompt, headless, in a new session (closed afterwards unless `--keep`) or
+//! an existing one; the result as text, `--json` or a `--stream` of NDJSON events.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::output::terminal_safe_lines;
+use super::session_cmd::{CreateArgs, Target, spec_from};
+use super::{CliError, Context};
+use crate::api::{Backend, Quiet};
+use crate::config::Config;
+use crate::images::metadata::ImageMetadata;
+use crate::run::{RunEvent, RunRequest, RunResult};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    create: CreateArgs,
+    /// The prompt; `-` reads it from stdin.
+    #[arg(short = 'p', long, value_name = "TEXT")]
+    prompt: String,
+    /// Continue the tool's conversation ID (`agent_session_id` of an earlier run).
+    #[arg(long, value_name = "ID")]
+    resume: Option<String>,
+    /// A tool the agent may use without asking. Repeatable.
+    #[arg(long = "allowed-tools", value_name = "TOOL")]
+    allowed_tools: Vec<String>,
+    /// A tool the agent must not use. Repeatable.
+    #[arg(long = "disallowed-tools", value_name = "TOOL")]
+    disallowed_tools: Vec<String>,
+    /// Text added to the tool's system prompt.
+    #[arg(long, value_name = "TEXT")]
+    append_system_prompt: Option<String>,
+    /// Most agent turns.
+    #[arg(long, value_name = "N")]
+    max_turns: Option<u32>,
+    /// The model the tool uses.
+    #[arg(long)]
+    model: Option<String>,
+    /// Stop the agent after this long (`90`, `90s`, `5m`, `1h`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Run in this existing session instead of a new one.
+    #[arg(long, value_name = "ID")]
+    session: Option<String>,
+    /// Keep the new session after the run.
+    #[arg(long)]
+    keep: bool,
+    /// Print the run's events as NDJSON lines (text, tool_use, tool_result, result).
+    #[arg(long)]
+    stream: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("unknown unit `{unit}`; use ms, s, m or h")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 90s, 5m or 1h"))?;
+    Duration::try_from_secs_f64(value * scale)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("`{text}` is not a positive duration"))
+}
+
+/// The metadata of a cubbi image by the name a session or `--image` gives.
+fn metadata_for(image: &str) -> Result<ImageMetadata, CliError> {
+    let name = image.strip_prefix("cubbi-").unwrap_or(image);
+    let catalog = crate::images::Catalog::embedded()?;
+    let found = catalog.get(name).map_err(|_| {
+        CliError::Refused(format!(
+            "image `{image}` is no cubbi tool image, so `cubbi run` does not know its headless mode"
+        ))
+    })?;
+    Ok(found.metadata.clone())
+}
+
+pub async fn run(args: RunArgs, context: &Context, config: &Config) -> Result<ExitCode, CliError> {
+    if args.create.run.is_some() {
+        return Err(CliError::Refused(
+            "--run runs a shell command; `cubbi run` runs the prompt of -p".into(),
+        ));
+    }
+    let prompt = if args.prompt == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    } else {
+        args.prompt.clone()
+    };
+    let request = RunRequest {
+        prompt,
+        resume: args.resume.clone(),
+        allowed_tools: args.allowed_tools.clone(),
+        disallowed_tools: args.disallowed_tools.clone(),
+        append_system_prompt: args.append_system_prompt.clone(),
+        max_turns: args.max_turns,
+        model: args.model.clone(),
+        timeout: args.timeout,
+    };
+    // Everything that can be refused is, before a session exists.
+    let (spec, metadata) = match &args.session {
+        Some(_) => (None, None),
+        None => {
+            let spec = spec_from(&args.create, config, context)?;
+            let metadata = metadata_for(&spec.image)?;
+            crate::run::argv::check(&metadata, &request).map_err(refused)?;
+            (Some(spec), Some(metadata))
+        }
+    };
+    let target = Target::open(context, config).await?;
+    let backend = target.backend.as_ref();
+    let (session, metadata) = match (spec, metadata, &args.session) {
+        (Some(spec), Some(metadata), _) => {
+            let created = backend.create(spec, &Quiet).await?;
+            (created.name, metadata)
+        }
+        (_, _, Some(id)) => {
+            let session = backend.get(id).await?;
+            let metadata = metadata_for(&session.image)?;
+            crate::run::argv::check(&metadata, &request).map_err(refused)?;
+            (session.name, metadata)
+        }
+        _ => return Err(CliError::Refused("no session to run in".into())),
+    };
+    let created = args.session.is_none();
+    let stream = args.stream;
+    let mut stdout = std::io::stdout();
+    let mut print_event = |event: &RunEvent| {
+        if stream && !matches!(event, RunEvent::Result(_)) {
+            print_line(&mut stdout, event);
+        }
+    };
+    let cancel = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let ran = crate::run::run(
+        backend,
+        target.client_key.clone(),
+        &session,
+        &metadata,
+        &request,
+        cancel,
+        &mut print_event,
+    )
+    .await;
+    let closed = if created && !args.keep {
+        close(backend, &session).await
+    } else {
+        false
+    };
+    let mut result = ran?;
+    if closed {
+        result.session = None;
+    }
+    report(&result, stream, context.mode.json)?;
+    Ok(if result.is_error {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn refused(err: crate::run::RequestError) -> CliError {
+    CliError::Refused(err.to_string())
+}
+
+/// Closes the run's own session; says so when it cannot.
+async fn close(backend: &dyn Backend, session: &str) -> bool {
+    match backend.close(session).await {
+        Ok(_) => true,
+        Err(err) => {
+            eprintln!(
+                "warning: could not close session {session}: {}",
+                terminal_safe_lines(&err.to_string())
+            );
+            false
+        }
+    }
+}
+
+fn print_line(out: &mut impl Write, value: &impl serde::Serialize) {
+    if let Ok(line) = serde_json::to_string(value) {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// `--stream`: the result event; `--json`: the result object; else the text on stdout and a
+/// summary line on stderr.
+fn report(result: &RunResult, stream: bool, json: bool) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout();
+    if stream {
+        print_line(&mut stdout, &RunEvent::Result(result.clone()));
+        return Ok(());
+    }
+    if json {
+        print_line(&mut stdout, result);
+        return Ok(());
+    }
+    let text = terminal_safe_lines(&result.result);
+    if result.is_error {
+        eprintln!("error: {text}");
+    } else {
+        writeln!(stdout, "{text}")?;
+    }
+    eprintln!("{}", summary(result));
+    Ok(())
+}
+
+fn summary(result: &RunResult) -> String {
+    let count = |value: Option<u64>| value.map_or("?".to_string(), |n| n.to_string());
+    let cost = result
+        .total_cost_usd
+        .map_or("cost unknown".to_string(), |usd| format!("${usd:.4}"));
+    format!(
+        "{}: {} turns, {} in / {} out tokens, {cost}, {:.1}s{}",
+        if result.is_error { "failed" } else { "done" },
+        count(result.num_turns),
+        count(result.usage.input_tokens),
+        count(result.usage.output_tokens),
+        result.duration_ms as f64 / 1000.0,
+        result
+            .agent_session_id
+            .as_ref()
+            .map(|id| format!(", resume with --resume {id}"))
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "0", "-1", "5d", "abc", "1e999"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Per-tool readers of what a headless tool prints: each line in, the events it holds out, and
+//! at the end the one normalised [`RunResult`].
+
+use serde_json::Value;
+
+use super::{RunEvent, RunResult, Usage};
+use crate::images::metadata::OutputFormat;
+
+/// Reads one tool's output, line by line.
+pub struct Parser {
+    format: OutputFormat,
+    result: RunResult,
+    /// Whether the tool printed its own final result (Claude's `result` line).
+    finished: bool,
+    /// The last text the agent wrote, the result of tools that print no final line.
+    last_text: Option<String>,
+    /// Plain text output, for [`OutputFormat::Text`].
+    text: String,
+    error: Option<String>,
+}
+
+impl Parser {
+    pub fn new(format: OutputFormat) -> Self {
+        Self {
+            format,
+            result: RunResult::default(),
+            finished: false,
+            last_text: None,
+            text: String::new(),
+            error: None,
+        }
+    }
+
+    /// The events in one line of output (a line that is not JSON is ignored by JSON parsers).
+    pub fn line(&mut self, line: &str) -> Vec<RunEvent> {
+        if self.format == OutputFormat::Text {
+            self.text.push_str(line);
+            self.text.push('\n');
+            return Vec::new();
+        }
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            return Vec::new();
+        };
+        let events = match self.format {
+            OutputFormat::ClaudeStreamJson => self.claude(&value),
+            OutputFormat::CodexJson => self.codex(&value),
+            OutputFormat::GeminiStreamJson | OutputFormat::OpencodeJson | OutputFormat::Text => {
+                Vec::new()
+            }
+        };
+        for event in &events {
+            if let RunEvent::Text { text } = event {
+                self.last_text = Some(text.clone());
+            }
+        }
+        events
+    }
+
+    /// The result once the tool exited with `exit_code`; `stderr` explains a failure that
+    /// printed no result. `elapsed_ms` stands in for a duration the tool did not report.
+    pub fn finish(mut self, exit_code: i32, stderr: &str, elapsed_ms: u64) -> RunResult {
+        let mut result = std::mem::take(&mut self.result);
+        result.exit_code = Some(exit_code);
+        if result.duration_ms == 0 {
+            result.duration_ms = elapsed_ms;
+        }
+        if !self.finished {
+            result.result = match self.format {
+                OutputFormat::Text => self.text.trim_end().to_string(),
+                _ => self.last_text.take().unwrap_or_default(),
+            };
+        }
+        if let Some(error) = self.error.take() {
+            result.is_error = true;
+            if result.result.is_empty() || !self.finished {
+                result.result = error;
+            }
+        }
+        if exit_code != 0 {
+            result.is_error = true;
+            if result.result.is_empty() {
+                result.result = last_lines(stderr, 20);
+            }
+        }
+        result
+    }
+
+    /// `claude -p --output-format stream-json --verbose`.
+    fn claude(&mut self, value: &Value) -> Vec<RunEvent> {
+        let mut events = Vec::new();
+        if let Some(id) = value["session_id"].as_str() {
+            self.result.agent_session_id = Some(id.to_string());
+        }
+        match value["type"].as_str() {
+            Some("assistant") => {
+                for block in content(value) {
+                    match block["type"].as_str() {
+                        Some("text") => events.push(RunEvent::Text {
+                            text: block["text"].as_str().unwrap_or_default().to_string(),
+                        }),
+                        Some("tool_use") => events.push(RunEvent::ToolUse {
+                            id: string(&block["id"]),
+                            name: block["name"].as_str().unwrap_or_default().to_string(),
+                            input: block["input"].clone(),
+                        }),
+                        _ => {}
+                    }
+                }
+            }
+            Some("user") => {
+                for block in content(value) {
+                    if block["type"] == "tool_result" {
+                        events.push(RunEvent::ToolResult {
+                            id: string(&block["tool_use_id"]),
+                            output: text_of(&block["content"]),
+                            is_error: block["is_error"].as_bool().unwrap_or(false),
+                        });
+                    }
+                }
+            }
+            Some("result") => {
+                self.finished = true;
+                let result = &mut self.result;
+                result.is_error = value["is_error"].as_bool().unwrap_or(false)
+                    || value["subtype"].as_str().is_some_and(|s| s != "success");
+                result.result = match value["result"].as_str() {
+                    Some(text) => text.to_string(),
+                    None => value["subtype"].as_str().unwrap_or_default().to_string(),
+                };
+                result.num_turns = value["num_turns"].as_u64();
+                result.duration_ms = value["duration_ms"].as_u64().unwrap_or(0);
+                result.total_cost_usd = value["total_cost_usd"].as_f64();
+                let usage = &value["usage"];
+                result.usage = Usage {
+                    input_tokens: usage["input_tokens"].as_u64(),
+                    output_tokens: usage["output_tokens"].as_u64(),
+                    cache_read_input_tokens: usage["cache_read_input_tokens"].as_u64(),
+                    cache_creation_input_tokens: usage["cache_creation_input_tokens"].as_u64(),
+                };
+            }
+            _ => {}
+        }
+        events
+    }
+
+    /// `codex exec --json`: thread, turn and item events; the result is the last agent
+    /// message, usage the sum of the turns'.
+    fn codex(&mut self, value: &Value) -> Vec<RunEvent> {
+        let mut events = Vec::new();
+        match value["type"].as_str() {
+            Some("thread.started") => {
+                self.result.agent_session_id = string(&value["thread_id"]);
+            }
+            Some("turn.completed") => {
+                let usage = &value["usage"];
+                self.result.usage.add(&Usage {
+                    input_tokens: usage["input_tokens"].as_u64(),
+                    output_tokens: usage["output_tokens"].as_u64(),
+                    cache_read_input_tokens: usage["cached_input_tokens"].as_u64(),
+                    cache_creation_input_tokens: None,
+                });
+                *self.result.num_turns.get_or_insert(0) += 1;
+            }
+            Some("turn.failed") => {
+                self.error = Some(text_of(&value["error"]["message"]));
+                *self.result.num_turns.get_or_insert(0) += 1;
+            }
+            Some("error") => self.error = Some(text_of(&value["message"])),
+            Some(kind @ ("item.started" | "item.completed")) => {
+                let item = &value["item"];
+                let id = string(&item["id"]);
+                let completed = kind == "item.completed";
+                match item["type"].as_str() {
+                    Some("agent_message") if completed => events.push(RunEvent::Text {
+                        text: item["text"].as_str().unwrap_or_default().to_string(),
+                    }),
+                    Some("command_execution") if completed => {
+                        events.push(RunEvent::ToolUse {
+                            id: id.clone(),
+                            name: "command_execution".into(),
+                            input: serde_json::json!({ "command": item["command"] }),
+                        });
+                        events.push(RunEvent::ToolResult {
+                            id,
+                            output: text_of(&item["aggregated_output"]),
+                            is_error: item["status"] != "completed"
+                                || item["exit_code"].as_i64().is_some_and(|code| code != 0),
+                        });
+                    }
+                    Some(name @ ("file_change" | "mcp_tool_call" | "web_search")) if completed => {
+                        events.push(RunEvent::ToolUse {
+                            id: id.clone(),
+                            name: name.to_string(),
+                            input: item.clone(),
+                        });
+                        events.push(RunEvent::ToolResult {
+                            id,
+                            output: text_of(&item["status"]),
+                            is_error: item["status"] == "failed",
+                        });
+                    }
+                    Some("error") if completed => {
+                        self.error = Some(text_of(&item["message"]));
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+        events
+    }
+}
+
+fn content(value: &Value) -> impl Iterator<Item = &Value> {
+    value["message"]["content"].as_array().into_iter().flatten()
+}
+
+fn string(value: &Value) -> Option<String> {
+    value.as_str().map(str::to_string)
+}
+
+/// A string, or the text blocks of a content array, or the JSON of anything else.
+fn text_of(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|block| block["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    }
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
