@@ -53,7 +53,7 @@ mod seconds {
 }
 
 /// Tokens as the tool counted them; `None` where it does not say.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
@@ -83,7 +83,7 @@ impl Usage {
 }
 
 /// The one result of a run, whatever the tool.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunResult {
     /// The agent's final answer (or, on error, what went wrong).
     pub result: String,
@@ -102,7 +102,7 @@ pub struct RunResult {
 }
 
 /// One event of a run's stream, printed as one NDJSON line by `cubbi run --stream`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunEvent {
     /// Text the agent wrote.

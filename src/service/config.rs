@@ -44,6 +44,26 @@ pub struct ServiceConfig {
     pub limits: Limits,
     pub networks: NetworksSection,
     pub projects: ProjectsSection,
+    pub runs: RunsSection,
+}
+
+/// Agent runs (`POST /v1/runs`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunsSection {
+    /// Runs one user may have under way at once.
+    pub per_user: usize,
+    /// Seconds a run may take at most (and takes when it asks for no timeout).
+    pub max_timeout: u64,
+}
+
+impl Default for RunsSection {
+    fn default() -> Self {
+        Self {
+            per_user: 4,
+            max_timeout: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -157,6 +177,7 @@ impl Default for ServiceConfig {
             limits: Limits::default(),
             networks: NetworksSection::default(),
             projects: ProjectsSection::default(),
+            runs: RunsSection::default(),
         }
     }
 }
@@ -269,6 +290,12 @@ impl ServiceConfig {
         if let Some(memory) = &self.limits.memory {
             crate::local::limits::parse_memory(memory)
                 .map_err(|err| invalid("limits.memory", err.to_string()))?;
+        }
+        if self.runs.per_user == 0 || self.runs.max_timeout == 0 {
+            return Err(invalid(
+                "runs",
+                "per_user and max_timeout must be above 0".to_string(),
+            ));
         }
         if let Some(disk) = &self.limits.disk {
             crate::local::limits::parse_memory(disk)

@@ -97,6 +97,10 @@ impl SessionHost for DockerHost {
         Ok(offered)
     }
 
+    fn run_key(&self) -> Option<Arc<russh::keys::PrivateKey>> {
+        Some(Arc::clone(&self.template.client_key))
+    }
+
     fn projects_of(&self, caller: &Caller) -> Result<crate::projects::ProjectStore, ApiError> {
         Ok(self.projects.of_user(&caller.user))
     }

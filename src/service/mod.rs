@@ -15,6 +15,7 @@ pub mod policy;
 pub mod project_routes;
 pub mod projects;
 pub mod router;
+mod run_routes;
 pub mod store;
 pub mod tls;
 
@@ -105,6 +106,8 @@ pub fn start<H: SessionHost>(
         router::Timing {
             request_timeout: Duration::from_secs(config.server.request_timeout),
             streams_per_user: config.server.streams_per_user,
+            runs_per_user: config.runs.per_user,
+            max_run_timeout: Duration::from_secs(config.runs.max_timeout),
         },
     );
     let app = router::router(state, config.server.body_limit);

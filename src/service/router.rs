@@ -28,6 +28,7 @@ use super::http_error::HttpError;
 use super::openapi;
 use super::policy::Policy;
 use super::project_routes;
+use super::run_routes;
 use super::store::{Caller, Store};
 use crate::api::wire::{
     ConnectRequest, CreateRequest, ExecLine, ExecRequest, Health, ImageInfo, LogLine,
@@ -45,6 +46,11 @@ pub trait SessionHost: Send + Sync + 'static {
     async fn changed(&self, id: &str);
     /// The images sessions may boot.
     async fn images(&self) -> Result<Vec<ImageInfo>, ApiError>;
+    /// The key the service logs in to its sessions with to run agents; a host without one
+    /// answers runs with 503.
+    fn run_key(&self) -> Option<Arc<russh::keys::PrivateKey>> {
+        None
+    }
     /// A session as the caller sees it (owners as the service names them).
     fn present(&self, session: Session) -> Session {
         session
@@ -80,6 +86,10 @@ struct Shared<H> {
     /// Streams (followed logs, execs) open per user.
     streams: PerUser,
     streams_per_user: usize,
+    /// Agent runs under way per user.
+    runs: PerUser,
+    runs_per_user: usize,
+    max_run_timeout: Duration,
     /// Turns true when the service is stopping; streams end then.
     stopping: watch::Receiver<bool>,
     request_timeout: Duration,
@@ -101,6 +111,9 @@ impl<H: SessionHost> AppState<H> {
                 creating: PerUser::default(),
                 streams: PerUser::default(),
                 streams_per_user: timing.streams_per_user,
+                runs: PerUser::default(),
+                runs_per_user: timing.runs_per_user,
+                max_run_timeout: timing.max_run_timeout,
                 stopping,
                 request_timeout: timing.request_timeout,
             }),
@@ -109,6 +122,29 @@ impl<H: SessionHost> AppState<H> {
 
     pub(super) fn host(&self) -> &H {
         &self.shared.host
+    }
+
+    pub(super) fn host_arc(&self) -> Arc<H> {
+        Arc::clone(&self.shared.host)
+    }
+
+    /// The longest an agent run may take (`runs.max_timeout`), and its default.
+    pub(super) fn max_run_timeout(&self) -> Duration {
+        self.shared.max_run_timeout
+    }
+
+    /// Counts an agent run against the caller's cap until the returned slot drops.
+    pub(super) fn run_slot(&self, caller: &Caller) -> Result<UserSlot, HttpError> {
+        let limit = self.shared.runs_per_user;
+        self.shared.runs.take(&caller.user, |under_way| {
+            if under_way >= limit {
+                return Err(ApiError::Quota(format!(
+                    "you have {under_way} agent runs under way and this service allows {limit} \
+                     per user (runs.per_user); wait for one to end"
+                )));
+            }
+            Ok(())
+        })
     }
 
     pub(super) fn policy(&self) -> &Policy {
@@ -136,7 +172,7 @@ impl<H: SessionHost> AppState<H> {
     }
 
     /// Counts a create against the caller's quota until the returned guard drops.
-    async fn quota_slot(&self, caller: &Caller) -> Result<UserSlot, HttpError> {
+    pub(super) async fn quota_slot(&self, caller: &Caller) -> Result<UserSlot, HttpError> {
         let limit = self.shared.policy.sessions_per_user;
         let owned = if limit == 0 {
             0
@@ -183,6 +219,10 @@ pub struct Timing {
     pub request_timeout: Duration,
     /// Streams one user may hold open at once.
     pub streams_per_user: usize,
+    /// Agent runs one user may have under way at once.
+    pub runs_per_user: usize,
+    /// The longest an agent run may take.
+    pub max_run_timeout: Duration,
 }
 
 /// Per-user counts of things under way (creates, open streams).
@@ -212,7 +252,7 @@ impl PerUser {
 }
 
 /// One counted thing of one user's; dropping it gives the count back.
-struct UserSlot {
+pub(super) struct UserSlot {
     counts: PerUser,
     user: String,
 }
@@ -245,7 +285,7 @@ fn request_host(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Session ids and names in paths: what `cubbi` could have made, nothing else.
-fn check_id(id: &str) -> Result<(), HttpError> {
+pub(super) fn check_id(id: &str) -> Result<(), HttpError> {
     let fine = !id.is_empty()
         && id.len() <= 128
         && id
@@ -290,7 +330,9 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<project_routes::__path_remove, _>(project_routes::remove::<H>),
         streamed: DocumentedRoutes::new()
             .route::<__path_exec, _>(exec::<H>)
-            .route::<__path_logs, _>(logs::<H>),
+            .route::<__path_logs, _>(logs::<H>)
+            .route::<run_routes::__path_create_run, _>(run_routes::create_run::<H>)
+            .route::<run_routes::__path_run_in_session, _>(run_routes::run_in_session::<H>),
         health: DocumentedRoutes::new().route::<__path_healthz, _>(healthz),
     }
 }
@@ -561,7 +603,7 @@ pub(super) async fn close<H: SessionHost>(
 
 /// A service boots only images of its catalogue (`GET /v1/images`), built: never another
 /// image of the engine, which a name like an image id prefix (`3f2a9c`) would otherwise reach.
-fn check_offered(offered: &[ImageInfo], image: &str) -> Result<(), ApiError> {
+pub(super) fn check_offered(offered: &[ImageInfo], image: &str) -> Result<(), ApiError> {
     match offered.iter().find(|info| info.name == image) {
         Some(info) if info.built => Ok(()),
         Some(_) => Err(ApiError::unavailable(format!(
@@ -613,10 +655,13 @@ pub(super) async fn connect<H: SessionHost>(
 
 /// How often a stream with nothing to say sends a blank line, so clients (whose idle limit
 /// ends a stream the service has abandoned) and proxies keep a quiet `exec` or `logs -f` open.
-const KEEPALIVE: Duration = Duration::from_secs(30);
+pub(super) const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// `chunks`, with a blank line whenever nothing came for `every`; ends when `chunks` does.
-fn with_keepalives<S>(chunks: S, every: Duration) -> impl Stream<Item = S::Item> + Send + 'static
+pub(super) fn with_keepalives<S>(
+    chunks: S,
+    every: Duration,
+) -> impl Stream<Item = S::Item> + Send + 'static
 where
     S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
 {
