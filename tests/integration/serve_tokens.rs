@@ -152,20 +152,12 @@ fn tokens_create_list_revoke_without_sysbox() -> Result<(), Failed> {
 
     // Admin is the user's: another token for bob without a flag keeps bob an admin, and
     // only `--no-admin` demotes him (every token of his).
-    let create_for_bob = |flag: Option<&str>| {
+    let create_for_bob = |flags: &[&str]| {
         Cubbi::new(&home)
-            .args([
-                "serve",
-                "token",
-                "create",
-                "--user",
-                "bob",
-                "--state-dir",
-                state,
-            ])
-            .args(flag)
+            .args(["serve", "token", "create", "--user", "bob"])
+            .args(["--state-dir", state])
+            .args(flags)
             .run()
-            .success()
     };
     let admin_of_bob = || -> Result<Vec<bool>, Failed> {
         let listed = Cubbi::new(&home)
@@ -181,22 +173,15 @@ fn tokens_create_list_revoke_without_sysbox() -> Result<(), Failed> {
             .map(|record| record["admin"] == true)
             .collect())
     };
-    create_for_bob(None).stderr_contains("for bob (admin)");
+    create_for_bob(&[])
+        .success()
+        .stderr_contains("for bob (admin)");
     assert_eq!(admin_of_bob()?, vec![true, true]);
-    create_for_bob(Some("--no-admin")).stderr_lacks("(admin)");
+    create_for_bob(&["--no-admin"])
+        .success()
+        .stderr_lacks("(admin)");
     assert_eq!(admin_of_bob()?, vec![false, false, false]);
-    Cubbi::new(&home)
-        .args([
-            "serve",
-            "token",
-            "create",
-            "--user",
-            "bob",
-            "--admin",
-            "--no-admin",
-        ])
-        .args(["--state-dir", state])
-        .run()
+    create_for_bob(&["--admin", "--no-admin"])
         .failure()
         .stderr_contains("cannot be used with");
     assert_eq!(admin_of_bob()?.len(), 3, "a refused create issues nothing");
