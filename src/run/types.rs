@@ -120,5 +120,5 @@ pub enum RunEvent {
         is_error: bool,
     },
     /// The end: the normalised result.
-    Result(RunResult),
+    Result(#[schema(inline)] RunResult),
 }
