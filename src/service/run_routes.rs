@@ -24,10 +24,10 @@ use utoipa::ToSchema;
 
 use super::auth::Authenticated;
 use super::http_error::HttpError;
-use super::router::{AppState, SessionHost, check_id, check_offered};
+use super::router::{AppState, SessionHost, UserSlot, check_id, check_offered};
 use super::store::Caller;
 use crate::api::wire::CreateRequest;
-use crate::api::{ApiError, Backend, ErrorCode, Quiet};
+use crate::api::{ApiError, Backend, ErrorCode, Quiet, SessionSpec};
 use crate::images::metadata::ImageMetadata;
 use crate::run::{RunEvent, RunRequest, RunResult};
 
@@ -86,6 +86,9 @@ pub struct RunBody {
     pub memory: Option<String>,
     #[serde(default)]
     pub cpus: Option<f64>,
+    /// More networks to join (from the service's `networks.allowed`).
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 impl RunBody {
@@ -123,7 +126,7 @@ impl RunBody {
             image,
             name: self.name.clone(),
             env: self.env.clone(),
-            networks: Vec::new(),
+            networks: self.networks.clone(),
             default_network: true,
             volumes: Vec::new(),
             project: self.project.clone(),
@@ -177,16 +180,14 @@ pub(super) async fn create_run<H: SessionHost>(
     let spec = state.policy().spec(body.create_request(image))?;
     let run_slot = state.run_slot(&caller)?;
     let quota = state.quota_slot(&caller).await?;
-    let backend = state.host().sessions_of(&caller);
-    let session = backend.create(spec, &Quiet).await;
-    drop(quota);
-    let session = session?;
-    state.host().changed(&session.id).await;
     let plan = RunPlan {
-        session: session.name,
+        session: RunSession::New {
+            spec: Box::new(spec),
+            quota,
+            keep: body.keep,
+        },
         metadata,
         request,
-        close_after: !body.keep,
     };
     Ok(answer(&state, caller, plan, run_slot, client_key, &headers).await)
 }
@@ -216,11 +217,12 @@ pub(super) async fn run_in_session<H: SessionHost>(
         || body.name.is_some()
         || body.runtime.is_some()
         || body.memory.is_some()
-        || body.cpus.is_some();
+        || body.cpus.is_some()
+        || !body.networks.is_empty();
     if for_new_sessions {
         return Err(ApiError::invalid(
-            "env, image, project, keep, name, runtime, memory and cpus are for a new session \
-             (`POST /v1/runs`); a session's env is set when it is created"
+            "env, image, project, keep, name, runtime, memory, cpus and networks are for a new \
+             session (`POST /v1/runs`); a session's env is set when it is created"
                 .to_string(),
         )
         .into());
@@ -233,10 +235,9 @@ pub(super) async fn run_in_session<H: SessionHost>(
         .map_err(|err| ApiError::invalid(err.to_string()))?;
     let run_slot = state.run_slot(&caller)?;
     let plan = RunPlan {
-        session: session.name,
+        session: RunSession::Existing(session.name),
         metadata,
         request,
-        close_after: false,
     };
     Ok(answer(&state, caller, plan, run_slot, client_key, &headers).await)
 }
@@ -250,11 +251,22 @@ fn run_key<H: SessionHost>(state: &AppState<H>) -> Result<Arc<PrivateKey>, ApiEr
 
 /// What a run task does, decided by the handler.
 struct RunPlan {
-    session: String,
+    session: RunSession,
     metadata: ImageMetadata,
     request: RunRequest,
-    /// The session was made for this run.
-    close_after: bool,
+}
+
+/// Where a run runs.
+enum RunSession {
+    /// A session of the caller's.
+    Existing(String),
+    /// A session the run task creates (counted against the quota until it exists) and
+    /// closes afterwards unless `keep`.
+    New {
+        spec: Box<SessionSpec>,
+        quota: UserSlot,
+        keep: bool,
+    },
 }
 
 /// Starts the run task and answers with its result, or its events as NDJSON.
@@ -276,10 +288,31 @@ async fn answer<H: SessionHost>(
     let (client_gone, gone) = oneshot::channel::<()>();
     let (events, received) = mpsc::channel::<RunEvent>(QUEUED_EVENTS);
     let (result_sender, result) = oneshot::channel::<Result<RunResult, ApiError>>();
+    let (started_sender, started) = oneshot::channel::<Result<(), ApiError>>();
     let host = state.host_arc();
+    // Creating, running and closing are one task: a client that goes away half-way through a
+    // create leaves a session the task then closes, never an orphan.
     tokio::spawn(async move {
         let _counted = slot;
         let backend = host.sessions_of(&caller);
+        let (session, close_after) = match plan.session {
+            RunSession::Existing(name) => (name, false),
+            RunSession::New { spec, quota, keep } => {
+                let created = backend.create(*spec, &Quiet).await;
+                drop(quota);
+                match created {
+                    Ok(session) => {
+                        host.changed(&session.id).await;
+                        (session.name, !keep)
+                    }
+                    Err(err) => {
+                        let _ = started_sender.send(Err(err));
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = started_sender.send(Ok(()));
         let overflowed = Arc::new(tokio::sync::Notify::new());
         let cancel = {
             let overflowed = Arc::clone(&overflowed);
@@ -302,16 +335,16 @@ async fn answer<H: SessionHost>(
         let ran = crate::run::run(
             &backend,
             client_key,
-            &plan.session,
+            &session,
             &plan.metadata,
             &plan.request,
             cancel,
             &mut on_event,
         )
         .await;
-        let closed = plan.close_after && close_run_session(&backend, &plan.session).await;
+        let closed = close_after && close_run_session(&backend, &session).await;
         if closed {
-            host.changed(&plan.session).await;
+            host.changed(&session).await;
         }
         let ran = ran.map(|mut result| {
             if closed {
@@ -325,7 +358,7 @@ async fn answer<H: SessionHost>(
                 Err(err) => RunResult {
                     result: err.to_string(),
                     is_error: true,
-                    session: (!closed).then(|| plan.session.clone()),
+                    session: (!closed).then(|| session.clone()),
                     ..RunResult::default()
                 },
             };
@@ -333,6 +366,14 @@ async fn answer<H: SessionHost>(
         }
         let _ = result_sender.send(ran);
     });
+    // Until the session exists, a failure is an answer of its own (4xx/5xx, not a stream).
+    match started.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return HttpError::from(err).into_response(),
+        Err(_) => {
+            return HttpError::new(ErrorCode::Internal, "the run task ended early").into_response();
+        }
+    }
     if streamed {
         let lines = futures_util::stream::unfold(
             (received, client_gone),
