@@ -3,13 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Args;
 
 use super::{CliError, Context};
 use crate::service::config::{DEFAULT_CONFIG_PATH, ServiceConfig};
-use crate::service::store::{SqliteStore, Store};
 use crate::service::{ServiceOptions, start_on_docker};
 
 #[derive(Debug, Default, Args)]
@@ -72,9 +70,9 @@ pub async fn run(args: ServeRunArgs, context: &Context) -> Result<ExitCode, CliE
             config.server.max_connections
         );
     }
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.state_dir).map_err(|err| CliError::Refused(err.to_string()))?,
-    );
+    let store = crate::service::store::open_configured(&config)
+        .await
+        .map_err(|err| CliError::Refused(err.to_string()))?;
     let address = config.listen_address();
     let listener = tokio::net::TcpListener::bind(address)
         .await

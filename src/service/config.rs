@@ -44,6 +44,18 @@ pub struct ServiceConfig {
     pub limits: Limits,
     pub networks: NetworksSection,
     pub projects: ProjectsSection,
+    pub store: StoreSection,
+}
+
+/// `[store]`: where users and tokens live.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `postgres://USER@HOST:PORT/DATABASE` (no password in it): PostgreSQL, which several
+    /// services may share. Absent: SQLite in `STATE_DIR/cubbi.db`.
+    pub url: Option<String>,
+    /// The database password, in a file only its owner may read (mode 0600).
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -157,6 +169,7 @@ impl Default for ServiceConfig {
             limits: Limits::default(),
             networks: NetworksSection::default(),
             projects: ProjectsSection::default(),
+            store: StoreSection::default(),
         }
     }
 }
@@ -327,6 +340,14 @@ impl ServiceConfig {
                 "give 32 bytes as 64 hex digits or as base64 (e.g. `openssl rand -hex 32`)".into(),
             ));
         }
+        if let Some(url) = &self.store.url {
+            super::pg_store::check_url(url).map_err(|reason| invalid("store.url", reason))?;
+        } else if self.store.password_file.is_some() {
+            return Err(invalid(
+                "store.password_file",
+                "only with store.url (the PostgreSQL store)".into(),
+            ));
+        }
         if let Some(host) = &self.ssh.public_host
             && (host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/'))
         {
@@ -385,6 +406,9 @@ mod tests {
             known_hosts = ["git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"]
             [projects.storage]
             key = "0000000000000000000000000000000000000000000000000000000000000000"
+            [store]
+            url = "postgres://cubbi@db.example.org:5432/cubbi"
+            password_file = "/etc/cubbi/db-password"
         "#;
         let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
         assert_eq!(config.server.port, 8443);
@@ -408,6 +432,10 @@ mod tests {
                 "projects.storage.key",
             ),
             ("[projects]\nknown_hosts = [\"x\"]", "projects.known_hosts"),
+            ("[store]\nurl = \"sqlite://x\"", "store.url"),
+            ("[store]\nurl = \"postgres://u:pw@h/d\"", "password_file"),
+            ("[store]\npassword_file = \"/pw\"", "store.url"),
+            ("[store]\nuri = \"postgres://h/d\"", "uri"),
         ] {
             let err = ServiceConfig::parse(text, Path::new("t.toml")).unwrap_err();
             assert!(err.to_string().contains(needle), "{text}: {err}");

@@ -11,11 +11,13 @@ mod documented;
 pub mod host_volumes;
 pub mod http_error;
 pub mod openapi;
+pub mod pg_store;
 pub mod policy;
 pub mod project_routes;
 pub mod projects;
 pub mod router;
 pub mod store;
+pub mod store_conformance;
 pub mod tls;
 
 use std::net::SocketAddr;

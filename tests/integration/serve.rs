@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cubbi::api::{Backend, ErrorCode, ExecEvent, LogOptions, Quiet, SessionSpec, SessionState};
-use cubbi::service::store::Store;
 use futures_util::StreamExt;
 use libtest_mimic::{Failed, Trial};
 use serde_json::{Value, json};
@@ -816,7 +815,6 @@ fn cli_drives_the_service_like_the_local_endpoint() -> Result<(), Failed> {
 }
 
 fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Failed> {
-    use std::io::{BufRead, BufReader};
     docker_test("serve-binary", |scope| async move {
         let state = tempfile::tempdir()?;
         let config = state.path().join("service.toml");
@@ -838,39 +836,9 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
         .stdout()
         .trim()
         .to_string();
-        let home = TestHome::new();
-        let mut child = crate::support::Cubbi::new(&home)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .args([config.as_os_str()])
-            .args(["--state-dir"])
-            .args([state.path().as_os_str()])
-            .env("CUBBI_DOCKER_HOST", &scope.endpoint)
-            .into_command();
-        let mut child = child
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let address = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.recv().await {
-                seen.push(line.clone());
-                let record: Value = serde_json::from_str(&line)
-                    .map_err(|err| format!("not a JSON log line: {line}: {err}"))?;
-                if let Some(address) = record["fields"]["address"].as_str() {
-                    return Ok::<String, Failed>(address.to_string());
-                }
-            }
-            Err("the service exited before listening".into())
-        })
-        .await
-        .map_err(|_| "the service did not say where it listens")??;
+        let service =
+            crate::support::service::ServeProcess::start(&scope, &config, state.path()).await?;
+        let address = service.address.clone();
         let http = reqwest::Client::new();
         let health = http.get(format!("http://{address}/healthz")).send().await?;
         assert_eq!(health.status(), 200);
@@ -887,20 +855,7 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
             .await?;
         assert_eq!(refused.status(), 401);
 
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
-        let stopping = Instant::now();
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
-        assert!(status.success(), "cubbi serve exited with {status}");
-        assert!(
-            stopping.elapsed() < Duration::from_secs(6),
-            "SIGTERM took {:?}",
-            stopping.elapsed()
-        );
-        while let Ok(line) = lines.try_recv() {
-            seen.push(line);
-        }
-        let all = seen.join("\n");
+        let all = service.stop_within(Duration::from_secs(6)).await?;
         assert!(all.contains("/v1/sessions"), "no request was logged: {all}");
         assert!(
             all.contains("dave"),

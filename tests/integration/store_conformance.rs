@@ -1,0 +1,212 @@
+//! The token store's one conformance suite (`cubbi::service::store_conformance`) over SQLite
+//! and over a real PostgreSQL that the run starts (support::postgres); and two real `cubbi
+//! serve` processes on one PostgreSQL sharing tokens.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cubbi::service::pg_store::PgStore;
+use cubbi::service::store::{SqliteStore, Store, StoreError};
+use cubbi::service::store_conformance::{CASES, Case, StoreFactory};
+use libtest_mimic::{Failed, Trial};
+
+use crate::support::{Cubbi, TestHome, docker_test, postgres};
+
+pub fn tests() -> Vec<Trial> {
+    let mut trials = Vec::new();
+    for &(name, case) in CASES {
+        // Named *without_sysbox so that they run outside the Sysbox kit: they need neither.
+        trials.push(Trial::test(
+            format!("store_conformance::sqlite::{name}_without_sysbox"),
+            move || on_sqlite(case),
+        ));
+        trials.push(Trial::test(
+            format!("store_conformance::postgres::{name}_without_sysbox"),
+            move || on_postgres(name, case),
+        ));
+    }
+    trials.extend(crate::trials![
+        two_services_on_one_postgres_share_tokens,
+        a_password_in_the_store_url_is_refused_without_sysbox,
+    ]);
+    trials
+}
+
+fn block_on<F: std::future::Future<Output = Result<(), Failed>>>(work: F) -> Result<(), Failed> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(work)
+}
+
+struct SqliteFactory(tempfile::TempDir);
+
+#[async_trait::async_trait]
+impl StoreFactory for SqliteFactory {
+    async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(Arc::new(SqliteStore::open(self.0.path())?))
+    }
+}
+
+struct PgFactory {
+    url: String,
+    password_file: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl StoreFactory for PgFactory {
+    async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(Arc::new(
+            PgStore::connect(&self.url, Some(&self.password_file)).await?,
+        ))
+    }
+}
+
+fn on_sqlite(case: Case) -> Result<(), Failed> {
+    block_on(async move {
+        let factory = SqliteFactory(tempfile::tempdir()?);
+        case(&factory).await?;
+        Ok(())
+    })
+}
+
+fn on_postgres(name: &str, case: Case) -> Result<(), Failed> {
+    let server = postgres::shared()?;
+    block_on(async move {
+        let factory = PgFactory {
+            url: server.database(name).await?,
+            password_file: server.password_file.clone(),
+        };
+        case(&factory).await?;
+        // The schema went in once, though every handle migrated.
+        let store = PgStore::connect(&factory.url, Some(&factory.password_file)).await?;
+        assert_eq!(store.schema_version().await?, 1);
+        Ok(())
+    })
+}
+
+fn a_password_in_the_store_url_is_refused_without_sysbox() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("service.toml");
+    std::fs::write(
+        &config,
+        "[store]\nurl = \"postgres://cubbi:hunter2-secret@127.0.0.1:1/cubbi\"\n",
+    )?;
+    let refused = Cubbi::new(&TestHome::new())
+        .args(["serve", "token", "list", "--config"])
+        .arg(&config)
+        .run()
+        .failure()
+        .stderr_contains("store.url")
+        .stderr_contains("password_file");
+    assert!(
+        !refused.stderr().contains("hunter2"),
+        "{}",
+        refused.stderr()
+    );
+    Ok(())
+}
+
+/// Runs the real `cubbi` with `args` off the async runtime.
+async fn cubbi(args: Vec<std::ffi::OsString>) -> Result<crate::support::cli::Ran, Failed> {
+    Ok(tokio::task::spawn_blocking(move || Cubbi::new(&TestHome::new()).args(args).run()).await?)
+}
+
+fn two_services_on_one_postgres_share_tokens() -> Result<(), Failed> {
+    let server = postgres::shared()?;
+    docker_test("serve-postgres", |scope| async move {
+        let dir = tempfile::tempdir()?;
+        let url = server.database("two_services").await?;
+        let config = dir.path().join("service.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nshutdown_grace = 3\n[ssh]\nbind = \"127.0.0.1\"\n[store]\nurl = \
+                 \"{url}\"\npassword_file = \"{}\"\n",
+                server.password_file.display()
+            ),
+        )?;
+        let token_args = |rest: &[&str]| -> Vec<std::ffi::OsString> {
+            let mut args: Vec<std::ffi::OsString> = vec!["serve".into(), "token".into()];
+            args.extend(rest.iter().map(Into::into));
+            args.extend(["--config".into(), config.clone().into_os_string()]);
+            args
+        };
+        let made = cubbi(token_args(&["create", "--user", "alice"]))
+            .await?
+            .success();
+        let token = made.stdout().trim().to_string();
+        assert!(token.starts_with("cubbi_"), "{token}");
+
+        let mut services = Vec::new();
+        for index in 0..2 {
+            let state = dir.path().join(format!("state{index}"));
+            services
+                .push(crate::support::service::ServeProcess::start(&scope, &config, &state).await?);
+        }
+        // Not one token in either state folder's SQLite file (which holds projects): they
+        // are in PostgreSQL.
+        for index in 0..2 {
+            let db = dir.path().join(format!("state{index}/cubbi.db"));
+            if db.exists() {
+                let rows: i64 = rusqlite::Connection::open(&db)?.query_row(
+                    "SELECT count(*) FROM tokens",
+                    [],
+                    |row| row.get(0),
+                )?;
+                assert_eq!(rows, 0, "{} holds tokens", db.display());
+            }
+        }
+        let http = reqwest::Client::new();
+        for service in &services {
+            let listed = http
+                .get(format!("http://{}/v1/sessions", service.address))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            assert_eq!(listed.status(), 200, "{}", service.address);
+        }
+        // A token issued while both run works on both at once, without a restart.
+        let bobs = cubbi(token_args(&["create", "--user", "bob"]))
+            .await?
+            .success()
+            .stdout()
+            .trim()
+            .to_string();
+        for service in &services {
+            let listed = http
+                .get(format!("http://{}/v1/sessions", service.address))
+                .bearer_auth(&bobs)
+                .send()
+                .await?;
+            assert_eq!(listed.status(), 200, "{}", service.address);
+        }
+        // Revoked through the CLI: refused by both.
+        let id = token
+            .strip_prefix("cubbi_")
+            .and_then(|rest| rest.split('_').next())
+            .ok_or("a token id")?
+            .to_string();
+        cubbi(token_args(&["revoke", &id])).await?.success();
+        for service in &services {
+            let refused = http
+                .get(format!("http://{}/v1/sessions", service.address))
+                .bearer_auth(&token)
+                .send()
+                .await?;
+            assert_eq!(refused.status(), 401, "{}", service.address);
+        }
+        let listed = cubbi(token_args(&["list"])).await?.success();
+        assert!(listed.stdout().contains("alice") && listed.stdout().contains("bob"));
+        let password = std::fs::read_to_string(&server.password_file)?;
+        for service in services {
+            let log = service.stop().await?;
+            assert!(log.contains("/v1/sessions"), "no request was logged: {log}");
+            for secret in [token.as_str(), bobs.as_str(), password.trim()] {
+                assert!(!log.contains(secret), "a secret reached the log");
+            }
+        }
+        Ok(())
+    })
+}
