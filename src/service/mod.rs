@@ -187,7 +187,9 @@ pub async fn start_on_docker(
         projects: None,
         disk_limit: disk.per_session(),
     };
-    let projects = projects::ServiceProjects::open(config)?;
+    // Projects live where the users and tokens do: with PostgreSQL, every service on the
+    // database shares them.
+    let projects = projects::ServiceProjects::open_with(config, store.postgres().cloned())?;
     let host = DockerHost::new(docker, template, index, config.images.clone(), projects);
     start(listener, host, store, config)
 }

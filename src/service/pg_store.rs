@@ -40,7 +40,28 @@ const MIGRATIONS: &[&str] = &[
         revoked BIGINT
     );
     CREATE INDEX tokens_by_user ON tokens(user_name);",
+    // 2: each user's registered projects: the sealed record text (see
+    // crate::projects::store), keyed by user and project id; names are unique per user.
+    "CREATE TABLE projects (
+        user_name TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (user_name, id),
+        UNIQUE (user_name, name)
+    );",
 ];
+
+/// Why a project row was not written, as [`crate::projects::ProjectError`] says it.
+#[derive(Debug)]
+pub enum RowRefusal {
+    /// The id is there already, under this name.
+    IdTaken(String),
+    /// Another project (this id) has the name.
+    NameTaken(String),
+    /// No row with the id.
+    Missing,
+}
 
 /// The advisory lock that serialises migrations between processes starting at once.
 const MIGRATION_LOCK: i64 = 0x6375_6262_6900_0001;
@@ -237,6 +258,132 @@ impl PgStore {
         transaction.commit().await.map_err(|e| self.error(e))
     }
 
+    /// `postgres://user@host:port/database`, for messages.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// `(id, record)` of every project of `user`, by name.
+    pub async fn project_rows(&self, user: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, record FROM projects WHERE user_name = $1 ORDER BY name",
+                &[&user],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    pub async fn project_row(&self, user: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT record FROM projects WHERE user_name = $1 AND id = $2",
+                &[&user, &id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    /// Inserts (`replace` false) or replaces a project row, keeping names unique per user.
+    /// The user's rows are changed under an advisory lock on the user, so the checks and the
+    /// write see one state whichever process makes them.
+    pub async fn put_project_row(
+        &self,
+        user: &str,
+        id: &str,
+        name: &str,
+        record: &str,
+        replace: bool,
+    ) -> Result<Result<(), RowRefusal>, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtext('cubbi projects ' || $1))",
+                &[&user],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let existing = transaction
+            .query_opt(
+                "SELECT name FROM projects WHERE user_name = $1 AND id = $2",
+                &[&user, &id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        match (existing, replace) {
+            (Some(row), false) => return Ok(Err(RowRefusal::IdTaken(row.get(0)))),
+            (None, true) => return Ok(Err(RowRefusal::Missing)),
+            _ => {}
+        }
+        let holder = transaction
+            .query_opt(
+                "SELECT id FROM projects WHERE user_name = $1 AND name = $2 AND id <> $3",
+                &[&user, &name, &id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        if let Some(row) = holder {
+            return Ok(Err(RowRefusal::NameTaken(row.get(0))));
+        }
+        let statement = if replace {
+            "UPDATE projects SET name = $3, record = $4 WHERE user_name = $1 AND id = $2"
+        } else {
+            "INSERT INTO projects (user_name, id, name, record) VALUES ($1, $2, $3, $4)"
+        };
+        transaction
+            .execute(statement, &[&user, &id, &name, &record])
+            .await
+            .map_err(|e| self.error(e))?;
+        transaction.commit().await.map_err(|e| self.error(e))?;
+        Ok(Ok(()))
+    }
+
+    pub async fn delete_project_row(&self, user: &str, id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "DELETE FROM projects WHERE user_name = $1 AND id = $2",
+                &[&user, &id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(changed > 0)
+    }
+
+    /// Every user with a project.
+    pub async fn project_users(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT user_name FROM projects ORDER BY user_name",
+                &[],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Some `(user, id)` whose record holds a sealed credential.
+    pub async fn a_sealed_project(&self) -> Result<Option<(String, String)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT user_name, id FROM projects WHERE strpos(record, 'sealed = ') > 0 LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.map(|row| (row.get(0), row.get(1))))
+    }
+
+    /// How many migrations this cubbi knows.
+    pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
     /// The schema version recorded in the database.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
@@ -376,6 +523,10 @@ impl Store for PgStore {
             .await
             .map_err(|e| self.error(e))?;
         Ok(changed > 0)
+    }
+
+    fn postgres(&self) -> Option<&PgStore> {
+        Some(self)
     }
 }
 

@@ -158,6 +158,10 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Revokes by id; false when no such (unrevoked) token.
     async fn revoke(&self, id: &str) -> Result<bool, StoreError>;
+    /// The PostgreSQL store this is, whose database the service keeps its projects in too.
+    fn postgres(&self) -> Option<&super::pg_store::PgStore> {
+        None
+    }
 }
 
 /// The store the config names: PostgreSQL when `[store] url` is set, else SQLite in the state

@@ -10,7 +10,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::projects::ProjectDb;
 use super::store::{Caller, Store, StoreError};
+use crate::projects::ProjectError;
+use crate::projects::records::ProjectRecords;
 
 /// Opens handles on one database, empty before the case's first `open`.
 #[async_trait::async_trait]
@@ -229,4 +232,45 @@ async fn concurrent_handles_issue_tokens_that_all_authenticate(
         assert!(second.authenticate(token).await?.is_some());
     }
     Ok(())
+}
+
+/// The `projects` rows of a [`ProjectDb`] (SQLite or PostgreSQL): per user, ids and names
+/// unique per user, the same refusals. Synchronous like [`ProjectRecords`]; PostgreSQL needs
+/// a multi-threaded runtime around it.
+pub fn project_records_round_trip_and_stay_per_user(db: &Arc<ProjectDb>) {
+    let alice = db.of_user("alice");
+    let bob = db.of_user("bob");
+    alice.insert("github.com/o/r", "r", "text one").unwrap();
+    assert_eq!(
+        alice.get("github.com/o/r").unwrap().unwrap().text,
+        "text one"
+    );
+    assert!(bob.get("github.com/o/r").unwrap().is_none());
+    assert!(bob.list().unwrap().is_empty());
+    // Bob may have the same id and name: they are his own.
+    bob.insert("github.com/o/r", "r", "bob's").unwrap();
+    assert!(matches!(
+        alice.insert("github.com/o/r", "other", "x"),
+        Err(ProjectError::AlreadyExists { name, .. }) if name == "r"
+    ));
+    assert!(matches!(
+        alice.insert("github.com/o/s", "r", "x"),
+        Err(ProjectError::NameTaken { id, .. }) if id == "github.com/o/r"
+    ));
+    alice.insert("github.com/o/s", "s", "text two").unwrap();
+    assert!(matches!(
+        alice.replace("github.com/o/s", "r", "x"),
+        Err(ProjectError::NameTaken { .. })
+    ));
+    alice.replace("github.com/o/s", "s2", "text three").unwrap();
+    let listed: Vec<String> = alice.list().unwrap().into_iter().map(|r| r.text).collect();
+    assert_eq!(listed, vec!["text one", "text three"]);
+    assert!(matches!(
+        bob.replace("github.com/o/s", "s", "x"),
+        Err(ProjectError::NotFound { .. })
+    ));
+    assert!(!bob.delete("github.com/o/s").unwrap());
+    assert!(alice.delete("github.com/o/s").unwrap());
+    assert_eq!(alice.list().unwrap().len(), 1);
+    assert_eq!(bob.get("github.com/o/r").unwrap().unwrap().text, "bob's");
 }

@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cubbi::service::pg_store::PgStore;
+use cubbi::service::projects::ProjectDb;
 use cubbi::service::store::{SqliteStore, Store, StoreError};
-use cubbi::service::store_conformance::{CASES, Case, StoreFactory};
+use cubbi::service::store_conformance::{
+    CASES, Case, StoreFactory, project_records_round_trip_and_stay_per_user,
+};
 use libtest_mimic::{Failed, Trial};
 
 use crate::support::{Cubbi, TestHome, docker_test, postgres};
@@ -26,6 +29,9 @@ pub fn tests() -> Vec<Trial> {
         ));
     }
     trials.extend(crate::trials![
+        project_records_on_sqlite_without_sysbox,
+        project_records_on_postgres_without_sysbox,
+        project_names_stay_unique_across_postgres_pools_without_sysbox,
         two_services_on_one_postgres_share_tokens,
         a_password_in_the_store_url_is_refused_without_sysbox,
     ]);
@@ -81,7 +87,64 @@ fn on_postgres(name: &str, case: Case) -> Result<(), Failed> {
         case(&factory).await?;
         // The schema went in once, though every handle migrated.
         let store = PgStore::connect(&factory.url, Some(&factory.password_file)).await?;
-        assert_eq!(store.schema_version().await?, 1);
+        assert_eq!(store.schema_version().await?, PgStore::SCHEMA_VERSION);
+        Ok(())
+    })
+}
+
+fn project_records_on_sqlite_without_sysbox() -> Result<(), Failed> {
+    let dir = tempfile::tempdir()?;
+    let db = Arc::new(ProjectDb::open(dir.path())?);
+    project_records_round_trip_and_stay_per_user(&db);
+    Ok(())
+}
+
+fn project_records_on_postgres_without_sysbox() -> Result<(), Failed> {
+    let server = postgres::shared()?;
+    block_on(async move {
+        let url = server.database("project_records").await?;
+        let store = PgStore::connect(&url, Some(&server.password_file)).await?;
+        let db = Arc::new(ProjectDb::on_postgres(store));
+        // The records are synchronous, as the service calls them: on its blocking pool.
+        tokio::task::spawn_blocking(move || project_records_round_trip_and_stay_per_user(&db))
+            .await?;
+        Ok(())
+    })
+}
+
+/// Eight pools (as eight services) add a project of one name at once: one wins, the others
+/// are told the name is taken (the per-user advisory lock), none fails otherwise.
+fn project_names_stay_unique_across_postgres_pools_without_sysbox() -> Result<(), Failed> {
+    use cubbi::projects::ProjectError;
+    use cubbi::projects::records::ProjectRecords;
+    let server = postgres::shared()?;
+    block_on(async move {
+        let url = server.database("project_names").await?;
+        let mut tasks = Vec::new();
+        for index in 0..8 {
+            let store = PgStore::connect(&url, Some(&server.password_file)).await?;
+            let db = Arc::new(ProjectDb::on_postgres(store));
+            tasks.push(tokio::task::spawn_blocking(move || {
+                db.of_user("alice")
+                    .insert(&format!("github.com/o{index}/same"), "same", "t")
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await?);
+        }
+        assert_eq!(
+            outcomes.iter().filter(|o| o.is_ok()).count(),
+            1,
+            "{outcomes:?}"
+        );
+        assert!(
+            outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().err())
+                .all(|err| matches!(err, ProjectError::NameTaken { .. })),
+            "{outcomes:?}"
+        );
         Ok(())
     })
 }
@@ -123,8 +186,9 @@ fn two_services_on_one_postgres_share_tokens() -> Result<(), Failed> {
             &config,
             format!(
                 "[server]\nshutdown_grace = 3\n[ssh]\nbind = \"127.0.0.1\"\n[store]\nurl = \
-                 \"{url}\"\npassword_file = \"{}\"\n",
-                server.password_file.display()
+                 \"{url}\"\npassword_file = \"{}\"\n[projects.storage]\nkey = \"{}\"\n",
+                server.password_file.display(),
+                "42".repeat(32)
             ),
         )?;
         let token_args = |rest: &[&str]| -> Vec<std::ffi::OsString> {
@@ -144,19 +208,6 @@ fn two_services_on_one_postgres_share_tokens() -> Result<(), Failed> {
             let state = dir.path().join(format!("state{index}"));
             services
                 .push(crate::support::service::ServeProcess::start(&scope, &config, &state).await?);
-        }
-        // Not one token in either state folder's SQLite file (which holds projects): they
-        // are in PostgreSQL.
-        for index in 0..2 {
-            let db = dir.path().join(format!("state{index}/cubbi.db"));
-            if db.exists() {
-                let rows: i64 = rusqlite::Connection::open(&db)?.query_row(
-                    "SELECT count(*) FROM tokens",
-                    [],
-                    |row| row.get(0),
-                )?;
-                assert_eq!(rows, 0, "{} holds tokens", db.display());
-            }
         }
         let http = reqwest::Client::new();
         for service in &services {
@@ -182,6 +233,47 @@ fn two_services_on_one_postgres_share_tokens() -> Result<(), Failed> {
                 .await?;
             assert_eq!(listed.status(), 200, "{}", service.address);
         }
+        // A project bob registers through one service is his through the other, and
+        // removed through the other it is gone from both.
+        let added = http
+            .post(format!("http://{}/v1/projects", services[0].address))
+            .bearer_auth(&bobs)
+            .json(
+                &serde_json::json!({"url": "https://gitlab.com/team/app", "name": "app",
+                "credential": {"token": "glpat-shared-secret"}}),
+            )
+            .send()
+            .await?;
+        assert_eq!(added.status(), 201, "{}", added.text().await?);
+        let shown: serde_json::Value = http
+            .get(format!("http://{}/v1/projects/app", services[1].address))
+            .bearer_auth(&bobs)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        assert_eq!(shown["id"], "gitlab.com/team/app", "{shown}");
+        assert_eq!(shown["credential"]["token"], "set", "{shown}");
+        let others = http
+            .get(format!("http://{}/v1/projects/app", services[1].address))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        assert_eq!(others.status(), 404, "alice sees bob's project");
+        let removed = http
+            .delete(format!("http://{}/v1/projects/app", services[1].address))
+            .bearer_auth(&bobs)
+            .send()
+            .await?;
+        assert!(removed.status().is_success(), "{}", removed.status());
+        let gone = http
+            .get(format!("http://{}/v1/projects/app", services[0].address))
+            .bearer_auth(&bobs)
+            .send()
+            .await?;
+        assert_eq!(gone.status(), 404);
+
         // Revoked through the CLI: refused by both.
         let id = token
             .strip_prefix("cubbi_")
@@ -197,13 +289,34 @@ fn two_services_on_one_postgres_share_tokens() -> Result<(), Failed> {
                 .await?;
             assert_eq!(refused.status(), 401, "{}", service.address);
         }
+        // Not one token or project in either state folder's SQLite file: they are in
+        // PostgreSQL.
+        for index in 0..2 {
+            let db = dir.path().join(format!("state{index}/cubbi.db"));
+            if db.exists() {
+                let connection = rusqlite::Connection::open(&db)?;
+                for table in ["tokens", "projects"] {
+                    let rows: i64 = connection.query_row(
+                        &format!("SELECT count(*) FROM {table}"),
+                        [],
+                        |row| row.get(0),
+                    )?;
+                    assert_eq!(rows, 0, "{} holds {table}", db.display());
+                }
+            }
+        }
         let listed = cubbi(token_args(&["list"])).await?.success();
         assert!(listed.stdout().contains("alice") && listed.stdout().contains("bob"));
         let password = std::fs::read_to_string(&server.password_file)?;
         for service in services {
             let log = service.stop().await?;
             assert!(log.contains("/v1/sessions"), "no request was logged: {log}");
-            for secret in [token.as_str(), bobs.as_str(), password.trim()] {
+            for secret in [
+                token.as_str(),
+                bobs.as_str(),
+                password.trim(),
+                "glpat-shared-secret",
+            ] {
                 assert!(!log.contains(secret), "a secret reached the log");
             }
         }
