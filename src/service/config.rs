@@ -56,6 +56,10 @@ pub struct StoreSection {
     pub url: Option<String>,
     /// The database password, in a file only its owner may read (mode 0600).
     pub password_file: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) the server's certificate must chain to; setting it makes
+    /// the connection TLS, as `sslmode=require` in the URL does (which checks against the
+    /// system's roots without it).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -342,10 +346,12 @@ impl ServiceConfig {
         }
         if let Some(url) = &self.store.url {
             super::pg_store::check_url(url).map_err(|reason| invalid("store.url", reason))?;
-        } else if self.store.password_file.is_some() {
+        } else if self.store.password_file.is_some() || self.store.ca_file.is_some() {
             return Err(invalid(
-                "store.password_file",
-                "only with store.url (the PostgreSQL store)".into(),
+                "store.url",
+                "store.password_file and store.ca_file go with store.url (the PostgreSQL \
+                 store)"
+                    .into(),
             ));
         }
         if let Some(host) = &self.ssh.public_host
@@ -409,6 +415,7 @@ mod tests {
             [store]
             url = "postgres://cubbi@db.example.org:5432/cubbi"
             password_file = "/etc/cubbi/db-password"
+            ca_file = "/etc/cubbi/db-ca.pem"
         "#;
         let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
         assert_eq!(config.server.port, 8443);

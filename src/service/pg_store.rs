@@ -5,6 +5,10 @@
 //!
 //! The password, when the server wants one, comes from `[store] password_file` (mode 0600),
 //! never from the URL, the command line or the environment, and no message names it.
+//!
+//! TLS: with `sslmode=require` in the URL, or `[store] ca_file`, the connection is TLS
+//! (rustls) and the server's certificate is checked against the CA file, else the system's
+//! roots, for the URL's host name. Without either, it is plain (a local socket or loopback).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,7 +17,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use subtle::ConstantTimeEq;
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Config, NoTls};
 
 use super::store::{
@@ -154,10 +158,52 @@ fn read_password(path: &Path) -> Result<String, StoreError> {
     Ok(password.to_string())
 }
 
+/// The TLS client for a server whose certificate chains to `ca_file`, else to a system root.
+fn tls_connector(
+    ca_file: Option<&Path>,
+    database: &str,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let error = |reason: String| StoreError::Postgres {
+        database: database.to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in super::tls::load_certs(path).map_err(|err| error(err.to_string()))? {
+                roots
+                    .add(cert)
+                    .map_err(|err| error(format!("store.ca_file {}: {err}", path.display())))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(error(
+                    "TLS was asked for (sslmode=require) but the system has no CA                      certificates: give store.ca_file"
+                        .into(),
+                ));
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| error(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 impl PgStore {
-    /// Connects to `url` (password from `password_file`), and brings the schema up to date.
-    /// Refuses a database from a newer cubbi.
-    pub async fn connect(url: &str, password_file: Option<&Path>) -> Result<Self, StoreError> {
+    /// Connects to `url` (password from `password_file`; TLS checked against `ca_file` when
+    /// given), and brings the schema up to date. Refuses a database from a newer cubbi.
+    pub async fn connect(
+        url: &str,
+        password_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, StoreError> {
         check_url(url).map_err(|reason| StoreError::Postgres {
             database: "in store.url".into(),
             reason,
@@ -174,13 +220,20 @@ impl PgStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("cubbi serve");
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        if ca_file.is_some() {
+            config.ssl_mode(SslMode::Require);
+        }
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if config.get_ssl_mode() == SslMode::Require {
+            let tls = tls_connector(ca_file, &database)?;
+            Manager::from_config(config, tls, manager_config)
+        } else {
+            // `prefer` (the default) with no TLS client is plain: a local server's
+            // self-signed certificate must not fail a setup that never asked for TLS.
+            Manager::from_config(config, NoTls, manager_config)
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)

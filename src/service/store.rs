@@ -171,7 +171,12 @@ pub async fn open_configured(
 ) -> Result<Arc<dyn Store>, StoreError> {
     match &config.store.url {
         Some(url) => Ok(Arc::new(
-            super::pg_store::PgStore::connect(url, config.store.password_file.as_deref()).await?,
+            super::pg_store::PgStore::connect(
+                url,
+                config.store.password_file.as_deref(),
+                config.store.ca_file.as_deref(),
+            )
+            .await?,
         )),
         None => {
             let state_dir = config.state_dir.clone();

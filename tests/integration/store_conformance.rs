@@ -32,6 +32,7 @@ pub fn tests() -> Vec<Trial> {
         project_records_on_sqlite_without_sysbox,
         project_records_on_postgres_without_sysbox,
         project_names_stay_unique_across_postgres_pools_without_sysbox,
+        tls_to_postgres_checks_the_servers_certificate_without_sysbox,
         two_services_on_one_postgres_share_tokens,
         a_password_in_the_store_url_is_refused_without_sysbox,
     ]);
@@ -64,7 +65,7 @@ struct PgFactory {
 impl StoreFactory for PgFactory {
     async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(Arc::new(
-            PgStore::connect(&self.url, Some(&self.password_file)).await?,
+            PgStore::connect(&self.url, Some(&self.password_file), None).await?,
         ))
     }
 }
@@ -86,7 +87,7 @@ fn on_postgres(name: &str, case: Case) -> Result<(), Failed> {
         };
         case(&factory).await?;
         // The schema went in once, though every handle migrated.
-        let store = PgStore::connect(&factory.url, Some(&factory.password_file)).await?;
+        let store = PgStore::connect(&factory.url, Some(&factory.password_file), None).await?;
         assert_eq!(store.schema_version().await?, PgStore::SCHEMA_VERSION);
         Ok(())
     })
@@ -103,7 +104,7 @@ fn project_records_on_postgres_without_sysbox() -> Result<(), Failed> {
     let server = postgres::shared()?;
     block_on(async move {
         let url = server.database("project_records").await?;
-        let store = PgStore::connect(&url, Some(&server.password_file)).await?;
+        let store = PgStore::connect(&url, Some(&server.password_file), None).await?;
         let db = Arc::new(ProjectDb::on_postgres(store));
         // The records are synchronous, as the service calls them: on its blocking pool.
         tokio::task::spawn_blocking(move || project_records_round_trip_and_stay_per_user(&db))
@@ -122,7 +123,7 @@ fn project_names_stay_unique_across_postgres_pools_without_sysbox() -> Result<()
         let url = server.database("project_names").await?;
         let mut tasks = Vec::new();
         for index in 0..8 {
-            let store = PgStore::connect(&url, Some(&server.password_file)).await?;
+            let store = PgStore::connect(&url, Some(&server.password_file), None).await?;
             let db = Arc::new(ProjectDb::on_postgres(store));
             tasks.push(tokio::task::spawn_blocking(move || {
                 db.of_user("alice")
@@ -145,6 +146,41 @@ fn project_names_stay_unique_across_postgres_pools_without_sysbox() -> Result<()
                 .all(|err| matches!(err, ProjectError::NameTaken { .. })),
             "{outcomes:?}"
         );
+        Ok(())
+    })
+}
+
+/// `tls_only` refuses plain connections (the server's pg_hba): with `ca_file` (or
+/// `sslmode=require` and the CA) the store connects over TLS; without the CA, checked against
+/// the system's roots, the private certificate is refused, as is a plain connection.
+fn tls_to_postgres_checks_the_servers_certificate_without_sysbox() -> Result<(), Failed> {
+    let server = postgres::shared()?;
+    block_on(async move {
+        let url = server.database("tls_only").await?;
+        let password = Some(server.password_file.as_path());
+        let plain = PgStore::connect(&url, password, None).await;
+        let err = plain
+            .err()
+            .ok_or("a plain connection to tls_only was let in")?;
+        assert!(err.to_string().contains("no encryption"), "{err}");
+
+        let store = PgStore::connect(&url, password, Some(&server.ca_file)).await?;
+        let (_, token) = store.issue_token("alice", None).await?;
+        let required = format!("{url}?sslmode=require");
+        let other = PgStore::connect(&required, password, Some(&server.ca_file)).await?;
+        assert!(other.authenticate(&token).await?.is_some());
+
+        let unchecked = PgStore::connect(&required, password, None).await;
+        let err = unchecked
+            .err()
+            .ok_or("a certificate of an unknown CA was accepted")?;
+        assert!(err.to_string().contains("certificate"), "{err}");
+        for secret in [
+            std::fs::read_to_string(&server.password_file)?.trim(),
+            &token,
+        ] {
+            assert!(!err.to_string().contains(secret), "{err}");
+        }
         Ok(())
     })
 }

@@ -6,6 +6,7 @@ pub mod base_image;
 pub mod cli;
 pub mod dockerd;
 pub mod images;
+pub mod pki;
 pub mod postgres;
 pub mod pty;
 pub mod service;

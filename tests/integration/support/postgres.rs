@@ -1,7 +1,8 @@
 //! A real PostgreSQL server (Debian's `postgresql` package, which install/test.sh installs),
 //! started once for the run by `initdb` + `postgres` in a temporary folder: a private unix
 //! socket folder and a free loopback port, password (SCRAM) authentication for the `cubbi`
-//! superuser. PostgreSQL refuses to run as root, so under root the folder belongs to the
+//! superuser, and TLS with a certificate of a private CA ([`Postgres::ca_file`]); the database
+//! `tls_only` takes TLS connections only. PostgreSQL refuses to run as root, so under root the folder belongs to the
 //! `postgres` user (or `nobody`) and the server runs as that user.
 //! Each test gets a database of its own ([`Postgres::database`]).
 
@@ -20,6 +21,8 @@ pub struct Postgres {
     password: String,
     /// A copy of the password only the test process's user can read (mode 0600).
     pub password_file: PathBuf,
+    /// The CA the server's certificate (for 127.0.0.1 and localhost) chains to.
+    pub ca_file: PathBuf,
     child: Child,
     root: tempfile::TempDir,
 }
@@ -158,6 +161,27 @@ impl Postgres {
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
+        // TLS: a private CA's certificate, the key the server's alone.
+        let pki = root.path().join("pki");
+        std::fs::create_dir(&pki).map_err(|err| err.to_string())?;
+        super::pki::private_ca_and_server_cert(&pki)
+            .map_err(|err| err.message().unwrap_or("openssl failed").to_string())?;
+        for file in ["server.pem", "server.key"] {
+            let target = server_dir.join(file);
+            std::fs::copy(pki.join(file), &target).map_err(|err| err.to_string())?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
+                .map_err(|err| err.to_string())?;
+            chown(&target, &user)?;
+        }
+        // First match wins: plain connections to `tls_only` are rejected before the rule
+        // initdb wrote lets them in.
+        let hba = data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).map_err(|err| err.to_string())?;
+        std::fs::write(
+            &hba,
+            format!("hostnossl tls_only all 127.0.0.1/32 reject\n{rules}"),
+        )
+        .map_err(|err| err.to_string())?;
         let port = free_port()?;
         let log = std::fs::File::create(root.path().join("postgres.log"))
             .map_err(|err| err.to_string())?;
@@ -167,7 +191,24 @@ impl Postgres {
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", server_dir.display()))
-            .args(["-c", "fsync=off", "-c", "max_connections=300"])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "ssl=on",
+            ])
+            .arg("-c")
+            .arg(format!(
+                "ssl_cert_file={}",
+                server_dir.join("server.pem").display()
+            ))
+            .arg("-c")
+            .arg(format!(
+                "ssl_key_file={}",
+                server_dir.join("server.key").display()
+            ))
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|err| err.to_string())?)
             .stderr(log)
@@ -177,6 +218,7 @@ impl Postgres {
             port,
             password,
             password_file,
+            ca_file: pki.join("ca.pem"),
             child,
             root,
         };
@@ -237,9 +279,10 @@ impl Postgres {
     }
 
     /// A new empty database named after `name` (lowercase letters, digits and `_`), and its
-    /// URL (no password: that is in [`Postgres::password_file`]).
+    /// URL (no password: that is in [`Postgres::password_file`]). The server is this run's
+    /// alone, so names need no run-unique part.
     pub async fn database(&self, name: &str) -> Result<String, Failed> {
-        let name: String = format!("{name}_{}", std::process::id())
+        let name: String = name
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() {
