@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{CliError, Context};
-use crate::service::config::{DEFAULT_CONFIG_PATH, ServiceConfig};
+use crate::service::config::ServiceConfig;
 use crate::service::{ServiceOptions, start_on_docker};
 
 #[derive(Debug, Default, Args)]
@@ -28,12 +28,8 @@ pub struct ServeRunArgs {
 
 /// The config file with the command line over it.
 pub fn effective_config(args: &ServeRunArgs, context: &Context) -> Result<ServiceConfig, CliError> {
-    let (path, explicit) = match &args.config {
-        Some(path) => (path.clone(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
-    let mut config =
-        ServiceConfig::load(&path, explicit).map_err(|err| CliError::Refused(err.to_string()))?;
+    let mut config = ServiceConfig::load_given(args.config.as_deref())
+        .map_err(|err| CliError::Refused(err.to_string()))?;
     if let Some(listen) = args.listen {
         config.server.host = listen.ip();
         config.server.port = listen.port();

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use super::output::{print_json, table};
 use super::{CliError, Context};
 use crate::config::ConfigFile;
-use crate::service::config::{DEFAULT_CONFIG_PATH, ServiceConfig};
+use crate::service::config::ServiceConfig;
 use crate::service::store::{TokenRecord, open_configured};
 
 #[derive(Debug, Args)]
@@ -51,12 +51,8 @@ enum TokenCommand {
 }
 
 pub async fn run(args: TokenArgs, context: &Context) -> Result<ExitCode, CliError> {
-    let (path, explicit) = match &args.config {
-        Some(path) => (path.clone(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
-    let mut config =
-        ServiceConfig::load(&path, explicit).map_err(|err| CliError::Refused(err.to_string()))?;
+    let mut config = ServiceConfig::load_given(args.config.as_deref())
+        .map_err(|err| CliError::Refused(err.to_string()))?;
     if let Some(dir) = args.state_dir {
         config.state_dir = dir;
     }

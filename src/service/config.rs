@@ -244,6 +244,14 @@ impl ServiceConfig {
         Self::parse(&text, path)
     }
 
+    /// The config at `path`, else at [`DEFAULT_CONFIG_PATH`] (its defaults when missing).
+    pub fn load_given(path: Option<&Path>) -> Result<Self, ServiceConfigError> {
+        match path {
+            Some(path) => Self::load(path, true),
+            None => Self::load(Path::new(DEFAULT_CONFIG_PATH), false),
+        }
+    }
+
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ServiceConfigError> {
         let config: Self = toml::from_str(text).map_err(|err| ServiceConfigError::Parse {
             path: origin.to_path_buf(),

@@ -16,13 +16,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use subtle::ConstantTimeEq;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Config, NoTls};
 
 use super::store::{
-    Caller, LAST_USED_RESOLUTION_SECONDS, Store, StoreError, TokenRecord, new_token, now,
-    token_hash, token_id, validate_user,
+    Caller, Store, StoreError, StoredToken, TokenRecord, new_token, now, token_hash, token_id,
+    validate_user,
 };
 
 /// Schema migrations, applied in order; `cubbi_schema.version` records how many have been
@@ -487,15 +486,7 @@ impl Store for PgStore {
                 continue;
             }
             transaction.commit().await.map_err(|e| self.error(e))?;
-            let record = TokenRecord {
-                id,
-                user: user.to_string(),
-                admin,
-                created,
-                last_used: None,
-                revoked: None,
-            };
-            return Ok((record, token));
+            return Ok((TokenRecord::issued(id, user, admin, created), token));
         }
         Err(StoreError::IdCollisions { attempts: ATTEMPTS })
     }
@@ -518,15 +509,19 @@ impl Store for PgStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let stored_hash: Vec<u8> = row.get(0);
-        let last_used: Option<i64> = row.get(3);
-        let revoked: Option<i64> = row.get(4);
-        let matches: bool = stored_hash.ct_eq(&token_hash(token)).into();
-        if !matches || revoked.is_some() {
+        let stored = StoredToken {
+            hash: row.get(0),
+            caller: Caller {
+                user: row.get(1),
+                admin: row.get(2),
+            },
+            last_used: row.get(3),
+            revoked: row.get(4),
+        };
+        let Some((caller, touch)) = stored.judge(token) else {
             return Ok(None);
-        }
-        let now = now();
-        if last_used.is_none_or(|last| now - last >= LAST_USED_RESOLUTION_SECONDS) {
+        };
+        if let Some(now) = touch {
             client
                 .execute(
                     "UPDATE tokens SET last_used = $1 WHERE id = $2",
@@ -535,10 +530,7 @@ impl Store for PgStore {
                 .await
                 .map_err(|e| self.error(e))?;
         }
-        Ok(Some(Caller {
-            user: row.get(1),
-            admin: row.get(2),
-        }))
+        Ok(Some(caller))
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {

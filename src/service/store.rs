@@ -28,7 +28,7 @@ const TOKEN_LEN: usize = TOKEN_PREFIX.len() + ID_HEX_DIGITS + 1 + SECRET_CHARS;
 
 /// `last_used` is written at most this often per token, so that authenticating a request is
 /// normally a read only.
-pub(super) const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
+const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
 
 /// How long a statement waits for another process (`cubbi serve` and `cubbi serve token ...`
 /// share the file) to release its lock before failing.
@@ -81,6 +81,44 @@ pub struct TokenRecord {
     pub created: i64,
     pub last_used: Option<i64>,
     pub revoked: Option<i64>,
+}
+
+impl TokenRecord {
+    /// The record of a token just issued.
+    pub(super) fn issued(id: String, user: &str, admin: bool, created: i64) -> Self {
+        Self {
+            id,
+            user: user.to_string(),
+            admin,
+            created,
+            last_used: None,
+            revoked: None,
+        }
+    }
+}
+
+/// A token's row, as a store reads it to authenticate.
+pub(super) struct StoredToken {
+    pub hash: Vec<u8>,
+    pub caller: Caller,
+    pub last_used: Option<i64>,
+    pub revoked: Option<i64>,
+}
+
+impl StoredToken {
+    /// The caller when `token` is this row's and not revoked (the hash compared in constant
+    /// time), with the time to write as `last_used` when it is due.
+    pub(super) fn judge(self, token: &str) -> Option<(Caller, Option<i64>)> {
+        let matches: bool = self.hash.ct_eq(&token_hash(token)).into();
+        if !matches || self.revoked.is_some() {
+            return None;
+        }
+        let now = now();
+        let due = self
+            .last_used
+            .is_none_or(|last| now - last >= LAST_USED_RESOLUTION_SECONDS);
+        Some((self.caller, due.then_some(now)))
+    }
 }
 
 /// Failures of the store. Messages name files and users, never a token.
@@ -429,15 +467,7 @@ impl SqliteStore {
             transaction
                 .commit()
                 .map_err(|err| self.database_error(err))?;
-            let record = TokenRecord {
-                id,
-                user: user.to_string(),
-                admin,
-                created,
-                last_used: None,
-                revoked: None,
-            };
-            return Ok((record, token));
+            return Ok((TokenRecord::issued(id, user, admin, created), token));
         }
         Err(StoreError::IdCollisions { attempts: ATTEMPTS })
     }
@@ -465,15 +495,19 @@ impl SqliteStore {
             )
             .optional()
             .map_err(|err| self.database_error(err))?;
-        let Some((stored_hash, user, admin, last_used, revoked)) = row else {
+        let Some((hash, user, admin, last_used, revoked)) = row else {
             return Ok(None);
         };
-        let matches: bool = stored_hash.ct_eq(&token_hash(token)).into();
-        if !matches || revoked.is_some() {
+        let stored = StoredToken {
+            hash,
+            caller: Caller { user, admin },
+            last_used,
+            revoked,
+        };
+        let Some((caller, touch)) = stored.judge(token) else {
             return Ok(None);
-        }
-        let now = now();
-        if last_used.is_none_or(|last| now - last >= LAST_USED_RESOLUTION_SECONDS) {
+        };
+        if let Some(now) = touch {
             connection
                 .execute(
                     "UPDATE tokens SET last_used = ?1 WHERE id = ?2",
@@ -481,7 +515,7 @@ impl SqliteStore {
                 )
                 .map_err(|err| self.database_error(err))?;
         }
-        Ok(Some(Caller { user, admin }))
+        Ok(Some(caller))
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {

@@ -274,3 +274,20 @@ pub fn project_records_round_trip_and_stay_per_user(db: &Arc<ProjectDb>) {
     assert_eq!(alice.list().unwrap().len(), 1);
     assert_eq!(bob.get("github.com/o/r").unwrap().unwrap().text, "bob's");
 }
+
+/// The outcomes of inserting one project name at once from several connections: one won, the
+/// others were told the name is taken (and nothing else went wrong).
+pub fn one_insert_won(outcomes: &[Result<(), ProjectError>]) {
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|err| matches!(err, ProjectError::NameTaken { .. })),
+        "{outcomes:?}"
+    );
+}

@@ -9,7 +9,7 @@ use cubbi::service::pg_store::PgStore;
 use cubbi::service::projects::ProjectDb;
 use cubbi::service::store::{SqliteStore, Store, StoreError};
 use cubbi::service::store_conformance::{
-    CASES, Case, StoreFactory, project_records_round_trip_and_stay_per_user,
+    CASES, Case, StoreFactory, one_insert_won, project_records_round_trip_and_stay_per_user,
 };
 use libtest_mimic::{Failed, Trial};
 
@@ -116,7 +116,6 @@ fn project_records_on_postgres_without_sysbox() -> Result<(), Failed> {
 /// Eight pools (as eight services) add a project of one name at once: one wins, the others
 /// are told the name is taken (the per-user advisory lock), none fails otherwise.
 fn project_names_stay_unique_across_postgres_pools_without_sysbox() -> Result<(), Failed> {
-    use cubbi::projects::ProjectError;
     use cubbi::projects::records::ProjectRecords;
     let server = postgres::shared()?;
     block_on(async move {
@@ -134,18 +133,7 @@ fn project_names_stay_unique_across_postgres_pools_without_sysbox() -> Result<()
         for task in tasks {
             outcomes.push(task.await?);
         }
-        assert_eq!(
-            outcomes.iter().filter(|o| o.is_ok()).count(),
-            1,
-            "{outcomes:?}"
-        );
-        assert!(
-            outcomes
-                .iter()
-                .filter_map(|o| o.as_ref().err())
-                .all(|err| matches!(err, ProjectError::NameTaken { .. })),
-            "{outcomes:?}"
-        );
+        one_insert_won(&outcomes);
         Ok(())
     })
 }
