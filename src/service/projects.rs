@@ -45,6 +45,12 @@ fn wait<T>(
             "the PostgreSQL project store needs a runtime: {err}"
         ))
     })?;
+    // block_in_place panics there; the service's runtime is multi-threaded.
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        return Err(ProjectError::Refused(
+            "the PostgreSQL project store needs a multi-threaded runtime".into(),
+        ));
+    }
     tokio::task::block_in_place(|| handle.block_on(work)).map_err(|err| ProjectError::Database {
         path: PathBuf::new(),
         reason: err.to_string(),

@@ -33,6 +33,7 @@ pub fn tests() -> Vec<Trial> {
         project_records_on_postgres_without_sysbox,
         project_names_stay_unique_across_postgres_pools_without_sysbox,
         tls_to_postgres_checks_the_servers_certificate_without_sysbox,
+        a_stopped_postgres_fails_calls_fast_naming_the_database_without_sysbox,
         two_services_on_one_postgres_share_tokens,
         a_password_in_the_store_url_is_refused_without_sysbox,
     ]);
@@ -171,6 +172,48 @@ fn tls_to_postgres_checks_the_servers_certificate_without_sysbox() -> Result<(),
         }
         Ok(())
     })
+}
+
+/// A database that goes away fails the store's calls within the connect timeout, with an
+/// error naming the database (never its password), which the service answers 503 to; one
+/// that is not there stops the service from starting, named the same way.
+fn a_stopped_postgres_fails_calls_fast_naming_the_database_without_sysbox() -> Result<(), Failed> {
+    let mut server = postgres::Postgres::start_private()?;
+    let password_file = server.password_file.clone();
+    let password = std::fs::read_to_string(&password_file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let url = runtime.block_on(server.database("going_away"))?;
+    let store = runtime.block_on(PgStore::connect(&url, Some(&password_file), None))?;
+    let (_, token) = runtime.block_on(store.issue_token("alice", None))?;
+    server.stop();
+    let started = std::time::Instant::now();
+    let failed = runtime.block_on(store.authenticate(&token));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = failed
+        .err()
+        .ok_or("a stopped database authenticated a token")?;
+    let message = err.to_string();
+    assert!(message.contains(&url), "{message}");
+    assert!(
+        !message.contains(password.trim()) && !message.contains(&token),
+        "{message}"
+    );
+
+    let refused = runtime.block_on(PgStore::connect(&url, Some(&password_file), None));
+    let message = refused
+        .err()
+        .ok_or("connected to a stopped server")?
+        .to_string();
+    assert!(message.contains(&url), "{message}");
+    assert!(!message.contains(password.trim()), "{message}");
+    Ok(())
 }
 
 fn a_password_in_the_store_url_is_refused_without_sysbox() -> Result<(), Failed> {

@@ -119,6 +119,11 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 }
 
 impl Postgres {
+    /// A server of the caller's own (for a test that stops it), stopped when dropped.
+    pub fn start_private() -> Result<Self, Failed> {
+        Ok(Self::start()?)
+    }
+
     fn start() -> Result<Self, String> {
         let bin = bin_dir()?;
         let user = server_user();
@@ -300,7 +305,8 @@ impl Postgres {
         Ok(format!("postgres://cubbi@127.0.0.1:{}/{name}", self.port))
     }
 
-    fn stop(&mut self) {
+    /// Stops the server (a no-op when it has stopped).
+    pub fn stop(&mut self) {
         // SIGINT: PostgreSQL's fast shutdown.
         if let Ok(pid) = i32::try_from(self.child.id()) {
             let _ = nix::sys::signal::kill(
@@ -317,5 +323,13 @@ impl Postgres {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
     }
 }
