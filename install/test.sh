@@ -17,6 +17,9 @@ command -v git >/dev/null 2>&1 || missing+=(git)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The disk-limit test gives a private dockerd a btrfs data root (the btrfs storage driver).
 command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
+# The token store's conformance suite and the two-service test start their own PostgreSQL
+# server (initdb + postgres in a temp folder; Debian keeps them in /usr/lib/postgresql/*/bin).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)

@@ -3,13 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Args;
 
 use super::{CliError, Context};
-use crate::service::config::{DEFAULT_CONFIG_PATH, ServiceConfig};
-use crate::service::store::{SqliteStore, Store};
+use crate::service::config::ServiceConfig;
 use crate::service::{ServiceOptions, start_on_docker};
 
 #[derive(Debug, Default, Args)]
@@ -30,12 +28,8 @@ pub struct ServeRunArgs {
 
 /// The config file with the command line over it.
 pub fn effective_config(args: &ServeRunArgs, context: &Context) -> Result<ServiceConfig, CliError> {
-    let (path, explicit) = match &args.config {
-        Some(path) => (path.clone(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
-    let mut config =
-        ServiceConfig::load(&path, explicit).map_err(|err| CliError::Refused(err.to_string()))?;
+    let mut config = ServiceConfig::load_given(args.config.as_deref())
+        .map_err(|err| CliError::Refused(err.to_string()))?;
     if let Some(listen) = args.listen {
         config.server.host = listen.ip();
         config.server.port = listen.port();
@@ -72,9 +66,9 @@ pub async fn run(args: ServeRunArgs, context: &Context) -> Result<ExitCode, CliE
             config.server.max_connections
         );
     }
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.state_dir).map_err(|err| CliError::Refused(err.to_string()))?,
-    );
+    let store = crate::service::store::open_configured(&config)
+        .await
+        .map_err(|err| CliError::Refused(err.to_string()))?;
     let address = config.listen_address();
     let listener = tokio::net::TcpListener::bind(address)
         .await

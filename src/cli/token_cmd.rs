@@ -9,20 +9,21 @@ use clap::{Args, Subcommand};
 use super::output::{print_json, table};
 use super::{CliError, Context};
 use crate::config::ConfigFile;
-use crate::service::store::{SqliteStore, Store, TokenRecord};
+use crate::service::config::ServiceConfig;
+use crate::service::store::{TokenRecord, open_configured};
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     #[command(subcommand)]
     command: TokenCommand,
-    /// The service's state folder, which holds its database.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "/var/lib/cubbi",
-        global = true
-    )]
-    state_dir: PathBuf,
+    /// The service config, whose `[store]` (and `state_dir`) says where the tokens are
+    /// [default: /etc/cubbi/service.toml; its defaults when absent].
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// The service's state folder, which holds its SQLite database, over the config's
+    /// state_dir [default: /var/lib/cubbi].
+    #[arg(long, value_name = "DIR", global = true)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,8 +51,12 @@ enum TokenCommand {
 }
 
 pub async fn run(args: TokenArgs, context: &Context) -> Result<ExitCode, CliError> {
-    // The store's calls block, briefly; nothing else runs on this runtime meanwhile.
-    let store = SqliteStore::open(&args.state_dir)?;
+    let mut config = ServiceConfig::load_given(args.config.as_deref())
+        .map_err(|err| CliError::Refused(err.to_string()))?;
+    if let Some(dir) = args.state_dir {
+        config.state_dir = dir;
+    }
+    let store = open_configured(&config).await?;
     match args.command {
         TokenCommand::Create {
             user,
@@ -63,7 +68,7 @@ pub async fn run(args: TokenArgs, context: &Context) -> Result<ExitCode, CliErro
                 (_, true) => Some(false),
                 _ => None,
             };
-            let (record, token) = store.issue_token(&user, flag)?;
+            let (record, token) = store.issue_token(&user, flag).await?;
             // stdout carries the token alone so that `TOKEN=$(cubbi serve token create ...)`
             // works; everything for the reader goes to stderr.
             let mut stdout = std::io::stdout().lock();
@@ -78,7 +83,7 @@ pub async fn run(args: TokenArgs, context: &Context) -> Result<ExitCode, CliErro
             );
         }
         TokenCommand::List => {
-            let records = store.tokens()?;
+            let records = store.tokens().await?;
             if context.mode.json {
                 print_json(&records)?;
             } else {
@@ -92,7 +97,7 @@ pub async fn run(args: TokenArgs, context: &Context) -> Result<ExitCode, CliErro
             }
         }
         TokenCommand::Revoke { id } => {
-            if !store.revoke(&id)? {
+            if !store.revoke(&id).await? {
                 return Err(CliError::Refused(format!(
                     "no unrevoked token with id {id:?}; see `cubbi serve token list`"
                 )));

@@ -36,14 +36,10 @@ impl<H: SessionHost> FromRequestParts<AppState<H>> for Authenticated {
             .filter(|token| !token.is_empty())
             .ok_or_else(|| HttpError::unauthorized(NO_TOKEN))?
             .to_string();
-        let store = state.store();
-        let found = tokio::task::spawn_blocking(move || store.authenticate(&token))
-            .await
-            .map_err(|err| HttpError::new(ErrorCode::Internal, err.to_string()))?
-            .map_err(|err| {
-                tracing::error!("token store: {err}");
-                HttpError::new(ErrorCode::Unavailable, "the service's token store failed")
-            })?;
+        let found = state.store().authenticate(&token).await.map_err(|err| {
+            tracing::error!("token store: {err}");
+            HttpError::new(ErrorCode::Unavailable, "the service's token store failed")
+        })?;
         let caller = found.ok_or_else(|| HttpError::unauthorized(BAD_TOKEN))?;
         tracing::Span::current().record("user", caller.user.as_str());
         Ok(Self(caller))

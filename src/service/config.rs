@@ -45,6 +45,7 @@ pub struct ServiceConfig {
     pub networks: NetworksSection,
     pub projects: ProjectsSection,
     pub runs: RunsSection,
+    pub store: StoreSection,
 }
 
 /// Agent runs (`POST /v1/runs`).
@@ -64,6 +65,21 @@ impl Default for RunsSection {
             max_timeout: 3600,
         }
     }
+}
+
+/// `[store]`: where users and tokens live.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `postgres://USER@HOST:PORT/DATABASE` (no password in it): PostgreSQL, which several
+    /// services may share. Absent: SQLite in `STATE_DIR/cubbi.db`.
+    pub url: Option<String>,
+    /// The database password, in a file only its owner may read (mode 0600).
+    pub password_file: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) the server's certificate must chain to; setting it makes
+    /// the connection TLS, as `sslmode=require` in the URL does (which checks against the
+    /// system's roots without it).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -178,6 +194,7 @@ impl Default for ServiceConfig {
             networks: NetworksSection::default(),
             projects: ProjectsSection::default(),
             runs: RunsSection::default(),
+            store: StoreSection::default(),
         }
     }
 }
@@ -246,6 +263,14 @@ impl ServiceConfig {
             }
         };
         Self::parse(&text, path)
+    }
+
+    /// The config at `path`, else at [`DEFAULT_CONFIG_PATH`] (its defaults when missing).
+    pub fn load_given(path: Option<&Path>) -> Result<Self, ServiceConfigError> {
+        match path {
+            Some(path) => Self::load(path, true),
+            None => Self::load(Path::new(DEFAULT_CONFIG_PATH), false),
+        }
     }
 
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ServiceConfigError> {
@@ -354,6 +379,16 @@ impl ServiceConfig {
                 "give 32 bytes as 64 hex digits or as base64 (e.g. `openssl rand -hex 32`)".into(),
             ));
         }
+        if let Some(url) = &self.store.url {
+            super::pg_store::check_url(url).map_err(|reason| invalid("store.url", reason))?;
+        } else if self.store.password_file.is_some() || self.store.ca_file.is_some() {
+            return Err(invalid(
+                "store.url",
+                "store.password_file and store.ca_file go with store.url (the PostgreSQL \
+                 store)"
+                    .into(),
+            ));
+        }
         if let Some(host) = &self.ssh.public_host
             && (host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/'))
         {
@@ -412,6 +447,10 @@ mod tests {
             known_hosts = ["git.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"]
             [projects.storage]
             key = "0000000000000000000000000000000000000000000000000000000000000000"
+            [store]
+            url = "postgres://cubbi@db.example.org:5432/cubbi"
+            password_file = "/etc/cubbi/db-password"
+            ca_file = "/etc/cubbi/db-ca.pem"
         "#;
         let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
         assert_eq!(config.server.port, 8443);
@@ -435,6 +474,10 @@ mod tests {
                 "projects.storage.key",
             ),
             ("[projects]\nknown_hosts = [\"x\"]", "projects.known_hosts"),
+            ("[store]\nurl = \"sqlite://x\"", "store.url"),
+            ("[store]\nurl = \"postgres://u:pw@h/d\"", "password_file"),
+            ("[store]\npassword_file = \"/pw\"", "store.url"),
+            ("[store]\nuri = \"postgres://h/d\"", "uri"),
         ] {
             let err = ServiceConfig::parse(text, Path::new("t.toml")).unwrap_err();
             assert!(err.to_string().contains(needle), "{text}: {err}");

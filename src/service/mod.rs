@@ -11,12 +11,14 @@ mod documented;
 pub mod host_volumes;
 pub mod http_error;
 pub mod openapi;
+pub mod pg_store;
 pub mod policy;
 pub mod project_routes;
 pub mod projects;
 pub mod router;
 mod run_routes;
 pub mod store;
+pub mod store_conformance;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -188,7 +190,9 @@ pub async fn start_on_docker(
         projects: None,
         disk_limit: disk.per_session(),
     };
-    let projects = projects::ServiceProjects::open(config)?;
+    // Projects live where the users and tokens do: with PostgreSQL, every service on the
+    // database shares them.
+    let projects = projects::ServiceProjects::open_with(config, store.postgres().cloned())?;
     let host = DockerHost::new(docker, template, index, config.images.clone(), projects);
     start(listener, host, store, config)
 }

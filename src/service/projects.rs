@@ -1,5 +1,6 @@
 //! The service's projects: each user's registered repositories, one row per project in the
-//! `projects` table of `cubbi.db`, holding the same sealed record text as a local project
+//! `projects` table of `cubbi.db` (or of the PostgreSQL database `[store] url` names, so
+//! that services sharing it share projects), holding the same sealed record text as a local project
 //! file. Credentials are sealed under the service's key (`projects.storage.key`, else
 //! `STATE_DIR/project.key`, created 0600 on first start). Every query is filtered by the
 //! user, so another user's projects are invisible, and every change is one transaction whose
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::config::ServiceConfig;
+use super::pg_store::{PgStore, RowRefusal};
 use super::store::{StoreError, open_database};
 use crate::projects::ProjectError;
 use crate::projects::crypto::ProjectKey;
@@ -22,9 +24,37 @@ pub const KEY_FILE: &str = "project.key";
 
 /// The `projects` table, shared by every user's [`UserProjects`].
 pub struct ProjectDb {
+    /// The SQLite file, or `postgres://user@host:port/db`: for messages.
     path: PathBuf,
+    backend: Backend,
+}
+
+enum Backend {
     // One connection behind a lock, like the token store: calls are short and local.
-    connection: Mutex<Connection>,
+    Sqlite(Mutex<Connection>),
+    Postgres(PgStore),
+}
+
+/// Waits for PostgreSQL work from the synchronous [`ProjectRecords`] calls, which the
+/// service makes on its blocking pool or on a worker of its multi-threaded runtime.
+fn wait<T>(
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, ProjectError> {
+    let handle = tokio::runtime::Handle::try_current().map_err(|err| {
+        ProjectError::Refused(format!(
+            "the PostgreSQL project store needs a runtime: {err}"
+        ))
+    })?;
+    // block_in_place panics there; the service's runtime is multi-threaded.
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        return Err(ProjectError::Refused(
+            "the PostgreSQL project store needs a multi-threaded runtime".into(),
+        ));
+    }
+    tokio::task::block_in_place(|| handle.block_on(work)).map_err(|err| ProjectError::Database {
+        path: PathBuf::new(),
+        reason: err.to_string(),
+    })
 }
 
 impl std::fmt::Debug for ProjectDb {
@@ -41,18 +71,26 @@ impl ProjectDb {
         let (path, connection) = open_database(state_dir)?;
         Ok(Self {
             path,
-            connection: Mutex::new(connection),
+            backend: Backend::Sqlite(Mutex::new(connection)),
         })
+    }
+
+    /// The `projects` table of a PostgreSQL store (its migrations made it).
+    pub fn on_postgres(store: PgStore) -> Self {
+        Self {
+            path: PathBuf::from(store.database()),
+            backend: Backend::Postgres(store),
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn connection(&self) -> MutexGuard<'_, Connection> {
+    fn connection(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
         // Every change is a transaction that rolls back when dropped: a panic while holding
         // the lock leaves nothing half-done.
-        self.connection
+        connection
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -74,7 +112,10 @@ impl ProjectDb {
 
     /// Every user with a project.
     fn users(&self) -> Result<Vec<String>, ProjectError> {
-        let connection = self.connection();
+        let connection = match &self.backend {
+            Backend::Sqlite(connection) => Self::connection(connection),
+            Backend::Postgres(pg) => return wait(pg.project_users()),
+        };
         let mut statement = connection
             .prepare("SELECT DISTINCT user FROM projects ORDER BY user")
             .map_err(|err| self.error(err))?;
@@ -87,7 +128,11 @@ impl ProjectDb {
 
     /// Some `(user, id)` whose record holds a sealed credential, to check the key against.
     fn a_sealed_record(&self) -> Result<Option<(String, String)>, ProjectError> {
-        self.connection()
+        let connection = match &self.backend {
+            Backend::Sqlite(connection) => Self::connection(connection),
+            Backend::Postgres(pg) => return wait(pg.a_sealed_project()),
+        };
+        connection
             .query_row(
                 "SELECT user, id FROM projects WHERE instr(record, 'sealed = ') > 0 LIMIT 1",
                 [],
@@ -106,6 +151,28 @@ pub struct UserProjects {
 }
 
 impl UserProjects {
+    /// A PostgreSQL refusal as the error the SQLite path gives.
+    fn refused(
+        &self,
+        id: &str,
+        name: &str,
+        outcome: Result<(), RowRefusal>,
+    ) -> Result<(), ProjectError> {
+        outcome.map_err(|refusal| match refusal {
+            RowRefusal::IdTaken(name) => ProjectError::AlreadyExists {
+                id: id.to_string(),
+                name,
+            },
+            RowRefusal::NameTaken(holder) => ProjectError::NameTaken {
+                name: name.to_string(),
+                id: holder,
+            },
+            RowRefusal::Missing => ProjectError::NotFound {
+                reference: id.to_string(),
+            },
+        })
+    }
+
     /// The id of the project called `name`, other than `id`.
     fn holder_of(
         connection: &Connection,
@@ -138,7 +205,19 @@ impl ProjectRecords for UserProjects {
     }
 
     fn list(&self) -> Result<Vec<Record>, ProjectError> {
-        let connection = self.db.connection();
+        let connection = match &self.db.backend {
+            Backend::Sqlite(connection) => ProjectDb::connection(connection),
+            Backend::Postgres(pg) => {
+                let rows = wait(pg.project_rows(&self.user))?;
+                return Ok(rows
+                    .into_iter()
+                    .map(|(id, text)| Record {
+                        location: self.location(&id),
+                        text,
+                    })
+                    .collect());
+            }
+        };
         let mut statement = connection
             .prepare("SELECT id, record FROM projects WHERE user = ?1 ORDER BY name")
             .map_err(|err| self.db.error(err))?;
@@ -158,16 +237,17 @@ impl ProjectRecords for UserProjects {
     }
 
     fn get(&self, id: &str) -> Result<Option<Record>, ProjectError> {
-        let text: Option<String> = self
-            .db
-            .connection()
-            .query_row(
-                "SELECT record FROM projects WHERE user = ?1 AND id = ?2",
-                params![self.user, id],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(|err| self.db.error(err))?;
+        let text: Option<String> = match &self.db.backend {
+            Backend::Sqlite(connection) => ProjectDb::connection(connection)
+                .query_row(
+                    "SELECT record FROM projects WHERE user = ?1 AND id = ?2",
+                    params![self.user, id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(|err| self.db.error(err))?,
+            Backend::Postgres(pg) => wait(pg.project_row(&self.user, id))?,
+        };
         Ok(text.map(|text| Record {
             location: self.location(id),
             text,
@@ -175,7 +255,16 @@ impl ProjectRecords for UserProjects {
     }
 
     fn insert(&self, id: &str, name: &str, text: &str) -> Result<(), ProjectError> {
-        let mut connection = self.db.connection();
+        let mut connection = match &self.db.backend {
+            Backend::Sqlite(connection) => ProjectDb::connection(connection),
+            Backend::Postgres(pg) => {
+                return self.refused(
+                    id,
+                    name,
+                    wait(pg.put_project_row(&self.user, id, name, text, false))?,
+                );
+            }
+        };
         // Immediate: the checks and the insert see and hold the same database state.
         let transaction = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -212,7 +301,16 @@ impl ProjectRecords for UserProjects {
     }
 
     fn replace(&self, id: &str, name: &str, text: &str) -> Result<(), ProjectError> {
-        let mut connection = self.db.connection();
+        let mut connection = match &self.db.backend {
+            Backend::Sqlite(connection) => ProjectDb::connection(connection),
+            Backend::Postgres(pg) => {
+                return self.refused(
+                    id,
+                    name,
+                    wait(pg.put_project_row(&self.user, id, name, text, true))?,
+                );
+            }
+        };
         let transaction = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|err| self.db.error(err))?;
@@ -239,9 +337,11 @@ impl ProjectRecords for UserProjects {
     }
 
     fn delete(&self, id: &str) -> Result<bool, ProjectError> {
-        let changed = self
-            .db
-            .connection()
+        let connection = match &self.db.backend {
+            Backend::Sqlite(connection) => ProjectDb::connection(connection),
+            Backend::Postgres(pg) => return wait(pg.delete_project_row(&self.user, id)),
+        };
+        let changed = connection
             .execute(
                 "DELETE FROM projects WHERE user = ?1 AND id = ?2",
                 params![self.user, id],
@@ -293,6 +393,22 @@ impl ServiceProjects {
     /// instead of failing every request later.
     pub fn open(config: &ServiceConfig) -> Result<Self, ProjectsSetupError> {
         let db = Arc::new(ProjectDb::open(&config.state_dir)?);
+        Self::on(db, config)
+    }
+
+    /// [`ServiceProjects::open`] on the store the config names: the PostgreSQL one of
+    /// `[store] url` (the same `store` the service authenticates with), else SQLite.
+    pub fn open_with(
+        config: &ServiceConfig,
+        store: Option<PgStore>,
+    ) -> Result<Self, ProjectsSetupError> {
+        match store {
+            Some(store) => Self::on(Arc::new(ProjectDb::on_postgres(store)), config),
+            None => Self::open(config),
+        }
+    }
+
+    fn on(db: Arc<ProjectDb>, config: &ServiceConfig) -> Result<Self, ProjectsSetupError> {
         let key_file = config.state_dir.join(KEY_FILE);
         let key = match &config.projects.storage.key {
             Some(text) => {
@@ -355,41 +471,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_stay_per_user() {
         let (_dir, db) = db();
-        let alice = db.of_user("alice");
-        let bob = db.of_user("bob");
-        alice.insert("github.com/o/r", "r", "text one").unwrap();
-        assert_eq!(
-            alice.get("github.com/o/r").unwrap().unwrap().text,
-            "text one"
-        );
-        assert!(bob.get("github.com/o/r").unwrap().is_none());
-        assert!(bob.list().unwrap().is_empty());
-        // Bob may have the same id and name: they are his own.
-        bob.insert("github.com/o/r", "r", "bob's").unwrap();
-        assert!(matches!(
-            alice.insert("github.com/o/r", "other", "x"),
-            Err(ProjectError::AlreadyExists { name, .. }) if name == "r"
-        ));
-        assert!(matches!(
-            alice.insert("github.com/o/s", "r", "x"),
-            Err(ProjectError::NameTaken { id, .. }) if id == "github.com/o/r"
-        ));
-        alice.insert("github.com/o/s", "s", "text two").unwrap();
-        assert!(matches!(
-            alice.replace("github.com/o/s", "r", "x"),
-            Err(ProjectError::NameTaken { .. })
-        ));
-        alice.replace("github.com/o/s", "s2", "text three").unwrap();
-        let listed: Vec<String> = alice.list().unwrap().into_iter().map(|r| r.text).collect();
-        assert_eq!(listed, vec!["text one", "text three"]);
-        assert!(matches!(
-            bob.replace("github.com/o/s", "s", "x"),
-            Err(ProjectError::NotFound { .. })
-        ));
-        assert!(!bob.delete("github.com/o/s").unwrap());
-        assert!(alice.delete("github.com/o/s").unwrap());
-        assert_eq!(alice.list().unwrap().len(), 1);
-        assert_eq!(bob.get("github.com/o/r").unwrap().unwrap().text, "bob's");
+        crate::service::store_conformance::project_records_round_trip_and_stay_per_user(&db);
     }
 
     #[test]
@@ -409,14 +491,7 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
-        assert!(
-            outcomes
-                .iter()
-                .filter_map(|o| o.as_ref().err())
-                .all(|err| matches!(err, ProjectError::NameTaken { .. })),
-            "{outcomes:?}"
-        );
+        crate::service::store_conformance::one_insert_won(&outcomes);
         let db = ProjectDb::open(dir.path()).unwrap();
         assert_eq!(Arc::new(db).of_user("alice").list().unwrap().len(), 1);
     }

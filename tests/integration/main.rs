@@ -20,6 +20,7 @@ mod serve_tokens;
 mod session;
 mod setup_systemd;
 mod ssh_files;
+mod store_conformance;
 mod support;
 mod sysbox;
 mod tables;
@@ -68,6 +69,7 @@ fn main() {
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
     tests.extend(ssh_files::tests());
+    tests.extend(store_conformance::tests());
     tests.extend(sysbox::tests());
     tests.extend(tables::tests());
     let conclusion = libtest_mimic::run(&args, tests);

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cubbi::api::{Backend, ErrorCode, ExecEvent, LogOptions, Quiet, SessionSpec, SessionState};
-use cubbi::service::store::Store;
 use futures_util::StreamExt;
 use libtest_mimic::{Failed, Trial};
 use serde_json::{Value, json};
@@ -816,7 +815,6 @@ fn cli_drives_the_service_like_the_local_endpoint() -> Result<(), Failed> {
 }
 
 fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Failed> {
-    use std::io::{BufRead, BufReader};
     docker_test("serve-binary", |scope| async move {
         let state = tempfile::tempdir()?;
         let config = state.path().join("service.toml");
@@ -838,39 +836,9 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
         .stdout()
         .trim()
         .to_string();
-        let home = TestHome::new();
-        let mut child = crate::support::Cubbi::new(&home)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .args([config.as_os_str()])
-            .args(["--state-dir"])
-            .args([state.path().as_os_str()])
-            .env("CUBBI_DOCKER_HOST", &scope.endpoint)
-            .into_command();
-        let mut child = child
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let mut seen = Vec::new();
-        let address = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.recv().await {
-                seen.push(line.clone());
-                let record: Value = serde_json::from_str(&line)
-                    .map_err(|err| format!("not a JSON log line: {line}: {err}"))?;
-                if let Some(address) = record["fields"]["address"].as_str() {
-                    return Ok::<String, Failed>(address.to_string());
-                }
-            }
-            Err("the service exited before listening".into())
-        })
-        .await
-        .map_err(|_| "the service did not say where it listens")??;
+        let service =
+            crate::support::service::ServeProcess::start(&scope, &config, state.path()).await?;
+        let address = service.address.clone();
         let http = reqwest::Client::new();
         let health = http.get(format!("http://{address}/healthz")).send().await?;
         assert_eq!(health.status(), 200);
@@ -887,20 +855,7 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
             .await?;
         assert_eq!(refused.status(), 401);
 
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
-        let stopping = Instant::now();
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
-        assert!(status.success(), "cubbi serve exited with {status}");
-        assert!(
-            stopping.elapsed() < Duration::from_secs(6),
-            "SIGTERM took {:?}",
-            stopping.elapsed()
-        );
-        while let Ok(line) = lines.try_recv() {
-            seen.push(line);
-        }
-        let all = seen.join("\n");
+        let all = service.stop_within(Duration::from_secs(6)).await?;
         assert!(all.contains("/v1/sessions"), "no request was logged: {all}");
         assert!(
             all.contains("dave"),
@@ -914,111 +869,13 @@ fn the_binary_logs_json_without_tokens_and_stops_on_sigterm() -> Result<(), Fail
     })
 }
 
-/// Runs `openssl` with `args` in `dir`, failing the test with its stderr.
-fn openssl(dir: &std::path::Path, args: &[&str]) -> Result<(), Failed> {
-    let output = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .map_err(|err| format!("this test needs the openssl command: {err}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// A private CA (`ca.pem`) and a server certificate for 127.0.0.1 and localhost signed by it
-/// (`server.pem`, key `server.key` with mode 0600), in `dir`.
-fn private_ca_and_server_cert(dir: &std::path::Path) -> Result<(), Failed> {
-    use std::os::unix::fs::PermissionsExt;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=cubbi test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    )?;
-    std::fs::write(
-        dir.join("server.ext"),
-        "basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            "2",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
-        ],
-    )?;
-    // The service refuses a key others may read; openssl's umask-made mode may be 0644.
-    std::fs::set_permissions(
-        dir.join("server.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )?;
-    Ok(())
-}
-
 /// `server.tls_cert`/`tls_key` make the service speak HTTPS: clients trusting the private CA
 /// (reqwest with it as a root, the binary with CUBBI_CA_CERT) get through, the others fail
 /// the handshake, and plain HTTP to the port gets no answer. No session is booted.
 fn https_with_a_private_ca_for_clients_that_trust_it() -> Result<(), Failed> {
     docker_test("serve-tls", |scope| async move {
         let pki = tempfile::tempdir()?;
-        private_ca_and_server_cert(pki.path())?;
+        crate::support::pki::private_ca_and_server_cert(pki.path())?;
         let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
         let mut service = TestService::start(&scope, |config| {
             config.server.tls_cert = Some(cert);

@@ -6,6 +6,8 @@ pub mod base_image;
 pub mod cli;
 pub mod dockerd;
 pub mod images;
+pub mod pki;
+pub mod postgres;
 pub mod pty;
 pub mod service;
 pub mod stub;
@@ -47,6 +49,7 @@ pub fn docker_endpoint() -> Result<String, Failed> {
 
 /// Stops the dockerd the run started (a reused one stays up). Called once, after all tests.
 pub fn teardown() {
+    postgres::teardown();
     let mut slot = DOCKERD
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

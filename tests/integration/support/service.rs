@@ -118,3 +118,86 @@ impl TestService {
         Ok(())
     }
 }
+
+/// The real `cubbi serve` binary on 127.0.0.1:0 against the run's dockerd, logging JSON.
+pub struct ServeProcess {
+    /// `HOST:PORT` it listens on, from its log.
+    pub address: String,
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl ServeProcess {
+    /// Starts `cubbi serve --config CONFIG --state-dir STATE` and waits (30 s at most) until
+    /// its log says where it listens.
+    pub async fn start(
+        scope: &DockerScope,
+        config: &std::path::Path,
+        state: &std::path::Path,
+    ) -> Result<Self, Failed> {
+        use std::io::{BufRead, BufReader};
+        let home = super::TestHome::new();
+        let mut child = super::Cubbi::new(&home)
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .arg("--state-dir")
+            .arg(state)
+            .env("CUBBI_DOCKER_HOST", &scope.endpoint)
+            .into_command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let address = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(line) = lines.recv().await {
+                seen.push(line.clone());
+                let record: serde_json::Value = serde_json::from_str(&line)
+                    .map_err(|err| format!("not a JSON log line: {line}: {err}"))?;
+                if let Some(address) = record["fields"]["address"].as_str() {
+                    return Ok::<String, Failed>(address.to_string());
+                }
+            }
+            Err("the service exited before listening".into())
+        })
+        .await
+        .map_err(|_| "the service did not say where it listens")??;
+        Ok(Self {
+            address,
+            child,
+            lines,
+            seen,
+        })
+    }
+
+    /// SIGTERM; fails unless it exits successfully within `within`. Returns its whole log.
+    pub async fn stop_within(mut self, within: std::time::Duration) -> Result<String, Failed> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        let stopping = std::time::Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let mut child = self.child;
+        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+        assert!(status.success(), "cubbi serve exited with {status}");
+        assert!(
+            stopping.elapsed() < within,
+            "SIGTERM took {:?}",
+            stopping.elapsed()
+        );
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        Ok(self.seen.join("\n"))
+    }
+
+    /// [`ServeProcess::stop_within`] 10 s.
+    pub async fn stop(self) -> Result<String, Failed> {
+        self.stop_within(std::time::Duration::from_secs(10)).await
+    }
+}
