@@ -10,21 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, EndpointSettings, HealthConfig, HostConfig,
-    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
-};
+use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use russh::keys::PrivateKey;
 
+use super::docker_api::DockerApi;
 use super::index::SessionIndex;
 use super::labels::{self, SessionLabels};
 use super::session_exec::{self, ExecBounds};
@@ -84,7 +80,7 @@ pub struct LocalOptions {
 }
 
 pub struct LocalBackend {
-    docker: Docker,
+    docker: Arc<dyn DockerApi>,
     options: LocalOptions,
 }
 
@@ -191,7 +187,12 @@ impl Plan {
 }
 
 impl LocalBackend {
-    pub fn new(docker: Docker, options: LocalOptions) -> Self {
+    pub fn new(docker: impl DockerApi + 'static, options: LocalOptions) -> Self {
+        Self::with_api(Arc::new(docker), options)
+    }
+
+    /// A backend over any [`DockerApi`] (a shared one, or a test's in-memory daemon).
+    pub fn with_api(docker: Arc<dyn DockerApi>, options: LocalOptions) -> Self {
         Self { docker, options }
     }
 
@@ -285,7 +286,7 @@ impl LocalBackend {
         for network in &spec.networks {
             crate::config::keys::validate_network_name(network)
                 .map_err(|err| ApiError::invalid(err.to_string()))?;
-            if self.docker.inspect_network(network, None).await.is_err() {
+            if self.docker.inspect_network(network).await.is_err() {
                 return Err(ApiError::invalid(format!(
                     "network `{network}` does not exist; create it with `docker network create {network}`"
                 )));
@@ -402,11 +403,11 @@ impl LocalBackend {
     /// Creates the default network when missing. Docker accepts duplicate network names, so
     /// concurrent creates would each make one; the host lock makes it happen once.
     async fn ensure_network(&self, name: &str, progress: &dyn Progress) -> Result<(), ApiError> {
-        if self.docker.inspect_network(name, None).await.is_ok() {
+        if self.docker.inspect_network(name).await.is_ok() {
             return Ok(());
         }
         let _lock = self.lock().await?;
-        if self.docker.inspect_network(name, None).await.is_ok() {
+        if self.docker.inspect_network(name).await.is_ok() {
             return Ok(());
         }
         let mut labels = self.options.extra_labels.clone();
@@ -421,7 +422,7 @@ impl LocalBackend {
         if self.options.default_network.is_none()
             && self
                 .docker
-                .inspect_network(LEGACY_SHARED_NETWORK, None)
+                .inspect_network(LEGACY_SHARED_NETWORK)
                 .await
                 .is_ok()
         {
@@ -441,7 +442,6 @@ impl LocalBackend {
         self.docker
             .create_network(request)
             .await
-            .map(|_| ())
             .map_err(|err| ApiError::unavailable(format!("cannot create network {name}: {err}")))
     }
 
@@ -452,7 +452,7 @@ impl LocalBackend {
     async fn network_bridge(&self, network: &str) -> Result<Option<String>, ApiError> {
         let engine_bridge = self
             .docker
-            .inspect_network("bridge", None)
+            .inspect_network("bridge")
             .await
             .ok()
             .and_then(|found| found.options)
@@ -470,7 +470,7 @@ impl LocalBackend {
         };
         let existing = self
             .docker
-            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .list_networks()
             .await
             .map_err(Self::docker_error("cannot list the networks"))?;
         if let Some(holder) = existing.iter().find(|other| {
@@ -492,7 +492,7 @@ impl LocalBackend {
     /// exec timed out (a host busy booting many sessions), so its state is what Docker's state
     /// and the container's name say, as if it had no health check.
     async fn state_despite_health(&self, id: &str, name: &str) -> SessionState {
-        let Ok(container) = self.docker.inspect_container(id, None).await else {
+        let Ok(container) = self.docker.inspect_container(id).await else {
             return SessionState::Exited;
         };
         let running = container
@@ -581,14 +581,9 @@ impl LocalBackend {
         key: &str,
         values: &[String],
     ) -> Result<Vec<ContainerSummary>, ApiError> {
-        let filter = HashMap::from([(key, values.to_vec())]);
+        let filter = HashMap::from([(key.to_string(), values.to_vec())]);
         self.docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filter)
-                    .build(),
-            ))
+            .list_containers(&filter)
             .await
             .map_err(Self::docker_error("cannot list containers"))
     }
@@ -754,10 +749,10 @@ impl LocalBackend {
         };
         progress.step(CreateStep::CreatingContainer);
         let body = self.container_body(spec, plan, &session_labels, data_volume);
-        let options = CreateContainerOptionsBuilder::new()
-            .name(&labels::booting_container_name(&plan.name))
-            .build();
-        let created = self.docker.create_container(Some(options), body).await;
+        let created = self
+            .docker
+            .create_container(&labels::booting_container_name(&plan.name), body)
+            .await;
         drop(lock);
         match created {
             Ok(created) => Ok(Reservation {
@@ -796,12 +791,8 @@ impl LocalBackend {
         let session_labels = &reservation.labels.clone();
         progress.step(CreateStep::CopyingFiles);
         for network in plan.networks.iter().skip(1) {
-            let request = NetworkConnectRequest {
-                container: id.to_string(),
-                ..Default::default()
-            };
             self.docker
-                .connect_network(network, request)
+                .connect_network(network, id)
                 .await
                 .map_err(|err| BootError::Step {
                     step: CreateStep::CreatingContainer,
@@ -880,16 +871,12 @@ impl LocalBackend {
         })
         .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
         self.docker
-            .upload_to_container(
-                id,
-                Some(UploadToContainerOptionsBuilder::new().path("/").build()),
-                bollard::body_full(archive.into()),
-            )
+            .upload_archive(id, archive)
             .await
             .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
 
         progress.step(CreateStep::Starting);
-        if let Err(err) = self.docker.start_container(id, None).await {
+        if let Err(err) = self.docker.start_container(id).await {
             // Our container failed to start, so it holds no port: if the port cannot be bound
             // now, something outside the lock took it.
             let address = std::net::SocketAddr::new(spec.ssh_bind, session_labels.ssh_port);
@@ -925,7 +912,7 @@ impl LocalBackend {
             async move {
                 // A container restarting under its restart policy is not booting: it died.
                 docker
-                    .inspect_container(&container, None)
+                    .inspect_container(&container)
                     .await
                     .ok()
                     .is_some_and(|c| {
@@ -963,11 +950,8 @@ impl LocalBackend {
     /// `cubbi-NAME.booting` to `cubbi-NAME`: `list` then reads readiness from one `docker ps`
     /// instead of probing every session, and a create that died half-way stays recognisable.
     async fn mark_ready(&self, id: &str, name: &str) -> Result<(), BootError> {
-        let options = RenameContainerOptionsBuilder::new()
-            .name(&labels::container_name(name))
-            .build();
         self.docker
-            .rename_container(id, options)
+            .rename_container(id, &labels::container_name(name))
             .await
             .map_err(|err| BootError::Step {
                 step: CreateStep::WaitingForSsh,
@@ -980,7 +964,7 @@ impl LocalBackend {
 
     /// Says why a session never answered when its container died while booting.
     async fn explain_boot_failure(&self, id: &str, reason: String) -> String {
-        let Ok(container) = self.docker.inspect_container(id, None).await else {
+        let Ok(container) = self.docker.inspect_container(id).await else {
             return reason;
         };
         let restarts = container.restart_count.unwrap_or(0);
@@ -1007,12 +991,7 @@ impl LocalBackend {
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        let chunks: Vec<_> = self
-            .docker
-            .logs(id, Some(options))
-            .take(500)
-            .collect()
-            .await;
+        let chunks: Vec<_> = self.docker.logs(id, options).take(500).collect().await;
         chunks
             .into_iter()
             .filter_map(Result::ok)
@@ -1025,11 +1004,7 @@ impl LocalBackend {
     }
 
     async fn remove(&self, id: &str) -> Result<(), ApiError> {
-        let options = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
-        match self.docker.remove_container(id, Some(options)).await {
+        match self.docker.remove_container(id).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
@@ -1048,7 +1023,7 @@ impl LocalBackend {
                       done";
         // The session's root controls what this runs: bounded, and unknown when it misbehaves.
         match session_exec::run_bounded(
-            &self.docker,
+            self.docker.as_ref(),
             id,
             vec!["sh", "-c", script],
             None,
@@ -1134,7 +1109,7 @@ impl LocalBackend {
         let failed =
             |err: String| ApiError::unavailable(format!("cannot authorize the key: {err}"));
         let captured = session_exec::run_bounded(
-            &self.docker,
+            self.docker.as_ref(),
             id,
             vec!["sh", "-c", script, "sh", key],
             Some("1000:1000"),
@@ -1418,7 +1393,7 @@ impl Backend for LocalBackend {
                 session.state = self.state_despite_health(&session.id, &session.name).await;
             }
         }
-        let inspected = self.docker.inspect_container(&session.id, None).await.ok();
+        let inspected = self.docker.inspect_container(&session.id).await.ok();
         session.resources = inspected
             .as_ref()
             .and_then(|container| container.host_config.as_ref())
@@ -1440,12 +1415,12 @@ impl Backend for LocalBackend {
 
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {
         let session = self.find(id_or_name).await?;
-        let options = StopContainerOptionsBuilder::new()
-            .t(STOP_TIMEOUT_SECS)
-            .build();
         // A container that is not running needs no stop; a failing stop is followed by a
         // forced removal anyway.
-        let _ = self.docker.stop_container(&session.id, Some(options)).await;
+        let _ = self
+            .docker
+            .stop_container(&session.id, STOP_TIMEOUT_SECS)
+            .await;
         self.remove(&session.id).await?;
         if let Some(files) = &self.options.ssh_files {
             files
@@ -1472,7 +1447,7 @@ impl Backend for LocalBackend {
             .build();
         let stream = self
             .docker
-            .logs(&session.id, Some(docker_options))
+            .logs(&session.id, docker_options)
             .map_ok(|chunk| LogChunk {
                 text: chunk.to_string(),
             })
