@@ -45,6 +45,11 @@ mod status;
 mod validate;
 mod volumes;
 
+#[cfg(test)]
+mod fake_docker;
+#[cfg(test)]
+mod tests;
+
 use create::{BootError, Reservation};
 pub(super) use lookup::session_from;
 use status::reports_failure;
