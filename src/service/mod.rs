@@ -13,6 +13,8 @@ pub mod policy;
 pub mod project_routes;
 pub mod projects;
 pub mod router;
+#[cfg(test)]
+mod router_tests;
 pub mod store;
 pub mod tls;
 
