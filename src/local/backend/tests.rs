@@ -76,43 +76,35 @@ fn assert_nothing_left(fixture: &Fixture) {
 }
 
 #[tokio::test]
-async fn a_failed_container_create_leaves_nothing() {
-    let fixture = fixture();
-    fixture
-        .docker
-        .fail("create_container", Failure::Message("no space left".into()));
-    let (step, reason) = failed_at(fixture.backend.create(spec(), &crate::api::Quiet).await);
-    assert_eq!(step, CreateStep::CreatingContainer.to_string());
-    assert!(reason.contains("no space left"), "{reason}");
-    assert!(fixture.docker.state.lock().unwrap().created.is_empty());
-    assert_nothing_left(&fixture);
-}
-
-#[tokio::test]
-async fn a_failed_upload_removes_the_container() {
-    let fixture = fixture();
-    fixture
-        .docker
-        .fail("upload_archive", Failure::Message("disk full".into()));
-    let (step, reason) = failed_at(fixture.backend.create(spec(), &crate::api::Quiet).await);
-    assert_eq!(step, CreateStep::CopyingFiles.to_string());
-    assert!(reason.contains("disk full"), "{reason}");
-    assert_eq!(fixture.docker.state.lock().unwrap().created.len(), 1);
-    assert_nothing_left(&fixture);
-}
-
-#[tokio::test]
-async fn a_failed_start_removes_the_container() {
-    let fixture = fixture();
-    fixture.docker.fail(
-        "start_container",
-        Failure::Message("oci runtime error".into()),
-    );
-    let (step, reason) = failed_at(fixture.backend.create(spec(), &crate::api::Quiet).await);
-    assert_eq!(step, CreateStep::Starting.to_string());
-    assert!(reason.contains("oci runtime error"), "{reason}");
-    assert_eq!(fixture.docker.state.lock().unwrap().created.len(), 1);
-    assert_nothing_left(&fixture);
+async fn a_failure_at_each_step_leaves_nothing() {
+    // (the call that fails, its message, the step reported, containers it had created)
+    let steps = [
+        (
+            "create_container",
+            "no space left",
+            CreateStep::CreatingContainer,
+            0,
+        ),
+        ("upload_archive", "disk full", CreateStep::CopyingFiles, 1),
+        (
+            "start_container",
+            "oci runtime error",
+            CreateStep::Starting,
+            1,
+        ),
+    ];
+    for (call, message, expected, containers) in steps {
+        let fixture = fixture();
+        fixture.docker.fail(call, Failure::Message(message.into()));
+        let (step, reason) = failed_at(fixture.backend.create(spec(), &crate::api::Quiet).await);
+        assert_eq!(step, expected.to_string(), "{call}");
+        assert!(reason.contains(message), "{call}: {reason}");
+        assert_eq!(
+            fixture.docker.state.lock().unwrap().created.len(),
+            containers
+        );
+        assert_nothing_left(&fixture);
+    }
 }
 
 #[tokio::test]
