@@ -1,6 +1,6 @@
-//! Creating a session: reserve its name and port under the host lock by creating its
-//! container, boot it, and retry on another port when the reserved one is taken meanwhile;
-//! every failure is undone through the [`Reservation`].
+//! Reserving a session: its name and port, held under the host lock by creating its labelled
+//! container (the body Docker gets is built here). Every later failure is undone through the
+//! [`Reservation`]; `Backend::create` (in `mod.rs`) retries on another port when one is taken.
 
 use super::*;
 
