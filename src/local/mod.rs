@@ -1,6 +1,7 @@
 //! The session backend over the local Docker endpoint.
 
 pub mod backend;
+pub mod docker_api;
 pub mod index;
 pub mod labels;
 pub mod limits;

@@ -9,9 +9,10 @@
 
 use std::time::Duration;
 
-use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use futures_util::StreamExt;
+
+use super::docker_api::DockerApi;
 
 /// How much a command cubbi runs in a session may print, and how long it may take.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +54,7 @@ pub enum SessionExecError {
 /// Runs `command` in container `id` as `user` (the image's default when `None`), reading at
 /// most `bounds.max_output` bytes of its stdout and stderr within `bounds.timeout`.
 pub async fn run_bounded(
-    docker: &Docker,
+    docker: &dyn DockerApi,
     id: &str,
     command: Vec<&str>,
     user: Option<&str>,
@@ -64,8 +65,8 @@ pub async fn run_bounded(
             .create_exec(
                 id,
                 CreateExecOptions {
-                    cmd: Some(command),
-                    user,
+                    cmd: Some(command.into_iter().map(String::from).collect()),
+                    user: user.map(String::from),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()
@@ -74,9 +75,7 @@ pub async fn run_bounded(
             .await?;
         let mut stdout = Vec::new();
         let mut read = 0usize;
-        if let StartExecResults::Attached { mut output, .. } =
-            docker.start_exec(&exec.id, None).await?
-        {
+        if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&exec.id).await? {
             while let Some(chunk) = output.next().await {
                 let chunk = chunk?;
                 read += chunk.as_ref().len();

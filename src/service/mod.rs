@@ -16,6 +16,8 @@ pub mod policy;
 pub mod project_routes;
 pub mod projects;
 pub mod router;
+#[cfg(test)]
+mod router_tests;
 mod run_routes;
 pub mod store;
 pub mod store_conformance;

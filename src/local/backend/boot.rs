@@ -1,0 +1,233 @@
+//! Booting a reserved session: join its networks, copy its files in, start it and wait until
+//! sshd accepts the user's key; then mark it ready.
+
+use super::*;
+
+impl LocalBackend {
+    /// Steps 4-8 of a create, after the reservation: anything failing here is undone by the
+    /// caller through the reservation.
+    pub(super) async fn boot(
+        &self,
+        reservation: &mut Reservation,
+        spec: &SessionSpec,
+        plan: &Plan,
+        host_key: &PrivateKey,
+        progress: &dyn Progress,
+    ) -> Result<(), BootError> {
+        let id = reservation.id.clone();
+        let id = id.as_str();
+        let session_labels = &reservation.labels.clone();
+        progress.step(CreateStep::CopyingFiles);
+        for network in plan.networks.iter().skip(1) {
+            self.docker
+                .connect_network(network, id)
+                .await
+                .map_err(|err| BootError::Step {
+                    step: CreateStep::CreatingContainer,
+                    reason: format!("joining {network}: {err}"),
+                })?;
+        }
+        let metadata = plan.image.metadata.clone();
+        let mut env = BTreeMap::new();
+        for declaration in metadata.iter().flat_map(|m| m.environment.iter()) {
+            if let Some(default) = &declaration.default {
+                env.insert(declaration.name.clone(), default.clone());
+            }
+        }
+        env.extend(spec.env.clone());
+        let mut init = BTreeMap::new();
+        let mut persistent = metadata
+            .as_ref()
+            .map(|m| m.persistent_configs.clone())
+            .unwrap_or_default();
+        let no_credentials = project::CredentialFiles::default();
+        let mut credentials = &no_credentials;
+        if let Some((checkout, files)) = &plan.project {
+            credentials = files;
+            init.insert("CUBBI_PROJECT_URL".to_string(), checkout.url.clone());
+            if let Some(branch) = &checkout.branch {
+                init.insert("CUBBI_PROJECT_BRANCH".to_string(), branch.clone());
+            }
+            // A registered project's init.sh was vouched for when it was registered; an
+            // ad-hoc URL's is anyone's code, run only when asked.
+            if checkout.registered || spec.run_init {
+                init.insert("CUBBI_PROJECT_RUN_INIT".to_string(), "1".to_string());
+            }
+            if checkout.registered {
+                init.insert("CUBBI_PROJECT_REGISTERED".to_string(), "1".to_string());
+            }
+            // What the agent sees: the URL without any secret, and where its configs persist.
+            let image_name = metadata.as_ref().map_or_else(
+                || {
+                    naming::sanitize_hostname(&plan.image.reference)
+                        .unwrap_or_else(|| "image".into())
+                },
+                |m| m.name.clone(),
+            );
+            env.insert(
+                "CUBBI_PROJECT_URL".to_string(),
+                project::public_url(&checkout.url),
+            );
+            env.insert("CUBBI_PROJECT_TYPE".to_string(), "git".to_string());
+            env.insert(
+                "CUBBI_CONFIG_DIR".to_string(),
+                CONFIG_VOLUME_PATH.to_string(),
+            );
+            env.insert(
+                "CUBBI_IMAGE_CONFIG_DIR".to_string(),
+                format!("{CONFIG_VOLUME_PATH}/{image_name}"),
+            );
+            persistent = project::retarget(&persistent, &image_name);
+        }
+        init.insert("CUBBI_SESSION_NAME".to_string(), plan.name.clone());
+        let host_private = keys::private_openssh(host_key)
+            .map_err(|e| BootError::at(CreateStep::PreparingKeys)(e.to_string()))?;
+        let own = keys::public_openssh(self.options.client_key.public_key())
+            .map_err(|e| BootError::at(CreateStep::PreparingKeys)(e.to_string()))?;
+        let authorized = std::iter::once(own)
+            .chain(plan.authorized_keys.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let archive = upload::archive(&upload::SessionFiles {
+            host_private_key: &host_private,
+            host_public_key: &session_labels.host_key,
+            authorized_key: &authorized,
+            env: &env,
+            init: &init,
+            persistent_configs: &persistent,
+            project_credentials: credentials,
+        })
+        .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
+        self.docker
+            .upload_archive(id, archive)
+            .await
+            .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
+
+        progress.step(CreateStep::Starting);
+        if let Err(err) = self.docker.start_container(id).await {
+            // Our container failed to start, so it holds no port: if the port cannot be bound
+            // now, something outside the lock took it.
+            let address = std::net::SocketAddr::new(spec.ssh_bind, session_labels.ssh_port);
+            if !ports::can_bind(address) {
+                return Err(BootError::PortTaken(session_labels.ssh_port));
+            }
+            let reason = err.to_string();
+            if reason.contains("programming external connectivity") {
+                return Err(BootError::Publishing {
+                    port: session_labels.ssh_port,
+                    reason,
+                });
+            }
+            return Err(BootError::at(CreateStep::Starting)(reason));
+        }
+
+        progress.step(CreateStep::WaitingForSsh);
+        let target = SshTarget {
+            address: format!(
+                "{}:{}",
+                session_labels.connect_host(),
+                session_labels.ssh_port
+            ),
+            user: labels::AGENT_USER.to_string(),
+            client_key: self.options.client_key.clone(),
+            host_key: host_key.public_key().clone(),
+        };
+        let docker = self.docker.clone();
+        let container = id.to_string();
+        let ready = wait_until_ready(&target, self.options.ready_timeout, || {
+            let docker = docker.clone();
+            let container = container.clone();
+            async move {
+                // A container restarting under its restart policy is not booting: it died.
+                docker
+                    .inspect_container(&container)
+                    .await
+                    .ok()
+                    .is_some_and(|c| {
+                        let state = c.state.unwrap_or_default();
+                        state.running == Some(true)
+                            && state.restarting != Some(true)
+                            && c.restart_count.unwrap_or(0) == 0
+                    })
+            }
+        })
+        .await;
+        if let Err(err) = ready {
+            return Err(BootError::Step {
+                step: CreateStep::WaitingForSsh,
+                reason: self.explain_boot_failure(id, err.to_string()).await,
+            });
+        }
+
+        if let Some(files) = &self.options.ssh_files {
+            progress.step(CreateStep::WritingSshConfig);
+            let endpoint = session_labels
+                .clone()
+                .into_session(id.to_string(), SessionState::Ready)
+                .ssh;
+            // Set first: a write that fails half-way is undone too.
+            reservation.ssh_files_written = true;
+            files
+                .write_session(&plan.name, &endpoint)
+                .map_err(|e| BootError::at(CreateStep::WritingSshConfig)(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Records in Docker itself that the session became ready, by renaming its container from
+    /// `cubbi-NAME.booting` to `cubbi-NAME`: `list` then reads readiness from one `docker ps`
+    /// instead of probing every session, and a create that died half-way stays recognisable.
+    pub(super) async fn mark_ready(&self, id: &str, name: &str) -> Result<(), BootError> {
+        self.docker
+            .rename_container(id, &labels::container_name(name))
+            .await
+            .map_err(|err| BootError::Step {
+                step: CreateStep::WaitingForSsh,
+                reason: format!(
+                    "session {name} became ready but its container could not take the name {}: {err}",
+                    labels::container_name(name)
+                ),
+            })
+    }
+
+    /// Says why a session never answered when its container died while booting.
+    pub(super) async fn explain_boot_failure(&self, id: &str, reason: String) -> String {
+        let Ok(container) = self.docker.inspect_container(id).await else {
+            return reason;
+        };
+        let restarts = container.restart_count.unwrap_or(0);
+        let state = container.state.unwrap_or_default();
+        if restarts == 0 && state.running == Some(true) {
+            return reason;
+        }
+        format!(
+            "the container exited (code {}) before sshd was up{}; `cubbi doctor` checks the host \
+             limits systemd needs",
+            state.exit_code.unwrap_or(-1),
+            if restarts > 0 {
+                format!(" and was restarted {restarts} times")
+            } else {
+                String::new()
+            }
+        )
+    }
+
+    /// The last lines of a container's console, for failure messages.
+    pub(super) async fn console_tail(&self, id: &str, lines: u64) -> Vec<String> {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let chunks: Vec<_> = self.docker.logs(id, options).take(500).collect().await;
+        chunks
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|chunk| chunk.to_string())
+            .collect::<String>()
+            .lines()
+            .map(|line| line.trim_end().to_string())
+            .filter(|line| !line.is_empty())
+            .collect()
+    }
+}

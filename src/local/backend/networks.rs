@@ -1,0 +1,107 @@
+//! The networks sessions join: the owner's own (made on first use under the host lock) and the
+//! Linux bridge each gets on cubbi's engine.
+
+use super::*;
+
+impl LocalBackend {
+    /// The network sessions join unless told otherwise: the configured one, or the owner's own,
+    /// which other owners' sessions cannot reach.
+    pub(super) fn default_network(&self) -> String {
+        self.options
+            .default_network
+            .clone()
+            .unwrap_or_else(|| naming::owner_network_name(&self.options.owner))
+    }
+
+    /// Creates the default network when missing. Docker accepts duplicate network names, so
+    /// concurrent creates would each make one; the host lock makes it happen once.
+    pub(super) async fn ensure_network(
+        &self,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), ApiError> {
+        if self.docker.inspect_network(name).await.is_ok() {
+            return Ok(());
+        }
+        let _lock = self.lock().await?;
+        if self.docker.inspect_network(name).await.is_ok() {
+            return Ok(());
+        }
+        let mut labels = self.options.extra_labels.clone();
+        labels.insert(labels::MANAGED.into(), "true".into());
+        if self.options.default_network.is_none() {
+            labels.insert(labels::OWNER.into(), self.options.owner.clone());
+        }
+        let options = self
+            .network_bridge(name)
+            .await?
+            .map(|bridge| HashMap::from([(naming::BRIDGE_NAME_OPTION.to_string(), bridge)]));
+        if self.options.default_network.is_none()
+            && self
+                .docker
+                .inspect_network(LEGACY_SHARED_NETWORK)
+                .await
+                .is_ok()
+        {
+            progress.notice(&format!(
+                "Your sessions now join {name}, a network of your own that other users' sessions \
+                 cannot reach. Sessions still on the shared {LEGACY_SHARED_NETWORK} keep it until \
+                 they are closed."
+            ));
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            options,
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map_err(|err| ApiError::unavailable(format!("cannot create network {name}: {err}")))
+    }
+
+    /// The Linux bridge a new network gets on cubbi's engine: the engine bridge's name plus a
+    /// hash of the network's, so the firewall covers it and isolates it from the other networks.
+    /// `None` on an engine cubbi does not own (the host Docker's `docker0`), where Docker names
+    /// it. Two networks never share a bridge: a clash of hashes is refused.
+    pub(super) async fn network_bridge(&self, network: &str) -> Result<Option<String>, ApiError> {
+        let engine_bridge = self
+            .docker
+            .inspect_network("bridge")
+            .await
+            .ok()
+            .and_then(|found| found.options)
+            .and_then(|options| options.get(naming::BRIDGE_NAME_OPTION).cloned());
+        let Some(engine_bridge) = engine_bridge.filter(|bridge| bridge != "docker0") else {
+            return Ok(None);
+        };
+        let Some(bridge) = naming::network_bridge_name(&engine_bridge, network) else {
+            return Err(ApiError::unavailable(format!(
+                "the engine's bridge `{engine_bridge}` is longer than {} characters, which leaves \
+                 no room to name network bridges its firewall covers; re-run `sudo cubbi setup \
+                 --bridge cubbi0`",
+                naming::MAX_ENGINE_BRIDGE
+            )));
+        };
+        let existing = self
+            .docker
+            .list_networks()
+            .await
+            .map_err(Self::docker_error("cannot list the networks"))?;
+        if let Some(holder) = existing.iter().find(|other| {
+            other
+                .options
+                .as_ref()
+                .and_then(|options| options.get(naming::BRIDGE_NAME_OPTION))
+                == Some(&bridge)
+        }) {
+            return Err(ApiError::Conflict(format!(
+                "network {network} would use the bridge {bridge}, which network {} has already",
+                holder.name.as_deref().unwrap_or("?")
+            )));
+        }
+        Ok(Some(bridge))
+    }
+}

@@ -1,0 +1,180 @@
+//! The Docker daemon as the session backend sees it: only the calls it makes, one trait, so the
+//! backend can be driven without a daemon (its unit tests use an in-memory one). Parameters and
+//! results keep bollard's models; options the backend always sets the same way (`all` on a
+//! container list, `force` and `v` on a removal, `/` for an upload) live in the real
+//! implementation, not at every call.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error;
+use bollard::exec::{CreateExecOptions, CreateExecResults, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerSummary,
+    ExecInspectResponse, ImageInspect, Network, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkInspect, SystemInfo, Volume, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptions,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+/// Label or name filters of a container list, as Docker's API takes them.
+pub type Filters = HashMap<String, Vec<String>>;
+
+#[async_trait]
+pub trait DockerApi: Send + Sync {
+    async fn info(&self) -> Result<SystemInfo, Error>;
+
+    async fn inspect_image(&self, reference: &str) -> Result<ImageInspect, Error>;
+
+    async fn inspect_network(&self, name: &str) -> Result<NetworkInspect, Error>;
+    async fn list_networks(&self) -> Result<Vec<Network>, Error>;
+    async fn create_network(&self, request: NetworkCreateRequest) -> Result<(), Error>;
+    /// Connects container `id` to `network` (with no endpoint settings).
+    async fn connect_network(&self, network: &str, id: &str) -> Result<(), Error>;
+
+    async fn inspect_volume(&self, name: &str) -> Result<Volume, Error>;
+    /// Creates the volume, or returns the existing one of that name as it is.
+    async fn create_volume(&self, request: VolumeCreateRequest) -> Result<Volume, Error>;
+
+    /// Containers in any state (running or not) matching every filter.
+    async fn list_containers(&self, filters: &Filters) -> Result<Vec<ContainerSummary>, Error>;
+    async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<ContainerCreateResponse, Error>;
+    /// Extracts the tar `archive` at `/` in container `id`.
+    async fn upload_archive(&self, id: &str, archive: Vec<u8>) -> Result<(), Error>;
+    async fn start_container(&self, id: &str) -> Result<(), Error>;
+    async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, Error>;
+    async fn rename_container(&self, id: &str, name: &str) -> Result<(), Error>;
+    /// Stops container `id`, killing it after `timeout_secs`.
+    async fn stop_container(&self, id: &str, timeout_secs: i32) -> Result<(), Error>;
+    /// Removes container `id` whatever its state, with its anonymous volumes.
+    async fn remove_container(&self, id: &str) -> Result<(), Error>;
+    fn logs(&self, id: &str, options: LogsOptions) -> BoxStream<'static, Result<LogOutput, Error>>;
+
+    async fn create_exec(
+        &self,
+        id: &str,
+        options: CreateExecOptions<String>,
+    ) -> Result<CreateExecResults, Error>;
+    /// Starts exec `exec_id` attached.
+    async fn start_exec(&self, exec_id: &str) -> Result<StartExecResults, Error>;
+    async fn inspect_exec(&self, exec_id: &str) -> Result<ExecInspectResponse, Error>;
+}
+
+#[async_trait]
+impl DockerApi for Docker {
+    async fn info(&self) -> Result<SystemInfo, Error> {
+        Docker::info(self).await
+    }
+
+    async fn inspect_image(&self, reference: &str) -> Result<ImageInspect, Error> {
+        Docker::inspect_image(self, reference).await
+    }
+
+    async fn inspect_network(&self, name: &str) -> Result<NetworkInspect, Error> {
+        Docker::inspect_network(self, name, None).await
+    }
+
+    async fn list_networks(&self) -> Result<Vec<Network>, Error> {
+        Docker::list_networks(self, None::<bollard::query_parameters::ListNetworksOptions>).await
+    }
+
+    async fn create_network(&self, request: NetworkCreateRequest) -> Result<(), Error> {
+        Docker::create_network(self, request).await.map(|_| ())
+    }
+
+    async fn connect_network(&self, network: &str, id: &str) -> Result<(), Error> {
+        let request = NetworkConnectRequest {
+            container: id.to_string(),
+            ..Default::default()
+        };
+        Docker::connect_network(self, network, request).await
+    }
+
+    async fn inspect_volume(&self, name: &str) -> Result<Volume, Error> {
+        Docker::inspect_volume(self, name).await
+    }
+
+    async fn create_volume(&self, request: VolumeCreateRequest) -> Result<Volume, Error> {
+        Docker::create_volume(self, request).await
+    }
+
+    async fn list_containers(&self, filters: &Filters) -> Result<Vec<ContainerSummary>, Error> {
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(filters)
+            .build();
+        Docker::list_containers(self, Some(options)).await
+    }
+
+    async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<ContainerCreateResponse, Error> {
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        Docker::create_container(self, Some(options), body).await
+    }
+
+    async fn upload_archive(&self, id: &str, archive: Vec<u8>) -> Result<(), Error> {
+        let options = UploadToContainerOptionsBuilder::new().path("/").build();
+        Docker::upload_to_container(self, id, Some(options), bollard::body_full(archive.into()))
+            .await
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), Error> {
+        Docker::start_container(self, id, None).await
+    }
+
+    async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, Error> {
+        Docker::inspect_container(self, id, None).await
+    }
+
+    async fn rename_container(&self, id: &str, name: &str) -> Result<(), Error> {
+        let options = RenameContainerOptionsBuilder::new().name(name).build();
+        Docker::rename_container(self, id, options).await
+    }
+
+    async fn stop_container(&self, id: &str, timeout_secs: i32) -> Result<(), Error> {
+        let options = StopContainerOptionsBuilder::new().t(timeout_secs).build();
+        Docker::stop_container(self, id, Some(options)).await
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), Error> {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        Docker::remove_container(self, id, Some(options)).await
+    }
+
+    fn logs(&self, id: &str, options: LogsOptions) -> BoxStream<'static, Result<LogOutput, Error>> {
+        Docker::logs(self, id, Some(options)).boxed()
+    }
+
+    async fn create_exec(
+        &self,
+        id: &str,
+        options: CreateExecOptions<String>,
+    ) -> Result<CreateExecResults, Error> {
+        Docker::create_exec(self, id, options).await
+    }
+
+    async fn start_exec(&self, exec_id: &str) -> Result<StartExecResults, Error> {
+        Docker::start_exec(self, exec_id, None).await
+    }
+
+    async fn inspect_exec(&self, exec_id: &str) -> Result<ExecInspectResponse, Error> {
+        Docker::inspect_exec(self, exec_id).await
+    }
+}
