@@ -90,17 +90,18 @@ impl Bench {
 
     /// `cubbi --json run` in a new session on the bench, with `extra` flags.
     fn command(&self, extra: &[&str]) -> crate::support::Cubbi {
-        let mut args: Vec<String> = vec![
-            "--json".into(),
-            "run".into(),
-            "--timeout".into(),
-            "150s".into(),
+        let mut args: Vec<String> = vec!["--json".into(), "run".into()];
+        // A tool that never gets an answer fails the test instead of hanging it.
+        if !extra.contains(&"--timeout") {
+            args.extend(["--timeout".into(), "150s".into()]);
+        }
+        args.extend([
             "--image".into(),
             self.image.into(),
             "--no-default-network".into(),
             "--network".into(),
             self.network.clone(),
-        ];
+        ]);
         for assignment in self.env() {
             args.extend(["-e".into(), assignment]);
         }
@@ -280,6 +281,18 @@ fn api_error_fails(image: &'static str, name: &str) -> Result<(), Failed> {
         let (ran, result) = bench.run(&["-p", PROMPT]);
         ran.failure();
         assert_eq!(result["is_error"], true, "{result}");
+        // The model's error ended the run, not the test's timeout.
+        assert!(
+            !bench.server.turns().is_empty(),
+            "the tool never asked the model"
+        );
+        assert!(
+            !result["result"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("timed out"),
+            "{result}"
+        );
         Ok(())
     })
 }

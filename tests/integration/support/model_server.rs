@@ -33,7 +33,7 @@ pub enum Reply {
         name: String,
         input: Value,
     },
-    /// An API error the client does not retry (HTTP 400).
+    /// An API error (HTTP 400), the answer to every agent turn from then on.
     Error(String),
     /// Never answers.
     Hang,
@@ -171,12 +171,15 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response
         return json_response(StatusCode::NOT_FOUND, json!({ "error": "not found" }));
     };
     let reply = if offers_tools(&body) {
-        shared
-            .script
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let mut script = shared.script.lock().unwrap_or_else(|p| p.into_inner());
+        let reply = script
             .pop_front()
-            .unwrap_or_else(|| Reply::Text("(the script has no more replies)".into()))
+            .unwrap_or_else(|| Reply::Text("(the script has no more replies)".into()));
+        // A failing API keeps failing: a client that tries again gets the error again.
+        if matches!(reply, Reply::Error(_)) {
+            script.push_front(reply.clone());
+        }
+        reply
     } else {
         Reply::Text("Scripted title".into())
     };
