@@ -352,32 +352,37 @@ fn claude_code_timeout_stops_the_agent_and_keeps_secrets_out_of_sight() -> Resul
             .command(&["-p", PROMPT, "--timeout", "40s", "--keep", "--name", "hang"])
             .spawn();
         // While the agent waits for the model: nothing in any process's argv, nor in the
-        // container's configuration, shows the prompt or the key.
-        crate::support::eventually(Duration::from_secs(120), || async {
-            if bench.server.turns().is_empty() {
-                return Err("the agent has not asked the model yet".into());
-            }
-            Ok(())
-        })
-        .await?;
-        let containers = crate::support::containers_labelled(
-            &scope.docker,
-            &format!("io.cubbi.owner={}", scope.id),
-        )
-        .await?;
-        let id = containers
-            .first()
-            .and_then(|c| c.id.clone())
-            .ok_or("no session container")?;
-        let inspected = scope.docker.inspect_container(&id, None).await?;
-        let config = serde_json::to_string(&inspected)?;
-        assert!(!config.contains(SECRET), "the key is in docker inspect");
-        let listing = docker_exec(&scope, &id, &["ps", "-eo", "args"]).await?;
-        assert!(listing.contains("claude"), "{listing}");
-        assert!(!listing.contains(SECRET), "{listing}");
-        assert!(!listing.contains(PROMPT), "{listing}");
-
+        // container's configuration, shows the prompt or the key. (The child is waited for
+        // whatever these checks find.)
+        let checked = async {
+            crate::support::eventually(Duration::from_secs(120), || async {
+                if bench.server.turns().is_empty() {
+                    return Err("the agent has not asked the model yet".into());
+                }
+                Ok(())
+            })
+            .await?;
+            let containers = crate::support::containers_labelled(
+                &scope.docker,
+                &format!("io.cubbi.owner={}", scope.id),
+            )
+            .await?;
+            let id = containers
+                .first()
+                .and_then(|c| c.id.clone())
+                .ok_or("no session container")?;
+            let inspected = scope.docker.inspect_container(&id, None).await?;
+            let config = serde_json::to_string(&inspected)?;
+            assert!(!config.contains(SECRET), "the key is in docker inspect");
+            let listing = docker_exec(&scope, &id, &["ps", "-eo", "args"]).await?;
+            assert!(listing.contains("claude"), "{listing}");
+            assert!(!listing.contains(SECRET), "{listing}");
+            assert!(!listing.contains(PROMPT), "{listing}");
+            Ok::<String, Failed>(id)
+        }
+        .await;
         let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+        let id = checked?;
         assert!(!output.status.success());
         let result: Value = serde_json::from_slice(&output.stdout)?;
         assert_eq!(result["is_error"], true, "{result}");
