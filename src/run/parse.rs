@@ -165,7 +165,13 @@ impl Parser {
                 self.error = Some(text_of(&value["error"]["message"]));
                 *self.result.num_turns.get_or_insert(0) += 1;
             }
-            Some("error") => self.error = Some(text_of(&value["message"])),
+            // codex 0.169 reports its retries as errors too ("Reconnecting... 2/5 (...)").
+            Some("error") => {
+                let message = text_of(&value["message"]);
+                if !message.starts_with("Reconnecting...") {
+                    self.error = Some(message);
+                }
+            }
             Some(kind @ ("item.started" | "item.completed")) => {
                 let item = &value["item"];
                 let id = string(&item["id"]);
@@ -309,6 +315,9 @@ mod tests {
         let output = concat!(
             r#"{"type":"thread.started","thread_id":"th-1"}"#,
             "\nnot json\n",
+            // Seen from the real codex 0.169 while it retried a connection.
+            r#"{"type":"error","message":"Reconnecting... 2/5 (stream disconnected before completion: WebSocket protocol error: HTTP version must be 1.1 or higher)"}"#,
+            "\n",
             r#"{"type":"item.completed","item":{"id":"i1","type":"command_execution","command":"ls","aggregated_output":"a\n","exit_code":0,"status":"completed"}}"#,
             "\n",
             r#"{"type":"item.completed","item":{"id":"i2","type":"agent_message","text":"Done."}}"#,
