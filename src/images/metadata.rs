@@ -318,6 +318,28 @@ type = "directory"
     }
 
     #[test]
+    fn headless_templates_take_their_value_once() {
+        let good = format!(
+            "{GOOD}\n[headless]\ncommand = [\"claude\", \"-p\"]\nmodel = [\"--model\", \"{{value}}\"]\noutput = \"claude-stream-json\"\n"
+        );
+        let headless = parse(&good).unwrap().headless.unwrap();
+        assert_eq!(headless.model.unwrap(), ["--model", "{value}"]);
+        assert_eq!(headless.resume, None);
+        let missing = good.replace("\"{value}\"", "\"x\"");
+        let err = parse(&missing).unwrap_err().to_string();
+        assert!(err.contains("headless.model"), "{err}");
+        let unknown = good.replace("claude-stream-json", "xml");
+        assert!(parse(&unknown).is_err());
+        let empty = good.replace("[\"claude\", \"-p\"]", "[]");
+        assert!(
+            parse(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("headless.command")
+        );
+    }
+
+    #[test]
     fn missing_field_is_named() {
         let text = GOOD.replace("version = \"1\"\n", "");
         let err = parse(&text).unwrap_err().to_string();

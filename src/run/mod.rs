@@ -35,11 +35,12 @@ code=$?
 rm -rf "$d"
 exit $code"#;
 
-/// Stops a run's process group (TERM, then KILL), whatever the tool's children are.
+/// Stops a run's process group (TERM, then KILL), whatever the tool's children are. (dash's
+/// `kill` takes no `--`.)
 const STOP: &str = r#"pid=$(cat "$1/pid" 2>/dev/null) || exit 0
-kill -TERM -- "-$pid" 2>/dev/null
-for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
-kill -KILL -- "-$pid" 2>/dev/null
+kill -TERM "-$pid" 2>/dev/null
+for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "-$pid" 2>/dev/null || break; sleep 0.5; done
+kill -KILL "-$pid" 2>/dev/null
 rm -rf "$1"
 exit 0"#;
 

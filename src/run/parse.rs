@@ -165,7 +165,13 @@ impl Parser {
                 self.error = Some(text_of(&value["error"]["message"]));
                 *self.result.num_turns.get_or_insert(0) += 1;
             }
-            Some("error") => self.error = Some(text_of(&value["message"])),
+            // codex 0.169 reports its retries as errors too ("Reconnecting... 2/5 (...)").
+            Some("error") => {
+                let message = text_of(&value["message"]);
+                if !message.starts_with("Reconnecting...") {
+                    self.error = Some(message);
+                }
+            }
             Some(kind @ ("item.started" | "item.completed")) => {
                 let item = &value["item"];
                 let id = string(&item["id"]);
@@ -236,4 +242,118 @@ fn text_of(value: &Value) -> String {
 fn last_lines(text: &str, count: usize) -> String {
     let lines: Vec<&str> = text.trim_end().lines().collect();
     lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(format: OutputFormat, output: &str, exit_code: i32) -> (Vec<RunEvent>, RunResult) {
+        let mut parser = Parser::new(format);
+        let events = output.lines().flat_map(|line| parser.line(line)).collect();
+        (events, parser.finish(exit_code, "boom\nlast words", 1234))
+    }
+
+    /// Claude Code 2.1.331 `-p --output-format stream-json --verbose`, answering the scripted
+    /// model server of the integration tests (captured from the real CLI in a session).
+    #[test]
+    fn claude_stream_json_from_the_real_cli() {
+        let output = include_str!("testdata/claude-code-2.1.331-text.ndjson");
+        let (events, result) = parse(OutputFormat::ClaudeStreamJson, output, 0);
+        assert_eq!(
+            events,
+            vec![RunEvent::Text {
+                text: "Raw.".into()
+            }]
+        );
+        assert_eq!(result.result, "Raw.");
+        assert!(!result.is_error);
+        assert_eq!(
+            result.agent_session_id.as_deref(),
+            Some("1de9c877-e406-4a95-8b22-1a0058bb60ae")
+        );
+        assert_eq!(result.num_turns, Some(1));
+        assert_eq!(
+            result.usage,
+            Usage {
+                input_tokens: Some(100),
+                output_tokens: Some(20),
+                cache_read_input_tokens: Some(5),
+                cache_creation_input_tokens: Some(0),
+            }
+        );
+        assert_eq!(result.total_cost_usd, Some(0.0008010000000000001));
+        assert_ne!(result.duration_ms, 1234, "the tool's own duration");
+        assert_eq!(result.exit_code, Some(0));
+    }
+
+    #[test]
+    fn claude_tool_calls_become_tool_events() {
+        let output = concat!(
+            r#"{"type":"assistant","message":{"content":[{"type":"tool_use","id":"t1","name":"Write","input":{"file_path":"/x"}}]},"session_id":"s"}"#,
+            "\n",
+            r#"{"type":"user","message":{"content":[{"type":"tool_result","tool_use_id":"t1","is_error":true,"content":"No such tool available: Write"}]},"session_id":"s"}"#,
+        );
+        let (events, result) = parse(OutputFormat::ClaudeStreamJson, output, 1);
+        assert_eq!(
+            events[1],
+            RunEvent::ToolResult {
+                id: Some("t1".into()),
+                output: "No such tool available: Write".into(),
+                is_error: true,
+            }
+        );
+        assert!(matches!(&events[0], RunEvent::ToolUse { name, .. } if name == "Write"));
+        // No result line and a failing exit: the error is the tool's stderr.
+        assert!(result.is_error);
+        assert_eq!(result.result, "boom\nlast words");
+        assert_eq!(result.duration_ms, 1234);
+    }
+
+    #[test]
+    fn codex_sums_turns_and_reports_no_cost() {
+        let output = concat!(
+            r#"{"type":"thread.started","thread_id":"th-1"}"#,
+            "\nnot json\n",
+            // Seen from the real codex 0.169 while it retried a connection.
+            r#"{"type":"error","message":"Reconnecting... 2/5 (stream disconnected before completion: WebSocket protocol error: HTTP version must be 1.1 or higher)"}"#,
+            "\n",
+            r#"{"type":"item.completed","item":{"id":"i1","type":"command_execution","command":"ls","aggregated_output":"a\n","exit_code":0,"status":"completed"}}"#,
+            "\n",
+            r#"{"type":"item.completed","item":{"id":"i2","type":"agent_message","text":"Done."}}"#,
+            "\n",
+            r#"{"type":"turn.completed","usage":{"input_tokens":100,"cached_input_tokens":5,"output_tokens":20}}"#,
+        );
+        let (events, result) = parse(OutputFormat::CodexJson, output, 0);
+        assert_eq!(events.len(), 3);
+        assert_eq!(result.result, "Done.");
+        assert_eq!(result.agent_session_id.as_deref(), Some("th-1"));
+        assert_eq!(result.usage.input_tokens, Some(100));
+        assert_eq!(result.usage.cache_read_input_tokens, Some(5));
+        assert_eq!(result.total_cost_usd, None);
+        assert!(!result.is_error);
+    }
+
+    #[test]
+    fn codex_turn_failure_is_an_error() {
+        let output = concat!(
+            r#"{"type":"thread.started","thread_id":"th-1"}"#,
+            "\n",
+            r#"{"type":"turn.failed","error":{"message":"fixture says no"}}"#,
+        );
+        let (_, result) = parse(OutputFormat::CodexJson, output, 1);
+        assert!(result.is_error);
+        assert_eq!(result.result, "fixture says no");
+    }
+
+    #[test]
+    fn text_output_is_the_result_and_the_exit_code_decides() {
+        let (events, result) = parse(OutputFormat::Text, "line one\nline two\n", 0);
+        assert!(events.is_empty());
+        assert_eq!(result.result, "line one\nline two");
+        assert!(!result.is_error);
+        let (_, failed) = parse(OutputFormat::Text, "partial\n", 2);
+        assert!(failed.is_error);
+        assert_eq!(failed.exit_code, Some(2));
+    }
 }

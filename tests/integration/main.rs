@@ -13,6 +13,7 @@ mod openapi_tools;
 mod projects;
 mod projects_session;
 mod remotes;
+mod run;
 mod serve;
 mod serve_hardening;
 mod serve_projects;
@@ -66,6 +67,7 @@ fn main() {
     tests.extend(serve_tokens::tests());
     tests.extend(projects_session::tests());
     tests.extend(remotes::tests());
+    tests.extend(run::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
     tests.extend(ssh_files::tests());

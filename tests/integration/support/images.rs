@@ -1,4 +1,5 @@
-//! Images the run builds once and shares: `cubbi-base` (through the real `cubbi image build`).
+//! Images the run builds once and shares: `cubbi-base` and the tool images a test asks for
+//! (through the real `cubbi image build`).
 
 use std::sync::Mutex;
 
@@ -6,25 +7,31 @@ use libtest_mimic::Failed;
 
 use super::{Cubbi, TestHome};
 
-static BASE_BUILT: Mutex<Option<Result<(), String>>> = Mutex::new(None);
+static BUILT: Mutex<Vec<(String, Result<(), String>)>> = Mutex::new(Vec::new());
 
-/// Builds `cubbi-base` on the run's dockerd the first time a test needs it.
-pub fn ensure_base(endpoint: &str) -> Result<(), Failed> {
-    let mut slot = BASE_BUILT
+/// Builds the cubbi image `name` (and base first) once per run, through `cubbi image build`;
+/// a failed build is reported to every later test without trying again.
+pub fn ensure_image(endpoint: &str, name: &str) -> Result<(), Failed> {
+    if name != "base" {
+        ensure_image(endpoint, "base")?;
+    }
+    let mut built = BUILT
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let outcome = slot.get_or_insert_with(|| {
-        let home = TestHome::new();
-        let ran = Cubbi::new(&home)
-            .args(["--endpoint", endpoint, "image", "build", "base"])
-            .run();
-        if ran.output.status.success() {
-            Ok(())
-        } else {
-            Err(format!("building cubbi-base failed:\n{}", ran.stderr()))
-        }
-    });
-    outcome.clone().map_err(Failed::from)
+    if let Some((_, outcome)) = built.iter().find(|(image, _)| image == name) {
+        return outcome.clone().map_err(Failed::from);
+    }
+    let home = TestHome::new();
+    let ran = Cubbi::new(&home)
+        .args(["--endpoint", endpoint, "image", "build", name])
+        .run();
+    let outcome = if ran.output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("building cubbi-{name} failed:\n{}", ran.stderr()))
+    };
+    built.push((name.to_string(), outcome.clone()));
+    outcome.map_err(Failed::from)
 }
 
 /// The version command a built cubbi image declares in its metadata label.

@@ -6,6 +6,7 @@ pub mod base_image;
 pub mod cli;
 pub mod dockerd;
 pub mod images;
+pub mod model_server;
 pub mod pki;
 pub mod postgres;
 pub mod pty;
@@ -120,8 +121,13 @@ impl DockerScope {
 
     /// Builds `cubbi-base` once per run (through `cubbi image build`), for tests that boot it.
     pub async fn ensure_base(&self) -> Result<(), Failed> {
-        let endpoint = self.endpoint.clone();
-        tokio::task::spawn_blocking(move || images::ensure_base(&endpoint))
+        self.ensure_image("base").await
+    }
+
+    /// Builds the cubbi image `name` once per run, for tests that boot it.
+    pub async fn ensure_image(&self, name: &str) -> Result<(), Failed> {
+        let (endpoint, name) = (self.endpoint.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || images::ensure_image(&endpoint, &name))
             .await
             .map_err(|err| Failed::from(err.to_string()))?
     }
