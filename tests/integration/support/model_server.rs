@@ -28,7 +28,8 @@ pub enum Reply {
         path: String,
         content: String,
     },
-    /// A call of the tool `name` with `input`, as the client would expect it.
+    /// A call of the tool `name` with `input`, as the client would expect it; a string input
+    /// is a call of a custom (free-form) tool of the Responses API.
     ToolCall {
         name: String,
         input: Value,
@@ -126,9 +127,29 @@ impl Drop for ModelServer {
 }
 
 fn offers_tools(body: &Value) -> bool {
-    body["tools"]
-        .as_array()
-        .is_some_and(|tools| !tools.is_empty())
+    !offered_tools(body).is_empty()
+}
+
+/// The names of the tools a request offers: its `tools`, and those Codex sends in an
+/// `additional_tools` input item, grouped in namespaces.
+fn offered_tools(body: &Value) -> Vec<String> {
+    fn collect(tools: &Value, names: &mut Vec<String>) {
+        for tool in tools.as_array().into_iter().flatten() {
+            if tool["type"] == "namespace" {
+                collect(&tool["tools"], names);
+            } else if let Some(name) = tool["name"].as_str().or(tool["function"]["name"].as_str()) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    let mut names = Vec::new();
+    collect(&body["tools"], &mut names);
+    for item in body["input"].as_array().into_iter().flatten() {
+        if item["type"] == "additional_tools" {
+            collect(&item["tools"], &mut names);
+        }
+    }
+    names
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -207,15 +228,20 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response
 
 /// The file-writing tool the client offers, called the way that tool takes its input.
 fn write_call(api: Api, body: &Value, path: &str, content: &str) -> Reply {
-    let names: Vec<&str> = body["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|tool| tool["name"].as_str().or(tool["function"]["name"].as_str()))
-        .collect();
+    let offered = offered_tools(body);
+    let names: Vec<&str> = offered.iter().map(String::as_str).collect();
     let shell = format!("printf '%s' '{content}' > '{path}'");
     let (name, input) = if api == Api::Anthropic && names.contains(&"Write") {
         ("Write", json!({ "file_path": path, "content": content }))
+    } else if api == Api::Responses && names.contains(&"exec") && names.contains(&"wait") {
+        // Codex's `exec` runs JavaScript that calls its other tools.
+        let command = Value::String(shell.clone()).to_string();
+        (
+            "exec",
+            Value::String(format!(
+                "const out = await tools.exec_command({{cmd: {command}}});\ntext(out);"
+            )),
+        )
     } else if names.contains(&"exec_command") {
         ("exec_command", json!({ "cmd": shell }))
     } else if names.contains(&"shell_command") {
@@ -327,6 +353,13 @@ fn anthropic(reply: &Reply, stream: bool) -> Response {
 fn responses(reply: &Reply) -> Response {
     let response_id = format!("resp_{}", id());
     let item = match reply {
+        Reply::ToolCall {
+            name,
+            input: Value::String(source),
+        } => json!({
+            "type": "custom_tool_call", "id": format!("ctc_{}", id()), "call_id": format!("call_{}", id()),
+            "name": name, "input": source, "status": "completed",
+        }),
         Reply::ToolCall { name, input } => json!({
             "type": "function_call", "id": format!("fc_{}", id()), "call_id": format!("call_{}", id()),
             "name": name, "arguments": input.to_string(), "status": "completed",
