@@ -124,7 +124,11 @@ impl RunBody {
     fn create_request(&self, image: String) -> CreateRequest {
         CreateRequest {
             image,
-            name: self.name.clone(),
+            // Runs come in numbers and names are the engine's: a fresh one unless asked.
+            name: self
+                .name
+                .clone()
+                .or_else(|| Some(format!("run-{:08x}", rand::random::<u32>()))),
             env: self.env.clone(),
             networks: self.networks.clone(),
             default_network: true,

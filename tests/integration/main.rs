@@ -14,6 +14,7 @@ mod projects;
 mod projects_session;
 mod remotes;
 mod run;
+mod run_service;
 mod serve;
 mod serve_hardening;
 mod serve_projects;
@@ -68,6 +69,7 @@ fn main() {
     tests.extend(projects_session::tests());
     tests.extend(remotes::tests());
     tests.extend(run::tests());
+    tests.extend(run_service::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
     tests.extend(ssh_files::tests());

@@ -1,0 +1,363 @@
+//! Agent runs through the service (`POST /v1/runs`, `POST /v1/sessions/{id}/runs`): the real
+//! `cubbi serve` on 127.0.0.1, real sessions with the real tool CLIs, and the scripted model
+//! server on this host.
+
+use std::time::Duration;
+
+use libtest_mimic::{Failed, Trial};
+use serde_json::{Value, json};
+
+use crate::support::model_server::{INPUT_TOKENS, ModelServer, OUTPUT_TOKENS, Reply};
+use crate::support::service::{TestService, user};
+use crate::support::sysbox::SessionRuntime;
+use crate::support::{DockerScope, docker_test, eventually};
+
+pub fn tests() -> Vec<Trial> {
+    crate::trials![
+        claude_code_runs_over_http_as_json_and_ndjson,
+        codex_runs_over_http_in_a_kept_session,
+        a_client_that_goes_away_stops_the_run_and_its_session,
+        bad_run_requests_are_refused_and_leave_nothing,
+    ]
+}
+
+const SECRET: &str = "sk-service-fixture-7c2b";
+
+/// A service whose sessions may join a network whose gateway reaches the model server.
+struct RunService {
+    service: TestService,
+    server: ModelServer,
+    network: String,
+    gateway: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl RunService {
+    async fn start(scope: &DockerScope, image: &str, runs_per_user: usize) -> Result<Self, Failed> {
+        scope.ensure_image(image).await?;
+        let network = format!("cubbi-runs-{}", scope.id);
+        scope
+            .docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: network.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(scope.labels()),
+                ..Default::default()
+            })
+            .await?;
+        let gateway = scope
+            .docker
+            .inspect_network(&network, None)
+            .await?
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .find_map(|config| config.gateway)
+            .ok_or("the test network has no gateway")?;
+        let allowed = network.clone();
+        let service = TestService::start(scope, move |config| {
+            config.networks.allowed = vec![allowed];
+            config.runs.per_user = runs_per_user;
+            config.runs.max_timeout = 240;
+        })
+        .await?;
+        let token = service.token(&user(scope, "runner"), false)?;
+        Ok(Self {
+            service,
+            server: ModelServer::start(Vec::new())?,
+            network,
+            gateway,
+            token,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(300))
+                .build()?,
+        })
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}:{}", self.gateway, self.server.port)
+    }
+
+    /// A run request for `image`, pointed at the model server.
+    fn body(&self, image: &str, prompt: &str) -> Value {
+        let env = match image {
+            "claude-code" => json!({
+                "ANTHROPIC_API_KEY": SECRET,
+                "ANTHROPIC_BASE_URL": self.base_url(),
+            }),
+            _ => json!({
+                "OPENAI_API_KEY": SECRET,
+                "OPENAI_BASE_URL": format!("{}/v1", self.base_url()),
+            }),
+        };
+        json!({
+            "image": image,
+            "prompt": prompt,
+            "env": env,
+            "networks": [self.network],
+            "runtime": SessionRuntime::of_this_run().runtime_name(),
+            "timeout": 200,
+        })
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.service.url))
+            .bearer_auth(&self.token)
+    }
+
+    async fn sessions(&self) -> Result<Vec<Value>, Failed> {
+        let listed: Value = self
+            .http
+            .get(format!("{}/v1/sessions", self.service.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(listed.as_array().cloned().unwrap_or_default())
+    }
+}
+
+fn expect_fixture_usage(result: &Value) {
+    assert_eq!(result["usage"]["input_tokens"], INPUT_TOKENS, "{result}");
+    assert_eq!(result["usage"]["output_tokens"], OUTPUT_TOKENS, "{result}");
+}
+
+fn claude_code_runs_over_http_as_json_and_ndjson() -> Result<(), Failed> {
+    docker_test("runs-http-claude", |scope| async move {
+        let mut bench = RunService::start(&scope, "claude-code", 4).await?;
+        bench
+            .server
+            .push(Reply::Text("Hello from the fixture".into()));
+        let answer = bench
+            .post("/v1/runs")
+            .json(&bench.body("claude-code", "Say hello"))
+            .send()
+            .await?;
+        let status = answer.status();
+        let result: Value = answer.json().await?;
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["result"], "Hello from the fixture", "{result}");
+        assert_eq!(result["is_error"], false, "{result}");
+        assert!(
+            result["session"].is_null(),
+            "closed after the run: {result}"
+        );
+        assert!(result["agent_session_id"].is_string(), "{result}");
+        expect_fixture_usage(&result);
+        assert!(!result.to_string().contains(SECRET));
+        assert!(
+            bench.sessions().await?.is_empty(),
+            "the run's session is closed"
+        );
+        // The prompt reached the model, the key only as a header.
+        let turns = bench.server.turns();
+        assert!(
+            turns
+                .iter()
+                .any(|turn| turn.body.to_string().contains("Say hello"))
+        );
+        assert!(
+            turns
+                .iter()
+                .all(|turn| !turn.body.to_string().contains(SECRET))
+        );
+
+        // NDJSON: events as they come, the result last.
+        bench.server.push(Reply::Text("Streamed answer".into()));
+        let answer = bench
+            .post("/v1/runs")
+            .header("accept", "application/x-ndjson")
+            .json(&bench.body("claude-code", "Stream please"))
+            .send()
+            .await?;
+        assert_eq!(answer.status(), 200);
+        assert_eq!(
+            answer
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/x-ndjson")
+        );
+        let text = answer.text().await?;
+        let events: Vec<Value> = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let last = events.last().ok_or("no events")?;
+        assert_eq!(last["type"], "result", "{text}");
+        assert_eq!(last["result"], "Streamed answer", "{text}");
+        assert!(
+            events
+                .iter()
+                .any(|event| event["type"] == "text" && event["text"] == "Streamed answer"),
+            "{text}"
+        );
+        assert_eq!(
+            events.iter().filter(|e| e["type"] == "result").count(),
+            1,
+            "{text}"
+        );
+        bench.service.stop().await?;
+        Ok(())
+    })
+}
+
+fn codex_runs_over_http_in_a_kept_session() -> Result<(), Failed> {
+    docker_test("runs-http-codex", |scope| async move {
+        let mut bench = RunService::start(&scope, "codex", 4).await?;
+        bench.server.push(Reply::Text("First codex answer".into()));
+        let mut body = bench.body("codex", "First question");
+        body["keep"] = json!(true);
+        let answer = bench.post("/v1/runs").json(&body).send().await?;
+        let status = answer.status();
+        let first: Value = answer.json().await?;
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(first["result"], "First codex answer", "{first}");
+        expect_fixture_usage(&first);
+        assert!(first["total_cost_usd"].is_null(), "codex reports no cost");
+        let session = first["session"]
+            .as_str()
+            .ok_or("a kept session")?
+            .to_string();
+        let listed = bench.sessions().await?;
+        assert_eq!(listed.len(), 1);
+
+        // The key is in no container env Docker shows.
+        let inspected = std::process::Command::new("docker")
+            .args(["-H", &scope.endpoint, "inspect"])
+            .arg(listed[0]["id"].as_str().ok_or("an id")?)
+            .output()?;
+        assert!(inspected.status.success());
+        assert!(!String::from_utf8_lossy(&inspected.stdout).contains(SECRET));
+
+        // A second run in the same session resumes the conversation.
+        bench.server.push(Reply::Text("Second codex answer".into()));
+        let answer = bench
+            .post(&format!("/v1/sessions/{session}/runs"))
+            .json(&json!({
+                "prompt": "Second question",
+                "resume_session_id": first["agent_session_id"],
+            }))
+            .send()
+            .await?;
+        let status = answer.status();
+        let second: Value = answer.json().await?;
+        assert_eq!(status, 200, "{second}");
+        assert_eq!(second["result"], "Second codex answer", "{second}");
+        assert_eq!(second["session"], session.as_str());
+        let last_turn = bench.server.turns().pop().ok_or("no turn")?;
+        assert!(
+            last_turn.body.to_string().contains("First question"),
+            "the resumed run sends the earlier turns: {}",
+            last_turn.body
+        );
+
+        // Session options belong to new sessions.
+        let refused = bench
+            .post(&format!("/v1/sessions/{session}/runs"))
+            .json(&json!({"prompt": "x", "env": {"A": "b"}}))
+            .send()
+            .await?;
+        assert_eq!(refused.status(), 400);
+        let body: Value = refused.json().await?;
+        assert_eq!(body["error"]["code"], "invalid", "{body}");
+
+        let closed = bench
+            .http
+            .delete(format!("{}/v1/sessions/{session}", bench.service.url))
+            .bearer_auth(&bench.token)
+            .send()
+            .await?;
+        assert_eq!(closed.status(), 200);
+        bench.service.stop().await?;
+        Ok(())
+    })
+}
+
+fn a_client_that_goes_away_stops_the_run_and_its_session() -> Result<(), Failed> {
+    docker_test("runs-http-gone", |scope| async move {
+        let mut bench = RunService::start(&scope, "claude-code", 1).await?;
+        bench.server.push(Reply::Hang);
+        let request = bench
+            .post("/v1/runs")
+            .json(&bench.body("claude-code", "Never answered"))
+            .send();
+        let pending = tokio::spawn(request);
+        eventually(Duration::from_secs(180), || async {
+            if bench.server.turns().is_empty() {
+                Err("the agent has not asked the model yet".to_string())
+            } else {
+                Ok(())
+            }
+        })
+        .await?;
+        // While it runs, the caller's one run slot is taken.
+        let second = bench
+            .post("/v1/runs")
+            .json(&bench.body("claude-code", "A second run"))
+            .send()
+            .await?;
+        assert_eq!(second.status(), 429);
+        // The client goes away.
+        pending.abort();
+        eventually(Duration::from_secs(60), || async {
+            match bench.sessions().await {
+                Ok(sessions) if sessions.is_empty() => Ok(()),
+                Ok(sessions) => Err(format!("{} sessions still there", sessions.len())),
+                Err(err) => Err(format!("{err:?}")),
+            }
+        })
+        .await?;
+        // The slot is free again: a run is taken (and answered by the script).
+        bench.server.push(Reply::Text("after".into()));
+        let third = bench
+            .post("/v1/runs")
+            .json(&bench.body("claude-code", "A third run"))
+            .send()
+            .await?;
+        let status = third.status();
+        let result: Value = third.json().await?;
+        assert_eq!(status, 200, "{result}");
+        assert_eq!(result["result"], "after", "{result}");
+        bench.service.stop().await?;
+        Ok(())
+    })
+}
+
+fn bad_run_requests_are_refused_and_leave_nothing() -> Result<(), Failed> {
+    docker_test("runs-http-bad", |scope| async move {
+        let mut bench = RunService::start(&scope, "claude-code", 4).await?;
+        let mut cases = Vec::new();
+        let mut empty = bench.body("claude-code", "   ");
+        cases.push(("empty prompt", empty.take()));
+        cases.push(("no headless mode", bench.body("base", "hello")));
+        let mut negative = bench.body("claude-code", "hello");
+        negative["max_turns"] = json!(-1);
+        cases.push(("negative max_turns", negative));
+        let mut unknown = bench.body("claude-code", "hello");
+        unknown["colour"] = json!("blue");
+        cases.push(("unknown field", unknown));
+        let mut too_long = bench.body("claude-code", "hello");
+        too_long["timeout"] = json!(100_000);
+        cases.push(("timeout over runs.max_timeout", too_long));
+        let mut no_image = bench.body("claude-code", "hello");
+        no_image.as_object_mut().ok_or("an object")?.remove("image");
+        cases.push(("no image", no_image));
+        for (what, body) in cases {
+            let answer = bench.post("/v1/runs").json(&body).send().await?;
+            let status = answer.status();
+            let body: Value = answer.json().await?;
+            assert_eq!(status, 400, "{what}: {body}");
+            assert!(body["error"]["message"].is_string(), "{what}: {body}");
+        }
+        assert!(bench.sessions().await?.is_empty(), "nothing was created");
+        assert!(bench.server.recorded().is_empty(), "no model was asked");
+        bench.service.stop().await?;
+        Ok(())
+    })
+}
