@@ -36,11 +36,11 @@ pub struct SessionSpec {
     #[serde(default = "yes")]
     pub default_network: bool,
     /// Memory limit in Docker's syntax; half the host's memory when absent. Swap is as large.
-    pub memory: Option<String>,
-    pub cpus: Option<f64>,
+    pub memory: Option<crate::local::limits::MemoryLimit>,
+    pub cpus: Option<crate::local::limits::CpuLimit>,
     /// Most processes the session may run at once; [`DEFAULT_PIDS_LIMIT`] when absent.
     #[serde(default)]
-    pub pids_limit: Option<i64>,
+    pub pids_limit: Option<crate::local::limits::PidsLimit>,
     pub runtime: String,
     /// Allow `runc`, granting what systemd and the inner dockerd need: not isolated.
     #[serde(default)]

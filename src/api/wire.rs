@@ -42,13 +42,18 @@ pub struct CreateRequest {
     /// Run the project's `.cubbi/init.sh` even when `project` is an ad-hoc URL.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run_init: bool,
-    /// Memory limit in Docker's syntax (`4g`).
+    /// Memory limit in Docker's syntax (`4g`), at least 6m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<String>,
+    #[schema(value_type = Option<String>, pattern = r"^[0-9.]+[bkmgtBKMGT]?[bB]?$")]
+    pub memory: Option<crate::local::limits::MemoryLimit>,
+    /// CPUs, at least 0.01.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<f64>,
+    #[schema(value_type = Option<f64>, minimum = 0.01)]
+    pub cpus: Option<crate::local::limits::CpuLimit>,
+    /// Most processes, 64 to 4194304.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pids_limit: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 64, maximum = 4194304)]
+    pub pids_limit: Option<crate::local::limits::PidsLimit>,
     /// `sysbox-runc` unless given; `runc` only where the service allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,

@@ -19,6 +19,7 @@ use crate::api::{
 };
 use crate::config::{Config, ConfigFile};
 use crate::local::backend::{LocalBackend, LocalOptions, WORKSPACE_PATH};
+use crate::local::limits::{CpuLimit, MemoryLimit, PidsLimit};
 use crate::remote::client::RemoteBackend;
 use crate::ssh::client::{SshSession, SshTarget};
 use crate::ssh::files::SshFiles;
@@ -113,13 +114,13 @@ pub struct CreateArgs {
     /// Memory limit, e.g. 4g [default: defaults.memory, else half the host's memory]. The
     /// session gets as much swap again.
     #[arg(long)]
-    pub memory: Option<String>,
+    pub memory: Option<MemoryLimit>,
     /// Most processes the session may run at once [default: defaults.pids_limit, 4096].
     #[arg(long, value_name = "N")]
-    pub pids_limit: Option<i64>,
-    /// CPU limit [default: half the host's cores].
+    pub pids_limit: Option<PidsLimit>,
+    /// CPU limit, at least 0.01 [default: half the host's cores].
     #[arg(long)]
-    pub cpus: Option<f64>,
+    pub cpus: Option<CpuLimit>,
     /// OCI runtime [default: sysbox-runc].
     #[arg(long)]
     pub runtime: Option<String>,
@@ -413,12 +414,23 @@ pub(super) fn spec_from(
         volumes,
         networks,
         default_network: !args.no_default_network,
-        memory: args
-            .memory
-            .clone()
-            .or_else(|| config.defaults.memory.clone()),
-        cpus: args.cpus.or(config.defaults.cpus),
-        pids_limit: Some(args.pids_limit.unwrap_or(config.defaults.pids_limit)),
+        memory: match args.memory {
+            Some(limit) => Some(limit),
+            None => config
+                .defaults
+                .memory
+                .as_deref()
+                .map(str::parse)
+                .transpose()?,
+        },
+        cpus: match args.cpus {
+            Some(limit) => Some(limit),
+            None => config.defaults.cpus.map(CpuLimit::new).transpose()?,
+        },
+        pids_limit: Some(match args.pids_limit {
+            Some(limit) => limit,
+            None => PidsLimit::new(config.defaults.pids_limit)?,
+        }),
         runtime: args
             .runtime
             .clone()

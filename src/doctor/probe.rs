@@ -121,13 +121,7 @@ pub fn serve_limits(config: &str, docker_info: Option<&Value>) -> Result<ServeLi
     let parsed = ServiceConfig::parse(config, Path::new(crate::engine::serve::SERVICE_CONFIG))
         .map_err(|err| err.to_string())?;
     let policy = Policy::from_config(&parsed).map_err(|err| err.to_string())?;
-    let configured_disk = parsed
-        .limits
-        .disk
-        .as_deref()
-        .map(crate::local::limits::parse_memory)
-        .transpose()
-        .map_err(|err| err.to_string())?;
+    let configured_disk = parsed.limits.disk.map(|limit| limit.bytes());
     let disk = match docker_info.map(|info| serde_json::from_value(info.clone())) {
         Some(Ok(info)) => {
             let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -144,9 +138,9 @@ pub fn serve_limits(config: &str, docker_info: Option<&Value>) -> Result<ServeLi
         _ => Err("the engine did not answer".to_string()),
     };
     Ok(ServeLimits {
-        memory_bytes: policy.max_memory,
+        memory_bytes: policy.max_memory.map(|limit| limit.bytes()),
         cpus: policy.max_cpus.map(|cpus| format!("{cpus}")),
-        pids: policy.max_pids,
+        pids: policy.max_pids.get(),
         disk,
         sessions_per_user: policy.sessions_per_user,
         projects_per_user: policy.projects_per_user,

@@ -93,14 +93,160 @@ pub fn check_cpus(cpus: f64) -> Result<f64, ApiError> {
 }
 
 /// `--cpus` as Docker's NanoCpus; by default half the host's cores (at least one).
-pub fn nano_cpus(cpus: Option<f64>, host_cores: usize) -> Result<i64, ApiError> {
-    let cpus = check_cpus(cpus.unwrap_or_else(|| (host_cores as f64 / 2.0).max(1.0)))?;
+pub fn nano_cpus(cpus: Option<CpuLimit>, host_cores: usize) -> Result<i64, ApiError> {
+    let cpus = match cpus {
+        Some(limit) => limit.cpus(),
+        None => check_cpus((host_cores as f64 / 2.0).max(1.0))?,
+    };
     if cpus > host_cores.max(1) as f64 {
         return Err(ApiError::invalid(format!(
             "--cpus {cpus} is out of range: this host has {host_cores} cores"
         )));
     }
     Ok((cpus * 1e9) as i64)
+}
+
+/// A memory size, parsed once from Docker's syntax (`512m`, `4g`, a plain byte count) where it
+/// enters: clap, serde, the config. Serialized as its byte count, which parses back the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemoryLimit(i64);
+
+impl MemoryLimit {
+    pub fn from_bytes(bytes: i64) -> Result<Self, ApiError> {
+        parse_memory(&bytes.to_string()).map(Self)
+    }
+
+    pub fn bytes(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for MemoryLimit {
+    type Err = ApiError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_memory(text).map(Self)
+    }
+}
+
+impl std::fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MIB: i64 = 1024 * 1024;
+        if self.0 % (1024 * MIB) == 0 {
+            write!(f, "{}g", self.0 / (1024 * MIB))
+        } else if self.0 % MIB == 0 {
+            write!(f, "{}m", self.0 / MIB)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+impl serde::Serialize for MemoryLimit {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MemoryLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A CPU limit: finite and at least [`MIN_CPUS`] (NanoCpus of anything less is 0, no limit).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct CpuLimit(f64);
+
+impl CpuLimit {
+    pub fn new(cpus: f64) -> Result<Self, ApiError> {
+        check_cpus(cpus).map(Self)
+    }
+
+    pub fn cpus(self) -> f64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for CpuLimit {
+    type Err = ApiError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let cpus: f64 = text
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::invalid(format!("`{text}` is not a number of CPUs")))?;
+        Self::new(cpus)
+    }
+}
+
+impl std::fmt::Display for CpuLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl serde::Serialize for CpuLimit {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CpuLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::new(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A limit on a session's processes: 64 to 4194304.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PidsLimit(i64);
+
+impl PidsLimit {
+    pub fn new(limit: i64) -> Result<Self, ApiError> {
+        pids_limit(Some(limit)).map(Self)
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl Default for PidsLimit {
+    fn default() -> Self {
+        Self(crate::api::DEFAULT_PIDS_LIMIT)
+    }
+}
+
+impl std::str::FromStr for PidsLimit {
+    type Err = ApiError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let limit: i64 = text
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::invalid(format!("`{text}` is not a number of processes")))?;
+        Self::new(limit)
+    }
+}
+
+impl std::fmt::Display for PidsLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl serde::Serialize for PidsLimit {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i64(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PidsLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::new(i64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A limit on what a session writes to its root file system, as the engine's storage
@@ -166,9 +312,10 @@ mod tests {
         // 1e-10 CPUs would be NanoCpus 0: no limit at all.
         for bad in [0.0, 1e-10, 0.009, -1.0, f64::NAN, f64::INFINITY] {
             assert!(check_cpus(bad).is_err(), "{bad}");
-            assert!(nano_cpus(Some(bad), 8).is_err(), "{bad}");
+            assert!(CpuLimit::new(bad).is_err(), "{bad}");
         }
-        assert_eq!(nano_cpus(Some(0.01), 8).unwrap(), 10_000_000);
+        let cpus = |n: f64| Some(CpuLimit::new(n).unwrap());
+        assert_eq!(nano_cpus(cpus(0.01), 8).unwrap(), 10_000_000);
     }
 
     #[test]
@@ -176,8 +323,38 @@ mod tests {
         assert_eq!(nano_cpus(None, 2).unwrap(), 1_000_000_000);
         assert_eq!(nano_cpus(None, 8).unwrap(), 4_000_000_000);
         assert_eq!(nano_cpus(None, 1).unwrap(), 1_000_000_000);
-        assert_eq!(nano_cpus(Some(0.5), 2).unwrap(), 500_000_000);
-        assert!(nano_cpus(Some(0.0), 2).is_err());
-        assert!(nano_cpus(Some(3.0), 2).is_err());
+        let cpus = |n: f64| Some(CpuLimit::new(n).unwrap());
+        assert_eq!(nano_cpus(cpus(0.5), 2).unwrap(), 500_000_000);
+        assert!(nano_cpus(cpus(3.0), 2).is_err());
+    }
+
+    /// Limits parse once where they enter, refuse what Docker would misread, and go back and
+    /// forth through serde unchanged.
+    #[test]
+    fn typed_limits_parse_at_the_edge_and_round_trip() {
+        let memory: MemoryLimit = "4g".parse().unwrap();
+        assert_eq!(memory.bytes(), 4 << 30);
+        assert_eq!(memory.to_string(), "4g");
+        let json = serde_json::to_string(&memory).unwrap();
+        assert_eq!(serde_json::from_str::<MemoryLimit>(&json).unwrap(), memory);
+        assert!("lots".parse::<MemoryLimit>().is_err());
+        assert!(serde_json::from_str::<MemoryLimit>("\"1k\"").is_err());
+        assert_eq!(
+            MemoryLimit::from_bytes(768 << 20).unwrap().to_string(),
+            "768m"
+        );
+
+        assert!(serde_json::from_str::<CpuLimit>("1e-10").is_err());
+        assert!("0.001".parse::<CpuLimit>().is_err());
+        assert_eq!(serde_json::from_str::<CpuLimit>("1.5").unwrap().cpus(), 1.5);
+        assert!(CpuLimit::new(0.5).unwrap() < CpuLimit::new(2.0).unwrap());
+
+        assert!(serde_json::from_str::<PidsLimit>("4194305").is_err());
+        assert!("12".parse::<PidsLimit>().is_err());
+        assert_eq!(
+            serde_json::from_str::<PidsLimit>("2048").unwrap().get(),
+            2048
+        );
+        assert_eq!(PidsLimit::default().get(), crate::api::DEFAULT_PIDS_LIMIT);
     }
 }

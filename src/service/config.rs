@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::local::limits::{CpuLimit, MemoryLimit, PidsLimit};
+
 use crate::config::PortRange;
 
 /// Where `cubbi serve` reads its config unless `--config` says otherwise.
@@ -129,17 +131,17 @@ pub struct Limits {
     /// Most sessions one user may have at once (0: no limit).
     pub sessions_per_user: usize,
     /// Largest (and default) memory limit of a session, Docker's syntax.
-    pub memory: Option<String>,
+    pub memory: Option<MemoryLimit>,
     /// Largest (and default) CPU limit of a session.
-    pub cpus: Option<f64>,
+    pub cpus: Option<CpuLimit>,
     /// Largest (and default) number of processes in a session. Under Sysbox a session's
     /// processes are host processes, so this bounds what one session takes of the host's.
-    pub pids_limit: i64,
+    pub pids_limit: PidsLimit,
     /// Most projects one user may register (each holds a sealed credential and host keys).
     pub projects_per_user: usize,
     /// Largest writable layer of a session, Docker's syntax (`20g`). Needs the engine's data
     /// root on XFS with project quotas; unset, a quarter of that file system where possible.
-    pub disk: Option<String>,
+    pub disk: Option<MemoryLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -240,7 +242,7 @@ impl Default for Limits {
             sessions_per_user: 10,
             memory: None,
             cpus: None,
-            pids_limit: crate::api::DEFAULT_PIDS_LIMIT,
+            pids_limit: PidsLimit::default(),
             projects_per_user: 100,
             disk: None,
         }
@@ -276,13 +278,33 @@ impl ServiceConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ServiceConfigError> {
         let config: Self = toml::from_str(text).map_err(|err| ServiceConfigError::Parse {
             path: origin.to_path_buf(),
-            reason: err.message().to_string(),
+            reason: where_in(text, err.span()) + err.message(),
         })?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), ServiceConfigError> {
+        self.validate_values()
+    }
+}
+
+/// `line N (`the line`): ` for an error at `span` of `text`, so a refused value is found.
+fn where_in(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span.filter(|span| span.start <= text.len()) else {
+        return String::new();
+    };
+    let line_start = text[..span.start].rfind('\n').map_or(0, |at| at + 1);
+    let line_end = text[span.start..]
+        .find('\n')
+        .map_or(text.len(), |at| span.start + at);
+    let number = text[..span.start].matches('\n').count() + 1;
+    let line: String = text[line_start..line_end].trim().chars().take(80).collect();
+    format!("line {number} (`{line}`): ")
+}
+
+impl ServiceConfig {
+    fn validate_values(&self) -> Result<(), ServiceConfigError> {
         let invalid = |key: &str, reason: String| ServiceConfigError::Invalid {
             key: key.to_string(),
             reason,
@@ -312,26 +334,13 @@ impl ServiceConfig {
             crate::config::keys::validate_network_name(network)
                 .map_err(|err| invalid("docker.network", err.to_string()))?;
         }
-        if let Some(memory) = &self.limits.memory {
-            crate::local::limits::parse_memory(memory)
-                .map_err(|err| invalid("limits.memory", err.to_string()))?;
-        }
+        // The limits are typed: serde refused bad ones while parsing.
         if self.runs.per_user == 0 || self.runs.max_timeout == 0 {
             return Err(invalid(
                 "runs",
                 "per_user and max_timeout must be above 0".to_string(),
             ));
         }
-        if let Some(disk) = &self.limits.disk {
-            crate::local::limits::parse_memory(disk)
-                .map_err(|err| invalid("limits.disk", err.to_string()))?;
-        }
-        if let Some(cpus) = self.limits.cpus {
-            crate::local::limits::check_cpus(cpus)
-                .map_err(|err| invalid("limits.cpus", err.to_string()))?;
-        }
-        crate::local::limits::pids_limit(Some(self.limits.pids_limit))
-            .map_err(|err| invalid("limits.pids_limit", err.to_string()))?;
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return Err(invalid(
                 "server.tls_cert",
@@ -465,8 +474,13 @@ mod tests {
             ("[server]\nprot = 1", "prot"),
             ("[ports]\nstart = 2500\nend = 2300", "ports"),
             ("images = [\"../x\"]", "images"),
-            ("[limits]\nmemory = \"lots\"", "limits.memory"),
-            ("[limits]\ncpus = -1.0", "limits.cpus"),
+            (
+                "[limits]\nmemory = \"lots\"",
+                "line 2 (`memory = \"lots\"`)",
+            ),
+            ("[limits]\ncpus = -1.0", "line 2 (`cpus = -1.0`)"),
+            ("[limits]\ndisk = \"1k\"", "out of range"),
+            ("[limits]\npids_limit = 9", "pids limit 9 is out of range"),
             ("[server]\ntls_cert = \"/c.pem\"", "tls_key"),
             ("[ssh]\npublic_host = \"a b\"", "public_host"),
             (

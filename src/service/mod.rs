@@ -204,12 +204,7 @@ async fn disk_limit(
     docker: &bollard::Docker,
     config: &ServiceConfig,
 ) -> Result<disk_quota::DiskLimit, ServeError> {
-    let configured = config
-        .limits
-        .disk
-        .as_deref()
-        .map(crate::local::limits::parse_memory)
-        .transpose()?;
+    let configured = config.limits.disk.map(|limit| limit.bytes());
     let info = docker.info().await.map_err(|err| {
         ServeError::Setup(format!("cannot ask the engine about its storage: {err}"))
     })?;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::api::wire::CreateRequest;
 use crate::api::{ApiError, SessionSpec};
+use crate::local::limits::{CpuLimit, MemoryLimit, PidsLimit};
 use crate::local::{limits, runtime};
 
 use super::config::ServiceConfig;
@@ -22,10 +23,9 @@ pub struct Policy {
     pub ssh_bind: IpAddr,
     pub public_host: Option<String>,
     pub sessions_per_user: usize,
-    /// Bytes.
-    pub max_memory: Option<i64>,
-    pub max_cpus: Option<f64>,
-    pub max_pids: i64,
+    pub max_memory: Option<MemoryLimit>,
+    pub max_cpus: Option<CpuLimit>,
+    pub max_pids: PidsLimit,
     pub projects_per_user: usize,
 }
 
@@ -50,14 +50,8 @@ impl Policy {
             ssh_bind: config.ssh.bind,
             public_host: config.ssh.public_host.clone(),
             sessions_per_user: config.limits.sessions_per_user,
-            max_memory: config
-                .limits
-                .memory
-                .as_deref()
-                .map(limits::parse_memory)
-                .transpose()?
-                .or_else(host_share_of_memory),
-            max_cpus: config.limits.cpus.or_else(|| Some(host_share_of_cpus())),
+            max_memory: config.limits.memory.or_else(host_share_of_memory),
+            max_cpus: config.limits.cpus.or_else(host_share_of_cpus),
             max_pids: config.limits.pids_limit,
             projects_per_user: config.limits.projects_per_user,
         })
@@ -117,22 +111,15 @@ impl Policy {
             )));
         }
         let memory = match (request.memory, self.max_memory) {
-            (Some(raw), Some(max)) => {
-                if limits::parse_memory(&raw)? > max {
-                    return Err(ApiError::invalid(format!(
-                        "memory {raw} is over this service's limit ({} MiB, limits.memory)",
-                        max / (1024 * 1024)
-                    )));
-                }
-                Some(raw)
+            (Some(asked), Some(max)) if asked > max => {
+                return Err(ApiError::invalid(format!(
+                    "memory {asked} is over this service's limit ({} MiB, limits.memory)",
+                    max.bytes() / (1024 * 1024)
+                )));
             }
-            (Some(raw), None) => Some(raw),
-            (None, Some(max)) => Some(max.to_string()),
-            (None, None) => None,
+            (Some(asked), _) => Some(asked),
+            (None, max) => max,
         };
-        if let Some(cpus) = request.cpus {
-            limits::check_cpus(cpus)?;
-        }
         let pids_limit = match request.pids_limit {
             Some(pids) if pids > self.max_pids => {
                 return Err(ApiError::invalid(format!(
@@ -140,7 +127,7 @@ impl Policy {
                     self.max_pids
                 )));
             }
-            Some(pids) => limits::pids_limit(Some(pids))?,
+            Some(pids) => pids,
             None => self.max_pids,
         };
         let cpus = match (request.cpus, self.max_cpus) {
@@ -176,16 +163,15 @@ impl Policy {
 
 /// A session's memory when the config sets none: a quarter of the host's (at least 512 MiB),
 /// so a few sessions of one user cannot take all of it.
-fn host_share_of_memory() -> Option<i64> {
-    limits::host_memory()
-        .ok()
-        .map(|total| (total / 4).max(512 * 1024 * 1024))
+fn host_share_of_memory() -> Option<MemoryLimit> {
+    let total = limits::host_memory().ok()?;
+    MemoryLimit::from_bytes((total / 4).max(512 * 1024 * 1024)).ok()
 }
 
 /// A session's CPUs when the config sets none: half the host's cores, at least one.
-fn host_share_of_cpus() -> f64 {
+fn host_share_of_cpus() -> Option<CpuLimit> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    (cores as f64 / 2.0).max(1.0)
+    CpuLimit::new((cores as f64 / 2.0).max(1.0)).ok()
 }
 
 #[cfg(test)]
@@ -283,21 +269,15 @@ mod tests {
     #[test]
     fn slipped_limits_and_the_shared_bridge_are_refused() {
         let policy = policy();
-        // 1e-10 CPUs would become NanoCpus 0, which is no limit at all.
-        let tiny = CreateRequest {
-            cpus: Some(1e-10),
-            ..request()
-        };
-        assert!(
-            policy
-                .spec(tiny)
-                .unwrap_err()
-                .to_string()
-                .contains("at least")
+        // 1e-10 CPUs would become NanoCpus 0, which is no limit at all: the body is refused
+        // as it is read.
+        let tiny = serde_json::from_value::<CreateRequest>(
+            serde_json::json!({"image": "base", "cpus": 1e-10}),
         );
+        assert!(tiny.unwrap_err().to_string().contains("at least"));
         // The service's pids cap (default 4096) bounds requests and is the default.
         let many = CreateRequest {
-            pids_limit: Some(4_194_304),
+            pids_limit: Some(PidsLimit::new(4_194_304).unwrap()),
             ..request()
         };
         assert!(
@@ -309,7 +289,7 @@ mod tests {
         );
         assert_eq!(
             policy.spec(request()).unwrap().pids_limit,
-            Some(crate::api::DEFAULT_PIDS_LIMIT)
+            Some(PidsLimit::default())
         );
         // Without limits in the config, a session still gets a share of the host, not all.
         let defaults = policy.spec(request()).unwrap();
@@ -374,14 +354,14 @@ mod tests {
     #[test]
     fn limits_cap_and_default() {
         let mut config = ServiceConfig::default();
-        config.limits.memory = Some("2g".into());
-        config.limits.cpus = Some(1.0);
+        config.limits.memory = Some("2g".parse().unwrap());
+        config.limits.cpus = Some(CpuLimit::new(1.0).unwrap());
         let policy = Policy::from_config(&config).unwrap();
         let spec = policy.spec(request()).unwrap();
-        assert_eq!(spec.memory.as_deref(), Some("2147483648"));
-        assert_eq!(spec.cpus, Some(1.0));
+        assert_eq!(spec.memory.map(MemoryLimit::bytes), Some(2147483648));
+        assert_eq!(spec.cpus.map(CpuLimit::cpus), Some(1.0));
         let big = CreateRequest {
-            memory: Some("4g".into()),
+            memory: Some("4g".parse().unwrap()),
             ..request()
         };
         assert!(
@@ -392,7 +372,7 @@ mod tests {
                 .contains("limits.memory")
         );
         let cpus = CreateRequest {
-            cpus: Some(2.0),
+            cpus: Some(CpuLimit::new(2.0).unwrap()),
             ..request()
         };
         assert!(

@@ -164,7 +164,7 @@ fn policy(sessions_per_user: usize) -> Policy {
         sessions_per_user,
         max_memory: None,
         max_cpus: None,
-        max_pids: 4096,
+        max_pids: crate::local::limits::PidsLimit::default(),
         projects_per_user: 10,
     }
 }

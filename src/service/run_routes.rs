@@ -83,9 +83,11 @@ pub struct RunBody {
     #[serde(default)]
     pub runtime: Option<String>,
     #[serde(default)]
-    pub memory: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub memory: Option<crate::local::limits::MemoryLimit>,
     #[serde(default)]
-    pub cpus: Option<f64>,
+    #[schema(value_type = Option<f64>, minimum = 0.01)]
+    pub cpus: Option<crate::local::limits::CpuLimit>,
     /// More networks to join (from the service's `networks.allowed`).
     #[serde(default)]
     pub networks: Vec<String>,
@@ -135,7 +137,7 @@ impl RunBody {
             volumes: Vec::new(),
             project: self.project.clone(),
             run_init: false,
-            memory: self.memory.clone(),
+            memory: self.memory,
             cpus: self.cpus,
             pids_limit: None,
             runtime: self.runtime.clone(),

@@ -109,7 +109,7 @@ async fn on_the_btrfs_engine(scope: &DockerScope, endpoint: &str) -> Result<(), 
         id: scope.id.clone(),
     };
     let mut service = TestService::start(&btrfs_scope, |config| {
-        config.limits.disk = Some("200m".into());
+        config.limits.disk = "200m".parse().ok();
     })
     .await?;
     let token = service.token(&user(scope, "alice"), false)?;
@@ -240,7 +240,7 @@ fn a_disk_limit_the_engine_cannot_honour_stops_the_service() -> Result<(), Faile
             .into());
         }
         let refused = TestService::start(&scope, |config| {
-            config.limits.disk = Some("1g".into());
+            config.limits.disk = "1g".parse().ok();
         })
         .await;
         let Err(refused) = refused else {

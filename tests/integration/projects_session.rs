@@ -310,7 +310,7 @@ fn spec(name: &str, project: Option<&str>, network: &str) -> SessionSpec {
         volumes: Vec::new(),
         networks: vec![network.to_string()],
         default_network: false,
-        memory: Some("512m".into()),
+        memory: "512m".parse().ok(),
         cpus: None,
         pids_limit: None,
         runtime: SessionRuntime::of_this_run().runtime_name().into(),

@@ -42,7 +42,7 @@ fn spec(name: &str) -> SessionSpec {
         volumes: Vec::new(),
         networks: Vec::new(),
         default_network: true,
-        memory: Some("512m".into()),
+        memory: "512m".parse().ok(),
         cpus: None,
         pids_limit: None,
         runtime: SessionRuntime::of_this_run().runtime_name().into(),

@@ -100,11 +100,11 @@ impl LocalBackend {
             ));
         }
         mounts::check_duplicates(targets.iter().map(|(t, what)| (t.as_str(), what.as_str())))?;
-        let memory = match spec.memory.as_deref() {
-            Some(raw) => limits::parse_memory(raw)?,
+        let memory = match spec.memory {
+            Some(limit) => limit.bytes(),
             None => limits::default_memory(limits::host_memory()?),
         };
-        let pids_limit = limits::pids_limit(spec.pids_limit)?;
+        let pids_limit = spec.pids_limit.unwrap_or_default().get();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let nano_cpus = limits::nano_cpus(spec.cpus, cores)?;
 
