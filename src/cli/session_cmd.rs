@@ -65,6 +65,18 @@ enum SessionCommand {
         #[arg(long, value_name = "N")]
         tail: Option<u64>,
     },
+    /// Shut sessions down cleanly and keep them (files, port, host key) for `start`.
+    Stop {
+        /// Session ids (unique prefixes work) or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Boot stopped sessions again, on the same port with the same host key.
+    Start {
+        /// Session ids (unique prefixes work) or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Stop and remove sessions; their data volume stays.
     Close {
         /// Session ids (unique prefixes work) or names.
@@ -290,29 +302,49 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
             }
             Ok(ExitCode::SUCCESS)
         }
+        SessionCommand::Stop { ids } => {
+            each_session(ids, "stopped", |id| async move { backend.stop(&id).await }).await
+        }
+        SessionCommand::Start { ids } => {
+            each_session(ids, "started", |id| async move { backend.start(&id).await }).await
+        }
         SessionCommand::Close { ids, all } => {
             let targets: Vec<String> = if all {
                 backend.list().await?.into_iter().map(|s| s.id).collect()
             } else {
                 ids
             };
-            let mut failed = false;
-            for id in targets {
-                match backend.close(&id).await {
-                    Ok(session) => eprintln!("closed {} ({})", session.name, short(&session.id)),
-                    Err(err) => {
-                        eprintln!("error: {}", terminal_safe_lines(&err.to_string()));
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            each_session(
+                targets,
+                "closed",
+                |id| async move { backend.close(&id).await },
+            )
+            .await
         }
     }
+}
+
+/// Applies `change` to each session in turn, says what became of each, and fails when any did.
+async fn each_session<F, Fut>(ids: Vec<String>, done: &str, change: F) -> Result<ExitCode, CliError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Session, ApiError>>,
+{
+    let mut failed = false;
+    for id in ids {
+        match change(id).await {
+            Ok(session) => eprintln!("{done} {} ({})", session.name, short(&session.id)),
+            Err(err) => {
+                eprintln!("error: {}", terminal_safe_lines(&err.to_string()));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// A git URL, or a short `host/org/repo` that is no folder here (`cubbi github.com/org/repo`).

@@ -25,6 +25,8 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use russh::keys::PrivateKey;
 
+mod lifecycle;
+
 use super::index::SessionIndex;
 use super::labels::{self, SessionLabels};
 use super::session_exec::{self, ExecBounds};
@@ -1448,6 +1450,14 @@ impl Backend for LocalBackend {
         networks.sort();
         session.networks = networks;
         Ok(session)
+    }
+
+    async fn stop(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        self.stop_session(id_or_name).await
+    }
+
+    async fn start(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        self.start_session(id_or_name).await
     }
 
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {

@@ -444,6 +444,19 @@ impl Backend for RemoteBackend {
         self.session(self.request(Method::GET, &path)).await
     }
 
+    async fn stop(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        let path = format!("{}/stop", Self::session_path(id_or_name)?);
+        self.session(self.request(Method::POST, &path)).await
+    }
+
+    async fn start(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        let path = format!("{}/start", Self::session_path(id_or_name)?);
+        let session = self.session(self.request(Method::POST, &path)).await?;
+        // The same pin and port as before; written again only in case they went missing.
+        self.write_ssh_files(&session)?;
+        Ok(session)
+    }
+
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {
         let path = Self::session_path(id_or_name)?;
         let session = self.session(self.request(Method::DELETE, &path)).await?;

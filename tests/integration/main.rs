@@ -9,6 +9,7 @@ mod engine;
 mod firewall;
 mod hostile_service;
 mod images;
+mod lifecycle;
 mod openapi_tools;
 mod projects;
 mod projects_session;
@@ -57,6 +58,7 @@ fn main() {
     tests.extend(firewall::tests());
     tests.extend(hostile_service::tests());
     tests.extend(images::tests());
+    tests.extend(lifecycle::tests());
     tests.extend(openapi_tools::tests());
     tests.extend(projects::tests());
     tests.extend(serve::tests());
