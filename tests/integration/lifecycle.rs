@@ -15,6 +15,7 @@ pub fn tests() -> Vec<Trial> {
     crate::trials![
         stop_and_start_keep_files_port_inner_images_and_host_key,
         stopped_sessions_hold_their_ports_until_closed,
+        start_on_a_port_taken_meanwhile_is_refused_and_changes_nothing,
         stop_and_start_over_http_are_the_callers_own,
     ]
 }
@@ -236,6 +237,59 @@ fn stopped_sessions_hold_their_ports_until_closed() -> Result<(), Failed> {
             held,
             "the closed session's port is free again"
         );
+        Ok(())
+    })
+}
+
+fn start_on_a_port_taken_meanwhile_is_refused_and_changes_nothing() -> Result<(), Failed> {
+    docker_test("pause-taken", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        let name = "pause-taken";
+        scope
+            .cubbi(&home)
+            .args(create_args(name, &[]))
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(["session", "stop", name])
+            .run()
+            .success();
+        let port = listed(&scope, &home, name)?["ssh"]["port"]
+            .as_u64()
+            .ok_or("no port")? as u16;
+        // Another program, which knows nothing of cubbi's lock, binds the kept port.
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        scope
+            .cubbi(&home)
+            .args(["session", "start", name])
+            .run()
+            .failure()
+            .stderr_contains(&format!("port {port}"))
+            .stderr_contains("taken by another program");
+        let still = listed(&scope, &home, name)?;
+        assert_eq!(still["state"], "stopped", "{still}");
+        assert_eq!(still["ssh"]["port"], port);
+        let names =
+            crate::support::containers_labelled(&scope.docker, &format!("io.cubbi.name={name}"))
+                .await?
+                .into_iter()
+                .flat_map(|c| c.names.unwrap_or_default())
+                .collect::<Vec<_>>();
+        assert_eq!(
+            names,
+            vec![format!("/cubbi-{name}")],
+            "renamed by a refused start"
+        );
+
+        drop(squatter);
+        scope
+            .cubbi(&home)
+            .args(["session", "start", name])
+            .run()
+            .success();
+        assert_eq!(listed(&scope, &home, name)?["state"], "ready");
         Ok(())
     })
 }
