@@ -8,6 +8,7 @@ use cubbi::api::{Backend, ErrorCode, Quiet, SessionState};
 use libtest_mimic::{Failed, Trial};
 use serde_json::Value;
 
+use crate::support::dockerd::Dockerd;
 use crate::support::service::{TestService, user};
 use crate::support::{DockerScope, TestHome, create_args, docker_test};
 
@@ -17,6 +18,7 @@ pub fn tests() -> Vec<Trial> {
         stopped_sessions_hold_their_ports_until_closed,
         start_on_a_port_taken_meanwhile_is_refused_and_changes_nothing,
         stop_and_start_over_http_are_the_callers_own,
+        a_dockerd_restart_keeps_stopped_and_running_sessions,
     ]
 }
 
@@ -355,5 +357,127 @@ fn stop_and_start_over_http_are_the_callers_own() -> Result<(), Failed> {
         bob_client.close(&name).await?;
         service.stop().await?;
         Ok(())
+    })
+}
+
+/// A daemon of the test's own on a data root that outlives it, restarted as a host reboot
+/// would stop it: the stopped session stays stopped, the running one comes back under its
+/// restart policy, and both keep their files and ports.
+fn a_dockerd_restart_keeps_stopped_and_running_sessions() -> Result<(), Failed> {
+    docker_test("pause-restart", |scope| async move {
+        scope.ensure_base().await?;
+        let data = tempfile::Builder::new()
+            .prefix("cubbi-pause-data-")
+            .tempdir_in("/var/tmp")?;
+        let engine = Dockerd::start_private(Some(data.path()), &[])?;
+        let (outcome, engine) = across_a_restart(&scope, engine, data.path()).await;
+        if let Some(engine) = engine {
+            if outcome.is_err() {
+                eprintln!("the restarted engine's log:\n{}", engine.log_tail());
+            }
+            engine.stop();
+        }
+        outcome
+    })
+}
+
+async fn across_a_restart(
+    scope: &DockerScope,
+    engine: Dockerd,
+    data_root: &std::path::Path,
+) -> (Result<(), Failed>, Option<Dockerd>) {
+    let home = TestHome::new();
+    let before = async {
+        crate::disk::copy_base_image(&scope.endpoint, &engine.endpoint)?;
+        let own = on(scope, &engine.endpoint).await?;
+        // Ports of its own: the run's lock does not see this daemon's labels.
+        for (key, value) in [("ports.start", "2482"), ("ports.end", "2484")] {
+            own.cubbi(&home)
+                .args(["config", "set", key, value])
+                .run()
+                .success();
+        }
+        for name in ["pause-up", "pause-down"] {
+            own.cubbi(&home)
+                .args(create_args(name, &[]))
+                .run()
+                .success();
+            exec(
+                &own,
+                &home,
+                name,
+                &["sh", "-c", "echo in-var-tmp > /var/tmp/kept"],
+            );
+        }
+        own.cubbi(&home)
+            .args(["session", "stop", "pause-down"])
+            .run()
+            .success();
+        let ports = (
+            listed(&own, &home, "pause-up")?["ssh"]["port"].clone(),
+            listed(&own, &home, "pause-down")?["ssh"]["port"].clone(),
+        );
+        Ok::<_, Failed>(ports)
+    }
+    .await;
+    let ports = match before {
+        Ok(ports) => ports,
+        Err(err) => return (Err(err), Some(engine)),
+    };
+    let engine = match engine.restart_on(data_root) {
+        Ok(engine) => engine,
+        Err(err) => return (Err(err.into()), None),
+    };
+    let after = async {
+        let own = on(scope, &engine.endpoint).await?;
+        assert_eq!(listed(&own, &home, "pause-down")?["state"], "stopped");
+        assert_eq!(listed(&own, &home, "pause-down")?["ssh"]["port"], ports.1);
+        // The running one is booted again by its restart policy; its sshd answers soon.
+        crate::support::eventually(std::time::Duration::from_secs(60), || {
+            let ran = own
+                .cubbi(&home)
+                .args(["session", "exec", "pause-up", "--", "cat", "/var/tmp/kept"])
+                .run();
+            async move {
+                match ran.code() {
+                    Some(0) => Ok(()),
+                    _ => Err(ran.stderr()),
+                }
+            }
+        })
+        .await?;
+        let up = listed(&own, &home, "pause-up")?;
+        assert_eq!(up["state"], "ready", "{up}");
+        assert_eq!(up["ssh"]["port"], ports.0);
+        own.cubbi(&home)
+            .args(["session", "start", "pause-down"])
+            .run()
+            .success();
+        assert_eq!(
+            exec(&own, &home, "pause-down", &["cat", "/var/tmp/kept"]),
+            "in-var-tmp\n"
+        );
+        assert_eq!(
+            exec(&own, &home, "pause-up", &["cat", "/var/tmp/kept"]),
+            "in-var-tmp\n"
+        );
+        let ssh = strict_ssh(&home, "pause-down")?;
+        assert!(
+            ssh.status.success(),
+            "strict ssh after the restart: {}",
+            String::from_utf8_lossy(&ssh.stderr)
+        );
+        Ok::<_, Failed>(())
+    }
+    .await;
+    (after, Some(engine))
+}
+
+/// `scope` with its owner, on another daemon.
+async fn on(scope: &DockerScope, endpoint: &str) -> Result<DockerScope, Failed> {
+    Ok(DockerScope {
+        docker: cubbi::docker::connect(endpoint).await?,
+        endpoint: endpoint.to_string(),
+        id: scope.id.clone(),
     })
 }
