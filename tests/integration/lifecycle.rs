@@ -355,6 +355,72 @@ fn stop_and_start_over_http_are_the_callers_own() -> Result<(), Failed> {
         }
         assert_eq!(exit, Some(0), "exec after start");
         bob_client.close(&name).await?;
+
+        // The same through `cubbi -r`, whose ssh files then reach the session after a start.
+        let home = std::sync::Arc::new(TestHome::new());
+        let cli = |args: Vec<String>, stdin: Option<String>| {
+            let home = std::sync::Arc::clone(&home);
+            tokio::task::spawn_blocking(move || {
+                let cubbi = crate::support::Cubbi::new(&home).args(args);
+                match stdin {
+                    Some(input) => cubbi.stdin(input).run(),
+                    None => cubbi.run(),
+                }
+            })
+        };
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        cli(args(&["remote", "add", "test", &service.url]), None)
+            .await?
+            .success();
+        cli(
+            args(&["-r", "test", "auth"]),
+            Some(format!("{bob_token}\n")),
+        )
+        .await?
+        .success();
+        let cli_name = user(&scope, "cli-paused");
+        let mut create = args(&["-r", "test"]);
+        create.extend(args(&crate::support::create_args(&cli_name, &[])));
+        create.retain(|arg| arg != "--no-mount");
+        cli(create, None).await?.success();
+        let remote = |list: &[&str]| {
+            let mut all = args(&["-r", "test", "session"]);
+            all.extend(args(list));
+            all
+        };
+        cli(
+            remote(&[
+                "exec",
+                &cli_name,
+                "--",
+                "sh",
+                "-c",
+                "echo in-var-tmp > /var/tmp/kept",
+            ]),
+            None,
+        )
+        .await?
+        .success();
+        cli(remote(&["stop", &cli_name]), None)
+            .await?
+            .success()
+            .stderr_contains(&format!("stopped {cli_name}"));
+        cli(remote(&["stop", &cli_name]), None)
+            .await?
+            .failure()
+            .stderr_contains("stopped already");
+        cli(remote(&["start", &cli_name]), None)
+            .await?
+            .success()
+            .stderr_contains(&format!("started {cli_name}"));
+        let ssh = strict_ssh(&home, &cli_name)?;
+        assert!(
+            ssh.status.success(),
+            "strict ssh after a remote start: {}",
+            String::from_utf8_lossy(&ssh.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&ssh.stdout), "in-var-tmp\n");
+        cli(remote(&["close", &cli_name]), None).await?.success();
         service.stop().await?;
         Ok(())
     })

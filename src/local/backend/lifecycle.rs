@@ -21,6 +21,7 @@ use super::LocalBackend;
 use crate::api::{ApiError, CreateStep, Session, SessionState};
 use crate::local::labels::{self, SessionLabels};
 use crate::local::ports;
+use crate::ssh::SshError;
 use crate::ssh::client::{SshTarget, wait_until_ready};
 use crate::ssh::keys;
 
@@ -171,25 +172,9 @@ impl LocalBackend {
             client_key: self.options.client_key.clone(),
             host_key,
         };
-        let docker = self.docker.clone();
-        let id = session.id.clone();
-        let ready = wait_until_ready(&target, self.options.ready_timeout, || {
-            let docker = docker.clone();
-            let id = id.clone();
-            async move {
-                docker
-                    .inspect_container(&id, None)
-                    .await
-                    .ok()
-                    .is_some_and(|c| {
-                        let state = c.state.unwrap_or_default();
-                        state.running == Some(true)
-                            && state.restarting != Some(true)
-                            && c.restart_count.unwrap_or(0) == restarts_before
-                    })
-            }
-        })
-        .await;
+        let ready = self
+            .wait_for_sshd(&target, &session.id, restarts_before)
+            .await;
         if let Err(err) = ready {
             // Left as it is (`starting` or `exited`) for `logs`, `stop` and `close`: a session
             // that does not come back is still the user's.
@@ -216,6 +201,36 @@ impl LocalBackend {
         let mut started = session;
         started.state = SessionState::Ready;
         Ok(started)
+    }
+
+    /// Waits until sshd at `target` proves the pinned key, giving up early when the container
+    /// stops, or restarts under its restart policy (more than `restarts` times: it died
+    /// booting), rather than at the ready timeout.
+    pub(super) async fn wait_for_sshd(
+        &self,
+        target: &SshTarget,
+        id: &str,
+        restarts: i64,
+    ) -> Result<(), SshError> {
+        let docker = self.docker.clone();
+        let id = id.to_string();
+        wait_until_ready(target, self.options.ready_timeout, || {
+            let docker = docker.clone();
+            let id = id.clone();
+            async move {
+                docker
+                    .inspect_container(&id, None)
+                    .await
+                    .ok()
+                    .is_some_and(|c| {
+                        let state = c.state.unwrap_or_default();
+                        state.running == Some(true)
+                            && state.restarting != Some(true)
+                            && c.restart_count.unwrap_or(0) == restarts
+                    })
+            }
+        })
+        .await
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, ApiError> {
