@@ -56,6 +56,10 @@ pub trait SessionHost: Send + Sync + 'static {
     fn present(&self, session: Session) -> Session {
         session
     }
+    /// A snapshot as the caller sees it (owners as the service names them).
+    fn present_snapshot(&self, snapshot: crate::api::Snapshot) -> crate::api::Snapshot {
+        snapshot
+    }
     /// The projects `caller` registered (their own, an admin's too). A host without a
     /// project store answers 503.
     fn projects_of(&self, _caller: &Caller) -> Result<crate::projects::ProjectStore, ApiError> {
@@ -322,6 +326,13 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<__path_close, _>(close::<H>)
             .route::<lifecycle_routes::__path_stop, _>(lifecycle_routes::stop::<H>)
             .route::<lifecycle_routes::__path_start, _>(lifecycle_routes::start::<H>)
+            .route::<lifecycle_routes::__path_snapshot, _>(lifecycle_routes::snapshot::<H>)
+            .route::<lifecycle_routes::__path_list_snapshots, _>(
+                lifecycle_routes::list_snapshots::<H>,
+            )
+            .route::<lifecycle_routes::__path_remove_snapshot, _>(
+                lifecycle_routes::remove_snapshot::<H>,
+            )
             .route::<__path_connect, _>(connect::<H>)
             .route::<__path_images, _>(images::<H>)
             .route::<__path_image, _>(image::<H>)

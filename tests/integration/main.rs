@@ -20,6 +20,7 @@ mod serve_projects;
 mod serve_tokens;
 mod session;
 mod setup_systemd;
+mod snapshot;
 mod ssh_files;
 mod support;
 mod sysbox;
@@ -69,6 +70,7 @@ fn main() {
     tests.extend(remotes::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
+    tests.extend(snapshot::tests());
     tests.extend(ssh_files::tests());
     tests.extend(sysbox::tests());
     tests.extend(tables::tests());

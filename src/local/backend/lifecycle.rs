@@ -18,9 +18,9 @@ use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{RenameContainerOptionsBuilder, StopContainerOptionsBuilder};
 
 use super::LocalBackend;
-use crate::api::{ApiError, CreateStep, Session, SessionState};
+use crate::api::{ApiError, CreateStep, Session, SessionState, Snapshot};
 use crate::local::labels::{self, SessionLabels};
-use crate::local::ports;
+use crate::local::{ports, snapshot};
 use crate::ssh::SshError;
 use crate::ssh::client::{SshTarget, wait_until_ready};
 use crate::ssh::keys;
@@ -231,6 +231,63 @@ impl LocalBackend {
             }
         })
         .await
+    }
+
+    /// Commits a session as a snapshot of this owner's (see `local::snapshot`).
+    pub(super) async fn snapshot_session(
+        &self,
+        id_or_name: &str,
+        name: Option<String>,
+    ) -> Result<Snapshot, ApiError> {
+        let session = self.find(id_or_name).await?;
+        let freeze = match session.state {
+            SessionState::Stopped | SessionState::Exited => false,
+            SessionState::Starting | SessionState::Ready | SessionState::InitFailed => true,
+            SessionState::Creating => {
+                return Err(ApiError::Conflict(format!(
+                    "session {} is still being created; snapshot it once it is ready",
+                    session.name
+                )));
+            }
+        };
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let name = match name {
+            Some(raw) => snapshot::check_name(&raw)?,
+            None => snapshot::check_name(&format!("{}-{created}", session.name))?,
+        };
+        let owner = &self.options.owner;
+        let mine = snapshot::list(&self.docker, owner, false).await?;
+        if mine.iter().any(|s| s.name == name) {
+            return Err(ApiError::Conflict(format!(
+                "a snapshot named `{name}` exists already; pick another --name, or remove it \
+                 with `cubbi snapshot rm {name}`"
+            )));
+        }
+        let taken = if freeze { "frozen" } else { "stopped" };
+        let image_labels = snapshot::image_labels(
+            owner,
+            &name,
+            &session.name,
+            created,
+            taken,
+            &self.options.extra_labels,
+        );
+        let image_tag = snapshot::tag(owner, &name);
+        snapshot::commit(&self.docker, &session.id, &image_tag, freeze, image_labels).await?;
+        let made = snapshot::list(&self.docker, owner, false).await?;
+        snapshot::pick(made, &name)
+    }
+
+    pub(super) async fn list_snapshots(&self) -> Result<Vec<Snapshot>, ApiError> {
+        snapshot::list(&self.docker, &self.options.owner, self.options.all_owners).await
+    }
+
+    pub(super) async fn remove_snapshot_named(&self, name: &str) -> Result<Snapshot, ApiError> {
+        let found = snapshot::pick(self.list_snapshots().await?, name)?;
+        snapshot::remove(&self.docker, &found).await?;
+        Ok(found)
     }
 
     async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, ApiError> {
