@@ -36,6 +36,19 @@ pub trait Backend: Send + Sync {
     async fn list(&self) -> Result<Vec<Session>, ApiError>;
     /// Finds one session by a unique prefix of its id or its name.
     async fn get(&self, id_or_name: &str) -> Result<Session, ApiError>;
+    /// Shuts a running session down cleanly (systemd's halt) and keeps its container, port
+    /// and host key: it reads `stopped`. A session that is not running is refused.
+    async fn stop(&self, id_or_name: &str) -> Result<Session, ApiError>;
+    /// Boots a stopped session again on the same port with the same pinned host key, and
+    /// returns once sshd proves that key. A running session is refused.
+    async fn start(&self, id_or_name: &str) -> Result<Session, ApiError>;
+    /// Commits a session's container as a snapshot of the caller's named `name` (else
+    /// `SESSION-UNIXTIME`): a stopped session as it is, a running one frozen for the commit.
+    async fn snapshot(&self, id_or_name: &str, name: Option<String>) -> Result<Snapshot, ApiError>;
+    /// The caller's snapshots (every owner's for a service's admin).
+    async fn snapshots(&self) -> Result<Vec<Snapshot>, ApiError>;
+    /// Removes a snapshot by its exact name; one a session runs from is refused.
+    async fn remove_snapshot(&self, name: &str) -> Result<Snapshot, ApiError>;
     /// Stops and removes a session; its data volume stays.
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError>;
     /// What the session's units and agent print (the container's console).

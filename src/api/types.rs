@@ -120,6 +120,27 @@ impl std::fmt::Display for SessionState {
     }
 }
 
+/// A session's system container committed as an image of its owner's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Snapshot {
+    /// Unique among the owner's snapshots.
+    #[schema(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$", min_length = 1, max_length = 63)]
+    pub name: String,
+    /// The image's id.
+    pub id: String,
+    /// The image reference sessions are made from.
+    pub image: String,
+    pub owner: String,
+    /// The name of the session it was taken from.
+    pub source: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// `stopped` (committed as it was) or `frozen` (a running session, paused for the commit).
+    pub taken: String,
+    /// Bytes of the image (its layers, the base image's included).
+    pub size: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Session {
     pub id: String,

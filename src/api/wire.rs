@@ -83,6 +83,15 @@ pub struct ConnectRequest {
     pub public_key: String,
 }
 
+/// The body of `POST /v1/sessions/{id}/snapshot`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The snapshot's name [default: `SESSION-UNIXTIME`].
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// The body of `POST /v1/sessions/{id}/exec`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -12,6 +12,7 @@ mod run_cmd;
 mod serve_cmd;
 mod session_cmd;
 mod setup_cmd;
+mod snapshot_cmd;
 mod token_cmd;
 
 use std::process::ExitCode;
@@ -97,6 +98,8 @@ pub enum Command {
     Config(config_cmd::ConfigArgs),
     /// Create, list, connect to and close sessions.
     Session(session_cmd::SessionArgs),
+    /// List, show and remove the snapshots `cubbi session snapshot` and `fork` take.
+    Snapshot(snapshot_cmd::SnapshotArgs),
     /// Run one prompt headless with the session's tool and print its result.
     Run(Box<run_cmd::RunArgs>),
     /// List, inspect and build the system container images sessions boot.
@@ -177,6 +180,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = crate::config::ConfigFile::open_default()?.config()?;
             context.remote = session_remote(cli.remote.as_deref(), &config);
             session_cmd::run(args, &context).await
+        }
+        Command::Snapshot(args) => {
+            let config = crate::config::ConfigFile::open_default()?.config()?;
+            context.remote = session_remote(cli.remote.as_deref(), &config);
+            snapshot_cmd::run(args, &context).await
         }
         Command::Run(args) => {
             let config = crate::config::ConfigFile::open_default()?.config()?;

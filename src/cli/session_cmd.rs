@@ -66,6 +66,30 @@ enum SessionCommand {
         #[arg(long, value_name = "N")]
         tail: Option<u64>,
     },
+    /// Shut sessions down cleanly and keep them (files, port, host key) for `start`.
+    Stop {
+        /// Session ids (unique prefixes work) or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Boot stopped sessions again, on the same port with the same host key.
+    Start {
+        /// Session ids (unique prefixes work) or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Commit a session as a snapshot of yours: a stopped one as it is, a running one frozen
+    /// for the commit.
+    Snapshot {
+        /// Session id (a unique prefix works) or name.
+        id: String,
+        /// The snapshot's name [default: SESSION-UNIXTIME].
+        #[arg(long, value_name = "SNAP")]
+        name: Option<String>,
+    },
+    /// Snapshot a session and create a new one from it (new name, port and host key); takes
+    /// the options of `create`.
+    Fork(Box<ForkArgs>),
     /// Stop and remove sessions; their data volume stays.
     Close {
         /// Session ids (unique prefixes work) or names.
@@ -127,6 +151,10 @@ pub struct CreateArgs {
     /// Allow --runtime runc without Sysbox. The session is then NOT isolated from the host.
     #[arg(long)]
     pub unsafe_runc: bool,
+    /// Boot a snapshot of yours (`cubbi snapshot list`) instead of an image: its files, with
+    /// a new host key, port and name.
+    #[arg(long, value_name = "SNAP", conflicts_with = "image")]
+    pub from_snapshot: Option<String>,
     /// Run this command in the session (through bash -lc) and exit with its code.
     #[arg(long, value_name = "CMD")]
     pub run: Option<String>,
@@ -139,6 +167,15 @@ pub struct CreateArgs {
     /// Address the SSH port is published on (default 127.0.0.1; a service decides its own).
     #[arg(long, value_name = "ADDR")]
     pub ssh_bind: Option<IpAddr>,
+}
+
+/// `session fork ID [create options]`.
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// The session to fork: id (a unique prefix works) or name.
+    id: String,
+    #[command(flatten)]
+    create: CreateArgs,
 }
 
 /// `session create` accepts `-v` like docker run; plain `cubbi` cannot, since there `-v` is
@@ -264,12 +301,20 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
             create.volumes.extend(short_volumes);
             return create_session(create, context, &config).await;
         }
+        SessionCommand::Fork(args) => return fork(*args, context, &config).await,
         other => other,
     };
     let target = Target::open(context, &config).await?;
     let backend = target.backend.as_ref();
     match command {
-        SessionCommand::Create(_) => Err(CliError::Refused("create is handled above".into())),
+        SessionCommand::Create(_) | SessionCommand::Fork(_) => Err(CliError::Refused(
+            "create and fork are handled above".into(),
+        )),
+        SessionCommand::Snapshot { id, name } => {
+            let made = backend.snapshot(&id, name).await?;
+            super::snapshot_cmd::print_snapshot(&made, context)?;
+            Ok(ExitCode::SUCCESS)
+        }
         SessionCommand::List => {
             let sessions = backend.list().await?;
             print_sessions(&sessions, context, &config)?;
@@ -291,29 +336,49 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
             }
             Ok(ExitCode::SUCCESS)
         }
+        SessionCommand::Stop { ids } => {
+            each_session(ids, "stopped", |id| async move { backend.stop(&id).await }).await
+        }
+        SessionCommand::Start { ids } => {
+            each_session(ids, "started", |id| async move { backend.start(&id).await }).await
+        }
         SessionCommand::Close { ids, all } => {
             let targets: Vec<String> = if all {
                 backend.list().await?.into_iter().map(|s| s.id).collect()
             } else {
                 ids
             };
-            let mut failed = false;
-            for id in targets {
-                match backend.close(&id).await {
-                    Ok(session) => eprintln!("closed {} ({})", session.name, short(&session.id)),
-                    Err(err) => {
-                        eprintln!("error: {}", terminal_safe_lines(&err.to_string()));
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            each_session(
+                targets,
+                "closed",
+                |id| async move { backend.close(&id).await },
+            )
+            .await
         }
     }
+}
+
+/// Applies `change` to each session in turn, says what became of each, and fails when any did.
+async fn each_session<F, Fut>(ids: Vec<String>, done: &str, change: F) -> Result<ExitCode, CliError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Session, ApiError>>,
+{
+    let mut failed = false;
+    for id in ids {
+        match change(id).await {
+            Ok(session) => eprintln!("{done} {} ({})", session.name, short(&session.id)),
+            Err(err) => {
+                eprintln!("error: {}", terminal_safe_lines(&err.to_string()));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// A git URL, or a short `host/org/repo` that is no folder here (`cubbi github.com/org/repo`).
@@ -513,12 +578,16 @@ pub async fn create_session(
     context: &Context,
     config: &Config,
 ) -> Result<ExitCode, CliError> {
-    let spec = spec_from(&args, config, context)?;
+    let mut spec = spec_from(&args, config, context)?;
     if crate::local::runtime::is_plain_runc(&spec.runtime) && spec.unsafe_runc {
         eprintln!("{}", crate::local::runtime::UNSAFE_WARNING);
     }
     let target = Target::open(context, config).await?;
     let backend = target.backend.as_ref();
+    if let Some(name) = &args.from_snapshot {
+        refuse_snapshot_sessions_on_services(context)?;
+        spec.image = crate::local::snapshot::pick(backend.snapshots().await?, name)?.image;
+    }
     let started = std::time::Instant::now();
     let spinner = Spinner::new();
     let created = backend.create(spec, &spinner).await;
@@ -552,6 +621,43 @@ pub async fn create_session(
     }
     let tool = (!session.command.is_empty()).then(|| session.command.clone());
     connect(&target, &session.id, tool).await
+}
+
+/// `session fork`: a snapshot of the session, then a create from it (named after the
+/// snapshot unless `--name` says otherwise).
+async fn fork(args: ForkArgs, context: &Context, config: &Config) -> Result<ExitCode, CliError> {
+    let ForkArgs { id, mut create } = args;
+    refuse_snapshot_sessions_on_services(context)?;
+    if create.from_snapshot.is_some() || create.image.is_some() {
+        return Err(CliError::Refused(
+            "a fork boots the snapshot it takes; --image and --from-snapshot do not apply".into(),
+        ));
+    }
+    let target = Target::open(context, config).await?;
+    let snapshot = target.backend.snapshot(&id, None).await?;
+    eprintln!(
+        "snapshot {} of {} taken ({}); `cubbi snapshot rm {}` removes it once no session runs \
+         from it",
+        safe(&snapshot.name),
+        safe(&snapshot.source),
+        safe(&snapshot.taken),
+        safe(&snapshot.name)
+    );
+    create.name = create.name.or_else(|| Some(snapshot.name.clone()));
+    create.from_snapshot = Some(snapshot.name);
+    create_session(create, context, config).await
+}
+
+/// A service keeps snapshots but does not boot them yet (its create takes catalogue images
+/// only).
+fn refuse_snapshot_sessions_on_services(context: &Context) -> Result<(), CliError> {
+    match &context.remote {
+        Some(remote) => Err(CliError::Refused(format!(
+            "sessions from snapshots are made on the local endpoint only; the service `{remote}` \
+             keeps snapshots (`cubbi -r {remote} snapshot list`) but does not boot them yet"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Once per user, on a terminal: add `Include ~/.ssh/cubbi.d/*.conf` to ~/.ssh/config.
@@ -656,7 +762,7 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-fn age(created: i64) -> String {
+pub(super) fn age(created: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

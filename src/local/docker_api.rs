@@ -13,8 +13,8 @@ use bollard::errors::Error;
 use bollard::exec::{CreateExecOptions, CreateExecResults, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerSummary,
-    ExecInspectResponse, ImageInspect, Network, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkInspect, SystemInfo, Volume, VolumeCreateRequest,
+    ExecInspectResponse, ImageInspect, ImageSummary, Network, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkInspect, SystemInfo, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptions,
@@ -69,6 +69,23 @@ pub trait DockerApi: Send + Sync {
     /// Starts exec `exec_id` attached.
     async fn start_exec(&self, exec_id: &str) -> Result<StartExecResults, Error>;
     async fn inspect_exec(&self, exec_id: &str) -> Result<ExecInspectResponse, Error>;
+
+    /// Stops container `id` with `signal` (a session's systemd halts on SIGRTMIN+3), killing it
+    /// after `timeout_secs`.
+    async fn halt_container(&self, id: &str, signal: &str, timeout_secs: i32) -> Result<(), Error>;
+    /// Images matching every filter.
+    async fn list_images(&self, filters: &Filters) -> Result<Vec<ImageSummary>, Error>;
+    /// Commits container `id` as `repo:tag` with `labels`, paused meanwhile when `pause`.
+    async fn commit_container(
+        &self,
+        id: &str,
+        repo: &str,
+        tag: &str,
+        pause: bool,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Error>;
+    /// Removes an image (never forced: one a container uses is refused).
+    async fn remove_image(&self, reference: &str) -> Result<(), Error>;
 }
 
 #[async_trait]
@@ -176,5 +193,55 @@ impl DockerApi for Docker {
 
     async fn inspect_exec(&self, exec_id: &str) -> Result<ExecInspectResponse, Error> {
         Docker::inspect_exec(self, exec_id).await
+    }
+
+    async fn halt_container(&self, id: &str, signal: &str, timeout_secs: i32) -> Result<(), Error> {
+        let options = StopContainerOptionsBuilder::new()
+            .signal(signal)
+            .t(timeout_secs)
+            .build();
+        Docker::stop_container(self, id, Some(options)).await
+    }
+
+    async fn list_images(&self, filters: &Filters) -> Result<Vec<ImageSummary>, Error> {
+        let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
+            .filters(filters)
+            .build();
+        Docker::list_images(self, Some(options)).await
+    }
+
+    async fn commit_container(
+        &self,
+        id: &str,
+        repo: &str,
+        tag: &str,
+        pause: bool,
+        labels: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        let options = bollard::query_parameters::CommitContainerOptions {
+            container: Some(id.to_string()),
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+            comment: Some("cubbi session snapshot".into()),
+            author: None,
+            pause,
+            changes: None,
+        };
+        let config = bollard::models::ContainerConfig {
+            labels: Some(labels),
+            ..Default::default()
+        };
+        Docker::commit_container(self, options, config)
+            .await
+            .map(|_| ())
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), Error> {
+        let options = bollard::query_parameters::RemoveImageOptionsBuilder::new()
+            .force(false)
+            .build();
+        Docker::remove_image(self, reference, Some(options), None)
+            .await
+            .map(|_| ())
     }
 }

@@ -84,7 +84,8 @@ impl SessionLabels {
                 .cloned()
                 .unwrap_or_else(|| "127.0.0.1".into()),
             host_key: labels.get(SSH_HOST_KEY)?.clone(),
-            workspace: labels.get(WORKSPACE).cloned(),
+            // Empty on a session made from a snapshot of one without a workspace.
+            workspace: labels.get(WORKSPACE).filter(|w| !w.is_empty()).cloned(),
             created: labels
                 .get(CREATED)
                 .and_then(|v| v.parse().ok())

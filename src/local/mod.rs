@@ -11,5 +11,6 @@ pub mod ports;
 pub mod project;
 pub mod runtime;
 pub mod session_exec;
+pub mod snapshot;
 pub mod state;
 pub mod upload;

@@ -16,6 +16,7 @@ use crate::api::wire::{
 };
 use crate::api::{
     ApiError, Backend, CreateStep, ExecEvent, LogChunk, LogOptions, Progress, Session, SessionSpec,
+    Snapshot,
 };
 use crate::local::naming::SessionName;
 use crate::ssh::checked::CheckedEndpoint;
@@ -442,6 +443,36 @@ impl Backend for RemoteBackend {
     async fn get(&self, id_or_name: &str) -> Result<Session, ApiError> {
         let path = Self::session_path(id_or_name)?;
         self.session(self.request(Method::GET, &path)).await
+    }
+
+    async fn stop(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        let path = format!("{}/stop", Self::session_path(id_or_name)?);
+        self.session(self.request(Method::POST, &path)).await
+    }
+
+    async fn start(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        let path = format!("{}/start", Self::session_path(id_or_name)?);
+        let session = self.session(self.request(Method::POST, &path)).await?;
+        // The same pin and port as before; written again only in case they went missing.
+        self.write_ssh_files(&session)?;
+        Ok(session)
+    }
+
+    async fn snapshot(&self, id_or_name: &str, name: Option<String>) -> Result<Snapshot, ApiError> {
+        let path = format!("{}/snapshot", Self::session_path(id_or_name)?);
+        let body = crate::api::wire::SnapshotRequest { name };
+        self.json(self.request(Method::POST, &path).json(&body))
+            .await
+    }
+
+    async fn snapshots(&self) -> Result<Vec<Snapshot>, ApiError> {
+        self.json(self.request(Method::GET, "/v1/snapshots")).await
+    }
+
+    async fn remove_snapshot(&self, name: &str) -> Result<Snapshot, ApiError> {
+        let name = crate::local::snapshot::check_name(name)?;
+        self.json(self.request(Method::DELETE, &format!("/v1/snapshots/{name}")))
+            .await
     }
 
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {

@@ -105,6 +105,13 @@ impl SessionHost for DockerHost {
         Ok(self.projects.of_user(&caller.user))
     }
 
+    fn present_snapshot(&self, mut snapshot: crate::api::Snapshot) -> crate::api::Snapshot {
+        if let Some(user) = snapshot.owner.strip_prefix(OWNER_PREFIX) {
+            snapshot.owner = user.to_string();
+        }
+        snapshot
+    }
+
     fn present(&self, mut session: Session) -> Session {
         if let Some(user) = session.owner.strip_prefix(OWNER_PREFIX) {
             session.owner = user.to_string();

@@ -10,6 +10,7 @@ pub mod docker_host;
 mod documented;
 pub mod host_volumes;
 pub mod http_error;
+mod lifecycle_routes;
 pub mod openapi;
 pub mod pg_store;
 pub mod policy;

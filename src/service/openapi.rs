@@ -19,6 +19,8 @@ use super::router;
         crate::api::wire::CreateRequest,
         crate::api::wire::VolumeMountSchema,
         crate::api::wire::ConnectRequest,
+        crate::api::Snapshot,
+        crate::api::wire::SnapshotRequest,
         crate::api::wire::ExecRequest,
         crate::api::wire::ExecLine,
         crate::api::wire::LogLine,

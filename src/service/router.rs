@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use super::auth::Authenticated;
 use super::documented::DocumentedRoutes;
 use super::http_error::HttpError;
+use super::lifecycle_routes;
 use super::openapi;
 use super::policy::Policy;
 use super::project_routes;
@@ -54,6 +55,10 @@ pub trait SessionHost: Send + Sync + 'static {
     /// A session as the caller sees it (owners as the service names them).
     fn present(&self, session: Session) -> Session {
         session
+    }
+    /// A snapshot as the caller sees it (owners as the service names them).
+    fn present_snapshot(&self, snapshot: crate::api::Snapshot) -> crate::api::Snapshot {
+        snapshot
     }
     /// The projects `caller` registered (their own, an admin's too). A host without a
     /// project store answers 503.
@@ -157,7 +162,7 @@ impl<H: SessionHost> AppState<H> {
 
     /// A session as the caller gets it: owner as the service names it, and the SSH host
     /// the caller should dial (the configured public name, else the host the caller used).
-    fn publish(&self, session: Session, headers: &HeaderMap) -> Session {
+    pub(super) fn publish(&self, session: Session, headers: &HeaderMap) -> Session {
         let mut session = self.shared.host.present(session);
         if let Some(host) = self
             .shared
@@ -319,6 +324,15 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<__path_create, _>(create::<H>)
             .route::<__path_show, _>(show::<H>)
             .route::<__path_close, _>(close::<H>)
+            .route::<lifecycle_routes::__path_stop, _>(lifecycle_routes::stop::<H>)
+            .route::<lifecycle_routes::__path_start, _>(lifecycle_routes::start::<H>)
+            .route::<lifecycle_routes::__path_snapshot, _>(lifecycle_routes::snapshot::<H>)
+            .route::<lifecycle_routes::__path_list_snapshots, _>(
+                lifecycle_routes::list_snapshots::<H>,
+            )
+            .route::<lifecycle_routes::__path_remove_snapshot, _>(
+                lifecycle_routes::remove_snapshot::<H>,
+            )
             .route::<__path_connect, _>(connect::<H>)
             .route::<__path_images, _>(images::<H>)
             .route::<__path_image, _>(image::<H>)
@@ -618,7 +632,7 @@ pub(super) fn check_offered(offered: &[ImageInfo], image: &str) -> Result<(), Ap
 
 /// The full id of the session named exactly `id`, or whose full or 12-character short id is
 /// exactly `id`.
-fn exact_session(sessions: &[Session], id: &str) -> Option<String> {
+pub(super) fn exact_session(sessions: &[Session], id: &str) -> Option<String> {
     let short = |full: &str| full.get(..12).unwrap_or(full).to_string();
     sessions
         .iter()

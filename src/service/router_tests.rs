@@ -126,6 +126,43 @@ impl Backend for MemoryBackend {
     ) -> Result<BoxStream<'static, Result<ExecEvent, ApiError>>, ApiError> {
         Err(ApiError::unavailable("no exec in memory"))
     }
+
+    async fn stop(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        self.set_state(id_or_name, SessionState::Stopped).await
+    }
+
+    async fn start(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        self.set_state(id_or_name, SessionState::Ready).await
+    }
+
+    async fn snapshot(
+        &self,
+        _id_or_name: &str,
+        _name: Option<String>,
+    ) -> Result<crate::api::Snapshot, ApiError> {
+        Err(ApiError::unavailable("no snapshots in memory"))
+    }
+
+    async fn snapshots(&self) -> Result<Vec<crate::api::Snapshot>, ApiError> {
+        Ok(Vec::new())
+    }
+
+    async fn remove_snapshot(&self, name: &str) -> Result<crate::api::Snapshot, ApiError> {
+        Err(ApiError::NotFound(name.to_string()))
+    }
+}
+
+impl MemoryBackend {
+    async fn set_state(&self, id_or_name: &str, state: SessionState) -> Result<Session, ApiError> {
+        let found = self.get(id_or_name).await?;
+        let mut sessions = self.memory.sessions.lock().unwrap();
+        let stored = sessions
+            .iter_mut()
+            .find(|s| s.id == found.id)
+            .ok_or_else(|| ApiError::NotFound(id_or_name.to_string()))?;
+        stored.state = state;
+        Ok(stored.clone())
+    }
 }
 
 #[async_trait]

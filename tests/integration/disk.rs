@@ -74,7 +74,7 @@ fn run(command: &mut Command) -> Result<String, Failed> {
 }
 
 /// Copies `cubbi-base` from the run's engine into `to` (no registry here).
-fn copy_base_image(from: &str, to: &str) -> Result<(), Failed> {
+pub(crate) fn copy_base_image(from: &str, to: &str) -> Result<(), Failed> {
     run(Command::new("sh").args([
         "-c",
         r#"docker -H "$1" save cubbi-base | docker -H "$2" load -q"#,

@@ -31,7 +31,7 @@ pub fn tests() -> Vec<Trial> {
     ]
 }
 
-fn spec(name: &str) -> SessionSpec {
+pub(crate) fn spec(name: &str) -> SessionSpec {
     SessionSpec {
         name: Some(name.to_string()),
         image: "base".into(),

@@ -132,26 +132,8 @@ impl LocalBackend {
             client_key: self.options.client_key.clone(),
             host_key: host_key.public_key().clone(),
         };
-        let docker = self.docker.clone();
-        let container = id.to_string();
-        let ready = wait_until_ready(&target, self.options.ready_timeout, || {
-            let docker = docker.clone();
-            let container = container.clone();
-            async move {
-                // A container restarting under its restart policy is not booting: it died.
-                docker
-                    .inspect_container(&container)
-                    .await
-                    .ok()
-                    .is_some_and(|c| {
-                        let state = c.state.unwrap_or_default();
-                        state.running == Some(true)
-                            && state.restarting != Some(true)
-                            && c.restart_count.unwrap_or(0) == 0
-                    })
-            }
-        })
-        .await;
+        // A container restarting under its restart policy is not booting: it died.
+        let ready = self.wait_for_sshd(&target, id, 0).await;
         if let Err(err) = ready {
             return Err(BootError::Step {
                 step: CreateStep::WaitingForSsh,

@@ -11,8 +11,8 @@ use bollard::errors::Error;
 use bollard::exec::{CreateExecOptions, CreateExecResults, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerState,
-    ContainerSummary, ContainerSummaryStateEnum, ExecInspectResponse, ImageInspect, Network,
-    NetworkCreateRequest, NetworkInspect, SystemInfo, Volume, VolumeCreateRequest,
+    ContainerSummary, ContainerSummaryStateEnum, ExecInspectResponse, ImageInspect, ImageSummary,
+    Network, NetworkCreateRequest, NetworkInspect, SystemInfo, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::LogsOptions;
 use futures_util::stream::BoxStream;
@@ -277,5 +277,35 @@ impl DockerApi for FakeDocker {
             exit_code: Some(0),
             ..Default::default()
         })
+    }
+
+    // Lifecycle and snapshot calls: this fake holds no images, and stops and commits nothing
+    // the backend's unit tests look at.
+    async fn halt_container(
+        &self,
+        id: &str,
+        _signal: &str,
+        timeout_secs: i32,
+    ) -> Result<(), Error> {
+        self.stop_container(id, timeout_secs).await
+    }
+
+    async fn list_images(&self, _filters: &Filters) -> Result<Vec<ImageSummary>, Error> {
+        Ok(Vec::new())
+    }
+
+    async fn commit_container(
+        &self,
+        _id: &str,
+        _repo: &str,
+        _tag: &str,
+        _pause: bool,
+        _labels: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn remove_image(&self, _reference: &str) -> Result<(), Error> {
+        Ok(())
     }
 }

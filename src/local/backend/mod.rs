@@ -27,18 +27,19 @@ use super::session_exec::{self, ExecBounds};
 use super::{limits, mounts, naming, ports, project, runtime, state, upload};
 use crate::api::{
     ApiError, Backend, CreateStep, ExecEvent, LogChunk, LogOptions, Progress, Resources, Session,
-    SessionSpec, SessionState,
+    SessionSpec, SessionState, Snapshot,
 };
 use crate::config::PortRange;
 use crate::images::metadata::{CONFIG_VOLUME_PATH, DATA_VOLUME_PATH};
 use crate::images::{ImageMetadata, METADATA_LABEL};
 use crate::projects::{ProjectCheckout, ProjectSource};
-use crate::ssh::client::{SshSession, SshTarget, wait_until_ready};
+use crate::ssh::client::{SshSession, SshTarget};
 use crate::ssh::files::SshFiles;
 use crate::ssh::keys;
 
 mod boot;
 mod create;
+mod lifecycle;
 mod lookup;
 mod networks;
 mod status;
@@ -316,6 +317,26 @@ impl Backend for LocalBackend {
         networks.sort();
         session.networks = networks;
         Ok(session)
+    }
+
+    async fn stop(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        self.stop_session(id_or_name).await
+    }
+
+    async fn start(&self, id_or_name: &str) -> Result<Session, ApiError> {
+        self.start_session(id_or_name).await
+    }
+
+    async fn snapshot(&self, id_or_name: &str, name: Option<String>) -> Result<Snapshot, ApiError> {
+        self.snapshot_session(id_or_name, name).await
+    }
+
+    async fn snapshots(&self) -> Result<Vec<Snapshot>, ApiError> {
+        self.list_snapshots().await
+    }
+
+    async fn remove_snapshot(&self, name: &str) -> Result<Snapshot, ApiError> {
+        self.remove_snapshot_named(name).await
     }
 
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {

@@ -129,23 +129,41 @@ impl Dockerd {
 
     /// Stops a daemon the harness started; a reused one is left running.
     pub fn stop(self) {
-        let Some(mut owned) = self.owned else {
+        let Some(owned) = self.owned else {
             return;
         };
         remove_everything(&self.endpoint);
-        let pid = nix::unistd::Pid::from_raw(owned.child.id() as i32);
+        owned.terminate();
+    }
+
+    /// Stops the daemon as a host shutdown would (SIGTERM: its containers stop, and they and
+    /// its data are kept) and starts another on `data_root`, which must be the data root this
+    /// one was given (outside its own folder, which goes).
+    pub fn restart_on(self, data_root: &Path) -> Result<Self, String> {
+        let Some(owned) = self.owned else {
+            return Err("only a daemon the harness started can be restarted".into());
+        };
+        owned.terminate();
+        Self::start_private(Some(data_root), &[])
+    }
+}
+
+impl OwnedDaemon {
+    /// SIGTERM, up to 30 s for dockerd to stop its containers, then its bridge and folder go.
+    fn terminate(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = owned.child.try_wait() {
+            if let Ok(Some(_)) = self.child.try_wait() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = owned.child.kill();
-        let _ = owned.child.wait();
-        drop(BridgeGuard(owned.bridge));
-        let _ = std::fs::remove_dir_all(&owned.root);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        drop(BridgeGuard(self.bridge));
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
