@@ -87,6 +87,7 @@ def main():
     parser.add_argument("--image", default="claude-code")
     parser.add_argument("-n", type=int, default=5)
     args = parser.parse_args()
+    args.cubbi = os.path.abspath(args.cubbi)
 
     subprocess.run(["cargo", "build", "--release", "--example", "model_server", "--quiet"],
                    check=True)
