@@ -802,11 +802,8 @@ fn project_scanned_key_is_confirmed_on_a_terminal_without_sysbox() -> Result<(),
     term.send("n\r")?;
     let status = term.wait(Duration::from_secs(15))?;
     assert!(!status.success(), "{}", term.transcript());
-    assert!(
-        term.transcript().contains("nothing was saved"),
-        "{}",
-        term.transcript()
-    );
+    // The reader thread may not have copied the last lines yet when the process exits.
+    term.expect("nothing was saved", Duration::from_secs(5))?;
     assert!(project_files(&home).is_empty());
     // Confirmed: stored with exactly that key.
     let url = format!("ssh://git@127.0.0.1:{}/org/confirmed", sshd.port);
