@@ -77,14 +77,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The metadata of a cubbi image by the name a session or `--image` gives.
 fn metadata_for(image: &str) -> Result<ImageMetadata, CliError> {
-    let name = image.strip_prefix("cubbi-").unwrap_or(image);
-    let catalog = crate::images::Catalog::embedded()?;
-    let found = catalog.get(name).map_err(|_| {
-        CliError::Refused(format!(
-            "image `{image}` is no cubbi tool image, so `cubbi run` does not know its headless mode"
-        ))
-    })?;
-    Ok(found.metadata.clone())
+    crate::run::tool_metadata(image).map_err(|err| CliError::Refused(err.to_string()))
 }
 
 pub async fn run(args: RunArgs, context: &Context, config: &Config) -> Result<ExitCode, CliError> {

@@ -35,6 +35,20 @@ code=$?
 rm -rf "$d"
 exit $code"#;
 
+/// The tool metadata of a cubbi image, by its name (`claude-code`) or tag
+/// (`cubbi-claude-code`): what the CLI and the service read the `[headless]` section from.
+pub fn tool_metadata(image: &str) -> Result<ImageMetadata, ApiError> {
+    let name = image.strip_prefix("cubbi-").unwrap_or(image);
+    let catalog =
+        crate::images::Catalog::embedded().map_err(|err| ApiError::unavailable(err.to_string()))?;
+    let found = catalog.get(name).map_err(|_| {
+        ApiError::invalid(format!(
+            "image `{image}` is no cubbi tool image, so it has no headless mode to run"
+        ))
+    })?;
+    Ok(found.metadata.clone())
+}
+
 /// Stops a run's process group (TERM, then KILL), whatever the tool's children are. (dash's
 /// `kill` takes no `--`.)
 const STOP: &str = r#"pid=$(cat "$1/pid" 2>/dev/null) || exit 0

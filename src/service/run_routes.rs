@@ -146,19 +146,6 @@ impl RunBody {
     }
 }
 
-/// The tool metadata of a cubbi image, by its name (`claude-code`) or tag (`cubbi-claude-code`).
-fn tool_metadata(image: &str) -> Result<ImageMetadata, ApiError> {
-    let name = image.strip_prefix("cubbi-").unwrap_or(image);
-    let catalog =
-        crate::images::Catalog::embedded().map_err(|err| ApiError::unavailable(err.to_string()))?;
-    let found = catalog.get(name).map_err(|_| {
-        ApiError::invalid(format!(
-            "image `{image}` is no cubbi tool image, so it has no headless mode to run"
-        ))
-    })?;
-    Ok(found.metadata.clone())
-}
-
 #[utoipa::path(post, path = "/v1/runs", operation_id = "create_run", tag = "runs",
     request_body = RunBody, security(("token" = [])),
     responses((status = 200, description = "The run's result (`is_error` says whether the agent failed); with `Accept: application/x-ndjson`, NDJSON RunEvent lines ending with the result, and a blank line every 30 s of quiet", body = RunResult),
@@ -179,7 +166,7 @@ pub(super) async fn create_run<H: SessionHost>(
         .image
         .clone()
         .ok_or_else(|| ApiError::invalid("a run needs an `image`".to_string()))?;
-    let metadata = tool_metadata(&image)?;
+    let metadata = crate::run::tool_metadata(&image)?;
     crate::run::argv::check(&metadata, &request)
         .map_err(|err| ApiError::invalid(err.to_string()))?;
     check_offered(&state.host().images().await?, &image)?;
@@ -236,7 +223,7 @@ pub(super) async fn run_in_session<H: SessionHost>(
     let client_key = run_key(&state)?;
     let request = body.run_request(state.max_run_timeout())?;
     let session = state.host().sessions_of(&caller).get(&id).await?;
-    let metadata = tool_metadata(&session.image)?;
+    let metadata = crate::run::tool_metadata(&session.image)?;
     crate::run::argv::check(&metadata, &request)
         .map_err(|err| ApiError::invalid(err.to_string()))?;
     let run_slot = state.run_slot(&caller)?;
