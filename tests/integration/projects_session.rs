@@ -161,15 +161,7 @@ async fn start_server(
 ) -> Result<GitServer, Failed> {
     ensure_server_image(&scope.docker).await?;
     let network = format!("psess-{}", scope.id);
-    scope
-        .docker
-        .create_network(bollard::models::NetworkCreateRequest {
-            name: network.clone(),
-            driver: Some("bridge".into()),
-            labels: Some(scope.labels()),
-            ..Default::default()
-        })
-        .await?;
+    scope.bridge_network(&network).await?;
     // A dotted name: the project store takes full host names only (`org/repo` is no host).
     let host = format!("gitsrv-{}.test", scope.id);
     let body = bollard::models::ContainerCreateBody {

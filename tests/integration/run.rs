@@ -44,23 +44,7 @@ impl Bench {
     async fn new(scope: DockerScope, image: &'static str) -> Result<Self, Failed> {
         scope.ensure_image(image).await?;
         let network = format!("cubbi-run-{}", scope.id);
-        scope
-            .docker
-            .create_network(bollard::models::NetworkCreateRequest {
-                name: network.clone(),
-                driver: Some("bridge".into()),
-                labels: Some(scope.labels()),
-                ..Default::default()
-            })
-            .await?;
-        let inspected = scope.docker.inspect_network(&network, None).await?;
-        let gateway = inspected
-            .ipam
-            .and_then(|ipam| ipam.config)
-            .into_iter()
-            .flatten()
-            .find_map(|config| config.gateway)
-            .ok_or("the test network has no gateway")?;
+        let gateway = scope.bridge_network(&network).await?;
         let workspace = tempfile::tempdir()?;
         std::fs::set_permissions(workspace.path(), std::fs::Permissions::from_mode(0o777))?;
         Ok(Self {

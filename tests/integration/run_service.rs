@@ -37,25 +37,7 @@ impl RunService {
     async fn start(scope: &DockerScope, image: &str, runs_per_user: usize) -> Result<Self, Failed> {
         scope.ensure_image(image).await?;
         let network = format!("cubbi-runs-{}", scope.id);
-        scope
-            .docker
-            .create_network(bollard::models::NetworkCreateRequest {
-                name: network.clone(),
-                driver: Some("bridge".into()),
-                labels: Some(scope.labels()),
-                ..Default::default()
-            })
-            .await?;
-        let gateway = scope
-            .docker
-            .inspect_network(&network, None)
-            .await?
-            .ipam
-            .and_then(|ipam| ipam.config)
-            .into_iter()
-            .flatten()
-            .find_map(|config| config.gateway)
-            .ok_or("the test network has no gateway")?;
+        let gateway = scope.bridge_network(&network).await?;
         let allowed = network.clone();
         let service = TestService::start(scope, move |config| {
             config.networks.allowed = vec![allowed];

@@ -119,6 +119,28 @@ impl DockerScope {
         HashMap::from([(TEST_LABEL.to_string(), self.id.clone())])
     }
 
+    /// A bridge network of this test (labelled, so the run's teardown removes it); returns
+    /// its gateway, the host's address on it (where sessions reach services of the host).
+    pub async fn bridge_network(&self, name: &str) -> Result<String, Failed> {
+        self.docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".into()),
+                labels: Some(self.labels()),
+                ..Default::default()
+            })
+            .await?;
+        self.docker
+            .inspect_network(name, None)
+            .await?
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .into_iter()
+            .flatten()
+            .find_map(|config| config.gateway)
+            .ok_or_else(|| format!("network {name} has no gateway").into())
+    }
+
     /// Builds `cubbi-base` once per run (through `cubbi image build`), for tests that boot it.
     pub async fn ensure_base(&self) -> Result<(), Failed> {
         self.ensure_image("base").await
