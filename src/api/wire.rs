@@ -235,3 +235,72 @@ mod tests {
         assert!(err.to_string().starts_with("no session matches `x`"));
     }
 }
+
+/// A run: the AgentContainers request, plus what a new session needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    /// The prompt. It reaches the tool on stdin, never in a process's argv.
+    #[schema(min_length = 1)]
+    pub prompt: String,
+    /// Text added to the tool's system prompt (tools that have one).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub append_system_prompt: Option<String>,
+    /// Tools the agent may use without asking (tools that have such a list).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub allowed_tools: Vec<String>,
+    /// Tools the agent must not use.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub disallowed_tools: Vec<String>,
+    /// Continue the tool's conversation (`agent_session_id` of an earlier result).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resume_session_id: Option<String>,
+    /// Environment for the agent (API keys): files in the new session, never container env
+    /// or argv. Only with `POST /v1/runs`; a session's env is set when it is created.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub env: BTreeMap<String, String>,
+    /// The tool image of the new session (`POST /v1/runs`; `GET /v1/images` lists them).
+    #[serde(default, skip_serializing_if = "is_default")]
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]*$", max_length = 63)]
+    pub image: Option<String>,
+    /// A registered project (or git URL) cloned into the new session's workspace.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    #[schema(minimum = 1)]
+    pub max_turns: Option<u32>,
+    /// Seconds before the agent is stopped; at most, and by default, the service's
+    /// `runs.max_timeout`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub timeout: Option<f64>,
+    /// Keep the new session after the run (its name is in the result).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub keep: bool,
+    /// The new session's name, runtime and limits, as in `POST /v1/sessions`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    #[schema(value_type = Option<String>)]
+    pub memory: Option<crate::local::limits::MemoryLimit>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    #[schema(value_type = Option<f64>, minimum = 0.01)]
+    pub cpus: Option<crate::local::limits::CpuLimit>,
+    /// Most processes, 64 to 4194304 (capped by the service's `limits.pids_limit`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    #[schema(value_type = Option<i64>, minimum = 64, maximum = 4194304)]
+    pub pids_limit: Option<crate::local::limits::PidsLimit>,
+    /// Run the project's `.cubbi/init.sh` even when `project` is an ad-hoc URL.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub run_init: bool,
+    /// More networks to join (from the service's `networks.allowed`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub networks: Vec<String>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}

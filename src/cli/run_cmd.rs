@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::output::terminal_safe_lines;
-use super::session_cmd::{CreateArgs, Target, spec_from};
+use super::session_cmd::{CreateArgs, Target, remote_backend, spec_from, user_ssh};
 use super::{CliError, Context};
 use crate::api::{Backend, Quiet};
 use crate::config::Config;
@@ -103,6 +103,9 @@ pub async fn run(args: RunArgs, context: &Context, config: &Config) -> Result<Ex
         model: args.model.clone(),
         timeout: args.timeout,
     };
+    if let Some(remote) = &context.remote {
+        return run_remote(remote, &args, &request, context, config).await;
+    }
     // Everything that can be refused is, before a session exists.
     let (spec, metadata) = match &args.session {
         Some(_) => (None, None),
@@ -158,6 +161,48 @@ pub async fn run(args: RunArgs, context: &Context, config: &Config) -> Result<Ex
     if closed {
         result.session = None;
     }
+    report(&result, stream, context.mode.json)?;
+    Ok(if result.is_error {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `cubbi -r NAME run`: the service runs it (`POST /v1/runs`), checks it against its own
+/// images, and closes a session it made unless `--keep`. Ctrl-C drops the answer, which is
+/// how the service learns to stop the agent.
+async fn run_remote(
+    remote: &str,
+    args: &RunArgs,
+    request: &RunRequest,
+    context: &Context,
+    config: &Config,
+) -> Result<ExitCode, CliError> {
+    let spec = match &args.session {
+        Some(_) => None,
+        None => Some(spec_from(&args.create, config, context)?),
+    };
+    let body = crate::remote::runs::run_body(spec, request, args.keep)?;
+    let (files, client_key) = user_ssh()?;
+    let backend = remote_backend(remote, config, &files, &client_key)?;
+    let stream = args.stream;
+    let mut stdout = std::io::stdout();
+    let mut print_event = |event: &RunEvent| {
+        if stream {
+            print_line(&mut stdout, event);
+        }
+    };
+    let result = tokio::select! {
+        ran = backend.run(args.session.as_deref(), &body, &mut print_event) => ran?,
+        _ = tokio::signal::ctrl_c() => {
+            return Err(CliError::Refused(
+                "stopped (Ctrl-C): the service stops the agent and closes a session it made \
+                 for the run"
+                    .into(),
+            ));
+        }
+    };
     report(&result, stream, context.mode.json)?;
     Ok(if result.is_error {
         ExitCode::FAILURE
@@ -228,7 +273,7 @@ fn summary(result: &RunResult) -> String {
         result
             .agent_session_id
             .as_ref()
-            .map(|id| format!(", resume with --resume {id}"))
+            .map(|id| format!(", resume with --resume {}", terminal_safe_lines(id)))
             .unwrap_or_default(),
     )
 }

@@ -201,30 +201,11 @@ pub(super) struct Target {
 
 impl Target {
     pub(super) async fn open(context: &Context, config: &Config) -> Result<Self, CliError> {
-        let files = SshFiles::for_user().map_err(|err| CliError::Refused(err.to_string()))?;
-        let client_key = Arc::new(
-            crate::ssh::keys::load_or_create_client_key(&files.client_key())
-                .map_err(|err| CliError::Refused(err.to_string()))?,
-        );
-        let backend: Box<dyn Backend> =
-            match &context.remote {
-                None => Box::new(local_backend(context, config, &files, &client_key).await?),
-                Some(name) => {
-                    let remote = crate::remote::remotes::resolve(config, name)?;
-                    let token = remote.token.ok_or_else(|| {
-                        crate::remote::remotes::RemoteError::NoToken { name: name.clone() }
-                    })?;
-                    let public_key = crate::ssh::keys::public_openssh(client_key.public_key())
-                        .map_err(|err| CliError::Refused(err.to_string()))?;
-                    Box::new(RemoteBackend::new(
-                        name,
-                        &remote.url,
-                        token,
-                        public_key,
-                        Some(files.clone()),
-                    )?)
-                }
-            };
+        let (files, client_key) = user_ssh()?;
+        let backend: Box<dyn Backend> = match &context.remote {
+            None => Box::new(local_backend(context, config, &files, &client_key).await?),
+            Some(name) => Box::new(remote_backend(name, config, &files, &client_key)?),
+        };
         Ok(Self {
             backend,
             files,
@@ -232,6 +213,40 @@ impl Target {
             remote: context.remote.clone(),
         })
     }
+}
+
+/// The user's OpenSSH files and cubbi client key (made on first use).
+pub(super) fn user_ssh() -> Result<(SshFiles, Arc<PrivateKey>), CliError> {
+    let files = SshFiles::for_user().map_err(|err| CliError::Refused(err.to_string()))?;
+    let client_key = Arc::new(
+        crate::ssh::keys::load_or_create_client_key(&files.client_key())
+            .map_err(|err| CliError::Refused(err.to_string()))?,
+    );
+    Ok((files, client_key))
+}
+
+/// The backend of the cubbi service `name` (`-r NAME`), with the user's token and key.
+pub(super) fn remote_backend(
+    name: &str,
+    config: &Config,
+    files: &SshFiles,
+    client_key: &PrivateKey,
+) -> Result<RemoteBackend, CliError> {
+    let remote = crate::remote::remotes::resolve(config, name)?;
+    let token = remote
+        .token
+        .ok_or_else(|| crate::remote::remotes::RemoteError::NoToken {
+            name: name.to_string(),
+        })?;
+    let public_key = crate::ssh::keys::public_openssh(client_key.public_key())
+        .map_err(|err| CliError::Refused(err.to_string()))?;
+    Ok(RemoteBackend::new(
+        name,
+        &remote.url,
+        token,
+        public_key,
+        Some(files.clone()),
+    )?)
 }
 
 /// The local backend, configured from the user's config and environment.

@@ -103,6 +103,15 @@ impl RemoteBackend {
         self
     }
 
+    /// The remote's name, for messages.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
     fn timed_out(&self) -> ApiError {
         ApiError::unavailable(format!(
             "the cubbi service `{}` at {} did not answer within {:?}",
@@ -201,7 +210,7 @@ impl RemoteBackend {
         checked_session(&self.name, session)
     }
 
-    fn session_path(id: &str) -> Result<String, ApiError> {
+    pub(super) fn session_path(id: &str) -> Result<String, ApiError> {
         // Names and ids have no characters a URL would need escaped; refuse the rest here.
         if id.is_empty()
             || !id
@@ -309,7 +318,7 @@ fn checked_session(service: &str, session: Session) -> Result<Session, ApiError>
 
 /// The lines of an NDJSON body, each parsed as `T`: at most `bounds.max_line` bytes a line,
 /// and an error when nothing comes for `bounds.stream_idle`.
-fn ndjson<T: DeserializeOwned + Send + 'static>(
+pub(super) fn ndjson<T: DeserializeOwned + Send + 'static>(
     response: Response,
     bounds: Bounds,
 ) -> impl Stream<Item = Result<T, ApiError>> + Send + 'static {
@@ -365,7 +374,10 @@ fn ndjson<T: DeserializeOwned + Send + 'static>(
 /// names them all, so a new one cannot be dropped silently). Plain runc needs the same opt-in
 /// as locally; the service's bind address and the authorized keys are the service's and this
 /// client's own.
-fn create_request(spec: SessionSpec, public_key: String) -> Result<CreateRequest, ApiError> {
+pub(super) fn create_request(
+    spec: SessionSpec,
+    public_key: String,
+) -> Result<CreateRequest, ApiError> {
     let SessionSpec {
         name,
         image,

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod projects;
 pub mod remotes;
+pub mod runs;
 
 use std::path::PathBuf;
 

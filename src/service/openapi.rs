@@ -28,7 +28,7 @@ use super::router;
         crate::api::wire::ErrorDetail,
         crate::api::wire::Health,
         crate::api::wire::ImageInfo,
-        super::run_routes::RunBody,
+        crate::api::wire::RunBody,
         crate::run::RunResult,
         crate::run::RunEvent,
         crate::run::Usage,

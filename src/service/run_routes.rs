@@ -6,7 +6,6 @@
 //! The run is a task of its own, tied to the request by a channel: a client that goes away
 //! drops its end, which stops the agent in the session and closes a session made for the run.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,15 +17,13 @@ use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use russh::keys::PrivateKey;
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
-use utoipa::ToSchema;
 
 use super::auth::Authenticated;
 use super::http_error::HttpError;
 use super::router::{AppState, SessionHost, UserSlot, check_id, check_offered};
 use super::store::Caller;
-use crate::api::wire::CreateRequest;
+use crate::api::wire::{CreateRequest, RunBody};
 use crate::api::{ApiError, Backend, ErrorCode, Quiet, SessionSpec};
 use crate::images::metadata::ImageMetadata;
 use crate::run::{RunEvent, RunRequest, RunResult};
@@ -34,64 +31,6 @@ use crate::run::{RunEvent, RunRequest, RunResult};
 /// Events a run may have queued for a client that reads slowly; past it the run is stopped
 /// rather than the service buffering without end.
 const QUEUED_EVENTS: usize = 1024;
-
-/// A run: the AgentContainers request, plus what a new session needs.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RunBody {
-    /// The prompt. It reaches the tool on stdin, never in a process's argv.
-    #[schema(min_length = 1)]
-    pub prompt: String,
-    /// Text added to the tool's system prompt (tools that have one).
-    #[serde(default)]
-    pub append_system_prompt: Option<String>,
-    /// Tools the agent may use without asking (tools that have such a list).
-    #[serde(default)]
-    pub allowed_tools: Vec<String>,
-    /// Tools the agent must not use.
-    #[serde(default)]
-    pub disallowed_tools: Vec<String>,
-    /// Continue the tool's conversation (`agent_session_id` of an earlier result).
-    #[serde(default)]
-    pub resume_session_id: Option<String>,
-    /// Environment for the agent (API keys): files in the new session, never container env
-    /// or argv. Only with `POST /v1/runs`; a session's env is set when it is created.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// The tool image of the new session (`POST /v1/runs`; `GET /v1/images` lists them).
-    #[serde(default)]
-    #[schema(pattern = r"^[a-z0-9][a-z0-9-]*$", max_length = 63)]
-    pub image: Option<String>,
-    /// A registered project (or git URL) cloned into the new session's workspace.
-    #[serde(default)]
-    pub project: Option<String>,
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    #[schema(minimum = 1)]
-    pub max_turns: Option<u32>,
-    /// Seconds before the agent is stopped; at most, and by default, the service's
-    /// `runs.max_timeout`.
-    #[serde(default)]
-    pub timeout: Option<f64>,
-    /// Keep the new session after the run (its name is in the result).
-    #[serde(default)]
-    pub keep: bool,
-    /// The new session's name, runtime and limits, as in `POST /v1/sessions`.
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub runtime: Option<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub memory: Option<crate::local::limits::MemoryLimit>,
-    #[serde(default)]
-    #[schema(value_type = Option<f64>, minimum = 0.01)]
-    pub cpus: Option<crate::local::limits::CpuLimit>,
-    /// More networks to join (from the service's `networks.allowed`).
-    #[serde(default)]
-    pub networks: Vec<String>,
-}
 
 impl RunBody {
     /// The tool's part of the request, the timeout capped by the service.
@@ -136,10 +75,10 @@ impl RunBody {
             default_network: true,
             volumes: Vec::new(),
             project: self.project.clone(),
-            run_init: false,
+            run_init: self.run_init,
             memory: self.memory,
             cpus: self.cpus,
-            pids_limit: None,
+            pids_limit: self.pids_limit,
             runtime: self.runtime.clone(),
             public_key: None,
         }
@@ -211,10 +150,12 @@ pub(super) async fn run_in_session<H: SessionHost>(
         || body.runtime.is_some()
         || body.memory.is_some()
         || body.cpus.is_some()
+        || body.pids_limit.is_some()
+        || body.run_init
         || !body.networks.is_empty();
     if for_new_sessions {
         return Err(ApiError::invalid(
-            "env, image, project, keep, name, runtime, memory, cpus and networks are for a new \
+            "env, image, project, keep, name, runtime, limits, run_init and networks are for a new \
              session (`POST /v1/runs`); a session's env is set when it is created"
                 .to_string(),
         )

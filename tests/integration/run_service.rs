@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::support::model_server::{INPUT_TOKENS, ModelServer, OUTPUT_TOKENS, Reply};
 use crate::support::service::{TestService, user};
 use crate::support::sysbox::SessionRuntime;
-use crate::support::{DockerScope, docker_test, eventually};
+use crate::support::{DockerScope, TestHome, docker_test, eventually};
 
 pub fn tests() -> Vec<Trial> {
     crate::trials![
@@ -18,6 +18,7 @@ pub fn tests() -> Vec<Trial> {
         codex_runs_over_http_in_a_kept_session,
         a_client_that_goes_away_stops_the_run_and_its_session,
         bad_run_requests_are_refused_and_leave_nothing,
+        cubbi_r_run_goes_through_the_service_and_resumes_in_a_kept_session,
     ]
 }
 
@@ -339,6 +340,136 @@ fn bad_run_requests_are_refused_and_leave_nothing() -> Result<(), Failed> {
         }
         assert!(bench.sessions().await?.is_empty(), "nothing was created");
         assert!(bench.server.recorded().is_empty(), "no model was asked");
+        bench.service.stop().await?;
+        Ok(())
+    })
+}
+
+/// `cubbi -r NAME run` is `POST /v1/runs` with the CLI's options: a run closed afterwards, a
+/// kept one streamed, a resumed run in the kept session with the prompt on stdin, and a
+/// local folder refused before anything reaches the service.
+fn cubbi_r_run_goes_through_the_service_and_resumes_in_a_kept_session() -> Result<(), Failed> {
+    docker_test("runs-cli-remote", |scope| async move {
+        let mut bench = RunService::start(&scope, "claude-code", 4).await?;
+        let home = std::sync::Arc::new(TestHome::new());
+        let cli = |args: Vec<String>, stdin: Option<String>| {
+            let home = std::sync::Arc::clone(&home);
+            tokio::task::spawn_blocking(move || {
+                let cubbi = crate::support::Cubbi::new(&home).args(args);
+                match stdin {
+                    Some(input) => cubbi.stdin(input).run(),
+                    None => cubbi.run(),
+                }
+            })
+        };
+        let words = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        cli(words(&["remote", "add", "svc", &bench.service.url]), None)
+            .await?
+            .success();
+        cli(
+            words(&["-r", "svc", "auth"]),
+            Some(format!("{}\n", bench.token)),
+        )
+        .await?
+        .success();
+        let base_url = bench.base_url();
+        let new_run = |extra: &[&str]| {
+            let mut args = words(&["-r", "svc", "--json", "run", "--image", "claude-code"]);
+            args.extend(words(&["--no-mount", "--timeout", "200s", "--network"]));
+            args.push(bench.network.clone());
+            args.extend(words(&["-e", &format!("ANTHROPIC_API_KEY={SECRET}")]));
+            args.extend(words(&["-e", &format!("ANTHROPIC_BASE_URL={base_url}")]));
+            args.extend(words(SessionRuntime::of_this_run().create_flags()));
+            args.extend(words(extra));
+            args
+        };
+
+        bench.server.push(Reply::Text("Remote answer".into()));
+        let ran = cli(new_run(&["-p", "Remote question"]), None).await?;
+        let result: Value = serde_json::from_str(ran.stdout().trim()).unwrap_or(Value::Null);
+        assert!(ran.output.status.success(), "{}", ran.stderr());
+        assert_eq!(result["result"], "Remote answer", "{result}");
+        assert!(result["session"].is_null(), "closed: {result}");
+        expect_fixture_usage(&result);
+        assert!(
+            bench.sessions().await?.is_empty(),
+            "the run's session is closed"
+        );
+
+        // Kept and streamed: events, then one result naming the session.
+        bench.server.push(Reply::Text("Kept answer".into()));
+        let mut kept_args = new_run(&["--keep", "--stream", "-p", "Kept question"]);
+        kept_args.retain(|word| word != "--json");
+        let ran = cli(kept_args, None).await?;
+        assert!(ran.output.status.success(), "{}", ran.stderr());
+        let events: Vec<Value> = ran
+            .stdout()
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let last = events.last().ok_or("no events")?;
+        assert_eq!(last["type"], "result", "{events:?}");
+        assert_eq!(last["result"], "Kept answer", "{last}");
+        assert!(
+            events.iter().any(|e| e["type"] == "text"),
+            "a text event before the result: {events:?}"
+        );
+        let session = last["session"]
+            .as_str()
+            .ok_or("a kept session")?
+            .to_string();
+        let agent_session = last["agent_session_id"]
+            .as_str()
+            .ok_or("an agent session id")?
+            .to_string();
+        assert_eq!(bench.sessions().await?.len(), 1);
+
+        // In the kept session, resumed, the prompt on stdin.
+        bench.server.push(Reply::Text("Resumed answer".into()));
+        let ran = cli(
+            words(&[
+                "-r",
+                "svc",
+                "--json",
+                "run",
+                "--session",
+                &session,
+                "--resume",
+                &agent_session,
+                "-p",
+                "-",
+            ]),
+            Some("Follow-up question".into()),
+        )
+        .await?;
+        let result: Value = serde_json::from_str(ran.stdout().trim()).unwrap_or(Value::Null);
+        assert!(ran.output.status.success(), "{}", ran.stderr());
+        assert_eq!(result["result"], "Resumed answer", "{result}");
+        assert_eq!(result["session"], session.as_str(), "{result}");
+        let last_turn = bench.server.turns().pop().ok_or("no turn")?;
+        let sent = last_turn.body.to_string();
+        assert!(
+            sent.contains("Follow-up question") && sent.contains("Kept question"),
+            "the resumed run sends the earlier turns: {sent}"
+        );
+
+        // A folder of this machine cannot go to the service: refused, nothing made.
+        let folder = tempfile::tempdir()?;
+        let mut with_folder = new_run(&["-p", "x"]);
+        with_folder.retain(|word| word != "--no-mount");
+        with_folder.push(folder.path().display().to_string());
+        let ran = cli(with_folder, None).await?;
+        assert!(!ran.output.status.success());
+        assert!(
+            ran.stderr()
+                .contains("cannot be mounted into a remote session"),
+            "{}",
+            ran.stderr()
+        );
+        assert_eq!(bench.sessions().await?.len(), 1, "nothing new was made");
+        cli(words(&["-r", "svc", "session", "close", &session]), None)
+            .await?
+            .success();
         bench.service.stop().await?;
         Ok(())
     })
