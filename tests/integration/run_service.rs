@@ -19,6 +19,7 @@ pub fn tests() -> Vec<Trial> {
         a_client_that_goes_away_stops_the_run_and_its_session,
         bad_run_requests_are_refused_and_leave_nothing,
         cubbi_r_run_goes_through_the_service_and_resumes_in_a_kept_session,
+        run_conformance_local_and_remote,
     ]
 }
 
@@ -470,6 +471,166 @@ fn cubbi_r_run_goes_through_the_service_and_resumes_in_a_kept_session() -> Resul
         cli(words(&["-r", "svc", "session", "close", &session]), None)
             .await?
             .success();
+        bench.service.stop().await?;
+        Ok(())
+    })
+}
+
+/// Where the run scenario runs: the local backend (the CLI's `cubbi run`) or the service
+/// (`POST /v1/sessions/{id}/runs` through the client).
+enum Runner<'a> {
+    Local {
+        backend: &'a cubbi::local::backend::LocalBackend,
+        key: std::sync::Arc<russh::keys::PrivateKey>,
+    },
+    Remote(&'a cubbi::remote::client::RemoteBackend),
+}
+
+impl Runner<'_> {
+    fn backend(&self) -> &dyn cubbi::api::Backend {
+        match self {
+            Runner::Local { backend, .. } => *backend,
+            Runner::Remote(backend) => *backend,
+        }
+    }
+
+    async fn run(
+        &self,
+        session: &str,
+        request: &cubbi::run::RunRequest,
+    ) -> Result<cubbi::run::RunResult, Failed> {
+        let mut events = Vec::new();
+        let mut on_event = |event: &cubbi::run::RunEvent| events.push(event.clone());
+        let result = match self {
+            Runner::Local { backend, key } => {
+                let image = cubbi::api::Backend::get(*backend, session).await?.image;
+                let metadata = cubbi::run::tool_metadata(&image)?;
+                cubbi::run::run(
+                    *backend,
+                    std::sync::Arc::clone(key),
+                    session,
+                    &metadata,
+                    request,
+                    std::future::pending(),
+                    &mut on_event,
+                )
+                .await?
+            }
+            Runner::Remote(backend) => {
+                let body = cubbi::remote::runs::run_body(None, request, false)?;
+                backend.run(Some(session), &body, &mut on_event).await?
+            }
+        };
+        if !result.is_error {
+            assert!(
+                events
+                    .iter()
+                    .any(|event| matches!(event, cubbi::run::RunEvent::Text { .. })),
+                "a text event before the result: {events:?}"
+            );
+        }
+        Ok(result)
+    }
+}
+
+/// The run scenario every backend passes the same way: a tool call that writes a file, a
+/// resume that sends the earlier turns, and a model error that fails the run.
+async fn run_scenario(
+    runner: Runner<'_>,
+    server: &ModelServer,
+    spec: cubbi::api::SessionSpec,
+) -> Result<(), Failed> {
+    let name = spec.name.clone().ok_or("a named spec")?;
+    runner.backend().create(spec, &cubbi::api::Quiet).await?;
+    server.push(Reply::WriteFile {
+        path: "/home/agent/conformance.txt".into(),
+        content: "written by the agent".into(),
+    });
+    server.push(Reply::Text("Wrote it.".into()));
+    let request = |prompt: &str| cubbi::run::RunRequest {
+        prompt: prompt.into(),
+        timeout: Some(Duration::from_secs(200)),
+        ..Default::default()
+    };
+    let first = runner
+        .run(&name, &request("Write the conformance file"))
+        .await?;
+    assert!(!first.is_error, "{first:?}");
+    assert_eq!(first.result, "Wrote it.");
+    assert_eq!(first.session.as_deref(), Some(name.as_str()));
+    assert_eq!(first.exit_code, Some(0));
+    assert_eq!(
+        first.usage.input_tokens,
+        Some(2 * INPUT_TOKENS),
+        "two turns"
+    );
+    let (written, _, code) = crate::serve::run(
+        runner.backend(),
+        &name,
+        &["cat", "/home/agent/conformance.txt"],
+    )
+    .await?;
+    assert_eq!((written.as_str(), code), ("written by the agent", 0));
+
+    server.push(Reply::Text("Resumed.".into()));
+    let mut resume = request("And now?");
+    resume.resume = first.agent_session_id.clone();
+    let second = runner.run(&name, &resume).await?;
+    assert_eq!(second.result, "Resumed.", "{second:?}");
+    let last_turn = server.turns().pop().ok_or("no turn")?;
+    assert!(
+        last_turn
+            .body
+            .to_string()
+            .contains("Write the conformance file"),
+        "the resumed run sends the earlier turns"
+    );
+
+    server.push(Reply::Error("the fixture refuses".into()));
+    let failed = runner.run(&name, &request("Fail please")).await?;
+    assert!(failed.is_error, "{failed:?}");
+    assert_ne!(failed.exit_code, Some(0), "{failed:?}");
+    runner.backend().close(&name).await?;
+    Ok(())
+}
+
+fn run_conformance_local_and_remote() -> Result<(), Failed> {
+    docker_test("runs-conformance", |scope| async move {
+        let bench = RunService::start(&scope, "claude-code", 4).await?;
+        let network = bench.network.clone();
+        let spec = |name: &str, base_url: String| {
+            let mut spec = crate::serve::spec(name);
+            spec.image = "claude-code".into();
+            spec.networks = vec![network.clone()];
+            spec.env = std::collections::BTreeMap::from([
+                ("ANTHROPIC_API_KEY".to_string(), SECRET.to_string()),
+                ("ANTHROPIC_BASE_URL".to_string(), base_url),
+            ]);
+            spec
+        };
+        let key = std::sync::Arc::new(cubbi::ssh::keys::generate("test")?);
+        let local = crate::support::local_backend_with_key(&scope, None, key.clone())?;
+        run_scenario(
+            Runner::Local {
+                backend: &local,
+                key,
+            },
+            &bench.server,
+            spec(&user(&scope, "run-local"), bench.base_url()),
+        )
+        .await?;
+
+        // A fresh script for the service: the error above answers every turn from then on.
+        let server = ModelServer::start(Vec::new())?;
+        let mut bench = bench;
+        bench.server = server;
+        let remote = bench.service.client(&bench.token)?;
+        run_scenario(
+            Runner::Remote(&remote),
+            &bench.server,
+            spec(&user(&scope, "run-remote"), bench.base_url()),
+        )
+        .await?;
         bench.service.stop().await?;
         Ok(())
     })

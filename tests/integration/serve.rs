@@ -53,7 +53,7 @@ pub(crate) fn spec(name: &str) -> SessionSpec {
 }
 
 /// Stdout, stderr and the exit code of a command run through a backend.
-async fn run(
+pub(crate) async fn run(
     backend: &dyn Backend,
     id: &str,
     command: &[&str],

@@ -66,7 +66,16 @@ pub fn local_backend(
     scope: &DockerScope,
     projects: Option<std::sync::Arc<dyn cubbi::projects::ProjectSource>>,
 ) -> Result<cubbi::local::backend::LocalBackend, Failed> {
-    let key = cubbi::ssh::keys::generate("test")?;
+    let key = std::sync::Arc::new(cubbi::ssh::keys::generate("test")?);
+    local_backend_with_key(scope, projects, key)
+}
+
+/// [`local_backend`] whose sessions authorize `key` (what a run through it connects with).
+pub fn local_backend_with_key(
+    scope: &DockerScope,
+    projects: Option<std::sync::Arc<dyn cubbi::projects::ProjectSource>>,
+    key: std::sync::Arc<russh::keys::PrivateKey>,
+) -> Result<cubbi::local::backend::LocalBackend, Failed> {
     Ok(cubbi::local::backend::LocalBackend::new(
         scope.docker.clone(),
         cubbi::local::backend::LocalOptions {
@@ -75,7 +84,7 @@ pub fn local_backend(
             index: None,
             ports: Default::default(),
             default_network: None,
-            client_key: std::sync::Arc::new(key),
+            client_key: key,
             ssh_files: None,
             port_lock: port_lock().ok_or("no run folder for the port lock")?,
             lock_timeout: std::time::Duration::from_secs(60),
