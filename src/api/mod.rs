@@ -49,6 +49,12 @@ pub trait Backend: Send + Sync {
     async fn snapshots(&self) -> Result<Vec<Snapshot>, ApiError>;
     /// Removes a snapshot by its exact name; one a session runs from is refused.
     async fn remove_snapshot(&self, name: &str) -> Result<Snapshot, ApiError>;
+    /// The owner's agent data volume (the tools' logins and settings) as a checked tar, paths
+    /// relative to the volume; only `image`'s folder when given.
+    async fn export_data(&self, image: Option<&str>) -> Result<(Vec<u8>, DataSummary), ApiError>;
+    /// Checks `archive` entry by entry (no absolute paths, `..`, links out or device files,
+    /// within the size limit) and writes it into the owner's data volume; refused whole.
+    async fn import_data(&self, archive: Vec<u8>) -> Result<DataSummary, ApiError>;
     /// Stops and removes a session; its data volume stays.
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError>;
     /// What the session's units and agent print (the container's console).

@@ -120,6 +120,18 @@ impl std::fmt::Display for SessionState {
     }
 }
 
+/// What an agent data archive held (`cubbi data export|import`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DataSummary {
+    pub files: u64,
+    pub folders: u64,
+    pub links: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// The top-level folders: one per tool image (`claude-code`, `codex`, ...).
+    pub tools: Vec<String>,
+}
+
 /// A session's system container committed as an image of its owner's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {

@@ -2,6 +2,7 @@
 //! logic lives in the library modules the commands call.
 
 mod config_cmd;
+mod data_cmd;
 mod doctor_cmd;
 mod engine_cmd;
 mod image_cmd;
@@ -100,6 +101,8 @@ pub enum Command {
     Session(session_cmd::SessionArgs),
     /// List, show and remove the snapshots `cubbi session snapshot` and `fork` take.
     Snapshot(snapshot_cmd::SnapshotArgs),
+    /// Export or import your agent data volume (the tools' logins and settings).
+    Data(data_cmd::DataArgs),
     /// Run one prompt headless with the session's tool and print its result.
     Run(Box<run_cmd::RunArgs>),
     /// List, inspect and build the system container images sessions boot.
@@ -185,6 +188,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = crate::config::ConfigFile::open_default()?.config()?;
             context.remote = session_remote(cli.remote.as_deref(), &config);
             snapshot_cmd::run(args, &context).await
+        }
+        Command::Data(args) => {
+            let config = crate::config::ConfigFile::open_default()?.config()?;
+            context.remote = session_remote(cli.remote.as_deref(), &config);
+            data_cmd::run(args, &context).await
         }
         Command::Run(args) => {
             let config = crate::config::ConfigFile::open_default()?.config()?;

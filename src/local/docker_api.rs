@@ -17,9 +17,9 @@ use bollard::models::{
     NetworkCreateRequest, NetworkInspect, SystemInfo, Volume, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptions,
-    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptions, RemoveContainerOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -52,6 +52,14 @@ pub trait DockerApi: Send + Sync {
     ) -> Result<ContainerCreateResponse, Error>;
     /// Extracts the tar `archive` at `/` in container `id`.
     async fn upload_archive(&self, id: &str, archive: Vec<u8>) -> Result<(), Error>;
+    /// The tar Docker makes of `path` in a container (created or running); `Ok(None)` when it
+    /// passes `limit` bytes.
+    async fn download_archive(
+        &self,
+        id: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, Error>;
     async fn start_container(&self, id: &str) -> Result<(), Error>;
     async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, Error>;
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), Error>;
@@ -147,6 +155,27 @@ impl DockerApi for Docker {
         let options = UploadToContainerOptionsBuilder::new().path("/").build();
         Docker::upload_to_container(self, id, Some(options), bollard::body_full(archive.into()))
             .await
+    }
+
+    async fn download_archive(
+        &self,
+        id: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
+        let mut chunks = Docker::download_from_container(self, id, Some(options));
+        let mut archive = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if archive.len() + chunk.len() > limit {
+                return Ok(None);
+            }
+            archive.extend_from_slice(&chunk);
+        }
+        Ok(Some(archive))
     }
 
     async fn start_container(&self, id: &str) -> Result<(), Error> {

@@ -1,5 +1,6 @@
 //! The session backend over the local Docker endpoint.
 
+pub mod agent_data;
 pub mod backend;
 pub mod docker_api;
 pub mod index;

@@ -268,14 +268,14 @@ fn without_url(err: &reqwest::Error) -> String {
 }
 
 /// Why a body was not read.
-enum BodyError {
+pub(super) enum BodyError {
     TooLarge,
     Broken(reqwest::Error),
 }
 
 /// The body, or [`BodyError::TooLarge`] as soon as it passes `limit` bytes (announced or
 /// sent): a service cannot make the client hold more.
-async fn read_limited(response: Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+pub(super) async fn read_limited(response: Response, limit: usize) -> Result<Vec<u8>, BodyError> {
     if response
         .content_length()
         .is_some_and(|length| length > limit as u64)
@@ -485,6 +485,17 @@ impl Backend for RemoteBackend {
         let name = crate::local::snapshot::check_name(name)?;
         self.json(self.request(Method::DELETE, &format!("/v1/snapshots/{name}")))
             .await
+    }
+
+    async fn export_data(
+        &self,
+        image: Option<&str>,
+    ) -> Result<(Vec<u8>, crate::api::DataSummary), ApiError> {
+        self.export_remote_data(image).await
+    }
+
+    async fn import_data(&self, archive: Vec<u8>) -> Result<crate::api::DataSummary, ApiError> {
+        self.import_remote_data(archive).await
     }
 
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {

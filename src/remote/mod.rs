@@ -2,6 +2,7 @@
 //! user configured and their tokens).
 
 pub mod client;
+mod data;
 pub mod projects;
 pub mod remotes;
 pub mod runs;

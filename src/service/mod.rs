@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod connections;
+mod data_routes;
 pub mod disk_quota;
 pub mod docker_host;
 mod documented;

@@ -20,6 +20,7 @@ use super::router;
         crate::api::wire::VolumeMountSchema,
         crate::api::wire::ConnectRequest,
         crate::api::Snapshot,
+        crate::api::DataSummary,
         crate::api::wire::SnapshotRequest,
         crate::api::wire::ExecRequest,
         crate::api::wire::ExecLine,
@@ -109,6 +110,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         (routes.timed.paths(), true),
         (routes.streamed.paths(), false),
         (routes.health.paths(), false),
+        (routes.data.paths(), true),
     ] {
         let mut paths = group.clone();
         add_common_answers(&mut paths, timed);

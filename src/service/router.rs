@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::auth::Authenticated;
+use super::data_routes;
 use super::documented::DocumentedRoutes;
 use super::http_error::HttpError;
 use super::lifecycle_routes;
@@ -313,6 +314,8 @@ pub(super) struct ServiceRoutes<H> {
     pub timed: DocumentedRoutes<AppState<H>>,
     pub streamed: DocumentedRoutes<AppState<H>>,
     pub health: DocumentedRoutes<AppState<H>>,
+    /// Timed, with a body limit of their own (agent data archives).
+    pub data: DocumentedRoutes<AppState<H>>,
 }
 
 /// The routes, registered with their documentation; the host type only picks the handlers'
@@ -348,6 +351,9 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<run_routes::__path_create_run, _>(run_routes::create_run::<H>)
             .route::<run_routes::__path_run_in_session, _>(run_routes::run_in_session::<H>),
         health: DocumentedRoutes::new().route::<__path_healthz, _>(healthz),
+        data: DocumentedRoutes::new()
+            .route::<data_routes::__path_export, _>(data_routes::export::<H>)
+            .route::<data_routes::__path_import, _>(data_routes::import::<H>),
     }
 }
 
@@ -356,8 +362,16 @@ pub fn router<H: SessionHost>(state: AppState<H>, body_limit: usize) -> Router {
         timed,
         streamed,
         health,
+        data,
     } = routes::<H>();
     let time_limited = middleware::from_fn_with_state(state.clone(), time_limit::<H>);
+    let (data, _) = data
+        .map_router(|router| {
+            router
+                .route_layer(time_limited.clone())
+                .route_layer(DefaultBodyLimit::max(data_routes::BODY_LIMIT))
+        })
+        .into_parts();
     let (timed, _) = timed
         .map_router(|router| router.route_layer(time_limited))
         .into_parts();
@@ -367,6 +381,7 @@ pub fn router<H: SessionHost>(state: AppState<H>, body_limit: usize) -> Router {
         .merge(timed)
         .merge(streamed)
         .merge(health)
+        .merge(data)
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -29,6 +29,8 @@ struct Memory {
     creates: Mutex<Vec<SessionSpec>>,
     /// When set, a create waits here after reserving, as a booting session does.
     boot_gate: Option<Arc<Notify>>,
+    /// Each owner's agent data, as the checked tar an import made of it.
+    data: Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 struct MemoryHost(Arc<Memory>);
@@ -149,6 +151,40 @@ impl Backend for MemoryBackend {
 
     async fn remove_snapshot(&self, name: &str) -> Result<crate::api::Snapshot, ApiError> {
         Err(ApiError::NotFound(name.to_string()))
+    }
+
+    async fn export_data(
+        &self,
+        _image: Option<&str>,
+    ) -> Result<(Vec<u8>, crate::api::DataSummary), ApiError> {
+        let stored = self
+            .memory
+            .data
+            .lock()
+            .unwrap()
+            .get(&self.caller.user)
+            .cloned();
+        let archive = match stored {
+            Some(archive) => archive,
+            None => tar::Builder::new(Vec::new()).into_inner().unwrap(),
+        };
+        Ok((archive, crate::api::DataSummary::default()))
+    }
+
+    async fn import_data(&self, archive: Vec<u8>) -> Result<crate::api::DataSummary, ApiError> {
+        let (checked, summary) = crate::local::agent_data::rewrite(
+            archive.as_slice(),
+            0,
+            std::path::Path::new(""),
+            Default::default(),
+        )
+        .map_err(|err| ApiError::invalid(err.to_string()))?;
+        self.memory
+            .data
+            .lock()
+            .unwrap()
+            .insert(self.caller.user.clone(), checked);
+        Ok(summary)
     }
 }
 
@@ -336,4 +372,56 @@ async fn policy_refusals_create_nothing() {
     }
     assert!(memory.creates.lock().unwrap().is_empty());
     assert!(memory.sessions.lock().unwrap().is_empty());
+}
+
+/// A tar of one file `path` holding `size` bytes, the path written as given.
+fn tar_with(path: &str, size: usize) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size as u64);
+    header.set_mode(0o600);
+    let name = &mut header.as_old_mut().name;
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append(&header, vec![b'x'; size].as_slice())
+        .unwrap();
+    builder.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn agent_data_imports_take_archives_past_the_body_limit_and_refuse_hostile_ones() {
+    let memory = Arc::new(Memory::default());
+    let service = service(&memory, 2);
+    let post = |archive: Vec<u8>| {
+        Request::post("/v1/data")
+            .header("authorization", format!("Bearer {}", service.token))
+            .header("content-type", "application/x-tar")
+            .body(Body::from(archive))
+            .unwrap()
+    };
+    // Twice the router's body limit (1 MiB): data routes have a limit of their own.
+    let big = tar_with("claude-code/.claude/history.jsonl", 2 << 20);
+    let response = service.router.clone().oneshot(post(big)).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["files"], 1, "{body}");
+    assert_eq!(body["tools"], serde_json::json!(["claude-code"]), "{body}");
+
+    let hostile = tar_with("../../etc/cron.d/x", 4);
+    let response = service.router.clone().oneshot(post(hostile)).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(error_code(&body), "invalid", "{body}");
+    // What alice had stays as it was.
+    let kept = memory.data.lock().unwrap()["alice"].len();
+    assert!(kept > 2 << 20, "{kept}");
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod data;
 mod disk;
 mod docker;
 mod engine;
@@ -73,6 +74,7 @@ fn main() {
     tests.extend(remotes::tests());
     tests.extend(run::tests());
     tests.extend(run_service::tests());
+    tests.extend(data::tests());
     tests.extend(session::tests());
     tests.extend(setup_systemd::tests());
     tests.extend(snapshot::tests());

@@ -199,6 +199,16 @@ impl DockerApi for FakeDocker {
         self.scripted("upload_archive", id)
     }
 
+    async fn download_archive(
+        &self,
+        id: &str,
+        _path: &str,
+        _limit: usize,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        self.scripted("download_archive", id)?;
+        Ok(Some(Vec::new()))
+    }
+
     async fn start_container(&self, id: &str) -> Result<(), Error> {
         self.scripted("start_container", id)
     }

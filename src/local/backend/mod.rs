@@ -39,6 +39,7 @@ use crate::ssh::keys;
 
 mod boot;
 mod create;
+mod data;
 mod lifecycle;
 mod lookup;
 mod networks;
@@ -337,6 +338,17 @@ impl Backend for LocalBackend {
 
     async fn remove_snapshot(&self, name: &str) -> Result<Snapshot, ApiError> {
         self.remove_snapshot_named(name).await
+    }
+
+    async fn export_data(
+        &self,
+        image: Option<&str>,
+    ) -> Result<(Vec<u8>, crate::api::DataSummary), ApiError> {
+        self.export_agent_data(image).await
+    }
+
+    async fn import_data(&self, archive: Vec<u8>) -> Result<crate::api::DataSummary, ApiError> {
+        self.import_agent_data(archive).await
     }
 
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {
