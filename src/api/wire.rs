@@ -15,9 +15,14 @@ use super::{ApiError, ErrorCode, ExecEvent, VolumeMount};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
-    /// A cubbi image name (`claude-code`) the service allows.
+    /// A cubbi image name (`claude-code`) the service allows. Give this or `snapshot`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schema(pattern = r"^[a-z0-9][a-z0-9-]*$", min_length = 1, max_length = 63)]
     pub image: String,
+    /// Boot the caller's snapshot of this exact name (`GET /v1/snapshots`) instead of an
+    /// image: the new session has the snapshot's files, a new host key, port and name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// Session name; derived from the project when absent. Lowercased, `_`, `.` and spaces
     /// become `-`, other characters are dropped, at most 63 are kept; nothing left is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -599,13 +599,24 @@ pub async fn create_session(
     }
     let target = Target::open(context, config).await?;
     let backend = target.backend.as_ref();
-    if let Some(name) = &args.from_snapshot {
-        refuse_snapshot_sessions_on_services(context)?;
-        spec.image = crate::local::snapshot::pick(backend.snapshots().await?, name)?.image;
-    }
+    // A service looks the snapshot up among the caller's own; locally it is picked here.
+    let on_service = match (&args.from_snapshot, &context.remote) {
+        (Some(name), Some(remote)) => Some((
+            remote_backend(remote, config, &target.files, &target.client_key)?,
+            name.clone(),
+        )),
+        (Some(name), None) => {
+            spec.image = crate::local::snapshot::pick(backend.snapshots().await?, name)?.image;
+            None
+        }
+        (None, _) => None,
+    };
     let started = std::time::Instant::now();
     let spinner = Spinner::new();
-    let created = backend.create(spec, &spinner).await;
+    let created = match on_service {
+        Some((remote, snapshot)) => remote.create_with(spec, Some(snapshot), &spinner).await,
+        None => backend.create(spec, &spinner).await,
+    };
     spinner.bar.finish_and_clear();
     let session = created?;
     if context.mode.json {
@@ -642,7 +653,6 @@ pub async fn create_session(
 /// snapshot unless `--name` says otherwise).
 async fn fork(args: ForkArgs, context: &Context, config: &Config) -> Result<ExitCode, CliError> {
     let ForkArgs { id, mut create } = args;
-    refuse_snapshot_sessions_on_services(context)?;
     if create.from_snapshot.is_some() || create.image.is_some() {
         return Err(CliError::Refused(
             "a fork boots the snapshot it takes; --image and --from-snapshot do not apply".into(),
@@ -661,18 +671,6 @@ async fn fork(args: ForkArgs, context: &Context, config: &Config) -> Result<Exit
     create.name = create.name.or_else(|| Some(snapshot.name.clone()));
     create.from_snapshot = Some(snapshot.name);
     create_session(create, context, config).await
-}
-
-/// A service keeps snapshots but does not boot them yet (its create takes catalogue images
-/// only).
-fn refuse_snapshot_sessions_on_services(context: &Context) -> Result<(), CliError> {
-    match &context.remote {
-        Some(remote) => Err(CliError::Refused(format!(
-            "sessions from snapshots are made on the local endpoint only; the service `{remote}` \
-             keeps snapshots (`cubbi -r {remote} snapshot list`) but does not boot them yet"
-        ))),
-        None => Ok(()),
-    }
 }
 
 /// Once per user, on a terminal: add `Include ~/.ssh/cubbi.d/*.conf` to ~/.ssh/config.

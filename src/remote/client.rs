@@ -234,6 +234,29 @@ impl RemoteBackend {
         Ok(())
     }
 
+    /// A create of `spec`, or of a session from the caller's snapshot `snapshot` (the spec's
+    /// image is then the snapshot's, on the service).
+    pub async fn create_with(
+        &self,
+        spec: SessionSpec,
+        snapshot: Option<String>,
+        progress: &dyn Progress,
+    ) -> Result<Session, ApiError> {
+        progress.step(CreateStep::Validating);
+        let mut request = create_request(spec, self.public_key.clone())?;
+        if snapshot.is_some() {
+            request.image = String::new();
+            request.snapshot = snapshot;
+        }
+        progress.step(CreateStep::WaitingForSsh);
+        let session = self
+            .session(self.request(Method::POST, "/v1/sessions").json(&request))
+            .await?;
+        progress.step(CreateStep::WritingSshConfig);
+        self.write_ssh_files(&session)?;
+        Ok(session)
+    }
+
     pub async fn images(&self) -> Result<Vec<ImageInfo>, ApiError> {
         self.json(self.request(Method::GET, "/v1/images")).await
     }
@@ -411,6 +434,7 @@ pub(super) fn create_request(
     }
     Ok(CreateRequest {
         image,
+        snapshot: None,
         name,
         env,
         networks,
@@ -433,15 +457,7 @@ impl Backend for RemoteBackend {
         spec: SessionSpec,
         progress: &dyn Progress,
     ) -> Result<Session, ApiError> {
-        progress.step(CreateStep::Validating);
-        let request = create_request(spec, self.public_key.clone())?;
-        progress.step(CreateStep::WaitingForSsh);
-        let session = self
-            .session(self.request(Method::POST, "/v1/sessions").json(&request))
-            .await?;
-        progress.step(CreateStep::WritingSshConfig);
-        self.write_ssh_files(&session)?;
-        Ok(session)
+        self.create_with(spec, None, progress).await
     }
 
     async fn list(&self) -> Result<Vec<Session>, ApiError> {

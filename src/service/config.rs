@@ -139,6 +139,8 @@ pub struct Limits {
     pub pids_limit: PidsLimit,
     /// Most projects one user may register (each holds a sealed credential and host keys).
     pub projects_per_user: usize,
+    /// Most snapshots one user may keep (each is an image on the engine's disk).
+    pub snapshots_per_user: usize,
     /// Largest writable layer of a session, Docker's syntax (`20g`). Needs the engine's data
     /// root on XFS with project quotas; unset, a quarter of that file system where possible.
     pub disk: Option<MemoryLimit>,
@@ -244,6 +246,7 @@ impl Default for Limits {
             cpus: None,
             pids_limit: PidsLimit::default(),
             projects_per_user: 100,
+            snapshots_per_user: 10,
             disk: None,
         }
     }

@@ -103,7 +103,8 @@ async fn change<H: SessionHost>(
         (status = 400, description = "Bad id or name", body = crate::api::wire::ErrorBody),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
         (status = 404, description = "No such session of the caller's", body = crate::api::wire::ErrorBody),
-        (status = 409, description = "A snapshot of that name exists, or the session is being created", body = crate::api::wire::ErrorBody)))]
+        (status = 409, description = "A snapshot of that name exists, or the session is being created", body = crate::api::wire::ErrorBody),
+        (status = 429, description = "The caller keeps limits.snapshots_per_user snapshots", body = crate::api::wire::ErrorBody)))]
 pub(super) async fn snapshot<H: SessionHost>(
     State(state): State<AppState<H>>,
     Authenticated(caller): Authenticated,
@@ -115,6 +116,20 @@ pub(super) async fn snapshot<H: SessionHost>(
     let Json(request) = body?;
     let sessions = state.host().sessions_of(&caller);
     let target = exact_target(&sessions, &id, "snapshots").await?;
+    // Counted as the user's own, admin or not: an admin's view lists everyone's.
+    let own = Caller {
+        user: caller.user.clone(),
+        admin: false,
+    };
+    let kept = state.host().sessions_of(&own).snapshots().await?.len();
+    let limit = state.policy().snapshots_per_user;
+    if kept >= limit {
+        return Err(ApiError::Quota(format!(
+            "you keep {kept} snapshots and this service allows {limit} per user \
+             (limits.snapshots_per_user); remove one first (`cubbi -r NAME snapshot rm`)"
+        ))
+        .into());
+    }
     // On its own task: a client that goes away must not leave a session paused.
     let made = tokio::spawn(async move { sessions.snapshot(&target, request.name).await })
         .await

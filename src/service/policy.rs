@@ -27,6 +27,7 @@ pub struct Policy {
     pub max_cpus: Option<CpuLimit>,
     pub max_pids: PidsLimit,
     pub projects_per_user: usize,
+    pub snapshots_per_user: usize,
 }
 
 impl Policy {
@@ -54,24 +55,48 @@ impl Policy {
             max_cpus: config.limits.cpus.or_else(host_share_of_cpus),
             max_pids: config.limits.pids_limit,
             projects_per_user: config.limits.projects_per_user,
+            snapshots_per_user: config.limits.snapshots_per_user,
         })
     }
 
     /// The spec a request may have, or why not.
     pub fn spec(&self, request: CreateRequest) -> Result<SessionSpec, ApiError> {
-        if !crate::images::metadata::is_image_name(&request.image) {
+        match (&request.snapshot, request.image.is_empty()) {
+            (Some(_), false) => {
+                return Err(ApiError::invalid(
+                    "give `image` or `snapshot`, not both: a snapshot boots the image it was \
+                     committed as",
+                ));
+            }
+            (None, true) => {
+                return Err(ApiError::invalid(
+                    "a session needs an `image` (`GET /v1/images`) or a `snapshot` \
+                     (`GET /v1/snapshots`)",
+                ));
+            }
+            // The caller's snapshot is looked up, and becomes the image, by the handler.
+            (Some(_), true) => {}
+            (None, false) => self.check_image(&request.image)?,
+        }
+        self.spec_for(request)
+    }
+
+    fn check_image(&self, image: &str) -> Result<(), ApiError> {
+        if !crate::images::metadata::is_image_name(image) {
             return Err(ApiError::invalid(format!(
-                "`{}` is not a cubbi image name; `GET /v1/images` lists them",
-                request.image
+                "`{image}` is not a cubbi image name; `GET /v1/images` lists them"
             )));
         }
-        if !self.images.is_empty() && !self.images.contains(&request.image) {
+        if !self.images.is_empty() && !self.images.iter().any(|offered| offered == image) {
             return Err(ApiError::invalid(format!(
-                "this service does not offer image `{}`; it offers {}",
-                request.image,
+                "this service does not offer image `{image}`; it offers {}",
                 self.images.join(", ")
             )));
         }
+        Ok(())
+    }
+
+    fn spec_for(&self, request: CreateRequest) -> Result<SessionSpec, ApiError> {
         let volumes = request
             .volumes
             .into_iter()

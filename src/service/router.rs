@@ -530,6 +530,7 @@ impl Progress for Reserved {
         (status = 202, description = "Created, still booting (`?wait=false`)", body = Session),
         (status = 400, description = "Invalid request", body = crate::api::wire::ErrorBody),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 404, description = "No snapshot of the caller's by that name (`snapshot`)", body = crate::api::wire::ErrorBody),
         (status = 409, description = "The name is taken", body = crate::api::wire::ErrorBody),
         (status = 413, description = "Body over the limit", body = crate::api::wire::ErrorBody),
         (status = 429, description = "Quota reached", body = crate::api::wire::ErrorBody),
@@ -544,9 +545,17 @@ pub(super) async fn create<H: SessionHost>(
 ) -> Result<Response, HttpError> {
     let Query(query) = query?;
     let Json(request) = body?;
-    check_offered(&state.shared.host.images().await?, &request.image)?;
-    let spec = state.shared.policy.spec(request)?;
+    let snapshot = request.snapshot.clone();
+    if snapshot.is_none() {
+        check_offered(&state.shared.host.images().await?, &request.image)?;
+    }
+    let mut spec = state.shared.policy.spec(request)?;
     let backend = state.shared.host.sessions_of(&caller);
+    if let Some(name) = snapshot {
+        // The caller's own snapshots only: another user's is a 404, like their sessions.
+        check_id(&name)?;
+        spec.image = crate::local::snapshot::pick(backend.snapshots().await?, &name)?.image;
+    }
     let slot = state.quota_slot(&caller).await?;
     let (sender, reserved) = tokio::sync::oneshot::channel();
     let host = Arc::clone(&state.shared.host);

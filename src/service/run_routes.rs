@@ -65,6 +65,7 @@ impl RunBody {
     fn create_request(&self, image: String) -> CreateRequest {
         CreateRequest {
             image,
+            snapshot: None,
             // Runs come in numbers and names are the engine's: a fresh one unless asked.
             name: self
                 .name

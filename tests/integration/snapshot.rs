@@ -237,13 +237,22 @@ async fn fork_scenario(scope: &DockerScope) -> Result<(), Failed> {
 fn another_users_snapshots_are_unreachable_over_http() -> Result<(), Failed> {
     docker_test("snap-http", |scope| async move {
         scope.ensure_base().await?;
-        let mut service = TestService::start(&scope, |_| {}).await?;
+        let mut service = TestService::start(&scope, |config| {
+            config.limits.snapshots_per_user = 3;
+        })
+        .await?;
         let (bob, eve) = (user(&scope, "bob"), user(&scope, "eve"));
         let (bob_token, eve_token) = (service.token(&bob, false)?, service.token(&eve, false)?);
         let bob_client = service.client(&bob_token)?;
         let eve_client = service.client(&eve_token)?;
         let name = user(&scope, "snapped");
-        bob_client.create(crate::serve::spec(&name), &Quiet).await?;
+        let source = bob_client.create(crate::serve::spec(&name), &Quiet).await?;
+        crate::serve::run(
+            &bob_client,
+            &name,
+            &["sh", "-c", "echo kept > /var/tmp/kept"],
+        )
+        .await?;
         let snap = user(&scope, "bobs");
         let made = bob_client.snapshot(&name, Some(snap.clone())).await?;
         assert_eq!(made.owner, bob, "owners as the service names them");
@@ -276,10 +285,82 @@ fn another_users_snapshots_are_unreachable_over_http() -> Result<(), Failed> {
             .await?;
         assert_eq!(answer.status().as_u16(), 409, "a name bob has already");
 
+        // A session from bob's snapshot: its files, a new host key and port.
+        let copy = user(&scope, "copy");
+        let mut copy_spec = crate::serve::spec(&copy);
+        copy_spec.image = "ignored-for-snapshots".into();
+        let copied = bob_client
+            .create_with(copy_spec, Some(snap.clone()), &Quiet)
+            .await?;
+        let (kept, _, code) =
+            crate::serve::run(&bob_client, &copy, &["cat", "/var/tmp/kept"]).await?;
+        assert_eq!((kept.as_str(), code), ("kept\n", 0));
+        assert_ne!(copied.ssh.host_key, source.ssh.host_key);
+        assert_ne!(copied.ssh.port, source.ssh.port);
+        // Eve cannot boot it, nor find it.
+        let answer = http
+            .post(format!("{}/v1/sessions", service.url))
+            .bearer_auth(&eve_token)
+            .json(&serde_json::json!({"snapshot": snap, "runtime": SessionRuntime::of_this_run().runtime_name()}))
+            .send()
+            .await?;
+        assert_eq!(answer.status().as_u16(), 404, "eve booting bob's snapshot");
+        let both = http
+            .post(format!("{}/v1/sessions", service.url))
+            .bearer_auth(&bob_token)
+            .json(&serde_json::json!({"snapshot": snap, "image": "base"}))
+            .send()
+            .await?;
+        assert_eq!(both.status().as_u16(), 400, "image and snapshot at once");
+
+        // `cubbi -r NAME session fork` through the CLI: a second snapshot, and its session.
+        let home = TestHome::new();
+        scope
+            .cubbi(&home)
+            .args(["remote", "add", "svc", &service.url])
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(["-r", "svc", "auth"])
+            .stdin(format!("{bob_token}\n"))
+            .run()
+            .success();
+        let forked = user(&scope, "forked");
+        let mut fork = vec![
+            "-r",
+            "svc",
+            "session",
+            "fork",
+            name.as_str(),
+            "--no-connect",
+        ];
+        fork.extend(["--no-mount", "--name", forked.as_str()]);
+        fork.extend(SessionRuntime::of_this_run().create_flags());
+        scope.cubbi(&home).args(fork).run().success();
+        let (kept, _, _) =
+            crate::serve::run(&bob_client, &forked, &["cat", "/var/tmp/kept"]).await?;
+        assert_eq!(kept, "kept\n");
+
+        // The third is the last the limit allows.
+        bob_client.snapshot(&name, None).await?;
+        let err = bob_client
+            .snapshot(&name, None)
+            .await
+            .err()
+            .ok_or("a fourth snapshot past limits.snapshots_per_user")?;
+        assert_eq!(err.code(), ErrorCode::Quota, "{err}");
+        assert!(err.to_string().contains("snapshots_per_user"), "{err}");
+
+        bob_client.close(&copy).await?;
+        bob_client.close(&forked).await?;
         let mine = bob_client.snapshots().await?;
-        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert_eq!(mine.len(), 3, "{mine:?}");
         let removed = bob_client.remove_snapshot(&snap).await?;
         assert_eq!(removed.name, snap);
+        for other in bob_client.snapshots().await? {
+            bob_client.remove_snapshot(&other.name).await?;
+        }
         assert!(bob_client.snapshots().await?.is_empty());
         bob_client.close(&name).await?;
         service.stop().await?;
