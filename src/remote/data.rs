@@ -59,7 +59,7 @@ impl RemoteBackend {
         })?;
         self.json(
             self.request(Method::POST, "/v1/data")
-                .header(CONTENT_TYPE, "application/x-tar")
+                .header(CONTENT_TYPE, "application/octet-stream")
                 .body(archive),
         )
         .await

@@ -28,6 +28,7 @@ pub(super) const BODY_LIMIT: usize = (ArchiveLimits::DEFAULT_MAX_BYTES + (64 << 
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ExportQuery {
     /// Only this tool image's folder (`claude-code`).
     image: Option<String>,
@@ -43,7 +44,7 @@ fn transfer_slot() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
 
 #[utoipa::path(get, path = "/v1/data", operation_id = "export_data", tag = "data",
     params(ExportQuery), security(("token" = [])),
-    responses((status = 200, description = "The caller's agent data volume as a tar (paths relative to the volume: `claude-code/.claude/...`), checked entry by entry", content_type = "application/x-tar", body = Vec<u8>),
+    responses((status = 200, description = "The caller's agent data volume as a tar (paths relative to the volume: `claude-code/.claude/...`), checked entry by entry", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, description = "Bad image name, or the volume holds what an export refuses to carry", body = crate::api::wire::ErrorBody),
         (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
         (status = 404, description = "No data for that image yet", body = crate::api::wire::ErrorBody),
@@ -60,11 +61,11 @@ pub(super) async fn export<H: SessionHost>(
         .sessions_of(&caller)
         .export_data(query.image.as_deref())
         .await?;
-    Ok(([(CONTENT_TYPE, "application/x-tar")], archive).into_response())
+    Ok(([(CONTENT_TYPE, "application/octet-stream")], archive).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/data", operation_id = "import_data", tag = "data",
-    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "A tar with paths relative to the data volume"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A tar with paths relative to the data volume"),
     security(("token" = [])),
     responses((status = 200, description = "Written into the caller's data volume", body = DataSummary),
         (status = 400, description = "A hostile or unreadable archive (absolute paths, `..`, links out, device files, over the limits); nothing was written", body = crate::api::wire::ErrorBody),

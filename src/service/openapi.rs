@@ -155,7 +155,8 @@ mod tests {
         let document = serde_json::to_value(super::document()).unwrap();
         let paths = document["paths"].as_object().unwrap();
         let routes = super::router::routes::<crate::service::docker_host::DockerHost>();
-        let timed = &routes.timed.paths().paths;
+        let mut timed = routes.timed.paths().paths.clone();
+        timed.extend(routes.data.paths().paths.clone());
         assert!(timed.contains_key("/v1/sessions") && !timed.contains_key("/healthz"));
         let mut checked = 0;
         for (path, item) in paths {

@@ -397,7 +397,7 @@ async fn agent_data_imports_take_archives_past_the_body_limit_and_refuse_hostile
     let post = |archive: Vec<u8>| {
         Request::post("/v1/data")
             .header("authorization", format!("Bearer {}", service.token))
-            .header("content-type", "application/x-tar")
+            .header("content-type", "application/octet-stream")
             .body(Body::from(archive))
             .unwrap()
     };

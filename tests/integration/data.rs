@@ -255,7 +255,7 @@ fn service_data_is_the_callers_own() -> Result<(), Failed> {
         let hostile = reqwest::Client::new()
             .post(format!("{}/v1/data", service.url))
             .bearer_auth(&bob_token)
-            .header("content-type", "application/x-tar")
+            .header("content-type", "application/octet-stream")
             .body(raw_tar("../../x", tar::EntryType::Regular, ""))
             .send()
             .await?;
