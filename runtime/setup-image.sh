@@ -11,7 +11,7 @@ S=/etc/systemd/system
 
 # --- cubbi programs
 install -m 0755 "$R/init" "$R/cubbi-init" "$R/cubbi-project" "$R/cubbi-ssh-keygen" \
-    "$R/cubbi-docker-storage" "$L/"
+    "$R/cubbi-docker-storage" "$R/cubbi-activity" "$L/"
 install -m 0644 "$R/cubbi-lib.sh" "$L/"
 
 # --- units and drop-ins
@@ -26,7 +26,7 @@ done
 # also disables what its [Install] section names with Also=.
 systemctl disable docker.service containerd.service
 systemctl enable cubbi-init.service cubbi-ssh-keygen.service cubbi-project.service \
-    ssh.service docker.socket cubbi-docker-late.timer
+    ssh.service docker.socket cubbi-docker-late.timer cubbi-activity.timer
 
 # --- sshd: keys only; the session env file is loaded by PAM for every session
 install -m 0644 "$R/sshd_config.d/cubbi.conf" /etc/ssh/sshd_config.d/cubbi.conf

@@ -55,6 +55,11 @@ pub trait Backend: Send + Sync {
     /// Checks `archive` entry by entry (no absolute paths, `..`, links out or device files,
     /// within the size limit) and writes it into the owner's data volume; refused whole.
     async fn import_data(&self, archive: Vec<u8>) -> Result<DataSummary, ApiError>;
+    /// Stops the sessions that have been idle past their `--idle-stop` limit. Where the
+    /// checking is someone else's (a service checks its own sessions), nothing.
+    async fn stop_idle(&self) -> Result<Vec<IdleStopped>, ApiError> {
+        Ok(Vec::new())
+    }
     /// Stops and removes a session; its data volume stays.
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError>;
     /// What the session's units and agent print (the container's console).

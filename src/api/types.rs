@@ -51,6 +51,10 @@ pub struct SessionSpec {
     /// key (a service authorizes its caller's key this way).
     #[serde(default)]
     pub authorized_keys: Vec<String>,
+    /// Stop the session (as `stop` does) once nobody has been connected over SSH for this
+    /// many seconds; `None` keeps it running.
+    #[serde(default)]
+    pub idle_stop_secs: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -118,6 +122,14 @@ impl std::fmt::Display for SessionState {
         };
         f.write_str(text)
     }
+}
+
+/// A session idle stop stopped (`--idle-stop`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleStopped {
+    pub id: String,
+    pub name: String,
+    pub idle_secs: u64,
 }
 
 /// What an agent data archive held (`cubbi data export|import`).

@@ -62,6 +62,11 @@ pub struct CreateRequest {
     /// `sysbox-runc` unless given; `runc` only where the service allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Stop the session (keeping it) after this many seconds without an SSH connection; at
+    /// most, and by default, the service's `limits.idle_stop` when it sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub idle_stop_secs: Option<u64>,
     /// The caller's OpenSSH public key, authorized in the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,

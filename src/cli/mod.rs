@@ -4,6 +4,7 @@
 mod config_cmd;
 mod data_cmd;
 mod doctor_cmd;
+mod duration;
 mod engine_cmd;
 mod image_cmd;
 pub mod output;

@@ -151,6 +151,11 @@ pub struct CreateArgs {
     /// Allow --runtime runc without Sysbox. The session is then NOT isolated from the host.
     #[arg(long)]
     pub unsafe_runc: bool,
+    /// Stop the session (keeping it, like `session stop`) once nobody has been connected over
+    /// SSH for this long (`30m`, `2h`). cubbi checks on `session list` and `session create`;
+    /// a service checks every minute.
+    #[arg(long, value_name = "DURATION", value_parser = super::duration::parse_duration)]
+    pub idle_stop: Option<std::time::Duration>,
     /// Boot a snapshot of yours (`cubbi snapshot list`) instead of an image: its files, with
     /// a new host key, port and name.
     #[arg(long, value_name = "SNAP", conflicts_with = "image")]
@@ -331,6 +336,7 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::List => {
+            stop_idle(backend).await;
             let sessions = backend.list().await?;
             print_sessions(&sessions, context, &config)?;
             Ok(ExitCode::SUCCESS)
@@ -518,6 +524,7 @@ pub(super) fn spec_from(
         unsafe_runc: args.unsafe_runc || config.defaults.allow_unsafe_runc,
         ssh_bind: args.ssh_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         authorized_keys: Vec::new(),
+        idle_stop_secs: args.idle_stop.map(|idle| idle.as_secs().max(1)),
     })
 }
 
@@ -611,6 +618,8 @@ pub async fn create_session(
         }
         (None, _) => None,
     };
+    // An idle session gives its port and memory back before a new one takes more.
+    stop_idle(backend).await;
     let started = std::time::Instant::now();
     let spinner = Spinner::new();
     let created = match on_service {
@@ -671,6 +680,25 @@ async fn fork(args: ForkArgs, context: &Context, config: &Config) -> Result<Exit
     create.name = create.name.or_else(|| Some(snapshot.name.clone()));
     create.from_snapshot = Some(snapshot.name);
     create_session(create, context, config).await
+}
+
+/// `--idle-stop`: the local endpoint has no daemon to watch sessions, so `list` and `create`
+/// stop the idle ones, and say so. A failure here is a note, never the command's failure.
+async fn stop_idle(backend: &dyn Backend) {
+    match backend.stop_idle().await {
+        Ok(stopped) => {
+            for session in stopped {
+                eprintln!(
+                    "stopped idle session {} (no SSH connection for {}s; `cubbi session start {}` \
+                     boots it again)",
+                    safe(&session.name),
+                    session.idle_secs,
+                    safe(&session.name)
+                );
+            }
+        }
+        Err(err) => tracing::debug!("idle stop: {err}"),
+    }
 }
 
 /// Once per user, on a terminal: add `Include ~/.ssh/cubbi.d/*.conf` to ~/.ssh/config.

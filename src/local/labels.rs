@@ -19,6 +19,8 @@ pub const COMMAND: &str = "io.cubbi.command";
 pub const MANAGED: &str = "io.cubbi.managed";
 /// The project id a per-project config volume belongs to (with [`OWNER`]).
 pub const PROJECT: &str = "io.cubbi.project";
+/// Seconds without an SSH connection after which the session is stopped (`--idle-stop`).
+pub const IDLE_STOP: &str = "io.cubbi.idle-stop";
 
 /// The container of a ready session.
 pub fn container_name(session: &str) -> String {

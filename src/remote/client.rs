@@ -418,6 +418,7 @@ pub(super) fn create_request(
         unsafe_runc,
         ssh_bind: _, // `--ssh-bind` is refused for a remote where it is parsed
         authorized_keys,
+        idle_stop_secs,
     } = spec;
     if let Some(workspace) = &workspace {
         return Err(ApiError::invalid(format!(
@@ -446,6 +447,7 @@ pub(super) fn create_request(
         cpus,
         pids_limit,
         runtime: Some(runtime),
+        idle_stop_secs,
         public_key: Some(public_key),
     })
 }
@@ -596,6 +598,7 @@ mod tests {
             unsafe_runc: false,
             ssh_bind: "127.0.0.1".parse().unwrap(),
             authorized_keys: Vec::new(),
+            idle_stop_secs: None,
         }
     }
 

@@ -141,6 +141,9 @@ pub struct Limits {
     pub projects_per_user: usize,
     /// Most snapshots one user may keep (each is an image on the engine's disk).
     pub snapshots_per_user: usize,
+    /// Seconds without an SSH connection after which a session is stopped (kept, like `stop`);
+    /// also the most a create may ask for. 0: sessions run until stopped.
+    pub idle_stop: u64,
     /// Largest writable layer of a session, Docker's syntax (`20g`). Needs the engine's data
     /// root on XFS with project quotas; unset, a quarter of that file system where possible.
     pub disk: Option<MemoryLimit>,
@@ -247,6 +250,7 @@ impl Default for Limits {
             pids_limit: PidsLimit::default(),
             projects_per_user: 100,
             snapshots_per_user: 10,
+            idle_stop: 0,
             disk: None,
         }
     }

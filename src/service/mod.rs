@@ -116,6 +116,9 @@ pub fn start<H: SessionHost>(
             max_run_timeout: Duration::from_secs(config.runs.max_timeout),
         },
     );
+    if let Some(limit) = config_idle_stop(config) {
+        tokio::spawn(idle_watch(state.host_arc(), limit, stopping.clone()));
+    }
     let app = router::router(state, config.server.body_limit);
     let grace = Duration::from_secs(config.server.shutdown_grace);
     let header_timeout = Duration::from_secs(config.server.header_timeout);
@@ -223,4 +226,42 @@ async fn disk_limit(
         }
     }
     Ok(limit)
+}
+
+/// The service's idle stop limit, when it sets one.
+fn config_idle_stop(config: &ServiceConfig) -> Option<Duration> {
+    (config.limits.idle_stop > 0).then(|| Duration::from_secs(config.limits.idle_stop))
+}
+
+/// Stops idle sessions (`limits.idle_stop`, or a shorter `idle_stop_secs` a create asked
+/// for) until the service stops: every quarter of the limit, at least every minute.
+async fn idle_watch<H: router::SessionHost>(
+    host: std::sync::Arc<H>,
+    limit: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let every = (limit / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let everyone = store::Caller {
+        user: "cubbi-idle-stop".into(),
+        admin: true,
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stopping.changed() => return,
+        }
+        match crate::api::Backend::stop_idle(&host.sessions_of(&everyone)).await {
+            Ok(stopped) => {
+                for session in stopped {
+                    tracing::info!(
+                        session = session.name,
+                        idle_secs = session.idle_secs,
+                        "stopped an idle session"
+                    );
+                    host.changed(&session.id).await;
+                }
+            }
+            Err(err) => tracing::warn!("idle stop: {err}"),
+        }
+    }
 }

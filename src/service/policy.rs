@@ -28,6 +28,9 @@ pub struct Policy {
     pub max_pids: PidsLimit,
     pub projects_per_user: usize,
     pub snapshots_per_user: usize,
+    /// Seconds without an SSH connection after which sessions stop: the default and the
+    /// most a create may ask for (limits.idle_stop; `None`: sessions run until stopped).
+    pub idle_stop_secs: Option<u64>,
 }
 
 impl Policy {
@@ -56,6 +59,7 @@ impl Policy {
             max_pids: config.limits.pids_limit,
             projects_per_user: config.limits.projects_per_user,
             snapshots_per_user: config.limits.snapshots_per_user,
+            idle_stop_secs: (config.limits.idle_stop > 0).then_some(config.limits.idle_stop),
         })
     }
 
@@ -164,6 +168,17 @@ impl Policy {
             (Some(cpus), _) => Some(cpus),
             (None, max) => max,
         };
+        let idle_stop_secs = match (request.idle_stop_secs, self.idle_stop_secs) {
+            (Some(0), _) => {
+                return Err(ApiError::invalid("idle_stop_secs must be at least 1"));
+            }
+            (Some(asked), Some(max)) if asked > max => {
+                return Err(ApiError::invalid(format!(
+                    "idle_stop_secs {asked} is over this service's limit ({max} s, limits.idle_stop)"
+                )));
+            }
+            (asked, max) => asked.or(max),
+        };
         let unsafe_runc = runtime::is_plain_runc(&runtime);
         Ok(SessionSpec {
             name: request.name,
@@ -182,6 +197,7 @@ impl Policy {
             unsafe_runc,
             ssh_bind: self.ssh_bind,
             authorized_keys: request.public_key.into_iter().collect(),
+            idle_stop_secs,
         })
     }
 }

@@ -240,6 +240,7 @@ fn policy(sessions_per_user: usize) -> Policy {
         max_pids: crate::local::limits::PidsLimit::default(),
         projects_per_user: 10,
         snapshots_per_user: 10,
+        idle_stop_secs: None,
     }
 }
 

@@ -81,6 +81,7 @@ impl RunBody {
             cpus: self.cpus,
             pids_limit: self.pids_limit,
             runtime: self.runtime.clone(),
+            idle_stop_secs: None,
             public_key: None,
         }
     }

@@ -19,6 +19,7 @@ pub fn tests() -> Vec<Trial> {
         start_on_a_port_taken_meanwhile_is_refused_and_changes_nothing,
         stop_and_start_over_http_are_the_callers_own,
         a_dockerd_restart_keeps_stopped_and_running_sessions,
+        idle_sessions_stop_and_busy_ones_do_not,
     ]
 }
 
@@ -545,5 +546,77 @@ async fn on(scope: &DockerScope, endpoint: &str) -> Result<DockerScope, Failed> 
         docker: cubbi::docker::connect(endpoint).await?,
         endpoint: endpoint.to_string(),
         id: scope.id.clone(),
+    })
+}
+
+fn state_of(sessions: &Value, name: &str) -> String {
+    sessions
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == name))
+        .map(|s| s["state"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// `--idle-stop`: a session nobody is connected to is stopped by the next `session list`
+/// (and boots again with `start`); one with an `exec` running is not. A service with
+/// `limits.idle_stop` stops its idle sessions by itself.
+fn idle_sessions_stop_and_busy_ones_do_not() -> Result<(), Failed> {
+    docker_test("idle-stop", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        for name in ["idle-a", "idle-b"] {
+            scope
+                .cubbi(&home)
+                .args(create_args(name, &["--idle-stop", "3s"]))
+                .run()
+                .success();
+        }
+        let busy = scope
+            .cubbi(&home)
+            .args(["session", "exec", "idle-b", "--", "sleep", "25"])
+            .spawn();
+        tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+        let listed = scope
+            .cubbi(&home)
+            .args(["--json", "session", "list"])
+            .run()
+            .success()
+            .stderr_contains("stopped idle session idle-a");
+        let sessions: Value = serde_json::from_str(&listed.stdout())?;
+        assert_eq!(state_of(&sessions, "idle-a"), "stopped", "{sessions}");
+        assert_eq!(state_of(&sessions, "idle-b"), "ready", "busy: {sessions}");
+        let mut busy = busy;
+        let _ = busy.kill();
+        let _ = busy.wait();
+        scope
+            .cubbi(&home)
+            .args(["session", "start", "idle-a"])
+            .run()
+            .success();
+        assert_eq!(exec(&scope, &home, "idle-a", &["echo", "back"]), "back\n");
+
+        // A service stops its own idle sessions, without anyone listing them.
+        let mut service = TestService::start(&scope, |config| {
+            config.limits.idle_stop = 3;
+        })
+        .await?;
+        let client = service.client(&service.token(&user(&scope, "idler"), false)?)?;
+        let name = user(&scope, "served-idle");
+        client.create(crate::serve::spec(&name), &Quiet).await?;
+        crate::support::eventually(std::time::Duration::from_secs(30), || {
+            let client = &client;
+            let name = name.clone();
+            async move {
+                let session = client.get(&name).await.map_err(|e| e.to_string())?;
+                match session.state {
+                    SessionState::Stopped => Ok(()),
+                    state => Err(format!("still {state:?}")),
+                }
+            }
+        })
+        .await?;
+        client.close(&name).await?;
+        service.stop().await?;
+        Ok(())
     })
 }

@@ -309,6 +309,7 @@ fn spec(name: &str, project: Option<&str>, network: &str) -> SessionSpec {
         unsafe_runc: SessionRuntime::of_this_run().unsafe_runc(),
         ssh_bind: "127.0.0.1".parse().expect("an address"),
         authorized_keys: Vec::new(),
+        idle_stop_secs: None,
     }
 }
 

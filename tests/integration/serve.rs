@@ -49,6 +49,7 @@ pub(crate) fn spec(name: &str) -> SessionSpec {
         unsafe_runc: SessionRuntime::of_this_run().unsafe_runc(),
         ssh_bind: "127.0.0.1".parse().expect("an address"),
         authorized_keys: Vec::new(),
+        idle_stop_secs: None,
     }
 }
 

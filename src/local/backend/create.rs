@@ -147,6 +147,9 @@ impl LocalBackend {
     ) -> ContainerCreateBody {
         let mut all_labels = session_labels.to_map();
         all_labels.extend(self.options.extra_labels.clone());
+        if let Some(secs) = spec.idle_stop_secs {
+            all_labels.insert(labels::IDLE_STOP.into(), secs.to_string());
+        }
         let mut binds = plan.binds.clone();
         // A project session keeps its configs per project, never in the owner's data volume
         // (which other projects' sessions see).

@@ -40,6 +40,7 @@ use crate::ssh::keys;
 mod boot;
 mod create;
 mod data;
+mod idle;
 mod lifecycle;
 mod lookup;
 mod networks;
@@ -53,6 +54,7 @@ mod fake_docker;
 mod tests;
 
 use create::{BootError, Reservation};
+pub use idle::IdleStopped;
 pub(super) use lookup::session_from;
 use status::reports_failure;
 use validate::Plan;
@@ -349,6 +351,10 @@ impl Backend for LocalBackend {
 
     async fn import_data(&self, archive: Vec<u8>) -> Result<crate::api::DataSummary, ApiError> {
         self.import_agent_data(archive).await
+    }
+
+    async fn stop_idle(&self) -> Result<Vec<crate::api::IdleStopped>, ApiError> {
+        self.stop_idle_sessions().await
     }
 
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError> {
