@@ -571,23 +571,20 @@ fn idle_sessions_stop_and_busy_ones_do_not() -> Result<(), Failed> {
                 .run()
                 .success();
         }
-        let busy = scope
+        let mut busy = scope
             .cubbi(&home)
             .args(["session", "exec", "idle-b", "--", "sleep", "25"])
             .spawn();
         tokio::time::sleep(std::time::Duration::from_secs(8)).await;
-        let listed = scope
-            .cubbi(&home)
-            .args(["--json", "session", "list"])
-            .run()
+        let listed = scope.cubbi(&home).args(["--json", "session", "list"]).run();
+        let _ = busy.kill();
+        let _ = busy.wait();
+        let listed = listed
             .success()
             .stderr_contains("stopped idle session idle-a");
         let sessions: Value = serde_json::from_str(&listed.stdout())?;
         assert_eq!(state_of(&sessions, "idle-a"), "stopped", "{sessions}");
         assert_eq!(state_of(&sessions, "idle-b"), "ready", "busy: {sessions}");
-        let mut busy = busy;
-        let _ = busy.kill();
-        let _ = busy.wait();
         scope
             .cubbi(&home)
             .args(["session", "start", "idle-a"])
