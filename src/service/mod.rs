@@ -3,6 +3,7 @@
 //! state, [`docker_host`] the real sessions; this module starts and stops the server.
 
 pub mod auth;
+pub mod auth_tokens;
 pub mod config;
 pub mod connections;
 pub mod disk_quota;
@@ -11,6 +12,7 @@ mod documented;
 pub mod host_volumes;
 pub mod http_error;
 mod lifecycle_routes;
+pub mod oidc;
 pub mod openapi;
 pub mod pg_store;
 pub mod policy;
@@ -105,7 +107,7 @@ pub fn start<H: SessionHost>(
     let policy = Policy::from_config(config)?;
     let state = AppState::new(
         host,
-        store,
+        Arc::clone(&store),
         policy,
         stopping.clone(),
         router::Timing {
@@ -115,6 +117,14 @@ pub fn start<H: SessionHost>(
             max_run_timeout: Duration::from_secs(config.runs.max_timeout),
         },
     );
+    let oidc = config
+        .auth
+        .oidc
+        .as_ref()
+        .map(|settings| oidc::OidcService::new(settings, Arc::clone(&store)))
+        .transpose()
+        .map_err(ServeError::Setup)?;
+    let state = state.with_oidc(oidc);
     let app = router::router(state, config.server.body_limit);
     let grace = Duration::from_secs(config.server.shutdown_grace);
     let header_timeout = Duration::from_secs(config.server.header_timeout);

@@ -39,6 +39,17 @@ use super::router;
         crate::projects::wire::AddProjectRequest,
         crate::projects::wire::UpdateProjectRequest,
         crate::projects::wire::CredentialInput,
+        super::oidc::wire::AuthConfig,
+        super::oidc::wire::OidcOffer,
+        super::oidc::wire::LoginRequest,
+        super::oidc::wire::LoginFlow,
+        super::oidc::wire::DeviceLogin,
+        super::oidc::wire::PollRequest,
+        super::oidc::wire::LoginPending,
+        super::oidc::wire::LoginTokens,
+        super::oidc::wire::RefreshRequest,
+        super::oidc::wire::LogoutRequest,
+        super::oidc::wire::LogoutResult,
     )),
     modifiers(&BearerToken)
 )]

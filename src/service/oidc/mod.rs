@@ -1,0 +1,379 @@
+//! Team login with OpenID Connect (`[auth.oidc]` in service.toml): the provider client
+//! ([`provider`]), the login flows, and the `/auth/*` routes ([`routes`]).
+//!
+//! A device login (RFC 8628): `POST /auth/login` starts it at the provider and answers the
+//! verification URL and user code with a *handle*; the service then polls the provider
+//! itself (at the interval the provider asks), and `POST /auth/login/poll` with the handle
+//! answers "pending" until the user approved it, then the service's own tokens, once. The
+//! pending logins live in the service's memory (a restart ends them; so would a second
+//! service process behind a balancer: poll the one that started it).
+//!
+//! At login and at every refresh the ID token's groups decide: not in `allowed_groups` (when
+//! set) → refused, and the family revoked on a refresh; admin exactly when in `admin_groups`.
+
+pub mod config;
+pub mod provider;
+pub mod routes;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+use super::auth_tokens::{IssuedTokens, Lifetimes, OidcLogin, RefreshCheck, Rotation};
+use super::store::{Store, StoreError, validate_user};
+use config::OidcSettings;
+use provider::{Provider, ProviderError, VerifiedClaims, refresh_token_of};
+
+/// Device logins under way at once; past it, new ones are refused until some end.
+const MAX_PENDING: usize = 1000;
+
+/// Why a login, refresh or logout failed. Messages never hold a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OidcError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(
+        "`{user}` is not in any of the groups this service lets in (auth.oidc.allowed_groups); \
+         ask its admin"
+    )]
+    NotAllowed { user: String },
+    #[error(
+        "the provider's `{claim}` claim ({value}) is not a cubbi user name: use 1 to 32 \
+         characters, a lowercase letter first, then lowercase letters, digits, `_` or `-`"
+    )]
+    BadUserName { claim: String, value: String },
+    #[error("the ID token has no `{claim}` claim (auth.oidc.username_claim)")]
+    NoUserName { claim: String },
+    #[error("{0}")]
+    Clash(String),
+    #[error(
+        "this refresh token was already used: every token of that login is revoked now; run \
+         `cubbi -r NAME auth` again"
+    )]
+    Reused,
+    #[error("the refresh token is unknown, expired or revoked; run `cubbi -r NAME auth` again")]
+    RefreshRefused,
+    #[error("no such device login under way (it ended, expired, or the service restarted)")]
+    UnknownHandle,
+    #[error("too many logins are under way; try again in a minute")]
+    Busy,
+    #[error("the service's token store failed")]
+    Store(String),
+}
+
+impl From<StoreError> for OidcError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::IdentityClash { .. } => Self::Clash(err.to_string()),
+            other => {
+                tracing::error!("token store: {other}");
+                Self::Store(other.to_string())
+            }
+        }
+    }
+}
+
+/// A device login as `POST /auth/login` answers it.
+#[derive(Debug, Clone)]
+pub struct DeviceStart {
+    pub handle: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    pub user_code: String,
+    pub interval: u64,
+    pub expires_in: u64,
+}
+
+/// Where a device login is.
+#[derive(Debug, Clone)]
+pub enum DevicePoll {
+    Pending { interval: u64 },
+    Done(IssuedTokens),
+}
+
+enum PendingState {
+    Waiting,
+    Finished(Result<IssuedTokens, OidcError>),
+}
+
+struct Pending {
+    state: PendingState,
+    interval: u64,
+    expires: Instant,
+}
+
+/// The OpenID Connect side of the service.
+pub struct OidcService {
+    settings: OidcSettings,
+    provider: Provider,
+    store: Arc<dyn Store>,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl OidcService {
+    /// Reads the client secret file (0600) and sets up the provider client; the provider is
+    /// first asked when the first login comes, so the service starts while it is down.
+    pub fn new(settings: &OidcSettings, store: Arc<dyn Store>) -> Result<Arc<Self>, String> {
+        let secret = config::read_client_secret(&settings.client_secret_file)
+            .map_err(|err| err.to_string())?;
+        let provider = Provider::new(settings, secret).map_err(|err| err.to_string())?;
+        Ok(Arc::new(Self {
+            settings: settings.clone(),
+            provider,
+            store,
+            pending: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn issuer(&self) -> &str {
+        self.provider.issuer()
+    }
+
+    fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            access: self.settings.access_lifetime.seconds(),
+            refresh: self.settings.refresh_lifetime.seconds(),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts a device login at the provider and polls it in the background.
+    pub async fn start_device(self: &Arc<Self>) -> Result<DeviceStart, OidcError> {
+        {
+            let mut pending = self.pending();
+            let now = Instant::now();
+            pending.retain(|_, login| login.expires > now);
+            if pending.len() >= MAX_PENDING {
+                return Err(OidcError::Busy);
+            }
+        }
+        let details = self.provider.start_device().await?;
+        let handle = new_handle();
+        let interval = details.interval().as_secs().max(1);
+        let expires_in = details.expires_in().as_secs();
+        let start = DeviceStart {
+            handle: handle.clone(),
+            verification_uri: details.verification_uri().to_string(),
+            verification_uri_complete: details
+                .verification_uri_complete()
+                .map(|uri| uri.secret().clone()),
+            user_code: details.user_code().secret().clone(),
+            interval,
+            expires_in,
+        };
+        // Kept a minute past the device code, so a last poll still finds the outcome.
+        self.pending().insert(
+            handle.clone(),
+            Pending {
+                state: PendingState::Waiting,
+                interval,
+                expires: Instant::now() + Duration::from_secs(expires_in + 60),
+            },
+        );
+        let service = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = match service.provider.finish_device(&details).await {
+                Ok(response) => service.complete_login(&response).await,
+                Err(err) => Err(err.into()),
+            };
+            if let Err(err) = &outcome {
+                tracing::info!("a device login failed: {err}");
+            }
+            if let Some(login) = service.pending().get_mut(&handle) {
+                login.state = PendingState::Finished(outcome);
+            }
+        });
+        Ok(start)
+    }
+
+    /// Where the device login `handle` is; its tokens are handed out once.
+    pub fn poll_device(&self, handle: &str) -> Result<DevicePoll, OidcError> {
+        let mut pending = self.pending();
+        let login = pending.get(handle).ok_or(OidcError::UnknownHandle)?;
+        if login.expires <= Instant::now() {
+            pending.remove(handle);
+            return Err(OidcError::UnknownHandle);
+        }
+        if let PendingState::Waiting = login.state {
+            return Ok(DevicePoll::Pending {
+                interval: login.interval,
+            });
+        }
+        match pending.remove(handle).map(|login| login.state) {
+            Some(PendingState::Finished(outcome)) => outcome.map(DevicePoll::Done),
+            _ => Err(OidcError::UnknownHandle),
+        }
+    }
+
+    /// A token response of a login: the ID token validated, the user and groups checked,
+    /// the service's own tokens issued.
+    async fn complete_login(
+        &self,
+        response: &openidconnect::core::CoreTokenResponse,
+    ) -> Result<IssuedTokens, OidcError> {
+        let claims = self.provider.verify(response, None).await?;
+        let (user, admin) = self.judge(&claims)?;
+        let login = OidcLogin {
+            issuer: self.provider.issuer().to_string(),
+            subject: claims.subject.clone(),
+            user,
+            admin,
+            provider_refresh: refresh_token_of(response),
+            lifetimes: self.lifetimes(),
+        };
+        let issued = self.store.oidc_login(&login).await?;
+        tracing::info!(
+            user = issued.user.as_str(),
+            admin,
+            "logged in with OpenID Connect"
+        );
+        Ok(issued)
+    }
+
+    /// The user name and admin flag the claims give, or why they may not log in.
+    fn judge(&self, claims: &VerifiedClaims) -> Result<(String, bool), OidcError> {
+        let claim = self.settings.username_claim.as_str();
+        let user = match claims.claims.get(claim) {
+            Some(serde_json::Value::String(name)) => name.clone(),
+            Some(other) => {
+                return Err(OidcError::BadUserName {
+                    claim: claim.into(),
+                    value: other.to_string(),
+                });
+            }
+            None => {
+                return Err(OidcError::NoUserName {
+                    claim: claim.into(),
+                });
+            }
+        };
+        if validate_user(&user).is_err() {
+            return Err(OidcError::BadUserName {
+                claim: claim.into(),
+                value: format!("{:?}", user.chars().take(64).collect::<String>()),
+            });
+        }
+        let groups = groups_of(claims, self.settings.groups_claim.as_str());
+        let allowed = self.settings.allowed_groups.is_empty()
+            || groups
+                .iter()
+                .any(|group| self.settings.allowed_groups.contains(group));
+        if !allowed {
+            return Err(OidcError::NotAllowed { user });
+        }
+        let admin = groups
+            .iter()
+            .any(|group| self.settings.admin_groups.contains(group));
+        Ok((user, admin))
+    }
+
+    /// Rotates a refresh token: the groups are read again at the provider first.
+    pub async fn refresh(&self, refresh: &str) -> Result<IssuedTokens, OidcError> {
+        let family = match self.store.oidc_check_refresh(refresh).await? {
+            RefreshCheck::Valid(family) => family,
+            RefreshCheck::Reused { user } => {
+                tracing::warn!(
+                    user = user.as_str(),
+                    "a refresh token was used twice: its login's tokens are revoked"
+                );
+                return Err(OidcError::Reused);
+            }
+            RefreshCheck::Refused => return Err(OidcError::RefreshRefused),
+        };
+        let Some(provider_refresh) = family.provider_refresh.as_deref() else {
+            // Without the provider's refresh token the groups cannot be read again.
+            self.store.oidc_revoke_family(&family.id).await?;
+            return Err(OidcError::RefreshRefused);
+        };
+        let response = match self.provider.refresh(provider_refresh).await {
+            Ok(response) => response,
+            Err(err @ ProviderError::Refused { .. }) => {
+                // The provider ended the login (user disabled, consent withdrawn).
+                self.store.oidc_revoke_family(&family.id).await?;
+                tracing::info!(user = family.user.as_str(), "refresh refused: {err}");
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let claims = self.provider.verify(&response, None).await?;
+        if claims.subject != family.subject {
+            self.store.oidc_revoke_family(&family.id).await?;
+            return Err(OidcError::RefreshRefused);
+        }
+        let admin = match self.judge(&claims) {
+            Ok((_, admin)) => admin,
+            Err(err) => {
+                self.store.oidc_revoke_family(&family.id).await?;
+                tracing::info!(user = family.user.as_str(), "refresh refused: {err}");
+                return Err(match err {
+                    OidcError::NotAllowed { .. } => OidcError::NotAllowed { user: family.user },
+                    other => other,
+                });
+            }
+        };
+        let rotation = Rotation {
+            admin,
+            provider_refresh: refresh_token_of(&response),
+            lifetimes: self.lifetimes(),
+        };
+        self.store
+            .oidc_rotate(refresh, &rotation)
+            .await?
+            .ok_or(OidcError::Reused)
+    }
+
+    /// Revokes the family of each genuine token given, and the provider's refresh token of
+    /// each (best effort: the service's tokens are revoked whatever the provider says).
+    /// Returns how many families were revoked.
+    pub async fn logout(&self, tokens: &[&str]) -> Result<usize, OidcError> {
+        let mut revoked = 0;
+        let mut seen = Vec::new();
+        for token in tokens {
+            let Some(family) = self.store.oidc_logout(token).await? else {
+                continue;
+            };
+            revoked += 1;
+            if seen.contains(&family.id) {
+                continue;
+            }
+            seen.push(family.id.clone());
+            if let Some(provider_refresh) = &family.provider_refresh {
+                match self.provider.revoke(provider_refresh).await {
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(
+                        user = family.user.as_str(),
+                        "cubbi's tokens are revoked, the provider's may not be: {err}"
+                    ),
+                }
+            }
+            tracing::info!(user = family.user.as_str(), "logged out");
+        }
+        Ok(revoked)
+    }
+}
+
+/// The groups in `claim`: a list of strings, or one string.
+fn groups_of(claims: &VerifiedClaims, claim: &str) -> Vec<String> {
+    match claims.claims.get(claim) {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(String::from))
+            .collect(),
+        Some(serde_json::Value::String(group)) => vec![group.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// A device login's handle: 32 random bytes, base64url.
+fn new_handle() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

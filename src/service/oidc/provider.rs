@@ -1,0 +1,536 @@
+//! The service's client of the OpenID provider, on the `openidconnect` crate: discovery
+//! (cached, fetched again when an ID token names a key the cached key set lacks), the device
+//! authorization grant (RFC 8628), the refresh grant, revocation (RFC 7009), and ID token
+//! validation (signature against the provider's keys, issuer, audience, expiry, nonce; the
+//! crate refuses `alg: none` and every algorithm not allowed, RS256 by default).
+//!
+//! Every HTTP exchange with the provider is bounded in time (`auth.oidc.provider_timeout`)
+//! and size ([`MAX_ANSWER_BYTES`]), follows no redirect, and its errors never quote a token.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
+    CoreDeviceAuthorizationResponse, CoreGrantType, CoreIdToken, CoreIdTokenVerifier,
+    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreSubjectIdentifierType,
+    CoreTokenResponse,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, ClientId, ClientSecret, DeviceAuthorizationUrl, EndpointMaybeSet,
+    EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, Nonce, OAuth2TokenResponse,
+    ProviderMetadata, RefreshToken, RequestTokenError, RevocationUrl, Scope,
+};
+use serde::{Deserialize, Serialize};
+
+use super::config::OidcSettings;
+
+/// The largest answer read from the provider (discovery documents and key sets are a few KB).
+pub const MAX_ANSWER_BYTES: usize = 512 * 1024;
+/// How long a discovery document (and its key set) is used before it is fetched again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// The soonest the key set is fetched again for an unknown key id.
+const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(10);
+
+/// What the discovery document says beyond the core: the device and revocation endpoints.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ExtraMetadata {
+    #[serde(default)]
+    device_authorization_endpoint: Option<DeviceAuthorizationUrl>,
+    #[serde(default)]
+    revocation_endpoint: Option<RevocationUrl>,
+}
+
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+pub type Metadata = ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+type BaseClient = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// Why a call to the provider failed. Messages name the provider, never a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// Unreachable, slow, or answering what is not OpenID Connect: the service answers 503.
+    #[error("the OpenID provider {issuer} is unavailable: {reason}")]
+    Down { issuer: String, reason: String },
+    /// The provider answered with an OAuth error (`invalid_grant`, `access_denied`, ...).
+    #[error("the OpenID provider {issuer} refused: {code}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Refused {
+        issuer: String,
+        code: String,
+        description: Option<String>,
+    },
+    /// An ID token that does not pass validation.
+    #[error("the ID token from {issuer} is not valid: {reason}")]
+    BadIdToken { issuer: String, reason: String },
+    #[error("the OpenID provider {issuer} offers no {what}")]
+    Missing { issuer: String, what: &'static str },
+}
+
+/// One exchange's failure, as the oauth2 layer sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpFailure {
+    #[error("{0}")]
+    Transport(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("an answer over {0} bytes")]
+    TooLarge(usize),
+}
+
+/// The bounded HTTP client the `openidconnect` crate calls the provider with.
+#[derive(Clone)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+impl ProviderHttp {
+    pub fn new(timeout: Duration) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            // A redirect could send the client secret or a code elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .user_agent(concat!("cubbi-serve/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| err.to_string())?;
+        Ok(Self {
+            client,
+            timeout,
+            max_bytes: MAX_ANSWER_BYTES,
+        })
+    }
+
+    pub async fn call(self, request: HttpRequest) -> Result<HttpResponse, HttpFailure> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.exchange(request))
+            .await
+            .map_err(|_| HttpFailure::Timeout(timeout))?
+    }
+
+    async fn exchange(&self, request: HttpRequest) -> Result<HttpResponse, HttpFailure> {
+        let (parts, body) = request.into_parts();
+        let mut response = self
+            .client
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|err| HttpFailure::Transport(transport_reason(&err)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| HttpFailure::Transport(transport_reason(&err)))?
+        {
+            if bytes.len() + chunk.len() > self.max_bytes {
+                return Err(HttpFailure::TooLarge(self.max_bytes));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let mut answer = HttpResponse::new(bytes);
+        *answer.status_mut() = status;
+        *answer.headers_mut() = headers;
+        Ok(answer)
+    }
+}
+
+/// A reqwest error and its causes, without the URL (which the message names elsewhere).
+fn transport_reason(err: &reqwest::Error) -> String {
+    let mut text = err.without_url_ref().to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+trait WithoutUrl {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        if self.is_timeout() {
+            "timed out".into()
+        } else if self.is_connect() {
+            "cannot connect".into()
+        } else if self.is_body() || self.is_decode() {
+            "the answer broke off".into()
+        } else {
+            "the request failed".into()
+        }
+    }
+}
+
+/// An ID token that passed validation: who it names, and all its claims.
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims {
+    pub issuer: String,
+    pub subject: String,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+struct Cached {
+    metadata: Metadata,
+    fetched: Instant,
+}
+
+/// The provider, as the service's OAuth client of it.
+pub struct Provider {
+    issuer: String,
+    client_id: ClientId,
+    secret: ClientSecret,
+    scopes: Vec<String>,
+    http: ProviderHttp,
+    cache: tokio::sync::Mutex<Option<Cached>>,
+}
+
+impl Provider {
+    pub fn new(settings: &OidcSettings, secret: String) -> Result<Self, ProviderError> {
+        let issuer = settings.issuer.as_str().to_string();
+        let http = ProviderHttp::new(settings.provider_timeout.duration()).map_err(|reason| {
+            ProviderError::Down {
+                issuer: issuer.clone(),
+                reason,
+            }
+        })?;
+        Ok(Self {
+            issuer,
+            client_id: ClientId::new(settings.client_id.as_str().to_string()),
+            secret: ClientSecret::new(secret),
+            scopes: settings.scopes.iter().map(String::from).collect(),
+            http,
+            cache: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    fn down(&self, reason: impl Into<String>) -> ProviderError {
+        ProviderError::Down {
+            issuer: self.issuer.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn http_client(
+        &self,
+    ) -> impl Fn(
+        HttpRequest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<HttpResponse, HttpFailure>> + Send>,
+    > + use<> {
+        let http = self.http.clone();
+        move |request| Box::pin(http.clone().call(request))
+    }
+
+    /// The discovery document: cached, or fetched when stale or `refetch` asks (an unknown
+    /// key id), the latter at most every [`REFETCH_AT_MOST_EVERY`].
+    async fn metadata(&self, refetch: bool) -> Result<Metadata, ProviderError> {
+        let mut cache = self.cache.lock().await;
+        if let Some(cached) = cache.as_ref() {
+            let age = cached.fetched.elapsed();
+            let fresh_enough = if refetch {
+                age < REFETCH_AT_MOST_EVERY
+            } else {
+                age < DISCOVERY_TTL
+            };
+            if fresh_enough {
+                return Ok(cached.metadata.clone());
+            }
+        }
+        let issuer = openidconnect::IssuerUrl::new(self.issuer.clone())
+            .map_err(|err| self.down(format!("the issuer URL: {err}")))?;
+        let http = self.http_client();
+        let metadata = Metadata::discover_async(issuer, &http)
+            .await
+            .map_err(|err| self.down(format!("discovery: {}", error_chain(&err))))?;
+        *cache = Some(Cached {
+            metadata: metadata.clone(),
+            fetched: Instant::now(),
+        });
+        Ok(metadata)
+    }
+
+    fn client(&self, metadata: Metadata) -> BaseClient {
+        CoreClient::from_provider_metadata(
+            metadata,
+            self.client_id.clone(),
+            Some(self.secret.clone()),
+        )
+    }
+
+    /// Starts a device login (RFC 8628 §3.1): the user code and where to enter it.
+    pub async fn start_device(&self) -> Result<CoreDeviceAuthorizationResponse, ProviderError> {
+        let metadata = self.metadata(false).await?;
+        let device_url = metadata
+            .additional_metadata()
+            .device_authorization_endpoint
+            .clone()
+            .ok_or_else(|| ProviderError::Missing {
+                issuer: self.issuer.clone(),
+                what: "device authorization endpoint (the device flow)",
+            })?;
+        let client = self
+            .client(metadata)
+            .set_device_authorization_url(device_url);
+        let http = self.http_client();
+        let mut request = client.exchange_device_code();
+        for scope in &self.scopes {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        request
+            .request_async(&http)
+            .await
+            .map_err(|err| self.token_error(err))
+    }
+
+    /// Polls the token endpoint (at the interval the provider asks, slowing down when told)
+    /// until the user approved or denied the login, or the device code expired.
+    pub async fn finish_device(
+        &self,
+        details: &CoreDeviceAuthorizationResponse,
+    ) -> Result<CoreTokenResponse, ProviderError> {
+        let metadata = self.metadata(false).await?;
+        let client = self.client(metadata);
+        let http = self.http_client();
+        let request = client
+            .exchange_device_access_token(details)
+            .map_err(|err| self.down(err.to_string()))?;
+        request
+            .request_async(&http, tokio::time::sleep, None)
+            .await
+            .map_err(|err| match err {
+                RequestTokenError::ServerResponse(response) => ProviderError::Refused {
+                    issuer: self.issuer.clone(),
+                    code: response.error().to_string(),
+                    description: response.error_description().cloned(),
+                },
+                other => self.down(error_chain(&other)),
+            })
+    }
+
+    /// The refresh grant with the provider's refresh token.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<CoreTokenResponse, ProviderError> {
+        let metadata = self.metadata(false).await?;
+        let client = self.client(metadata);
+        let http = self.http_client();
+        let token = RefreshToken::new(refresh_token.to_string());
+        client
+            .exchange_refresh_token(&token)
+            .map_err(|err| self.down(err.to_string()))?
+            .request_async(&http)
+            .await
+            .map_err(|err| self.token_error(err))
+    }
+
+    /// Revokes the provider's refresh token when the provider has a revocation endpoint;
+    /// false when it has none.
+    pub async fn revoke(&self, refresh_token: &str) -> Result<bool, ProviderError> {
+        let metadata = self.metadata(false).await?;
+        let Some(url) = metadata.additional_metadata().revocation_endpoint.clone() else {
+            return Ok(false);
+        };
+        let client = self.client(metadata).set_revocation_url(url);
+        let http = self.http_client();
+        client
+            .revoke_token(CoreRevocableToken::RefreshToken(RefreshToken::new(
+                refresh_token.to_string(),
+            )))
+            .map_err(|err| self.down(err.to_string()))?
+            .request_async(&http)
+            .await
+            .map_err(|err| match err {
+                RequestTokenError::ServerResponse(response) => ProviderError::Refused {
+                    issuer: self.issuer.clone(),
+                    code: response.error().to_string(),
+                    description: response.error_description().cloned(),
+                },
+                other => self.down(error_chain(&other)),
+            })?;
+        Ok(true)
+    }
+
+    /// Validates the ID token of a token response; fetches the key set again once when the
+    /// token names a key the cached set lacks (the provider rotated its keys).
+    pub async fn verify(
+        &self,
+        response: &CoreTokenResponse,
+        nonce: Option<&Nonce>,
+    ) -> Result<VerifiedClaims, ProviderError> {
+        let id_token =
+            response
+                .extra_fields()
+                .id_token()
+                .ok_or_else(|| ProviderError::BadIdToken {
+                    issuer: self.issuer.clone(),
+                    reason:
+                        "the token response holds no ID token (is `openid` in auth.oidc.scopes?)"
+                            .into(),
+                })?;
+        let metadata = self.metadata(false).await?;
+        match self.verify_with(&metadata, id_token, nonce) {
+            Err(VerifyError::UnknownKey) => {
+                let metadata = self.metadata(true).await?;
+                self.verify_with(&metadata, id_token, nonce)
+                    .map_err(|err| err.into_provider_error(&self.issuer))
+            }
+            other => other.map_err(|err| err.into_provider_error(&self.issuer)),
+        }
+    }
+
+    fn verify_with(
+        &self,
+        metadata: &Metadata,
+        id_token: &CoreIdToken,
+        nonce: Option<&Nonce>,
+    ) -> Result<VerifiedClaims, VerifyError> {
+        let verifier = CoreIdTokenVerifier::new_confidential_client(
+            self.client_id.clone(),
+            self.secret.clone(),
+            metadata.issuer().clone(),
+            metadata.jwks().clone(),
+        );
+        verify_id_token(id_token, &verifier, nonce)
+    }
+
+    fn token_error<RE: std::error::Error + 'static>(
+        &self,
+        err: RequestTokenError<
+            RE,
+            openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+        >,
+    ) -> ProviderError {
+        match err {
+            RequestTokenError::ServerResponse(response) => ProviderError::Refused {
+                issuer: self.issuer.clone(),
+                code: response.error().to_string(),
+                description: response.error_description().cloned(),
+            },
+            other => self.down(error_chain(&other)),
+        }
+    }
+}
+
+/// The provider's refresh token in a token response, if it gave one.
+pub fn refresh_token_of(response: &CoreTokenResponse) -> Option<String> {
+    response.refresh_token().map(|token| token.secret().clone())
+}
+
+/// Why an ID token was refused.
+#[derive(Debug)]
+pub enum VerifyError {
+    /// Signed with a key the key set lacks: fetch the set again.
+    UnknownKey,
+    Invalid(String),
+}
+
+impl VerifyError {
+    fn into_provider_error(self, issuer: &str) -> ProviderError {
+        let reason = match self {
+            Self::UnknownKey => "it is signed with a key the provider does not publish".into(),
+            Self::Invalid(reason) => reason,
+        };
+        ProviderError::BadIdToken {
+            issuer: issuer.to_string(),
+            reason,
+        }
+    }
+}
+
+/// Validates `id_token` with `verifier` (signature, issuer, audience, expiry) and `nonce`
+/// (when the login sent one; else the token must carry none), and returns its claims.
+pub fn verify_id_token(
+    id_token: &CoreIdToken,
+    verifier: &CoreIdTokenVerifier<'_>,
+    nonce: Option<&Nonce>,
+) -> Result<VerifiedClaims, VerifyError> {
+    use openidconnect::{ClaimsVerificationError, SignatureVerificationError};
+    let checked = match nonce {
+        Some(expected) => id_token.claims(verifier, expected),
+        None => id_token.claims(verifier, |found: Option<&Nonce>| match found {
+            None => Ok(()),
+            Some(_) => Err("the ID token carries a nonce this login did not send".to_string()),
+        }),
+    };
+    let claims = match checked {
+        Ok(claims) => claims,
+        Err(ClaimsVerificationError::SignatureVerification(
+            SignatureVerificationError::NoMatchingKey,
+        )) => return Err(VerifyError::UnknownKey),
+        Err(err) => return Err(VerifyError::Invalid(error_chain(&err))),
+    };
+    let issuer = claims.issuer().as_str().to_string();
+    let subject = claims.subject().as_str().to_string();
+    let raw = raw_claims(id_token).map_err(VerifyError::Invalid)?;
+    Ok(VerifiedClaims {
+        issuer,
+        subject,
+        claims: raw,
+    })
+}
+
+/// The payload of a (validated) compact JWT as JSON: the claims the crate does not model
+/// (groups, any username claim) are read from it.
+fn raw_claims(
+    id_token: &CoreIdToken,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let compact = id_token.to_string();
+    let payload = compact
+        .split('.')
+        .nth(1)
+        .ok_or("the ID token is not a compact JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|err| format!("the ID token's payload: {err}"))?;
+    serde_json::from_slice(&bytes).map_err(|err| format!("the ID token's payload: {err}"))
+}
+
+/// An error and its causes, `: `-joined.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
