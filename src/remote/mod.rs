@@ -2,6 +2,7 @@
 //! user configured and their tokens).
 
 pub mod client;
+pub mod login;
 pub mod projects;
 pub mod remotes;
 

@@ -1,0 +1,569 @@
+//! OpenID Connect login on `cubbi serve` against a real provider (panva's oidc-provider, see
+//! support::oidc_provider): the in-process service on 127.0.0.1:0 with a real SQLite store
+//! and project store (no Docker: no session is booted; isolation shows on projects), driven
+//! through the real `cubbi -r team auth` device login and plain HTTP. The service's log is
+//! captured (a subscriber on the test's own single-threaded runtime) and searched for tokens.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cubbi::api::ApiError;
+use cubbi::api::wire::ImageInfo;
+use cubbi::projects::ProjectStore;
+use cubbi::remote::client::RemoteBackend;
+use cubbi::service::config::{SecretText, ServiceConfig};
+use cubbi::service::projects::ServiceProjects;
+use cubbi::service::router::SessionHost;
+use cubbi::service::store::{Caller, SqliteStore, Store};
+use cubbi::service::{RunningService, ServeError};
+use libtest_mimic::{Failed, Trial};
+use serde_json::{Value, json};
+
+use crate::support::oidc_provider::{CLIENT_ID, OidcProvider};
+use crate::support::{Cubbi, TestHome};
+
+pub fn tests() -> Vec<Trial> {
+    // Named *without_sysbox so that they run outside the Sysbox kit: they need neither.
+    crate::trials![
+        oidc_device_login_refresh_reuse_groups_and_logout_without_sysbox,
+        oidc_provider_down_is_a_503_naming_it_without_sysbox,
+    ]
+}
+
+/// The service's session side is not under test (sessions go nowhere); projects are real.
+struct ProjectsHost {
+    projects: ServiceProjects,
+}
+
+#[async_trait]
+impl SessionHost for ProjectsHost {
+    type Sessions = RemoteBackend;
+
+    fn sessions_of(&self, _caller: &Caller) -> RemoteBackend {
+        RemoteBackend::new(
+            "nowhere",
+            "http://127.0.0.1:9",
+            String::new(),
+            String::new(),
+            None,
+        )
+        .expect("a client for a fixed URL")
+    }
+
+    async fn changed(&self, _id: &str) {}
+
+    async fn images(&self) -> Result<Vec<ImageInfo>, ApiError> {
+        Ok(Vec::new())
+    }
+
+    fn projects_of(&self, caller: &Caller) -> Result<ProjectStore, ApiError> {
+        Ok(self.projects.of_user(&caller.user))
+    }
+}
+
+struct Service {
+    url: String,
+    store: Arc<SqliteStore>,
+    running: Option<RunningService>,
+    _state: tempfile::TempDir,
+}
+
+impl Service {
+    /// The service with `[auth.oidc]` for `provider` plus `extra` lines in that section.
+    async fn start(provider: &OidcProvider, extra: &str) -> Result<Self, Failed> {
+        let state = tempfile::tempdir()?;
+        let text = format!(
+            "[auth.oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\n\
+             client_secret_file = \"{}\"\n{extra}\n",
+            provider.issuer,
+            provider.secret_file.display()
+        );
+        let mut config = ServiceConfig::parse(&text, Path::new("test.toml"))?;
+        config.state_dir = state.path().to_path_buf();
+        config.server.shutdown_grace = 2;
+        config.projects.storage.key = Some(SecretText("7".repeat(64)));
+        let store = Arc::new(SqliteStore::open(&config.state_dir)?);
+        let projects = ServiceProjects::open(&config)
+            .map_err(|err| Failed::from(format!("projects: {err}")))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let running = cubbi::service::start(
+            listener,
+            ProjectsHost { projects },
+            Arc::clone(&store) as Arc<dyn Store>,
+            &config,
+        )
+        .map_err(|err: ServeError| Failed::from(err.to_string()))?;
+        Ok(Self {
+            url: format!("http://{}", running.address),
+            store,
+            running: Some(running),
+            _state: state,
+        })
+    }
+
+    async fn stop(&mut self) -> Result<(), Failed> {
+        if let Some(running) = self.running.take() {
+            running.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `test` on a single-threaded runtime whose log goes to the returned buffer: every
+/// task of the service runs on this thread, so its whole log is captured.
+fn with_captured_log(
+    test: impl std::future::Future<Output = Result<(), Failed>>,
+) -> Result<String, Failed> {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let writer = Arc::clone(&buffer);
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || LogWriter(Arc::clone(&writer)))
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    tracing::subscriber::with_default(subscriber, || runtime.block_on(test))?;
+    let bytes = buffer
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A CLI user: their home, and a `$BROWSER` that writes the URL it is asked to open into a
+/// file instead (so the test plays the browser).
+struct User {
+    home: TestHome,
+    opened: PathBuf,
+    browser: PathBuf,
+}
+
+impl User {
+    fn new(service: &Service) -> Result<Self, Failed> {
+        let home = TestHome::new();
+        let opened = home.path().join("opened-url");
+        let browser = home.path().join("browser.sh");
+        std::fs::write(
+            &browser,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$1\" > '{}'\n",
+                opened.display()
+            ),
+        )?;
+        std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755))?;
+        Cubbi::new(&home)
+            .args(["remote", "add", "team", &service.url])
+            .run()
+            .success();
+        Ok(Self {
+            home,
+            opened,
+            browser,
+        })
+    }
+
+    fn cubbi(&self) -> Cubbi {
+        Cubbi::new(&self.home).env("BROWSER", &self.browser)
+    }
+
+    fn login_file(&self) -> PathBuf {
+        self.home
+            .path()
+            .join(".config/cubbi/credentials/team.login.json")
+    }
+
+    fn stored(&self) -> Result<Value, Failed> {
+        Ok(serde_json::from_slice(&std::fs::read(self.login_file())?)?)
+    }
+
+    /// Runs a CLI command off the runtime's thread (the service runs on it).
+    async fn run(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<crate::support::cli::Ran, Failed> {
+        let mut cubbi = self.cubbi().args(args);
+        if let Some(input) = stdin {
+            cubbi = cubbi.stdin(input);
+        }
+        Ok(tokio::task::spawn_blocking(move || cubbi.run()).await?)
+    }
+
+    /// `cubbi -r team auth`, approved at the provider as `login`.
+    async fn log_in(
+        &self,
+        provider: &OidcProvider,
+        login: &str,
+    ) -> Result<crate::support::cli::Ran, Failed> {
+        let _ = std::fs::remove_file(&self.opened);
+        let cubbi = self.cubbi().args(["-r", "team", "auth"]);
+        let running = tokio::task::spawn_blocking(move || cubbi.run());
+        let mut url = None;
+        for _ in 0..150 {
+            if let Ok(text) = std::fs::read_to_string(&self.opened)
+                && !text.trim().is_empty()
+            {
+                url = Some(text.trim().to_string());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let url = url.ok_or("the CLI opened no browser within 15 s")?;
+        let user_code = url
+            .split("user_code=")
+            .nth(1)
+            .map(|code| code.replace("%2D", "-"))
+            .unwrap_or_default();
+        provider.approve_device(&url, &user_code, login).await?;
+        let ran = tokio::time::timeout(Duration::from_secs(60), running)
+            .await
+            .map_err(|_| "the CLI did not finish the login within 60 s")??;
+        Ok(ran)
+    }
+}
+
+fn accounts(bob_groups: &[&str]) -> Value {
+    json!({
+        "alice": {"groups": ["dev", "admins"]},
+        "bob": {"groups": bob_groups},
+    })
+}
+
+fn oidc_device_login_refresh_reuse_groups_and_logout_without_sysbox() -> Result<(), Failed> {
+    let provider = OidcProvider::start(&accounts(&["dev"]))?;
+    let secret = std::fs::read_to_string(&provider.secret_file)?
+        .trim()
+        .to_string();
+    let seen_tokens: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&seen_tokens);
+    let log = with_captured_log(async move {
+        let mut service = Service::start(
+            &provider,
+            "allowed_groups = [\"dev\"]\nadmin_groups = [\"admins\"]\naccess_lifetime = 3",
+        )
+        .await?;
+        let http = reqwest::Client::new();
+        let remember = |stored: &Value| {
+            if let Ok(mut tokens) = seen.lock() {
+                for key in ["access_token", "refresh_token"] {
+                    if let Some(token) = stored[key].as_str() {
+                        tokens.push(token.to_string());
+                    }
+                }
+            }
+        };
+
+        // How to log in, for anyone.
+        let config: Value = http
+            .get(format!("{}/auth/config", service.url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(
+            config["oidc"]["issuer"],
+            provider.issuer.as_str(),
+            "{config}"
+        );
+        assert_eq!(config["oidc"]["flows"], json!(["device"]));
+
+        // Alice and bob log in with the device flow through the provider's own pages.
+        let alice = User::new(&service)?;
+        let ran = alice.log_in(&provider, "alice").await?;
+        let ran = ran
+            .success()
+            .stderr_contains("enter the code")
+            .stderr_contains("logged in to team as alice (admin)");
+        let stored = alice.stored()?;
+        remember(&stored);
+        for key in ["access_token", "refresh_token"] {
+            let token = stored[key].as_str().ok_or("a token in the login file")?;
+            assert!(!ran.stderr().contains(token) && !ran.stdout().contains(token));
+        }
+        let mode = std::fs::metadata(alice.login_file())?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the login file's mode");
+        let listed = alice
+            .run(&["--json", "remote", "list"], None)
+            .await?
+            .success();
+        let rows: Value = serde_json::from_str(&listed.stdout())?;
+        assert_eq!(rows[0]["kind"], "login", "{rows}");
+        assert_eq!(
+            rows[0]["stored_in"],
+            alice.login_file().display().to_string().as_str(),
+            "{rows}"
+        );
+
+        let bob = User::new(&service)?;
+        bob.log_in(&provider, "bob")
+            .await?
+            .success()
+            .stderr_contains("logged in to team as bob")
+            .stderr_lacks("(admin)");
+        remember(&bob.stored()?);
+
+        // Isolation: alice's project is hers alone. Every command refreshes first (the
+        // access token lives 3 s, under the CLI's 30 s margin).
+        alice
+            .run(
+                &[
+                    "-r",
+                    "team",
+                    "project",
+                    "add",
+                    "https://gitlab.com/team/app",
+                    "--name",
+                    "app",
+                    "--token-stdin",
+                    "--token-user",
+                    "oauth2",
+                ],
+                Some("glpat-NotARealToken_1234\n"),
+            )
+            .await?
+            .success();
+        remember(&alice.stored()?);
+        alice
+            .run(&["-r", "team", "project", "list"], None)
+            .await?
+            .success()
+            .stdout_contains("app");
+        bob.run(&["-r", "team", "project", "list"], None)
+            .await?
+            .success()
+            .stderr_contains("no projects");
+        remember(&bob.stored()?);
+
+        // An expired access token is refused by the service; the CLI refreshes it unasked.
+        let before = alice.stored()?;
+        remember(&before);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let old_access = before["access_token"].as_str().ok_or("an access token")?;
+        let refused = http
+            .get(format!("{}/v1/projects", service.url))
+            .bearer_auth(old_access)
+            .send()
+            .await?;
+        assert_eq!(refused.status(), 401, "an expired access token");
+        alice
+            .run(&["-r", "team", "project", "list"], None)
+            .await?
+            .success()
+            .stdout_contains("app");
+        let after = alice.stored()?;
+        remember(&after);
+        assert_ne!(after["access_token"], before["access_token"]);
+        assert_ne!(after["refresh_token"], before["refresh_token"]);
+
+        // Reusing a refresh token revokes its whole family: refresh once by hand, then the
+        // CLI (which still holds the spent token) reuses it.
+        let spent = after["refresh_token"].as_str().ok_or("a refresh token")?;
+        let rotated: Value = http
+            .post(format!("{}/auth/refresh", service.url))
+            .json(&json!({"refresh_token": spent}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        remember(&rotated);
+        let fresh_access = rotated["access_token"]
+            .as_str()
+            .ok_or("a rotated access token")?;
+        let ok = http
+            .get(format!("{}/v1/projects", service.url))
+            .bearer_auth(fresh_access)
+            .send()
+            .await?;
+        assert_eq!(ok.status(), 200);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        alice
+            .run(&["-r", "team", "project", "list"], None)
+            .await?
+            .failure()
+            .stderr_contains("already used")
+            .stderr_contains("cubbi -r team auth");
+        let revoked = http
+            .get(format!("{}/v1/projects", service.url))
+            .bearer_auth(fresh_access)
+            .send()
+            .await?;
+        assert_eq!(
+            revoked.status(),
+            401,
+            "the family's newest access token is revoked too"
+        );
+        assert!(!alice.login_file().exists(), "the ended login is forgotten");
+
+        // A group change takes effect at the next refresh: bob leaves `dev`.
+        provider.set_accounts(&accounts(&["guests"]))?;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        bob.run(&["-r", "team", "project", "list"], None)
+            .await?
+            .failure()
+            .stderr_contains("not in any of the groups");
+
+        // Logout: alice logs in again, then out; her tokens are dead.
+        alice
+            .log_in(&provider, "alice")
+            .await?
+            .success()
+            .stderr_contains("logged in to team as alice");
+        let stored = alice.stored()?;
+        remember(&stored);
+        alice
+            .run(&["-r", "team", "auth", "--logout"], None)
+            .await?
+            .success()
+            .stderr_contains("logged out of team");
+        assert!(!alice.login_file().exists());
+        for key in ["access_token", "refresh_token"] {
+            let token = stored[key].as_str().ok_or("a token")?;
+            let status = if key == "access_token" {
+                http.get(format!("{}/v1/projects", service.url))
+                    .bearer_auth(token)
+                    .send()
+                    .await?
+                    .status()
+            } else {
+                http.post(format!("{}/auth/refresh", service.url))
+                    .json(&json!({"refresh_token": token}))
+                    .send()
+                    .await?
+                    .status()
+            };
+            assert_eq!(status, 401, "{key} after logout");
+        }
+
+        // API tokens keep working beside the logins.
+        let (_, api) = service.store.issue_token("carol", Some(false))?;
+        if let Ok(mut tokens) = seen.lock() {
+            tokens.push(api.clone());
+        }
+        let ok = http
+            .get(format!("{}/v1/projects", service.url))
+            .bearer_auth(&api)
+            .send()
+            .await?;
+        assert_eq!(ok.status(), 200);
+        service.stop().await?;
+        Ok(())
+    })?;
+    let tokens = seen_tokens.lock().map(|t| t.clone()).unwrap_or_default();
+    assert!(tokens.len() >= 10, "{} tokens seen", tokens.len());
+    assert!(
+        log.contains("logged in with OpenID Connect"),
+        "the log was captured: {log}"
+    );
+    for token in tokens.iter().chain([&secret]) {
+        assert!(
+            !log.contains(token.as_str()),
+            "a token or secret is in the service's log"
+        );
+    }
+    Ok(())
+}
+
+fn oidc_provider_down_is_a_503_naming_it_without_sysbox() -> Result<(), Failed> {
+    let mut provider = OidcProvider::start(&accounts(&["dev"]))?;
+    with_captured_log(async move {
+        let mut service = Service::start(&provider, "").await?;
+        let http = reqwest::Client::new();
+        // Up: a device login starts.
+        let started = http
+            .post(format!("{}/auth/login", service.url))
+            .json(&json!({"flow": "device"}))
+            .send()
+            .await?;
+        assert_eq!(started.status(), 200);
+        let started: Value = started.json().await?;
+        assert!(
+            started["user_code"].is_string() && started["handle"].is_string(),
+            "{started}"
+        );
+        // A login approved at the provider arrives at the next poll (or the one after).
+        let url = started["verification_uri_complete"]
+            .as_str()
+            .ok_or("a complete verification URI")?;
+        let code = started["user_code"].as_str().ok_or("a user code")?;
+        provider.approve_device(url, code, "bob").await?;
+        let mut tokens = Value::Null;
+        for _ in 0..30 {
+            let polled = http
+                .post(format!("{}/auth/login/poll", service.url))
+                .json(&json!({"handle": started["handle"]}))
+                .send()
+                .await?;
+            let status = polled.status();
+            let body: Value = polled.json().await?;
+            if status == 200 {
+                tokens = body;
+                break;
+            }
+            assert_eq!(status, 202, "{body}");
+            assert_eq!(body["status"], "pending");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(tokens["user"], "bob", "{tokens}");
+        // Handed out once.
+        let again = http
+            .post(format!("{}/auth/login/poll", service.url))
+            .json(&json!({"handle": started["handle"]}))
+            .send()
+            .await?;
+        assert_eq!(again.status(), 404);
+
+        // Down: a login and a refresh answer 503 with a body naming the provider.
+        provider.stop();
+        for (path, body) in [
+            ("/auth/login", json!({"flow": "device"})),
+            (
+                "/auth/refresh",
+                json!({"refresh_token": tokens["refresh_token"]}),
+            ),
+        ] {
+            let answer = http
+                .post(format!("{}{path}", service.url))
+                .json(&body)
+                .send()
+                .await?;
+            assert_eq!(answer.status(), 503, "{path}");
+            let error: Value = answer.json().await?;
+            assert_eq!(error["error"]["code"], "unavailable", "{error}");
+            let message = error["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(&provider.issuer), "{path}: {message}");
+        }
+        // The refresh token was not spent by the failed refresh: the family still stands.
+        let access = tokens["access_token"].as_str().ok_or("an access token")?;
+        let ok = http
+            .get(format!("{}/v1/projects", service.url))
+            .bearer_auth(access)
+            .send()
+            .await?;
+        assert_eq!(ok.status(), 200);
+        service.stop().await?;
+        Ok(())
+    })?;
+    Ok(())
+}
