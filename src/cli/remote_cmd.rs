@@ -150,17 +150,17 @@ fn list(mode: OutputMode) -> Result<(), CliError> {
     let yes_no = |flag: bool| if flag { "yes" } else { "no" }.to_string();
     let text = table(
         config.ui.table_format,
-        &["NAME", "URL", "DEFAULT", "TOKEN", "STORED IN"],
+        &["NAME", "URL", "DEFAULT", "STORED IN", "TOKEN"],
         rows.iter().map(|row| {
             vec![
                 row.name.clone(),
                 row.url.clone(),
                 yes_no(row.default),
+                row.stored_in.clone().unwrap_or_default(),
                 match row.kind {
                     Some("login") => "login".to_string(),
                     _ => yes_no(row.token),
                 },
-                row.stored_in.clone().unwrap_or_default(),
             ]
         }),
     );
@@ -267,8 +267,8 @@ async fn device_login(name: &str, client: &LoginClient) -> Result<ExitCode, CliE
     let started = client.start_device().await.map_err(refused)?;
     eprintln!(
         "To log in to {name}, open {}\nand enter the code {}",
-        login::terminal_safe(&started.verification_uri),
-        login::terminal_safe(&started.user_code)
+        super::output::terminal_safe(&started.verification_uri),
+        super::output::terminal_safe(&started.user_code)
     );
     let target = started
         .verification_uri_complete
@@ -285,7 +285,7 @@ async fn device_login(name: &str, client: &LoginClient) -> Result<ExitCode, CliE
     remotes::remove_token(name)?;
     eprintln!(
         "logged in to {name} as {}{}; the login is kept in {}",
-        login::terminal_safe(&tokens.user),
+        super::output::terminal_safe(&tokens.user),
         if tokens.admin { " (admin)" } else { "" },
         path.display()
     );

@@ -534,3 +534,165 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    //! ID token validation with a key made here (openssl): what the provider would sign,
+    //! and every way a token can be wrong.
+    use std::str::FromStr;
+
+    use base64::Engine;
+    use openidconnect::core::{CoreJwsSigningAlgorithm, CoreRsaPrivateSigningKey};
+    use openidconnect::{IssuerUrl, JsonWebKeyId, JsonWebKeySet, PrivateSigningKey};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const ISSUER: &str = "https://id.example.test";
+    const CLIENT: &str = "cubbi";
+
+    fn key(kid: &str) -> CoreRsaPrivateSigningKey {
+        let output = std::process::Command::new("openssl")
+            .args(["genrsa", "-traditional", "2048"])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .expect("openssl genrsa runs");
+        assert!(output.status.success(), "openssl genrsa failed");
+        let pem = String::from_utf8(output.stdout).expect("PEM text");
+        CoreRsaPrivateSigningKey::from_pem(&pem, Some(JsonWebKeyId::new(kid.into())))
+            .expect("an RSA key")
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn now() -> i64 {
+        crate::service::store::now()
+    }
+
+    fn claims() -> Value {
+        json!({
+            "iss": ISSUER, "aud": CLIENT, "sub": "sub-alice",
+            "iat": now(), "exp": now() + 300,
+            "preferred_username": "alice", "groups": ["dev", "admins"],
+        })
+    }
+
+    fn sign(key: &CoreRsaPrivateSigningKey, header: &Value, claims: &Value) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let signature = key
+            .sign(
+                &CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+                signing_input.as_bytes(),
+            )
+            .expect("signed");
+        format!("{signing_input}.{}", b64(&signature))
+    }
+
+    fn header(kid: &str) -> Value {
+        json!({"alg": "RS256", "typ": "JWT", "kid": kid})
+    }
+
+    /// Parses and validates `text` as the service does; Err says why it was refused.
+    fn check(
+        text: &str,
+        keys: &[&CoreRsaPrivateSigningKey],
+        nonce: Option<&Nonce>,
+    ) -> Result<VerifiedClaims, String> {
+        let token = CoreIdToken::from_str(text).map_err(|err| format!("parse: {err}"))?;
+        let jwks = JsonWebKeySet::new(keys.iter().map(|key| key.as_verification_key()).collect());
+        let verifier = CoreIdTokenVerifier::new_confidential_client(
+            ClientId::new(CLIENT.into()),
+            ClientSecret::new("client-secret".into()),
+            IssuerUrl::new(ISSUER.into()).expect("an issuer URL"),
+            jwks,
+        );
+        verify_id_token(&token, &verifier, nonce).map_err(|err| format!("{err:?}"))
+    }
+
+    #[test]
+    fn a_good_token_gives_its_claims_and_bad_ones_are_refused() {
+        let k1 = key("k1");
+        let good = sign(&k1, &header("k1"), &claims());
+        let verified = check(&good, &[&k1], None).expect("a good token");
+        assert_eq!(verified.subject, "sub-alice");
+        assert_eq!(verified.issuer, ISSUER);
+        assert_eq!(verified.claims["groups"], json!(["dev", "admins"]));
+
+        // Tampered: the payload changed after signing.
+        let mut parts: Vec<String> = good.split('.').map(String::from).collect();
+        let mut changed = claims();
+        changed["sub"] = json!("sub-mallory");
+        parts[1] = b64(changed.to_string().as_bytes());
+        let err = check(&parts.join("."), &[&k1], None).unwrap_err();
+        assert!(err.contains("Signature") || err.contains("Crypto"), "{err}");
+
+        // Signed by another key under the same key id.
+        let k2 = key("k1");
+        let err = check(&sign(&k2, &header("k1"), &claims()), &[&k1], None).unwrap_err();
+        assert!(err.contains("Signature") || err.contains("Crypto"), "{err}");
+
+        for (field, value, needle) in [
+            ("exp", json!(now() - 600), "Expired"),
+            ("aud", json!("another-client"), "audience"),
+            ("iss", json!("https://evil.example.test"), "issuer"),
+        ] {
+            let mut wrong = claims();
+            wrong[field] = value;
+            let err = check(&sign(&k1, &header("k1"), &wrong), &[&k1], None).unwrap_err();
+            assert!(
+                err.to_lowercase().contains(&needle.to_lowercase()),
+                "{field}: {err}"
+            );
+        }
+
+        // `alg: none`, unsigned: refused, whether at parsing or validation.
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"}).to_string().as_bytes()),
+            b64(claims().to_string().as_bytes())
+        );
+        assert!(check(&none, &[&k1], None).is_err());
+        // HS256 with the client secret as the key is not an allowed algorithm either.
+        let hs = format!(
+            "{}.{}.{}",
+            b64(json!({"alg": "HS256"}).to_string().as_bytes()),
+            b64(claims().to_string().as_bytes()),
+            b64(b"whatever")
+        );
+        assert!(check(&hs, &[&k1], None).is_err());
+    }
+
+    #[test]
+    fn an_unknown_key_id_asks_for_the_keys_again_and_nonces_must_match() {
+        let k1 = key("k1");
+        let rotated = key("k2");
+        let err = check(&sign(&rotated, &header("k2"), &claims()), &[&k1], None).unwrap_err();
+        assert!(err.contains("UnknownKey"), "{err}");
+        // With the new key published, it passes.
+        assert!(
+            check(
+                &sign(&rotated, &header("k2"), &claims()),
+                &[&k1, &rotated],
+                None
+            )
+            .is_ok()
+        );
+
+        let mut with_nonce = claims();
+        with_nonce["nonce"] = json!("n-1");
+        let token = sign(&k1, &header("k1"), &with_nonce);
+        assert!(check(&token, &[&k1], Some(&Nonce::new("n-1".into()))).is_ok());
+        assert!(check(&token, &[&k1], Some(&Nonce::new("n-2".into()))).is_err());
+        // A nonce where the login sent none (a replayed browser login's token).
+        assert!(check(&token, &[&k1], None).is_err());
+        // No nonce where one was sent.
+        let plain = sign(&k1, &header("k1"), &claims());
+        assert!(check(&plain, &[&k1], Some(&Nonce::new("n-1".into()))).is_err());
+    }
+}

@@ -203,3 +203,61 @@ pub async fn logout<H: SessionHost>(
     }
     Ok(Json(LogoutResult { revoked }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_auth_routes_are_in_the_document() {
+        let document = serde_json::to_value(crate::service::openapi::document()).unwrap();
+        for (path, method, id) in [
+            ("/auth/config", "get", "auth_config"),
+            ("/auth/login", "post", "auth_login"),
+            ("/auth/login/poll", "post", "auth_login_poll"),
+            ("/auth/refresh", "post", "auth_refresh"),
+            ("/auth/logout", "post", "auth_logout"),
+        ] {
+            let operation = &document["paths"][path][method];
+            assert_eq!(operation["operationId"], id, "{method} {path}: {operation}");
+        }
+        let poll = &document["paths"]["/auth/login/poll"]["post"]["responses"];
+        assert!(poll["202"].is_object() && poll["200"].is_object(), "{poll}");
+        let login = &document["paths"]["/auth/login"]["post"]["responses"]["503"];
+        assert_eq!(
+            login["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody"
+        );
+    }
+
+    #[test]
+    fn provider_failures_map_to_stable_codes() {
+        let down = OidcError::Provider(ProviderError::Down {
+            issuer: "https://id.example".into(),
+            reason: "cannot connect".into(),
+        });
+        let response = http_error(down).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        for (err, status) in [
+            (OidcError::Reused, StatusCode::UNAUTHORIZED),
+            (OidcError::RefreshRefused, StatusCode::UNAUTHORIZED),
+            (
+                OidcError::NotAllowed { user: "bob".into() },
+                StatusCode::UNAUTHORIZED,
+            ),
+            (OidcError::Clash("taken".into()), StatusCode::CONFLICT),
+            (OidcError::UnknownHandle, StatusCode::NOT_FOUND),
+            (
+                OidcError::Provider(ProviderError::Refused {
+                    issuer: "https://id.example".into(),
+                    code: "access_denied".into(),
+                    description: None,
+                }),
+                StatusCode::UNAUTHORIZED,
+            ),
+        ] {
+            let shown = err.to_string();
+            assert_eq!(http_error(err).into_response().status(), status, "{shown}");
+        }
+    }
+}
