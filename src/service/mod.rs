@@ -121,7 +121,10 @@ pub fn start<H: SessionHost>(
         .auth
         .oidc
         .as_ref()
-        .map(|settings| oidc::OidcService::new(settings, Arc::clone(&store)))
+        .map(|settings| {
+            let tls = config.server.tls_cert.is_some();
+            oidc::OidcService::new(settings, Arc::clone(&store), tls)
+        })
         .transpose()
         .map_err(ServeError::Setup)?;
     let state = state.with_oidc(oidc);

@@ -50,6 +50,9 @@ use super::router;
         super::oidc::wire::RefreshRequest,
         super::oidc::wire::LogoutRequest,
         super::oidc::wire::LogoutResult,
+        super::oidc::wire::BrowserLogin,
+        super::oidc::wire::LoginStarted,
+        super::oidc::wire::BrowserSession,
     )),
     modifiers(&BearerToken)
 )]

@@ -362,7 +362,9 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<oidc_routes::__path_login, _>(oidc_routes::login::<H>)
             .route::<oidc_routes::__path_poll, _>(oidc_routes::poll::<H>)
             .route::<oidc_routes::__path_refresh, _>(oidc_routes::refresh::<H>)
-            .route::<oidc_routes::__path_logout, _>(oidc_routes::logout::<H>),
+            .route::<oidc_routes::__path_logout, _>(oidc_routes::logout::<H>)
+            .route::<oidc_routes::__path_callback, _>(oidc_routes::callback::<H>)
+            .route::<oidc_routes::__path_callback_post, _>(oidc_routes::callback_post::<H>),
         streamed: DocumentedRoutes::new()
             .route::<__path_exec, _>(exec::<H>)
             .route::<__path_logs, _>(logs::<H>)

@@ -31,6 +31,7 @@ pub fn tests() -> Vec<Trial> {
     crate::trials![
         oidc_device_login_refresh_reuse_groups_and_logout_without_sysbox,
         oidc_provider_down_is_a_503_naming_it_without_sysbox,
+        oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox,
     ]
 }
 
@@ -75,6 +76,15 @@ struct Service {
 impl Service {
     /// The service with `[auth.oidc]` for `provider` plus `extra` lines in that section.
     async fn start(provider: &OidcProvider, extra: &str) -> Result<Self, Failed> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(listener, provider, extra).await
+    }
+
+    async fn start_on(
+        listener: tokio::net::TcpListener,
+        provider: &OidcProvider,
+        extra: &str,
+    ) -> Result<Self, Failed> {
         let state = tempfile::tempdir()?;
         let text = format!(
             "[auth.oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\n\
@@ -89,7 +99,6 @@ impl Service {
         let store = Arc::new(SqliteStore::open(&config.state_dir)?);
         let projects = ServiceProjects::open(&config)
             .map_err(|err| Failed::from(format!("projects: {err}")))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let running = cubbi::service::start(
             listener,
             ProjectsHost { projects },
@@ -562,6 +571,168 @@ fn oidc_provider_down_is_a_503_naming_it_without_sysbox() -> Result<(), Failed> 
             .send()
             .await?;
         assert_eq!(ok.status(), 200);
+        service.stop().await?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox() -> Result<(), Failed> {
+    with_captured_log(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let callback = format!("{base}/auth/callback");
+        let provider = OidcProvider::start_with_redirect(&accounts(&["dev"]), Some(&callback))?;
+        let mut service = Service::start_on(
+            listener,
+            &provider,
+            &format!("redirect_url = \"{callback}\"\nallowed_groups = [\"dev\"]"),
+        )
+        .await?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let config: Value = http
+            .get(format!("{}/auth/config", service.url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(
+            config["oidc"]["flows"],
+            json!(["device", "browser"]),
+            "{config}"
+        );
+
+        // The authorize URL carries PKCE (S256), a state and a nonce.
+        let start = |http: reqwest::Client, url: String| async move {
+            let started: Value = http
+                .post(format!("{url}/auth/login"))
+                .json(&json!({"flow": "browser"}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let authorize = started["authorize_url"]
+                .as_str()
+                .ok_or("an authorize URL")?
+                .to_string();
+            Ok::<String, Failed>(authorize)
+        };
+        let authorize = start(http.clone(), service.url.clone()).await?;
+        for part in [
+            "code_challenge=",
+            "code_challenge_method=S256",
+            "state=",
+            "nonce=",
+        ] {
+            assert!(authorize.contains(part), "{part} missing: {authorize}");
+        }
+
+        // Alice logs in in the browser; the callback sets the login cookies.
+        let outcome = provider.approve_browser(&authorize, "alice").await?;
+        let session: Value = serde_json::from_str(&outcome.body)
+            .map_err(|err| format!("{err}: {}", outcome.body))?;
+        assert_eq!(session["user"], "alice", "{session}");
+        assert!(
+            session.get("access_token").is_none(),
+            "no token in the body"
+        );
+        let access = outcome
+            .cookies
+            .get("cubbi_access")
+            .ok_or("the access cookie")?;
+        let csrf = outcome.cookies.get("cubbi_csrf").ok_or("the CSRF cookie")?;
+        let access_line = outcome
+            .set_cookie_lines
+            .iter()
+            .find(|line| line.starts_with("cubbi_access="))
+            .ok_or("a Set-Cookie for the access token")?;
+        assert!(
+            access_line.contains("HttpOnly") && access_line.contains("SameSite=Strict"),
+            "{access_line}"
+        );
+        assert!(!access_line.contains("Secure"), "plain http: {access_line}");
+        let cookies = format!("cubbi_access={access}; cubbi_csrf={csrf}");
+
+        // The cookie authenticates reads; changes need the CSRF header too.
+        let read = http
+            .get(format!("{}/v1/projects", service.url))
+            .header("cookie", &cookies)
+            .send()
+            .await?;
+        assert_eq!(read.status(), 200);
+        let forged = http
+            .post(format!("{}/v1/projects", service.url))
+            .header("cookie", &cookies)
+            .json(&json!({}))
+            .send()
+            .await?;
+        assert_eq!(forged.status(), 401);
+        let body: Value = forged.json().await?;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("X-CSRF-Token"),
+            "{body}"
+        );
+        let with_header = http
+            .post(format!("{}/v1/projects", service.url))
+            .header("cookie", &cookies)
+            .header("x-csrf-token", csrf.as_str())
+            .json(&json!({}))
+            .send()
+            .await?;
+        assert_eq!(
+            with_header.status(),
+            400,
+            "past the CSRF check, refused as a bad body"
+        );
+
+        // A callback with a state this service did not make, or a replayed one, is refused.
+        for url in [
+            format!("{}/auth/callback?code=abc&state=forged", service.url),
+            outcome.url.clone(),
+        ] {
+            let answer = http.get(&url).send().await?;
+            assert_eq!(answer.status(), 400, "{url}");
+            let body: Value = answer.json().await?;
+            assert_eq!(body["error"]["code"], "invalid", "{body}");
+        }
+
+        // Logout by cookie needs the CSRF header too; then the cookie is dead.
+        let refused = http
+            .post(format!("{}/auth/logout", service.url))
+            .header("cookie", &cookies)
+            .send()
+            .await?;
+        assert_eq!(refused.status(), 401);
+        let out = http
+            .post(format!("{}/auth/logout", service.url))
+            .header("cookie", &cookies)
+            .header("x-csrf-token", csrf.as_str())
+            .send()
+            .await?;
+        assert_eq!(out.status(), 200);
+        let cleared: Vec<String> = out
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|value| value.to_str().ok().map(String::from))
+            .collect();
+        assert!(
+            cleared
+                .iter()
+                .any(|line| line.starts_with("cubbi_access=;") && line.contains("Max-Age=0")),
+            "{cleared:?}"
+        );
+        let after = http
+            .get(format!("{}/v1/projects", service.url))
+            .header("cookie", &cookies)
+            .send()
+            .await?;
+        assert_eq!(after.status(), 401);
         service.stop().await?;
         Ok(())
     })?;

@@ -47,6 +47,10 @@ pub struct OidcSettings {
     /// Seconds a refresh token lives (its family is refreshed with a new one each time).
     #[serde(default = "default_refresh_lifetime")]
     pub refresh_lifetime: Lifetime,
+    /// The service's `/auth/callback` URL as registered at the provider; the browser login
+    /// is offered only with it.
+    #[serde(default)]
+    pub redirect_url: Option<IssuerUrl>,
     /// Seconds one HTTP exchange with the provider may take.
     #[serde(default = "default_provider_timeout")]
     pub provider_timeout: Lifetime,
@@ -88,28 +92,28 @@ impl TryFrom<String> for IssuerUrl {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        let url = reqwest::Url::parse(&text)
-            .map_err(|err| format!("issuer `{text}` is not a URL: {err}"))?;
+        let url =
+            reqwest::Url::parse(&text).map_err(|err| format!("`{text}` is not a URL: {err}"))?;
         let host = url.host_str().unwrap_or_default();
         if host.is_empty() {
-            return Err(format!("issuer `{text}` has no host"));
+            return Err(format!("`{text}` has no host"));
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!("issuer `{text}` must have no `?` or `#` part"));
+            return Err(format!("`{text}` must have no `?` or `#` part"));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err("put no user or password in the issuer URL".into());
+            return Err("put no user or password in the URL".into());
         }
         match url.scheme() {
             "https" => {}
             "http" if is_loopback(host) => {}
             "http" => {
                 return Err(format!(
-                    "issuer `{text}` is plain http: only https is accepted, except on a \
+                    "`{text}` is plain http: only https is accepted, except on a \
                      loopback address (127.0.0.1, ::1, localhost)"
                 ));
             }
-            other => return Err(format!("issuer `{text}`: scheme {other} is not https")),
+            other => return Err(format!("`{text}`: scheme {other} is not https")),
         }
         Ok(Self(text))
     }

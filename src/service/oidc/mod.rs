@@ -27,6 +27,16 @@ use super::store::{Store, StoreError, validate_user};
 use config::OidcSettings;
 use provider::{Provider, ProviderError, VerifiedClaims, refresh_token_of};
 
+/// How long a browser login may take from `POST /auth/login` to the callback.
+const BROWSER_LOGIN_TTL: Duration = Duration::from_secs(600);
+
+/// A browser login under way, found by its state.
+struct BrowserPending {
+    nonce: String,
+    verifier: String,
+    expires: Instant,
+}
+
 /// Device logins under way at once; past it, new ones are refused until some end.
 const MAX_PENDING: usize = 1000;
 
@@ -62,6 +72,17 @@ pub enum OidcError {
     Busy,
     #[error("the service's token store failed")]
     Store(String),
+    #[error(
+        "this service offers the device login only (`\"flow\": \"device\"`): the browser \
+         login needs auth.oidc.redirect_url"
+    )]
+    NoBrowserFlow,
+    #[error(
+        "the login's state is unknown or expired (a forged or replayed callback?); log in again"
+    )]
+    BadState,
+    #[error("the callback has no authorization code")]
+    NoCode,
 }
 
 impl From<StoreError> for OidcError {
@@ -111,12 +132,19 @@ pub struct OidcService {
     provider: Provider,
     store: Arc<dyn Store>,
     pending: Mutex<HashMap<String, Pending>>,
+    browser_pending: Mutex<HashMap<String, BrowserPending>>,
+    /// Whether the service runs TLS: its cookies are `Secure` then.
+    tls: bool,
 }
 
 impl OidcService {
     /// Reads the client secret file (0600) and sets up the provider client; the provider is
     /// first asked when the first login comes, so the service starts while it is down.
-    pub fn new(settings: &OidcSettings, store: Arc<dyn Store>) -> Result<Arc<Self>, String> {
+    pub fn new(
+        settings: &OidcSettings,
+        store: Arc<dyn Store>,
+        tls: bool,
+    ) -> Result<Arc<Self>, String> {
         let secret = config::read_client_secret(&settings.client_secret_file)
             .map_err(|err| err.to_string())?;
         let provider = Provider::new(settings, secret).map_err(|err| err.to_string())?;
@@ -125,11 +153,96 @@ impl OidcService {
             provider,
             store,
             pending: Mutex::new(HashMap::new()),
+            browser_pending: Mutex::new(HashMap::new()),
+            tls,
         }))
     }
 
     pub fn issuer(&self) -> &str {
         self.provider.issuer()
+    }
+
+    /// Whether the browser login is offered (`auth.oidc.redirect_url` is set).
+    pub fn offers_browser(&self) -> bool {
+        self.settings.redirect_url.is_some()
+    }
+
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    pub fn access_lifetime(&self) -> i64 {
+        self.settings.access_lifetime.seconds()
+    }
+
+    pub fn refresh_lifetime(&self) -> i64 {
+        self.settings.refresh_lifetime.seconds()
+    }
+
+    fn browser_pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, BrowserPending>> {
+        self.browser_pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts a browser login: the provider's authorize URL (PKCE, state, nonce kept here).
+    pub async fn start_browser(&self) -> Result<String, OidcError> {
+        let redirect = self
+            .settings
+            .redirect_url
+            .as_ref()
+            .ok_or(OidcError::NoBrowserFlow)?;
+        {
+            let mut pending = self.browser_pending();
+            let now = Instant::now();
+            pending.retain(|_, login| login.expires > now);
+            if pending.len() >= MAX_PENDING {
+                return Err(OidcError::Busy);
+            }
+        }
+        let start = self.provider.authorize_url(redirect.as_str()).await?;
+        self.browser_pending().insert(
+            start.state.clone(),
+            BrowserPending {
+                nonce: start.nonce,
+                verifier: start.verifier,
+                expires: Instant::now() + BROWSER_LOGIN_TTL,
+            },
+        );
+        Ok(start.url)
+    }
+
+    /// The provider answered a browser login with an error: forgets the login when the state
+    /// is ours (else the answer is not for this service: refused like a forged one).
+    pub fn finish_browser_refused(&self, state: &str) -> Result<(), OidcError> {
+        self.browser_pending()
+            .remove(state)
+            .map(|_| ())
+            .ok_or(OidcError::BadState)
+    }
+
+    /// The provider sent the browser back: the state must be one this service made (once),
+    /// the code is exchanged with its PKCE verifier, the ID token must carry its nonce.
+    pub async fn finish_browser(&self, state: &str, code: &str) -> Result<IssuedTokens, OidcError> {
+        let redirect = self
+            .settings
+            .redirect_url
+            .as_ref()
+            .ok_or(OidcError::NoBrowserFlow)?;
+        let pending = self
+            .browser_pending()
+            .remove(state)
+            .filter(|login| login.expires > Instant::now())
+            .ok_or(OidcError::BadState)?;
+        if code.is_empty() {
+            return Err(OidcError::NoCode);
+        }
+        let response = self
+            .provider
+            .exchange_code(redirect.as_str(), code, &pending.verifier)
+            .await?;
+        let nonce = openidconnect::Nonce::new(pending.nonce);
+        self.complete_login_with(&response, Some(&nonce)).await
     }
 
     fn lifetimes(&self) -> Lifetimes {
@@ -219,7 +332,15 @@ impl OidcService {
         &self,
         response: &openidconnect::core::CoreTokenResponse,
     ) -> Result<IssuedTokens, OidcError> {
-        let claims = self.provider.verify(response, None).await?;
+        self.complete_login_with(response, None).await
+    }
+
+    async fn complete_login_with(
+        &self,
+        response: &openidconnect::core::CoreTokenResponse,
+        nonce: Option<&openidconnect::Nonce>,
+    ) -> Result<IssuedTokens, OidcError> {
+        let claims = self.provider.verify(response, nonce).await?;
         let (user, admin) = self.judge(&claims)?;
         let login = OidcLogin {
             issuer: self.provider.issuer().to_string(),
@@ -373,7 +494,7 @@ fn groups_of(claims: &VerifiedClaims, claim: &str) -> Vec<String> {
 }
 
 /// A device login's handle: 32 random bytes, base64url.
-fn new_handle() -> String {
+pub(super) fn new_handle() -> String {
     let bytes: [u8; 32] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

@@ -17,10 +17,12 @@ use openidconnect::core::{
     CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreSubjectIdentifierType,
     CoreTokenResponse,
 };
+use openidconnect::core::{CoreAuthPrompt, CoreAuthenticationFlow};
 use openidconnect::{
-    AdditionalProviderMetadata, ClientId, ClientSecret, DeviceAuthorizationUrl, EndpointMaybeSet,
-    EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, Nonce, OAuth2TokenResponse,
-    ProviderMetadata, RefreshToken, RequestTokenError, RevocationUrl, Scope,
+    AdditionalProviderMetadata, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest,
+    HttpResponse, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, RevocationUrl, Scope,
 };
 use serde::{Deserialize, Serialize};
 
@@ -344,6 +346,59 @@ impl Provider {
             })
     }
 
+    /// Where to send a browser to log in (authorization code flow with PKCE, state and
+    /// nonce): the URL, and the state, nonce and PKCE verifier the callback needs.
+    pub async fn authorize_url(&self, redirect: &str) -> Result<BrowserStart, ProviderError> {
+        let metadata = self.metadata(false).await?;
+        let redirect = RedirectUrl::new(redirect.to_string())
+            .map_err(|err| self.down(format!("auth.oidc.redirect_url: {err}")))?;
+        let client = self.client(metadata).set_redirect_uri(redirect);
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .set_pkce_challenge(challenge);
+        // The crate adds `openid` itself.
+        for scope in self.scopes.iter().filter(|scope| *scope != "openid") {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        // Providers give a refresh token for offline_access only after an explicit consent.
+        if self.scopes.iter().any(|scope| scope == "offline_access") {
+            request = request.add_prompt(CoreAuthPrompt::Consent);
+        }
+        let (url, state, nonce) = request.url();
+        Ok(BrowserStart {
+            url: url.to_string(),
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            verifier: verifier.secret().clone(),
+        })
+    }
+
+    /// Exchanges the authorization code (with the PKCE verifier) for tokens.
+    pub async fn exchange_code(
+        &self,
+        redirect: &str,
+        code: &str,
+        verifier: &str,
+    ) -> Result<CoreTokenResponse, ProviderError> {
+        let metadata = self.metadata(false).await?;
+        let redirect = RedirectUrl::new(redirect.to_string())
+            .map_err(|err| self.down(format!("auth.oidc.redirect_url: {err}")))?;
+        let client = self.client(metadata).set_redirect_uri(redirect);
+        let http = self.http_client();
+        client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|err| self.down(err.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()))
+            .request_async(&http)
+            .await
+            .map_err(|err| self.token_error(err))
+    }
+
     /// The refresh grant with the provider's refresh token.
     pub async fn refresh(&self, refresh_token: &str) -> Result<CoreTokenResponse, ProviderError> {
         let metadata = self.metadata(false).await?;
@@ -444,6 +499,15 @@ impl Provider {
             other => self.down(error_chain(&other)),
         }
     }
+}
+
+/// A browser login started: where to send the browser, and what the callback checks.
+#[derive(Clone)]
+pub struct BrowserStart {
+    pub url: String,
+    pub state: String,
+    pub nonce: String,
+    pub verifier: String,
 }
 
 /// The provider's refresh token in a token response, if it gave one.

@@ -6,17 +6,25 @@
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::provider::ProviderError;
+use axum::Form;
+use axum::extract::rejection::FormRejection;
+use axum::http::HeaderValue;
+use axum::http::header::SET_COOKIE;
+
 use super::wire::{
-    AuthConfig, DeviceLogin, LoginFlow, LoginPending, LoginRequest, LoginTokens, LogoutRequest,
-    LogoutResult, OidcOffer, PollRequest, RefreshRequest,
+    AuthConfig, BrowserLogin, BrowserSession, CallbackParams, DeviceLogin, LoginFlow, LoginPending,
+    LoginRequest, LoginStarted, LoginTokens, LogoutRequest, LogoutResult, OidcOffer, PollRequest,
+    RefreshRequest,
 };
 use super::{DevicePoll, OidcError, OidcService};
 use crate::api::ErrorCode;
+use crate::service::auth::{
+    ACCESS_COOKIE, CSRF_COOKIE, REFRESH_COOKIE, bearer, check_csrf, cookie,
+};
 use crate::service::auth_tokens::IssuedTokens;
 use crate::service::http_error::HttpError;
 use crate::service::router::{AppState, SessionHost};
@@ -51,6 +59,7 @@ pub fn http_error(err: OidcError) -> HttpError {
         OidcError::UnknownHandle => ErrorCode::NotFound,
         OidcError::Busy => ErrorCode::Exhausted,
         OidcError::Store(_) => ErrorCode::Unavailable,
+        OidcError::NoBrowserFlow | OidcError::BadState | OidcError::NoCode => ErrorCode::Invalid,
         _ => ErrorCode::Unauthorized,
     };
     HttpError::new(code, err.to_string())
@@ -86,14 +95,18 @@ pub async fn config<H: SessionHost>(State(state): State<AppState<H>>) -> Json<Au
         api_tokens: true,
         oidc: state.oidc().map(|oidc| OidcOffer {
             issuer: oidc.issuer().to_string(),
-            flows: vec!["device".into()],
+            flows: if oidc.offers_browser() {
+                vec!["device".into(), "browser".into()]
+            } else {
+                vec!["device".into()]
+            },
         }),
     })
 }
 
 #[utoipa::path(post, path = "/auth/login", operation_id = "auth_login", tag = "auth",
     request_body = LoginRequest,
-    responses((status = 200, description = "A device login started: show the URL and code, then poll with the handle", body = DeviceLogin),
+    responses((status = 200, description = "Device: show the URL and code, then poll with the handle. Browser: send the browser to authorize_url", body = LoginStarted),
         (status = 400, description = "Bad body, or a flow this service does not offer", body = crate::api::wire::ErrorBody),
         (status = 404, description = "This service has no OpenID Connect login", body = crate::api::wire::ErrorBody),
         (status = 503, description = "The OpenID provider is unavailable (the message names it)", body = crate::api::wire::ErrorBody)))]
@@ -103,24 +116,145 @@ pub async fn login<H: SessionHost>(
 ) -> Result<Response, HttpError> {
     let Json(request) = body?;
     let oidc = oidc(&state)?;
-    if request.flow != LoginFlow::Device {
-        return Err(HttpError::new(
-            ErrorCode::Invalid,
-            "this service offers the device login only (`\"flow\": \"device\"`)",
+    if request.flow == LoginFlow::Browser {
+        let url = oidc.start_browser().await.map_err(http_error)?;
+        return Ok(no_store(
+            StatusCode::OK,
+            LoginStarted::Browser(BrowserLogin { authorize_url: url }),
         ));
     }
     let started = oidc.start_device().await.map_err(http_error)?;
     Ok(no_store(
         StatusCode::OK,
-        DeviceLogin {
+        LoginStarted::Device(DeviceLogin {
             verification_uri: started.verification_uri,
             verification_uri_complete: started.verification_uri_complete,
             user_code: started.user_code,
             handle: started.handle,
             interval: started.interval,
             expires_in: started.expires_in,
-        },
+        }),
     ))
+}
+
+/// `Set-Cookie` for a login cookie: SameSite=Strict always, HttpOnly unless `readable`
+/// (the CSRF cookie, which the page repeats in a header), Secure under TLS.
+fn set_cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age: i64,
+    readable: bool,
+    tls: bool,
+) -> Option<HeaderValue> {
+    let mut text = format!("{name}={value}; Path={path}; Max-Age={max_age}; SameSite=Strict");
+    if !readable {
+        text.push_str("; HttpOnly");
+    }
+    if tls {
+        text.push_str("; Secure");
+    }
+    HeaderValue::from_str(&text).ok()
+}
+
+/// The login cookies for `issued` (or, with None, cookies that clear them).
+fn login_cookies(oidc: &OidcService, issued: Option<&IssuedTokens>) -> Vec<HeaderValue> {
+    let tls = oidc.tls();
+    let now = now();
+    let (access, refresh, csrf, access_age, refresh_age) = match issued {
+        Some(issued) => (
+            issued.access.clone(),
+            issued.refresh.clone(),
+            super::new_handle(),
+            issued.access_expires - now,
+            issued.refresh_expires - now,
+        ),
+        None => (String::new(), String::new(), String::new(), 0, 0),
+    };
+    [
+        set_cookie(ACCESS_COOKIE, &access, "/", access_age, false, tls),
+        set_cookie(REFRESH_COOKIE, &refresh, "/auth", refresh_age, false, tls),
+        set_cookie(CSRF_COOKIE, &csrf, "/", refresh_age, true, tls),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn with_cookies(mut response: Response, cookies: Vec<HeaderValue>) -> Response {
+    for value in cookies {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+    response
+}
+
+fn browser_session(issued: &IssuedTokens) -> BrowserSession {
+    BrowserSession {
+        user: issued.user.clone(),
+        admin: issued.admin,
+        expires_in: issued.access_expires - now(),
+    }
+}
+
+#[utoipa::path(get, path = "/auth/callback", operation_id = "auth_callback", tag = "auth",
+    params(CallbackParams),
+    responses((status = 200, description = "Logged in: the HttpOnly SameSite=Strict login cookies are set (and a readable cubbi_csrf cookie to repeat in X-CSRF-Token)", body = BrowserSession),
+        (status = 400, description = "Unknown or expired state (a forged or replayed callback), or no code", body = crate::api::wire::ErrorBody),
+        (status = 401, description = "Denied at the provider, a bad ID token, or not in the allowed groups", body = crate::api::wire::ErrorBody),
+        (status = 409, description = "The user name belongs to another user", body = crate::api::wire::ErrorBody),
+        (status = 503, description = "The OpenID provider is unavailable", body = crate::api::wire::ErrorBody)))]
+pub async fn callback<H: SessionHost>(
+    state: State<AppState<H>>,
+    request: axum::extract::Request,
+) -> Result<Response, HttpError> {
+    finish_callback(state, request).await
+}
+
+/// The callback for `response_mode=form_post`: the same, from a form body.
+#[utoipa::path(post, path = "/auth/callback", operation_id = "auth_callback_form_post", tag = "auth",
+    params(CallbackParams),
+    responses((status = 200, description = "Logged in: the HttpOnly SameSite=Strict login cookies are set (and a readable cubbi_csrf cookie to repeat in X-CSRF-Token)", body = BrowserSession),
+        (status = 400, description = "Unknown or expired state (a forged or replayed callback), or no code", body = crate::api::wire::ErrorBody),
+        (status = 401, description = "Denied at the provider, a bad ID token, or not in the allowed groups", body = crate::api::wire::ErrorBody),
+        (status = 409, description = "The user name belongs to another user", body = crate::api::wire::ErrorBody),
+        (status = 503, description = "The OpenID provider is unavailable", body = crate::api::wire::ErrorBody)))]
+pub async fn callback_post<H: SessionHost>(
+    state: State<AppState<H>>,
+    request: axum::extract::Request,
+) -> Result<Response, HttpError> {
+    finish_callback(state, request).await
+}
+
+async fn finish_callback<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    request: axum::extract::Request,
+) -> Result<Response, HttpError> {
+    // The query of a GET, the form body of a POST (`response_mode=form_post`).
+    let params: Result<Form<CallbackParams>, FormRejection> =
+        <Form<CallbackParams> as axum::extract::FromRequest<()>>::from_request(request, &()).await;
+    let Form(params) = params.map_err(|err| HttpError::new(ErrorCode::Invalid, err.body_text()))?;
+    let oidc = oidc(&state)?;
+    let state_param = params.state.as_deref().unwrap_or_default();
+    if let Some(error) = &params.error {
+        // The provider's word, but only after the state proves the answer is for us.
+        oidc.finish_browser_refused(state_param)
+            .map_err(http_error)?;
+        let safe: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        return Err(HttpError::unauthorized(format!(
+            "the OpenID provider ended the login: {safe}"
+        )));
+    }
+    let code = params.code.as_deref().unwrap_or_default();
+    let issued = oidc
+        .finish_browser(state_param, code)
+        .await
+        .map_err(http_error)?;
+    let response = no_store(StatusCode::OK, browser_session(&issued));
+    Ok(with_cookies(response, login_cookies(&oidc, Some(&issued))))
 }
 
 #[utoipa::path(post, path = "/auth/login/poll", operation_id = "auth_login_poll", tag = "auth",
@@ -151,21 +285,41 @@ pub async fn poll<H: SessionHost>(
 
 #[utoipa::path(post, path = "/auth/refresh", operation_id = "auth_refresh", tag = "auth",
     request_body = RefreshRequest,
-    responses((status = 200, description = "A new access token and the next refresh token", body = LoginTokens),
+    responses((status = 200, description = "A new access token and the next refresh token (for a cookie login, new cookies and a BrowserSession body)", body = LoginTokens),
         (status = 401, description = "Unknown, expired, revoked or reused refresh token, or no longer in the allowed groups", body = crate::api::wire::ErrorBody),
         (status = 404, description = "This service has no OpenID Connect login", body = crate::api::wire::ErrorBody),
         (status = 503, description = "The OpenID provider is unavailable", body = crate::api::wire::ErrorBody)))]
 pub async fn refresh<H: SessionHost>(
     State(state): State<AppState<H>>,
+    headers: HeaderMap,
+    method: axum::http::Method,
     body: Result<Json<RefreshRequest>, JsonRejection>,
 ) -> Result<Response, HttpError> {
-    let Json(request) = body?;
     let oidc = oidc(&state)?;
-    let issued = oidc
-        .refresh(&request.refresh_token)
-        .await
-        .map_err(http_error)?;
-    Ok(no_store(StatusCode::OK, tokens(issued)))
+    match body {
+        Ok(Json(request)) => {
+            let issued = oidc
+                .refresh(&request.refresh_token)
+                .await
+                .map_err(http_error)?;
+            Ok(no_store(StatusCode::OK, tokens(issued)))
+        }
+        // No JSON body: a browser login refreshes with its cookie (and the CSRF header).
+        Err(JsonRejection::MissingJsonContentType(_)) => {
+            let refresh = cookie(&headers, REFRESH_COOKIE)
+                .ok_or_else(|| {
+                    HttpError::unauthorized(
+                        "give {\"refresh_token\"} as JSON, or the login cookie of a browser login",
+                    )
+                })?
+                .to_string();
+            check_csrf(&method, &headers)?;
+            let issued = oidc.refresh(&refresh).await.map_err(http_error)?;
+            let response = no_store(StatusCode::OK, browser_session(&issued));
+            Ok(with_cookies(response, login_cookies(&oidc, Some(&issued))))
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 #[utoipa::path(post, path = "/auth/logout", operation_id = "auth_logout", tag = "auth",
@@ -176,24 +330,26 @@ pub async fn refresh<H: SessionHost>(
 pub async fn logout<H: SessionHost>(
     State(state): State<AppState<H>>,
     headers: HeaderMap,
+    method: axum::http::Method,
     body: Result<Json<LogoutRequest>, JsonRejection>,
-) -> Result<Json<LogoutResult>, HttpError> {
+) -> Result<Response, HttpError> {
     let request = match body {
         Ok(Json(request)) => request,
-        // No body at all is fine: the bearer token says which login.
+        // No body at all is fine: the bearer token (or the login cookie) says which login.
         Err(JsonRejection::MissingJsonContentType(_)) => LogoutRequest::default(),
         Err(other) => return Err(other.into()),
     };
     let oidc = oidc(&state)?;
-    let bearer = headers
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    let given: Vec<&str> = bearer
+    let mut given: Vec<&str> = bearer(&headers)
         .into_iter()
         .chain(request.refresh_token.as_deref())
         .collect();
+    let by_cookie = given.is_empty();
+    if by_cookie {
+        check_csrf(&method, &headers)?;
+        given.extend(cookie(&headers, ACCESS_COOKIE));
+        given.extend(cookie(&headers, REFRESH_COOKIE));
+    }
     let revoked = oidc.logout(&given).await.map_err(http_error)?;
     if revoked == 0 {
         return Err(HttpError::unauthorized(
@@ -201,7 +357,12 @@ pub async fn logout<H: SessionHost>(
              Connect login)",
         ));
     }
-    Ok(Json(LogoutResult { revoked }))
+    let response = Json(LogoutResult { revoked }).into_response();
+    Ok(if by_cookie {
+        with_cookies(response, login_cookies(&oidc, None))
+    } else {
+        response
+    })
 }
 
 #[cfg(test)]
@@ -217,6 +378,8 @@ mod tests {
             ("/auth/login/poll", "post", "auth_login_poll"),
             ("/auth/refresh", "post", "auth_refresh"),
             ("/auth/logout", "post", "auth_logout"),
+            ("/auth/callback", "get", "auth_callback"),
+            ("/auth/callback", "post", "auth_callback_form_post"),
         ] {
             let operation = &document["paths"][path][method];
             assert_eq!(operation["operationId"], id, "{method} {path}: {operation}");

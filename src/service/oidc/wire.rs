@@ -50,6 +50,42 @@ pub struct DeviceLogin {
     pub expires_in: u64,
 }
 
+/// A browser login started: send the browser to `authorize_url`; the provider sends it
+/// back to `/auth/callback`, which sets the login cookies.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BrowserLogin {
+    pub authorize_url: String,
+}
+
+/// What `POST /auth/login` answers: a device login or a browser login.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum LoginStarted {
+    Device(DeviceLogin),
+    Browser(BrowserLogin),
+}
+
+/// What the provider sends back to `/auth/callback` (query, or form for `form_post`).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CallbackParams {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+    /// RFC 9207's issuer of the answer, when the provider sends it.
+    pub iss: Option<String>,
+}
+
+/// A browser login: who it is; the tokens are in HttpOnly cookies, never in the body.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BrowserSession {
+    pub user: String,
+    pub admin: bool,
+    /// Seconds the access cookie's token lives.
+    pub expires_in: i64,
+}
+
 /// `POST /auth/login/poll`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -33,6 +33,15 @@ fn fixture_dir() -> PathBuf {
 impl OidcProvider {
     /// Starts the provider with `accounts` (`{"alice": {"groups": ["dev"]}, ...}`).
     pub fn start(accounts: &serde_json::Value) -> Result<Self, Failed> {
+        Self::start_with_redirect(accounts, None)
+    }
+
+    /// [`OidcProvider::start`] with the client allowed the authorization code flow back to
+    /// `redirect_uri`.
+    pub fn start_with_redirect(
+        accounts: &serde_json::Value,
+        redirect_uri: Option<&str>,
+    ) -> Result<Self, Failed> {
         let fixture = fixture_dir();
         if !fixture.join("node_modules/oidc-provider").is_dir() {
             return Err(format!(
@@ -51,6 +60,7 @@ impl OidcProvider {
             serde_json::to_vec(&serde_json::json!({
                 "client_id": CLIENT_ID,
                 "client_secret": secret,
+                "redirect_uri": redirect_uri,
             }))?,
         )?;
         let secret_file = dir.path().join("client-secret");
@@ -171,6 +181,55 @@ impl OidcProvider {
     }
 }
 
+/// Where a browser login ended: the last URL, its body, the cookies the browser holds and
+/// every `Set-Cookie` line it was sent.
+pub struct BrowserOutcome {
+    pub url: String,
+    pub body: String,
+    pub cookies: HashMap<String, String>,
+    pub set_cookie_lines: Vec<String>,
+}
+
+impl OidcProvider {
+    /// Logs in as `login` from `authorize_url` the way a browser does (sign in, consent),
+    /// following the provider's redirect back to the service's callback.
+    pub async fn approve_browser(
+        &self,
+        authorize_url: &str,
+        login: &str,
+    ) -> Result<BrowserOutcome, Failed> {
+        let mut browser = Browser::new()?;
+        let mut page = browser.get(authorize_url).await?;
+        for _ in 0..12 {
+            let Some(form) = Form::first_in(&page.body) else {
+                return Ok(BrowserOutcome {
+                    url: page.url.to_string(),
+                    body: page.body,
+                    cookies: browser.cookies,
+                    set_cookie_lines: browser.set_cookie_lines,
+                });
+            };
+            let mut fields = form.fields.clone();
+            for (name, value) in &mut fields {
+                if value.is_empty() {
+                    match name.as_str() {
+                        "login" => *value = login.to_string(),
+                        "password" => *value = "any password".to_string(),
+                        _ => {}
+                    }
+                }
+            }
+            let action = page.url.join(&form.action)?;
+            page = browser.post(action.as_str(), &fields).await?;
+        }
+        Err(format!(
+            "the browser login did not end after 12 pages: {}",
+            page.body
+        )
+        .into())
+    }
+}
+
 impl Drop for OidcProvider {
     fn drop(&mut self) {
         self.stop();
@@ -187,6 +246,7 @@ struct Page {
 struct Browser {
     http: reqwest::Client,
     cookies: HashMap<String, String>,
+    set_cookie_lines: Vec<String>,
 }
 
 impl Browser {
@@ -197,6 +257,7 @@ impl Browser {
                 .timeout(Duration::from_secs(20))
                 .build()?,
             cookies: HashMap::new(),
+            set_cookie_lines: Vec::new(),
         })
     }
 
@@ -211,6 +272,7 @@ impl Browser {
     fn keep_cookies(&mut self, response: &reqwest::Response) {
         for value in response.headers().get_all(reqwest::header::SET_COOKIE) {
             let Ok(text) = value.to_str() else { continue };
+            self.set_cookie_lines.push(text.to_string());
             let Some((name, rest)) = text.split_once('=') else {
                 continue;
             };
