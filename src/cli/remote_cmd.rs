@@ -279,6 +279,13 @@ async fn device_login(name: &str, client: &LoginClient) -> Result<ExitCode, CliE
     }
     eprintln!("waiting for the login to be approved...");
     let tokens = client.wait_device(&started).await.map_err(refused)?;
+    // A login made before is ended at the service, not left to live out its lifetime.
+    if let Ok(Some(previous)) = login::load_login(name)
+        && let Err(err) = client.logout(&previous).await
+        && !err.is_refusal()
+    {
+        eprintln!("warning: the previous login to {name} could not be revoked: {err}");
+    }
     let stored = login::StoredLogin::from_tokens(&tokens);
     let path = login::save_login(name, &stored)?;
     // One credential per remote: the login replaces an API token stored before.

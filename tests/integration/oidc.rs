@@ -439,6 +439,20 @@ fn oidc_device_login_refresh_reuse_groups_and_logout_without_sysbox() -> Result<
             .await?
             .success()
             .stderr_contains("logged in to team as alice");
+        let first = alice.stored()?;
+        remember(&first);
+        // Logging in again ends the login made before.
+        alice
+            .log_in(&provider, "alice")
+            .await?
+            .success()
+            .stderr_lacks("could not be revoked");
+        let replaced = http
+            .post(format!("{}/auth/refresh", service.url))
+            .json(&json!({"refresh_token": first["refresh_token"]}))
+            .send()
+            .await?;
+        assert_eq!(replaced.status(), 401, "the replaced login's refresh token");
         let stored = alice.stored()?;
         remember(&stored);
         alice
@@ -578,7 +592,9 @@ fn oidc_provider_down_is_a_503_naming_it_without_sysbox() -> Result<(), Failed> 
 }
 
 fn oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox() -> Result<(), Failed> {
-    with_captured_log(async move {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let secrets = Arc::clone(&seen);
+    let log = with_captured_log(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let callback = format!("{base}/auth/callback");
@@ -734,7 +750,28 @@ fn oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox() -> Result<(),
             .await?;
         assert_eq!(after.status(), 401);
         service.stop().await?;
+        let code = reqwest::Url::parse(&outcome.url)?
+            .query_pairs()
+            .find(|(name, _)| name == "code")
+            .map(|(_, value)| value.into_owned())
+            .ok_or("a code in the callback URL")?;
+        if let Ok(mut secrets) = secrets.lock() {
+            secrets.extend([access.clone(), csrf.clone(), code]);
+            secrets.extend(outcome.cookies.get("cubbi_refresh").cloned());
+        }
         Ok(())
     })?;
+    let secrets = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(secrets.len(), 4, "the login's secrets were collected");
+    assert!(
+        log.contains("logged in with OpenID Connect"),
+        "the log was captured: {log}"
+    );
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a token, code or cookie is in the service's log"
+        );
+    }
     Ok(())
 }
