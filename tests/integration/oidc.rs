@@ -257,6 +257,7 @@ fn accounts(bob_groups: &[&str]) -> Value {
     json!({
         "alice": {"groups": ["dev", "admins"]},
         "bob": {"groups": bob_groups},
+        "carol": {"groups": ["dev"]},
     })
 }
 
@@ -749,6 +750,26 @@ fn oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox() -> Result<(),
             .send()
             .await?;
         assert_eq!(after.status(), 401);
+
+        // carol already exists as an API-token user: her provider identity is refused, not
+        // merged into that user.
+        let (_, carols_api_token) = service.store.issue_token("carol", Some(false))?;
+        let authorize = start(http.clone(), service.url.clone()).await?;
+        let refused = provider.approve_browser(&authorize, "carol").await;
+        let Err(err) = refused else {
+            return Err("carol's login was accepted over an existing user".into());
+        };
+        let message = err.message().unwrap_or_default().to_string();
+        assert!(
+            message.contains("409") && message.contains("never merged"),
+            "{message}"
+        );
+        let still = http
+            .get(format!("{}/v1/projects", service.url))
+            .bearer_auth(&carols_api_token)
+            .send()
+            .await?;
+        assert_eq!(still.status(), 200, "the API token user is untouched");
         service.stop().await?;
         let code = reqwest::Url::parse(&outcome.url)?
             .query_pairs()
