@@ -512,7 +512,7 @@ fn oidc_device_login_refresh_reuse_groups_and_logout_without_sysbox() -> Result<
 fn oidc_provider_down_is_a_503_naming_it_without_sysbox() -> Result<(), Failed> {
     let mut provider = OidcProvider::start(&accounts(&["dev"]))?;
     with_captured_log(async move {
-        let mut service = Service::start(&provider, "").await?;
+        let mut service = Service::start(&provider, "admin_groups = [\"admins\"]").await?;
         let http = reqwest::Client::new();
         // Up: a device login starts.
         let started = http
@@ -557,6 +557,22 @@ fn oidc_provider_down_is_a_503_naming_it_without_sysbox() -> Result<(), Failed> 
             .send()
             .await?;
         assert_eq!(again.status(), 404);
+        assert_eq!(tokens["admin"], false, "{tokens}");
+
+        // Admin follows admin_groups at the next refresh.
+        let mut promoted = accounts(&["dev"]);
+        promoted["bob"]["groups"] = json!(["dev", "admins"]);
+        provider.set_accounts(&promoted)?;
+        let refreshed: Value = http
+            .post(format!("{}/auth/refresh", service.url))
+            .json(&json!({"refresh_token": tokens["refresh_token"]}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        assert_eq!(refreshed["admin"], true, "{refreshed}");
+        assert_ne!(refreshed["refresh_token"], tokens["refresh_token"]);
+        let tokens = refreshed;
 
         // Down: a login and a refresh answer 503 with a body naming the provider.
         provider.stop();
