@@ -217,6 +217,8 @@ pub struct Provider {
     scopes: Vec<String>,
     http: ProviderHttp,
     cache: tokio::sync::Mutex<Option<Cached>>,
+    /// The soonest the discovery document is fetched again for an unknown key id.
+    refetch_every: Duration,
 }
 
 impl Provider {
@@ -235,6 +237,7 @@ impl Provider {
             scopes: settings.scopes.iter().map(String::from).collect(),
             http,
             cache: tokio::sync::Mutex::new(None),
+            refetch_every: REFETCH_AT_MOST_EVERY,
         })
     }
 
@@ -267,7 +270,7 @@ impl Provider {
         if let Some(cached) = cache.as_ref() {
             let age = cached.fetched.elapsed();
             let fresh_enough = if refetch {
-                age < REFETCH_AT_MOST_EVERY
+                age < self.refetch_every
             } else {
                 age < DISCOVERY_TTL
             };
@@ -758,5 +761,99 @@ mod tests {
         // No nonce where one was sent.
         let plain = sign(&k1, &header("k1"), &claims());
         assert!(check(&plain, &[&k1], Some(&Nonce::new("n-1".into()))).is_err());
+    }
+
+    /// A provider on loopback whose key set the test changes: discovery and the keys are
+    /// fetched once, and again when a token names a key the cached set lacks.
+    #[tokio::test]
+    async fn an_unknown_key_id_fetches_the_key_set_again() {
+        use openidconnect::core::{CoreIdTokenFields, CoreTokenType};
+        use openidconnect::{AccessToken, EmptyExtraTokenFields};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let k1 = key("k1");
+        let k2 = key("k2");
+        let jwks = Arc::new(Mutex::new(JsonWebKeySet::new(vec![
+            k1.as_verification_key(),
+        ])));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let metadata = json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/auth"),
+            "token_endpoint": format!("{issuer}/token"),
+            "jwks_uri": format!("{issuer}/jwks"),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        });
+        let app = {
+            let jwks = Arc::clone(&jwks);
+            let fetches = Arc::clone(&fetches);
+            axum::Router::new()
+                .route(
+                    "/.well-known/openid-configuration",
+                    axum::routing::get(move || {
+                        let metadata = metadata.clone();
+                        async move { axum::Json(metadata) }
+                    }),
+                )
+                .route(
+                    "/jwks",
+                    axum::routing::get(move || {
+                        fetches.fetch_add(1, Ordering::SeqCst);
+                        let keys = serde_json::to_value(&*jwks.lock().unwrap()).unwrap();
+                        async move { axum::Json(keys) }
+                    }),
+                )
+        };
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[auth.oidc]\nissuer = \"{issuer}\"\nclient_id = \"{CLIENT}\"\n\
+             client_secret_file = \"{}\"\n",
+            dir.path().join("unused").display()
+        );
+        let config =
+            crate::service::config::ServiceConfig::parse(&text, std::path::Path::new("t.toml"))
+                .unwrap();
+        let mut provider = Provider::new(config.auth.oidc.as_ref().unwrap(), "s".into()).unwrap();
+        provider.refetch_every = Duration::ZERO;
+        let response = |token: String| {
+            CoreTokenResponse::new(
+                AccessToken::new("provider-access".into()),
+                CoreTokenType::Bearer,
+                CoreIdTokenFields::new(
+                    Some(CoreIdToken::from_str(&token).unwrap()),
+                    EmptyExtraTokenFields {},
+                ),
+            )
+        };
+        let mut claims = claims();
+        claims["iss"] = json!(issuer);
+
+        let first = sign(&k1, &header("k1"), &claims);
+        let verified = provider.verify(&response(first), None).await.unwrap();
+        assert_eq!(verified.subject, "sub-alice");
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        // The provider rotates to k2: the cached set lacks it, so it is fetched again.
+        *jwks.lock().unwrap() =
+            JsonWebKeySet::new(vec![k1.as_verification_key(), k2.as_verification_key()]);
+        let rotated = sign(&k2, &header("k2"), &claims);
+        provider.verify(&response(rotated), None).await.unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+
+        // A key the provider does not publish at all stays refused after the refetch.
+        let k3 = key("k3");
+        let err = provider
+            .verify(&response(sign(&k3, &header("k3"), &claims)), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::BadIdToken { .. }), "{err}");
+        assert!(err.to_string().contains("does not publish"), "{err}");
     }
 }
