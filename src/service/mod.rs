@@ -123,7 +123,8 @@ pub fn start<H: SessionHost>(
         .as_ref()
         .map(|settings| {
             let tls = config.server.tls_cert.is_some();
-            oidc::OidcService::new(settings, Arc::clone(&store), tls)
+            let sealing = oidc::sealing_key(config)?;
+            oidc::OidcService::new(settings, Arc::clone(&store), tls, sealing)
         })
         .transpose()
         .map_err(ServeError::Setup)?;

@@ -70,7 +70,7 @@ struct Service {
     url: String,
     store: Arc<SqliteStore>,
     running: Option<RunningService>,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
 }
 
 impl Service {
@@ -110,7 +110,7 @@ impl Service {
             url: format!("http://{}", running.address),
             store,
             running: Some(running),
-            _state: state,
+            state,
         })
     }
 
@@ -479,6 +479,27 @@ fn oidc_device_login_refresh_reuse_groups_and_logout_without_sysbox() -> Result<
             };
             assert_eq!(status, 401, "{key} after logout");
         }
+
+        // The provider's refresh tokens are sealed in the database, never kept as given.
+        let db = rusqlite::Connection::open(service.state.path().join("cubbi.db"))?;
+        let sealed: Vec<String> = db
+            .prepare(
+                "SELECT provider_refresh FROM oidc_families WHERE provider_refresh IS NOT NULL",
+            )?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        assert!(
+            sealed.len() >= 3,
+            "{} families with a provider token",
+            sealed.len()
+        );
+        for value in &sealed {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(value)?;
+            // A 24-byte nonce and a 16-byte tag around the token.
+            assert!(bytes.len() > 40, "not sealed: {} bytes", bytes.len());
+        }
+        drop(db);
 
         // API tokens keep working beside the logins.
         let (_, api) = service.store.issue_token("carol", Some(false))?;

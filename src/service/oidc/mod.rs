@@ -135,15 +135,19 @@ pub struct OidcService {
     browser_pending: Mutex<HashMap<String, BrowserPending>>,
     /// Whether the service runs TLS: its cookies are `Secure` then.
     tls: bool,
+    /// Seals the provider's refresh tokens in the store (the project key).
+    sealing: crate::projects::crypto::ProjectKey,
 }
 
 impl OidcService {
     /// Reads the client secret file (0600) and sets up the provider client; the provider is
     /// first asked when the first login comes, so the service starts while it is down.
+    /// `sealing` seals the provider's refresh tokens kept in the store ([`sealing_key`]).
     pub fn new(
         settings: &OidcSettings,
         store: Arc<dyn Store>,
         tls: bool,
+        sealing: crate::projects::crypto::ProjectKey,
     ) -> Result<Arc<Self>, String> {
         let secret = config::read_client_secret(&settings.client_secret_file)
             .map_err(|err| err.to_string())?;
@@ -155,6 +159,7 @@ impl OidcService {
             pending: Mutex::new(HashMap::new()),
             browser_pending: Mutex::new(HashMap::new()),
             tls,
+            sealing,
         }))
     }
 
@@ -347,7 +352,7 @@ impl OidcService {
             subject: claims.subject.clone(),
             user,
             admin,
-            provider_refresh: refresh_token_of(response),
+            provider_refresh: self.seal(&claims.subject, refresh_token_of(response))?,
             lifetimes: self.lifetimes(),
         };
         let issued = self.store.oidc_login(&login).await?;
@@ -409,12 +414,14 @@ impl OidcService {
             }
             RefreshCheck::Refused => return Err(OidcError::RefreshRefused),
         };
-        let Some(provider_refresh) = family.provider_refresh.as_deref() else {
-            // Without the provider's refresh token the groups cannot be read again.
+        let Some(provider_refresh) = self.open(&family.subject, family.provider_refresh.as_deref())
+        else {
+            // Without the provider's refresh token (none was given, or it was sealed with
+            // another key) the groups cannot be read again.
             self.store.oidc_revoke_family(&family.id).await?;
             return Err(OidcError::RefreshRefused);
         };
-        let response = match self.provider.refresh(provider_refresh).await {
+        let response = match self.provider.refresh(&provider_refresh).await {
             Ok(response) => response,
             Err(err @ ProviderError::Refused { .. }) => {
                 // The provider ended the login (user disabled, consent withdrawn).
@@ -442,7 +449,7 @@ impl OidcService {
         };
         let rotation = Rotation {
             admin,
-            provider_refresh: refresh_token_of(&response),
+            provider_refresh: self.seal(&family.subject, refresh_token_of(&response))?,
             lifetimes: self.lifetimes(),
         };
         self.store
@@ -466,8 +473,10 @@ impl OidcService {
                 continue;
             }
             seen.push(family.id.clone());
-            if let Some(provider_refresh) = &family.provider_refresh {
-                match self.provider.revoke(provider_refresh).await {
+            if let Some(provider_refresh) =
+                self.open(&family.subject, family.provider_refresh.as_deref())
+            {
+                match self.provider.revoke(&provider_refresh).await {
                     Ok(_) => {}
                     Err(err) => tracing::warn!(
                         user = family.user.as_str(),
@@ -478,6 +487,45 @@ impl OidcService {
             tracing::info!(user = family.user.as_str(), "logged out");
         }
         Ok(revoked)
+    }
+}
+
+impl OidcService {
+    /// What the store keeps of the provider's refresh token: sealed (XChaCha20-Poly1305
+    /// with the project key, bound to this issuer and subject), so the database alone does
+    /// not hold it.
+    fn seal(&self, subject: &str, token: Option<String>) -> Result<Option<String>, OidcError> {
+        token
+            .map(|token| {
+                self.sealing
+                    .seal(&self.sealing_context(subject), token.as_bytes())
+                    .map_err(|err| OidcError::Store(err.to_string()))
+            })
+            .transpose()
+    }
+
+    fn open(&self, subject: &str, sealed: Option<&str>) -> Option<String> {
+        let bytes = self.sealing.open(&self.sealing_context(subject), sealed?)?;
+        String::from_utf8(bytes).ok()
+    }
+
+    fn sealing_context(&self, subject: &str) -> String {
+        format!("oidc-refresh {} {subject}", self.provider.issuer())
+    }
+}
+
+/// The key that seals the provider's refresh tokens: the project key
+/// (`[projects.storage] key`, else `STATE_DIR/project.key`, made on first use).
+pub fn sealing_key(
+    config: &super::config::ServiceConfig,
+) -> Result<crate::projects::crypto::ProjectKey, String> {
+    use crate::projects::crypto::ProjectKey;
+    match &config.projects.storage.key {
+        Some(text) => ProjectKey::from_text(&text.0, "projects.storage.key").ok_or_else(|| {
+            "projects.storage.key: give 32 bytes as 64 hex digits or as base64".to_string()
+        }),
+        None => ProjectKey::load_or_create(&config.state_dir.join(super::projects::KEY_FILE))
+            .map_err(|err| err.to_string()),
     }
 }
 
