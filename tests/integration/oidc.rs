@@ -659,21 +659,31 @@ fn oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox() -> Result<(),
         );
 
         // The authorize URL carries PKCE (S256), a state and a nonce.
+        // Starting a login gives the authorize URL, and the browser a cookie binding the
+        // callback to it.
         let start = |http: reqwest::Client, url: String| async move {
-            let started: Value = http
+            let answer = http
                 .post(format!("{url}/auth/login"))
                 .json(&json!({"flow": "browser"}))
                 .send()
-                .await?
-                .json()
                 .await?;
+            let cookie = answer
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .find_map(|line| line.strip_prefix("cubbi_login="))
+                .and_then(|rest| rest.split(';').next())
+                .ok_or("a cubbi_login cookie")?
+                .to_string();
+            let started: Value = answer.json().await?;
             let authorize = started["authorize_url"]
                 .as_str()
                 .ok_or("an authorize URL")?
                 .to_string();
-            Ok::<String, Failed>(authorize)
+            Ok::<_, Failed>((authorize, vec![("cubbi_login".to_string(), cookie)]))
         };
-        let authorize = start(http.clone(), service.url.clone()).await?;
+        let (authorize, login_cookie) = start(http.clone(), service.url.clone()).await?;
         for part in [
             "code_challenge=",
             "code_challenge_method=S256",
@@ -684,7 +694,9 @@ fn oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox() -> Result<(),
         }
 
         // Alice logs in in the browser; the callback sets the login cookies.
-        let outcome = provider.approve_browser(&authorize, "alice").await?;
+        let outcome = provider
+            .approve_browser(&authorize, "alice", &login_cookie)
+            .await?;
         let session: Value = serde_json::from_str(&outcome.body)
             .map_err(|err| format!("{err}: {}", outcome.body))?;
         assert_eq!(session["user"], "alice", "{session}");
@@ -745,15 +757,38 @@ fn oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox() -> Result<(),
         );
 
         // A callback with a state this service did not make, or a replayed one, is refused.
-        for url in [
-            format!("{}/auth/callback?code=abc&state=forged", service.url),
-            outcome.url.clone(),
+        // (The login cookie matches the state each time, so the state itself is refused.)
+        let used_state = reqwest::Url::parse(&outcome.url)?
+            .query_pairs()
+            .find(|(name, _)| name == "state")
+            .map(|(_, value)| value.into_owned())
+            .ok_or("a state in the callback URL")?;
+        for (url, state) in [
+            (
+                format!("{}/auth/callback?code=abc&state=forged", service.url),
+                "forged".to_string(),
+            ),
+            (outcome.url.clone(), used_state),
         ] {
-            let answer = http.get(&url).send().await?;
+            let answer = http
+                .get(&url)
+                .header("cookie", format!("cubbi_login={state}"))
+                .send()
+                .await?;
             assert_eq!(answer.status(), 400, "{url}");
             let body: Value = answer.json().await?;
             assert_eq!(body["error"]["code"], "invalid", "{body}");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("state is unknown"), "{message}");
         }
+
+        // A callback in a browser that did not start the login (login CSRF) is refused.
+        let (authorize, _) = start(http.clone(), service.url.clone()).await?;
+        let Err(err) = provider.approve_browser(&authorize, "alice", &[]).await else {
+            return Err("a callback without the login cookie was accepted".into());
+        };
+        let message = err.message().unwrap_or_default().to_string();
+        assert!(message.contains("did not start this login"), "{message}");
 
         // Logout by cookie needs the CSRF header too; then the cookie is dead.
         let refused = http
@@ -791,8 +826,10 @@ fn oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox() -> Result<(),
         // carol already exists as an API-token user: her provider identity is refused, not
         // merged into that user.
         let (_, carols_api_token) = service.store.issue_token("carol", Some(false))?;
-        let authorize = start(http.clone(), service.url.clone()).await?;
-        let refused = provider.approve_browser(&authorize, "carol").await;
+        let (authorize, login_cookie) = start(http.clone(), service.url.clone()).await?;
+        let refused = provider
+            .approve_browser(&authorize, "carol", &login_cookie)
+            .await;
         let Err(err) = refused else {
             return Err("carol's login was accepted over an existing user".into());
         };

@@ -190,8 +190,9 @@ impl OidcService {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts a browser login: the provider's authorize URL (PKCE, state, nonce kept here).
-    pub async fn start_browser(&self) -> Result<String, OidcError> {
+    /// Starts a browser login: the provider's authorize URL (PKCE, state, nonce kept here)
+    /// and the state, which the starting browser keeps in a cookie.
+    pub async fn start_browser(&self) -> Result<(String, String), OidcError> {
         let redirect = self
             .settings
             .redirect_url
@@ -214,7 +215,7 @@ impl OidcService {
                 expires: Instant::now() + BROWSER_LOGIN_TTL,
             },
         );
-        Ok(start.url)
+        Ok((start.url, start.state))
     }
 
     /// The provider answered a browser login with an error: forgets the login when the state

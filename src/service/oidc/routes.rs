@@ -30,6 +30,9 @@ use crate::service::http_error::HttpError;
 use crate::service::router::{AppState, SessionHost};
 use crate::service::store::now;
 
+/// The cookie binding a browser login to the browser that started it (its state).
+const LOGIN_COOKIE: &str = "cubbi_login";
+
 const NO_OIDC: &str = "this service has no OpenID Connect login (auth.oidc in its service.toml); \
                        use an API token: `cubbi serve token create` on the service's host";
 
@@ -117,11 +120,21 @@ pub async fn login<H: SessionHost>(
     let Json(request) = body?;
     let oidc = oidc(&state)?;
     if request.flow == LoginFlow::Browser {
-        let url = oidc.start_browser().await.map_err(http_error)?;
-        return Ok(no_store(
+        let (url, login_state) = oidc.start_browser().await.map_err(http_error)?;
+        let response = no_store(
             StatusCode::OK,
             LoginStarted::Browser(BrowserLogin { authorize_url: url }),
-        ));
+        );
+        // The callback must come back to the browser that started the login (no login CSRF:
+        // another's callback URL opened here is refused). Lax, not Strict: the provider's
+        // redirect back is a cross-site navigation, which Strict cookies do not follow.
+        let cookie = HeaderValue::from_str(&format!(
+            "{LOGIN_COOKIE}={login_state}; Path=/auth/callback; Max-Age=600; HttpOnly; \
+             SameSite=Lax{}",
+            if oidc.tls() { "; Secure" } else { "" }
+        ))
+        .ok();
+        return Ok(with_cookies(response, cookie.into_iter().collect()));
     }
     let started = oidc.start_device().await.map_err(http_error)?;
     Ok(no_store(
@@ -229,6 +242,7 @@ async fn finish_callback<H: SessionHost>(
     State(state): State<AppState<H>>,
     request: axum::extract::Request,
 ) -> Result<Response, HttpError> {
+    let headers = request.headers().clone();
     // The query of a GET, the form body of a POST (`response_mode=form_post`).
     let params: Result<Form<CallbackParams>, FormRejection> =
         <Form<CallbackParams> as axum::extract::FromRequest<()>>::from_request(request, &()).await;
@@ -248,13 +262,33 @@ async fn finish_callback<H: SessionHost>(
             "the OpenID provider ended the login: {safe}"
         )));
     }
+    let started_here = cookie(&headers, LOGIN_COOKIE).is_some_and(|value| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            value.as_bytes(),
+            state_param.as_bytes(),
+        ))
+    });
+    if !started_here {
+        return Err(HttpError::new(
+            ErrorCode::Invalid,
+            "this browser did not start this login (its login cookie is missing or another \
+             login's); start again from `POST /auth/login`",
+        ));
+    }
     let code = params.code.as_deref().unwrap_or_default();
     let issued = oidc
         .finish_browser(state_param, code)
         .await
         .map_err(http_error)?;
     let response = no_store(StatusCode::OK, browser_session(&issued));
-    Ok(with_cookies(response, login_cookies(&oidc, Some(&issued))))
+    let mut cookies = login_cookies(&oidc, Some(&issued));
+    cookies.extend(
+        HeaderValue::from_str(&format!(
+            "{LOGIN_COOKIE}=; Path=/auth/callback; Max-Age=0; HttpOnly; SameSite=Lax"
+        ))
+        .ok(),
+    );
+    Ok(with_cookies(response, cookies))
 }
 
 #[utoipa::path(post, path = "/auth/login/poll", operation_id = "auth_login_poll", tag = "auth",

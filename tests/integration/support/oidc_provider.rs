@@ -193,12 +193,15 @@ pub struct BrowserOutcome {
 impl OidcProvider {
     /// Logs in as `login` from `authorize_url` the way a browser does (sign in, consent),
     /// following the provider's redirect back to the service's callback.
+    /// `cookies` are what the browser already holds (the service's login cookie).
     pub async fn approve_browser(
         &self,
         authorize_url: &str,
         login: &str,
+        cookies: &[(String, String)],
     ) -> Result<BrowserOutcome, Failed> {
         let mut browser = Browser::new()?;
+        browser.cookies.extend(cookies.iter().cloned());
         let mut page = browser.get(authorize_url).await?;
         for _ in 0..12 {
             let Some(form) = Form::first_in(&page.body) else {
