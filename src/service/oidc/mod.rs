@@ -547,3 +547,102 @@ pub(super) fn new_handle() -> String {
     let bytes: [u8; 32] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn settings(secret_file: &std::path::Path) -> OidcSettings {
+        let text = format!(
+            "[auth.oidc]\nissuer = \"https://id.example.test\"\nclient_id = \"cubbi\"\n\
+             client_secret_file = \"{}\"\nallowed_groups = [\"dev\"]\n\
+             admin_groups = [\"ops\"]\n",
+            secret_file.display()
+        );
+        let config =
+            super::super::config::ServiceConfig::parse(&text, std::path::Path::new("t")).unwrap();
+        config.auth.oidc.unwrap()
+    }
+
+    fn service(dir: &std::path::Path) -> Result<Arc<OidcService>, String> {
+        let store = Arc::new(super::super::store::SqliteStore::open(dir).unwrap());
+        let key = crate::projects::crypto::ProjectKey::from_bytes([7; 32], "test");
+        OidcService::new(&settings(&dir.join("secret")), store, false, key)
+    }
+
+    #[test]
+    fn a_client_secret_others_can_read_stops_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "hunter2\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let Err(err) = service(dir.path()) else {
+            panic!("a readable secret was accepted");
+        };
+        assert!(
+            err.contains("chmod 600") && !err.contains("hunter2"),
+            "{err}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(service(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn groups_decide_who_may_log_in_and_who_is_admin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "hunter2\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let oidc = service(dir.path()).unwrap();
+        let claims = |value: serde_json::Value| VerifiedClaims {
+            issuer: "https://id.example.test".into(),
+            subject: "s".into(),
+            claims: value.as_object().cloned().unwrap_or_default(),
+        };
+        let judged = oidc.judge(&claims(serde_json::json!({
+            "preferred_username": "alice", "groups": ["dev", "ops"]})));
+        assert_eq!(judged.unwrap(), ("alice".to_string(), true));
+        let judged = oidc.judge(&claims(serde_json::json!({
+            "preferred_username": "bob", "groups": "dev"})));
+        assert_eq!(judged.unwrap(), ("bob".to_string(), false));
+        let refused = oidc.judge(&claims(serde_json::json!({
+            "preferred_username": "eve", "groups": ["guests"]})));
+        assert!(
+            matches!(refused, Err(OidcError::NotAllowed { .. })),
+            "{refused:?}"
+        );
+        let refused = oidc.judge(&claims(serde_json::json!({
+            "preferred_username": "Eve Admin", "groups": ["dev"]})));
+        assert!(
+            matches!(refused, Err(OidcError::BadUserName { .. })),
+            "{refused:?}"
+        );
+        let refused = oidc.judge(&claims(serde_json::json!({"groups": ["dev"]})));
+        assert!(
+            matches!(refused, Err(OidcError::NoUserName { .. })),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn provider_refresh_tokens_are_sealed_to_their_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "hunter2\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let oidc = service(dir.path()).unwrap();
+        let sealed = oidc
+            .seal("alice-sub", Some("provider-rt".into()))
+            .unwrap()
+            .unwrap();
+        assert!(!sealed.contains("provider-rt"));
+        assert_eq!(
+            oidc.open("alice-sub", Some(&sealed)).as_deref(),
+            Some("provider-rt")
+        );
+        assert_eq!(oidc.open("bob-sub", Some(&sealed)), None);
+        assert_eq!(oidc.seal("alice-sub", None).unwrap(), None);
+    }
+}
