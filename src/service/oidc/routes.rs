@@ -428,6 +428,26 @@ mod tests {
     }
 
     #[test]
+    fn login_cookies_are_strict_http_only_and_secure_under_tls() {
+        let plain = set_cookie(ACCESS_COOKIE, "v", "/", 60, false, false).unwrap();
+        let plain = plain.to_str().unwrap();
+        assert!(
+            plain.contains("HttpOnly") && plain.contains("SameSite=Strict"),
+            "{plain}"
+        );
+        assert!(!plain.contains("Secure"), "{plain}");
+        let tls = set_cookie(ACCESS_COOKIE, "v", "/", 60, false, true).unwrap();
+        assert!(tls.to_str().unwrap().ends_with("; Secure"), "{tls:?}");
+        // The CSRF cookie is the one a page may read.
+        let csrf = set_cookie(CSRF_COOKIE, "c", "/", 60, true, true).unwrap();
+        let csrf = csrf.to_str().unwrap();
+        assert!(
+            !csrf.contains("HttpOnly") && csrf.contains("SameSite=Strict"),
+            "{csrf}"
+        );
+    }
+
+    #[test]
     fn provider_failures_map_to_stable_codes() {
         let down = OidcError::Provider(ProviderError::Down {
             issuer: "https://id.example".into(),
