@@ -1095,7 +1095,25 @@ mod tests {
         let store = SqliteStore::open(dir.path()).unwrap();
         let (_, token) = store.issue_token("alice", Some(false)).unwrap();
         store.authenticate(&token).unwrap();
-        let secret = token.rsplit('_').next().unwrap();
+        // Everything after `cubbi_<id>_` (the secret may itself hold a `_`).
+        let secret = &token[TOKEN_PREFIX.len() + ID_HEX_DIGITS + 1..];
+        assert_eq!(secret.len(), SECRET_CHARS);
+        let issued = store
+            .oidc_login(&OidcLogin {
+                issuer: "https://id.example.test".into(),
+                subject: "sub".into(),
+                user: "bob".into(),
+                admin: false,
+                provider_refresh: None,
+                lifetimes: super::super::auth_tokens::Lifetimes {
+                    access: 60,
+                    refresh: 60,
+                },
+            })
+            .unwrap();
+        assert!(store.authenticate(&issued.access).unwrap().is_some());
+        let access_secret = &issued.access[issued.access.len() - SECRET_CHARS..];
+        let refresh_secret = &issued.refresh[issued.refresh.len() - SECRET_CHARS..];
         drop(store);
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let path = entry.unwrap().path();
@@ -1107,6 +1125,13 @@ mod tests {
             };
             assert!(!found(&token), "{} holds the token", path.display());
             assert!(!found(secret), "{} holds the secret", path.display());
+            for oidc_secret in [access_secret, refresh_secret] {
+                assert!(
+                    !found(oidc_secret),
+                    "{} holds a login token",
+                    path.display()
+                );
+            }
         }
     }
 
