@@ -47,6 +47,17 @@ if [ ! -x "$openapi_tools/openapi-python-client" ] || [ ! -x "$openapi_tools/ope
 fi
 export CUBBI_TEST_OPENAPI_TOOLS="$openapi_tools"
 
+# The OpenID Connect tests run a real provider (panva's oidc-provider) with Node, from the
+# fixture's committed package-lock.json.
+if ! command -v npm >/dev/null 2>&1; then
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        nodejs npm >/dev/null
+fi
+npm ci --prefix tests/fixtures/oidc-provider --no-audit --no-fund --loglevel=error
+
 # Sessions under runc (no Sysbox here) all count against root's inotify instances, since there
 # are no user namespaces; at Debian's default of 128 only ~25 systemd containers boot at once.
 if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then

@@ -120,11 +120,21 @@ pub enum Command {
     Remote(remote_cmd::RemoteArgs),
     /// Register git repositories and their credentials once, to clone into sessions.
     Project(project_cmd::ProjectArgs),
-    /// Store the token for a remote: `cubbi -r NAME auth`, the token on stdin or typed hidden.
+    /// Log in to a remote: `cubbi -r NAME auth`. A service with an OpenID Connect login gets
+    /// a device login (a URL and a code to approve in the browser); otherwise, or with
+    /// --token-stdin, an API token is read from stdin or typed hidden.
     Auth {
         /// Store the token without checking it against the service.
         #[arg(long)]
         no_verify: bool,
+        /// Read an API token (from stdin, or typed hidden) even when the service offers a
+        /// login.
+        #[arg(long, conflicts_with = "logout")]
+        token_stdin: bool,
+        /// Log out: revoke the login at the service and forget it (an API token is only
+        /// forgotten here).
+        #[arg(long, conflicts_with = "no_verify")]
+        logout: bool,
     },
     /// Print the man page (roff), e.g. `cubbi man > /usr/local/share/man/man1/cubbi.1`.
     Man,
@@ -238,7 +248,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let remote = session_remote(cli.remote.as_deref(), &config);
             project_cmd::run(args, mode, remote.as_deref(), &config).await
         }
-        Command::Auth { no_verify } => remote_cmd::auth(cli.remote.as_deref(), no_verify).await,
+        Command::Auth {
+            no_verify,
+            token_stdin,
+            logout,
+        } => {
+            let options = remote_cmd::AuthOptions {
+                no_verify,
+                token_stdin,
+                logout,
+            };
+            remote_cmd::auth(cli.remote.as_deref(), options).await
+        }
         Command::Man => {
             refuse_remote(cli.remote.as_deref(), "man")?;
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout().lock())?;

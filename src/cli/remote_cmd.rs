@@ -12,7 +12,9 @@ use super::output::{print_json, table};
 use super::{CliError, OutputMode};
 use crate::config::ConfigFile;
 use crate::config::keys::{self, LOCAL_REMOTE_NAME};
+use crate::remote::login::{self, LoginClient};
 use crate::remote::remotes::{self, RemoteError};
+use crate::service::oidc::wire::AuthConfig;
 
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
@@ -47,8 +49,14 @@ struct RemoteRow {
     name: String,
     url: String,
     default: bool,
-    /// Whether a token is stored, never the token.
+    /// Whether a token (or a login) is stored, never the token.
     token: bool,
+    /// `login` (OpenID Connect, refreshed as needed) or `api-token`, when one is stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    /// The file it is stored in (mode 0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored_in: Option<String>,
 }
 
 pub fn run(args: RemoteArgs, mode: OutputMode) -> Result<ExitCode, CliError> {
@@ -91,6 +99,9 @@ fn add(name: &str, url: &str, make_default: bool, force: bool) -> Result<(), Cli
     }
     // A token issued by one service must not be sent to another one that took its name.
     let moved = previous.is_some_and(|previous| previous.url.trim_end_matches('/') != url);
+    if moved && login::remove_login(name)? {
+        eprintln!("forgot the login of {name}'s previous URL");
+    }
     if moved && remotes::remove_token(name)? {
         eprintln!("removed the token stored for {name}'s previous URL");
     }
@@ -110,12 +121,22 @@ fn add(name: &str, url: &str, make_default: bool, force: bool) -> Result<(), Cli
 fn list(mode: OutputMode) -> Result<(), CliError> {
     let config = ConfigFile::open_default()?.config()?;
     let mut rows = Vec::new();
+    let dir = remotes::credentials_dir()?;
     for (name, endpoint) in &config.remote.endpoints {
+        let (kind, stored_in) = if login::load_login_in(&dir, name)?.is_some() {
+            (Some("login"), Some(login::login_path(&dir, name)))
+        } else if remotes::load_token(name)?.is_some() {
+            (Some("api-token"), Some(dir.join(format!("{name}.token"))))
+        } else {
+            (None, None)
+        };
         rows.push(RemoteRow {
             name: name.clone(),
             url: endpoint.url.trim_end_matches('/').to_string(),
             default: config.remote.default.as_deref() == Some(name.as_str()),
-            token: remotes::load_token(name)?.is_some(),
+            token: kind.is_some(),
+            kind,
+            stored_in: stored_in.map(|path| path.display().to_string()),
         });
     }
     if mode.json {
@@ -129,13 +150,17 @@ fn list(mode: OutputMode) -> Result<(), CliError> {
     let yes_no = |flag: bool| if flag { "yes" } else { "no" }.to_string();
     let text = table(
         config.ui.table_format,
-        &["NAME", "URL", "DEFAULT", "TOKEN"],
+        &["NAME", "URL", "DEFAULT", "STORED IN", "TOKEN"],
         rows.iter().map(|row| {
             vec![
                 row.name.clone(),
                 row.url.clone(),
                 yes_no(row.default),
-                yes_no(row.token),
+                row.stored_in.clone().unwrap_or_default(),
+                match row.kind {
+                    Some("login") => "login".to_string(),
+                    _ => yes_no(row.token),
+                },
             ]
         }),
     );
@@ -160,7 +185,7 @@ fn remove(name: &str) -> Result<(), CliError> {
     }
     file.unset(&keys::remote_endpoint_key(name))?;
     file.save()?;
-    let had_token = remotes::remove_token(name)?;
+    let had_token = remotes::remove_token(name)? | login::remove_login(name)?;
     eprintln!(
         "removed remote {name}{}{}",
         if had_token { " and its token" } else { "" },
@@ -173,9 +198,19 @@ fn remove(name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `cubbi -r NAME auth`: reads a token, checks it against the service unless `no_verify`,
-/// and stores it.
-pub async fn auth(remote: Option<&str>, no_verify: bool) -> Result<ExitCode, CliError> {
+/// The flags of `cubbi -r NAME auth`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthOptions {
+    pub no_verify: bool,
+    pub token_stdin: bool,
+    pub logout: bool,
+}
+
+/// `cubbi -r NAME auth`: a device login when the service offers OpenID Connect (and no
+/// token is asked for); else reads a token, checks it against the service unless
+/// `no_verify`, and stores it. `--logout` ends the login.
+pub async fn auth(remote: Option<&str>, options: AuthOptions) -> Result<ExitCode, CliError> {
+    let no_verify = options.no_verify;
     let Some(name) = remote else {
         return Err(CliError::Refused(
             "say which remote the token is for: `cubbi -r NAME auth`".into(),
@@ -188,10 +223,25 @@ pub async fn auth(remote: Option<&str>, no_verify: bool) -> Result<ExitCode, Cli
     }
     let config = ConfigFile::open_default()?.config()?;
     let url = remotes::endpoint_url(&config, name)?;
+    if options.logout {
+        return logout(name, &url).await;
+    }
+    if !options.token_stdin && !no_verify {
+        let client = LoginClient::new(&url).map_err(|err| CliError::Refused(err.to_string()))?;
+        // A service that cannot be asked (down, older) gets the token path, which says why.
+        if let Ok(Some(AuthConfig {
+            oidc: Some(offer), ..
+        })) = client.config().await
+            && offer.flows.iter().any(|flow| flow == "device")
+        {
+            return device_login(name, &client).await;
+        }
+    }
     let token = read_token(name)?;
     remotes::validate_token(&token)?;
     if no_verify {
         remotes::save_token(name, &token)?;
+        login::remove_login(name)?;
         eprintln!("token for {name} saved without checking it; try cubbi -r {name} session list");
         return Ok(ExitCode::SUCCESS);
     }
@@ -205,7 +255,113 @@ pub async fn auth(remote: Option<&str>, no_verify: bool) -> Result<ExitCode, Cli
         Err(err) => return Err(err.into()),
     }
     remotes::save_token(name, &token)?;
+    login::remove_login(name)?;
     eprintln!("token for {name} saved; try cubbi -r {name} session list");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The device login: show where to approve it (and open a browser there when one is
+/// configured), wait for the approval, store the service's tokens.
+async fn device_login(name: &str, client: &LoginClient) -> Result<ExitCode, CliError> {
+    let refused = |err: login::LoginError| CliError::Refused(format!("login to {name}: {err}"));
+    let started = client.start_device().await.map_err(refused)?;
+    eprintln!(
+        "To log in to {name}, open {}\nand enter the code {}",
+        super::output::terminal_safe(&started.verification_uri),
+        super::output::terminal_safe(&started.user_code)
+    );
+    let target = started
+        .verification_uri_complete
+        .as_deref()
+        .unwrap_or(&started.verification_uri);
+    if open_browser(target) {
+        eprintln!("(a browser was opened there)");
+    }
+    eprintln!("waiting for the login to be approved...");
+    let tokens = client.wait_device(&started).await.map_err(refused)?;
+    // A login made before is ended at the service, not left to live out its lifetime.
+    if let Ok(Some(previous)) = login::load_login(name)
+        && let Err(err) = client.logout(&previous).await
+        && !err.is_refusal()
+    {
+        eprintln!("warning: the previous login to {name} could not be revoked: {err}");
+    }
+    let stored = login::StoredLogin::from_tokens(&tokens);
+    let path = login::save_login(name, &stored)?;
+    // One credential per remote: the login replaces an API token stored before.
+    remotes::remove_token(name)?;
+    eprintln!(
+        "logged in to {name} as {}{}; the login is kept in {}",
+        super::output::terminal_safe(&tokens.user),
+        if tokens.admin { " (admin)" } else { "" },
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens `url` with `$BROWSER` (empty or `none`: never), else `xdg-open` when there is one.
+/// Only http(s) URLs are opened.
+fn open_browser(url: &str) -> bool {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return false;
+    }
+    let command = match std::env::var("BROWSER") {
+        Ok(browser) => {
+            let first = browser
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            if first.is_empty() || first == "none" {
+                return false;
+            }
+            first
+        }
+        Err(_) => "xdg-open".to_string(),
+    };
+    std::process::Command::new(command)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
+}
+
+/// `cubbi -r NAME auth --logout`: revokes the login at the service (every token of it, and
+/// the provider's), then forgets it; an API token is forgotten only (an admin revokes it).
+async fn logout(name: &str, url: &str) -> Result<ExitCode, CliError> {
+    match login::load_login(name)? {
+        Some(stored) => {
+            let client = LoginClient::new(url).map_err(|err| CliError::Refused(err.to_string()))?;
+            let outcome = client.logout(&stored).await;
+            login::remove_login(name)?;
+            match outcome {
+                Ok(()) => eprintln!("logged out of {name}; its tokens are revoked"),
+                // Already over at the service: nothing left to revoke.
+                Err(err) if err.is_refusal() => {
+                    eprintln!("logged out of {name} (the service had already ended the login)")
+                }
+                Err(err) => {
+                    return Err(CliError::Refused(format!(
+                        "forgot the login to {name} here, but the service did not confirm \
+                         revoking it: {err}"
+                    )));
+                }
+            }
+        }
+        None => {
+            if remotes::remove_token(name)? {
+                eprintln!(
+                    "forgot the API token of {name}; it stays valid at the service until its \
+                     admin revokes it (`cubbi serve token revoke`)"
+                );
+            } else {
+                eprintln!("no login or token is stored for {name}");
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -99,6 +99,13 @@ pub enum RemoteError {
     UnexpectedStatus { url: String, status: u16 },
     #[error("cannot reach {url}: {reason} (--no-verify stores the token without checking)")]
     Unreachable { url: String, reason: String },
+    #[error("the login to remote `{name}` has expired; run `cubbi -r {name} auth` to log in again")]
+    LoginExpired { name: String },
+    #[error(
+        "the service of remote `{name}` ended the login ({reason}); run `cubbi -r {name} auth` \
+         to log in again"
+    )]
+    LoginRefused { name: String, reason: String },
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -215,7 +222,7 @@ pub fn remove_token_in(dir: &Path, name: &str) -> Result<bool, RemoteError> {
 
 /// Creates `dir` 0700, or tightens an existing one to 0700; refuses a symbolic link, which
 /// would put the tokens wherever the link points.
-fn ensure_private_dir(dir: &Path) -> Result<(), RemoteError> {
+pub(super) fn ensure_private_dir(dir: &Path) -> Result<(), RemoteError> {
     let refuse = |reason: String| RemoteError::CredentialsDir {
         path: dir.to_path_buf(),
         reason,
@@ -248,10 +255,15 @@ pub fn endpoint_url(config: &Config, name: &str) -> Result<String, RemoteError> 
     }
 }
 
-/// Remote `name` as configured, with its token when one is stored.
+/// Remote `name` as configured, with its token when one is stored: the access token of its
+/// OpenID Connect login (refreshed first when about to expire), else its API token.
 pub fn resolve(config: &Config, name: &str) -> Result<Remote, RemoteError> {
     let url = endpoint_url(config, name)?;
-    let token = load_token(name)?;
+    let dir = credentials_dir()?;
+    let token = match super::login::load_login_in(&dir, name)? {
+        Some(login) => Some(super::login::fresh_access_token(&dir, name, &url, login)?),
+        None => load_token(name)?,
+    };
     Ok(Remote {
         name: name.to_string(),
         url,
@@ -345,6 +357,11 @@ pub async fn check_token(url: &str, token: &str) -> Result<(), RemoteError> {
             status,
         }),
     }
+}
+
+/// [`error_chain`], for the login client.
+pub(super) fn error_chain_text(err: &dyn std::error::Error) -> String {
+    error_chain(err)
 }
 
 /// An error and its causes on one line: reqwest's own message ("error sending request") hides

@@ -48,6 +48,8 @@ pub struct ServiceConfig {
     pub projects: ProjectsSection,
     pub runs: RunsSection,
     pub store: StoreSection,
+    /// `[auth]`: OpenID Connect login beside the API tokens.
+    pub auth: super::oidc::config::AuthSection,
 }
 
 /// Agent runs (`POST /v1/runs`).
@@ -202,6 +204,7 @@ impl Default for ServiceConfig {
             projects: ProjectsSection::default(),
             runs: RunsSection::default(),
             store: StoreSection::default(),
+            auth: Default::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! state, [`docker_host`] the real sessions; this module starts and stops the server.
 
 pub mod auth;
+pub mod auth_tokens;
 pub mod config;
 pub mod connections;
 mod data_routes;
@@ -12,6 +13,7 @@ mod documented;
 pub mod host_volumes;
 pub mod http_error;
 mod lifecycle_routes;
+pub mod oidc;
 pub mod openapi;
 pub mod pg_store;
 pub mod policy;
@@ -106,7 +108,7 @@ pub fn start<H: SessionHost>(
     let policy = Policy::from_config(config)?;
     let state = AppState::new(
         host,
-        store,
+        Arc::clone(&store),
         policy,
         stopping.clone(),
         router::Timing {
@@ -119,6 +121,18 @@ pub fn start<H: SessionHost>(
     if let Some(limit) = config_idle_stop(config) {
         tokio::spawn(idle_watch(state.host_arc(), limit, stopping.clone()));
     }
+    let oidc = config
+        .auth
+        .oidc
+        .as_ref()
+        .map(|settings| {
+            let tls = config.server.tls_cert.is_some();
+            let sealing = oidc::sealing_key(config)?;
+            oidc::OidcService::new(settings, Arc::clone(&store), tls, sealing)
+        })
+        .transpose()
+        .map_err(ServeError::Setup)?;
+    let state = state.with_oidc(oidc);
     let app = router::router(state, config.server.body_limit);
     let grace = Duration::from_secs(config.server.shutdown_grace);
     let header_timeout = Duration::from_secs(config.server.header_timeout);

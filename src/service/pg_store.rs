@@ -19,9 +19,13 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::{Config, NoTls};
 
+use super::auth_tokens::{
+    FamilyRecord, IssuedTokens, Lifetimes, OidcLogin, RefreshCheck, Rotation, TokenKind,
+    new_family_id, new_pair,
+};
 use super::store::{
-    Caller, Store, StoreError, StoredToken, TokenRecord, new_token, now, token_hash, token_id,
-    validate_user,
+    Caller, Store, StoreError, StoredToken, TokenRecord, hash_matches, new_token, now, token_hash,
+    token_id, validate_user,
 };
 
 /// Schema migrations, applied in order; `cubbi_schema.version` records how many have been
@@ -53,6 +57,33 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_name, id),
         UNIQUE (user_name, name)
     );",
+    // 3: OpenID Connect logins (see the SQLite store's migration 3).
+    "CREATE TABLE oidc_identities (
+        issuer TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        user_name TEXT NOT NULL UNIQUE REFERENCES users(name),
+        created BIGINT NOT NULL,
+        PRIMARY KEY (issuer, subject)
+    );
+    CREATE TABLE oidc_families (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name),
+        issuer TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        provider_refresh TEXT,
+        created BIGINT NOT NULL,
+        revoked BIGINT
+    );
+    CREATE TABLE oidc_tokens (
+        id TEXT PRIMARY KEY,
+        family TEXT NOT NULL REFERENCES oidc_families(id),
+        kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+        hash BYTEA NOT NULL,
+        created BIGINT NOT NULL,
+        expires BIGINT NOT NULL,
+        used BIGINT
+    );
+    CREATE INDEX oidc_tokens_by_family ON oidc_tokens(family);",
 ];
 
 /// Why a project row was not written, as [`crate::projects::ProjectError`] says it.
@@ -433,6 +464,95 @@ impl PgStore {
         Ok(row.map(|row| (row.get(0), row.get(1))))
     }
 
+    /// An OpenID Connect access token: genuine, unexpired, its family live.
+    async fn authenticate_access(
+        &self,
+        id: &str,
+        token: &str,
+    ) -> Result<Option<Caller>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT t.hash, f.user_name, u.admin, t.expires, f.revoked, t.kind
+                 FROM oidc_tokens t JOIN oidc_families f ON f.id = t.family
+                 JOIN users u ON u.name = f.user_name
+                 WHERE t.id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.and_then(|row| {
+            let hash: Vec<u8> = row.get(0);
+            let expires: i64 = row.get(3);
+            let revoked: Option<i64> = row.get(4);
+            let kind: String = row.get(5);
+            let live = kind == "access" && revoked.is_none() && expires > now();
+            (live && hash_matches(&hash, token)).then(|| Caller {
+                user: row.get(1),
+                admin: row.get(2),
+            })
+        }))
+    }
+
+    /// Inserts a new access and refresh token of `family` and returns them.
+    async fn insert_pair(
+        &self,
+        transaction: &deadpool_postgres::Transaction<'_>,
+        family: &str,
+        user: &str,
+        admin: bool,
+        lifetimes: Lifetimes,
+    ) -> Result<IssuedTokens, StoreError> {
+        let created = now();
+        let ((access_id, access), (refresh_id, refresh)) = new_pair();
+        let access_expires = created + lifetimes.access;
+        let refresh_expires = created + lifetimes.refresh;
+        for (id, token, kind, expires) in [
+            (&access_id, &access, "access", access_expires),
+            (&refresh_id, &refresh, "refresh", refresh_expires),
+        ] {
+            transaction
+                .execute(
+                    "INSERT INTO oidc_tokens (id, family, kind, hash, created, expires)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[id, &family, &kind, &token_hash(token), &created, &expires],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(IssuedTokens {
+            access,
+            refresh,
+            access_expires,
+            refresh_expires,
+            family: family.to_string(),
+            user: user.to_string(),
+            admin,
+        })
+    }
+
+    fn family_of(row: &tokio_postgres::Row, at: usize) -> FamilyRecord {
+        FamilyRecord {
+            id: row.get(at),
+            user: row.get(at + 1),
+            issuer: row.get(at + 2),
+            subject: row.get(at + 3),
+            provider_refresh: row.get(at + 4),
+        }
+    }
+
+    async fn revoke_family_now(&self, family: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let changed = client
+            .execute(
+                "UPDATE oidc_families SET revoked = $1 WHERE id = $2 AND revoked IS NULL",
+                &[&now(), &family],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(changed > 0)
+    }
+
     /// How many migrations this cubbi knows.
     pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -492,6 +612,9 @@ impl Store for PgStore {
     }
 
     async fn authenticate(&self, token: &str) -> Result<Option<Caller>, StoreError> {
+        if let Some(TokenKind::Access(id)) = TokenKind::of(token) {
+            return self.authenticate_access(id, token).await;
+        }
         let Some(id) = token_id(token) else {
             return Ok(None);
         };
@@ -568,6 +691,233 @@ impl Store for PgStore {
             .await
             .map_err(|e| self.error(e))?;
         Ok(changed > 0)
+    }
+
+    async fn oidc_login(&self, login: &OidcLogin) -> Result<IssuedTokens, StoreError> {
+        validate_user(&login.user)?;
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        // One login of an identity at a time, whichever process takes it.
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtext('cubbi oidc ' || $1 || ' ' || $2))",
+                &[&login.issuer, &login.subject],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let created = now();
+        let known = transaction
+            .query_opt(
+                "SELECT user_name FROM oidc_identities WHERE issuer = $1 AND subject = $2",
+                &[&login.issuer, &login.subject],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let user: String = match known {
+            Some(row) => row.get(0),
+            None => {
+                let inserted = transaction
+                    .execute(
+                        "INSERT INTO users (name, admin, created) VALUES ($1, $2, $3)
+                         ON CONFLICT (name) DO NOTHING",
+                        &[&login.user, &login.admin, &created],
+                    )
+                    .await
+                    .map_err(|e| self.error(e))?;
+                if inserted == 0 {
+                    return Err(StoreError::IdentityClash {
+                        user: login.user.clone(),
+                    });
+                }
+                transaction
+                    .execute(
+                        "INSERT INTO oidc_identities (issuer, subject, user_name, created)
+                         VALUES ($1, $2, $3, $4)",
+                        &[&login.issuer, &login.subject, &login.user, &created],
+                    )
+                    .await
+                    .map_err(|e| self.error(e))?;
+                login.user.clone()
+            }
+        };
+        transaction
+            .execute(
+                "UPDATE users SET admin = $1 WHERE name = $2",
+                &[&login.admin, &user],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let family = new_family_id();
+        transaction
+            .execute(
+                "INSERT INTO oidc_families
+                    (id, user_name, issuer, subject, provider_refresh, created)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &family,
+                    &user,
+                    &login.issuer,
+                    &login.subject,
+                    &login.provider_refresh,
+                    &created,
+                ],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let issued = self
+            .insert_pair(&transaction, &family, &user, login.admin, login.lifetimes)
+            .await?;
+        transaction.commit().await.map_err(|e| self.error(e))?;
+        Ok(issued)
+    }
+
+    async fn oidc_check_refresh(&self, refresh: &str) -> Result<RefreshCheck, StoreError> {
+        let Some(TokenKind::Refresh(id)) = TokenKind::of(refresh) else {
+            return Ok(RefreshCheck::Refused);
+        };
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT t.hash, t.kind, t.expires, t.used, f.revoked, f.id, f.user_name,
+                        f.issuer, f.subject, f.provider_refresh
+                 FROM oidc_tokens t JOIN oidc_families f ON f.id = t.family
+                 WHERE t.id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let Some(row) = row else {
+            return Ok(RefreshCheck::Refused);
+        };
+        let hash: Vec<u8> = row.get(0);
+        let kind: String = row.get(1);
+        let expires: i64 = row.get(2);
+        let used: Option<i64> = row.get(3);
+        let revoked: Option<i64> = row.get(4);
+        let family = Self::family_of(&row, 5);
+        if kind != "refresh" || !hash_matches(&hash, refresh) || revoked.is_some() {
+            return Ok(RefreshCheck::Refused);
+        }
+        if used.is_some() {
+            self.revoke_family_now(&family.id).await?;
+            return Ok(RefreshCheck::Reused { user: family.user });
+        }
+        if expires <= now() {
+            return Ok(RefreshCheck::Refused);
+        }
+        Ok(RefreshCheck::Valid(family))
+    }
+
+    async fn oidc_rotate(
+        &self,
+        refresh: &str,
+        rotation: &Rotation,
+    ) -> Result<Option<IssuedTokens>, StoreError> {
+        let Some(TokenKind::Refresh(id)) = TokenKind::of(refresh) else {
+            return Ok(None);
+        };
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(|e| self.error(e))?;
+        // The row lock makes a second rotation of the same token wait, then see it spent.
+        let row = transaction
+            .query_opt(
+                "SELECT t.hash, t.used, f.id, f.user_name, f.revoked
+                 FROM oidc_tokens t JOIN oidc_families f ON f.id = t.family
+                 WHERE t.id = $1 AND t.kind = 'refresh'
+                 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let hash: Vec<u8> = row.get(0);
+        let used: Option<i64> = row.get(1);
+        let family: String = row.get(2);
+        let user: String = row.get(3);
+        let revoked: Option<i64> = row.get(4);
+        if !hash_matches(&hash, refresh) || revoked.is_some() {
+            return Ok(None);
+        }
+        let stamp = now();
+        if used.is_some() {
+            transaction
+                .execute(
+                    "UPDATE oidc_families SET revoked = $1 WHERE id = $2",
+                    &[&stamp, &family],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+            transaction.commit().await.map_err(|e| self.error(e))?;
+            return Ok(None);
+        }
+        transaction
+            .execute(
+                "UPDATE oidc_tokens SET used = $1 WHERE id = $2",
+                &[&stamp, &id],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        transaction
+            .execute(
+                "UPDATE users SET admin = $1 WHERE name = $2",
+                &[&rotation.admin, &user],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        if let Some(provider_refresh) = &rotation.provider_refresh {
+            transaction
+                .execute(
+                    "UPDATE oidc_families SET provider_refresh = $1 WHERE id = $2",
+                    &[provider_refresh, &family],
+                )
+                .await
+                .map_err(|e| self.error(e))?;
+        }
+        let issued = self
+            .insert_pair(
+                &transaction,
+                &family,
+                &user,
+                rotation.admin,
+                rotation.lifetimes,
+            )
+            .await?;
+        transaction.commit().await.map_err(|e| self.error(e))?;
+        Ok(Some(issued))
+    }
+
+    async fn oidc_revoke_family(&self, family: &str) -> Result<bool, StoreError> {
+        self.revoke_family_now(family).await
+    }
+
+    async fn oidc_logout(&self, token: &str) -> Result<Option<FamilyRecord>, StoreError> {
+        let Some(kind) = TokenKind::of(token) else {
+            return Ok(None);
+        };
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT t.hash, t.kind, f.id, f.user_name, f.issuer, f.subject,
+                        f.provider_refresh
+                 FROM oidc_tokens t JOIN oidc_families f ON f.id = t.family
+                 WHERE t.id = $1",
+                &[&kind.id()],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let hash: Vec<u8> = row.get(0);
+        let stored_kind: String = row.get(1);
+        if stored_kind != kind.column() || !hash_matches(&hash, token) {
+            return Ok(None);
+        }
+        let family = Self::family_of(&row, 2);
+        self.revoke_family_now(&family.id).await?;
+        Ok(Some(family))
     }
 
     fn postgres(&self) -> Option<&PgStore> {

@@ -27,6 +27,7 @@ use super::data_routes;
 use super::documented::DocumentedRoutes;
 use super::http_error::HttpError;
 use super::lifecycle_routes;
+use super::oidc::routes as oidc_routes;
 use super::openapi;
 use super::policy::Policy;
 use super::project_routes;
@@ -99,6 +100,8 @@ struct Shared<H> {
     /// Turns true when the service is stopping; streams end then.
     stopping: watch::Receiver<bool>,
     request_timeout: Duration,
+    /// The OpenID Connect login, when `[auth.oidc]` configures one.
+    oidc: Option<Arc<super::oidc::OidcService>>,
 }
 
 impl<H: SessionHost> AppState<H> {
@@ -122,8 +125,21 @@ impl<H: SessionHost> AppState<H> {
                 max_run_timeout: timing.max_run_timeout,
                 stopping,
                 request_timeout: timing.request_timeout,
+                oidc: None,
             }),
         }
+    }
+
+    /// The same state with an OpenID Connect login (before the state is shared).
+    pub fn with_oidc(mut self, oidc: Option<Arc<super::oidc::OidcService>>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.oidc = oidc;
+        }
+        self
+    }
+
+    pub(crate) fn oidc(&self) -> Option<Arc<super::oidc::OidcService>> {
+        self.shared.oidc.clone()
     }
 
     pub(super) fn host(&self) -> &H {
@@ -344,7 +360,14 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<project_routes::__path_add, _>(project_routes::add::<H>)
             .route::<project_routes::__path_show, _>(project_routes::show::<H>)
             .route::<project_routes::__path_update, _>(project_routes::update::<H>)
-            .route::<project_routes::__path_remove, _>(project_routes::remove::<H>),
+            .route::<project_routes::__path_remove, _>(project_routes::remove::<H>)
+            .route::<oidc_routes::__path_config, _>(oidc_routes::config::<H>)
+            .route::<oidc_routes::__path_login, _>(oidc_routes::login::<H>)
+            .route::<oidc_routes::__path_poll, _>(oidc_routes::poll::<H>)
+            .route::<oidc_routes::__path_refresh, _>(oidc_routes::refresh::<H>)
+            .route::<oidc_routes::__path_logout, _>(oidc_routes::logout::<H>)
+            .route::<oidc_routes::__path_callback, _>(oidc_routes::callback::<H>)
+            .route::<oidc_routes::__path_callback_post, _>(oidc_routes::callback_post::<H>),
         streamed: DocumentedRoutes::new()
             .route::<__path_exec, _>(exec::<H>)
             .route::<__path_logs, _>(logs::<H>)

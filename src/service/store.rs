@@ -16,6 +16,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::auth_tokens::{
+    FamilyRecord, IssuedTokens, OidcLogin, RefreshCheck, Rotation, TokenKind, new_family_id,
+    new_pair,
+};
+
 /// The database file inside the state folder.
 pub const DATABASE_FILE: &str = "cubbi.db";
 
@@ -23,8 +28,7 @@ const TOKEN_PREFIX: &str = "cubbi_";
 const ID_HEX_DIGITS: usize = 12;
 const SECRET_BYTES: usize = 32;
 /// base64url without padding of 32 bytes.
-const SECRET_CHARS: usize = 43;
-const TOKEN_LEN: usize = TOKEN_PREFIX.len() + ID_HEX_DIGITS + 1 + SECRET_CHARS;
+pub(super) const SECRET_CHARS: usize = 43;
 
 /// `last_used` is written at most this often per token, so that authenticating a request is
 /// normally a read only.
@@ -62,6 +66,35 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user, id),
         UNIQUE (user, name)
     ) STRICT;",
+    // 3: OpenID Connect logins: who a provider's (issuer, subject) is here, each login's
+    // token family (with the provider's refresh token, to read the groups again), and the
+    // service's own access and refresh tokens (hashed) of each family.
+    "CREATE TABLE oidc_identities (
+        issuer TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        user TEXT NOT NULL UNIQUE REFERENCES users(name),
+        created INTEGER NOT NULL,
+        PRIMARY KEY (issuer, subject)
+    ) STRICT;
+    CREATE TABLE oidc_families (
+        id TEXT PRIMARY KEY NOT NULL,
+        user TEXT NOT NULL REFERENCES users(name),
+        issuer TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        provider_refresh TEXT,
+        created INTEGER NOT NULL,
+        revoked INTEGER
+    ) STRICT;
+    CREATE TABLE oidc_tokens (
+        id TEXT PRIMARY KEY NOT NULL,
+        family TEXT NOT NULL REFERENCES oidc_families(id),
+        kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+        hash BLOB NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        used INTEGER
+    ) STRICT;
+    CREATE INDEX oidc_tokens_by_family ON oidc_tokens(family);",
 ];
 
 /// Who made a request, as its token says.
@@ -176,6 +209,11 @@ pub enum StoreError {
     PasswordFile { path: PathBuf, reason: String },
     #[error("the token store's worker stopped: {0}")]
     Worker(String),
+    #[error(
+        "the user name `{user}` already belongs to another user of this service (another \
+         login or an API token user); accounts are never merged: ask the service's admin"
+    )]
+    IdentityClash { user: String },
 }
 
 /// Where users and tokens live: SQLite ([`SqliteStore`]) or PostgreSQL
@@ -196,6 +234,23 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Revokes by id; false when no such (unrevoked) token.
     async fn revoke(&self, id: &str) -> Result<bool, StoreError>;
+    /// Records an OpenID Connect login: the identity (issuer, subject) finds its user, or a
+    /// new user is made with the login's name, refused ([`StoreError::IdentityClash`]) when
+    /// that name is another's. Sets the user's admin flag, starts a token family.
+    async fn oidc_login(&self, login: &OidcLogin) -> Result<IssuedTokens, StoreError>;
+    /// What a refresh token is worth; a reused one revokes its family.
+    async fn oidc_check_refresh(&self, refresh: &str) -> Result<RefreshCheck, StoreError>;
+    /// Spends `refresh` and issues the family's next pair; None when it was spent meanwhile
+    /// (a reuse: the family is revoked) or the family was revoked.
+    async fn oidc_rotate(
+        &self,
+        refresh: &str,
+        rotation: &Rotation,
+    ) -> Result<Option<IssuedTokens>, StoreError>;
+    /// Revokes a family by id; false when no such live family.
+    async fn oidc_revoke_family(&self, family: &str) -> Result<bool, StoreError>;
+    /// Revokes the family of an access or refresh token (which must be genuine); returns it.
+    async fn oidc_logout(&self, token: &str) -> Result<Option<FamilyRecord>, StoreError>;
     /// The PostgreSQL store this is, whose database the service keeps its projects in too.
     fn postgres(&self) -> Option<&super::pg_store::PgStore> {
         None
@@ -388,20 +443,30 @@ pub(super) fn token_hash(token: &str) -> Vec<u8> {
 }
 
 pub(super) fn new_token() -> (String, String) {
+    new_token_with_prefix(TOKEN_PREFIX)
+}
+
+/// A new `PREFIX<id>_<secret>` token and its id.
+pub(super) fn new_token_with_prefix(prefix: &str) -> (String, String) {
     let id_bytes: [u8; ID_HEX_DIGITS / 2] = rand::random();
     let id: String = id_bytes.iter().map(|byte| format!("{byte:02x}")).collect();
     let secret_bytes: [u8; SECRET_BYTES] = rand::random();
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes);
-    let token = format!("{TOKEN_PREFIX}{id}_{secret}");
+    let token = format!("{prefix}{id}_{secret}");
     (id, token)
 }
 
 /// The id part of a well-formed token; None for anything else.
 pub(super) fn token_id(token: &str) -> Option<&str> {
-    if token.len() != TOKEN_LEN {
+    token_id_with_prefix(token, TOKEN_PREFIX)
+}
+
+/// The id part of a well-formed `PREFIX<id>_<secret>` token; None for anything else.
+pub(super) fn token_id_with_prefix<'a>(token: &'a str, prefix: &str) -> Option<&'a str> {
+    if token.len() != prefix.len() + ID_HEX_DIGITS + 1 + SECRET_CHARS {
         return None;
     }
-    let (id, secret) = token.strip_prefix(TOKEN_PREFIX)?.split_once('_')?;
+    let (id, secret) = token.strip_prefix(prefix)?.split_once('_')?;
     let id_ok = id.len() == ID_HEX_DIGITS
         && id
             .bytes()
@@ -411,6 +476,44 @@ pub(super) fn token_id(token: &str) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (id_ok && secret_ok).then_some(id)
+}
+
+/// Whether `token` hashes to `stored`, compared in constant time.
+pub(super) fn hash_matches(stored: &[u8], token: &str) -> bool {
+    stored.ct_eq(&token_hash(token)).into()
+}
+
+/// Inserts a new access and refresh token of `family` and returns them.
+fn insert_pair(
+    transaction: &rusqlite::Transaction<'_>,
+    family: &str,
+    user: &str,
+    admin: bool,
+    lifetimes: super::auth_tokens::Lifetimes,
+) -> Result<IssuedTokens, rusqlite::Error> {
+    let created = now();
+    let ((access_id, access), (refresh_id, refresh)) = new_pair();
+    let access_expires = created + lifetimes.access;
+    let refresh_expires = created + lifetimes.refresh;
+    for (id, token, kind, expires) in [
+        (&access_id, &access, "access", access_expires),
+        (&refresh_id, &refresh, "refresh", refresh_expires),
+    ] {
+        transaction.execute(
+            "INSERT INTO oidc_tokens (id, family, kind, hash, created, expires)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, family, kind, token_hash(token), created, expires],
+        )?;
+    }
+    Ok(IssuedTokens {
+        access,
+        refresh,
+        access_expires,
+        refresh_expires,
+        family: family.to_string(),
+        user: user.to_string(),
+        admin,
+    })
 }
 
 fn is_primary_key_clash(err: &rusqlite::Error) -> bool {
@@ -473,6 +576,9 @@ impl SqliteStore {
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Option<Caller>, StoreError> {
+        if let Some(TokenKind::Access(id)) = TokenKind::of(token) {
+            return self.authenticate_access(id, token);
+        }
         let Some(id) = token_id(token) else {
             return Ok(None);
         };
@@ -556,6 +662,296 @@ impl SqliteStore {
         Ok(changed > 0)
     }
 
+    /// An OpenID Connect access token: genuine, unexpired, its family live.
+    fn authenticate_access(&self, id: &str, token: &str) -> Result<Option<Caller>, StoreError> {
+        let row = self
+            .connection()
+            .query_row(
+                "SELECT t.hash, f.user, u.admin, t.expires, f.revoked, t.kind
+                 FROM oidc_tokens t JOIN oidc_families f ON f.id = t.family
+                 JOIN users u ON u.name = f.user
+                 WHERE t.id = ?1",
+                params![id],
+                |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, bool>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
+                        row.get::<_, String>(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|err| self.database_error(err))?;
+        Ok(row.and_then(|(hash, user, admin, expires, revoked, kind)| {
+            let live = kind == "access" && revoked.is_none() && expires > now();
+            (live && hash_matches(&hash, token)).then_some(Caller { user, admin })
+        }))
+    }
+
+    pub fn oidc_login(&self, login: &OidcLogin) -> Result<IssuedTokens, StoreError> {
+        validate_user(&login.user)?;
+        let mut connection = self.connection();
+        let db = |err| self.database_error(err);
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let created = now();
+        let known: Option<String> = transaction
+            .query_row(
+                "SELECT user FROM oidc_identities WHERE issuer = ?1 AND subject = ?2",
+                params![login.issuer, login.subject],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        let user = match known {
+            Some(user) => user,
+            None => {
+                let taken: bool = transaction
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
+                        params![login.user],
+                        |row| row.get(0),
+                    )
+                    .map_err(db)?;
+                if taken {
+                    return Err(StoreError::IdentityClash {
+                        user: login.user.clone(),
+                    });
+                }
+                transaction
+                    .execute(
+                        "INSERT INTO users (name, admin, created) VALUES (?1, ?2, ?3)",
+                        params![login.user, login.admin, created],
+                    )
+                    .map_err(db)?;
+                transaction
+                    .execute(
+                        "INSERT INTO oidc_identities (issuer, subject, user, created)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![login.issuer, login.subject, login.user, created],
+                    )
+                    .map_err(db)?;
+                login.user.clone()
+            }
+        };
+        transaction
+            .execute(
+                "UPDATE users SET admin = ?1 WHERE name = ?2",
+                params![login.admin, user],
+            )
+            .map_err(db)?;
+        let family = new_family_id();
+        transaction
+            .execute(
+                "INSERT INTO oidc_families (id, user, issuer, subject, provider_refresh, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    family,
+                    user,
+                    login.issuer,
+                    login.subject,
+                    login.provider_refresh,
+                    created
+                ],
+            )
+            .map_err(db)?;
+        let issued =
+            insert_pair(&transaction, &family, &user, login.admin, login.lifetimes).map_err(db)?;
+        transaction.commit().map_err(db)?;
+        Ok(issued)
+    }
+
+    pub fn oidc_check_refresh(&self, refresh: &str) -> Result<RefreshCheck, StoreError> {
+        let Some(TokenKind::Refresh(id)) = TokenKind::of(refresh) else {
+            return Ok(RefreshCheck::Refused);
+        };
+        let connection = self.connection();
+        let db = |err| self.database_error(err);
+        let row = connection
+            .query_row(
+                "SELECT t.hash, t.kind, t.expires, t.used, f.revoked, f.id, f.user, f.issuer,
+                        f.subject, f.provider_refresh
+                 FROM oidc_tokens t JOIN oidc_families f ON f.id = t.family
+                 WHERE t.id = ?1",
+                params![id],
+                |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, Option<i64>>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
+                        FamilyRecord {
+                            id: row.get(5)?,
+                            user: row.get(6)?,
+                            issuer: row.get(7)?,
+                            subject: row.get(8)?,
+                            provider_refresh: row.get(9)?,
+                        },
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db)?;
+        let Some((hash, kind, expires, used, revoked, family)) = row else {
+            return Ok(RefreshCheck::Refused);
+        };
+        if kind != "refresh" || !hash_matches(&hash, refresh) || revoked.is_some() {
+            return Ok(RefreshCheck::Refused);
+        }
+        if used.is_some() {
+            connection
+                .execute(
+                    "UPDATE oidc_families SET revoked = ?1 WHERE id = ?2 AND revoked IS NULL",
+                    params![now(), family.id],
+                )
+                .map_err(db)?;
+            return Ok(RefreshCheck::Reused { user: family.user });
+        }
+        if expires <= now() {
+            return Ok(RefreshCheck::Refused);
+        }
+        Ok(RefreshCheck::Valid(family))
+    }
+
+    pub fn oidc_rotate(
+        &self,
+        refresh: &str,
+        rotation: &Rotation,
+    ) -> Result<Option<IssuedTokens>, StoreError> {
+        let Some(TokenKind::Refresh(id)) = TokenKind::of(refresh) else {
+            return Ok(None);
+        };
+        let mut connection = self.connection();
+        let db = |err| self.database_error(err);
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let row = transaction
+            .query_row(
+                "SELECT t.hash, t.used, f.id, f.user, f.revoked
+                 FROM oidc_tokens t JOIN oidc_families f ON f.id = t.family
+                 WHERE t.id = ?1 AND t.kind = 'refresh'",
+                params![id],
+                |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, Option<i64>>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, Option<i64>>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db)?;
+        let Some((hash, used, family, user, revoked)) = row else {
+            return Ok(None);
+        };
+        if !hash_matches(&hash, refresh) || revoked.is_some() {
+            return Ok(None);
+        }
+        let stamp = now();
+        if used.is_some() {
+            transaction
+                .execute(
+                    "UPDATE oidc_families SET revoked = ?1 WHERE id = ?2",
+                    params![stamp, family],
+                )
+                .map_err(db)?;
+            transaction.commit().map_err(db)?;
+            return Ok(None);
+        }
+        transaction
+            .execute(
+                "UPDATE oidc_tokens SET used = ?1 WHERE id = ?2",
+                params![stamp, id],
+            )
+            .map_err(db)?;
+        transaction
+            .execute(
+                "UPDATE users SET admin = ?1 WHERE name = ?2",
+                params![rotation.admin, user],
+            )
+            .map_err(db)?;
+        if let Some(provider_refresh) = &rotation.provider_refresh {
+            transaction
+                .execute(
+                    "UPDATE oidc_families SET provider_refresh = ?1 WHERE id = ?2",
+                    params![provider_refresh, family],
+                )
+                .map_err(db)?;
+        }
+        let issued = insert_pair(
+            &transaction,
+            &family,
+            &user,
+            rotation.admin,
+            rotation.lifetimes,
+        )
+        .map_err(db)?;
+        transaction.commit().map_err(db)?;
+        Ok(Some(issued))
+    }
+
+    pub fn oidc_revoke_family(&self, family: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .connection()
+            .execute(
+                "UPDATE oidc_families SET revoked = ?1 WHERE id = ?2 AND revoked IS NULL",
+                params![now(), family],
+            )
+            .map_err(|err| self.database_error(err))?;
+        Ok(changed > 0)
+    }
+
+    pub fn oidc_logout(&self, token: &str) -> Result<Option<FamilyRecord>, StoreError> {
+        let Some(kind) = TokenKind::of(token) else {
+            return Ok(None);
+        };
+        let connection = self.connection();
+        let db = |err| self.database_error(err);
+        let row = connection
+            .query_row(
+                "SELECT t.hash, t.kind, f.id, f.user, f.issuer, f.subject, f.provider_refresh
+                 FROM oidc_tokens t JOIN oidc_families f ON f.id = t.family
+                 WHERE t.id = ?1",
+                params![kind.id()],
+                |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, String>(1)?,
+                        FamilyRecord {
+                            id: row.get(2)?,
+                            user: row.get(3)?,
+                            issuer: row.get(4)?,
+                            subject: row.get(5)?,
+                            provider_refresh: row.get(6)?,
+                        },
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db)?;
+        let Some((hash, stored_kind, family)) = row else {
+            return Ok(None);
+        };
+        if stored_kind != kind.column() || !hash_matches(&hash, token) {
+            return Ok(None);
+        }
+        connection
+            .execute(
+                "UPDATE oidc_families SET revoked = ?1 WHERE id = ?2 AND revoked IS NULL",
+                params![now(), family.id],
+            )
+            .map_err(db)?;
+        Ok(Some(family))
+    }
+
     /// Runs `work` on a clone of this store on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -592,6 +988,38 @@ impl Store for SqliteStore {
     async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.blocking(move |store| store.revoke(&id)).await
+    }
+    async fn oidc_login(&self, login: &OidcLogin) -> Result<IssuedTokens, StoreError> {
+        let login = login.clone();
+        self.blocking(move |store| store.oidc_login(&login)).await
+    }
+
+    async fn oidc_check_refresh(&self, refresh: &str) -> Result<RefreshCheck, StoreError> {
+        let refresh = refresh.to_string();
+        self.blocking(move |store| store.oidc_check_refresh(&refresh))
+            .await
+    }
+
+    async fn oidc_rotate(
+        &self,
+        refresh: &str,
+        rotation: &Rotation,
+    ) -> Result<Option<IssuedTokens>, StoreError> {
+        let refresh = refresh.to_string();
+        let rotation = rotation.clone();
+        self.blocking(move |store| store.oidc_rotate(&refresh, &rotation))
+            .await
+    }
+
+    async fn oidc_revoke_family(&self, family: &str) -> Result<bool, StoreError> {
+        let family = family.to_string();
+        self.blocking(move |store| store.oidc_revoke_family(&family))
+            .await
+    }
+
+    async fn oidc_logout(&self, token: &str) -> Result<Option<FamilyRecord>, StoreError> {
+        let token = token.to_string();
+        self.blocking(move |store| store.oidc_logout(&token)).await
     }
 }
 
@@ -667,7 +1095,25 @@ mod tests {
         let store = SqliteStore::open(dir.path()).unwrap();
         let (_, token) = store.issue_token("alice", Some(false)).unwrap();
         store.authenticate(&token).unwrap();
-        let secret = token.rsplit('_').next().unwrap();
+        // Everything after `cubbi_<id>_` (the secret may itself hold a `_`).
+        let secret = &token[TOKEN_PREFIX.len() + ID_HEX_DIGITS + 1..];
+        assert_eq!(secret.len(), SECRET_CHARS);
+        let issued = store
+            .oidc_login(&OidcLogin {
+                issuer: "https://id.example.test".into(),
+                subject: "sub".into(),
+                user: "bob".into(),
+                admin: false,
+                provider_refresh: None,
+                lifetimes: super::super::auth_tokens::Lifetimes {
+                    access: 60,
+                    refresh: 60,
+                },
+            })
+            .unwrap();
+        assert!(store.authenticate(&issued.access).unwrap().is_some());
+        let access_secret = &issued.access[issued.access.len() - SECRET_CHARS..];
+        let refresh_secret = &issued.refresh[issued.refresh.len() - SECRET_CHARS..];
         drop(store);
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let path = entry.unwrap().path();
@@ -679,6 +1125,13 @@ mod tests {
             };
             assert!(!found(&token), "{} holds the token", path.display());
             assert!(!found(secret), "{} holds the secret", path.display());
+            for oidc_secret in [access_secret, refresh_secret] {
+                assert!(
+                    !found(oidc_secret),
+                    "{} holds a login token",
+                    path.display()
+                );
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::auth_tokens::{Lifetimes, OidcLogin, RefreshCheck, Rotation};
 use super::projects::ProjectDb;
 use super::store::{Caller, Store, StoreError};
 use crate::projects::ProjectError;
@@ -55,6 +56,18 @@ pub const CASES: &[(&str, Case)] = &[
         "concurrent_handles_issue_tokens_that_all_authenticate",
         |f| Box::pin(concurrent_handles_issue_tokens_that_all_authenticate(f)),
     ),
+    ("oidc_logins_issue_tokens_that_authenticate", |f| {
+        Box::pin(oidc_logins_issue_tokens_that_authenticate(f))
+    }),
+    ("oidc_refresh_rotates_and_a_reuse_revokes_the_family", |f| {
+        Box::pin(oidc_refresh_rotates_and_a_reuse_revokes_the_family(f))
+    }),
+    ("oidc_identities_are_never_merged", |f| {
+        Box::pin(oidc_identities_are_never_merged(f))
+    }),
+    ("oidc_logout_and_expiry_end_the_tokens", |f| {
+        Box::pin(oidc_logout_and_expiry_end_the_tokens(f))
+    }),
 ];
 
 fn caller(user: &str, admin: bool) -> Option<Caller> {
@@ -290,4 +303,199 @@ pub fn one_insert_won(outcomes: &[Result<(), ProjectError>]) {
             .all(|err| matches!(err, ProjectError::NameTaken { .. })),
         "{outcomes:?}"
     );
+}
+
+const LIFETIMES: Lifetimes = Lifetimes {
+    access: 600,
+    refresh: 3600,
+};
+
+fn login(subject: &str, user: &str, admin: bool) -> OidcLogin {
+    OidcLogin {
+        issuer: "https://id.example.test".into(),
+        subject: subject.into(),
+        user: user.into(),
+        admin,
+        provider_refresh: Some(format!("provider-refresh-{subject}")),
+        lifetimes: LIFETIMES,
+    }
+}
+
+fn rotation(admin: bool) -> Rotation {
+    Rotation {
+        admin,
+        provider_refresh: None,
+        lifetimes: LIFETIMES,
+    }
+}
+
+async fn oidc_logins_issue_tokens_that_authenticate(factory: &dyn StoreFactory) -> CaseResult {
+    let store = factory.open().await?;
+    let (_, api) = store.issue_token("bob", None).await?;
+    let issued = store.oidc_login(&login("sub-alice", "alice", true)).await?;
+    assert_eq!(issued.user, "alice");
+    assert!(issued.access.starts_with("cubbia_") && issued.refresh.starts_with("cubbir_"));
+    assert_eq!(
+        store.authenticate(&issued.access).await?,
+        caller("alice", true)
+    );
+    // A refresh token is not an access token, and API tokens keep working beside.
+    assert_eq!(store.authenticate(&issued.refresh).await?, None);
+    assert_eq!(store.authenticate(&api).await?, caller("bob", false));
+    let mut forged = issued.access.clone();
+    forged.pop();
+    forged.push(if issued.access.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
+    assert_eq!(store.authenticate(&forged).await?, None);
+    // The OIDC tokens are not API tokens: `serve token list` shows only bob's.
+    assert_eq!(store.tokens().await?.len(), 1);
+    // Another handle (another process) sees the login.
+    let other = factory.open().await?;
+    assert_eq!(
+        other.authenticate(&issued.access).await?,
+        caller("alice", true)
+    );
+    Ok(())
+}
+
+async fn oidc_refresh_rotates_and_a_reuse_revokes_the_family(
+    factory: &dyn StoreFactory,
+) -> CaseResult {
+    let store = factory.open().await?;
+    let first = store
+        .oidc_login(&login("sub-alice", "alice", false))
+        .await?;
+    let RefreshCheck::Valid(family) = store.oidc_check_refresh(&first.refresh).await? else {
+        panic!("a fresh refresh token was not valid");
+    };
+    assert_eq!(family.user, "alice");
+    assert_eq!(family.subject, "sub-alice");
+    assert_eq!(
+        family.provider_refresh.as_deref(),
+        Some("provider-refresh-sub-alice")
+    );
+    let second = store
+        .oidc_rotate(&first.refresh, &rotation(true))
+        .await?
+        .expect("a rotation");
+    assert_eq!(second.family, first.family);
+    assert_ne!(second.refresh, first.refresh);
+    // The admin flag follows what the provider said at the refresh.
+    assert_eq!(
+        store.authenticate(&second.access).await?,
+        caller("alice", true)
+    );
+    // Another login of alice is another family, untouched by what happens to this one.
+    let elsewhere = store
+        .oidc_login(&login("sub-alice", "alice", false))
+        .await?;
+    // The spent refresh token comes back: the whole family goes.
+    assert_eq!(
+        store.oidc_check_refresh(&first.refresh).await?,
+        RefreshCheck::Reused {
+            user: "alice".into()
+        }
+    );
+    assert_eq!(store.authenticate(&second.access).await?, None);
+    assert_eq!(store.authenticate(&first.access).await?, None);
+    assert_eq!(
+        store.oidc_check_refresh(&second.refresh).await?,
+        RefreshCheck::Refused
+    );
+    assert!(
+        store
+            .oidc_rotate(&second.refresh, &rotation(false))
+            .await?
+            .is_none()
+    );
+    assert!(store.authenticate(&elsewhere.access).await?.is_some());
+    // A rotation racing a reuse: the second rotation of one token revokes the family.
+    let third = store
+        .oidc_rotate(&elsewhere.refresh, &rotation(false))
+        .await?
+        .expect("a rotation");
+    assert!(
+        store
+            .oidc_rotate(&elsewhere.refresh, &rotation(false))
+            .await?
+            .is_none()
+    );
+    assert_eq!(store.authenticate(&third.access).await?, None);
+    assert_eq!(
+        store.oidc_check_refresh("cubbir_nonsense").await?,
+        RefreshCheck::Refused
+    );
+    Ok(())
+}
+
+async fn oidc_identities_are_never_merged(factory: &dyn StoreFactory) -> CaseResult {
+    let store = factory.open().await?;
+    store.issue_token("carol", None).await?;
+    let refused = store.oidc_login(&login("sub-carol", "carol", false)).await;
+    assert!(
+        matches!(&refused, Err(StoreError::IdentityClash { user }) if user == "carol"),
+        "{refused:?}"
+    );
+    store
+        .oidc_login(&login("sub-alice", "alice", false))
+        .await?;
+    let refused = store
+        .oidc_login(&login("someone-else", "alice", false))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::IdentityClash { .. })),
+        "{refused:?}"
+    );
+    // The same identity under a new name at the provider stays the user it was.
+    let again = store
+        .oidc_login(&login("sub-alice", "alice2", false))
+        .await?;
+    assert_eq!(again.user, "alice");
+    let bad = store
+        .oidc_login(&login("sub-x", "Not Allowed", false))
+        .await;
+    assert!(
+        matches!(bad, Err(StoreError::InvalidUser { .. })),
+        "{bad:?}"
+    );
+    Ok(())
+}
+
+async fn oidc_logout_and_expiry_end_the_tokens(factory: &dyn StoreFactory) -> CaseResult {
+    let store = factory.open().await?;
+    let issued = store
+        .oidc_login(&login("sub-alice", "alice", false))
+        .await?;
+    assert!(store.oidc_logout("cubbia_bogus").await?.is_none());
+    let family = store
+        .oidc_logout(&issued.access)
+        .await?
+        .expect("its family");
+    assert_eq!(family.id, issued.family);
+    assert_eq!(store.authenticate(&issued.access).await?, None);
+    assert_eq!(
+        store.oidc_check_refresh(&issued.refresh).await?,
+        RefreshCheck::Refused
+    );
+    let other = store
+        .oidc_login(&login("sub-alice", "alice", false))
+        .await?;
+    assert!(store.oidc_revoke_family(&other.family).await?);
+    assert!(!store.oidc_revoke_family(&other.family).await?);
+    assert_eq!(store.authenticate(&other.access).await?, None);
+    let mut expired = login("sub-alice", "alice", false);
+    expired.lifetimes = Lifetimes {
+        access: 0,
+        refresh: 0,
+    };
+    let stale = store.oidc_login(&expired).await?;
+    assert_eq!(store.authenticate(&stale.access).await?, None);
+    assert_eq!(
+        store.oidc_check_refresh(&stale.refresh).await?,
+        RefreshCheck::Refused
+    );
+    Ok(())
 }

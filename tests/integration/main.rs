@@ -11,6 +11,7 @@ mod firewall;
 mod hostile_service;
 mod images;
 mod lifecycle;
+mod oidc;
 mod openapi_tools;
 mod projects;
 mod projects_session;
@@ -64,6 +65,7 @@ fn main() {
     tests.extend(hostile_service::tests());
     tests.extend(images::tests());
     tests.extend(lifecycle::tests());
+    tests.extend(oidc::tests());
     tests.extend(openapi_tools::tests());
     tests.extend(projects::tests());
     tests.extend(serve::tests());

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod dockerd;
 pub mod images;
 pub mod model_server;
+pub mod oidc_provider;
 pub mod pki;
 pub mod postgres;
 pub mod pty;
