@@ -300,6 +300,12 @@ fn write_call(api: Api, body: &Value, path: &str, content: &str) -> Reply {
         )
     } else if names.contains(&"exec_command") {
         ("exec_command", json!({ "cmd": shell }))
+    } else if api == Api::Chat && names.contains(&"bash") {
+        // opencode's shell tool.
+        (
+            "bash",
+            json!({ "command": shell, "description": "Write the file" }),
+        )
     } else if names.contains(&"shell_command") {
         ("shell_command", json!({ "command": shell }))
     } else {
