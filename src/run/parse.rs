@@ -259,10 +259,8 @@ impl Parser {
                     is_error: failed,
                 });
             }
-            Some("error") => {
-                if value["severity"] != "warning" {
-                    self.error = Some(text_of(&value["message"]));
-                }
+            Some("error") if value["severity"] != "warning" => {
+                self.error = Some(text_of(&value["message"]));
             }
             Some("result") => {
                 self.finished = true;
