@@ -530,14 +530,16 @@ mod tests {
         let (events, result) = parse(OutputFormat::GeminiStreamJson, output, 0);
         assert_eq!(events.len(), 2);
         assert_eq!(result.result, "Hello.");
+        // Gemini CLI 0.61.0 answered by an API error (HTTP 400); it exited 144.
         let failed = concat!(
-            r#"{"type":"init","session_id":"g-1","model":"m"}"#,
+            r#"{"type":"init","timestamp":"2026-12-04T20:58:07.790Z","session_id":"2bd94061-ff11-4fbc-b636-8961734c6f06","model":"gemini-fixture"}"#,
             "\n",
-            r#"{"type":"result","status":"error","error":{"type":"Error","message":"fixture says no"},"stats":{}}"#,
+            r#"{"type":"result","timestamp":"2026-12-04T20:58:07.858Z","status":"error","error":{"type":"unknown","message":"[API Error: {\"error\":{\"code\":400,\"message\":\"fixture says no\",\"status\":\"INVALID_ARGUMENT\"}}]"},"stats":{"total_tokens":0,"input_tokens":0,"output_tokens":0,"cached":0,"input":0,"duration_ms":0,"tool_calls":0}}"#,
         );
-        let (_, result) = parse(OutputFormat::GeminiStreamJson, failed, 1);
+        let (_, result) = parse(OutputFormat::GeminiStreamJson, failed, 144);
         assert!(result.is_error);
-        assert_eq!(result.result, "fixture says no");
+        assert!(result.result.contains("fixture says no"), "{result:?}");
+        assert_eq!(result.exit_code, Some(144));
     }
 
     /// opencode 1.18.33 `run --format json` with an OpenAI-compatible provider, answering a
