@@ -593,6 +593,11 @@ mod tests {
             result.agent_session_id.as_deref(),
             Some("ses_dbd3af257ffeyifozyzYR4mJTB")
         );
+        // And when the API answered HTTP 400 (through the image's OPENAI_BASE_URL wrapper).
+        let output = r#"{"type":"error","timestamp":1796417945260,"sessionID":"ses_dbd25880dffeUuf4P7rmSdYfdD","error":{"name":"APIError","data":{"message":"fixture says no","statusCode":400,"isRetryable":false,"responseHeaders":{"content-length":"84","content-type":"application/json"},"responseBody":"{\"error\": {\"code\": 400, \"message\": \"fixture says no\", \"status\": \"INVALID_ARGUMENT\"}}","metadata":{"url":"http://127.0.0.1:18934/v1/chat/completions"}}}}"#;
+        let (_, result) = parse(OutputFormat::OpencodeJson, output, 1);
+        assert!(result.is_error);
+        assert_eq!(result.result, "fixture says no");
     }
 
     #[test]
