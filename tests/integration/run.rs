@@ -330,6 +330,16 @@ fn api_error_fails(image: &'static str, name: &str) -> Result<(), Failed> {
                 .contains("timed out"),
             "{result}"
         );
+        // These two tools pass the API's message on.
+        if matches!(image, "gemini" | "opencode") {
+            assert!(
+                result["result"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("fixture says no"),
+                "{result}"
+            );
+        }
         Ok(())
     })
 }
