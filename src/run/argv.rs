@@ -193,6 +193,64 @@ mod tests {
     }
 
     #[test]
+    fn gemini_opencode_and_aider_take_what_they_have() {
+        let gemini = build(
+            &image("gemini"),
+            &RunRequest {
+                resume: Some("g-1".into()),
+                model: Some("m".into()),
+                ..request("secret plan")
+            },
+            "/tmp/p",
+        )
+        .unwrap()
+        .join(" ");
+        assert_eq!(
+            gemini,
+            "gemini -o stream-json --yolo --skip-trust -m m -r g-1"
+        );
+        let opencode = build(
+            &image("opencode"),
+            &RunRequest {
+                resume: Some("ses_1".into()),
+                model: Some("cubbi/m".into()),
+                ..request("secret plan")
+            },
+            "/tmp/p",
+        )
+        .unwrap()
+        .join(" ");
+        assert_eq!(opencode, "opencode run --format json -m cubbi/m -s ses_1");
+        let aider = image("aider");
+        let line = build(&aider, &request("secret plan"), "/tmp/p")
+            .unwrap()
+            .join(" ");
+        assert!(line.starts_with("aider --yes-always"), "{line}");
+        assert!(line.ends_with("--message-file /tmp/p"), "{line}");
+        assert!(!line.contains("secret plan"), "{line}");
+        let err = check(
+            &aider,
+            &RunRequest {
+                resume: Some("x".into()),
+                ..request("hi")
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "aider has no --resume");
+        for name in ["gemini", "opencode", "aider"] {
+            let err = check(
+                &image(name),
+                &RunRequest {
+                    max_turns: Some(2),
+                    ..request("hi")
+                },
+            )
+            .unwrap_err();
+            assert_eq!(err.to_string(), format!("{name} has no --max-turns"));
+        }
+    }
+
+    #[test]
     fn empty_prompts_and_images_without_headless_are_refused() {
         assert_eq!(
             check(&image("claude-code"), &request("  \n")),

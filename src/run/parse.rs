@@ -14,7 +14,8 @@ pub struct Parser {
     finished: bool,
     /// The last text the agent wrote, the result of tools that print no final line.
     last_text: Option<String>,
-    /// Plain text output, for [`OutputFormat::Text`].
+    /// Plain text output, for [`OutputFormat::Text`]; the assistant's text since the last
+    /// tool call, for Gemini's deltas.
     text: String,
     error: Option<String>,
 }
@@ -44,9 +45,9 @@ impl Parser {
         let events = match self.format {
             OutputFormat::ClaudeStreamJson => self.claude(&value),
             OutputFormat::CodexJson => self.codex(&value),
-            OutputFormat::GeminiStreamJson | OutputFormat::OpencodeJson | OutputFormat::Text => {
-                Vec::new()
-            }
+            OutputFormat::GeminiStreamJson => self.gemini(&value),
+            OutputFormat::OpencodeJson => self.opencode(&value),
+            OutputFormat::Text => Vec::new(),
         };
         for event in &events {
             if let RunEvent::Text { text } = event {
@@ -215,6 +216,138 @@ impl Parser {
         }
         events
     }
+
+    /// `gemini -o stream-json`: `init` (the session id), `message` (assistant text, in deltas),
+    /// `tool_use`/`tool_result`, `error`, and a final `result` with the token stats of every
+    /// model request (input tokens include the cached ones). No turn count, no cost.
+    fn gemini(&mut self, value: &Value) -> Vec<RunEvent> {
+        let mut events = Vec::new();
+        match value["type"].as_str() {
+            Some("init") => {
+                self.result.agent_session_id = string(&value["session_id"]);
+            }
+            Some("message") if value["role"] == "assistant" => {
+                let text = value["content"].as_str().unwrap_or_default();
+                if value["delta"] != true {
+                    self.text.clear();
+                }
+                self.text.push_str(text);
+                if !text.is_empty() {
+                    events.push(RunEvent::Text {
+                        text: text.to_string(),
+                    });
+                }
+            }
+            Some("tool_use") => {
+                self.text.clear();
+                events.push(RunEvent::ToolUse {
+                    id: string(&value["tool_id"]),
+                    name: value["tool_name"].as_str().unwrap_or_default().to_string(),
+                    input: value["parameters"].clone(),
+                });
+            }
+            Some("tool_result") => {
+                let failed = value["status"] != "success";
+                let output = if failed && !value["error"].is_null() {
+                    text_of(&value["error"]["message"])
+                } else {
+                    text_of(&value["output"])
+                };
+                events.push(RunEvent::ToolResult {
+                    id: string(&value["tool_id"]),
+                    output,
+                    is_error: failed,
+                });
+            }
+            Some("error") if value["severity"] != "warning" => {
+                self.error = Some(text_of(&value["message"]));
+            }
+            Some("result") => {
+                self.finished = true;
+                let result = &mut self.result;
+                let stats = &value["stats"];
+                result.is_error = value["status"] != "success";
+                result.result = if result.is_error {
+                    match text_of(&value["error"]["message"]) {
+                        message if message.is_empty() => self
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| text_of(&value["status"])),
+                        message => message,
+                    }
+                } else {
+                    self.text.clone()
+                };
+                result.duration_ms = stats["duration_ms"].as_u64().unwrap_or(0);
+                result.usage = Usage {
+                    input_tokens: stats["input_tokens"].as_u64(),
+                    output_tokens: stats["output_tokens"].as_u64(),
+                    cache_read_input_tokens: stats["cached"].as_u64(),
+                    cache_creation_input_tokens: None,
+                };
+            }
+            _ => {}
+        }
+        events
+    }
+
+    /// `opencode run --format json`: events with a `sessionID` and a `part` each; a step per
+    /// model request (`step_finish` carries its tokens and cost), `text`, `tool_use` (the call
+    /// and its outcome at once), `error`. The result is the last text.
+    fn opencode(&mut self, value: &Value) -> Vec<RunEvent> {
+        let mut events = Vec::new();
+        if let Some(id) = value["sessionID"].as_str() {
+            self.result.agent_session_id = Some(id.to_string());
+        }
+        let part = &value["part"];
+        match value["type"].as_str() {
+            Some("text") => events.push(RunEvent::Text {
+                text: part["text"].as_str().unwrap_or_default().to_string(),
+            }),
+            Some("tool_use") => {
+                let id = string(&part["callID"]);
+                let state = &part["state"];
+                events.push(RunEvent::ToolUse {
+                    id: id.clone(),
+                    name: part["tool"].as_str().unwrap_or_default().to_string(),
+                    input: state["input"].clone(),
+                });
+                let failed = state["status"] == "error";
+                events.push(RunEvent::ToolResult {
+                    id,
+                    output: if failed {
+                        text_of(&state["error"])
+                    } else {
+                        text_of(&state["output"])
+                    },
+                    is_error: failed,
+                });
+            }
+            Some("step_finish") => {
+                let tokens = &part["tokens"];
+                self.result.usage.add(&Usage {
+                    input_tokens: tokens["input"].as_u64(),
+                    output_tokens: tokens["output"].as_u64(),
+                    cache_read_input_tokens: tokens["cache"]["read"].as_u64(),
+                    cache_creation_input_tokens: tokens["cache"]["write"].as_u64(),
+                });
+                if let Some(cost) = part["cost"].as_f64() {
+                    *self.result.total_cost_usd.get_or_insert(0.0) += cost;
+                }
+                *self.result.num_turns.get_or_insert(0) += 1;
+            }
+            Some("error") => {
+                let error = &value["error"];
+                let message = match text_of(&error["data"]["message"]) {
+                    message if message.is_empty() => text_of(&error["name"]),
+                    message => message,
+                };
+                self.error = Some(message);
+            }
+            _ => {}
+        }
+        events
+    }
 }
 
 fn content(value: &Value) -> impl Iterator<Item = &Value> {
@@ -342,6 +475,127 @@ mod tests {
             r#"{"type":"turn.failed","error":{"message":"fixture says no"}}"#,
         );
         let (_, result) = parse(OutputFormat::CodexJson, output, 1);
+        assert!(result.is_error);
+        assert_eq!(result.result, "fixture says no");
+    }
+
+    /// Gemini CLI 0.61.0 `-o stream-json --yolo`, answering a scripted Gemini API (a
+    /// `write_file` call, then text; a router request before them), captured from the real CLI.
+    #[test]
+    fn gemini_stream_json_from_the_real_cli() {
+        let output = include_str!("testdata/gemini-0.61.0-write-file.ndjson");
+        let (events, result) = parse(OutputFormat::GeminiStreamJson, output, 0);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert!(matches!(&events[0], RunEvent::ToolUse { name, input, .. }
+            if name == "write_file" && input["file_path"] == "/tmp/greet.txt"));
+        assert_eq!(
+            events[1],
+            RunEvent::ToolResult {
+                id: Some("write_file__write_file_1796416383948_0".into()),
+                output: String::new(),
+                is_error: false,
+            }
+        );
+        assert_eq!(result.result, "I wrote greeting.txt.");
+        assert!(!result.is_error);
+        assert_eq!(
+            result.agent_session_id.as_deref(),
+            Some("38368569-724d-4143-a47b-b6a8c615ff7d")
+        );
+        assert_eq!(result.num_turns, None);
+        assert_eq!(
+            result.usage,
+            Usage {
+                input_tokens: Some(300),
+                output_tokens: Some(60),
+                cache_read_input_tokens: Some(15),
+                cache_creation_input_tokens: None,
+            }
+        );
+        assert_eq!(result.total_cost_usd, None);
+        assert_eq!(result.duration_ms, 191);
+    }
+
+    #[test]
+    fn gemini_text_deltas_join_and_a_failed_result_is_an_error() {
+        let output = concat!(
+            r#"{"type":"init","session_id":"g-1","model":"m"}"#,
+            "\n",
+            r#"{"type":"message","role":"assistant","content":"Hel","delta":true}"#,
+            "\n",
+            r#"{"type":"message","role":"assistant","content":"lo.","delta":true}"#,
+            "\n",
+            r#"{"type":"result","status":"success","stats":{"input_tokens":1,"output_tokens":2}}"#,
+        );
+        let (events, result) = parse(OutputFormat::GeminiStreamJson, output, 0);
+        assert_eq!(events.len(), 2);
+        assert_eq!(result.result, "Hello.");
+        // Gemini CLI 0.61.0 answered by an API error (HTTP 400); it exited 144.
+        let failed = concat!(
+            r#"{"type":"init","timestamp":"2026-12-04T20:58:07.790Z","session_id":"2bd94061-ff11-4fbc-b636-8961734c6f06","model":"gemini-fixture"}"#,
+            "\n",
+            r#"{"type":"result","timestamp":"2026-12-04T20:58:07.858Z","status":"error","error":{"type":"unknown","message":"[API Error: {\"error\":{\"code\":400,\"message\":\"fixture says no\",\"status\":\"INVALID_ARGUMENT\"}}]"},"stats":{"total_tokens":0,"input_tokens":0,"output_tokens":0,"cached":0,"input":0,"duration_ms":0,"tool_calls":0}}"#,
+        );
+        let (_, result) = parse(OutputFormat::GeminiStreamJson, failed, 144);
+        assert!(result.is_error);
+        assert!(result.result.contains("fixture says no"), "{result:?}");
+        assert_eq!(result.exit_code, Some(144));
+    }
+
+    /// opencode 1.18.33 `run --format json` with an OpenAI-compatible provider, answering a
+    /// scripted Chat Completions API (a `bash` call, then text), captured from the real CLI.
+    #[test]
+    fn opencode_json_from_the_real_cli() {
+        let output = include_str!("testdata/opencode-1.18.33-write-file.ndjson");
+        let (events, result) = parse(OutputFormat::OpencodeJson, output, 0);
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert!(matches!(&events[0], RunEvent::ToolUse { name, id, .. }
+            if name == "bash" && id.as_deref() == Some("call_1")));
+        assert_eq!(
+            events[1],
+            RunEvent::ToolResult {
+                id: Some("call_1".into()),
+                output: "(no output)".into(),
+                is_error: false,
+            }
+        );
+        assert_eq!(result.result, "I wrote greeting.txt.");
+        assert!(!result.is_error);
+        assert_eq!(
+            result.agent_session_id.as_deref(),
+            Some("ses_dbd3b4bf7ffeC0TjoeEktVqp9c")
+        );
+        assert_eq!(result.num_turns, Some(2));
+        assert_eq!(
+            result.usage,
+            Usage {
+                input_tokens: Some(190),
+                output_tokens: Some(40),
+                cache_read_input_tokens: Some(10),
+                cache_creation_input_tokens: Some(0),
+            }
+        );
+        assert_eq!(result.total_cost_usd, Some(0.0));
+        assert_eq!(result.duration_ms, 1234, "opencode reports no duration");
+    }
+
+    /// What opencode 1.18.33 printed when its provider had no such model.
+    #[test]
+    fn opencode_error_event_fails_the_run() {
+        let output = r#"{"type":"error","timestamp":1796416552307,"sessionID":"ses_dbd3af257ffeyifozyzYR4mJTB","error":{"name":"UnknownError","data":{"message":"Unexpected server error. Check server logs for details.","ref":"err_50ea3f84"}}}"#;
+        let (_, result) = parse(OutputFormat::OpencodeJson, output, 1);
+        assert!(result.is_error);
+        assert_eq!(
+            result.result,
+            "Unexpected server error. Check server logs for details."
+        );
+        assert_eq!(
+            result.agent_session_id.as_deref(),
+            Some("ses_dbd3af257ffeyifozyzYR4mJTB")
+        );
+        // And when the API answered HTTP 400 (through the image's OPENAI_BASE_URL wrapper).
+        let output = r#"{"type":"error","timestamp":1796417945260,"sessionID":"ses_dbd25880dffeUuf4P7rmSdYfdD","error":{"name":"APIError","data":{"message":"fixture says no","statusCode":400,"isRetryable":false,"responseHeaders":{"content-length":"84","content-type":"application/json"},"responseBody":"{\"error\": {\"code\": 400, \"message\": \"fixture says no\", \"status\": \"INVALID_ARGUMENT\"}}","metadata":{"url":"http://127.0.0.1:18934/v1/chat/completions"}}}}"#;
+        let (_, result) = parse(OutputFormat::OpencodeJson, output, 1);
         assert!(result.is_error);
         assert_eq!(result.result, "fixture says no");
     }

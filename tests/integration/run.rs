@@ -21,6 +21,11 @@ pub fn tests() -> Vec<Trial> {
         claude_code_timeout_stops_the_agent_and_keeps_secrets_out_of_sight,
         codex_writes_a_file_and_resumes_in_a_new_session,
         codex_api_error_fails_the_run,
+        gemini_writes_a_file_and_resumes_in_a_new_session,
+        gemini_api_error_fails_the_run,
+        opencode_writes_a_file_and_resumes_in_a_new_session,
+        opencode_api_error_fails_the_run,
+        aider_edits_a_file_and_refuses_resume,
         bad_requests_are_refused_before_any_session_exists,
     ]
 }
@@ -65,6 +70,20 @@ impl Bench {
                 format!("ANTHROPIC_API_KEY={SECRET}"),
                 format!("ANTHROPIC_BASE_URL={base}"),
             ],
+            "gemini" => vec![
+                format!("GEMINI_API_KEY={SECRET}"),
+                format!("GOOGLE_GEMINI_BASE_URL={base}"),
+            ],
+            "opencode" => vec![
+                format!("OPENAI_API_KEY={SECRET}"),
+                format!("OPENAI_BASE_URL={base}/v1"),
+                "OPENAI_MODEL=fixture-model".into(),
+            ],
+            "aider" => vec![
+                format!("OPENAI_API_KEY={SECRET}"),
+                format!("OPENAI_API_BASE={base}/v1"),
+                "AIDER_MODEL=openai/fixture-model".into(),
+            ],
             _ => vec![
                 format!("OPENAI_API_KEY={SECRET}"),
                 format!("OPENAI_BASE_URL={base}/v1"),
@@ -107,12 +126,30 @@ impl Bench {
     }
 }
 
-fn expect_usage(result: &Value, turns: u64) {
-    assert_eq!(
-        result["usage"]["input_tokens"],
-        INPUT_TOKENS * turns,
-        "{result}"
-    );
+/// The `--model` a run of `image` needs, if any: Gemini CLI's default ("auto") first asks a
+/// router model which model to use, a request more than the scripted turns.
+fn model_of(image: &str) -> Option<&'static str> {
+    (image == "gemini").then_some("gemini-fixture")
+}
+
+/// The model API each tool calls the fixture with.
+fn api_of(image: &str) -> &'static str {
+    match image {
+        "claude-code" => "/v1/messages",
+        "gemini" => "/v1beta/models/gemini-fixture:streamGenerateContent",
+        "codex" => "/v1/responses",
+        _ => "/v1/chat/completions",
+    }
+}
+
+fn expect_usage(image: &str, result: &Value, turns: u64) {
+    // opencode counts input tokens without the cached ones; the others as the API reports.
+    let input = if image == "opencode" {
+        INPUT_TOKENS - CACHE_READ_TOKENS
+    } else {
+        INPUT_TOKENS
+    };
+    assert_eq!(result["usage"]["input_tokens"], input * turns, "{result}");
     assert_eq!(
         result["usage"]["output_tokens"],
         OUTPUT_TOKENS * turns,
@@ -148,7 +185,11 @@ fn writes_a_file_and_resumes(image: &'static str, name: &str) -> Result<(), Fail
     docker_test(name, move |scope| async move {
         let bench = Bench::new(scope, image).await?;
         write_script(&bench.server);
-        let (ran, result) = bench.run(&["-p", PROMPT]);
+        let mut args = vec!["-p", PROMPT];
+        if let Some(model) = model_of(image) {
+            args.extend(["--model", model]);
+        }
+        let (ran, result) = bench.run(&args);
         let seen: Vec<String> = bench
             .server
             .recorded()
@@ -171,7 +212,7 @@ fn writes_a_file_and_resumes(image: &'static str, name: &str) -> Result<(), Fail
         assert_eq!(result["result"], "I wrote greeting.txt.");
         assert_eq!(result["exit_code"], 0);
         assert_eq!(result["session"], Value::Null, "closed after the run");
-        expect_usage(&result, 2);
+        expect_usage(image, &result, 2);
         let written = std::fs::read_to_string(bench.workspace.path().join("greeting.txt"))?;
         assert_eq!(written.trim(), "hello from the fixture");
         assert!(!ran.stdout().contains(SECRET) && !ran.stderr().contains(SECRET));
@@ -181,22 +222,17 @@ fn writes_a_file_and_resumes(image: &'static str, name: &str) -> Result<(), Fail
             .to_string();
         // The key reached the tool through the session's environment file.
         let first = &bench.server.turns()[0];
-        let api = if image == "claude-code" {
-            "/v1/messages"
-        } else {
-            "/v1/responses"
-        };
-        assert_eq!(first.path, api);
+        assert_eq!(first.path, api_of(image));
         let auth: Vec<&str> = first
             .headers
             .iter()
-            .filter(|(k, _)| k == "x-api-key" || k == "authorization")
+            .filter(|(k, _)| k == "x-api-key" || k == "authorization" || k == "x-goog-api-key")
             .map(|(_, v)| v.as_str())
             .collect();
         assert!(auth.iter().any(|v| v.contains(SECRET)), "{auth:?}");
 
         bench.server.push(Reply::Text("Resumed.".into()));
-        let (ran, resumed) = bench.run(&[
+        let mut args = vec![
             "-p",
             "And again",
             "--resume",
@@ -204,7 +240,11 @@ fn writes_a_file_and_resumes(image: &'static str, name: &str) -> Result<(), Fail
             "--keep",
             "--name",
             "kept",
-        ]);
+        ];
+        if let Some(model) = model_of(image) {
+            args.extend(["--model", model]);
+        }
+        let (ran, resumed) = bench.run(&args);
         ran.success();
         assert_eq!(resumed["result"], "Resumed.");
         assert_eq!(resumed["session"], "kept");
@@ -222,6 +262,7 @@ fn writes_a_file_and_resumes(image: &'static str, name: &str) -> Result<(), Fail
             &metadata,
             &cubbi::run::RunRequest {
                 prompt: "hi".into(),
+                model: model_of(image).map(str::to_string),
                 ..Default::default()
             },
             "/dev/null",
@@ -258,11 +299,23 @@ fn codex_writes_a_file_and_resumes_in_a_new_session() -> Result<(), Failed> {
     writes_a_file_and_resumes("codex", "run-codex")
 }
 
+fn gemini_writes_a_file_and_resumes_in_a_new_session() -> Result<(), Failed> {
+    writes_a_file_and_resumes("gemini", "run-gemini")
+}
+
+fn opencode_writes_a_file_and_resumes_in_a_new_session() -> Result<(), Failed> {
+    writes_a_file_and_resumes("opencode", "run-opencode")
+}
+
 fn api_error_fails(image: &'static str, name: &str) -> Result<(), Failed> {
     docker_test(name, move |scope| async move {
         let bench = Bench::new(scope, image).await?;
         bench.server.push(Reply::Error("fixture says no".into()));
-        let (ran, result) = bench.run(&["-p", PROMPT]);
+        let mut args = vec!["-p", PROMPT];
+        if let Some(model) = model_of(image) {
+            args.extend(["--model", model]);
+        }
+        let (ran, result) = bench.run(&args);
         ran.failure();
         assert_eq!(result["is_error"], true, "{result}");
         // The model's error ended the run, not the test's timeout.
@@ -277,6 +330,16 @@ fn api_error_fails(image: &'static str, name: &str) -> Result<(), Failed> {
                 .contains("timed out"),
             "{result}"
         );
+        // These two tools pass the API's message on.
+        if matches!(image, "gemini" | "opencode") {
+            assert!(
+                result["result"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("fixture says no"),
+                "{result}"
+            );
+        }
         Ok(())
     })
 }
@@ -287,6 +350,65 @@ fn claude_code_api_error_fails_the_run() -> Result<(), Failed> {
 
 fn codex_api_error_fails_the_run() -> Result<(), Failed> {
     api_error_fails("codex", "run-codex-error")
+}
+
+fn gemini_api_error_fails_the_run() -> Result<(), Failed> {
+    api_error_fails("gemini", "run-gemini-error")
+}
+
+fn opencode_api_error_fails_the_run() -> Result<(), Failed> {
+    api_error_fails("opencode", "run-opencode-error")
+}
+
+/// aider offers the model no tools: it applies the edit in the answer's text ("whole" format).
+/// It prints no JSON, so the result is its output; it has no conversation to resume.
+fn aider_edits_a_file_and_refuses_resume() -> Result<(), Failed> {
+    docker_test("run-aider", |scope| async move {
+        let bench = Bench::new(scope.clone(), "aider").await?;
+        bench.server.every_request_a_turn();
+        bench.server.push(Reply::WriteFile {
+            path: "/home/agent/workspace/greeting.txt".into(),
+            content: "hello from the fixture".into(),
+        });
+        let (ran, result) = bench.run(&["-p", PROMPT]);
+        assert_eq!(result["is_error"], false, "{}\n{result}", ran.stderr());
+        let ran = ran.success();
+        let text = result["result"].as_str().unwrap_or_default();
+        assert!(text.contains("I wrote greeting.txt."), "{result}");
+        assert!(text.contains("Applied edit to greeting.txt"), "{result}");
+        assert_eq!(result["exit_code"], 0);
+        assert_eq!(result["agent_session_id"], Value::Null, "{result}");
+        assert_eq!(result["total_cost_usd"], Value::Null, "{result}");
+        let written = std::fs::read_to_string(bench.workspace.path().join("greeting.txt"))?;
+        assert_eq!(written.trim(), "hello from the fixture");
+        assert!(!ran.stdout().contains(SECRET) && !ran.stderr().contains(SECRET));
+        let turns = bench.server.turns();
+        assert_eq!(turns.len(), 1, "one request");
+        assert_eq!(turns[0].path, api_of("aider"));
+        assert_eq!(turns[0].body["model"], "fixture-model");
+        assert!(turns[0].body.to_string().contains(PROMPT));
+        assert!(
+            turns[0]
+                .headers
+                .iter()
+                .any(|(k, v)| k == "authorization" && v.contains(SECRET))
+        );
+
+        let (ran, _) = bench.run(&["-p", "And again", "--resume", "anything"]);
+        ran.failure().stderr_contains("aider has no --resume");
+        assert_eq!(
+            bench.server.turns().len(),
+            1,
+            "the refused run asked the model"
+        );
+        let made = crate::support::containers_labelled(
+            &scope.docker,
+            &format!("io.cubbi.owner={}", scope.id),
+        )
+        .await?;
+        assert!(made.is_empty(), "left behind: {made:?}");
+        Ok(())
+    })
 }
 
 fn claude_code_disallowed_tool_is_refused() -> Result<(), Failed> {

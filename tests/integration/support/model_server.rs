@@ -1,5 +1,6 @@
 //! A scripted model server for agent runs: the Anthropic Messages API (SSE), the OpenAI
-//! Responses API (SSE) and Chat Completions, on all addresses of the host so sessions reach it
+//! Responses API (SSE), Chat Completions and the Gemini API (`:generateContent`,
+//! `:streamGenerateContent?alt=sse`), on all addresses of the host so sessions reach it
 //! through their network's gateway. Agent turns (requests that offer tools) take the script's
 //! replies in order; other requests (titles, probes) get a plain text. Every request is
 //! recorded; every answer reports [`INPUT_TOKENS`] and [`OUTPUT_TOKENS`].
@@ -51,6 +52,9 @@ pub struct Recorded {
 struct Shared {
     script: Mutex<VecDeque<Reply>>,
     recorded: Mutex<Vec<Recorded>>,
+    /// Every request is an agent turn, tools offered or not (aider offers none: it edits
+    /// files from the text of the answer).
+    every_request_a_turn: std::sync::atomic::AtomicBool,
 }
 
 pub struct ModelServer {
@@ -67,6 +71,7 @@ impl ModelServer {
         let shared = Arc::new(Shared {
             script: Mutex::new(script.into()),
             recorded: Mutex::default(),
+            every_request_a_turn: Default::default(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let state = Arc::clone(&shared);
@@ -101,12 +106,28 @@ impl ModelServer {
             .clone()
     }
 
-    /// The recorded agent turns (requests offering tools).
+    /// The recorded agent turns (requests offering tools, or every request after
+    /// [`ModelServer::every_request_a_turn`]).
     pub fn turns(&self) -> Vec<Recorded> {
+        let every = self.every();
         self.recorded()
             .into_iter()
-            .filter(|r| offers_tools(&r.body))
+            .filter(|r| every || offers_tools(&r.body))
             .collect()
+    }
+
+    /// Makes every request an agent turn, for a client that offers no tools: a
+    /// [`Reply::WriteFile`] is then answered with the file in aider's "whole" edit format.
+    pub fn every_request_a_turn(&self) {
+        self.shared
+            .every_request_a_turn
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn every(&self) -> bool {
+        self.shared
+            .every_request_a_turn
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn push(&self, reply: Reply) {
@@ -144,6 +165,10 @@ fn offered_tools(body: &Value) -> Vec<String> {
     }
     let mut names = Vec::new();
     collect(&body["tools"], &mut names);
+    // The Gemini API: `tools: [{ functionDeclarations: [...] }]`.
+    for tool in body["tools"].as_array().into_iter().flatten() {
+        collect(&tool["functionDeclarations"], &mut names);
+    }
     for item in body["input"].as_array().into_iter().flatten() {
         if item["type"] == "additional_tools" {
             collect(&item["tools"], &mut names);
@@ -157,6 +182,7 @@ enum Api {
     Anthropic,
     Responses,
     Chat,
+    Gemini,
 }
 
 async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -182,16 +208,26 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response
     if path.ends_with("/count_tokens") {
         return json_response(StatusCode::OK, json!({ "input_tokens": INPUT_TOKENS }));
     }
+    if path.ends_with(":countTokens") {
+        return json_response(StatusCode::OK, json!({ "totalTokens": INPUT_TOKENS }));
+    }
+    // `/v1beta/models/{model}:streamGenerateContent` (`?alt=sse`) or `:generateContent`.
+    let gemini_stream = path.ends_with(":streamGenerateContent");
     let api = if path.ends_with("/messages") {
         Api::Anthropic
     } else if path.ends_with("/responses") {
         Api::Responses
     } else if path.ends_with("/chat/completions") {
         Api::Chat
+    } else if gemini_stream || path.ends_with(":generateContent") {
+        Api::Gemini
     } else {
         return json_response(StatusCode::NOT_FOUND, json!({ "error": "not found" }));
     };
-    let reply = if offers_tools(&body) {
+    let every = shared
+        .every_request_a_turn
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let reply = if every || offers_tools(&body) {
         let mut script = shared.script.lock().unwrap_or_else(|p| p.into_inner());
         let reply = script
             .pop_front()
@@ -209,6 +245,12 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response
             std::future::pending::<()>().await;
             unreachable!("pending never completes")
         }
+        Reply::Error(message) if api == Api::Gemini => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": { "code": 400, "message": message, "status": "INVALID_ARGUMENT" } }),
+            );
+        }
         Reply::Error(message) => {
             return json_response(
                 StatusCode::BAD_REQUEST,
@@ -223,6 +265,7 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Api::Anthropic => anthropic(&reply, stream),
         Api::Responses => responses(&reply),
         Api::Chat => chat(&reply, stream),
+        Api::Gemini => gemini(&reply, gemini_stream),
     }
 }
 
@@ -231,7 +274,20 @@ fn write_call(api: Api, body: &Value, path: &str, content: &str) -> Reply {
     let offered = offered_tools(body);
     let names: Vec<&str> = offered.iter().map(String::as_str).collect();
     let shell = format!("printf '%s' '{content}' > '{path}'");
-    let (name, input) = if api == Api::Anthropic && names.contains(&"Write") {
+    if names.is_empty() {
+        // No tools: the file in aider's "whole" edit format (its name relative to the
+        // workspace, where aider runs).
+        let name = path.rsplit('/').next().unwrap_or(path);
+        return Reply::Text(format!("I wrote {name}.\n\n{name}\n```\n{content}\n```\n"));
+    }
+    let (name, input) = if api == Api::Gemini && names.contains(&"write_file") {
+        (
+            "write_file",
+            json!({ "file_path": path, "content": content }),
+        )
+    } else if api == Api::Gemini {
+        ("run_shell_command", json!({ "command": shell }))
+    } else if api == Api::Anthropic && names.contains(&"Write") {
         ("Write", json!({ "file_path": path, "content": content }))
     } else if api == Api::Responses && names.contains(&"exec") && names.contains(&"wait") {
         // Codex's `exec` runs JavaScript that calls its other tools.
@@ -244,6 +300,12 @@ fn write_call(api: Api, body: &Value, path: &str, content: &str) -> Reply {
         )
     } else if names.contains(&"exec_command") {
         ("exec_command", json!({ "cmd": shell }))
+    } else if api == Api::Chat && names.contains(&"bash") {
+        // opencode's shell tool.
+        (
+            "bash",
+            json!({ "command": shell, "description": "Write the file" }),
+        )
     } else if names.contains(&"shell_command") {
         ("shell_command", json!({ "command": shell }))
     } else {
@@ -402,6 +464,7 @@ fn chat(reply: &Reply, stream: bool) -> Response {
     let usage = json!({
         "prompt_tokens": INPUT_TOKENS, "completion_tokens": OUTPUT_TOKENS,
         "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS,
+        "prompt_tokens_details": { "cached_tokens": CACHE_READ_TOKENS },
     });
     let (message, finish) = match reply {
         Reply::ToolCall { name, input } => (
@@ -438,4 +501,32 @@ fn chat(reply: &Reply, stream: bool) -> Response {
         .header("content-type", "text/event-stream")
         .body(Body::from(text))
         .expect("a response")
+}
+
+fn gemini(reply: &Reply, stream: bool) -> Response {
+    let part = match reply {
+        Reply::ToolCall { name, input } => {
+            json!({ "functionCall": { "name": name, "args": input } })
+        }
+        Reply::Text(text) => json!({ "text": text }),
+        other => unreachable!("answered before: {other:?}"),
+    };
+    let response = json!({
+        "candidates": [{
+            "content": { "role": "model", "parts": [part] },
+            "finishReason": "STOP", "index": 0,
+        }],
+        "usageMetadata": {
+            "promptTokenCount": INPUT_TOKENS, "candidatesTokenCount": OUTPUT_TOKENS,
+            "cachedContentTokenCount": CACHE_READ_TOKENS,
+            "totalTokenCount": INPUT_TOKENS + OUTPUT_TOKENS,
+        },
+        "modelVersion": "fixture-model",
+        "responseId": id(),
+    });
+    if stream {
+        sse(vec![(None, response)])
+    } else {
+        json_response(StatusCode::OK, response)
+    }
 }
