@@ -9,7 +9,7 @@ use cubbi::api::Backend;
 
 use crate::support::service::{TestService, user};
 use crate::support::sysbox::SessionRuntime;
-use crate::support::{DockerScope, TestHome, docker_test};
+use crate::support::{TestHome, docker_test};
 
 pub fn tests() -> Vec<Trial> {
     crate::trials![
@@ -193,34 +193,15 @@ fn export_then_import_into_a_new_owner_keeps_files_and_modes() -> Result<(), Fai
             "{listed:?}"
         );
 
-        // B's sessions and volume carry B's owner label, which the scope does not clean.
+        // B's session, network and volume carry B's owner label, which the scope does not
+        // clean.
         as_owner(&other)
             .args(["session", "close", "data-b"])
             .run()
             .success();
-        remove_volumes_of(&scope, &other).await
+        scope.remove_owner(&other).await;
+        Ok(())
     })
-}
-
-async fn remove_volumes_of(scope: &DockerScope, owner: &str) -> Result<(), Failed> {
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!("io.cubbi.owner={owner}")],
-    )]);
-    let options = bollard::query_parameters::ListVolumesOptionsBuilder::new()
-        .filters(&filters)
-        .build();
-    let listed = scope.docker.list_volumes(Some(options)).await?;
-    for volume in listed.volumes.unwrap_or_default() {
-        scope
-            .docker
-            .remove_volume(
-                &volume.name,
-                None::<bollard::query_parameters::RemoveVolumeOptions>,
-            )
-            .await?;
-    }
-    Ok(())
 }
 
 /// Over HTTP each caller reaches only their own data volume: what alice imports, bob's export
@@ -266,7 +247,7 @@ fn service_data_is_the_callers_own() -> Result<(), Failed> {
         assert_eq!(summary.files, 0);
         service.stop().await?;
         for who in ["alice", "bob"] {
-            remove_volumes_of(&scope, &user(&scope, who)).await?;
+            scope.remove_owner(&user(&scope, who)).await;
         }
         Ok(())
     })

@@ -908,6 +908,9 @@ fn another_owners_data_volume_is_refused() -> Result<(), Failed> {
         let left =
             crate::support::containers_labelled(&scope.docker, "io.cubbi.name=stolen").await?;
         assert!(left.is_empty(), "a refused create left a container");
+        // The owner's network (shared by all of an owner's sessions, so kept) is labelled
+        // with that owner, not this test.
+        scope.remove_owner(&me).await;
         Ok(())
     })
 }

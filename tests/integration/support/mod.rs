@@ -180,17 +180,34 @@ impl DockerScope {
 
     /// Removes every container, network and volume carrying this test's label.
     async fn cleanup(&self) {
-        self.remove_labelled(&format!("{TEST_LABEL}={}", self.id))
-            .await;
-        // Sessions a test made through the CLI are marked by their owner.
-        self.remove_labelled(&format!("io.cubbi.owner={}", self.id))
+        // Sessions a test made through the CLI are marked by their owner only, and may sit on
+        // a network the test labelled: every container goes before any network.
+        self.remove_labelled(&[
+            format!("{TEST_LABEL}={}", self.id),
+            format!("io.cubbi.owner={}", self.id),
+        ])
+        .await;
+    }
+
+    /// Removes what a test made as another owner (`CUBBI_OWNER`), which the scope's own
+    /// cleanup does not see: containers, then networks and volumes.
+    pub async fn remove_owner(&self, owner: &str) {
+        self.remove_labelled(&[format!("io.cubbi.owner={owner}")])
             .await;
     }
 
-    async fn remove_labelled(&self, label: &str) {
+    async fn remove_labelled(&self, labels: &[String]) {
+        for label in labels {
+            self.remove_labelled_containers(label).await;
+        }
+        for label in labels {
+            self.remove_labelled_networks_and_volumes(label).await;
+        }
+    }
+
+    async fn remove_labelled_containers(&self, label: &str) {
         use bollard::query_parameters::{
-            ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-            RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
+            ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
         };
         let filter = HashMap::from([("label", vec![label.to_string()])]);
         let containers = self
@@ -212,6 +229,13 @@ impl DockerScope {
                 let _ = self.docker.remove_container(&id, Some(options)).await;
             }
         }
+    }
+
+    async fn remove_labelled_networks_and_volumes(&self, label: &str) {
+        use bollard::query_parameters::{
+            ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveVolumeOptionsBuilder,
+        };
+        let filter = HashMap::from([("label", vec![label.to_string()])]);
         let networks = self
             .docker
             .list_networks(Some(
