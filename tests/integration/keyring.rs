@@ -17,6 +17,7 @@ use crate::support::{Cubbi, TestHome};
 pub fn tests() -> Vec<Trial> {
     crate::trials![
         api_token_lives_in_the_keyring_without_sysbox,
+        login_lives_in_the_keyring_and_is_refreshed_there_without_sysbox,
         no_session_bus_keeps_the_token_in_a_file_without_sysbox,
         a_hung_session_bus_falls_back_to_the_file_in_time_without_sysbox,
     ]
@@ -137,6 +138,35 @@ impl SecretService {
         Cubbi::new(home)
             .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
             .env("CUBBI_NO_KEYRING", "")
+    }
+
+    /// Stores `secret` for remote `name`'s `kind` with `secret-tool store`, as another
+    /// program would.
+    fn store(&self, name: &str, kind: &str, secret: &str) -> Result<(), Failed> {
+        let mut child = private_env(Command::new("secret-tool"), self.dir.path())
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .args([
+                "store",
+                "--label=cubbi test",
+                "application",
+                "cubbi",
+                "remote",
+                name,
+                "kind",
+                kind,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|err| needs(format!("cannot run secret-tool: {err}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(secret.as_bytes())?;
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(format!("secret-tool store failed: {status}").into());
+        }
+        Ok(())
     }
 
     /// What `secret-tool lookup` finds for remote `name`'s `kind`, asked of the service
@@ -379,5 +409,95 @@ fn a_hung_session_bus_falls_back_to_the_file_in_time_without_sysbox() -> Result<
     let rows = list_json(cubbi())?;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(rows[0]["stored_in"], path.display().to_string(), "{rows:?}");
+    Ok(())
+}
+
+/// A login (access and refresh tokens, as JSON) in the keyring: listed as `login` in
+/// `keyring`, refreshed when its access token has expired with the new tokens written back to
+/// the keyring (no file appears), and forgotten there by `auth --logout`.
+fn login_lives_in_the_keyring_and_is_refreshed_there_without_sysbox() -> Result<(), Failed> {
+    const OLD_ACCESS: &str = "cubbi-old-access_91c2";
+    const OLD_REFRESH: &str = "cubbi-old-refresh_4b7e";
+    const NEW_ACCESS: &str = "cubbi-new-access_0d3f";
+    const NEW_REFRESH: &str = "cubbi-new-refresh_66a1";
+    let keyring = SecretService::start()?;
+    let home = TestHome::new();
+    let service = crate::support::stub::StubService::start()?;
+    service.on("GET", "/v1/sessions", 200, "[]");
+    service.on(
+        "POST",
+        "/auth/refresh",
+        200,
+        serde_json::json!({
+            "access_token": NEW_ACCESS,
+            "refresh_token": NEW_REFRESH,
+            "token_type": "Bearer",
+            "expires_in": 900,
+            "refresh_expires_in": 86400,
+            "user": "alice",
+            "admin": false,
+        })
+        .to_string(),
+    );
+    service.on("POST", "/auth/logout", 200, "{}");
+    keyring
+        .cubbi(&home)
+        .args(["remote", "add", "team", &service.url])
+        .run()
+        .success();
+    // Expired access, live refresh token.
+    let login = serde_json::json!({
+        "user": "alice",
+        "access_token": OLD_ACCESS,
+        "access_expires": 0,
+        "refresh_token": OLD_REFRESH,
+        "refresh_expires": 4_000_000_000_i64,
+    });
+    keyring.store("team", "login", &login.to_string())?;
+
+    let rows = list_json(keyring.cubbi(&home))?;
+    assert_eq!(rows[0]["kind"], "login", "{rows:?}");
+    assert_eq!(rows[0]["stored_in"], "keyring", "{rows:?}");
+
+    let ran = keyring
+        .cubbi(&home)
+        .args(["-r", "team", "session", "list"])
+        .run()
+        .success();
+    for token in [OLD_ACCESS, OLD_REFRESH, NEW_ACCESS, NEW_REFRESH] {
+        assert!(
+            !ran.stdout().contains(token) && !ran.stderr().contains(token),
+            "{}",
+            ran.stderr()
+        );
+    }
+    let stored: serde_json::Value = serde_json::from_str(&keyring.lookup("team", "login")?)?;
+    assert_eq!(
+        stored["access_token"], NEW_ACCESS,
+        "the refresh was not kept"
+    );
+    assert_eq!(stored["refresh_token"], NEW_REFRESH);
+    let credentials = home.path().join(".config/cubbi/credentials");
+    assert!(
+        !credentials.join("team.login.json").exists(),
+        "a login file appeared beside the keyring"
+    );
+    assert!(
+        service
+            .seen()
+            .iter()
+            .any(|line| line.contains("/auth/refresh")),
+        "{:?}",
+        service.seen()
+    );
+
+    keyring
+        .cubbi(&home)
+        .args(["-r", "team", "auth", "--logout"])
+        .run()
+        .success()
+        .stderr_contains("logged out of team");
+    assert_eq!(keyring.lookup("team", "login")?, "");
+    assert_eq!(list_json(keyring.cubbi(&home))?[0]["token"], false);
     Ok(())
 }
