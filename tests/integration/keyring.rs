@@ -19,6 +19,7 @@ pub fn tests() -> Vec<Trial> {
         api_token_lives_in_the_keyring_without_sysbox,
         login_lives_in_the_keyring_and_is_refreshed_there_without_sysbox,
         no_session_bus_keeps_the_token_in_a_file_without_sysbox,
+        a_locked_keyring_falls_back_to_the_file_without_a_prompt_without_sysbox,
         a_hung_session_bus_falls_back_to_the_file_in_time_without_sysbox,
     ]
 }
@@ -499,5 +500,56 @@ fn login_lives_in_the_keyring_and_is_refreshed_there_without_sysbox() -> Result<
         .stderr_contains("logged out of team");
     assert_eq!(keyring.lookup("team", "login")?, "");
     assert_eq!(list_json(keyring.cubbi(&home))?[0]["token"], false);
+    Ok(())
+}
+
+/// A keyring locked again (it could only be unlocked at a prompt, which cubbi never shows):
+/// the token goes to the file, with one warning that says why, and `remote list` says so.
+fn a_locked_keyring_falls_back_to_the_file_without_a_prompt_without_sysbox() -> Result<(), Failed> {
+    let keyring = SecretService::start()?;
+    let output = Command::new("dbus-send")
+        .env("DBUS_SESSION_BUS_ADDRESS", &keyring.address)
+        .args([
+            "--session",
+            "--print-reply",
+            "--dest=org.freedesktop.secrets",
+            "/org/freedesktop/secrets",
+            "org.freedesktop.Secret.Service.Lock",
+            "array:objpath:/org/freedesktop/secrets/collection/login",
+        ])
+        .output()?;
+    assert!(
+        output.status.success(),
+        "locking the login keyring: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let home = TestHome::new();
+    keyring
+        .cubbi(&home)
+        .args(["remote", "add", "x", "http://127.0.0.1:9"])
+        .run()
+        .success();
+    let started = Instant::now();
+    let ran = keyring
+        .cubbi(&home)
+        .args(["-r", "x", "auth", "--no-verify"])
+        .stdin(format!("{TOKEN}\n"))
+        .run()
+        .success();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    never_shows_token(&ran);
+    assert_eq!(
+        ran.stderr()
+            .matches("cannot use the system keyring")
+            .count(),
+        1,
+        "{}",
+        ran.stderr()
+    );
+    assert!(ran.stderr().contains("locked"), "{}", ran.stderr());
+    let path = token_file(&home, "x");
+    assert_eq!(std::fs::read_to_string(&path)?.trim_end(), TOKEN);
+    let rows = list_json(keyring.cubbi(&home))?;
+    assert_eq!(rows[0]["stored_in"], path.display().to_string(), "{rows:?}");
     Ok(())
 }
