@@ -20,6 +20,12 @@ command -v mkfs.btrfs >/dev/null 2>&1 || missing+=(btrfs-progs)
 # The token store's conformance suite and the two-service test start their own PostgreSQL
 # server (initdb + postgres in a temp folder; Debian keeps them in /usr/lib/postgresql/*/bin).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# The keyring tests start a real Secret Service (gnome-keyring) on a private session bus
+# (dbus-daemon), and read what it holds with secret-tool and dbus-send.
+command -v gnome-keyring-daemon >/dev/null 2>&1 || missing+=(gnome-keyring)
+command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus-daemon)
+command -v dbus-send >/dev/null 2>&1 || missing+=(dbus-bin)
+command -v secret-tool >/dev/null 2>&1 || missing+=(libsecret-tools)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)

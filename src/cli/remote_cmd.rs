@@ -54,7 +54,7 @@ struct RemoteRow {
     /// `login` (OpenID Connect, refreshed as needed) or `api-token`, when one is stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     kind: Option<&'static str>,
-    /// The file it is stored in (mode 0600).
+    /// `keyring` (the system keyring, the Secret Service) or the 0600 file it is stored in.
     #[serde(skip_serializing_if = "Option::is_none")]
     stored_in: Option<String>,
 }
@@ -121,12 +121,11 @@ fn add(name: &str, url: &str, make_default: bool, force: bool) -> Result<(), Cli
 fn list(mode: OutputMode) -> Result<(), CliError> {
     let config = ConfigFile::open_default()?.config()?;
     let mut rows = Vec::new();
-    let dir = remotes::credentials_dir()?;
     for (name, endpoint) in &config.remote.endpoints {
-        let (kind, stored_in) = if login::load_login_in(&dir, name)?.is_some() {
-            (Some("login"), Some(login::login_path(&dir, name)))
-        } else if remotes::load_token(name)?.is_some() {
-            (Some("api-token"), Some(dir.join(format!("{name}.token"))))
+        let (kind, stored_in) = if let Some((_, stored)) = login::load_login_stored(name)? {
+            (Some("login"), Some(stored))
+        } else if let Some((_, stored)) = remotes::load_token_stored(name)? {
+            (Some("api-token"), Some(stored))
         } else {
             (None, None)
         };
@@ -136,7 +135,7 @@ fn list(mode: OutputMode) -> Result<(), CliError> {
             default: config.remote.default.as_deref() == Some(name.as_str()),
             token: kind.is_some(),
             kind,
-            stored_in: stored_in.map(|path| path.display().to_string()),
+            stored_in: stored_in.map(|stored| stored.to_string()),
         });
     }
     if mode.json {
@@ -240,9 +239,12 @@ pub async fn auth(remote: Option<&str>, options: AuthOptions) -> Result<ExitCode
     let token = read_token(name)?;
     remotes::validate_token(&token)?;
     if no_verify {
-        remotes::save_token(name, &token)?;
+        let stored = remotes::save_token(name, &token)?;
         login::remove_login(name)?;
-        eprintln!("token for {name} saved without checking it; try cubbi -r {name} session list");
+        eprintln!(
+            "token for {name} saved without checking it in {}; try cubbi -r {name} session list",
+            where_kept(&stored)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     match remotes::check_token(&url, &token).await {
@@ -254,9 +256,12 @@ pub async fn auth(remote: Option<&str>, options: AuthOptions) -> Result<ExitCode
         ) => return Err(CliError::Refused(format!("{err}; nothing was saved"))),
         Err(err) => return Err(err.into()),
     }
-    remotes::save_token(name, &token)?;
+    let stored = remotes::save_token(name, &token)?;
     login::remove_login(name)?;
-    eprintln!("token for {name} saved; try cubbi -r {name} session list");
+    eprintln!(
+        "token for {name} saved in {}; try cubbi -r {name} session list",
+        where_kept(&stored)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -287,14 +292,14 @@ async fn device_login(name: &str, client: &LoginClient) -> Result<ExitCode, CliE
         eprintln!("warning: the previous login to {name} could not be revoked: {err}");
     }
     let stored = login::StoredLogin::from_tokens(&tokens);
-    let path = login::save_login(name, &stored)?;
+    let stored_in = login::save_login(name, &stored)?;
     // One credential per remote: the login replaces an API token stored before.
     remotes::remove_token(name)?;
     eprintln!(
         "logged in to {name} as {}{}; the login is kept in {}",
         super::output::terminal_safe(&tokens.user),
         if tokens.admin { " (admin)" } else { "" },
-        path.display()
+        where_kept(&stored_in)
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -363,6 +368,14 @@ async fn logout(name: &str, url: &str) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a secret went, in words.
+fn where_kept(stored: &remotes::Stored) -> String {
+    match stored {
+        remotes::Stored::Keyring => "the system keyring".into(),
+        remotes::Stored::File(path) => path.display().to_string(),
+    }
 }
 
 /// The token from the terminal without echo, or else the first line of stdin. Surrounding

@@ -1,5 +1,6 @@
 //! The CLI's side of a service's OpenID Connect login: the device login (`cubbi -r NAME
-//! auth` against a service that offers one), the tokens it gives kept in
+//! auth` against a service that offers one), the tokens it gives kept in the system keyring
+//! (the Secret Service, item `kind=login`) where one answers, else in
 //! `$XDG_CONFIG_HOME/cubbi/credentials/NAME.login.json` (mode 0600, in the 0700 folder of
 //! the API tokens), the access token refreshed when it is about to expire, and logout.
 //!
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::remotes::{RemoteError, credentials_dir};
+use super::keyring;
+use super::remotes::{RemoteError, Stored, credentials_dir};
 use crate::config::keys;
 use crate::service::oidc::wire::{
     AuthConfig, DeviceLogin, LoginFlow, LoginPending, LoginRequest, LoginTokens, LogoutRequest,
@@ -78,16 +80,71 @@ pub fn login_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.login.json"))
 }
 
-pub fn save_login(name: &str, login: &StoredLogin) -> Result<PathBuf, RemoteError> {
-    save_login_in(&credentials_dir()?, name, login)
+/// Stores remote `name`'s login: in the keyring when one takes it (and an earlier login
+/// file goes), else in its 0600 file.
+pub fn save_login(name: &str, login: &StoredLogin) -> Result<Stored, RemoteError> {
+    keys::validate_remote_name(name)?;
+    let dir = credentials_dir()?;
+    let text = serde_json::to_vec(login).map_err(|err| RemoteError::Write {
+        path: login_path(&dir, name),
+        source: std::io::Error::other(err.classify_text()),
+    })?;
+    match keyring::save(name, keyring::Kind::Login, &text) {
+        Ok(()) => {
+            remove_login_in(&dir, name)?;
+            Ok(Stored::Keyring)
+        }
+        Err(err) => {
+            keyring::warn_fallback(&err);
+            Ok(Stored::File(save_login_in(&dir, name, login)?))
+        }
+    }
 }
 
 pub fn load_login(name: &str) -> Result<Option<StoredLogin>, RemoteError> {
-    load_login_in(&credentials_dir()?, name)
+    Ok(load_login_stored(name)?.map(|(login, _)| login))
 }
 
+/// Remote `name`'s login and where it is kept: the keyring first, then the file.
+pub fn load_login_stored(name: &str) -> Result<Option<(StoredLogin, Stored)>, RemoteError> {
+    keys::validate_remote_name(name)?;
+    let dir = credentials_dir()?;
+    match keyring::load(name, keyring::Kind::Login) {
+        Ok(Some(secret)) => {
+            let invalid = |reason: String| RemoteError::KeyringInvalid {
+                name: name.to_string(),
+                reason,
+            };
+            let login: StoredLogin = serde_json::from_slice(&secret)
+                .map_err(|err| invalid(format!("not a login: {}", err.classify_text())))?;
+            for token in [&login.access_token, &login.refresh_token] {
+                if let Err(RemoteError::InvalidToken { reason }) =
+                    super::remotes::validate_token(token)
+                {
+                    return Err(invalid(reason));
+                }
+            }
+            return Ok(Some((login, Stored::Keyring)));
+        }
+        Ok(None) => {}
+        Err(err) => keyring::warn_fallback(&err),
+    }
+    let path = login_path(&dir, name);
+    Ok(load_login_in(&dir, name)?.map(|login| (login, Stored::File(path))))
+}
+
+/// Forgets remote `name`'s login, in the keyring and in the file; returns whether one was
+/// stored.
 pub fn remove_login(name: &str) -> Result<bool, RemoteError> {
-    remove_login_in(&credentials_dir()?, name)
+    keys::validate_remote_name(name)?;
+    let in_keyring = match keyring::remove(name, keyring::Kind::Login) {
+        Ok(found) => found,
+        Err(err) => {
+            keyring::warn_fallback(&err);
+            false
+        }
+    };
+    Ok(remove_login_in(&credentials_dir()?, name)? | in_keyring)
 }
 
 /// Writes the login 0600 (through a renamed temp file, so a link in its place is replaced,
@@ -367,7 +424,6 @@ impl LoginClient {
 /// (the new tokens are stored). Runs the exchange on a thread of its own, so it can be called
 /// from synchronous code and from inside the CLI's runtime alike.
 pub fn fresh_access_token(
-    dir: &Path,
     name: &str,
     url: &str,
     login: StoredLogin,
@@ -405,12 +461,12 @@ pub fn fresh_access_token(
     match refreshed {
         Ok(tokens) => {
             let renewed = StoredLogin::from_tokens(&tokens);
-            save_login_in(dir, name, &renewed)?;
+            save_login(name, &renewed)?;
             Ok(renewed.access_token)
         }
         Err(err) if err.is_refusal() => {
             // The login is over (revoked, reused, out of the allowed groups): forget it.
-            remove_login_in(dir, name)?;
+            remove_login(name)?;
             Err(RemoteError::LoginRefused {
                 name: name.to_string(),
                 reason: err.to_string(),

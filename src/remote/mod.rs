@@ -3,6 +3,7 @@
 
 pub mod client;
 mod data;
+pub mod keyring;
 pub mod login;
 pub mod projects;
 pub mod remotes;

@@ -1,5 +1,7 @@
 //! Remotes: named cubbi services (`remote.endpoints.NAME.url` in the user config) and the
-//! bearer tokens for them, kept one per file under `$XDG_CONFIG_HOME/cubbi/credentials`.
+//! bearer tokens for them, kept in the system keyring (the Secret Service, see
+//! [`super::keyring`]) where one answers, else one per file (0600) under
+//! `$XDG_CONFIG_HOME/cubbi/credentials`.
 //!
 //! Tokens live outside `config.toml` so the config can be shown, shared and edited without
 //! ever carrying a secret, and so each token file can be checked for its own permissions.
@@ -75,6 +77,11 @@ pub enum RemoteError {
     },
     #[error("{path} must be a private folder (not a symbolic link); {reason}")]
     CredentialsDir { path: PathBuf, reason: String },
+    #[error(
+        "the keyring's entry for remote `{name}` is not a valid token ({reason}); run \
+         `cubbi -r {name} auth` again"
+    )]
+    KeyringInvalid { name: String, reason: String },
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -132,19 +139,86 @@ fn token_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.token"))
 }
 
-/// Stores remote `name`'s token in the user's credentials folder.
-pub fn save_token(name: &str, token: &str) -> Result<(), RemoteError> {
-    save_token_in(&credentials_dir()?, name, token)
+/// Where a remote's secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// In the system keyring (the Secret Service).
+    Keyring,
+    /// In this 0600 file.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stored::Keyring => f.write_str("keyring"),
+            Stored::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Stores remote `name`'s token: in the keyring when one takes it (and the file of an
+/// earlier token goes), else in the user's credentials folder.
+pub fn save_token(name: &str, token: &str) -> Result<Stored, RemoteError> {
+    keys::validate_remote_name(name)?;
+    validate_token(token)?;
+    let dir = credentials_dir()?;
+    match super::keyring::save(name, super::keyring::Kind::Token, token.as_bytes()) {
+        Ok(()) => {
+            remove_token_in(&dir, name)?;
+            Ok(Stored::Keyring)
+        }
+        Err(err) => {
+            super::keyring::warn_fallback(&err);
+            save_token_in(&dir, name, token)?;
+            Ok(Stored::File(token_path(&dir, name)))
+        }
+    }
 }
 
 /// Reads remote `name`'s token; `None` when none is stored.
 pub fn load_token(name: &str) -> Result<Option<String>, RemoteError> {
-    load_token_in(&credentials_dir()?, name)
+    Ok(load_token_stored(name)?.map(|(token, _)| token))
 }
 
-/// Forgets remote `name`'s token; returns whether one was stored.
+/// Remote `name`'s token and where it is kept: the keyring first, then the file.
+pub fn load_token_stored(name: &str) -> Result<Option<(String, Stored)>, RemoteError> {
+    keys::validate_remote_name(name)?;
+    let dir = credentials_dir()?;
+    match super::keyring::load(name, super::keyring::Kind::Token) {
+        Ok(Some(secret)) => {
+            let token = String::from_utf8(secret).map_err(|_| RemoteError::KeyringInvalid {
+                name: name.to_string(),
+                reason: "it is not text".into(),
+            })?;
+            validate_token(&token).map_err(|err| RemoteError::KeyringInvalid {
+                name: name.to_string(),
+                reason: match err {
+                    RemoteError::InvalidToken { reason } => reason,
+                    other => other.to_string(),
+                },
+            })?;
+            return Ok(Some((token, Stored::Keyring)));
+        }
+        Ok(None) => {}
+        Err(err) => super::keyring::warn_fallback(&err),
+    }
+    let path = token_path(&dir, name);
+    Ok(load_token_in(&dir, name)?.map(|token| (token, Stored::File(path))))
+}
+
+/// Forgets remote `name`'s token, in the keyring and in the file; returns whether one was
+/// stored.
 pub fn remove_token(name: &str) -> Result<bool, RemoteError> {
-    remove_token_in(&credentials_dir()?, name)
+    keys::validate_remote_name(name)?;
+    let in_keyring = match super::keyring::remove(name, super::keyring::Kind::Token) {
+        Ok(found) => found,
+        Err(err) => {
+            super::keyring::warn_fallback(&err);
+            false
+        }
+    };
+    Ok(remove_token_in(&credentials_dir()?, name)? | in_keyring)
 }
 
 /// Writes the token 0600 in a 0700 `dir`. The write goes to a temp file renamed over the
@@ -259,9 +333,8 @@ pub fn endpoint_url(config: &Config, name: &str) -> Result<String, RemoteError> 
 /// OpenID Connect login (refreshed first when about to expire), else its API token.
 pub fn resolve(config: &Config, name: &str) -> Result<Remote, RemoteError> {
     let url = endpoint_url(config, name)?;
-    let dir = credentials_dir()?;
-    let token = match super::login::load_login_in(&dir, name)? {
-        Some(login) => Some(super::login::fresh_access_token(&dir, name, &url, login)?),
+    let token = match super::login::load_login(name)? {
+        Some(login) => Some(super::login::fresh_access_token(name, &url, login)?),
         None => load_token(name)?,
     };
     Ok(Remote {

@@ -10,6 +10,7 @@ mod engine;
 mod firewall;
 mod hostile_service;
 mod images;
+mod keyring;
 mod lifecycle;
 mod oidc;
 mod openapi_tools;
@@ -64,6 +65,7 @@ fn main() {
     tests.extend(firewall::tests());
     tests.extend(hostile_service::tests());
     tests.extend(images::tests());
+    tests.extend(keyring::tests());
     tests.extend(lifecycle::tests());
     tests.extend(oidc::tests());
     tests.extend(openapi_tools::tests());

@@ -22,6 +22,12 @@ pub fn tests() -> Vec<Trial> {
 const GOOD_TOKEN: &str = "cubbi-test-token_7f3a9c";
 const WRONG_TOKEN: &str = "cubbi-wrong-token_0000";
 
+/// `cubbi` without a session bus, so these tests keep tokens in files even on a desktop
+/// whose keyring would answer (tests/integration/keyring.rs covers the keyring).
+fn cubbi(home: &TestHome) -> Cubbi {
+    Cubbi::new(home).env("DBUS_SESSION_BUS_ADDRESS", "")
+}
+
 fn token_file(home: &TestHome, name: &str) -> PathBuf {
     home.path()
         .join(".config/cubbi/credentials")
@@ -29,7 +35,7 @@ fn token_file(home: &TestHome, name: &str) -> PathBuf {
 }
 
 fn list_json(home: &TestHome) -> Result<Vec<serde_json::Value>, Failed> {
-    let ran = Cubbi::new(home)
+    let ran = cubbi(home)
         .args(["--json", "remote", "list"])
         .run()
         .success();
@@ -51,13 +57,13 @@ fn never_shows_tokens(ran: &Ran) {
 
 fn remote_add_list_remove_round_trip_without_sysbox() -> Result<(), Failed> {
     let home = TestHome::new();
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "list"])
         .run()
         .success()
         .stdout_is("");
     assert_eq!(list_json(&home)?, Vec::<serde_json::Value>::new());
-    Cubbi::new(&home)
+    cubbi(&home)
         .args([
             "remote",
             "add",
@@ -68,7 +74,7 @@ fn remote_add_list_remove_round_trip_without_sysbox() -> Result<(), Failed> {
         .run()
         .success()
         .stderr_contains("cubbi -r team auth");
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "add", "lab", "http://127.0.0.1:9"])
         .run()
         .success();
@@ -80,7 +86,7 @@ fn remote_add_list_remove_round_trip_without_sysbox() -> Result<(), Failed> {
             serde_json::json!({"name": "team", "url": "https://cubbi.example", "default": true, "token": false}),
         ]
     );
-    let ran = Cubbi::new(&home).args(["remote", "list"]).run().success();
+    let ran = cubbi(&home).args(["remote", "list"]).run().success();
     let lines: Vec<String> = ran.stdout().lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 3, "{}", ran.stdout());
     for column in ["NAME", "URL", "DEFAULT", "TOKEN"] {
@@ -92,34 +98,34 @@ fn remote_add_list_remove_round_trip_without_sysbox() -> Result<(), Failed> {
         ran.stdout()
     );
 
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "add", "team", "https://other.example"])
         .run()
         .failure()
         .stderr_contains("--force");
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "add", "team", "https://other.example", "--force"])
         .run()
         .success();
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["config", "get", "remote.endpoints.team.url"])
         .run()
         .success()
         .stdout_is("https://other.example\n");
 
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "remove", "team"])
         .run()
         .success()
         .stderr_contains("remote.default is unset");
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["config", "get", "remote.default"])
         .run()
         .failure();
     let rows = list_json(&home)?;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["name"], "lab");
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "remove", "team"])
         .run()
         .failure()
@@ -129,39 +135,39 @@ fn remote_add_list_remove_round_trip_without_sysbox() -> Result<(), Failed> {
 
 fn reserved_and_non_http_remotes_are_refused_without_sysbox() -> Result<(), Failed> {
     let home = TestHome::new();
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "add", "local", "http://127.0.0.1:9"])
         .run()
         .failure()
         .stderr_contains("reserved");
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "add", "files", "ftp://cubbi.example"])
         .run()
         .failure()
         .stderr_contains("http");
     assert_eq!(list_json(&home)?, Vec::<serde_json::Value>::new());
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "add", "lan", "http://cubbi.example"])
         .run()
         .success()
         .stderr_contains("clear text");
-    let ran = Cubbi::new(&home)
+    let ran = cubbi(&home)
         .args(["remote", "add", "loop", "http://localhost:8080"])
         .run()
         .success();
     assert!(!ran.stderr().contains("clear text"), "{}", ran.stderr());
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["-r", "lan", "remote", "list"])
         .run()
         .failure()
         .stderr_contains("acts on this machine only");
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["auth"])
         .stdin(format!("{GOOD_TOKEN}\n"))
         .run()
         .failure()
         .stderr_contains("cubbi -r NAME auth");
-    let ran = Cubbi::new(&home)
+    let ran = cubbi(&home)
         .args(["-r", "nowhere", "auth"])
         .stdin(format!("{GOOD_TOKEN}\n"))
         .run()
@@ -176,12 +182,12 @@ fn auth_checks_the_token_with_the_service_without_sysbox() -> Result<(), Failed>
     // The service's part of `auth`: `GET /v1/sessions` is 200 for the right token, else 401.
     let service = crate::support::stub::StubService::requiring_token(GOOD_TOKEN)?;
     service.on("GET", "/v1/sessions", 200, "[]");
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "add", "x", &service.url])
         .run()
         .success();
 
-    let ran = Cubbi::new(&home)
+    let ran = cubbi(&home)
         .args(["-r", "x", "auth"])
         .stdin(format!("{WRONG_TOKEN}\n"))
         .run()
@@ -193,7 +199,7 @@ fn auth_checks_the_token_with_the_service_without_sysbox() -> Result<(), Failed>
         "a refused token was saved"
     );
 
-    let ran = Cubbi::new(&home)
+    let ran = cubbi(&home)
         .args(["-r", "x", "auth"])
         .stdin(format!("{GOOD_TOKEN}\n"))
         .run()
@@ -213,18 +219,20 @@ fn auth_checks_the_token_with_the_service_without_sysbox() -> Result<(), Failed>
         "credentials dir must be 0700, is {dir_mode:o}"
     );
 
-    let ran = Cubbi::new(&home).args(["remote", "list"]).run().success();
+    let ran = cubbi(&home).args(["remote", "list"]).run().success();
     never_shows_tokens(&ran);
     let row = ran.stdout().lines().nth(1).unwrap_or_default().to_string();
     assert!(
         row.starts_with('x') && row.trim_end().ends_with("yes"),
         "{row}"
     );
-    assert_eq!(list_json(&home)?[0]["token"], true);
+    let rows = list_json(&home)?;
+    assert_eq!(rows[0]["token"], true);
+    assert_eq!(rows[0]["stored_in"], path.display().to_string(), "{rows:?}");
 
     // Wider permissions are refused, with the fix, rather than the token used.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
-    let ran = Cubbi::new(&home)
+    let ran = cubbi(&home)
         .args(["remote", "list"])
         .run()
         .failure()
@@ -232,7 +240,7 @@ fn auth_checks_the_token_with_the_service_without_sysbox() -> Result<(), Failed>
     never_shows_tokens(&ran);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
 
-    let ran = Cubbi::new(&home)
+    let ran = cubbi(&home)
         .args(["remote", "remove", "x"])
         .run()
         .success()
@@ -246,11 +254,11 @@ fn auth_refuses_an_unreachable_service_unless_no_verify_without_sysbox() -> Resu
     let home = TestHome::new();
     // A port that was just free: nothing listens there any more.
     let url = format!("http://{}", TcpListener::bind("127.0.0.1:0")?.local_addr()?);
-    Cubbi::new(&home)
+    cubbi(&home)
         .args(["remote", "add", "gone", &url])
         .run()
         .success();
-    let ran = Cubbi::new(&home)
+    let ran = cubbi(&home)
         .args(["-r", "gone", "auth"])
         .stdin(format!("{GOOD_TOKEN}\n"))
         .run()
@@ -259,14 +267,14 @@ fn auth_refuses_an_unreachable_service_unless_no_verify_without_sysbox() -> Resu
         .stderr_contains(&url);
     never_shows_tokens(&ran);
     assert!(!token_file(&home, "gone").exists());
-    let ran = Cubbi::new(&home)
+    let ran = cubbi(&home)
         .args(["-r", "gone", "auth", "--no-verify"])
         .stdin(format!("{GOOD_TOKEN}\n"))
         .run()
         .success();
     never_shows_tokens(&ran);
     assert!(token_file(&home, "gone").exists());
-    let ran = Cubbi::new(&home)
+    let ran = cubbi(&home)
         .args(["-r", "gone", "auth", "--no-verify"])
         .stdin("two words\n")
         .run()
