@@ -101,6 +101,9 @@ def main():
         stopped_secs = cubbi.timed("session", "snapshot", source, "--name", "bl-stopped")
         stopped = json.loads(cubbi("--json", "snapshot", "show", "bl-stopped"))
 
+        base_size = int(subprocess.run(
+            ["docker", "-H", args.endpoint, "image", "inspect", "cubbi-base", "--format",
+             "{{.Size}}"], check=True, capture_output=True, text=True).stdout.strip())
         base = median_ms(cold)
         print(f"runtime {args.runtime}, n={args.n}, medians:")
         print(f"  cold create to key accepted   {base:8.0f} ms")
@@ -109,10 +112,12 @@ def main():
         print(f"  fork (snapshot + create)      {median_ms(fork):8.0f} ms   "
               f"{median_ms(fork) / base:.2f}x cold")
         print(f"snapshot with a {args.inner_mb} MB inner image (inner docker says {inner}), once each:")
-        print(f"  running (frozen for commit)   {frozen_secs * 1000:8.0f} ms   "
-              f"{frozen['size'] / 1e6:.0f} MB")
-        print(f"  stopped                       {stopped_secs * 1000:8.0f} ms   "
-              f"{stopped['size'] / 1e6:.0f} MB")
+        for label, secs, snap in [("running (frozen for commit)", frozen_secs, frozen),
+                                  ("stopped", stopped_secs, stopped)]:
+            print(f"  {label:<29} {secs * 1000:8.0f} ms   {snap['size'] / 1e6:.0f} MB in all, "
+                  f"{(snap['size'] - base_size) / 1e6:.0f} MB over cubbi-base")
+        if args.runtime == "runc":
+            print("  (under runc the inner Docker's storage is a volume, which no commit holds)")
     finally:
         if made:
             cubbi("session", "close", *made, check=False)

@@ -43,7 +43,10 @@ impl Cubbi {
             .env("XDG_DATA_HOME", home.path().join(".local/share"))
             .env_remove("CUBBI_PROJECT_KEY")
             .env_remove("CUBBI_DOCKER_HOST")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            // A developer's own keyring stays out of the tests; the keyring tests start one
+            // of their own and name its bus.
+            .env_remove("DBUS_SESSION_BUS_ADDRESS");
         Self {
             command,
             stdin: None,
