@@ -49,3 +49,20 @@ dockerd --host="$sock" --data-root="$root/data" --exec-root="$root/exec" \
 for _ in $(seq 1 150); do docker -H "$sock" version >/dev/null 2>&1 && break; sleep 0.2; done
 docker -H "$sock" import "$base_tar" debian:bookworm >/dev/null
 "$cubbi" --endpoint "$sock" image build base >/dev/null
+
+# Runs the Python bench `$1` with the rest of the arguments once per runtime this host has:
+# sysbox-runc and runc where Sysbox is installed, else runc alone (and says so).
+each_runtime() {
+    local script=$1 runtime
+    shift
+    local runtimes=(runc)
+    if [ -n "$sysbox_runc" ]; then
+        runtimes=(sysbox-runc runc)
+    else
+        echo "not run (needs Sysbox, this host has no sysbox-runc): the sysbox-runc bench" >&2
+    fi
+    for runtime in "${runtimes[@]}"; do
+        echo "=== --runtime $runtime"
+        python3 "$script" --endpoint "$sock" --cubbi "$cubbi" --runtime "$runtime" "$@"
+    done
+}

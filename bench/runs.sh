@@ -14,13 +14,4 @@ for ((i = 1; i <= $#; i++)); do
     [ "${!i}" = --image ] && { j=$((i + 1)); image=${!j}; }
 done
 "$cubbi" --endpoint "$sock" image build "$image" >/dev/null
-runtimes=(runc)
-if [ -n "$sysbox_runc" ]; then
-    runtimes=(sysbox-runc runc)
-else
-    echo "not run (needs Sysbox, this host has no sysbox-runc): the sysbox-runc bench" >&2
-fi
-for runtime in "${runtimes[@]}"; do
-    echo "=== --runtime $runtime"
-    python3 bench/runs.py --endpoint "$sock" --cubbi "$cubbi" --runtime "$runtime" "$@"
-done
+each_runtime bench/runs.py "$@"

@@ -11,13 +11,4 @@ cd "$(dirname "$0")/.."
 # shellcheck source=bench/private-engine.sh
 . bench/private-engine.sh
 
-runtimes=(runc)
-if [ -n "$sysbox_runc" ]; then
-    runtimes=(sysbox-runc runc)
-else
-    echo "not run (needs Sysbox, this host has no sysbox-runc): the sysbox-runc bench" >&2
-fi
-for runtime in "${runtimes[@]}"; do
-    echo "=== --runtime $runtime"
-    python3 bench/sessions.py --endpoint "$sock" --cubbi "$cubbi" --runtime "$runtime" "$@"
-done
+each_runtime bench/sessions.py "$@"

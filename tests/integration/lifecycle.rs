@@ -358,16 +358,14 @@ fn stop_and_start_over_http_are_the_callers_own() -> Result<(), Failed> {
         bob_client.close(&name).await?;
 
         // The same through `cubbi -r`, whose ssh files then reach the session after a start.
-        let home = std::sync::Arc::new(TestHome::new());
+        let home = TestHome::new();
         let cli = |args: Vec<String>, stdin: Option<String>| {
-            let home = std::sync::Arc::clone(&home);
-            tokio::task::spawn_blocking(move || {
-                let cubbi = crate::support::Cubbi::new(&home).args(args);
-                match stdin {
-                    Some(input) => cubbi.stdin(input).run(),
-                    None => cubbi.run(),
-                }
-            })
+            let cubbi = crate::support::Cubbi::new(&home).args(args);
+            match stdin {
+                Some(input) => cubbi.stdin(input),
+                None => cubbi,
+            }
+            .run_async()
         };
         let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         cli(args(&["remote", "add", "test", &service.url]), None)

@@ -352,16 +352,14 @@ fn bad_run_requests_are_refused_and_leave_nothing() -> Result<(), Failed> {
 fn cubbi_r_run_goes_through_the_service_and_resumes_in_a_kept_session() -> Result<(), Failed> {
     docker_test("runs-cli-remote", |scope| async move {
         let mut bench = RunService::start(&scope, "claude-code", 4).await?;
-        let home = std::sync::Arc::new(TestHome::new());
+        let home = TestHome::new();
         let cli = |args: Vec<String>, stdin: Option<String>| {
-            let home = std::sync::Arc::clone(&home);
-            tokio::task::spawn_blocking(move || {
-                let cubbi = crate::support::Cubbi::new(&home).args(args);
-                match stdin {
-                    Some(input) => cubbi.stdin(input).run(),
-                    None => cubbi.run(),
-                }
-            })
+            let cubbi = crate::support::Cubbi::new(&home).args(args);
+            match stdin {
+                Some(input) => cubbi.stdin(input),
+                None => cubbi,
+            }
+            .run_async()
         };
         let words = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         cli(words(&["remote", "add", "svc", &bench.service.url]), None)

@@ -98,6 +98,13 @@ impl Cubbi {
         self
     }
 
+    /// [`Self::run`] on the blocking pool, for async tests that keep a service going meanwhile.
+    pub async fn run_async(self) -> Result<Ran, libtest_mimic::Failed> {
+        tokio::task::spawn_blocking(move || self.run())
+            .await
+            .map_err(|err| libtest_mimic::Failed::from(err.to_string()))
+    }
+
     pub fn run(mut self) -> Ran {
         use std::io::Write;
         self.command
