@@ -43,7 +43,10 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
         systemd: dbus.as_ref().map(|d| d as &dyn Systemd),
     };
     let facts = probe::gather(&probes, &paths, &endpoint, config.ports).await;
-    let results = checks::run_all(&facts);
+    let mut results = checks::run_all(&facts);
+    if let Some(address) = &config.logging.fluentd {
+        results.push(checks::fluentd(address, fluentd_reachable(address).await));
+    }
     if context.mode.json {
         output::print_json(&serde_json::json!({
             "endpoint": endpoint,
@@ -86,4 +89,17 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether the Fluentd receiver of `logging.fluentd` takes a TCP connection within 3 s.
+async fn fluentd_reachable(address: &str) -> Result<(), String> {
+    let parsed: crate::local::log_driver::FluentdAddress = address
+        .parse()
+        .map_err(|err: crate::local::log_driver::FluentdAddressError| err.to_string())?;
+    let connect = tokio::net::TcpStream::connect(parsed.socket_address());
+    match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(format!("cannot connect: {err}")),
+        Err(_) => Err("no answer within 3 s".into()),
+    }
 }

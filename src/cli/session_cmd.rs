@@ -291,6 +291,13 @@ async fn local_backend(
         projects: Some(Arc::new(crate::projects::ProjectStore::for_config(config)?)),
         // A disk limit is the service's (`limits.disk`); local sessions are the user's own.
         disk_limit: None,
+        fluentd: config
+            .logging
+            .fluentd
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|err| CliError::Refused(format!("logging.fluentd: {err}")))?,
     };
     Ok(LocalBackend::new(docker, options))
 }

@@ -130,6 +130,11 @@ const STATIC_KEYS: &[(&str, Kind, &str)] = &[
         Kind::LineList,
         "extra known_hosts lines for git hosts, one a line",
     ),
+    (
+        "logging.fluentd",
+        Kind::Text,
+        "Fluentd receiver sessions log to as well, tcp://HOST:PORT",
+    ),
     ("ui.colors", Kind::Bool, "colored output"),
     (
         "ui.table_format",

@@ -63,6 +63,16 @@ pub struct Config {
     pub ui: UiSettings,
     pub build: BuildSettings,
     pub projects: ProjectSettings,
+    pub logging: LoggingSettings,
+}
+
+/// `[logging]`: where local sessions' output goes besides `docker logs`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSettings {
+    /// A Fluentd receiver, `tcp://HOST:PORT`: sessions log there too (Docker's fluentd driver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fluentd: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -552,6 +552,23 @@ pub fn key_quota(maxkeys: Option<u64>, maxbytes: Option<u64>) -> Check {
     )
 }
 
+/// The Fluentd receiver sessions log to (`logging.fluentd`). A warning at most: Docker's
+/// driver runs async, so sessions boot and `session logs` works while it is away.
+pub fn fluentd(address: &str, reachable: Result<(), String>) -> Check {
+    const ID: &str = "fluentd";
+    let shown = address;
+    match reachable {
+        Ok(()) => Check::ok(ID, format!("the receiver at {shown} takes connections")),
+        Err(why) => Check::warn(
+            ID,
+            format!(
+                "the receiver at {shown} (logging.fluentd): {why}; sessions keep their logs meanwhile"
+            ),
+            "start the receiver, or `cubbi config unset logging.fluentd`",
+        ),
+    }
+}
+
 pub fn free_ports(free: usize, start: u16, end: u16) -> Check {
     const ID: &str = "ports";
     let total = usize::from(end.saturating_sub(start)) + 1;

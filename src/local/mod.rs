@@ -6,6 +6,7 @@ pub mod docker_api;
 pub mod index;
 pub mod labels;
 pub mod limits;
+pub mod log_driver;
 pub mod mounts;
 pub mod naming;
 pub mod ports;

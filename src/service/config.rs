@@ -50,6 +50,37 @@ pub struct ServiceConfig {
     pub store: StoreSection,
     /// `[auth]`: OpenID Connect login beside the API tokens.
     pub auth: super::oidc::config::AuthSection,
+    /// `[[logging.providers]]`: where sessions' output goes besides `docker logs`.
+    pub logging: LoggingSection,
+}
+
+/// `[logging]`: the specification's providers. Only `fluentd` is built; a provider of another
+/// type is refused by name when the file is read.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSection {
+    pub providers: Vec<LoggingProvider>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LoggingProvider {
+    /// Docker's fluentd log driver to `url` (`tcp://HOST:PORT`), async.
+    Fluentd {
+        url: crate::local::log_driver::FluentdAddress,
+    },
+}
+
+impl LoggingSection {
+    /// The Fluentd receiver sessions log to, if one is configured.
+    pub fn fluentd(&self) -> Option<&crate::local::log_driver::FluentdAddress> {
+        self.providers
+            .iter()
+            .map(|provider| match provider {
+                LoggingProvider::Fluentd { url } => url,
+            })
+            .next()
+    }
 }
 
 /// Agent runs (`POST /v1/runs`).
@@ -205,6 +236,7 @@ impl Default for ServiceConfig {
             runs: RunsSection::default(),
             store: StoreSection::default(),
             auth: Default::default(),
+            logging: LoggingSection::default(),
         }
     }
 }
@@ -381,6 +413,12 @@ impl ServiceConfig {
                 format!("{} is not between 1 and 1000", self.server.streams_per_user),
             ));
         }
+        if self.logging.providers.len() > 1 {
+            return Err(invalid(
+                "logging.providers",
+                "name one provider (type = \"fluentd\"); sessions log to one receiver".into(),
+            ));
+        }
         if self.server.body_limit < 1024 {
             return Err(invalid(
                 "server.body_limit",
@@ -476,6 +514,34 @@ mod tests {
         assert_eq!(config.ssh.public_host.as_deref(), Some("cubbi.example.org"));
         assert_eq!(config.limits.sessions_per_user, 3);
         assert_eq!(config.images, vec!["base", "claude-code"]);
+    }
+
+    #[test]
+    fn logging_providers_take_one_fluentd_receiver() {
+        let text =
+            "[[logging.providers]]\ntype = \"fluentd\"\nurl = \"tcp://logs.example.org:24224\"\n";
+        let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
+        assert_eq!(
+            config.logging.fluentd().map(ToString::to_string).as_deref(),
+            Some("tcp://logs.example.org:24224")
+        );
+        for (text, needle) in [
+            (
+                "[[logging.providers]]\ntype = \"fluentd\"\nurl = \"udp://h:1\"\n",
+                "only tcp://",
+            ),
+            (
+                "[[logging.providers]]\ntype = \"syslog\"\nurl = \"tcp://h:1\"\n",
+                "syslog",
+            ),
+            (
+                "[[logging.providers]]\ntype = \"fluentd\"\nurl = \"tcp://a:1\"\n[[logging.providers]]\ntype = \"fluentd\"\nurl = \"tcp://b:1\"\n",
+                "one provider",
+            ),
+        ] {
+            let err = ServiceConfig::parse(text, Path::new("t.toml")).unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

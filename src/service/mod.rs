@@ -210,6 +210,7 @@ pub async fn start_on_docker(
         // Each caller's own, set by DockerHost::sessions_of.
         projects: None,
         disk_limit: disk.per_session(),
+        fluentd: config.logging.fluentd().cloned(),
     };
     // Projects live where the users and tokens do: with PostgreSQL, every service on the
     // database shares them.

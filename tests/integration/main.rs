@@ -12,6 +12,7 @@ mod hostile_service;
 mod images;
 mod keyring;
 mod lifecycle;
+mod logging;
 mod oidc;
 mod openapi_tools;
 mod projects;
@@ -67,6 +68,7 @@ fn main() {
     tests.extend(images::tests());
     tests.extend(keyring::tests());
     tests.extend(lifecycle::tests());
+    tests.extend(logging::tests());
     tests.extend(oidc::tests());
     tests.extend(openapi_tools::tests());
     tests.extend(projects::tests());

@@ -180,6 +180,11 @@ impl LocalBackend {
             nano_cpus: Some(plan.nano_cpus),
             pids_limit: Some(plan.pids_limit),
             network_mode: plan.networks.first().cloned(),
+            log_config: self
+                .options
+                .fluentd
+                .as_ref()
+                .map(|fluentd| fluentd.log_config(&self.options.owner, &plan.name)),
             storage_opt: self.options.disk_limit.map(|limit| {
                 HashMap::from([(
                     "size".to_string(),

@@ -102,6 +102,8 @@ pub struct LocalOptions {
     /// What each session may write to its root file system (`StorageOpt size`); only where
     /// the engine's storage enforces it (see `service::disk_quota`).
     pub disk_limit: Option<limits::DiskLimit>,
+    /// Send sessions' console output to this Fluentd receiver too (Docker's fluentd driver).
+    pub fluentd: Option<super::log_driver::FluentdAddress>,
 }
 
 pub struct LocalBackend {

@@ -35,6 +35,7 @@ fn fixture() -> Fixture {
         extra_labels: HashMap::new(),
         projects: None,
         disk_limit: None,
+        fluentd: None,
     };
     let backend = LocalBackend::with_api(docker.clone(), options);
     Fixture {

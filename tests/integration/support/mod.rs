@@ -94,6 +94,7 @@ pub fn local_backend_with_key(
             extra_labels: scope.labels(),
             projects,
             disk_limit: None,
+            fluentd: None,
         },
     ))
 }
