@@ -7,8 +7,6 @@
 //! A remote has either an API token (`NAME.token`) or a login, never both: storing one
 //! removes the other.
 
-use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -168,41 +166,9 @@ pub fn save_login_in(dir: &Path, name: &str, login: &StoredLogin) -> Result<Path
 pub fn load_login_in(dir: &Path, name: &str) -> Result<Option<StoredLogin>, RemoteError> {
     keys::validate_remote_name(name)?;
     let path = login_path(dir, name);
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(RemoteError::TokenFileNotRegular {
-                path,
-                name: name.to_string(),
-            });
-        }
-        Err(source) => return Err(RemoteError::Read { path, source }),
+    let Some(text) = super::remotes::read_private_file(&path, name, MAX_FILE_BYTES)? else {
+        return Ok(None);
     };
-    let metadata = file.metadata().map_err(|source| RemoteError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    if !metadata.is_file() {
-        return Err(RemoteError::TokenFileNotRegular {
-            path,
-            name: name.to_string(),
-        });
-    }
-    if metadata.permissions().mode() & 0o077 != 0 {
-        return Err(RemoteError::TokenFileNotPrivate { path });
-    }
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES)
-        .read_to_string(&mut text)
-        .map_err(|source| RemoteError::Read {
-            path: path.clone(),
-            source,
-        })?;
     let login: StoredLogin =
         serde_json::from_str(&text).map_err(|err| RemoteError::TokenFileInvalid {
             path: path.clone(),
@@ -481,6 +447,8 @@ pub fn fresh_access_token(
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn login() -> StoredLogin {

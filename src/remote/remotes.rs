@@ -238,40 +238,11 @@ pub fn save_token_in(dir: &Path, name: &str, token: &str) -> Result<(), RemoteEr
 pub fn load_token_in(dir: &Path, name: &str) -> Result<Option<String>, RemoteError> {
     keys::validate_remote_name(name)?;
     let path = token_path(dir, name);
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(RemoteError::TokenFileNotRegular {
-                path,
-                name: name.to_string(),
-            });
-        }
-        Err(source) => return Err(RemoteError::Read { path, source }),
-    };
-    let metadata = match file.metadata() {
-        Ok(metadata) => metadata,
-        Err(source) => return Err(RemoteError::Read { path, source }),
-    };
-    if !metadata.is_file() {
-        return Err(RemoteError::TokenFileNotRegular {
-            path,
-            name: name.to_string(),
-        });
-    }
-    if metadata.permissions().mode() & 0o077 != 0 {
-        return Err(RemoteError::TokenFileNotPrivate { path });
-    }
     // One byte more than a valid file can hold (token and newline), to tell "too long" apart.
     let limit = u64::try_from(MAX_TOKEN_BYTES + 2).unwrap_or(u64::MAX);
-    let mut text = String::new();
-    if let Err(source) = file.take(limit).read_to_string(&mut text) {
-        return Err(RemoteError::Read { path, source });
-    }
+    let Some(text) = read_private_file(&path, name, limit)? else {
+        return Ok(None);
+    };
     let token = text.trim_end_matches(['\n', '\r']);
     if let Err(RemoteError::InvalidToken { reason }) = validate_token(token) {
         return Err(RemoteError::TokenFileInvalid {
@@ -281,6 +252,49 @@ pub fn load_token_in(dir: &Path, name: &str) -> Result<Option<String>, RemoteErr
         });
     }
     Ok(Some(token.to_string()))
+}
+
+/// The text of remote `name`'s credential file `path`, at most `limit` bytes, or `None` when
+/// there is none. Read without following a symbolic link; a file that is not regular, or that
+/// group or others may read, is refused: a credential that may have leaked should be
+/// replaced, not used.
+pub(super) fn read_private_file(
+    path: &Path,
+    name: &str,
+    limit: u64,
+) -> Result<Option<String>, RemoteError> {
+    let not_regular = || RemoteError::TokenFileNotRegular {
+        path: path.to_path_buf(),
+        name: name.to_string(),
+    };
+    let read_error = |source| RemoteError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) if err.raw_os_error() == Some(nix::libc::ELOOP) => return Err(not_regular()),
+        Err(source) => return Err(read_error(source)),
+    };
+    let metadata = file.metadata().map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(not_regular());
+    }
+    if metadata.permissions().mode() & 0o077 != 0 {
+        return Err(RemoteError::TokenFileNotPrivate {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut text = String::new();
+    file.take(limit)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    Ok(Some(text))
 }
 
 /// Removes the token file (or a link in its place, never the link's target).
