@@ -4,26 +4,20 @@
 //! through the real `cubbi -r team auth` device login and plain HTTP. The service's log is
 //! captured (a subscriber on the test's own single-threaded runtime) and searched for tokens.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use cubbi::api::ApiError;
-use cubbi::api::wire::ImageInfo;
-use cubbi::projects::ProjectStore;
-use cubbi::remote::client::RemoteBackend;
 use cubbi::service::config::{SecretText, ServiceConfig};
 use cubbi::service::projects::ServiceProjects;
-use cubbi::service::router::SessionHost;
-use cubbi::service::store::{Caller, SqliteStore, Store};
+use cubbi::service::store::{SqliteStore, Store};
 use cubbi::service::{RunningService, ServeError};
 use libtest_mimic::{Failed, Trial};
 use serde_json::{Value, json};
 
 use crate::support::oidc_provider::{CLIENT_ID, OidcProvider};
+use crate::support::projects_host::{ProjectsHost, subscriber_into};
 use crate::support::{Cubbi, TestHome};
 
 pub fn tests() -> Vec<Trial> {
@@ -33,37 +27,6 @@ pub fn tests() -> Vec<Trial> {
         oidc_provider_down_is_a_503_naming_it_without_sysbox,
         oidc_browser_login_pkce_state_cookies_and_csrf_without_sysbox,
     ]
-}
-
-/// The service's session side is not under test (sessions go nowhere); projects are real.
-struct ProjectsHost {
-    projects: ServiceProjects,
-}
-
-#[async_trait]
-impl SessionHost for ProjectsHost {
-    type Sessions = RemoteBackend;
-
-    fn sessions_of(&self, _caller: &Caller) -> RemoteBackend {
-        RemoteBackend::new(
-            "nowhere",
-            "http://127.0.0.1:9",
-            String::new(),
-            String::new(),
-            None,
-        )
-        .expect("a client for a fixed URL")
-    }
-
-    async fn changed(&self, _id: &str) {}
-
-    async fn images(&self) -> Result<Vec<ImageInfo>, ApiError> {
-        Ok(Vec::new())
-    }
-
-    fn projects_of(&self, caller: &Caller) -> Result<ProjectStore, ApiError> {
-        Ok(self.projects.of_user(&caller.user))
-    }
 }
 
 struct Service {
@@ -128,12 +91,7 @@ fn with_captured_log(
     test: impl std::future::Future<Output = Result<(), Failed>>,
 ) -> Result<String, Failed> {
     let buffer = Arc::new(Mutex::new(Vec::new()));
-    let writer = Arc::clone(&buffer);
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || LogWriter(Arc::clone(&writer)))
-        .finish();
+    let subscriber = subscriber_into(&buffer);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -143,22 +101,6 @@ fn with_captured_log(
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .clone();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A CLI user: their home, and a `$BROWSER` that writes the URL it is asked to open into a

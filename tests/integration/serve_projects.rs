@@ -6,19 +6,14 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use async_trait::async_trait;
-use cubbi::api::ApiError;
-use cubbi::api::wire::ImageInfo;
-use cubbi::projects::ProjectStore;
-use cubbi::remote::client::RemoteBackend;
 use cubbi::service::config::{SecretText, ServiceConfig};
 use cubbi::service::projects::ServiceProjects;
-use cubbi::service::router::SessionHost;
-use cubbi::service::store::{Caller, SqliteStore, Store};
+use cubbi::service::store::{SqliteStore, Store};
 use cubbi::service::{RunningService, ServeError};
 use libtest_mimic::{Failed, Trial};
 use serde_json::{Value, json};
 
+use crate::support::projects_host::{ProjectsHost, subscriber_into};
 use crate::support::{Cubbi, TestHome};
 
 pub fn tests() -> Vec<Trial> {
@@ -41,66 +36,13 @@ fn log_buffer() -> Arc<Mutex<Vec<u8>>> {
     BUFFER
         .get_or_init(|| {
             let buffer = Arc::new(Mutex::new(Vec::new()));
-            let writer = Arc::clone(&buffer);
-            let subscriber = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_ansi(false)
-                .with_writer(move || LogWriter(Arc::clone(&writer)))
-                .finish();
+            let subscriber = subscriber_into(&buffer);
             // Another test may have set one first; then nothing is captured and the log
             // checks below see an empty log, which the test asserts against.
             let _ = tracing::subscriber::set_global_default(subscriber);
             buffer
         })
         .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The service's session side is not under test: sessions go to an address nobody
-/// listens on. The project store is the real one.
-struct ProjectsHost {
-    projects: ServiceProjects,
-}
-
-#[async_trait]
-impl SessionHost for ProjectsHost {
-    type Sessions = RemoteBackend;
-
-    fn sessions_of(&self, _caller: &Caller) -> RemoteBackend {
-        RemoteBackend::new(
-            "nowhere",
-            "http://127.0.0.1:9",
-            String::new(),
-            String::new(),
-            None,
-        )
-        .expect("a client for a fixed URL")
-    }
-
-    async fn changed(&self, _id: &str) {}
-
-    async fn images(&self) -> Result<Vec<ImageInfo>, ApiError> {
-        Ok(Vec::new())
-    }
-
-    fn projects_of(&self, caller: &Caller) -> Result<ProjectStore, ApiError> {
-        Ok(self.projects.of_user(&caller.user))
-    }
 }
 
 struct Service {

@@ -10,6 +10,7 @@ pub mod model_server;
 pub mod oidc_provider;
 pub mod pki;
 pub mod postgres;
+pub mod projects_host;
 pub mod pty;
 pub mod service;
 pub mod stub;
