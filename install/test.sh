@@ -53,6 +53,16 @@ if [ ! -x "$openapi_tools/openapi-python-client" ] || [ ! -x "$openapi_tools/ope
 fi
 export CUBBI_TEST_OPENAPI_TOOLS="$openapi_tools"
 
+# The MCP tests run a real MCP server (tests/fixtures/mcp-server/server.py) on the `mcp` SDK
+# from PyPI, in a venv of its own (pinned; kept between runs). python3-venv is there by now.
+mcp_python=${CUBBI_TEST_MCP_PYTHON:-${XDG_CACHE_HOME:-$HOME/.cache}/cubbi-test/mcp/bin/python}
+if ! "$mcp_python" -c 'import mcp.server.mcpserver' 2>/dev/null; then
+    echo "install/test.sh: installing the MCP SDK into $(dirname "$(dirname "$mcp_python")")" >&2
+    python3 -m venv "$(dirname "$(dirname "$mcp_python")")"
+    "$(dirname "$mcp_python")/pip" install -q --disable-pip-version-check "mcp==2.3.0"
+fi
+export CUBBI_TEST_MCP_PYTHON="$mcp_python"
+
 # The OpenID Connect tests run a real provider (panva's oidc-provider) with Node, from the
 # fixture's committed package-lock.json.
 if ! command -v npm >/dev/null 2>&1; then

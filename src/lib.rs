@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod engine;
 pub mod images;
 pub mod local;
+pub mod mcp;
 pub mod projects;
 pub mod remote;
 pub mod run;

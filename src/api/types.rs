@@ -55,6 +55,10 @@ pub struct SessionSpec {
     /// many seconds; `None` keeps it running.
     #[serde(default)]
     pub idle_stop_secs: Option<u64>,
+    /// MCP servers the session's tools are configured with (resolved from their names where
+    /// the request entered); their header values are secrets, written only into files.
+    #[serde(default)]
+    pub mcp: Vec<crate::mcp::McpServer>,
 }
 
 fn yes() -> bool {

@@ -7,6 +7,7 @@ mod doctor_cmd;
 mod duration;
 mod engine_cmd;
 mod image_cmd;
+mod mcp_cmd;
 pub mod output;
 mod project_cmd;
 mod remote_cmd;
@@ -120,6 +121,8 @@ pub enum Command {
     Remote(remote_cmd::RemoteArgs),
     /// Register git repositories and their credentials once, to clone into sessions.
     Project(project_cmd::ProjectArgs),
+    /// Register MCP servers once, to give sessions' tools with --mcp NAME.
+    Mcp(mcp_cmd::McpArgs),
     /// Log in to a remote: `cubbi -r NAME auth`. A service with an OpenID Connect login gets
     /// a device login (a URL and a code to approve in the browser); otherwise, or with
     /// --token-stdin, an API token is read from stdin or typed hidden.
@@ -247,6 +250,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = crate::config::ConfigFile::open_default()?.config()?;
             let remote = session_remote(cli.remote.as_deref(), &config);
             project_cmd::run(args, mode, remote.as_deref(), &config).await
+        }
+        Command::Mcp(args) => {
+            refuse_remote(cli.remote.as_deref(), "mcp")?;
+            let config = crate::config::ConfigFile::open_default()?.config()?;
+            mcp_cmd::run(args, mode, &config)
         }
         Command::Auth {
             no_verify,

@@ -172,6 +172,10 @@ pub struct CreateArgs {
     /// Address the SSH port is published on (default 127.0.0.1; a service decides its own).
     #[arg(long, value_name = "ADDR")]
     pub ssh_bind: Option<IpAddr>,
+    /// Give the session's tools this registered MCP server (`cubbi mcp add`), besides
+    /// defaults.mcp. Repeatable.
+    #[arg(long = "mcp", value_name = "NAME")]
+    pub mcp: Vec<String>,
 }
 
 /// `session fork ID [create options]`.
@@ -532,7 +536,35 @@ pub(super) fn spec_from(
         ssh_bind: args.ssh_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         authorized_keys: Vec::new(),
         idle_stop_secs: args.idle_stop.map(|idle| idle.as_secs().max(1)),
+        mcp: mcp_servers(args, config, context)?,
     })
+}
+
+/// The MCP servers a session gets: `defaults.mcp` (on the local endpoint) and `--mcp`, by
+/// name from the registry (`cubbi mcp add`).
+fn mcp_servers(
+    args: &CreateArgs,
+    config: &Config,
+    context: &Context,
+) -> Result<Vec<crate::mcp::McpServer>, CliError> {
+    let mut names: Vec<String> = Vec::new();
+    // The defaults name servers of this machine's registry, which a service does not have.
+    if context.remote.is_none() {
+        names.extend(config.defaults.mcp.iter().cloned());
+    }
+    for name in &args.mcp {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refused = |err: crate::mcp::McpError| CliError::Refused(err.to_string());
+    let known = crate::mcp::registry::McpRegistry::open_default()
+        .and_then(|registry| registry.list())
+        .map_err(refused)?;
+    crate::mcp::pick(&known, &names).map_err(refused)
 }
 
 /// The folder one stands in, as the workspace nobody named: refused (saying what to do

@@ -16,6 +16,8 @@ pub enum Kind {
     PathList,
     /// One entry a line (known_hosts lines hold commas and spaces).
     LineList,
+    /// Names of registered MCP servers, comma-separated.
+    McpList,
     OneOf(&'static [&'static str]),
 }
 
@@ -72,6 +74,11 @@ const STATIC_KEYS: &[(&str, Kind, &str)] = &[
         "most processes a session may run (default 4096)",
     ),
     ("defaults.runtime", Kind::Text, "OCI runtime for sessions"),
+    (
+        "defaults.mcp",
+        Kind::McpList,
+        "registered MCP servers (cubbi mcp add) every local session gets",
+    ),
     (
         "defaults.allow_unsafe_runc",
         Kind::Bool,
@@ -246,6 +253,14 @@ pub fn parse_value(spec: &KeySpec, raw: &str) -> Result<toml_edit::Value, Config
                     return Err(invalid("must not hold NUL characters".into()));
                 }
                 array.push(line);
+            }
+            array.into()
+        }
+        Kind::McpList => {
+            let mut array = toml_edit::Array::new();
+            for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                crate::mcp::check_name(name).map_err(|err| invalid(err.to_string()))?;
+                array.push(name);
             }
             array.into()
         }

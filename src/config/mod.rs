@@ -99,6 +99,9 @@ pub struct Defaults {
     pub runtime: String,
     /// Allow `runc` without Sysbox: sessions are then NOT isolated from the host.
     pub allow_unsafe_runc: bool,
+    /// Registered MCP servers (`cubbi mcp add`) every local session's tools get.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mcp: Vec<String>,
 }
 
 impl Default for Defaults {
@@ -113,6 +116,7 @@ impl Default for Defaults {
             pids_limit: crate::api::DEFAULT_PIDS_LIMIT,
             runtime: "sysbox-runc".into(),
             allow_unsafe_runc: false,
+            mcp: Vec::new(),
         }
     }
 }
@@ -252,6 +256,12 @@ impl Config {
         }
         for name in &self.defaults.networks {
             keys::validate_network_name(name)?;
+        }
+        for name in &self.defaults.mcp {
+            crate::mcp::check_name(name).map_err(|err| ConfigError::InvalidValue {
+                key: "defaults.mcp".into(),
+                reason: err.to_string(),
+            })?;
         }
         if let Some(network) = &self.docker.network {
             keys::validate_network_name(network)?;

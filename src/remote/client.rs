@@ -419,7 +419,14 @@ pub(super) fn create_request(
         ssh_bind: _, // `--ssh-bind` is refused for a remote where it is parsed
         authorized_keys,
         idle_stop_secs,
+        mcp,
     } = spec;
+    if !mcp.is_empty() {
+        return Err(ApiError::invalid(
+            "--mcp names MCP servers of this machine's registry; a remote session cannot take \
+             them yet",
+        ));
+    }
     if let Some(workspace) = &workspace {
         return Err(ApiError::invalid(format!(
             "a folder of this machine ({}) cannot be mounted into a remote session; give a git \
@@ -599,6 +606,7 @@ mod tests {
             ssh_bind: "127.0.0.1".parse().unwrap(),
             authorized_keys: Vec::new(),
             idle_stop_secs: None,
+            mcp: Vec::new(),
         }
     }
 

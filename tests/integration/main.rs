@@ -13,6 +13,7 @@ mod images;
 mod keyring;
 mod lifecycle;
 mod logging;
+mod mcp;
 mod oidc;
 mod openapi_tools;
 mod projects;
@@ -69,6 +70,7 @@ fn main() {
     tests.extend(keyring::tests());
     tests.extend(lifecycle::tests());
     tests.extend(logging::tests());
+    tests.extend(mcp::tests());
     tests.extend(oidc::tests());
     tests.extend(openapi_tools::tests());
     tests.extend(projects::tests());

@@ -35,6 +35,7 @@ impl LocalBackend {
             }
         }
         env.extend(spec.env.clone());
+        env.extend(crate::mcp::tool_config::session_env(&spec.mcp));
         let mut init = BTreeMap::new();
         let mut persistent = metadata
             .as_ref()
@@ -102,6 +103,15 @@ impl LocalBackend {
             .upload_archive(id, archive)
             .await
             .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
+        // Each tool's MCP configuration (header secrets included) as files, like the env.
+        if let Some(mcp) = crate::mcp::tool_config::archive(&spec.mcp)
+            .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?
+        {
+            self.docker
+                .upload_archive(id, mcp)
+                .await
+                .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
+        }
 
         progress.step(CreateStep::Starting);
         if let Err(err) = self.docker.start_container(id).await {

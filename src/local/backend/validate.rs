@@ -61,6 +61,11 @@ impl LocalBackend {
         for (key, value) in &spec.env {
             upload::validate_env(key, value)?;
         }
+        for server in &spec.mcp {
+            server
+                .check()
+                .map_err(|err| ApiError::invalid(err.to_string()))?;
+        }
         let authorized_keys = spec
             .authorized_keys
             .iter()
