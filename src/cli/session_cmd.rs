@@ -302,6 +302,7 @@ async fn local_backend(
             .map(str::parse)
             .transpose()
             .map_err(|err| CliError::Refused(format!("logging.fluentd: {err}")))?,
+        langfuse: langfuse_export(config)?,
     };
     Ok(LocalBackend::new(docker, options))
 }
@@ -538,6 +539,36 @@ pub(super) fn spec_from(
         idle_stop_secs: args.idle_stop.map(|idle| idle.as_secs().max(1)),
         mcp: mcp_servers(args, config, context)?,
     })
+}
+
+/// `services.langfuse.*`: all three keys make sessions export their telemetry there.
+fn langfuse_export(
+    config: &Config,
+) -> Result<Option<crate::local::langfuse::LangfuseExport>, CliError> {
+    let langfuse = &config.services.langfuse;
+    let lookup = |name: &str| std::env::var(name).ok();
+    let value = |key: &str, raw: &Option<String>| -> Result<Option<String>, CliError> {
+        raw.as_deref()
+            .map(|raw| crate::config::env::expand(key, raw, lookup))
+            .transpose()
+            .map_err(CliError::from)
+    };
+    let url = value("services.langfuse.url", &langfuse.url)?;
+    let public = value("services.langfuse.public_key", &langfuse.public_key)?;
+    let secret = value("services.langfuse.secret_key", &langfuse.secret_key)?;
+    match (url, public, secret) {
+        (None, None, None) => Ok(None),
+        (Some(url), Some(public), Some(secret)) => {
+            crate::local::langfuse::LangfuseExport::new(&url, &public, &secret)
+                .map(Some)
+                .map_err(|err| CliError::Refused(format!("services.langfuse: {err}")))
+        }
+        _ => Err(CliError::Refused(
+            "services.langfuse needs url, public_key and secret_key together; `cubbi config \
+             set services.langfuse.KEY VALUE` sets the missing one"
+                .into(),
+        )),
+    }
 }
 
 /// The MCP servers a session gets: `defaults.mcp` (on the local endpoint) and `--mcp`, by

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod docker_api;
 pub mod index;
 pub mod labels;
+pub mod langfuse;
 pub mod limits;
 pub mod log_driver;
 pub mod mounts;

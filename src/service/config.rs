@@ -69,17 +69,26 @@ pub enum LoggingProvider {
     Fluentd {
         url: crate::local::log_driver::FluentdAddress,
     },
+    /// The agents' OpenTelemetry to Langfuse (`url`, `public_key`, `secret_key`; checked
+    /// while the file is read).
+    Langfuse(crate::local::langfuse::LangfuseExport),
 }
 
 impl LoggingSection {
     /// The Fluentd receiver sessions log to, if one is configured.
     pub fn fluentd(&self) -> Option<&crate::local::log_driver::FluentdAddress> {
-        self.providers
-            .iter()
-            .map(|provider| match provider {
-                LoggingProvider::Fluentd { url } => url,
-            })
-            .next()
+        self.providers.iter().find_map(|provider| match provider {
+            LoggingProvider::Fluentd { url } => Some(url),
+            LoggingProvider::Langfuse(_) => None,
+        })
+    }
+
+    /// The Langfuse sessions' agents export their telemetry to, if one is configured.
+    pub fn langfuse(&self) -> Option<&crate::local::langfuse::LangfuseExport> {
+        self.providers.iter().find_map(|provider| match provider {
+            LoggingProvider::Langfuse(export) => Some(export),
+            LoggingProvider::Fluentd { .. } => None,
+        })
     }
 }
 
@@ -413,10 +422,18 @@ impl ServiceConfig {
                 format!("{} is not between 1 and 1000", self.server.streams_per_user),
             ));
         }
-        if self.logging.providers.len() > 1 {
+        let fluentd = self
+            .logging
+            .providers
+            .iter()
+            .filter(|p| matches!(p, LoggingProvider::Fluentd { .. }))
+            .count();
+        if fluentd > 1 || self.logging.providers.len() > fluentd + 1 {
             return Err(invalid(
                 "logging.providers",
-                "name one provider (type = \"fluentd\"); sessions log to one receiver".into(),
+                "name one provider of each type (one \"fluentd\", one \"langfuse\"); \
+                 sessions log to one receiver"
+                    .into(),
             ));
         }
         if self.server.body_limit < 1024 {
@@ -541,6 +558,37 @@ mod tests {
         ] {
             let err = ServiceConfig::parse(text, Path::new("t.toml")).unwrap_err();
             assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_langfuse_provider_sits_beside_fluentd() {
+        let text = "[[logging.providers]]\ntype = \"fluentd\"\nurl = \"tcp://logs:24224\"\n\
+                    [[logging.providers]]\ntype = \"langfuse\"\nurl = \"https://lf.example\"\n\
+                    public_key = \"pk-lf\"\nsecret_key = \"sk-lf\"\n";
+        let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
+        assert!(config.logging.fluentd().is_some());
+        assert_eq!(
+            config.logging.langfuse().map(|l| l.endpoint()),
+            Some("https://lf.example/api/public/otel")
+        );
+        for (text, needle) in [
+            (
+                "[[logging.providers]]\ntype = \"langfuse\"\nurl = \"ftp://x\"\npublic_key = \"p\"\nsecret_key = \"s\"\n",
+                "Langfuse URL",
+            ),
+            (
+                "[[logging.providers]]\ntype = \"langfuse\"\nurl = \"https://x\"\npublic_key = \"p\"\n",
+                "secret_key",
+            ),
+            (
+                "[[logging.providers]]\ntype = \"langfuse\"\nurl = \"https://x\"\npublic_key = \"p\"\nsecret_key = \"s\"\nextra = 1\n",
+                "extra",
+            ),
+        ] {
+            let err = ServiceConfig::parse(text, Path::new("t.toml")).unwrap_err();
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+            assert!(!err.to_string().contains("sk-lf"));
         }
     }
 

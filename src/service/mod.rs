@@ -211,6 +211,7 @@ pub async fn start_on_docker(
         projects: None,
         disk_limit: disk.per_session(),
         fluentd: config.logging.fluentd().cloned(),
+        langfuse: config.logging.langfuse().cloned(),
     };
     // Projects live where the users and tokens do: with PostgreSQL, every service on the
     // database shares them.

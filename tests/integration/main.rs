@@ -11,6 +11,7 @@ mod firewall;
 mod hostile_service;
 mod images;
 mod keyring;
+mod langfuse;
 mod lifecycle;
 mod logging;
 mod mcp;
@@ -68,6 +69,7 @@ fn main() {
     tests.extend(hostile_service::tests());
     tests.extend(images::tests());
     tests.extend(keyring::tests());
+    tests.extend(langfuse::tests());
     tests.extend(lifecycle::tests());
     tests.extend(logging::tests());
     tests.extend(mcp::tests());

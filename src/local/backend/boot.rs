@@ -34,6 +34,14 @@ impl LocalBackend {
                 env.insert(declaration.name.clone(), default.clone());
             }
         }
+        // Telemetry first, so the session's own env may override any of it.
+        if let Some(langfuse) = &self.options.langfuse {
+            env.extend(langfuse.session_env(
+                &self.options.owner,
+                &plan.name,
+                &plan.image.reference,
+            ));
+        }
         env.extend(spec.env.clone());
         env.extend(crate::mcp::tool_config::session_env(&spec.mcp));
         let mut init = BTreeMap::new();

@@ -104,6 +104,8 @@ pub struct LocalOptions {
     pub disk_limit: Option<limits::DiskLimit>,
     /// Send sessions' console output to this Fluentd receiver too (Docker's fluentd driver).
     pub fluentd: Option<super::log_driver::FluentdAddress>,
+    /// Export the agents' telemetry (OpenTelemetry) to this Langfuse.
+    pub langfuse: Option<super::langfuse::LangfuseExport>,
 }
 
 pub struct LocalBackend {

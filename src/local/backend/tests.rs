@@ -36,6 +36,7 @@ fn fixture() -> Fixture {
         projects: None,
         disk_limit: None,
         fluentd: None,
+        langfuse: None,
     };
     let backend = LocalBackend::with_api(docker.clone(), options);
     Fixture {

@@ -9,6 +9,7 @@ pub mod images;
 pub mod mcp_server;
 pub mod model_server;
 pub mod oidc_provider;
+pub mod otlp_receiver;
 pub mod pki;
 pub mod postgres;
 pub mod projects_host;
@@ -97,6 +98,7 @@ pub fn local_backend_with_key(
             projects,
             disk_limit: None,
             fluentd: None,
+            langfuse: None,
         },
     ))
 }
