@@ -47,6 +47,14 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
     if let Some(address) = &config.logging.fluentd {
         results.push(checks::fluentd(address, fluentd_reachable(address).await));
     }
+    if config.services.langfuse.url.is_some() {
+        // A config that names a Langfuse but cannot be used is a refusal at create already;
+        // here only whether it answers.
+        if let Ok(Some(export)) = super::session_cmd::langfuse_export(&config) {
+            let reachable = langfuse_reachable(&export).await;
+            results.push(checks::langfuse(export.endpoint(), reachable));
+        }
+    }
     if context.mode.json {
         output::print_json(&serde_json::json!({
             "endpoint": endpoint,
@@ -89,6 +97,19 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Whether Langfuse's host takes a TCP connection within 3 s.
+async fn langfuse_reachable(export: &crate::local::langfuse::LangfuseExport) -> Result<(), String> {
+    let (host, port) = export
+        .socket_address()
+        .ok_or_else(|| "the URL names no host and port".to_string())?;
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(format!("cannot connect: {err}")),
+        Err(_) => Err("no answer within 3 s".into()),
+    }
 }
 
 /// Whether the Fluentd receiver of `logging.fluentd` takes a TCP connection within 3 s.

@@ -541,8 +541,10 @@ pub(super) fn spec_from(
     })
 }
 
-/// `services.langfuse.*`: all three keys make sessions export their telemetry there.
-fn langfuse_export(
+/// `services.langfuse.*`: all three keys make sessions export their telemetry there; a
+/// partial or unusable setting is a warning (a `${VAR}` that is not set is still refused, as
+/// for every key).
+pub(super) fn langfuse_export(
     config: &Config,
 ) -> Result<Option<crate::local::langfuse::LangfuseExport>, CliError> {
     let langfuse = &config.services.langfuse;
@@ -558,16 +560,24 @@ fn langfuse_export(
     let secret = value("services.langfuse.secret_key", &langfuse.secret_key)?;
     match (url, public, secret) {
         (None, None, None) => Ok(None),
+        // Telemetry is never worth a session: an unusable setting is a warning.
         (Some(url), Some(public), Some(secret)) => {
-            crate::local::langfuse::LangfuseExport::new(&url, &public, &secret)
-                .map(Some)
-                .map_err(|err| CliError::Refused(format!("services.langfuse: {err}")))
+            match crate::local::langfuse::LangfuseExport::new(&url, &public, &secret) {
+                Ok(export) => Ok(Some(export)),
+                Err(err) => {
+                    eprintln!("warning: services.langfuse: {err}; sessions export no telemetry");
+                    Ok(None)
+                }
+            }
         }
-        _ => Err(CliError::Refused(
-            "services.langfuse needs url, public_key and secret_key together; `cubbi config \
-             set services.langfuse.KEY VALUE` sets the missing one"
-                .into(),
-        )),
+        _ => {
+            eprintln!(
+                "warning: services.langfuse needs url, public_key and secret_key together, so \
+                 sessions export no telemetry; `cubbi config set services.langfuse.KEY VALUE` \
+                 sets the missing one"
+            );
+            Ok(None)
+        }
     }
 }
 

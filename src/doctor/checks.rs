@@ -569,6 +569,23 @@ pub fn fluentd(address: &str, reachable: Result<(), String>) -> Check {
     }
 }
 
+/// Whether the Langfuse of `services.langfuse.url` takes connections: a warning at most,
+/// since agents only lose their telemetry while it is down.
+pub fn langfuse(endpoint: &str, reachable: Result<(), String>) -> Check {
+    const ID: &str = "langfuse";
+    match reachable {
+        Ok(()) => Check::ok(ID, format!("{endpoint} takes connections")),
+        Err(why) => Check::warn(
+            ID,
+            format!(
+                "{endpoint} (services.langfuse.url): {why}; sessions boot and run, without \
+                 telemetry meanwhile"
+            ),
+            "start Langfuse, or `cubbi config unset services.langfuse.url` (and its keys)",
+        ),
+    }
+}
+
 pub fn free_ports(free: usize, start: u16, end: u16) -> Check {
     const ID: &str = "ports";
     let total = usize::from(end.saturating_sub(start)) + 1;
