@@ -19,16 +19,29 @@ pub struct McpArgs {
 
 #[derive(Debug, Subcommand)]
 enum McpCommand {
-    /// Register a remote MCP server (Streamable HTTP) under NAME.
+    /// Register an MCP server under NAME: a remote one (URL, Streamable HTTP), or a stdio one
+    /// (--command and/or --image) that runs inside each session as a service, reached by the
+    /// tools over Streamable HTTP on loopback.
     Add {
         /// Lowercase letters, digits, `-` and `_`; tools see its tools as mcp__NAME__TOOL.
         name: String,
         /// The server's http:// or https:// URL, e.g. https://mcp.example.com/mcp.
-        url: String,
+        #[arg(required_unless_present_any = ["command", "image"], conflicts_with_all = ["command", "image", "env"])]
+        url: Option<String>,
         /// A header sent with every request, NAME=VALUE (the value is kept secret).
         /// Repeatable.
-        #[arg(long = "header", value_name = "NAME=VALUE")]
+        #[arg(long = "header", value_name = "NAME=VALUE", requires = "url")]
         headers: Vec<String>,
+        /// A stdio server's command line (shell words), run in the session as `agent`, or in
+        /// --image.
+        #[arg(long, value_name = "CMD")]
+        command: Option<String>,
+        /// Run the stdio server from this Docker image, with the session's own Docker.
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+        /// The stdio server's environment, KEY=VALUE (kept secret). Repeatable.
+        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
     },
     /// List the registered MCP servers (header names only).
     List,
@@ -41,8 +54,19 @@ enum McpCommand {
 pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode, CliError> {
     let registry = McpRegistry::open_default().map_err(refused)?;
     match args.command {
-        McpCommand::Add { name, url, headers } => {
-            let server = McpServer::new(&name, &url, &headers).map_err(refused)?;
+        McpCommand::Add {
+            name,
+            url,
+            headers,
+            command,
+            image,
+            env,
+        } => {
+            let server = match &url {
+                Some(url) => McpServer::new(&name, url, &headers),
+                None => McpServer::stdio(&name, image.as_deref(), command.as_deref(), &env),
+            }
+            .map_err(refused)?;
             registry.add(server.clone()).map_err(refused)?;
             if mode.json {
                 print_json(&server.summary())?;
@@ -66,10 +90,17 @@ pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode,
                 println!("no MCP servers; `cubbi mcp add NAME URL` registers one");
             } else {
                 let rows = servers.iter().map(|s| {
+                    let target = if s.kind == "stdio" {
+                        let mut words = s.image.iter().cloned().collect::<Vec<_>>();
+                        words.extend(s.command.iter().cloned());
+                        shell_words::join(&words)
+                    } else {
+                        s.url.clone()
+                    };
                     vec![
                         s.name.clone(),
                         s.kind.to_string(),
-                        terminal_safe(&s.url).into_owned(),
+                        terminal_safe(&target).into_owned(),
                         s.headers.join(", "),
                         if config.defaults.mcp.contains(&s.name) {
                             "yes".into()
@@ -82,7 +113,7 @@ pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode,
                     "{}",
                     table(
                         config.ui.table_format,
-                        &["NAME", "TYPE", "URL", "HEADERS", "DEFAULT"],
+                        &["NAME", "TYPE", "URL / COMMAND", "HEADERS", "DEFAULT"],
                         rows
                     )
                 );
@@ -95,7 +126,18 @@ pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode,
             } else {
                 println!("name:    {}", summary.name);
                 println!("type:    {}", summary.kind);
-                println!("url:     {}", terminal_safe(&summary.url));
+                if summary.kind == "stdio" {
+                    if let Some(image) = &summary.image {
+                        println!("image:   {}", terminal_safe(image));
+                    }
+                    println!(
+                        "command: {}",
+                        terminal_safe(&shell_words::join(&summary.command))
+                    );
+                    println!("env:     {}", summary.env.join(", "));
+                } else {
+                    println!("url:     {}", terminal_safe(&summary.url));
+                }
                 println!(
                     "headers: {}",
                     if summary.headers.is_empty() {

@@ -8,6 +8,7 @@
 //! in container env, argv or output.
 
 pub mod registry;
+pub mod stdio_unit;
 pub mod tool_config;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,10 @@ pub enum McpError {
     HeaderValue(String),
     #[error("header `{0}` is given twice")]
     DuplicateHeader(String),
+    #[error("stdio MCP server: {0}")]
+    Command(String),
+    #[error("stdio MCP server -e: {0}")]
+    Env(String),
     #[error("at most {MAX_HEADERS} headers per MCP server")]
     TooManyHeaders,
     #[error("no MCP server `{0}`; `cubbi mcp list` shows the registered ones")]
@@ -52,15 +57,36 @@ pub enum McpError {
     Registry { path: String, reason: String },
 }
 
-/// A registered MCP server: a remote one the agent reaches over Streamable HTTP.
+/// A registered MCP server: a remote one the agent reaches over Streamable HTTP at `url`,
+/// or a stdio one ([`Stdio`]) that cubbi runs inside the session (its `url` is then empty
+/// until a session gives it a loopback port, see [`tool_config::resolve`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpServer {
     pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// Sent with every request (e.g. `Authorization`); the values are secrets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<Stdio>,
+}
+
+/// A stdio MCP server, run as a systemd service inside the session (as `agent`) behind a
+/// Streamable HTTP bridge on loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stdio {
+    /// The program and its arguments (in `image`, when one is given; else in the session).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// A Docker image the session's own Docker runs the server from (`docker run -i`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The server's environment; values may be secrets (a file in the session, 0640).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 impl McpServer {
@@ -82,6 +108,41 @@ impl McpServer {
             name: name.to_string(),
             url: url.to_string(),
             headers: parsed,
+            stdio: None,
+        };
+        server.check()?;
+        Ok(server)
+    }
+
+    /// A stdio server: `command` (one shell-words string) run in the session, or in `image`
+    /// through the session's Docker; `env` as `KEY=VALUE`.
+    pub fn stdio(
+        name: &str,
+        image: Option<&str>,
+        command: Option<&str>,
+        env: &[String],
+    ) -> Result<Self, McpError> {
+        let command = match command {
+            Some(text) => shell_words::split(text)
+                .map_err(|err| McpError::Command(format!("`--command`: {err}")))?,
+            None => Vec::new(),
+        };
+        let mut parsed = BTreeMap::new();
+        for item in env {
+            let (key, value) =
+                crate::config::env_file::parse_assignment(item, |name| std::env::var(name).ok())
+                    .map_err(|err| McpError::Env(err.to_string()))?;
+            parsed.insert(key, value);
+        }
+        let server = Self {
+            name: name.to_string(),
+            url: String::new(),
+            headers: BTreeMap::new(),
+            stdio: Some(Stdio {
+                command,
+                image: image.map(str::to_string),
+                env: parsed,
+            }),
         };
         server.check()?;
         Ok(server)
@@ -90,6 +151,9 @@ impl McpServer {
     /// Every rule, again: a server read from a file or a request is checked like a new one.
     pub fn check(&self) -> Result<(), McpError> {
         check_name(&self.name)?;
+        if let Some(stdio) = &self.stdio {
+            return check_stdio(stdio, self);
+        }
         check_url(&self.url)?;
         if self.headers.len() > MAX_HEADERS {
             return Err(McpError::TooManyHeaders);
@@ -109,9 +173,24 @@ impl McpServer {
     pub fn summary(&self) -> McpSummary {
         McpSummary {
             name: self.name.clone(),
-            kind: "remote",
+            kind: if self.stdio.is_some() {
+                "stdio"
+            } else {
+                "remote"
+            },
             url: self.url.clone(),
             headers: self.headers.keys().cloned().collect(),
+            image: self.stdio.as_ref().and_then(|s| s.image.clone()),
+            command: self
+                .stdio
+                .as_ref()
+                .map(|s| s.command.clone())
+                .unwrap_or_default(),
+            env: self
+                .stdio
+                .as_ref()
+                .map(|s| s.env.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -124,6 +203,13 @@ pub struct McpSummary {
     pub kind: &'static str,
     pub url: String,
     pub headers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The stdio server's variable names (never their values).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
 }
 
 /// A header as named in a message: its name only (the value may be a secret), without
@@ -177,6 +263,59 @@ fn check_url(url: &str) -> Result<(), McpError> {
         return Err(bad(
             "credentials do not belong in the URL; give them with --header",
         ));
+    }
+    Ok(())
+}
+
+fn check_stdio(stdio: &Stdio, server: &McpServer) -> Result<(), McpError> {
+    let refuse = |why: &str| McpError::Command(why.to_string());
+    if !server.url.is_empty() || !server.headers.is_empty() {
+        return Err(refuse(
+            "give either a URL (remote) or --image/--command (stdio), not both",
+        ));
+    }
+    if stdio.command.is_empty() && stdio.image.is_none() {
+        return Err(refuse("give --command CMD, --image IMAGE or both"));
+    }
+    if stdio.command.len() > 256 || stdio.command.iter().map(String::len).sum::<usize>() > 8192 {
+        return Err(refuse("the command is longer than 256 words or 8 KiB"));
+    }
+    if stdio.command.first().is_some_and(String::is_empty)
+        || stdio.command.iter().any(|word| word.contains('\0'))
+    {
+        return Err(refuse("the command holds an empty word or a NUL"));
+    }
+    if stdio
+        .command
+        .iter()
+        .any(|w| w.chars().any(|c| c == '\n' || c == '\r'))
+    {
+        return Err(refuse("the command holds a line break"));
+    }
+    if let Some(image) = &stdio.image {
+        let ok = !image.is_empty()
+            && image.len() <= 255
+            && !image.starts_with('-')
+            && image
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+        if !ok {
+            return Err(refuse(&format!(
+                "`{}` is not a Docker image reference",
+                image
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(100)
+                    .collect::<String>()
+            )));
+        }
+    }
+    if stdio.env.len() > 64 {
+        return Err(McpError::Env("at most 64 variables".into()));
+    }
+    for (key, value) in &stdio.env {
+        crate::config::env_file::validate(key, value)
+            .map_err(|err| McpError::Env(err.to_string()))?;
     }
     Ok(())
 }

@@ -20,6 +20,25 @@ use crate::local::upload::AGENT_UID;
 /// Where a session's MCP configuration lives.
 pub const DIR: &str = "/etc/cubbi/mcp";
 
+/// The first loopback port of the session's stdio servers' bridges (one port each, in order).
+pub const FIRST_STDIO_PORT: u16 = 8790;
+
+/// The servers as the session's tools reach them: a stdio server at its bridge on loopback.
+pub fn resolve(servers: &[McpServer]) -> Vec<McpServer> {
+    let mut port = FIRST_STDIO_PORT;
+    servers
+        .iter()
+        .map(|server| {
+            let mut server = server.clone();
+            if server.stdio.is_some() {
+                server.url = format!("http://127.0.0.1:{port}/mcp");
+                port += 1;
+            }
+            server
+        })
+        .collect()
+}
+
 /// The variables that point tools at [`DIR`]; they carry no secret.
 pub fn session_env(servers: &[McpServer]) -> BTreeMap<String, String> {
     if servers.is_empty() {
@@ -114,13 +133,33 @@ pub fn archive(servers: &[McpServer]) -> std::io::Result<Option<Vec<u8>>> {
     if servers.is_empty() {
         return Ok(None);
     }
+    let servers = &resolve(servers);
     let pretty = |value: Value| serde_json::to_string_pretty(&value).unwrap_or_default() + "\n";
-    let files = [
-        ("claude.json", pretty(claude(servers))),
-        ("gemini.json", pretty(gemini(servers))),
-        ("opencode.json", pretty(opencode(servers))),
-        ("codex.toml", codex(servers)),
+    let mut files = vec![
+        ("claude.json".to_string(), pretty(claude(servers)), 0o640),
+        ("gemini.json".to_string(), pretty(gemini(servers)), 0o640),
+        (
+            "opencode.json".to_string(),
+            pretty(opencode(servers)),
+            0o640,
+        ),
+        ("codex.toml".to_string(), codex(servers), 0o640),
     ];
+    let stdio: Vec<&McpServer> = servers.iter().filter(|s| s.stdio.is_some()).collect();
+    if !stdio.is_empty() {
+        files.push((
+            "loopback.cjs".to_string(),
+            super::stdio_unit::LOOPBACK_SHIM.to_string(),
+            0o644,
+        ));
+    }
+    let mut units = Vec::new();
+    for server in stdio {
+        let bridge = super::stdio_unit::Bridge::of(server)?;
+        files.push((format!("{}.sh", server.name), bridge.script(), 0o750));
+        files.push((format!("{}.env", server.name), bridge.env_file()?, 0o640));
+        units.push((bridge.unit_name(), bridge.unit()));
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -134,14 +173,40 @@ pub fn archive(servers: &[McpServer]) -> std::io::Result<Option<Vec<u8>>> {
     header.set_size(0);
     let dir = DIR.trim_start_matches('/');
     builder.append_data(&mut header, format!("{dir}/"), std::io::empty())?;
-    for (name, contents) in files {
+    for (name, contents, mode) in files {
         let mut header = tar::Header::new_gnu();
-        header.set_mode(0o640);
+        header.set_mode(mode);
         header.set_uid(0);
         header.set_gid(AGENT_UID);
         header.set_mtime(now);
         header.set_size(contents.len() as u64);
         builder.append_data(&mut header, format!("{dir}/{name}"), contents.as_bytes())?;
+    }
+    // Each stdio server's unit, enabled (a systemd boot reads them before anything starts).
+    for (unit, contents) in units {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(now);
+        header.set_size(contents.len() as u64);
+        builder.append_data(
+            &mut header,
+            format!("etc/systemd/system/{unit}"),
+            contents.as_bytes(),
+        )?;
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_mode(0o777);
+        link.set_uid(0);
+        link.set_gid(0);
+        link.set_mtime(now);
+        link.set_size(0);
+        builder.append_link(
+            &mut link,
+            format!("etc/systemd/system/multi-user.target.wants/{unit}"),
+            format!("/etc/systemd/system/{unit}"),
+        )?;
     }
     builder.into_inner().map(Some)
 }

@@ -17,6 +17,7 @@ pub fn tests() -> Vec<Trial> {
         registry_adds_lists_shows_and_removes_without_printing_secrets,
         bad_servers_are_refused_and_nothing_is_written,
         claude_code_calls_a_remote_mcp_server,
+        claude_code_calls_a_stdio_mcp_server_run_in_the_session,
     ]
 }
 
@@ -332,6 +333,164 @@ fn claude_code_calls_a_remote_mcp_server() -> Result<(), Failed> {
             .success()
             .stdout();
         assert_eq!(stat.trim(), "640 root agent");
+        Ok(())
+    })
+}
+
+const STDIO_WORD: &str = "stdio-word-secret-55d";
+
+/// A stdio MCP server (the official Node SDK, `tests/fixtures/mcp-server/stdio-server.cjs`)
+/// registered with `--command` and `-e`: cubbi runs it inside the session as a systemd service
+/// behind supergateway on loopback; Claude Code calls its tool, the server records the call
+/// in the workspace and answers with its env's word. The bridge answers on loopback only, and
+/// the env value is in no container env.
+fn claude_code_calls_a_stdio_mcp_server_run_in_the_session() -> Result<(), Failed> {
+    docker_test("mcp-stdio", |scope| async move {
+        scope.ensure_image("claude-code").await?;
+        let network = format!("cubbi-mcps-{}", scope.id);
+        let gateway = scope.bridge_network(&network).await?;
+        let model = ModelServer::start(vec![
+            Reply::ToolCall {
+                name: "mcp__local__lookup_word".into(),
+                input: serde_json::json!({ "topic": "stdio" }),
+            },
+            Reply::Text("Looked it up.".into()),
+        ])?;
+        let home = TestHome::new();
+        let workspace = tempfile::tempdir()?;
+        std::fs::set_permissions(workspace.path(), std::fs::Permissions::from_mode(0o777))?;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mcp-server/stdio-server.cjs");
+        std::fs::copy(&script, workspace.path().join("stdio-server.cjs"))?;
+        scope
+            .cubbi(&home)
+            .args([
+                "mcp",
+                "add",
+                "local",
+                "--command",
+                "node /home/agent/workspace/stdio-server.cjs",
+                "-e",
+                &format!("FIXTURE_WORD={STDIO_WORD}"),
+                "-e",
+                "FIXTURE_RECORD=/home/agent/workspace/calls.jsonl",
+            ])
+            .run()
+            .success();
+        scope
+            .cubbi(&home)
+            .args(["mcp", "list"])
+            .run()
+            .success()
+            .stdout_contains("stdio")
+            .stdout_contains("node /home/agent/workspace/stdio-server.cjs")
+            .stdout_lacks(STDIO_WORD);
+        let mut args: Vec<String> = [
+            "run",
+            "--stream",
+            "--timeout",
+            "200s",
+            "--image",
+            "claude-code",
+            "--mcp",
+            "local",
+            "--keep",
+            "--name",
+            "mcp-stdio",
+            "--no-default-network",
+            "--network",
+            &network,
+            "-e",
+            &format!("ANTHROPIC_API_KEY={MODEL_SECRET}"),
+            "-e",
+            &format!("ANTHROPIC_BASE_URL=http://{gateway}:{}", model.port),
+            "-p",
+            "Look up the stdio word",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(
+            SessionRuntime::of_this_run()
+                .create_flags()
+                .iter()
+                .map(|flag| flag.to_string()),
+        );
+        args.push(workspace.path().display().to_string());
+        let ran = scope.cubbi(&home).args(&args).run();
+        let stdout = ran.stdout();
+        let events: Vec<Value> = stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let result = events
+            .iter()
+            .find(|e| e["type"] == "result")
+            .cloned()
+            .unwrap_or(Value::Null);
+        if result["is_error"] != false {
+            let logs = scope
+                .cubbi(&home)
+                .args(["session", "exec", "mcp-stdio", "--", "sh", "-c",
+                       "systemctl status cubbi-mcp-local --no-pager; journalctl -u cubbi-mcp-local --no-pager | tail -30"])
+                .run();
+            return Err(format!(
+                "the run failed: {stdout}\n{}\nbridge: {}{}",
+                ran.stderr(),
+                logs.stdout(),
+                logs.stderr()
+            )
+            .into());
+        }
+        ran.success();
+        let recorded = std::fs::read_to_string(workspace.path().join("calls.jsonl"))
+            .map_err(|err| format!("the stdio server recorded no call: {err}"))?;
+        let calls: Vec<Value> = recorded
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert_eq!(calls.len(), 1, "{recorded}");
+        assert_eq!(calls[0]["args"]["topic"], "stdio");
+        let tool_result = events
+            .iter()
+            .find(|e| e["type"] == "tool_result")
+            .ok_or(format!("no tool_result event: {stdout}"))?;
+        assert!(
+            tool_result["output"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(STDIO_WORD),
+            "{tool_result}"
+        );
+        assert_eq!(result["result"], "Looked it up.");
+
+        // The bridge is the session's own: nothing answers on its port from the network.
+        let inspect = scope
+            .docker
+            .inspect_container("cubbi-mcp-stdio", None)
+            .await?;
+        let address = inspect
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .and_then(|n| n.get(&network))
+            .and_then(|e| e.ip_address.clone())
+            .ok_or("the session has no address on the test network")?;
+        let port = cubbi::mcp::tool_config::FIRST_STDIO_PORT;
+        let reached = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            tokio::net::TcpStream::connect((address.as_str(), port)),
+        )
+        .await;
+        assert!(
+            !matches!(reached, Ok(Ok(_))),
+            "the bridge answers on {address}:{port}"
+        );
+        let seen = serde_json::to_string(&inspect)?;
+        assert!(
+            !seen.contains(STDIO_WORD),
+            "docker inspect shows the server's env"
+        );
         Ok(())
     })
 }
