@@ -49,6 +49,12 @@ pub fn session_env(servers: &[McpServer]) -> BTreeMap<String, String> {
             "GEMINI_CLI_SYSTEM_SETTINGS_PATH".to_string(),
             format!("{DIR}/gemini.json"),
         ),
+        // Gemini CLI looks for its system defaults beside the system settings unless told:
+        // keep the image's (they pick API-key auth).
+        (
+            "GEMINI_CLI_SYSTEM_DEFAULTS_PATH".to_string(),
+            "/etc/gemini-cli/system-defaults.json".to_string(),
+        ),
         (
             "OPENCODE_CONFIG".to_string(),
             format!("{DIR}/opencode.json"),

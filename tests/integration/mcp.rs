@@ -18,6 +18,8 @@ pub fn tests() -> Vec<Trial> {
         bad_servers_are_refused_and_nothing_is_written,
         claude_code_calls_a_remote_mcp_server,
         claude_code_calls_a_stdio_mcp_server_run_in_the_session,
+        gemini_calls_a_remote_mcp_server,
+        opencode_calls_a_remote_mcp_server,
     ]
 }
 
@@ -493,4 +495,133 @@ fn claude_code_calls_a_stdio_mcp_server_run_in_the_session() -> Result<(), Faile
         );
         Ok(())
     })
+}
+
+/// The model's key and base URL for `image`, and the flags its run needs.
+fn tool_env(image: &str, base: &str) -> (Vec<String>, Vec<&'static str>) {
+    match image {
+        "gemini" => (
+            vec![
+                format!("GEMINI_API_KEY={MODEL_SECRET}"),
+                format!("GOOGLE_GEMINI_BASE_URL={base}"),
+            ],
+            vec!["--model", "gemini-fixture"],
+        ),
+        _ => (
+            vec![
+                format!("OPENAI_API_KEY={MODEL_SECRET}"),
+                format!("OPENAI_BASE_URL={base}/v1"),
+                "OPENAI_MODEL=fixture-model".into(),
+            ],
+            vec![],
+        ),
+    }
+}
+
+/// Gemini CLI (system settings at `GEMINI_CLI_SYSTEM_SETTINGS_PATH`) and opencode
+/// (`OPENCODE_CONFIG`) read the MCP configuration cubbi wrote, offer the server's tool to the
+/// model under their own name for it, and call it with the registered header.
+fn remote_mcp_with(image: &'static str, name: &str) -> Result<(), Failed> {
+    docker_test(name, move |scope| async move {
+        scope.ensure_image(image).await?;
+        let network = format!("cubbi-mcpt-{}", scope.id);
+        let gateway = scope.bridge_network(&network).await?;
+        let mcp = McpServer::start()?;
+        let model = ModelServer::start(vec![
+            Reply::CallOffered {
+                containing: "lookup_word".into(),
+                input: serde_json::json!({ "topic": "greeting" }),
+            },
+            Reply::Text("The word is in.".into()),
+        ])?;
+        let home = TestHome::new();
+        scope
+            .cubbi(&home)
+            .args([
+                "mcp",
+                "add",
+                "fixture",
+                &format!("http://{gateway}:{}/mcp", mcp.port),
+                "--header",
+                &format!("Authorization=Bearer {HEADER_SECRET}"),
+            ])
+            .run()
+            .success();
+        let (env, flags) = tool_env(image, &format!("http://{gateway}:{}", model.port));
+        let mut args: Vec<String> = [
+            "--json",
+            "run",
+            "--timeout",
+            "200s",
+            "--image",
+            image,
+            "--mcp",
+            "fixture",
+            "--no-mount",
+            "--no-default-network",
+            "--network",
+            &network,
+            "-p",
+            "Look up the word for greeting",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for assignment in env {
+            args.extend(["-e".to_string(), assignment]);
+        }
+        args.extend(flags.iter().map(|f| f.to_string()));
+        args.extend(
+            SessionRuntime::of_this_run()
+                .create_flags()
+                .iter()
+                .map(|flag| flag.to_string()),
+        );
+        let ran = scope.cubbi(&home).args(&args).run();
+        let result: Value = serde_json::from_str(ran.stdout().trim()).unwrap_or(Value::Null);
+        let offered: Vec<String> = model
+            .turns()
+            .first()
+            .map(|t| t.body.to_string().chars().take(400).collect())
+            .into_iter()
+            .collect();
+        assert_eq!(
+            result["is_error"],
+            false,
+            "{}\n{result}\nfirst turn: {offered:?}",
+            ran.stderr()
+        );
+        let calls = mcp.calls();
+        assert_eq!(
+            calls.len(),
+            1,
+            "{calls:?}; the model saw: {:?}",
+            model
+                .turns()
+                .iter()
+                .map(|t| t.body.to_string().contains("lookup_word"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(calls[0]["args"]["topic"], "greeting");
+        assert!(
+            mcp.request_headers()
+                .iter()
+                .all(|h| h["authorization"] == format!("Bearer {HEADER_SECRET}"))
+        );
+        let last = model.turns().last().cloned().ok_or("no turns")?;
+        assert!(
+            last.body.to_string().contains(ANSWER),
+            "the answer never reached the model"
+        );
+        assert!(!ran.stdout().contains(HEADER_SECRET) && !ran.stderr().contains(HEADER_SECRET));
+        Ok(())
+    })
+}
+
+fn gemini_calls_a_remote_mcp_server() -> Result<(), Failed> {
+    remote_mcp_with("gemini", "mcp-gemini")
+}
+
+fn opencode_calls_a_remote_mcp_server() -> Result<(), Failed> {
+    remote_mcp_with("opencode", "mcp-opencode")
 }

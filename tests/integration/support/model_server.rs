@@ -35,6 +35,12 @@ pub enum Reply {
         name: String,
         input: Value,
     },
+    /// A call of the offered tool whose name holds `containing` (each tool names MCP tools its
+    /// own way: `mcp__S__T`, `S__T`, `S_T`, ...); a text saying so when none is offered.
+    CallOffered {
+        containing: String,
+        input: Value,
+    },
     /// An API error (HTTP 400), the answer to every agent turn from then on.
     Error(String),
     /// Never answers.
@@ -258,6 +264,15 @@ async fn answer(State(shared): State<Arc<Shared>>, request: Request) -> Response
             );
         }
         Reply::WriteFile { path, content } => write_call(api, &body, &path, &content),
+        Reply::CallOffered { containing, input } => {
+            match offered_tools(&body)
+                .into_iter()
+                .find(|name| name.contains(&containing))
+            {
+                Some(name) => Reply::ToolCall { name, input },
+                None => Reply::Text(format!("no offered tool holds {containing}")),
+            }
+        }
         other => other,
     };
     let stream = body["stream"].as_bool().unwrap_or(false);
