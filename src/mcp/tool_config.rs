@@ -7,8 +7,9 @@
 //!   wrapper when the file exists (`images/claude-code/claude-wrapper.sh`);
 //! - Gemini CLI: `GEMINI_CLI_SYSTEM_SETTINGS_PATH` (its system settings layer) at `gemini.json`;
 //! - opencode: `OPENCODE_CONFIG` at `opencode.json` (merged with its other configs);
-//! - Codex: `codex.toml` holds `[mcp_servers]` as Codex's `config.toml` takes them (a file to
-//!   read or merge; the image's wrapper does not load it yet).
+//! - Codex: the image's `codex` wrapper passes `-c mcp_servers.NAME={url, env_http_headers}`
+//!   from `codex.args` and exports the header values from `codex.env` ([`codex_args`]), so no
+//!   secret is in an argv; `codex.toml` holds the same as a `config.toml` fragment.
 
 use std::collections::BTreeMap;
 
@@ -134,6 +135,37 @@ pub fn codex(servers: &[McpServer]) -> String {
     toml::to_string(&root).unwrap_or_default()
 }
 
+/// Codex's servers as `-c mcp_servers.NAME={...}` values (`codex.args`, one a line) for the
+/// image's `codex` wrapper, and the header values as variables (`codex.env`) that the values
+/// name through `env_http_headers`: no secret in an argv.
+pub fn codex_args(servers: &[McpServer]) -> (String, String) {
+    let mut args = String::new();
+    let mut env = std::collections::BTreeMap::new();
+    for server in servers {
+        let mut table = toml::Table::new();
+        table.insert("url".into(), toml::Value::String(server.url.clone()));
+        let mut headers = toml::Table::new();
+        for (index, name) in server.headers.keys().enumerate() {
+            let variable = format!(
+                "CUBBI_MCP_{}_{index}",
+                server.name.to_ascii_uppercase().replace('-', "_")
+            );
+            env.insert(variable.clone(), server.headers[name].clone());
+            headers.insert(name.clone(), toml::Value::String(variable));
+        }
+        if !headers.is_empty() {
+            table.insert("env_http_headers".into(), toml::Value::Table(headers));
+        }
+        args.push_str(&format!(
+            "mcp_servers.{}={}\n",
+            server.name,
+            toml::Value::Table(table)
+        ));
+    }
+    let env = crate::config::env_file::render(&env).unwrap_or_default();
+    (args, env)
+}
+
 /// The tar archive (extracted at `/`) of every tool's file; `None` without servers.
 pub fn archive(servers: &[McpServer]) -> std::io::Result<Option<Vec<u8>>> {
     if servers.is_empty() {
@@ -151,6 +183,9 @@ pub fn archive(servers: &[McpServer]) -> std::io::Result<Option<Vec<u8>>> {
         ),
         ("codex.toml".to_string(), codex(servers), 0o640),
     ];
+    let (codex_args, codex_env) = codex_args(servers);
+    files.push(("codex.args".to_string(), codex_args, 0o640));
+    files.push(("codex.env".to_string(), codex_env, 0o640));
     let stdio: Vec<&McpServer> = servers.iter().filter(|s| s.stdio.is_some()).collect();
     if !stdio.is_empty() {
         files.push((
@@ -250,6 +285,13 @@ mod tests {
             codex["mcp_servers"]["docs"]["http_headers"]["Authorization"].as_str(),
             Some("Bearer t0k\"en")
         );
+        let (args, env) = codex_args(&s);
+        assert_eq!(
+            args,
+            "mcp_servers.docs={ env_http_headers = { Authorization = \"CUBBI_MCP_DOCS_0\" }, url = \"http://10.0.0.1:8000/mcp\" }\n"
+        );
+        assert!(!args.contains("t0k"));
+        assert!(env.starts_with("CUBBI_MCP_DOCS_0=Bearer t0k"), "{env}");
         assert!(session_env(&[]).is_empty());
         assert!(!session_env(&s).values().any(|v| v.contains("t0k")));
     }
@@ -268,7 +310,7 @@ mod tests {
             assert!(mode == 0o640 || mode == 0o750, "{mode:o}");
             seen += 1;
         }
-        assert_eq!(seen, 5);
+        assert_eq!(seen, 7);
         assert!(archive_is_none_without_servers());
     }
 

@@ -595,12 +595,33 @@ fn remote_mcp_with(image: &'static str, name: &str) -> Result<(), Failed> {
         assert_eq!(
             calls.len(),
             1,
-            "{calls:?}; the model saw: {:?}",
+            "{calls:?}; the model saw: {:?}; the MCP server got {} requests; tools: {:?}",
             model
                 .turns()
                 .iter()
                 .map(|t| t.body.to_string().contains("lookup_word"))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>(),
+            mcp.request_headers().len(),
+            model
+                .turns()
+                .first()
+                .map(|t| {
+                    let text = t.body.to_string();
+                    let mut seen: Vec<String> = ["fixture", "tool_search", "mcp__", "search"]
+                        .iter()
+                        .filter(|w| text.contains(*w))
+                        .map(|w| w.to_string())
+                        .collect();
+                    seen.extend(
+                        t.body["input"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|i| i["type"].to_string()),
+                    );
+                    seen
+                })
+                .unwrap_or_default()
         );
         assert_eq!(calls[0]["args"]["topic"], "greeting");
         assert!(
