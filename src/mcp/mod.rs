@@ -60,7 +60,7 @@ pub enum McpError {
 /// A registered MCP server: a remote one the agent reaches over Streamable HTTP at `url`,
 /// or a stdio one ([`Stdio`]) that cubbi runs inside the session (its `url` is then empty
 /// until a session gives it a loopback port, see [`tool_config::resolve`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct McpServer {
     pub name: String,
@@ -75,7 +75,7 @@ pub struct McpServer {
 
 /// A stdio MCP server, run as a systemd service inside the session (as `agent`) behind a
 /// Streamable HTTP bridge on loopback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stdio {
     /// The program and its arguments (in `image`, when one is given; else in the session).
@@ -87,6 +87,28 @@ pub struct Stdio {
     /// The server's environment; values may be secrets (a file in the session, 0640).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+}
+
+/// Debug output (a `-vv` log, a panic) shows header and env names, never their values.
+impl std::fmt::Debug for McpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpServer")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("stdio", &self.stdio)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Stdio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stdio")
+            .field("command", &self.command)
+            .field("image", &self.image)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl McpServer {
@@ -386,6 +408,21 @@ mod tests {
                 "{name} {url:?}: one line: {err}"
             );
         }
+    }
+
+    #[test]
+    fn debug_output_names_secrets_without_their_values() {
+        let remote = McpServer::new("docs", "https://a.example", &["X-Key=sekrit".into()]).unwrap();
+        let stdio = McpServer::stdio("s", None, Some("run"), &["TOKEN=hidden".into()]).unwrap();
+        let shown = format!("{remote:?} {stdio:?}");
+        assert!(
+            shown.contains("X-Key") && shown.contains("TOKEN"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("sekrit") && !shown.contains("hidden"),
+            "{shown}"
+        );
     }
 
     #[test]
