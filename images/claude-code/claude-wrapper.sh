@@ -4,6 +4,8 @@
 # it as --mcp-config, in the interactive and the headless mode alike. Subcommands
 # (`claude mcp ...`, `claude config ...`) get their arguments unchanged.
 config=/etc/cubbi/mcp/claude.json
+# A session's stdio MCP servers start at boot beside sshd: wait (bounded) until they listen.
+[ -x /etc/cubbi/mcp/wait-bridges ] && /etc/cubbi/mcp/wait-bridges
 if [ -r "$config" ]; then
     case "${1:-}" in
         "" | -*) exec /usr/local/bin/claude-cli --mcp-config "$config" "$@" ;;

@@ -21,6 +21,26 @@ net.Server.prototype.listen = function (...args) {
 delete process.env.NODE_OPTIONS;
 "#;
 
+/// `/etc/cubbi/mcp/wait-bridges`: waits (at most 20 s) until every stdio server's bridge
+/// listens, so a tool started right after boot finds its servers (the units start beside
+/// sshd, and a login can come first). Tool wrappers run it; it never fails them.
+pub fn wait_script(ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "#!/bin/bash
+# cubbi: wait for the session's stdio MCP bridges on loopback.
+         for port in {}; do
+  for _ in $(seq 100); do
+             (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.2
+  done
+         done
+exit 0
+",
+        ports.join(" ")
+    )
+}
+
 /// The bridge of one stdio server: its port (from its resolved loopback URL) and command.
 pub struct Bridge<'a> {
     server: &'a McpServer,
@@ -60,6 +80,10 @@ impl<'a> Bridge<'a> {
             port,
             command: shell_words::join(&argv),
         })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn unit_name(&self) -> String {

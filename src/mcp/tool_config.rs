@@ -194,6 +194,17 @@ pub fn archive(servers: &[McpServer]) -> std::io::Result<Option<Vec<u8>>> {
             0o644,
         ));
     }
+    let ports: Vec<u16> = stdio
+        .iter()
+        .filter_map(|s| super::stdio_unit::Bridge::of(s).ok().map(|b| b.port()))
+        .collect();
+    if !ports.is_empty() {
+        files.push((
+            "wait-bridges".to_string(),
+            super::stdio_unit::wait_script(&ports),
+            0o755,
+        ));
+    }
     let mut units = Vec::new();
     for server in stdio {
         let bridge = super::stdio_unit::Bridge::of(server)?;

@@ -15,6 +15,7 @@ mod langfuse;
 mod lifecycle;
 mod logging;
 mod mcp;
+mod mcp_tools;
 mod oidc;
 mod openapi_tools;
 mod projects;
@@ -73,6 +74,7 @@ fn main() {
     tests.extend(lifecycle::tests());
     tests.extend(logging::tests());
     tests.extend(mcp::tests());
+    tests.extend(mcp_tools::tests());
     tests.extend(oidc::tests());
     tests.extend(openapi_tools::tests());
     tests.extend(projects::tests());
