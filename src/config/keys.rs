@@ -104,7 +104,11 @@ const STATIC_KEYS: &[(&str, Kind, &str)] = &[
         Kind::Text,
         "sets GEMINI_API_KEY and GOOGLE_API_KEY",
     ),
-    ("services.langfuse.url", Kind::Url, "sets LANGFUSE_URL"),
+    (
+        "services.langfuse.url",
+        Kind::Url,
+        "sets LANGFUSE_URL; with both keys, agents export OpenTelemetry there",
+    ),
     (
         "services.langfuse.public_key",
         Kind::Text,
