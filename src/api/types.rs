@@ -55,6 +55,9 @@ pub struct SessionSpec {
     /// many seconds; `None` keeps it running.
     #[serde(default)]
     pub idle_stop_secs: Option<u64>,
+    /// The names the session may reach; `None` leaves it open (the egress guard still holds).
+    #[serde(default)]
+    pub egress: Option<crate::egress::EgressRequest>,
 }
 
 fn yes() -> bool {
@@ -193,6 +196,21 @@ pub struct Session {
     /// The Docker networks the session is on (only filled by `get`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
+    /// The egress policy in force (only filled by `get`; absent: open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressView>,
+}
+
+/// A session's egress as `show` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EgressView {
+    pub mode: crate::egress::EgressMode,
+    /// `NAME` (with subdomains) or `=NAME`.
+    #[schema(value_type = Vec<String>)]
+    pub domains: Vec<crate::egress::DomainRule>,
+    /// The last names the resolver refused this session, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<String>,
 }
 
 /// Steps of a create, for progress displays and failure messages.

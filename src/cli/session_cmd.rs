@@ -156,6 +156,16 @@ pub struct CreateArgs {
     /// a service checks every minute.
     #[arg(long, value_name = "DURATION", value_parser = super::duration::parse_duration)]
     pub idle_stop: Option<std::time::Duration>,
+    /// Let the session reach this name and its subdomains (`=NAME`: the name alone); makes
+    /// the egress an allow-list. Repeatable, on top of `defaults.allowed_domains`.
+    #[arg(long = "allow-domain", value_name = "NAME")]
+    pub allow_domains: Vec<crate::egress::DomainRule>,
+    /// What the session reaches: allow-list (only the allowed names), open, or none.
+    #[arg(long, value_name = "MODE")]
+    pub egress: Option<crate::egress::EgressMode>,
+    /// Do not add the domains the image's tool needs to an allow-list.
+    #[arg(long)]
+    pub no_image_domains: bool,
     /// Boot a snapshot of yours (`cubbi snapshot list`) instead of an image: its files, with
     /// a new host key, port and name.
     #[arg(long, value_name = "SNAP", conflicts_with = "image")]
@@ -532,6 +542,20 @@ pub(super) fn spec_from(
         ssh_bind: args.ssh_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         authorized_keys: Vec::new(),
         idle_stop_secs: args.idle_stop.map(|idle| idle.as_secs().max(1)),
+        egress: egress_request(args, config),
+    })
+}
+
+/// The egress the flags and `defaults.egress`/`defaults.allowed_domains` ask for; `None` when
+/// neither says anything (an open session).
+fn egress_request(args: &CreateArgs, config: &Config) -> Option<crate::egress::EgressRequest> {
+    let mut domains = config.defaults.allowed_domains.clone();
+    domains.extend(args.allow_domains.iter().cloned());
+    let mode = args.egress.or(config.defaults.egress);
+    (mode.is_some() || !domains.is_empty()).then_some(crate::egress::EgressRequest {
+        mode,
+        domains,
+        image_domains: !args.no_image_domains,
     })
 }
 
@@ -907,6 +931,17 @@ fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), Cl
     }
     if !session.networks.is_empty() {
         out += &format!("networks:   {}\n", safe(&session.networks.join(", ")));
+    }
+    out += &format!(
+        "egress:     {}\n",
+        safe(&crate::egress::describe(session.egress.as_ref()))
+    );
+    if let Some(denied) = session
+        .egress
+        .as_ref()
+        .filter(|view| !view.denied.is_empty())
+    {
+        out += &format!("denied:     {}\n", safe(&denied.denied.join(", ")));
     }
     out += &format!(
         "ssh:        {}\n",

@@ -99,6 +99,13 @@ pub struct Defaults {
     pub runtime: String,
     /// Allow `runc` without Sysbox: sessions are then NOT isolated from the host.
     pub allow_unsafe_runc: bool,
+    /// Egress of new sessions (`allow-list`, `open`, `none`); `allow-list` when
+    /// `allowed_domains` names any, else open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressMode>,
+    /// Names every new session may reach (`NAME` with its subdomains, `=NAME` alone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_domains: Vec<crate::egress::DomainRule>,
 }
 
 impl Default for Defaults {
@@ -113,6 +120,8 @@ impl Default for Defaults {
             pids_limit: crate::api::DEFAULT_PIDS_LIMIT,
             runtime: "sysbox-runc".into(),
             allow_unsafe_runc: false,
+            egress: None,
+            allowed_domains: Vec::new(),
         }
     }
 }

@@ -419,6 +419,7 @@ pub(super) fn create_request(
         ssh_bind: _, // `--ssh-bind` is refused for a remote where it is parsed
         authorized_keys,
         idle_stop_secs,
+        egress,
     } = spec;
     if let Some(workspace) = &workspace {
         return Err(ApiError::invalid(format!(
@@ -449,6 +450,7 @@ pub(super) fn create_request(
         runtime: Some(runtime),
         idle_stop_secs,
         public_key: Some(public_key),
+        egress,
     })
 }
 
@@ -599,6 +601,7 @@ mod tests {
             ssh_bind: "127.0.0.1".parse().unwrap(),
             authorized_keys: Vec::new(),
             idle_stop_secs: None,
+            egress: None,
         }
     }
 

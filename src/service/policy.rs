@@ -198,6 +198,7 @@ impl Policy {
             ssh_bind: self.ssh_bind,
             authorized_keys: request.public_key.into_iter().collect(),
             idle_stop_secs,
+            egress: request.egress,
         })
     }
 }

@@ -310,6 +310,7 @@ fn spec(name: &str, project: Option<&str>, network: &str) -> SessionSpec {
         ssh_bind: "127.0.0.1".parse().expect("an address"),
         authorized_keys: Vec::new(),
         idle_stop_secs: None,
+        egress: None,
     }
 }
 

@@ -50,6 +50,7 @@ pub(crate) fn spec(name: &str) -> SessionSpec {
         ssh_bind: "127.0.0.1".parse().expect("an address"),
         authorized_keys: Vec::new(),
         idle_stop_secs: None,
+        egress: None,
     }
 }
 
