@@ -37,6 +37,17 @@ enum SessionCommand {
     Create(Box<CreateCommandArgs>),
     /// List your sessions.
     List,
+    /// Change what a running session may reach, without a restart.
+    Egress {
+        /// Session id (a unique prefix works) or name.
+        id: String,
+        /// Let it reach NAME and its subdomains (`=NAME`: the name alone). Repeatable.
+        #[arg(long, value_name = "NAME")]
+        allow: Vec<crate::egress::DomainRule>,
+        /// Take NAME away (and what it was handed for it). Repeatable.
+        #[arg(long, value_name = "NAME")]
+        deny: Vec<crate::egress::DomainRule>,
+    },
     /// Show everything about one session, including how to SSH in.
     Show {
         /// Session id (a unique prefix works) or name.
@@ -357,6 +368,17 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
             let sessions = backend.list().await?;
             print_sessions(&sessions, context, &config)?;
             Ok(ExitCode::SUCCESS)
+        }
+        SessionCommand::Egress { id, allow, deny } => {
+            super::egress_cmd::change(
+                backend,
+                target.remote.is_some(),
+                &id,
+                allow,
+                deny,
+                context.mode,
+            )
+            .await
         }
         SessionCommand::Show { id } => {
             let session = backend.get(&id).await?;

@@ -4,11 +4,13 @@
 //! - [`EgressRequest`]: what a create asks for, turned into the policy recorded on the session
 //!   (the `io.cubbi.egress` label) together with the image's own domains.
 
+pub mod daemon;
 pub mod nft;
 pub mod policy;
 pub mod resolver;
 #[cfg(test)]
 mod resolver_tests;
+pub mod store;
 pub mod table;
 
 use serde::{Deserialize, Serialize};
@@ -84,15 +86,15 @@ pub fn session_policy(
     Ok(policy.restricted().then_some(policy))
 }
 
-/// What `show` reports of a session's label. A label that does not read back (a container
-/// not made by this cubbi) shows as `none`: the resolver refuses such a session everything.
-pub fn view_of_label(label: &str) -> crate::api::EgressView {
-    let policy = EgressPolicy::from_label(label)
-        .unwrap_or_else(|_| EgressPolicy::new(EgressMode::None, []).unwrap_or_default());
+/// What `show` reports: the policy in force (a live change's, else the label's) and the names
+/// the resolver refused lately.
+pub fn view_of_session(id: &str, label: &str) -> crate::api::EgressView {
+    let store = store::EgressStore::from_env();
+    let policy = store.in_force(id, label);
     crate::api::EgressView {
         mode: policy.mode(),
         domains: policy.domains().to_vec(),
-        denied: Vec::new(),
+        denied: store.denied(id),
     }
 }
 

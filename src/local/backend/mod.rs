@@ -319,7 +319,7 @@ impl Backend for LocalBackend {
             .and_then(|container| container.config.as_ref())
             .and_then(|config| config.labels.as_ref())
             .and_then(|labels| labels.get(crate::local::labels::EGRESS))
-            .map(|label| crate::egress::view_of_label(label));
+            .map(|label| crate::egress::view_of_session(&session.id, label));
         let mut networks: Vec<String> = inspected
             .and_then(|container| container.network_settings)
             .and_then(|settings| settings.networks)

@@ -1,0 +1,313 @@
+//! Egress by name on real parts: a network namespace plays the internet (Debian's dnsmasq as
+//! its resolver, Python HTTP servers for `allowed.test`, `sub.allowed.test` and `other.test`
+//! on addresses of the benchmark range 198.18.0.0/15), cubbi's resolver runs as the process
+//! the engine's unit runs (`cubbi egress resolver`), and a real session (systemd, sshd, an
+//! inner dockerd) is held to its allow-list by the kernel: by name, by address, after its
+//! root rewrote /etc/resolv.conf, and from an inner `docker run`. Everything the test makes
+//! (namespace, veth, nft table) is its own and goes when it ends.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use libtest_mimic::{Failed, Trial};
+
+use crate::support::sysbox::UNSAFE_RUNC_FLAGS;
+use crate::support::{DockerScope, TestHome, create_args_on, docker_test, eventually};
+
+pub fn tests() -> Vec<Trial> {
+    crate::trials![a_session_reaches_only_the_names_it_is_allowed]
+}
+
+/// The "internet": 198.18.94.0/24 behind a veth, in a namespace of its own.
+const HOST_SIDE: &str = "198.18.94.1";
+const RESOLVER: &str = "198.18.94.2";
+const ALLOWED: &str = "198.18.94.10";
+const SUB_ALLOWED: &str = "198.18.94.11";
+const OTHER: &str = "198.18.94.12";
+/// Where cubbi's resolver answers (the host's side of the veth, which sessions reach).
+const LISTEN: &str = "198.18.94.1:5353";
+
+fn ip(args: &[&str]) -> Result<(), Failed> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+struct Internet {
+    namespace: String,
+    veth: String,
+    table: String,
+    children: Vec<Child>,
+    _web: tempfile::TempDir,
+}
+
+impl Internet {
+    fn start(table: &str) -> Result<Self, Failed> {
+        for tool in ["dnsmasq", "nft", "python3"] {
+            if Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()?
+                .success()
+                .then_some(())
+                .is_none()
+            {
+                return Err(format!("{tool} is missing (install/test.sh installs it)").into());
+            }
+        }
+        let suffix = std::process::id() % 100_000;
+        let namespace = format!("cbeg{suffix}");
+        let veth = format!("cbeg{suffix}h");
+        let peer = format!("cbeg{suffix}n");
+        let web = tempfile::tempdir()?;
+        std::fs::write(web.path().join("hello.txt"), "hello from the internet\n")?;
+        let mut internet = Self {
+            namespace: namespace.clone(),
+            veth: veth.clone(),
+            table: table.to_string(),
+            children: Vec::new(),
+            _web: web,
+        };
+        ip(&["netns", "add", &namespace])?;
+        ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])?;
+        ip(&["link", "set", &peer, "netns", &namespace])?;
+        ip(&["addr", "add", &format!("{HOST_SIDE}/24"), "dev", &veth])?;
+        ip(&["link", "set", &veth, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", namespace.as_str(), "ip"];
+            all.extend(args);
+            ip(&all)
+        };
+        for address in [RESOLVER, ALLOWED, SUB_ALLOWED, OTHER] {
+            inside(&["addr", "add", &format!("{address}/24"), "dev", &peer])?;
+        }
+        inside(&["link", "set", &peer, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        inside(&["route", "add", "default", "via", HOST_SIDE])?;
+        let dnsmasq = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &namespace,
+                "dnsmasq",
+                "--no-daemon",
+                "--no-resolv",
+            ])
+            .args(["--no-hosts", "--bind-interfaces", "--user=root"])
+            .arg(format!("--listen-address={RESOLVER}"))
+            .arg(format!("--address=/allowed.test/{ALLOWED}"))
+            .arg(format!("--address=/sub.allowed.test/{SUB_ALLOWED}"))
+            .arg(format!("--address=/other.test/{OTHER}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        internet.children.push(dnsmasq);
+        let web = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &namespace,
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+            ])
+            .arg("--directory")
+            .arg(internet._web.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        internet.children.push(web);
+        Ok(internet)
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.namespace])
+            .status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.table])
+            .status();
+    }
+}
+
+/// The engine bridge of the harness's dockerd: its networks' bridges start with it.
+async fn engine_bridge(scope: &DockerScope) -> Result<String, Failed> {
+    let bridge = scope
+        .docker
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await?
+        .options
+        .and_then(|options| options.get("com.docker.network.bridge.name").cloned())
+        .ok_or("the default network names no bridge")?;
+    if bridge == "docker0" {
+        return Err("the harness's dockerd uses docker0; give it a bridge of its own".into());
+    }
+    Ok(bridge)
+}
+
+fn exec(
+    scope: &DockerScope,
+    home: &TestHome,
+    name: &str,
+    script: &str,
+) -> crate::support::cli::Ran {
+    scope
+        .cubbi(home)
+        .args(["session", "exec", name, "--", "bash", "-c", script])
+        .run()
+}
+
+fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
+    docker_test("egress", |scope| async move {
+        scope.ensure_base().await?;
+        let bridge = engine_bridge(&scope).await?;
+        let table = format!("cubbi_egress_{bridge}");
+        let _internet = Internet::start(&table)?;
+        let home = TestHome::new();
+        let state = tempfile::tempdir()?;
+        let mut resolver = scope
+            .cubbi(&home)
+            .env("CUBBI_EGRESS_DIR", state.path())
+            .args([
+                "egress", "resolver", "--listen", LISTEN, "--bridge", &bridge,
+            ])
+            .args(["--upstream", RESOLVER])
+            .spawn();
+        let result = async {
+            let name = "egress-demo";
+            scope
+                .cubbi(&home)
+                .env("CUBBI_EGRESS_DIR", state.path())
+                .args(create_args_on(
+                    &UNSAFE_RUNC_FLAGS,
+                    name,
+                    &["--allow-domain", "allowed.test", "--no-image-domains"],
+                ))
+                .run()
+                .success();
+            let shown = scope
+                .cubbi(&home)
+                .args(["--json", "session", "show", name])
+                .run()
+                .success()
+                .stdout();
+            let shown: serde_json::Value = serde_json::from_str(&shown)?;
+            assert_eq!(shown["egress"]["mode"], "allow-list", "{shown}");
+            assert_eq!(shown["egress"]["domains"], serde_json::json!(["allowed.test"]));
+
+            let curl = |target: &str| format!("curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{target}/hello.txt");
+            // By name, the allowed name and its subdomain (the resolver may need a moment to
+            // see the new session).
+            eventually(Duration::from_secs(60), || {
+                let ran = exec(&scope, &home, name, &curl("allowed.test"));
+                async move {
+                    (ran.stdout().trim() == "200")
+                        .then_some(())
+                        .ok_or(format!("allowed.test: {} {}", ran.stdout(), ran.stderr()))
+                }
+            })
+            .await?;
+            exec(&scope, &home, name, &curl("sub.allowed.test")).success().stdout_is("200");
+            // Another name does not resolve, and its address is out of reach anyway.
+            let lookup = exec(&scope, &home, name, "getent hosts other.test");
+            assert!(lookup.code() != Some(0), "other.test resolved: {}", lookup.stdout());
+            exec(&scope, &home, name, &curl("other.test")).failure();
+            exec(&scope, &home, name, &curl(OTHER)).failure();
+            // Root points resolv.conf at the internet's resolver: its port 53 is cubbi's anyway.
+            exec(
+                &scope,
+                &home,
+                name,
+                &format!("echo 'nameserver {RESOLVER}' | sudo tee /etc/resolv.conf >/dev/null"),
+            )
+            .success();
+            let lookup = exec(&scope, &home, name, "getent hosts other.test");
+            assert!(lookup.code() != Some(0), "other.test resolved via {RESOLVER}");
+            exec(&scope, &home, name, &curl(OTHER)).failure();
+            exec(&scope, &home, name, &curl("allowed.test")).success().stdout_is("200");
+            // An inner container is NATed to the session's address: held the same.
+            let inner = exec(
+                &scope,
+                &home,
+                name,
+                &format!(
+                    "set -e; d=$(mktemp -d); mkdir -p $d/bin; cp /bin/bash $d/bin/bash; \
+                     for lib in $(ldd /bin/bash | grep -o '/[^ ]*'); do mkdir -p $d$(dirname $lib); cp $lib $d$lib; done; \
+                     tar -C $d -c . | sudo docker import - tiny >/dev/null; \
+                     sudo docker run --rm tiny /bin/bash -c 'exec 3<>/dev/tcp/{ALLOWED}/80 && echo allowed-ok'; \
+                     sudo docker run --rm tiny /bin/bash -c 'timeout 5 bash -c \"exec 3<>/dev/tcp/{OTHER}/80\" && echo other-ok || echo other-refused'"
+                ),
+            )
+            .success()
+            .stdout();
+            assert!(inner.contains("allowed-ok"), "{inner}");
+            assert!(inner.contains("other-refused"), "{inner}");
+
+            // A live --allow opens other.test; --deny closes it again, without a restart.
+            scope
+                .cubbi(&home)
+                .env("CUBBI_EGRESS_DIR", state.path())
+                .args(["session", "egress", name, "--allow", "other.test"])
+                .run()
+                .success();
+            eventually(Duration::from_secs(30), || {
+                let ran = exec(&scope, &home, name, &curl("other.test"));
+                async move {
+                    (ran.stdout().trim() == "200")
+                        .then_some(())
+                        .ok_or(format!("other.test after --allow: {}", ran.stderr()))
+                }
+            })
+            .await?;
+            scope
+                .cubbi(&home)
+                .env("CUBBI_EGRESS_DIR", state.path())
+                .args(["session", "egress", name, "--deny", "other.test"])
+                .run()
+                .success();
+            eventually(Duration::from_secs(30), || {
+                let ran = exec(&scope, &home, name, &curl(OTHER));
+                async move {
+                    (ran.code() != Some(0))
+                        .then_some(())
+                        .ok_or("other.test still reachable after --deny".to_string())
+                }
+            })
+            .await?;
+            // show lists what the agent tried.
+            let shown = scope
+                .cubbi(&home)
+                .env("CUBBI_EGRESS_DIR", state.path())
+                .args(["session", "show", name])
+                .run()
+                .success()
+                .stdout();
+            assert!(shown.contains("denied:") && shown.contains("other.test"), "{shown}");
+            Ok::<(), Failed>(())
+        }
+        .await;
+        let _ = resolver.kill();
+        let _ = resolver.wait();
+        result
+    })
+}
