@@ -10,6 +10,7 @@ pub mod policy;
 pub mod resolver;
 #[cfg(test)]
 mod resolver_tests;
+pub mod service_rules;
 pub mod store;
 pub mod table;
 

@@ -15,8 +15,14 @@ use crate::support::sysbox::UNSAFE_RUNC_FLAGS;
 use crate::support::{DockerScope, TestHome, create_args_on, docker_test, eventually};
 
 pub fn tests() -> Vec<Trial> {
-    crate::trials![a_session_reaches_only_the_names_it_is_allowed]
+    crate::trials![
+        a_session_reaches_only_the_names_it_is_allowed,
+        a_service_forces_its_allow_list_and_refuses_other_names,
+    ]
 }
+
+/// The two tests share the namespace's addresses and the engine's table: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The "internet": 198.18.94.0/24 behind a veth, in a namespace of its own.
 const HOST_SIDE: &str = "198.18.94.1";
@@ -178,6 +184,9 @@ fn exec(
 }
 
 fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     docker_test("egress", |scope| async move {
         scope.ensure_base().await?;
         let bridge = engine_bridge(&scope).await?;
@@ -185,14 +194,7 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
         let _internet = Internet::start(&table)?;
         let home = TestHome::new();
         let state = tempfile::tempdir()?;
-        let mut resolver = scope
-            .cubbi(&home)
-            .env("CUBBI_EGRESS_DIR", state.path())
-            .args([
-                "egress", "resolver", "--listen", LISTEN, "--bridge", &bridge,
-            ])
-            .args(["--upstream", RESOLVER])
-            .spawn();
+        let mut resolver = start_resolver(&scope, &home, state.path(), &bridge);
         let result = async {
             let name = "egress-demo";
             scope
@@ -303,6 +305,138 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
                 .success()
                 .stdout();
             assert!(shown.contains("denied:") && shown.contains("other.test"), "{shown}");
+            Ok::<(), Failed>(())
+        }
+        .await;
+        let _ = resolver.kill();
+        let _ = resolver.wait();
+        result
+    })
+}
+
+/// The resolver as the engine's unit runs it, on the harness's dockerd.
+fn start_resolver(
+    scope: &DockerScope,
+    home: &TestHome,
+    state: &std::path::Path,
+    bridge: &str,
+) -> Child {
+    scope
+        .cubbi(home)
+        .env("CUBBI_EGRESS_DIR", state)
+        .args(["egress", "resolver", "--listen", LISTEN, "--bridge", bridge])
+        .args(["--upstream", RESOLVER])
+        .spawn()
+}
+
+fn a_service_forces_its_allow_list_and_refuses_other_names() -> Result<(), Failed> {
+    use cubbi::api::{Backend, ErrorCode, Quiet};
+    use cubbi::egress::EgressRequest;
+
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+
+    docker_test("egress-serve", |scope| async move {
+        scope.ensure_base().await?;
+        let bridge = engine_bridge(&scope).await?;
+        let table = format!("cubbi_egress_{bridge}");
+        let _internet = Internet::start(&table)?;
+        let home = TestHome::new();
+        let state = tempfile::tempdir()?;
+        let mut resolver = start_resolver(&scope, &home, state.path(), &bridge);
+        let result = async {
+            let mut service = crate::support::service::TestService::start(&scope, |config| {
+                config.egress = toml::from_str(
+                    r#"
+                    force_allow_list = true
+                    always = ["=allowed.test"]
+                    allowed = ["allowed.test"]
+                    never = ["other.test"]
+                    "#,
+                )
+                .expect("an [egress] section");
+            })
+            .await?;
+            let owner = crate::support::service::user(&scope, "egress");
+            let token = service.token(&owner, false)?;
+            let backend = service.client(&token)?;
+
+            // Asking for a name outside the service's list: 400, code egress_domain, named.
+            let mut forbidden = crate::serve::spec(&crate::support::service::user(&scope, "eg-x"));
+            forbidden.egress = Some(EgressRequest {
+                domains: vec!["other.test".parse()?],
+                ..Default::default()
+            });
+            let err = backend
+                .create(forbidden, &Quiet)
+                .await
+                .err()
+                .ok_or("other.test was accepted")?;
+            assert_eq!(err.code(), ErrorCode::EgressDomain, "{err}");
+            assert!(err.to_string().contains("other.test"), "{err}");
+            let answer = reqwest::Client::new()
+                .post(format!("{}/v1/sessions", service.url))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"image": "base", "egress": {"domains": ["sub.allowed.test", "x.other.test"]}}))
+                .send()
+                .await?;
+            assert_eq!(answer.status().as_u16(), 400);
+            let body: serde_json::Value = answer.json().await?;
+            assert_eq!(body["error"]["code"], "egress_domain", "{body}");
+            assert!(body.to_string().contains("x.other.test"), "{body}");
+            let none_left = crate::support::containers_labelled(
+                &scope.docker,
+                &format!("io.cubbi.owner={owner}"),
+            )
+            .await?;
+            assert!(none_left.is_empty(), "a refused create left a container");
+
+            // A request that says nothing is held to the forced list (=allowed.test alone).
+            let name = crate::support::service::user(&scope, "eg");
+            let session = backend.create(crate::serve::spec(&name), &Quiet).await?;
+            let shown = backend.get(&session.id).await?;
+            let egress = shown.egress.ok_or("the service's session shows no egress")?;
+            assert_eq!(egress.domains, vec!["=allowed.test".parse()?]);
+            let curl = |target: &str| {
+                vec![
+                    "curl".to_string(),
+                    "-sS".into(),
+                    "-m".into(),
+                    "5".into(),
+                    "-o".into(),
+                    "/dev/null".into(),
+                    "-w".into(),
+                    "%{http_code}".into(),
+                    format!("http://{target}/hello.txt"),
+                ]
+            };
+            let run = |command: Vec<String>| {
+                let backend = &backend;
+                let id = session.id.clone();
+                async move {
+                    let words: Vec<&str> = command.iter().map(String::as_str).collect();
+                    crate::serve::run(backend, &id, &words).await
+                }
+            };
+            eventually(Duration::from_secs(60), || {
+                let attempt = run(curl("allowed.test"));
+                async move {
+                    let (out, err, _) = attempt.await.map_err(|e| format!("{e:?}"))?;
+                    (out.trim() == "200")
+                        .then_some(())
+                        .ok_or(format!("allowed.test: {out} {err}"))
+                }
+            })
+            .await?;
+            let (_, _, code) = run(curl("sub.allowed.test")).await?;
+            assert_ne!(code, 0, "=allowed.test let sub.allowed.test through");
+            let (_, _, code) = run(curl("other.test")).await?;
+            assert_ne!(code, 0, "other.test was reachable by name");
+            let (_, _, code) = run(curl(OTHER)).await?;
+            assert_ne!(code, 0, "other.test was reachable by address");
+            backend.close(&session.id).await?;
+            service.stop().await?;
             Ok::<(), Failed>(())
         }
         .await;
