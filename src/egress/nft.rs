@@ -37,6 +37,9 @@ pub const DEFAULT_GRACE_SECS: u32 = 30;
 pub const MIN_ALLOW_SECS: u32 = 5;
 /// The most (a TTL of days would keep a name's old addresses open for days).
 pub const MAX_ALLOW_SECS: u32 = 24 * 3600;
+/// The port the engine's resolver answers on (the engine bridge's gateway address); the
+/// firewall's input chain lets redirected DNS through to it.
+pub const RESOLVER_PORT: u16 = 5301;
 /// The ports a restricted session may connect to on an allowed address.
 pub const DEFAULT_PORTS: &[u16] = &[80, 443];
 
