@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs bench/egress.py (the latency cubbi's egress resolver adds to a lookup, cached and not,
+# and to connection setup, against an open session in the same run) on a throwaway dockerd:
+#
+#   sudo bench/egress.sh [-n 1000]
+#
+# A network namespace plays the internet (dnsmasq for *.allowed.test, python3 -m http.server),
+# as in tests/integration/egress.rs; `cubbi egress resolver` runs on the bench's bridge. Needs
+# dnsmasq and nft besides what bench/private-engine.sh needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/private-engine.sh
+. bench/private-engine.sh
+
+ns=cbbeg$$
+veth=cbbeg$$h
+peer=cbbeg$$n
+web=$(mktemp -d)
+echo "hello" >"$web/hello.txt"
+pids=()
+egress_cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    ip link del "$veth" 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+    nft delete table ip "cubbi_egress_$bridge" 2>/dev/null || true
+    rm -rf "$web"
+    cleanup
+}
+trap egress_cleanup EXIT
+
+ip netns add "$ns"
+ip link add "$veth" type veth peer name "$peer"
+ip link set "$peer" netns "$ns"
+ip addr add 198.18.95.1/24 dev "$veth"
+ip link set "$veth" up
+for address in 198.18.95.2 198.18.95.10; do
+    ip netns exec "$ns" ip addr add "$address/24" dev "$peer"
+done
+ip netns exec "$ns" ip link set "$peer" up
+ip netns exec "$ns" ip link set lo up
+ip netns exec "$ns" ip route add default via 198.18.95.1
+ip netns exec "$ns" dnsmasq --no-daemon --no-resolv --no-hosts --bind-interfaces --user=root \
+    --listen-address=198.18.95.2 --address=/allowed.test/198.18.95.10 --cache-size=10000 \
+    >/dev/null 2>&1 &
+pids+=($!)
+ip netns exec "$ns" python3 -m http.server 80 --directory "$web" >/dev/null 2>&1 &
+pids+=($!)
+CUBBI_EGRESS_DIR="$root/egress" "$cubbi" --endpoint "$sock" egress resolver \
+    --listen 198.18.95.1:5301 --bridge "$bridge" --upstream 198.18.95.2 \
+    >"$root/resolver.log" 2>&1 &
+pids+=($!)
+
+python3 bench/egress.py --endpoint "$sock" --cubbi "$cubbi" --runtime runc \
+    --upstream 198.18.95.2 --target 198.18.95.10 "$@"
