@@ -62,8 +62,10 @@ def measure(pid, mode, upstream, target, n, names):
     ran = subprocess.run(
         ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", CLIENT, mode, upstream, target,
          str(n), *names],
-        check=True, capture_output=True, text=True,
+        capture_output=True, text=True,
     )
+    if ran.returncode != 0:
+        sys.exit("%s from pid %d failed: %s" % (mode, pid, ran.stderr.strip()[-2000:]))
     return json.loads(ran.stdout)
 
 def summary(samples):

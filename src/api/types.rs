@@ -211,6 +211,12 @@ pub struct EgressView {
     /// The last names the resolver refused this session, newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied: Vec<String>,
+    /// Lookups refused in all.
+    #[serde(default)]
+    pub denied_lookups: u64,
+    /// Connections the kernel refused in all (direct addresses, other resolvers, ports).
+    #[serde(default)]
+    pub denied_connections: u64,
 }
 
 /// Steps of a create, for progress displays and failure messages.

@@ -158,7 +158,7 @@ pub async fn change(
     let view = EgressView {
         mode: policy.mode(),
         domains: policy.domains().to_vec(),
-        denied: view.denied.clone(),
+        ..view.clone()
     };
     if mode.json {
         println!(

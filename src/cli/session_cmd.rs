@@ -958,12 +958,16 @@ fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), Cl
         "egress:     {}\n",
         safe(&crate::egress::describe(session.egress.as_ref()))
     );
-    if let Some(denied) = session
-        .egress
-        .as_ref()
-        .filter(|view| !view.denied.is_empty())
-    {
-        out += &format!("denied:     {}\n", safe(&denied.denied.join(", ")));
+    if let Some(view) = &session.egress {
+        if !view.denied.is_empty() {
+            out += &format!("denied:     {}\n", safe(&view.denied.join(", ")));
+        }
+        if view.denied_lookups + view.denied_connections > 0 {
+            out += &format!(
+                "refused:    {} lookups, {} connections\n",
+                view.denied_lookups, view.denied_connections
+            );
+        }
     }
     out += &format!(
         "ssh:        {}\n",

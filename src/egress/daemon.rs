@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use super::nft::{self, NftSettings};
 use super::resolver::{AllowSink, Resolver};
-use super::store::EgressStore;
+use super::store::{DeniedRecord, EgressStore};
 use super::table::PolicyTable;
 use super::{EgressMode, EgressPolicy};
 use crate::engine::runner::CommandRunner;
@@ -133,12 +133,21 @@ pub async fn sync(
             }
         }
     }
-    for entry in table.entries() {
-        if !entry.denied.is_empty() {
-            let names: Vec<String> = entry.denied.iter().cloned().collect();
-            if settings.store.denied(&entry.id) != names {
-                let _ = settings.store.write_denied(&entry.id, &names);
-            }
+    let connections = runner
+        .output(
+            nft::NFT,
+            &["-j", "list", "set", "ip", &table_name, "denied"],
+        )
+        .map(|listed| nft::parse_denied_counts(&listed.stdout))
+        .unwrap_or_default();
+    for (address, entry) in table.addressed() {
+        let record = DeniedRecord {
+            names: entry.denied.iter().cloned().collect(),
+            lookups: entry.denied_count,
+            connections: connections.get(&address).copied().unwrap_or(0),
+        };
+        if record != DeniedRecord::default() && settings.store.denied(&entry.id) != record {
+            let _ = settings.store.write_denied(&entry.id, &record);
         }
     }
     Ok(())

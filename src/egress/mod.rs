@@ -92,10 +92,13 @@ pub fn session_policy(
 pub fn view_of_session(id: &str, label: &str) -> crate::api::EgressView {
     let store = store::EgressStore::from_env();
     let policy = store.in_force(id, label);
+    let denied = store.denied(id);
     crate::api::EgressView {
         mode: policy.mode(),
         domains: policy.domains().to_vec(),
-        denied: store.denied(id),
+        denied: denied.names,
+        denied_lookups: denied.lookups,
+        denied_connections: denied.connections,
     }
 }
 

@@ -189,6 +189,27 @@ pub fn render_remove(table: &str) -> String {
     format!("table ip {table}\ndelete table ip {table}\n")
 }
 
+/// The refused-connection counts per session, from `nft -j list set ip TABLE denied`.
+pub fn parse_denied_counts(json: &str) -> std::collections::HashMap<Ipv4Addr, u64> {
+    let mut counts = std::collections::HashMap::new();
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return counts;
+    };
+    let items = value["nftables"].as_array().cloned().unwrap_or_default();
+    for item in items {
+        for element in item["set"]["elem"].as_array().cloned().unwrap_or_default() {
+            let element = &element["elem"];
+            if let (Some(address), Some(packets)) = (
+                element["val"].as_str().and_then(|text| text.parse().ok()),
+                element["counter"]["packets"].as_u64(),
+            ) {
+                counts.insert(address, packets);
+            }
+        }
+    }
+    counts
+}
+
 /// Runs one `nft -f -` transaction.
 pub fn apply(runner: &dyn CommandRunner, script: &str) -> Result<(), CommandError> {
     let output = runner.output_with_input(NFT, &["-f", "-"], script)?;
@@ -247,6 +268,18 @@ mod tests {
                 "delete element ip t allowed { 10.0.0.2 . 198.18.0.5 }",
                 "add element ip t allowed { 10.0.0.2 . 198.18.0.5 timeout 90s }",
             ]
+        );
+    }
+
+    #[test]
+    fn refused_connections_are_read_per_session() {
+        let listed = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "ip", "name": "denied", "table": "t", "type": "ipv4_addr", "elem": [{"elem": {"val": "10.1.0.2", "expires": 86399, "counter": {"packets": 3, "bytes": 180}}}]}}]}"#;
+        let counts = parse_denied_counts(listed);
+        assert_eq!(counts.get(&"10.1.0.2".parse().unwrap()), Some(&3));
+        assert!(parse_denied_counts("not json").is_empty());
+        assert!(
+            parse_denied_counts(r#"{"nftables": [{"set": {"elem": [{"elem": {"val": "x"}}]}}]}"#)
+                .is_empty()
         );
     }
 

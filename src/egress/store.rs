@@ -17,6 +17,18 @@ pub const DEFAULT_DIR: &str = "/var/lib/cubbi/egress";
 /// More than a full policy of 256 names of 253 characters.
 const MAX_FILE: u64 = 128 * 1024;
 
+/// What the resolver refused a session: the last names, and how many lookups and
+/// connections in all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeniedRecord {
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub lookups: u64,
+    #[serde(default)]
+    pub connections: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressStore {
     dir: PathBuf,
@@ -69,24 +81,26 @@ impl EgressStore {
         crate::atomic_file::write(&path, policy.to_label().as_bytes(), 0o640, 0o750)
     }
 
-    /// The last names refused, each a checked DNS name.
-    pub fn denied(&self, id: &str) -> Vec<String> {
+    /// What was refused, each name checked as a DNS name.
+    pub fn denied(&self, id: &str) -> DeniedRecord {
         let Some(text) = self.path(id, "denied").and_then(|path| read_bounded(&path)) else {
-            return Vec::new();
+            return DeniedRecord::default();
         };
-        let names: Vec<String> = serde_json::from_str(&text).unwrap_or_default();
-        names
+        let mut record: DeniedRecord = serde_json::from_str(&text).unwrap_or_default();
+        record.names = record
+            .names
             .into_iter()
             .filter(|name| name.parse::<DomainRule>().is_ok())
             .take(DENIED_KEPT)
-            .collect()
+            .collect();
+        record
     }
 
-    pub fn write_denied(&self, id: &str, names: &[String]) -> std::io::Result<()> {
+    pub fn write_denied(&self, id: &str, record: &DeniedRecord) -> std::io::Result<()> {
         let path = self
             .path(id, "denied")
             .ok_or_else(|| std::io::Error::other(format!("{id:?} is not a container id")))?;
-        let text = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+        let text = serde_json::to_string(record).unwrap_or_else(|_| "{}".into());
         crate::atomic_file::write(&path, text.as_bytes(), 0o640, 0o750)
     }
 
@@ -162,13 +176,19 @@ mod tests {
     fn refused_names_are_read_back_checked() {
         let dir = tempfile::tempdir().unwrap();
         let store = EgressStore::new(dir.path());
-        store.write_denied("abc", &["other.test".into()]).unwrap();
-        assert_eq!(store.denied("abc"), ["other.test"]);
+        let record = DeniedRecord {
+            names: vec!["other.test".into()],
+            lookups: 2,
+            connections: 5,
+        };
+        store.write_denied("abc", &record).unwrap();
+        assert_eq!(store.denied("abc"), record);
         std::fs::write(
             dir.path().join("abc.denied"),
-            r#"["ok.test","\u001b[31mx"]"#,
+            r#"{"names":["ok.test","\u001b[31mx"],"lookups":1}"#,
         )
         .unwrap();
-        assert_eq!(store.denied("abc"), ["ok.test"]);
+        assert_eq!(store.denied("abc").names, ["ok.test"]);
+        assert_eq!(store.denied("abc").lookups, 1);
     }
 }

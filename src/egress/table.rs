@@ -146,12 +146,14 @@ impl PolicyTable {
         forget
     }
 
-    /// Every entry, for the denied-names files.
-    pub fn entries(&self) -> Vec<SessionEntry> {
+    /// Every entry with its address, for the denied files.
+    pub fn addressed(&self) -> Vec<(Ipv4Addr, SessionEntry)> {
         let map = self
             .inner
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.values().cloned().collect()
+        map.iter()
+            .map(|(address, entry)| (*address, entry.clone()))
+            .collect()
     }
 }

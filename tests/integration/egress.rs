@@ -305,6 +305,18 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
                 .success()
                 .stdout();
             assert!(shown.contains("denied:") && shown.contains("other.test"), "{shown}");
+            // The kernel counted the refused connections (by address, from the inner
+            // container), the resolver the refused lookups.
+            let shown = scope
+                .cubbi(&home)
+                .env("CUBBI_EGRESS_DIR", state.path())
+                .args(["--json", "session", "show", name])
+                .run()
+                .success()
+                .stdout();
+            let shown: serde_json::Value = serde_json::from_str(&shown)?;
+            assert!(shown["egress"]["denied_connections"].as_u64() > Some(0), "{shown}");
+            assert!(shown["egress"]["denied_lookups"].as_u64() > Some(0), "{shown}");
             Ok::<(), Failed>(())
         }
         .await;
