@@ -18,6 +18,7 @@ pub fn tests() -> Vec<Trial> {
     crate::trials![
         a_session_reaches_only_the_names_it_is_allowed,
         a_service_forces_its_allow_list_and_refuses_other_names,
+        bad_egress_input_is_refused_and_nothing_is_made,
     ]
 }
 
@@ -455,5 +456,52 @@ fn a_service_forces_its_allow_list_and_refuses_other_names() -> Result<(), Faile
         let _ = resolver.kill();
         let _ = resolver.wait();
         result
+    })
+}
+
+fn bad_egress_input_is_refused_and_nothing_is_made() -> Result<(), Failed> {
+    docker_test("egress-bad", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        let refused = |extra: Vec<String>| {
+            let mut args: Vec<String> = create_args_on(&UNSAFE_RUNC_FLAGS, "egress-bad", &[])
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            args.extend(extra);
+            scope.cubbi(&home).args(args).run().failure().stderr()
+        };
+        let err = refused(vec!["--allow-domain".into(), "a.*.test".into()]);
+        assert!(err.contains("wildcard"), "{err}");
+        let err = refused(vec!["--allow-domain".into(), "not a name".into()]);
+        assert!(err.contains("not a DNS name"), "{err}");
+        let err = refused(vec!["--allow-domain".into(), "198.18.94.12".into()]);
+        assert!(err.contains("address"), "{err}");
+        let err = refused(vec!["--egress".into(), "closed".into()]);
+        assert!(err.contains("allow-list, open or none"), "{err}");
+        let many: Vec<String> = (0..=cubbi::egress::MAX_DOMAINS)
+            .flat_map(|n| ["--allow-domain".to_string(), format!("n{n}.test")])
+            .collect();
+        let err = refused(many);
+        assert!(err.contains("over the limit"), "{err}");
+        let made = crate::support::containers_labelled(
+            &scope.docker,
+            &format!("io.cubbi.owner={}", scope.id),
+        )
+        .await?;
+        assert!(
+            made.is_empty(),
+            "a refused create made {} containers",
+            made.len()
+        );
+        // A live change of a session that is not there is refused too.
+        let err = scope
+            .cubbi(&home)
+            .args(["session", "egress", "nobody-here", "--allow", "a.test"])
+            .run()
+            .failure()
+            .stderr();
+        assert!(err.contains("nobody-here"), "{err}");
+        Ok(())
     })
 }
