@@ -58,14 +58,14 @@ else:
 print(json.dumps(out))
 """
 
-def measure(pid, mode, upstream, target, n, names):
+def measure(label, pid, mode, upstream, target, n, names):
     ran = subprocess.run(
         ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", CLIENT, mode, upstream, target,
          str(n), *names],
         capture_output=True, text=True,
     )
     if ran.returncode != 0:
-        sys.exit("%s from pid %d failed: %s" % (mode, pid, ran.stderr.strip()[-2000:]))
+        sys.exit("%s from pid %d (%s) failed: %s" % (mode, pid, label, ran.stderr.strip()[-2000:]))
     return json.loads(ran.stdout)
 
 def summary(samples):
@@ -102,9 +102,9 @@ def main():
         tag = "%08x" % random.getrandbits(32)
         uncached = ["n%d-%s.allowed.test" % (i, tag) for i in range(args.n)]
         results[name] = {
-            "lookup, cached": measure(pid, "dns", args.upstream, args.target, args.n, cached),
-            "lookup, uncached": measure(pid, "dns", args.upstream, args.target, args.n, uncached),
-            "connect": measure(pid, "connect", args.upstream, args.target, args.n, []),
+            "lookup, cached": measure(name, pid, "dns", args.upstream, args.target, args.n, cached),
+            "lookup, uncached": measure(name, pid, "dns", args.upstream, args.target, args.n, uncached),
+            "connect": measure(name, pid, "connect", args.upstream, args.target, args.n, []),
         }
     print("%-18s %12s %12s %14s %14s %8s" % ("case", "open med ms", "open p99 ms",
                                             "allow med ms", "allow p99 ms", "ratio"))

@@ -19,6 +19,11 @@ web=$(mktemp -d)
 echo "hello" >"$web/hello.txt"
 pids=()
 egress_cleanup() {
+    if [ -n "${BENCH_DEBUG:-}" ]; then
+        nft list table ip "cubbi_egress_$bridge" || true
+        tail -20 "$root/resolver.log" || true
+        ls -l "$root/egress" 2>/dev/null || true
+    fi
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     ip link del "$veth" 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
@@ -48,6 +53,7 @@ pids+=($!)
 CUBBI_EGRESS_DIR="$root/egress" "$cubbi" --endpoint "$sock" egress resolver \
     --listen 198.18.95.1:5301 --bridge "$bridge" --upstream 198.18.95.2 \
     >"$root/resolver.log" 2>&1 &
+export CUBBI_EGRESS_DIR="$root/egress"
 pids+=($!)
 
 python3 bench/egress.py --endpoint "$sock" --cubbi "$cubbi" --runtime runc \

@@ -25,6 +25,17 @@ enum EgressCommand {
     /// Run the resolver restricted sessions are held to (needs root: it changes nftables).
     /// The engine runs it as a unit; it answers sessions only for the names they may reach.
     Resolver(ResolverArgs),
+    /// Print cubbi-egress.service for the recorded engine (its bridge and gateway), to
+    /// install as /etc/systemd/system/cubbi-egress.service.
+    Unit {
+        /// An upstream resolver (repeatable); the unit uses the host's resolv.conf servers
+        /// when none is given.
+        #[arg(long = "dns-upstream", value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
+        upstreams: Vec<SocketAddr>,
+        /// The engine's folder (`--engine-root` of setup); the system engine when absent.
+        #[arg(long, env = "CUBBI_ENGINE_ROOT", value_name = "DIR")]
+        engine_root: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -60,7 +71,38 @@ pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
 pub async fn run(args: EgressArgs, context: &Context) -> Result<ExitCode, CliError> {
     match args.command {
         EgressCommand::Resolver(args) => resolver(args, context).await,
+        EgressCommand::Unit {
+            upstreams,
+            engine_root,
+        } => unit(&upstreams, engine_root.as_deref()),
     }
+}
+
+fn unit(
+    upstreams: &[SocketAddr],
+    engine_root: Option<&std::path::Path>,
+) -> Result<ExitCode, CliError> {
+    let paths = crate::engine::EnginePaths::resolve(engine_root);
+    let settings = crate::engine::settings::EngineSettings::load(&paths.engine_json)
+        .map_err(|err| CliError::Refused(err.to_string()))?
+        .ok_or_else(|| {
+            CliError::Refused(format!(
+                "no engine is recorded in {}; run `sudo cubbi setup` first",
+                paths.engine_json.display()
+            ))
+        })?;
+    let listen = crate::egress::unit::listen_address(settings.subnet).ok_or_else(|| {
+        CliError::Refused(format!(
+            "the engine's subnet {} has no address",
+            settings.subnet
+        ))
+    })?;
+    let cubbi = std::env::current_exe()?;
+    print!(
+        "{}",
+        crate::egress::unit::render(&cubbi, listen, &settings.bridge, upstreams)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn resolver(args: ResolverArgs, context: &Context) -> Result<ExitCode, CliError> {

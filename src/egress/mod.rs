@@ -13,6 +13,7 @@ mod resolver_tests;
 pub mod service_rules;
 pub mod store;
 pub mod table;
+pub mod unit;
 
 use serde::{Deserialize, Serialize};
 
