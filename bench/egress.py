@@ -81,6 +81,7 @@ def main():
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--target", required=True)
     parser.add_argument("-n", type=int, default=1000)
+    parser.add_argument("--table", required=True, help="the resolver's nft table")
     args = parser.parse_args()
     runtime = ["--runtime", args.runtime] + (["--unsafe-runc"] if args.runtime == "runc" else [])
     common = ["session", "create", "--image", "base", "--no-connect", "--no-mount", *runtime]
@@ -94,8 +95,21 @@ def main():
             check=True, capture_output=True, text=True,
         )
         pids[name] = int(inspect.stdout.strip())
-    # The resolver picks a new session up within a second.
-    time.sleep(3)
+    # The resolver picks a new session up within a second: wait until the kernel holds it.
+    inspect = subprocess.run(
+        ["docker", "-H", args.endpoint, "inspect", "-f",
+         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "cubbi-bench-egress-allowlist"],
+        check=True, capture_output=True, text=True,
+    )
+    address = inspect.stdout.strip()
+    for _ in range(100):
+        listed = subprocess.run(["nft", "list", "set", "ip", args.table, "restricted"],
+                                capture_output=True, text=True).stdout
+        if address in listed:
+            break
+        time.sleep(0.2)
+    else:
+        sys.exit("the resolver never held %s" % address)
     cached = ["allowed.test"]
     results = {}
     for name, pid in pids.items():

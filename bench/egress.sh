@@ -23,6 +23,8 @@ egress_cleanup() {
         nft list table ip "cubbi_egress_$bridge" || true
         tail -20 "$root/resolver.log" || true
         ls -l "$root/egress" 2>/dev/null || true
+        ip -br addr | grep "$bridge" || true
+        conntrack -L 2>/dev/null | grep 198.18.95 | head -5 || true
     fi
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     ip link del "$veth" 2>/dev/null || true
@@ -57,4 +59,4 @@ export CUBBI_EGRESS_DIR="$root/egress"
 pids+=($!)
 
 python3 bench/egress.py --endpoint "$sock" --cubbi "$cubbi" --runtime runc \
-    --upstream 198.18.95.2 --target 198.18.95.10 "$@"
+    --upstream 198.18.95.2 --target 198.18.95.10 --table "cubbi_egress_$bridge" "$@"

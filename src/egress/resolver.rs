@@ -118,10 +118,12 @@ impl Resolver {
                 _ => None,
             })
             .collect();
-        if !addresses.is_empty() {
+        // An answer the kernel already holds for long enough needs no new transaction.
+        let pairs = self.table.to_tell(source, &addresses, self.grace_secs / 2);
+        if !pairs.is_empty() {
             let sink = self.sink.clone();
-            let pairs = addresses.clone();
-            let told = tokio::task::spawn_blocking(move || sink.allow(source, &pairs))
+            let told_pairs = pairs.clone();
+            let told = tokio::task::spawn_blocking(move || sink.allow(source, &told_pairs))
                 .await
                 .map_err(|err| err.to_string())
                 .and_then(|result| result);
@@ -129,8 +131,7 @@ impl Resolver {
                 tracing::warn!(%source, %name, %reason, "the kernel was not told; SERVFAIL");
                 return reply(ResponseCode::ServFail, Outcome::Failed(reason));
             }
-            self.table
-                .hold(source, addresses.iter().map(|(address, _)| *address));
+            self.table.hold(source, &pairs);
         }
         Some((
             bytes,

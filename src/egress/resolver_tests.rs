@@ -119,8 +119,22 @@ async fn an_allowed_name_is_forwarded_and_its_addresses_allowed_first() {
             .get(SESSION)
             .unwrap()
             .held
-            .contains(&ALLOWED_IP)
+            .contains_key(&ALLOWED_IP)
     );
+}
+
+#[tokio::test]
+async fn a_repeated_answer_is_told_to_the_kernel_once_within_the_grace() {
+    let sink = Arc::new(Recorded::default());
+    let resolver = resolver(sink.clone()).await;
+    for _ in 0..3 {
+        let (_, outcome) = resolver
+            .answer(SESSION, &query("allowed.test."))
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Answered(vec![ALLOWED_IP]));
+    }
+    assert_eq!(sink.calls.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! What the resolver knows of each session: its address, its policy, what it was handed and
 //! what it was refused. Filled from Docker (labels) and the live changes (`session egress`).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::EgressPolicy;
 
@@ -22,8 +23,9 @@ pub struct SessionEntry {
     pub denied: VecDeque<String>,
     /// How many lookups were refused in all.
     pub denied_count: u64,
-    /// Addresses handed out, so a narrowed policy takes them back at once.
-    pub held: BTreeSet<Ipv4Addr>,
+    /// Addresses handed out and when the kernel forgets them, so a narrowed policy takes
+    /// them back at once and a repeated answer needs no new kernel transaction.
+    pub held: BTreeMap<Ipv4Addr, Instant>,
 }
 
 impl SessionEntry {
@@ -33,7 +35,7 @@ impl SessionEntry {
             policy,
             denied: VecDeque::new(),
             denied_count: 0,
-            held: BTreeSet::new(),
+            held: BTreeMap::new(),
         }
     }
 }
@@ -92,18 +94,49 @@ impl PolicyTable {
         }
     }
 
-    /// Records addresses handed out.
-    pub fn hold(&self, source: Ipv4Addr, addresses: impl IntoIterator<Item = Ipv4Addr>) {
+    /// Records addresses handed out, each allowed for its seconds from now.
+    pub fn hold(&self, source: Ipv4Addr, addresses: &[(Ipv4Addr, u32)]) {
+        let now = Instant::now();
         let mut map = self
             .inner
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(entry) = map.get_mut(&source) {
-            entry.held.extend(addresses);
+            for (address, secs) in addresses {
+                entry
+                    .held
+                    .insert(*address, now + Duration::from_secs(u64::from(*secs)));
+            }
             while entry.held.len() > HELD_KEPT {
                 entry.held.pop_first();
             }
         }
+    }
+
+    /// Of `addresses`, those the kernel must be told again: not held, or held for less than
+    /// their seconds minus `slack` (so a name asked a thousand times a minute costs one
+    /// kernel transaction every `slack` seconds, not a thousand).
+    pub fn to_tell(
+        &self,
+        source: Ipv4Addr,
+        addresses: &[(Ipv4Addr, u32)],
+        slack: u32,
+    ) -> Vec<(Ipv4Addr, u32)> {
+        let now = Instant::now();
+        let map = self
+            .inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = map.get(&source).map(|entry| &entry.held);
+        addresses
+            .iter()
+            .filter(|(address, secs)| {
+                let wanted = now + Duration::from_secs(u64::from(secs.saturating_sub(slack)));
+                held.and_then(|held| held.get(address))
+                    .is_none_or(|until| *until < wanted)
+            })
+            .copied()
+            .collect()
     }
 
     /// Puts the sessions Docker reports in place: a session keeps what it was refused and
@@ -125,14 +158,14 @@ impl PolicyTable {
                     if entry.policy != policy {
                         forget.push((
                             address,
-                            std::mem::take(&mut entry.held).into_iter().collect(),
+                            std::mem::take(&mut entry.held).into_keys().collect(),
                         ));
                         entry.policy = policy;
                     }
                     entry
                 }
                 Some(entry) => {
-                    forget.push((address, entry.held.into_iter().collect()));
+                    forget.push((address, entry.held.into_keys().collect()));
                     SessionEntry::new(id, policy)
                 }
                 None => SessionEntry::new(id, policy),
@@ -140,7 +173,7 @@ impl PolicyTable {
             map.insert(address, entry);
         }
         for (address, entry) in old {
-            forget.push((address, entry.held.into_iter().collect()));
+            forget.push((address, entry.held.into_keys().collect()));
         }
         forget.retain(|(_, held): &(Ipv4Addr, Vec<Ipv4Addr>)| !held.is_empty());
         forget
