@@ -46,11 +46,28 @@ done
 ip netns exec "$ns" ip link set "$peer" up
 ip netns exec "$ns" ip link set lo up
 ip netns exec "$ns" ip route add default via 198.18.95.1
+# u0.allowed.test ... u4999.allowed.test each have an address of their own (198.19.0.0/16),
+# so a lookup of a new name makes cubbi's resolver tell the kernel a new address.
+for i in $(seq 0 4999); do
+    echo "198.19.$((i / 250)).$((i % 250 + 1)) u$i.allowed.test"
+done >"$web/hosts"
 ip netns exec "$ns" dnsmasq --no-daemon --no-resolv --no-hosts --bind-interfaces --user=root \
     --listen-address=198.18.95.2 --address=/allowed.test/198.18.95.10 --cache-size=10000 \
+    --addn-hosts="$web/hosts" \
     >/dev/null 2>&1 &
 pids+=($!)
-ip netns exec "$ns" python3 -m http.server 80 --directory "$web" >/dev/null 2>&1 &
+# A listener that accepts and closes at once, with a deep backlog: connection setup is what is
+# measured, not a web server's accept loop.
+ip netns exec "$ns" python3 -c '
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80))
+s.listen(4096)
+while True:
+    c, _ = s.accept()
+    c.close()
+' >/dev/null 2>&1 &
 pids+=($!)
 CUBBI_EGRESS_DIR="$root/egress" "$cubbi" --endpoint "$sock" egress resolver \
     --listen 198.18.95.1:5301 --bridge "$bridge" --upstream 198.18.95.2 \
