@@ -19,6 +19,8 @@ use crate::local::labels;
 
 /// How often Docker is asked which sessions run where (and the live changes are read).
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Every this many syncs, the files of sessions that no longer exist are removed.
+const COLLECT_EVERY: u32 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -102,6 +104,30 @@ pub async fn sessions(
         }
     }
     Ok(found)
+}
+
+/// Removes the policy and refused-names files of sessions that are gone (closed); a stopped
+/// session keeps its live changes for its next start.
+pub async fn collect(docker: &dyn DockerApi, store: &EgressStore) -> Result<usize, DaemonError> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{}=true", labels::SESSION)],
+    )]);
+    let existing: Vec<String> = docker
+        .list_containers(&filters)
+        .await
+        .map_err(|err| DaemonError::Docker(err.to_string()))?
+        .into_iter()
+        .filter_map(|container| container.id)
+        .collect();
+    let mut removed = 0;
+    for id in store.ids() {
+        if !existing.contains(&id) {
+            store.remove(&id);
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Brings the table and the kernel in step with Docker once.
@@ -188,6 +214,7 @@ pub async fn run(
     tokio::spawn(resolver.serve_tcp(tcp));
     tracing::info!(%address, table = %settings.nft.table(), "egress resolver ready");
     let mut last = Some(table.restricted());
+    let mut syncs: u32 = 0;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|err| DaemonError::Table(err.to_string()))?;
     loop {
@@ -206,6 +233,12 @@ pub async fn run(
         .await
         {
             tracing::warn!(%err, "egress sync failed; trying again");
+        }
+        syncs = syncs.wrapping_add(1);
+        if syncs.is_multiple_of(COLLECT_EVERY)
+            && let Err(err) = collect(docker.as_ref(), &settings.store).await
+        {
+            tracing::warn!(%err, "cannot list the sessions to collect their egress files");
         }
     }
 }

@@ -170,6 +170,12 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
             let shown: serde_json::Value = serde_json::from_str(&shown)?;
             assert!(shown["egress"]["denied_connections"].as_u64() > Some(0), "{shown}");
             assert!(shown["egress"]["denied_lookups"].as_u64() > Some(0), "{shown}");
+            // Closed, its files in the egress folder are collected.
+            let store = cubbi::egress::store::EgressStore::new(state.path());
+            assert!(!store.ids().is_empty(), "no live change or refusal was recorded");
+            scope.cubbi(&home).args(["session", "close", name]).run().success();
+            cubbi::egress::daemon::collect(&scope.docker, &store).await?;
+            assert!(store.ids().is_empty(), "files left: {:?}", store.ids());
             Ok::<(), Failed>(())
         }
         .await;
