@@ -134,10 +134,13 @@ async fn resolver(args: ResolverArgs, context: &Context) -> Result<ExitCode, Cli
         grace_secs: args.grace,
         store: EgressStore::from_env(),
     };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    daemon::follow_events(docker.clone(), wake.clone());
     daemon::run(
         Arc::new(docker),
         settings,
         Arc::new(crate::engine::runner::SystemRunner),
+        wake,
     )
     .await
     .map_err(|err| CliError::Refused(err.to_string()))?;

@@ -182,10 +182,37 @@ pub async fn sync(
 /// Installs the table, serves queries and keeps in step until the process is told to stop.
 /// The table stays when it stops: restricted sessions' DNS then goes nowhere (closed, not
 /// open) until the resolver is back.
+/// Wakes the sync loop when a session container starts or stops, so a new session is held
+/// within moments of its start rather than at the next tick. The tick stays: events can be
+/// missed while the stream reconnects.
+pub fn follow_events(docker: bollard::Docker, wake: Arc<tokio::sync::Notify>) {
+    use bollard::query_parameters::EventsOptionsBuilder;
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        loop {
+            let filters = HashMap::from([
+                ("type", vec!["container".to_string()]),
+                ("event", vec!["start".to_string(), "die".to_string()]),
+                ("label", vec![format!("{}=true", labels::SESSION)]),
+            ]);
+            let options = EventsOptionsBuilder::new().filters(&filters).build();
+            let mut events = docker.events(Some(options));
+            while let Some(event) = events.next().await {
+                if event.is_err() {
+                    break;
+                }
+                wake.notify_one();
+            }
+            tokio::time::sleep(SYNC_EVERY).await;
+        }
+    });
+}
+
 pub async fn run(
     docker: Arc<dyn DockerApi>,
     settings: DaemonSettings,
     runner: Arc<dyn CommandRunner>,
+    wake: Arc<tokio::sync::Notify>,
 ) -> Result<(), DaemonError> {
     if settings.upstreams.is_empty() {
         return Err(DaemonError::NoUpstream);
@@ -220,6 +247,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SYNC_EVERY) => {}
+            _ = wake.notified() => {}
             _ = terminate.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
