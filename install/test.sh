@@ -26,6 +26,9 @@ command -v gnome-keyring-daemon >/dev/null 2>&1 || missing+=(gnome-keyring)
 command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus-daemon)
 command -v dbus-send >/dev/null 2>&1 || missing+=(dbus-bin)
 command -v secret-tool >/dev/null 2>&1 || missing+=(libsecret-tools)
+# The egress test: cubbi's resolver drives nftables; dnsmasq plays the internet's resolver.
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod doctor;
+pub mod egress;
 pub mod engine;
 pub mod images;
 pub mod local;

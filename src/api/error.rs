@@ -20,13 +20,16 @@ pub enum ErrorCode {
     TooLarge,
     /// A fault of the service itself (HTTP 500); the service logs the details.
     Internal,
+    /// A create asked for egress the service's `[egress]` does not allow (HTTP 400); the
+    /// message names the domain.
+    EgressDomain,
 }
 
 impl ErrorCode {
     /// The HTTP status a failure with this code answers with.
     pub fn http_status(self) -> u16 {
         match self {
-            Self::Invalid => 400,
+            Self::Invalid | Self::EgressDomain => 400,
             Self::Unauthorized => 401,
             Self::NotFound => 404,
             Self::Conflict => 409,
@@ -65,6 +68,8 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Quota(String),
+    #[error("{0}")]
+    EgressDomain(String),
     /// A failure a cubbi service reported, as it worded it.
     #[error("{message}")]
     Service { code: ErrorCode, message: String },
@@ -92,6 +97,7 @@ impl ApiError {
             Self::Failed { .. } => ErrorCode::Failed,
             Self::Unauthorized(_) => ErrorCode::Unauthorized,
             Self::Quota(_) => ErrorCode::Quota,
+            Self::EgressDomain(_) => ErrorCode::EgressDomain,
             Self::Service { code, .. } => *code,
         }
     }

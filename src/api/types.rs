@@ -59,6 +59,9 @@ pub struct SessionSpec {
     /// the request entered); their header values are secrets, written only into files.
     #[serde(default)]
     pub mcp: Vec<crate::mcp::McpServer>,
+    /// The names the session may reach; `None` leaves it open (the egress guard still holds).
+    #[serde(default)]
+    pub egress: Option<crate::egress::EgressRequest>,
 }
 
 fn yes() -> bool {
@@ -197,6 +200,27 @@ pub struct Session {
     /// The Docker networks the session is on (only filled by `get`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
+    /// The egress policy in force (only filled by `get`; absent: open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressView>,
+}
+
+/// A session's egress as `show` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EgressView {
+    pub mode: crate::egress::EgressMode,
+    /// `NAME` (with subdomains) or `=NAME`.
+    #[schema(value_type = Vec<String>)]
+    pub domains: Vec<crate::egress::DomainRule>,
+    /// The last names the resolver refused this session, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<String>,
+    /// Lookups refused in all.
+    #[serde(default)]
+    pub denied_lookups: u64,
+    /// Connections the kernel refused in all (direct addresses, other resolvers, ports).
+    #[serde(default)]
+    pub denied_connections: u64,
 }
 
 /// Steps of a create, for progress displays and failure messages.

@@ -70,6 +70,9 @@ pub struct CreateRequest {
     /// The caller's OpenSSH public key, authorized in the session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// The names the session may reach; the service's `[egress]` decides what may be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressRequest>,
 }
 
 fn yes() -> bool {

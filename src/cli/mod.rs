@@ -5,6 +5,7 @@ mod config_cmd;
 mod data_cmd;
 mod doctor_cmd;
 mod duration;
+mod egress_cmd;
 mod engine_cmd;
 mod image_cmd;
 mod mcp_cmd;
@@ -117,6 +118,8 @@ pub enum Command {
     Engine(engine_cmd::EngineArgs),
     /// Serve the session API over HTTP on a shared host, and manage its API tokens.
     Serve(ServeArgs),
+    /// The engine's resolver that holds sessions to the names they may reach.
+    Egress(egress_cmd::EgressArgs),
     /// Add, list and remove the cubbi services `-r NAME` can act on.
     Remote(remote_cmd::RemoteArgs),
     /// Register git repositories and their credentials once, to clone into sessions.
@@ -240,6 +243,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Some(ServeCommand::Token(token)) => token_cmd::run(token, &context).await,
                 None => serve_cmd::run(args.run, &context).await,
             }
+        }
+        Command::Egress(args) => {
+            refuse_remote(cli.remote.as_deref(), "egress")?;
+            egress_cmd::run(args, &context).await
         }
         Command::Remote(args) => {
             refuse_remote(cli.remote.as_deref(), "remote")?;

@@ -37,6 +37,17 @@ enum SessionCommand {
     Create(Box<CreateCommandArgs>),
     /// List your sessions.
     List,
+    /// Change what a running session may reach, without a restart.
+    Egress {
+        /// Session id (a unique prefix works) or name.
+        id: String,
+        /// Let it reach NAME and its subdomains (`=NAME`: the name alone). Repeatable.
+        #[arg(long, value_name = "NAME")]
+        allow: Vec<crate::egress::DomainRule>,
+        /// Take NAME away (and what it was handed for it). Repeatable.
+        #[arg(long, value_name = "NAME")]
+        deny: Vec<crate::egress::DomainRule>,
+    },
     /// Show everything about one session, including how to SSH in.
     Show {
         /// Session id (a unique prefix works) or name.
@@ -156,6 +167,16 @@ pub struct CreateArgs {
     /// a service checks every minute.
     #[arg(long, value_name = "DURATION", value_parser = super::duration::parse_duration)]
     pub idle_stop: Option<std::time::Duration>,
+    /// Let the session reach this name and its subdomains (`=NAME`: the name alone); makes
+    /// the egress an allow-list. Repeatable, on top of `defaults.allowed_domains`.
+    #[arg(long = "allow-domain", value_name = "NAME")]
+    pub allow_domains: Vec<crate::egress::DomainRule>,
+    /// What the session reaches: allow-list (only the allowed names), open, or none.
+    #[arg(long, value_name = "MODE")]
+    pub egress: Option<crate::egress::EgressMode>,
+    /// Do not add the domains the image's tool needs to an allow-list.
+    #[arg(long)]
+    pub no_image_domains: bool,
     /// Boot a snapshot of yours (`cubbi snapshot list`) instead of an image: its files, with
     /// a new host key, port and name.
     #[arg(long, value_name = "SNAP", conflicts_with = "image")]
@@ -353,6 +374,17 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
             print_sessions(&sessions, context, &config)?;
             Ok(ExitCode::SUCCESS)
         }
+        SessionCommand::Egress { id, allow, deny } => {
+            super::egress_cmd::change(
+                backend,
+                target.remote.is_some(),
+                &id,
+                allow,
+                deny,
+                context.mode,
+            )
+            .await
+        }
         SessionCommand::Show { id } => {
             let session = backend.get(&id).await?;
             show(&session, &target.files, context)?;
@@ -538,6 +570,20 @@ pub(super) fn spec_from(
         authorized_keys: Vec::new(),
         idle_stop_secs: args.idle_stop.map(|idle| idle.as_secs().max(1)),
         mcp: mcp_servers(args, config, context)?,
+        egress: egress_request(args, config),
+    })
+}
+
+/// The egress the flags and `defaults.egress`/`defaults.allowed_domains` ask for; `None` when
+/// neither says anything (an open session).
+fn egress_request(args: &CreateArgs, config: &Config) -> Option<crate::egress::EgressRequest> {
+    let mut domains = config.defaults.allowed_domains.clone();
+    domains.extend(args.allow_domains.iter().cloned());
+    let mode = args.egress.or(config.defaults.egress);
+    (mode.is_some() || !domains.is_empty()).then_some(crate::egress::EgressRequest {
+        mode,
+        domains,
+        image_domains: !args.no_image_domains,
     })
 }
 
@@ -980,6 +1026,21 @@ fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), Cl
     }
     if !session.networks.is_empty() {
         out += &format!("networks:   {}\n", safe(&session.networks.join(", ")));
+    }
+    out += &format!(
+        "egress:     {}\n",
+        safe(&crate::egress::describe(session.egress.as_ref()))
+    );
+    if let Some(view) = &session.egress {
+        if !view.denied.is_empty() {
+            out += &format!("denied:     {}\n", safe(&view.denied.join(", ")));
+        }
+        if view.denied_lookups + view.denied_connections > 0 {
+            out += &format!(
+                "refused:    {} lookups, {} connections\n",
+                view.denied_lookups, view.denied_connections
+            );
+        }
     }
     out += &format!(
         "ssh:        {}\n",

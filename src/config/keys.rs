@@ -19,6 +19,8 @@ pub enum Kind {
     /// Names of registered MCP servers, comma-separated.
     McpList,
     OneOf(&'static [&'static str]),
+    /// Comma-separated egress rules (`NAME`, `=NAME`).
+    DomainList,
 }
 
 /// One settable key.
@@ -83,6 +85,16 @@ const STATIC_KEYS: &[(&str, Kind, &str)] = &[
         "defaults.allow_unsafe_runc",
         Kind::Bool,
         "allow runc without Sysbox (no isolation)",
+    ),
+    (
+        "defaults.egress",
+        Kind::OneOf(&["allow-list", "open", "none"]),
+        "what sessions reach: allow-list, open or none",
+    ),
+    (
+        "defaults.allowed_domains",
+        Kind::DomainList,
+        "names sessions may reach (NAME covers subdomains, =NAME alone)",
     ),
     (
         "services.anthropic.api_key",
@@ -265,6 +277,20 @@ pub fn parse_value(spec: &KeySpec, raw: &str) -> Result<toml_edit::Value, Config
             for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 crate::mcp::check_name(name).map_err(|err| invalid(err.to_string()))?;
                 array.push(name);
+            }
+            array.into()
+        }
+        Kind::DomainList => {
+            let names: Vec<&str> = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            let rules = crate::egress::policy::parse_rules(&names)
+                .map_err(|err| invalid(err.to_string()))?;
+            let mut array = toml_edit::Array::new();
+            for rule in rules {
+                array.push(rule.to_string());
             }
             array.into()
         }

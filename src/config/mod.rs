@@ -102,6 +102,13 @@ pub struct Defaults {
     /// Registered MCP servers (`cubbi mcp add`) every local session's tools get.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mcp: Vec<String>,
+    /// Egress of new sessions (`allow-list`, `open`, `none`); `allow-list` when
+    /// `allowed_domains` names any, else open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::EgressMode>,
+    /// Names every new session may reach (`NAME` with its subdomains, `=NAME` alone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_domains: Vec<crate::egress::DomainRule>,
 }
 
 impl Default for Defaults {
@@ -117,6 +124,8 @@ impl Default for Defaults {
             runtime: "sysbox-runc".into(),
             allow_unsafe_runc: false,
             mcp: Vec::new(),
+            egress: None,
+            allowed_domains: Vec::new(),
         }
     }
 }

@@ -197,6 +197,32 @@ fn private_dns_rules(settings: &FirewallSettings) -> Vec<Vec<String>> {
     rules
 }
 
+/// cubbi's egress resolver (`crate::egress`) answers restricted sessions on this port of the
+/// host; their DNS reaches it only redirected by the egress table (conntrack state DNAT), so a
+/// session cannot knock on it directly.
+fn egress_resolver_rules() -> Vec<Vec<String>> {
+    let port = crate::egress::nft::RESOLVER_PORT.to_string();
+    ["udp", "tcp"]
+        .iter()
+        .map(|protocol| {
+            words(&[
+                "-p",
+                protocol,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "DNAT",
+                "-m",
+                protocol,
+                "--dport",
+                &port,
+                "-j",
+                "RETURN",
+            ])
+        })
+        .collect()
+}
+
 /// Everything cubbi installs for `settings`.
 pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
     let bridges = format!("{}+", settings.bridge);
@@ -258,6 +284,7 @@ pub fn rule_set(settings: &FirewallSettings) -> RuleSet {
 
         let mut input = vec![words(&[ESTABLISHED, &["-j", "RETURN"]].concat())];
         input.extend(private_dns_rules(settings));
+        input.extend(egress_resolver_rules());
         // A refused connection fails at once instead of timing out.
         input.push(words(&[
             "-p",

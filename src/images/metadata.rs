@@ -29,6 +29,18 @@ pub struct ImageMetadata {
     /// How to run one prompt non-interactively (`cubbi run`); absent when the tool cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headless: Option<Headless>,
+    /// The names the tool needs when a session's egress is an allow-list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<ImageEgress>,
+}
+
+/// `[egress]`: the domains the tool reaches (its model API, its package registry), added to
+/// an allow-list unless the create says not to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEgress {
+    #[serde(default)]
+    pub domains: Vec<crate::egress::DomainRule>,
 }
 
 /// The tool's own headless mode. Every option is an argv template where `{value}` stands for

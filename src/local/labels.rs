@@ -21,6 +21,8 @@ pub const MANAGED: &str = "io.cubbi.managed";
 pub const PROJECT: &str = "io.cubbi.project";
 /// Seconds without an SSH connection after which the session is stopped (`--idle-stop`).
 pub const IDLE_STOP: &str = "io.cubbi.idle-stop";
+/// The egress policy a session was created with (JSON, see `egress::EgressPolicy::to_label`).
+pub const EGRESS: &str = "io.cubbi.egress";
 
 /// The container of a ready session.
 pub fn container_name(session: &str) -> String {
@@ -128,6 +130,7 @@ impl SessionLabels {
             project_status: None,
             resources: None,
             networks: Vec::new(),
+            egress: None,
         }
     }
 }

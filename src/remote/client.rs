@@ -420,6 +420,7 @@ pub(super) fn create_request(
         authorized_keys,
         idle_stop_secs,
         mcp,
+        egress,
     } = spec;
     if !mcp.is_empty() {
         return Err(ApiError::invalid(
@@ -456,6 +457,7 @@ pub(super) fn create_request(
         runtime: Some(runtime),
         idle_stop_secs,
         public_key: Some(public_key),
+        egress,
     })
 }
 
@@ -607,6 +609,7 @@ mod tests {
             authorized_keys: Vec::new(),
             idle_stop_secs: None,
             mcp: Vec::new(),
+            egress: None,
         }
     }
 

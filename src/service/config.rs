@@ -52,6 +52,8 @@ pub struct ServiceConfig {
     pub auth: super::oidc::config::AuthSection,
     /// `[[logging.providers]]`: where sessions' output goes besides `docker logs`.
     pub logging: LoggingSection,
+    /// `[egress]`: the names sessions may be allowed (see `egress::service_rules`).
+    pub egress: crate::egress::service_rules::ServiceEgress,
 }
 
 /// `[logging]`: the specification's providers. Only `fluentd` is built; a provider of another
@@ -246,6 +248,7 @@ impl Default for ServiceConfig {
             store: StoreSection::default(),
             auth: Default::default(),
             logging: LoggingSection::default(),
+            egress: Default::default(),
         }
     }
 }

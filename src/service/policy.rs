@@ -31,6 +31,8 @@ pub struct Policy {
     /// Seconds without an SSH connection after which sessions stop: the default and the
     /// most a create may ask for (limits.idle_stop; `None`: sessions run until stopped).
     pub idle_stop_secs: Option<u64>,
+    /// `[egress]`: what a create may ask sessions to reach.
+    pub egress: crate::egress::service_rules::ServiceEgress,
 }
 
 impl Policy {
@@ -60,6 +62,7 @@ impl Policy {
             projects_per_user: config.limits.projects_per_user,
             snapshots_per_user: config.limits.snapshots_per_user,
             idle_stop_secs: (config.limits.idle_stop > 0).then_some(config.limits.idle_stop),
+            egress: config.egress.clone(),
         })
     }
 
@@ -180,6 +183,7 @@ impl Policy {
             (asked, max) => asked.or(max),
         };
         let unsafe_runc = runtime::is_plain_runc(&runtime);
+        let egress = self.egress.apply(request.egress)?;
         Ok(SessionSpec {
             name: request.name,
             image: request.image,
@@ -199,6 +203,7 @@ impl Policy {
             authorized_keys: request.public_key.into_iter().collect(),
             idle_stop_secs,
             mcp: Vec::new(),
+            egress,
         })
     }
 }

@@ -241,6 +241,7 @@ fn policy(sessions_per_user: usize) -> Policy {
         projects_per_user: 10,
         snapshots_per_user: 10,
         idle_stop_secs: None,
+        egress: Default::default(),
     }
 }
 

@@ -83,6 +83,7 @@ impl RunBody {
             runtime: self.runtime.clone(),
             idle_stop_secs: None,
             public_key: None,
+            egress: None,
         }
     }
 }

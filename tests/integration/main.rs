@@ -6,6 +6,7 @@ mod config;
 mod data;
 mod disk;
 mod docker;
+mod egress;
 mod engine;
 mod firewall;
 mod hostile_service;
@@ -65,6 +66,7 @@ fn main() {
     tests.extend(config::tests());
     tests.extend(disk::tests());
     tests.extend(docker::tests());
+    tests.extend(egress::tests());
     tests.extend(engine::tests());
     tests.extend(firewall::tests());
     tests.extend(hostile_service::tests());

@@ -150,6 +150,9 @@ impl LocalBackend {
         if let Some(secs) = spec.idle_stop_secs {
             all_labels.insert(labels::IDLE_STOP.into(), secs.to_string());
         }
+        if let Some(egress) = &plan.egress {
+            all_labels.insert(labels::EGRESS.into(), egress.to_label());
+        }
         let mut binds = plan.binds.clone();
         // A project session keeps its configs per project, never in the owner's data volume
         // (which other projects' sessions see).

@@ -326,6 +326,7 @@ mod tests {
             project_status: None,
             resources: None,
             networks: Vec::new(),
+            egress: None,
             ssh: SshEndpoint {
                 host: "127.0.0.1".into(),
                 port: 2300,

@@ -316,6 +316,12 @@ impl Backend for LocalBackend {
                 cpus: host.nano_cpus.filter(|n| *n > 0).map(|n| n as f64 / 1e9),
                 pids_limit: host.pids_limit.filter(|p| *p > 0),
             });
+        session.egress = inspected
+            .as_ref()
+            .and_then(|container| container.config.as_ref())
+            .and_then(|config| config.labels.as_ref())
+            .and_then(|labels| labels.get(crate::local::labels::EGRESS))
+            .map(|label| crate::egress::view_of_session(&session.id, label));
         let mut networks: Vec<String> = inspected
             .and_then(|container| container.network_settings)
             .and_then(|settings| settings.networks)

@@ -27,6 +27,8 @@ pub(super) struct Plan {
     pub(super) unshifted: Vec<String>,
     /// The project to clone (registered, or an ad-hoc URL) and its credential's files.
     pub(super) project: Option<(ProjectCheckout, project::CredentialFiles)>,
+    /// The egress policy recorded on the session (`None`: open, no label).
+    pub(super) egress: Option<crate::egress::EgressPolicy>,
 }
 
 impl Plan {
@@ -143,7 +145,10 @@ impl LocalBackend {
         }
         // Early, for a quick refusal; the check that counts is under the lock (`reserve`).
         self.check_name_free(&name).await?;
+        let egress = crate::egress::session_policy(spec.egress.as_ref(), image.metadata.as_ref())
+            .map_err(|err| ApiError::invalid(err.to_string()))?;
         Ok(Plan {
+            egress,
             name,
             authorized_keys,
             image,

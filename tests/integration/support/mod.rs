@@ -6,6 +6,7 @@ pub mod base_image;
 pub mod cli;
 pub mod dockerd;
 pub mod images;
+pub mod internet;
 pub mod mcp_server;
 pub mod model_server;
 pub mod oidc_provider;

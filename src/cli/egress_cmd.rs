@@ -1,0 +1,221 @@
+//! `cubbi egress resolver` (the engine's resolver process) and `cubbi session egress` (live
+//! changes of a running session's policy).
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use super::{CliError, Context};
+use crate::api::{Backend, EgressView};
+use crate::egress::daemon::{self, DaemonSettings};
+use crate::egress::nft::{DEFAULT_GRACE_SECS, DEFAULT_PORTS, NftSettings};
+use crate::egress::store::EgressStore;
+use crate::egress::{DomainRule, EgressMode, EgressPolicy};
+
+#[derive(Debug, Args)]
+pub struct EgressArgs {
+    #[command(subcommand)]
+    command: EgressCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum EgressCommand {
+    /// Run the resolver restricted sessions are held to (needs root: it changes nftables).
+    /// The engine runs it as a unit; it answers sessions only for the names they may reach.
+    Resolver(ResolverArgs),
+    /// Print cubbi-egress.service for the recorded engine (its bridge and gateway), to
+    /// install as /etc/systemd/system/cubbi-egress.service.
+    Unit {
+        /// An upstream resolver (repeatable); the unit uses the host's resolv.conf servers
+        /// when none is given.
+        #[arg(long = "dns-upstream", value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
+        upstreams: Vec<SocketAddr>,
+        /// The engine's folder (`--engine-root` of setup); the system engine when absent.
+        #[arg(long, env = "CUBBI_ENGINE_ROOT", value_name = "DIR")]
+        engine_root: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ResolverArgs {
+    /// Address and port to answer on: an address of this host on the engine's bridge.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: SocketAddrV4,
+    /// The engine's bridge (every network bridge of the engine starts with it).
+    #[arg(long, value_name = "NAME")]
+    bridge: String,
+    /// An upstream resolver (repeatable); the host's resolv.conf servers when none is given.
+    #[arg(long = "upstream", value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
+    upstreams: Vec<SocketAddr>,
+    /// A TCP port restricted sessions may connect to on allowed addresses (repeatable;
+    /// default 80 and 443).
+    #[arg(long = "port", value_name = "PORT")]
+    ports: Vec<u16>,
+    /// Seconds an answer's addresses stay allowed past its TTL.
+    #[arg(long, default_value_t = DEFAULT_GRACE_SECS)]
+    grace: u32,
+}
+
+/// `ADDR` (port 53) or `ADDR:PORT`.
+pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{text:?} is not an address (ADDR or ADDR:PORT)"))
+}
+
+pub async fn run(args: EgressArgs, context: &Context) -> Result<ExitCode, CliError> {
+    match args.command {
+        EgressCommand::Resolver(args) => resolver(args, context).await,
+        EgressCommand::Unit {
+            upstreams,
+            engine_root,
+        } => unit(&upstreams, engine_root.as_deref()),
+    }
+}
+
+fn unit(
+    upstreams: &[SocketAddr],
+    engine_root: Option<&std::path::Path>,
+) -> Result<ExitCode, CliError> {
+    let paths = crate::engine::EnginePaths::resolve(engine_root);
+    let settings = crate::engine::settings::EngineSettings::load(&paths.engine_json)
+        .map_err(|err| CliError::Refused(err.to_string()))?
+        .ok_or_else(|| {
+            CliError::Refused(format!(
+                "no engine is recorded in {}; run `sudo cubbi setup` first",
+                paths.engine_json.display()
+            ))
+        })?;
+    let listen = crate::egress::unit::listen_address(settings.subnet).ok_or_else(|| {
+        CliError::Refused(format!(
+            "the engine's subnet {} has no address",
+            settings.subnet
+        ))
+    })?;
+    let cubbi = std::env::current_exe()?;
+    print!(
+        "{}",
+        crate::egress::unit::render(&cubbi, listen, &settings.bridge, upstreams)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn resolver(args: ResolverArgs, context: &Context) -> Result<ExitCode, CliError> {
+    crate::engine::settings::validate_bridge_name(&args.bridge)
+        .map_err(|err| CliError::Refused(format!("--bridge {}: {err}", args.bridge)))?;
+    let upstreams = if args.upstreams.is_empty() {
+        crate::engine::firewall::host_nameservers()
+            .into_iter()
+            .filter(|address| !address.is_loopback())
+            .map(|address| SocketAddr::from((address, 53)))
+            .collect()
+    } else {
+        args.upstreams
+    };
+    let config = crate::config::ConfigFile::open_default()?.config()?;
+    let endpoint = crate::docker::resolve_endpoint(context.endpoint.as_deref(), &config);
+    let docker = crate::docker::connect(&endpoint).await?;
+    let settings = DaemonSettings {
+        nft: NftSettings {
+            bridge: args.bridge,
+            resolver: args.listen,
+            ports: if args.ports.is_empty() {
+                DEFAULT_PORTS.to_vec()
+            } else {
+                args.ports
+            },
+        },
+        upstreams,
+        grace_secs: args.grace,
+        store: EgressStore::from_env(),
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    daemon::follow_events(docker.clone(), wake.clone());
+    daemon::run(
+        Arc::new(docker),
+        settings,
+        Arc::new(crate::engine::runner::SystemRunner),
+        wake,
+    )
+    .await
+    .map_err(|err| CliError::Refused(err.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cubbi session egress ID --allow NAME --deny NAME`: the new policy is written where the
+/// resolver reads it; it takes effect within a second, without a restart.
+pub async fn change(
+    backend: &dyn Backend,
+    remote: bool,
+    id: &str,
+    allow: Vec<DomainRule>,
+    deny: Vec<DomainRule>,
+    mode: super::OutputMode,
+) -> Result<ExitCode, CliError> {
+    if remote {
+        return Err(CliError::Refused(
+            "live egress changes work on the local engine only for now; recreate the remote \
+             session with the domains it needs"
+                .into(),
+        ));
+    }
+    if allow.is_empty() && deny.is_empty() {
+        return Err(CliError::Refused(
+            "say what changes: --allow NAME or --deny NAME (repeatable)".into(),
+        ));
+    }
+    let session = backend.get(id).await?;
+    let Some(view) = &session.egress else {
+        return Err(CliError::Refused(format!(
+            "session {} is open (it reaches every public name); create it with --allow-domain \
+             or --egress allow-list to hold it to a list",
+            session.name
+        )));
+    };
+    if view.mode != EgressMode::AllowList {
+        return Err(CliError::Refused(format!(
+            "session {}'s egress is {}: only an allow-list takes names",
+            session.name, view.mode
+        )));
+    }
+    let mut policy = EgressPolicy::new(view.mode, view.domains.iter().cloned())
+        .map_err(|err| CliError::Refused(err.to_string()))?;
+    for rule in &deny {
+        policy = policy.deny(rule);
+    }
+    for rule in allow {
+        policy = policy
+            .allow(rule)
+            .map_err(|err| CliError::Refused(err.to_string()))?;
+    }
+    let store = EgressStore::from_env();
+    store.write_policy(&session.id, &policy).map_err(|err| {
+        CliError::Refused(format!(
+            "cannot write the policy under {}: {err} (it belongs to root and the cubbi group)",
+            store.dir().display()
+        ))
+    })?;
+    let view = EgressView {
+        mode: policy.mode(),
+        domains: policy.domains().to_vec(),
+        ..view.clone()
+    };
+    if mode.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{}: {}",
+            super::output::terminal_safe_lines(&session.name),
+            crate::egress::describe(Some(&view))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
