@@ -572,6 +572,26 @@ pub(super) fn spec_from(
         mcp: mcp_servers(args, config, context)?,
         egress: egress_request(args, config),
     })
+    .inspect(|spec| {
+        if context.remote.is_none() {
+            warn_unless_egress_is_enforced(spec.egress.as_ref());
+        }
+    })
+}
+
+/// A restricted policy on an endpoint where no egress resolver runs is recorded but holds
+/// nothing back: say so, and how to start one.
+fn warn_unless_egress_is_enforced(request: Option<&crate::egress::EgressRequest>) {
+    let restricted =
+        request.is_some_and(|request| request.mode() != crate::egress::EgressMode::Open);
+    if restricted && !crate::egress::store::EgressStore::from_env().resolver_running() {
+        eprintln!(
+            "warning: no cubbi egress resolver runs on this host, so this session's egress \
+             policy is recorded but NOT enforced; start one: `cubbi egress unit > \
+             /etc/systemd/system/cubbi-egress.service && systemctl daemon-reload && \
+             systemctl enable --now cubbi-egress`"
+        );
+    }
 }
 
 /// The egress the flags and `defaults.egress`/`defaults.allowed_domains` ask for; `None` when

@@ -240,6 +240,9 @@ pub async fn run(
     tokio::spawn(resolver.clone().serve_udp(udp));
     tokio::spawn(resolver.serve_tcp(tcp));
     tracing::info!(%address, table = %settings.nft.table(), "egress resolver ready");
+    if let Err(err) = settings.store.mark_resolver_running() {
+        tracing::warn!(%err, "cannot mark the egress folder; creates will warn that no resolver runs");
+    }
     let mut last = Some(table.restricted());
     let mut syncs: u32 = 0;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -248,8 +251,8 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(SYNC_EVERY) => {}
             _ = wake.notified() => {}
-            _ = terminate.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
         }
         if let Err(err) = sync(
             docker.as_ref(),
@@ -269,4 +272,6 @@ pub async fn run(
             tracing::warn!(%err, "cannot list the sessions to collect their egress files");
         }
     }
+    settings.store.clear_resolver_mark();
+    Ok(())
 }

@@ -16,6 +16,8 @@ pub const DIR_ENV: &str = "CUBBI_EGRESS_DIR";
 pub const DEFAULT_DIR: &str = "/var/lib/cubbi/egress";
 /// More than a full policy of 256 names of 253 characters.
 const MAX_FILE: u64 = 128 * 1024;
+/// The file a running resolver writes its pid into.
+const RESOLVER_MARK: &str = "resolver.pid";
 
 /// What the resolver refused a session: the last names, and how many lookups and
 /// connections in all.
@@ -113,6 +115,25 @@ impl EgressStore {
         }
     }
 
+    /// Says that a resolver serves this folder's sessions (its pid), for creates to check.
+    pub fn mark_resolver_running(&self) -> std::io::Result<()> {
+        let pid = std::process::id().to_string();
+        crate::atomic_file::write(&self.dir.join(RESOLVER_MARK), pid.as_bytes(), 0o644, 0o750)
+    }
+
+    /// Removes the mark of [`Self::mark_resolver_running`] (a resolver that stops cleanly).
+    pub fn clear_resolver_mark(&self) {
+        let _ = std::fs::remove_file(self.dir.join(RESOLVER_MARK));
+    }
+
+    /// Whether a resolver marked this folder and its process still runs. Without one, a
+    /// session's policy is recorded but nothing enforces it.
+    pub fn resolver_running(&self) -> bool {
+        read_bounded(&self.dir.join(RESOLVER_MARK))
+            .and_then(|text| text.trim().parse::<u32>().ok())
+            .is_some_and(|pid| pid > 0 && Path::new(&format!("/proc/{pid}")).exists())
+    }
+
     /// The container ids that have files here.
     pub fn ids(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
@@ -123,7 +144,9 @@ impl EgressStore {
             .filter_map(|entry| {
                 let name = entry.file_name().into_string().ok()?;
                 let (id, _) = name.split_once('.')?;
-                Some(id.to_string())
+                id.bytes()
+                    .all(|b| b.is_ascii_hexdigit())
+                    .then(|| id.to_string())
             })
             .collect();
         ids.sort();
@@ -170,6 +193,27 @@ mod tests {
         assert_eq!(store.ids(), ["abc123"]);
         store.remove("abc123");
         assert!(store.ids().is_empty());
+    }
+
+    #[test]
+    fn a_resolver_is_running_only_while_its_mark_names_a_live_process() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = EgressStore::new(dir.path());
+        assert!(!store.resolver_running(), "no mark");
+        store.mark_resolver_running().expect("mark");
+        assert!(store.resolver_running(), "this process marked it");
+        assert!(
+            store.ids().is_empty(),
+            "the mark is no session: {:?}",
+            store.ids()
+        );
+        std::fs::write(dir.path().join(RESOLVER_MARK), "not a pid").expect("write");
+        assert!(!store.resolver_running(), "garbage is no resolver");
+        std::fs::write(dir.path().join(RESOLVER_MARK), "4294967295").expect("write");
+        assert!(!store.resolver_running(), "a process that does not exist");
+        store.mark_resolver_running().expect("mark");
+        store.clear_resolver_mark();
+        assert!(!store.resolver_running(), "cleared");
     }
 
     #[test]

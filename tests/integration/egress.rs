@@ -49,8 +49,15 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
         let state = tempfile::tempdir()?;
         let mut resolver = start_resolver(&scope, &home, state.path(), &bridge);
         let result = async {
+            // The resolver marks its folder once it serves; a create checks that mark.
+            let mark = state.path().join("resolver.pid");
+            eventually(Duration::from_secs(30), || {
+                let ready = mark.exists();
+                async move { if ready { Ok(()) } else { Err("no resolver.pid yet".into()) } }
+            })
+            .await?;
             let name = "egress-demo";
-            scope
+            let created = scope
                 .cubbi(&home)
                 .env("CUBBI_EGRESS_DIR", state.path())
                 .args(create_args_on(
@@ -59,7 +66,9 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
                     &["--allow-domain", "allowed.test", "--no-image-domains"],
                 ))
                 .run()
-                .success();
+                .success()
+                .stderr();
+            assert!(!created.contains("NOT enforced"), "{created}");
             let shown = scope
                 .cubbi(&home)
                 .args(["--json", "session", "show", name])
@@ -320,6 +329,29 @@ fn bad_egress_input_is_refused_and_nothing_is_made() -> Result<(), Failed> {
         assert!(err.contains("not a DNS name"), "{err}");
         let err = refused(vec!["--allow-domain".into(), "198.18.94.12".into()]);
         assert!(err.contains("address"), "{err}");
+        // With no resolver marking its folder, a restricted session is made but the user is
+        // told that nothing enforces its policy.
+        let no_resolver = tempfile::tempdir()?;
+        let warned = scope
+            .cubbi(&home)
+            .env("CUBBI_EGRESS_DIR", no_resolver.path())
+            .args(create_args_on(
+                &UNSAFE_RUNC_FLAGS,
+                "egress-unenforced",
+                &["--egress", "none"],
+            ))
+            .run()
+            .success()
+            .stderr();
+        assert!(
+            warned.contains("NOT enforced") && warned.contains("cubbi egress unit"),
+            "{warned}"
+        );
+        scope
+            .cubbi(&home)
+            .args(["session", "close", "egress-unenforced"])
+            .run()
+            .success();
         let err = refused(vec!["--egress".into(), "closed".into()]);
         assert!(err.contains("allow-list, open or none"), "{err}");
         let many: Vec<String> = (0..=cubbi::egress::MAX_DOMAINS)
