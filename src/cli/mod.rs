@@ -8,6 +8,7 @@ mod duration;
 mod engine_cmd;
 mod image_cmd;
 pub mod output;
+mod pool_cmd;
 mod project_cmd;
 mod remote_cmd;
 mod run_cmd;
@@ -120,6 +121,8 @@ pub enum Command {
     Remote(remote_cmd::RemoteArgs),
     /// Register git repositories and their credentials once, to clone into sessions.
     Project(project_cmd::ProjectArgs),
+    /// Show or drain the warm pool of booted sessions-to-be (`[pool]` in the config).
+    Pool(pool_cmd::PoolArgs),
     /// Log in to a remote: `cubbi -r NAME auth`. A service with an OpenID Connect login gets
     /// a device login (a URL and a code to approve in the browser); otherwise, or with
     /// --token-stdin, an API token is read from stdin or typed hidden.
@@ -209,6 +212,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = crate::config::ConfigFile::open_default()?.config()?;
             context.remote = session_remote(cli.remote.as_deref(), &config);
             run_cmd::run(*args, &context, &config).await
+        }
+        Command::Pool(args) => {
+            refuse_remote(cli.remote.as_deref(), "pool")?;
+            pool_cmd::run(args, &context).await
         }
         Command::Config(args) => {
             refuse_remote(cli.remote.as_deref(), "config")?;

@@ -52,6 +52,8 @@ pub struct ServiceConfig {
     pub auth: super::oidc::config::AuthSection,
     /// `[[logging.providers]]`: where sessions' output goes besides `docker logs`.
     pub logging: LoggingSection,
+    /// `[pool]`: booted members the service keeps per image and refills in the background.
+    pub pool: crate::local::pool::PoolTargets,
 }
 
 /// `[logging]`: the specification's providers. Only `fluentd` is built; a provider of another
@@ -237,6 +239,7 @@ impl Default for ServiceConfig {
             store: StoreSection::default(),
             auth: Default::default(),
             logging: LoggingSection::default(),
+            pool: Default::default(),
         }
     }
 }
@@ -542,6 +545,16 @@ mod tests {
             let err = ServiceConfig::parse(text, Path::new("t.toml")).unwrap_err();
             assert!(err.to_string().contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn pool_targets_are_read_and_bounded() {
+        let text = "[pool]\nbase = 2\nclaude-code = 4\n";
+        let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
+        assert_eq!(config.pool.target("claude-code"), 4);
+        assert_eq!(config.pool.target("goose"), 0);
+        let err = ServiceConfig::parse("[pool]\nbase = 100\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("more than the 64"), "{err}");
     }
 
     #[test]

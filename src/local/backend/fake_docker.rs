@@ -232,11 +232,28 @@ impl DockerApi for FakeDocker {
 
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), Error> {
         let mut state = self.state.lock().unwrap();
-        let container = state
+        // As Docker: the container is found by id or by its current name, and a name another
+        // container holds is refused (what makes a rename by name a compare-and-swap).
+        if state
             .containers
-            .get_mut(id)
-            .ok_or_else(|| daemon_error(404, format!("no container {id}")))?;
-        container.name = name.to_string();
+            .iter()
+            .any(|(other, c)| c.name == name && other != id)
+        {
+            return Err(daemon_error(409, format!("the name {name} is in use")));
+        }
+        let key = if state.containers.contains_key(id) {
+            id.to_string()
+        } else {
+            state
+                .containers
+                .iter()
+                .find(|(_, c)| c.name == id)
+                .map(|(key, _)| key.clone())
+                .ok_or_else(|| daemon_error(404, format!("no container {id}")))?
+        };
+        if let Some(container) = state.containers.get_mut(&key) {
+            container.name = name.to_string();
+        }
         Ok(())
     }
 
@@ -247,7 +264,13 @@ impl DockerApi for FakeDocker {
     async fn remove_container(&self, id: &str) -> Result<(), Error> {
         let mut state = self.state.lock().unwrap();
         state.removed.push(id.to_string());
-        match state.containers.remove(id) {
+        // Docker takes a name as well as an id.
+        let key = state
+            .containers
+            .iter()
+            .find(|(_, c)| c.name == id)
+            .map_or_else(|| id.to_string(), |(key, _)| key.clone());
+        match state.containers.remove(&key) {
             Some(_) => Ok(()),
             None => Err(daemon_error(404, format!("no container {id}"))),
         }
