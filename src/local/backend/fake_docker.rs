@@ -50,6 +50,8 @@ pub struct FakeState {
     pub status_output: String,
     /// Ports a [`Failure::TakePort`] bound, held for the rest of the test.
     pub taken: Vec<TcpListener>,
+    /// Volumes made through `create_volume`, by name.
+    pub volumes: BTreeMap<String, Volume>,
     next_id: u64,
 }
 
@@ -150,11 +152,40 @@ impl DockerApi for FakeDocker {
     }
 
     async fn create_volume(&self, request: VolumeCreateRequest) -> Result<Volume, Error> {
-        Ok(Volume {
+        self.scripted("create_volume", "")?;
+        let volume = Volume {
             name: request.name.unwrap_or_default(),
             labels: request.labels.unwrap_or_default(),
             ..Default::default()
-        })
+        };
+        // As Docker: an existing volume of that name is returned as it is.
+        let mut state = self.state.lock().unwrap();
+        Ok(state
+            .volumes
+            .entry(volume.name.clone())
+            .or_insert(volume)
+            .clone())
+    }
+
+    async fn list_volumes(&self, label: &str) -> Result<Vec<Volume>, Error> {
+        let state = self.state.lock().unwrap();
+        let wanted = |v: &Volume| match label.split_once('=') {
+            Some((k, value)) => v.labels.get(k).map(String::as_str) == Some(value),
+            None => v.labels.contains_key(label),
+        };
+        Ok(state
+            .volumes
+            .values()
+            .filter(|v| wanted(v))
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), Error> {
+        match self.state.lock().unwrap().volumes.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(daemon_error(404, format!("no volume {name}"))),
+        }
     }
 
     async fn list_containers(&self, filters: &Filters) -> Result<Vec<ContainerSummary>, Error> {
@@ -231,6 +262,7 @@ impl DockerApi for FakeDocker {
     }
 
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), Error> {
+        self.scripted("rename_container", "")?;
         let mut state = self.state.lock().unwrap();
         // As Docker: the container is found by id or by its current name, and a name another
         // container holds is refused (what makes a rename by name a compare-and-swap).

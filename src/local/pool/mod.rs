@@ -3,6 +3,9 @@
 //! design; this module owns the parts every step shares: the configured targets, how a member
 //! is named and labelled, the claim record a claimed member carries, and which requests fit.
 
+pub mod claim;
+#[cfg(test)]
+mod claim_tests;
 pub mod fit;
 pub mod inventory;
 pub mod member;
