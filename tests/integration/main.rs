@@ -15,6 +15,7 @@ mod lifecycle;
 mod logging;
 mod oidc;
 mod openapi_tools;
+mod pool;
 mod projects;
 mod projects_session;
 mod remotes;
@@ -71,6 +72,7 @@ fn main() {
     tests.extend(logging::tests());
     tests.extend(oidc::tests());
     tests.extend(openapi_tools::tests());
+    tests.extend(pool::tests());
     tests.extend(projects::tests());
     tests.extend(serve::tests());
     tests.extend(serve_hardening::tests());

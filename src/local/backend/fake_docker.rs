@@ -265,7 +265,7 @@ impl DockerApi for FakeDocker {
         self.scripted("rename_container", "")?;
         let mut state = self.state.lock().unwrap();
         // As Docker: the container is found by id or by its current name, and a name another
-        // container holds is refused (what makes a rename by name a compare-and-swap).
+        // container holds is refused.
         if state
             .containers
             .iter()

@@ -34,8 +34,10 @@ fn is_status(err: &bollard::errors::Error, code: u16) -> bool {
 }
 
 /// Claims one ready member of `image` for `record` (whose `container` is filled in here).
-/// `Ok(None)`: no member left, the create goes cold. The member found is renamed to
-/// `cubbi-NAME.booting`; the caller applies the personal state and renames it to `cubbi-NAME`.
+/// `Ok(None)`: no member left, the create goes cold. Step 1 takes the member's record volume
+/// (the lock, see [`ClaimRecord::volume_name`]); step 2 renames the member to
+/// `cubbi-NAME.booting`, the commit. The caller applies the personal state and renames it to
+/// `cubbi-NAME`.
 pub async fn claim(
     docker_api: &dyn DockerApi,
     image: &str,
@@ -47,7 +49,6 @@ pub async fn claim(
         .await
         .map_err(docker("list the pool's containers"))?;
     let booting = labels::booting_container_name(&record.name);
-    let volume = ClaimRecord::volume_name(&record.name);
     for container in listed {
         let member = container
             .names
@@ -60,7 +61,8 @@ pub async fn claim(
         if container.state != Some(ContainerSummaryStateEnum::RUNNING) {
             continue;
         }
-        record.container = id;
+        record.container = id.clone();
+        let volume = ClaimRecord::volume_name(&member.container_name());
         let made = docker_api
             .create_volume(VolumeCreateRequest {
                 name: Some(volume.clone()),
@@ -69,20 +71,18 @@ pub async fn claim(
             })
             .await
             .map_err(docker("record the claim"))?;
-        // Docker hands back an existing volume as it is: another claim of this name.
-        if made.labels.get(CLAIM_OF) != Some(&record.container) {
-            return Err(PoolError::NameTaken(volume));
+        if !record.held_by(&made.labels) {
+            // Another claim holds this member (or a crashed one did, until the sweep).
+            continue;
         }
         crash_point("record");
-        match docker_api
-            .rename_container(&member.container_name(), &booting)
-            .await
-        {
+        match docker_api.rename_container(&id, &booting).await {
             Ok(()) => {
                 crash_point("rename");
                 return Ok(Some(record));
             }
             Err(err) => {
+                // Releases the member: it was never renamed, so it is still a member.
                 let _ = docker_api.remove_volume(&volume).await;
                 if is_status(&err, 404) {
                     continue;

@@ -74,26 +74,28 @@ async fn a_claim_makes_one_member_a_session_of_its_owner() {
 #[tokio::test]
 async fn a_crash_after_the_record_leaves_a_member_and_a_record_the_sweep_removes() {
     let docker = with_members(1);
-    let id = docker
-        .state
-        .lock()
-        .unwrap()
-        .containers
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let (id, member) = {
+        let state = docker.state.lock().unwrap();
+        let (id, container) = state.containers.iter().next().unwrap();
+        (id.clone(), container.name.clone())
+    };
     let mut stale = record("demo");
     stale.container = id;
     docker
         .create_volume(VolumeCreateRequest {
-            name: Some(ClaimRecord::volume_name("demo")),
+            name: Some(ClaimRecord::volume_name(&member)),
             labels: Some(stale.to_labels()),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(ready(&docker).await, 1, "still a member");
+    assert_eq!(ready(&docker).await, 0, "a member, held until the sweep");
+    assert!(
+        claim(docker.as_ref(), "base", record("y"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         claimed_sessions(docker.as_ref()).await.unwrap().is_empty(),
         "not a session"

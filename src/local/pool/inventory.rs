@@ -25,7 +25,12 @@ pub struct PoolRow {
 /// Counts members per image from a listing filtered on [`POOL`]. Claimed members (renamed
 /// away from `cubbi-pool.*`) are sessions and are not counted; images with members but no
 /// target still appear, so `drain` has something to say about them.
-pub fn inventory(targets: &PoolTargets, containers: &[ContainerSummary]) -> Vec<PoolRow> {
+/// `held`: ids of members a claim record holds (a claim between its steps): not claimable.
+pub fn inventory(
+    targets: &PoolTargets,
+    containers: &[ContainerSummary],
+    held: &std::collections::BTreeSet<String>,
+) -> Vec<PoolRow> {
     let mut rows: BTreeMap<String, PoolRow> = targets
         .iter()
         .map(|(image, target)| {
@@ -61,7 +66,8 @@ pub fn inventory(targets: &PoolTargets, containers: &[ContainerSummary]) -> Vec<
             not_ready: 0,
             target: 0,
         });
-        if is_ready(container) {
+        let is_held = container.id.as_ref().is_some_and(|id| held.contains(id));
+        if is_ready(container) && !is_held {
             row.ready += 1;
         } else {
             row.not_ready += 1;
@@ -165,7 +171,7 @@ mod tests {
                 ContainerSummaryStateEnum::RUNNING,
             ),
         ];
-        let rows = inventory(&targets, &listing);
+        let rows = inventory(&targets, &listing, &Default::default());
         let row = |image: &str| rows.iter().find(|r| r.image == image).unwrap().clone();
         assert_eq!(
             (row("base").ready, row("base").not_ready, row("base").target),

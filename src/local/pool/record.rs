@@ -23,10 +23,22 @@ pub struct ClaimRecord {
 }
 
 impl ClaimRecord {
-    /// The record volume's name. One per session name: a second claim under the same name
-    /// loses the rename (the container name is taken) and removes nothing but its own try.
-    pub fn volume_name(session: &str) -> String {
-        format!("cubbi-claim.{session}")
+    /// The record volume's name, one per member (`cubbi-claim.` + the member's container
+    /// name): Docker creates a volume under a per-name lock and hands an existing one back as
+    /// it is, so whoever's labels the volume carries holds the member. (A rename is no lock:
+    /// Docker resolves the old name before it locks the container, so racing renames of one
+    /// member all succeed, one after another; the integration test showed it.)
+    pub fn volume_name(member_container: &str) -> String {
+        format!("cubbi-claim.{}", member_container.trim_start_matches('/'))
+    }
+
+    /// Whether a record read back from Docker is this one (the claimer holds the member).
+    pub fn held_by(&self, labels: &HashMap<String, String>) -> bool {
+        Self::from_labels(labels).is_some_and(|theirs| {
+            theirs.container == self.container
+                && theirs.name == self.name
+                && theirs.owner == self.owner
+        })
     }
 
     pub fn to_labels(&self) -> HashMap<String, String> {
@@ -99,7 +111,16 @@ mod tests {
         let mut damaged = record().to_labels();
         damaged.insert(labels::CREATED.into(), "soon".into());
         assert_eq!(ClaimRecord::from_labels(&damaged), None);
-        assert_eq!(ClaimRecord::volume_name("demo"), "cubbi-claim.demo");
+        assert_eq!(
+            ClaimRecord::volume_name("/cubbi-pool.base.0123456789ab"),
+            "cubbi-claim.cubbi-pool.base.0123456789ab"
+        );
+        assert!(record().held_by(&record().to_labels()));
+        let other = ClaimRecord {
+            name: "other".into(),
+            ..record()
+        };
+        assert!(!record().held_by(&other.to_labels()));
     }
 
     #[test]
