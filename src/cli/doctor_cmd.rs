@@ -55,6 +55,9 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
             results.push(checks::langfuse(export.endpoint(), reachable));
         }
     }
+    if !config.pool.is_empty() {
+        results.push(pool_check(&endpoint, &config.pool).await);
+    }
     if context.mode.json {
         output::print_json(&serde_json::json!({
             "endpoint": endpoint,
@@ -123,4 +126,21 @@ async fn fluentd_reachable(address: &str) -> Result<(), String> {
         Ok(Err(err)) => Err(format!("cannot connect: {err}")),
         Err(_) => Err("no answer within 3 s".into()),
     }
+}
+
+/// The pool line: members ready per image against `[pool]`, read within 5 s.
+async fn pool_check(endpoint: &str, targets: &crate::local::pool::PoolTargets) -> doctor::Check {
+    let read = async {
+        let docker = crate::docker::connect(endpoint)
+            .await
+            .map_err(|err| err.to_string())?;
+        crate::local::pool::ops::status(&docker, targets)
+            .await
+            .map_err(|err| err.to_string())
+    };
+    let rows = match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
+        Ok(rows) => rows,
+        Err(_) => Err("Docker did not answer within 5 s".into()),
+    };
+    crate::local::pool::inventory::doctor_check(rows)
 }

@@ -10,6 +10,7 @@ mod engine_cmd;
 mod image_cmd;
 mod mcp_cmd;
 pub mod output;
+mod pool_cmd;
 mod project_cmd;
 mod remote_cmd;
 mod run_cmd;
@@ -126,6 +127,8 @@ pub enum Command {
     Project(project_cmd::ProjectArgs),
     /// Register MCP servers once, to give sessions' tools with --mcp NAME.
     Mcp(mcp_cmd::McpArgs),
+    /// Show or drain the warm pool of booted sessions-to-be (`[pool]` in the config).
+    Pool(pool_cmd::PoolArgs),
     /// Log in to a remote: `cubbi -r NAME auth`. A service with an OpenID Connect login gets
     /// a device login (a URL and a code to approve in the browser); otherwise, or with
     /// --token-stdin, an API token is read from stdin or typed hidden.
@@ -215,6 +218,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = crate::config::ConfigFile::open_default()?.config()?;
             context.remote = session_remote(cli.remote.as_deref(), &config);
             run_cmd::run(*args, &context, &config).await
+        }
+        Command::Pool(args) => {
+            refuse_remote(cli.remote.as_deref(), "pool")?;
+            pool_cmd::run(args, &context).await
         }
         Command::Config(args) => {
             refuse_remote(cli.remote.as_deref(), "config")?;

@@ -184,6 +184,15 @@ pub fn remote_endpoint_key(name: &str) -> KeySpec {
     }
 }
 
+/// The key for an image's pool size, `pool.IMAGE`.
+pub fn pool_key(image: &str) -> KeySpec {
+    KeySpec {
+        path: format!("pool.{image}"),
+        kind: Kind::PositiveInteger,
+        help: "booted members kept ready for this image (at most 64)",
+    }
+}
+
 /// Resolves what a user typed (`openai.api_key` is short for `services.openai.api_key`).
 pub fn lookup(key: &str) -> Result<KeySpec, ConfigError> {
     let unknown = || ConfigError::UnknownKey {
@@ -205,6 +214,13 @@ pub fn lookup(key: &str) -> Result<KeySpec, ConfigError> {
             validate_remote_name(name)?;
             Ok(remote_endpoint_key(name))
         }
+        ["pool", image] if crate::local::pool::targets::valid_image_name(image) => {
+            Ok(pool_key(image))
+        }
+        ["pool", ..] => Err(ConfigError::InvalidValue {
+            key: full.clone(),
+            reason: "pool sizes are set as pool.IMAGE, with a cubbi image name".into(),
+        }),
         ["remote", "endpoints", ..] => Err(ConfigError::InvalidValue {
             key: full.clone(),
             reason: "remote endpoints are set as remote.endpoints.NAME.url".into(),
@@ -426,6 +442,9 @@ mod tests {
             lookup("remote.endpoints.team.url").unwrap().path,
             "remote.endpoints.team.url"
         );
+        assert_eq!(lookup("pool.claude-code").unwrap().path, "pool.claude-code");
+        assert!(lookup("pool.Bad/Image").is_err());
+        assert!(lookup("pool.base.extra").is_err());
     }
 
     #[test]

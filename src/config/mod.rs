@@ -64,6 +64,9 @@ pub struct Config {
     pub build: BuildSettings,
     pub projects: ProjectSettings,
     pub logging: LoggingSettings,
+    /// `[pool]`: booted members kept per image (`pool.base = 2`); see `cubbi pool`.
+    #[serde(skip_serializing_if = "crate::local::pool::PoolTargets::is_empty")]
+    pub pool: crate::local::pool::PoolTargets,
 }
 
 /// `[logging]`: where local sessions' output goes besides `docker logs`.

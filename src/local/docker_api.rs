@@ -42,6 +42,9 @@ pub trait DockerApi: Send + Sync {
     async fn inspect_volume(&self, name: &str) -> Result<Volume, Error>;
     /// Creates the volume, or returns the existing one of that name as it is.
     async fn create_volume(&self, request: VolumeCreateRequest) -> Result<Volume, Error>;
+    /// Volumes carrying `label` (a key, or `key=value`).
+    async fn list_volumes(&self, label: &str) -> Result<Vec<Volume>, Error>;
+    async fn remove_volume(&self, name: &str) -> Result<(), Error>;
 
     /// Containers in any state (running or not) matching every filter.
     async fn list_containers(&self, filters: &Filters) -> Result<Vec<ContainerSummary>, Error>;
@@ -132,6 +135,26 @@ impl DockerApi for Docker {
 
     async fn create_volume(&self, request: VolumeCreateRequest) -> Result<Volume, Error> {
         Docker::create_volume(self, request).await
+    }
+
+    async fn list_volumes(&self, label: &str) -> Result<Vec<Volume>, Error> {
+        let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::new()
+            .filters(&filters)
+            .build();
+        Ok(Docker::list_volumes(self, Some(options))
+            .await?
+            .volumes
+            .unwrap_or_default())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), Error> {
+        Docker::remove_volume(
+            self,
+            name,
+            None::<bollard::query_parameters::RemoveVolumeOptions>,
+        )
+        .await
     }
 
     async fn list_containers(&self, filters: &Filters) -> Result<Vec<ContainerSummary>, Error> {

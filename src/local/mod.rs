@@ -10,6 +10,7 @@ pub mod limits;
 pub mod log_driver;
 pub mod mounts;
 pub mod naming;
+pub mod pool;
 pub mod ports;
 pub mod project;
 pub mod runtime;

@@ -54,6 +54,8 @@ pub struct ServiceConfig {
     pub logging: LoggingSection,
     /// `[egress]`: the names sessions may be allowed (see `egress::service_rules`).
     pub egress: crate::egress::service_rules::ServiceEgress,
+    /// `[pool]`: booted members the service keeps per image and refills in the background.
+    pub pool: crate::local::pool::PoolTargets,
 }
 
 /// `[logging]`: the specification's providers. Only `fluentd` is built; a provider of another
@@ -249,6 +251,7 @@ impl Default for ServiceConfig {
             auth: Default::default(),
             logging: LoggingSection::default(),
             egress: Default::default(),
+            pool: Default::default(),
         }
     }
 }
@@ -593,6 +596,16 @@ mod tests {
             assert!(err.to_string().contains(needle), "{text}: {err}");
             assert!(!err.to_string().contains("sk-lf"));
         }
+    }
+
+    #[test]
+    fn pool_targets_are_read_and_bounded() {
+        let text = "[pool]\nbase = 2\nclaude-code = 4\n";
+        let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
+        assert_eq!(config.pool.target("claude-code"), 4);
+        assert_eq!(config.pool.target("goose"), 0);
+        let err = ServiceConfig::parse("[pool]\nbase = 100\n", Path::new("t.toml")).unwrap_err();
+        assert!(err.to_string().contains("more than the 64"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod mcp;
 mod mcp_tools;
 mod oidc;
 mod openapi_tools;
+mod pool;
 mod projects;
 mod projects_session;
 mod remotes;
@@ -79,6 +80,7 @@ fn main() {
     tests.extend(mcp_tools::tests());
     tests.extend(oidc::tests());
     tests.extend(openapi_tools::tests());
+    tests.extend(pool::tests());
     tests.extend(projects::tests());
     tests.extend(serve::tests());
     tests.extend(serve_hardening::tests());

@@ -50,6 +50,8 @@ pub struct FakeState {
     pub status_output: String,
     /// Ports a [`Failure::TakePort`] bound, held for the rest of the test.
     pub taken: Vec<TcpListener>,
+    /// Volumes made through `create_volume`, by name.
+    pub volumes: BTreeMap<String, Volume>,
     next_id: u64,
 }
 
@@ -150,11 +152,40 @@ impl DockerApi for FakeDocker {
     }
 
     async fn create_volume(&self, request: VolumeCreateRequest) -> Result<Volume, Error> {
-        Ok(Volume {
+        self.scripted("create_volume", "")?;
+        let volume = Volume {
             name: request.name.unwrap_or_default(),
             labels: request.labels.unwrap_or_default(),
             ..Default::default()
-        })
+        };
+        // As Docker: an existing volume of that name is returned as it is.
+        let mut state = self.state.lock().unwrap();
+        Ok(state
+            .volumes
+            .entry(volume.name.clone())
+            .or_insert(volume)
+            .clone())
+    }
+
+    async fn list_volumes(&self, label: &str) -> Result<Vec<Volume>, Error> {
+        let state = self.state.lock().unwrap();
+        let wanted = |v: &Volume| match label.split_once('=') {
+            Some((k, value)) => v.labels.get(k).map(String::as_str) == Some(value),
+            None => v.labels.contains_key(label),
+        };
+        Ok(state
+            .volumes
+            .values()
+            .filter(|v| wanted(v))
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), Error> {
+        match self.state.lock().unwrap().volumes.remove(name) {
+            Some(_) => Ok(()),
+            None => Err(daemon_error(404, format!("no volume {name}"))),
+        }
     }
 
     async fn list_containers(&self, filters: &Filters) -> Result<Vec<ContainerSummary>, Error> {
@@ -231,12 +262,30 @@ impl DockerApi for FakeDocker {
     }
 
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), Error> {
+        self.scripted("rename_container", "")?;
         let mut state = self.state.lock().unwrap();
-        let container = state
+        // As Docker: the container is found by id or by its current name, and a name another
+        // container holds is refused.
+        if state
             .containers
-            .get_mut(id)
-            .ok_or_else(|| daemon_error(404, format!("no container {id}")))?;
-        container.name = name.to_string();
+            .iter()
+            .any(|(other, c)| c.name == name && other != id)
+        {
+            return Err(daemon_error(409, format!("the name {name} is in use")));
+        }
+        let key = if state.containers.contains_key(id) {
+            id.to_string()
+        } else {
+            state
+                .containers
+                .iter()
+                .find(|(_, c)| c.name == id)
+                .map(|(key, _)| key.clone())
+                .ok_or_else(|| daemon_error(404, format!("no container {id}")))?
+        };
+        if let Some(container) = state.containers.get_mut(&key) {
+            container.name = name.to_string();
+        }
         Ok(())
     }
 
@@ -247,7 +296,13 @@ impl DockerApi for FakeDocker {
     async fn remove_container(&self, id: &str) -> Result<(), Error> {
         let mut state = self.state.lock().unwrap();
         state.removed.push(id.to_string());
-        match state.containers.remove(id) {
+        // Docker takes a name as well as an id.
+        let key = state
+            .containers
+            .iter()
+            .find(|(_, c)| c.name == id)
+            .map_or_else(|| id.to_string(), |(key, _)| key.clone());
+        match state.containers.remove(&key) {
             Some(_) => Ok(()),
             None => Err(daemon_error(404, format!("no container {id}"))),
         }

@@ -49,7 +49,7 @@ mod validate;
 mod volumes;
 
 #[cfg(test)]
-mod fake_docker;
+pub(crate) mod fake_docker;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,72 @@
+//! `cubbi pool status|drain`: the warm pool of the local endpoint (`[pool]` in the config).
+//! A service's pool is its own (`[pool]` in service.toml), so `-r` is refused.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::output::{print_json, table, terminal_safe as safe};
+use super::{CliError, Context};
+use crate::config::ConfigFile;
+use crate::local::pool::ops;
+
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(subcommand)]
+    command: PoolCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Per image: members ready to be claimed, and the target (`pool.IMAGE`).
+    Status,
+    /// Remove the unclaimed members (of one image, or all); sessions made from members stay.
+    Drain {
+        /// Only this image's members.
+        #[arg(long, value_name = "NAME")]
+        image: Option<String>,
+    },
+}
+
+pub async fn run(args: PoolArgs, context: &Context) -> Result<ExitCode, CliError> {
+    let config = ConfigFile::open_default()?.config()?;
+    let endpoint = crate::docker::resolve_endpoint(context.endpoint.as_deref(), &config);
+    let docker = crate::docker::connect(&endpoint).await?;
+    let refused = |err: ops::PoolError| CliError::Refused(err.to_string());
+    match args.command {
+        PoolCommand::Status => {
+            let rows = ops::status(&docker, &config.pool).await.map_err(refused)?;
+            if context.mode.json {
+                print_json(&rows)?;
+            } else if rows.is_empty() {
+                eprintln!("no pool is configured; set one with `cubbi config set pool.base 2`");
+            } else {
+                let text = table(
+                    config.ui.table_format,
+                    &["IMAGE", "READY", "NOT READY", "TARGET"],
+                    rows.iter().map(|row| {
+                        vec![
+                            safe(&row.image).into_owned(),
+                            row.ready.to_string(),
+                            row.not_ready.to_string(),
+                            row.target.to_string(),
+                        ]
+                    }),
+                );
+                std::io::stdout().write_all(text.as_bytes())?;
+            }
+        }
+        PoolCommand::Drain { image } => {
+            let removed = ops::drain(&docker, image.as_deref())
+                .await
+                .map_err(refused)?;
+            if context.mode.json {
+                print_json(&serde_json::json!({ "removed": removed }))?;
+            } else {
+                eprintln!("removed {removed} pool member(s)");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

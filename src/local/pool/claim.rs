@@ -1,0 +1,162 @@
+//! The claim's commit: a record volume naming the chosen member, then the rename of that member
+//! (by its name) to the session's booting name. Before the rename the container is a member and
+//! the record is stale (swept); after it, the container is a session (see docs/architecture.md).
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerSummaryStateEnum, VolumeCreateRequest};
+
+use super::member::{MemberName, POOL};
+use super::ops::PoolError;
+use super::record::{CLAIM_OF, ClaimRecord};
+use crate::local::docker_api::DockerApi;
+use crate::local::labels::{self, SessionLabels};
+
+/// A stale record (its container still a member, or gone) is removed only once it is this old:
+/// a younger one may belong to a claim between its two steps.
+pub const STALE_RECORD_SECS: i64 = 300;
+
+/// Test-only crash injection, compiled in so the integration tests can kill a real claim at a
+/// step: `CUBBI_TEST_CRASH_AT=claim:record` or `claim:rename` aborts the process right after
+/// that step.
+fn crash_point(step: &str) {
+    if std::env::var("CUBBI_TEST_CRASH_AT").is_ok_and(|at| at == format!("claim:{step}")) {
+        std::process::abort();
+    }
+}
+
+fn docker(doing: &'static str) -> impl Fn(bollard::errors::Error) -> PoolError {
+    move |source| PoolError::Docker { doing, source }
+}
+
+fn is_status(err: &bollard::errors::Error, code: u16) -> bool {
+    matches!(err, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// Claims one ready member of `image` for `record` (whose `container` is filled in here).
+/// `Ok(None)`: no member left, the create goes cold. Step 1 takes the member's record volume
+/// (the lock, see [`ClaimRecord::volume_name`]); step 2 renames the member to
+/// `cubbi-NAME.booting`, the commit. The caller applies the personal state and renames it to
+/// `cubbi-NAME`.
+pub async fn claim(
+    docker_api: &dyn DockerApi,
+    image: &str,
+    mut record: ClaimRecord,
+) -> Result<Option<ClaimRecord>, PoolError> {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{POOL}={image}")])]);
+    let listed = docker_api
+        .list_containers(&filters)
+        .await
+        .map_err(docker("list the pool's containers"))?;
+    let booting = labels::booting_container_name(&record.name);
+    for container in listed {
+        let member = container
+            .names
+            .iter()
+            .flatten()
+            .find_map(|n| MemberName::parse(n));
+        let (Some(id), Some(member)) = (container.id.clone(), member) else {
+            continue;
+        };
+        if container.state != Some(ContainerSummaryStateEnum::RUNNING) {
+            continue;
+        }
+        record.container = id.clone();
+        let volume = ClaimRecord::volume_name(&member.container_name());
+        let made = docker_api
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume.clone()),
+                labels: Some(record.to_labels()),
+                ..Default::default()
+            })
+            .await
+            .map_err(docker("record the claim"))?;
+        if !record.held_by(&made.labels) {
+            // Another claim holds this member (or a crashed one did, until the sweep).
+            continue;
+        }
+        crash_point("record");
+        match docker_api.rename_container(&id, &booting).await {
+            Ok(()) => {
+                crash_point("rename");
+                return Ok(Some(record));
+            }
+            Err(err) => {
+                // Releases the member: it was never renamed, so it is still a member.
+                let _ = docker_api.remove_volume(&volume).await;
+                if is_status(&err, 404) {
+                    continue;
+                }
+                if is_status(&err, 409) {
+                    return Err(PoolError::NameTaken(booting));
+                }
+                return Err(docker("claim a pool member")(err));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Every session made from a member: pool-labelled containers renamed away from
+/// `cubbi-pool.*` whose record names them (what `list` adds to the labelled sessions).
+pub async fn claimed_sessions(
+    docker_api: &dyn DockerApi,
+) -> Result<Vec<(String, SessionLabels)>, PoolError> {
+    let records: Vec<ClaimRecord> = docker_api
+        .list_volumes(CLAIM_OF)
+        .await
+        .map_err(docker("list claim records"))?
+        .iter()
+        .filter_map(|v| ClaimRecord::from_labels(&v.labels))
+        .collect();
+    let filters = HashMap::from([("label".to_string(), vec![POOL.to_string()])]);
+    let containers = docker_api
+        .list_containers(&filters)
+        .await
+        .map_err(docker("list the pool's containers"))?;
+    let mut sessions = Vec::new();
+    for container in containers {
+        let (Some(id), Some(container_labels)) = (&container.id, &container.labels) else {
+            continue;
+        };
+        let names: Vec<&String> = container.names.iter().flatten().collect();
+        if names.iter().any(|n| MemberName::parse(n).is_some()) {
+            continue;
+        }
+        let found = records
+            .iter()
+            .find(|r| &r.container == id)
+            .and_then(|r| r.session_labels(id, container_labels));
+        if let Some(session) = found {
+            sessions.push((id.clone(), session));
+        }
+    }
+    Ok(sessions)
+}
+
+/// Removes records older than [`STALE_RECORD_SECS`] whose container is still a member or
+/// gone (a claim that crashed between its two steps). Returns how many.
+pub async fn sweep_records(docker_api: &dyn DockerApi, now: i64) -> Result<u32, PoolError> {
+    let claimed: Vec<String> = claimed_sessions(docker_api)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let mut removed = 0;
+    for volume in docker_api
+        .list_volumes(CLAIM_OF)
+        .await
+        .map_err(docker("list claim records"))?
+    {
+        let stale = match ClaimRecord::from_labels(&volume.labels) {
+            Some(record) => {
+                !claimed.contains(&record.container) && now - record.created > STALE_RECORD_SECS
+            }
+            None => false,
+        };
+        if stale && docker_api.remove_volume(&volume.name).await.is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

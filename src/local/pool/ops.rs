@@ -1,0 +1,132 @@
+//! The pool operations that talk to Docker besides the claim (`claim.rs`): reading the members
+//! and draining them (see "Warm pool" in docs/architecture.md).
+
+use std::collections::HashMap;
+
+use bollard::models::ContainerSummary;
+
+use super::inventory::{PoolRow, inventory};
+use super::member::{MemberName, POOL};
+use super::targets::PoolTargets;
+use crate::local::docker_api::DockerApi;
+
+/// What went wrong talking to Docker about the pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot {doing}: {source}")]
+    Docker {
+        doing: &'static str,
+        source: bollard::errors::Error,
+    },
+    #[error("a container named {0} exists already")]
+    NameTaken(String),
+}
+
+fn docker(doing: &'static str) -> impl Fn(bollard::errors::Error) -> PoolError {
+    move |source| PoolError::Docker { doing, source }
+}
+
+/// Every container labelled as a member (claimed ones included: callers parse the name).
+async fn labelled(docker_api: &dyn DockerApi) -> Result<Vec<ContainerSummary>, PoolError> {
+    let filters = HashMap::from([("label".to_string(), vec![POOL.to_string()])]);
+    docker_api
+        .list_containers(&filters)
+        .await
+        .map_err(docker("list the pool's containers"))
+}
+
+/// Per image: ready members and the target (what `cubbi pool status` prints).
+pub async fn status(
+    docker_api: &dyn DockerApi,
+    targets: &PoolTargets,
+) -> Result<Vec<PoolRow>, PoolError> {
+    let held = docker_api
+        .list_volumes(super::record::CLAIM_OF)
+        .await
+        .map_err(docker("list claim records"))?
+        .iter()
+        .filter_map(|volume| super::record::ClaimRecord::from_labels(&volume.labels))
+        .map(|record| record.container)
+        .collect();
+    Ok(inventory(targets, &labelled(docker_api).await?, &held))
+}
+
+/// Removes every unclaimed member (of `image`, or of all images). Claimed members are
+/// sessions and are left alone; a member claimed meanwhile is no longer found by its name.
+pub async fn drain(docker_api: &dyn DockerApi, image: Option<&str>) -> Result<u32, PoolError> {
+    let mut removed = 0;
+    for container in labelled(docker_api).await? {
+        let Some(member) = container
+            .names
+            .iter()
+            .flatten()
+            .find_map(|n| MemberName::parse(n))
+        else {
+            continue;
+        };
+        if image.is_some_and(|image| image != member.image) {
+            continue;
+        }
+        // Addressed by name, not id: if a claim renamed it a moment ago, this is a 404 and the
+        // new session survives.
+        match docker_api.remove_container(&member.container_name()).await {
+            Ok(()) => removed += 1,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(err) => return Err(docker("remove a pool member")(err)),
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bollard::models::ContainerSummaryStateEnum;
+
+    use super::*;
+    use crate::local::backend::fake_docker::{FakeContainer, FakeDocker};
+    use crate::local::pool::member::member_labels;
+
+    fn with_members(image: &str, count: usize) -> Arc<FakeDocker> {
+        let docker = Arc::new(FakeDocker::default());
+        for i in 0..count {
+            docker.add(FakeContainer {
+                name: MemberName::fresh(image).container_name(),
+                labels: member_labels(image, "cubbi-base", 2300 + i as u16, "127.0.0.1", "k", &[]),
+                state: ContainerSummaryStateEnum::RUNNING,
+                status: "Up".into(),
+            });
+        }
+        docker
+    }
+
+    #[tokio::test]
+    async fn drain_removes_members_and_spares_claimed_ones() {
+        let docker = with_members("base", 3);
+        let record = crate::local::pool::ClaimRecord {
+            container: String::new(),
+            name: "mine".into(),
+            owner: "alice".into(),
+            created: 0,
+            idle_stop_secs: None,
+        };
+        crate::local::pool::claim::claim(docker.as_ref(), "base", record)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(drain(docker.as_ref(), Some("goose")).await.unwrap(), 0);
+        assert_eq!(drain(docker.as_ref(), None).await.unwrap(), 2);
+        let left: Vec<String> = docker
+            .state
+            .lock()
+            .unwrap()
+            .containers
+            .values()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(left, vec!["cubbi-mine.booting".to_string()]);
+    }
+}
