@@ -31,8 +31,6 @@ pub enum Purpose {
     Terminal,
     /// `GET /v1/sessions/{id}/ssh`
     Ssh,
-    /// `GET /v1/sessions/{id}/logs/ws`
-    Logs,
 }
 
 struct Entry {
@@ -159,7 +157,7 @@ mod tests {
     #[test]
     fn only_the_hash_is_kept() {
         let tickets = Tickets::default();
-        let ticket = tickets.issue(&alice(), "s1", Purpose::Logs).unwrap();
+        let ticket = tickets.issue(&alice(), "s1", Purpose::Ssh).unwrap();
         let entries = tickets.entries.lock().unwrap();
         assert!(entries.contains_key(&digest(&ticket)));
         assert!(
