@@ -25,7 +25,9 @@ mod router_tests;
 mod run_routes;
 pub mod store;
 pub mod store_conformance;
+pub mod tickets;
 pub mod tls;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -33,6 +33,7 @@ use super::policy::Policy;
 use super::project_routes;
 use super::run_routes;
 use super::store::{Caller, Store};
+use super::ws;
 use crate::api::wire::{
     ConnectRequest, CreateRequest, ExecLine, ExecRequest, Health, ImageInfo, LogLine,
 };
@@ -102,6 +103,8 @@ struct Shared<H> {
     request_timeout: Duration,
     /// The OpenID Connect login, when `[auth.oidc]` configures one.
     oidc: Option<Arc<super::oidc::OidcService>>,
+    /// WebSocket tickets, live terminals and open sockets.
+    ws: super::ws::WsState,
 }
 
 impl<H: SessionHost> AppState<H> {
@@ -126,6 +129,7 @@ impl<H: SessionHost> AppState<H> {
                 stopping,
                 request_timeout: timing.request_timeout,
                 oidc: None,
+                ws: super::ws::WsState::default(),
             }),
         }
     }
@@ -140,6 +144,10 @@ impl<H: SessionHost> AppState<H> {
 
     pub(crate) fn oidc(&self) -> Option<Arc<super::oidc::OidcService>> {
         self.shared.oidc.clone()
+    }
+
+    pub(super) fn ws(&self) -> &super::ws::WsState {
+        &self.shared.ws
     }
 
     pub(super) fn host(&self) -> &H {
@@ -367,12 +375,15 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<oidc_routes::__path_refresh, _>(oidc_routes::refresh::<H>)
             .route::<oidc_routes::__path_logout, _>(oidc_routes::logout::<H>)
             .route::<oidc_routes::__path_callback, _>(oidc_routes::callback::<H>)
-            .route::<oidc_routes::__path_callback_post, _>(oidc_routes::callback_post::<H>),
+            .route::<oidc_routes::__path_callback_post, _>(oidc_routes::callback_post::<H>)
+            .route::<ws::__path_issue_ticket, _>(ws::issue_ticket::<H>),
         streamed: DocumentedRoutes::new()
             .route::<__path_exec, _>(exec::<H>)
             .route::<__path_logs, _>(logs::<H>)
             .route::<run_routes::__path_create_run, _>(run_routes::create_run::<H>)
-            .route::<run_routes::__path_run_in_session, _>(run_routes::run_in_session::<H>),
+            .route::<run_routes::__path_run_in_session, _>(run_routes::run_in_session::<H>)
+            .route::<ws::__path_terminal, _>(ws::terminal::<H>)
+            .route::<ws::__path_ssh, _>(ws::ssh::<H>),
         health: DocumentedRoutes::new().route::<__path_healthz, _>(healthz),
         data: DocumentedRoutes::new()
             .route::<data_routes::__path_export, _>(data_routes::export::<H>)

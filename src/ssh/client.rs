@@ -189,6 +189,32 @@ impl SshSession {
         Ok(Box::pin(stream))
     }
 
+    /// A PTY channel of `cols`x`rows` running `command` (else the login shell), for a caller
+    /// that relays it elsewhere (the service's WebSocket terminal). The returned session
+    /// must live as long as the channel.
+    pub async fn open_pty(
+        self,
+        cols: u32,
+        rows: u32,
+        command: Option<&[String]>,
+    ) -> Result<(russh::Channel<client::Msg>, Self), SshError> {
+        let failed = |err: russh::Error| SshError::Connection {
+            address: "session".into(),
+            reason: err.to_string(),
+        };
+        let channel = self.handle.channel_open_session().await.map_err(failed)?;
+        channel
+            .request_pty(true, "xterm-256color", cols, rows, 0, 0, &[])
+            .await
+            .map_err(failed)?;
+        match command {
+            None => channel.request_shell(true).await,
+            Some(command) => channel.exec(true, command_line(Some(command), None)).await,
+        }
+        .map_err(failed)?;
+        Ok((channel, self))
+    }
+
     /// An interactive PTY on the user's terminal: raw mode, window resizes, exit status.
     pub async fn interactive(
         self,

@@ -37,6 +37,7 @@ mod store_conformance;
 mod support;
 mod sysbox;
 mod tables;
+mod terminal;
 
 use libtest_mimic::Arguments;
 
@@ -97,6 +98,7 @@ fn main() {
     tests.extend(ssh_files::tests());
     tests.extend(store_conformance::tests());
     tests.extend(sysbox::tests());
+    tests.extend(terminal::tests());
     tests.extend(tables::tests());
     let conclusion = libtest_mimic::run(&args, tests);
     support::teardown();
