@@ -12,7 +12,6 @@ use serde_json::Value;
 
 use crate::support::model_server::{ModelServer, Reply};
 use crate::support::otlp_receiver::OtlpReceiver;
-use crate::support::sysbox::SessionRuntime;
 use crate::support::{DockerScope, TestHome, docker_test, eventually};
 
 pub fn tests() -> Vec<Trial> {
@@ -23,7 +22,7 @@ const PUBLIC_KEY: &str = "pk-lf-fixture-3c1";
 const SECRET_KEY: &str = "sk-lf-fixture-9e77";
 
 fn run_args(network: &str, model: &str, name: &str) -> Vec<String> {
-    let mut args: Vec<String> = [
+    crate::mcp::with_runtime_flags(&[
         "--json",
         "run",
         "--timeout",
@@ -43,17 +42,7 @@ fn run_args(network: &str, model: &str, name: &str) -> Vec<String> {
         &format!("ANTHROPIC_BASE_URL={model}"),
         "-p",
         "Say hello",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(
-        SessionRuntime::of_this_run()
-            .create_flags()
-            .iter()
-            .map(|flag| flag.to_string()),
-    );
-    args
+    ])
 }
 
 fn set_langfuse(scope: &DockerScope, home: &TestHome, url: &str) {

@@ -213,7 +213,7 @@ fn claude_code_calls_a_remote_mcp_server() -> Result<(), Failed> {
             ])
             .run()
             .success();
-        let mut args: Vec<String> = [
+        let mut args = crate::mcp::with_runtime_flags(&[
             "run",
             "--stream",
             "--timeout",
@@ -234,28 +234,11 @@ fn claude_code_calls_a_remote_mcp_server() -> Result<(), Failed> {
             &format!("ANTHROPIC_BASE_URL=http://{gateway}:{}", model.port),
             "-p",
             "Look up the word for greeting",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(
-            SessionRuntime::of_this_run()
-                .create_flags()
-                .iter()
-                .map(|flag| flag.to_string()),
-        );
+        ]);
         args.push(workspace.path().display().to_string());
         let ran = scope.cubbi(&home).args(&args).run();
         let stdout = ran.stdout();
-        let events: Vec<Value> = stdout
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect();
-        let result = events
-            .iter()
-            .find(|e| e["type"] == "result")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let (events, result) = crate::mcp::stream_result(&stdout);
         assert_eq!(
             result["is_error"],
             false,
@@ -334,4 +317,33 @@ fn claude_code_calls_a_remote_mcp_server() -> Result<(), Failed> {
         assert_eq!(stat.trim(), "640 root agent");
         Ok(())
     })
+}
+
+/// `words` as owned arguments, followed by the runtime flags this run's sessions need.
+pub(crate) fn with_runtime_flags(words: &[&str]) -> Vec<String> {
+    words
+        .iter()
+        .map(|word| word.to_string())
+        .chain(
+            SessionRuntime::of_this_run()
+                .create_flags()
+                .iter()
+                .map(|flag| flag.to_string()),
+        )
+        .collect()
+}
+
+/// The events of a `run --stream` (one JSON object a line) and its `result` event (null when
+/// there is none).
+pub(crate) fn stream_result(stdout: &str) -> (Vec<Value>, Value) {
+    let events: Vec<Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let result = events
+        .iter()
+        .find(|event| event["type"] == "result")
+        .cloned()
+        .unwrap_or(Value::Null);
+    (events, result)
 }

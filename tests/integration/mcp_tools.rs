@@ -69,7 +69,7 @@ fn claude_code_calls_a_stdio_mcp_server_run_in_the_session() -> Result<(), Faile
             .stdout_contains("stdio")
             .stdout_contains("node /home/agent/workspace/stdio-server.cjs")
             .stdout_lacks(STDIO_WORD);
-        let mut args: Vec<String> = [
+        let mut args = crate::mcp::with_runtime_flags(&[
             "run",
             "--stream",
             "--timeout",
@@ -90,28 +90,11 @@ fn claude_code_calls_a_stdio_mcp_server_run_in_the_session() -> Result<(), Faile
             &format!("ANTHROPIC_BASE_URL=http://{gateway}:{}", model.port),
             "-p",
             "Look up the stdio word",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(
-            SessionRuntime::of_this_run()
-                .create_flags()
-                .iter()
-                .map(|flag| flag.to_string()),
-        );
+        ]);
         args.push(workspace.path().display().to_string());
         let ran = scope.cubbi(&home).args(&args).run();
         let stdout = ran.stdout();
-        let events: Vec<Value> = stdout
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect();
-        let result = events
-            .iter()
-            .find(|e| e["type"] == "result")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let (events, result) = crate::mcp::stream_result(&stdout);
         if result["is_error"] != false {
             let logs = scope
                 .cubbi(&home)
