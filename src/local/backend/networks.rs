@@ -56,10 +56,25 @@ impl LocalBackend {
             options,
             ..Default::default()
         };
-        self.docker
-            .create_network(request)
-            .await
-            .map_err(|err| ApiError::unavailable(format!("cannot create network {name}: {err}")))
+        let mut attempt = 1;
+        loop {
+            match self.docker.create_network(request.clone()).await {
+                Ok(()) => return Ok(()),
+                // An earlier attempt that failed late may have made it after all.
+                Err(err) if attempt > 1 && is_conflict(&err) => return Ok(()),
+                Err(err) if attempt < NETWORK_CREATE_ATTEMPTS && shared_chains_rebuilt(&err) => {
+                    tracing::debug!(%err, attempt, "network create met Docker's iptables chains being rebuilt; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(300 * attempt as u64))
+                        .await;
+                    attempt += 1;
+                }
+                Err(err) => {
+                    return Err(ApiError::unavailable(format!(
+                        "cannot create network {name}: {err}"
+                    )));
+                }
+            }
+        }
     }
 
     /// The Linux bridge a new network gets on cubbi's engine: the engine bridge's name plus a
@@ -103,5 +118,65 @@ impl LocalBackend {
             )));
         }
         Ok(Some(bridge))
+    }
+}
+
+/// How often a network create is tried while Docker's iptables chains are being rebuilt.
+const NETWORK_CREATE_ATTEMPTS: u32 = 4;
+
+/// Every dockerd on a host shares the `DOCKER` chains of the host's iptables, and each one
+/// removes and re-creates them when it starts. A network created in that moment (cubbi's engine
+/// beside a host Docker that restarts) fails with a 500 naming a missing chain; it is worth
+/// another try, any other failure is not.
+fn shared_chains_rebuilt(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError { status_code: 500, message }
+            if message.contains("iptables") && message.contains("No chain/target/match")
+    )
+}
+
+fn is_conflict(err: &bollard::errors::Error) -> bool {
+    matches!(
+        err,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    fn server_error(status_code: u16, message: &str) -> bollard::errors::Error {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn only_a_missing_shared_chain_is_worth_another_try() {
+        assert!(shared_chains_rebuilt(&server_error(
+            500,
+            "Failed to Setup IP tables: Unable to enable SKIP DNAT rule:  (iptables failed: \
+             iptables --wait -t nat -I DOCKER -i cbt1 -j RETURN: iptables: No chain/target/match \
+             by that name.\n (exit status 1))"
+        )));
+        assert!(!shared_chains_rebuilt(&server_error(
+            500,
+            "no space left on device"
+        )));
+        assert!(!shared_chains_rebuilt(&server_error(
+            400,
+            "iptables: No chain/target/match by that name."
+        )));
+        assert!(is_conflict(&server_error(
+            409,
+            "network with name x already exists"
+        )));
+        assert!(!is_conflict(&server_error(500, "x")));
     }
 }
