@@ -47,7 +47,7 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
         let _internet = Internet::start(&table)?;
         let home = TestHome::new();
         let state = tempfile::tempdir()?;
-        let mut resolver = start_resolver(&scope, &home, state.path(), &bridge);
+        let resolver = start_resolver(&scope, &home, state.path(), &bridge);
         let result = async {
             // The resolver marks its folder once it serves; a create checks that mark.
             let mark = state.path().join("resolver.pid");
@@ -188,8 +188,7 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
             Ok::<(), Failed>(())
         }
         .await;
-        let _ = resolver.kill();
-        let _ = resolver.wait();
+        drop(resolver);
         result
     })
 }
@@ -209,7 +208,7 @@ fn a_service_forces_its_allow_list_and_refuses_other_names() -> Result<(), Faile
         let _internet = Internet::start(&table)?;
         let home = TestHome::new();
         let state = tempfile::tempdir()?;
-        let mut resolver = start_resolver(&scope, &home, state.path(), &bridge);
+        let resolver = start_resolver(&scope, &home, state.path(), &bridge);
         let result = async {
             let mut service = crate::support::service::TestService::start(&scope, |config| {
                 config.egress = toml::from_str(
@@ -305,8 +304,7 @@ fn a_service_forces_its_allow_list_and_refuses_other_names() -> Result<(), Faile
             Ok::<(), Failed>(())
         }
         .await;
-        let _ = resolver.kill();
-        let _ = resolver.wait();
+        drop(resolver);
         result
     })
 }

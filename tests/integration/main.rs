@@ -68,7 +68,6 @@ fn main() {
     tests.extend(config::tests());
     tests.extend(disk::tests());
     tests.extend(docker::tests());
-    tests.extend(egress::tests());
     tests.extend(engine::tests());
     tests.extend(firewall::tests());
     tests.extend(hostile_service::tests());
@@ -100,6 +99,11 @@ fn main() {
     tests.extend(sysbox::tests());
     tests.extend(terminal::tests());
     tests.extend(tables::tests());
+    // Last: every dockerd that starts on the host removes and re-creates the shared DOCKER
+    // iptables chains, and a network or published port made in that moment fails ("No
+    // chain/target/match"). The disk, engine, firewall and setup tests start dockerds; the
+    // egress tests, which create several networks and sessions in a row, run after them.
+    tests.extend(egress::tests());
     let conclusion = libtest_mimic::run(&args, tests);
     support::teardown();
     if let Some(line) = support::sysbox::not_run_line(&args) {

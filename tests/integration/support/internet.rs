@@ -166,11 +166,24 @@ pub fn start_resolver(
     home: &TestHome,
     state: &std::path::Path,
     bridge: &str,
-) -> Child {
-    scope
-        .cubbi(home)
-        .env("CUBBI_EGRESS_DIR", state)
-        .args(["egress", "resolver", "--listen", LISTEN, "--bridge", bridge])
-        .args(["--upstream", RESOLVER])
-        .spawn()
+) -> ResolverProcess {
+    ResolverProcess(
+        scope
+            .cubbi(home)
+            .env("CUBBI_EGRESS_DIR", state)
+            .args(["egress", "resolver", "--listen", LISTEN, "--bridge", bridge])
+            .args(["--upstream", RESOLVER])
+            .spawn(),
+    )
+}
+
+/// The resolver's process, killed however the test ends (a failed assertion included), so it
+/// never outlives the test holding the fixture's address and port.
+pub struct ResolverProcess(Child);
+
+impl Drop for ResolverProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
