@@ -30,7 +30,7 @@ enum EgressCommand {
     Unit {
         /// An upstream resolver (repeatable); the unit uses the host's resolv.conf servers
         /// when none is given.
-        #[arg(long = "dns-upstream", value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
+        #[arg(long = "dns-upstream", value_name = "ADDR[:PORT]", value_parser = crate::egress::unit::parse_upstream)]
         upstreams: Vec<SocketAddr>,
         /// The engine's folder (`--engine-root` of setup); the system engine when absent.
         #[arg(long, env = "CUBBI_ENGINE_ROOT", value_name = "DIR")]
@@ -47,7 +47,7 @@ pub struct ResolverArgs {
     #[arg(long, value_name = "NAME")]
     bridge: String,
     /// An upstream resolver (repeatable); the host's resolv.conf servers when none is given.
-    #[arg(long = "upstream", value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
+    #[arg(long = "upstream", value_name = "ADDR[:PORT]", value_parser = crate::egress::unit::parse_upstream)]
     upstreams: Vec<SocketAddr>,
     /// A TCP port restricted sessions may connect to on allowed addresses (repeatable;
     /// default 80 and 443).
@@ -56,16 +56,6 @@ pub struct ResolverArgs {
     /// Seconds an answer's addresses stay allowed past its TTL.
     #[arg(long, default_value_t = DEFAULT_GRACE_SECS)]
     grace: u32,
-}
-
-/// `ADDR` (port 53) or `ADDR:PORT`.
-pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
-    text.parse::<SocketAddr>()
-        .or_else(|_| {
-            text.parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, 53))
-        })
-        .map_err(|_| format!("{text:?} is not an address (ADDR or ADDR:PORT)"))
 }
 
 pub async fn run(args: EgressArgs, context: &Context) -> Result<ExitCode, CliError> {

@@ -587,9 +587,8 @@ fn warn_unless_egress_is_enforced(request: Option<&crate::egress::EgressRequest>
     if restricted && !crate::egress::store::EgressStore::from_env().resolver_running() {
         eprintln!(
             "warning: no cubbi egress resolver runs on this host, so this session's egress \
-             policy is recorded but NOT enforced; start one: `cubbi egress unit > \
-             /etc/systemd/system/cubbi-egress.service && systemctl daemon-reload && \
-             systemctl enable --now cubbi-egress`"
+             policy is recorded but NOT enforced; `sudo cubbi setup` installs one \
+             (cubbi-egress.service), or see `cubbi egress unit`"
         );
     }
 }

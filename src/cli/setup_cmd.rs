@@ -46,6 +46,14 @@ pub struct SetupArgs {
     /// Do not install the firewall rules that keep sessions off private networks.
     #[arg(long)]
     no_egress_guard: bool,
+    /// Do not install cubbi-egress.service, the resolver that holds sessions created with an
+    /// allow-list to it (they are then recorded but not held).
+    #[arg(long, conflicts_with = "dns_upstreams")]
+    no_egress_resolver: bool,
+    /// An upstream resolver for the egress resolver (repeatable) [default: the host's].
+    #[arg(long = "dns-upstream", value_name = "ADDR[:PORT]",
+          value_parser = crate::egress::unit::parse_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
     /// Do not create the `cubbi` Docker CLI context.
     #[arg(long)]
     no_docker_context: bool,
@@ -183,6 +191,19 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
             })
         } else {
             None
+        },
+        egress_resolver: if args.no_egress_resolver {
+            None
+        } else {
+            Some(crate::engine::egress_resolver::ResolverOptions {
+                cubbi_binary: std::env::current_exe().map_err(|err| {
+                    CliError::Refused(format!(
+                        "cannot tell where this cubbi binary is (the egress resolver's unit \
+                         runs it): {err}; or add --no-egress-resolver"
+                    ))
+                })?,
+                upstreams: args.dns_upstreams.clone(),
+            })
         },
     };
     let plan = plan::plan_setup(&facts, &state, &paths, &options).map_err(refused)?;

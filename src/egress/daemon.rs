@@ -147,6 +147,7 @@ pub async fn sync(
             .map_err(|err| DaemonError::Table(err.to_string()))?;
         *last_restricted = Some(restricted);
     }
+    acknowledge(table, &settings.store);
     for (session, held) in forget {
         if let Some(script) = nft::render_forget(&table_name, session, &held) {
             // An element that already timed out makes the delete fail; one by one, the rest go.
@@ -177,6 +178,19 @@ pub async fn sync(
         }
     }
     Ok(())
+}
+
+/// Marks every restricted session whose address the kernel's table now holds, once.
+fn acknowledge(table: &PolicyTable, store: &EgressStore) {
+    let restricted = table.restricted();
+    for (address, entry) in table.addressed() {
+        if restricted.contains(&address)
+            && !store.is_held(&entry.id)
+            && let Err(err) = store.mark_held(&entry.id)
+        {
+            tracing::warn!(%err, session = %entry.id, "cannot mark a session held");
+        }
+    }
 }
 
 /// Installs the table, serves queries and keeps in step until the process is told to stop.
@@ -224,6 +238,7 @@ pub async fn run(
         &nft::render_table(&settings.nft, &table.restricted()),
     )
     .map_err(|err| DaemonError::Table(err.to_string()))?;
+    acknowledge(&table, &settings.store);
     let address = settings.nft.resolver;
     let listen_error = |source| DaemonError::Listen { address, source };
     let udp = UdpSocket::bind(address).await.map_err(listen_error)?;

@@ -55,8 +55,13 @@ pub struct NftSettings {
 
 impl NftSettings {
     pub fn table(&self) -> String {
-        format!("cubbi_egress_{}", self.bridge)
+        table_name(&self.bridge)
     }
+}
+
+/// The resolver's table for an engine's bridge (family `ip`).
+pub fn table_name(bridge: &str) -> String {
+    format!("cubbi_egress_{bridge}")
 }
 
 /// The whole table: declared, deleted and declared again in one `nft -f` transaction, so

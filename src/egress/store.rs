@@ -106,9 +106,24 @@ impl EgressStore {
         crate::atomic_file::write(&path, text.as_bytes(), 0o640, 0o750)
     }
 
+    /// Says that the kernel holds this session to its policy now (the resolver writes it once
+    /// the session's address is in the table), so a create can wait for it before it hands
+    /// the session over.
+    pub fn mark_held(&self, id: &str) -> std::io::Result<()> {
+        let path = self
+            .path(id, "held")
+            .ok_or_else(|| std::io::Error::other(format!("{id:?} is not a container id")))?;
+        crate::atomic_file::write(&path, b"held\n", 0o644, 0o750)
+    }
+
+    pub fn is_held(&self, id: &str) -> bool {
+        self.path(id, "held")
+            .is_some_and(|path| read_bounded(&path).is_some())
+    }
+
     /// Forgets a session that is gone.
     pub fn remove(&self, id: &str) {
-        for kind in ["policy", "denied"] {
+        for kind in ["policy", "denied", "held"] {
             if let Some(path) = self.path(id, kind) {
                 let _ = std::fs::remove_file(path);
             }
@@ -191,8 +206,13 @@ mod tests {
         assert_eq!(store.in_force("abc123", label).mode(), EgressMode::None);
         assert!(store.write_policy("../etc", &wider).is_err());
         assert_eq!(store.ids(), ["abc123"]);
+        assert!(!store.is_held("abc123"));
+        store.mark_held("abc123").unwrap();
+        assert!(store.is_held("abc123"));
+        assert!(store.mark_held("../x").is_err() && !store.is_held("../x"));
         store.remove("abc123");
         assert!(store.ids().is_empty());
+        assert!(!store.is_held("abc123"));
     }
 
     #[test]

@@ -18,6 +18,16 @@ pub fn listen_address(subnet: Ipv4Net) -> Option<SocketAddrV4> {
         .map(|gateway| SocketAddrV4::new(gateway, super::nft::RESOLVER_PORT))
 }
 
+/// `ADDR` (port 53) or `ADDR:PORT`.
+pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("{text:?} is not an address (ADDR or ADDR:PORT)"))
+}
+
 pub fn render(
     cubbi: &Path,
     listen: SocketAddrV4,

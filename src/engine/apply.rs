@@ -116,6 +116,9 @@ pub async fn read_state(
         port_lock_ready: paths.is_system() && port_lock_ready(env.facts.systemd_is_pid1),
         nameservers,
         serve: super::serve::install::read_state(env.systemd).await?,
+        egress_resolver: super::egress_resolver::EGRESS_UNIT
+            .read(env.systemd)
+            .await?,
     })
 }
 
@@ -307,15 +310,7 @@ async fn apply_action(
             if *docker_ce_repository {
                 add_docker_ce_repository(env)?;
             }
-            let mut args = vec![
-                "DEBIAN_FRONTEND=noninteractive",
-                "apt-get",
-                "install",
-                "-y",
-                "--no-install-recommends",
-            ];
-            args.extend(packages.iter().map(String::as_str));
-            runner.run("env", &args)?;
+            install_packages(runner, packages)?;
             Ok(String::new())
         }
         Action::InstallSysbox { source } => install_sysbox(source, env).await,
@@ -453,7 +448,37 @@ async fn apply_action(
         Action::StartServeUnit => {
             serve::install::start_unit(require_systemd(env)?, env.start_timeout).await
         }
+        Action::InstallEgressResolver {
+            unit,
+            restart,
+            packages,
+        } => {
+            if !packages.is_empty() {
+                install_packages(runner, packages)?;
+            }
+            super::egress_resolver::EGRESS_UNIT
+                .install(require_systemd(env)?, unit, *restart, env.start_timeout)
+                .await
+        }
+        Action::StartEgressResolver => {
+            super::egress_resolver::EGRESS_UNIT
+                .start(require_systemd(env)?, env.start_timeout)
+                .await
+        }
     }
+}
+
+fn install_packages(runner: &dyn CommandRunner, packages: &[String]) -> Result<(), EngineError> {
+    let mut args = vec![
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "--no-install-recommends",
+    ];
+    args.extend(packages.iter().map(String::as_str));
+    runner.run("env", &args)?;
+    Ok(())
 }
 
 fn require_systemd<'a>(env: &Environment<'a>) -> Result<&'a dyn Systemd, EngineError> {
@@ -741,6 +766,20 @@ async fn uninstall_step(
         }
         "serve" => {
             serve::install::remove_unit(env.systemd).await?;
+            Ok(String::new())
+        }
+        "egress-resolver" => {
+            super::egress_resolver::EGRESS_UNIT
+                .remove(env.systemd)
+                .await?;
+            // A stopped resolver leaves its table (restricted sessions stay closed); with the
+            // engine going, it goes too. Its absence is no error.
+            if let Some(settings) = &state.engine_settings
+                && env.facts.has("nft")
+            {
+                let table = crate::egress::nft::table_name(&settings.bridge);
+                let _ = env.runner.run("nft", &["delete", "table", "ip", &table]);
+            }
             Ok(String::new())
         }
         "serve-data" => {

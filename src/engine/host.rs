@@ -214,6 +214,7 @@ pub const PROGRAMS: &[&str] = &[
     "sysbox-fs",
     "ip",
     "iptables",
+    "nft",
     "ip6tables",
     "groupadd",
     "usermod",

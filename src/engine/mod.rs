@@ -9,8 +9,10 @@
 pub mod apply;
 pub mod daemon_json;
 pub mod desired;
+pub mod egress_resolver;
 pub mod firewall;
 pub mod host;
+pub mod host_unit;
 pub mod paths;
 pub mod plan;
 pub mod runner;

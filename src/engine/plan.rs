@@ -121,6 +121,14 @@ pub enum Action {
         restart: bool,
     },
     StartServeUnit,
+    /// Installs `packages` (nftables, when nft is missing), writes `cubbi-egress.service`,
+    /// daemon-reload, enable and start (or restart) it.
+    InstallEgressResolver {
+        unit: String,
+        restart: bool,
+        packages: Vec<String>,
+    },
+    StartEgressResolver,
 }
 
 /// One sysctl and the value setup gives it: the wanted one, or the host's own when higher.
@@ -192,6 +200,8 @@ pub struct SetupOptions {
     pub unsafe_runc: bool,
     /// `--service`: also install `cubbi serve` as a system service.
     pub service: Option<ServiceOptions>,
+    /// The egress resolver's unit (`--no-egress-resolver` gives none).
+    pub egress_resolver: Option<super::egress_resolver::ResolverOptions>,
 }
 
 /// What `--service` needs to know.
@@ -239,6 +249,8 @@ pub struct EngineState {
     /// its tmpfiles.d entry where systemd runs).
     pub port_lock_ready: bool,
     pub serve: ServeState,
+    /// `cubbi-egress.service` as it is now.
+    pub egress_resolver: super::host_unit::UnitState,
 }
 
 /// The one-line summary of the host for the preflight step.
@@ -522,6 +534,16 @@ pub fn plan_setup(
         mode,
         engine_changed,
         has_engine,
+    ));
+
+    steps.push(super::egress_resolver::plan(
+        facts,
+        &state.egress_resolver,
+        &state.nameservers,
+        paths,
+        mode,
+        &settings,
+        options.egress_resolver.as_ref(),
     ));
 
     // Docker CLI context.
@@ -1017,6 +1039,14 @@ pub fn plan_uninstall(
     let mut steps = super::serve::steps::plan_serve_uninstall(&state.serve, purge);
     steps.extend([
         step(
+            "egress-resolver",
+            state.egress_resolver.present(),
+            format!(
+                "stop and disable {} and remove its unit",
+                super::egress_resolver::EGRESS_UNIT.name
+            ),
+        ),
+        step(
             "engine",
             running || (mode == EngineMode::Systemd && state.unit_enabled),
             match mode {
@@ -1137,6 +1167,7 @@ mod tests {
                 ("daemon-json", StepState::ToDo),
                 ("firewall", StepState::ToDo),
                 ("engine", StepState::ToDo),
+                ("egress-resolver", StepState::Skipped),
                 ("docker-context", StepState::ToDo),
             ]
         );

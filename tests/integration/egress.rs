@@ -80,17 +80,15 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
             assert_eq!(shown["egress"]["domains"], serde_json::json!(["allowed.test"]));
 
             let curl = |target: &str| format!("curl -sS -m 5 -o /dev/null -w '%{{http_code}}' http://{target}/hello.txt");
-            // By name, the allowed name and its subdomain (the resolver may need a moment to
-            // see the new session).
-            eventually(Duration::from_secs(60), || {
-                let ran = exec(&scope, &home, name, &curl("allowed.test"));
-                async move {
-                    (ran.stdout().trim() == "200")
-                        .then_some(())
-                        .ok_or(format!("allowed.test: {} {}", ran.stdout(), ran.stderr()))
-                }
-            })
-            .await?;
+            // The create returned only once the resolver held the session: from its first
+            // command, another address is out of reach and the allowed name resolves.
+            let id = shown["id"].as_str().unwrap_or_default();
+            assert!(
+                state.path().join(format!("{id}.held")).exists(),
+                "the create returned before the resolver held session {id}"
+            );
+            exec(&scope, &home, name, &curl(OTHER)).failure();
+            exec(&scope, &home, name, &curl("allowed.test")).success().stdout_is("200");
             exec(&scope, &home, name, &curl("sub.allowed.test")).success().stdout_is("200");
             // Another name does not resolve, and its address is out of reach anyway.
             let lookup = exec(&scope, &home, name, "getent hosts other.test");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use libtest_mimic::{Failed, Trial};
 
-use crate::support::{DockerScope, docker_test};
+use crate::support::{DockerScope, docker_test, eventually};
 
 pub fn tests() -> Vec<Trial> {
     crate::trials![
@@ -155,6 +155,14 @@ impl SystemContainer {
             .unwrap_or_else(|| value.to_string())
     }
 
+    /// cubbi-egress.service's state, file state, load state and command line.
+    fn egress_unit(&self) -> String {
+        self.ok(
+            "systemctl show cubbi-egress -p ActiveState -p UnitFileState -p LoadState \
+             -p ExecStart",
+        )
+    }
+
     /// Whether `docker -H ENDPOINT info` answers inside, and the daemon's ID when it does.
     fn docker_id(&self, endpoint: &str) -> Option<String> {
         let out = self.exec(&[
@@ -213,6 +221,29 @@ fn setup_drives_the_unit_over_dbus_and_leaves_the_host_docker_alone() -> Result<
             dedicated, own_before,
             "the dedicated endpoint is a separate daemon"
         );
+        // The egress resolver beside it, on the bridge's gateway, its table in nftables.
+        assert!(first.contains("egress-resolver"), "{first}");
+        let egress = sc.egress_unit();
+        assert!(egress.contains("ActiveState=active"), "{egress}\n{first}");
+        assert!(egress.contains("UnitFileState=enabled"), "{egress}");
+        assert!(
+            egress.contains("egress resolver --listen 10.") && egress.contains("--bridge cubbi0"),
+            "{egress}"
+        );
+        let table = || async {
+            let out = sc.sh("nft list table ip cubbi_egress_cubbi0");
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no egress table: {}\n{}",
+                    text(&out.stderr),
+                    sc.ok("journalctl -u cubbi-egress --no-pager | tail -n 20")
+                ))
+            }
+        };
+        eventually(Duration::from_secs(30), table).await?;
+        let egress_invocation = sc.ok("systemctl show -p InvocationID --value cubbi-egress");
         let group = sc.ok("stat -c %G /var/run/cubbi-docker.sock");
         assert_eq!(group.trim(), "cubbi", "the socket belongs to group cubbi");
         assert_eq!(
@@ -239,6 +270,30 @@ fn setup_drives_the_unit_over_dbus_and_leaves_the_host_docker_alone() -> Result<
         );
         assert_eq!(sc.unit_property("ActiveEnterTimestamp"), entered);
         assert_eq!(sc.unit_property("ActiveState"), "active");
+        assert_eq!(
+            sc.ok("systemctl show -p InvocationID --value cubbi-egress"),
+            egress_invocation,
+            "re-run restarted the egress resolver"
+        );
+
+        // An upstream given: the resolver's unit is rewritten and restarted, the engine kept.
+        let (ok, upstream) = sc.cubbi(&[
+            "setup",
+            "--skip-sysbox",
+            "--no-docker-context",
+            "--dns-upstream",
+            "192.0.2.53",
+        ]);
+        assert!(ok, "setup --dns-upstream failed: {upstream}");
+        let egress = sc.egress_unit();
+        assert!(egress.contains("--upstream 192.0.2.53:53"), "{egress}");
+        assert!(
+            egress.contains("ActiveState=active"),
+            "{egress}\n{upstream}"
+        );
+        assert_eq!(sc.unit_property("InvocationID"), invocation, "{upstream}");
+        let (ok, bad) = sc.cubbi(&["setup", "--dns-upstream", "resolver.example"]);
+        assert!(!ok && bad.contains("is not an address"), "{bad}");
 
         // Uninstall: the unit is stopped, disabled and gone; the data-root stays.
         let (ok, removed) = sc.cubbi(&["setup", "--uninstall"]);
@@ -251,8 +306,20 @@ fn setup_drives_the_unit_over_dbus_and_leaves_the_host_docker_alone() -> Result<
             None,
             "the dedicated socket still answers after uninstall"
         );
+        let egress = sc.egress_unit();
+        assert!(
+            egress.contains("LoadState=not-found"),
+            "{egress}\n{removed}"
+        );
+        assert!(
+            !sc.sh("nft list table ip cubbi_egress_cubbi0")
+                .status
+                .success(),
+            "uninstall left the egress table"
+        );
         let leftovers = sc.ok("ls -d /etc/systemd/system/cubbi-docker.service \
              /etc/systemd/system/multi-user.target.wants/cubbi-docker.service \
+             /etc/systemd/system/cubbi-egress.service \
              /etc/cubbi/docker/daemon.json /var/run/cubbi-docker.sock 2>/dev/null || true");
         assert_eq!(leftovers.trim(), "", "uninstall left files behind");
         sc.ok("test -d /var/lib/cubbi-docker/image");

@@ -7,13 +7,18 @@ use std::time::Duration;
 use super::config::write_if_absent;
 use super::{SERVE_STATE_DIR, SERVE_UNIT_FILE, SERVE_UNIT_NAME, SERVE_USER, SERVICE_CONFIG};
 use crate::engine::apply::remove_if_present;
+use crate::engine::host_unit::HostUnit;
 use crate::engine::plan::ServeState;
 use crate::engine::runner::CommandRunner;
-use crate::engine::systemd::{self, Systemd};
+use crate::engine::systemd::Systemd;
 use crate::engine::{EngineError, SOCKET_GROUP};
 
-/// The unit's TimeoutStopSec and a margin.
-const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+/// The service's unit; 40 s is its TimeoutStopSec and a margin.
+const SERVE_UNIT: HostUnit = HostUnit {
+    name: SERVE_UNIT_NAME,
+    path: SERVE_UNIT_FILE,
+    stop_timeout: Duration::from_secs(40),
+};
 
 /// The service as it is now; without systemd its unit reads as neither active nor enabled.
 pub async fn read_state(systemd: Option<&dyn Systemd>) -> Result<ServeState, EngineError> {
@@ -25,15 +30,15 @@ pub async fn read_state(systemd: Option<&dyn Systemd>) -> Result<ServeState, Eng
         .ok()
         .flatten()
         .is_some_and(|group| group.mem.iter().any(|member| member == SERVE_USER));
-    let (unit_active, unit_enabled) = systemd::active_and_enabled(systemd, SERVE_UNIT_NAME).await;
+    let unit = SERVE_UNIT.read(systemd).await?;
     Ok(ServeState {
         user_exists,
         user_in_group,
         config: read_optional(Path::new(SERVICE_CONFIG))?,
         state_dir_exists: Path::new(SERVE_STATE_DIR).exists(),
-        unit_file: read_optional(Path::new(SERVE_UNIT_FILE))?,
-        unit_active,
-        unit_enabled,
+        unit_file: unit.file,
+        unit_active: unit.active,
+        unit_enabled: unit.enabled,
     })
 }
 
@@ -98,38 +103,21 @@ pub async fn install_unit(
     restart: bool,
     start_timeout: Duration,
 ) -> Result<String, EngineError> {
-    crate::engine::apply::write_atomically(Path::new(SERVE_UNIT_FILE), unit, 0o644)?;
-    systemd.daemon_reload().await?;
-    if restart {
-        // A start queued while the stop job is pending would replace it: no restart.
-        systemd.stop(SERVE_UNIT_NAME).await?;
-        systemd::wait_until_stopped(systemd, SERVE_UNIT_NAME, STOP_TIMEOUT).await?;
-    }
-    start_unit(systemd, start_timeout).await
+    SERVE_UNIT
+        .install(systemd, unit, restart, start_timeout)
+        .await
 }
 
 pub async fn start_unit(
     systemd: &dyn Systemd,
     start_timeout: Duration,
 ) -> Result<String, EngineError> {
-    systemd.enable(SERVE_UNIT_NAME).await?;
-    systemd.start(SERVE_UNIT_NAME).await?;
-    systemd::wait_until_active(systemd, SERVE_UNIT_NAME, start_timeout).await?;
-    Ok(format!("{SERVE_UNIT_NAME} is active"))
+    SERVE_UNIT.start(systemd, start_timeout).await
 }
 
 /// `--uninstall`: stops and disables the service (where systemd runs) and removes its unit.
 pub async fn remove_unit(systemd: Option<&dyn Systemd>) -> Result<(), EngineError> {
-    if let Some(systemd) = systemd {
-        systemd.stop(SERVE_UNIT_NAME).await?;
-        systemd::wait_until_stopped(systemd, SERVE_UNIT_NAME, STOP_TIMEOUT).await?;
-        systemd.disable(SERVE_UNIT_NAME).await?;
-    }
-    remove_if_present(Path::new(SERVE_UNIT_FILE))?;
-    if let Some(systemd) = systemd {
-        systemd.daemon_reload().await?;
-    }
-    Ok(())
+    SERVE_UNIT.remove(systemd).await
 }
 
 /// `--uninstall --purge`: the config, the state and the user (with its own group).

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How long a create waits for the egress resolver to hold a restricted session (it looks on
+/// every start event and every second besides).
+const EGRESS_HELD_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl LocalBackend {
     /// Steps 4-8 of a create, after the reservation: anything failing here is undone by the
     /// caller through the reservation.
@@ -159,6 +163,14 @@ impl LocalBackend {
             });
         }
 
+        if plan
+            .egress
+            .as_ref()
+            .is_some_and(|policy| policy.mode() != crate::egress::EgressMode::Open)
+        {
+            self.wait_until_egress_held(id).await?;
+        }
+
         if let Some(files) = &self.options.ssh_files {
             progress.step(CreateStep::WritingSshConfig);
             let endpoint = session_labels
@@ -170,6 +182,28 @@ impl LocalBackend {
             files
                 .write_session(&plan.name, &endpoint)
                 .map_err(|e| BootError::at(CreateStep::WritingSshConfig)(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// A restricted session is handed over only once the egress resolver holds it to its
+    /// policy: between its start and the resolver's next look it would be open. Where no
+    /// resolver runs, nothing can hold it (the CLI warns).
+    async fn wait_until_egress_held(&self, id: &str) -> Result<(), BootError> {
+        let store = crate::egress::store::EgressStore::from_env();
+        if !store.resolver_running() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + EGRESS_HELD_WITHIN;
+        while !store.is_held(id) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BootError::at(CreateStep::Starting)(format!(
+                    "the egress resolver did not hold the session to its policy within {} s; \
+                     see `journalctl -u cubbi-egress`",
+                    EGRESS_HELD_WITHIN.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         Ok(())
     }
