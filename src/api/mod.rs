@@ -60,6 +60,13 @@ pub trait Backend: Send + Sync {
     async fn stop_idle(&self) -> Result<Vec<IdleStopped>, ApiError> {
         Ok(Vec::new())
     }
+    /// Changes a running session's egress allow-list without a restart: `deny` rules taken
+    /// away, then `allow` rules added. An open session (or one held to `none`) is refused.
+    async fn change_egress(
+        &self,
+        id_or_name: &str,
+        change: crate::egress::EgressChange,
+    ) -> Result<EgressView, ApiError>;
     /// Stops and removes a session; its data volume stays.
     async fn close(&self, id_or_name: &str) -> Result<Session, ApiError>;
     /// What the session's units and agent print (the container's console).

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use super::{CliError, Context};
-use crate::api::{Backend, EgressView};
+use crate::api::Backend;
 use crate::egress::daemon::{self, DaemonSettings};
 use crate::egress::nft::{DEFAULT_GRACE_SECS, DEFAULT_PORTS, NftSettings};
 use crate::egress::store::EgressStore;
-use crate::egress::{DomainRule, EgressMode, EgressPolicy};
+use crate::egress::{DomainRule, EgressChange};
 
 #[derive(Debug, Args)]
 pub struct EgressArgs {
@@ -138,68 +138,21 @@ async fn resolver(args: ResolverArgs, context: &Context) -> Result<ExitCode, Cli
 }
 
 /// `cubbi session egress ID --allow NAME --deny NAME`: the new policy is written where the
-/// resolver reads it; it takes effect within a second, without a restart.
+/// resolver reads it (on this host, or by the service with `-r`); it takes effect within a
+/// second, without a restart.
 pub async fn change(
     backend: &dyn Backend,
-    remote: bool,
     id: &str,
     allow: Vec<DomainRule>,
     deny: Vec<DomainRule>,
     mode: super::OutputMode,
 ) -> Result<ExitCode, CliError> {
-    if remote {
-        return Err(CliError::Refused(
-            "live egress changes work on the local engine only for now; recreate the remote \
-             session with the domains it needs"
-                .into(),
-        ));
-    }
-    if allow.is_empty() && deny.is_empty() {
-        return Err(CliError::Refused(
-            "say what changes: --allow NAME or --deny NAME (repeatable)".into(),
-        ));
-    }
     let session = backend.get(id).await?;
-    let Some(view) = &session.egress else {
-        return Err(CliError::Refused(format!(
-            "session {} is open (it reaches every public name); create it with --allow-domain \
-             or --egress allow-list to hold it to a list",
-            session.name
-        )));
-    };
-    if view.mode != EgressMode::AllowList {
-        return Err(CliError::Refused(format!(
-            "session {}'s egress is {}: only an allow-list takes names",
-            session.name, view.mode
-        )));
-    }
-    let mut policy = EgressPolicy::new(view.mode, view.domains.iter().cloned())
-        .map_err(|err| CliError::Refused(err.to_string()))?;
-    for rule in &deny {
-        policy = policy.deny(rule);
-    }
-    for rule in allow {
-        policy = policy
-            .allow(rule)
-            .map_err(|err| CliError::Refused(err.to_string()))?;
-    }
-    let store = EgressStore::from_env();
-    store.write_policy(&session.id, &policy).map_err(|err| {
-        CliError::Refused(format!(
-            "cannot write the policy under {}: {err} (it belongs to root and the cubbi group)",
-            store.dir().display()
-        ))
-    })?;
-    let view = EgressView {
-        mode: policy.mode(),
-        domains: policy.domains().to_vec(),
-        ..view.clone()
-    };
+    let view = backend
+        .change_egress(&session.id, EgressChange { allow, deny })
+        .await?;
     if mode.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&view).unwrap_or_default()
-        );
+        super::output::print_json(&view)?;
     } else {
         println!(
             "{}: {}",

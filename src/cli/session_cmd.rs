@@ -293,6 +293,7 @@ async fn local_backend(
         .and_then(|value| value.parse().ok())
         .map_or(Duration::from_secs(60), Duration::from_secs);
     let options = LocalOptions {
+        egress_store: crate::egress::store::EgressStore::from_env(),
         owner: owner(),
         all_owners: false,
         index: None,
@@ -375,15 +376,7 @@ pub async fn run(args: SessionArgs, context: &Context) -> Result<ExitCode, CliEr
             Ok(ExitCode::SUCCESS)
         }
         SessionCommand::Egress { id, allow, deny } => {
-            super::egress_cmd::change(
-                backend,
-                target.remote.is_some(),
-                &id,
-                allow,
-                deny,
-                context.mode,
-            )
-            .await
+            super::egress_cmd::change(backend, &id, allow, deny, context.mode).await
         }
         SessionCommand::Show { id } => {
             let session = backend.get(&id).await?;

@@ -90,8 +90,11 @@ pub fn session_policy(
 
 /// What `show` reports: the policy in force (a live change's, else the label's) and the names
 /// the resolver refused lately.
-pub fn view_of_session(id: &str, label: &str) -> crate::api::EgressView {
-    let store = store::EgressStore::from_env();
+pub fn view_of_session(
+    store: &store::EgressStore,
+    id: &str,
+    label: &str,
+) -> crate::api::EgressView {
     let policy = store.in_force(id, label);
     let denied = store.denied(id);
     crate::api::EgressView {
@@ -100,6 +103,70 @@ pub fn view_of_session(id: &str, label: &str) -> crate::api::EgressView {
         denied: denied.names,
         denied_lookups: denied.lookups,
         denied_connections: denied.connections,
+    }
+}
+
+/// A live change of a running session's allow-list (`session egress`, `POST
+/// /v1/sessions/{id}/egress`): `deny` rules taken away, then `allow` rules added.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressChange {
+    /// Rules to add: `NAME` (with subdomains) or `=NAME`, at most 256.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, max_items = 256)]
+    pub allow: Vec<DomainRule>,
+    /// Rules to take away, at most 256.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, max_items = 256)]
+    pub deny: Vec<DomainRule>,
+}
+
+impl EgressChange {
+    /// Refuses a change that says nothing or more than a policy can hold.
+    pub fn check(&self) -> Result<(), crate::api::ApiError> {
+        if self.allow.is_empty() && self.deny.is_empty() {
+            return Err(crate::api::ApiError::Invalid(
+                "say what changes: --allow NAME or --deny NAME (repeatable)".into(),
+            ));
+        }
+        if self.allow.len() > MAX_DOMAINS || self.deny.len() > MAX_DOMAINS {
+            return Err(crate::api::ApiError::Invalid(format!(
+                "at most {MAX_DOMAINS} names to allow and {MAX_DOMAINS} to deny at once"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The policy after the change, from the one in force (a session held to an allow-list).
+    pub fn applied_to(
+        &self,
+        session_name: &str,
+        view: Option<&crate::api::EgressView>,
+    ) -> Result<EgressPolicy, crate::api::ApiError> {
+        use crate::api::ApiError;
+        self.check()?;
+        let Some(view) = view else {
+            return Err(ApiError::Conflict(format!(
+                "session {session_name} is open (it reaches every public name); create it with \
+                 --allow-domain or --egress allow-list to hold it to a list"
+            )));
+        };
+        if view.mode != EgressMode::AllowList {
+            return Err(ApiError::Conflict(format!(
+                "session {session_name}'s egress is {}: only an allow-list takes names",
+                view.mode
+            )));
+        }
+        let invalid = |err: EgressError| ApiError::Invalid(err.to_string());
+        let mut policy =
+            EgressPolicy::new(view.mode, view.domains.iter().cloned()).map_err(invalid)?;
+        for rule in &self.deny {
+            policy = policy.deny(rule);
+        }
+        for rule in &self.allow {
+            policy = policy.allow(rule.clone()).map_err(invalid)?;
+        }
+        Ok(policy)
     }
 }
 

@@ -21,6 +21,9 @@ pub struct ServiceEgress {
     pub always: Vec<DomainRule>,
     pub allowed: Vec<DomainRule>,
     pub never: Vec<DomainRule>,
+    /// The egress resolver's folder, where live changes are written and refused names read
+    /// (`/var/lib/cubbi/egress`, or `CUBBI_EGRESS_DIR`, when absent).
+    pub resolver_dir: Option<std::path::PathBuf>,
 }
 
 /// Whether every name `inner` covers is covered by `outer`.
@@ -34,6 +37,46 @@ fn touches(rule: &DomainRule, never: &DomainRule) -> bool {
 }
 
 impl ServiceEgress {
+    pub fn store(&self) -> super::store::EgressStore {
+        self.resolver_dir
+            .as_ref()
+            .map_or_else(super::store::EgressStore::from_env, |dir| {
+                super::store::EgressStore::new(dir)
+            })
+    }
+
+    /// Refuses a rule that reaches a name `never` names, or falls outside `allowed`.
+    fn check_rule(&self, rule: &DomainRule) -> Result<(), ApiError> {
+        if let Some(never) = self.never.iter().find(|never| touches(rule, never)) {
+            return Err(ApiError::EgressDomain(format!(
+                "domain `{rule}` is not allowed on this service (it reaches `{never}`, which \
+                 [egress] never names)"
+            )));
+        }
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|outer| inside(rule, outer)) {
+            let offered: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
+            return Err(ApiError::EgressDomain(format!(
+                "domain `{rule}` is outside what this service allows ({})",
+                offered.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// A live change obeys the same rules as a create; the names every session may reach
+    /// (`always`) cannot be taken away.
+    pub fn check_change(&self, change: &super::EgressChange) -> Result<(), ApiError> {
+        for rule in &change.allow {
+            self.check_rule(rule)?;
+        }
+        if let Some(rule) = change.deny.iter().find(|rule| self.always.contains(rule)) {
+            return Err(ApiError::EgressDomain(format!(
+                "domain `{rule}` is allowed on every session of this service ([egress] always)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The egress a request may have, or the refusal naming the domain.
     pub fn apply(&self, request: Option<EgressRequest>) -> Result<Option<EgressRequest>, ApiError> {
         let request = match request {
@@ -52,19 +95,7 @@ impl ServiceEgress {
             ));
         }
         for rule in &request.domains {
-            if let Some(never) = self.never.iter().find(|never| touches(rule, never)) {
-                return Err(ApiError::EgressDomain(format!(
-                    "domain `{rule}` is not allowed on this service (it reaches `{never}`, which \
-                     [egress] never names)"
-                )));
-            }
-            if !self.allowed.is_empty() && !self.allowed.iter().any(|outer| inside(rule, outer)) {
-                let offered: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
-                return Err(ApiError::EgressDomain(format!(
-                    "domain `{rule}` is outside what this service allows ({})",
-                    offered.join(", ")
-                )));
-            }
+            self.check_rule(rule)?;
         }
         let mut request = request;
         if self.force_allow_list && request.mode.is_none() {
@@ -91,6 +122,30 @@ mod tests {
             always: rules(&["api.anthropic.com"]),
             allowed: rules(&["allowed.test", "python.org"]),
             never: rules(&["evil.python.org"]),
+            resolver_dir: None,
+        }
+    }
+
+    #[test]
+    fn a_live_change_obeys_the_same_rules_and_keeps_the_always_names() {
+        let change = |allow: &[&str], deny: &[&str]| super::super::EgressChange {
+            allow: rules(allow),
+            deny: rules(deny),
+        };
+        let service = service();
+        assert!(
+            service
+                .check_change(&change(&["docs.python.org"], &["allowed.test"]))
+                .is_ok()
+        );
+        for refused in [
+            change(&["evil.python.org"], &[]),
+            change(&["python.org"], &[]),
+            change(&["other.test"], &[]),
+            change(&[], &["api.anthropic.com"]),
+        ] {
+            let err = service.check_change(&refused).unwrap_err();
+            assert_eq!(err.code(), crate::api::ErrorCode::EgressDomain, "{err}");
         }
     }
 

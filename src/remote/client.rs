@@ -504,6 +504,25 @@ impl Backend for RemoteBackend {
             .await
     }
 
+    async fn change_egress(
+        &self,
+        id_or_name: &str,
+        change: crate::egress::EgressChange,
+    ) -> Result<crate::api::EgressView, ApiError> {
+        change.check()?;
+        let path = format!("{}/egress", Self::session_path(id_or_name)?);
+        let mut view: crate::api::EgressView = self
+            .json(self.request(Method::POST, &path).json(&change))
+            .await?;
+        // The service's words: only DNS names, as many as a resolver keeps.
+        view.denied = std::mem::take(&mut view.denied)
+            .into_iter()
+            .filter(|name| name.parse::<crate::egress::DomainRule>().is_ok())
+            .take(crate::egress::table::DENIED_KEPT)
+            .collect();
+        Ok(view)
+    }
+
     async fn snapshots(&self) -> Result<Vec<Snapshot>, ApiError> {
         self.json(self.request(Method::GET, "/v1/snapshots")).await
     }

@@ -1,4 +1,5 @@
-//! Stop and start over HTTP: `POST /v1/sessions/{id}/stop` and `/start`. Like a close, they
+//! Stop and start over HTTP: `POST /v1/sessions/{id}/stop` and `/start` (and `/egress`, a
+//! live change of the allow-list, checked against the service's `[egress]`). Like a close, they
 //! take the caller's session by its exact name or id, never a prefix; another user's session
 //! is a 404. Each runs on a task of its own, so a client that goes away cannot leave a start
 //! half-done (the container renamed for booting but never proven ready).
@@ -13,7 +14,8 @@ use super::http_error::HttpError;
 use super::router::{AppState, SessionHost, check_id, exact_session};
 use super::store::Caller;
 use crate::api::wire::SnapshotRequest;
-use crate::api::{ApiError, Backend, ErrorCode, Session, Snapshot};
+use crate::api::{ApiError, Backend, EgressView, ErrorCode, Session, Snapshot};
+use crate::egress::EgressChange;
 
 #[derive(Clone, Copy)]
 enum Change {
@@ -55,6 +57,30 @@ pub(super) async fn start<H: SessionHost>(
     headers: HeaderMap,
 ) -> Result<Json<Session>, HttpError> {
     change(state, caller, id, headers, Change::Start).await
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{id}/egress", operation_id = "change_session_egress", tag = "sessions",
+    params(("id" = String, Path, description = "The session's exact name, its full id or its 12-character short id; never a prefix")),
+    request_body = EgressChange, security(("token" = [])),
+    responses((status = 200, description = "The policy in force now; the resolver applies it within a second, without a restart", body = EgressView),
+        (status = 400, description = "Bad id or names, nothing to change, or a name outside the service's [egress] rules (`egress_domain`)", body = crate::api::wire::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody),
+        (status = 404, description = "No such session of the caller's", body = crate::api::wire::ErrorBody),
+        (status = 409, description = "The session is open or held to `none`: only an allow-list takes names", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn change_egress<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    Authenticated(caller): Authenticated,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<EgressChange>, JsonRejection>,
+) -> Result<Json<EgressView>, HttpError> {
+    let Path(id) = id?;
+    check_id(&id)?;
+    let Json(change) = body?;
+    change.check()?;
+    state.policy().egress.check_change(&change)?;
+    let sessions = state.host().sessions_of(&caller);
+    let target = exact_target(&sessions, &id, "egress changes").await?;
+    Ok(Json(sessions.change_egress(&target, change).await?))
 }
 
 /// The full id of the caller's session named exactly `id` (or with that full or short id).

@@ -187,6 +187,7 @@ pub async fn start_on_docker(
     let index = SessionIndex::start(docker.clone()).await?;
     let disk = disk_limit(&docker, config).await?;
     let template = LocalOptions {
+        egress_store: config.egress.store(),
         owner: String::new(),
         all_owners: false,
         index: Some(Arc::clone(&index)),

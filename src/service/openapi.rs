@@ -22,6 +22,7 @@ use super::router;
         crate::api::Snapshot,
         crate::api::DataSummary,
         crate::api::wire::SnapshotRequest,
+        crate::egress::EgressChange,
         crate::api::wire::ExecRequest,
         crate::api::wire::ExecLine,
         crate::api::wire::LogLine,

@@ -353,6 +353,9 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<__path_close, _>(close::<H>)
             .route::<lifecycle_routes::__path_stop, _>(lifecycle_routes::stop::<H>)
             .route::<lifecycle_routes::__path_start, _>(lifecycle_routes::start::<H>)
+            .route::<lifecycle_routes::__path_change_egress, _>(
+                lifecycle_routes::change_egress::<H>,
+            )
             .route::<lifecycle_routes::__path_snapshot, _>(lifecycle_routes::snapshot::<H>)
             .route::<lifecycle_routes::__path_list_snapshots, _>(
                 lifecycle_routes::list_snapshots::<H>,

@@ -57,6 +57,27 @@ impl MemoryBackend {
 
 #[async_trait]
 impl Backend for MemoryBackend {
+    async fn change_egress(
+        &self,
+        id_or_name: &str,
+        change: crate::egress::EgressChange,
+    ) -> Result<crate::api::EgressView, ApiError> {
+        let found = self.get(id_or_name).await?;
+        let policy = change.applied_to(&found.name, found.egress.as_ref())?;
+        let view = crate::api::EgressView {
+            mode: policy.mode(),
+            domains: policy.domains().to_vec(),
+            denied: Vec::new(),
+            denied_lookups: 0,
+            denied_connections: 0,
+        };
+        let mut sessions = self.memory.sessions.lock().unwrap();
+        if let Some(stored) = sessions.iter_mut().find(|s| s.id == found.id) {
+            stored.egress = Some(view.clone());
+        }
+        Ok(view)
+    }
+
     async fn create(
         &self,
         spec: SessionSpec,

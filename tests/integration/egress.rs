@@ -193,7 +193,7 @@ fn a_session_reaches_only_the_names_it_is_allowed() -> Result<(), Failed> {
 
 fn a_service_forces_its_allow_list_and_refuses_other_names() -> Result<(), Failed> {
     use cubbi::api::{Backend, ErrorCode, Quiet};
-    use cubbi::egress::EgressRequest;
+    use cubbi::egress::{EgressChange, EgressRequest};
 
     let _one = ONE_AT_A_TIME
         .lock()
@@ -218,6 +218,7 @@ fn a_service_forces_its_allow_list_and_refuses_other_names() -> Result<(), Faile
                     "#,
                 )
                 .expect("an [egress] section");
+                config.egress.resolver_dir = Some(state.path().to_path_buf());
             })
             .await?;
             let owner = crate::support::service::user(&scope, "egress");
@@ -297,6 +298,65 @@ fn a_service_forces_its_allow_list_and_refuses_other_names() -> Result<(), Faile
             assert_ne!(code, 0, "other.test was reachable by name");
             let (_, _, code) = run(curl(OTHER)).await?;
             assert_ne!(code, 0, "other.test was reachable by address");
+
+            // A live change through the service, held to the same [egress] rules.
+            let change = |allow: &[&str], deny: &[&str]| -> Result<EgressChange, Failed> {
+                Ok(EgressChange {
+                    allow: allow.iter().map(|n| n.parse()).collect::<Result<_, _>>()?,
+                    deny: deny.iter().map(|n| n.parse()).collect::<Result<_, _>>()?,
+                })
+            };
+            for (refused, why) in [
+                (change(&["other.test"], &[])?, "other.test"),
+                (change(&[], &["=allowed.test"])?, "always"),
+            ] {
+                let err = backend
+                    .change_egress(&session.id, refused)
+                    .await
+                    .err()
+                    .ok_or("a live change outside [egress] was accepted")?;
+                assert_eq!(err.code(), ErrorCode::EgressDomain, "{err}");
+                assert!(err.to_string().contains(why), "{err}");
+            }
+            let stranger = service.client(&service.token(&crate::support::service::user(&scope, "eg-y"), false)?)?;
+            let err = stranger
+                .change_egress(&session.id, change(&["sub.allowed.test"], &[])?)
+                .await
+                .err()
+                .ok_or("another user changed the session's egress")?;
+            assert_eq!(err.code(), ErrorCode::NotFound, "{err}");
+            let view = backend
+                .change_egress(&session.id, change(&["sub.allowed.test"], &[])?)
+                .await?;
+            assert!(view.domains.contains(&"sub.allowed.test".parse()?), "{view:?}");
+            eventually(Duration::from_secs(30), || {
+                let attempt = run(curl("sub.allowed.test"));
+                async move {
+                    let (out, err, _) = attempt.await.map_err(|e| format!("{e:?}"))?;
+                    (out.trim() == "200")
+                        .then_some(())
+                        .ok_or(format!("sub.allowed.test after --allow: {out} {err}"))
+                }
+            })
+            .await?;
+            backend
+                .change_egress(&session.id, change(&[], &["sub.allowed.test"])?)
+                .await?;
+            eventually(Duration::from_secs(30), || {
+                let attempt = run(curl("sub.allowed.test"));
+                async move {
+                    let (out, _, code) = attempt.await.map_err(|e| format!("{e:?}"))?;
+                    (code != 0)
+                        .then_some(())
+                        .ok_or(format!("sub.allowed.test still reachable after --deny: {out}"))
+                }
+            })
+            .await?;
+            let shown = backend.get(&session.id).await?;
+            assert_eq!(
+                shown.egress.map(|egress| egress.domains),
+                Some(vec!["=allowed.test".parse()?])
+            );
             backend.close(&session.id).await?;
             service.stop().await?;
             Ok::<(), Failed>(())

@@ -190,7 +190,7 @@ impl LocalBackend {
     /// policy: between its start and the resolver's next look it would be open. Where no
     /// resolver runs, nothing can hold it (the CLI warns).
     async fn wait_until_egress_held(&self, id: &str) -> Result<(), BootError> {
-        let store = crate::egress::store::EgressStore::from_env();
+        let store = &self.options.egress_store;
         if !store.resolver_running() {
             return Ok(());
         }

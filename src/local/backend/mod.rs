@@ -40,6 +40,7 @@ use crate::ssh::keys;
 mod boot;
 mod create;
 mod data;
+mod egress;
 mod idle;
 mod lifecycle;
 mod lookup;
@@ -106,6 +107,8 @@ pub struct LocalOptions {
     pub fluentd: Option<super::log_driver::FluentdAddress>,
     /// Export the agents' telemetry (OpenTelemetry) to this Langfuse.
     pub langfuse: Option<super::langfuse::LangfuseExport>,
+    /// The egress resolver's folder: live policy changes, refused names, held marks.
+    pub egress_store: crate::egress::store::EgressStore,
 }
 
 pub struct LocalBackend {
@@ -151,6 +154,15 @@ impl LocalBackend {
 
 #[async_trait]
 impl Backend for LocalBackend {
+    async fn change_egress(
+        &self,
+        id_or_name: &str,
+        change: crate::egress::EgressChange,
+    ) -> Result<crate::api::EgressView, ApiError> {
+        let session = self.get(id_or_name).await?;
+        egress::change(&self.options.egress_store, &session, &change)
+    }
+
     async fn create(
         &self,
         spec: SessionSpec,
@@ -321,7 +333,9 @@ impl Backend for LocalBackend {
             .and_then(|container| container.config.as_ref())
             .and_then(|config| config.labels.as_ref())
             .and_then(|labels| labels.get(crate::local::labels::EGRESS))
-            .map(|label| crate::egress::view_of_session(&session.id, label));
+            .map(|label| {
+                crate::egress::view_of_session(&self.options.egress_store, &session.id, label)
+            });
         let mut networks: Vec<String> = inspected
             .and_then(|container| container.network_settings)
             .and_then(|settings| settings.networks)

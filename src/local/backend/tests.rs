@@ -28,6 +28,7 @@ fn fixture() -> Fixture {
         default_network: None,
         client_key: Arc::new(keys::generate("test").unwrap()),
         ssh_files: None,
+        egress_store: crate::egress::store::EgressStore::new(dir.path().join("egress")),
         port_lock: lock.clone(),
         lock_timeout: Duration::from_secs(5),
         engine_socket: None,

@@ -97,6 +97,7 @@ pub fn local_backend_with_key(
             ready_timeout: std::time::Duration::from_secs(120),
             extra_labels: scope.labels(),
             projects,
+            egress_store: cubbi::egress::store::EgressStore::from_env(),
             disk_limit: None,
             fluentd: None,
             langfuse: None,
