@@ -61,6 +61,9 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
     if !config.pool.is_empty() {
         results.push(pool_check(&endpoint, &config.pool).await);
     }
+    if let Some(check) = swarm_check(&endpoint).await {
+        results.push(check);
+    }
     if context.mode.json {
         output::print_json(&serde_json::json!({
             "endpoint": endpoint,
@@ -103,6 +106,28 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The engine's swarm node, when it is in a swarm (nothing otherwise).
+async fn swarm_check(endpoint: &str) -> Option<crate::doctor::Check> {
+    use crate::engine::swarm::{DockerSwarm, MANAGER_PORT, SwarmApi};
+    let docker = crate::docker::connect(endpoint).await.ok()?;
+    let default_runtime = docker.info().await.ok()?.default_runtime?;
+    let membership = DockerSwarm(docker).membership().await.ok()?;
+    if membership.state.is_empty() || membership.state == "inactive" {
+        return None;
+    }
+    let manager_port = match membership.node_addr.parse::<std::net::IpAddr>() {
+        Ok(address) if membership.manager => Some(
+            connects(
+                tokio::net::TcpStream::connect((address, MANAGER_PORT)),
+                PROBE_WAIT,
+            )
+            .await,
+        ),
+        _ => None,
+    };
+    Some(checks::swarm(&membership, &default_runtime, manager_port))
 }
 
 /// How long doctor waits for a telemetry receiver.
