@@ -112,8 +112,19 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
 async fn swarm_check(endpoint: &str) -> Option<crate::doctor::Check> {
     use crate::engine::swarm::{DockerSwarm, MANAGER_PORT, SwarmApi};
     let docker = crate::docker::connect(endpoint).await.ok()?;
-    let default_runtime = docker.info().await.ok()?.default_runtime?;
-    let membership = DockerSwarm(docker).membership().await.ok()?;
+    let info = docker.info().await.ok()?;
+    let default_runtime = info.default_runtime?;
+    let mut membership = DockerSwarm(docker).membership().await.ok()?;
+    if !membership.manager {
+        // A worker's node labels are a manager's to read; its engine labels say the same.
+        membership.labels = info
+            .labels
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|label| label.split_once('='))
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+    }
     if membership.state.is_empty() || membership.state == "inactive" {
         return None;
     }

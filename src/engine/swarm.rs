@@ -174,15 +174,19 @@ pub fn plan(now: Option<&Membership>, request: &SwarmRequest, default_runtime: &
                 labels,
             },
         ),
-        (Some(member), _) if !labels.iter().all(|(k, v)| member.labels.get(k) == Some(v)) => step(
-            StepState::ToDo,
-            format!(
-                "the engine is in a swarm (node {}); label it {}",
-                member.node_id,
-                describe(&labels)
-            ),
-            Action::LabelSwarmNode { labels },
-        ),
+        (Some(member), _)
+            if member.manager && !labels.iter().all(|(k, v)| member.labels.get(k) == Some(v)) =>
+        {
+            step(
+                StepState::ToDo,
+                format!(
+                    "the engine is in a swarm (node {}); label it {}",
+                    member.node_id,
+                    describe(&labels)
+                ),
+                Action::LabelSwarmNode { labels },
+            )
+        }
         (Some(member), _) => step(
             StepState::Done,
             match join_command(member) {
@@ -228,8 +232,14 @@ pub async fn apply(api: &dyn SwarmApi, action: &Action) -> Result<String, SwarmE
             labels,
         } => {
             api.join(*manager, token, *advertise).await?;
-            api.label(labels).await?;
-            Ok(String::new())
+            // A worker cannot label its own node; its engine label (daemon.json) says its
+            // runtime, which is what placement needs.
+            if api.membership().await?.manager {
+                api.label(labels).await?;
+                Ok(String::new())
+            } else {
+                Ok("joined as a worker; its engine label io.cubbi.runtime places sessions".into())
+            }
         }
         Action::LabelSwarmNode { labels } => {
             api.label(labels).await?;
@@ -264,7 +274,8 @@ impl SwarmApi for DockerSwarm {
             node_addr: swarm.node_addr.unwrap_or_default(),
             ..Membership::default()
         };
-        if membership.active() && !node_id.is_empty() {
+        // Only a manager may read nodes and tokens; a worker's placement label is its engine's.
+        if membership.active() && manager && !node_id.is_empty() {
             let node = self.0.inspect_node(&node_id).await.map_err(docker_error)?;
             membership.labels = node
                 .spec

@@ -51,7 +51,7 @@ static ENGINE_START: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Root and dockerd are needed; without them the test fails (it never passes silently). Holds
 /// the start lock for the whole test.
-fn require_root_and_dockerd() -> Result<std::sync::MutexGuard<'static, ()>, Failed> {
+pub(crate) fn require_root_and_dockerd() -> Result<std::sync::MutexGuard<'static, ()>, Failed> {
     if !nix::unistd::geteuid().is_root() {
         return Err("this test starts a dockerd and needs root".into());
     }
@@ -68,14 +68,14 @@ fn require_root_and_dockerd() -> Result<std::sync::MutexGuard<'static, ()>, Fail
 
 /// A short private engine root (socket paths are limited to 107 bytes) and a unique bridge;
 /// dropping it stops the engine and removes what is left, also when the test fails.
-struct PrivateEngine {
+pub(crate) struct PrivateEngine {
     root: PathBuf,
-    bridge: String,
+    pub(crate) bridge: String,
     /// The engine's address pool, a /16 no host route touches (a cubbi engine already on the
     /// host routes 10.214.0.0/24, the default's first /24), and the bridge's /24 in it.
     pool: String,
     subnet: String,
-    home: TestHome,
+    pub(crate) home: TestHome,
 }
 
 /// A 10.X.0.0/16 that nothing on this host routes (any table), for a private engine's pool.
@@ -111,7 +111,7 @@ fn unrouted_pool() -> Result<u8, Failed> {
 }
 
 impl PrivateEngine {
-    fn new(tag: &str) -> Result<Self, Failed> {
+    pub(crate) fn new(tag: &str) -> Result<Self, Failed> {
         let root = tempfile::Builder::new()
             .prefix(&format!("cubbi-{tag}-"))
             .tempdir_in("/tmp")?
@@ -126,12 +126,12 @@ impl PrivateEngine {
         })
     }
 
-    fn root_arg(&self) -> String {
+    pub(crate) fn root_arg(&self) -> String {
         self.root.display().to_string()
     }
 
     /// `--subnet` and `--pool` for `setup` and `engine start`: addresses nothing here uses.
-    fn address_args(&self) -> [&str; 4] {
+    pub(crate) fn address_args(&self) -> [&str; 4] {
         ["--subnet", &self.subnet, "--pool", &self.pool]
     }
 

@@ -35,6 +35,7 @@ mod snapshot;
 mod ssh_files;
 mod store_conformance;
 mod support;
+mod swarm;
 mod sysbox;
 mod tables;
 mod terminal;
@@ -69,6 +70,7 @@ fn main() {
     tests.extend(disk::tests());
     tests.extend(docker::tests());
     tests.extend(engine::tests());
+    tests.extend(swarm::tests());
     tests.extend(firewall::tests());
     tests.extend(hostile_service::tests());
     tests.extend(images::tests());
