@@ -134,10 +134,19 @@ fn claude_code_runs_over_http_as_json_and_ndjson() -> Result<(), Failed> {
         assert!(result["agent_session_id"].is_string(), "{result}");
         expect_fixture_usage(&result);
         assert!(!result.to_string().contains(SECRET));
-        assert!(
-            bench.sessions().await?.is_empty(),
-            "the run's session is closed"
-        );
+        // The service's list follows Docker's events: under load an event of the run's
+        // session can land after its close (seen once in a full run), so allow it a moment.
+        eventually(Duration::from_secs(10), || {
+            let listed = bench.sessions();
+            async move {
+                let listed = listed.await.map_err(|err| format!("{err:?}"))?;
+                listed
+                    .is_empty()
+                    .then_some(())
+                    .ok_or(format!("the run's session is still listed: {listed:?}"))
+            }
+        })
+        .await?;
         // The prompt reached the model, the key only as a header.
         let turns = bench.server.turns();
         assert!(
