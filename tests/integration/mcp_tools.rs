@@ -19,6 +19,7 @@ pub fn tests() -> Vec<Trial> {
         gemini_calls_a_remote_mcp_server,
         opencode_calls_a_remote_mcp_server,
         codex_calls_a_remote_mcp_server,
+        claude_code_calls_a_stdio_mcp_server_from_an_image_in_the_sessions_docker,
     ]
 }
 
@@ -333,4 +334,144 @@ fn opencode_calls_a_remote_mcp_server() -> Result<(), Failed> {
 
 fn codex_calls_a_remote_mcp_server() -> Result<(), Failed> {
     remote_mcp_with("codex", "mcp-codex")
+}
+
+/// Builds, inside a session, an image of Node, the MCP SDK the image already has and the
+/// stdio fixture, with the session's own Docker (no registry is reachable from a session
+/// here, so it is imported rather than pulled).
+const BUILD_FIXTURE_IMAGE: &str = r#"set -e
+d=$(mktemp -d)
+node=$(readlink -f "$(command -v node)")
+mkdir -p "$d/usr/local/bin" "$d/srv" "$d/usr/local/lib/node_modules" "$d/tmp"
+cp "$node" "$d/usr/local/bin/node"
+for lib in $(ldd "$node" | grep -o '/[^ ]*'); do mkdir -p "$d$(dirname "$lib")"; cp -L "$lib" "$d$lib"; done
+cp -a /usr/local/lib/node_modules/supergateway "$d/usr/local/lib/node_modules/"
+cp /home/agent/workspace/stdio-server.cjs "$d/srv/"
+tar -C "$d" -c . | sudo docker import - cubbi-mcp-fixture:1 >/dev/null
+sudo docker image inspect cubbi-mcp-fixture:1 >/dev/null
+echo imported"#;
+
+/// `cubbi mcp add NAME --image IMG --command CMD`: the session's own Docker runs the stdio
+/// server (`docker run -i --rm --init`) behind the loopback bridge, and Claude Code calls it.
+fn claude_code_calls_a_stdio_mcp_server_from_an_image_in_the_sessions_docker() -> Result<(), Failed>
+{
+    docker_test("mcp-image", |scope| async move {
+        scope.ensure_image("claude-code").await?;
+        let network = format!("cubbi-mcpi-{}", scope.id);
+        let gateway = scope.bridge_network(&network).await?;
+        let model = ModelServer::start(vec![
+            Reply::ToolCall {
+                name: "mcp__boxed__lookup_word".into(),
+                input: serde_json::json!({ "topic": "image" }),
+            },
+            Reply::Text("Looked it up.".into()),
+        ])?;
+        let home = TestHome::new();
+        let workspace = tempfile::tempdir()?;
+        std::fs::set_permissions(workspace.path(), std::fs::Permissions::from_mode(0o777))?;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mcp-server/stdio-server.cjs");
+        std::fs::copy(&script, workspace.path().join("stdio-server.cjs"))?;
+        scope
+            .cubbi(&home)
+            .args([
+                "mcp",
+                "add",
+                "boxed",
+                "--image",
+                "cubbi-mcp-fixture:1",
+                "--command",
+                "/usr/local/bin/node /srv/stdio-server.cjs",
+                "-e",
+                &format!("FIXTURE_WORD={STDIO_WORD}"),
+                "-e",
+                "FIXTURE_RECORD=/tmp/calls.jsonl",
+            ])
+            .run()
+            .success();
+        let mut create = crate::mcp::with_runtime_flags(&[
+            "session",
+            "create",
+            "--no-connect",
+            "--image",
+            "claude-code",
+            "--mcp",
+            "boxed",
+            "--name",
+            "mcp-image",
+            "--no-default-network",
+            "--network",
+            &network,
+            "-e",
+            &format!("ANTHROPIC_API_KEY={MODEL_SECRET}"),
+            "-e",
+            &format!("ANTHROPIC_BASE_URL=http://{gateway}:{}", model.port),
+        ]);
+        create.push(workspace.path().display().to_string());
+        scope.cubbi(&home).args(&create).run().success();
+        scope
+            .cubbi(&home)
+            .args([
+                "session",
+                "exec",
+                "mcp-image",
+                "--",
+                "bash",
+                "-c",
+                BUILD_FIXTURE_IMAGE,
+            ])
+            .run()
+            .success()
+            .stdout_contains("imported");
+        let ran = scope
+            .cubbi(&home)
+            .args([
+                "run",
+                "--stream",
+                "--timeout",
+                "200s",
+                "--session",
+                "mcp-image",
+                "-p",
+                "Look up the image word",
+            ])
+            .run();
+        let stdout = ran.stdout();
+        let (events, result) = crate::mcp::stream_result(&stdout);
+        if result["is_error"] != false {
+            let logs = scope
+                .cubbi(&home)
+                .args(["session", "exec", "mcp-image", "--", "sh", "-c",
+                       "systemctl status cubbi-mcp-boxed --no-pager; journalctl -u cubbi-mcp-boxed --no-pager | tail -30"])
+                .run();
+            return Err(format!(
+                "the run failed: {stdout}\n{}\nbridge: {}{}",
+                ran.stderr(),
+                logs.stdout(),
+                logs.stderr()
+            )
+            .into());
+        }
+        let tool_result = events
+            .iter()
+            .find(|e| e["type"] == "tool_result")
+            .ok_or(format!("no tool_result event: {stdout}"))?;
+        assert!(
+            tool_result["output"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(STDIO_WORD),
+            "{tool_result}"
+        );
+        assert_eq!(result["result"], "Looked it up.");
+        let inspect = scope
+            .docker
+            .inspect_container("cubbi-mcp-image", None)
+            .await?;
+        assert!(
+            !serde_json::to_string(&inspect)?.contains(STDIO_WORD),
+            "docker inspect shows the server's env"
+        );
+        Ok(())
+    })
 }
