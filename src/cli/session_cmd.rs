@@ -227,20 +227,27 @@ pub(super) struct Target {
     pub(super) client_key: Arc<PrivateKey>,
     /// The remote's name, `None` for the local endpoint.
     remote: Option<String>,
+    /// The remote's client, for the SSH tunnel of a service in `ssh.mode = "proxy"`.
+    tunnels: Option<RemoteBackend>,
 }
 
 impl Target {
     pub(super) async fn open(context: &Context, config: &Config) -> Result<Self, CliError> {
         let (files, client_key) = user_ssh()?;
+        let mut tunnels = None;
         let backend: Box<dyn Backend> = match &context.remote {
             None => Box::new(local_backend(context, config, &files, &client_key).await?),
-            Some(name) => Box::new(remote_backend(name, config, &files, &client_key)?),
+            Some(name) => {
+                tunnels = Some(remote_backend(name, config, &files, &client_key)?);
+                Box::new(remote_backend(name, config, &files, &client_key)?)
+            }
         };
         Ok(Self {
             backend,
             files,
             client_key,
             remote: context.remote.clone(),
+            tunnels,
         })
     }
 }
@@ -899,9 +906,22 @@ async fn connect(
         client_key: Arc::clone(&target.client_key),
         host_key,
     };
-    let ssh = SshSession::connect(&ssh_target, Duration::from_secs(10))
-        .await
-        .map_err(|err| CliError::Refused(err.to_string()))?;
+    let ssh = match (&target.tunnels, session.ssh.proxy) {
+        // The service says its SSH ports are not reachable: through its tunnel.
+        (Some(remote), true) => {
+            let tunnel = remote.open_ssh_tunnel(&session.id).await?;
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let (read, write) = tokio::io::split(far);
+                if let Err(err) = crate::remote::tunnel::relay(tunnel, read, write).await {
+                    tracing::warn!("{err}");
+                }
+            });
+            SshSession::connect_stream(&ssh_target, near, Duration::from_secs(20)).await
+        }
+        _ => SshSession::connect(&ssh_target, Duration::from_secs(10)).await,
+    }
+    .map_err(|err| CliError::Refused(err.to_string()))?;
     let code = ssh
         .interactive(
             command.as_deref(),

@@ -8,6 +8,7 @@ pub mod login;
 pub mod projects;
 pub mod remotes;
 pub mod runs;
+pub mod tunnel;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,404 @@
+//! SSH through the service alone: a real `cubbi serve` in `ssh.mode = "proxy"`, a real session,
+//! and real OpenSSH run with the session's SSH port dropped for it (an iptables rule matching
+//! the group the client runs with), so only the HTTP port carries `ssh`, `scp` and `ssh -L`
+//! via `cubbi ssh-proxy`. And the log's follow stream over a WebSocket.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use cubbi::api::{Backend, Quiet};
+use cubbi::service::config::SshMode;
+use futures_util::StreamExt;
+use libtest_mimic::{Failed, Trial};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::service::{TestService, user};
+use crate::support::{Cubbi, TestHome, docker_test};
+
+pub fn tests() -> Vec<Trial> {
+    crate::trials![
+        openssh_scp_and_forwards_go_through_the_service_alone,
+        logs_follow_over_a_websocket_and_refuse_others,
+    ]
+}
+
+/// An iptables rule that drops TCP to `port` from processes of group `gid`, removed on drop.
+/// In the `raw` table, so it sees the port before Docker's NAT rewrites it.
+struct Blocked {
+    rule: Vec<String>,
+}
+
+impl Blocked {
+    fn port(port: u16, gid: u32) -> Result<Self, Failed> {
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-m",
+            "owner",
+            "--gid-owner",
+            &gid.to_string(),
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let added = std::process::Command::new("iptables")
+            .args(["-w", "-t", "raw", "-I"])
+            .args(&rule)
+            .output()?;
+        if !added.status.success() {
+            return Err(format!(
+                "cannot block the SSH port with iptables: {}",
+                String::from_utf8_lossy(&added.stderr)
+            )
+            .into());
+        }
+        Ok(Self { rule })
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(["-w", "-t", "raw", "-D"])
+            .args(&self.rule)
+            .output();
+    }
+}
+
+/// A group no other test runs as, for the rule to match.
+fn test_gid() -> u32 {
+    47_000 + std::process::id() % 10_000
+}
+
+/// `program` as the test user, in group `gid` alone, with the home whose cubbi config and
+/// token the ProxyCommand reads.
+fn as_client(home: &TestHome, gid: u32, program: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("setpriv");
+    command
+        .args(["--regid", &gid.to_string(), "--clear-groups", program])
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join(".config"))
+        .env("XDG_DATA_HOME", home.path().join(".local/share"))
+        .env_remove("CUBBI_DOCKER_HOST")
+        .env_remove("RUST_LOG")
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .kill_on_drop(true);
+    command
+}
+
+fn strict(conf: &Path) -> Vec<String> {
+    vec![
+        "-F".into(),
+        conf.display().to_string(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+    ]
+}
+
+fn check(what: &str, output: &Output) -> Result<String, Failed> {
+    if !output.status.success() {
+        return Err(format!(
+            "{what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed> {
+    docker_test("ssh-proxy", |scope| async move {
+        scope.ensure_image("base").await?;
+        let mut service =
+            TestService::start(&scope, |config| config.ssh.mode = SshMode::Proxy).await?;
+        let alice = service.token(&user(&scope, "alice"), false)?;
+        let home = TestHome::new();
+        let cli = |args: Vec<String>, stdin: Option<String>| {
+            let cubbi = Cubbi::new(&home).args(args);
+            match stdin {
+                Some(input) => cubbi.stdin(input),
+                None => cubbi,
+            }
+            .run_async()
+        };
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        cli(args(&["remote", "add", "test", &service.url]), None)
+            .await?
+            .success();
+        cli(args(&["-r", "test", "auth"]), Some(format!("{alice}\n")))
+            .await?
+            .success();
+        let name = user(&scope, "tunnel");
+        let mut create = args(&["-r", "test"]);
+        create.extend(args(&crate::support::create_args(&name, &[])));
+        cli(create, None).await?.success();
+
+        let session = service.client(&alice)?.get(&name).await?;
+        assert!(session.ssh.proxy, "the service says SSH goes through it");
+        let conf = home.path().join(format!(".ssh/cubbi.d/{name}.conf"));
+        let text = std::fs::read_to_string(&conf)?;
+        assert!(
+            text.contains(&format!("    HostKeyAlias cubbi-{name}\n"))
+                && text.contains(&format!(" -r test ssh-proxy {}\n", session.id)),
+            "the config goes through cubbi ssh-proxy: {text}"
+        );
+
+        let gid = test_gid();
+        let _blocked = Blocked::port(session.ssh.port, gid)?;
+        let port = session.ssh.port.to_string();
+        let direct = as_client(&home, gid, "ssh")
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=3",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-p",
+                &port,
+                "agent@127.0.0.1",
+                "true",
+            ])
+            .output()
+            .await?;
+        assert!(
+            !direct.status.success(),
+            "the session's SSH port must be unreachable for the client"
+        );
+
+        let alias = format!("cubbi-{name}");
+        let ran = as_client(&home, gid, "ssh")
+            .args(strict(&conf))
+            .args([alias.as_str(), "echo $((6*7)); whoami"])
+            .output()
+            .await?;
+        assert_eq!(check("ssh through the proxy", &ran)?, "42\nagent\n");
+
+        // scp both ways, a file of 2 MiB so the relay carries many messages.
+        let up = home.path().join("up.bin");
+        let payload: Vec<u8> = (0..2 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&up, &payload)?;
+        let ran = as_client(&home, gid, "scp")
+            .args(strict(&conf))
+            .arg(&up)
+            .arg(format!("{alias}:/tmp/up.bin"))
+            .output()
+            .await?;
+        check("scp up", &ran)?;
+        let down = home.path().join("down.bin");
+        let ran = as_client(&home, gid, "scp")
+            .args(strict(&conf))
+            .arg(format!("{alias}:/tmp/up.bin"))
+            .arg(&down)
+            .output()
+            .await?;
+        check("scp down", &ran)?;
+        assert!(std::fs::read(&down)? == payload, "the file came back whole");
+
+        // A server in the session (one line per connection), reached with `ssh -L`.
+        let ran = as_client(&home, gid, "ssh")
+            .args(strict(&conf))
+            .args([
+                alias.as_str(),
+                "nohup systemd-socket-activate -l 127.0.0.1:8099 -a --inetd \
+                 sh -c 'echo forwarded-$((6*7))' >/dev/null 2>&1 </dev/null &",
+            ])
+            .output()
+            .await?;
+        check("start a server in the session", &ran)?;
+        let local = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut forward = as_client(&home, gid, "ssh")
+            .args(strict(&conf))
+            .args([
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-L",
+                &format!("127.0.0.1:{local}:127.0.0.1:8099"),
+                alias.as_str(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .spawn()?;
+        crate::support::eventually(Duration::from_secs(30), || async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", local))
+                .await
+                .map_err(|err| err.to_string())?;
+            let mut text = String::new();
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text))
+                .await
+                .map_err(|_| "no answer".to_string())?
+                .map_err(|err| err.to_string())?;
+            if text.trim() == "forwarded-42" {
+                Ok(())
+            } else {
+                Err(format!("the forward gave {text:?}"))
+            }
+        })
+        .await?;
+        forward.kill().await?;
+
+        service.client(&alice)?.close(&session.id).await?;
+        service.stop().await?;
+        Ok(())
+    })
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn open_ws(
+    service: &TestService,
+    path: &str,
+    extra: &[(&'static str, String)],
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let address = service.url.trim_start_matches("http://").to_string();
+    let mut request = format!("ws://{address}{path}").into_client_request()?;
+    for (name, value) in extra {
+        request
+            .headers_mut()
+            .insert(*name, value.parse().expect("a header value"));
+    }
+    let tcp = tokio::net::TcpStream::connect(&address).await?;
+    Ok(tokio_tungstenite::client_async(request, tcp).await?.0)
+}
+
+fn status_of(err: tokio_tungstenite::tungstenite::Error) -> Option<u16> {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => Some(response.status().as_u16()),
+        _ => None,
+    }
+}
+
+/// Reads log lines until one contains `wanted`, logging `wanted` in the session every second
+/// meanwhile (the journal is the session's console; the stream attaches on its first read).
+async fn read_log_until(
+    socket: &mut Socket,
+    client: &cubbi::remote::client::RemoteBackend,
+    id: &str,
+    wanted: &str,
+) -> Result<(), Failed> {
+    let mut seen = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                message = socket.next() => match message {
+                    Some(message) => {
+                        if let Message::Text(text) = message? {
+                            let line: serde_json::Value = serde_json::from_str(&text)?;
+                            let text = line["text"].as_str().ok_or("not a text line")?.to_string();
+                            if text.contains(wanted) {
+                                return Ok::<bool, Failed>(true);
+                            }
+                            seen.push(text);
+                        }
+                    }
+                    None => return Ok(false),
+                },
+                _ = tick.tick() => {
+                    let mut events = client
+                        .exec(id, vec!["logger".into(), wanted.to_string()])
+                        .await?;
+                    while events.next().await.is_some() {}
+                }
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(Ok(true)) => Ok(()),
+        other => Err(format!(
+            "`{wanted}` never came in the log ({other:?}); it showed {} lines, the last {:?}",
+            seen.len(),
+            seen.last()
+        )
+        .into()),
+    }
+}
+
+fn logs_follow_over_a_websocket_and_refuse_others() -> Result<(), Failed> {
+    docker_test("ws-logs", |scope| async move {
+        scope.ensure_image("base").await?;
+        let mut service = TestService::start(&scope, |_| {}).await?;
+        let alice = service.token(&user(&scope, "alice"), false)?;
+        let bob = service.token(&user(&scope, "bob"), false)?;
+        let client = service.client(&alice)?;
+        let session = client.create(crate::serve::spec("ws-logs"), &Quiet).await?;
+        let id = session.id.clone();
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/v1/sessions/{id}/tickets", service.url))
+            .bearer_auth(&alice)
+            .json(&json!({"purpose": "logs"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let ticket = answer["ticket"].as_str().ok_or("no ticket")?.to_string();
+        let mut socket = open_ws(
+            &service,
+            &format!("/v1/sessions/{id}/logs/ws?ticket={ticket}&tail=5"),
+            &[],
+        )
+        .await?;
+
+        // A line written to the journal after the socket opened comes through it.
+        read_log_until(&mut socket, &client, &id, "ws-log-mark-42").await?;
+        drop(socket);
+
+        // The ticket was for logs, once; a bearer of another user gets 404; another origin 403.
+        let spent = open_ws(
+            &service,
+            &format!("/v1/sessions/{id}/logs/ws?ticket={ticket}"),
+            &[],
+        )
+        .await;
+        assert_eq!(spent.err().and_then(status_of), Some(401));
+        let path = format!("/v1/sessions/{id}/logs/ws");
+        let other = open_ws(
+            &service,
+            &path,
+            &[("authorization", format!("Bearer {bob}"))],
+        )
+        .await;
+        assert_eq!(other.err().and_then(status_of), Some(404));
+        let cross = open_ws(
+            &service,
+            &path,
+            &[
+                ("authorization", format!("Bearer {alice}")),
+                ("origin", "http://evil.example".into()),
+            ],
+        )
+        .await;
+        assert_eq!(cross.err().and_then(status_of), Some(403));
+        let mine = open_ws(
+            &service,
+            &path,
+            &[("authorization", format!("Bearer {alice}"))],
+        )
+        .await;
+        assert!(mine.is_ok(), "the owner's bearer token opens it");
+
+        client.close(&id).await?;
+        service.stop().await?;
+        Ok(())
+    })
+}
