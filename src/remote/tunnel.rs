@@ -242,8 +242,87 @@ where
                     ));
                 }
                 Some(Err(tungstenite::Error::ConnectionClosed)) => return Ok(()),
+                // Once this side closed, how the service ends the connection does not matter.
+                Some(Err(_)) if !input_open => return Ok(()),
                 Some(Err(err)) => return Err(TunnelError::Broken(err.to_string())),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+
+    /// A tunnel whose far end is a WebSocket server the test drives as a hostile service.
+    async fn pair() -> (Tunnel, WebSocketStream<tokio::io::DuplexStream>) {
+        let (near, far) = tokio::io::duplex(1 << 20);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let client = WebSocketStream::from_raw_socket(
+            Box::new(near) as Box<dyn Io>,
+            Role::Client,
+            Some(config),
+        )
+        .await;
+        let server = WebSocketStream::from_raw_socket(far, Role::Server, None).await;
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn bytes_go_both_ways_and_a_close_ends_it_cleanly() {
+        let (client, mut server) = pair().await;
+        let (mut input, input_far) = tokio::io::duplex(1024);
+        let (output_far, mut output) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(relay(client, input_far, output_far));
+        input.write_all(b"SSH-2.0-client\r\n").await.unwrap();
+        match server.next().await {
+            Some(Ok(Message::Binary(data))) => assert_eq!(&data[..], b"SSH-2.0-client\r\n"),
+            other => panic!("the service got {other:?}"),
+        }
+        server
+            .send(Message::Binary(b"SSH-2.0-server\r\n".to_vec().into()))
+            .await
+            .unwrap();
+        let mut line = [0u8; 16];
+        output.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"SSH-2.0-server\r\n");
+        server.close(None).await.unwrap();
+        assert!(relay.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_text_message_or_an_oversized_one_is_refused_and_never_written() {
+        for hostile in [
+            Message::Text("\u{1b}]0;owned\u{7}".into()),
+            Message::Binary(vec![0u8; MAX_MESSAGE + 1].into()),
+        ] {
+            let (client, mut server) = pair().await;
+            let (_input, input_far) = tokio::io::duplex(1024);
+            let (output_far, mut output) = tokio::io::duplex(4 * MAX_MESSAGE);
+            let relay = tokio::spawn(relay(client, input_far, output_far));
+            let _ = server.send(hostile).await;
+            let err = relay.await.unwrap().unwrap_err();
+            assert!(matches!(err, TunnelError::Broken(_)), "{err}");
+            let mut written = Vec::new();
+            output.read_to_end(&mut written).await.unwrap();
+            assert!(written.is_empty(), "nothing reached the output");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_input_closes_the_tunnel() {
+        let (client, mut server) = pair().await;
+        let (input, input_far) = tokio::io::duplex(1024);
+        let (output_far, _output) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(relay(client, input_far, output_far));
+        drop(input);
+        assert!(matches!(server.next().await, Some(Ok(Message::Close(_)))));
+        drop(server);
+        assert!(relay.await.unwrap().is_ok());
     }
 }

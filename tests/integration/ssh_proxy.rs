@@ -155,6 +155,18 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
             "the config goes through cubbi ssh-proxy: {text}"
         );
 
+        // No such session of this user's: one line on stderr, nothing on stdout (OpenSSH's
+        // side of the pipe), a non-zero exit.
+        let refused = cli(args(&["-r", "test", "ssh-proxy", "nosuch"]), None)
+            .await?
+            .failure()
+            .stdout_is("");
+        let stderr = refused.stderr();
+        assert!(
+            stderr.starts_with("error: ") && stderr.trim_end().lines().count() == 1,
+            "{stderr:?}"
+        );
+
         let gid = test_gid();
         let _blocked = Blocked::port(session.ssh.port, gid)?;
         let port = session.ssh.port.to_string();
@@ -175,9 +187,10 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
             ])
             .output()
             .await?;
+        let said = String::from_utf8_lossy(&direct.stderr);
         assert!(
-            !direct.status.success(),
-            "the session's SSH port must be unreachable for the client"
+            !direct.status.success() && said.contains("timed out"),
+            "the session's SSH port must be unreachable for the client: {said}"
         );
 
         let alias = format!("cubbi-{name}");
@@ -210,6 +223,37 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
             .await?;
         check("scp down", &ran)?;
         assert!(std::fs::read(&down)? == payload, "the file came back whole");
+
+        // `cubbi session connect` goes the same way (russh over the tunnel), in a real PTY.
+        let mut connect = std::process::Command::new("setpriv");
+        connect
+            .args(["--regid", &gid.to_string(), "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_cubbi"))
+            .args(["-r", "test", "session", "connect", &name])
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("XDG_DATA_HOME", home.path().join(".local/share"))
+            .env("TERM", "xterm")
+            .env_remove("RUST_LOG")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            const STEP: Duration = Duration::from_secs(30);
+            let mut term = crate::support::pty::Terminal::spawn(connect, 40, 120)
+                .map_err(|err| err.to_string())?;
+            term.send("echo via-$((3+4))\r")?;
+            term.expect("via-7", STEP)?;
+            term.send("exit 3\r")?;
+            let status = term.wait(STEP)?;
+            if status.code() != Some(3) {
+                return Err(format!(
+                    "connect ended with {status}:\n{}",
+                    term.transcript()
+                ));
+            }
+            Ok(())
+        })
+        .await?
+        .map_err(Failed::from)?;
 
         // A server in the session (one line per connection), reached with `ssh -L`.
         let ran = as_client(&home, gid, "ssh")
