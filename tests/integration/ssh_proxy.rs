@@ -80,11 +80,12 @@ fn test_gid() -> u32 {
 }
 
 /// `program` as the test user, in group `gid` alone, with the home whose cubbi config and
-/// token the ProxyCommand reads.
-fn as_client(home: &TestHome, gid: u32, program: &str) -> tokio::process::Command {
+/// token the ProxyCommand reads, trusting the service's private CA.
+fn as_client(home: &TestHome, ca: &Path, gid: u32, program: &str) -> tokio::process::Command {
     let mut command = tokio::process::Command::new("setpriv");
     command
         .args(["--regid", &gid.to_string(), "--clear-groups", program])
+        .env("CUBBI_CA_CERT", ca)
         .env("HOME", home.path())
         .env("XDG_CONFIG_HOME", home.path().join(".config"))
         .env("XDG_DATA_HOME", home.path().join(".local/share"))
@@ -121,12 +122,22 @@ fn check(what: &str, output: &Output) -> Result<String, Failed> {
 fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed> {
     docker_test("ssh-proxy", |scope| async move {
         scope.ensure_image("base").await?;
-        let mut service =
-            TestService::start(&scope, |config| config.ssh.mode = SshMode::Proxy).await?;
+        // HTTPS with a private CA, as a shared host serves it.
+        let pki = tempfile::tempdir()?;
+        crate::support::pki::private_ca_and_server_cert(pki.path())?;
+        let (cert, key) = (pki.path().join("server.pem"), pki.path().join("server.key"));
+        let ca = pki.path().join("ca.pem");
+        let mut service = TestService::start(&scope, |config| {
+            config.ssh.mode = SshMode::Proxy;
+            config.server.tls_cert = Some(cert);
+            config.server.tls_key = Some(key);
+        })
+        .await?;
+        assert!(service.url.starts_with("https://"), "{}", service.url);
         let alice = service.token(&user(&scope, "alice"), false)?;
         let home = TestHome::new();
         let cli = |args: Vec<String>, stdin: Option<String>| {
-            let cubbi = Cubbi::new(&home).args(args);
+            let cubbi = Cubbi::new(&home).env("CUBBI_CA_CERT", &ca).args(args);
             match stdin {
                 Some(input) => cubbi.stdin(input),
                 None => cubbi,
@@ -145,7 +156,14 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
         create.extend(args(&crate::support::create_args(&name, &[])));
         cli(create, None).await?.success();
 
-        let session = service.client(&alice)?.get(&name).await?;
+        let shown = cli(
+            args(&["-r", "test", "--json", "session", "show", &name]),
+            None,
+        )
+        .await?
+        .success()
+        .stdout();
+        let session: cubbi::api::Session = serde_json::from_str(&shown)?;
         assert!(session.ssh.proxy, "the service says SSH goes through it");
         let conf = home.path().join(format!(".ssh/cubbi.d/{name}.conf"));
         let text = std::fs::read_to_string(&conf)?;
@@ -153,6 +171,19 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
             text.contains(&format!("    HostKeyAlias cubbi-{name}\n"))
                 && text.contains(&format!(" -r test ssh-proxy {}\n", session.id)),
             "the config goes through cubbi ssh-proxy: {text}"
+        );
+
+        // Without the CA the tunnel is refused (TLS is checked as for every request).
+        let untrusting = Cubbi::new(&home)
+            .args(["-r", "test", "ssh-proxy", &session.id])
+            .run_async()
+            .await?
+            .failure()
+            .stdout_is("");
+        assert!(
+            untrusting.stderr().contains("certificate"),
+            "{}",
+            untrusting.stderr()
         );
 
         // No such session of this user's: one line on stderr, nothing on stdout (OpenSSH's
@@ -170,7 +201,7 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
         let gid = test_gid();
         let _blocked = Blocked::port(session.ssh.port, gid)?;
         let port = session.ssh.port.to_string();
-        let direct = as_client(&home, gid, "ssh")
+        let direct = as_client(&home, &ca, gid, "ssh")
             .args([
                 "-o",
                 "BatchMode=yes",
@@ -194,7 +225,7 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
         );
 
         let alias = format!("cubbi-{name}");
-        let ran = as_client(&home, gid, "ssh")
+        let ran = as_client(&home, &ca, gid, "ssh")
             .args(strict(&conf))
             .args([alias.as_str(), "echo $((6*7)); whoami"])
             .output()
@@ -207,7 +238,7 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         std::fs::write(&up, &payload)?;
-        let ran = as_client(&home, gid, "scp")
+        let ran = as_client(&home, &ca, gid, "scp")
             .args(strict(&conf))
             .arg(&up)
             .arg(format!("{alias}:/tmp/up.bin"))
@@ -215,7 +246,7 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
             .await?;
         check("scp up", &ran)?;
         let down = home.path().join("down.bin");
-        let ran = as_client(&home, gid, "scp")
+        let ran = as_client(&home, &ca, gid, "scp")
             .args(strict(&conf))
             .arg(format!("{alias}:/tmp/up.bin"))
             .arg(&down)
@@ -230,6 +261,7 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
             .args(["--regid", &gid.to_string(), "--clear-groups"])
             .arg(env!("CARGO_BIN_EXE_cubbi"))
             .args(["-r", "test", "session", "connect", &name])
+            .env("CUBBI_CA_CERT", &ca)
             .env("HOME", home.path())
             .env("XDG_CONFIG_HOME", home.path().join(".config"))
             .env("XDG_DATA_HOME", home.path().join(".local/share"))
@@ -256,7 +288,7 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
         .map_err(Failed::from)?;
 
         // A server in the session (one line per connection), reached with `ssh -L`.
-        let ran = as_client(&home, gid, "ssh")
+        let ran = as_client(&home, &ca, gid, "ssh")
             .args(strict(&conf))
             .args([
                 alias.as_str(),
@@ -269,7 +301,7 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
         let local = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let mut forward = as_client(&home, gid, "ssh")
+        let mut forward = as_client(&home, &ca, gid, "ssh")
             .args(strict(&conf))
             .args([
                 "-N",
@@ -299,7 +331,9 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
         .await?;
         forward.kill().await?;
 
-        service.client(&alice)?.close(&session.id).await?;
+        cli(args(&["-r", "test", "session", "close", &session.id]), None)
+            .await?
+            .success();
         service.stop().await?;
         Ok(())
     })
