@@ -20,6 +20,7 @@ nothing is asserted.
 Use bench/terminal.sh to run it on a throwaway dockerd. Needs `websockets` (PyPI) and OpenSSH.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -71,7 +72,10 @@ def read_until(read, wanted, limit=None):
     """Reads chunks until `wanted` shows up; the bytes read."""
     seen, total, tail = b"", 0, b""
     while True:
-        chunk = read()
+        try:
+            chunk = read()
+        except TimeoutError:
+            raise RuntimeError(f"{wanted!r} never came; last bytes {tail[-300:]!r}") from None
         if not chunk:
             raise RuntimeError(f"the stream ended before {wanted!r}; last bytes {tail[-200:]!r}")
         total += len(chunk)
@@ -83,14 +87,15 @@ def read_until(read, wanted, limit=None):
 
 
 class Terminal:
-    def __init__(self, api, session_id):
+    def __init__(self, api, session_id, stack):
         ticket = api.request("POST", f"/v1/sessions/{session_id}/tickets", {"purpose": "terminal"})[1]["ticket"]
         url = api.base.replace("http://", "ws://") + f"/v1/sessions/{session_id}/terminal?run=shell&ticket={ticket}"
-        self.ws = ws_connect(url, subprotocols=["cubbi.tty.v1"], max_size=1 << 20, compression=None)
+        self.ws = stack.enter_context(
+            ws_connect(url, subprotocols=["cubbi.tty.v1"], max_size=1 << 20, compression=None))
 
     def read(self):
         while True:
-            message = self.ws.recv(timeout=120)
+            message = self.ws.recv(timeout=30)
             if isinstance(message, bytes):
                 return message
 
@@ -107,7 +112,8 @@ def ws_rtt(terminal, keys):
         terminal.type(b"x")
         read_until(terminal.read, b"x")
         samples.append(time.perf_counter() - start)
-    terminal.type(b"\x03")  # ^C ends the cat
+    terminal.type(b"\x03")  # ^C ends the cat, and flushes what is typed before the prompt
+    read_until(terminal.read, b"$ ")
     terminal.type(b"stty sane; echo BACK$((2+3))\r")
     read_until(terminal.read, b"BACK5")
     return samples
@@ -168,6 +174,7 @@ def main():
           f"{os.cpu_count()} CPUs, load average at start {open('/proc/loadavg').read().split()[0]}")
     service, session_id = None, None
     log = open(log_path, "w")
+    stack = contextlib.ExitStack()
     try:
         token = run([cubbi, "serve", "token", "create", "--user", USER, "--state-dir", state_dir],
                     env).stdout.strip().split()[-1]
@@ -206,7 +213,7 @@ def main():
         run(direct + [f"head -c {size} /dev/urandom | base64 -w 99 | head -c {size} > /tmp/bench.big"], env)
 
         rtt = {}
-        terminal = Terminal(api, session_id)
+        terminal = Terminal(api, session_id, stack)
         rtt["WebSocket terminal"] = ws_rtt(terminal, args.keys)
         rtt["ssh over the tunnel"] = ssh_rtt(tunnel, env, args.keys)
         rtt["ssh direct"] = ssh_rtt(direct, env, args.keys)
@@ -227,8 +234,8 @@ def main():
         for name, times in cat.items():
             median = statistics.median(times)
             print(f"  {name:<32} {median:>9.2f} {args.mb / median:>9.1f}   x{median / base:.2f} the time")
-        terminal.ws.close()
     finally:
+        stack.close()
         if service is not None and service.poll() is None:
             if session_id:
                 api.request("DELETE", f"/v1/sessions/{session_id}")

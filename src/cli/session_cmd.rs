@@ -1008,14 +1008,29 @@ fn print_sessions(
 }
 
 fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), CliError> {
-    let ssh_command = format!(
-        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ForwardAgent=no -p {} {}@{}",
-        files.client_key().display(),
-        files.session_known_hosts(&session.name).display(),
-        session.ssh.port,
-        session.ssh.user,
-        session.ssh.host
-    );
+    let ssh_command = if session.ssh.proxy {
+        // The service's SSH ports are not reachable: through `cubbi ssh-proxy`, with the pin
+        // filed under the alias.
+        let alias = SshFiles::host_alias(&session.name);
+        format!(
+            "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ForwardAgent=no \
+             -o HostKeyAlias={alias} -o 'ProxyCommand=cubbi -r {} ssh-proxy {}' {}@{alias}",
+            files.client_key().display(),
+            files.session_known_hosts(&session.name).display(),
+            context.remote.as_deref().unwrap_or("NAME"),
+            session.id,
+            session.ssh.user,
+        )
+    } else {
+        format!(
+            "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ForwardAgent=no -p {} {}@{}",
+            files.client_key().display(),
+            files.session_known_hosts(&session.name).display(),
+            session.ssh.port,
+            session.ssh.user,
+            session.ssh.host
+        )
+    };
     if context.mode.json {
         #[derive(serde::Serialize)]
         struct Shown<'a> {

@@ -165,6 +165,15 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
         .stdout();
         let session: cubbi::api::Session = serde_json::from_str(&shown)?;
         assert!(session.ssh.proxy, "the service says SSH goes through it");
+        let shown: serde_json::Value = serde_json::from_str(&shown)?;
+        let printed = shown["ssh_command"].as_str().ok_or("no ssh_command")?;
+        assert!(
+            printed.contains(&format!(
+                "ProxyCommand=cubbi -r test ssh-proxy {}",
+                session.id
+            )),
+            "{printed}"
+        );
         let conf = home.path().join(format!(".ssh/cubbi.d/{name}.conf"));
         let text = std::fs::read_to_string(&conf)?;
         assert!(
