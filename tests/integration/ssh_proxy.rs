@@ -23,6 +23,7 @@ pub fn tests() -> Vec<Trial> {
     crate::trials![
         openssh_scp_and_forwards_go_through_the_service_alone,
         logs_follow_over_a_websocket_and_refuse_others,
+        ssh_proxy_refuses_what_a_hostile_service_sends,
     ]
 }
 
@@ -486,6 +487,128 @@ fn logs_follow_over_a_websocket_and_refuse_others() -> Result<(), Failed> {
 
         client.close(&id).await?;
         service.stop().await?;
+        Ok(())
+    })
+}
+
+/// What the hostile service does once `/ssh` is upgraded.
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// A greeting, then a close: the only bytes stdout may carry.
+    Greets,
+    /// A text message with a terminal escape.
+    Text,
+    /// One binary message over the client's bound.
+    Huge,
+}
+
+/// A service on loopback (axum, no Docker) whose ticket route gives `ticket` and whose tunnel
+/// does `hostile`; its base URL.
+async fn hostile_service(ticket: &'static str, hostile: Hostile) -> Result<String, Failed> {
+    use axum::extract::ws::{Message as WsMessage, WebSocketUpgrade};
+    let app = axum::Router::new()
+        .route(
+            "/v1/sessions/{id}/tickets",
+            axum::routing::post(move || async move {
+                axum::Json(json!({"ticket": ticket, "expires_in": 30}))
+            }),
+        )
+        .route(
+            "/v1/sessions/{id}/ssh",
+            axum::routing::get(move |upgrade: WebSocketUpgrade| async move {
+                upgrade.on_upgrade(move |mut socket| async move {
+                    let message = match hostile {
+                        Hostile::Greets => {
+                            WsMessage::Binary(b"SSH-2.0-hostile\r\n".to_vec().into())
+                        }
+                        Hostile::Text => WsMessage::Text("\u{1b}]0;owned\u{7}".into()),
+                        Hostile::Huge => WsMessage::Binary(vec![b'A'; 8 << 20].into()),
+                    };
+                    let _ = socket.send(message).await;
+                    let _ = socket.send(WsMessage::Close(None)).await;
+                    // Held open until the client goes.
+                    while let Some(Ok(_)) = socket.recv().await {}
+                })
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{address}"))
+}
+
+/// `cubbi -r evil ssh-proxy web` against `url`, its stdin held open: (exit code, stdout, stderr).
+async fn proxy_against(url: &str) -> Result<(Option<i32>, Vec<u8>, String), Failed> {
+    let home = TestHome::new();
+    Cubbi::new(&home)
+        .args(["remote", "add", "evil", url])
+        .run_async()
+        .await?
+        .success();
+    Cubbi::new(&home)
+        .args(["-r", "evil", "auth", "--no-verify"])
+        .stdin("cubbi-stub-token_1\n")
+        .run_async()
+        .await?
+        .success();
+    let mut command = tokio::process::Command::from(
+        Cubbi::new(&home)
+            .args(["-r", "evil", "ssh-proxy", "web"])
+            .into_command(),
+    );
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let _stdin = child.stdin.take();
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .map_err(|_| "ssh-proxy never ended")??;
+    Ok((
+        output.status.code(),
+        output.stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+fn ssh_proxy_refuses_what_a_hostile_service_sends() -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (code, stdout, stderr) =
+            proxy_against(&hostile_service("good-ticket_1", Hostile::Greets).await?).await?;
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(stdout, b"SSH-2.0-hostile\r\n");
+
+        let cases = [
+            ("good-ticket_1", Hostile::Text, "not SSH bytes"),
+            ("good-ticket_1", Hostile::Huge, "the SSH tunnel broke"),
+            (
+                "../../x?y=1\nHost *",
+                Hostile::Greets,
+                "ticket this client refuses",
+            ),
+        ];
+        for (ticket, hostile, said) in cases {
+            let (code, stdout, stderr) =
+                proxy_against(&hostile_service(ticket, hostile).await?).await?;
+            assert_eq!(code, Some(1), "{stderr}");
+            assert!(stdout.is_empty(), "nothing of it reached stdout");
+            assert!(
+                stderr.starts_with("error: ")
+                    && stderr.contains(said)
+                    && stderr.trim_end().lines().count() == 1
+                    && !stderr.contains('\u{1b}')
+                    && !stderr.contains("panicked"),
+                "{stderr:?}"
+            );
+        }
         Ok(())
     })
 }
