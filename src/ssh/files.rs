@@ -121,8 +121,11 @@ impl SshFiles {
     ) -> String {
         let through = proxy
             .map(|command| {
+                // The service closes a tunnel idle for 30 minutes; OpenSSH's keepalive keeps
+                // a live but quiet shell open, as over TCP.
                 format!(
-                    "    HostKeyAlias {alias}\n    ProxyCommand {command}\n",
+                    "    HostKeyAlias {alias}\n    ProxyCommand {command}\n    \
+                     ServerAliveInterval 60\n",
                     alias = Self::host_alias(name)
                 )
             })
@@ -334,6 +337,7 @@ mod tests {
             "the ProxyCommand: {config}"
         );
         assert!(config.contains("StrictHostKeyChecking yes"));
+        assert!(config.contains("    ServerAliveInterval 60\n"), "{config}");
         for (remote, id) in [("team; sh", "abc"), ("team", "-oProxy"), ("team", "%h")] {
             let route = Route::Proxy { remote, id };
             let err = files
