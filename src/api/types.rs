@@ -59,6 +59,10 @@ pub struct SessionSpec {
     /// the request entered); their header values are secrets, written only into files.
     #[serde(default)]
     pub mcp: Vec<crate::mcp::McpServer>,
+    /// MCP servers by name in the caller's registry on a service (`cubbi -r NAME ... --mcp`),
+    /// which the service resolves into `mcp`; a backend never sees names.
+    #[serde(default)]
+    pub mcp_names: Vec<String>,
     /// The names the session may reach; `None` leaves it open (the egress guard still holds).
     #[serde(default)]
     pub egress: Option<crate::egress::EgressRequest>,

@@ -73,6 +73,10 @@ pub struct CreateRequest {
     /// The names the session may reach; the service's `[egress]` decides what may be asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::egress::EgressRequest>,
+    /// MCP servers of the caller's on this service (`POST /v1/mcp`), by name, at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
+    pub mcp: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -312,6 +316,10 @@ pub struct RunBody {
     /// More networks to join (from the service's `networks.allowed`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub networks: Vec<String>,
+    /// MCP servers of the caller's on this service (`POST /v1/mcp`), by name, at most 16.
+    #[serde(default, skip_serializing_if = "is_default")]
+    #[schema(max_items = 16)]
+    pub mcp: Vec<String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {

@@ -45,18 +45,24 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
     let facts = probe::gather(&probes, &paths, &endpoint, config.ports).await;
     let mut results = checks::run_all(&facts);
     if let Some(address) = &config.logging.fluentd {
-        results.push(checks::fluentd(address, fluentd_reachable(address).await));
+        results.push(checks::fluentd(
+            address,
+            fluentd_reachable(address, PROBE_WAIT).await,
+        ));
     }
     if config.services.langfuse.url.is_some() {
         // A config that names a Langfuse but cannot be used is a refusal at create already;
         // here only whether it answers.
         if let Ok(Some(export)) = super::session_cmd::langfuse_export(&config) {
-            let reachable = langfuse_reachable(&export).await;
+            let reachable = langfuse_reachable(&export, PROBE_WAIT).await;
             results.push(checks::langfuse(export.endpoint(), reachable));
         }
     }
     if !config.pool.is_empty() {
         results.push(pool_check(&endpoint, &config.pool).await);
+    }
+    if let Some(check) = swarm_check(&endpoint).await {
+        results.push(check);
     }
     if context.mode.json {
         output::print_json(&serde_json::json!({
@@ -102,29 +108,76 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
     })
 }
 
-/// Whether Langfuse's host takes a TCP connection within 3 s.
-async fn langfuse_reachable(export: &crate::local::langfuse::LangfuseExport) -> Result<(), String> {
+/// The engine's swarm node, when it is in a swarm (nothing otherwise).
+async fn swarm_check(endpoint: &str) -> Option<crate::doctor::Check> {
+    use crate::engine::swarm::{DockerSwarm, MANAGER_PORT, SwarmApi};
+    let docker = crate::docker::connect(endpoint).await.ok()?;
+    let info = docker.info().await.ok()?;
+    let default_runtime = info.default_runtime?;
+    let mut membership = DockerSwarm(docker).membership().await.ok()?;
+    if !membership.manager {
+        // A worker's node labels are a manager's to read; its engine labels say the same.
+        membership.labels = info
+            .labels
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|label| label.split_once('='))
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+    }
+    if membership.state.is_empty() || membership.state == "inactive" {
+        return None;
+    }
+    let manager_port = match membership.node_addr.parse::<std::net::IpAddr>() {
+        Ok(address) if membership.manager => Some(
+            connects(
+                tokio::net::TcpStream::connect((address, MANAGER_PORT)),
+                PROBE_WAIT,
+            )
+            .await,
+        ),
+        _ => None,
+    };
+    Some(checks::swarm(&membership, &default_runtime, manager_port))
+}
+
+/// How long doctor waits for a telemetry receiver.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether Langfuse's host takes a TCP connection within `wait`.
+pub(super) async fn langfuse_reachable(
+    export: &crate::local::langfuse::LangfuseExport,
+    wait: std::time::Duration,
+) -> Result<(), String> {
     let (host, port) = export
         .socket_address()
         .ok_or_else(|| "the URL names no host and port".to_string())?;
-    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
-    match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(format!("cannot connect: {err}")),
-        Err(_) => Err("no answer within 3 s".into()),
-    }
+    connects(tokio::net::TcpStream::connect((host.as_str(), port)), wait).await
 }
 
-/// Whether the Fluentd receiver of `logging.fluentd` takes a TCP connection within 3 s.
-async fn fluentd_reachable(address: &str) -> Result<(), String> {
+/// Whether the Fluentd receiver of `logging.fluentd` takes a TCP connection within `wait`.
+pub(super) async fn fluentd_reachable(
+    address: &str,
+    wait: std::time::Duration,
+) -> Result<(), String> {
     let parsed: crate::local::log_driver::FluentdAddress = address
         .parse()
         .map_err(|err: crate::local::log_driver::FluentdAddressError| err.to_string())?;
-    let connect = tokio::net::TcpStream::connect(parsed.socket_address());
-    match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
+    connects(
+        tokio::net::TcpStream::connect(parsed.socket_address()),
+        wait,
+    )
+    .await
+}
+
+async fn connects(
+    connect: impl std::future::Future<Output = std::io::Result<tokio::net::TcpStream>>,
+    wait: std::time::Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(wait, connect).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(format!("cannot connect: {err}")),
-        Err(_) => Err("no answer within 3 s".into()),
+        Err(_) => Err(format!("no answer within {} s", wait.as_secs_f32())),
     }
 }
 

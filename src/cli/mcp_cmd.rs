@@ -9,7 +9,8 @@ use super::output::{print_json, table, terminal_safe};
 use super::{CliError, OutputMode};
 use crate::config::Config;
 use crate::mcp::registry::McpRegistry;
-use crate::mcp::{McpError, McpServer};
+use crate::mcp::{McpError, McpServer, McpSummary};
+use crate::remote::client::RemoteBackend;
 
 #[derive(Debug, Args)]
 pub struct McpArgs {
@@ -51,8 +52,62 @@ enum McpCommand {
     Remove { name: String },
 }
 
-pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode, CliError> {
-    let registry = McpRegistry::open_default().map_err(refused)?;
+/// Where the servers are kept: this machine's registry, or the caller's on a service.
+enum Catalog {
+    Local(McpRegistry),
+    Remote(RemoteBackend),
+}
+
+impl Catalog {
+    async fn add(&self, server: McpServer) -> Result<McpSummary, CliError> {
+        match self {
+            Self::Local(registry) => {
+                registry.add(server.clone()).map_err(refused)?;
+                Ok(server.summary())
+            }
+            Self::Remote(client) => Ok(client.mcp_add(&server).await?),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<McpSummary>, CliError> {
+        match self {
+            Self::Local(registry) => Ok(registry
+                .list()
+                .map_err(refused)?
+                .iter()
+                .map(McpServer::summary)
+                .collect()),
+            Self::Remote(client) => Ok(client.mcp_list().await?),
+        }
+    }
+
+    async fn show(&self, name: &str) -> Result<McpSummary, CliError> {
+        match self {
+            Self::Local(registry) => Ok(registry.get(name).map_err(refused)?.summary()),
+            Self::Remote(client) => Ok(client.mcp_show(name).await?),
+        }
+    }
+
+    async fn remove(&self, name: &str) -> Result<McpSummary, CliError> {
+        match self {
+            Self::Local(registry) => Ok(registry.remove(name).map_err(refused)?.summary()),
+            Self::Remote(client) => Ok(client.mcp_remove(name).await?),
+        }
+    }
+}
+
+/// The MCP servers of this machine, or the caller's on the cubbi service `remote`.
+pub async fn run(
+    args: McpArgs,
+    mode: OutputMode,
+    remote: Option<&str>,
+    config: &Config,
+) -> Result<ExitCode, CliError> {
+    let registry = match remote {
+        None => Catalog::Local(McpRegistry::open_default().map_err(refused)?),
+        Some(name) => Catalog::Remote(super::remote_cmd::client(config, name)?),
+    };
+    let is_remote = remote.is_some();
     match args.command {
         McpCommand::Add {
             name,
@@ -67,9 +122,14 @@ pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode,
                 None => McpServer::stdio(&name, image.as_deref(), command.as_deref(), &env),
             }
             .map_err(refused)?;
-            registry.add(server.clone()).map_err(refused)?;
+            let summary = registry.add(server).await?;
             if mode.json {
-                print_json(&server.summary())?;
+                print_json(&summary)?;
+            } else if is_remote {
+                println!(
+                    "registered MCP server {name} on the service; give it to a session with \
+                     `cubbi -r REMOTE session create --mcp {name}`"
+                );
             } else {
                 println!(
                     "registered MCP server {name}; give it to a session with --mcp {name}, or to \
@@ -78,12 +138,7 @@ pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode,
             }
         }
         McpCommand::List => {
-            let servers: Vec<_> = registry
-                .list()
-                .map_err(refused)?
-                .iter()
-                .map(McpServer::summary)
-                .collect();
+            let servers = registry.list().await?;
             if mode.json {
                 print_json(&servers)?;
             } else if servers.is_empty() {
@@ -99,10 +154,10 @@ pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode,
                     };
                     vec![
                         s.name.clone(),
-                        s.kind.to_string(),
+                        s.kind.clone(),
                         terminal_safe(&target).into_owned(),
-                        s.headers.join(", "),
-                        if config.defaults.mcp.contains(&s.name) {
+                        terminal_safe(&s.headers.join(", ")).into_owned(),
+                        if !is_remote && config.defaults.mcp.contains(&s.name) {
                             "yes".into()
                         } else {
                             String::new()
@@ -120,7 +175,7 @@ pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode,
             }
         }
         McpCommand::Show { name } => {
-            let summary = registry.get(&name).map_err(refused)?.summary();
+            let summary = registry.show(&name).await?;
             if mode.json {
                 print_json(&summary)?;
             } else {
@@ -134,7 +189,7 @@ pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode,
                         "command: {}",
                         terminal_safe(&shell_words::join(&summary.command))
                     );
-                    println!("env:     {}", summary.env.join(", "));
+                    println!("env:     {}", terminal_safe(&summary.env.join(", ")));
                 } else {
                     println!("url:     {}", terminal_safe(&summary.url));
                 }
@@ -143,18 +198,21 @@ pub fn run(args: McpArgs, mode: OutputMode, config: &Config) -> Result<ExitCode,
                     if summary.headers.is_empty() {
                         "none".to_string()
                     } else {
-                        format!("{} (values set, not shown)", summary.headers.join(", "))
+                        format!(
+                            "{} (values set, not shown)",
+                            terminal_safe(&summary.headers.join(", "))
+                        )
                     }
                 );
             }
         }
         McpCommand::Remove { name } => {
-            registry.remove(&name).map_err(refused)?;
+            registry.remove(&name).await?;
             if mode.json {
                 print_json(&serde_json::json!({ "removed": name }))?;
             } else {
                 println!("removed MCP server {name}");
-                if config.defaults.mcp.contains(&name) {
+                if !is_remote && config.defaults.mcp.contains(&name) {
                     eprintln!(
                         "warning: defaults.mcp still names {name}; new sessions are refused \
                          until `cubbi config set defaults.mcp ...` drops it"

@@ -270,9 +270,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             project_cmd::run(args, mode, remote.as_deref(), &config).await
         }
         Command::Mcp(args) => {
-            refuse_remote(cli.remote.as_deref(), "mcp")?;
+            // Like projects, MCP servers live where sessions are created.
             let config = crate::config::ConfigFile::open_default()?.config()?;
-            mcp_cmd::run(args, mode, &config)
+            let remote = session_remote(cli.remote.as_deref(), &config);
+            mcp_cmd::run(args, mode, remote.as_deref(), &config).await
         }
         Command::Auth {
             no_verify,

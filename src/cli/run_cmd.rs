@@ -92,6 +92,7 @@ pub async fn run(args: RunArgs, context: &Context, config: &Config) -> Result<Ex
             let spec = spec_from(&args.create, config, context)?;
             let metadata = metadata_for(&spec.image)?;
             crate::run::argv::check(&metadata, &request).map_err(refused)?;
+            super::session_cmd::warn_unless_telemetry_answers(config).await;
             (Some(spec), Some(metadata))
         }
     };

@@ -569,7 +569,17 @@ pub(super) fn spec_from(
         ssh_bind: args.ssh_bind.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         authorized_keys: Vec::new(),
         idle_stop_secs: args.idle_stop.map(|idle| idle.as_secs().max(1)),
-        mcp: mcp_servers(args, config, context)?,
+        mcp: if context.remote.is_none() {
+            mcp_servers(args, config)?
+        } else {
+            Vec::new()
+        },
+        // A service resolves them in the caller's registry there (`cubbi -r NAME mcp add`).
+        mcp_names: if context.remote.is_some() {
+            args.mcp.clone()
+        } else {
+            Vec::new()
+        },
         egress: egress_request(args, config),
     })
     .inspect(|spec| {
@@ -577,6 +587,35 @@ pub(super) fn spec_from(
             warn_unless_egress_is_enforced(spec.egress.as_ref());
         }
     })
+}
+
+/// A telemetry receiver that does not answer never holds a session back (Docker's fluentd
+/// driver runs async, and the agents' exporters drop what they cannot send), but what it
+/// misses is lost: say so before the create.
+pub(super) async fn warn_unless_telemetry_answers(config: &Config) {
+    const WAIT: Duration = Duration::from_millis(800);
+    if let Some(address) = config.logging.fluentd.as_deref()
+        && let Err(err) = super::doctor_cmd::fluentd_reachable(address, WAIT).await
+    {
+        eprintln!(
+            "warning: the Fluentd receiver {address} (logging.fluentd) does not answer ({err}); \
+             the session starts anyway; `session logs` keeps its console lines, the receiver may miss them"
+        );
+    }
+    let langfuse = &config.services.langfuse;
+    // Only a complete setting: an incomplete one was warned about already.
+    let complete =
+        langfuse.url.is_some() && langfuse.public_key.is_some() && langfuse.secret_key.is_some();
+    if complete
+        && let Ok(Some(export)) = langfuse_export(config)
+        && let Err(err) = super::doctor_cmd::langfuse_reachable(&export, WAIT).await
+    {
+        eprintln!(
+            "warning: Langfuse at {} (services.langfuse.url) does not answer ({err}); the \
+             session starts anyway, and its agents' traces are lost until it does",
+            export.endpoint()
+        );
+    }
 }
 
 /// A restricted policy on an endpoint where no egress resolver runs is recorded but holds
@@ -646,18 +685,10 @@ pub(super) fn langfuse_export(
     }
 }
 
-/// The MCP servers a session gets: `defaults.mcp` (on the local endpoint) and `--mcp`, by
-/// name from the registry (`cubbi mcp add`).
-fn mcp_servers(
-    args: &CreateArgs,
-    config: &Config,
-    context: &Context,
-) -> Result<Vec<crate::mcp::McpServer>, CliError> {
-    let mut names: Vec<String> = Vec::new();
-    // The defaults name servers of this machine's registry, which a service does not have.
-    if context.remote.is_none() {
-        names.extend(config.defaults.mcp.iter().cloned());
-    }
+/// The MCP servers a local session gets: `defaults.mcp` and `--mcp`, by name from this
+/// machine's registry (`cubbi mcp add`).
+fn mcp_servers(args: &CreateArgs, config: &Config) -> Result<Vec<crate::mcp::McpServer>, CliError> {
+    let mut names: Vec<String> = config.defaults.mcp.clone();
     for name in &args.mcp {
         if !names.contains(name) {
             names.push(name.clone());
@@ -751,6 +782,9 @@ pub async fn create_session(
     }
     let target = Target::open(context, config).await?;
     let backend = target.backend.as_ref();
+    if context.remote.is_none() {
+        warn_unless_telemetry_answers(config).await;
+    }
     // A service looks the snapshot up among the caller's own; locally it is picked here.
     let on_service = match (&args.from_snapshot, &context.remote) {
         (Some(name), Some(remote)) => Some((

@@ -54,6 +54,25 @@ pub struct SetupArgs {
     #[arg(long = "dns-upstream", value_name = "ADDR[:PORT]",
           value_parser = crate::egress::unit::parse_upstream)]
     dns_upstreams: Vec<std::net::SocketAddr>,
+    /// Make the engine (never the host's own Docker) the first manager of a new Docker Swarm,
+    /// labelled with its default runtime and cubbi's version; prints the join command.
+    #[arg(long, conflicts_with_all = ["swarm_join", "uninstall"])]
+    swarm_init: bool,
+    /// Join the engine to the swarm whose manager listens at ADDR:PORT (2377).
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        requires = "swarm_token",
+        conflicts_with = "uninstall"
+    )]
+    swarm_join: Option<std::net::SocketAddr>,
+    /// The join token `--swarm-init` printed (better given as CUBBI_SWARM_TOKEN, out of ps).
+    #[arg(long, env = "CUBBI_SWARM_TOKEN", value_name = "TOKEN", hide_env_values = true,
+          value_parser = parse_token, requires = "swarm_join")]
+    swarm_token: Option<crate::engine::swarm::JoinToken>,
+    /// The address this node advertises to the swarm [default: Docker's choice].
+    #[arg(long, value_name = "ADDR")]
+    swarm_addr: Option<std::net::IpAddr>,
     /// Do not create the `cubbi` Docker CLI context.
     #[arg(long)]
     no_docker_context: bool,
@@ -87,6 +106,11 @@ pub struct SetupArgs {
     purge: bool,
     #[command(flatten)]
     location: EngineLocation,
+}
+
+fn parse_token(text: &str) -> Result<crate::engine::swarm::JoinToken, String> {
+    text.parse()
+        .map_err(|err: crate::engine::swarm::SwarmError| err.to_string())
 }
 
 #[derive(Serialize)]
@@ -191,6 +215,17 @@ pub async fn run(args: SetupArgs, mode: OutputMode) -> Result<ExitCode, CliError
             })
         } else {
             None
+        },
+        swarm: match (args.swarm_init, &args.swarm_join, &args.swarm_token) {
+            (true, _, _) => Some(crate::engine::swarm::SwarmRequest::Init {
+                advertise: args.swarm_addr,
+            }),
+            (false, Some(manager), Some(token)) => Some(crate::engine::swarm::SwarmRequest::Join {
+                manager: *manager,
+                token: token.clone(),
+                advertise: args.swarm_addr,
+            }),
+            _ => None,
         },
         egress_resolver: if args.no_egress_resolver {
             None

@@ -586,6 +586,60 @@ pub fn langfuse(endpoint: &str, reachable: Result<(), String>) -> Check {
     }
 }
 
+/// The engine's swarm membership, where it has one: the node's role, and whether its runtime
+/// label says what the engine runs by default (placement relies on it). `manager_port` is
+/// whether a manager's port 2377 takes connections.
+pub fn swarm(
+    membership: &crate::engine::swarm::Membership,
+    default_runtime: &str,
+    manager_port: Option<Result<(), String>>,
+) -> Check {
+    use crate::engine::swarm::RUNTIME_LABEL;
+    const ID: &str = "swarm";
+    let role = if membership.manager {
+        "manager"
+    } else {
+        "worker"
+    };
+    if !membership.active() {
+        return Check::warn(
+            ID,
+            format!("the engine's swarm node is {}", membership.state),
+            "see `docker -H ENDPOINT info`; `sudo cubbi setup --swarm-join ...` joins again",
+        );
+    }
+    let label = membership.labels.get(RUNTIME_LABEL).map(String::as_str);
+    if label != Some(default_runtime) {
+        return Check::warn(
+            ID,
+            format!(
+                "swarm {role} node {}: its {RUNTIME_LABEL} label is {} but the engine's default \
+                 runtime is {default_runtime}",
+                membership.node_id,
+                label.unwrap_or("missing")
+            ),
+            "run `sudo cubbi setup` with the same --swarm-* option again to label it",
+        );
+    }
+    if let Some(Err(why)) = manager_port {
+        return Check::warn(
+            ID,
+            format!(
+                "swarm manager node {}: port 2377 on {} does not take connections ({why})",
+                membership.node_id, membership.node_addr
+            ),
+            "open TCP 2377, TCP/UDP 7946 and UDP 4789 between the nodes",
+        );
+    }
+    Check::ok(
+        ID,
+        format!(
+            "swarm {role} node {} at {}, labelled {RUNTIME_LABEL}={default_runtime}",
+            membership.node_id, membership.node_addr
+        ),
+    )
+}
+
 pub fn free_ports(free: usize, start: u16, end: u16) -> Check {
     const ID: &str = "ports";
     let total = usize::from(end.saturating_sub(start)) + 1;

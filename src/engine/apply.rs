@@ -119,6 +119,13 @@ pub async fn read_state(
         egress_resolver: super::egress_resolver::EGRESS_UNIT
             .read(env.systemd)
             .await?,
+        swarm: match crate::docker::connect(&paths.endpoint()).await {
+            Ok(docker) => {
+                use super::swarm::SwarmApi;
+                super::swarm::DockerSwarm(docker).membership().await.ok()
+            }
+            Err(_) => None,
+        },
     })
 }
 
@@ -460,6 +467,14 @@ async fn apply_action(
                 .install(require_systemd(env)?, unit, *restart, env.start_timeout)
                 .await
         }
+        Action::InitSwarm { .. } | Action::JoinSwarm { .. } | Action::LabelSwarmNode { .. } => {
+            let docker = crate::docker::connect(&env.paths.endpoint())
+                .await
+                .map_err(|err| EngineError::Refused(err.to_string()))?;
+            super::swarm::apply(&super::swarm::DockerSwarm(docker), action)
+                .await
+                .map_err(|err| EngineError::Refused(err.to_string()))
+        }
         Action::StartEgressResolver => {
             super::egress_resolver::EGRESS_UNIT
                 .start(require_systemd(env)?, env.start_timeout)
@@ -766,6 +781,17 @@ async fn uninstall_step(
         }
         "serve" => {
             serve::install::remove_unit(env.systemd).await?;
+            Ok(String::new())
+        }
+        "swarm" => {
+            use super::swarm::SwarmApi;
+            let docker = crate::docker::connect(&paths.endpoint())
+                .await
+                .map_err(|err| EngineError::Refused(err.to_string()))?;
+            super::swarm::DockerSwarm(docker)
+                .leave()
+                .await
+                .map_err(|err| EngineError::Refused(err.to_string()))?;
             Ok(String::new())
         }
         "egress-resolver" => {

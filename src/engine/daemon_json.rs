@@ -85,6 +85,16 @@ pub fn render(settings: &DaemonSettings<'_>) -> Map<String, Value> {
         "runtimes".into(),
         json!({ SYSBOX_RUNTIME: { "path": SYSBOX_RUNC_PATH } }),
     );
+    // An engine label, so a Swarm of engines can place sessions on nodes by their default
+    // runtime (`engine.labels.io.cubbi.runtime`): a worker cannot label its own node.
+    map.insert(
+        "labels".into(),
+        json!([format!(
+            "{}={}",
+            super::swarm::RUNTIME_LABEL,
+            settings.default_runtime
+        )]),
+    );
     if let Some(group) = settings.socket_group {
         map.insert("group".into(), json!(group));
     }
@@ -151,13 +161,27 @@ pub fn merge(
                     target.insert(name.clone(), runtime.clone());
                 }
             }
+        } else if key == "labels" {
+            // The user's labels stay; cubbi's (`io.cubbi.*`) are replaced.
+            let mut labels: Vec<Value> = merged
+                .get("labels")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|label| !label.as_str().is_some_and(is_cubbi_label))
+                .cloned()
+                .collect();
+            labels.extend(value.as_array().into_iter().flatten().cloned());
+            merged.insert(key.clone(), Value::Array(labels));
         } else {
             merged.insert(key.clone(), value.clone());
         }
     }
     let kept_user_keys = merged
         .keys()
-        .filter(|key| !MANAGED_KEYS.contains(&key.as_str()) && *key != "runtimes")
+        .filter(|key| {
+            !MANAGED_KEYS.contains(&key.as_str()) && !matches!(key.as_str(), "runtimes" | "labels")
+        })
         .cloned()
         .collect();
     let changed = before.as_ref() != Some(&merged);
@@ -178,10 +202,17 @@ pub fn mismatched_keys(existing: &Map<String, Value>, desired: &Map<String, Valu
             ("runtimes", Some(Value::Object(present))) => value
                 .as_object()
                 .is_some_and(|ours| ours.iter().any(|(name, rt)| present.get(name) != Some(rt))),
+            ("labels", Some(Value::Array(present))) => value
+                .as_array()
+                .is_some_and(|ours| ours.iter().any(|label| !present.contains(label))),
             (_, present) => present != Some(*value),
         })
         .map(|(key, _)| key.clone())
         .collect()
+}
+
+fn is_cubbi_label(label: &str) -> bool {
+    label.starts_with("io.cubbi.")
 }
 
 fn kind_of(value: &Value) -> &'static str {

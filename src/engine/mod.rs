@@ -20,6 +20,7 @@ pub mod serve;
 pub mod settings;
 pub mod subnet;
 pub mod supervisor;
+pub mod swarm;
 pub mod sysbox;
 pub mod systemd;
 pub mod unit;

@@ -129,6 +129,23 @@ pub enum Action {
         packages: Vec<String>,
     },
     StartEgressResolver,
+    /// `--swarm-init`: the engine becomes a swarm's first manager, with cubbi's node labels.
+    InitSwarm {
+        advertise: Option<std::net::IpAddr>,
+        labels: std::collections::BTreeMap<String, String>,
+    },
+    /// `--swarm-join`: the engine joins a swarm (the token is a secret: never in a plan's JSON).
+    JoinSwarm {
+        manager: std::net::SocketAddr,
+        #[serde(skip)]
+        token: super::swarm::JoinToken,
+        advertise: Option<std::net::IpAddr>,
+        labels: std::collections::BTreeMap<String, String>,
+    },
+    /// The node's labels (runtime, cubbi version) changed.
+    LabelSwarmNode {
+        labels: std::collections::BTreeMap<String, String>,
+    },
 }
 
 /// One sysctl and the value setup gives it: the wanted one, or the host's own when higher.
@@ -202,6 +219,8 @@ pub struct SetupOptions {
     pub service: Option<ServiceOptions>,
     /// The egress resolver's unit (`--no-egress-resolver` gives none).
     pub egress_resolver: Option<super::egress_resolver::ResolverOptions>,
+    /// `--swarm-init` or `--swarm-join`.
+    pub swarm: Option<super::swarm::SwarmRequest>,
 }
 
 /// What `--service` needs to know.
@@ -251,6 +270,8 @@ pub struct EngineState {
     pub serve: ServeState,
     /// `cubbi-egress.service` as it is now.
     pub egress_resolver: super::host_unit::UnitState,
+    /// The engine's swarm membership, where the engine answers.
+    pub swarm: Option<super::swarm::Membership>,
 }
 
 /// The one-line summary of the host for the preflight step.
@@ -545,6 +566,14 @@ pub fn plan_setup(
         &settings,
         options.egress_resolver.as_ref(),
     ));
+
+    if let Some(request) = &options.swarm {
+        steps.push(super::swarm::plan(
+            state.swarm.as_ref(),
+            request,
+            &settings.default_runtime,
+        ));
+    }
 
     // Docker CLI context.
     let endpoint = paths.endpoint();
@@ -1038,6 +1067,14 @@ pub fn plan_uninstall(
     let running = state.engine_answers || state.unit_active;
     let mut steps = super::serve::steps::plan_serve_uninstall(&state.serve, purge);
     steps.extend([
+        step(
+            "swarm",
+            state
+                .swarm
+                .as_ref()
+                .is_some_and(|swarm| swarm.state != "inactive" && !swarm.state.is_empty()),
+            "leave the swarm (the engine's node)".into(),
+        ),
         step(
             "egress-resolver",
             state.egress_resolver.present(),

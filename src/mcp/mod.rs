@@ -60,7 +60,7 @@ pub enum McpError {
 /// A registered MCP server: a remote one the agent reaches over Streamable HTTP at `url`,
 /// or a stdio one ([`Stdio`]) that cubbi runs inside the session (its `url` is then empty
 /// until a session gives it a loopback port, see [`tool_config::resolve`]).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct McpServer {
     pub name: String,
@@ -75,7 +75,7 @@ pub struct McpServer {
 
 /// A stdio MCP server, run as a systemd service inside the session (as `agent`) behind a
 /// Streamable HTTP bridge on loopback.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stdio {
     /// The program and its arguments (in `image`, when one is given; else in the session).
@@ -199,7 +199,8 @@ impl McpServer {
                 "stdio"
             } else {
                 "remote"
-            },
+            }
+            .into(),
             url: self.url.clone(),
             headers: self.headers.keys().cloned().collect(),
             image: self.stdio.as_ref().and_then(|s| s.image.clone()),
@@ -218,19 +219,20 @@ impl McpServer {
 }
 
 /// A server as shown to people and scripts: never a header's value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct McpSummary {
     pub name: String,
+    /// `remote` or `stdio`.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: String,
     pub url: String,
     pub headers: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// The stdio server's variable names (never their values).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
 }
 

@@ -434,12 +434,13 @@ pub(super) fn create_request(
         authorized_keys,
         idle_stop_secs,
         mcp,
+        mcp_names,
         egress,
     } = spec;
     if !mcp.is_empty() {
         return Err(ApiError::invalid(
-            "--mcp names MCP servers of this machine's registry; a remote session cannot take \
-             them yet",
+            "a remote session takes MCP servers registered on the service (`cubbi -r NAME mcp \
+             add`), by name",
         ));
     }
     if let Some(workspace) = &workspace {
@@ -472,6 +473,7 @@ pub(super) fn create_request(
         idle_stop_secs,
         public_key: Some(public_key),
         egress,
+        mcp: mcp_names,
     })
 }
 
@@ -642,6 +644,7 @@ mod tests {
             authorized_keys: Vec::new(),
             idle_stop_secs: None,
             mcp: Vec::new(),
+            mcp_names: Vec::new(),
             egress: None,
         }
     }

@@ -5,6 +5,7 @@ pub mod client;
 mod data;
 pub mod keyring;
 pub mod login;
+mod mcp;
 pub mod projects;
 pub mod remotes;
 pub mod runs;

@@ -110,6 +110,7 @@ pub fn run_body(
     body.memory = create.memory;
     body.cpus = create.cpus;
     body.pids_limit = create.pids_limit;
+    body.mcp = create.mcp;
     Ok(body)
 }
 

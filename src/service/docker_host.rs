@@ -29,6 +29,8 @@ pub struct DockerHost {
     images: Vec<String>,
     /// Every user's registered projects.
     projects: ServiceProjects,
+    /// Where each user's MCP registry lives (a file per user, 0600).
+    mcp_dir: std::path::PathBuf,
 }
 
 impl DockerHost {
@@ -38,6 +40,7 @@ impl DockerHost {
         index: Arc<SessionIndex>,
         images: Vec<String>,
         projects: ServiceProjects,
+        mcp_dir: std::path::PathBuf,
     ) -> Self {
         Self {
             docker,
@@ -45,6 +48,7 @@ impl DockerHost {
             index,
             images,
             projects,
+            mcp_dir,
         }
     }
 
@@ -103,6 +107,10 @@ impl SessionHost for DockerHost {
 
     fn projects_of(&self, caller: &Caller) -> Result<crate::projects::ProjectStore, ApiError> {
         Ok(self.projects.of_user(&caller.user))
+    }
+
+    fn mcp_of(&self, caller: &Caller) -> Result<crate::mcp::registry::McpRegistry, ApiError> {
+        Ok(super::mcp_routes::registry_of(&self.mcp_dir, &caller.user))
     }
 
     fn present_snapshot(&self, mut snapshot: crate::api::Snapshot) -> crate::api::Snapshot {

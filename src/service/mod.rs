@@ -13,6 +13,7 @@ mod documented;
 pub mod host_volumes;
 pub mod http_error;
 mod lifecycle_routes;
+mod mcp_routes;
 pub mod oidc;
 pub mod openapi;
 pub mod pg_store;
@@ -219,7 +220,14 @@ pub async fn start_on_docker(
     // Projects live where the users and tokens do: with PostgreSQL, every service on the
     // database shares them.
     let projects = projects::ServiceProjects::open_with(config, store.postgres().cloned())?;
-    let host = DockerHost::new(docker, template, index, config.images.clone(), projects);
+    let host = DockerHost::new(
+        docker,
+        template,
+        index,
+        config.images.clone(),
+        projects,
+        config.state_dir.join("mcp"),
+    );
     start(listener, host, store, config)
 }
 

@@ -206,6 +206,8 @@ impl Policy {
             authorized_keys: request.public_key.into_iter().collect(),
             idle_stop_secs,
             mcp: Vec::new(),
+            // Resolved in the caller's registry by the route (`mcp_routes::give`).
+            mcp_names: request.mcp,
             egress,
         })
     }

@@ -65,6 +65,13 @@ pub trait SessionHost: Send + Sync + 'static {
     }
     /// The projects `caller` registered (their own, an admin's too). A host without a
     /// project store answers 503.
+    /// The MCP servers `caller` registered (never another user's). A host without a place
+    /// for them answers 503.
+    fn mcp_of(&self, _caller: &Caller) -> Result<crate::mcp::registry::McpRegistry, ApiError> {
+        Err(ApiError::unavailable(
+            "this service keeps no MCP servers".to_string(),
+        ))
+    }
     fn projects_of(&self, _caller: &Caller) -> Result<crate::projects::ProjectStore, ApiError> {
         Err(ApiError::unavailable(
             "this service keeps no projects".to_string(),
@@ -357,6 +364,10 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<lifecycle_routes::__path_change_egress, _>(
                 lifecycle_routes::change_egress::<H>,
             )
+            .route::<super::mcp_routes::__path_list, _>(super::mcp_routes::list::<H>)
+            .route::<super::mcp_routes::__path_add, _>(super::mcp_routes::add::<H>)
+            .route::<super::mcp_routes::__path_show, _>(super::mcp_routes::show::<H>)
+            .route::<super::mcp_routes::__path_remove, _>(super::mcp_routes::remove::<H>)
             .route::<lifecycle_routes::__path_snapshot, _>(lifecycle_routes::snapshot::<H>)
             .route::<lifecycle_routes::__path_list_snapshots, _>(
                 lifecycle_routes::list_snapshots::<H>,
@@ -589,6 +600,7 @@ pub(super) async fn create<H: SessionHost>(
         check_offered(&state.shared.host.images().await?, &request.image)?;
     }
     let mut spec = state.shared.policy.spec(request)?;
+    super::mcp_routes::give(&state, &caller, &mut spec)?;
     let backend = state.shared.host.sessions_of(&caller);
     if let Some(name) = snapshot {
         // The caller's own snapshots only: another user's is a 404, like their sessions.

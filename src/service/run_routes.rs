@@ -84,6 +84,7 @@ impl RunBody {
             idle_stop_secs: None,
             public_key: None,
             egress: None,
+            mcp: self.mcp.clone(),
         }
     }
 }
@@ -112,7 +113,8 @@ pub(super) async fn create_run<H: SessionHost>(
     crate::run::argv::check(&metadata, &request)
         .map_err(|err| ApiError::invalid(err.to_string()))?;
     check_offered(&state.host().images().await?, &image)?;
-    let spec = state.policy().spec(body.create_request(image))?;
+    let mut spec = state.policy().spec(body.create_request(image))?;
+    super::mcp_routes::give(&state, &caller, &mut spec)?;
     let run_slot = state.run_slot(&caller)?;
     let quota = state.quota_slot(&caller).await?;
     let plan = RunPlan {

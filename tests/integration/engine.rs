@@ -17,6 +17,7 @@ pub fn tests() -> Vec<Trial> {
         setup_on_a_private_root_is_idempotent_and_uninstalls_without_sysbox,
         setup_refuses_bad_input_and_changes_nothing,
         a_session_on_the_setup_engine_is_kept_off_the_host,
+        setup_makes_the_engine_a_labelled_swarm_node_and_uninstall_leaves,
     ]
 }
 
@@ -50,7 +51,7 @@ static ENGINE_START: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Root and dockerd are needed; without them the test fails (it never passes silently). Holds
 /// the start lock for the whole test.
-fn require_root_and_dockerd() -> Result<std::sync::MutexGuard<'static, ()>, Failed> {
+pub(crate) fn require_root_and_dockerd() -> Result<std::sync::MutexGuard<'static, ()>, Failed> {
     if !nix::unistd::geteuid().is_root() {
         return Err("this test starts a dockerd and needs root".into());
     }
@@ -67,14 +68,14 @@ fn require_root_and_dockerd() -> Result<std::sync::MutexGuard<'static, ()>, Fail
 
 /// A short private engine root (socket paths are limited to 107 bytes) and a unique bridge;
 /// dropping it stops the engine and removes what is left, also when the test fails.
-struct PrivateEngine {
+pub(crate) struct PrivateEngine {
     root: PathBuf,
-    bridge: String,
+    pub(crate) bridge: String,
     /// The engine's address pool, a /16 no host route touches (a cubbi engine already on the
     /// host routes 10.214.0.0/24, the default's first /24), and the bridge's /24 in it.
     pool: String,
     subnet: String,
-    home: TestHome,
+    pub(crate) home: TestHome,
 }
 
 /// A 10.X.0.0/16 that nothing on this host routes (any table), for a private engine's pool.
@@ -110,7 +111,7 @@ fn unrouted_pool() -> Result<u8, Failed> {
 }
 
 impl PrivateEngine {
-    fn new(tag: &str) -> Result<Self, Failed> {
+    pub(crate) fn new(tag: &str) -> Result<Self, Failed> {
         let root = tempfile::Builder::new()
             .prefix(&format!("cubbi-{tag}-"))
             .tempdir_in("/tmp")?
@@ -125,12 +126,12 @@ impl PrivateEngine {
         })
     }
 
-    fn root_arg(&self) -> String {
+    pub(crate) fn root_arg(&self) -> String {
         self.root.display().to_string()
     }
 
     /// `--subnet` and `--pool` for `setup` and `engine start`: addresses nothing here uses.
-    fn address_args(&self) -> [&str; 4] {
+    pub(crate) fn address_args(&self) -> [&str; 4] {
         ["--subnet", &self.subnet, "--pool", &self.pool]
     }
 
@@ -789,4 +790,113 @@ fn a_session_on_the_setup_engine_is_kept_off_the_host() -> Result<(), Failed> {
         );
         Ok(())
     })
+}
+
+/// `setup --swarm-init` on a private engine: the engine (not the host's Docker) becomes a
+/// swarm manager labelled with its default runtime and cubbi's version, setup prints the join
+/// command, a re-run changes nothing and prints it again, a bad token is refused before
+/// anything changes, a planned join never shows its token, and `--uninstall` leaves.
+fn setup_makes_the_engine_a_labelled_swarm_node_and_uninstall_leaves() -> Result<(), Failed> {
+    crate::support::sysbox::require_absent()?;
+    let _one_at_a_time = require_root_and_dockerd()?;
+    let before = host_docker_fingerprint();
+    let engine = PrivateEngine::new("w")?;
+    let root = engine.root_arg();
+    let gateway = engine.subnet.replace(".0/24", ".1");
+    let setup = |extra: &[&str]| {
+        engine
+            .cubbi()
+            .args(["setup", "--engine-root", &root, "--bridge", &engine.bridge])
+            .args(engine.address_args())
+            .args(["--skip-sysbox", "--no-docker-context", "--unsafe-runc"])
+            .args(extra)
+            .run()
+    };
+    let result = (|| -> Result<(), Failed> {
+        let first = setup(&["--swarm-init", "--swarm-addr", &gateway])
+            .success()
+            .stdout_contains("[changed] swarm")
+            .stdout();
+        let join = format!("cubbi setup --swarm-join {gateway}:2377 --swarm-token SWMTKN-1-");
+        assert!(first.contains(&join), "{first}");
+        let endpoint = format!("unix://{root}/docker.sock");
+        let info = Command::new("docker")
+            .args(["-H", &endpoint, "info", "--format"])
+            .arg("{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.NodeID}}")
+            .output()?;
+        let info = String::from_utf8_lossy(&info.stdout).into_owned();
+        let words: Vec<&str> = info.split_whitespace().collect();
+        assert_eq!(words.get(..2), Some(&["active", "true"][..]), "{info}");
+        let labels = Command::new("docker")
+            .args(["-H", &endpoint, "node", "inspect", words[2], "--format"])
+            .arg("{{json .Spec.Labels}}")
+            .output()?;
+        let labels: serde_json::Value = serde_json::from_slice(&labels.stdout)?;
+        assert_eq!(labels["io.cubbi.runtime"], "runc", "{labels}");
+        assert_eq!(
+            labels["io.cubbi.version"],
+            env!("CARGO_PKG_VERSION"),
+            "{labels}"
+        );
+
+        let doctor = engine
+            .cubbi()
+            .args(["--json", "doctor", "--engine-root", &root])
+            .run()
+            .stdout();
+        let doctor: serde_json::Value = serde_json::from_str(&doctor)?;
+        let swarm = doctor["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|check| check["id"] == "swarm")
+            .ok_or(format!("doctor has no swarm check: {doctor}"))?;
+        assert_eq!(swarm["status"], "ok", "{swarm}");
+        assert!(swarm["finding"].to_string().contains("manager"), "{swarm}");
+
+        let again = setup(&["--swarm-init"])
+            .success()
+            .stdout_contains("nothing changed")
+            .stdout();
+        assert!(again.contains(&join), "{again}");
+
+        let token =
+            "SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-1awxwuwd3z9j1z3puu7rcgdbx";
+        setup(&[
+            "--swarm-join",
+            "192.0.2.1:2377",
+            "--swarm-token",
+            "not-a-token",
+        ])
+        .failure()
+        .stderr_contains("SWMTKN-1");
+        let planned = engine
+            .cubbi()
+            .env("CUBBI_SWARM_TOKEN", token)
+            .args(["--json", "setup", "--dry-run", "--engine-root", &root])
+            .args(["--swarm-join", "192.0.2.1:2377"])
+            .run()
+            .success()
+            .stdout();
+        assert!(
+            !planned.contains(token),
+            "the plan shows the join token: {planned}"
+        );
+
+        setup(&["--uninstall"])
+            .success()
+            .stdout_contains("[changed] swarm");
+        Ok(())
+    })();
+    // The engine's swarm made docker_gwbridge in this namespace; nothing else here has one.
+    let _ = Command::new("ip")
+        .args(["link", "delete", "docker_gwbridge"])
+        .output();
+    result?;
+    assert_eq!(
+        host_docker_fingerprint(),
+        before,
+        "the host Docker's files changed"
+    );
+    Ok(())
 }

@@ -82,7 +82,13 @@ fn claude_code_exports_traces_to_langfuse_with_the_session_attributes() -> Resul
             .run();
         let result: Value = serde_json::from_str(ran.stdout().trim()).unwrap_or(Value::Null);
         assert_eq!(result["is_error"], false, "{}\n{result}", ran.stderr());
-        ran.success();
+        let ran = ran.success();
+        // ... and says before the create that the traces are lost.
+        assert!(
+            ran.stderr().contains("Langfuse at") && ran.stderr().contains("does not answer"),
+            "{}",
+            ran.stderr()
+        );
 
         // A Langfuse that answers gets the run's telemetry.
         let receiver = OtlpReceiver::start()?;
@@ -98,6 +104,11 @@ fn claude_code_exports_traces_to_langfuse_with_the_session_attributes() -> Resul
         let result: Value = serde_json::from_str(ran.stdout().trim()).unwrap_or(Value::Null);
         assert_eq!(result["is_error"], false, "{}\n{result}", ran.stderr());
         let ran = ran.success();
+        assert!(
+            !ran.stderr().contains("does not answer"),
+            "{}",
+            ran.stderr()
+        );
         assert!(!ran.stdout().contains(SECRET_KEY) && !ran.stderr().contains(SECRET_KEY));
 
         let basic = format!(

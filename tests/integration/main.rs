@@ -36,6 +36,7 @@ mod ssh_files;
 mod ssh_proxy;
 mod store_conformance;
 mod support;
+mod swarm;
 mod sysbox;
 mod tables;
 mod terminal;
@@ -70,6 +71,7 @@ fn main() {
     tests.extend(disk::tests());
     tests.extend(docker::tests());
     tests.extend(engine::tests());
+    tests.extend(swarm::tests());
     tests.extend(firewall::tests());
     tests.extend(hostile_service::tests());
     tests.extend(images::tests());

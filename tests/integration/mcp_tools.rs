@@ -18,6 +18,7 @@ pub fn tests() -> Vec<Trial> {
         claude_code_calls_a_stdio_mcp_server_run_in_the_session,
         gemini_calls_a_remote_mcp_server,
         opencode_calls_a_remote_mcp_server,
+        codex_calls_a_remote_mcp_server,
     ]
 }
 
@@ -183,6 +184,25 @@ fn tool_env(image: &str, base: &str) -> (Vec<String>, Vec<&'static str>) {
     }
 }
 
+/// The model's call of the MCP tool. Codex offers MCP tools inside its code mode: its `exec`
+/// tool runs JavaScript in which every tool, the MCP server's too, is `tools.NAME(...)`.
+fn first_call(image: &str) -> Reply {
+    if image == "codex" {
+        return Reply::ToolCall {
+            name: "exec".into(),
+            input: Value::String(
+                "const answer = await tools.mcp__fixture__lookup_word({ topic: \"greeting\" });\n\
+                 text(JSON.stringify(answer));\n"
+                    .into(),
+            ),
+        };
+    }
+    Reply::CallOffered {
+        containing: "lookup_word".into(),
+        input: serde_json::json!({ "topic": "greeting" }),
+    }
+}
+
 /// Gemini CLI (system settings at `GEMINI_CLI_SYSTEM_SETTINGS_PATH`) and opencode
 /// (`OPENCODE_CONFIG`) read the MCP configuration cubbi wrote, offer the server's tool to the
 /// model under their own name for it, and call it with the registered header.
@@ -193,10 +213,7 @@ fn remote_mcp_with(image: &'static str, name: &'static str) -> Result<(), Failed
         let gateway = scope.bridge_network(&network).await?;
         let mcp = McpServer::start()?;
         let model = ModelServer::start(vec![
-            Reply::CallOffered {
-                containing: "lookup_word".into(),
-                input: serde_json::json!({ "topic": "greeting" }),
-            },
+            first_call(image),
             Reply::Text("The word is in.".into()),
         ])?;
         let home = TestHome::new();
@@ -312,4 +329,8 @@ fn gemini_calls_a_remote_mcp_server() -> Result<(), Failed> {
 
 fn opencode_calls_a_remote_mcp_server() -> Result<(), Failed> {
     remote_mcp_with("opencode", "mcp-opencode")
+}
+
+fn codex_calls_a_remote_mcp_server() -> Result<(), Failed> {
+    remote_mcp_with("codex", "mcp-codex")
 }

@@ -311,6 +311,7 @@ fn spec(name: &str, project: Option<&str>, network: &str) -> SessionSpec {
         authorized_keys: Vec::new(),
         idle_stop_secs: None,
         mcp: Vec::new(),
+        mcp_names: Vec::new(),
         egress: None,
     }
 }

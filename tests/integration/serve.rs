@@ -51,6 +51,7 @@ pub(crate) fn spec(name: &str) -> SessionSpec {
         authorized_keys: Vec::new(),
         idle_stop_secs: None,
         mcp: Vec::new(),
+        mcp_names: Vec::new(),
         egress: None,
     }
 }

@@ -127,6 +127,12 @@ impl LocalBackend {
         runtime::check_runtime(&spec.runtime, spec.unsafe_runc, &available)?;
 
         let image = self.resolve_image(&spec.image).await?;
+        if let Some(name) = spec.mcp_names.first() {
+            return Err(ApiError::invalid(format!(
+                "MCP server `{name}` is named, not given: the local engine takes servers from \
+                 this machine's registry (`cubbi mcp add`)"
+            )));
+        }
         let mut networks = Vec::new();
         if spec.default_network {
             networks.push(self.default_network());

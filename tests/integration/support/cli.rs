@@ -35,7 +35,20 @@ impl Cubbi {
     /// Runs in the home folder, as a user who just logged in: a `session create` without a
     /// PATH is refused there unless it passes `--no-mount` (or a test changes the folder).
     pub fn new(home: &TestHome) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cubbi"));
+        Self::with_command(home, Command::new(env!("CARGO_BIN_EXE_cubbi")))
+    }
+
+    /// The same, in the network namespace `netns` (a path under /run/netns): through
+    /// `nsenter --net`, which keeps the cgroup mounts that `ip netns exec` hides.
+    pub fn in_network_namespace(home: &TestHome, netns: &Path) -> Self {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", netns.display()))
+            .arg(env!("CARGO_BIN_EXE_cubbi"));
+        Self::with_command(home, command)
+    }
+
+    fn with_command(home: &TestHome, mut command: Command) -> Self {
         command
             .current_dir(home.path())
             .env("HOME", home.path())
