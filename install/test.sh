@@ -29,6 +29,10 @@ command -v secret-tool >/dev/null 2>&1 || missing+=(libsecret-tools)
 # The egress test: cubbi's resolver drives nftables; dnsmasq plays the internet's resolver.
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
+# The SSH-through-the-service test drops the session's port for OpenSSH run in a group of its
+# own (setpriv) with an iptables owner rule.
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)

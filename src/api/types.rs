@@ -102,6 +102,10 @@ pub struct SshEndpoint {
     pub user: String,
     /// The session's host key, OpenSSH public key format.
     pub host_key: String,
+    /// The port is not reachable from clients (`ssh.mode = "proxy"` on the service): SSH goes
+    /// through `GET /v1/sessions/{id}/ssh`, which `cubbi ssh-proxy` relays for OpenSSH.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

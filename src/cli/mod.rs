@@ -18,6 +18,7 @@ mod serve_cmd;
 mod session_cmd;
 mod setup_cmd;
 mod snapshot_cmd;
+mod ssh_proxy_cmd;
 mod token_cmd;
 
 use std::process::ExitCode;
@@ -145,6 +146,9 @@ pub enum Command {
         #[arg(long, conflicts_with = "no_verify")]
         logout: bool,
     },
+    /// OpenSSH's `ProxyCommand` for a session of a service whose SSH ports are not reachable:
+    /// relays stdin/stdout through the service's HTTPS port (`cubbi -r NAME ssh-proxy ID`).
+    SshProxy(ssh_proxy_cmd::SshProxyArgs),
     /// Print the man page (roff), e.g. `cubbi man > /usr/local/share/man/man1/cubbi.1`.
     Man,
     /// Print a shell completion script, e.g. `cubbi completions bash > /etc/bash_completion.d/cubbi`.
@@ -282,6 +286,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 logout,
             };
             remote_cmd::auth(cli.remote.as_deref(), options).await
+        }
+        Command::SshProxy(args) => {
+            let config = crate::config::ConfigFile::open_default()?.config()?;
+            context.remote = session_remote(cli.remote.as_deref(), &config);
+            ssh_proxy_cmd::run(args, &context, &config).await
         }
         Command::Man => {
             refuse_remote(cli.remote.as_deref(), "man")?;

@@ -227,20 +227,27 @@ pub(super) struct Target {
     pub(super) client_key: Arc<PrivateKey>,
     /// The remote's name, `None` for the local endpoint.
     remote: Option<String>,
+    /// The remote's client, for the SSH tunnel of a service in `ssh.mode = "proxy"`.
+    tunnels: Option<RemoteBackend>,
 }
 
 impl Target {
     pub(super) async fn open(context: &Context, config: &Config) -> Result<Self, CliError> {
         let (files, client_key) = user_ssh()?;
+        let mut tunnels = None;
         let backend: Box<dyn Backend> = match &context.remote {
             None => Box::new(local_backend(context, config, &files, &client_key).await?),
-            Some(name) => Box::new(remote_backend(name, config, &files, &client_key)?),
+            Some(name) => {
+                tunnels = Some(remote_backend(name, config, &files, &client_key)?);
+                Box::new(remote_backend(name, config, &files, &client_key)?)
+            }
         };
         Ok(Self {
             backend,
             files,
             client_key,
             remote: context.remote.clone(),
+            tunnels,
         })
     }
 }
@@ -933,9 +940,22 @@ async fn connect(
         client_key: Arc::clone(&target.client_key),
         host_key,
     };
-    let ssh = SshSession::connect(&ssh_target, Duration::from_secs(10))
-        .await
-        .map_err(|err| CliError::Refused(err.to_string()))?;
+    let ssh = match (&target.tunnels, session.ssh.proxy) {
+        // The service says its SSH ports are not reachable: through its tunnel.
+        (Some(remote), true) => {
+            let tunnel = remote.open_ssh_tunnel(&session.id).await?;
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let (read, write) = tokio::io::split(far);
+                if let Err(err) = crate::remote::tunnel::relay(tunnel, read, write).await {
+                    tracing::warn!("{err}");
+                }
+            });
+            SshSession::connect_stream(&ssh_target, near, Duration::from_secs(20)).await
+        }
+        _ => SshSession::connect(&ssh_target, Duration::from_secs(10)).await,
+    }
+    .map_err(|err| CliError::Refused(err.to_string()))?;
     let code = ssh
         .interactive(
             command.as_deref(),
@@ -1022,14 +1042,29 @@ fn print_sessions(
 }
 
 fn show(session: &Session, files: &SshFiles, context: &Context) -> Result<(), CliError> {
-    let ssh_command = format!(
-        "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ForwardAgent=no -p {} {}@{}",
-        files.client_key().display(),
-        files.session_known_hosts(&session.name).display(),
-        session.ssh.port,
-        session.ssh.user,
-        session.ssh.host
-    );
+    let ssh_command = if session.ssh.proxy {
+        // The service's SSH ports are not reachable: through `cubbi ssh-proxy`, with the pin
+        // filed under the alias.
+        let alias = SshFiles::host_alias(&session.name);
+        format!(
+            "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ForwardAgent=no \
+             -o HostKeyAlias={alias} -o 'ProxyCommand=cubbi -r {} ssh-proxy {}' {}@{alias}",
+            files.client_key().display(),
+            files.session_known_hosts(&session.name).display(),
+            context.remote.as_deref().unwrap_or("NAME"),
+            session.id,
+            session.ssh.user,
+        )
+    } else {
+        format!(
+            "ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o ForwardAgent=no -p {} {}@{}",
+            files.client_key().display(),
+            files.session_known_hosts(&session.name).display(),
+            session.ssh.port,
+            session.ssh.user,
+            session.ssh.host
+        )
+    };
     if context.mode.json {
         #[derive(serde::Serialize)]
         struct Shown<'a> {

@@ -118,6 +118,7 @@ impl SessionLabels {
                 port: self.ssh_port,
                 user: AGENT_USER.to_string(),
                 host_key: self.host_key,
+                proxy: false,
             },
             name: self.name,
             image: self.image,

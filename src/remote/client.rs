@@ -108,6 +108,11 @@ impl RemoteBackend {
         &self.name
     }
 
+    /// The service's base URL, without a trailing slash.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
     pub(super) fn bounds(&self) -> Bounds {
         self.bounds
     }
@@ -227,8 +232,17 @@ impl RemoteBackend {
     /// Writes the session's OpenSSH files; [`checked_session`] has checked it.
     fn write_ssh_files(&self, session: &Session) -> Result<(), ApiError> {
         if let Some(files) = &self.ssh_files {
+            // A service whose SSH ports clients cannot reach: OpenSSH goes through it.
+            let route = if session.ssh.proxy {
+                crate::ssh::files::Route::Proxy {
+                    remote: &self.name,
+                    id: &session.id,
+                }
+            } else {
+                crate::ssh::files::Route::Direct
+            };
             files
-                .write_session(&session.name, &session.ssh)
+                .write_session_via(&session.name, &session.ssh, route)
                 .map_err(|err| ApiError::unavailable(err.to_string()))?;
         }
         Ok(())

@@ -9,6 +9,7 @@ mod mcp;
 pub mod projects;
 pub mod remotes;
 pub mod runs;
+pub mod tunnel;
 
 use std::path::PathBuf;
 

@@ -169,6 +169,19 @@ pub struct SshSection {
     pub bind: IpAddr,
     /// The name clients dial for SSH; the host of the request's URL when absent.
     pub public_host: Option<String>,
+    /// `direct`: clients dial the sessions' SSH ports. `proxy`: those ports are not reachable
+    /// from clients, so sessions say so and clients go through `GET /v1/sessions/{id}/ssh`
+    /// (`cubbi ssh-proxy` as OpenSSH's ProxyCommand).
+    pub mode: SshMode,
+}
+
+/// How clients reach sessions' sshd (`ssh.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SshMode {
+    #[default]
+    Direct,
+    Proxy,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -287,6 +300,7 @@ impl Default for SshSection {
         Self {
             bind: IpAddr::from([0, 0, 0, 0]),
             public_host: None,
+            mode: SshMode::Direct,
         }
     }
 }
@@ -513,6 +527,7 @@ mod tests {
             [ssh]
             bind = "0.0.0.0"
             public_host = "cubbi.example.org"
+            mode = "proxy"
             [ports]
             start = 2300
             end = 2400
@@ -535,6 +550,7 @@ mod tests {
         let config = ServiceConfig::parse(text, Path::new("t.toml")).unwrap();
         assert_eq!(config.server.port, 8443);
         assert_eq!(config.ssh.public_host.as_deref(), Some("cubbi.example.org"));
+        assert_eq!(config.ssh.mode, SshMode::Proxy);
         assert_eq!(config.limits.sessions_per_user, 3);
         assert_eq!(config.images, vec!["base", "claude-code"]);
     }

@@ -22,6 +22,8 @@ pub struct Policy {
     pub networks_allowed: Vec<String>,
     pub ssh_bind: IpAddr,
     pub public_host: Option<String>,
+    /// `ssh.mode = "proxy"`: sessions are published with `ssh.proxy` set.
+    pub ssh_proxy: bool,
     pub sessions_per_user: usize,
     pub max_memory: Option<MemoryLimit>,
     pub max_cpus: Option<CpuLimit>,
@@ -55,6 +57,7 @@ impl Policy {
             networks_allowed: config.networks.allowed.clone(),
             ssh_bind: config.ssh.bind,
             public_host: config.ssh.public_host.clone(),
+            ssh_proxy: config.ssh.mode == super::config::SshMode::Proxy,
             sessions_per_user: config.limits.sessions_per_user,
             max_memory: config.limits.memory.or_else(host_share_of_memory),
             max_cpus: config.limits.cpus.or_else(host_share_of_cpus),

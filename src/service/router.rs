@@ -205,6 +205,7 @@ impl<H: SessionHost> AppState<H> {
         {
             session.ssh.host = host;
         }
+        session.ssh.proxy = self.shared.policy.ssh_proxy;
         session
     }
 
@@ -397,7 +398,8 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<run_routes::__path_create_run, _>(run_routes::create_run::<H>)
             .route::<run_routes::__path_run_in_session, _>(run_routes::run_in_session::<H>)
             .route::<ws::__path_terminal, _>(ws::terminal::<H>)
-            .route::<ws::__path_ssh, _>(ws::ssh::<H>),
+            .route::<ws::__path_ssh, _>(ws::ssh::<H>)
+            .route::<ws::__path_logs_ws, _>(ws::logs_ws::<H>),
         health: DocumentedRoutes::new().route::<__path_healthz, _>(healthz),
         data: DocumentedRoutes::new()
             .route::<data_routes::__path_export, _>(data_routes::export::<H>)

@@ -255,6 +255,7 @@ fn policy(sessions_per_user: usize) -> Policy {
         networks_allowed: Vec::new(),
         ssh_bind: "127.0.0.1".parse().unwrap(),
         public_host: None,
+        ssh_proxy: false,
         sessions_per_user,
         max_memory: None,
         max_cpus: None,

@@ -31,6 +31,8 @@ pub enum Purpose {
     Terminal,
     /// `GET /v1/sessions/{id}/ssh`
     Ssh,
+    /// `GET /v1/sessions/{id}/logs/ws`
+    Logs,
 }
 
 struct Entry {

@@ -31,6 +31,26 @@ pub enum UnsafeValue {
     HostKey(String),
     #[error("the SSH port is 0")]
     Port,
+    #[error(
+        "{0:?} cannot go into a ProxyCommand (letters, digits, `.`, `_`, `-`, not starting with          `-`, at most 128)"
+    )]
+    ProxyWord(String),
+}
+
+/// A remote name or session id that goes into a `ProxyCommand` line, which OpenSSH hands to
+/// a shell: only characters no shell or `%` token gives a meaning.
+pub fn check_proxy_word(word: &str) -> Result<&str, UnsafeValue> {
+    let plain = !word.is_empty()
+        && word.len() <= 128
+        && !word.starts_with('-')
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if plain {
+        Ok(word)
+    } else {
+        Err(UnsafeValue::ProxyWord(word.to_string()))
+    }
 }
 
 /// An [`SshEndpoint`] whose every part was checked: the host an IP address or DNS name, the
@@ -193,6 +213,7 @@ mod tests {
             port: 2200,
             user: "agent".into(),
             host_key: format!("{KEY} x@y"),
+            proxy: false,
         };
         let checked = CheckedEndpoint::parse(&endpoint).unwrap();
         assert_eq!(checked.host_key, KEY);

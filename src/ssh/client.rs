@@ -54,6 +54,21 @@ impl client::Handler for PinnedHost {
     }
 }
 
+fn client_config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        ..Default::default()
+    })
+}
+
+fn pinned(target: &SshTarget) -> PinnedHost {
+    PinnedHost {
+        expected: target.host_key.clone(),
+        mismatch: false,
+    }
+}
+
 /// An authenticated connection.
 pub struct SshSession {
     handle: Handle<PinnedHost>,
@@ -79,21 +94,47 @@ impl SshSession {
         }
     }
 
+    /// [`Self::connect`] over a stream already open to the session's sshd (the WebSocket
+    /// tunnel of a service whose SSH ports are not reachable); `target.address` only names it.
+    pub async fn connect_stream<S>(
+        target: &SshTarget,
+        stream: S,
+        timeout: Duration,
+    ) -> Result<Self, SshError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let over = async {
+            let handle = client::connect_stream(client_config(), stream, pinned(target)).await;
+            Self::log_in(target, handle).await
+        };
+        match tokio::time::timeout(timeout, over).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(SshError::Connection {
+                address: target.address.clone(),
+                reason: format!(
+                    "timed out after {:.1}s (no handshake and login)",
+                    timeout.as_secs_f64()
+                ),
+            }),
+        }
+    }
+
     async fn connect_and_log_in(target: &SshTarget) -> Result<Self, SshError> {
+        let handle =
+            client::connect(client_config(), target.address.as_str(), pinned(target)).await;
+        Self::log_in(target, handle).await
+    }
+
+    async fn log_in(
+        target: &SshTarget,
+        handle: Result<Handle<PinnedHost>, russh::Error>,
+    ) -> Result<Self, SshError> {
         let connection_error = |reason: String| SshError::Connection {
             address: target.address.clone(),
             reason,
         };
-        let config = Arc::new(client::Config {
-            inactivity_timeout: None,
-            keepalive_interval: Some(Duration::from_secs(30)),
-            ..Default::default()
-        });
-        let handler = PinnedHost {
-            expected: target.host_key.clone(),
-            mismatch: false,
-        };
-        let mut handle = match client::connect(config, target.address.as_str(), handler).await {
+        let mut handle = match handle {
             Err(russh::Error::UnknownKey) => return Err(SshError::HostKeyMismatch),
             Err(err) => return Err(connection_error(err.to_string())),
             Ok(handle) => handle,

@@ -68,14 +68,35 @@ impl SshFiles {
     /// A name, host, user or key that could leave `cubbi.d` or add a directive is refused
     /// (whoever checked it before: this is the last place before the files).
     pub fn write_session(&self, name: &str, endpoint: &SshEndpoint) -> Result<(), SshError> {
+        self.write_session_via(name, endpoint, Route::Direct)
+    }
+
+    /// [`Self::write_session`] for a session OpenSSH reaches by `route`. Through a service
+    /// (`Route::Proxy`) the pin is filed under the `HostKeyAlias` `cubbi-<name>`, so the
+    /// host key is checked as strictly as over TCP.
+    pub fn write_session_via(
+        &self,
+        name: &str,
+        endpoint: &SshEndpoint,
+        route: Route<'_>,
+    ) -> Result<(), SshError> {
         let name = checked::check_name(name)?;
         let endpoint = CheckedEndpoint::parse(endpoint)?;
-        let known = format!(
-            "{} {} {}\n",
-            known_hosts_host(&endpoint.host, endpoint.port),
-            endpoint.host_key,
-            Self::host_alias(name.as_str())
-        );
+        let alias = Self::host_alias(name.as_str());
+        let proxy = match route {
+            Route::Direct => None,
+            Route::Proxy { remote, id } => Some(format!(
+                "{} -r {} ssh-proxy {}",
+                cubbi_program(),
+                checked::check_proxy_word(remote)?,
+                checked::check_proxy_word(id)?
+            )),
+        };
+        let pinned_as = match proxy {
+            Some(_) => alias.clone(),
+            None => known_hosts_host(&endpoint.host, endpoint.port),
+        };
+        let known = format!("{pinned_as} {} {alias}\n", endpoint.host_key);
         write_file(
             &self.session_known_hosts(name.as_str()),
             known.as_bytes(),
@@ -83,7 +104,7 @@ impl SshFiles {
         )?;
         write_file(
             &self.session_config(name.as_str()),
-            self.session_config_text(name.as_str(), &endpoint)
+            self.session_config_text(name.as_str(), &endpoint, proxy.as_deref())
                 .as_bytes(),
             0o600,
         )
@@ -92,13 +113,29 @@ impl SshFiles {
     /// The Host block. OpenSSH takes the first value it finds for an option, and the Include
     /// goes first in ~/.ssh/config, so these win over a user's `Host *` defaults: no agent or
     /// X11 forwarding into a sandbox whose user has sudo, and no known_hosts but the pin.
-    fn session_config_text(&self, name: &str, endpoint: &CheckedEndpoint) -> String {
+    fn session_config_text(
+        &self,
+        name: &str,
+        endpoint: &CheckedEndpoint,
+        proxy: Option<&str>,
+    ) -> String {
+        let through = proxy
+            .map(|command| {
+                // The service closes a tunnel idle for 30 minutes; OpenSSH's keepalive keeps
+                // a live but quiet shell open, as over TCP.
+                format!(
+                    "    HostKeyAlias {alias}\n    ProxyCommand {command}\n    \
+                     ServerAliveInterval 60\n",
+                    alias = Self::host_alias(name)
+                )
+            })
+            .unwrap_or_default();
         format!(
             "# Written by cubbi for session {name}; removed by `cubbi session close`.\n\
              Host {alias}\n    HostName {host}\n    Port {port}\n    User {user}\n    \
              IdentityFile {key}\n    IdentitiesOnly yes\n    UserKnownHostsFile {known}\n    \
              GlobalKnownHostsFile /dev/null\n    StrictHostKeyChecking yes\n    \
-             UpdateHostKeys no\n    ForwardAgent no\n    ForwardX11 no\n",
+             UpdateHostKeys no\n    ForwardAgent no\n    ForwardX11 no\n{through}",
             alias = Self::host_alias(name),
             host = endpoint.host,
             port = endpoint.port,
@@ -184,6 +221,28 @@ impl SshFiles {
 
 pub const INCLUDE_LINE: &str = "Include ~/.ssh/cubbi.d/*.conf";
 
+/// How OpenSSH reaches a session.
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'a> {
+    /// The session's SSH port.
+    Direct,
+    /// `cubbi -r REMOTE ssh-proxy ID` through the service's HTTPS port.
+    Proxy { remote: &'a str, id: &'a str },
+}
+
+/// This cubbi's own path for the ProxyCommand (OpenSSH may run with another `PATH`), or
+/// plain `cubbi` when the path has characters a shell would read.
+fn cubbi_program() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|path| path.to_str().map(str::to_string))
+        .filter(|path| {
+            path.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+'))
+        })
+        .unwrap_or_else(|| "cubbi".to_string())
+}
+
 fn known_hosts_host(host: &str, port: u16) -> String {
     if port == 22 {
         host.to_string()
@@ -213,6 +272,7 @@ mod tests {
             port,
             user: "agent".into(),
             host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAv6DsKRDHwOfHjfUK0cw6GU8eYuf7ZEu6h7mU/A+NFp host@x".into(),
+            proxy: false,
         }
     }
 
@@ -252,6 +312,40 @@ mod tests {
             !files.legacy_known_hosts().exists(),
             "the shared file is never written"
         );
+    }
+
+    #[test]
+    fn a_proxied_session_pins_its_key_under_the_alias() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path());
+        let route = Route::Proxy {
+            remote: "team",
+            id: "abc123",
+        };
+        files
+            .write_session_via("alpha", &endpoint(2300), route)
+            .unwrap();
+        let known = std::fs::read_to_string(files.session_known_hosts("alpha")).unwrap();
+        assert!(known.starts_with("cubbi-alpha ssh-ed25519 "), "{known}");
+        let config = std::fs::read_to_string(files.session_config("alpha")).unwrap();
+        assert!(
+            config.contains("    HostKeyAlias cubbi-alpha\n"),
+            "{config}"
+        );
+        assert!(
+            config.contains(" -r team ssh-proxy abc123\n"),
+            "the ProxyCommand: {config}"
+        );
+        assert!(config.contains("StrictHostKeyChecking yes"));
+        assert!(config.contains("    ServerAliveInterval 60\n"), "{config}");
+        for (remote, id) in [("team; sh", "abc"), ("team", "-oProxy"), ("team", "%h")] {
+            let route = Route::Proxy { remote, id };
+            let err = files
+                .write_session_via("beta", &endpoint(2300), route)
+                .unwrap_err();
+            assert!(err.to_string().contains("ProxyCommand"), "{err}");
+            assert!(!files.session_config("beta").exists());
+        }
     }
 
     /// Defence in depth: whatever a caller checked, nothing leaves `cubbi.d` and no value

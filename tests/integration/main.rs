@@ -33,6 +33,7 @@ mod session;
 mod setup_systemd;
 mod snapshot;
 mod ssh_files;
+mod ssh_proxy;
 mod store_conformance;
 mod support;
 mod swarm;
@@ -97,6 +98,7 @@ fn main() {
     tests.extend(setup_systemd::tests());
     tests.extend(snapshot::tests());
     tests.extend(ssh_files::tests());
+    tests.extend(ssh_proxy::tests());
     tests.extend(store_conformance::tests());
     tests.extend(sysbox::tests());
     tests.extend(terminal::tests());

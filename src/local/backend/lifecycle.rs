@@ -332,6 +332,7 @@ mod tests {
                 port: 2300,
                 user: "agent".into(),
                 host_key: String::new(),
+                proxy: false,
             },
         }
     }

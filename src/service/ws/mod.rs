@@ -1,5 +1,6 @@
 //! WebSockets into sessions: a terminal (`/terminal`, a PTY through the session's sshd) and
-//! raw SSH (`/ssh`, bytes to the session's sshd, for `cubbi ssh-proxy`).
+//! raw SSH (`/ssh`, bytes to the session's sshd, for `cubbi ssh-proxy`), and the log's follow
+//! stream (`/logs/ws`, for the browser).
 //!
 //! Who may upgrade is settled before the upgrade: a single-use ticket in the query (see
 //! [`super::tickets`]), an `Authorization: Bearer` header, or the browser login's cookie from
@@ -7,6 +8,7 @@
 //! cookie on a WebSocket, but not forge its `Origin`). Then the session must be the caller's:
 //! another user's answers 404, without an upgrade.
 
+mod logs;
 mod pty;
 mod routes;
 mod tty;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use axum::http::header::{HOST, ORIGIN};
 
+pub(super) use logs::{__path_logs_ws, logs_ws};
 pub(super) use routes::{
     __path_issue_ticket, __path_ssh, __path_terminal, TicketAnswer, TicketRequest, issue_ticket,
     ssh, terminal,

@@ -81,7 +81,7 @@ pub(in crate::service) struct SshQuery {
     ticket: Option<String>,
 }
 
-fn upgrade_needed(_: WebSocketUpgradeRejection) -> HttpError {
+pub(super) fn upgrade_needed(_: WebSocketUpgradeRejection) -> HttpError {
     HttpError::new(ErrorCode::Invalid, "this route needs a WebSocket upgrade")
         .with_status(axum::http::StatusCode::BAD_REQUEST)
 }

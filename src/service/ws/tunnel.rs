@@ -35,5 +35,18 @@ pub async fn relay(mut socket: WebSocket, mut tcp: TcpStream, idle: Duration) {
             break;
         }
     }
+    // A clean close: the client's own close (or anything it still had in flight) is read
+    // before the connection drops, so it sees the end rather than a reset.
     let _ = socket.send(Message::Close(None)).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
+
+/// How long the end of a tunnel waits for the client's close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
