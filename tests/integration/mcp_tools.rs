@@ -25,6 +25,48 @@ pub fn tests() -> Vec<Trial> {
 
 const STDIO_WORD: &str = "stdio-word-secret-55d";
 
+/// What a stdio MCP test needs: a network whose gateway reaches the model server, which asks
+/// for `mcp__SERVER__lookup_word`, and a workspace holding the stdio fixture.
+struct StdioBench {
+    network: String,
+    gateway: String,
+    model: ModelServer,
+    home: TestHome,
+    workspace: tempfile::TempDir,
+}
+
+impl StdioBench {
+    async fn start(
+        scope: &crate::support::DockerScope,
+        tag: &str,
+        server: &str,
+        topic: &str,
+    ) -> Result<Self, Failed> {
+        scope.ensure_image("claude-code").await?;
+        let network = format!("cubbi-{tag}-{}", scope.id);
+        let gateway = scope.bridge_network(&network).await?;
+        let model = ModelServer::start(vec![
+            Reply::ToolCall {
+                name: format!("mcp__{server}__lookup_word"),
+                input: serde_json::json!({ "topic": topic }),
+            },
+            Reply::Text("Looked it up.".into()),
+        ])?;
+        let workspace = tempfile::tempdir()?;
+        std::fs::set_permissions(workspace.path(), std::fs::Permissions::from_mode(0o777))?;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mcp-server/stdio-server.cjs");
+        std::fs::copy(&script, workspace.path().join("stdio-server.cjs"))?;
+        Ok(Self {
+            network,
+            gateway,
+            model,
+            home: TestHome::new(),
+            workspace,
+        })
+    }
+}
+
 /// A stdio MCP server (the official Node SDK, `tests/fixtures/mcp-server/stdio-server.cjs`)
 /// registered with `--command` and `-e`: cubbi runs it inside the session as a systemd service
 /// behind supergateway on loopback; Claude Code calls its tool, the server records the call
@@ -32,22 +74,13 @@ const STDIO_WORD: &str = "stdio-word-secret-55d";
 /// the env value is in no container env.
 fn claude_code_calls_a_stdio_mcp_server_run_in_the_session() -> Result<(), Failed> {
     docker_test("mcp-stdio", |scope| async move {
-        scope.ensure_image("claude-code").await?;
-        let network = format!("cubbi-mcps-{}", scope.id);
-        let gateway = scope.bridge_network(&network).await?;
-        let model = ModelServer::start(vec![
-            Reply::ToolCall {
-                name: "mcp__local__lookup_word".into(),
-                input: serde_json::json!({ "topic": "stdio" }),
-            },
-            Reply::Text("Looked it up.".into()),
-        ])?;
-        let home = TestHome::new();
-        let workspace = tempfile::tempdir()?;
-        std::fs::set_permissions(workspace.path(), std::fs::Permissions::from_mode(0o777))?;
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/mcp-server/stdio-server.cjs");
-        std::fs::copy(&script, workspace.path().join("stdio-server.cjs"))?;
+        let StdioBench {
+            network,
+            gateway,
+            model,
+            home,
+            workspace,
+        } = StdioBench::start(&scope, "mcps", "local", "stdio").await?;
         scope
             .cubbi(&home)
             .args([
@@ -356,22 +389,13 @@ echo imported"#;
 fn claude_code_calls_a_stdio_mcp_server_from_an_image_in_the_sessions_docker() -> Result<(), Failed>
 {
     docker_test("mcp-image", |scope| async move {
-        scope.ensure_image("claude-code").await?;
-        let network = format!("cubbi-mcpi-{}", scope.id);
-        let gateway = scope.bridge_network(&network).await?;
-        let model = ModelServer::start(vec![
-            Reply::ToolCall {
-                name: "mcp__boxed__lookup_word".into(),
-                input: serde_json::json!({ "topic": "image" }),
-            },
-            Reply::Text("Looked it up.".into()),
-        ])?;
-        let home = TestHome::new();
-        let workspace = tempfile::tempdir()?;
-        std::fs::set_permissions(workspace.path(), std::fs::Permissions::from_mode(0o777))?;
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/mcp-server/stdio-server.cjs");
-        std::fs::copy(&script, workspace.path().join("stdio-server.cjs"))?;
+        let StdioBench {
+            network,
+            gateway,
+            model,
+            home,
+            workspace,
+        } = StdioBench::start(&scope, "mcpi", "boxed", "image").await?;
         scope
             .cubbi(&home)
             .args([
