@@ -32,7 +32,7 @@ fi
 command -v cargo >/dev/null || { echo "quickstart: needs a Rust toolchain (cargo): https://rustup.rs" >&2; exit 1; }
 
 missing=()
-for pair in dockerd:docker.io git:git ssh:openssh-client ip:iproute2 iptables:iptables python3:python3; do
+for pair in dockerd:docker.io git:git ssh:openssh-client ip:iproute2 iptables:iptables python3:python3 npm:npm; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
@@ -41,6 +41,9 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+say "building the web page (web/: npm ci, then esbuild; cargo embeds web/dist)"
+npm ci --prefix web --no-audit --no-fund --loglevel=error
+npm run build --prefix web --silent
 say "building and installing cubbi"
 cargo build --release --locked
 "${sudo[@]}" install -m 0755 target/release/cubbi /usr/local/bin/cubbi

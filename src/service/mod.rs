@@ -16,6 +16,7 @@ mod lifecycle_routes;
 mod mcp_routes;
 pub mod oidc;
 pub mod openapi;
+mod page;
 pub mod pg_store;
 pub mod policy;
 pub mod project_routes;
@@ -136,6 +137,12 @@ pub fn start<H: SessionHost>(
         .transpose()
         .map_err(ServeError::Setup)?;
     let state = state.with_oidc(oidc);
+    if !page::built() {
+        tracing::warn!(
+            "this cubbi was built without its web page; `/` says how to build it \
+             (npm ci --prefix web && npm run build --prefix web, then cargo build)"
+        );
+    }
     let app = router::router(state, config.server.body_limit);
     let grace = Duration::from_secs(config.server.shutdown_grace);
     let header_timeout = Duration::from_secs(config.server.header_timeout);

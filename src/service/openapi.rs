@@ -79,7 +79,7 @@ impl Modify for BearerToken {
 }
 
 /// Routes that answer without Docker or a store.
-const ALWAYS_UP: &[&str] = &["/healthz", "/v1/openapi.json"];
+const ALWAYS_UP: &[&str] = &["/healthz", "/v1/openapi.json", "/", "/assets/{file}"];
 
 /// The answers every route of a kind can give, whatever its handler says: 504 from the
 /// request time limit on every timed route (`server.request_timeout`), and 503 on every route

@@ -29,6 +29,7 @@ use super::http_error::HttpError;
 use super::lifecycle_routes;
 use super::oidc::routes as oidc_routes;
 use super::openapi;
+use super::page;
 use super::policy::Policy;
 use super::project_routes;
 use super::run_routes;
@@ -400,7 +401,10 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<ws::__path_terminal, _>(ws::terminal::<H>)
             .route::<ws::__path_ssh, _>(ws::ssh::<H>)
             .route::<ws::__path_logs_ws, _>(ws::logs_ws::<H>),
-        health: DocumentedRoutes::new().route::<__path_healthz, _>(healthz),
+        health: DocumentedRoutes::new()
+            .route::<__path_healthz, _>(healthz)
+            .route::<page::__path_index, _>(page::index)
+            .route::<page::__path_asset, _>(page::asset),
         data: DocumentedRoutes::new()
             .route::<data_routes::__path_export, _>(data_routes::export::<H>)
             .route::<data_routes::__path_import, _>(data_routes::import::<H>),
