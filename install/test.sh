@@ -81,6 +81,11 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 npm ci --prefix tests/fixtures/oidc-provider --no-audit --no-fund --loglevel=error
 
+# The web page (web/) is bundled before cargo builds, so the cubbi the tests build embeds it
+# (build.rs).
+npm ci --prefix web --no-audit --no-fund --loglevel=error
+npm run build --prefix web --silent
+
 # Sessions under runc (no Sysbox here) all count against root's inotify instances, since there
 # are no user namespaces; at Debian's default of 128 only ~25 systemd containers boot at once.
 if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then

@@ -212,6 +212,7 @@ fn browser_session(issued: &IssuedTokens) -> BrowserSession {
 #[utoipa::path(get, path = "/auth/callback", operation_id = "auth_callback", tag = "auth",
     params(CallbackParams),
     responses((status = 200, description = "Logged in: the HttpOnly SameSite=Strict login cookies are set (and a readable cubbi_csrf cookie to repeat in X-CSRF-Token)", body = BrowserSession),
+        (status = 303, description = "Logged in, for a browser (`Accept: text/html`): the same cookies, and on to the web page at /"),
         (status = 400, description = "Unknown or expired state (a forged or replayed callback), or no code", body = crate::api::wire::ErrorBody),
         (status = 401, description = "Denied at the provider, a bad ID token, or not in the allowed groups", body = crate::api::wire::ErrorBody),
         (status = 409, description = "The user name belongs to another user", body = crate::api::wire::ErrorBody),
@@ -227,6 +228,7 @@ pub async fn callback<H: SessionHost>(
 #[utoipa::path(post, path = "/auth/callback", operation_id = "auth_callback_form_post", tag = "auth",
     params(CallbackParams),
     responses((status = 200, description = "Logged in: the HttpOnly SameSite=Strict login cookies are set (and a readable cubbi_csrf cookie to repeat in X-CSRF-Token)", body = BrowserSession),
+        (status = 303, description = "Logged in, for a browser (`Accept: text/html`): the same cookies, and on to the web page at /"),
         (status = 400, description = "Unknown or expired state (a forged or replayed callback), or no code", body = crate::api::wire::ErrorBody),
         (status = 401, description = "Denied at the provider, a bad ID token, or not in the allowed groups", body = crate::api::wire::ErrorBody),
         (status = 409, description = "The user name belongs to another user", body = crate::api::wire::ErrorBody),
@@ -280,7 +282,24 @@ async fn finish_callback<H: SessionHost>(
         .finish_browser(state_param, code)
         .await
         .map_err(http_error)?;
-    let response = no_store(StatusCode::OK, browser_session(&issued));
+    // A browser's navigation (the provider redirected it here) goes on to the web page, which
+    // reads the session with the cookies; an API client gets the JSON.
+    let navigating = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    let response = if navigating {
+        (
+            StatusCode::SEE_OTHER,
+            [
+                (axum::http::header::LOCATION, "/"),
+                (axum::http::header::CACHE_CONTROL, "no-store"),
+            ],
+        )
+            .into_response()
+    } else {
+        no_store(StatusCode::OK, browser_session(&issued))
+    };
     let mut cookies = login_cookies(&oidc, Some(&issued));
     cookies.extend(
         HeaderValue::from_str(&format!(
