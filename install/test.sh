@@ -37,8 +37,8 @@ if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)
     echo "install/test.sh: installing ${missing[*]}" >&2
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${sudo[@]}" apt-get -o Acquire::Retries=5 update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o Acquire::Retries=5 install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
 fi
 
@@ -49,8 +49,8 @@ if [ ! -x "$openapi_tools/openapi-python-client" ] || [ ! -x "$openapi_tools/ope
     if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
         sudo=()
         [ "$(id -u)" = 0 ] || sudo=(sudo)
-        "${sudo[@]}" apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+        "${sudo[@]}" apt-get -o Acquire::Retries=5 update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o Acquire::Retries=5 install -y -qq --no-install-recommends \
             python3-venv >/dev/null
     fi
     echo "install/test.sh: installing the OpenAPI validator and client generator into $(dirname "$openapi_tools")" >&2
@@ -75,8 +75,8 @@ export CUBBI_TEST_MCP_PYTHON="$mcp_python"
 if ! command -v npm >/dev/null 2>&1; then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${sudo[@]}" apt-get -o Acquire::Retries=5 update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o Acquire::Retries=5 install -y -qq --no-install-recommends \
         nodejs npm >/dev/null
 fi
 npm ci --prefix tests/fixtures/oidc-provider --no-audit --no-fund --loglevel=error
