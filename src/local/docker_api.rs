@@ -13,8 +13,9 @@ use bollard::errors::Error;
 use bollard::exec::{CreateExecOptions, CreateExecResults, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerSummary,
-    ExecInspectResponse, ImageInspect, ImageSummary, Network, NetworkConnectRequest,
-    NetworkCreateRequest, NetworkInspect, SystemInfo, Volume, VolumeCreateRequest,
+    ContainerUpdateBody, ExecInspectResponse, ImageInspect, ImageSummary, Network,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkInspect, SystemInfo, Volume,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
@@ -38,6 +39,13 @@ pub trait DockerApi: Send + Sync {
     async fn create_network(&self, request: NetworkCreateRequest) -> Result<(), Error>;
     /// Connects container `id` to `network` (with no endpoint settings).
     async fn connect_network(&self, network: &str, id: &str) -> Result<(), Error>;
+    /// Connects container `id` to `network`, reachable there by `aliases` too.
+    async fn connect_network_aliased(
+        &self,
+        network: &str,
+        id: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), Error>;
 
     async fn inspect_volume(&self, name: &str) -> Result<Volume, Error>;
     /// Creates the volume, or returns the existing one of that name as it is.
@@ -66,6 +74,8 @@ pub trait DockerApi: Send + Sync {
     async fn start_container(&self, id: &str) -> Result<(), Error>;
     async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, Error>;
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), Error>;
+    /// Changes a running container's resource limits (`docker update`).
+    async fn update_container(&self, id: &str, update: ContainerUpdateBody) -> Result<(), Error>;
     /// Stops container `id`, killing it after `timeout_secs`.
     async fn stop_container(&self, id: &str, timeout_secs: i32) -> Result<(), Error>;
     /// Removes container `id` whatever its state, with its anonymous volumes.
@@ -125,6 +135,22 @@ impl DockerApi for Docker {
         let request = NetworkConnectRequest {
             container: id.to_string(),
             ..Default::default()
+        };
+        Docker::connect_network(self, network, request).await
+    }
+
+    async fn connect_network_aliased(
+        &self,
+        network: &str,
+        id: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), Error> {
+        let request = NetworkConnectRequest {
+            container: id.to_string(),
+            endpoint_config: Some(bollard::models::EndpointSettings {
+                aliases: Some(aliases),
+                ..Default::default()
+            }),
         };
         Docker::connect_network(self, network, request).await
     }
@@ -212,6 +238,10 @@ impl DockerApi for Docker {
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), Error> {
         let options = RenameContainerOptionsBuilder::new().name(name).build();
         Docker::rename_container(self, id, options).await
+    }
+
+    async fn update_container(&self, id: &str, update: ContainerUpdateBody) -> Result<(), Error> {
+        Docker::update_container(self, id, update).await
     }
 
     async fn stop_container(&self, id: &str, timeout_secs: i32) -> Result<(), Error> {

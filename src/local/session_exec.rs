@@ -32,6 +32,11 @@ impl ExecBounds {
         max_output: 4096,
         timeout: Duration::from_secs(15),
     };
+    /// For applying a claim to a pool member (cubbi-init's pass over the uploaded files).
+    pub const CLAIM: Self = Self {
+        max_output: 16 * 1024,
+        timeout: Duration::from_secs(60),
+    };
 }
 
 /// What a bounded command printed on stdout and its exit code.

@@ -13,8 +13,9 @@ pub const AGENT_UID: u64 = 1000;
 
 /// What goes into the container.
 pub struct SessionFiles<'a> {
-    pub host_private_key: &'a str,
-    pub host_public_key: &'a str,
+    /// The host key's private and public halves; `None` for a claimed pool member, which
+    /// keeps the key it booted with.
+    pub host_key: Option<(&'a str, &'a str)>,
     pub authorized_key: &'a str,
     pub env: &'a BTreeMap<String, String>,
     pub init: &'a BTreeMap<String, String>,
@@ -36,21 +37,24 @@ struct Entry {
 
 /// The tar stream to extract at `/` in the container.
 pub fn archive(files: &SessionFiles<'_>) -> Result<Vec<u8>, ApiError> {
-    let mut entries = vec![
-        Entry {
+    let mut entries = Vec::new();
+    if let Some((private, public)) = files.host_key {
+        entries.push(Entry {
             path: "etc/ssh/ssh_host_ed25519_key".into(),
             mode: 0o600,
             uid: 0,
             gid: 0,
-            contents: Some(files.host_private_key.to_string()),
-        },
-        Entry {
+            contents: Some(private.to_string()),
+        });
+        entries.push(Entry {
             path: "etc/ssh/ssh_host_ed25519_key.pub".into(),
             mode: 0o644,
             uid: 0,
             gid: 0,
-            contents: Some(format!("{}\n", files.host_public_key)),
-        },
+            contents: Some(format!("{public}\n")),
+        });
+    }
+    entries.extend([
         Entry {
             path: "home/agent/.ssh".into(),
             mode: 0o700,
@@ -86,7 +90,7 @@ pub fn archive(files: &SessionFiles<'_>) -> Result<Vec<u8>, ApiError> {
             gid: 0,
             contents: Some(persistent_configs_file(files.persistent_configs)),
         },
-    ];
+    ]);
     if !files.project_credentials.files.is_empty() {
         entries.push(Entry {
             path: CREDENTIAL_DIR.trim_start_matches('/').into(),
@@ -176,8 +180,7 @@ mod tests {
         let env = BTreeMap::from([("OPENAI_API_KEY".to_string(), "sk-1".to_string())]);
         let init = BTreeMap::new();
         let files = SessionFiles {
-            host_private_key: "-----BEGIN OPENSSH PRIVATE KEY-----\n",
-            host_public_key: "ssh-ed25519 AAAA",
+            host_key: Some(("-----BEGIN OPENSSH PRIVATE KEY-----\n", "ssh-ed25519 AAAA")),
             authorized_key: "ssh-ed25519 BBBB",
             env: &env,
             init: &init,

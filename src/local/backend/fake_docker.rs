@@ -43,6 +43,8 @@ pub struct FakeState {
     /// Every container ever created, by id, with its SSH port label.
     pub created: Vec<(String, u16)>,
     pub removed: Vec<String>,
+    /// Network and update calls, in order, as one line each (`connect NET ID as ALIAS`).
+    pub calls: Vec<String>,
     /// Scripted failures per call (`create_container`, `upload_archive`, `start_container`),
     /// used in order; a call with none left succeeds.
     pub failures: HashMap<&'static str, VecDeque<Failure>>,
@@ -52,6 +54,8 @@ pub struct FakeState {
     pub taken: Vec<TcpListener>,
     /// Volumes made through `create_volume`, by name.
     pub volumes: BTreeMap<String, Volume>,
+    /// The labels every image reports (a cubbi image's metadata label, say).
+    pub image_labels: HashMap<String, String>,
     next_id: u64,
 }
 
@@ -95,6 +99,10 @@ impl FakeDocker {
         id
     }
 
+    fn record(&self, call: String) {
+        self.state.lock().unwrap().calls.push(call);
+    }
+
     fn scripted(&self, call: &'static str, id: &str) -> Result<(), Error> {
         let mut state = self.state.lock().unwrap();
         match state.failures.get_mut(call).and_then(VecDeque::pop_front) {
@@ -128,7 +136,14 @@ impl DockerApi for FakeDocker {
     }
 
     async fn inspect_image(&self, _reference: &str) -> Result<ImageInspect, Error> {
-        Ok(ImageInspect::default())
+        let labels = self.state.lock().unwrap().image_labels.clone();
+        Ok(ImageInspect {
+            config: Some(bollard::models::ImageConfig {
+                labels: Some(labels),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
     }
 
     async fn inspect_network(&self, name: &str) -> Result<NetworkInspect, Error> {
@@ -143,7 +158,32 @@ impl DockerApi for FakeDocker {
         Ok(())
     }
 
-    async fn connect_network(&self, _network: &str, _id: &str) -> Result<(), Error> {
+    async fn connect_network(&self, network: &str, id: &str) -> Result<(), Error> {
+        self.record(format!("connect {network} {id}"));
+        Ok(())
+    }
+
+    async fn connect_network_aliased(
+        &self,
+        network: &str,
+        id: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), Error> {
+        self.scripted("connect_network", "")?;
+        self.record(format!("connect {network} {id} as {}", aliases.join(",")));
+        Ok(())
+    }
+
+    async fn update_container(
+        &self,
+        id: &str,
+        update: bollard::models::ContainerUpdateBody,
+    ) -> Result<(), Error> {
+        self.scripted("update_container", "")?;
+        self.record(format!(
+            "update {id} memory={:?} cpus={:?} pids={:?}",
+            update.memory, update.nano_cpus, update.pids_limit
+        ));
         Ok(())
     }
 
@@ -255,6 +295,10 @@ impl DockerApi for FakeDocker {
             name: Some(format!("/{}", container.name)),
             state: Some(ContainerState {
                 running: Some(container.state == ContainerSummaryStateEnum::RUNNING),
+                ..Default::default()
+            }),
+            config: Some(bollard::models::ContainerConfig {
+                labels: Some(container.labels.clone()),
                 ..Default::default()
             }),
             ..Default::default()

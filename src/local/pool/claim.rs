@@ -19,7 +19,7 @@ pub const STALE_RECORD_SECS: i64 = 300;
 /// Test-only crash injection, compiled in so the integration tests can kill a real claim at a
 /// step: `CUBBI_TEST_CRASH_AT=claim:record` or `claim:rename` aborts the process right after
 /// that step.
-fn crash_point(step: &str) {
+pub(crate) fn crash_point(step: &str) {
     if std::env::var("CUBBI_TEST_CRASH_AT").is_ok_and(|at| at == format!("claim:{step}")) {
         std::process::abort();
     }

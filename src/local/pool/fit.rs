@@ -20,6 +20,8 @@ pub struct PoolRequest<'a> {
     pub persists_config: bool,
     /// Sessions log to Fluentd with a per-session tag, fixed at create.
     pub per_session_log_tag: bool,
+    /// The session's egress is restricted (recorded in a label, fixed at create).
+    pub restricted_egress: bool,
 }
 
 /// Why a create booted a new container instead of claiming a member.
@@ -46,6 +48,8 @@ pub enum WhyCold {
     PersistsConfig,
     #[error("sessions log to Fluentd with a per-session tag, fixed when a container is made")]
     LogTag,
+    #[error("the session's egress policy is a label, fixed when a container is made")]
+    Egress,
 }
 
 impl PoolRequest<'_> {
@@ -79,6 +83,9 @@ impl PoolRequest<'_> {
         if self.per_session_log_tag {
             return Err(WhyCold::LogTag);
         }
+        if self.restricted_egress {
+            return Err(WhyCold::Egress);
+        }
         Ok(())
     }
 }
@@ -98,6 +105,7 @@ mod tests {
             host_mounts: 0,
             persists_config: false,
             per_session_log_tag: false,
+            restricted_egress: false,
         }
     }
 
@@ -157,6 +165,13 @@ mod tests {
                     ..plain()
                 },
                 "Fluentd",
+            ),
+            (
+                PoolRequest {
+                    restricted_egress: true,
+                    ..plain()
+                },
+                "egress",
             ),
         ];
         for (request, says) in cases {

@@ -49,11 +49,11 @@ pub fn inventory(
             .as_ref()
             .and_then(|labels| labels.get(POOL))
             .is_some();
-        let Some(member) = container
+        let Some((member, booting)) = container
             .names
             .iter()
             .flatten()
-            .find_map(|name| MemberName::parse(name))
+            .find_map(|name| MemberName::parse_any(name))
         else {
             continue;
         };
@@ -67,7 +67,7 @@ pub fn inventory(
             target: 0,
         });
         let is_held = container.id.as_ref().is_some_and(|id| held.contains(id));
-        if is_ready(container) && !is_held {
+        if is_ready(container) && !is_held && !booting {
             row.ready += 1;
         } else {
             row.not_ready += 1;

@@ -14,6 +14,10 @@ pub const POOL: &str = "io.cubbi.pool";
 /// "named `cubbi-pool.*`" is what being a member means (see docs/architecture.md).
 pub const PREFIX: &str = "cubbi-pool.";
 
+/// The name prefix of a member still booting (`pool fill` renames it to [`PREFIX`] once sshd
+/// answers), so a claim never takes a member that cannot serve yet.
+pub const BOOTING_PREFIX: &str = "cubbi-pool-booting.";
+
 /// A member's container name, `cubbi-pool.IMAGE.SUFFIX`. Session names cannot hold `.`, so
 /// no session's `cubbi-NAME` can ever collide with a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +39,19 @@ impl MemberName {
     /// Reads a container name back (Docker reports it with a leading `/`); `None` for
     /// anything that is not an unclaimed member.
     pub fn parse(name: &str) -> Option<Self> {
-        let rest = name.trim_start_matches('/').strip_prefix(PREFIX)?;
+        Self::parse_after(name.trim_start_matches('/').strip_prefix(PREFIX)?)
+    }
+
+    /// A member's name, ready or still booting: `(name, booting)`.
+    pub fn parse_any(name: &str) -> Option<(Self, bool)> {
+        let name = name.trim_start_matches('/');
+        match name.strip_prefix(BOOTING_PREFIX) {
+            Some(rest) => Self::parse_after(rest).map(|member| (member, true)),
+            None => Self::parse(name).map(|member| (member, false)),
+        }
+    }
+
+    fn parse_after(rest: &str) -> Option<Self> {
         let (image, suffix) = rest.rsplit_once('.')?;
         let hex = suffix.len() == 12 && suffix.bytes().all(|b| b.is_ascii_hexdigit());
         (hex && super::targets::valid_image_name(image)).then(|| Self {
@@ -46,6 +62,11 @@ impl MemberName {
 
     pub fn container_name(&self) -> String {
         format!("{PREFIX}{}.{}", self.image, self.suffix)
+    }
+
+    /// The name the member has while it boots.
+    pub fn booting_container_name(&self) -> String {
+        format!("{BOOTING_PREFIX}{}.{}", self.image, self.suffix)
     }
 }
 
@@ -80,9 +101,23 @@ mod tests {
         let name = MemberName::fresh("claude-code");
         let container = name.container_name();
         assert!(container.starts_with("cubbi-pool.claude-code."));
-        assert_eq!(MemberName::parse(&format!("/{container}")), Some(name));
+        assert_eq!(
+            MemberName::parse(&format!("/{container}")),
+            Some(name.clone())
+        );
         assert_ne!(MemberName::fresh("base"), MemberName::fresh("base"));
         assert_eq!(MemberName::parse("/cubbi-demo"), None);
+        let booting = name.booting_container_name();
+        assert_eq!(
+            MemberName::parse(&booting),
+            None,
+            "a booting member is not claimable"
+        );
+        assert_eq!(MemberName::parse_any(&booting), Some((name.clone(), true)));
+        assert_eq!(
+            MemberName::parse_any(&container),
+            Some((name.clone(), false))
+        );
         assert_eq!(MemberName::parse("/cubbi-pool.base.zz"), None);
         assert_eq!(MemberName::parse("/cubbi-pool.Base.0123456789ab"), None);
     }

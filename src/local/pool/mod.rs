@@ -11,9 +11,11 @@ pub mod inventory;
 pub mod member;
 pub mod ops;
 pub mod record;
+pub mod settings;
 pub mod targets;
 
 pub use fit::{PoolRequest, WhyCold};
 pub use member::MemberName;
 pub use record::ClaimRecord;
+pub use settings::{POOL_NETWORK, PoolSettings};
 pub use targets::PoolTargets;

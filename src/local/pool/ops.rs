@@ -56,20 +56,25 @@ pub async fn status(
 pub async fn drain(docker_api: &dyn DockerApi, image: Option<&str>) -> Result<u32, PoolError> {
     let mut removed = 0;
     for container in labelled(docker_api).await? {
-        let Some(member) = container
+        let Some((member, booting)) = container
             .names
             .iter()
             .flatten()
-            .find_map(|n| MemberName::parse(n))
+            .find_map(|n| MemberName::parse_any(n))
         else {
             continue;
         };
         if image.is_some_and(|image| image != member.image) {
             continue;
         }
+        let name = if booting {
+            member.booting_container_name()
+        } else {
+            member.container_name()
+        };
         // Addressed by name, not id: if a claim renamed it a moment ago, this is a 404 and the
         // new session survives.
-        match docker_api.remove_container(&member.container_name()).await {
+        match docker_api.remove_container(&name).await {
             Ok(()) => removed += 1,
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..

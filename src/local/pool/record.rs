@@ -89,6 +89,37 @@ impl ClaimRecord {
     }
 }
 
+/// The claimed sessions among containers labelled [`POOL`](super::member::POOL), each as the
+/// `docker ps` row a cold session's container would give (its labels made whole from its
+/// record), so one reading turns both into sessions. A member still named `cubbi-pool.*`, or a
+/// container without a record of its own, is no session.
+pub fn claimed_rows(
+    containers: &[bollard::models::ContainerSummary],
+    records: &[ClaimRecord],
+) -> Vec<bollard::models::ContainerSummary> {
+    containers
+        .iter()
+        .filter(|c| {
+            !c.names
+                .iter()
+                .flatten()
+                .any(|name| super::member::MemberName::parse_any(name).is_some())
+        })
+        .filter_map(|container| {
+            let id = container.id.as_deref()?;
+            let session = records
+                .iter()
+                .find(|record| record.container == id)?
+                .session_labels(id, container.labels.as_ref()?)?;
+            let mut row = container.clone();
+            let mut labels = container.labels.clone().unwrap_or_default();
+            labels.extend(session.to_map());
+            row.labels = Some(labels);
+            Some(row)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,22 @@
+//! How this endpoint's pool is kept: the targets and what every member boots with. Fixed per
+//! process (the CLI reads them from the config, the service from service.toml), so a create
+//! compares its own runtime and SSH bind with these to know whether a member fits.
+
+use std::net::IpAddr;
+
+use super::PoolTargets;
+
+/// The network every member boots on, and stays on after a claim (Docker 20.10 drops a
+/// container's published ports when the network it was created on is disconnected). Made with
+/// inter-container traffic off, so members, and the sessions made from them, cannot reach one
+/// another over it; each claimed session reaches its owner's sessions on the owner's network.
+pub const POOL_NETWORK: &str = "cubbi-pool";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub targets: PoolTargets,
+    /// The runtime members boot with: what a create uses by default.
+    pub runtime: String,
+    /// Where members publish SSH: what a create publishes on by default.
+    pub ssh_bind: IpAddr,
+}
