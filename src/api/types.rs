@@ -211,6 +211,9 @@ pub struct Session {
     /// The egress policy in force (only filled by `get`; absent: open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressView>,
+    /// Made from a warm-pool member (a booted container handed over at create).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pool: bool,
 }
 
 /// A session's egress as `show` prints it.

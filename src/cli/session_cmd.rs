@@ -287,7 +287,7 @@ pub(super) fn remote_backend(
 }
 
 /// The local backend, configured from the user's config and environment.
-async fn local_backend(
+pub(super) async fn local_backend(
     context: &Context,
     config: &Config,
     files: &SshFiles,
@@ -332,8 +332,39 @@ async fn local_backend(
             .transpose()
             .map_err(|err| CliError::Refused(format!("logging.fluentd: {err}")))?,
         langfuse: langfuse_export(config)?,
+        pool: pool_settings(config),
     };
     Ok(LocalBackend::new(docker, options))
+}
+
+/// Starts `cubbi pool fill --quiet` detached (its own process group, no terminal), so the
+/// member a create took is replaced without holding the create up. Returns its pid.
+fn refill_in_background(context: &Context) -> std::io::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    if let Some(endpoint) = &context.endpoint {
+        command.env("CUBBI_DOCKER_HOST", endpoint);
+    }
+    command
+        .args(["pool", "fill", "--quiet"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    Ok(command.spawn()?.id())
+}
+
+/// The local pool (`[pool]`): members boot with `defaults.runtime` and publish on 127.0.0.1,
+/// what a create gets without flags. None when that runtime is runc and runc is not allowed.
+pub(super) fn pool_settings(config: &Config) -> Option<crate::local::pool::PoolSettings> {
+    let runtime = config.defaults.runtime.clone();
+    let allowed =
+        !crate::local::runtime::is_plain_runc(&runtime) || config.defaults.allow_unsafe_runc;
+    (!config.pool.is_empty() && allowed).then(|| crate::local::pool::PoolSettings {
+        targets: config.pool.clone(),
+        runtime,
+        ssh_bind: IpAddr::from([127, 0, 0, 1]),
+    })
 }
 
 /// Sessions belong to the local user; `CUBBI_OWNER` overrides it (the service sets it per
@@ -807,6 +838,19 @@ pub async fn create_session(
     };
     spinner.bar.finish_and_clear();
     let session = created?;
+    if session.pool && context.remote.is_none() {
+        let refill = refill_in_background(context);
+        if !context.mode.json {
+            match refill {
+                Ok(pid) => eprintln!(
+                    "from the warm pool; refilling it in the background (pid {pid},                      `cubbi pool status` shows it)"
+                ),
+                Err(err) => eprintln!(
+                    "from the warm pool; it could not be refilled in the background ({err}):                      run `cubbi pool fill`"
+                ),
+            }
+        }
+    }
     if context.mode.json {
         print_json(&session)?;
     } else {

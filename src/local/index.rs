@@ -13,7 +13,10 @@ use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuild
 use futures_util::StreamExt;
 
 use super::backend::session_from;
+use super::docker_api::DockerApi;
 use super::labels;
+use super::pool::member::POOL;
+use super::pool::record::{CLAIM_OF, ClaimRecord, claimed_rows};
 use crate::api::{ApiError, Session};
 
 /// How long the watcher waits before it reconnects to a daemon that went away.
@@ -52,17 +55,8 @@ impl SessionIndex {
     /// Reads one container again (after a create or close, so the answer that follows it is
     /// already current without waiting for the event).
     pub async fn refresh(&self, id: &str) {
-        let filters = HashMap::from([
-            ("id", vec![id.to_string()]),
-            ("label", vec![format!("{}=true", labels::SESSION)]),
-        ]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        match self.docker.list_containers(Some(options)).await {
-            Ok(found) => {
-                let session = found.iter().find_map(session_from);
+        match self.read_one(id).await {
+            Ok(session) => {
                 if let Ok(mut sessions) = self.sessions.write() {
                     match session {
                         Some(session) => {
@@ -81,6 +75,34 @@ impl SessionIndex {
         }
     }
 
+    /// One container as a session: a cold one by its labels, a claimed pool member by its
+    /// labels and its claim record; `None` for anything else (a member, a stranger, gone).
+    async fn read_one(&self, id: &str) -> Result<Option<Session>, bollard::errors::Error> {
+        let filters = HashMap::from([("id".to_string(), vec![id.to_string()])]);
+        let found = DockerApi::list_containers(&self.docker, &filters).await?;
+        if let Some(session) = found.iter().find_map(session_from) {
+            return Ok(Some(session));
+        }
+        let pooled: Vec<_> = found
+            .into_iter()
+            .filter(|c| c.labels.as_ref().is_some_and(|l| l.contains_key(POOL)))
+            .collect();
+        if pooled.is_empty() {
+            return Ok(None);
+        }
+        Ok(claimed_rows(&pooled, &self.claim_records().await?)
+            .iter()
+            .find_map(session_from))
+    }
+
+    async fn claim_records(&self) -> Result<Vec<ClaimRecord>, bollard::errors::Error> {
+        Ok(DockerApi::list_volumes(&self.docker, CLAIM_OF)
+            .await?
+            .iter()
+            .filter_map(|volume| ClaimRecord::from_labels(&volume.labels))
+            .collect())
+    }
+
     async fn resync(&self) -> Result<(), ApiError> {
         let filters = HashMap::from([("label", vec![format!("{}=true", labels::SESSION)])]);
         let options = ListContainersOptionsBuilder::new()
@@ -92,8 +114,17 @@ impl SessionIndex {
             .list_containers(Some(options))
             .await
             .map_err(|err| ApiError::unavailable(format!("cannot list sessions: {err}")))?;
+        let unavailable = |err: bollard::errors::Error| {
+            ApiError::unavailable(format!("cannot list sessions: {err}"))
+        };
+        let pool_filter = HashMap::from([("label".to_string(), vec![POOL.to_string()])]);
+        let pooled = DockerApi::list_containers(&self.docker, &pool_filter)
+            .await
+            .map_err(unavailable)?;
+        let claimed = claimed_rows(&pooled, &self.claim_records().await.map_err(unavailable)?);
         let fresh: HashMap<String, Session> = found
             .iter()
+            .chain(claimed.iter())
             .filter_map(session_from)
             .map(|session| (session.id.clone(), session))
             .collect();
@@ -108,10 +139,9 @@ impl SessionIndex {
     /// subscription is missed), reconnecting and re-reading everything when the stream ends.
     async fn follow(self: Arc<Self>, mut since: i64) {
         loop {
-            let filters = HashMap::from([
-                ("type", vec!["container".to_string()]),
-                ("label", vec![format!("{}=true", labels::SESSION)]),
-            ]);
+            // Sessions and pool members (a claimed member is a session without the session
+            // label): Docker ANDs label filters, so the choice is made here.
+            let filters = HashMap::from([("type", vec!["container".to_string()])]);
             let options = EventsOptionsBuilder::new()
                 .since(&since.to_string())
                 .filters(&filters)
@@ -128,6 +158,17 @@ impl SessionIndex {
                             .as_deref()
                             .is_some_and(|a| a.starts_with("exec_"))
                         {
+                            continue;
+                        }
+                        let ours = event
+                            .actor
+                            .as_ref()
+                            .and_then(|actor| actor.attributes.as_ref())
+                            .is_some_and(|attributes| {
+                                attributes.contains_key(labels::SESSION)
+                                    || attributes.contains_key(POOL)
+                            });
+                        if !ours {
                             continue;
                         }
                         if let Some(id) = event.actor.and_then(|actor| actor.id) {

@@ -132,6 +132,7 @@ impl SessionLabels {
             resources: None,
             networks: Vec::new(),
             egress: None,
+            pool: false,
         }
     }
 }

@@ -79,6 +79,13 @@ impl SessionHost for DockerHost {
         self.index.refresh(id).await;
     }
 
+    async fn fill_pool(&self) -> Result<Vec<crate::local::backend::Filled>, ApiError> {
+        // Members have no owner; the backend's own is never used by a fill.
+        LocalBackend::new(self.docker.clone(), self.template.clone())
+            .fill_pool()
+            .await
+    }
+
     async fn images(&self) -> Result<Vec<ImageInfo>, ApiError> {
         let catalog = Catalog::embedded().map_err(|err| ApiError::unavailable(err.to_string()))?;
         let mut offered = Vec::new();

@@ -125,6 +125,9 @@ pub fn start<H: SessionHost>(
     if let Some(limit) = config_idle_stop(config) {
         tokio::spawn(idle_watch(state.host_arc(), limit, stopping.clone()));
     }
+    if !config.pool.is_empty() {
+        tokio::spawn(pool_watch(state.host_arc(), stopping.clone()));
+    }
     let oidc = config
         .auth
         .oidc
@@ -223,6 +226,7 @@ pub async fn start_on_docker(
         disk_limit: disk.per_session(),
         fluentd: config.logging.fluentd().cloned(),
         langfuse: config.logging.langfuse().cloned(),
+        pool: pool_settings(&docker, config).await,
     };
     // Projects live where the users and tokens do: with PostgreSQL, every service on the
     // database shares them.
@@ -236,6 +240,34 @@ pub async fn start_on_docker(
         config.state_dir.join("mcp"),
     );
     start(listener, host, store, config)
+}
+
+/// The pool's members boot with what a create gets by default: Sysbox where the engine has
+/// it, else runc where the service allows it (`allow_unsafe_runc`); no pool otherwise.
+async fn pool_settings(
+    docker: &bollard::Docker,
+    config: &ServiceConfig,
+) -> Option<crate::local::pool::PoolSettings> {
+    if config.pool.is_empty() {
+        return None;
+    }
+    let runtimes = docker.info().await.ok()?.runtimes.unwrap_or_default();
+    let runtime = if runtimes.contains_key(crate::local::runtime::SYSBOX) {
+        crate::local::runtime::SYSBOX.to_string()
+    } else if config.allow_unsafe_runc {
+        "runc".to_string()
+    } else {
+        tracing::warn!(
+            "the warm pool is off: the engine has no Sysbox and allow_unsafe_runc is off"
+        );
+        return None;
+    };
+    Some(crate::local::pool::PoolSettings {
+        targets: config.pool.clone(),
+        runtime,
+        // Where the policy publishes every session's SSH.
+        ssh_bind: config.ssh.bind,
+    })
 }
 
 /// The disk limit every session gets, decided once from the engine's storage.
@@ -265,6 +297,51 @@ async fn disk_limit(
 /// The service's idle stop limit, when it sets one.
 fn config_idle_stop(config: &ServiceConfig) -> Option<Duration> {
     (config.limits.idle_stop > 0).then(|| Duration::from_secs(config.limits.idle_stop))
+}
+
+/// Keeps the warm pool at its targets until the service stops: a fill every 2 s (one that
+/// finds the pool full costs one `docker ps`), 30 s after one that failed.
+async fn pool_watch<H: router::SessionHost>(
+    host: std::sync::Arc<H>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut pause = Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = stopping.changed() => return,
+        }
+        let filled = tokio::select! {
+            filled = host.fill_pool() => filled,
+            _ = stopping.changed() => return,
+        };
+        pause = Duration::from_secs(2);
+        match filled {
+            Ok(rows) => {
+                for row in rows {
+                    if row.started > 0 {
+                        tracing::info!(
+                            image = row.image,
+                            started = row.started,
+                            target = row.target,
+                            "refilled the warm pool"
+                        );
+                    }
+                    if let Some(why) = row.failed {
+                        tracing::warn!(
+                            image = row.image,
+                            "the warm pool could not be filled: {why}"
+                        );
+                        pause = Duration::from_secs(30);
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!("the warm pool could not be filled: {err}");
+                pause = Duration::from_secs(30);
+            }
+        }
+    }
 }
 
 /// Stops idle sessions (`limits.idle_stop`, or a shorter `idle_stop_secs` a create asked

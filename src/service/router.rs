@@ -51,6 +51,10 @@ pub trait SessionHost: Send + Sync + 'static {
     async fn changed(&self, id: &str);
     /// The images sessions may boot.
     async fn images(&self) -> Result<Vec<ImageInfo>, ApiError>;
+    /// Tops the warm pool up to its targets; a host without a pool has nothing to do.
+    async fn fill_pool(&self) -> Result<Vec<crate::local::backend::Filled>, ApiError> {
+        Ok(Vec::new())
+    }
     /// The key the service logs in to its sessions with to run agents; a host without one
     /// answers runs with 503.
     fn run_key(&self) -> Option<Arc<russh::keys::PrivateKey>> {

@@ -13,12 +13,14 @@ use cubbi::local::pool::{ClaimRecord, PoolTargets};
 use libtest_mimic::{Failed, Trial};
 
 use crate::support::base_image::BASE_IMAGE;
-use crate::support::{DockerScope, TestHome, docker_test};
+use crate::support::sysbox::SessionRuntime;
+use crate::support::{DockerScope, TestHome, create_args, docker_test, eventually};
 
 pub fn tests() -> Vec<Trial> {
     crate::trials![
         twenty_racing_claims_on_ten_members_take_each_once,
         pool_status_and_drain_read_real_members,
+        a_claimed_session_serves_like_a_cold_one_and_the_pool_refills,
     ]
 }
 
@@ -171,4 +173,217 @@ fn pool_status_and_drain_read_real_members() -> Result<(), Failed> {
         assert!(rows.iter().all(|r| r.image != image), "{rows:?}");
         Ok(())
     })
+}
+
+/// `pool status --json`'s row for `image`: (ready, not ready).
+fn pool_row(scope: &DockerScope, home: &TestHome, image: &str) -> Result<(u64, u64), String> {
+    let shown = scope.cubbi(home).args(["--json", "pool", "status"]).run();
+    let rows: serde_json::Value =
+        serde_json::from_str(&shown.stdout()).map_err(|err| err.to_string())?;
+    let row = rows
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["image"] == image))
+        .ok_or_else(|| format!("no row for {image} in {rows}"))?;
+    Ok((
+        row["ready"].as_u64().unwrap_or(0),
+        row["not_ready"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// The whole path through the CLI on real Docker: `pool fill` boots real system containers,
+/// a fitting `session create` claims one (and says so), the session serves as a cold one does
+/// (exec and exit codes, hostname, strict OpenSSH with the pinned key, a secret the agent
+/// sees and `docker inspect` does not, the owner's network, list/show), the pool refills in
+/// the background, a create with a workspace goes cold and says why at -v, and close removes
+/// container and claim record.
+fn a_claimed_session_serves_like_a_cold_one_and_the_pool_refills() -> Result<(), Failed> {
+    docker_test("pool-claim", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        let runtime = SessionRuntime::of_this_run();
+        let mut settings = vec![
+            ("pool.base", "2"),
+            ("defaults.runtime", runtime.runtime_name()),
+        ];
+        if runtime.unsafe_runc() {
+            settings.push(("defaults.allow_unsafe_runc", "true"));
+        }
+        for (key, value) in settings {
+            scope
+                .cubbi(&home)
+                .args(["config", "set", key, value])
+                .run()
+                .success();
+        }
+        let outcome = claim_scenario(&scope, &home).await;
+        // Members and claimed sessions carry no test label: drained and closed here.
+        for name in ["pool-a", "pool-cold"] {
+            let _ = scope.cubbi(&home).args(["session", "close", name]).run();
+        }
+        scope.cubbi(&home).args(["pool", "drain"]).run();
+        outcome
+    })
+}
+
+async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Failed> {
+    let filled = scope
+        .cubbi(home)
+        .env("CUBBI_READY_TIMEOUT", "180")
+        .args(["pool", "fill"])
+        .run()
+        .success();
+    assert!(
+        filled.stderr().contains("base: 2 booted"),
+        "{}",
+        filled.stderr()
+    );
+    assert_eq!(pool_row(scope, home, "base")?, (2, 0), "two members ready");
+    let members = crate::support::containers_labelled(&scope.docker, "io.cubbi.pool=base").await?;
+    assert_eq!(members.len(), 2);
+    assert!(
+        members.iter().all(|m| m
+            .labels
+            .as_ref()
+            .is_some_and(|l| !l.contains_key("io.cubbi.owner"))),
+        "members have no owner"
+    );
+
+    let created = scope
+        .cubbi(home)
+        .args(["-v"])
+        .args(create_args("pool-a", &["-e", "POOL_SECRET=s3cr3t-pool"]))
+        .run()
+        .success();
+    assert!(
+        created.stderr().contains("from the warm pool"),
+        "the create says it claimed: {}",
+        created.stderr()
+    );
+    let exec = |command: &[&str]| {
+        let mut args = vec!["session", "exec", "pool-a", "--"];
+        args.extend(command);
+        scope.cubbi(home).args(args).run()
+    };
+    assert_eq!(exec(&["hostname"]).success().stdout().trim(), "pool-a");
+    assert_eq!(exec(&["sh", "-c", "exit 7"]).code(), Some(7));
+    assert_eq!(
+        exec(&["printenv", "POOL_SECRET"]).success().stdout().trim(),
+        "s3cr3t-pool"
+    );
+    assert_eq!(
+        exec(&["cat", "/var/lib/cubbi/init-status"])
+            .success()
+            .stdout()
+            .trim(),
+        "done"
+    );
+    let shown = scope
+        .cubbi(home)
+        .args(["--json", "session", "show", "pool-a"])
+        .run()
+        .success();
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout())?;
+    assert_eq!(shown["state"], "ready", "{shown}");
+    assert_eq!(shown["pool"], true, "{shown}");
+    assert_eq!(shown["owner"], scope.id.as_str(), "{shown}");
+    let networks = shown["networks"].to_string();
+    assert!(
+        networks.contains(&format!("cubbi-{}", scope.id)) || networks.contains(&scope.id),
+        "on the owner's network: {networks}"
+    );
+    let id = shown["id"].as_str().ok_or("no id")?.to_string();
+    let inspected = scope.docker.inspect_container(&id, None).await?;
+    assert!(
+        !format!("{inspected:?}").contains("s3cr3t-pool"),
+        "the secret is not in docker inspect"
+    );
+    let listed = scope
+        .cubbi(home)
+        .args(["--json", "session", "list"])
+        .run()
+        .success();
+    assert!(
+        listed.stdout().contains("\"pool-a\""),
+        "{}",
+        listed.stdout()
+    );
+
+    // Real OpenSSH, strict about the pinned host key, through the conf cubbi wrote.
+    let ssh = std::process::Command::new("ssh")
+        .env("HOME", home.path())
+        .args([
+            "-F",
+            &home
+                .path()
+                .join(".ssh/cubbi.d/pool-a.conf")
+                .display()
+                .to_string(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "cubbi-pool-a",
+            "echo strict-ok",
+        ])
+        .output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&ssh.stdout).trim(),
+        "strict-ok",
+        "{}",
+        String::from_utf8_lossy(&ssh.stderr)
+    );
+
+    // The background refill puts the pool back to its target.
+    eventually(std::time::Duration::from_secs(180), || async {
+        match pool_row(scope, home, "base")? {
+            (2, _) => Ok(()),
+            other => Err(format!("pool is (ready, not ready) = {other:?}")),
+        }
+    })
+    .await?;
+
+    // A workspace cannot be given to a running container: cold, and -v says why.
+    let folder = home.path().join("work");
+    std::fs::create_dir_all(&folder)?;
+    let folder = folder.display().to_string();
+    let mut cold_args = create_args("pool-cold", &[]);
+    cold_args.retain(|arg| *arg != "--no-mount");
+    cold_args.push(&folder);
+    let cold = scope
+        .cubbi(home)
+        .args(["-v"])
+        .args(cold_args)
+        .run()
+        .success();
+    assert!(
+        cold.stderr().contains("mounts a host folder"),
+        "{}",
+        cold.stderr()
+    );
+    assert!(
+        !cold.stderr().contains("from the warm pool;"),
+        "{}",
+        cold.stderr()
+    );
+
+    scope
+        .cubbi(home)
+        .args(["session", "close", "pool-a"])
+        .run()
+        .success();
+    let gone = scope.docker.inspect_container(&id, None).await;
+    assert!(gone.is_err(), "the claimed container is removed");
+    let records = scope
+        .docker
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await?;
+    let left: Vec<String> = records
+        .volumes
+        .unwrap_or_default()
+        .iter()
+        .filter(|v| v.labels.get("io.cubbi.claim-of") == Some(&id))
+        .map(|v| v.name.clone())
+        .collect();
+    assert!(left.is_empty(), "close removes the claim record: {left:?}");
+    Ok(())
 }

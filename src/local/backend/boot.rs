@@ -31,96 +31,12 @@ impl LocalBackend {
                     reason: format!("joining {network}: {err}"),
                 })?;
         }
-        let metadata = plan.image.metadata.clone();
-        let mut env = BTreeMap::new();
-        for declaration in metadata.iter().flat_map(|m| m.environment.iter()) {
-            if let Some(default) = &declaration.default {
-                env.insert(declaration.name.clone(), default.clone());
-            }
-        }
-        // Telemetry first, so the session's own env may override any of it.
-        if let Some(langfuse) = &self.options.langfuse {
-            env.extend(langfuse.session_env(
-                &self.options.owner,
-                &plan.name,
-                &plan.image.reference,
-            ));
-        }
-        env.extend(spec.env.clone());
-        env.extend(crate::mcp::tool_config::session_env(&spec.mcp));
-        let mut init = BTreeMap::new();
-        let mut persistent = metadata
-            .as_ref()
-            .map(|m| m.persistent_configs.clone())
-            .unwrap_or_default();
-        let no_credentials = project::CredentialFiles::default();
-        let mut credentials = &no_credentials;
-        if let Some((checkout, files)) = &plan.project {
-            credentials = files;
-            init.insert("CUBBI_PROJECT_URL".to_string(), checkout.url.clone());
-            if let Some(branch) = &checkout.branch {
-                init.insert("CUBBI_PROJECT_BRANCH".to_string(), branch.clone());
-            }
-            // A registered project's init.sh was vouched for when it was registered; an
-            // ad-hoc URL's is anyone's code, run only when asked.
-            if checkout.registered || spec.run_init {
-                init.insert("CUBBI_PROJECT_RUN_INIT".to_string(), "1".to_string());
-            }
-            if checkout.registered {
-                init.insert("CUBBI_PROJECT_REGISTERED".to_string(), "1".to_string());
-            }
-            // What the agent sees: the URL without any secret, and where its configs persist.
-            let image_name = metadata.as_ref().map_or_else(
-                || {
-                    naming::sanitize_hostname(&plan.image.reference)
-                        .unwrap_or_else(|| "image".into())
-                },
-                |m| m.name.clone(),
-            );
-            env.insert(
-                "CUBBI_PROJECT_URL".to_string(),
-                project::public_url(&checkout.url),
-            );
-            env.insert("CUBBI_PROJECT_TYPE".to_string(), "git".to_string());
-            env.insert(
-                "CUBBI_CONFIG_DIR".to_string(),
-                CONFIG_VOLUME_PATH.to_string(),
-            );
-            env.insert(
-                "CUBBI_IMAGE_CONFIG_DIR".to_string(),
-                format!("{CONFIG_VOLUME_PATH}/{image_name}"),
-            );
-            persistent = project::retarget(&persistent, &image_name);
-        }
-        init.insert("CUBBI_SESSION_NAME".to_string(), plan.name.clone());
         let host_private = keys::private_openssh(host_key)
             .map_err(|e| BootError::at(CreateStep::PreparingKeys)(e.to_string()))?;
-        let own = keys::public_openssh(self.options.client_key.public_key())
-            .map_err(|e| BootError::at(CreateStep::PreparingKeys)(e.to_string()))?;
-        let authorized = std::iter::once(own)
-            .chain(plan.authorized_keys.iter().cloned())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let archive = upload::archive(&upload::SessionFiles {
-            host_private_key: &host_private,
-            host_public_key: &session_labels.host_key,
-            authorized_key: &authorized,
-            env: &env,
-            init: &init,
-            persistent_configs: &persistent,
-            project_credentials: credentials,
-        })
-        .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
-        self.docker
-            .upload_archive(id, archive)
-            .await
-            .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
-        // Each tool's MCP configuration (header secrets included) as files, like the env.
-        if let Some(mcp) = crate::mcp::tool_config::archive(&spec.mcp)
-            .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?
-        {
+        let host_public = session_labels.host_key.clone();
+        for archive in self.session_archives(spec, plan, Some((&host_private, &host_public)))? {
             self.docker
-                .upload_archive(id, mcp)
+                .upload_archive(id, archive)
                 .await
                 .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
         }
@@ -184,6 +100,102 @@ impl LocalBackend {
                 .map_err(|e| BootError::at(CreateStep::WritingSshConfig)(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The tar archives a session's files travel in (env, init.env, authorized keys, project
+    /// credential, MCP configs, and the host key when `host_key` gives one), shared by a cold
+    /// boot (before `start`) and a pool claim (into the running member).
+    pub(super) fn session_archives(
+        &self,
+        spec: &SessionSpec,
+        plan: &Plan,
+        host_key: Option<(&str, &str)>,
+    ) -> Result<Vec<Vec<u8>>, BootError> {
+        let metadata = plan.image.metadata.clone();
+        let mut env = BTreeMap::new();
+        for declaration in metadata.iter().flat_map(|m| m.environment.iter()) {
+            if let Some(default) = &declaration.default {
+                env.insert(declaration.name.clone(), default.clone());
+            }
+        }
+        // Telemetry first, so the session's own env may override any of it.
+        if let Some(langfuse) = &self.options.langfuse {
+            env.extend(langfuse.session_env(
+                &self.options.owner,
+                &plan.name,
+                &plan.image.reference,
+            ));
+        }
+        env.extend(spec.env.clone());
+        env.extend(crate::mcp::tool_config::session_env(&spec.mcp));
+        let mut init = BTreeMap::new();
+        let mut persistent = metadata
+            .as_ref()
+            .map(|m| m.persistent_configs.clone())
+            .unwrap_or_default();
+        let no_credentials = project::CredentialFiles::default();
+        let mut credentials = &no_credentials;
+        if let Some((checkout, files)) = &plan.project {
+            credentials = files;
+            init.insert("CUBBI_PROJECT_URL".to_string(), checkout.url.clone());
+            if let Some(branch) = &checkout.branch {
+                init.insert("CUBBI_PROJECT_BRANCH".to_string(), branch.clone());
+            }
+            // A registered project's init.sh was vouched for when it was registered; an
+            // ad-hoc URL's is anyone's code, run only when asked.
+            if checkout.registered || spec.run_init {
+                init.insert("CUBBI_PROJECT_RUN_INIT".to_string(), "1".to_string());
+            }
+            if checkout.registered {
+                init.insert("CUBBI_PROJECT_REGISTERED".to_string(), "1".to_string());
+            }
+            // What the agent sees: the URL without any secret, and where its configs persist.
+            let image_name = metadata.as_ref().map_or_else(
+                || {
+                    naming::sanitize_hostname(&plan.image.reference)
+                        .unwrap_or_else(|| "image".into())
+                },
+                |m| m.name.clone(),
+            );
+            env.insert(
+                "CUBBI_PROJECT_URL".to_string(),
+                project::public_url(&checkout.url),
+            );
+            env.insert("CUBBI_PROJECT_TYPE".to_string(), "git".to_string());
+            env.insert(
+                "CUBBI_CONFIG_DIR".to_string(),
+                CONFIG_VOLUME_PATH.to_string(),
+            );
+            env.insert(
+                "CUBBI_IMAGE_CONFIG_DIR".to_string(),
+                format!("{CONFIG_VOLUME_PATH}/{image_name}"),
+            );
+            persistent = project::retarget(&persistent, &image_name);
+        }
+        init.insert("CUBBI_SESSION_NAME".to_string(), plan.name.clone());
+        let own = keys::public_openssh(self.options.client_key.public_key())
+            .map_err(|e| BootError::at(CreateStep::PreparingKeys)(e.to_string()))?;
+        let authorized = std::iter::once(own)
+            .chain(plan.authorized_keys.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let archive = upload::archive(&upload::SessionFiles {
+            host_key,
+            authorized_key: &authorized,
+            env: &env,
+            init: &init,
+            persistent_configs: &persistent,
+            project_credentials: credentials,
+        })
+        .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
+        let mut archives = vec![archive];
+        // Each tool's MCP configuration (header secrets included) as files, like the env.
+        if let Some(mcp) = crate::mcp::tool_config::archive(&spec.mcp)
+            .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?
+        {
+            archives.push(mcp);
+        }
+        Ok(archives)
     }
 
     /// A restricted session is handed over only once the egress resolver holds it to its

@@ -327,6 +327,7 @@ mod tests {
             resources: None,
             networks: Vec::new(),
             egress: None,
+            pool: false,
             ssh: SshEndpoint {
                 host: "127.0.0.1".into(),
                 port: 2300,

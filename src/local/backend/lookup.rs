@@ -179,5 +179,42 @@ pub(in crate::local) fn session_from(summary: &ContainerSummary) -> Option<Sessi
         summary.status.as_deref().unwrap_or_default(),
     );
     let session_state = state::session_state(docker_state, booted);
-    Some(labels.into_session(summary.id.clone()?, session_state))
+    let mut session = labels.into_session(summary.id.clone()?, session_state);
+    session.pool = summary
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(pool::member::POOL));
+    Some(session)
+}
+
+impl LocalBackend {
+    /// Sessions made from pool members: their container carries the member's labels, and the
+    /// claim record (a volume) says whose session it is. One `docker ps` of the pool's
+    /// containers, and one volume list only when some container is not a member.
+    pub(super) async fn claimed_sessions(&self) -> Result<Vec<Session>, ApiError> {
+        let containers = self
+            .containers("label", &[pool::member::POOL.to_string()])
+            .await?;
+        let any_claimed = containers.iter().any(|c| {
+            !c.names
+                .iter()
+                .flatten()
+                .any(|n| pool::MemberName::parse_any(n).is_some())
+        });
+        if !any_claimed {
+            return Ok(Vec::new());
+        }
+        let records: Vec<pool::ClaimRecord> = self
+            .docker
+            .list_volumes(pool::record::CLAIM_OF)
+            .await
+            .map_err(Self::docker_error("cannot list claim records"))?
+            .iter()
+            .filter_map(|volume| pool::ClaimRecord::from_labels(&volume.labels))
+            .collect();
+        Ok(pool::record::claimed_rows(&containers, &records)
+            .iter()
+            .filter_map(session_from)
+            .collect())
+    }
 }

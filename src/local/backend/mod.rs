@@ -23,6 +23,7 @@ use russh::keys::PrivateKey;
 use super::docker_api::DockerApi;
 use super::index::SessionIndex;
 use super::labels::{self, SessionLabels};
+use super::pool::{self, POOL_NETWORK, PoolSettings};
 use super::session_exec::{self, ExecBounds};
 use super::{limits, mounts, naming, ports, project, runtime, state, upload};
 use crate::api::{
@@ -45,6 +46,8 @@ mod idle;
 mod lifecycle;
 mod lookup;
 mod networks;
+mod pool_claim;
+mod pool_fill;
 mod status;
 mod validate;
 mod volumes;
@@ -57,6 +60,7 @@ mod tests;
 use create::{BootError, Reservation};
 pub use idle::IdleStopped;
 pub(super) use lookup::session_from;
+pub use pool_fill::Filled;
 use status::reports_failure;
 use validate::Plan;
 
@@ -109,6 +113,8 @@ pub struct LocalOptions {
     pub langfuse: Option<super::langfuse::LangfuseExport>,
     /// The egress resolver's folder: live policy changes, refused names, held marks.
     pub egress_store: crate::egress::store::EgressStore,
+    /// The warm pool a create claims from when the request fits (`None`: always cold).
+    pub pool: Option<PoolSettings>,
 }
 
 pub struct LocalBackend {
@@ -174,6 +180,17 @@ impl Backend for LocalBackend {
             && let Some(network) = plan.networks.first()
         {
             self.ensure_network(network, progress).await?;
+        }
+        match self.pool_image(&spec, &plan) {
+            Ok(image) => {
+                if let Some(session) = self
+                    .create_from_pool(&spec, &plan, &image, progress)
+                    .await?
+                {
+                    return Ok(session);
+                }
+            }
+            Err(why) => tracing::info!("not from the warm pool: {why}"),
         }
         let data_volume = match &plan.project {
             Some((checkout, _)) => self.ensure_config_volume(&checkout.id).await?,
@@ -268,11 +285,14 @@ impl Backend for LocalBackend {
                     if !self.options.all_owners {
                         filters.push(format!("{}={}", labels::OWNER, self.options.owner));
                     }
-                    self.containers("label", &filters)
+                    let mut found: Vec<Session> = self
+                        .containers("label", &filters)
                         .await?
                         .iter()
                         .filter_map(session_from)
-                        .collect()
+                        .collect();
+                    found.extend(self.claimed_sessions().await?.into_iter().filter(visible));
+                    found
                 }
             };
         // Sessions Docker calls unhealthy are checked against their status files, a few at a
@@ -390,6 +410,8 @@ impl Backend for LocalBackend {
             .stop_container(&session.id, STOP_TIMEOUT_SECS)
             .await;
         self.remove(&session.id).await?;
+        // A session made from a pool member has a claim record; nothing else has one.
+        self.remove_claim_record(&session.id).await;
         if let Some(files) = &self.options.ssh_files {
             files
                 .remove_session(&session.name)

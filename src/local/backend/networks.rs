@@ -56,6 +56,41 @@ impl LocalBackend {
             options,
             ..Default::default()
         };
+        self.create_network_retrying(request).await
+    }
+
+    /// The pool's network (see [`POOL_NETWORK`]), created when missing, with traffic between
+    /// its containers off.
+    pub(super) async fn ensure_pool_network(&self) -> Result<(), ApiError> {
+        if self.docker.inspect_network(POOL_NETWORK).await.is_ok() {
+            return Ok(());
+        }
+        let _lock = self.lock().await?;
+        if self.docker.inspect_network(POOL_NETWORK).await.is_ok() {
+            return Ok(());
+        }
+        let mut labels = self.options.extra_labels.clone();
+        labels.insert(labels::MANAGED.into(), "true".into());
+        let mut options = HashMap::from([(
+            "com.docker.network.bridge.enable_icc".to_string(),
+            "false".to_string(),
+        )]);
+        if let Some(bridge) = self.network_bridge(POOL_NETWORK).await? {
+            options.insert(naming::BRIDGE_NAME_OPTION.to_string(), bridge);
+        }
+        self.create_network_retrying(NetworkCreateRequest {
+            name: POOL_NETWORK.to_string(),
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            options: Some(options),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Creates a network, again when Docker was rebuilding its shared iptables chains.
+    async fn create_network_retrying(&self, request: NetworkCreateRequest) -> Result<(), ApiError> {
+        let name = request.name.clone();
         let mut attempt = 1;
         loop {
             match self.docker.create_network(request.clone()).await {

@@ -17,6 +17,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with_pool(None)
+}
+
+fn fixture_with_pool(pool: Option<PoolSettings>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let lock = ports::LockLocation::User(dir.path().join("ports.lock"));
     let docker = Arc::new(FakeDocker::default());
@@ -29,6 +33,7 @@ fn fixture() -> Fixture {
         client_key: Arc::new(keys::generate("test").unwrap()),
         ssh_files: None,
         egress_store: crate::egress::store::EgressStore::new(dir.path().join("egress")),
+        pool,
         port_lock: lock.clone(),
         lock_timeout: Duration::from_secs(5),
         engine_socket: None,
@@ -257,4 +262,105 @@ async fn an_unhealthy_session_is_init_failed_only_when_its_status_says_so() {
         "init-status=done\nproject-status=\n".into();
     let listed = fixture.backend.list().await.unwrap();
     assert_eq!(listed[0].state, SessionState::Ready);
+}
+
+/// A fake endpoint whose images are the cubbi image `base`, with a pool of it (target 1) under
+/// sysbox-runc on 127.0.0.1, and one ready member. Returns the member's id.
+fn pool_fixture() -> (Fixture, String) {
+    let targets: pool::PoolTargets =
+        serde_json::from_value(serde_json::json!({ "base": 1 })).unwrap();
+    let fixture = fixture_with_pool(Some(PoolSettings {
+        targets,
+        runtime: "sysbox-runc".into(),
+        ssh_bind: "127.0.0.1".parse().unwrap(),
+    }));
+    let metadata = serde_json::json!({
+        "name": "base", "description": "d", "version": "1",
+        "command": ["bash"], "version_command": ["true"],
+    });
+    fixture.docker.state.lock().unwrap().image_labels = HashMap::from([(
+        crate::images::METADATA_LABEL.to_string(),
+        metadata.to_string(),
+    )]);
+    let member = fixture.docker.add(FakeContainer {
+        name: pool::MemberName::fresh("base").container_name(),
+        labels: pool::member::member_labels("base", "cubbi-base", 2399, "127.0.0.1", "k", &[]),
+        state: Docker::RUNNING,
+        status: "Up".into(),
+    });
+    (fixture, member)
+}
+
+fn pool_spec(runtime: &str) -> SessionSpec {
+    serde_json::from_value(serde_json::json!({
+        "name": "s1",
+        "image": "base",
+        "runtime": runtime,
+        "unsafe_runc": true,
+        "ssh_bind": "127.0.0.1",
+        "default_network": false,
+    }))
+    .unwrap()
+}
+
+fn claim_records(fixture: &Fixture) -> Vec<String> {
+    let state = fixture.docker.state.lock().unwrap();
+    state
+        .volumes
+        .values()
+        .filter(|v| v.labels.contains_key(pool::record::CLAIM_OF))
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_claim_whose_apply_fails_removes_the_member_and_its_record_then_goes_cold() {
+    let (fixture, member) = pool_fixture();
+    fixture.docker.fail(
+        "update_container",
+        Failure::Message("no memory cgroup".into()),
+    );
+    let result = fixture
+        .backend
+        .create(pool_spec("sysbox-runc"), &crate::api::Quiet)
+        .await;
+    // The cold create that follows cannot reach sshd in the fake: it fails and is undone too.
+    let (step, _) = failed_at(result);
+    assert_eq!(step, CreateStep::WaitingForSsh.to_string());
+    let state = fixture.docker.state.lock().unwrap();
+    assert!(
+        state.removed.contains(&member),
+        "the failed member is removed"
+    );
+    assert!(
+        state.calls.iter().all(|call| !call.starts_with("update")),
+        "the failed update changed nothing: {:?}",
+        state.calls
+    );
+    drop(state);
+    assert!(claim_records(&fixture).is_empty(), "its record is removed");
+    assert_nothing_left(&fixture);
+}
+
+#[tokio::test]
+async fn a_create_that_does_not_fit_leaves_the_pool_alone() {
+    let (fixture, member) = pool_fixture();
+    // Members run sysbox-runc; this create wants runc.
+    let result = fixture
+        .backend
+        .create(pool_spec("runc"), &crate::api::Quiet)
+        .await;
+    assert!(result.is_err(), "the cold create fails at sshd in the fake");
+    let state = fixture.docker.state.lock().unwrap();
+    let still = state
+        .containers
+        .get(&member)
+        .expect("the member is still there");
+    assert!(
+        still.name.starts_with(pool::member::PREFIX),
+        "{}",
+        still.name
+    );
+    drop(state);
+    assert!(claim_records(&fixture).is_empty());
 }

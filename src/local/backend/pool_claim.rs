@@ -1,0 +1,275 @@
+//! A create served by the warm pool: when the request fits (see [`pool::PoolRequest`]), a
+//! booted member is claimed (`pool::claim`: the record volume, then the rename to
+//! `cubbi-NAME.booting`, after which it is a session) and everything personal is applied to
+//! the running container. A failure after the claim removes the container and its record and
+//! the create goes on cold; a crash leaves a `.booting` session that `close` removes.
+
+use super::*;
+use crate::local::pool::{ClaimRecord, PoolRequest, WhyCold};
+
+/// What the claim runs as root in the member, after the session's files are in: the name, then
+/// cubbi-init's pass over the uploaded files (modes, env file, persistent configs), then the
+/// project clone, which runs at boot in a cold session. `$1` is the session name.
+const APPLY_SCRIPT: &str = r#"set -e
+hostname "$1"
+printf '%s\n' "$1" > /etc/hostname 2>/dev/null || true
+rm -f /var/lib/cubbi/project-status
+/usr/local/lib/cubbi/cubbi-init >/dev/null
+if grep -q '^CUBBI_PROJECT_URL=' /etc/cubbi/init.env 2>/dev/null; then
+    systemctl restart cubbi-project.service
+else
+    printf 'skipped\n' > /var/lib/cubbi/project-status
+fi
+"#;
+
+/// A step of applying a claim, for the failure message.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {reason}")]
+struct ApplyError {
+    step: &'static str,
+    reason: String,
+}
+
+fn at(step: &'static str) -> impl Fn(String) -> ApplyError {
+    move |reason| ApplyError { step, reason }
+}
+
+impl LocalBackend {
+    /// The pool image this create may claim from, or why it boots cold.
+    pub(super) fn pool_image(&self, spec: &SessionSpec, plan: &Plan) -> Result<String, WhyCold> {
+        let image = plan.image.metadata.as_ref().map(|m| m.name.clone());
+        let Some(pool) = &self.options.pool else {
+            return Err(match image {
+                Some(image) => WhyCold::NoPool(image),
+                None => WhyCold::NotACubbiImage,
+            });
+        };
+        let request = PoolRequest {
+            image: image.as_deref(),
+            target: image.as_deref().map_or(0, |i| pool.targets.target(i)),
+            runtime: &spec.runtime,
+            member_runtime: &pool.runtime,
+            ssh_bind: &spec.ssh_bind.to_string(),
+            member_ssh_bind: &pool.ssh_bind.to_string(),
+            host_mounts: plan.binds.len(),
+            persists_config: plan
+                .image
+                .metadata
+                .as_ref()
+                .is_some_and(|m| !m.persistent_configs.is_empty()),
+            per_session_log_tag: self.options.fluentd.is_some(),
+            restricted_egress: plan.egress.is_some(),
+        };
+        request.fits()?;
+        Ok(image.unwrap_or_default())
+    }
+
+    /// Claims a member for this create and makes it the session. `Ok(None)`: no member could
+    /// be used (none ready, or the one claimed failed and was removed); the caller boots cold.
+    pub(super) async fn create_from_pool(
+        &self,
+        spec: &SessionSpec,
+        plan: &Plan,
+        image: &str,
+        progress: &dyn Progress,
+    ) -> Result<Option<Session>, ApiError> {
+        progress.step(CreateStep::AllocatingPort);
+        let record = ClaimRecord {
+            container: String::new(),
+            name: plan.name.clone(),
+            owner: self.options.owner.clone(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            idle_stop_secs: spec.idle_stop_secs,
+        };
+        // Under the host lock, as a cold reservation: the name is checked and taken at once.
+        let lock = self.lock().await?;
+        self.check_name_free(&plan.name).await?;
+        let claimed = pool::claim::claim(self.docker.as_ref(), image, record)
+            .await
+            .map_err(|err| match err {
+                pool::ops::PoolError::NameTaken(name) => ApiError::Conflict(format!(
+                    "a container named {name} exists already on this endpoint; pick another --name"
+                )),
+                other => ApiError::unavailable(other.to_string()),
+            })?;
+        drop(lock);
+        let Some(record) = claimed else {
+            tracing::info!(
+                "not from the warm pool: {}",
+                WhyCold::Empty(image.to_string())
+            );
+            return Ok(None);
+        };
+        let id = record.container.clone();
+        let member_labels = self
+            .docker
+            .inspect_container(&id)
+            .await
+            .ok()
+            .and_then(|c| c.config)
+            .and_then(|c| c.labels)
+            .unwrap_or_default();
+        let Some(session_labels) = record.session_labels(&id, &member_labels) else {
+            self.unclaim(&id).await;
+            return Ok(None);
+        };
+        progress.reserved(
+            &session_labels
+                .clone()
+                .into_session(id.clone(), SessionState::Creating),
+        );
+        let mut ssh_files_written = false;
+        match self
+            .apply_claim(
+                spec,
+                plan,
+                &id,
+                &session_labels,
+                &mut ssh_files_written,
+                progress,
+            )
+            .await
+        {
+            Ok(()) => {
+                let mut session = session_labels.into_session(id, SessionState::Ready);
+                session.resources = Some(plan.resources());
+                session.pool = true;
+                tracing::info!("session {} is a member of the warm pool", plan.name);
+                Ok(Some(session))
+            }
+            Err(err) => {
+                tracing::warn!(
+                    "the warm pool's member for {} failed ({err}); booting a new session instead",
+                    plan.name
+                );
+                self.unclaim(&id).await;
+                if ssh_files_written && let Some(files) = &self.options.ssh_files {
+                    let _ = files.remove_session(&plan.name);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Everything personal, applied to the claimed running member, then the rename that marks
+    /// the session ready.
+    async fn apply_claim(
+        &self,
+        spec: &SessionSpec,
+        plan: &Plan,
+        id: &str,
+        session_labels: &SessionLabels,
+        ssh_files_written: &mut bool,
+        progress: &dyn Progress,
+    ) -> Result<(), ApplyError> {
+        pool::claim::crash_point("applying");
+        progress.step(CreateStep::CreatingContainer);
+        let owners_network = spec.default_network && self.options.default_network.is_none();
+        for (index, network) in plan.networks.iter().enumerate() {
+            let joined = if index == 0 && owners_network {
+                self.docker
+                    .connect_network_aliased(network, id, vec![plan.name.clone()])
+                    .await
+            } else {
+                self.docker.connect_network(network, id).await
+            };
+            joined.map_err(|err| at("joining a network")(format!("{network}: {err}")))?;
+        }
+        self.docker
+            .update_container(
+                id,
+                bollard::models::ContainerUpdateBody {
+                    memory: Some(plan.memory),
+                    memory_swap: Some(plan.memory.saturating_mul(2)),
+                    nano_cpus: Some(plan.nano_cpus),
+                    pids_limit: Some(plan.pids_limit),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| at("setting the limits")(err.to_string()))?;
+        progress.step(CreateStep::CopyingFiles);
+        let archives = self
+            .session_archives(spec, plan, None)
+            .map_err(|err| at("preparing the files")(err.to_string()))?;
+        for archive in archives {
+            self.docker
+                .upload_archive(id, archive)
+                .await
+                .map_err(|err| at("copying the files in")(err.to_string()))?;
+        }
+        pool::claim::crash_point("files");
+        progress.step(CreateStep::Starting);
+        let applied = session_exec::run_bounded(
+            self.docker.as_ref(),
+            id,
+            vec!["sh", "-c", APPLY_SCRIPT, "sh", &plan.name],
+            Some("0"),
+            ExecBounds::CLAIM,
+        )
+        .await
+        .map_err(|err| at("applying the session")(err.to_string()))?;
+        if applied.exit_code != Some(0) {
+            let (init, _) = self.reported_status(id).await;
+            return Err(at("applying the session")(format!(
+                "exit {:?}{}",
+                applied.exit_code,
+                init.map(|status| format!(" ({status})"))
+                    .unwrap_or_default()
+            )));
+        }
+        pool::claim::crash_point("applied");
+        progress.step(CreateStep::WaitingForSsh);
+        let host_key = keys::parse_public(&session_labels.host_key)
+            .map_err(|err| at("reading the host key")(err.to_string()))?;
+        let target = SshTarget {
+            address: format!(
+                "{}:{}",
+                session_labels.connect_host(),
+                session_labels.ssh_port
+            ),
+            user: labels::AGENT_USER.to_string(),
+            client_key: self.options.client_key.clone(),
+            host_key,
+        };
+        self.wait_for_sshd(&target, id, 0)
+            .await
+            .map_err(|err| at("waiting for sshd")(err.to_string()))?;
+        if let Some(files) = &self.options.ssh_files {
+            progress.step(CreateStep::WritingSshConfig);
+            let endpoint = session_labels
+                .clone()
+                .into_session(id.to_string(), SessionState::Ready)
+                .ssh;
+            *ssh_files_written = true;
+            files
+                .write_session(&plan.name, &endpoint)
+                .map_err(|err| at("writing the SSH config")(err.to_string()))?;
+        }
+        self.mark_ready(id, &plan.name)
+            .await
+            .map_err(|err| at("marking it ready")(err.to_string()))
+    }
+
+    /// Removes a claimed member that did not become a session, and its claim record.
+    async fn unclaim(&self, id: &str) {
+        if let Err(err) = self.remove(id).await {
+            tracing::warn!("could not remove a failed pool member: {err}");
+        }
+        self.remove_claim_record(id).await;
+    }
+
+    /// Removes the claim record of container `id`, if it has one (a claimed session's close).
+    pub(super) async fn remove_claim_record(&self, id: &str) {
+        let Ok(volumes) = self.docker.list_volumes(pool::record::CLAIM_OF).await else {
+            return;
+        };
+        for volume in volumes {
+            if ClaimRecord::from_labels(&volume.labels).is_some_and(|r| r.container == id) {
+                let _ = self.docker.remove_volume(&volume.name).await;
+            }
+        }
+    }
+}

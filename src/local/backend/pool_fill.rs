@@ -1,0 +1,345 @@
+//! Filling the warm pool: booting members up to each image's target. A member is booted the
+//! way a cold session is (same image, runtime, limits, health check, a host key of its own made
+//! here) but owned by nobody, on the pool's network, and named `cubbi-pool-booting.*` until
+//! sshd has accepted a throwaway probe key; then that key is removed (nobody can log in until a
+//! claim writes the owner's) and the member is renamed `cubbi-pool.*`, which makes it claimable.
+
+use super::*;
+use crate::local::pool::MemberName;
+use crate::local::pool::member::{BOOTING_PREFIX, PREFIX, member_labels};
+
+/// Members booted at once: each is a systemd boot, which is CPU-bound for a second or two.
+const BOOTS_AT_ONCE: usize = 4;
+/// A member still named booting after this long belongs to a filler that died: removed.
+const STALE_BOOT_SECS: i64 = 300;
+
+/// What one fill did for one image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Filled {
+    pub image: String,
+    /// Members there (ready or booting) before this fill.
+    pub had: u32,
+    /// Members this fill booted to readiness.
+    pub started: u32,
+    pub target: u32,
+    /// Why the image got fewer than it lacked (a refusal, or the first failed boot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+/// A member created (under the lock) and not yet booted.
+struct MemberBoot {
+    id: String,
+    name: MemberName,
+    port: u16,
+    host_key: PrivateKey,
+}
+
+impl LocalBackend {
+    /// Boots members until every image with a target has that many (ready or booting), at most
+    /// [`BOOTS_AT_ONCE`] at a time, and waits for them. Members that died are removed first.
+    pub async fn fill_pool(&self) -> Result<Vec<Filled>, ApiError> {
+        let Some(pool) = self.options.pool.clone() else {
+            return Ok(Vec::new());
+        };
+        if pool.targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure_pool_network().await?;
+        self.remove_dead_members().await?;
+        let mut filled = Vec::new();
+        for (image, target) in pool.targets.iter() {
+            let mut row = Filled {
+                image: image.to_string(),
+                had: 0,
+                started: 0,
+                target,
+                failed: None,
+            };
+            let resolved = match self.resolve_image(image).await {
+                Ok(resolved) => resolved,
+                Err(err) => {
+                    row.failed = Some(err.to_string());
+                    filled.push(row);
+                    continue;
+                }
+            };
+            if resolved
+                .metadata
+                .as_ref()
+                .is_some_and(|m| !m.persistent_configs.is_empty())
+            {
+                row.failed = Some(format!(
+                    "{}; its creates always go cold, so it keeps no members",
+                    pool::WhyCold::PersistsConfig
+                ));
+                filled.push(row);
+                continue;
+            }
+            let (had, members) = self
+                .reserve_members(&pool, image, &resolved, target)
+                .await?;
+            row.had = had;
+            let booted: Vec<Result<(), String>> = futures_util::stream::iter(members)
+                .map(|member| self.boot_member(&pool, member))
+                .buffer_unordered(BOOTS_AT_ONCE)
+                .collect()
+                .await;
+            for outcome in booted {
+                match outcome {
+                    Ok(()) => row.started += 1,
+                    Err(err) => {
+                        row.failed.get_or_insert(err);
+                    }
+                }
+            }
+            filled.push(row);
+        }
+        Ok(filled)
+    }
+
+    /// Members that can never serve: a ready-named one that is not running, and a booting one
+    /// whose filler is gone. A claimed member has another name and is never touched here.
+    async fn remove_dead_members(&self) -> Result<(), ApiError> {
+        let now = unix_now();
+        for container in self
+            .containers("label", &[pool::member::POOL.to_string()])
+            .await?
+        {
+            let Some((member, booting)) = container
+                .names
+                .iter()
+                .flatten()
+                .find_map(|name| MemberName::parse_any(name))
+            else {
+                continue;
+            };
+            let running =
+                container.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+            let dead = if booting {
+                now - container.created.unwrap_or(now) > STALE_BOOT_SECS
+            } else {
+                !running
+            };
+            if dead {
+                // By name: a member claimed meanwhile has another one and is spared.
+                let name = if booting {
+                    member.booting_container_name()
+                } else {
+                    member.container_name()
+                };
+                let _ = self.docker.remove_container(&name).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Under the host lock: counts the image's members and creates the missing ones, each with
+    /// a port of its own, so two fillers never overfill and never share a port.
+    async fn reserve_members(
+        &self,
+        pool: &PoolSettings,
+        image: &str,
+        resolved: &validate::ResolvedImage,
+        target: u32,
+    ) -> Result<(u32, Vec<MemberBoot>), ApiError> {
+        let lock = self.lock().await?;
+        let had = self
+            .containers("label", &[format!("{}={image}", pool::member::POOL)])
+            .await?
+            .iter()
+            .filter(|c| {
+                c.names.iter().flatten().any(|name| {
+                    let name = name.trim_start_matches('/');
+                    name.starts_with(PREFIX) || name.starts_with(BOOTING_PREFIX)
+                })
+            })
+            .count() as u32;
+        let mut taken = self.taken_ports().await?;
+        let mut members = Vec::new();
+        for _ in had..target {
+            let port = match ports::pick_free_port(
+                self.options.ports,
+                &taken,
+                pool.ssh_bind,
+                ports::can_bind,
+            ) {
+                Ok(port) => port,
+                // A full port range leaves the pool short; sessions come first.
+                Err(_) if !members.is_empty() => break,
+                Err(err) => {
+                    drop(lock);
+                    return Err(err);
+                }
+            };
+            taken.insert(port);
+            let name = MemberName::fresh(image);
+            let host_key = keys::generate(&name.container_name())
+                .map_err(|err| ApiError::unavailable(err.to_string()))?;
+            let host_public = keys::public_openssh(host_key.public_key())
+                .map_err(|err| ApiError::unavailable(err.to_string()))?;
+            let body = self.member_body(pool, image, resolved, port, &host_public)?;
+            let created = self
+                .docker
+                .create_container(&name.booting_container_name(), body)
+                .await
+                .map_err(Self::docker_error("cannot create a pool member"))?;
+            members.push(MemberBoot {
+                id: created.id,
+                name,
+                port,
+                host_key,
+            });
+        }
+        drop(lock);
+        Ok((had, members))
+    }
+
+    /// The container a member is: a cold session's body without anything personal (no
+    /// workspace, data volume, owner label, per-session log tag or egress label).
+    fn member_body(
+        &self,
+        pool: &PoolSettings,
+        image: &str,
+        resolved: &validate::ResolvedImage,
+        port: u16,
+        host_public: &str,
+    ) -> Result<ContainerCreateBody, ApiError> {
+        let command = resolved
+            .metadata
+            .as_ref()
+            .map(|m| m.command.clone())
+            .unwrap_or_else(|| vec!["bash".into(), "-l".into()]);
+        let mut member_labels = member_labels(
+            image,
+            &resolved.reference,
+            port,
+            &pool.ssh_bind.to_string(),
+            host_public,
+            &command,
+        );
+        member_labels.extend(self.options.extra_labels.clone());
+        let memory = limits::default_memory(limits::host_memory()?);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut host = HostConfig {
+            port_bindings: Some(HashMap::from([(
+                "22/tcp".to_string(),
+                Some(vec![PortBinding {
+                    host_ip: Some(pool.ssh_bind.to_string()),
+                    host_port: Some(port.to_string()),
+                }]),
+            )])),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            runtime: Some(pool.runtime.clone()),
+            memory: Some(memory),
+            memory_swap: Some(memory.saturating_mul(2)),
+            nano_cpus: Some(limits::nano_cpus(None, cores)?),
+            pids_limit: Some(limits::PidsLimit::default().get()),
+            network_mode: Some(POOL_NETWORK.to_string()),
+            storage_opt: self.options.disk_limit.map(|limit| {
+                HashMap::from([(
+                    "size".to_string(),
+                    limit.storage_size(resolved.size).to_string(),
+                )])
+            }),
+            ..Default::default()
+        };
+        let mut volumes = Vec::new();
+        if runtime::is_plain_runc(&pool.runtime) {
+            runtime::apply_unsafe_runc(&mut host);
+            volumes.push(runtime::INNER_DOCKER_ROOT.to_string());
+        }
+        Ok(ContainerCreateBody {
+            hostname: Some("cubbi-pool".into()),
+            image: Some(resolved.reference.clone()),
+            labels: Some(member_labels),
+            exposed_ports: Some(vec!["22/tcp".to_string()]),
+            volumes: Some(volumes),
+            host_config: Some(host),
+            healthcheck: Some(create::status_healthcheck()),
+            ..Default::default()
+        })
+    }
+
+    /// Boots one created member to readiness, or removes it.
+    async fn boot_member(&self, pool: &PoolSettings, member: MemberBoot) -> Result<(), String> {
+        let id = member.id.clone();
+        let outcome = self.boot_member_steps(pool, &member).await;
+        if outcome.is_err() {
+            let _ = self.remove(&id).await;
+        }
+        outcome
+    }
+
+    async fn boot_member_steps(
+        &self,
+        pool: &PoolSettings,
+        member: &MemberBoot,
+    ) -> Result<(), String> {
+        let id = member.id.as_str();
+        let host_private = keys::private_openssh(&member.host_key).map_err(|e| e.to_string())?;
+        let host_public =
+            keys::public_openssh(member.host_key.public_key()).map_err(|e| e.to_string())?;
+        // A key only this fill knows, to see sshd accept a login as a session's create does.
+        let probe = Arc::new(keys::generate("cubbi-pool-probe").map_err(|e| e.to_string())?);
+        let probe_public = keys::public_openssh(probe.public_key()).map_err(|e| e.to_string())?;
+        let archive = upload::archive(&upload::SessionFiles {
+            host_key: Some((&host_private, &host_public)),
+            authorized_key: &probe_public,
+            env: &BTreeMap::new(),
+            init: &BTreeMap::new(),
+            persistent_configs: &[],
+            project_credentials: &project::CredentialFiles::default(),
+        })
+        .map_err(|e| e.to_string())?;
+        self.docker
+            .upload_archive(id, archive)
+            .await
+            .map_err(|e| format!("copying the member's files: {e}"))?;
+        self.docker
+            .start_container(id)
+            .await
+            .map_err(|e| format!("starting a member: {e}"))?;
+        let connect_host = match pool.ssh_bind.to_string().as_str() {
+            "0.0.0.0" | "::" => "127.0.0.1".to_string(),
+            other => other.to_string(),
+        };
+        let target = SshTarget {
+            address: format!("{connect_host}:{}", member.port),
+            user: labels::AGENT_USER.to_string(),
+            client_key: probe,
+            host_key: member.host_key.public_key().clone(),
+        };
+        if let Err(err) = self.wait_for_sshd(&target, id, 0).await {
+            return Err(self.explain_boot_failure(id, err.to_string()).await);
+        }
+        let emptied = session_exec::run_bounded(
+            self.docker.as_ref(),
+            id,
+            vec!["sh", "-c", ": > /home/agent/.ssh/authorized_keys"],
+            Some("0"),
+            ExecBounds::AUTHORIZE,
+        )
+        .await
+        .map_err(|e| format!("removing the probe key: {e}"))?;
+        if emptied.exit_code != Some(0) {
+            return Err(format!(
+                "removing the probe key exited with {:?}",
+                emptied.exit_code
+            ));
+        }
+        self.docker
+            .rename_container(id, &member.name.container_name())
+            .await
+            .map_err(|e| format!("marking a member ready: {e}"))
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
