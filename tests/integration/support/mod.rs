@@ -101,6 +101,7 @@ pub fn local_backend_with_key(
             disk_limit: None,
             fluentd: None,
             langfuse: None,
+            pool: None,
         },
     ))
 }
