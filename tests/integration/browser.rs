@@ -2,13 +2,15 @@
 //! by playwright-core from tests/fixtures/browser/drive.mjs) against the real `cubbi serve` on
 //! 127.0.0.1:0 and a real OpenID provider (tests/fixtures/oidc-provider). The driver signs in
 //! through the provider's pages, creates a session from the form, uses its terminal (42,
-//! resize, reload back into the same shell), opens another user's session (a 404 page and a
+//! resize, reload back into the same shell), signs in again in another tab with a pasted API
+//! token (into the same shell, through a ticket), opens another user's session (a 404 page and a
 //! refused WebSocket), tries a cross-origin WebSocket, saves a screenshot and closes the
 //! session from the list; the test then asks the API whether the session is gone.
 //!
 //! Without Chromium, Node or the fixture the test is listed as ignored, except under
 //! `CI=true`, where it fails saying what is missing.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -88,8 +90,12 @@ fn artifacts_dir() -> PathBuf {
         .join("browser")
 }
 
-/// The driver's output: each line as it came, and its exit status.
-async fn drive(envs: &[(&str, String)]) -> Result<(Vec<String>, bool), Failed> {
+/// The driver's output: each line as it came, and its exit status. `on_line` sees each line as
+/// it comes.
+async fn drive(
+    envs: &[(&str, String)],
+    mut on_line: impl FnMut(&str) -> Result<(), Failed>,
+) -> Result<(Vec<String>, bool), Failed> {
     let mut command = tokio::process::Command::new("node");
     command
         .arg(fixture_dir().join("drive.mjs"))
@@ -120,9 +126,10 @@ async fn drive(envs: &[(&str, String)]) -> Result<(Vec<String>, bool), Failed> {
         while let Some(line) = lines.next_line().await? {
             // As it comes, so a slow step shows where it is.
             eprintln!("browser: {line}");
+            on_line(&line)?;
             seen.push(line);
         }
-        child.wait().await
+        Ok::<_, Failed>(child.wait().await?)
     })
     .await;
     let status = match outcome {
@@ -180,21 +187,41 @@ fn browser_signs_in_creates_uses_and_closes_a_session() -> Result<(), Failed> {
             .create(crate::serve::spec("not-alices"), &Quiet)
             .await?;
 
-        let (lines, passed) = drive(&[
-            ("CUBBI_URL", service.url.clone()),
-            ("CUBBI_LOGIN", alice.clone()),
-            ("CUBBI_IMAGE", "base".to_string()),
-            (
-                "CUBBI_RUNTIME",
-                match runtime {
-                    SessionRuntime::Sysbox => String::new(),
-                    SessionRuntime::UnsafeRunc => "runc".to_string(),
-                },
-            ),
-            ("CUBBI_OTHER_SESSION", bobs.id.clone()),
-            ("CUBBI_ARTIFACTS", artifacts_dir().display().to_string()),
-            ("CUBBI_CHROMIUM", CHROMIUM.to_string()),
-        ])
+        // Alice's API token for the page's token sign-in, made once her OpenID login has
+        // claimed her name (the service refuses a login for a name an API token user has),
+        // into a 0600 file the driver waits for.
+        let secrets = tempfile::tempdir()?;
+        let token_file = secrets.path().join("token");
+        let mut alice_token = None;
+        let (lines, passed) = drive(
+            &[
+                ("CUBBI_TOKEN_FILE", token_file.display().to_string()),
+                ("CUBBI_URL", service.url.clone()),
+                ("CUBBI_LOGIN", alice.clone()),
+                ("CUBBI_IMAGE", "base".to_string()),
+                (
+                    "CUBBI_RUNTIME",
+                    match runtime {
+                        SessionRuntime::Sysbox => String::new(),
+                        SessionRuntime::UnsafeRunc => "runc".to_string(),
+                    },
+                ),
+                ("CUBBI_OTHER_SESSION", bobs.id.clone()),
+                ("CUBBI_ARTIFACTS", artifacts_dir().display().to_string()),
+                ("CUBBI_CHROMIUM", CHROMIUM.to_string()),
+            ],
+            |line| {
+                if line == "ok: sign in through the OpenID provider" {
+                    let token = service.token(&alice, false)?;
+                    let temp = secrets.path().join("token.new");
+                    std::fs::write(&temp, &token)?;
+                    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))?;
+                    std::fs::rename(&temp, &token_file)?;
+                    alice_token = Some(token);
+                }
+                Ok(())
+            },
+        )
         .await?;
         let transcript = lines.join("\n");
         if !passed {
@@ -213,7 +240,7 @@ fn browser_signs_in_creates_uses_and_closes_a_session() -> Result<(), Failed> {
         }
 
         // The API, as Alice, no longer has the session the page closed.
-        let alice_token = service.token(&alice, false)?;
+        let alice_token = alice_token.ok_or("the driver never said Alice signed in")?;
         let alices = service.client(&alice_token)?;
         let listed = alices.list().await?;
         assert!(
