@@ -33,6 +33,10 @@ command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 # own (setpriv) with an iptables owner rule.
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# The browser test drives the web page in Debian's headless Chromium (through playwright-core,
+# which downloads no browser of its own); DejaVu gives the terminal a monospace font.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ] || missing+=(fonts-dejavu-core)
 if ((${#missing[@]})); then
     sudo=()
     [ "$(id -u)" = 0 ] || sudo=(sudo)
@@ -80,6 +84,8 @@ if ! command -v npm >/dev/null 2>&1; then
         nodejs npm >/dev/null
 fi
 npm ci --prefix tests/fixtures/oidc-provider --no-audit --no-fund --loglevel=error
+# The browser test's driver: playwright-core alone, pinned in the fixture's package-lock.json.
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/fixtures/browser --no-audit --no-fund --loglevel=error
 
 # The web page (web/) is bundled before cargo builds, so the cubbi the tests build embeds it
 # (build.rs).

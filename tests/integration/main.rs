@@ -1,6 +1,7 @@
 //! The one integration test binary. It runs with its own harness (libtest-mimic) so that the
 //! real dockerd it needs is started once, shared, and stopped after the last test.
 
+mod browser;
 mod cli;
 mod config;
 mod data;
@@ -66,6 +67,7 @@ pub(crate) use sysbox_trials;
 fn main() {
     let args = Arguments::from_args();
     let mut tests = Vec::new();
+    tests.extend(browser::tests());
     tests.extend(cli::tests());
     tests.extend(config::tests());
     tests.extend(disk::tests());

@@ -154,10 +154,26 @@ async function createForm(refresh) {
     json("/v1/images").catch(() => []),
     json("/v1/projects").catch(() => []),
   ]);
+  // Only built images boot: the first of them is the default choice.
+  const firstBuilt = images.find((item) => item.built);
   const image = el(
     "select",
     { id: "create-image", required: true, "aria-label": "Image" },
-    images.map((item) => el("option", { value: item.name }, `${item.name}${item.built ? "" : " (not built)"}`)),
+    images.map((item) =>
+      el(
+        "option",
+        { value: item.name, selected: item === firstBuilt },
+        `${item.name}${item.built ? "" : " (not built)"}`,
+      ),
+    ),
+  );
+  // Sysbox is the default and the only isolating runtime; a service whose admin allows it
+  // (allow_unsafe_runc) also boots sessions under plain runc, which is NOT a sandbox.
+  const runtime = el(
+    "select",
+    { id: "create-runtime", "aria-label": "Runtime" },
+    el("option", { value: "" }, "Sysbox (isolated)"),
+    el("option", { value: "runc" }, "runc (NOT isolated; only where the service allows it)"),
   );
   const project = el(
     "select",
@@ -168,12 +184,13 @@ async function createForm(refresh) {
   const name = el("input", { id: "create-name", placeholder: "name (optional)", maxlength: 63, "aria-label": "Name" });
   const button = el("button", { type: "submit", id: "create" }, "Create");
   const note = el("p", { class: "muted", id: "create-status" });
-  const form = el("form", { class: "card create" }, el("h2", {}, "New session"), image, project, name, button, note);
+  const form = el("form", { class: "card create" }, el("h2", {}, "New session"), image, runtime, project, name, button, note);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     button.disabled = true;
     note.textContent = "Creating… (booting the session can take a minute)";
     const body = { image: image.value };
+    if (runtime.value) body.runtime = runtime.value;
     if (project.value) body.project = project.value;
     if (name.value.trim()) body.name = name.value.trim();
     try {

@@ -33,6 +33,17 @@ impl TestService {
         scope: &DockerScope,
         tune: impl FnOnce(&mut ServiceConfig),
     ) -> Result<Self, Failed> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(scope, listener, tune).await
+    }
+
+    /// [`TestService::start`] on a listener the test bound first (to name the service's URL
+    /// in what it starts before, such as an OpenID provider's redirect URL).
+    pub async fn start_on(
+        scope: &DockerScope,
+        listener: tokio::net::TcpListener,
+        tune: impl FnOnce(&mut ServiceConfig),
+    ) -> Result<Self, Failed> {
         let state = tempfile::tempdir()?;
         let mut config = ServiceConfig::default();
         config.docker.endpoint = scope.endpoint.clone();
@@ -44,15 +55,17 @@ impl TestService {
         config.allow_unsafe_runc = super::sysbox::SessionRuntime::of_this_run().unsafe_runc();
         tune(&mut config);
         let store = Arc::new(SqliteStore::open(state.path())?);
-        Self::launch(scope, config, store, state).await
+        Self::launch(scope, listener, config, store, state).await
     }
 
     /// Another service on the same state folder and config (a restart): the service's key
     /// and tokens carry over.
     pub async fn restart(scope: &DockerScope, before: &TestService) -> Result<Self, Failed> {
         let unused = tempfile::tempdir()?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         Self::launch(
             scope,
+            listener,
             before.config.clone(),
             Arc::clone(&before.store),
             unused,
@@ -62,11 +75,11 @@ impl TestService {
 
     async fn launch(
         scope: &DockerScope,
+        listener: tokio::net::TcpListener,
         config: ServiceConfig,
         store: Arc<SqliteStore>,
         state: tempfile::TempDir,
     ) -> Result<Self, Failed> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let options = ServiceOptions {
             extra_labels: scope.labels(),
             port_lock: super::port_lock(),
