@@ -21,6 +21,9 @@ pub fn tests() -> Vec<Trial> {
         twenty_racing_claims_on_ten_members_take_each_once,
         pool_status_and_drain_read_real_members,
         a_claimed_session_serves_like_a_cold_one_and_the_pool_refills,
+        a_crash_at_each_claim_step_leaves_a_member_or_a_session,
+        twenty_concurrent_creates_on_a_pool_of_ten_use_each_member_once,
+        the_service_claims_refills_and_keeps_claims_across_a_restart,
     ]
 }
 
@@ -72,7 +75,10 @@ fn twenty_racing_claims_on_ten_members_take_each_once() -> Result<(), Failed> {
                 container: String::new(),
                 name: format!("pool-race-{}-{i}", std::process::id()),
                 owner: scope.id.clone(),
-                created: 0,
+                // Now, as a real claim: a fill elsewhere sweeps records older than 5 minutes.
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64),
                 idle_stop_secs: None,
             };
             tokio::spawn(async move { claim(&docker, &image, record).await })
@@ -175,6 +181,71 @@ fn pool_status_and_drain_read_real_members() -> Result<(), Failed> {
     })
 }
 
+/// The tests below share the endpoint's pool of `base` (members belong to no test and any
+/// create of a fitting session may claim one), so they take turns.
+fn base_pool() -> std::sync::MutexGuard<'static, ()> {
+    static BASE_POOL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BASE_POOL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A CLI home whose config keeps `target` members of `base`, booted with the run's runtime.
+fn configure_pool(scope: &DockerScope, home: &TestHome, target: u32) {
+    let runtime = SessionRuntime::of_this_run();
+    let target = target.to_string();
+    let mut settings = vec![
+        ("pool.base", target.as_str()),
+        ("defaults.runtime", runtime.runtime_name()),
+    ];
+    if runtime.unsafe_runc() {
+        settings.push(("defaults.allow_unsafe_runc", "true"));
+    }
+    for (key, value) in settings {
+        scope
+            .cubbi(home)
+            .args(["config", "set", key, value])
+            .run()
+            .success();
+    }
+}
+
+/// Waits until the background refills that creates announced on stderr (`pid N`) are over,
+/// so no fill of this test outlives it.
+async fn refills_done(stderrs: &[String]) -> Result<(), Failed> {
+    let pids: Vec<String> = stderrs
+        .iter()
+        .filter_map(|text| {
+            let rest = &text[text.find("in the background (pid ")? + 23..];
+            Some(rest.chars().take_while(char::is_ascii_digit).collect())
+        })
+        .collect();
+    eventually(std::time::Duration::from_secs(300), || async {
+        match pids
+            .iter()
+            .find(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+        {
+            Some(pid) => Err(format!("the refill {pid} is still running")),
+            None => Ok(()),
+        }
+    })
+    .await
+}
+
+/// Claim records (volumes) naming container `id`.
+async fn records_of(scope: &DockerScope, id: &str) -> Result<Vec<String>, Failed> {
+    Ok(scope
+        .docker
+        .list_volumes(None::<bollard::query_parameters::ListVolumesOptions>)
+        .await?
+        .volumes
+        .unwrap_or_default()
+        .iter()
+        .filter(|v| v.labels.get("io.cubbi.claim-of").map(String::as_str) == Some(id))
+        .map(|v| v.name.clone())
+        .collect())
+}
+
 /// `pool status --json`'s row for `image`: (ready, not ready).
 fn pool_row(scope: &DockerScope, home: &TestHome, image: &str) -> Result<(u64, u64), String> {
     let shown = scope.cubbi(home).args(["--json", "pool", "status"]).run();
@@ -197,30 +268,20 @@ fn pool_row(scope: &DockerScope, home: &TestHome, image: &str) -> Result<(u64, u
 /// the background, a create with a workspace goes cold and says why at -v, and close removes
 /// container and claim record.
 fn a_claimed_session_serves_like_a_cold_one_and_the_pool_refills() -> Result<(), Failed> {
+    let _one_base_pool = base_pool();
     docker_test("pool-claim", |scope| async move {
         scope.ensure_base().await?;
         let home = TestHome::new();
-        let runtime = SessionRuntime::of_this_run();
-        let mut settings = vec![
-            ("pool.base", "2"),
-            ("defaults.runtime", runtime.runtime_name()),
-        ];
-        if runtime.unsafe_runc() {
-            settings.push(("defaults.allow_unsafe_runc", "true"));
-        }
-        for (key, value) in settings {
-            scope
-                .cubbi(&home)
-                .args(["config", "set", key, value])
-                .run()
-                .success();
-        }
+        configure_pool(&scope, &home, 2);
         let outcome = claim_scenario(&scope, &home).await;
         // Members and claimed sessions carry no test label: drained and closed here.
         for name in ["pool-a", "pool-cold"] {
             let _ = scope.cubbi(&home).args(["session", "close", name]).run();
         }
-        scope.cubbi(&home).args(["pool", "drain"]).run();
+        scope
+            .cubbi(&home)
+            .args(["pool", "drain", "--image", "base"])
+            .run();
         outcome
     })
 }
@@ -259,6 +320,7 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
         "the create says it claimed: {}",
         created.stderr()
     );
+    let refill = vec![created.stderr()];
     let exec = |command: &[&str]| {
         let mut args = vec!["session", "exec", "pool-a", "--"];
         args.extend(command);
@@ -334,13 +396,8 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
     );
 
     // The background refill puts the pool back to its target.
-    eventually(std::time::Duration::from_secs(180), || async {
-        match pool_row(scope, home, "base")? {
-            (2, _) => Ok(()),
-            other => Err(format!("pool is (ready, not ready) = {other:?}")),
-        }
-    })
-    .await?;
+    refills_done(&refill).await?;
+    assert_eq!(pool_row(scope, home, "base")?, (2, 0), "refilled");
 
     // A workspace cannot be given to a running container: cold, and -v says why.
     let folder = home.path().join("work");
@@ -385,5 +442,287 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
         .map(|v| v.name.clone())
         .collect();
     assert!(left.is_empty(), "close removes the claim record: {left:?}");
+    Ok(())
+}
+
+/// `CUBBI_TEST_CRASH_AT` aborts the create after each claim step. Before the rename the
+/// container is still a member (held by its record, so not ready, and no session is listed);
+/// from the rename on it is a session, listed, that `close` removes with its record. Never
+/// both, never neither.
+fn a_crash_at_each_claim_step_leaves_a_member_or_a_session() -> Result<(), Failed> {
+    let _one_base_pool = base_pool();
+    docker_test("pool-crash", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        configure_pool(&scope, &home, 1);
+        let outcome = crash_scenario(&scope, &home).await;
+        for step in ["record", "rename", "applying", "files", "applied"] {
+            let _ = scope
+                .cubbi(&home)
+                .args(["session", "close", &format!("crash-{step}")])
+                .run();
+        }
+        scope
+            .cubbi(&home)
+            .args(["pool", "drain", "--image", "base"])
+            .run();
+        outcome
+    })
+}
+
+async fn crash_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Failed> {
+    for step in ["record", "rename", "applying", "files", "applied"] {
+        scope
+            .cubbi(home)
+            .args(["pool", "drain", "--image", "base"])
+            .run()
+            .success();
+        scope
+            .cubbi(home)
+            .env("CUBBI_READY_TIMEOUT", "180")
+            .args(["pool", "fill"])
+            .run()
+            .success();
+        let members =
+            crate::support::containers_labelled(&scope.docker, "io.cubbi.pool=base").await?;
+        let [member] = members.as_slice() else {
+            return Err(format!(
+                "one member before the crash at {step}, not {}",
+                members.len()
+            )
+            .into());
+        };
+        let id = member.id.clone().ok_or("a member without an id")?;
+        let name = format!("crash-{step}");
+        let crashed = scope
+            .cubbi(home)
+            .env("CUBBI_TEST_CRASH_AT", format!("claim:{step}"))
+            .args(create_args(&name, &[]))
+            .run();
+        assert_eq!(
+            crashed.code(),
+            None,
+            "aborted at {step}: {}",
+            crashed.stderr()
+        );
+        let listed = scope
+            .cubbi(home)
+            .args(["--json", "session", "list"])
+            .run()
+            .success()
+            .stdout();
+        let container = scope.docker.inspect_container(&id, None).await?;
+        let container_name = container.name.unwrap_or_default();
+        let records = records_of(scope, &id).await?;
+        assert_eq!(records.len(), 1, "the claim's record is there after {step}");
+        if step == "record" {
+            assert!(
+                container_name.starts_with("/cubbi-pool.base."),
+                "still a member after {step}: {container_name}"
+            );
+            assert!(!listed.contains(&name), "no session after {step}: {listed}");
+            assert_eq!(
+                pool_row(scope, home, "base")?,
+                (0, 1),
+                "a held member is not ready"
+            );
+        } else {
+            assert_eq!(
+                container_name,
+                format!("/cubbi-{name}.booting"),
+                "after {step}"
+            );
+            assert!(listed.contains(&name), "a session after {step}: {listed}");
+            scope
+                .cubbi(home)
+                .args(["session", "close", &name])
+                .run()
+                .success();
+            assert!(
+                scope.docker.inspect_container(&id, None).await.is_err(),
+                "close removes the container after {step}"
+            );
+            assert!(
+                records_of(scope, &id).await?.is_empty(),
+                "close removes the record after {step}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// 20 creates at once against 10 members: each member serves at most one session, every
+/// member is claimed (a create goes cold only when none is left), and the 20 sessions are
+/// distinct and ready.
+fn twenty_concurrent_creates_on_a_pool_of_ten_use_each_member_once() -> Result<(), Failed> {
+    let _one_base_pool = base_pool();
+    docker_test("pool-twenty", |scope| async move {
+        scope.ensure_base().await?;
+        let home = TestHome::new();
+        configure_pool(&scope, &home, 10);
+        let names: Vec<String> = (0..20).map(|i| format!("pt{i}")).collect();
+        let outcome = twenty_scenario(&scope, &home, &names).await;
+        for name in &names {
+            let _ = scope.cubbi(&home).args(["session", "close", name]).run();
+        }
+        scope
+            .cubbi(&home)
+            .args(["pool", "drain", "--image", "base"])
+            .run();
+        outcome
+    })
+}
+
+async fn twenty_scenario(
+    scope: &DockerScope,
+    home: &TestHome,
+    names: &[String],
+) -> Result<(), Failed> {
+    scope
+        .cubbi(home)
+        .env("CUBBI_READY_TIMEOUT", "300")
+        .args(["pool", "fill"])
+        .run()
+        .success();
+    assert_eq!(pool_row(scope, home, "base")?.0, 10, "ten members ready");
+    let members: BTreeSet<String> =
+        crate::support::containers_labelled(&scope.docker, "io.cubbi.pool=base")
+            .await?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect();
+    let children: Vec<_> = names
+        .iter()
+        .map(|name| {
+            scope
+                .cubbi(home)
+                .env("CUBBI_READY_TIMEOUT", "300")
+                .args(create_args(name, &[]))
+                .spawn()
+        })
+        .collect();
+    let mut stderrs = Vec::new();
+    for child in children {
+        let output = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success(),
+            "a concurrent create failed: {stderr}"
+        );
+        stderrs.push(stderr);
+    }
+    refills_done(&stderrs).await?;
+    let listed = scope
+        .cubbi(home)
+        .args(["--json", "session", "list"])
+        .run()
+        .success()
+        .stdout();
+    let sessions: Vec<serde_json::Value> = serde_json::from_str(&listed)?;
+    let ours: Vec<&serde_json::Value> = sessions
+        .iter()
+        .filter(|s| names.iter().any(|n| s["name"] == n.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 20, "twenty sessions: {listed}");
+    let ids: BTreeSet<&str> = ours.iter().filter_map(|s| s["id"].as_str()).collect();
+    let ports: BTreeSet<u64> = ours
+        .iter()
+        .filter_map(|s| s["ssh"]["port"].as_u64())
+        .collect();
+    assert_eq!(
+        (ids.len(), ports.len()),
+        (20, 20),
+        "distinct containers and ports"
+    );
+    assert!(ours.iter().all(|s| s["state"] == "ready"), "{listed}");
+    let claimed: Vec<&str> = ours
+        .iter()
+        .filter(|s| s["pool"] == true)
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    let from_first_ten = claimed.iter().filter(|id| members.contains(**id)).count();
+    assert_eq!(
+        from_first_ten, 10,
+        "every member of the full pool was claimed, once: {claimed:?}"
+    );
+    eprintln!(
+        "20 concurrent creates on a pool of 10: {} claimed ({} of them refilled members), {} cold",
+        claimed.len(),
+        claimed.len() - from_first_ten,
+        20 - claimed.len()
+    );
+    Ok(())
+}
+
+/// The service keeps its pool full in the background, a remote create claims a member, and a
+/// restarted service still lists the claimed session (read back from member labels and the
+/// claim record) while its pool is full again.
+fn the_service_claims_refills_and_keeps_claims_across_a_restart() -> Result<(), Failed> {
+    let _one_base_pool = base_pool();
+    docker_test("pool-serve", |scope| async move {
+        scope.ensure_base().await?;
+        let targets: PoolTargets = serde_json::from_value(serde_json::json!({ "base": 2 }))?;
+        let mut service = crate::support::service::TestService::start(&scope, |config| {
+            config.pool = targets.clone();
+        })
+        .await?;
+        let outcome = service_scenario(&scope, &mut service, &targets).await;
+        service.stop().await?;
+        // Members the service booted carry the test's label: the scope's cleanup removes them.
+        outcome
+    })
+}
+
+async fn service_scenario(
+    scope: &DockerScope,
+    service: &mut crate::support::service::TestService,
+    targets: &PoolTargets,
+) -> Result<(), Failed> {
+    use cubbi::api::Backend;
+    let full = || async {
+        let rows = cubbi::local::pool::ops::status(&scope.docker, targets)
+            .await
+            .map_err(|e| e.to_string())?;
+        match rows.iter().find(|r| r.image == "base") {
+            Some(row) if row.ready == 2 => Ok(()),
+            other => Err(format!("the pool is {other:?}")),
+        }
+    };
+    eventually(std::time::Duration::from_secs(240), full).await?;
+    let alice = crate::support::service::user(scope, "alice");
+    let client = service.client(&service.token(&alice, false)?)?;
+    let created = client
+        .create(crate::serve::spec("pooled"), &cubbi::api::Quiet)
+        .await?;
+    assert!(
+        created.pool,
+        "the remote create claimed a member: {created:?}"
+    );
+    let (out, _, code) = crate::serve::run(&client, &created.id, &["hostname"]).await?;
+    assert_eq!((out.trim(), code), ("pooled", 0));
+    eventually(std::time::Duration::from_secs(240), full).await?;
+
+    service.stop().await?;
+    *service = crate::support::service::TestService::restart(scope, service).await?;
+    let client = service.client(&service.token(&alice, false)?)?;
+    let listed = client.list().await?;
+    let found = listed
+        .iter()
+        .find(|s| s.id == created.id)
+        .ok_or_else(|| format!("the claimed session is listed after a restart: {listed:?}"))?;
+    assert_eq!(found.state, cubbi::api::SessionState::Ready);
+    assert!(found.pool);
+    let bob = crate::support::service::user(scope, "bob");
+    let other = service.client(&service.token(&bob, false)?)?;
+    assert!(
+        other.get(&created.id).await.is_err(),
+        "another user does not see the claimed session"
+    );
+    eventually(std::time::Duration::from_secs(60), full).await?;
+    client.close(&created.id).await?;
+    assert!(
+        records_of(scope, &created.id).await?.is_empty(),
+        "close removes the record"
+    );
     Ok(())
 }

@@ -69,8 +69,9 @@ impl LocalBackend {
         if self.docker.inspect_network(POOL_NETWORK).await.is_ok() {
             return Ok(());
         }
-        let mut labels = self.options.extra_labels.clone();
-        labels.insert(labels::MANAGED.into(), "true".into());
+        // Shared by every member and claimed session of the endpoint, so it carries no
+        // caller's extra labels (a test's cleanup removes what carries its label).
+        let labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
         let mut options = HashMap::from([(
             "com.docker.network.bridge.enable_icc".to_string(),
             "false".to_string(),

@@ -47,6 +47,11 @@ impl LocalBackend {
         }
         self.ensure_pool_network().await?;
         self.remove_dead_members().await?;
+        // Records of claims that died before their rename hold their member (and keep it out
+        // of the count of ready ones) until swept, once old enough to be no live claim's.
+        if let Err(err) = pool::claim::sweep_records(self.docker.as_ref(), unix_now()).await {
+            tracing::warn!("could not sweep stale claim records: {err}");
+        }
         let mut filled = Vec::new();
         for (image, target) in pool.targets.iter() {
             let mut row = Filled {
@@ -98,7 +103,7 @@ impl LocalBackend {
         Ok(filled)
     }
 
-    /// Members that can never serve: a ready-named one that is not running, and a booting one
+    /// Members that can never serve: a ready-named one that exited, and a booting one
     /// whose filler is gone. A claimed member has another name and is never touched here.
     async fn remove_dead_members(&self) -> Result<(), ApiError> {
         let now = unix_now();
@@ -114,12 +119,19 @@ impl LocalBackend {
             else {
                 continue;
             };
-            let running =
-                container.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+            // Only a member that ran and stopped: a `created` one may be another filler's
+            // (or a test's) on its way to `start`.
+            let stopped = matches!(
+                container.state,
+                Some(
+                    bollard::models::ContainerSummaryStateEnum::EXITED
+                        | bollard::models::ContainerSummaryStateEnum::DEAD
+                )
+            );
             let dead = if booting {
                 now - container.created.unwrap_or(now) > STALE_BOOT_SECS
             } else {
-                !running
+                stopped
             };
             if dead {
                 // By name: a member claimed meanwhile has another one and is spared.

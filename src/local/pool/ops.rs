@@ -76,8 +76,10 @@ pub async fn drain(docker_api: &dyn DockerApi, image: Option<&str>) -> Result<u3
         // new session survives.
         match docker_api.remove_container(&name).await {
             Ok(()) => removed += 1,
+            // Gone, or being removed by another drain or fill meanwhile.
             Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
+                status_code: 404 | 409,
+                ..
             }) => {}
             Err(err) => return Err(docker("remove a pool member")(err)),
         }
