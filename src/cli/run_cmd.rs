@@ -101,6 +101,9 @@ pub async fn run(args: RunArgs, context: &Context, config: &Config) -> Result<Ex
     let (session, metadata) = match (spec, metadata, &args.session) {
         (Some(spec), Some(metadata), _) => {
             let created = backend.create(spec, &Quiet).await?;
+            if created.pool && context.remote.is_none() {
+                super::session_cmd::refill_after_claim(context);
+            }
             (created.name, metadata)
         }
         (_, _, Some(id)) => {

@@ -337,6 +337,24 @@ pub(super) async fn local_backend(
     Ok(LocalBackend::new(docker, options))
 }
 
+/// After a create took a pool member: starts the refill and says so (not under --json).
+pub(super) fn refill_after_claim(context: &Context) {
+    let refill = refill_in_background(context);
+    if context.mode.json {
+        return;
+    }
+    match refill {
+        Ok(pid) => eprintln!(
+            "from the warm pool; refilling it in the background (pid {pid}, `cubbi pool \
+             status` shows it)"
+        ),
+        Err(err) => eprintln!(
+            "from the warm pool; it could not be refilled in the background ({err}): run \
+             `cubbi pool fill`"
+        ),
+    }
+}
+
 /// Starts `cubbi pool fill --quiet` detached (its own process group, no terminal), so the
 /// member a create took is replaced without holding the create up. Returns its pid.
 fn refill_in_background(context: &Context) -> std::io::Result<u32> {
@@ -839,17 +857,7 @@ pub async fn create_session(
     spinner.bar.finish_and_clear();
     let session = created?;
     if session.pool && context.remote.is_none() {
-        let refill = refill_in_background(context);
-        if !context.mode.json {
-            match refill {
-                Ok(pid) => eprintln!(
-                    "from the warm pool; refilling it in the background (pid {pid},                      `cubbi pool status` shows it)"
-                ),
-                Err(err) => eprintln!(
-                    "from the warm pool; it could not be refilled in the background ({err}):                      run `cubbi pool fill`"
-                ),
-            }
-        }
+        refill_after_claim(context);
     }
     if context.mode.json {
         print_json(&session)?;

@@ -27,7 +27,7 @@ impl LocalBackend {
         if !self.options.all_owners {
             filters.push(format!("{}={}", labels::OWNER, self.options.owner));
         }
-        let candidates: Vec<(String, String, u64)> = self
+        let mut candidates: Vec<(String, String, u64)> = self
             .containers("label", &filters)
             .await?
             .into_iter()
@@ -40,6 +40,7 @@ impl LocalBackend {
                 Some((container.id?, labels.get(labels::NAME)?.clone(), limit))
             })
             .collect();
+        candidates.extend(self.claimed_idle_candidates().await?);
         let mut stopped = Vec::new();
         for (id, name, limit) in candidates {
             let Some(idle_secs) = self.idle_seconds(&id).await else {
@@ -58,6 +59,35 @@ impl LocalBackend {
             }
         }
         Ok(stopped)
+    }
+
+    /// Running sessions made from pool members whose claim record carries an idle limit (a
+    /// member's labels were fixed before anyone asked for one).
+    pub(super) async fn claimed_idle_candidates(
+        &self,
+    ) -> Result<Vec<(String, String, u64)>, ApiError> {
+        let containers = self
+            .containers("label", &[pool::member::POOL.to_string()])
+            .await?;
+        let records: Vec<pool::ClaimRecord> = self
+            .claim_records()
+            .await?
+            .into_iter()
+            .filter(|record| record.idle_stop_secs.is_some())
+            .filter(|record| self.options.all_owners || record.owner == self.options.owner)
+            .collect();
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(pool::record::claimed_rows(&containers, &records)
+            .into_iter()
+            .filter(|row| row.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+            .filter_map(|row| {
+                let id = row.id?;
+                let record = records.iter().find(|record| record.container == id)?;
+                Some((id, record.name.clone(), record.idle_stop_secs?))
+            })
+            .collect())
     }
 
     /// What [`IDLE_SECONDS`] prints, read bounded: the session's root controls it.

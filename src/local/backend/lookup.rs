@@ -204,17 +204,24 @@ impl LocalBackend {
         if !any_claimed {
             return Ok(Vec::new());
         }
-        let records: Vec<pool::ClaimRecord> = self
+        let records = self.claim_records().await?;
+        Ok(pool::record::claimed_rows(&containers, &records)
+            .iter()
+            .filter_map(session_from)
+            .collect())
+    }
+}
+
+impl LocalBackend {
+    /// Every claim record on the endpoint (one volume list).
+    pub(super) async fn claim_records(&self) -> Result<Vec<pool::ClaimRecord>, ApiError> {
+        Ok(self
             .docker
             .list_volumes(pool::record::CLAIM_OF)
             .await
             .map_err(Self::docker_error("cannot list claim records"))?
             .iter()
             .filter_map(|volume| pool::ClaimRecord::from_labels(&volume.labels))
-            .collect();
-        Ok(pool::record::claimed_rows(&containers, &records)
-            .iter()
-            .filter_map(session_from)
             .collect())
     }
 }

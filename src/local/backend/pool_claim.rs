@@ -86,7 +86,8 @@ impl LocalBackend {
         // Under the host lock, as a cold reservation: the name is checked and taken at once.
         let lock = self.lock().await?;
         self.check_name_free(&plan.name).await?;
-        let claimed = pool::claim::claim(self.docker.as_ref(), image, record)
+        let image_id = (!plan.image.id.is_empty()).then_some(plan.image.id.as_str());
+        let claimed = pool::claim::claim_built_from(self.docker.as_ref(), image, image_id, record)
             .await
             .map_err(|err| match err {
                 pool::ops::PoolError::NameTaken(name) => ApiError::Conflict(format!(

@@ -81,6 +81,7 @@ impl LocalBackend {
                 filled.push(row);
                 continue;
             }
+            self.remove_outdated_members(image, &resolved.id).await?;
             let (had, members) = self
                 .reserve_members(&pool, image, &resolved, target)
                 .await?;
@@ -141,6 +142,33 @@ impl LocalBackend {
                     member.container_name()
                 };
                 let _ = self.docker.remove_container(&name).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Members of `image` booted from another build of it than `image_id` (it was rebuilt
+    /// since): never claimed, so replaced here. By name, so a claimed one is spared.
+    async fn remove_outdated_members(&self, image: &str, image_id: &str) -> Result<(), ApiError> {
+        for container in self
+            .containers("label", &[format!("{}={image}", pool::member::POOL)])
+            .await?
+        {
+            let outdated = container
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(pool::member::IMAGE_ID))
+                .is_none_or(|id| id != image_id);
+            if !outdated {
+                continue;
+            }
+            for name in container.names.iter().flatten() {
+                if MemberName::parse_any(name).is_some() {
+                    let _ = self
+                        .docker
+                        .remove_container(name.trim_start_matches('/'))
+                        .await;
+                }
             }
         }
         Ok(())
@@ -231,6 +259,7 @@ impl LocalBackend {
             &command,
         );
         member_labels.extend(self.options.extra_labels.clone());
+        member_labels.insert(pool::member::IMAGE_ID.to_string(), resolved.id.clone());
         let memory = limits::default_memory(limits::host_memory()?);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut host = HostConfig {

@@ -364,3 +364,50 @@ async fn a_create_that_does_not_fit_leaves_the_pool_alone() {
     drop(state);
     assert!(claim_records(&fixture).is_empty());
 }
+
+#[tokio::test]
+async fn a_claimed_session_with_an_idle_limit_is_an_idle_stop_candidate() {
+    let (fixture, member) = pool_fixture();
+    // As a claim leaves it: renamed to the session's name, with a record carrying the limit.
+    fixture
+        .docker
+        .state
+        .lock()
+        .unwrap()
+        .containers
+        .get_mut(&member)
+        .unwrap()
+        .name = "cubbi-s1".into();
+    let record = pool::ClaimRecord {
+        container: member.clone(),
+        name: "s1".into(),
+        owner: "alice".into(),
+        created: 0,
+        idle_stop_secs: Some(600),
+    };
+    fixture
+        .docker
+        .create_volume(VolumeCreateRequest {
+            name: Some("cubbi-claim.x".into()),
+            labels: Some(record.to_labels()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let candidates = fixture.backend.claimed_idle_candidates().await.unwrap();
+    assert_eq!(candidates, vec![(member.clone(), "s1".to_string(), 600)]);
+    // Another owner's backend does not see it.
+    let (other, _) = pool_fixture();
+    assert!(
+        other
+            .backend
+            .claimed_idle_candidates()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // And it lists as alice's session made from the pool.
+    let listed = fixture.backend.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].pool && listed[0].name == "s1" && listed[0].state == SessionState::Ready);
+}

@@ -6,6 +6,8 @@ use super::*;
 /// An image resolved on the endpoint, with the metadata it was built with (if a cubbi image).
 pub(super) struct ResolvedImage {
     pub(super) reference: String,
+    /// Docker's id of the image (`sha256:...`).
+    pub(super) id: String,
     pub(super) metadata: Option<ImageMetadata>,
     /// Bytes of the image's file system (Docker's `Size`).
     pub(super) size: i64,
@@ -212,6 +214,7 @@ impl LocalBackend {
                     .and_then(|labels| labels.get(METADATA_LABEL).cloned())
                     .and_then(|json| serde_json::from_str(&json).ok());
                 return Ok(ResolvedImage {
+                    id: found.id.clone().unwrap_or_default(),
                     reference,
                     metadata,
                     size: found.size.unwrap_or(0),

@@ -41,9 +41,24 @@ fn is_status(err: &bollard::errors::Error, code: u16) -> bool {
 pub async fn claim(
     docker_api: &dyn DockerApi,
     image: &str,
+    record: ClaimRecord,
+) -> Result<Option<ClaimRecord>, PoolError> {
+    claim_built_from(docker_api, image, None, record).await
+}
+
+/// [`claim`], taking only a member booted from image `image_id` when one is given (members
+/// booted before the image was rebuilt are left for the next fill to replace).
+pub async fn claim_built_from(
+    docker_api: &dyn DockerApi,
+    image: &str,
+    image_id: Option<&str>,
     mut record: ClaimRecord,
 ) -> Result<Option<ClaimRecord>, PoolError> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{POOL}={image}")])]);
+    let mut wanted = vec![format!("{POOL}={image}")];
+    if let Some(id) = image_id {
+        wanted.push(format!("{}={id}", super::member::IMAGE_ID));
+    }
+    let filters = HashMap::from([("label".to_string(), wanted)]);
     let listed = docker_api
         .list_containers(&filters)
         .await

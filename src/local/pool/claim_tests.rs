@@ -165,3 +165,29 @@ async fn twenty_racing_claims_on_ten_members_take_each_once() {
     );
     assert_eq!(ready(&docker).await, 0);
 }
+
+#[tokio::test]
+async fn a_member_of_an_older_build_of_the_image_is_never_claimed() {
+    let docker = Arc::new(FakeDocker::default());
+    let mut labels = member_labels("base", "cubbi-base", 2300, "127.0.0.1", "k", &[]);
+    labels.insert(super::member::IMAGE_ID.into(), "sha256:old".into());
+    docker.add(FakeContainer {
+        name: MemberName::fresh("base").container_name(),
+        labels,
+        state: ContainerSummaryStateEnum::RUNNING,
+        status: "Up".into(),
+    });
+    let newer =
+        super::claim::claim_built_from(docker.as_ref(), "base", Some("sha256:new"), record("demo"))
+            .await
+            .unwrap();
+    assert_eq!(newer, None, "the rebuilt image's create goes cold");
+    let same =
+        super::claim::claim_built_from(docker.as_ref(), "base", Some("sha256:old"), record("demo"))
+            .await
+            .unwrap();
+    assert!(
+        same.is_some(),
+        "a create of the build the member runs claims it"
+    );
+}

@@ -10,6 +10,10 @@ use crate::local::labels;
 /// cubbi image it boots.
 pub const POOL: &str = "io.cubbi.pool";
 
+/// The id of the image a member booted from: a member of an image rebuilt since is never
+/// claimed, and the next fill replaces it.
+pub const IMAGE_ID: &str = "io.cubbi.pool.image-id";
+
 /// The name prefix of every unclaimed member. A claim renames the member away from it, so
 /// "named `cubbi-pool.*`" is what being a member means (see docs/architecture.md).
 pub const PREFIX: &str = "cubbi-pool.";
