@@ -69,6 +69,47 @@ impl Policy {
         })
     }
 
+    /// The runtimes a create may ask for, the default first: Sysbox where the engine has it
+    /// (or where the host cannot tell), plain runc only where `allow_unsafe_runc` is on.
+    pub fn runtimes_offered(&self, available: Option<&[String]>) -> Vec<String> {
+        let has = |wanted: fn(&str) -> bool| {
+            available.is_none_or(|names| names.iter().any(|name| wanted(name)))
+        };
+        let mut offered = Vec::new();
+        if has(runtime::is_sysbox) {
+            offered.push(runtime::SYSBOX.to_string());
+        }
+        if self.allow_unsafe_runc && has(|name| name == "runc") {
+            offered.push("runc".to_string());
+        }
+        offered
+    }
+
+    /// Refuses a runtime the engine lacks (503), saying what a user of this service can do:
+    /// never the local CLI's flags, which a service user has no use for.
+    pub fn check_engine_runtime(&self, wanted: &str, available: &[String]) -> Result<(), ApiError> {
+        if available.iter().any(|name| name == wanted) {
+            return Ok(());
+        }
+        let has = if available.is_empty() {
+            "none".to_string()
+        } else {
+            available.join(", ")
+        };
+        let what_to_do = if !runtime::is_sysbox(wanted) {
+            "choose one this service offers (GET /v1/runtimes lists them)".to_string()
+        } else if self.allow_unsafe_runc && available.iter().any(|name| name == "runc") {
+            "this service allows plain runc: choose the runtime `runc` instead (the session is              then NOT isolated from the host), or ask the service's administrator to install              Sysbox"
+                .to_string()
+        } else {
+            "ask the service's administrator to install Sysbox (`sudo cubbi setup` on the              service's host), or, on a host where isolation does not matter, to set              allow_unsafe_runc = true in service.toml so sessions may run under plain runc"
+                .to_string()
+        };
+        Err(ApiError::unavailable(format!(
+            "this service's Docker engine has no `{wanted}` runtime (it has: {has}); {what_to_do}"
+        )))
+    }
+
     /// The spec a request may have, or why not.
     pub fn spec(&self, request: CreateRequest) -> Result<SessionSpec, ApiError> {
         match (&request.snapshot, request.image.is_empty()) {
@@ -241,6 +282,70 @@ mod tests {
             default_network: true,
             ..Default::default()
         }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn only_runtimes_the_engine_has_and_the_service_allows_are_offered() {
+        let sysbox_only = policy();
+        let with_runc = Policy {
+            allow_unsafe_runc: true,
+            ..policy()
+        };
+        let both = names(&["io.containerd.runc.v2", "runc", "sysbox-runc"]);
+        let no_sysbox = names(&["io.containerd.runc.v2", "runc"]);
+        assert_eq!(sysbox_only.runtimes_offered(Some(&both)), ["sysbox-runc"]);
+        assert!(sysbox_only.runtimes_offered(Some(&no_sysbox)).is_empty());
+        assert_eq!(
+            with_runc.runtimes_offered(Some(&both)),
+            ["sysbox-runc", "runc"]
+        );
+        assert_eq!(with_runc.runtimes_offered(Some(&no_sysbox)), ["runc"]);
+        assert_eq!(with_runc.runtimes_offered(None), ["sysbox-runc", "runc"]);
+    }
+
+    /// A service user is told what they can do through the service, never the local CLI's
+    /// `--runtime runc --unsafe-runc` (which the local message keeps).
+    #[test]
+    fn a_missing_sysbox_is_explained_to_service_users() {
+        let no_sysbox = names(&["io.containerd.runc.v2", "runc"]);
+        let local = crate::local::runtime::check_runtime("sysbox-runc", false, &no_sysbox)
+            .unwrap_err()
+            .to_string();
+        assert!(local.contains("--runtime runc --unsafe-runc"), "{local}");
+
+        let refused = policy()
+            .check_engine_runtime("sysbox-runc", &no_sysbox)
+            .unwrap_err();
+        assert_eq!(refused.code(), crate::api::ErrorCode::Unavailable);
+        let message = refused.to_string();
+        assert!(
+            !message.contains("--"),
+            "CLI flags for a service user: {message}"
+        );
+        assert!(message.contains("no `sysbox-runc` runtime"), "{message}");
+        assert!(message.contains("administrator"), "{message}");
+        assert!(message.contains("allow_unsafe_runc = true"), "{message}");
+
+        let allowed = Policy {
+            allow_unsafe_runc: true,
+            ..policy()
+        }
+        .check_engine_runtime("sysbox-runc", &no_sysbox)
+        .unwrap_err()
+        .to_string();
+        assert!(!allowed.contains("--"), "{allowed}");
+        assert!(allowed.contains("choose the runtime `runc`"), "{allowed}");
+        assert!(allowed.contains("NOT isolated"), "{allowed}");
+
+        assert!(
+            policy()
+                .check_engine_runtime("sysbox-runc", &names(&["runc", "sysbox-runc"]))
+                .is_ok()
+        );
     }
 
     #[test]
