@@ -206,6 +206,9 @@ fn browser_signs_in_creates_uses_and_closes_a_session() -> Result<(), Failed> {
                         SessionRuntime::UnsafeRunc => "runc".to_string(),
                     },
                 ),
+                // What GET /v1/runtimes offers here: Sysbox where the engine has it, else runc,
+                // which the test service allows only on a host without Sysbox.
+                ("CUBBI_RUNTIMES", runtime.runtime_name().to_string()),
                 ("CUBBI_OTHER_SESSION", bobs.id.clone()),
                 ("CUBBI_ARTIFACTS", artifacts_dir().display().to_string()),
                 ("CUBBI_CHROMIUM", CHROMIUM.to_string()),
