@@ -85,31 +85,6 @@ impl Policy {
         offered
     }
 
-    /// Refuses a runtime the engine lacks (503), saying what a user of this service can do:
-    /// never the local CLI's flags, which a service user has no use for.
-    pub fn check_engine_runtime(&self, wanted: &str, available: &[String]) -> Result<(), ApiError> {
-        if available.iter().any(|name| name == wanted) {
-            return Ok(());
-        }
-        let has = if available.is_empty() {
-            "none".to_string()
-        } else {
-            available.join(", ")
-        };
-        let what_to_do = if !runtime::is_sysbox(wanted) {
-            "choose one this service offers (GET /v1/runtimes lists them)".to_string()
-        } else if self.allow_unsafe_runc && available.iter().any(|name| name == "runc") {
-            "this service allows plain runc: choose the runtime `runc` instead (the session is              then NOT isolated from the host), or ask the service's administrator to install              Sysbox"
-                .to_string()
-        } else {
-            "ask the service's administrator to install Sysbox (`sudo cubbi setup` on the              service's host), or, on a host where isolation does not matter, to set              allow_unsafe_runc = true in service.toml so sessions may run under plain runc"
-                .to_string()
-        };
-        Err(ApiError::unavailable(format!(
-            "this service's Docker engine has no `{wanted}` runtime (it has: {has}); {what_to_do}"
-        )))
-    }
-
     /// The spec a request may have, or why not.
     pub fn spec(&self, request: CreateRequest) -> Result<SessionSpec, ApiError> {
         match (&request.snapshot, request.image.is_empty()) {
@@ -305,47 +280,6 @@ mod tests {
         );
         assert_eq!(with_runc.runtimes_offered(Some(&no_sysbox)), ["runc"]);
         assert_eq!(with_runc.runtimes_offered(None), ["sysbox-runc", "runc"]);
-    }
-
-    /// A service user is told what they can do through the service, never the local CLI's
-    /// `--runtime runc --unsafe-runc` (which the local message keeps).
-    #[test]
-    fn a_missing_sysbox_is_explained_to_service_users() {
-        let no_sysbox = names(&["io.containerd.runc.v2", "runc"]);
-        let local = crate::local::runtime::check_runtime("sysbox-runc", false, &no_sysbox)
-            .unwrap_err()
-            .to_string();
-        assert!(local.contains("--runtime runc --unsafe-runc"), "{local}");
-
-        let refused = policy()
-            .check_engine_runtime("sysbox-runc", &no_sysbox)
-            .unwrap_err();
-        assert_eq!(refused.code(), crate::api::ErrorCode::Unavailable);
-        let message = refused.to_string();
-        assert!(
-            !message.contains("--"),
-            "CLI flags for a service user: {message}"
-        );
-        assert!(message.contains("no `sysbox-runc` runtime"), "{message}");
-        assert!(message.contains("administrator"), "{message}");
-        assert!(message.contains("allow_unsafe_runc = true"), "{message}");
-
-        let allowed = Policy {
-            allow_unsafe_runc: true,
-            ..policy()
-        }
-        .check_engine_runtime("sysbox-runc", &no_sysbox)
-        .unwrap_err()
-        .to_string();
-        assert!(!allowed.contains("--"), "{allowed}");
-        assert!(allowed.contains("choose the runtime `runc`"), "{allowed}");
-        assert!(allowed.contains("NOT isolated"), "{allowed}");
-
-        assert!(
-            policy()
-                .check_engine_runtime("sysbox-runc", &names(&["runc", "sysbox-runc"]))
-                .is_ok()
-        );
     }
 
     #[test]

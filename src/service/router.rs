@@ -51,8 +51,8 @@ pub trait SessionHost: Send + Sync + 'static {
     async fn changed(&self, id: &str);
     /// The images sessions may boot.
     async fn images(&self) -> Result<Vec<ImageInfo>, ApiError>;
-    /// The runtimes the engine has (`docker info`); `None` for a host that cannot tell, whose
-    /// creates the policy alone checks.
+    /// The runtimes the engine has (`docker info`), for `GET /v1/runtimes`; `None` for a host
+    /// that cannot tell (every runtime the policy allows is offered then).
     async fn engine_runtimes(&self) -> Result<Option<Vec<String>>, ApiError> {
         Ok(None)
     }
@@ -614,14 +614,6 @@ pub(super) async fn create<H: SessionHost>(
         check_offered(&state.shared.host.images().await?, &request.image)?;
     }
     let mut spec = state.shared.policy.spec(request)?;
-    if let Some(available) = state.shared.host.engine_runtimes().await? {
-        // Said here, for the service's users, before the backend's own check (whose remedy
-        // names the local CLI's flags).
-        state
-            .shared
-            .policy
-            .check_engine_runtime(&spec.runtime, &available)?;
-    }
     super::mcp_routes::give(&state, &caller, &mut spec)?;
     let backend = state.shared.host.sessions_of(&caller);
     if let Some(name) = snapshot {
