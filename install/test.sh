@@ -10,6 +10,8 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
+# The SSH-proxy test copies a folder with rsync through `cubbi ssh-proxy`.
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 # The project host-key scan test runs a throwaway sshd on 127.0.0.1.
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v git >/dev/null 2>&1 || missing+=(git)

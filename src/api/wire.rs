@@ -215,6 +215,15 @@ pub struct ImageInfo {
     pub metadata: Option<serde_json::Value>,
 }
 
+/// `GET /v1/runtimes`: the runtimes a create may ask this service for, the default first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RuntimeList {
+    /// `sysbox-runc` where the engine has Sysbox; `runc` (NOT isolated from the host) only
+    /// where the service allows it (`allow_unsafe_runc`). Empty: this service can boot no
+    /// session until its administrator installs Sysbox or allows runc.
+    pub runtimes: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

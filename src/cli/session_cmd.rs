@@ -333,6 +333,7 @@ pub(super) async fn local_backend(
             .map_err(|err| CliError::Refused(format!("logging.fluentd: {err}")))?,
         langfuse: langfuse_export(config)?,
         pool: pool_settings(config),
+        runtime_advice: crate::local::runtime::RuntimeAdvice::Cli,
     };
     Ok(LocalBackend::new(docker, options))
 }

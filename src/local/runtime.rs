@@ -11,25 +11,55 @@ pub const SYSBOX: &str = "sysbox-runc";
 pub const UNSAFE_WARNING: &str = "warning: this session runs under plain runc with extra \
 privileges (--unsafe-runc): it is NOT isolated from the host; use sysbox-runc for real isolation";
 
+/// Whom a refused runtime is explained to: the local CLI's user (its flags), or a user of a
+/// service (`cubbi serve`), who has no flags for the engine and needs the service's options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RuntimeAdvice {
+    #[default]
+    Cli,
+    /// A service; `allow_unsafe_runc` is its config's.
+    Service { allow_unsafe_runc: bool },
+}
+
 /// Refuses runc unless the user opted in, and runtimes the endpoint does not have.
 pub fn check_runtime(
     runtime: &str,
     unsafe_runc: bool,
     available: &[String],
+    advice: RuntimeAdvice,
 ) -> Result<(), ApiError> {
     check_opt_in(runtime, unsafe_runc)?;
-    if !available.iter().any(|name| name == runtime) {
-        let remedy = if runtime == SYSBOX {
-            "install Sysbox with `cubbi setup`, or run without isolation with --runtime runc --unsafe-runc"
-        } else {
-            "pick one the endpoint has (`docker info` lists them)"
-        };
-        return Err(ApiError::Unavailable(format!(
-            "the Docker endpoint has no `{runtime}` runtime (it has: {}); {remedy}",
-            available.join(", ")
-        )));
+    if available.iter().any(|name| name == runtime) {
+        return Ok(());
     }
-    Ok(())
+    let has = available.join(", ");
+    let message = match advice {
+        RuntimeAdvice::Cli => {
+            let remedy = if runtime == SYSBOX {
+                "install Sysbox with `cubbi setup`, or run without isolation with --runtime runc --unsafe-runc"
+            } else {
+                "pick one the endpoint has (`docker info` lists them)"
+            };
+            format!("the Docker endpoint has no `{runtime}` runtime (it has: {has}); {remedy}")
+        }
+        RuntimeAdvice::Service { allow_unsafe_runc } => {
+            let remedy = if runtime != SYSBOX {
+                "choose one this service offers (GET /v1/runtimes lists them)"
+            } else if allow_unsafe_runc && available.iter().any(|name| name == "runc") {
+                "this service allows plain runc: choose the runtime `runc` instead (the session \
+                 is then NOT isolated from the host), or ask the service's administrator to \
+                 install Sysbox"
+            } else {
+                "ask the service's administrator to install Sysbox (`sudo cubbi setup` on the \
+                 service's host), or, on a host where isolation does not matter, to set \
+                 allow_unsafe_runc = true in service.toml so sessions may run under plain runc"
+            };
+            format!(
+                "this service's Docker engine has no `{runtime}` runtime (it has: {has}); {remedy}"
+            )
+        }
+    };
+    Err(ApiError::Unavailable(message))
 }
 
 /// Refuses plain runc unless the user opted in (`--unsafe-runc`), locally and before a request
@@ -111,6 +141,46 @@ mod tests {
         vec!["runc".into(), "io.containerd.runc.v2".into()]
     }
 
+    /// A service's user is told what they can do through the service, never the local CLI's
+    /// `--runtime runc --unsafe-runc`, which the local message keeps.
+    #[test]
+    fn a_missing_sysbox_is_explained_to_service_users() {
+        let local = check_runtime(SYSBOX, false, &runtimes(), RuntimeAdvice::Cli)
+            .unwrap_err()
+            .to_string();
+        assert!(local.contains("--runtime runc --unsafe-runc"), "{local}");
+
+        let sysbox_only = RuntimeAdvice::Service {
+            allow_unsafe_runc: false,
+        };
+        let refused = check_runtime(SYSBOX, false, &runtimes(), sysbox_only).unwrap_err();
+        assert_eq!(refused.code(), crate::api::ErrorCode::Unavailable);
+        let message = refused.to_string();
+        assert!(
+            !message.contains("--"),
+            "CLI flags for a service user: {message}"
+        );
+        assert!(!message.contains("  "), "{message}");
+        assert!(message.contains("no `sysbox-runc` runtime"), "{message}");
+        assert!(
+            message.contains("administrator to install Sysbox"),
+            "{message}"
+        );
+        assert!(message.contains("allow_unsafe_runc = true"), "{message}");
+
+        let runc_allowed = RuntimeAdvice::Service {
+            allow_unsafe_runc: true,
+        };
+        let message = check_runtime(SYSBOX, false, &runtimes(), runc_allowed)
+            .unwrap_err()
+            .to_string();
+        assert!(!message.contains("--"), "{message}");
+        assert!(!message.contains("  "), "{message}");
+        assert!(message.contains("choose the runtime `runc`"), "{message}");
+        assert!(message.contains("NOT isolated"), "{message}");
+        assert!(check_runtime(SYSBOX, false, &[SYSBOX.to_string()], sysbox_only).is_ok());
+    }
+
     #[test]
     fn root_owned_binds_are_listed_for_sysbox() {
         assert_eq!(skip_uid_shift_env(&[]), None);
@@ -132,17 +202,17 @@ mod tests {
 
     #[test]
     fn runc_needs_explicit_opt_in() {
-        let err = check_runtime("runc", false, &runtimes()).unwrap_err();
+        let err = check_runtime("runc", false, &runtimes(), RuntimeAdvice::Cli).unwrap_err();
         assert!(err.to_string().contains("--unsafe-runc"), "{err}");
-        assert!(check_runtime("runc", true, &runtimes()).is_ok());
+        assert!(check_runtime("runc", true, &runtimes(), RuntimeAdvice::Cli).is_ok());
     }
 
     #[test]
     fn missing_sysbox_says_how_to_get_it() {
-        let err = check_runtime(SYSBOX, false, &runtimes()).unwrap_err();
+        let err = check_runtime(SYSBOX, false, &runtimes(), RuntimeAdvice::Cli).unwrap_err();
         assert_eq!(err.code(), crate::api::ErrorCode::Unavailable);
         assert!(err.to_string().contains("cubbi setup"), "{err}");
-        assert!(check_runtime(SYSBOX, false, &[SYSBOX.to_string()]).is_ok());
+        assert!(check_runtime(SYSBOX, false, &[SYSBOX.to_string()], RuntimeAdvice::Cli).is_ok());
     }
 
     #[test]

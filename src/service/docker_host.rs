@@ -108,6 +108,17 @@ impl SessionHost for DockerHost {
         Ok(offered)
     }
 
+    async fn engine_runtimes(&self) -> Result<Option<Vec<String>>, ApiError> {
+        let info = self.docker.info().await.map_err(|err| {
+            ApiError::unavailable(format!("cannot query the Docker endpoint: {err}"))
+        })?;
+        Ok(Some(
+            info.runtimes
+                .map(|runtimes| runtimes.into_keys().collect())
+                .unwrap_or_default(),
+        ))
+    }
+
     fn run_key(&self) -> Option<Arc<russh::keys::PrivateKey>> {
         Some(Arc::clone(&self.template.client_key))
     }

@@ -227,6 +227,9 @@ pub async fn start_on_docker(
         fluentd: config.logging.fluentd().cloned(),
         langfuse: config.logging.langfuse().cloned(),
         pool: pool_settings(&docker, config).await,
+        runtime_advice: crate::local::runtime::RuntimeAdvice::Service {
+            allow_unsafe_runc: config.allow_unsafe_runc,
+        },
     };
     // Projects live where the users and tokens do: with PostgreSQL, every service on the
     // database shares them.

@@ -33,6 +33,7 @@ use super::router;
         crate::api::wire::ErrorDetail,
         crate::api::wire::Health,
         crate::api::wire::ImageInfo,
+        crate::api::wire::RuntimeList,
         crate::api::wire::RunBody,
         crate::run::RunResult,
         crate::run::RunEvent,
@@ -158,6 +159,7 @@ mod tests {
             "/v1/sessions/{id}/logs",
             "/v1/images",
             "/v1/images/{name}",
+            "/v1/runtimes",
             "/v1/projects",
             "/v1/projects/{reference}",
         ] {

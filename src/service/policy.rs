@@ -69,6 +69,22 @@ impl Policy {
         })
     }
 
+    /// The runtimes a create may ask for, the default first: Sysbox where the engine has it
+    /// (or where the host cannot tell), plain runc only where `allow_unsafe_runc` is on.
+    pub fn runtimes_offered(&self, available: Option<&[String]>) -> Vec<String> {
+        let has = |wanted: fn(&str) -> bool| {
+            available.is_none_or(|names| names.iter().any(|name| wanted(name)))
+        };
+        let mut offered = Vec::new();
+        if has(runtime::is_sysbox) {
+            offered.push(runtime::SYSBOX.to_string());
+        }
+        if self.allow_unsafe_runc && has(|name| name == "runc") {
+            offered.push("runc".to_string());
+        }
+        offered
+    }
+
     /// The spec a request may have, or why not.
     pub fn spec(&self, request: CreateRequest) -> Result<SessionSpec, ApiError> {
         match (&request.snapshot, request.image.is_empty()) {
@@ -241,6 +257,29 @@ mod tests {
             default_network: true,
             ..Default::default()
         }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn only_runtimes_the_engine_has_and_the_service_allows_are_offered() {
+        let sysbox_only = policy();
+        let with_runc = Policy {
+            allow_unsafe_runc: true,
+            ..policy()
+        };
+        let both = names(&["io.containerd.runc.v2", "runc", "sysbox-runc"]);
+        let no_sysbox = names(&["io.containerd.runc.v2", "runc"]);
+        assert_eq!(sysbox_only.runtimes_offered(Some(&both)), ["sysbox-runc"]);
+        assert!(sysbox_only.runtimes_offered(Some(&no_sysbox)).is_empty());
+        assert_eq!(
+            with_runc.runtimes_offered(Some(&both)),
+            ["sysbox-runc", "runc"]
+        );
+        assert_eq!(with_runc.runtimes_offered(Some(&no_sysbox)), ["runc"]);
+        assert_eq!(with_runc.runtimes_offered(None), ["sysbox-runc", "runc"]);
     }
 
     #[test]

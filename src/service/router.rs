@@ -36,7 +36,7 @@ use super::run_routes;
 use super::store::{Caller, Store};
 use super::ws;
 use crate::api::wire::{
-    ConnectRequest, CreateRequest, ExecLine, ExecRequest, Health, ImageInfo, LogLine,
+    ConnectRequest, CreateRequest, ExecLine, ExecRequest, Health, ImageInfo, LogLine, RuntimeList,
 };
 use crate::api::{ApiError, Backend, CreateStep, ErrorCode, LogOptions, Progress, Session};
 
@@ -51,6 +51,11 @@ pub trait SessionHost: Send + Sync + 'static {
     async fn changed(&self, id: &str);
     /// The images sessions may boot.
     async fn images(&self) -> Result<Vec<ImageInfo>, ApiError>;
+    /// The runtimes the engine has (`docker info`), for `GET /v1/runtimes`; `None` for a host
+    /// that cannot tell (every runtime the policy allows is offered then).
+    async fn engine_runtimes(&self) -> Result<Option<Vec<String>>, ApiError> {
+        Ok(None)
+    }
     /// Tops the warm pool up to its targets; a host without a pool has nothing to do.
     async fn fill_pool(&self) -> Result<Vec<crate::local::backend::Filled>, ApiError> {
         Ok(Vec::new())
@@ -383,6 +388,7 @@ pub(super) fn routes<H: SessionHost>() -> ServiceRoutes<H> {
             .route::<__path_connect, _>(connect::<H>)
             .route::<__path_images, _>(images::<H>)
             .route::<__path_image, _>(image::<H>)
+            .route::<__path_runtimes, _>(runtimes::<H>)
             .route::<__path_openapi_document, _>(openapi_document)
             .route::<project_routes::__path_list, _>(project_routes::list::<H>)
             .route::<project_routes::__path_add, _>(project_routes::add::<H>)
@@ -892,6 +898,19 @@ pub(super) async fn images<H: SessionHost>(
         image.metadata = None;
     }
     Ok(Json(images))
+}
+
+#[utoipa::path(get, path = "/v1/runtimes", operation_id = "list_runtimes", tag = "images", security(("token" = [])),
+    responses((status = 200, description = "The runtimes a create may ask for, the default first", body = RuntimeList),
+        (status = 401, description = "No valid token", body = crate::api::wire::ErrorBody)))]
+pub(super) async fn runtimes<H: SessionHost>(
+    State(state): State<AppState<H>>,
+    _caller: Authenticated,
+) -> Result<Json<RuntimeList>, HttpError> {
+    let available = state.shared.host.engine_runtimes().await?;
+    Ok(Json(RuntimeList {
+        runtimes: state.shared.policy.runtimes_offered(available.as_deref()),
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/images/{name}", operation_id = "show_image", tag = "images",

@@ -1,7 +1,9 @@
 //! The web page in a real browser: headless Chromium (the system's /usr/bin/chromium, driven
 //! by playwright-core from tests/fixtures/browser/drive.mjs) against the real `cubbi serve` on
 //! 127.0.0.1:0 and a real OpenID provider (tests/fixtures/oidc-provider). The driver signs in
-//! through the provider's pages, creates a session from the form, uses its terminal (42,
+//! through the provider's pages, sees the form say a failed `/v1/images` (a 503 it fakes with
+//! `page.route`) and an empty `/v1/runtimes`, checks the Runtime choice is exactly what the
+//! service allows, creates a session from the form, uses its terminal (42,
 //! resize, reload back into the same shell), signs in again in another tab with a pasted API
 //! token (into the same shell, through a ticket), opens another user's session (a 404 page and a
 //! refused WebSocket), tries a cross-origin WebSocket, saves a screenshot and closes the
@@ -206,6 +208,9 @@ fn browser_signs_in_creates_uses_and_closes_a_session() -> Result<(), Failed> {
                         SessionRuntime::UnsafeRunc => "runc".to_string(),
                     },
                 ),
+                // What GET /v1/runtimes offers here: Sysbox where the engine has it, else runc,
+                // which the test service allows only on a host without Sysbox.
+                ("CUBBI_RUNTIMES", runtime.runtime_name().to_string()),
                 ("CUBBI_OTHER_SESSION", bobs.id.clone()),
                 ("CUBBI_ARTIFACTS", artifacts_dir().display().to_string()),
                 ("CUBBI_CHROMIUM", CHROMIUM.to_string()),

@@ -568,6 +568,42 @@ fn bad_requests_are_refused_and_make_nothing() -> Result<(), Failed> {
         let document = Document::fetch(&http, &service, &alice).await?;
         let base = service.url.clone();
         let create = ("post", "/v1/sessions", "/v1/sessions");
+        // The runtimes a create may ask for: Sysbox where the engine has it, runc only where
+        // the service allows it (the test service does on a host without Sysbox alone).
+        let runtime = SessionRuntime::of_this_run();
+        let (status, offered) = call(
+            &http,
+            &document,
+            ("get", "/v1/runtimes", "/v1/runtimes"),
+            Some(&alice),
+            None,
+            &base,
+        )
+        .await?;
+        assert_eq!(status, 200, "{offered}");
+        assert_eq!(offered["runtimes"], json!([runtime.runtime_name()]));
+        if runtime == SessionRuntime::UnsafeRunc {
+            // Sysbox on an engine without it: a 503 saying what a service user can do, not
+            // the local CLI's flags.
+            let (status, refused) = call(
+                &http,
+                &document,
+                create,
+                Some(&alice),
+                Some(json!({"image": "base", "runtime": "sysbox-runc"})),
+                &base,
+            )
+            .await?;
+            assert_eq!(status, 503, "{refused}");
+            assert_eq!(refused["error"]["code"], "unavailable");
+            let message = refused["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("no `sysbox-runc` runtime")
+                    && message.contains("choose the runtime `runc`")
+                    && !message.contains("--unsafe-runc"),
+                "{message}"
+            );
+        }
         for (body, status, why) in [
             (json!({"image": 5}), 400, "wrong type"),
             (

@@ -265,6 +265,47 @@ fn openssh_scp_and_forwards_go_through_the_service_alone() -> Result<(), Failed>
         check("scp down", &ran)?;
         assert!(std::fs::read(&down)? == payload, "the file came back whole");
 
+        // rsync of a folder up and back, over the same ssh config (its ProxyCommand).
+        let shell = strict(&conf).join(" ");
+        let shell = format!("ssh {shell}");
+        let tree = home.path().join("tree");
+        std::fs::create_dir_all(tree.join("nested/deeper"))?;
+        std::fs::write(tree.join("top.txt"), "at the top\n")?;
+        std::fs::write(tree.join("nested/deeper/blob.bin"), &payload[..512 * 1024])?;
+        std::fs::write(tree.join("nested/note.txt"), "rsync-$((6*7))\n")?;
+        let rsync = |from: String, to: String| {
+            let mut command = as_client(&home, &ca, gid, "rsync");
+            command.args(["-a", "--delete", "-e", &shell, &from, &to]);
+            command
+        };
+        let ran = rsync(
+            format!("{}/", tree.display()),
+            format!("{alias}:/tmp/rsynced/"),
+        )
+        .output()
+        .await?;
+        check("rsync up", &ran)?;
+        let ran = as_client(&home, &ca, gid, "ssh")
+            .args(strict(&conf))
+            .args([alias.as_str(), "cat /tmp/rsynced/nested/note.txt"])
+            .output()
+            .await?;
+        assert_eq!(check("read what rsync sent", &ran)?, "rsync-$((6*7))\n");
+        let back = home.path().join("back");
+        let ran = rsync(
+            format!("{alias}:/tmp/rsynced/"),
+            format!("{}/", back.display()),
+        )
+        .output()
+        .await?;
+        check("rsync down", &ran)?;
+        for file in ["top.txt", "nested/deeper/blob.bin", "nested/note.txt"] {
+            assert!(
+                std::fs::read(back.join(file))? == std::fs::read(tree.join(file))?,
+                "{file} came back whole through rsync"
+            );
+        }
+
         // `cubbi session connect` goes the same way (russh over the tunnel), in a real PTY.
         let mut connect = std::process::Command::new("setpriv");
         connect

@@ -149,10 +149,34 @@ function sessionRow(session, refresh) {
   );
 }
 
+/** A runtime's label in the form: Sysbox isolates, plain runc does NOT. */
+function runtimeLabel(name) {
+  if (name === "sysbox-runc") return "Sysbox (isolated)";
+  if (name === "runc") return "runc (NOT isolated from the host)";
+  return name;
+}
+
 async function createForm(refresh) {
-  const [images, projects] = await Promise.all([
-    json("/v1/images").catch(() => []),
-    json("/v1/projects").catch(() => []),
+  // What failed to load is said in the form, with what to do next, never an empty picker.
+  const problems = [];
+  const load = (path, what, fallback) =>
+    json(path).catch((err) => {
+      problems.push(
+        el(
+          "p",
+          { class: "error", role: "alert", "data-failed": path },
+          `Cannot load ${what}: ${err instanceof ApiError ? err.message : String(err)}. `,
+          err instanceof ApiError && err.status >= 500
+            ? "The service or its Docker engine may be down: reload the page in a moment, or tell the service's administrator if it persists."
+            : "Reload the page; if it persists, sign in again or tell the service's administrator.",
+        ),
+      );
+      return fallback;
+    });
+  const [images, projects, runtimes] = await Promise.all([
+    load("/v1/images", "the images", []),
+    load("/v1/projects", "your projects", []),
+    load("/v1/runtimes", "the runtimes this service offers", { runtimes: [] }),
   ]);
   // Only built images boot: the first of them is the default choice.
   const firstBuilt = images.find((item) => item.built);
@@ -167,14 +191,27 @@ async function createForm(refresh) {
       ),
     ),
   );
-  // Sysbox is the default and the only isolating runtime; a service whose admin allows it
-  // (allow_unsafe_runc) also boots sessions under plain runc, which is NOT a sandbox.
+  // Only the runtimes the service lets a create ask for (GET /v1/runtimes), its default
+  // first: Sysbox where the engine has it, plain runc (NOT a sandbox) only where the admin
+  // allows it (allow_unsafe_runc).
+  const offered = Array.isArray(runtimes.runtimes) ? runtimes.runtimes : [];
   const runtime = el(
     "select",
-    { id: "create-runtime", "aria-label": "Runtime" },
-    el("option", { value: "" }, "Sysbox (isolated)"),
-    el("option", { value: "runc" }, "runc (NOT isolated; only where the service allows it)"),
+    { id: "create-runtime", required: true, "aria-label": "Runtime" },
+    offered.map((name, index) => el("option", { value: name, selected: index === 0 }, runtimeLabel(name))),
   );
+  if (!offered.length && !problems.length) {
+    problems.push(
+      el(
+        "p",
+        { class: "error", role: "alert", id: "no-runtime" },
+        "This service can boot no session: its Docker engine has no Sysbox and plain runc is not allowed. Ask the service's administrator to install Sysbox, or to set allow_unsafe_runc = true in service.toml.",
+      ),
+    );
+  }
+  if (!images.length && !problems.length) {
+    problems.push(el("p", { class: "muted" }, "This service offers no images: ask its administrator to build one."));
+  }
   const project = el(
     "select",
     { id: "create-project", "aria-label": "Project" },
@@ -184,7 +221,18 @@ async function createForm(refresh) {
   const name = el("input", { id: "create-name", placeholder: "name (optional)", maxlength: 63, "aria-label": "Name" });
   const button = el("button", { type: "submit", id: "create" }, "Create");
   const note = el("p", { class: "muted", id: "create-status" });
-  const form = el("form", { class: "card create" }, el("h2", {}, "New session"), image, runtime, project, name, button, note);
+  const form = el(
+    "form",
+    { class: "card create" },
+    el("h2", {}, "New session"),
+    el("div", { id: "create-problems" }, problems),
+    image,
+    runtime,
+    project,
+    name,
+    button,
+    note,
+  );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     button.disabled = true;

@@ -115,6 +115,8 @@ pub struct LocalOptions {
     pub egress_store: crate::egress::store::EgressStore,
     /// The warm pool a create claims from when the request fits (`None`: always cold).
     pub pool: Option<PoolSettings>,
+    /// Whom a runtime the engine lacks is explained to: the CLI's user, or a service's.
+    pub runtime_advice: crate::local::runtime::RuntimeAdvice,
 }
 
 pub struct LocalBackend {

@@ -43,6 +43,7 @@ fn fixture_with_pool(pool: Option<PoolSettings>) -> Fixture {
         disk_limit: None,
         fluentd: None,
         langfuse: None,
+        runtime_advice: Default::default(),
     };
     let backend = LocalBackend::with_api(docker.clone(), options);
     Fixture {

@@ -126,7 +126,12 @@ impl LocalBackend {
             .runtimes
             .map(|runtimes| runtimes.into_keys().collect())
             .unwrap_or_default();
-        runtime::check_runtime(&spec.runtime, spec.unsafe_runc, &available)?;
+        runtime::check_runtime(
+            &spec.runtime,
+            spec.unsafe_runc,
+            &available,
+            self.options.runtime_advice,
+        )?;
 
         let image = self.resolve_image(&spec.image).await?;
         if let Some(name) = spec.mcp_names.first() {

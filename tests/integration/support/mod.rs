@@ -102,6 +102,7 @@ pub fn local_backend_with_key(
             fluentd: None,
             langfuse: None,
             pool: None,
+            runtime_advice: Default::default(),
         },
     ))
 }
