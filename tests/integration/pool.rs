@@ -190,6 +190,21 @@ fn base_pool() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Members and sessions made from them through the CLI carry no test label: closed and
+/// drained here, whatever the scenario left.
+fn leave_nothing(scope: &DockerScope, home: &TestHome, sessions: &[&str]) {
+    for name in sessions {
+        let _ = scope.cubbi(home).args(["session", "close", name]).run();
+    }
+    scope
+        .cubbi(home)
+        .args(["pool", "drain", "--image", "base"])
+        .run();
+}
+
+/// The claim's steps, each a `CUBBI_TEST_CRASH_AT=claim:STEP` point.
+const CRASH_STEPS: [&str; 5] = ["record", "rename", "applying", "files", "applied"];
+
 /// A CLI home whose config keeps `target` members of `base`, booted with the run's runtime.
 fn configure_pool(scope: &DockerScope, home: &TestHome, target: u32) {
     let runtime = SessionRuntime::of_this_run();
@@ -274,14 +289,7 @@ fn a_claimed_session_serves_like_a_cold_one_and_the_pool_refills() -> Result<(),
         let home = TestHome::new();
         configure_pool(&scope, &home, 2);
         let outcome = claim_scenario(&scope, &home).await;
-        // Members and claimed sessions carry no test label: drained and closed here.
-        for name in ["pool-a", "pool-cold"] {
-            let _ = scope.cubbi(&home).args(["session", "close", name]).run();
-        }
-        scope
-            .cubbi(&home)
-            .args(["pool", "drain", "--image", "base"])
-            .run();
+        leave_nothing(&scope, &home, &["pool-a", "pool-cold", "pool-proj"]);
         outcome
     })
 }
@@ -399,6 +407,10 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
     refills_done(&refill).await?;
     assert_eq!(pool_row(scope, home, "base")?, (2, 0), "refilled");
 
+    // A project is cloned into a claimed session as into a cold one (cubbi-project runs again
+    // once the claim's files are in): from `git daemon` on the pool network's gateway.
+    project_clone_in_a_claimed_session(scope, home).await?;
+
     // A workspace cannot be given to a running container: cold, and -v says why.
     let folder = home.path().join("work");
     std::fs::create_dir_all(&folder)?;
@@ -445,6 +457,88 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
     Ok(())
 }
 
+async fn project_clone_in_a_claimed_session(
+    scope: &DockerScope,
+    home: &TestHome,
+) -> Result<(), Failed> {
+    use crate::session::git;
+    let repos = tempfile::tempdir()?;
+    let work = repos.path().join("work");
+    std::fs::create_dir(&work)?;
+    git(&work, &["init", "-q", "-b", "main"])?;
+    std::fs::write(work.join("README"), "cloned into a pool member\n")?;
+    git(&work, &["add", "README"])?;
+    git(&work, &["commit", "-q", "-m", "main"])?;
+    git(repos.path(), &["clone", "-q", "--bare", "work", "repo.git"])?;
+    let network = scope
+        .docker
+        .inspect_network(
+            "cubbi-pool",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await?;
+    let gateway = network
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .and_then(|configs| configs.into_iter().find_map(|c| c.gateway))
+        .ok_or("the pool network has no gateway")?;
+    let port = std::net::TcpListener::bind((gateway.as_str(), 0))?
+        .local_addr()?
+        .port();
+    let mut daemon = std::process::Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            &format!("--listen={gateway}"),
+            &format!("--port={port}"),
+            &format!("--base-path={}", repos.path().display()),
+        ])
+        .arg(repos.path())
+        .spawn()?;
+    let url = format!("git://{gateway}:{port}/repo.git");
+    let outcome = async {
+        let created = scope
+            .cubbi(home)
+            .args(create_args("pool-proj", &["--project", &url]))
+            .run()
+            .success();
+        assert!(
+            created.stderr().contains("from the warm pool"),
+            "a project create claims: {}",
+            created.stderr()
+        );
+        refills_done(&[created.stderr()]).await?;
+        let read = |path: &'static str| {
+            scope
+                .cubbi(home)
+                .args(["session", "exec", "pool-proj", "--", "cat", path])
+                .run()
+        };
+        eventually(std::time::Duration::from_secs(60), || async {
+            let status = read("/var/lib/cubbi/project-status").stdout();
+            match status.trim() {
+                "done" => Ok(()),
+                other => Err(format!("project status {other:?}")),
+            }
+        })
+        .await?;
+        assert_eq!(
+            read("/home/agent/workspace/README").success().stdout(),
+            "cloned into a pool member\n"
+        );
+        Ok::<(), Failed>(())
+    }
+    .await;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = scope
+        .cubbi(home)
+        .args(["session", "close", "pool-proj"])
+        .run();
+    outcome
+}
+
 /// `CUBBI_TEST_CRASH_AT` aborts the create after each claim step. Before the rename the
 /// container is still a member (held by its record, so not ready, and no session is listed);
 /// from the rename on it is a session, listed, that `close` removes with its record. Never
@@ -456,22 +550,14 @@ fn a_crash_at_each_claim_step_leaves_a_member_or_a_session() -> Result<(), Faile
         let home = TestHome::new();
         configure_pool(&scope, &home, 1);
         let outcome = crash_scenario(&scope, &home).await;
-        for step in ["record", "rename", "applying", "files", "applied"] {
-            let _ = scope
-                .cubbi(&home)
-                .args(["session", "close", &format!("crash-{step}")])
-                .run();
-        }
-        scope
-            .cubbi(&home)
-            .args(["pool", "drain", "--image", "base"])
-            .run();
+        let names = CRASH_STEPS.map(|step| format!("crash-{step}"));
+        leave_nothing(&scope, &home, &names.each_ref().map(String::as_str));
         outcome
     })
 }
 
 async fn crash_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Failed> {
-    for step in ["record", "rename", "applying", "files", "applied"] {
+    for step in CRASH_STEPS {
         scope
             .cubbi(home)
             .args(["pool", "drain", "--image", "base"])
@@ -562,13 +648,8 @@ fn twenty_concurrent_creates_on_a_pool_of_ten_use_each_member_once() -> Result<(
         configure_pool(&scope, &home, 10);
         let names: Vec<String> = (0..20).map(|i| format!("pt{i}")).collect();
         let outcome = twenty_scenario(&scope, &home, &names).await;
-        for name in &names {
-            let _ = scope.cubbi(&home).args(["session", "close", name]).run();
-        }
-        scope
-            .cubbi(&home)
-            .args(["pool", "drain", "--image", "base"])
-            .run();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        leave_nothing(&scope, &home, &names);
         outcome
     })
 }

@@ -1033,7 +1033,7 @@ fn drive_connect(command: Command) -> Result<(), String> {
 }
 
 /// git on the host, without the host's or the user's git config.
-fn git(dir: &std::path::Path, args: &[&str]) -> Result<String, Failed> {
+pub(crate) fn git(dir: &std::path::Path, args: &[&str]) -> Result<String, Failed> {
     let output = Command::new("git")
         .current_dir(dir)
         .env("GIT_CONFIG_NOSYSTEM", "1")

@@ -195,12 +195,9 @@ impl LocalBackend {
         let containers = self
             .containers("label", &[pool::member::POOL.to_string()])
             .await?;
-        let any_claimed = containers.iter().any(|c| {
-            !c.names
-                .iter()
-                .flatten()
-                .any(|n| pool::MemberName::parse_any(n).is_some())
-        });
+        let any_claimed = containers
+            .iter()
+            .any(|c| pool::MemberName::of_container(c).is_none());
         if !any_claimed {
             return Ok(Vec::new());
         }

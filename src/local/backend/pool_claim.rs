@@ -223,30 +223,20 @@ impl LocalBackend {
         }
         pool::claim::crash_point("applied");
         progress.step(CreateStep::WaitingForSsh);
-        let host_key = keys::parse_public(&session_labels.host_key)
+        let session = session_labels
+            .clone()
+            .into_session(id.to_string(), SessionState::Ready);
+        let target = self
+            .ssh_target(&session)
             .map_err(|err| at("reading the host key")(err.to_string()))?;
-        let target = SshTarget {
-            address: format!(
-                "{}:{}",
-                session_labels.connect_host(),
-                session_labels.ssh_port
-            ),
-            user: labels::AGENT_USER.to_string(),
-            client_key: self.options.client_key.clone(),
-            host_key,
-        };
         self.wait_for_sshd(&target, id, 0)
             .await
             .map_err(|err| at("waiting for sshd")(err.to_string()))?;
         if let Some(files) = &self.options.ssh_files {
             progress.step(CreateStep::WritingSshConfig);
-            let endpoint = session_labels
-                .clone()
-                .into_session(id.to_string(), SessionState::Ready)
-                .ssh;
             *ssh_files_written = true;
             files
-                .write_session(&plan.name, &endpoint)
+                .write_session(&plan.name, &session.ssh)
                 .map_err(|err| at("writing the SSH config")(err.to_string()))?;
         }
         self.mark_ready(id, &plan.name)

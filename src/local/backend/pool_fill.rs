@@ -112,12 +112,7 @@ impl LocalBackend {
             .containers("label", &[pool::member::POOL.to_string()])
             .await?
         {
-            let Some((member, booting)) = container
-                .names
-                .iter()
-                .flatten()
-                .find_map(|name| MemberName::parse_any(name))
-            else {
+            let Some((member, booting)) = MemberName::of_container(&container) else {
                 continue;
             };
             // Only a member that ran and stopped: a `created` one may be another filler's

@@ -49,12 +49,7 @@ pub fn inventory(
             .as_ref()
             .and_then(|labels| labels.get(POOL))
             .is_some();
-        let Some((member, booting)) = container
-            .names
-            .iter()
-            .flatten()
-            .find_map(|name| MemberName::parse_any(name))
-        else {
+        let Some((member, booting)) = MemberName::of_container(container) else {
             continue;
         };
         if !labelled {

@@ -55,6 +55,16 @@ impl MemberName {
         }
     }
 
+    /// The member a `docker ps` row is, by any of its names: `(name, booting)`; `None` for a
+    /// session (a claimed member included) or anything else.
+    pub fn of_container(container: &bollard::models::ContainerSummary) -> Option<(Self, bool)> {
+        container
+            .names
+            .iter()
+            .flatten()
+            .find_map(|name| Self::parse_any(name))
+    }
+
     fn parse_after(rest: &str) -> Option<Self> {
         let (image, suffix) = rest.rsplit_once('.')?;
         let hex = suffix.len() == 12 && suffix.bytes().all(|b| b.is_ascii_hexdigit());

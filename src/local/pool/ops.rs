@@ -56,12 +56,7 @@ pub async fn status(
 pub async fn drain(docker_api: &dyn DockerApi, image: Option<&str>) -> Result<u32, PoolError> {
     let mut removed = 0;
     for container in labelled(docker_api).await? {
-        let Some((member, booting)) = container
-            .names
-            .iter()
-            .flatten()
-            .find_map(|n| MemberName::parse_any(n))
-        else {
+        let Some((member, booting)) = MemberName::of_container(&container) else {
             continue;
         };
         if image.is_some_and(|image| image != member.image) {

@@ -99,12 +99,7 @@ pub fn claimed_rows(
 ) -> Vec<bollard::models::ContainerSummary> {
     containers
         .iter()
-        .filter(|c| {
-            !c.names
-                .iter()
-                .flatten()
-                .any(|name| super::member::MemberName::parse_any(name).is_some())
-        })
+        .filter(|c| super::member::MemberName::of_container(c).is_none())
         .filter_map(|container| {
             let id = container.id.as_deref()?;
             let session = records
