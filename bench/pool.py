@@ -42,7 +42,39 @@ import time
 OWNER = f"bench-pool-{os.getpid()}"
 READY_RE = re.compile(r"ready in ([0-9.]+)s")
 REFILL_RE = re.compile(r"background \(pid (\d+)")
-POOLED = "from the warm pool"
+POOLED = "\nfrom the warm pool;"  # the CLI's own line, not the log's "not from the warm pool"
+# cubbi's create steps as its log names them (CreateStep's Display), in order, and what each
+# covers on the cold path and in a claim (pool_claim.rs reports its steps with the same names).
+STEPS = [
+    ("validating", "validate, empty-pool check", "validate (info, image, name)"),
+    ("preparing SSH keys", "host key", None),
+    ("allocating the SSH port", "port lock + pick", "claim: lock, record volume, rename"),
+    ("creating the container", "API create", "networks + docker update"),
+    ("copying keys and environment in", "archive put", "archive put (keys, env)"),
+    ("starting the container", "API start", "exec hostname + cubbi-init"),
+    ("waiting for sshd to accept the key", "start -> key accepted", "key accepted"),
+]
+LINE_RE = re.compile(r"\s*([0-9.]+)s\s+\w+\s+\S+:\s+(.*)$")
+
+
+def phases(stderr, wall):
+    """Seconds per create step from cubbi's own (uptime-stamped) log, and the rest of the wall."""
+    stamps = {}
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", stderr).splitlines():
+        match = LINE_RE.match(line)
+        if not match:
+            continue
+        at, message = float(match.group(1)), match.group(2).strip()
+        if message.startswith("sshd accepted the key"):
+            stamps.setdefault("accepted", at)
+        elif message in [step for step, _, _ in STEPS]:
+            stamps[message] = at  # the last: a cold create after an empty pool allocates twice
+    order = [step for step, _, _ in STEPS if step in stamps] + ["accepted"]
+    if "accepted" not in stamps:
+        return {}
+    found = {here: stamps[after] - stamps[here] for here, after in zip(order, order[1:])}
+    found["rest"] = wall - (stamps["accepted"] - stamps[order[0]])
+    return found
 
 
 class Cubbi:
@@ -54,10 +86,13 @@ class Cubbi:
                         CUBBI_OWNER=OWNER, XDG_CONFIG_HOME=f"{self.home}/.config",
                         XDG_DATA_HOME=f"{self.home}/.local/share",
                         CUBBI_READY_TIMEOUT=os.environ.get("CUBBI_READY_TIMEOUT", "600"))
+        self.env.pop("RUST_LOG", None)
+        # Timed creates log their steps (as bench/sessions.py reads them).
+        self.timed_env = dict(self.env, RUST_LOG="warn,cubbi=debug")
         self.runtime = ["--runtime", runtime] + (["--unsafe-runc"] if runtime == "runc" else [])
 
-    def run(self, *args, check=True):
-        result = subprocess.run([self.binary, *args], env=self.env, capture_output=True,
+    def run(self, *args, check=True, env=None):
+        result = subprocess.run([self.binary, *args], env=env or self.env, capture_output=True,
                                 text=True)
         if check and result.returncode != 0:
             sys.exit(f"cubbi {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
@@ -71,7 +106,7 @@ class Cubbi:
         args = ["session", "create", "--image", "base", "--no-connect", "--no-mount",
                 "--name", name, *self.runtime]
         started = time.perf_counter()
-        result = self.run(*args, check=False)
+        result = self.run(*args, check=False, env=self.timed_env)
         wall = time.perf_counter() - started
         if result.returncode != 0:
             raise RuntimeError(f"create {name} failed ({result.returncode}):\n{result.stderr}")
@@ -138,12 +173,12 @@ def refill_pid(stderr):
 
 
 def check_pooled(name, stderr):
-    if POOLED not in stderr:
+    if POOLED not in "\n" + stderr:
         sys.exit(f"create {name} did not claim a pool member:\n{stderr}")
 
 
 def check_cold(cubbi, name, stderr):
-    if POOLED in stderr:
+    if POOLED in "\n" + stderr:
         sys.exit(f"create {name} was meant to be cold but claimed:\n{stderr}")
     shown = json.loads(cubbi("--json", "session", "show", name))
     if shown.get("pool"):
@@ -298,6 +333,7 @@ def main():
         close()
 
         pool_wall, pool_said, cold_wall, cold_said = [], [], [], []
+        pool_phases, cold_phases = [], []
         for i in range(args.n):
             fill(cubbi, 1)
             name = f"bp-pool-{i}"
@@ -306,6 +342,7 @@ def main():
             check_pooled(name, stderr)
             pool_wall.append(wall)
             pool_said.append(said)
+            pool_phases.append(phases(stderr, wall))
             wait_refills(cubbi, [p for p in [refill_pid(stderr)] if p], 1)
             close()
 
@@ -316,6 +353,7 @@ def main():
             check_cold(cubbi, name, stderr)
             cold_wall.append(wall)
             cold_said.append(said)
+            cold_phases.append(phases(stderr, wall))
             close()
 
         k = args.concurrent
@@ -328,7 +366,7 @@ def main():
         names = [f"bp-cc-pool-{i}" for i in range(k)]
         pooled, pooled_total = concurrent(cubbi, names)
         made.extend(names)
-        claimed = sum(POOLED in r[2] for r in pooled)
+        claimed = sum(POOLED in "\n" + r[2] for r in pooled)
         refills = [p for p in (refill_pid(r[2]) for r in pooled) if p]
         wait_refills(cubbi, refills, k)
         close()
@@ -356,6 +394,15 @@ def main():
         if all(s is not None for s in pool_said + cold_said):
             row("cold, CLI says 'ready in'", cold_said)
             row("pool, CLI says 'ready in'", pool_said, cold_said)
+        print("  phases, medians from cubbi's own log (cold | pool: what the step covers there):")
+        for step, cold_label, pool_label in STEPS + [("rest", "CLI start/exit, ssh config",
+                                                      "CLI start/exit, ssh config, rename, refill spawn")]:
+            cold_s = [p[step] for p in cold_phases if step in p]
+            pool_s = [p[step] for p in pool_phases if step in p]
+            if cold_s:
+                pool_m = ms(statistics.median(pool_s)) if pool_s else f"{'-':>11}"
+                print(f"    {cold_label:<30} {ms(statistics.median(cold_s))} | "
+                      f"{pool_m}  {pool_label or '(no such step)'}")
         print(f"{k} concurrent creates (pool filled to {k} first, booted in {fill_secs:.1f} s; "
               f"{claimed} of {k} claimed):")
         for label, results, total in [("pool", pooled, pooled_total), ("cold", colds, cold_total)]:
@@ -368,9 +415,9 @@ def main():
         print(f"  memory {statistics.median(memory) / 2**20:6.0f} MiB "
               f"(anonymous {statistics.median(anon) / 2**20:.0f} MiB; "
               f"docker stats says {stats_mem} for one)")
-        print(f"  CPU    {statistics.median(cpu):6.2f} s over {args.idle_secs} s idle "
-              f"({100 * statistics.median(cpu) / args.idle_secs:.1f}% of a core; "
-              f"max member {max(cpu):.2f} s)")
+        print(f"  CPU    {statistics.median(cpu) * 1000:6.0f} ms over {args.idle_secs} s idle "
+              f"({100 * statistics.median(cpu) / args.idle_secs:.2f}% of a core; "
+              f"max member {max(cpu) * 1000:.0f} ms)")
         print(f"tool image {args.tool}: {tool}")
         if claimed != k:
             sys.exit(f"only {claimed} of {k} concurrent creates claimed a member")
