@@ -26,6 +26,7 @@ ratios against the cold create measured in the same run:
 Needs: root (cgroup reads), a cubbi binary, docker, cubbi-base built on the endpoint.
 
     bench/pool.py --endpoint unix:///path/docker.sock [--runtime runc] [-n 7] [--concurrent 20]
+        [--ports 24300-24399]
 """
 import argparse
 import json
@@ -313,11 +314,18 @@ def main():
     parser.add_argument("--concurrent", type=int, default=20)
     parser.add_argument("--idle-secs", type=int, default=30)
     parser.add_argument("--tool", default="claude-code")
+    parser.add_argument("--ports", metavar="START-END",
+                        help="SSH port range (ports.start/end) away from other dockerds' "
+                             "sessions on a shared host")
     args = parser.parse_args()
     cubbi = Cubbi(os.path.abspath(args.cubbi), args.endpoint, args.runtime)
     cubbi("config", "set", "defaults.runtime", args.runtime)
     if args.runtime == "runc":
         cubbi("config", "set", "defaults.allow_unsafe_runc", "true")
+    if args.ports:
+        start, end = args.ports.split("-")
+        cubbi("config", "set", "ports.end", end)
+        cubbi("config", "set", "ports.start", start)
     made = []
 
     def close():
