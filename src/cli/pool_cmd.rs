@@ -71,8 +71,7 @@ pub async fn run(args: PoolArgs, context: &Context) -> Result<ExitCode, CliError
             }
             if super::session_cmd::pool_settings(&config).is_none() {
                 return Err(CliError::Refused(format!(
-                    "members would boot with defaults.runtime = {}, which is runc without \
-                     defaults.allow_unsafe_runc; set defaults.runtime to sysbox-runc",
+                    "members would boot with defaults.runtime = {}, which is runc without                      defaults.allow_unsafe_runc; set defaults.runtime to sysbox-runc",
                     config.defaults.runtime
                 )));
             }

@@ -339,20 +339,6 @@ pub(super) async fn local_backend(
 
 /// Starts `cubbi pool fill --quiet` detached (its own process group, no terminal), so the
 /// member a create took is replaced without holding the create up. Returns its pid.
-/// What a create served by the warm pool says of its background refill.
-fn pooled_notice(refill: &std::io::Result<u32>) -> String {
-    match refill {
-        Ok(pid) => format!(
-            "from the warm pool; refilling it in the background (pid {pid}, \
-             `cubbi pool status` shows it)"
-        ),
-        Err(err) => format!(
-            "from the warm pool; it could not be refilled in the background ({err}): \
-             run `cubbi pool fill`"
-        ),
-    }
-}
-
 fn refill_in_background(context: &Context) -> std::io::Result<u32> {
     use std::os::unix::process::CommandExt;
     let mut command = std::process::Command::new(std::env::current_exe()?);
@@ -855,7 +841,14 @@ pub async fn create_session(
     if session.pool && context.remote.is_none() {
         let refill = refill_in_background(context);
         if !context.mode.json {
-            eprintln!("{}", pooled_notice(&refill));
+            match refill {
+                Ok(pid) => eprintln!(
+                    "from the warm pool; refilling it in the background (pid {pid},                      `cubbi pool status` shows it)"
+                ),
+                Err(err) => eprintln!(
+                    "from the warm pool; it could not be refilled in the background ({err}):                      run `cubbi pool fill`"
+                ),
+            }
         }
     }
     if context.mode.json {
@@ -1223,7 +1216,7 @@ impl From<ApiError> for CliError {
 
 #[cfg(test)]
 mod tests {
-    use super::{Resources, describe_resources, pooled_notice};
+    use super::{Resources, describe_resources};
     use crate::local::project::looks_like_git_url;
 
     #[test]
@@ -1269,21 +1262,5 @@ mod tests {
         for not_one in [".", "/", "org/repo", "no-such-folder"] {
             assert!(!super::names_a_repository(not_one), "{not_one}");
         }
-    }
-
-    #[test]
-    fn the_pooled_notice_is_one_line_without_a_run_of_spaces() {
-        let refilling = pooled_notice(&Ok(4242));
-        assert_eq!(
-            refilling,
-            "from the warm pool; refilling it in the background (pid 4242, `cubbi pool status` \
-             shows it)"
-        );
-        let failed = pooled_notice(&Err(std::io::Error::other("no exe")));
-        assert_eq!(
-            failed,
-            "from the warm pool; it could not be refilled in the background (no exe): run \
-             `cubbi pool fill`"
-        );
     }
 }
