@@ -1,0 +1,441 @@
+#!/usr/bin/env python3
+"""Warm-pool benchmark (issue #24), in one run, under one runtime, as medians and p95 with
+ratios against the cold create measured in the same run:
+
+1. serial, `base`, n runs each: `cubbi session create --image base --no-connect --no-mount`
+   (returns once sshd accepts the session's key) claiming a pool member vs cold. Both paths use
+   identical flags and config (`pool.base = 1`); a cold run is made cold by draining the pool
+   first. Before each pooled run the pool is filled and `pool status` must say ready == target;
+   the create must say "from the warm pool" (the bench stops otherwise). Its background refill
+   is waited for (and the session closed) before the next timed create, so no boot competes with
+   a measurement. Figures: the CLI's wall time to its exit, and the "ready in X s" it prints
+   (timed from after its pre-flight checks; 0.1 s resolution).
+2. concurrent: 20 creates started at once against a pool filled to 20 (every one must claim),
+   then the same 20 cold (pool drained): median and p95 of the 20 create times, and the wall
+   time for all 20.
+3. idle members: with the pool at 20 and booted, per member host memory (the container's
+   cgroup: memory.current or memory.usage_in_bytes, and its anonymous part) and the CPU seconds
+   it uses over --idle-secs (cgroup cpu.stat usage_usec or cpuacct.usage): medians over members.
+4. a tool image (--tool, default claude-code): `cubbi pool fill` with `pool.TOOL = 1`, and the
+   line it prints (tool images keep config in a data volume, which a running container cannot
+   be given, so fill refuses them). Where the tool image is not built on the endpoint the bench
+   says so and builds a stand-in: cubbi-base under the tool's own cubbi-image.toml, built with
+   `cubbi image build --from`, so it carries the real metadata label and the refusal is the
+   real code path.
+
+Needs: root (cgroup reads), a cubbi binary, docker, cubbi-base built on the endpoint.
+
+    bench/pool.py --endpoint unix:///path/docker.sock [--runtime runc] [-n 7] [--concurrent 20]
+        [--ports 24300-24399]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+OWNER = f"bench-pool-{os.getpid()}"
+READY_RE = re.compile(r"ready in ([0-9.]+)s")
+REFILL_RE = re.compile(r"background \(pid (\d+)")
+POOLED = "\nfrom the warm pool;"  # the CLI's own line, not the log's "not from the warm pool"
+# cubbi's create steps as its log names them (CreateStep's Display), in order, and what each
+# covers on the cold path and in a claim (pool_claim.rs reports its steps with the same names).
+STEPS = [
+    ("validating", "validate, empty-pool check", "validate (info, image, name)"),
+    ("preparing SSH keys", "host key", None),
+    ("allocating the SSH port", "port lock + pick", "claim: lock, record volume, rename"),
+    ("creating the container", "API create", "networks + docker update"),
+    ("copying keys and environment in", "archive put", "archive put (keys, env)"),
+    ("starting the container", "API start", "exec hostname + cubbi-init"),
+    ("waiting for sshd to accept the key", "start -> key accepted", "key accepted"),
+]
+LINE_RE = re.compile(r"\s*([0-9.]+)s\s+\w+\s+\S+:\s+(.*)$")
+
+
+def phases(stderr, wall):
+    """Seconds per create step from cubbi's own (uptime-stamped) log, and the rest of the wall."""
+    stamps = {}
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", stderr).splitlines():
+        match = LINE_RE.match(line)
+        if not match:
+            continue
+        at, message = float(match.group(1)), match.group(2).strip()
+        if message.startswith("sshd accepted the key"):
+            stamps.setdefault("accepted", at)
+        elif message in [step for step, _, _ in STEPS]:
+            stamps[message] = at  # the last: a cold create after an empty pool allocates twice
+    order = [step for step, _, _ in STEPS if step in stamps] + ["accepted"]
+    if "accepted" not in stamps:
+        return {}
+    found = {here: stamps[after] - stamps[here] for here, after in zip(order, order[1:])}
+    found["rest"] = wall - (stamps["accepted"] - stamps[order[0]])
+    return found
+
+
+class Cubbi:
+    def __init__(self, binary, endpoint, runtime):
+        self.binary = binary
+        self.endpoint = endpoint
+        self.home = tempfile.mkdtemp(prefix="cubbi-bench-home-")
+        self.env = dict(os.environ, HOME=self.home, CUBBI_DOCKER_HOST=endpoint,
+                        CUBBI_OWNER=OWNER, XDG_CONFIG_HOME=f"{self.home}/.config",
+                        XDG_DATA_HOME=f"{self.home}/.local/share",
+                        CUBBI_READY_TIMEOUT=os.environ.get("CUBBI_READY_TIMEOUT", "600"))
+        self.env.pop("RUST_LOG", None)
+        # Timed creates log their steps (as bench/sessions.py reads them).
+        self.timed_env = dict(self.env, RUST_LOG="warn,cubbi=debug")
+        self.runtime = ["--runtime", runtime] + (["--unsafe-runc"] if runtime == "runc" else [])
+
+    def run(self, *args, check=True, env=None):
+        result = subprocess.run([self.binary, *args], env=env or self.env, capture_output=True,
+                                text=True)
+        if check and result.returncode != 0:
+            sys.exit(f"cubbi {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def __call__(self, *args, check=True):
+        return self.run(*args, check=check).stdout
+
+    def create(self, name):
+        """One timed create: (wall seconds, CLI-reported seconds or None, stderr)."""
+        args = ["session", "create", "--image", "base", "--no-connect", "--no-mount",
+                "--name", name, *self.runtime]
+        started = time.perf_counter()
+        result = self.run(*args, check=False, env=self.timed_env)
+        wall = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"create {name} failed ({result.returncode}):\n{result.stderr}")
+        said = READY_RE.search(result.stderr)
+        return wall, float(said.group(1)) if said else None, result.stderr
+
+    def pool_row(self, image="base"):
+        rows = json.loads(self("--json", "pool", "status"))
+        for row in rows:
+            if row["image"] == image:
+                return row
+        return {"image": image, "ready": 0, "not_ready": 0, "target": 0}
+
+    def docker(self, *args):
+        return subprocess.run(["docker", "-H", self.endpoint, *args], check=True,
+                              capture_output=True, text=True).stdout
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def wait_refills(cubbi, pids, target, timeout=900):
+    """Waits for the detached refills to exit and the pool to be back at its target."""
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            sys.exit(f"refill(s) {pids} still running after {timeout} s")
+        time.sleep(0.5)
+    wait_ready(cubbi, target, timeout=max(60, deadline - time.monotonic()))
+
+
+def wait_ready(cubbi, target, timeout=600):
+    deadline = time.monotonic() + timeout
+    while True:
+        row = cubbi.pool_row()
+        if row["ready"] == target and row["not_ready"] == 0 and row["target"] == target:
+            return
+        if time.monotonic() > deadline:
+            sys.exit(f"pool not ready: {row}, wanted ready == target == {target}")
+        time.sleep(0.5)
+
+
+def fill(cubbi, target):
+    cubbi("config", "set", "pool.base", str(target))
+    cubbi("pool", "fill")
+    wait_ready(cubbi, target)
+
+
+def drain(cubbi):
+    cubbi("pool", "drain")
+    row = cubbi.pool_row()
+    if row["ready"] or row["not_ready"]:
+        sys.exit(f"drain left members: {row}")
+
+
+def refill_pid(stderr):
+    found = REFILL_RE.search(stderr)
+    return int(found.group(1)) if found else None
+
+
+def check_pooled(name, stderr):
+    if POOLED not in "\n" + stderr:
+        sys.exit(f"create {name} did not claim a pool member:\n{stderr}")
+
+
+def check_cold(cubbi, name, stderr):
+    if POOLED in "\n" + stderr:
+        sys.exit(f"create {name} was meant to be cold but claimed:\n{stderr}")
+    shown = json.loads(cubbi("--json", "session", "show", name))
+    if shown.get("pool"):
+        sys.exit(f"create {name} was meant to be cold: {shown}")
+
+
+def p95(samples):
+    if len(samples) == 1:
+        return samples[0]
+    return statistics.quantiles(samples, n=20, method="inclusive")[18]
+
+
+def ms(seconds):
+    return f"{seconds * 1000:8.0f} ms"
+
+
+def concurrent(cubbi, names):
+    """Starts one create per name at once; returns [(wall, reported, stderr)] and the wall time."""
+    results = [None] * len(names)
+    gate = threading.Barrier(len(names) + 1)
+
+    def one(i, name):
+        gate.wait()
+        try:
+            results[i] = cubbi.create(name)
+        except RuntimeError as err:
+            results[i] = err
+
+    threads = [threading.Thread(target=one, args=(i, n)) for i, n in enumerate(names)]
+    for thread in threads:
+        thread.start()
+    gate.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    total = time.perf_counter() - started
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        sys.exit(f"{len(failed)} of {len(names)} concurrent creates failed; first:\n{failed[0]}")
+    return results, total
+
+
+def cgroup_dirs(pid):
+    """The container's cgroup dirs for memory and CPU, v2 or v1, from its init's view."""
+    paths = {}
+    with open(f"/proc/{pid}/cgroup") as lines:
+        for line in lines:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            path = re.sub(r"/init\.scope$", "", path)
+            for controller in controllers.split(",") if controllers else ["unified"]:
+                paths[controller] = path
+    if "unified" in paths and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        base = "/sys/fs/cgroup" + paths["unified"]
+        return ("v2", base, base)
+    cpu_root = next(d for d in ["/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/cpu,cpuacct"]
+                    if os.path.isdir(d))
+    return ("v1", "/sys/fs/cgroup/memory" + paths["memory"], cpu_root + paths["cpuacct"])
+
+
+def read_usage(dirs):
+    """(memory bytes, anonymous bytes, CPU seconds used so far) of one cgroup."""
+    kind, memory, cpu = dirs
+    stat = {}
+    with open(f"{memory}/memory.stat") as lines:
+        for line in lines:
+            key, value = line.split()
+            stat[key] = int(value)
+    if kind == "v2":
+        with open(f"{memory}/memory.current") as f:
+            current = int(f.read())
+        anon = stat.get("anon", 0)
+        with open(f"{cpu}/cpu.stat") as lines:
+            usage = next(int(l.split()[1]) for l in lines if l.startswith("usage_usec")) / 1e6
+    else:
+        with open(f"{memory}/memory.usage_in_bytes") as f:
+            current = int(f.read())
+        anon = stat.get("total_rss", stat.get("rss", 0))
+        with open(f"{cpu}/cpuacct.usage") as f:
+            usage = int(f.read()) / 1e9
+    return current, anon, usage
+
+
+def idle_members(cubbi, idle_secs):
+    ids = cubbi.docker("ps", "-q", "--filter", "label=io.cubbi.pool=base").split()
+    dirs = {}
+    for cid in ids:
+        pid = int(cubbi.docker("inspect", "-f", "{{.State.Pid}}", cid).strip())
+        dirs[cid] = cgroup_dirs(pid)
+    before = {cid: read_usage(d) for cid, d in dirs.items()}
+    time.sleep(idle_secs)
+    after = {cid: read_usage(d) for cid, d in dirs.items()}
+    memory = [after[c][0] for c in ids]
+    anon = [after[c][1] for c in ids]
+    cpu = [after[c][2] - before[c][2] for c in ids]
+    stats = cubbi.docker("stats", "--no-stream", "--format", "{{.MemUsage}}", *ids).split("\n")
+    return len(ids), memory, anon, cpu, dirs[ids[0]][0], stats[0].split("/")[0].strip()
+
+
+def tool_line(cubbi, tool):
+    """What `pool fill` says of a tool image, building a label-only stand-in if needed."""
+    tag = f"cubbi-{tool}"
+    note = ""
+    have = subprocess.run(["docker", "-H", cubbi.endpoint, "image", "inspect", tag],
+                          capture_output=True).returncode == 0
+    if not have:
+        # The tool's own cubbi-image.toml on a Dockerfile that adds nothing to cubbi-base:
+        # `cubbi image build --from` labels it with exactly the metadata the real build gives.
+        build = tempfile.mkdtemp(prefix="cubbi-bench-tool-")
+        here = os.path.dirname(os.path.abspath(__file__))
+        shutil.copy(f"{here}/../images/{tool}/cubbi-image.toml", build)
+        with open(f"{build}/Dockerfile", "w") as f:
+            f.write("ARG BASE=cubbi-base\nFROM ${BASE}\n")
+        cubbi("image", "build", "--from", build, "--tag", tag)
+        shutil.rmtree(build, ignore_errors=True)
+        note = (f" [{tag} is not built here: a stand-in (cubbi-base + the tool's "
+                "cubbi-image.toml, built with `cubbi image build --from`) was used]")
+    cubbi("config", "set", f"pool.{tool}", "1")
+    result = cubbi.run("pool", "fill", check=False)
+    cubbi("config", "unset", f"pool.{tool}")
+    lines = [l for l in result.stderr.splitlines() if l.startswith(f"{tool}:")]
+    if not have:
+        subprocess.run(["docker", "-H", cubbi.endpoint, "image", "rm", tag], capture_output=True)
+    return (lines[0] if lines else result.stderr.strip()) + note
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--cubbi", default="target/release/cubbi")
+    parser.add_argument("--runtime", default="sysbox-runc")
+    parser.add_argument("-n", type=int, default=7)
+    parser.add_argument("--concurrent", type=int, default=20)
+    parser.add_argument("--idle-secs", type=int, default=30)
+    parser.add_argument("--tool", default="claude-code")
+    parser.add_argument("--ports", metavar="START-END",
+                        help="SSH port range (ports.start/end) away from other dockerds' "
+                             "sessions on a shared host")
+    args = parser.parse_args()
+    cubbi = Cubbi(os.path.abspath(args.cubbi), args.endpoint, args.runtime)
+    cubbi("config", "set", "defaults.runtime", args.runtime)
+    if args.runtime == "runc":
+        cubbi("config", "set", "defaults.allow_unsafe_runc", "true")
+    if args.ports:
+        start, end = args.ports.split("-")
+        cubbi("config", "set", "ports.end", end)
+        cubbi("config", "set", "ports.start", start)
+    made = []
+
+    def close():
+        if made:
+            cubbi("session", "close", *made)
+            made.clear()
+
+    try:
+        # Warm-up: the owner's network, the image's first start.
+        cubbi("config", "set", "pool.base", "1")
+        cubbi.create("bp-warm")
+        made.append("bp-warm")
+        close()
+
+        pool_wall, pool_said, cold_wall, cold_said = [], [], [], []
+        pool_phases, cold_phases = [], []
+        for i in range(args.n):
+            fill(cubbi, 1)
+            name = f"bp-pool-{i}"
+            wall, said, stderr = cubbi.create(name)
+            made.append(name)
+            check_pooled(name, stderr)
+            pool_wall.append(wall)
+            pool_said.append(said)
+            pool_phases.append(phases(stderr, wall))
+            wait_refills(cubbi, [p for p in [refill_pid(stderr)] if p], 1)
+            close()
+
+            drain(cubbi)
+            name = f"bp-cold-{i}"
+            wall, said, stderr = cubbi.create(name)
+            made.append(name)
+            check_cold(cubbi, name, stderr)
+            cold_wall.append(wall)
+            cold_said.append(said)
+            cold_phases.append(phases(stderr, wall))
+            close()
+
+        k = args.concurrent
+        filled_at = time.perf_counter()
+        fill(cubbi, k)
+        fill_secs = time.perf_counter() - filled_at
+        time.sleep(5)
+        members, memory, anon, cpu, cgroup_kind, stats_mem = idle_members(cubbi, args.idle_secs)
+
+        names = [f"bp-cc-pool-{i}" for i in range(k)]
+        pooled, pooled_total = concurrent(cubbi, names)
+        made.extend(names)
+        claimed = sum(POOLED in "\n" + r[2] for r in pooled)
+        refills = [p for p in (refill_pid(r[2]) for r in pooled) if p]
+        wait_refills(cubbi, refills, k)
+        close()
+        drain(cubbi)
+        names = [f"bp-cc-cold-{i}" for i in range(k)]
+        colds, cold_total = concurrent(cubbi, names)
+        made.extend(names)
+        for name, r in zip(names, colds):
+            check_cold(cubbi, name, r[2])
+        close()
+        cubbi("config", "unset", "pool.base")
+
+        tool = tool_line(cubbi, args.tool)
+
+        def row(label, samples, base=None):
+            line = f"  {label:<36} median {ms(statistics.median(samples))}   p95 {ms(p95(samples))}"
+            if base is not None:
+                line += f"   cold/pool {statistics.median(base) / statistics.median(samples):5.1f}x"
+            print(line)
+
+        print(f"runtime {args.runtime}, base, n={args.n} serial creates each way "
+              "(create to key accepted):")
+        row("cold, CLI wall to exit", cold_wall)
+        row("pool, CLI wall to exit", pool_wall, cold_wall)
+        if all(s is not None for s in pool_said + cold_said):
+            row("cold, CLI says 'ready in'", cold_said)
+            row("pool, CLI says 'ready in'", pool_said, cold_said)
+        print("  phases, medians from cubbi's own log (cold | pool: what the step covers there):")
+        for step, cold_label, pool_label in STEPS + [("rest", "CLI start/exit, ssh config",
+                                                      "CLI start/exit, ssh config, rename, refill spawn")]:
+            cold_s = [p[step] for p in cold_phases if step in p]
+            pool_s = [p[step] for p in pool_phases if step in p]
+            if cold_s:
+                pool_m = ms(statistics.median(pool_s)) if pool_s else f"{'-':>11}"
+                print(f"    {cold_label:<30} {ms(statistics.median(cold_s))} | "
+                      f"{pool_m}  {pool_label or '(no such step)'}")
+        print(f"{k} concurrent creates (pool filled to {k} first, booted in {fill_secs:.1f} s; "
+              f"{claimed} of {k} claimed):")
+        for label, results, total in [("pool", pooled, pooled_total), ("cold", colds, cold_total)]:
+            walls = [r[0] for r in results]
+            print(f"  {label}: median {ms(statistics.median(walls))}   p95 {ms(p95(walls))}   "
+                  f"max {ms(max(walls))}   all {k} done in {ms(total)}")
+        print(f"  cold/pool: median {statistics.median([r[0] for r in colds]) / statistics.median([r[0] for r in pooled]):.1f}x, "
+              f"all-{k} wall {cold_total / pooled_total:.1f}x")
+        print(f"idle pool members ({members} booted, cgroup {cgroup_kind}), medians per member:")
+        print(f"  memory {statistics.median(memory) / 2**20:6.0f} MiB "
+              f"(anonymous {statistics.median(anon) / 2**20:.0f} MiB; "
+              f"docker stats says {stats_mem} for one)")
+        print(f"  CPU    {statistics.median(cpu) * 1000:6.0f} ms over {args.idle_secs} s idle "
+              f"({100 * statistics.median(cpu) / args.idle_secs:.2f}% of a core; "
+              f"max member {max(cpu) * 1000:.0f} ms)")
+        print(f"tool image {args.tool}: {tool}")
+        if claimed != k:
+            sys.exit(f"only {claimed} of {k} concurrent creates claimed a member")
+    finally:
+        if made:
+            cubbi("session", "close", *made, check=False)
+        cubbi("config", "unset", "pool.base", check=False)
+        cubbi("pool", "drain", check=False)
+        shutil.rmtree(cubbi.home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
