@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::local::pool::MemberName;
-use crate::local::pool::member::{BOOTING_PREFIX, PREFIX, member_labels};
+use crate::local::pool::member::member_labels;
 
 /// Members booted at once: each is a systemd boot, which is CPU-bound for a second or two.
 const BOOTS_AT_ONCE: usize = 4;
@@ -169,8 +169,10 @@ impl LocalBackend {
         Ok(())
     }
 
-    /// Under the host lock: counts the image's members and creates the missing ones, each with
-    /// a port of its own, so two fillers never overfill and never share a port.
+    /// Creates the image's missing members, each under one short hold of the host lock
+    /// (count, pick a port, create the container), so two fillers never overfill or share a
+    /// port, and a claim waiting for the lock waits for one member's create, not a whole fill.
+    /// Returns how many members there were before, and the ones created here.
     async fn reserve_members(
         &self,
         pool: &PoolSettings,
@@ -178,21 +180,22 @@ impl LocalBackend {
         resolved: &validate::ResolvedImage,
         target: u32,
     ) -> Result<(u32, Vec<MemberBoot>), ApiError> {
-        let lock = self.lock().await?;
-        let had = self
-            .containers("label", &[format!("{}={image}", pool::member::POOL)])
-            .await?
-            .iter()
-            .filter(|c| {
-                c.names.iter().flatten().any(|name| {
-                    let name = name.trim_start_matches('/');
-                    name.starts_with(PREFIX) || name.starts_with(BOOTING_PREFIX)
-                })
-            })
-            .count() as u32;
-        let mut taken = self.taken_ports().await?;
+        let mut had = None;
         let mut members = Vec::new();
-        for _ in had..target {
+        loop {
+            // The key outside the lock: on a loaded host it is the slow part.
+            let name = MemberName::fresh(image);
+            let host_key = keys::generate(&name.container_name())
+                .map_err(|err| ApiError::unavailable(err.to_string()))?;
+            let host_public = keys::public_openssh(host_key.public_key())
+                .map_err(|err| ApiError::unavailable(err.to_string()))?;
+            let lock = self.lock().await?;
+            let present = self.member_count(image).await?;
+            had.get_or_insert(present);
+            if present >= target {
+                break;
+            }
+            let taken = self.taken_ports().await?;
             let port = match ports::pick_free_port(
                 self.options.ports,
                 &taken,
@@ -202,23 +205,15 @@ impl LocalBackend {
                 Ok(port) => port,
                 // A full port range leaves the pool short; sessions come first.
                 Err(_) if !members.is_empty() => break,
-                Err(err) => {
-                    drop(lock);
-                    return Err(err);
-                }
+                Err(err) => return Err(err),
             };
-            taken.insert(port);
-            let name = MemberName::fresh(image);
-            let host_key = keys::generate(&name.container_name())
-                .map_err(|err| ApiError::unavailable(err.to_string()))?;
-            let host_public = keys::public_openssh(host_key.public_key())
-                .map_err(|err| ApiError::unavailable(err.to_string()))?;
             let body = self.member_body(pool, image, resolved, port, &host_public)?;
             let created = self
                 .docker
                 .create_container(&name.booting_container_name(), body)
                 .await
                 .map_err(Self::docker_error("cannot create a pool member"))?;
+            drop(lock);
             members.push(MemberBoot {
                 id: created.id,
                 name,
@@ -226,8 +221,17 @@ impl LocalBackend {
                 host_key,
             });
         }
-        drop(lock);
-        Ok((had, members))
+        Ok((had.unwrap_or(0), members))
+    }
+
+    /// The image's members, ready or booting (a claimed one is a session).
+    async fn member_count(&self, image: &str) -> Result<u32, ApiError> {
+        Ok(self
+            .containers("label", &[format!("{}={image}", pool::member::POOL)])
+            .await?
+            .iter()
+            .filter(|c| MemberName::of_container(c).is_some())
+            .count() as u32)
     }
 
     /// The container a member is: a cold session's body without anything personal (no
