@@ -378,6 +378,20 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
         listed.stdout()
     );
 
+    // Its console, as a cold session's: the journal, followed to the container's log, has the
+    // member's boot (cubbi-init's line), and no secret.
+    let logs = scope
+        .cubbi(home)
+        .args(["session", "logs", "pool-a"])
+        .run()
+        .success()
+        .stdout();
+    assert!(
+        logs.contains("cubbi-init: done"),
+        "the session's console: {logs}"
+    );
+    assert!(!logs.contains("s3cr3t-pool"), "no secret in the logs");
+
     // Real OpenSSH, strict about the pinned host key, through the conf cubbi wrote.
     let ssh = std::process::Command::new("ssh")
         .env("HOME", home.path())
