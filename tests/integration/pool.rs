@@ -202,6 +202,16 @@ fn leave_nothing(scope: &DockerScope, home: &TestHome, sessions: &[&str]) {
         .run();
 }
 
+/// `session list --json` of the home's owner.
+fn session_list(scope: &DockerScope, home: &TestHome) -> String {
+    scope
+        .cubbi(home)
+        .args(["--json", "session", "list"])
+        .run()
+        .success()
+        .stdout()
+}
+
 /// The claim's steps, each a `CUBBI_TEST_CRASH_AT=claim:STEP` point.
 const CRASH_STEPS: [&str; 5] = ["record", "rename", "applying", "files", "applied"];
 
@@ -367,16 +377,8 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
         !format!("{inspected:?}").contains("s3cr3t-pool"),
         "the secret is not in docker inspect"
     );
-    let listed = scope
-        .cubbi(home)
-        .args(["--json", "session", "list"])
-        .run()
-        .success();
-    assert!(
-        listed.stdout().contains("\"pool-a\""),
-        "{}",
-        listed.stdout()
-    );
+    let listed = session_list(scope, home);
+    assert!(listed.contains("\"pool-a\""), "{listed}");
 
     // Its console, as a cold session's: the journal, followed to the container's log, has the
     // member's boot (cubbi-init's line), and no secret.
@@ -605,12 +607,7 @@ async fn crash_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
             "aborted at {step}: {}",
             crashed.stderr()
         );
-        let listed = scope
-            .cubbi(home)
-            .args(["--json", "session", "list"])
-            .run()
-            .success()
-            .stdout();
+        let listed = session_list(scope, home);
         let container = scope.docker.inspect_container(&id, None).await?;
         let container_name = container.name.unwrap_or_default();
         let records = records_of(scope, &id).await?;
@@ -707,12 +704,7 @@ async fn twenty_scenario(
         stderrs.push(stderr);
     }
     refills_done(&stderrs).await?;
-    let listed = scope
-        .cubbi(home)
-        .args(["--json", "session", "list"])
-        .run()
-        .success()
-        .stdout();
+    let listed = session_list(scope, home);
     let sessions: Vec<serde_json::Value> = serde_json::from_str(&listed)?;
     let ours: Vec<&serde_json::Value> = sessions
         .iter()
