@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use super::backend::session_from;
 use super::docker_api::DockerApi;
 use super::labels;
-use super::pool::member::POOL;
+use super::pool::member::{MemberName, POOL};
 use super::pool::record::{CLAIM_OF, ClaimRecord, claimed_rows};
 use crate::api::{ApiError, Session};
 
@@ -83,9 +83,12 @@ impl SessionIndex {
         if let Some(session) = found.iter().find_map(session_from) {
             return Ok(Some(session));
         }
+        // A member's events (a fill's create, start, renames) are no session's: no record is
+        // read for them.
         let pooled: Vec<_> = found
             .into_iter()
             .filter(|c| c.labels.as_ref().is_some_and(|l| l.contains_key(POOL)))
+            .filter(|c| MemberName::of_container(c).is_none())
             .collect();
         if pooled.is_empty() {
             return Ok(None);

@@ -180,6 +180,11 @@ impl LocalBackend {
         resolved: &validate::ResolvedImage,
         target: u32,
     ) -> Result<(u32, Vec<MemberBoot>), ApiError> {
+        // The common case (the service looks every 2 s): full, found without the lock.
+        let present = self.member_count(image).await?;
+        if present >= target {
+            return Ok((present, Vec::new()));
+        }
         let mut had = None;
         let mut members = Vec::new();
         loop {
