@@ -102,7 +102,7 @@ pub async fn run(args: RunArgs, context: &Context, config: &Config) -> Result<Ex
         (Some(spec), Some(metadata), _) => {
             let created = backend.create(spec, &Quiet).await?;
             if created.pool && context.remote.is_none() {
-                super::session_cmd::refill_after_claim(context);
+                super::session_cmd::refill_after_claim(context, config);
             }
             (created.name, metadata)
         }

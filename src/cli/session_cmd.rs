@@ -339,7 +339,16 @@ pub(super) async fn local_backend(
 }
 
 /// After a create took a pool member: starts the refill and says so (not under --json).
-pub(super) fn refill_after_claim(context: &Context) {
+pub(super) fn refill_after_claim(context: &Context, config: &Config) {
+    if config.defaults.pool_refill == crate::local::pool::PoolRefill::Manual {
+        if !context.mode.json {
+            eprintln!(
+                "from the warm pool; not refilled (defaults.pool_refill = manual): run `cubbi \
+                 pool fill`"
+            );
+        }
+        return;
+    }
     let refill = refill_in_background(context);
     if context.mode.json {
         return;
@@ -858,7 +867,7 @@ pub async fn create_session(
     spinner.bar.finish_and_clear();
     let session = created?;
     if session.pool && context.remote.is_none() {
-        refill_after_claim(context);
+        refill_after_claim(context, config);
     }
     if context.mode.json {
         print_json(&session)?;

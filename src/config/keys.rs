@@ -97,6 +97,11 @@ const STATIC_KEYS: &[(&str, Kind, &str)] = &[
         "names sessions may reach (NAME covers subdomains, =NAME alone)",
     ),
     (
+        "defaults.pool_refill",
+        Kind::OneOf(&["background", "manual"]),
+        "after a create takes a pool member: refill in the background, or manual (cubbi pool fill)",
+    ),
+    (
         "services.anthropic.api_key",
         Kind::Text,
         "sets ANTHROPIC_API_KEY in sessions",

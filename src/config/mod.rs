@@ -112,6 +112,13 @@ pub struct Defaults {
     /// Names every new session may reach (`NAME` with its subdomains, `=NAME` alone).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_domains: Vec<crate::egress::DomainRule>,
+    /// When the CLI refills a warm pool after a create took a member (`background`, `manual`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pool_refill: crate::local::pool::PoolRefill,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl Default for Defaults {
@@ -129,6 +136,7 @@ impl Default for Defaults {
             mcp: Vec::new(),
             egress: None,
             allowed_domains: Vec::new(),
+            pool_refill: crate::local::pool::PoolRefill::Background,
         }
     }
 }

@@ -65,6 +65,18 @@ pub async fn run_bounded(
     user: Option<&str>,
     bounds: ExecBounds,
 ) -> Result<Captured, SessionExecError> {
+    run_bounded_with_input(docker, id, command, user, None, bounds).await
+}
+
+/// [`run_bounded`], with `input` written to the command's stdin (which is then closed).
+pub async fn run_bounded_with_input(
+    docker: &dyn DockerApi,
+    id: &str,
+    command: Vec<&str>,
+    user: Option<&str>,
+    input: Option<Vec<u8>>,
+    bounds: ExecBounds,
+) -> Result<Captured, SessionExecError> {
     let run = async {
         let exec = docker
             .create_exec(
@@ -72,6 +84,7 @@ pub async fn run_bounded(
                 CreateExecOptions {
                     cmd: Some(command.into_iter().map(String::from).collect()),
                     user: user.map(String::from),
+                    attach_stdin: Some(input.is_some()),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()
@@ -79,19 +92,37 @@ pub async fn run_bounded(
             )
             .await?;
         let mut stdout = Vec::new();
-        let mut read = 0usize;
-        if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&exec.id).await? {
-            while let Some(chunk) = output.next().await {
-                let chunk = chunk?;
-                read += chunk.as_ref().len();
-                if read > bounds.max_output {
-                    // Dropping the stream closes the attach; the command gets EPIPE.
-                    return Err(SessionExecError::TooMuchOutput(bounds.max_output));
+        if let StartExecResults::Attached {
+            mut output,
+            input: mut stdin,
+        } = docker.start_exec(&exec.id).await?
+        {
+            let write = async {
+                if let Some(bytes) = &input {
+                    use tokio::io::AsyncWriteExt;
+                    // A command that exits without reading it all is seen by its exit code.
+                    if stdin.write_all(bytes).await.is_ok() {
+                        let _ = stdin.shutdown().await;
+                    }
                 }
-                if let bollard::container::LogOutput::StdOut { message } = chunk {
-                    stdout.extend_from_slice(&message);
+            };
+            let read = async {
+                let mut read = 0usize;
+                while let Some(chunk) = output.next().await {
+                    let chunk = chunk?;
+                    read += chunk.as_ref().len();
+                    if read > bounds.max_output {
+                        // Dropping the stream closes the attach; the command gets EPIPE.
+                        return Err(SessionExecError::TooMuchOutput(bounds.max_output));
+                    }
+                    if let bollard::container::LogOutput::StdOut { message } = chunk {
+                        stdout.extend_from_slice(&message);
+                    }
                 }
-            }
+                Ok(())
+            };
+            let ((), read) = tokio::join!(write, read);
+            read?;
         }
         let exit_code = docker.inspect_exec(&exec.id).await?.exit_code;
         Ok(Captured {

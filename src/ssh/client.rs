@@ -74,6 +74,32 @@ pub struct SshSession {
     handle: Handle<PinnedHost>,
 }
 
+/// A connection whose key exchange is done and whose host key matched the pin, not yet logged
+/// in: a claim opens it while the owner's key is still being copied in, so only the login is
+/// left once the key is there.
+pub struct KeyExchanged {
+    handle: Handle<PinnedHost>,
+}
+
+impl KeyExchanged {
+    /// Logs in with the target's key, within `timeout`, and closes the connection: `Ok` means
+    /// sshd accepted the key.
+    pub async fn log_in_once(self, target: &SshTarget, timeout: Duration) -> Result<(), SshError> {
+        let session = tokio::time::timeout(timeout, SshSession::log_in(target, Ok(self.handle)))
+            .await
+            .map_err(|_| SshError::Connection {
+                address: target.address.clone(),
+                reason: format!("timed out after {:.1}s (no login)", timeout.as_secs_f64()),
+            })??;
+        tracing::debug!("sshd accepted the key");
+        let _ = session
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+        Ok(())
+    }
+}
+
 impl SshSession {
     /// Connects, verifies the pinned host key and logs in, all within `timeout`: a server that
     /// completes the key exchange and then never answers the login cannot hold the caller.
@@ -114,6 +140,29 @@ impl SshSession {
                 address: target.address.clone(),
                 reason: format!(
                     "timed out after {:.1}s (no handshake and login)",
+                    timeout.as_secs_f64()
+                ),
+            }),
+        }
+    }
+
+    /// Connects and verifies the pinned host key within `timeout`, without logging in.
+    pub async fn key_exchange(
+        target: &SshTarget,
+        timeout: Duration,
+    ) -> Result<KeyExchanged, SshError> {
+        let connect = client::connect(client_config(), target.address.as_str(), pinned(target));
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(handle)) => Ok(KeyExchanged { handle }),
+            Ok(Err(russh::Error::UnknownKey)) => Err(SshError::HostKeyMismatch),
+            Ok(Err(err)) => Err(SshError::Connection {
+                address: target.address.clone(),
+                reason: err.to_string(),
+            }),
+            Err(_) => Err(SshError::Connection {
+                address: target.address.clone(),
+                reason: format!(
+                    "timed out after {:.1}s (no handshake)",
                     timeout.as_secs_f64()
                 ),
             }),

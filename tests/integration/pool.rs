@@ -657,6 +657,12 @@ fn twenty_concurrent_creates_on_a_pool_of_ten_use_each_member_once() -> Result<(
         scope.ensure_base().await?;
         let home = TestHome::new();
         configure_pool(&scope, &home, 10);
+        // No refill while the creates run, so exactly the ten members can be claimed.
+        scope
+            .cubbi(&home)
+            .args(["config", "set", "defaults.pool_refill", "manual"])
+            .run()
+            .success();
         let names: Vec<String> = (0..20).map(|i| format!("pt{i}")).collect();
         let outcome = twenty_scenario(&scope, &home, &names).await;
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -703,7 +709,22 @@ async fn twenty_scenario(
         );
         stderrs.push(stderr);
     }
-    refills_done(&stderrs).await?;
+    assert!(
+        stderrs
+            .iter()
+            .all(|e| !e.contains("in the background (pid ")),
+        "no refill with defaults.pool_refill = manual: {stderrs:?}"
+    );
+    let said_manual = stderrs
+        .iter()
+        .filter(|e| {
+            e.contains("not refilled (defaults.pool_refill = manual): run `cubbi pool fill`")
+        })
+        .count();
+    assert_eq!(
+        said_manual, 10,
+        "each claim says how to refill: {stderrs:?}"
+    );
     let listed = session_list(scope, home);
     let sessions: Vec<serde_json::Value> = serde_json::from_str(&listed)?;
     let ours: Vec<&serde_json::Value> = sessions
@@ -727,17 +748,19 @@ async fn twenty_scenario(
         .filter(|s| s["pool"] == true)
         .filter_map(|s| s["id"].as_str())
         .collect();
-    let from_first_ten = claimed.iter().filter(|id| members.contains(**id)).count();
+    let claimed_members: BTreeSet<&str> = claimed.iter().copied().collect();
     assert_eq!(
-        from_first_ten, 10,
-        "every member of the full pool was claimed, once: {claimed:?}"
+        (claimed.len(), claimed_members.len()),
+        (10, 10),
+        "ten claims, each of a different member: {claimed:?}"
     );
-    eprintln!(
-        "20 concurrent creates on a pool of 10: {} claimed ({} of them refilled members), {} cold",
-        claimed.len(),
-        claimed.len() - from_first_ten,
-        20 - claimed.len()
+    assert!(
+        claimed.iter().all(|id| members.contains(*id)),
+        "every claim took a member of the full pool: {claimed:?} of {members:?}"
     );
+    let cold = ours.iter().filter(|s| s["pool"] != true).count();
+    assert_eq!(cold, 10, "the other ten booted cold: {listed}");
+    assert_eq!(pool_row(scope, home, "base")?.0, 0, "the pool is empty");
     Ok(())
 }
 

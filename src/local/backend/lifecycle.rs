@@ -244,13 +244,26 @@ impl LocalBackend {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let name = match name {
-            Some(raw) => snapshot::check_name(&raw)?,
-            None => snapshot::check_name(&format!("{}-{created}", session.name))?,
-        };
         let owner = &self.options.owner;
         let mine = snapshot::list(self.docker.as_ref(), owner, false).await?;
-        if mine.iter().any(|s| s.name == name) {
+        let taken_name = |candidate: &str| mine.iter().any(|s| s.name == candidate);
+        let name = match name {
+            Some(raw) => snapshot::check_name(&raw)?,
+            // A default name is never refused: two snapshots of one session in the same second
+            // (a fork right after a snapshot) get `-2`, `-3`, ...
+            None => {
+                let stem = format!("{}-{created}", session.name);
+                let free = (1..=mine.len() + 1)
+                    .map(|n| match n {
+                        1 => stem.clone(),
+                        n => format!("{stem}-{n}"),
+                    })
+                    .find(|candidate| !taken_name(candidate))
+                    .unwrap_or(stem);
+                snapshot::check_name(&free)?
+            }
+        };
+        if taken_name(&name) {
             return Err(ApiError::Conflict(format!(
                 "a snapshot named `{name}` exists already; pick another --name, or remove it \
                  with `cubbi snapshot rm {name}`"

@@ -7,10 +7,16 @@
 use super::*;
 use crate::local::pool::{ClaimRecord, PoolRequest, WhyCold};
 
-/// What the claim runs as root in the member, after the session's files are in: the name, then
-/// cubbi-init's pass over the uploaded files (modes, env file, persistent configs), then the
-/// project clone, which runs at boot in a cold session. `$1` is the session name.
+/// How long the claim's early SSH key exchange, and then its login, may take before it falls
+/// back to the readiness poll of a cold create.
+const SSH_KEY_EXCHANGE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the claim runs as root in the member: the session's files from stdin (`$2` bytes of
+/// concatenated tars, as a cold create uploads them), the name, then cubbi-init's pass over the
+/// files (modes, env file, persistent configs), then the project clone, which runs at boot in a
+/// cold session. `$1` is the session name.
 const APPLY_SCRIPT: &str = r#"set -e
+head -c "$2" | tar -x -i -p --same-owner --numeric-owner -C / -f -
 hostname "$1"
 printf '%s\n' "$1" > /etc/hostname 2>/dev/null || true
 rm -f /var/lib/cubbi/project-status
@@ -155,7 +161,9 @@ impl LocalBackend {
     }
 
     /// Everything personal, applied to the claimed running member, then the rename that marks
-    /// the session ready.
+    /// the session ready. The parts that do not depend on each other run at once: joining the
+    /// owner's networks, the new limits, the files with the apply script (one exec that reads
+    /// them on stdin), and the SSH key exchange, so that only the login is left at the end.
     async fn apply_claim(
         &self,
         spec: &SessionSpec,
@@ -167,6 +175,105 @@ impl LocalBackend {
     ) -> Result<(), ApplyError> {
         pool::claim::crash_point("applying");
         progress.step(CreateStep::CreatingContainer);
+        let session = session_labels
+            .clone()
+            .into_session(id.to_string(), SessionState::Ready);
+        let target = self
+            .ssh_target(&session)
+            .map_err(|err| at("reading the host key")(err.to_string()))?;
+        let archive = self
+            .session_archives(spec, plan, None)
+            .map_err(|err| at("preparing the files")(err.to_string()))?
+            .concat();
+        let timed = |part: &'static str| {
+            let started = std::time::Instant::now();
+            move || {
+                tracing::debug!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "claim: {part}"
+                )
+            }
+        };
+        let networks = async {
+            let done = timed("networks joined");
+            self.join_networks(spec, plan, id).await?;
+            done();
+            Ok::<_, ApplyError>(())
+        };
+        let limits = async {
+            let done = timed("limits set");
+            self.docker
+                .update_container(
+                    id,
+                    bollard::models::ContainerUpdateBody {
+                        memory: Some(plan.memory),
+                        memory_swap: Some(plan.memory.saturating_mul(2)),
+                        nano_cpus: Some(plan.nano_cpus),
+                        pids_limit: Some(plan.pids_limit),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|err| at("setting the limits")(err.to_string()))?;
+            done();
+            Ok(())
+        };
+        let files = async {
+            let done = timed("files in and applied");
+            self.apply_files(id, &plan.name, archive).await?;
+            done();
+            Ok(())
+        };
+        let key_exchange = async {
+            let done = timed("SSH key exchange");
+            let exchanged = SshSession::key_exchange(&target, SSH_KEY_EXCHANGE_WITHIN).await;
+            done();
+            exchanged
+        };
+        let (networks, limits, files, exchanged) =
+            tokio::join!(networks, limits, files, key_exchange);
+        networks?;
+        limits?;
+        files?;
+        pool::claim::crash_point("applied");
+        progress.step(CreateStep::WaitingForSsh);
+        // The login on the connection opened meanwhile; the readiness poll of a cold create
+        // only when that connection failed.
+        let logged_in = match exchanged {
+            Ok(exchanged) => exchanged
+                .log_in_once(&target, SSH_KEY_EXCHANGE_WITHIN)
+                .await
+                .inspect_err(|err| tracing::debug!("claim: the first login failed: {err}"))
+                .is_ok(),
+            Err(err) => {
+                tracing::debug!("claim: the early key exchange failed: {err}");
+                false
+            }
+        };
+        if !logged_in {
+            self.wait_for_sshd(&target, id, 0)
+                .await
+                .map_err(|err| at("waiting for sshd")(err.to_string()))?;
+        }
+        if let Some(files) = &self.options.ssh_files {
+            progress.step(CreateStep::WritingSshConfig);
+            *ssh_files_written = true;
+            files
+                .write_session(&plan.name, &session.ssh)
+                .map_err(|err| at("writing the SSH config")(err.to_string()))?;
+        }
+        self.mark_ready(id, &plan.name)
+            .await
+            .map_err(|err| at("marking it ready")(err.to_string()))
+    }
+
+    /// The owner's network (aliased with the session's name) and any others asked for.
+    async fn join_networks(
+        &self,
+        spec: &SessionSpec,
+        plan: &Plan,
+        id: &str,
+    ) -> Result<(), ApplyError> {
         let owners_network = spec.default_network && self.options.default_network.is_none();
         for (index, network) in plan.networks.iter().enumerate() {
             let joined = if index == 0 && owners_network {
@@ -178,40 +285,24 @@ impl LocalBackend {
             };
             joined.map_err(|err| at("joining a network")(format!("{network}: {err}")))?;
         }
-        self.docker
-            .update_container(
-                id,
-                bollard::models::ContainerUpdateBody {
-                    memory: Some(plan.memory),
-                    memory_swap: Some(plan.memory.saturating_mul(2)),
-                    nano_cpus: Some(plan.nano_cpus),
-                    pids_limit: Some(plan.pids_limit),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|err| at("setting the limits")(err.to_string()))?;
-        progress.step(CreateStep::CopyingFiles);
-        let archives = self
-            .session_archives(spec, plan, None)
-            .map_err(|err| at("preparing the files")(err.to_string()))?;
-        for archive in archives {
-            self.docker
-                .upload_archive(id, archive)
-                .await
-                .map_err(|err| at("copying the files in")(err.to_string()))?;
-        }
-        pool::claim::crash_point("files");
-        progress.step(CreateStep::Starting);
-        let applied = session_exec::run_bounded(
+        Ok(())
+    }
+
+    /// The session's files (`archive`, the tars a cold boot uploads, concatenated), unpacked
+    /// as root by the apply script in one exec, which then runs cubbi-init over them.
+    async fn apply_files(&self, id: &str, name: &str, archive: Vec<u8>) -> Result<(), ApplyError> {
+        let size = archive.len().to_string();
+        let applied = session_exec::run_bounded_with_input(
             self.docker.as_ref(),
             id,
-            vec!["sh", "-c", APPLY_SCRIPT, "sh", &plan.name],
+            vec!["sh", "-c", APPLY_SCRIPT, "sh", name, &size],
             Some("0"),
+            Some(archive),
             ExecBounds::CLAIM,
         )
         .await
         .map_err(|err| at("applying the session")(err.to_string()))?;
+        pool::claim::crash_point("files");
         if applied.exit_code != Some(0) {
             let (init, _) = self.reported_status(id).await;
             return Err(at("applying the session")(format!(
@@ -221,27 +312,7 @@ impl LocalBackend {
                     .unwrap_or_default()
             )));
         }
-        pool::claim::crash_point("applied");
-        progress.step(CreateStep::WaitingForSsh);
-        let session = session_labels
-            .clone()
-            .into_session(id.to_string(), SessionState::Ready);
-        let target = self
-            .ssh_target(&session)
-            .map_err(|err| at("reading the host key")(err.to_string()))?;
-        self.wait_for_sshd(&target, id, 0)
-            .await
-            .map_err(|err| at("waiting for sshd")(err.to_string()))?;
-        if let Some(files) = &self.options.ssh_files {
-            progress.step(CreateStep::WritingSshConfig);
-            *ssh_files_written = true;
-            files
-                .write_session(&plan.name, &session.ssh)
-                .map_err(|err| at("writing the SSH config")(err.to_string()))?;
-        }
-        self.mark_ready(id, &plan.name)
-            .await
-            .map_err(|err| at("marking it ready")(err.to_string()))
+        Ok(())
     }
 
     /// Removes a claimed member that did not become a session, and its claim record.

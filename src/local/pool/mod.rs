@@ -17,5 +17,5 @@ pub mod targets;
 pub use fit::{PoolRequest, WhyCold};
 pub use member::MemberName;
 pub use record::ClaimRecord;
-pub use settings::{POOL_NETWORK, PoolSettings};
+pub use settings::{POOL_NETWORK, PoolRefill, PoolSettings};
 pub use targets::PoolTargets;

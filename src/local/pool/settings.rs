@@ -20,3 +20,16 @@ pub struct PoolSettings {
     /// Where members publish SSH: what a create publishes on by default.
     pub ssh_bind: IpAddr,
 }
+
+/// When the CLI tops a pool up after a create took one of its members (`defaults.pool_refill`).
+/// The service always refills in the background.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolRefill {
+    /// A detached `cubbi pool fill --quiet` right after the claim.
+    #[default]
+    Background,
+    /// Never by itself: `cubbi pool fill` (or a service) does it, e.g. to keep a laptop quiet
+    /// or to see exactly what a pool of N serves.
+    Manual,
+}
