@@ -5,7 +5,9 @@ ratios against the cold create measured in the same run:
 1. serial, `base`, n runs each: `cubbi session create --image base --no-connect --no-mount`
    (returns once sshd accepts the session's key) claiming a pool member vs cold. Both paths use
    identical flags and config (`pool.base = 1`); a cold run is made cold by draining the pool
-   first. Before each pooled run the pool is filled and `pool status` must say ready == target;
+   first. Before each pooled run the pool is filled and `pool status` must say ready == target,
+   then --settle seconds pass (default 8: a just-booted member's systemd is still starting
+   units after sshd answers; a pool member normally waits idle), as before each cold run;
    the create must say "from the warm pool" (the bench stops otherwise). Its background refill
    is waited for (and the session closed) before the next timed create, so no boot competes with
    a measurement. Figures: the CLI's wall time to its exit, and the "ready in X s" it prints
@@ -50,11 +52,15 @@ STEPS = [
     ("validating", "validate, empty-pool check", "validate (info, image, name)"),
     ("preparing SSH keys", "host key", None),
     ("allocating the SSH port", "port lock + pick", "claim: lock, record volume, rename"),
-    ("creating the container", "API create", "networks + docker update"),
-    ("copying keys and environment in", "archive put", "archive put (keys, env)"),
-    ("starting the container", "API start", "exec hostname + cubbi-init"),
-    ("waiting for sshd to accept the key", "start -> key accepted", "key accepted"),
+    ("creating the container", "API create",
+     "at once: networks, docker update, files + apply exec, SSH key exchange"),
+    ("copying keys and environment in", "archive put", None),
+    ("starting the container", "API start", None),
+    ("waiting for sshd to accept the key", "start -> key accepted",
+     "login on the connection opened meanwhile"),
 ]
+# The claim's parts that run at once (pool_claim.rs logs each with took_ms).
+CLAIM_PART_RE = re.compile(r"took_ms=(\d+).*claim: (.+?)\s*$|claim: (.+?) took_ms=(\d+)")
 LINE_RE = re.compile(r"\s*([0-9.]+)s\s+\w+\s+\S+:\s+(.*)$")
 
 
@@ -70,11 +76,20 @@ def phases(stderr, wall):
             stamps.setdefault("accepted", at)
         elif message in [step for step, _, _ in STEPS]:
             stamps[message] = at  # the last: a cold create after an empty pool allocates twice
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", stderr).splitlines():
+        part = CLAIM_PART_RE.search(line)
+        if part:
+            name = part.group(2) or part.group(3)
+            took = part.group(1) or part.group(4)
+            stamps.setdefault("parts", {})[name.strip()] = int(took) / 1000
+    parts = stamps.pop("parts", {})
     order = [step for step, _, _ in STEPS if step in stamps] + ["accepted"]
     if "accepted" not in stamps:
         return {}
     found = {here: stamps[after] - stamps[here] for here, after in zip(order, order[1:])}
     found["rest"] = wall - (stamps["accepted"] - stamps[order[0]])
+    for name, took in parts.items():
+        found[f"part: {name}"] = took
     return found
 
 
@@ -313,6 +328,10 @@ def main():
     parser.add_argument("-n", type=int, default=7)
     parser.add_argument("--concurrent", type=int, default=20)
     parser.add_argument("--idle-secs", type=int, default=30)
+    parser.add_argument("--settle", type=float, default=8.0,
+                        help="seconds to let freshly booted members settle (their systemd "
+                             "still starts units after sshd answers) before a timed claim: a "
+                             "pool member normally waits idle; 0 measures a just-booted one")
     parser.add_argument("--tool", default="claude-code")
     parser.add_argument("--ports", metavar="START-END",
                         help="SSH port range (ports.start/end) away from other dockerds' "
@@ -344,6 +363,7 @@ def main():
         pool_phases, cold_phases = [], []
         for i in range(args.n):
             fill(cubbi, 1)
+            time.sleep(args.settle)
             name = f"bp-pool-{i}"
             wall, said, stderr = cubbi.create(name)
             made.append(name)
@@ -355,6 +375,7 @@ def main():
             close()
 
             drain(cubbi)
+            time.sleep(args.settle)  # the same quiet machine for the cold create
             name = f"bp-cold-{i}"
             wall, said, stderr = cubbi.create(name)
             made.append(name)
@@ -377,6 +398,18 @@ def main():
         claimed = sum(POOLED in "\n" + r[2] for r in pooled)
         refills = [p for p in (refill_pid(r[2]) for r in pooled) if p]
         wait_refills(cubbi, refills, k)
+        close()
+        # The same, with no refill while they run (defaults.pool_refill = manual): the claims
+        # alone, without the refill's boots sharing the CPU.
+        fill(cubbi, k)
+        time.sleep(max(5, args.settle))
+        cubbi("config", "set", "defaults.pool_refill", "manual")
+        names = [f"bp-cc-quiet-{i}" for i in range(k)]
+        quiet, quiet_total = concurrent(cubbi, names)
+        made.extend(names)
+        quiet_claimed = sum(POOLED in "\n" + r[2] for r in quiet)
+        quiet_phases = [phases(r[2], r[0]) for r in quiet]
+        cubbi("config", "unset", "defaults.pool_refill")
         close()
         drain(cubbi)
         names = [f"bp-cc-cold-{i}" for i in range(k)]
@@ -411,12 +444,27 @@ def main():
                 pool_m = ms(statistics.median(pool_s)) if pool_s else f"{'-':>11}"
                 print(f"    {cold_label:<30} {ms(statistics.median(cold_s))} | "
                       f"{pool_m}  {pool_label or '(no such step)'}")
+        part_names = sorted({key for p in pool_phases for key in p if key.startswith("part: ")})
+        for key in part_names:
+            took = [p[key] for p in pool_phases if key in p]
+            print(f"    {'':<30} {'':>11} | {ms(statistics.median(took))}    of which {key[6:]}")
         print(f"{k} concurrent creates (pool filled to {k} first, booted in {fill_secs:.1f} s; "
               f"{claimed} of {k} claimed):")
-        for label, results, total in [("pool", pooled, pooled_total), ("cold", colds, cold_total)]:
+        for label, results, total in [("pool, refilling", pooled, pooled_total),
+                                      (f"pool, no refill ({quiet_claimed} claimed)", quiet,
+                                       quiet_total),
+                                      ("cold", colds, cold_total)]:
             walls = [r[0] for r in results]
             print(f"  {label}: median {ms(statistics.median(walls))}   p95 {ms(p95(walls))}   "
                   f"max {ms(max(walls))}   all {k} done in {ms(total)}")
+        print("  where a claim's time goes with no refill (medians of the 20, cubbi's log):")
+        for step, _, pool_label in STEPS + [("rest", None, "CLI start/exit, ssh config, rename")]:
+            took = [p[step] for p in quiet_phases if step in p]
+            if took and pool_label:
+                print(f"    {ms(statistics.median(took))}  {pool_label}")
+        for key in sorted({key for p in quiet_phases for key in p if key.startswith("part: ")}):
+            took = [p[key] for p in quiet_phases if key in p]
+            print(f"    {ms(statistics.median(took))}    of which {key[6:]}")
         print(f"  cold/pool: median {statistics.median([r[0] for r in colds]) / statistics.median([r[0] for r in pooled]):.1f}x, "
               f"all-{k} wall {cold_total / pooled_total:.1f}x")
         print(f"idle pool members ({members} booted, cgroup {cgroup_kind}), medians per member:")

@@ -191,15 +191,38 @@ fn base_pool() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Members and sessions made from them through the CLI carry no test label: closed and
-/// drained here, whatever the scenario left.
-fn leave_nothing(scope: &DockerScope, home: &TestHome, sessions: &[&str]) {
-    for name in sessions {
-        let _ = scope.cubbi(home).args(["session", "close", name]).run();
+/// drained when this guard drops, whatever the scenario left, a failed assertion included.
+struct LeaveNothing<'a> {
+    scope: &'a DockerScope,
+    home: &'a TestHome,
+    sessions: Vec<String>,
+}
+
+impl<'a> LeaveNothing<'a> {
+    fn new(scope: &'a DockerScope, home: &'a TestHome, sessions: &[&str]) -> Self {
+        let sessions = sessions.iter().map(|s| s.to_string()).collect();
+        Self {
+            scope,
+            home,
+            sessions,
+        }
     }
-    scope
-        .cubbi(home)
-        .args(["pool", "drain", "--image", "base"])
-        .run();
+}
+
+impl Drop for LeaveNothing<'_> {
+    fn drop(&mut self) {
+        for name in &self.sessions {
+            let _ = self
+                .scope
+                .cubbi(self.home)
+                .args(["session", "close", name])
+                .run();
+        }
+        self.scope
+            .cubbi(self.home)
+            .args(["pool", "drain", "--image", "base"])
+            .run();
+    }
 }
 
 /// `session list --json` of the home's owner.
@@ -298,9 +321,9 @@ fn a_claimed_session_serves_like_a_cold_one_and_the_pool_refills() -> Result<(),
         scope.ensure_base().await?;
         let home = TestHome::new();
         configure_pool(&scope, &home, 2);
-        let outcome = claim_scenario(&scope, &home).await;
-        leave_nothing(&scope, &home, &["pool-a", "pool-cold", "pool-proj"]);
-        outcome
+        let _leave_nothing =
+            LeaveNothing::new(&scope, &home, &["pool-a", "pool-cold", "pool-proj"]);
+        claim_scenario(&scope, &home).await
     })
 }
 
@@ -489,7 +512,7 @@ async fn project_clone_in_a_claimed_session(
     let network = scope
         .docker
         .inspect_network(
-            "cubbi-pool",
+            cubbi::local::pool::POOL_NETWORK,
             None::<bollard::query_parameters::InspectNetworkOptions>,
         )
         .await?;
@@ -565,10 +588,10 @@ fn a_crash_at_each_claim_step_leaves_a_member_or_a_session() -> Result<(), Faile
         scope.ensure_base().await?;
         let home = TestHome::new();
         configure_pool(&scope, &home, 1);
-        let outcome = crash_scenario(&scope, &home).await;
         let names = CRASH_STEPS.map(|step| format!("crash-{step}"));
-        leave_nothing(&scope, &home, &names.each_ref().map(String::as_str));
-        outcome
+        let _leave_nothing =
+            LeaveNothing::new(&scope, &home, &names.each_ref().map(String::as_str));
+        crash_scenario(&scope, &home).await
     })
 }
 
@@ -664,10 +687,9 @@ fn twenty_concurrent_creates_on_a_pool_of_ten_use_each_member_once() -> Result<(
             .run()
             .success();
         let names: Vec<String> = (0..20).map(|i| format!("pt{i}")).collect();
-        let outcome = twenty_scenario(&scope, &home, &names).await;
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        leave_nothing(&scope, &home, &names);
-        outcome
+        let each: Vec<&str> = names.iter().map(String::as_str).collect();
+        let _leave_nothing = LeaveNothing::new(&scope, &home, &each);
+        twenty_scenario(&scope, &home, &names).await
     })
 }
 
