@@ -113,12 +113,11 @@ pub struct Defaults {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_domains: Vec<crate::egress::DomainRule>,
     /// When the CLI refills a warm pool after a create took a member (`background`, `manual`).
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::local::pool::PoolRefill::is_background"
+    )]
     pub pool_refill: crate::local::pool::PoolRefill,
-}
-
-fn is_default<T: Default + PartialEq>(value: &T) -> bool {
-    *value == T::default()
 }
 
 impl Default for Defaults {

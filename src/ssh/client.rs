@@ -92,10 +92,7 @@ impl KeyExchanged {
                 reason: format!("timed out after {:.1}s (no login)", timeout.as_secs_f64()),
             })??;
         tracing::debug!("sshd accepted the key");
-        let _ = session
-            .handle
-            .disconnect(Disconnect::ByApplication, "", "en")
-            .await;
+        session.close().await;
         Ok(())
     }
 }
@@ -144,6 +141,14 @@ impl SshSession {
                 ),
             }),
         }
+    }
+
+    /// Ends the connection politely.
+    async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
     }
 
     /// Connects and verifies the pinned host key within `timeout`, without logging in.
@@ -374,10 +379,7 @@ impl SshSession {
                 },
             }
         }
-        let _ = self
-            .handle
-            .disconnect(Disconnect::ByApplication, "", "en")
-            .await;
+        self.close().await;
         Ok(exit.unwrap_or(255))
     }
 }
@@ -418,10 +420,7 @@ where
         let last = match outcome {
             Ok(session) => {
                 tracing::debug!(attempts, "sshd accepted the key");
-                let _ = session
-                    .handle
-                    .disconnect(Disconnect::ByApplication, "", "en")
-                    .await;
+                session.close().await;
                 return Ok(());
             }
             Err(SshError::HostKeyMismatch) => return Err(SshError::HostKeyMismatch),

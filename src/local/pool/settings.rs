@@ -63,3 +63,10 @@ pub enum PoolRefill {
     /// or to see exactly what a pool of N serves.
     Manual,
 }
+
+impl PoolRefill {
+    /// The default, which a saved config leaves out.
+    pub fn is_background(&self) -> bool {
+        *self == Self::Background
+    }
+}
