@@ -16,4 +16,5 @@ pub mod remote;
 pub mod run;
 pub mod service;
 pub mod ssh;
+pub mod swarm;
 pub mod token_text;

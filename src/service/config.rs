@@ -56,6 +56,26 @@ pub struct ServiceConfig {
     pub egress: crate::egress::service_rules::ServiceEgress,
     /// `[pool]`: booted members the service keeps per image and refills in the background.
     pub pool: crate::local::pool::PoolTargets,
+    /// `[backend]`: where sessions run: the one engine at `docker.endpoint`, or a Docker Swarm
+    /// of cubbi engines managed through it.
+    pub backend: BackendSection,
+}
+
+/// `[backend]`: the kind of engine behind `docker.endpoint`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendSection {
+    pub kind: BackendKind,
+}
+
+/// `local`: sessions are containers on one engine. `swarm`: sessions are one-replica services
+/// of a Docker Swarm whose manager is `docker.endpoint`, placed across its nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Local,
+    Swarm,
 }
 
 /// `[logging]`: the specification's providers. Only `fluentd` is built; a provider of another
@@ -265,6 +285,7 @@ impl Default for ServiceConfig {
             logging: LoggingSection::default(),
             egress: Default::default(),
             pool: Default::default(),
+            backend: BackendSection::default(),
         }
     }
 }
@@ -380,6 +401,24 @@ impl ServiceConfig {
             key: key.to_string(),
             reason,
         };
+        if self.backend.kind == BackendKind::Swarm {
+            if !self.pool.is_empty() {
+                return Err(invalid(
+                    "pool",
+                    "a warm pool is not built for the Swarm backend; remove [pool] or use \
+                     [backend] kind = \"local\""
+                        .to_string(),
+                ));
+            }
+            if self.docker.network.is_some() {
+                return Err(invalid(
+                    "docker.network",
+                    "sessions on a Swarm each get their owner's overlay network; remove \
+                     docker.network"
+                        .to_string(),
+                ));
+            }
+        }
         if self.ports.start == 0 || self.ports.start > self.ports.end {
             return Err(invalid(
                 "ports",
@@ -553,6 +592,30 @@ mod tests {
         assert_eq!(config.ssh.mode, SshMode::Proxy);
         assert_eq!(config.limits.sessions_per_user, 3);
         assert_eq!(config.images, vec!["base", "claude-code"]);
+    }
+
+    #[test]
+    fn the_swarm_backend_is_chosen_by_kind_and_refuses_what_it_cannot_have() {
+        let config =
+            ServiceConfig::parse("[backend]\nkind = \"swarm\"\n", Path::new("t.toml")).unwrap();
+        assert_eq!(config.backend.kind, BackendKind::Swarm);
+        assert_eq!(
+            ServiceConfig::default().backend.kind,
+            BackendKind::Local,
+            "one engine unless told"
+        );
+        for (extra, key) in [
+            ("[pool]\nbase = 2\n", "pool"),
+            ("[docker]\nnetwork = \"shared\"\n", "docker.network"),
+        ] {
+            let text = format!("[backend]\nkind = \"swarm\"\n{extra}");
+            let refused = ServiceConfig::parse(&text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains(key), "{refused}");
+        }
+        let typo = ServiceConfig::parse("[backend]\nkind = \"k8s\"\n", Path::new("t.toml"));
+        assert!(typo.is_err());
     }
 
     #[test]

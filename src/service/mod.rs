@@ -234,7 +234,7 @@ pub async fn start_on_docker(
     // Projects live where the users and tokens do: with PostgreSQL, every service on the
     // database shares them.
     let projects = projects::ServiceProjects::open_with(config, store.postgres().cloned())?;
-    let host = DockerHost::new(
+    let mut host = DockerHost::new(
         docker,
         template,
         index,
@@ -242,6 +242,9 @@ pub async fn start_on_docker(
         projects,
         config.state_dir.join("mcp"),
     );
+    if config.backend.kind == config::BackendKind::Swarm {
+        host = host.on_swarm(docker_host::SwarmShared::default());
+    }
     start(listener, host, store, config)
 }
 

@@ -65,6 +65,11 @@ pub trait SessionHost: Send + Sync + 'static {
     fn run_key(&self) -> Option<Arc<russh::keys::PrivateKey>> {
         None
     }
+    /// Whether sessions run on several hosts (a Swarm's nodes), each session naming the
+    /// address of its own, rather than on the service's host.
+    fn sessions_on_many_hosts(&self) -> bool {
+        false
+    }
     /// A session as the caller sees it (owners as the service names them).
     fn present(&self, session: Session) -> Session {
         session
@@ -206,7 +211,9 @@ impl<H: SessionHost> AppState<H> {
     /// the caller should dial (the configured public name, else the host the caller used).
     pub(super) fn publish(&self, session: Session, headers: &HeaderMap) -> Session {
         let mut session = self.shared.host.present(session);
-        if let Some(host) = self
+        if self.shared.host.sessions_on_many_hosts() {
+            // The session names its node; neither the public name nor the URL's host is it.
+        } else if let Some(host) = self
             .shared
             .policy
             .public_host

@@ -73,44 +73,11 @@ impl LocalBackend {
         if id_or_name.is_empty() {
             return Err(ApiError::invalid("give a session id or name"));
         }
-        let sessions = self.list().await?;
-        let exact: Vec<&Session> = sessions
-            .iter()
-            .filter(|s| s.name == id_or_name || s.id == id_or_name)
-            .collect();
-        let matches: Vec<&Session> = if exact.is_empty() {
-            sessions
-                .iter()
-                .filter(|s| s.id.starts_with(id_or_name) || s.name.starts_with(id_or_name))
-                .collect()
-        } else {
-            exact
-        };
-        match matches.as_slice() {
-            [] => Err(ApiError::NotFound(id_or_name.to_string())),
-            [one] => Ok((*one).clone()),
-            many => Err(ApiError::Ambiguous {
-                prefix: id_or_name.to_string(),
-                candidates: many
-                    .iter()
-                    .map(|s| format!("{} ({})", &s.id[..s.id.len().min(12)], s.name))
-                    .collect(),
-            }),
-        }
+        pick(self.list().await?, id_or_name)
     }
 
     pub(super) fn ssh_target(&self, session: &Session) -> Result<SshTarget, ApiError> {
-        let host_key = keys::parse_public(&session.ssh.host_key).map_err(|err| {
-            ApiError::unavailable(format!(
-                "the session's pinned host key is unreadable: {err}"
-            ))
-        })?;
-        Ok(SshTarget {
-            address: format!("{}:{}", session.ssh.host, session.ssh.port),
-            user: session.ssh.user.clone(),
-            client_key: self.options.client_key.clone(),
-            host_key,
-        })
+        ssh_target(session, &self.options.client_key)
     }
 
     /// A session one can log in to (ready, or ready with a failed init).
@@ -131,14 +98,12 @@ impl LocalBackend {
     /// Appends a canonical key line to the agent's authorized_keys, once. The key is an
     /// argument of the script, never part of its text.
     pub(super) async fn authorize(&self, id: &str, key: &str) -> Result<(), ApiError> {
-        let script = "f=/home/agent/.ssh/authorized_keys; grep -qxF -- \"$1\" \"$f\" 2>/dev/null \
-                      || printf '%s\\n' \"$1\" >> \"$f\"";
         let failed =
             |err: String| ApiError::unavailable(format!("cannot authorize the key: {err}"));
         let captured = session_exec::run_bounded(
             self.docker.as_ref(),
             id,
-            vec!["sh", "-c", script, "sh", key],
+            vec!["sh", "-c", AUTHORIZE_SCRIPT, "sh", key],
             Some("1000:1000"),
             ExecBounds::AUTHORIZE,
         )
@@ -221,4 +186,52 @@ impl LocalBackend {
             .filter_map(|volume| pool::ClaimRecord::from_labels(&volume.labels))
             .collect())
     }
+}
+
+/// Appends the key given as `$1` to the agent's authorized_keys, once; the key is never part
+/// of the script's text.
+pub const AUTHORIZE_SCRIPT: &str = "f=/home/agent/.ssh/authorized_keys; grep -qxF -- \"$1\" \"$f\" \
+                                    2>/dev/null || printf '%s\\n' \"$1\" >> \"$f\"";
+
+/// The one session `id_or_name` names among `sessions`: an exact name or id first, else a
+/// unique prefix of either.
+pub fn pick(sessions: Vec<Session>, id_or_name: &str) -> Result<Session, ApiError> {
+    let exact: Vec<&Session> = sessions
+        .iter()
+        .filter(|s| s.name == id_or_name || s.id == id_or_name)
+        .collect();
+    let matches: Vec<&Session> = if exact.is_empty() {
+        sessions
+            .iter()
+            .filter(|s| s.id.starts_with(id_or_name) || s.name.starts_with(id_or_name))
+            .collect()
+    } else {
+        exact
+    };
+    match matches.as_slice() {
+        [] => Err(ApiError::NotFound(id_or_name.to_string())),
+        [one] => Ok((*one).clone()),
+        many => Err(ApiError::Ambiguous {
+            prefix: id_or_name.to_string(),
+            candidates: many
+                .iter()
+                .map(|s| format!("{} ({})", &s.id[..s.id.len().min(12)], s.name))
+                .collect(),
+        }),
+    }
+}
+
+/// Where and how to reach `session` over SSH, its host key pinned.
+pub fn ssh_target(session: &Session, client_key: &Arc<PrivateKey>) -> Result<SshTarget, ApiError> {
+    let host_key = keys::parse_public(&session.ssh.host_key).map_err(|err| {
+        ApiError::unavailable(format!(
+            "the session's pinned host key is unreadable: {err}"
+        ))
+    })?;
+    Ok(SshTarget {
+        address: format!("{}:{}", session.ssh.host, session.ssh.port),
+        user: session.ssh.user.clone(),
+        client_key: Arc::clone(client_key),
+        host_key,
+    })
 }

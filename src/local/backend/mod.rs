@@ -44,11 +44,12 @@ mod data;
 mod egress;
 mod idle;
 mod lifecycle;
-mod lookup;
+pub mod lookup;
 mod networks;
 mod pool_claim;
 mod pool_fill;
 mod status;
+mod swarm_plan;
 mod validate;
 mod volumes;
 
@@ -62,6 +63,7 @@ pub use idle::IdleStopped;
 pub(super) use lookup::session_from;
 pub use pool_fill::Filled;
 use status::reports_failure;
+pub use swarm_plan::ServicePlan;
 use validate::Plan;
 
 /// Where the workspace is mounted in every session.
