@@ -15,7 +15,7 @@ use bollard::query_parameters::{
 use futures_util::stream::BoxStream;
 
 #[async_trait]
-pub trait SwarmApi: Send + Sync {
+pub trait ManagerApi: Send + Sync {
     async fn nodes(&self) -> Result<Vec<Node>, Error>;
     /// Services carrying every one of `labels` (`KEY=VALUE`).
     async fn services(&self, labels: &[String]) -> Result<Vec<Service>, Error>;
@@ -38,7 +38,7 @@ pub trait SwarmApi: Send + Sync {
 }
 
 #[async_trait]
-impl SwarmApi for Docker {
+impl ManagerApi for Docker {
     async fn nodes(&self) -> Result<Vec<Node>, Error> {
         self.list_nodes(None::<ListNodesOptions>).await
     }

@@ -14,7 +14,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use russh::keys::PrivateKey;
 
-use super::api::SwarmApi;
+use super::api::ManagerApi;
 use super::placement::{self, Want};
 use super::record::{self, SessionService};
 use super::service_spec::{self, ServiceNames};
@@ -47,7 +47,7 @@ pub struct SwarmOptions {
 }
 
 pub struct SwarmBackend {
-    api: Arc<dyn SwarmApi>,
+    api: Arc<dyn ManagerApi>,
     /// Validates specs against the manager's engine as a local create would.
     planner: LocalBackend,
     options: SwarmOptions,
@@ -65,12 +65,17 @@ fn not_on_swarm(what: &str) -> ApiError {
 }
 
 impl SwarmBackend {
-    pub fn new(api: Arc<dyn SwarmApi>, planner: LocalBackend, options: SwarmOptions) -> Self {
+    pub fn new(api: Arc<dyn ManagerApi>, planner: LocalBackend, options: SwarmOptions) -> Self {
         Self {
             api,
             planner,
             options,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn planner(&self) -> &LocalBackend {
+        &self.planner
     }
 
     /// Every session's service, with its state, whoever owns it.

@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod backend;
+#[cfg(test)]
+mod backend_tests;
 pub mod placement;
 pub mod record;
 pub mod service_spec;
