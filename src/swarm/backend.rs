@@ -24,7 +24,7 @@ use crate::api::{
 };
 use crate::config::PortRange;
 use crate::local::backend::LocalBackend;
-use crate::local::backend::lookup::{AUTHORIZE_SCRIPT, pick, ssh_target};
+use crate::local::backend::lookup::{AUTHORIZE_SCRIPT, is_own_key, pick, ssh_target};
 use crate::local::labels;
 use crate::ssh::client::{SshSession, wait_until_ready};
 use crate::ssh::keys;
@@ -458,12 +458,7 @@ impl Backend for SwarmBackend {
         let key =
             keys::canonical_public(public_key).map_err(|err| ApiError::invalid(err.to_string()))?;
         let session = self.ready(id_or_name).await?;
-        let own = keys::canonical_public(
-            &keys::public_openssh(self.options.client_key.public_key())
-                .map_err(|err| ApiError::unavailable(err.to_string()))?,
-        )
-        .map_err(|err| ApiError::unavailable(err.to_string()))?;
-        if key != own {
+        if !is_own_key(&self.options.client_key, &key)? {
             // Into the home volume, so the key lasts as long as the session's home.
             let command = ["sh", "-c", AUTHORIZE_SCRIPT, "sh", key.as_str()].map(String::from);
             let mut events = self

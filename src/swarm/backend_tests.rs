@@ -20,8 +20,8 @@ use super::api::ManagerApi;
 use super::backend::{SwarmBackend, SwarmOptions};
 use crate::api::{ApiError, Backend, ErrorCode, Quiet, SessionSpec};
 use crate::config::PortRange;
+use crate::local::backend::LocalBackend;
 use crate::local::backend::fake_docker::FakeDocker;
-use crate::local::backend::{LocalBackend, LocalOptions};
 use crate::ssh::keys;
 
 #[derive(Default)]
@@ -176,28 +176,8 @@ struct Fixture {
 
 fn fixture(nodes: Vec<Node>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let client_key = Arc::new(keys::generate("test").unwrap());
-    let options = LocalOptions {
-        owner: "serve:alice".into(),
-        all_owners: false,
-        index: None,
-        ports: PortRange::default(),
-        default_network: None,
-        client_key: Arc::clone(&client_key),
-        ssh_files: None,
-        egress_store: crate::egress::store::EgressStore::new(dir.path().join("egress")),
-        pool: None,
-        port_lock: crate::local::ports::LockLocation::User(dir.path().join("ports.lock")),
-        lock_timeout: Duration::from_secs(5),
-        engine_socket: None,
-        ready_timeout: Duration::from_secs(1),
-        extra_labels: HashMap::new(),
-        projects: None,
-        disk_limit: None,
-        fluentd: None,
-        langfuse: None,
-        runtime_advice: Default::default(),
-    };
+    let options = crate::local::backend::tests::test_options(dir.path(), "serve:alice");
+    let client_key = Arc::clone(&options.client_key);
     let planner = LocalBackend::with_api(Arc::new(FakeDocker::default()), options);
     let manager = Arc::new(FakeManager::default());
     manager.0.lock().unwrap().nodes = nodes;

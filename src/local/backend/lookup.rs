@@ -235,3 +235,14 @@ pub fn ssh_target(session: &Session, client_key: &Arc<PrivateKey>) -> Result<Ssh
         host_key,
     })
 }
+
+/// Whether the canonical key line `key` is the service's (or CLI's) own, which every session
+/// authorizes from its creation.
+pub fn is_own_key(client_key: &PrivateKey, key: &str) -> Result<bool, ApiError> {
+    let own = keys::canonical_public(
+        &keys::public_openssh(client_key.public_key())
+            .map_err(|err| ApiError::unavailable(err.to_string()))?,
+    )
+    .map_err(|err| ApiError::unavailable(err.to_string()))?;
+    Ok(key == own)
+}

@@ -56,7 +56,7 @@ mod volumes;
 #[cfg(test)]
 pub(crate) mod fake_docker;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use create::{BootError, Reservation};
 pub use idle::IdleStopped;
@@ -453,12 +453,7 @@ impl Backend for LocalBackend {
         let key =
             keys::canonical_public(public_key).map_err(|err| ApiError::invalid(err.to_string()))?;
         let session = self.ready(id_or_name).await?;
-        let own = keys::canonical_public(
-            &keys::public_openssh(self.options.client_key.public_key())
-                .map_err(|err| ApiError::unavailable(err.to_string()))?,
-        )
-        .map_err(|err| ApiError::unavailable(err.to_string()))?;
-        if key != own {
+        if !lookup::is_own_key(&self.options.client_key, &key)? {
             self.authorize(&session.id, &key).await?;
         }
         Ok(session)

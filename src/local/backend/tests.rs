@@ -25,16 +25,31 @@ fn fixture_with_pool(pool: Option<PoolSettings>) -> Fixture {
     let lock = ports::LockLocation::User(dir.path().join("ports.lock"));
     let docker = Arc::new(FakeDocker::default());
     let options = LocalOptions {
-        owner: "alice".into(),
+        pool,
+        ..test_options(dir.path(), "alice")
+    };
+    let backend = LocalBackend::with_api(docker.clone(), options);
+    Fixture {
+        docker,
+        backend,
+        lock,
+        _dir: dir,
+    }
+}
+
+/// Options for a backend on a fake engine whose files live in `dir`.
+pub(crate) fn test_options(dir: &Path, owner: &str) -> LocalOptions {
+    LocalOptions {
+        owner: owner.into(),
         all_owners: false,
         index: None,
         ports: PortRange::default(),
         default_network: None,
         client_key: Arc::new(keys::generate("test").unwrap()),
         ssh_files: None,
-        egress_store: crate::egress::store::EgressStore::new(dir.path().join("egress")),
-        pool,
-        port_lock: lock.clone(),
+        egress_store: crate::egress::store::EgressStore::new(dir.join("egress")),
+        pool: None,
+        port_lock: ports::LockLocation::User(dir.join("ports.lock")),
         lock_timeout: Duration::from_secs(5),
         engine_socket: None,
         ready_timeout: Duration::from_secs(1),
@@ -44,13 +59,6 @@ fn fixture_with_pool(pool: Option<PoolSettings>) -> Fixture {
         fluentd: None,
         langfuse: None,
         runtime_advice: Default::default(),
-    };
-    let backend = LocalBackend::with_api(docker.clone(), options);
-    Fixture {
-        docker,
-        backend,
-        lock,
-        _dir: dir,
     }
 }
 
