@@ -108,9 +108,17 @@ impl SwarmBackend {
             .tasks_of(&ids)
             .await
             .map_err(docker_error("cannot list the Swarm's tasks"))?;
+        let nodes: Vec<_> = self
+            .api
+            .nodes()
+            .await
+            .map_err(docker_error("cannot list the Swarm's nodes"))?
+            .iter()
+            .filter_map(record::node_view)
+            .collect();
         let mut sessions: Vec<SessionService> = services
             .iter()
-            .filter_map(|service| record::session_service(service, &tasks))
+            .filter_map(|service| record::session_service(service, &tasks, &nodes))
             // The label filter is Docker's; the owner check is ours too.
             .filter(|s| self.options.all_owners || s.session.owner == self.options.owner)
             .collect();
@@ -134,7 +142,14 @@ impl SwarmBackend {
     }
 
     async fn ready(&self, id_or_name: &str) -> Result<Session, ApiError> {
-        let session = self.find(id_or_name).await?.session;
+        let found = self.find(id_or_name).await?;
+        if let Some(why) = &found.node_unavailable {
+            return Err(ApiError::Conflict(format!(
+                "session {} cannot run: {why}",
+                found.session.name
+            )));
+        }
+        let session = found.session;
         if session.state != SessionState::Ready {
             return Err(ApiError::Conflict(format!(
                 "session {} is {}, not ready; `cubbi session logs {}` shows why",

@@ -294,24 +294,7 @@ async fn a_task_that_never_runs_times_out_and_leaves_nothing() {
 #[tokio::test]
 async fn a_taken_name_is_a_conflict_and_the_owner_gets_an_overlay_once() {
     let fixture = fixture(vec![node("a", "sysbox-runc")]);
-    // A session named s1 exists (as a fake service of the same spec a create makes).
-    let plan = fixture.backend_plan("s1").await;
-    let placed = super::placement::Placed {
-        node: "a".into(),
-        address: "127.0.0.1".into(),
-        port: 2300,
-    };
-    let names = super::service_spec::ServiceNames::new("s1", "0000");
-    let record = super::service_spec::session_labels(&plan, &placed, 1);
-    let service = super::service_spec::service_spec(
-        &plan,
-        &placed,
-        &names,
-        "secret-id",
-        &record,
-        "sysbox-runc",
-    );
-    fixture.manager.create_service(service).await.unwrap();
+    fixture.make_session("s1").await;
     let refused = fixture
         .backend
         .create(spec("s1"), &Quiet)
@@ -319,7 +302,9 @@ async fn a_taken_name_is_a_conflict_and_the_owner_gets_an_overlay_once() {
         .unwrap_err();
     assert_eq!(refused.code(), ErrorCode::Conflict, "{refused}");
     assert!(fixture.manager.0.lock().unwrap().secrets.is_empty());
-    // A create that gets as far as placement makes the owner's overlay network, once.
+    // A create that gets as far as placement makes the owner's overlay network, once (these
+    // fail at their task, fast).
+    fixture.manager.0.lock().unwrap().task = Some((TaskState::REJECTED, "no".to_string()));
     let _ = fixture.backend.create(spec("s2"), &Quiet).await;
     let _ = fixture.backend.create(spec("s3"), &Quiet).await;
     let networks = fixture.manager.0.lock().unwrap().networks.clone();
@@ -327,7 +312,50 @@ async fn a_taken_name_is_a_conflict_and_the_owner_gets_an_overlay_once() {
     assert!(networks[0].starts_with("cubbi-servealice"), "{networks:?}");
 }
 
+#[tokio::test]
+async fn a_session_on_a_drained_node_reads_stopped_and_says_why() {
+    let fixture = fixture(vec![node("a", "sysbox-runc")]);
+    fixture.make_session("s1").await;
+    let session = fixture.backend.get("s1").await.unwrap();
+    assert_eq!(session.state, crate::api::SessionState::Ready);
+    fixture.manager.0.lock().unwrap().nodes[0]
+        .spec
+        .as_mut()
+        .unwrap()
+        .availability = Some(NodeSpecAvailabilityEnum::DRAIN);
+    let session = fixture.backend.get("s1").await.unwrap();
+    assert_eq!(session.state, crate::api::SessionState::Stopped);
+    let Err(refused) = fixture.backend.exec("s1", vec!["true".into()]).await else {
+        panic!("exec on a drained node's session");
+    };
+    let text = refused.to_string();
+    assert_eq!(refused.code(), ErrorCode::Conflict, "{text}");
+    assert!(text.contains("drained"), "{text}");
+    assert!(text.contains("--availability active host-a"), "{text}");
+}
+
 impl Fixture {
+    /// A session as a create makes it, on node `a`, without booting anything.
+    async fn make_session(&self, name: &str) {
+        let plan = self.backend_plan(name).await;
+        let placed = super::placement::Placed {
+            node: "a".into(),
+            address: "127.0.0.1".into(),
+            port: 2300,
+        };
+        let names = super::service_spec::ServiceNames::new(name, "0000");
+        let record = super::service_spec::session_labels(&plan, &placed, 1);
+        let service = super::service_spec::service_spec(
+            &plan,
+            &placed,
+            &names,
+            "secret-id",
+            &record,
+            "sysbox-runc",
+        );
+        self.manager.create_service(service).await.unwrap();
+    }
+
     async fn backend_plan(&self, name: &str) -> crate::local::backend::ServicePlan {
         self.backend
             .planner()

@@ -15,6 +15,9 @@ pub struct SessionService {
     pub node: String,
     pub secret: Option<String>,
     pub memory: i64,
+    /// Why the session's node cannot run it now (down, drained, paused): Swarm will not move
+    /// it, since its volumes are on that node.
+    pub node_unavailable: Option<String>,
 }
 
 pub fn node_view(node: &Node) -> Option<NodeView> {
@@ -51,7 +54,11 @@ pub fn load(service: &SessionService) -> SessionLoad {
 
 /// A service's session, `None` for services that are not (whole) sessions. `tasks` may hold
 /// other services' tasks.
-pub fn session_service(service: &Service, tasks: &[Task]) -> Option<SessionService> {
+pub fn session_service(
+    service: &Service,
+    tasks: &[Task],
+    nodes: &[NodeView],
+) -> Option<SessionService> {
     let id = service.id.clone()?;
     let spec = service.spec.as_ref()?;
     let labels = spec.labels.as_ref()?;
@@ -63,7 +70,20 @@ pub fn session_service(service: &Service, tasks: &[Task]) -> Option<SessionServi
         .and_then(|t| t.resources.as_ref())
         .and_then(|r| r.limits.as_ref());
     let memory = limits.and_then(|l| l.memory_bytes).unwrap_or(0);
-    let mut session = record.into_session(id.clone(), state(&id, tasks));
+    let node_unavailable = nodes
+        .iter()
+        .find(|n| n.id == node)
+        .and_then(unavailable)
+        .or_else(|| {
+            (!nodes.is_empty() && !nodes.iter().any(|n| n.id == node))
+                .then(|| "its node left the Swarm".to_string())
+        });
+    let mut state = state(&id, tasks);
+    if node_unavailable.is_some() {
+        // Not on its way up, whatever its last task says: it waits for its node.
+        state = SessionState::Stopped;
+    }
+    let mut session = record.into_session(id.clone(), state);
     session.resources = limits.map(|l| Resources {
         memory: l.memory_bytes,
         memory_swap: None,
@@ -75,7 +95,27 @@ pub fn session_service(service: &Service, tasks: &[Task]) -> Option<SessionServi
         node,
         secret: labels.get(super::service_spec::SECRET).cloned(),
         memory,
+        node_unavailable,
     })
+}
+
+/// Why `node` cannot run its sessions now, if it cannot.
+pub fn unavailable(node: &NodeView) -> Option<String> {
+    let name = format!("{} ({})", node.hostname, node.address);
+    if !node.ready {
+        Some(format!(
+            "its node {name} is down; it comes back when the node does (its volumes are there)"
+        ))
+    } else if !node.active {
+        Some(format!(
+            "its node {name} is drained or paused, and Swarm does not move a session (its \
+             volumes are on that node); make the node active again with `docker node update \
+             --availability active {}`",
+            node.hostname
+        ))
+    } else {
+        None
+    }
 }
 
 /// The state of the service's newest task: a running one is ready (sshd is up within a
