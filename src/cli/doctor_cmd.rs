@@ -63,6 +63,9 @@ pub async fn run(args: DoctorArgs, context: &Context) -> Result<ExitCode, CliErr
     }
     if let Some(check) = swarm_check(&endpoint).await {
         results.push(check);
+        if let Some(check) = pinned_sessions_check(&endpoint).await {
+            results.push(check);
+        }
     }
     if context.mode.json {
         output::print_json(&serde_json::json!({
@@ -139,6 +142,34 @@ async fn swarm_check(endpoint: &str) -> Option<crate::doctor::Check> {
         _ => None,
     };
     Some(checks::swarm(&membership, &default_runtime, manager_port))
+}
+
+/// On a manager: the nodes that cannot run the sessions pinned to them (nothing on a
+/// worker, which cannot list nodes).
+async fn pinned_sessions_check(endpoint: &str) -> Option<crate::doctor::Check> {
+    use crate::swarm::api::ManagerApi;
+    let docker = crate::docker::connect(endpoint).await.ok()?;
+    let nodes = ManagerApi::nodes(&docker).await.ok()?;
+    let services = docker
+        .services(&[format!("{}=true", crate::local::labels::SESSION)])
+        .await
+        .ok()?;
+    let mut pinned = std::collections::BTreeMap::<String, usize>::new();
+    for service in &services {
+        if let Some(node) = service
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.labels.as_ref())
+            .and_then(|labels| labels.get(crate::swarm::service_spec::NODE))
+        {
+            *pinned.entry(node.clone()).or_default() += 1;
+        }
+    }
+    let nodes: Vec<_> = nodes
+        .iter()
+        .filter_map(crate::swarm::record::node_view)
+        .collect();
+    Some(checks::pinned_sessions(&nodes, &pinned))
 }
 
 /// How long doctor waits for a telemetry receiver.

@@ -640,6 +640,48 @@ pub fn swarm(
     )
 }
 
+/// Sessions on a Swarm are pinned to their node (their volumes are there): a drained, paused
+/// or down node's sessions stay stopped, never moved. `pinned` counts sessions per node id.
+pub fn pinned_sessions(
+    nodes: &[crate::swarm::placement::NodeView],
+    pinned: &std::collections::BTreeMap<String, usize>,
+) -> Check {
+    const ID: &str = "swarm-sessions";
+    let stuck: Vec<String> = nodes
+        .iter()
+        .filter(|node| !node.ready || !node.active)
+        .filter_map(|node| {
+            let count = *pinned.get(&node.id)?;
+            let how = if node.ready {
+                "drained or paused"
+            } else {
+                "down"
+            };
+            Some(format!(
+                "{} ({}) is {how} with {count} session(s) pinned to it",
+                node.hostname, node.address
+            ))
+        })
+        .collect();
+    let total: usize = pinned.values().sum();
+    if stuck.is_empty() {
+        return Check::ok(
+            ID,
+            format!("{total} session(s) on the Swarm, every node holding one can run it"),
+        );
+    }
+    Check::warn(
+        ID,
+        format!(
+            "{}; Swarm does not move a session off its node (its volumes are there), so they \
+             stay stopped",
+            stuck.join("; ")
+        ),
+        "docker -H ENDPOINT node update --availability active NODE (or bring the node back up); \
+         or close those sessions",
+    )
+}
+
 pub fn free_ports(free: usize, start: u16, end: u16) -> Check {
     const ID: &str = "ports";
     let total = usize::from(end.saturating_sub(start)) + 1;
@@ -825,6 +867,42 @@ pub fn overall(checks: &[Check]) -> Status {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_drained_node_with_sessions_pinned_to_it_is_a_warning() {
+        use crate::swarm::placement::NodeView;
+        let node = |id: &str, ready: bool, active: bool| NodeView {
+            id: id.into(),
+            hostname: format!("host-{id}"),
+            address: "10.0.0.1".into(),
+            ready,
+            active,
+            runtime: Some("sysbox-runc".into()),
+            memory: 1 << 30,
+        };
+        let nodes = [
+            node("a", true, true),
+            node("b", true, false),
+            node("c", false, true),
+        ];
+        let pinned = std::collections::BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 1)]);
+        let check = super::pinned_sessions(&nodes, &pinned);
+        let text = format!("{check:?}");
+        assert_eq!(check.status, crate::doctor::Status::Warn, "{text}");
+        assert!(text.contains("host-b"), "{text}");
+        assert!(text.contains("drained"), "{text}");
+        assert!(
+            !text.contains("host-c"),
+            "no session is pinned to c: {text}"
+        );
+        assert!(text.contains("--availability active"), "{text}");
+        let healthy = std::collections::BTreeMap::from([("a".to_string(), 2)]);
+        let check = super::pinned_sessions(&nodes, &healthy);
+        let text = format!("{check:?}");
+        assert_eq!(check.status, crate::doctor::Status::Ok, "{text}");
+        assert!(text.contains("2 session(s)"), "{text}");
+        assert!(!text.contains("drained"), "{text}");
+    }
+
     use std::path::PathBuf;
 
     use serde_json::json;
