@@ -99,6 +99,7 @@ impl SessionHost for DockerHost {
                     client_key: Arc::clone(&self.template.client_key),
                     ready_timeout: self.template.ready_timeout,
                     placement: Arc::clone(&shared.placement),
+                    cache: Arc::clone(&shared.sessions),
                 },
             )),
         }
@@ -203,6 +204,8 @@ impl SessionHost for DockerHost {
 pub struct SwarmShared {
     /// One create at a time from reading the nodes to making the service.
     pub placement: Arc<tokio::sync::Mutex<()>>,
+    /// The last read of every session on the Swarm.
+    pub sessions: Arc<crate::swarm::SessionsCache>,
 }
 
 /// A caller's sessions: on the one engine, or on the Swarm it manages.

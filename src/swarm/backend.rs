@@ -44,6 +44,42 @@ pub struct SwarmOptions {
     /// Held from reading the nodes to creating the service, so two creates never pick one
     /// node's port (ports are checked by no one else until the task starts).
     pub placement: Arc<tokio::sync::Mutex<()>>,
+    /// The last read of every session, shared by every caller's backend.
+    pub cache: Arc<SessionsCache>,
+}
+
+/// Every session on the Swarm as last read. Swarm sends no task events to a manager's event
+/// stream, so instead of an event-fed index the read is kept [`Self::FRESH`] long: however
+/// many lists arrive, the manager answers at most one read (three calls) per period, and
+/// callers arriving during a read wait for it instead of starting their own. A create or
+/// close empties it, so its own caller's next read sees the change.
+#[derive(Default)]
+pub struct SessionsCache {
+    last: tokio::sync::Mutex<Option<(Instant, Arc<Vec<SessionService>>)>>,
+}
+
+impl SessionsCache {
+    pub const FRESH: Duration = Duration::from_secs(1);
+
+    async fn read<F, Fut>(&self, fetch: F) -> Result<Arc<Vec<SessionService>>, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<SessionService>, ApiError>>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, sessions)) = last.as_ref()
+            && at.elapsed() < Self::FRESH
+        {
+            return Ok(Arc::clone(sessions));
+        }
+        let sessions = Arc::new(fetch().await?);
+        *last = Some((Instant::now(), Arc::clone(&sessions)));
+        Ok(sessions)
+    }
+
+    async fn forget(&self) {
+        *self.last.lock().await = None;
+    }
 }
 
 pub struct SwarmBackend {
@@ -84,13 +120,15 @@ impl SwarmBackend {
             .await
     }
 
-    /// The sessions this caller may see.
+    /// The sessions this caller may see, from a read of the Swarm at most
+    /// [`SessionsCache::FRESH`] old that every caller shares.
     async fn own_sessions(&self) -> Result<Vec<SessionService>, ApiError> {
-        let mut filter = vec![format!("{}=true", labels::SESSION)];
-        if !self.options.all_owners {
-            filter.push(format!("{}={}", labels::OWNER, self.options.owner));
-        }
-        self.sessions_labelled(filter).await
+        let everyone = self.options.cache.read(|| self.all_sessions()).await?;
+        Ok(everyone
+            .iter()
+            .filter(|s| self.options.all_owners || s.session.owner == self.options.owner)
+            .cloned()
+            .collect())
     }
 
     async fn sessions_labelled(
@@ -334,6 +372,7 @@ impl Backend for SwarmBackend {
             }
         };
         drop(lock);
+        self.options.cache.forget().await;
         progress.reserved(
             &record
                 .clone()
@@ -363,6 +402,7 @@ impl Backend for SwarmBackend {
         if let Err((step, reason)) = booted {
             let logs = self.console_tail(&id).await;
             self.undo(Some(&id), &names.secret).await;
+            self.options.cache.forget().await;
             return Err(ApiError::Failed {
                 step: step.to_string(),
                 reason,
@@ -438,6 +478,7 @@ impl Backend for SwarmBackend {
             .delete_service(&found.session.id)
             .await
             .map_err(docker_error("cannot remove the session's service"))?;
+        self.options.cache.forget().await;
         if let Some(secret) = &found.secret {
             self.delete_secret(secret).await;
         }

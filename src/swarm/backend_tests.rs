@@ -191,6 +191,7 @@ fn fixture(nodes: Vec<Node>) -> Fixture {
             client_key,
             ready_timeout: Duration::from_millis(600),
             placement: Default::default(),
+            cache: Default::default(),
         },
     );
     Fixture {
@@ -323,6 +324,10 @@ async fn a_session_on_a_drained_node_reads_stopped_and_says_why() {
         .as_mut()
         .unwrap()
         .availability = Some(NodeSpecAvailabilityEnum::DRAIN);
+    // Reads are shared for a second: the drain shows once that read is stale.
+    let cached = fixture.backend.get("s1").await.unwrap();
+    assert_eq!(cached.state, crate::api::SessionState::Ready);
+    tokio::time::sleep(super::SessionsCache::FRESH + Duration::from_millis(50)).await;
     let session = fixture.backend.get("s1").await.unwrap();
     assert_eq!(session.state, crate::api::SessionState::Stopped);
     let Err(refused) = fixture.backend.exec("s1", vec!["true".into()]).await else {

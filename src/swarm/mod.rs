@@ -10,4 +10,4 @@ pub mod placement;
 pub mod record;
 pub mod service_spec;
 
-pub use backend::{SwarmBackend, SwarmOptions};
+pub use backend::{SessionsCache, SwarmBackend, SwarmOptions};
