@@ -315,6 +315,8 @@ fn ensure_config(
         }
     };
     let merged = daemon_json::merge(&paths.daemon_json, existing.as_deref(), &desired)?;
+    // The seccomp profile a Swarm node under --unsafe-runc names: dockerd needs the file.
+    apply::sync_seccomp_profile(paths, settings.swarm_unsafe_runc)?;
     if merged.changed {
         apply::write_atomically(&paths.daemon_json, &merged.text, 0o644)?;
     }

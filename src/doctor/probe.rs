@@ -223,6 +223,7 @@ pub async fn gather(
                 .ok()
                 .flatten()
                 .map(|_| crate::engine::SOCKET_GROUP),
+            swarm_unsafe_runc: settings.as_ref().is_some_and(|s| s.swarm_unsafe_runc),
         });
     let sysbox_daemons = match probes.systemd {
         Some(systemd) => SysboxDaemons::Units {

@@ -104,6 +104,7 @@ pub async fn read_state(
     Ok(EngineState {
         daemon_json: read_optional(&paths.daemon_json)?,
         engine_settings,
+        seccomp_profile: read_optional(&paths.seccomp_profile)?,
         unit_file: read_optional(&paths.unit_file)?,
         group_exists: group.is_some(),
         user_in_group,
@@ -245,6 +246,24 @@ pub fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), En
     })
 }
 
+/// The allow-everything seccomp profile of a Swarm node under `--unsafe-runc` (0644, beside
+/// daemon.json) when `wanted`, else none: written only when it differs, removed when present.
+pub fn sync_seccomp_profile(paths: &EnginePaths, wanted: bool) -> Result<(), EngineError> {
+    if !wanted {
+        return remove_if_present(&paths.seccomp_profile);
+    }
+    if read_optional(&paths.seccomp_profile)?.as_deref()
+        != Some(super::daemon_json::SECCOMP_ALLOW_ALL)
+    {
+        write_atomically(
+            &paths.seccomp_profile,
+            super::daemon_json::SECCOMP_ALLOW_ALL,
+            0o644,
+        )?;
+    }
+    Ok(())
+}
+
 /// Applies every to-do step, calling `report` after each.
 pub async fn apply(
     plan: &Plan,
@@ -369,6 +388,7 @@ async fn apply_action(
             daemon_json,
             engine_json,
             backup_invalid,
+            seccomp_profile,
         } => {
             let paths = env.paths;
             let mut note = String::new();
@@ -382,6 +402,8 @@ async fn apply_action(
                 })?;
                 note = format!("the invalid file was kept as {}", backup.display());
             }
+            // Before daemon.json names it: dockerd does not start without the file.
+            sync_seccomp_profile(paths, *seccomp_profile)?;
             write_atomically(&paths.daemon_json, daemon_json, 0o644)?;
             write_atomically(&paths.engine_json, engine_json, 0o644)?;
             Ok(note)
@@ -761,6 +783,7 @@ async fn uninstall_step(
         "config" => {
             remove_if_present(&paths.daemon_json)?;
             remove_if_present(&paths.engine_json)?;
+            remove_if_present(&paths.seccomp_profile)?;
             if paths.is_system() {
                 // The live limit stays: lowering it under running containers helps nobody.
                 remove_if_present(Path::new(SYSCTL_CONF))?;
@@ -1114,5 +1137,33 @@ mod tests {
         let note = restore_ip_forward(&sysctl, &docker0).unwrap();
         assert_eq!(std::fs::read_to_string(&sysctl).unwrap(), "1\n");
         assert!(note.contains("docker0"), "{note}");
+    }
+
+    #[test]
+    fn the_allow_all_seccomp_profile_is_written_0644_beside_daemon_json_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = EnginePaths::under_root(dir.path());
+        sync_seccomp_profile(&paths, true).unwrap();
+        assert_eq!(paths.seccomp_profile.parent(), paths.daemon_json.parent());
+        assert_eq!(
+            std::fs::read_to_string(&paths.seccomp_profile).unwrap(),
+            r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#
+        );
+        let mode = std::fs::metadata(&paths.seccomp_profile)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // A changed file is put right; without the setting it goes, and twice is no error.
+        std::fs::write(&paths.seccomp_profile, "{}").unwrap();
+        sync_seccomp_profile(&paths, true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&paths.seccomp_profile).unwrap(),
+            super::super::daemon_json::SECCOMP_ALLOW_ALL
+        );
+        sync_seccomp_profile(&paths, false).unwrap();
+        assert!(!paths.seccomp_profile.exists());
+        sync_seccomp_profile(&paths, false).unwrap();
     }
 }

@@ -26,6 +26,15 @@ const MANAGED_KEYS: &[&str] = &[
     "default-address-pools",
 ];
 
+/// What a Swarm node under `--unsafe-runc` runs every container with: a seccomp profile that
+/// allows every syscall (docker 20.10 takes no `unconfined` here, only a profile file) and a
+/// private cgroup namespace, which a session's systemd needs. Swarm has no per-service
+/// privileged, security-opt or cgroupns.
+pub const SECCOMP_PROFILE_KEY: &str = "seccomp-profile";
+pub const CGROUPNS_KEY: &str = "default-cgroupns-mode";
+/// The profile's whole contents: every syscall allowed.
+pub const SECCOMP_ALLOW_ALL: &str = r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#;
+
 /// Keys dockerd refuses next to `bridge`.
 const CONFLICTING_KEYS: &[&str] = &["bip"];
 
@@ -61,6 +70,9 @@ pub struct DaemonSettings<'a> {
     pub default_runtime: &'a str,
     /// The socket's group; `None` leaves dockerd's default (and a missing group would stop it).
     pub socket_group: Option<&'a str>,
+    /// A Swarm node under `--unsafe-runc`: a seccomp profile that allows every syscall and a
+    /// private cgroup namespace for every container of the daemon.
+    pub swarm_unsafe_runc: bool,
 }
 
 /// cubbi's part of daemon.json.
@@ -98,7 +110,29 @@ pub fn render(settings: &DaemonSettings<'_>) -> Map<String, Value> {
     if let Some(group) = settings.socket_group {
         map.insert("group".into(), json!(group));
     }
+    if settings.swarm_unsafe_runc {
+        map.insert(SECCOMP_PROFILE_KEY.into(), json!(paths.seccomp_profile));
+        map.insert(CGROUPNS_KEY.into(), json!("private"));
+    }
     map
+}
+
+/// Takes a node-wide unsafe runc that `desired` no longer asks for out of `merged`: only cubbi's
+/// own profile (the file beside daemon.json), and the cgroupns mode that came with it; a
+/// profile of the user's stays.
+fn drop_retired_unsafe_runc(
+    path: &Path,
+    merged: &mut Map<String, Value>,
+    desired: &Map<String, Value>,
+) {
+    let ours = json!(path.with_file_name(super::paths::SECCOMP_PROFILE_FILE));
+    if desired.contains_key(SECCOMP_PROFILE_KEY) || merged.get(SECCOMP_PROFILE_KEY) != Some(&ours) {
+        return;
+    }
+    merged.remove(SECCOMP_PROFILE_KEY);
+    if !desired.contains_key(CGROUPNS_KEY) && merged.get(CGROUPNS_KEY) == Some(&json!("private")) {
+        merged.remove(CGROUPNS_KEY);
+    }
 }
 
 /// The file to write and whether it differs from what is there.
@@ -177,10 +211,13 @@ pub fn merge(
             merged.insert(key.clone(), value.clone());
         }
     }
+    drop_retired_unsafe_runc(path, &mut merged, desired);
     let kept_user_keys = merged
         .keys()
         .filter(|key| {
-            !MANAGED_KEYS.contains(&key.as_str()) && !matches!(key.as_str(), "runtimes" | "labels")
+            !MANAGED_KEYS.contains(&key.as_str())
+                && !desired.contains_key(key.as_str())
+                && !matches!(key.as_str(), "runtimes" | "labels")
         })
         .cloned()
         .collect();
@@ -238,6 +275,20 @@ mod tests {
             pool: "10.214.0.0/16".parse().unwrap(),
             default_runtime: SYSBOX_RUNTIME,
             socket_group: Some("cubbi"),
+            swarm_unsafe_runc: false,
+        })
+    }
+
+    /// A Swarm node set up with `--unsafe-runc`.
+    fn unsafe_swarm_node() -> Map<String, Value> {
+        let paths = EnginePaths::system();
+        render(&DaemonSettings {
+            paths: &paths,
+            bridge: "cubbi0",
+            pool: "10.214.0.0/16".parse().unwrap(),
+            default_runtime: "runc",
+            socket_group: Some("cubbi"),
+            swarm_unsafe_runc: true,
         })
     }
 
@@ -337,6 +388,53 @@ mod tests {
         assert_eq!(
             mismatched_keys(&existing, &desired()),
             ["default-runtime", "runtimes"]
+        );
+    }
+
+    #[test]
+    fn an_unsafe_swarm_node_gets_no_seccomp_filter_and_a_private_cgroupns() {
+        let map = unsafe_swarm_node();
+        assert_eq!(
+            map["seccomp-profile"],
+            json!("/etc/cubbi/docker/seccomp-allow-all.json")
+        );
+        assert_eq!(map["default-cgroupns-mode"], json!("private"));
+        assert_eq!(map["default-runtime"], json!("runc"));
+        let profile: Value = serde_json::from_str(SECCOMP_ALLOW_ALL).unwrap();
+        assert_eq!(profile, json!({"defaultAction": "SCMP_ACT_ALLOW"}));
+        // Neither key without the node-wide setting.
+        let plain = desired();
+        assert!(
+            !plain.contains_key("seccomp-profile") && !plain.contains_key("default-cgroupns-mode")
+        );
+        // Written, then a re-run keeps it, and neither counts as the user's key.
+        let on = merge(Path::new(PATH), None, &map).unwrap();
+        assert!(on.kept_user_keys.is_empty(), "{:?}", on.kept_user_keys);
+        assert!(
+            !merge(Path::new(PATH), Some(&on.text), &map)
+                .unwrap()
+                .changed
+        );
+    }
+
+    #[test]
+    fn turning_the_unsafe_node_off_takes_only_cubbis_keys_away() {
+        let on = merge(Path::new(PATH), None, &unsafe_swarm_node()).unwrap();
+        let off = merge(Path::new(PATH), Some(&on.text), &desired()).unwrap();
+        assert!(off.changed);
+        let value: Value = serde_json::from_str(&off.text).unwrap();
+        assert!(value.get("seccomp-profile").is_none(), "{value}");
+        assert!(value.get("default-cgroupns-mode").is_none(), "{value}");
+        // A profile of the user's own (and their cgroupns mode) stay.
+        let theirs =
+            r#"{"seccomp-profile": "/etc/docker/mine.json", "default-cgroupns-mode": "private"}"#;
+        let kept = merge(Path::new(PATH), Some(theirs), &desired()).unwrap();
+        let value: Value = serde_json::from_str(&kept.text).unwrap();
+        assert_eq!(value["seccomp-profile"], json!("/etc/docker/mine.json"));
+        assert_eq!(value["default-cgroupns-mode"], json!("private"));
+        assert_eq!(
+            kept.kept_user_keys,
+            ["default-cgroupns-mode", "seccomp-profile"]
         );
     }
 }

@@ -22,6 +22,10 @@ pub struct Wanted<'a> {
     pub unsafe_runc: Option<bool>,
     /// The socket's group; `None` leaves dockerd's default.
     pub socket_group: Option<&'a str>,
+    /// `Some(true)`: a Swarm node under `--unsafe-runc` (every container without a seccomp
+    /// filter, in a private cgroup namespace), where runc is the default runtime; `None`: as
+    /// recorded.
+    pub swarm_unsafe_runc: Option<bool>,
 }
 
 /// engine.json and cubbi's part of daemon.json.
@@ -62,6 +66,13 @@ pub fn desired(
         (None, Some(recorded)) => recorded.default_runtime.clone(),
         _ => daemon_json::SYSBOX_RUNTIME.into(),
     };
+    // Only where runc is the default: a Sysbox node needs none of it, and a setup without
+    // --unsafe-runc (Sysbox again) takes it away.
+    settings.swarm_unsafe_runc = settings.default_runtime == "runc"
+        && wanted
+            .swarm_unsafe_runc
+            .or(recorded.map(|recorded| recorded.swarm_unsafe_runc))
+            .unwrap_or(false);
     // The value before cubbi's engine first ran, kept across re-runs.
     settings.ip_forward_before = recorded
         .and_then(|recorded| recorded.ip_forward_before)
@@ -72,6 +83,7 @@ pub fn desired(
         pool: settings.pool,
         default_runtime: &settings.default_runtime,
         socket_group: wanted.socket_group,
+        swarm_unsafe_runc: settings.swarm_unsafe_runc,
     });
     Ok(Desired {
         settings,
@@ -167,5 +179,44 @@ mod tests {
             got.daemon_json["default-address-pools"],
             serde_json::json!([{"base": "10.215.0.0/16", "size": 24}])
         );
+    }
+
+    #[test]
+    fn a_swarm_node_under_unsafe_runc_is_recorded_and_kept_only_with_runc() {
+        let paths = EnginePaths::system();
+        let node = Wanted {
+            unsafe_runc: Some(true),
+            swarm_unsafe_runc: Some(true),
+            ..wanted()
+        };
+        let got = desired(&facts(None), &paths, None, &node).unwrap();
+        assert!(got.settings.swarm_unsafe_runc);
+        assert_eq!(
+            got.daemon_json["seccomp-profile"],
+            "/etc/cubbi/docker/seccomp-allow-all.json"
+        );
+        assert_eq!(got.daemon_json["default-cgroupns-mode"], "private");
+        // `engine start` (nothing asked) keeps what setup recorded.
+        let got = desired(&facts(None), &paths, Some(&got.settings), &wanted()).unwrap();
+        assert!(got.settings.swarm_unsafe_runc);
+        assert!(got.daemon_json.contains_key("seccomp-profile"));
+        // A setup without --unsafe-runc goes back to Sysbox and takes it away.
+        let safe = Wanted {
+            unsafe_runc: Some(false),
+            ..wanted()
+        };
+        let back = desired(&facts(None), &paths, Some(&got.settings), &safe).unwrap();
+        assert!(!back.settings.swarm_unsafe_runc);
+        assert!(!back.daemon_json.contains_key("seccomp-profile"));
+        assert!(!back.daemon_json.contains_key("default-cgroupns-mode"));
+        // Where Sysbox is installed --unsafe-runc keeps it the default: nothing node-wide.
+        let mut sysbox = FixtureHost::debian_with_systemd();
+        sysbox
+            .programs
+            .extend(["sysbox-runc", "sysbox-mgr", "sysbox-fs"].map(String::from));
+        let got = desired(&HostFacts::gather(&sysbox), &paths, None, &node).unwrap();
+        assert_eq!(got.settings.default_runtime, "sysbox-runc");
+        assert!(!got.settings.swarm_unsafe_runc);
+        assert!(!got.daemon_json.contains_key("seccomp-profile"));
     }
 }

@@ -158,6 +158,7 @@ mod tests {
             egress_guard: true,
             default_runtime: "sysbox-runc".into(),
             ip_forward_before: None,
+            swarm_unsafe_runc: false,
         }
     }
 

@@ -9,6 +9,9 @@ use serde::Serialize;
 /// Environment variable that relocates every engine path under one folder.
 pub const ENGINE_ROOT_ENV: &str = "CUBBI_ENGINE_ROOT";
 
+/// The allow-everything seccomp profile's file name, beside daemon.json.
+pub const SECCOMP_PROFILE_FILE: &str = "seccomp-allow-all.json";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnginePaths {
     /// Folder holding daemon.json and engine.json.
@@ -19,6 +22,9 @@ pub struct EnginePaths {
     pub engine_json: PathBuf,
     /// The engine's firewall as a script (`up`/`down`), run before dockerd starts.
     pub firewall_script: PathBuf,
+    /// The seccomp profile that allows every syscall, which daemon.json names on a Swarm node
+    /// set up with `--unsafe-runc` (Swarm gives a service no per-task security options).
+    pub seccomp_profile: PathBuf,
     pub socket: PathBuf,
     pub data_root: PathBuf,
     pub exec_root: PathBuf,
@@ -37,6 +43,7 @@ impl EnginePaths {
             daemon_json: config_dir.join("daemon.json"),
             engine_json: config_dir.join("engine.json"),
             firewall_script: config_dir.join("firewall.sh"),
+            seccomp_profile: config_dir.join(SECCOMP_PROFILE_FILE),
             config_dir,
             socket: PathBuf::from("/var/run/cubbi-docker.sock"),
             data_root: PathBuf::from("/var/lib/cubbi-docker"),
@@ -54,6 +61,7 @@ impl EnginePaths {
             daemon_json: root.join("daemon.json"),
             engine_json: root.join("engine.json"),
             firewall_script: root.join("firewall.sh"),
+            seccomp_profile: root.join(SECCOMP_PROFILE_FILE),
             socket: root.join("docker.sock"),
             data_root: root.join("data"),
             exec_root: root.join("exec"),
@@ -92,6 +100,7 @@ mod tests {
         for path in [
             &paths.daemon_json,
             &paths.engine_json,
+            &paths.seccomp_profile,
             &paths.socket,
             &paths.data_root,
             &paths.exec_root,

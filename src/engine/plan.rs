@@ -81,6 +81,9 @@ pub enum Action {
         daemon_json: String,
         engine_json: String,
         backup_invalid: bool,
+        /// A Swarm node under `--unsafe-runc`: write the allow-everything seccomp profile that
+        /// daemon.json names; otherwise remove one an earlier setup wrote.
+        seccomp_profile: bool,
     },
     InstallUnit {
         unit: String,
@@ -250,6 +253,8 @@ pub struct ServeState {
 pub struct EngineState {
     pub daemon_json: Option<String>,
     pub engine_settings: Option<EngineSettings>,
+    /// The seccomp profile beside daemon.json (a Swarm node under `--unsafe-runc`).
+    pub seccomp_profile: Option<String>,
     pub unit_file: Option<String>,
     pub group_exists: bool,
     pub user_in_group: bool,
@@ -467,6 +472,9 @@ pub fn plan_setup(
             egress_guard: Some(options.egress_guard),
             unsafe_runc: Some(options.unsafe_runc),
             socket_group: Some(SOCKET_GROUP),
+            // Swarm sets no security options per service, so a runc session on a Swarm node
+            // needs them from the daemon; a re-run without --swarm-* keeps what is recorded.
+            swarm_unsafe_runc: (options.unsafe_runc && options.swarm.is_some()).then_some(true),
         },
     )?;
     let bridge = settings.bridge.clone();
@@ -481,13 +489,38 @@ pub fn plan_setup(
             Err(err) => return Err(err.into()),
         };
     let settings_changed = state.engine_settings.as_ref() != Some(&settings);
-    // Only what dockerd reads restarts it; the guard is cubbi's own rules.
+    // The profile daemon.json names must be there (dockerd does not start without it), and
+    // none is left once it is not named.
+    let profile_wanted = settings.swarm_unsafe_runc;
+    let profile_to_write = match (&state.seccomp_profile, profile_wanted) {
+        (Some(text), true) => text != daemon_json::SECCOMP_ALLOW_ALL,
+        (None, true) => true,
+        (Some(_), false) => true,
+        (None, false) => false,
+    };
+    // Only what dockerd reads restarts it; the guard is cubbi's own rules. dockerd reads the
+    // profile at start: a changed one needs a restart, a missing one (re-written) does not.
     let engine_changed = merged.changed
+        || (profile_wanted
+            && state
+                .seccomp_profile
+                .as_deref()
+                .is_some_and(|text| text != daemon_json::SECCOMP_ALLOW_ALL))
         || !state
             .engine_settings
             .as_ref()
             .is_some_and(|recorded| recorded.same_engine(&settings));
-    steps.push(if merged.changed || settings_changed {
+    let unsafe_node = if profile_wanted {
+        format!(
+            "; SWARM NODE UNDER --unsafe-runc: every container and swarm task on this engine runs \
+             WITHOUT seccomp filtering (its profile {} allows every syscall) and in a private cgroup \
+             namespace, so sessions here are NOT isolated from the host",
+            paths.seccomp_profile.display()
+        )
+    } else {
+        String::new()
+    };
+    steps.push(if merged.changed || settings_changed || profile_to_write {
         let kept = if merged.kept_user_keys.is_empty() {
             String::new()
         } else {
@@ -497,7 +530,7 @@ pub fn plan_setup(
             "daemon-json",
             StepState::ToDo,
             format!(
-                "write {} (bridge {bridge}, subnet {subnet}, default runtime {}){kept}{}",
+                "write {} (bridge {bridge}, subnet {subnet}, default runtime {}){kept}{}{unsafe_node}",
                 paths.daemon_json.display(),
                 settings.default_runtime,
                 if backup_invalid {
@@ -510,6 +543,7 @@ pub fn plan_setup(
                 daemon_json: merged.text,
                 engine_json: settings.to_json(),
                 backup_invalid,
+                seccomp_profile: profile_wanted,
             },
         )
     } else {
@@ -517,7 +551,7 @@ pub fn plan_setup(
             "daemon-json",
             StepState::Done,
             format!(
-                "{} is up to date (bridge {bridge}, subnet {subnet})",
+                "{} is up to date (bridge {bridge}, subnet {subnet}){unsafe_node}",
                 paths.daemon_json.display()
             ),
             Action::Nothing,
@@ -568,11 +602,14 @@ pub fn plan_setup(
     ));
 
     if let Some(request) = &options.swarm {
-        steps.push(super::swarm::plan(
-            state.swarm.as_ref(),
-            request,
-            &settings.default_runtime,
-        ));
+        let mut step = super::swarm::plan(state.swarm.as_ref(), request, &settings.default_runtime);
+        if settings.swarm_unsafe_runc {
+            step.finding.push_str(
+                "; under --unsafe-runc this node runs every task under runc WITHOUT seccomp \
+                 filtering: NOT isolated from the host",
+            );
+        }
+        steps.push(step);
     }
 
     // Docker CLI context.
@@ -1126,8 +1163,18 @@ pub fn plan_uninstall(
         },
         step(
             "config",
-            state.daemon_json.is_some() || state.engine_settings.is_some(),
-            format!("remove {} and engine.json", paths.daemon_json.display()),
+            state.daemon_json.is_some()
+                || state.engine_settings.is_some()
+                || state.seccomp_profile.is_some(),
+            if state.seccomp_profile.is_some() {
+                format!(
+                    "remove {}, engine.json and {}",
+                    paths.daemon_json.display(),
+                    paths.seccomp_profile.display()
+                )
+            } else {
+                format!("remove {} and engine.json", paths.daemon_json.display())
+            },
         ),
         UninstallStep {
             id: "data-root",
@@ -1238,8 +1285,14 @@ mod tests {
         };
         for step in &plan.steps {
             match &step.action {
-                Action::WriteConfig { daemon_json, .. } => {
-                    state.daemon_json = Some(daemon_json.clone())
+                Action::WriteConfig {
+                    daemon_json,
+                    seccomp_profile,
+                    ..
+                } => {
+                    state.daemon_json = Some(daemon_json.clone());
+                    state.seccomp_profile =
+                        seccomp_profile.then(|| daemon_json::SECCOMP_ALLOW_ALL.to_string());
                 }
                 Action::InstallUnit { unit, .. } => state.unit_file = Some(unit.clone()),
                 Action::InstallFirewall { script, .. } => {
@@ -1716,5 +1769,185 @@ mod tests {
             state_of(&plan, "firewall").action,
             Action::InstallFirewall { .. }
         ));
+    }
+
+    fn swarm_init() -> Option<super::super::swarm::SwarmRequest> {
+        Some(super::super::swarm::SwarmRequest::Init { advertise: None })
+    }
+
+    fn written_daemon_json(plan: &Plan) -> (serde_json::Value, bool) {
+        let Action::WriteConfig {
+            daemon_json,
+            seccomp_profile,
+            ..
+        } = &state_of(plan, "daemon-json").action
+        else {
+            panic!(
+                "daemon.json is written: {:?}",
+                state_of(plan, "daemon-json")
+            )
+        };
+        (serde_json::from_str(daemon_json).unwrap(), *seccomp_profile)
+    }
+
+    /// What a completed setup of a swarm node leaves: the plan's files, the node in a swarm.
+    fn after_swarm_setup(plan: &Plan) -> EngineState {
+        EngineState {
+            swarm: Some(super::super::swarm::Membership {
+                state: "active".into(),
+                node_id: "n1".into(),
+                manager: true,
+                node_addr: "10.0.0.1".into(),
+                worker_token: None,
+                labels: super::super::swarm::node_labels(&plan.settings.default_runtime),
+            }),
+            ..after_setup(plan)
+        }
+    }
+
+    #[test]
+    fn an_unsafe_runc_swarm_node_runs_every_task_without_seccomp_and_says_so() {
+        let opts = SetupOptions {
+            unsafe_runc: true,
+            swarm: swarm_init(),
+            ..options()
+        };
+        let plan = fresh_plan(&opts);
+        assert!(plan.settings.swarm_unsafe_runc);
+        let (written, profile) = written_daemon_json(&plan);
+        assert!(profile, "the profile is written with daemon.json");
+        assert_eq!(
+            written["seccomp-profile"],
+            "/etc/cubbi/docker/seccomp-allow-all.json"
+        );
+        assert_eq!(written["default-cgroupns-mode"], "private");
+        assert_eq!(written["default-runtime"], "runc");
+        assert_eq!(
+            written["labels"],
+            serde_json::json!(["io.cubbi.runtime=runc"])
+        );
+        for id in ["daemon-json", "swarm"] {
+            let finding = &state_of(&plan, id).finding;
+            assert!(
+                finding.contains("WITHOUT seccomp filtering") && finding.contains("NOT isolated"),
+                "{id}: {finding}"
+            );
+        }
+        // A re-run, with or without the swarm flag, keeps it and still says so.
+        let state = after_swarm_setup(&plan);
+        for rerun in [
+            opts.clone(),
+            SetupOptions {
+                swarm: None,
+                ..opts.clone()
+            },
+        ] {
+            let again = plan_setup(&debian(), &state, &EnginePaths::system(), &rerun).unwrap();
+            let daemon = state_of(&again, "daemon-json");
+            assert_eq!(daemon.state, StepState::Done, "{}", daemon.finding);
+            assert!(
+                daemon.finding.contains("NOT isolated"),
+                "{}",
+                daemon.finding
+            );
+            assert!(again.settings.swarm_unsafe_runc);
+            assert_eq!(state_of(&again, "engine").state, StepState::Done);
+        }
+    }
+
+    #[test]
+    fn without_unsafe_runc_or_without_a_swarm_nothing_node_wide_changes() {
+        for opts in [
+            SetupOptions {
+                swarm: swarm_init(),
+                ..options()
+            },
+            SetupOptions {
+                unsafe_runc: true,
+                ..options()
+            },
+        ] {
+            let plan = fresh_plan(&opts);
+            assert!(!plan.settings.swarm_unsafe_runc);
+            let (written, profile) = written_daemon_json(&plan);
+            assert!(!profile);
+            assert!(written.get("seccomp-profile").is_none(), "{written}");
+            assert!(written.get("default-cgroupns-mode").is_none(), "{written}");
+            assert!(
+                !state_of(&plan, "daemon-json").finding.contains("seccomp"),
+                "{}",
+                state_of(&plan, "daemon-json").finding
+            );
+        }
+    }
+
+    #[test]
+    fn setup_without_unsafe_runc_takes_the_unsafe_node_away_and_restarts_the_engine() {
+        let opts = SetupOptions {
+            unsafe_runc: true,
+            swarm: swarm_init(),
+            ..options()
+        };
+        let state = after_swarm_setup(&fresh_plan(&opts));
+        let safe = SetupOptions {
+            swarm: swarm_init(),
+            ..options()
+        };
+        let plan = plan_setup(&debian(), &state, &EnginePaths::system(), &safe).unwrap();
+        assert!(!plan.settings.swarm_unsafe_runc);
+        let (written, profile) = written_daemon_json(&plan);
+        assert!(!profile, "the profile goes");
+        assert!(written.get("seccomp-profile").is_none(), "{written}");
+        assert!(written.get("default-cgroupns-mode").is_none(), "{written}");
+        assert_eq!(state_of(&plan, "engine").state, StepState::ToDo);
+    }
+
+    #[test]
+    fn a_missing_profile_is_written_again_and_a_changed_one_restarts_the_engine() {
+        let opts = SetupOptions {
+            unsafe_runc: true,
+            swarm: swarm_init(),
+            ..options()
+        };
+        let done = after_swarm_setup(&fresh_plan(&opts));
+        let missing = EngineState {
+            seccomp_profile: None,
+            ..done.clone()
+        };
+        let plan = plan_setup(&debian(), &missing, &EnginePaths::system(), &opts).unwrap();
+        assert_eq!(state_of(&plan, "daemon-json").state, StepState::ToDo);
+        assert!(written_daemon_json(&plan).1);
+        // dockerd read it at start: no restart for a file put back.
+        assert_eq!(state_of(&plan, "engine").state, StepState::Done);
+        let changed = EngineState {
+            seccomp_profile: Some("{}".into()),
+            ..done
+        };
+        let plan = plan_setup(&debian(), &changed, &EnginePaths::system(), &opts).unwrap();
+        assert_eq!(state_of(&plan, "daemon-json").state, StepState::ToDo);
+        assert_eq!(state_of(&plan, "engine").state, StepState::ToDo);
+    }
+
+    #[test]
+    fn uninstall_removes_the_seccomp_profile() {
+        let state = EngineState {
+            seccomp_profile: Some(daemon_json::SECCOMP_ALLOW_ALL.into()),
+            ..Default::default()
+        };
+        let steps = plan_uninstall(
+            &state,
+            &EnginePaths::system(),
+            EngineMode::Supervised,
+            false,
+        );
+        let config = steps.iter().find(|s| s.id == "config").unwrap();
+        assert_eq!(config.state, StepState::ToDo);
+        assert!(
+            config
+                .finding
+                .contains("/etc/cubbi/docker/seccomp-allow-all.json"),
+            "{}",
+            config.finding
+        );
     }
 }

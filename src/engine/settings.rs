@@ -48,6 +48,11 @@ pub struct EngineSettings {
     /// `--uninstall` turn it off again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_forward_before: Option<bool>,
+    /// A Swarm node set up with `--unsafe-runc` (and runc the default runtime): the daemon runs
+    /// every container with a seccomp profile that allows every syscall and in a private cgroup namespace, since Swarm
+    /// gives a service no per-task security options. NOT isolated from the host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub swarm_unsafe_runc: bool,
 }
 
 impl EngineSettings {
@@ -59,6 +64,7 @@ impl EngineSettings {
             egress_guard,
             default_runtime: sysbox_runtime(),
             ip_forward_before: None,
+            swarm_unsafe_runc: false,
         }
     }
 
@@ -68,6 +74,7 @@ impl EngineSettings {
             && self.subnet == other.subnet
             && self.pool == other.pool
             && self.default_runtime == other.default_runtime
+            && self.swarm_unsafe_runc == other.swarm_unsafe_runc
     }
 }
 
@@ -137,7 +144,14 @@ mod tests {
         assert_eq!(EngineSettings::load(&path).unwrap(), Some(settings.clone()));
         // A file from before the pool and guard were recorded reads with their defaults.
         std::fs::write(&path, r#"{"bridge": "cubbi0", "subnet": "10.214.3.0/24"}"#).unwrap();
-        assert_eq!(EngineSettings::load(&path).unwrap(), Some(settings));
+        assert_eq!(EngineSettings::load(&path).unwrap(), Some(settings.clone()));
+        // A node-wide unsafe runc is written only when on, and read back.
+        let mut unsafe_node = settings.clone();
+        unsafe_node.swarm_unsafe_runc = true;
+        std::fs::write(&path, unsafe_node.to_json()).unwrap();
+        assert!(unsafe_node.to_json().contains("swarm_unsafe_runc"));
+        assert!(!settings.to_json().contains("swarm_unsafe_runc"));
+        assert_eq!(EngineSettings::load(&path).unwrap(), Some(unsafe_node));
         std::fs::write(&path, "{").unwrap();
         assert!(EngineSettings::load(&path).is_err());
     }

@@ -139,7 +139,8 @@ pub fn choose_subnet(
 
 /// Refuses a pool that overlaps a host route (a LAN, a VPN, another Docker's bridge). Not
 /// counted: the default route, routes through the engine's own bridges (`<bridge>*`), and the
-/// routes dockerd adds for the engine's other networks (`br-…` devices, inside the pool).
+/// routes dockerd adds for the engine's other networks (`br-…` devices, and a Swarm node's
+/// `docker_gwbridge`, inside the pool: dockerd takes their subnets from it).
 pub fn check_pool(routes: &[Route], own_bridge: &str, pool: Ipv4Net) -> Result<(), SubnetError> {
     let pool = pool.trunc();
     if pool.prefix_len() > 24 {
@@ -147,7 +148,7 @@ pub fn check_pool(routes: &[Route], own_bridge: &str, pool: Ipv4Net) -> Result<(
     }
     let ours = |route: &Route| {
         route.device.starts_with(own_bridge)
-            || (route.device.starts_with("br-")
+            || ((route.device.starts_with("br-") || route.device == "docker_gwbridge")
                 && pool.contains(&route.destination)
                 && route.destination.prefix_len() >= 24)
     };
@@ -258,8 +259,13 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
             vpn("10.214.0.0/24", "cubbi0"),
             vpn("10.214.1.0/24", "cubbi0n"),
             vpn("10.214.2.0/24", "br-0123456789ab"),
+            // A Swarm node's: dockerd made it from the pool, and `engine start` after a
+            // restart must not refuse it.
+            vpn("10.214.3.0/24", "docker_gwbridge"),
         ];
         assert!(check_pool(&own, "cubbi0", pool).is_ok());
+        // Another Docker's gateway bridge, outside the pool's /24s, still collides.
+        assert!(check_pool(&[vpn("10.214.0.0/20", "docker_gwbridge")], "cubbi0", pool).is_err());
         // A host Docker network covering more than a /24 of the pool is not one of ours.
         assert!(check_pool(&[vpn("10.214.0.0/20", "br-0123456789ab")], "cubbi0", pool).is_err());
         assert!(matches!(

@@ -56,6 +56,10 @@ pub struct SwarmOptions {
 #[derive(Default)]
 pub struct SessionsCache {
     last: tokio::sync::Mutex<Option<(Instant, Arc<Vec<SessionService>>)>>,
+    /// The running tasks whose sshd accepted the service's key. A running task is not yet a
+    /// ready session: Swarm replaces a task (a node restarted) and says `running` while
+    /// systemd boots, so each task's sshd is proven once before it reads `ready`.
+    proven: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl SessionsCache {
@@ -114,10 +118,12 @@ impl SwarmBackend {
         &self.planner
     }
 
-    /// Every session's service, with its state, whoever owns it.
+    /// Every session's service, whoever owns it, each running one's sshd proven (for reads).
     async fn all_sessions(&self) -> Result<Vec<SessionService>, ApiError> {
-        self.sessions_labelled(vec![format!("{}=true", labels::SESSION)])
-            .await
+        let sessions = self.read_swarm().await?;
+        let mut sessions = self.prove_running(sessions).await;
+        sessions.sort_by_key(|s| (s.session.created, s.session.name.clone()));
+        Ok(sessions)
     }
 
     /// The sessions this caller may see, from a read of the Swarm at most
@@ -131,10 +137,9 @@ impl SwarmBackend {
             .collect())
     }
 
-    async fn sessions_labelled(
-        &self,
-        filter: Vec<String>,
-    ) -> Result<Vec<SessionService>, ApiError> {
+    /// Every session's service as Swarm says, whoever owns it: what placement weighs.
+    async fn read_swarm(&self) -> Result<Vec<SessionService>, ApiError> {
+        let filter = vec![format!("{}=true", labels::SESSION)];
         let services = self
             .api
             .services(&filter)
@@ -154,14 +159,59 @@ impl SwarmBackend {
             .iter()
             .filter_map(record::node_view)
             .collect();
-        let mut sessions: Vec<SessionService> = services
+        let sessions: Vec<SessionService> = services
             .iter()
             .filter_map(|service| record::session_service(service, &tasks, &nodes))
-            // The label filter is Docker's; the owner check is ours too.
-            .filter(|s| self.options.all_owners || s.session.owner == self.options.owner)
             .collect();
-        sessions.sort_by_key(|s| (s.session.created, s.session.name.clone()));
         Ok(sessions)
+    }
+
+    /// Whether the session's sshd proves its pinned key and accepts the service's, now.
+    async fn answers(&self, session: &Session) -> bool {
+        const TRY_FOR: Duration = Duration::from_secs(2);
+        let Ok(target) = ssh_target(session, &self.options.client_key) else {
+            return false;
+        };
+        match SshSession::key_exchange(&target, TRY_FOR).await {
+            Ok(exchanged) => exchanged.log_in_once(&target, TRY_FOR).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Marks `starting` every session whose running task's sshd has not yet accepted the
+    /// key (each task is tried once per read, a few at a time, briefly), and forgets tasks
+    /// that are gone.
+    async fn prove_running(&self, sessions: Vec<SessionService>) -> Vec<SessionService> {
+        const AT_ONCE: usize = 8;
+        let proven = &self.options.cache.proven;
+        let probes = sessions.into_iter().map(|mut service| async move {
+            let Some(task) = service.running_task.clone() else {
+                return service;
+            };
+            if proven.lock().is_ok_and(|set| set.contains(&task)) {
+                return service;
+            }
+            if self.answers(&service.session).await {
+                if let Ok(mut set) = proven.lock() {
+                    set.insert(task);
+                }
+            } else {
+                service.session.state = SessionState::Starting;
+            }
+            service
+        });
+        let sessions: Vec<SessionService> = futures_util::stream::iter(probes)
+            .buffer_unordered(AT_ONCE)
+            .collect()
+            .await;
+        if let Ok(mut set) = proven.lock() {
+            set.retain(|task| {
+                sessions
+                    .iter()
+                    .any(|s| s.running_task.as_deref() == Some(task))
+            });
+        }
+        sessions
     }
 
     async fn find(&self, id_or_name: &str) -> Result<SessionService, ApiError> {
@@ -309,7 +359,8 @@ impl Backend for SwarmBackend {
         progress.step(CreateStep::AllocatingPort);
         let placement = Arc::clone(&self.options.placement);
         let lock = placement.lock().await;
-        let everyone = self.all_sessions().await?;
+        // Everyone's, unproven: a port or a name is taken whoever holds it, ready or not.
+        let everyone = self.read_swarm().await?;
         if everyone.iter().any(|s| s.session.name == plan.name) {
             return Err(ApiError::Conflict(format!(
                 "a session named {} exists already; pick another --name",
@@ -424,7 +475,13 @@ impl Backend for SwarmBackend {
     }
 
     async fn get(&self, id_or_name: &str) -> Result<Session, ApiError> {
-        Ok(self.find(id_or_name).await?.session)
+        let mut session = self.find(id_or_name).await?.session;
+        // The manager learns of a node's restart late and keeps saying the old task runs:
+        // one session's `ready` is checked where it counts, at its sshd.
+        if session.state == SessionState::Ready && !self.answers(&session).await {
+            session.state = SessionState::Starting;
+        }
+        Ok(session)
     }
 
     async fn stop(&self, _id_or_name: &str) -> Result<Session, ApiError> {

@@ -31,6 +31,8 @@ struct Manager {
     secrets: Vec<String>,
     networks: Vec<String>,
     refuse_services: bool,
+    /// Every service spec ever created, removed ones too.
+    created: Vec<ServiceSpec>,
     /// The state every task reports, with its error.
     task: Option<(TaskState, String)>,
 }
@@ -104,7 +106,8 @@ impl ManagerApi for FakeManager {
         if state.refuse_services {
             return Err(server_error(500, "the manager lost its quorum"));
         }
-        let id = format!("svc{}", state.services.len() + 1);
+        state.created.push(spec.clone());
+        let id = format!("svc{}", state.created.len());
         state.services.push(Service {
             id: Some(id.clone()),
             spec: Some(spec),
@@ -175,17 +178,22 @@ struct Fixture {
 }
 
 fn fixture(nodes: Vec<Node>) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let options = crate::local::backend::tests::test_options(dir.path(), "serve:alice");
-    let client_key = Arc::clone(&options.client_key);
-    let planner = LocalBackend::with_api(Arc::new(FakeDocker::default()), options);
     let manager = Arc::new(FakeManager::default());
     manager.0.lock().unwrap().nodes = nodes;
+    fixture_of("serve:alice", manager)
+}
+
+/// `owner`'s backend on `manager` (which other owners' backends may share).
+fn fixture_of(owner: &str, manager: Arc<FakeManager>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let options = crate::local::backend::tests::test_options(dir.path(), owner);
+    let client_key = Arc::clone(&options.client_key);
+    let planner = LocalBackend::with_api(Arc::new(FakeDocker::default()), options);
     let backend = SwarmBackend::new(
         manager.clone(),
         planner,
         SwarmOptions {
-            owner: "serve:alice".into(),
+            owner: owner.into(),
             all_owners: false,
             ports: PortRange::default(),
             client_key,
@@ -317,8 +325,9 @@ async fn a_taken_name_is_a_conflict_and_the_owner_gets_an_overlay_once() {
 async fn a_session_on_a_drained_node_reads_stopped_and_says_why() {
     let fixture = fixture(vec![node("a", "sysbox-runc")]);
     fixture.make_session("s1").await;
+    // Its task runs, but nothing answers SSH at its address: not ready yet.
     let session = fixture.backend.get("s1").await.unwrap();
-    assert_eq!(session.state, crate::api::SessionState::Ready);
+    assert_eq!(session.state, crate::api::SessionState::Starting);
     fixture.manager.0.lock().unwrap().nodes[0]
         .spec
         .as_mut()
@@ -326,7 +335,7 @@ async fn a_session_on_a_drained_node_reads_stopped_and_says_why() {
         .availability = Some(NodeSpecAvailabilityEnum::DRAIN);
     // Reads are shared for a second: the drain shows once that read is stale.
     let cached = fixture.backend.get("s1").await.unwrap();
-    assert_eq!(cached.state, crate::api::SessionState::Ready);
+    assert_eq!(cached.state, crate::api::SessionState::Starting);
     tokio::time::sleep(super::SessionsCache::FRESH + Duration::from_millis(50)).await;
     let session = fixture.backend.get("s1").await.unwrap();
     assert_eq!(session.state, crate::api::SessionState::Stopped);
@@ -337,6 +346,32 @@ async fn a_session_on_a_drained_node_reads_stopped_and_says_why() {
     assert_eq!(refused.code(), ErrorCode::Conflict, "{text}");
     assert!(text.contains("drained"), "{text}");
     assert!(text.contains("--availability active host-a"), "{text}");
+}
+
+#[tokio::test]
+async fn another_owners_sessions_count_for_placement() {
+    let alice = fixture(vec![node("a", "sysbox-runc"), node("b", "sysbox-runc")]);
+    alice.make_session("s1").await;
+    let bob = fixture_of("serve:bob", alice.manager.clone());
+    bob.manager.0.lock().unwrap().task = Some((TaskState::REJECTED, "no".to_string()));
+    let _ = bob.backend.create(spec("s2"), &Quiet).await;
+    let created = bob.manager.0.lock().unwrap().created.clone();
+    let constraints = created
+        .last()
+        .and_then(|spec| spec.task_template.as_ref())
+        .and_then(|task| task.placement.as_ref())
+        .and_then(|placement| placement.constraints.clone())
+        .unwrap_or_default();
+    assert!(
+        constraints.contains(&"node.id==b".to_string()),
+        "bob's session went beside alice's: {constraints:?}"
+    );
+    // Bob sees only his own sessions.
+    assert!(bob.backend.list().await.unwrap().is_empty());
+    assert!(matches!(
+        bob.backend.get("s1").await,
+        Err(ApiError::NotFound(_))
+    ));
 }
 
 impl Fixture {

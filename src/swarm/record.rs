@@ -18,6 +18,8 @@ pub struct SessionService {
     /// Why the session's node cannot run it now (down, drained, paused): Swarm will not move
     /// it, since its volumes are on that node.
     pub node_unavailable: Option<String>,
+    /// The newest task, when it runs: its sshd is proven once per task (see the backend).
+    pub running_task: Option<String>,
 }
 
 pub fn node_view(node: &Node) -> Option<NodeView> {
@@ -95,6 +97,9 @@ pub fn session_service(
         node,
         secret: labels.get(super::service_spec::SECRET).cloned(),
         memory,
+        running_task: (state == SessionState::Ready)
+            .then(|| newest(&id, tasks).and_then(|task| task.id.clone()))
+            .flatten(),
         node_unavailable,
     })
 }
@@ -121,11 +126,7 @@ pub fn unavailable(node: &NodeView) -> Option<String> {
 /// The state of the service's newest task: a running one is ready (sshd is up within a
 /// second of it); one on its way is starting; an ended one tells how it ended.
 pub fn state(service_id: &str, tasks: &[Task]) -> SessionState {
-    let newest = tasks
-        .iter()
-        .filter(|task| task.service_id.as_deref() == Some(service_id))
-        .max_by_key(|task| task.version.as_ref().and_then(|v| v.index).unwrap_or(0));
-    let Some(task) = newest else {
+    let Some(task) = newest(service_id, tasks) else {
         return SessionState::Creating;
     };
     match task.status.as_ref().and_then(|s| s.state) {
@@ -139,12 +140,17 @@ pub fn state(service_id: &str, tasks: &[Task]) -> SessionState {
     }
 }
 
-/// Why the service's newest task is not running, from Swarm's own words.
-pub fn task_problem(service_id: &str, tasks: &[Task]) -> Option<String> {
+/// The service's newest task (Swarm keeps a few ended ones besides).
+fn newest<'a>(service_id: &str, tasks: &'a [Task]) -> Option<&'a Task> {
     tasks
         .iter()
         .filter(|task| task.service_id.as_deref() == Some(service_id))
         .max_by_key(|task| task.version.as_ref().and_then(|v| v.index).unwrap_or(0))
+}
+
+/// Why the service's newest task is not running, from Swarm's own words.
+pub fn task_problem(service_id: &str, tasks: &[Task]) -> Option<String> {
+    newest(service_id, tasks)
         .and_then(|task| task.status.as_ref())
         .and_then(|status| {
             let err = status.err.clone().filter(|e| !e.is_empty());
