@@ -17,6 +17,7 @@ pub mod projects_host;
 pub mod pty;
 pub mod service;
 pub mod stub;
+pub mod swarm_cluster;
 pub mod sysbox;
 
 use std::collections::HashMap;
