@@ -317,14 +317,12 @@ impl SwarmBackend {
                 .tasks_of(&[id.to_string()])
                 .await
                 .map_err(|err| format!("cannot list the session's task: {err}"))?;
-            let state = Some(record::state(id, &tasks));
-            match state {
-                Some(SessionState::Ready) => return Ok(()),
-                Some(SessionState::Exited) => {
+            match record::state(id, &tasks) {
+                SessionState::Ready => return Ok(()),
+                SessionState::Exited => {
                     return Err(record::task_problem(id, &tasks)
                         .unwrap_or_else(|| "the session's task failed".to_string()));
                 }
-                None => return Err("the session's service disappeared".to_string()),
                 _ => {}
             }
             if Instant::now() >= deadline {
