@@ -63,6 +63,23 @@ pub async fn connect(endpoint: &str) -> Result<Docker, DockerError> {
     client.negotiate_version().await.map_err(unavailable)
 }
 
+/// Docker's log frames (a container's or a service's) as the session API's chunks.
+pub fn log_chunks(
+    frames: impl futures_util::Stream<
+        Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+    > + Send
+    + 'static,
+) -> futures_util::stream::BoxStream<'static, Result<crate::api::LogChunk, crate::api::ApiError>> {
+    use futures_util::TryStreamExt;
+    Box::pin(
+        frames
+            .map_ok(|chunk| crate::api::LogChunk {
+                text: chunk.to_string(),
+            })
+            .map_err(|err| crate::api::ApiError::unavailable(format!("reading logs: {err}"))),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bollard::models::NetworkCreateRequest;
 use bollard::query_parameters::LogsOptions;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryStreamExt};
 use russh::keys::PrivateKey;
 
 use super::api::ManagerApi;
@@ -126,6 +126,17 @@ impl SwarmBackend {
         Ok(sessions)
     }
 
+    async fn node_views(&self) -> Result<Vec<placement::NodeView>, ApiError> {
+        Ok(self
+            .api
+            .nodes()
+            .await
+            .map_err(docker_error("cannot list the Swarm's nodes"))?
+            .iter()
+            .filter_map(record::node_view)
+            .collect())
+    }
+
     /// The sessions this caller may see, from a read of the Swarm at most
     /// [`SessionsCache::FRESH`] old that every caller shares.
     async fn own_sessions(&self) -> Result<Vec<SessionService>, ApiError> {
@@ -151,14 +162,7 @@ impl SwarmBackend {
             .tasks_of(&ids)
             .await
             .map_err(docker_error("cannot list the Swarm's tasks"))?;
-        let nodes: Vec<_> = self
-            .api
-            .nodes()
-            .await
-            .map_err(docker_error("cannot list the Swarm's nodes"))?
-            .iter()
-            .filter_map(record::node_view)
-            .collect();
+        let nodes = self.node_views().await?;
         let sessions: Vec<SessionService> = services
             .iter()
             .filter_map(|service| record::session_service(service, &tasks, &nodes))
@@ -370,14 +374,7 @@ impl Backend for SwarmBackend {
         {
             self.ensure_overlay(network).await?;
         }
-        let nodes: Vec<_> = self
-            .api
-            .nodes()
-            .await
-            .map_err(docker_error("cannot list the Swarm's nodes"))?
-            .iter()
-            .filter_map(record::node_view)
-            .collect();
+        let nodes = self.node_views().await?;
         let loads: Vec<_> = everyone.iter().map(record::load).collect();
         let want = Want {
             runtime: &spec.runtime,
@@ -555,14 +552,9 @@ impl Backend for SwarmBackend {
                 .map_or_else(|| "all".to_string(), |n| n.to_string()),
             ..Default::default()
         };
-        let stream = self
-            .api
-            .service_logs(&session.id, docker_options)
-            .map_ok(|chunk| LogChunk {
-                text: chunk.to_string(),
-            })
-            .map_err(|err| ApiError::unavailable(format!("reading logs: {err}")));
-        Ok(Box::pin(stream))
+        Ok(crate::docker::log_chunks(
+            self.api.service_logs(&session.id, docker_options),
+        ))
     }
 
     async fn connect(&self, id_or_name: &str, public_key: &str) -> Result<Session, ApiError> {

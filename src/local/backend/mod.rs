@@ -16,8 +16,8 @@ use bollard::models::{
     VolumeCreateRequest,
 };
 use bollard::query_parameters::LogsOptionsBuilder;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use futures_util::{StreamExt, TryStreamExt};
 use russh::keys::PrivateKey;
 
 use super::docker_api::DockerApi;
@@ -439,14 +439,9 @@ impl Backend for LocalBackend {
             .follow(options.follow)
             .tail(&tail)
             .build();
-        let stream = self
-            .docker
-            .logs(&session.id, docker_options)
-            .map_ok(|chunk| LogChunk {
-                text: chunk.to_string(),
-            })
-            .map_err(|err| ApiError::unavailable(format!("reading logs: {err}")));
-        Ok(Box::pin(stream))
+        Ok(crate::docker::log_chunks(
+            self.docker.logs(&session.id, docker_options),
+        ))
     }
 
     async fn connect(&self, id_or_name: &str, public_key: &str) -> Result<Session, ApiError> {
