@@ -89,8 +89,10 @@ impl LocalBackend {
                 .map_or(0, |d| d.as_secs() as i64),
             idle_stop_secs: spec.idle_stop_secs,
         };
-        // Under the host lock, as a cold reservation: the name is checked and taken at once.
-        let lock = self.lock().await?;
+        // Without the host lock: Docker's names are the lock here. Only one container can
+        // be `cubbi-NAME.booting` (a cold reservation or a claim's rename), and a member's
+        // record volume is made once. What that leaves open, a create of the same name that
+        // finished between this check and the rename, is checked again after it.
         self.check_name_free(&plan.name).await?;
         let image_id = (!plan.image.id.is_empty()).then_some(plan.image.id.as_str());
         let claimed = pool::claim::claim_built_from(self.docker.as_ref(), image, image_id, record)
@@ -101,7 +103,6 @@ impl LocalBackend {
                 )),
                 other => ApiError::unavailable(other.to_string()),
             })?;
-        drop(lock);
         let Some(record) = claimed else {
             tracing::info!(
                 "not from the warm pool: {}",
@@ -110,6 +111,13 @@ impl LocalBackend {
             return Ok(None);
         };
         let id = record.container.clone();
+        if self.ready_name_taken(&plan.name).await {
+            self.unclaim(&id).await;
+            return Err(ApiError::Conflict(format!(
+                "a session named `{}` was created meanwhile; pick another --name",
+                plan.name
+            )));
+        }
         let member_labels = self
             .docker
             .inspect_container(&id)
@@ -316,6 +324,22 @@ impl LocalBackend {
     }
 
     /// Removes a claimed member that did not become a session, and its claim record.
+    /// Whether a container holds the ready name `cubbi-NAME` (a claim holds only the booting
+    /// name until it is done). An engine that cannot answer counts as taken.
+    async fn ready_name_taken(&self, name: &str) -> bool {
+        let wanted = format!("/{}", labels::container_name(name));
+        match self
+            .containers("name", &[labels::container_name(name)])
+            .await
+        {
+            Ok(found) => found
+                .iter()
+                .flat_map(|c| c.names.iter().flatten())
+                .any(|n| *n == wanted),
+            Err(_) => true,
+        }
+    }
+
     async fn unclaim(&self, id: &str) {
         if let Err(err) = self.remove(id).await {
             tracing::warn!("could not remove a failed pool member: {err}");
