@@ -51,7 +51,7 @@ POOLED = "\nfrom the warm pool;"  # the CLI's own line, not the log's "not from 
 STEPS = [
     ("validating", "validate, empty-pool check", "validate (info, image, name)"),
     ("preparing SSH keys", "host key", None),
-    ("allocating the SSH port", "port lock + pick", "claim: lock, record volume, rename"),
+    ("allocating the SSH port", "port lock + pick", "claim: record volume, rename"),
     ("creating the container", "API create",
      "at once: networks, docker update, files + apply exec, SSH key exchange"),
     ("copying keys and environment in", "archive put", None),
