@@ -84,3 +84,13 @@ pub trait Backend: Send + Sync {
         command: Vec<String>,
     ) -> Result<BoxStream<'static, Result<ExecEvent, ApiError>>, ApiError>;
 }
+
+/// Refuses an exec without a command, the same way on every backend.
+pub fn require_command(command: &[String]) -> Result<(), ApiError> {
+    if command.is_empty() {
+        return Err(ApiError::invalid(
+            "give a command to run, e.g. `cubbi session exec NAME -- ls`",
+        ));
+    }
+    Ok(())
+}

@@ -590,11 +590,7 @@ impl Backend for SwarmBackend {
         id_or_name: &str,
         command: Vec<String>,
     ) -> Result<BoxStream<'static, Result<ExecEvent, ApiError>>, ApiError> {
-        if command.is_empty() {
-            return Err(ApiError::invalid(
-                "give a command to run, e.g. `cubbi session exec NAME -- ls`",
-            ));
-        }
+        crate::api::require_command(&command)?;
         let session = self.ready(id_or_name).await?;
         let stream = self
             .ssh(&session)

@@ -102,12 +102,7 @@ impl LocalBackend {
             host_key: host_public.to_string(),
             workspace: plan.workspace.as_ref().map(|p| p.display().to_string()),
             created: created_at,
-            command: plan
-                .image
-                .metadata
-                .as_ref()
-                .map(|m| m.command.clone())
-                .unwrap_or_else(|| vec!["bash".into(), "-l".into()]),
+            command: plan.command(),
         };
         progress.step(CreateStep::CreatingContainer);
         let body = self.container_body(spec, plan, &session_labels, data_volume);

@@ -459,11 +459,7 @@ impl Backend for LocalBackend {
         id_or_name: &str,
         command: Vec<String>,
     ) -> Result<BoxStream<'static, Result<ExecEvent, ApiError>>, ApiError> {
-        if command.is_empty() {
-            return Err(ApiError::invalid(
-                "give a command to run, e.g. `cubbi session exec NAME -- ls`",
-            ));
-        }
+        crate::api::require_command(&command)?;
         let (session, connected) = self.ssh(id_or_name).await?;
         // A session with a workspace starts there, as `connect` does.
         let dir = session.workspace.is_some().then_some(WORKSPACE_PATH);

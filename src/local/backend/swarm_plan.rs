@@ -89,12 +89,7 @@ impl LocalBackend {
         }
         let resources = plan.resources();
         Ok(ServicePlan {
-            command: plan
-                .image
-                .metadata
-                .as_ref()
-                .map(|m| m.command.clone())
-                .unwrap_or_else(|| vec!["bash".into(), "-l".into()]),
+            command: plan.command(),
             name: plan.name,
             owner: self.options.owner.clone(),
             image: plan.image.reference,

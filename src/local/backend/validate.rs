@@ -34,6 +34,15 @@ pub(super) struct Plan {
 }
 
 impl Plan {
+    /// What a login runs: the image's command, else a login shell.
+    pub(super) fn command(&self) -> Vec<String> {
+        self.image
+            .metadata
+            .as_ref()
+            .map(|m| m.command.clone())
+            .unwrap_or_else(|| vec!["bash".into(), "-l".into()])
+    }
+
     pub(super) fn resources(&self) -> Resources {
         Resources {
             memory: Some(self.memory),
