@@ -23,9 +23,6 @@ pub struct SessionFiles<'a> {
     /// The project's credential files (absolute paths under
     /// [`project::CREDENTIAL_DIR`](super::project::CREDENTIAL_DIR)); empty without one.
     pub project_credentials: &'a CredentialFiles,
-    /// A pool member's claim script (`pool::member::CLAIM_SCRIPT`, root's, 0755); `None` for
-    /// everything but a member's first files.
-    pub claim_script: Option<&'a str>,
 }
 
 /// A file or folder in the archive.
@@ -112,17 +109,6 @@ pub fn archive(files: &SessionFiles<'_>) -> Result<Vec<u8>, ApiError> {
             contents: Some(contents.clone()),
         });
     }
-    if let Some(script) = files.claim_script {
-        entries.push(Entry {
-            path: crate::local::pool::member::CLAIM_SCRIPT_PATH
-                .trim_start_matches('/')
-                .into(),
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            contents: Some(script.to_string()),
-        });
-    }
     let mut builder = tar::Builder::new(Vec::new());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -205,7 +191,6 @@ mod tests {
                     "PRIVATE".to_string(),
                 )]),
             },
-            claim_script: None,
         };
         let bytes = archive(&files).unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());

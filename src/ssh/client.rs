@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use russh::client::{self, Handle};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey};
@@ -95,55 +94,6 @@ impl KeyExchanged {
         tracing::debug!("sshd accepted the key");
         session.close().await;
         Ok(())
-    }
-}
-
-/// What a command run by [`KeyExchanged::run_once`] left: its exit code and the start of what
-/// it printed on stderr.
-#[derive(Debug)]
-pub struct RanOnce {
-    pub exit_code: i32,
-    pub stderr: String,
-}
-
-impl KeyExchanged {
-    /// Logs in, runs `argv` with `input` on its stdin, and closes the connection, all within
-    /// `timeout`; keeps at most `max_stderr` bytes of its stderr (stdout is dropped). A claim
-    /// runs the member's forced command this way.
-    pub async fn run_once(
-        self,
-        target: &SshTarget,
-        argv: &[String],
-        input: &[u8],
-        timeout: Duration,
-        max_stderr: usize,
-    ) -> Result<RanOnce, SshError> {
-        let run = async {
-            let session = SshSession::log_in(target, Ok(self.handle)).await?;
-            let mut events = session.exec_with_input(argv, None, Some(input)).await?;
-            let mut stderr = Vec::new();
-            let mut exit_code = 255;
-            while let Some(event) = events.next().await {
-                match event {
-                    ExecEvent::Stderr(data) => {
-                        let room = max_stderr.saturating_sub(stderr.len());
-                        stderr.extend_from_slice(&data[..data.len().min(room)]);
-                    }
-                    ExecEvent::Stdout(_) => {}
-                    ExecEvent::Exit(code) => exit_code = code,
-                }
-            }
-            Ok(RanOnce {
-                exit_code,
-                stderr: String::from_utf8_lossy(&stderr).into_owned(),
-            })
-        };
-        tokio::time::timeout(timeout, run)
-            .await
-            .map_err(|_| SshError::Connection {
-                address: target.address.clone(),
-                reason: format!("timed out after {:.1}s", timeout.as_secs_f64()),
-            })?
     }
 }
 

@@ -186,7 +186,6 @@ impl LocalBackend {
             init: &init,
             persistent_configs: &persistent,
             project_credentials: credentials,
-            claim_script: None,
         })
         .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
         let mut archives = vec![archive];

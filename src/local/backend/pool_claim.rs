@@ -11,6 +11,31 @@ use crate::local::pool::{ClaimRecord, PoolRequest, WhyCold};
 /// back to the readiness poll of a cold create.
 const SSH_KEY_EXCHANGE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What the claim runs as root in the member: the session's files from stdin (`$2` bytes of
+/// concatenated tars, as a cold create uploads them), the name, then cubbi-init's pass over the
+/// files (modes, env file, persistent configs), then the project clone, which runs at boot in a
+/// cold session. `$1` is the session name.
+const APPLY_SCRIPT: &str = r#"set -e
+head -c "$2" | tar -x -i -p --same-owner --numeric-owner -C / -f -
+hostname "$1"
+printf '%s\n' "$1" > /etc/hostname 2>/dev/null || true
+rm -f /var/lib/cubbi/project-status
+/usr/local/lib/cubbi/cubbi-init >/dev/null
+if grep -q '^CUBBI_PROJECT_URL=' /etc/cubbi/init.env 2>/dev/null; then
+    systemctl restart cubbi-project.service
+else
+    printf 'skipped\n' > /var/lib/cubbi/project-status
+fi
+"#;
+
+/// The member a claim holds, as the claim found it.
+#[derive(Clone, Copy)]
+pub(super) struct ClaimedMember<'a> {
+    id: &'a str,
+    /// The limits it booted with (`None`: unknown, so the claim sets them).
+    limits: Option<ClaimLimits>,
+}
+
 /// The limits a claim gives its member, compared with the ones it booted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct ClaimLimits {
@@ -29,33 +54,6 @@ impl ClaimLimits {
             nano_cpus: Some(plan.nano_cpus),
             pids_limit: Some(plan.pids_limit),
         }
-    }
-}
-
-/// The member a claim holds, as the claim found it.
-#[derive(Clone, Copy)]
-pub(super) struct ClaimedMember<'a> {
-    id: &'a str,
-    how: ApplyOver,
-    /// The limits it booted with (`None`: unknown, so the claim sets them).
-    limits: Option<ClaimLimits>,
-}
-
-/// How a claim's files reach the member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ApplyOver {
-    /// The member's sshd runs the claim script for our key (we filled it).
-    Ssh,
-    /// `docker exec` runs it (another client filled the member).
-    DockerExec,
-}
-
-impl std::fmt::Display for ApplyOver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Ssh => "over SSH (a member we filled)",
-            Self::DockerExec => "by docker exec (a member another client filled)",
-        })
     }
 }
 
@@ -163,15 +161,6 @@ impl LocalBackend {
             .and_then(|c| c.config)
             .and_then(|c| c.labels)
             .unwrap_or_default();
-        // A member we filled accepts our key for its claim script: the claim goes over SSH,
-        // without a `docker exec` (which costs dockerd, containerd and runc each time).
-        let how = match member_labels.get(pool::member::CLAIM_KEY) {
-            Some(key) if lookup::is_own_key(&self.options.client_key, key).unwrap_or(false) => {
-                ApplyOver::Ssh
-            }
-            _ => ApplyOver::DockerExec,
-        };
-        tracing::info!("claim: the session's files go in {how}");
         let Some(session_labels) = record.session_labels(&id, &member_labels) else {
             self.unclaim(&id).await;
             return Ok(None);
@@ -186,9 +175,8 @@ impl LocalBackend {
             .apply_claim(
                 spec,
                 plan,
-                &ClaimedMember {
+                ClaimedMember {
                     id: &id,
-                    how,
                     limits: member_limits,
                 },
                 &session_labels,
@@ -226,16 +214,15 @@ impl LocalBackend {
         &self,
         spec: &SessionSpec,
         plan: &Plan,
-        member: &ClaimedMember<'_>,
+        member: ClaimedMember<'_>,
         session_labels: &SessionLabels,
         ssh_files_written: &mut bool,
         progress: &dyn Progress,
     ) -> Result<(), ApplyError> {
         let ClaimedMember {
             id,
-            how,
             limits: member_limits,
-        } = *member;
+        } = member;
         pool::claim::crash_point("applying");
         progress.step(CreateStep::CreatingContainer);
         let session = session_labels
@@ -289,24 +276,15 @@ impl LocalBackend {
         };
         let files = async {
             let done = timed("files in and applied");
-            match how {
-                ApplyOver::Ssh => {
-                    self.apply_files_over_ssh(&target, &plan.name, archive)
-                        .await?
-                }
-                ApplyOver::DockerExec => self.apply_files(id, &plan.name, archive).await?,
-            }
+            self.apply_files(id, &plan.name, archive).await?;
             done();
             Ok(())
         };
         let key_exchange = async {
-            if how == ApplyOver::Ssh {
-                return None;
-            }
             let done = timed("SSH key exchange");
             let exchanged = SshSession::key_exchange(&target, SSH_KEY_EXCHANGE_WITHIN).await;
             done();
-            Some(exchanged)
+            exchanged
         };
         let (networks, limits, files, exchanged) =
             tokio::join!(networks, limits, files, key_exchange);
@@ -315,17 +293,15 @@ impl LocalBackend {
         files?;
         pool::claim::crash_point("applied");
         progress.step(CreateStep::WaitingForSsh);
-        // Over SSH, sshd has just accepted our key and run the claim; otherwise the login on
-        // the connection opened meanwhile, and the readiness poll of a cold create only when
-        // that connection failed.
+        // The login on the connection opened meanwhile; the readiness poll of a cold create
+        // only when that connection failed.
         let logged_in = match exchanged {
-            None => true,
-            Some(Ok(exchanged)) => exchanged
+            Ok(exchanged) => exchanged
                 .log_in_once(&target, SSH_KEY_EXCHANGE_WITHIN)
                 .await
                 .inspect_err(|err| tracing::debug!("claim: the first login failed: {err}"))
                 .is_ok(),
-            Some(Err(err)) => {
+            Err(err) => {
                 tracing::debug!("claim: the early key exchange failed: {err}");
                 false
             }
@@ -368,55 +344,14 @@ impl LocalBackend {
         Ok(())
     }
 
-    /// The session's files (`archive`, the tars a cold boot uploads, concatenated), given on
-    /// stdin to the member's claim script, which its sshd runs for our key (the member's only
-    /// key until the files replace it).
-    async fn apply_files_over_ssh(
-        &self,
-        target: &SshTarget,
-        name: &str,
-        archive: Vec<u8>,
-    ) -> Result<(), ApplyError> {
-        let failed = at("applying the session over SSH");
-        let argv = [name.to_string(), archive.len().to_string()];
-        let exchanged = SshSession::key_exchange(target, SSH_KEY_EXCHANGE_WITHIN)
-            .await
-            .map_err(|err| failed(err.to_string()))?;
-        let ran = exchanged
-            .run_once(
-                target,
-                &argv,
-                &archive,
-                ExecBounds::CLAIM.timeout,
-                ExecBounds::CLAIM.max_output,
-            )
-            .await
-            .map_err(|err| failed(err.to_string()))?;
-        pool::claim::crash_point("files");
-        if ran.exit_code != 0 {
-            return Err(failed(format!(
-                "exit {}: {}",
-                ran.exit_code,
-                ran.stderr
-                    .trim()
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(300)
-                    .collect::<String>()
-            )));
-        }
-        Ok(())
-    }
-
     /// The session's files (`archive`, the tars a cold boot uploads, concatenated), unpacked
-    /// as root by the claim script in one `docker exec` (a member another client filled,
-    /// whose key we do not hold), which then runs cubbi-init over them.
+    /// as root by the apply script in one exec, which then runs cubbi-init over them.
     async fn apply_files(&self, id: &str, name: &str, archive: Vec<u8>) -> Result<(), ApplyError> {
         let size = archive.len().to_string();
         let applied = session_exec::run_bounded_with_input(
             self.docker.as_ref(),
             id,
-            vec!["sh", "-c", pool::member::CLAIM_SCRIPT, "sh", name, &size],
+            vec!["sh", "-c", APPLY_SCRIPT, "sh", name, &size],
             Some("0"),
             Some(archive),
             ExecBounds::CLAIM,

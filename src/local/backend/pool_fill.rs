@@ -1,9 +1,8 @@
 //! Filling the warm pool: booting members up to each image's target. A member is booted the
 //! way a cold session is (same image, runtime, limits, health check, a host key of its own made
 //! here) but owned by nobody, on the pool's network, and named `cubbi-pool-booting.*` until
-//! sshd has accepted our own client key, the member's only key, which may run the claim script
-//! and nothing else (nobody can log in until a claim writes the owner's); then the member is
-//! renamed `cubbi-pool.*`, which makes it claimable.
+//! sshd has accepted a throwaway probe key; then that key is removed (nobody can log in until a
+//! claim writes the owner's) and the member is renamed `cubbi-pool.*`, which makes it claimable.
 
 use super::*;
 use crate::local::pool::MemberName;
@@ -265,14 +264,6 @@ impl LocalBackend {
         );
         member_labels.extend(self.options.extra_labels.clone());
         member_labels.insert(pool::member::IMAGE_ID.to_string(), resolved.id.clone());
-        member_labels.insert(
-            pool::member::CLAIM_KEY.to_string(),
-            keys::canonical_public(
-                &keys::public_openssh(self.options.client_key.public_key())
-                    .map_err(|e| ApiError::unavailable(e.to_string()))?,
-            )
-            .map_err(|e| ApiError::unavailable(e.to_string()))?,
-        );
         let memory = limits::default_memory(limits::host_memory()?);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut host = HostConfig {
@@ -337,19 +328,16 @@ impl LocalBackend {
         let host_private = keys::private_openssh(&member.host_key).map_err(|e| e.to_string())?;
         let host_public =
             keys::public_openssh(member.host_key.public_key()).map_err(|e| e.to_string())?;
-        // Our own key, allowed to run the claim script and nothing else: sshd accepting it
-        // is the member's readiness (as a session's create sees it), and a claimer holding
-        // it applies its claim over SSH.
-        let own = keys::public_openssh(self.options.client_key.public_key())
-            .map_err(|e| e.to_string())?;
+        // A key only this fill knows, to see sshd accept a login as a session's create does.
+        let probe = Arc::new(keys::generate("cubbi-pool-probe").map_err(|e| e.to_string())?);
+        let probe_public = keys::public_openssh(probe.public_key()).map_err(|e| e.to_string())?;
         let archive = upload::archive(&upload::SessionFiles {
             host_key: Some((&host_private, &host_public)),
-            authorized_key: &pool::member::claim_key_line(&own),
+            authorized_key: &probe_public,
             env: &BTreeMap::new(),
             init: &BTreeMap::new(),
             persistent_configs: &[],
             project_credentials: &project::CredentialFiles::default(),
-            claim_script: Some(pool::member::CLAIM_SCRIPT),
         })
         .map_err(|e| e.to_string())?;
         self.docker
@@ -367,11 +355,26 @@ impl LocalBackend {
         let target = SshTarget {
             address: format!("{connect_host}:{}", member.port),
             user: labels::AGENT_USER.to_string(),
-            client_key: Arc::clone(&self.options.client_key),
+            client_key: probe,
             host_key: member.host_key.public_key().clone(),
         };
         if let Err(err) = self.wait_for_sshd(&target, id, 0).await {
             return Err(self.explain_boot_failure(id, err.to_string()).await);
+        }
+        let emptied = session_exec::run_bounded(
+            self.docker.as_ref(),
+            id,
+            vec!["sh", "-c", ": > /home/agent/.ssh/authorized_keys"],
+            Some("0"),
+            ExecBounds::AUTHORIZE,
+        )
+        .await
+        .map_err(|e| format!("removing the probe key: {e}"))?;
+        if emptied.exit_code != Some(0) {
+            return Err(format!(
+                "removing the probe key exited with {:?}",
+                emptied.exit_code
+            ));
         }
         self.docker
             .rename_container(id, &member.name.container_name())

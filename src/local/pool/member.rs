@@ -14,49 +14,6 @@ pub const POOL: &str = "io.cubbi.pool";
 /// claimed, and the next fill replaces it.
 pub const IMAGE_ID: &str = "io.cubbi.pool.image-id";
 
-/// The public key (canonical `ssh-ed25519 AAAA...`) of the cubbi client that filled a member,
-/// the only key the member's sshd accepts before its claim, and only to run [`CLAIM_SCRIPT`]:
-/// a claimer holding that key applies the claim over SSH, any other with `docker exec`.
-pub const CLAIM_KEY: &str = "io.cubbi.pool.claim-key";
-
-/// Where a member keeps [`CLAIM_SCRIPT`] (uploaded with its files at create, root's, 0755).
-pub const CLAIM_SCRIPT_PATH: &str = "/usr/local/lib/cubbi/cubbi-claim";
-
-/// Applies a claim, as root in the member: the session's files from stdin (`SIZE` bytes of
-/// concatenated tars, as a cold create uploads them, the authorized keys among them, which
-/// replace the filler's claim key), the name, cubbi-init's pass over the files (modes, env
-/// file, persistent configs), then the project clone, which runs at boot in a cold session.
-/// Arguments: `NAME SIZE`, or the two as one (`$SSH_ORIGINAL_COMMAND`, as the claim key's
-/// forced command passes them), checked before anything is read.
-pub const CLAIM_SCRIPT: &str = r#"#!/bin/sh
-set -ef
-[ "$#" -eq 1 ] && set -- $1
-[ "$#" -eq 2 ] || { echo "cubbi-claim: NAME SIZE expected" >&2; exit 2; }
-case "$1" in ''|-*|*[!a-z0-9-]*) echo "cubbi-claim: bad name" >&2; exit 2 ;; esac
-case "$2" in ''|*[!0-9]*) echo "cubbi-claim: bad size" >&2; exit 2 ;; esac
-[ "${#2}" -le 9 ] || { echo "cubbi-claim: too large" >&2; exit 2; }
-head -c "$2" | tar -x -i -p --same-owner --numeric-owner -C / -f -
-hostname "$1"
-printf '%s
-' "$1" > /etc/hostname 2>/dev/null || true
-rm -f /var/lib/cubbi/project-status
-/usr/local/lib/cubbi/cubbi-init >/dev/null
-if grep -q '^CUBBI_PROJECT_URL=' /etc/cubbi/init.env 2>/dev/null; then
-    systemctl restart cubbi-project.service
-else
-    printf 'skipped
-' > /var/lib/cubbi/project-status
-fi
-"#;
-
-/// The member's `authorized_keys` line for the filler's key `public`: that key runs the claim
-/// script as root (the agent's sudo) and nothing else (`restrict`: no PTY, no forwarding).
-pub fn claim_key_line(public: &str) -> String {
-    format!(
-        "restrict,command=\"sudo -n {CLAIM_SCRIPT_PATH} \\\"$SSH_ORIGINAL_COMMAND\\\"\" {public}"
-    )
-}
-
 /// The name prefix of every unclaimed member. A claim renames the member away from it, so
 /// "named `cubbi-pool.*`" is what being a member means (see docs/architecture.md).
 pub const PREFIX: &str = "cubbi-pool.";
@@ -177,15 +134,6 @@ mod tests {
         );
         assert_eq!(MemberName::parse("/cubbi-pool.base.zz"), None);
         assert_eq!(MemberName::parse("/cubbi-pool.Base.0123456789ab"), None);
-    }
-
-    #[test]
-    fn the_claim_key_runs_the_claim_script_and_nothing_else() {
-        let line = claim_key_line("ssh-ed25519 AAAA cubbi");
-        assert_eq!(
-            line,
-            r#"restrict,command="sudo -n /usr/local/lib/cubbi/cubbi-claim \"$SSH_ORIGINAL_COMMAND\"" ssh-ed25519 AAAA cubbi"#
-        );
     }
 
     #[test]
