@@ -286,9 +286,11 @@ impl DockerApi for FakeDocker {
 
     async fn inspect_container(&self, id: &str) -> Result<ContainerInspectResponse, Error> {
         let state = self.state.lock().unwrap();
-        let container = state
+        // As Docker: by id, else by exact name.
+        let (id, container) = state
             .containers
-            .get(id)
+            .get_key_value(id)
+            .or_else(|| state.containers.iter().find(|(_, c)| c.name == id))
             .ok_or_else(|| daemon_error(404, format!("no container {id}")))?;
         Ok(ContainerInspectResponse {
             id: Some(id.to_string()),

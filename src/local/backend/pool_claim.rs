@@ -121,8 +121,7 @@ impl LocalBackend {
         // Without the host lock: Docker's names are the lock here. Only one container can
         // be `cubbi-NAME.booting` (a cold reservation or a claim's rename), and a member's
         // record volume is made once. What that leaves open, a create of the same name that
-        // finished between this check and the rename, is checked again after it.
-        self.check_name_free(&plan.name).await?;
+        // finished between `validate`'s name check and the rename, is checked after it.
         let image_id = (!plan.image.id.is_empty()).then_some(plan.image.id.as_str());
         let claimed = pool::claim::claim_built_from(self.docker.as_ref(), image, image_id, record)
             .await
@@ -374,16 +373,18 @@ impl LocalBackend {
     /// Removes a claimed member that did not become a session, and its claim record.
     /// Whether a container holds the ready name `cubbi-NAME` (a claim holds only the booting
     /// name until it is done). An engine that cannot answer counts as taken.
-    async fn ready_name_taken(&self, name: &str) -> bool {
-        let wanted = format!("/{}", labels::container_name(name));
+    /// One inspect by exact name (Docker's name index), not a `docker ps` over every
+    /// container: `cubbi-` is never a prefix of a container id, so it cannot match one.
+    pub(super) async fn ready_name_taken(&self, name: &str) -> bool {
         match self
-            .containers("name", &[labels::container_name(name)])
+            .docker
+            .inspect_container(&labels::container_name(name))
             .await
         {
-            Ok(found) => found
-                .iter()
-                .flat_map(|c| c.names.iter().flatten())
-                .any(|n| *n == wanted),
+            Ok(_) => true,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => false,
             Err(_) => true,
         }
     }

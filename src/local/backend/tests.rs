@@ -420,3 +420,25 @@ async fn a_claimed_session_with_an_idle_limit_is_an_idle_stop_candidate() {
     assert_eq!(listed.len(), 1);
     assert!(listed[0].pool && listed[0].name == "s1" && listed[0].state == SessionState::Ready);
 }
+
+#[tokio::test]
+async fn a_claim_sees_the_ready_name_by_its_exact_name_only() {
+    let (fixture, _member) = pool_fixture();
+    let add = |name: &str| {
+        fixture.docker.add(FakeContainer {
+            name: name.into(),
+            labels: HashMap::new(),
+            state: Docker::RUNNING,
+            status: "Up".into(),
+        })
+    };
+    assert!(!fixture.backend.ready_name_taken("s1").await);
+    add("cubbi-s1.booting");
+    add("cubbi-s10");
+    assert!(
+        !fixture.backend.ready_name_taken("s1").await,
+        "a booting name or a longer name is not the ready name"
+    );
+    add("cubbi-s1");
+    assert!(fixture.backend.ready_name_taken("s1").await);
+}
