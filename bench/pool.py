@@ -15,6 +15,10 @@ ratios against the cold create measured in the same run:
 2. concurrent: 20 creates started at once against a pool filled to 20 (every one must claim),
    then the same 20 cold (pool drained): median and p95 of the 20 create times, and the wall
    time for all 20.
+   The same k through `cubbi serve` (`POST /v1/sessions`, request to 201): with `[pool]
+   base = k` (the service fills it, and refills during the batch), then cold. For every batch,
+   the machine's CPU per create (/proc/stat) and how much of it dockerd, containerd, the shims
+   (with the runc they reaped) and cubbi (the CLIs, or the service process) used.
 3. idle members: with the pool at 20 and booted, per member host memory (the container's
    cgroup: memory.current or memory.usage_in_bytes, and its anonymous part) and the CPU seconds
    it uses over --idle-secs (cgroup cpu.stat usage_usec or cpuacct.usage): medians over members.
@@ -34,6 +38,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -211,7 +216,69 @@ def ms(seconds):
     return f"{seconds * 1000:8.0f} ms"
 
 
-def concurrent(cubbi, names):
+def machine_cpu():
+    """CPU seconds the whole machine has spent (all cores, /proc/stat), idle and iowait left out."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def stat_cpu(stat):
+    """utime + stime + the reaped children's, from a /proc/PID/stat line, in seconds."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+
+
+def daemons_cpu():
+    """CPU seconds of dockerd, containerd and the containerd shims (with the children they
+    reaped: runc for each create, exec and update, dockerd's untar helpers)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        if comm in ("dockerd", "containerd") or comm.startswith("containerd-shim"):
+            total += stat_cpu(stat)
+    return total
+
+
+def cubbi_cpu(service_pid):
+    """CPU seconds of cubbi: the service process, or this bench's finished children (the CLIs
+    it ran and waited for)."""
+    if service_pid:
+        with open(f"/proc/{service_pid}/stat") as f:
+            return stat_cpu(f.read())
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class BatchCpu:
+    """Where a timed batch's CPU went: the whole machine, the Docker daemons, and cubbi."""
+
+    def __init__(self, service_pid=None):
+        self.service_pid = service_pid
+        self.start = self.read()
+
+    def read(self):
+        return machine_cpu(), daemons_cpu(), cubbi_cpu(self.service_pid)
+
+    def done(self):
+        machine, daemons, cubbi = (b - a for a, b in zip(self.start, self.read()))
+        return {"machine": machine, "daemons": daemons, "cubbi": cubbi,
+                "rest": machine - daemons - cubbi}
+
+
+# Where each timed batch's CPU went (BatchCpu.done), by label.
+BATCH_CPU = {}
+
+
+def concurrent(cubbi, names, label=None):
     """Starts one create per name at once; returns [(wall, reported, stderr)] and the wall time."""
     results = [None] * len(names)
     gate = threading.Barrier(len(names) + 1)
@@ -227,14 +294,86 @@ def concurrent(cubbi, names):
     for thread in threads:
         thread.start()
     gate.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), BatchCpu()
     for thread in threads:
         thread.join()
     total = time.perf_counter() - started
+    if label:
+        BATCH_CPU[label] = cpu.done()
     failed = [r for r in results if isinstance(r, Exception)]
     if failed:
         sys.exit(f"{len(failed)} of {len(names)} concurrent creates failed; first:\n{failed[0]}")
     return results, total
+
+
+def service_creates(cubbi, k, runtime, pool):
+    """`cubbi serve` on the same endpoint (with `[pool] base = k` when `pool`, which it fills
+    itself and refills every 2 s), then k `POST /v1/sessions` at once, each answered once the
+    session's sshd accepts a key (201). Returns ([seconds per create], batch wall, number that
+    came from the pool); every session is closed and the service stopped."""
+    from serve import Service, free_port  # bench/serve.py: the same HTTP client
+
+    tmp = tempfile.mkdtemp(prefix="cubbi-bench-pool-serve-")
+    env = dict(cubbi.env, HOME=tmp, XDG_CONFIG_HOME=f"{tmp}/.config")
+    state = f"{tmp}/state"
+    os.makedirs(state)
+    config = f"{tmp}/service.toml"
+    with open(config, "w") as f:
+        f.write(f"allow_unsafe_runc = {'true' if runtime == 'runc' else 'false'}\n\n"
+                f"[docker]\nendpoint = \"{cubbi.endpoint}\"\n\n"
+                f"[ssh]\nbind = \"127.0.0.1\"\n\n"
+                f"[limits]\nsessions_per_user = {k + 10}\n"
+                + (f"\n[pool]\nbase = {k}\n" if pool else ""))
+    token = subprocess.run([cubbi.binary, "serve", "token", "create", "--user", "bench",
+                            "--state-dir", state], env=env, check=True, capture_output=True,
+                           text=True).stdout.strip().split()[-1]
+    port = free_port()
+    log = open(f"{tmp}/serve.log", "w")
+    service = subprocess.Popen([cubbi.binary, "--endpoint", cubbi.endpoint, "serve", "--config",
+                                config, "--listen", f"127.0.0.1:{port}", "--state-dir", state],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    api = Service(f"http://127.0.0.1:{port}", token)
+    kind = "pool" if pool else "cold"
+    names = [f"bp-svc-{kind}-{i}" for i in range(k)]
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            status, _, _ = api.request("GET", "/healthz", auth=False, timeout=2)
+            if status == 200 and (not pool or cubbi.pool_row()["ready"] >= k):
+                break
+            if service.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"cubbi serve: not up (or its pool not at {k}):\n"
+                         + open(f"{tmp}/serve.log").read()[-3000:])
+            time.sleep(0.5)
+        time.sleep(5)  # the members' systemd settles, as for the CLI's runs
+        results = [None] * k
+        gate = threading.Barrier(k + 1)
+
+        def one(i):
+            gate.wait()
+            results[i] = api.request("POST", "/v1/sessions",
+                                     {"image": "base", "name": names[i], "runtime": runtime})
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+        for thread in threads:
+            thread.start()
+        gate.wait()
+        started, cpu = time.perf_counter(), BatchCpu(service.pid)
+        for thread in threads:
+            thread.join()
+        total = time.perf_counter() - started
+        BATCH_CPU[f"service, {kind}"] = cpu.done()
+        failed = [r for r in results if r[0] != 201]
+        if failed:
+            sys.exit(f"{len(failed)} of {k} service creates failed; first: {failed[0][:2]}")
+        from_pool = sum(bool(r[1].get("pool")) for r in results)
+        return [r[2] for r in results], total, from_pool
+    finally:
+        for name in names:
+            api.request("DELETE", f"/v1/sessions/{name}")
+        service.terminate()
+        service.wait(timeout=60)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cgroup_dirs(pid):
@@ -393,7 +532,7 @@ def main():
         members, memory, anon, cpu, cgroup_kind, stats_mem = idle_members(cubbi, args.idle_secs)
 
         names = [f"bp-cc-pool-{i}" for i in range(k)]
-        pooled, pooled_total = concurrent(cubbi, names)
+        pooled, pooled_total = concurrent(cubbi, names, "CLI pool, refilling")
         made.extend(names)
         claimed = sum(POOLED in "\n" + r[2] for r in pooled)
         refills = [p for p in (refill_pid(r[2]) for r in pooled) if p]
@@ -405,7 +544,7 @@ def main():
         time.sleep(max(5, args.settle))
         cubbi("config", "set", "defaults.pool_refill", "manual")
         names = [f"bp-cc-quiet-{i}" for i in range(k)]
-        quiet, quiet_total = concurrent(cubbi, names)
+        quiet, quiet_total = concurrent(cubbi, names, "CLI pool, no refill")
         made.extend(names)
         quiet_claimed = sum(POOLED in "\n" + r[2] for r in quiet)
         quiet_phases = [phases(r[2], r[0]) for r in quiet]
@@ -413,12 +552,17 @@ def main():
         close()
         drain(cubbi)
         names = [f"bp-cc-cold-{i}" for i in range(k)]
-        colds, cold_total = concurrent(cubbi, names)
+        colds, cold_total = concurrent(cubbi, names, "CLI cold")
         made.extend(names)
         for name, r in zip(names, colds):
             check_cold(cubbi, name, r[2])
         close()
         cubbi("config", "unset", "pool.base")
+        # The same k at once through `cubbi serve` (one process, no CLI start per create):
+        # with its own pool of k, then cold with no pool.
+        svc_pool, svc_pool_total, svc_claimed = service_creates(cubbi, k, args.runtime, True)
+        drain(cubbi)
+        svc_cold, svc_cold_total, _ = service_creates(cubbi, k, args.runtime, False)
 
         tool = tool_line(cubbi, args.tool)
 
@@ -467,6 +611,23 @@ def main():
             print(f"    {ms(statistics.median(took))}    of which {key[6:]}")
         print(f"  cold/pool: median {statistics.median([r[0] for r in colds]) / statistics.median([r[0] for r in pooled]):.1f}x, "
               f"all-{k} wall {cold_total / pooled_total:.1f}x")
+        print(f"{k} concurrent POST /v1/sessions to `cubbi serve` (request to 201, sshd ready):")
+        for label, walls, total in [(f"service pool of {k}, refilling ({svc_claimed} claimed)",
+                                     svc_pool, svc_pool_total),
+                                    ("service, cold", svc_cold, svc_cold_total)]:
+            print(f"  {label}: median {ms(statistics.median(walls))}   p95 {ms(p95(walls))}   "
+                  f"max {ms(max(walls))}   all {k} done in {ms(total)}")
+        print(f"  cold/pool: median {statistics.median(svc_cold) / statistics.median(svc_pool):.1f}x, "
+              f"p95 {p95(svc_cold) / p95(svc_pool):.1f}x")
+        cores = os.cpu_count()
+        print(f"machine CPU per create in each batch of {k} ({cores} cores: a batch cannot be done "
+              f"sooner than its CPU / {cores}):")
+        for label, batch in BATCH_CPU.items():
+            print(f"  {label:<22} {ms(batch['machine'] / k)} per create "
+                  f"(dockerd+containerd+shims+runc {batch['daemons'] * 1000 / k:.0f} ms, cubbi "
+                  f"{batch['cubbi'] * 1000 / k:.0f} ms, the rest: containers, refills, kernel "
+                  f"{batch['rest'] * 1000 / k:.0f} ms); the batch's CPU / {cores} = "
+                  f"{ms(batch['machine'] / cores)}")
         print(f"idle pool members ({members} booted, cgroup {cgroup_kind}), medians per member:")
         print(f"  memory {statistics.median(memory) / 2**20:6.0f} MiB "
               f"(anonymous {statistics.median(anon) / 2**20:.0f} MiB; "
