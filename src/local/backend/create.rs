@@ -164,6 +164,7 @@ impl LocalBackend {
                 host_port: Some(session_labels.ssh_port.to_string()),
             }]),
         )]);
+        let limits = plan.limits();
         let mut host = HostConfig {
             binds: Some(binds),
             port_bindings: Some(port_bindings),
@@ -172,11 +173,10 @@ impl LocalBackend {
                 maximum_retry_count: None,
             }),
             runtime: Some(spec.runtime.clone()),
-            memory: Some(plan.memory),
-            // Swap as large as the memory limit (Docker's MemorySwap counts both).
-            memory_swap: Some(plan.memory.saturating_mul(2)),
-            nano_cpus: Some(plan.nano_cpus),
-            pids_limit: Some(plan.pids_limit),
+            memory: limits.memory,
+            memory_swap: limits.memory_swap,
+            nano_cpus: limits.nano_cpus,
+            pids_limit: limits.pids_limit,
             network_mode: plan.networks.first().cloned(),
             log_config: self
                 .options

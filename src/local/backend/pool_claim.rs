@@ -33,28 +33,7 @@ fi
 pub(super) struct ClaimedMember<'a> {
     id: &'a str,
     /// The limits it booted with (`None`: unknown, so the claim sets them).
-    limits: Option<ClaimLimits>,
-}
-
-/// The limits a claim gives its member, compared with the ones it booted with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ClaimLimits {
-    memory: Option<i64>,
-    memory_swap: Option<i64>,
-    nano_cpus: Option<i64>,
-    pids_limit: Option<i64>,
-}
-
-impl ClaimLimits {
-    /// What a cold create of `plan` would give its container (`container_body`).
-    fn of(plan: &Plan) -> Self {
-        Self {
-            memory: Some(plan.memory),
-            memory_swap: Some(plan.memory.saturating_mul(2)),
-            nano_cpus: Some(plan.nano_cpus),
-            pids_limit: Some(plan.pids_limit),
-        }
-    }
+    limits: Option<validate::ContainerLimits>,
 }
 
 /// A step of applying a claim, for the failure message.
@@ -150,12 +129,7 @@ impl LocalBackend {
         let member_limits = member
             .as_ref()
             .and_then(|c| c.host_config.as_ref())
-            .map(|h| ClaimLimits {
-                memory: h.memory,
-                memory_swap: h.memory_swap,
-                nano_cpus: h.nano_cpus,
-                pids_limit: h.pids_limit,
-            });
+            .map(validate::ContainerLimits::of_container);
         let member_labels = member
             .and_then(|c| c.config)
             .and_then(|c| c.labels)
@@ -249,7 +223,7 @@ impl LocalBackend {
             done();
             Ok::<_, ApplyError>(())
         };
-        let wanted = ClaimLimits::of(plan);
+        let wanted = plan.limits();
         let limits = async {
             // Most creates ask for the image's defaults, which the member booted with: then
             // there is nothing to update (and one `runc update` fewer per claim).
@@ -370,7 +344,6 @@ impl LocalBackend {
         Ok(())
     }
 
-    /// Removes a claimed member that did not become a session, and its claim record.
     /// Whether a container holds the ready name `cubbi-NAME` (a claim holds only the booting
     /// name until it is done). An engine that cannot answer counts as taken.
     /// One inspect by exact name (Docker's name index), not a `docker ps` over every
@@ -389,6 +362,7 @@ impl LocalBackend {
         }
     }
 
+    /// Removes a claimed member that did not become a session, and its claim record.
     async fn unclaim(&self, id: &str) {
         if let Err(err) = self.remove(id).await {
             tracing::warn!("could not remove a failed pool member: {err}");

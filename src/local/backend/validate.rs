@@ -33,7 +33,40 @@ pub(super) struct Plan {
     pub(super) egress: Option<crate::egress::EgressPolicy>,
 }
 
+/// The limits a session's container gets, as Docker's `HostConfig` carries them: set at a
+/// cold create, and compared with (and, when they differ, updated on) a claimed member's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ContainerLimits {
+    pub memory: Option<i64>,
+    pub memory_swap: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub pids_limit: Option<i64>,
+}
+
+impl ContainerLimits {
+    /// The limits a container has now.
+    pub fn of_container(host: &bollard::models::HostConfig) -> Self {
+        Self {
+            memory: host.memory,
+            memory_swap: host.memory_swap,
+            nano_cpus: host.nano_cpus,
+            pids_limit: host.pids_limit,
+        }
+    }
+}
+
 impl Plan {
+    /// The container's limits: swap as large as the memory limit (Docker's MemorySwap
+    /// counts both).
+    pub(super) fn limits(&self) -> ContainerLimits {
+        ContainerLimits {
+            memory: Some(self.memory),
+            memory_swap: Some(self.memory.saturating_mul(2)),
+            nano_cpus: Some(self.nano_cpus),
+            pids_limit: Some(self.pids_limit),
+        }
+    }
+
     /// What a login runs: the image's command, else a login shell.
     pub(super) fn command(&self) -> Vec<String> {
         self.image
