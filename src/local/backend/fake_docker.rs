@@ -40,6 +40,8 @@ pub struct FakeContainer {
 #[derive(Default)]
 pub struct FakeState {
     pub containers: BTreeMap<String, FakeContainer>,
+    /// What `inspect` says of a container's HostConfig (its limits), by id; none when absent.
+    pub host_configs: BTreeMap<String, bollard::models::HostConfig>,
     /// Every container ever created, by id, with its SSH port label.
     pub created: Vec<(String, u16)>,
     pub removed: Vec<String>,
@@ -303,6 +305,7 @@ impl DockerApi for FakeDocker {
                 labels: Some(container.labels.clone()),
                 ..Default::default()
             }),
+            host_config: state.host_configs.get(id).cloned(),
             ..Default::default()
         })
     }

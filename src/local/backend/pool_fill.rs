@@ -264,8 +264,7 @@ impl LocalBackend {
         );
         member_labels.extend(self.options.extra_labels.clone());
         member_labels.insert(pool::member::IMAGE_ID.to_string(), resolved.id.clone());
-        let memory = limits::default_memory(limits::host_memory()?);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let limits = validate::ContainerLimits::defaults()?;
         let mut host = HostConfig {
             port_bindings: Some(HashMap::from([(
                 "22/tcp".to_string(),
@@ -279,10 +278,10 @@ impl LocalBackend {
                 maximum_retry_count: None,
             }),
             runtime: Some(pool.runtime.clone()),
-            memory: Some(memory),
-            memory_swap: Some(memory.saturating_mul(2)),
-            nano_cpus: Some(limits::nano_cpus(None, cores)?),
-            pids_limit: Some(limits::PidsLimit::default().get()),
+            memory: limits.memory,
+            memory_swap: limits.memory_swap,
+            nano_cpus: limits.nano_cpus,
+            pids_limit: limits.pids_limit,
             network_mode: Some(POOL_NETWORK.to_string()),
             storage_opt: self.options.disk_limit.map(|limit| {
                 HashMap::from([(

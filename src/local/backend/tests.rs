@@ -293,7 +293,15 @@ fn pool_fixture() -> (Fixture, String) {
     )]);
     let member = fixture.docker.add(FakeContainer {
         name: pool::MemberName::fresh("base").container_name(),
-        labels: pool::member::member_labels("base", "cubbi-base", 2399, "127.0.0.1", "k", &[]),
+        labels: pool::member::member_labels(
+            "base",
+            "cubbi-base",
+            2399,
+            "127.0.0.1",
+            // A real host key, so a claim gets past pinning it to its parallel parts.
+            &keys::public_openssh(keys::generate("member").unwrap().public_key()).unwrap(),
+            &[],
+        ),
         state: Docker::RUNNING,
         status: "Up".into(),
     });
@@ -441,4 +449,39 @@ async fn a_claim_sees_the_ready_name_by_its_exact_name_only() {
     );
     add("cubbi-s1");
     assert!(fixture.backend.ready_name_taken("s1").await);
+}
+
+#[tokio::test]
+async fn a_claim_with_the_members_limits_updates_nothing_and_other_limits_are_set() {
+    let defaults = validate::ContainerLimits::defaults().unwrap();
+    // Claims a member booted with `memory` (the rest the defaults) for a create that asks for
+    // no limits; returns how many `docker update`s the claim made.
+    let updates_for_a_member_with = |memory: Option<i64>| async move {
+        let (fixture, member) = pool_fixture();
+        fixture.docker.state.lock().unwrap().host_configs.insert(
+            member,
+            bollard::models::HostConfig {
+                memory,
+                memory_swap: defaults.memory_swap,
+                nano_cpus: defaults.nano_cpus,
+                pids_limit: defaults.pids_limit,
+                ..Default::default()
+            },
+        );
+        // The fake has no sshd: the claim, then the cold create after it, fail past this.
+        let _ = fixture
+            .backend
+            .create(pool_spec("sysbox-runc"), &crate::api::Quiet)
+            .await;
+        let state = fixture.docker.state.lock().unwrap();
+        state
+            .calls
+            .iter()
+            .filter(|call| call.starts_with("update"))
+            .count()
+    };
+    // As `pool fill` boots members: nothing to update.
+    assert_eq!(updates_for_a_member_with(defaults.memory).await, 0);
+    // A member booted with other limits gets the create's.
+    assert_eq!(updates_for_a_member_with(Some(1 << 30)).await, 1);
 }

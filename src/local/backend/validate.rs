@@ -44,6 +44,29 @@ pub(super) struct ContainerLimits {
 }
 
 impl ContainerLimits {
+    /// Memory, CPUs (in billionths) and pids, with swap as large as the memory limit
+    /// (Docker's MemorySwap counts both).
+    pub fn new(memory: i64, nano_cpus: i64, pids_limit: i64) -> Self {
+        Self {
+            memory: Some(memory),
+            memory_swap: Some(memory.saturating_mul(2)),
+            nano_cpus: Some(nano_cpus),
+            pids_limit: Some(pids_limit),
+        }
+    }
+
+    /// What a create that asks for no limits gets (and what pool members boot with, so such a
+    /// create's claim has nothing to update): half the host's memory and cores, the default
+    /// pids limit.
+    pub fn defaults() -> Result<Self, ApiError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self::new(
+            limits::default_memory(limits::host_memory()?),
+            limits::nano_cpus(None, cores)?,
+            limits::PidsLimit::default().get(),
+        ))
+    }
+
     /// The limits a container has now.
     pub fn of_container(host: &bollard::models::HostConfig) -> Self {
         Self {
@@ -56,15 +79,9 @@ impl ContainerLimits {
 }
 
 impl Plan {
-    /// The container's limits: swap as large as the memory limit (Docker's MemorySwap
-    /// counts both).
+    /// The container's limits.
     pub(super) fn limits(&self) -> ContainerLimits {
-        ContainerLimits {
-            memory: Some(self.memory),
-            memory_swap: Some(self.memory.saturating_mul(2)),
-            nano_cpus: Some(self.nano_cpus),
-            pids_limit: Some(self.pids_limit),
-        }
+        ContainerLimits::new(self.memory, self.nano_cpus, self.pids_limit)
     }
 
     /// What a login runs: the image's command, else a login shell.
@@ -77,11 +94,12 @@ impl Plan {
     }
 
     pub(super) fn resources(&self) -> Resources {
+        let limits = self.limits();
         Resources {
-            memory: Some(self.memory),
-            memory_swap: Some(self.memory.saturating_mul(2)),
+            memory: limits.memory,
+            memory_swap: limits.memory_swap,
             cpus: Some(self.nano_cpus as f64 / 1e9),
-            pids_limit: Some(self.pids_limit),
+            pids_limit: limits.pids_limit,
         }
     }
 }
