@@ -218,7 +218,7 @@ async fn pool_check(endpoint: &str, targets: &crate::local::pool::PoolTargets) -
         let docker = crate::docker::connect(endpoint)
             .await
             .map_err(|err| err.to_string())?;
-        crate::local::pool::ops::status(&docker, targets)
+        crate::local::pool::ops::status(&docker, targets, &super::session_cmd::owner())
             .await
             .map_err(|err| err.to_string())
     };

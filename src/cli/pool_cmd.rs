@@ -42,7 +42,9 @@ pub async fn run(args: PoolArgs, context: &Context) -> Result<ExitCode, CliError
     let refused = |err: ops::PoolError| CliError::Refused(err.to_string());
     match args.command {
         PoolCommand::Status => {
-            let rows = ops::status(&docker, &config.pool).await.map_err(refused)?;
+            let rows = ops::status(&docker, &config.pool, &super::session_cmd::owner())
+                .await
+                .map_err(refused)?;
             if context.mode.json {
                 print_json(&rows)?;
             } else if rows.is_empty() {
@@ -106,7 +108,7 @@ pub async fn run(args: PoolArgs, context: &Context) -> Result<ExitCode, CliError
             }
         }
         PoolCommand::Drain { image } => {
-            let removed = ops::drain(&docker, image.as_deref())
+            let removed = ops::drain(&docker, image.as_deref(), &super::session_cmd::owner())
                 .await
                 .map_err(refused)?;
             if context.mode.json {

@@ -392,12 +392,13 @@ pub(super) fn pool_settings(config: &Config) -> Option<crate::local::pool::PoolS
         targets: config.pool.clone(),
         runtime,
         ssh_bind: IpAddr::from([127, 0, 0, 1]),
+        members_hold_owner_data: true,
     })
 }
 
 /// Sessions belong to the local user; `CUBBI_OWNER` overrides it (the service sets it per
 /// authenticated user, tests per test).
-fn owner() -> String {
+pub(super) fn owner() -> String {
     std::env::var("CUBBI_OWNER")
         .ok()
         .filter(|o| !o.is_empty())

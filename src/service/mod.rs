@@ -273,6 +273,8 @@ async fn pool_settings(
         runtime,
         // Where the policy publishes every session's SSH.
         ssh_bind: config.ssh.bind,
+        // The fill serves every owner: no member holds one's data volume.
+        members_hold_owner_data: false,
     })
 }
 

@@ -175,7 +175,7 @@ fn pool_status_and_drain_read_real_members() -> Result<(), Failed> {
         let drained: serde_json::Value = serde_json::from_str(&drained.stdout())?;
         assert_eq!(drained["removed"], 1, "{drained}");
         let targets = PoolTargets::default();
-        let rows = cubbi::local::pool::ops::status(&scope.docker, &targets).await?;
+        let rows = cubbi::local::pool::ops::status(&scope.docker, &targets, &scope.id).await?;
         assert!(rows.iter().all(|r| r.image != image), "{rows:?}");
         Ok(())
     })
@@ -812,7 +812,7 @@ async fn service_scenario(
 ) -> Result<(), Failed> {
     use cubbi::api::Backend;
     let full = || async {
-        let rows = cubbi::local::pool::ops::status(&scope.docker, targets)
+        let rows = cubbi::local::pool::ops::status(&scope.docker, targets, "")
             .await
             .map_err(|e| e.to_string())?;
         match rows.iter().find(|r| r.image == "base") {

@@ -44,6 +44,8 @@ pub struct FakeState {
     pub host_configs: BTreeMap<String, bollard::models::HostConfig>,
     /// Every container ever created, by id, with its SSH port label.
     pub created: Vec<(String, u16)>,
+    /// What each create asked for, by id (kept after the container is removed).
+    pub created_bodies: BTreeMap<String, ContainerCreateBody>,
     pub removed: Vec<String>,
     /// Network and update calls, in order, as one line each (`connect NET ID as ALIAS`).
     pub calls: Vec<String>,
@@ -253,7 +255,7 @@ impl DockerApi for FakeDocker {
         body: ContainerCreateBody,
     ) -> Result<ContainerCreateResponse, Error> {
         self.scripted("create_container", "")?;
-        let labels = body.labels.unwrap_or_default();
+        let labels = body.labels.clone().unwrap_or_default();
         let port = labels[labels::SSH_PORT].parse().unwrap();
         let id = self.add(FakeContainer {
             name: name.to_string(),
@@ -261,7 +263,9 @@ impl DockerApi for FakeDocker {
             state: ContainerSummaryStateEnum::CREATED,
             status: "Created".into(),
         });
-        self.state.lock().unwrap().created.push((id.clone(), port));
+        let mut state = self.state.lock().unwrap();
+        state.created.push((id.clone(), port));
+        state.created_bodies.insert(id.clone(), body);
         Ok(ContainerCreateResponse {
             id,
             warnings: Vec::new(),

@@ -66,11 +66,9 @@ impl LocalBackend {
             ssh_bind: &spec.ssh_bind.to_string(),
             member_ssh_bind: &pool.ssh_bind.to_string(),
             host_mounts: plan.binds.len(),
-            persists_config: plan
-                .image
-                .metadata
-                .as_ref()
-                .is_some_and(|m| !m.persistent_configs.is_empty()),
+            persists_config: plan.image.persists_config(),
+            members_hold_owner_data: pool.members_hold_owner_data,
+            project: plan.project.is_some(),
             per_session_log_tag: self.options.fluentd.is_some(),
             restricted_egress: plan.egress.is_some(),
         };
@@ -101,8 +99,17 @@ impl LocalBackend {
         // be `cubbi-NAME.booting` (a cold reservation or a claim's rename), and a member's
         // record volume is made once. What that leaves open, a create of the same name that
         // finished between `validate`'s name check and the rename, is checked after it.
-        let image_id = (!plan.image.id.is_empty()).then_some(plan.image.id.as_str());
-        let claimed = pool::claim::claim_built_from(self.docker.as_ref(), image, image_id, record)
+        let wanted = pool::claim::Wanted {
+            image,
+            image_id: (!plan.image.id.is_empty()).then_some(plan.image.id.as_str()),
+            // A member holding the owner's data volume, for an image that keeps its config
+            // there (`pool_image` sent such creates cold where members hold nobody's).
+            data_owner: plan
+                .image
+                .persists_config()
+                .then_some(self.options.owner.as_str()),
+        };
+        let claimed = pool::claim::claim_wanted(self.docker.as_ref(), wanted, record)
             .await
             .map_err(|err| match err {
                 pool::ops::PoolError::NameTaken(name) => ApiError::Conflict(format!(

@@ -27,6 +27,28 @@ pub struct Filled {
     pub failed: Option<String>,
 }
 
+/// The owner's data volume a member of an image that keeps its config there boots with.
+struct OwnerData {
+    volume: String,
+    owner: String,
+}
+
+/// The members one image's fill makes: of which image, and holding whose data, if any.
+#[derive(Clone, Copy)]
+struct MemberKind<'a> {
+    image: &'a str,
+    resolved: &'a validate::ResolvedImage,
+    holds: Option<&'a OwnerData>,
+}
+
+impl MemberKind<'_> {
+    /// The owner whose data these members hold, which is the pool (target and count) they
+    /// make up: every owner has their own of such an image.
+    fn data_owner(&self) -> Option<&str> {
+        self.holds.map(|data| data.owner.as_str())
+    }
+}
+
 /// A member created (under the lock) and not yet booted.
 struct MemberBoot {
     id: String,
@@ -69,22 +91,35 @@ impl LocalBackend {
                     continue;
                 }
             };
-            if resolved
-                .metadata
-                .as_ref()
-                .is_some_and(|m| !m.persistent_configs.is_empty())
-            {
+            let holds = if !resolved.persists_config() {
+                None
+            } else if !pool.members_hold_owner_data {
                 row.failed = Some(format!(
                     "{}; its creates always go cold, so it keeps no members",
                     pool::WhyCold::PersistsConfig
                 ));
                 filled.push(row);
                 continue;
-            }
+            } else {
+                match self.ensure_data_volume().await {
+                    Ok(volume) => Some(OwnerData {
+                        volume,
+                        owner: self.options.owner.clone(),
+                    }),
+                    Err(err) => {
+                        row.failed = Some(err.to_string());
+                        filled.push(row);
+                        continue;
+                    }
+                }
+            };
             self.remove_outdated_members(image, &resolved.id).await?;
-            let (had, members) = self
-                .reserve_members(&pool, image, &resolved, target)
-                .await?;
+            let kind = MemberKind {
+                image,
+                resolved: &resolved,
+                holds: holds.as_ref(),
+            };
+            let (had, members) = self.reserve_members(&pool, kind, target).await?;
             row.had = had;
             let booted: Vec<Result<(), String>> = futures_util::stream::iter(members)
                 .map(|member| self.boot_member(&pool, member))
@@ -176,12 +211,12 @@ impl LocalBackend {
     async fn reserve_members(
         &self,
         pool: &PoolSettings,
-        image: &str,
-        resolved: &validate::ResolvedImage,
+        kind: MemberKind<'_>,
         target: u32,
     ) -> Result<(u32, Vec<MemberBoot>), ApiError> {
+        let image = kind.image;
         // The common case (the service looks every 2 s): full, found without the lock.
-        let present = self.member_count(image).await?;
+        let present = self.member_count(kind).await?;
         if present >= target {
             return Ok((present, Vec::new()));
         }
@@ -195,7 +230,7 @@ impl LocalBackend {
             let host_public = keys::public_openssh(host_key.public_key())
                 .map_err(|err| ApiError::unavailable(err.to_string()))?;
             let lock = self.lock().await?;
-            let present = self.member_count(image).await?;
+            let present = self.member_count(kind).await?;
             had.get_or_insert(present);
             if present >= target {
                 break;
@@ -212,7 +247,7 @@ impl LocalBackend {
                 Err(_) if !members.is_empty() => break,
                 Err(err) => return Err(err),
             };
-            let body = self.member_body(pool, image, resolved, port, &host_public)?;
+            let body = self.member_body(pool, kind, port, &host_public)?;
             let created = self
                 .docker
                 .create_container(&name.booting_container_name(), body)
@@ -230,25 +265,32 @@ impl LocalBackend {
     }
 
     /// The image's members, ready or booting (a claimed one is a session).
-    async fn member_count(&self, image: &str) -> Result<u32, ApiError> {
+    async fn member_count(&self, kind: MemberKind<'_>) -> Result<u32, ApiError> {
+        let image = kind.image;
         Ok(self
             .containers("label", &[format!("{}={image}", pool::member::POOL)])
             .await?
             .iter()
             .filter(|c| MemberName::of_container(c).is_some())
+            .filter(|c| pool::member::data_owner(c.labels.as_ref()) == kind.data_owner())
             .count() as u32)
     }
 
     /// The container a member is: a cold session's body without anything personal (no
-    /// workspace, data volume, owner label, per-session log tag or egress label).
+    /// workspace, owner label, per-session log tag or egress label), and no data volume but
+    /// the owner's for an image that keeps its config there ([`OwnerData`]).
     fn member_body(
         &self,
         pool: &PoolSettings,
-        image: &str,
-        resolved: &validate::ResolvedImage,
+        kind: MemberKind<'_>,
         port: u16,
         host_public: &str,
     ) -> Result<ContainerCreateBody, ApiError> {
+        let MemberKind {
+            image,
+            resolved,
+            holds,
+        } = kind;
         let command = resolved
             .metadata
             .as_ref()
@@ -264,8 +306,12 @@ impl LocalBackend {
         );
         member_labels.extend(self.options.extra_labels.clone());
         member_labels.insert(pool::member::IMAGE_ID.to_string(), resolved.id.clone());
+        if let Some(data) = holds {
+            member_labels.insert(pool::member::DATA_OWNER.to_string(), data.owner.clone());
+        }
         let limits = validate::ContainerLimits::defaults()?;
         let mut host = HostConfig {
+            binds: holds.map(|data| vec![format!("{}:{DATA_VOLUME_PATH}", data.volume)]),
             port_bindings: Some(HashMap::from([(
                 "22/tcp".to_string(),
                 Some(vec![PortBinding {

@@ -276,36 +276,121 @@ async fn an_unhealthy_session_is_init_failed_only_when_its_status_says_so() {
 /// A fake endpoint whose images are the cubbi image `base`, with a pool of it (target 1) under
 /// sysbox-runc on 127.0.0.1, and one ready member. Returns the member's id.
 fn pool_fixture() -> (Fixture, String) {
+    let fixture = fixture_with_image_pool(
+        serde_json::json!({
+            "name": "base", "description": "d", "version": "1",
+            "command": ["bash"], "version_command": ["true"],
+        }),
+        true,
+    );
+    let member = add_member(&fixture, "base", None);
+    (fixture, member)
+}
+
+/// A fake endpoint whose images are the cubbi image `metadata` describes, with a pool of it
+/// (target 1) under sysbox-runc on 127.0.0.1, and no member.
+fn fixture_with_image_pool(metadata: serde_json::Value, hold_owner_data: bool) -> Fixture {
+    let image = metadata["name"].as_str().unwrap().to_string();
     let targets: pool::PoolTargets =
-        serde_json::from_value(serde_json::json!({ "base": 1 })).unwrap();
+        serde_json::from_value(serde_json::json!({ image: 1 })).unwrap();
     let fixture = fixture_with_pool(Some(PoolSettings {
         targets,
         runtime: "sysbox-runc".into(),
         ssh_bind: "127.0.0.1".parse().unwrap(),
+        members_hold_owner_data: hold_owner_data,
     }));
-    let metadata = serde_json::json!({
-        "name": "base", "description": "d", "version": "1",
-        "command": ["bash"], "version_command": ["true"],
-    });
     fixture.docker.state.lock().unwrap().image_labels = HashMap::from([(
         crate::images::METADATA_LABEL.to_string(),
         metadata.to_string(),
     )]);
-    let member = fixture.docker.add(FakeContainer {
-        name: pool::MemberName::fresh("base").container_name(),
-        labels: pool::member::member_labels(
-            "base",
-            "cubbi-base",
-            2399,
-            "127.0.0.1",
-            // A real host key, so a claim gets past pinning it to its parallel parts.
-            &keys::public_openssh(keys::generate("member").unwrap().public_key()).unwrap(),
-            &[],
-        ),
+    fixture
+}
+
+/// A ready member of `image` (holding `data_owner`'s data volume); returns its id.
+fn add_member(fixture: &Fixture, image: &str, data_owner: Option<&str>) -> String {
+    let mut labels = pool::member::member_labels(
+        image,
+        "cubbi-base",
+        2399,
+        "127.0.0.1",
+        // A real host key, so a claim gets past pinning it to its parallel parts.
+        &keys::public_openssh(keys::generate("member").unwrap().public_key()).unwrap(),
+        &[],
+    );
+    if let Some(owner) = data_owner {
+        labels.insert(pool::member::DATA_OWNER.into(), owner.into());
+    }
+    fixture.docker.add(FakeContainer {
+        name: pool::MemberName::fresh(image).container_name(),
+        labels,
         state: Docker::RUNNING,
         status: "Up".into(),
-    });
-    (fixture, member)
+    })
+}
+
+/// An image that keeps its tools' config in the owner's data volume.
+fn tool_image() -> serde_json::Value {
+    serde_json::json!({
+        "name": "tool", "description": "d", "version": "1",
+        "command": ["bash"], "version_command": ["true"],
+        "persistent_configs": [{
+            "source": "/home/agent/.tool", "target": "/mnt/agent-data/tool/.tool",
+            "type": "directory",
+        }],
+    })
+}
+
+#[tokio::test]
+async fn a_tool_images_members_hold_the_filling_owners_data_volume() {
+    let fixture = fixture_with_image_pool(tool_image(), true);
+    // The fake has no sshd: the member is made, then fails its boot and is removed.
+    let filled = fixture.backend.fill_pool().await.unwrap();
+    assert!(filled[0].failed.is_some(), "{filled:?}");
+    let state = fixture.docker.state.lock().unwrap();
+    let (_, body) = state.created_bodies.iter().next().expect("a member was made");
+    let labels = body.labels.clone().unwrap();
+    assert_eq!(labels[pool::member::DATA_OWNER], "alice");
+    assert!(!labels.contains_key(labels::OWNER), "the member is nobody's session");
+    let volume = crate::local::naming::data_volume_name("alice");
+    assert_eq!(
+        body.host_config.as_ref().unwrap().binds,
+        Some(vec![format!("{volume}:{DATA_VOLUME_PATH}")])
+    );
+    assert_eq!(state.volumes[&volume].labels[labels::OWNER], "alice");
+}
+
+#[tokio::test]
+async fn a_pool_whose_members_hold_nobodys_data_keeps_no_tool_image() {
+    let fixture = fixture_with_image_pool(tool_image(), false);
+    let filled = fixture.backend.fill_pool().await.unwrap();
+    let why = filled[0].failed.clone().unwrap_or_default();
+    assert!(why.contains("hold nobody's"), "{why}");
+    assert!(fixture.docker.state.lock().unwrap().created.is_empty());
+}
+
+#[tokio::test]
+async fn a_tool_images_create_claims_only_a_member_holding_its_owners_data() {
+    let fixture = fixture_with_image_pool(tool_image(), true);
+    let bobs = add_member(&fixture, "tool", Some("bob"));
+    let unbound = add_member(&fixture, "tool", None);
+    let mut spec = pool_spec("sysbox-runc");
+    spec.image = "tool".into();
+    // The fake has no sshd: whatever the create does, it fails at the end.
+    let _ = fixture.backend.create(spec.clone(), &crate::api::Quiet).await;
+    {
+        let state = fixture.docker.state.lock().unwrap();
+        for member in [&bobs, &unbound] {
+            assert!(!state.removed.contains(member), "{member} was claimed");
+            assert!(state.containers[member].name.starts_with(pool::member::PREFIX));
+        }
+    }
+    let alices = add_member(&fixture, "tool", Some("alice"));
+    let _ = fixture.backend.create(spec, &crate::api::Quiet).await;
+    let state = fixture.docker.state.lock().unwrap();
+    assert!(
+        state.removed.contains(&alices),
+        "alice's member was claimed (and removed when the fake's sshd did not answer)"
+    );
 }
 
 fn pool_spec(runtime: &str) -> SessionSpec {

@@ -13,6 +13,15 @@ pub(super) struct ResolvedImage {
     pub(super) size: i64,
 }
 
+impl ResolvedImage {
+    /// Whether the image keeps its tools' config in the owner's data volume.
+    pub(super) fn persists_config(&self) -> bool {
+        self.metadata
+            .as_ref()
+            .is_some_and(|m| !m.persistent_configs.is_empty())
+    }
+}
+
 /// Everything validated, ready to create.
 pub(super) struct Plan {
     pub(super) name: String,

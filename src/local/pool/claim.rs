@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bollard::models::{ContainerSummaryStateEnum, VolumeCreateRequest};
 use rand::seq::SliceRandom;
 
-use super::member::{MemberName, POOL};
+use super::member::{MemberName, POOL, data_owner};
 use super::ops::PoolError;
 use super::record::{CLAIM_OF, ClaimRecord};
 use crate::local::docker_api::DockerApi;
@@ -44,22 +44,41 @@ pub async fn claim(
     image: &str,
     record: ClaimRecord,
 ) -> Result<Option<ClaimRecord>, PoolError> {
-    claim_built_from(docker_api, image, None, record).await
+    let wanted = Wanted {
+        image,
+        image_id: None,
+        data_owner: None,
+    };
+    claim_wanted(docker_api, wanted, record).await
 }
 
-/// [`claim`], taking only a member booted from image `image_id` when one is given (members
-/// booted before the image was rebuilt are left for the next fill to replace).
-pub async fn claim_built_from(
+/// Which members a claim may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// The cubbi image they boot.
+    pub image: &'a str,
+    /// Only members booted from this build of it (members booted before the image was
+    /// rebuilt are left for the next fill to replace).
+    pub image_id: Option<&'a str>,
+    /// Only members holding this owner's data volume (an image that keeps its config there);
+    /// `None`: only members holding nobody's.
+    pub data_owner: Option<&'a str>,
+}
+
+/// [`claim`] of a member that is [`Wanted`].
+pub async fn claim_wanted(
     docker_api: &dyn DockerApi,
-    image: &str,
-    image_id: Option<&str>,
+    wanted: Wanted<'_>,
     mut record: ClaimRecord,
 ) -> Result<Option<ClaimRecord>, PoolError> {
-    let mut wanted = vec![format!("{POOL}={image}")];
-    if let Some(id) = image_id {
-        wanted.push(format!("{}={id}", super::member::IMAGE_ID));
+    let mut selectors = vec![format!("{POOL}={}", wanted.image)];
+    if let Some(id) = wanted.image_id {
+        selectors.push(format!("{}={id}", super::member::IMAGE_ID));
     }
-    let filters = HashMap::from([("label".to_string(), wanted)]);
+    if let Some(owner) = wanted.data_owner {
+        selectors.push(format!("{}={owner}", super::member::DATA_OWNER));
+    }
+    let filters = HashMap::from([("label".to_string(), selectors)]);
     let listed = docker_api
         .list_containers(&filters)
         .await
@@ -68,6 +87,9 @@ pub async fn claim_built_from(
     let mut members: Vec<(String, MemberName)> = listed
         .into_iter()
         .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
+        // Exactly, whatever the filter matched: a member holding another owner's data, or
+        // any owner's when none is wanted, is never taken.
+        .filter(|c| data_owner(c.labels.as_ref()) == wanted.data_owner)
         .filter_map(|c| {
             let member = c
                 .names

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bollard::models::{ContainerSummaryStateEnum, VolumeCreateRequest};
 
-use super::claim::{STALE_RECORD_SECS, claim, claimed_sessions, sweep_records};
+use super::claim::{
+    STALE_RECORD_SECS, Wanted, claim, claim_wanted, claimed_sessions, sweep_records,
+};
 use super::member::{MemberName, member_labels};
 use super::ops::{self, PoolError};
 use super::record::ClaimRecord;
@@ -40,7 +42,9 @@ fn record(name: &str) -> ClaimRecord {
 }
 
 async fn ready(docker: &FakeDocker) -> u32 {
-    let rows = ops::status(docker, &PoolTargets::default()).await.unwrap();
+    let rows = ops::status(docker, &PoolTargets::default(), "alice")
+        .await
+        .unwrap();
     rows.iter().map(|row| row.ready).sum()
 }
 
@@ -126,7 +130,7 @@ async fn a_crash_after_the_rename_leaves_a_session_that_drain_and_sweep_keep() {
         .unwrap();
     let later = NOW + STALE_RECORD_SECS + 1;
     assert_eq!(sweep_records(docker.as_ref(), later).await.unwrap(), 0);
-    assert_eq!(ops::drain(docker.as_ref(), None).await.unwrap(), 0);
+    assert_eq!(ops::drain(docker.as_ref(), None, "alice").await.unwrap(), 0);
     assert_eq!(claimed_sessions(docker.as_ref()).await.unwrap().len(), 1);
 }
 
@@ -177,17 +181,63 @@ async fn a_member_of_an_older_build_of_the_image_is_never_claimed() {
         state: ContainerSummaryStateEnum::RUNNING,
         status: "Up".into(),
     });
-    let newer =
-        super::claim::claim_built_from(docker.as_ref(), "base", Some("sha256:new"), record("demo"))
-            .await
-            .unwrap();
+    let built_from = |id| Wanted {
+        image: "base",
+        image_id: Some(id),
+        data_owner: None,
+    };
+    let newer = claim_wanted(docker.as_ref(), built_from("sha256:new"), record("demo"))
+        .await
+        .unwrap();
     assert_eq!(newer, None, "the rebuilt image's create goes cold");
-    let same =
-        super::claim::claim_built_from(docker.as_ref(), "base", Some("sha256:old"), record("demo"))
-            .await
-            .unwrap();
+    let same = claim_wanted(docker.as_ref(), built_from("sha256:old"), record("demo"))
+        .await
+        .unwrap();
     assert!(
         same.is_some(),
         "a create of the build the member runs claims it"
     );
+}
+
+/// A member of `image` holding `data_owner`'s data volume.
+fn add_holding(docker: &FakeDocker, image: &str, data_owner: Option<&str>) {
+    let mut labels = member_labels(image, "cubbi-x", 2300, "127.0.0.1", "k", &[]);
+    if let Some(owner) = data_owner {
+        labels.insert(super::member::DATA_OWNER.into(), owner.into());
+    }
+    docker.add(FakeContainer {
+        name: MemberName::fresh(image).container_name(),
+        labels,
+        state: ContainerSummaryStateEnum::RUNNING,
+        status: "Up".into(),
+    });
+}
+
+#[tokio::test]
+async fn a_member_holding_an_owners_data_serves_that_owner_only() {
+    let docker = Arc::new(FakeDocker::default());
+    add_holding(&docker, "claude-code", Some("bob"));
+    let for_owner = |owner| Wanted {
+        image: "claude-code",
+        image_id: None,
+        data_owner: owner,
+    };
+    for wanted in [for_owner(Some("alice")), for_owner(Some("bo")), for_owner(None)] {
+        let taken = claim_wanted(docker.as_ref(), wanted, record("demo"))
+            .await
+            .unwrap();
+        assert_eq!(taken, None, "{wanted:?} takes bob's member");
+    }
+    assert!(docker.state.lock().unwrap().volumes.is_empty(), "no record");
+    let bobs = claim_wanted(docker.as_ref(), for_owner(Some("bob")), record("demo"))
+        .await
+        .unwrap();
+    assert!(bobs.is_some(), "bob's create claims it");
+
+    // And one holding nobody's data is no owner's data-holding member.
+    add_holding(&docker, "claude-code", None);
+    let taken = claim_wanted(docker.as_ref(), for_owner(Some("alice")), record("other"))
+        .await
+        .unwrap();
+    assert_eq!(taken, None, "a member without the data volume serves no such create");
 }

@@ -18,6 +18,11 @@ pub struct PoolRequest<'a> {
     pub host_mounts: usize,
     /// The image keeps its tools' config in the owner's data volume.
     pub persists_config: bool,
+    /// Members of such an image hold their owner's data volume from boot (the CLI's pool,
+    /// which has one owner); a service's members hold nobody's.
+    pub members_hold_owner_data: bool,
+    /// A project session, whose configs live in the project's volume instead.
+    pub project: bool,
     /// Sessions log to Fluentd with a per-session tag, fixed at create.
     pub per_session_log_tag: bool,
     /// The session's egress is restricted (recorded in a label, fixed at create).
@@ -43,9 +48,15 @@ pub enum WhyCold {
     )]
     HostMount,
     #[error(
-        "the image keeps its config in a data volume, which a running container cannot be given"
+        "the image keeps its config in the owner's data volume, which a running container \
+         cannot be given, and this pool's members hold nobody's"
     )]
     PersistsConfig,
+    #[error(
+        "the image keeps a project session's config in the project's volume, which a running \
+         container cannot be given"
+    )]
+    ProjectConfig,
     #[error("sessions log to Fluentd with a per-session tag, fixed when a container is made")]
     LogTag,
     #[error("the session's egress policy is a label, fixed when a container is made")]
@@ -77,7 +88,10 @@ impl PoolRequest<'_> {
                 members: self.member_ssh_bind.to_string(),
             });
         }
-        if self.persists_config {
+        if self.persists_config && self.project {
+            return Err(WhyCold::ProjectConfig);
+        }
+        if self.persists_config && !self.members_hold_owner_data {
             return Err(WhyCold::PersistsConfig);
         }
         if self.per_session_log_tag {
@@ -104,6 +118,8 @@ mod tests {
             member_ssh_bind: "127.0.0.1",
             host_mounts: 0,
             persists_config: false,
+            members_hold_owner_data: true,
+            project: false,
             per_session_log_tag: false,
             restricted_egress: false,
         }
@@ -112,6 +128,21 @@ mod tests {
     #[test]
     fn a_plain_request_fits() {
         assert_eq!(plain().fits(), Ok(()));
+    }
+
+    #[test]
+    fn a_tool_image_fits_where_members_hold_the_owners_data() {
+        let tool = PoolRequest {
+            persists_config: true,
+            ..plain()
+        };
+        assert_eq!(tool.fits(), Ok(()));
+        // Without persisted config, a project session fits: its volume holds nothing used.
+        let project = PoolRequest {
+            project: true,
+            ..plain()
+        };
+        assert_eq!(project.fits(), Ok(()));
     }
 
     #[test]
@@ -155,9 +186,18 @@ mod tests {
             (
                 PoolRequest {
                     persists_config: true,
+                    members_hold_owner_data: false,
                     ..plain()
                 },
-                "data volume",
+                "hold nobody's",
+            ),
+            (
+                PoolRequest {
+                    persists_config: true,
+                    project: true,
+                    ..plain()
+                },
+                "project's volume",
             ),
             (
                 PoolRequest {

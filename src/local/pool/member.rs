@@ -14,6 +14,24 @@ pub const POOL: &str = "io.cubbi.pool";
 /// claimed, and the next fill replaces it.
 pub const IMAGE_ID: &str = "io.cubbi.pool.image-id";
 
+/// The owner whose data volume a member of an image that keeps its config there was booted
+/// with (Docker cannot add a volume to a running container). Only that owner's creates claim
+/// it, and only that owner's `pool status` and `drain` see it. Not [`labels::OWNER`]: the
+/// member is nobody's session, in no quota and no list.
+pub const DATA_OWNER: &str = "io.cubbi.pool.data-owner";
+
+/// The owner whose data volume a member holds (from its labels), `None` for one that holds
+/// nobody's.
+pub fn data_owner(labels: Option<&HashMap<String, String>>) -> Option<&str> {
+    labels?.get(DATA_OWNER).map(String::as_str)
+}
+
+/// Whether `owner` may see (claim, count, drain) a member with these labels: one holding
+/// nobody's data, or this owner's.
+pub fn serves(labels: Option<&HashMap<String, String>>, owner: &str) -> bool {
+    data_owner(labels).is_none_or(|holder| holder == owner)
+}
+
 /// The name prefix of every unclaimed member. A claim renames the member away from it, so
 /// "named `cubbi-pool.*`" is what being a member means (see docs/architecture.md).
 pub const PREFIX: &str = "cubbi-pool.";

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bollard::models::ContainerSummary;
 
 use super::inventory::{PoolRow, inventory};
-use super::member::{MemberName, POOL};
+use super::member::{MemberName, POOL, serves};
 use super::targets::PoolTargets;
 use crate::local::docker_api::DockerApi;
 
@@ -35,10 +35,12 @@ async fn labelled(docker_api: &dyn DockerApi) -> Result<Vec<ContainerSummary>, P
         .map_err(docker("list the pool's containers"))
 }
 
-/// Per image: ready members and the target (what `cubbi pool status` prints).
+/// Per image: ready members and the target (what `cubbi pool status` prints), as `owner`
+/// sees them: members holding another owner's data volume are that owner's pool.
 pub async fn status(
     docker_api: &dyn DockerApi,
     targets: &PoolTargets,
+    owner: &str,
 ) -> Result<Vec<PoolRow>, PoolError> {
     let held = docker_api
         .list_volumes(super::record::CLAIM_OF)
@@ -48,14 +50,27 @@ pub async fn status(
         .filter_map(|volume| super::record::ClaimRecord::from_labels(&volume.labels))
         .map(|record| record.container)
         .collect();
-    Ok(inventory(targets, &labelled(docker_api).await?, &held))
+    let members: Vec<ContainerSummary> = labelled(docker_api)
+        .await?
+        .into_iter()
+        .filter(|c| serves(c.labels.as_ref(), owner))
+        .collect();
+    Ok(inventory(targets, &members, &held))
 }
 
-/// Removes every unclaimed member (of `image`, or of all images). Claimed members are
-/// sessions and are left alone; a member claimed meanwhile is no longer found by its name.
-pub async fn drain(docker_api: &dyn DockerApi, image: Option<&str>) -> Result<u32, PoolError> {
+/// Removes every unclaimed member (of `image`, or of all images) that `owner` sees (one
+/// holding another owner's data volume is left to that owner). Claimed members are sessions
+/// and are left alone; a member claimed meanwhile is no longer found by its name.
+pub async fn drain(
+    docker_api: &dyn DockerApi,
+    image: Option<&str>,
+    owner: &str,
+) -> Result<u32, PoolError> {
     let mut removed = 0;
     for container in labelled(docker_api).await? {
+        if !serves(container.labels.as_ref(), owner) {
+            continue;
+        }
         let Some((member, booting)) = MemberName::of_container(&container) else {
             continue;
         };
@@ -119,8 +134,23 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(drain(docker.as_ref(), Some("goose")).await.unwrap(), 0);
-        assert_eq!(drain(docker.as_ref(), None).await.unwrap(), 2);
+        let mut bobs = member_labels("base", "cubbi-base", 2310, "127.0.0.1", "k", &[]);
+        bobs.insert(crate::local::pool::member::DATA_OWNER.into(), "bob".into());
+        docker.add(FakeContainer {
+            name: MemberName::fresh("base").container_name(),
+            labels: bobs,
+            state: ContainerSummaryStateEnum::RUNNING,
+            status: "Up".into(),
+        });
+        let ready = |rows: Vec<PoolRow>| rows.iter().map(|r| r.ready).sum::<u32>();
+        let targets = PoolTargets::default();
+        let alices = status(docker.as_ref(), &targets, "alice").await.unwrap();
+        assert_eq!(ready(alices), 2, "bob's member is not alice's");
+        let bobs = status(docker.as_ref(), &targets, "bob").await.unwrap();
+        assert_eq!(ready(bobs), 3);
+        assert_eq!(drain(docker.as_ref(), Some("goose"), "alice").await.unwrap(), 0);
+        assert_eq!(drain(docker.as_ref(), None, "alice").await.unwrap(), 2);
+        assert_eq!(drain(docker.as_ref(), None, "bob").await.unwrap(), 1);
         let left: Vec<String> = docker
             .state
             .lock()

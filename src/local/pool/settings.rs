@@ -49,6 +49,11 @@ pub struct PoolSettings {
     pub runtime: String,
     /// Where members publish SSH: what a create publishes on by default.
     pub ssh_bind: IpAddr,
+    /// Members of an image that keeps its config in the owner's data volume boot with the
+    /// filling owner's (Docker cannot add a volume to a running container), and serve only
+    /// that owner. The CLI's pool has one owner; a service's fill serves every owner, so
+    /// there such images boot cold.
+    pub members_hold_owner_data: bool,
 }
 
 /// When the CLI tops a pool up after a create took one of its members (`defaults.pool_refill`).
