@@ -1,8 +1,9 @@
-//! The warm pool against the run's real dockerd. Members here are plain `debian:bookworm`
-//! containers (`sleep infinity`) carrying member names and labels: these tests prove the claim's
-//! commit (record volume, then Docker's rename by name as the lock) and `cubbi pool status|
-//! drain` on real Docker. Booted system-container members and the conformance of a claimed
-//! session need `pool fill` and the claim in `create`, which are not built yet.
+//! The warm pool against the run's real dockerd. The first tests use plain `debian:bookworm`
+//! containers (`sleep infinity`) carrying member names and labels, to prove the claim's commit
+//! (record volume, then Docker's rename by name as the lock) and `cubbi pool status|drain`.
+//! The rest boot real system-container members with `pool fill` and claim them through the
+//! CLI and the service: a claimed session's conformance, refills, a crash at each claim step,
+//! 20 creates at once, a tool image's members holding their owner's data.
 
 use std::collections::BTreeSet;
 
@@ -21,6 +22,7 @@ pub fn tests() -> Vec<Trial> {
         twenty_racing_claims_on_ten_members_take_each_once,
         pool_status_and_drain_read_real_members,
         a_claimed_session_serves_like_a_cold_one_and_the_pool_refills,
+        a_tool_images_members_hold_their_owners_data_and_serve_only_them,
         a_crash_at_each_claim_step_leaves_a_member_or_a_session,
         twenty_concurrent_creates_on_a_pool_of_ten_use_each_member_once,
         the_service_claims_refills_and_keeps_claims_across_a_restart,
@@ -196,6 +198,8 @@ struct LeaveNothing<'a> {
     scope: &'a DockerScope,
     home: &'a TestHome,
     sessions: Vec<String>,
+    /// The images whose members are drained (the home owner's and unbound ones).
+    images: Vec<&'static str>,
 }
 
 impl<'a> LeaveNothing<'a> {
@@ -205,6 +209,7 @@ impl<'a> LeaveNothing<'a> {
             scope,
             home,
             sessions,
+            images: vec!["base"],
         }
     }
 }
@@ -218,10 +223,12 @@ impl Drop for LeaveNothing<'_> {
                 .args(["session", "close", name])
                 .run();
         }
-        self.scope
-            .cubbi(self.home)
-            .args(["pool", "drain", "--image", "base"])
-            .run();
+        for image in &self.images {
+            self.scope
+                .cubbi(self.home)
+                .args(["pool", "drain", "--image", image])
+                .run();
+        }
     }
 }
 
@@ -240,12 +247,26 @@ const CRASH_STEPS: [&str; 5] = ["record", "rename", "applying", "files", "applie
 
 /// A CLI home whose config keeps `target` members of `base`, booted with the run's runtime.
 fn configure_pool(scope: &DockerScope, home: &TestHome, target: u32) {
+    configure_pool_of(scope, home, "base", target, &[]);
+}
+
+/// A CLI home whose config keeps `target` members of `image`, booted with the run's runtime,
+/// and the `more` settings.
+fn configure_pool_of(
+    scope: &DockerScope,
+    home: &TestHome,
+    image: &str,
+    target: u32,
+    more: &[(&str, &str)],
+) {
     let runtime = SessionRuntime::of_this_run();
     let target = target.to_string();
+    let key = format!("pool.{image}");
     let mut settings = vec![
-        ("pool.base", target.as_str()),
+        (key.as_str(), target.as_str()),
         ("defaults.runtime", runtime.runtime_name()),
     ];
+    settings.extend(more);
     if runtime.unsafe_runc() {
         settings.push(("defaults.allow_unsafe_runc", "true"));
     }
@@ -493,6 +514,148 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
         .map(|v| v.name.clone())
         .collect();
     assert!(left.is_empty(), "close removes the claim record: {left:?}");
+    Ok(())
+}
+
+/// A tool image keeps its config in the owner's data volume, which Docker cannot add to a
+/// running container: its members boot with the filling owner's. On real Docker: the member
+/// holds that volume and no owner; another owner neither sees it in `pool status` nor claims
+/// it; the owner's create claims it, and what the agent writes to its config (a symlink into
+/// the volume) is in the next session of that owner, a cold one.
+fn a_tool_images_members_hold_their_owners_data_and_serve_only_them() -> Result<(), Failed> {
+    docker_test("pool-tool", |scope| async move {
+        scope.ensure_image("claude-code").await?;
+        let home = TestHome::new();
+        configure_pool_of(
+            &scope,
+            &home,
+            "claude-code",
+            1,
+            &[("defaults.pool_refill", "manual")],
+        );
+        let other = format!("{}-other", scope.id);
+        let mut leave_nothing = LeaveNothing::new(&scope, &home, &["tool-a", "tool-b"]);
+        leave_nothing.images = vec!["claude-code"];
+        let outcome = tool_scenario(&scope, &home, &other).await;
+        let _ = scope
+            .cubbi(&home)
+            .env("CUBBI_OWNER", &other)
+            .args(["session", "close", "tool-other"])
+            .run();
+        scope.remove_owner(&other).await;
+        outcome
+    })
+}
+
+async fn tool_scenario(scope: &DockerScope, home: &TestHome, other: &str) -> Result<(), Failed> {
+    let create = |owner: &str, name: &'static str| {
+        let mut args = vec!["-v"];
+        args.extend(create_args(name, &[]));
+        let image = args.iter().position(|arg| *arg == "base").unwrap_or(0);
+        args[image] = "claude-code";
+        scope
+            .cubbi(home)
+            .env("CUBBI_OWNER", owner)
+            .args(args)
+            .run()
+            .success()
+    };
+    let filled = scope
+        .cubbi(home)
+        .env("CUBBI_READY_TIMEOUT", "180")
+        .args(["pool", "fill"])
+        .run()
+        .success();
+    assert!(
+        filled.stderr().contains("claude-code: 1 booted"),
+        "{}",
+        filled.stderr()
+    );
+    let members =
+        crate::support::containers_labelled(&scope.docker, "io.cubbi.pool=claude-code").await?;
+    let ours: Vec<_> = members
+        .iter()
+        .filter(|m| {
+            m.labels
+                .as_ref()
+                .and_then(|l| l.get("io.cubbi.pool.data-owner"))
+                == Some(&scope.id)
+        })
+        .collect();
+    assert_eq!(ours.len(), 1, "{members:?}");
+    let member = ours[0].id.clone().ok_or("no id")?;
+    let inspected = scope.docker.inspect_container(&member, None).await?;
+    let labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
+    assert!(
+        !labels.contains_key("io.cubbi.owner"),
+        "the member is no owner's session"
+    );
+    let mounts = inspected.mounts.unwrap_or_default();
+    let data = mounts
+        .iter()
+        .find(|m| m.destination.as_deref() == Some("/mnt/agent-data"))
+        .ok_or_else(|| format!("no data volume in {mounts:?}"))?;
+    let volume = scope
+        .docker
+        .inspect_volume(data.name.as_deref().unwrap_or_default())
+        .await?;
+    assert_eq!(
+        volume.labels.get("io.cubbi.owner"),
+        Some(&scope.id),
+        "the member holds its owner's data volume"
+    );
+
+    // Another owner: not in their status, not claimed by their create (cold, and -v says so).
+    let theirs = scope
+        .cubbi(home)
+        .env("CUBBI_OWNER", other)
+        .args(["--json", "pool", "status"])
+        .run()
+        .success()
+        .stdout();
+    let rows: serde_json::Value = serde_json::from_str(&theirs)?;
+    assert_eq!(rows[0]["image"], "claude-code", "{rows}");
+    assert_eq!(rows[0]["ready"], 0, "another owner's status: {rows}");
+    let cold = create(other, "tool-other");
+    assert!(
+        cold.stderr().contains("has no ready member"),
+        "{}",
+        cold.stderr()
+    );
+    assert_eq!(pool_row(scope, home, "claude-code")?, (1, 0), "still ours");
+
+    // The owner's create claims it, and the agent's config lives in the owner's volume.
+    let claimed = create(&scope.id, "tool-a");
+    assert!(
+        claimed.stderr().contains("from the warm pool"),
+        "{}",
+        claimed.stderr()
+    );
+    let exec = |name: &str, script: &str| {
+        scope
+            .cubbi(home)
+            .args(["session", "exec", name, "--", "sh", "-c", script])
+            .run()
+            .success()
+            .stdout()
+    };
+    assert_eq!(
+        exec("tool-a", "readlink ~/.claude").trim(),
+        "/mnt/agent-data/claude-code/.claude"
+    );
+    exec("tool-a", "printf kept > ~/.claude/pool-marker");
+    scope
+        .cubbi(home)
+        .args(["session", "close", "tool-a"])
+        .run()
+        .success();
+    let next = create(&scope.id, "tool-b");
+    assert!(
+        next.stderr().contains("has no ready member"),
+        "the pool of one was used, and refills are manual: {}",
+        next.stderr()
+    );
+    assert_eq!(exec("tool-b", "cat ~/.claude/pool-marker"), "kept");
     Ok(())
 }
 

@@ -347,10 +347,17 @@ async fn a_tool_images_members_hold_the_filling_owners_data_volume() {
     let filled = fixture.backend.fill_pool().await.unwrap();
     assert!(filled[0].failed.is_some(), "{filled:?}");
     let state = fixture.docker.state.lock().unwrap();
-    let (_, body) = state.created_bodies.iter().next().expect("a member was made");
+    let (_, body) = state
+        .created_bodies
+        .iter()
+        .next()
+        .expect("a member was made");
     let labels = body.labels.clone().unwrap();
     assert_eq!(labels[pool::member::DATA_OWNER], "alice");
-    assert!(!labels.contains_key(labels::OWNER), "the member is nobody's session");
+    assert!(
+        !labels.contains_key(labels::OWNER),
+        "the member is nobody's session"
+    );
     let volume = crate::local::naming::data_volume_name("alice");
     assert_eq!(
         body.host_config.as_ref().unwrap().binds,
@@ -376,12 +383,19 @@ async fn a_tool_images_create_claims_only_a_member_holding_its_owners_data() {
     let mut spec = pool_spec("sysbox-runc");
     spec.image = "tool".into();
     // The fake has no sshd: whatever the create does, it fails at the end.
-    let _ = fixture.backend.create(spec.clone(), &crate::api::Quiet).await;
+    let _ = fixture
+        .backend
+        .create(spec.clone(), &crate::api::Quiet)
+        .await;
     {
         let state = fixture.docker.state.lock().unwrap();
         for member in [&bobs, &unbound] {
             assert!(!state.removed.contains(member), "{member} was claimed");
-            assert!(state.containers[member].name.starts_with(pool::member::PREFIX));
+            assert!(
+                state.containers[member]
+                    .name
+                    .starts_with(pool::member::PREFIX)
+            );
         }
     }
     let alices = add_member(&fixture, "tool", Some("alice"));

@@ -222,7 +222,11 @@ async fn a_member_holding_an_owners_data_serves_that_owner_only() {
         image_id: None,
         data_owner: owner,
     };
-    for wanted in [for_owner(Some("alice")), for_owner(Some("bo")), for_owner(None)] {
+    for wanted in [
+        for_owner(Some("alice")),
+        for_owner(Some("bo")),
+        for_owner(None),
+    ] {
         let taken = claim_wanted(docker.as_ref(), wanted, record("demo"))
             .await
             .unwrap();
@@ -239,5 +243,8 @@ async fn a_member_holding_an_owners_data_serves_that_owner_only() {
     let taken = claim_wanted(docker.as_ref(), for_owner(Some("alice")), record("other"))
         .await
         .unwrap();
-    assert_eq!(taken, None, "a member without the data volume serves no such create");
+    assert_eq!(
+        taken, None,
+        "a member without the data volume serves no such create"
+    );
 }

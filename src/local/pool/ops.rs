@@ -148,7 +148,12 @@ mod tests {
         assert_eq!(ready(alices), 2, "bob's member is not alice's");
         let bobs = status(docker.as_ref(), &targets, "bob").await.unwrap();
         assert_eq!(ready(bobs), 3);
-        assert_eq!(drain(docker.as_ref(), Some("goose"), "alice").await.unwrap(), 0);
+        assert_eq!(
+            drain(docker.as_ref(), Some("goose"), "alice")
+                .await
+                .unwrap(),
+            0
+        );
         assert_eq!(drain(docker.as_ref(), None, "alice").await.unwrap(), 2);
         assert_eq!(drain(docker.as_ref(), None, "bob").await.unwrap(), 1);
         let left: Vec<String> = docker
