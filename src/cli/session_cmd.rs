@@ -392,7 +392,7 @@ pub(super) fn pool_settings(config: &Config) -> Option<crate::local::pool::PoolS
         targets: config.pool.clone(),
         runtime,
         ssh_bind: IpAddr::from([127, 0, 0, 1]),
-        members_hold_owner_data: true,
+        owner_data: crate::local::pool::OwnerData::Filler,
     })
 }
 

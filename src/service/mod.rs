@@ -273,8 +273,8 @@ async fn pool_settings(
         runtime,
         // Where the policy publishes every session's SSH.
         ssh_bind: config.ssh.bind,
-        // The fill serves every owner: no member holds one's data volume.
-        members_hold_owner_data: false,
+        // The fill serves every owner: a tool image's members for each who uses it lately.
+        owner_data: crate::local::pool::OwnerData::Demanded(Default::default()),
     })
 }
 
@@ -330,6 +330,7 @@ async fn pool_watch<H: router::SessionHost>(
                     if row.started > 0 {
                         tracing::info!(
                             image = row.image,
+                            holding_data_of = row.holding_data_of.as_deref().unwrap_or("-"),
                             started = row.started,
                             target = row.target,
                             "refilled the warm pool"

@@ -26,6 +26,7 @@ pub fn tests() -> Vec<Trial> {
         a_crash_at_each_claim_step_leaves_a_member_or_a_session,
         twenty_concurrent_creates_on_a_pool_of_ten_use_each_member_once,
         the_service_claims_refills_and_keeps_claims_across_a_restart,
+        the_service_keeps_a_tool_images_members_for_each_owner_who_uses_it,
     ]
 }
 
@@ -966,6 +967,109 @@ fn the_service_claims_refills_and_keeps_claims_across_a_restart() -> Result<(), 
         // Members the service booted carry the test's label: the scope's cleanup removes them.
         outcome
     })
+}
+
+/// A service's pool serves every owner, and a tool image's member holds one owner's data: the
+/// service keeps the image's target for each owner who created such a session lately. Alice's
+/// first create boots cold and brings her a member, her next create claims it (her agent's
+/// config in her volume), and Bob's create never takes hers.
+fn the_service_keeps_a_tool_images_members_for_each_owner_who_uses_it() -> Result<(), Failed> {
+    docker_test("pool-serve-tool", |scope| async move {
+        scope.ensure_image("claude-code").await?;
+        let targets: PoolTargets = serde_json::from_value(serde_json::json!({ "claude-code": 1 }))?;
+        let mut service = crate::support::service::TestService::start(&scope, |config| {
+            config.pool = targets.clone();
+        })
+        .await?;
+        let outcome = service_tool_scenario(&scope, &service).await;
+        service.stop().await?;
+        // Members and data volumes carry the test's label: the scope's cleanup removes them.
+        outcome
+    })
+}
+
+async fn service_tool_scenario(
+    scope: &DockerScope,
+    service: &crate::support::service::TestService,
+) -> Result<(), Failed> {
+    use cubbi::api::Backend;
+    // The owners whose data the ready members of claude-code hold.
+    let holders = || async {
+        let members =
+            crate::support::containers_labelled(&scope.docker, "io.cubbi.pool=claude-code")
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+        Ok::<Vec<(bool, Option<String>)>, String>(
+            members
+                .iter()
+                .filter(|m| MemberName::of_container(m).is_some())
+                .map(|m| {
+                    let ready = MemberName::of_container(m).is_some_and(|(_, booting)| !booting)
+                        && m.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+                    let owner = m
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("io.cubbi.pool.data-owner").cloned());
+                    (ready, owner)
+                })
+                .collect(),
+        )
+    };
+    // Three fills (every 2 s) with nobody using the image: no member for anyone.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(holders().await?, Vec::new(), "no member before any use");
+
+    let tool = |name: &str| {
+        let mut spec = crate::serve::spec(name);
+        spec.image = "claude-code".into();
+        spec
+    };
+    let alice = crate::support::service::user(scope, "alice");
+    let alices = service.client(&service.token(&alice, false)?)?;
+    let first = alices.create(tool("tool-1"), &cubbi::api::Quiet).await?;
+    assert!(!first.pool, "her first create boots cold: {first:?}");
+    let her_member = || async {
+        match holders().await?.as_slice() {
+            [(true, Some(_))] => Ok(()),
+            other => Err(format!("the members are {other:?}")),
+        }
+    };
+    eventually(std::time::Duration::from_secs(240), her_member).await?;
+    let hers = holders().await?[0].1.clone().ok_or("no holder")?;
+
+    let second = alices.create(tool("tool-2"), &cubbi::api::Quiet).await?;
+    assert!(second.pool, "her next create claims her member: {second:?}");
+    let (out, _, code) =
+        crate::serve::run(&alices, &second.id, &["sh", "-c", "readlink ~/.claude"]).await?;
+    assert_eq!(
+        (out.trim(), code),
+        ("/mnt/agent-data/claude-code/.claude", 0)
+    );
+
+    let bob = crate::support::service::user(scope, "bob");
+    let bobs = service.client(&service.token(&bob, false)?)?;
+    // Wait for Alice's refill, so a member is ready while Bob creates.
+    eventually(std::time::Duration::from_secs(240), her_member).await?;
+    let his = bobs.create(tool("tool-3"), &cubbi::api::Quiet).await?;
+    assert!(
+        !his.pool,
+        "Bob's create never takes Alice's member: {his:?}"
+    );
+    let after = holders().await?;
+    assert!(
+        after
+            .iter()
+            .any(|(ready, owner)| *ready && owner.as_ref() == Some(&hers)),
+        "Alice's member is still there: {after:?}"
+    );
+    for (client, id) in [
+        (&alices, &first.id),
+        (&alices, &second.id),
+        (&bobs, &his.id),
+    ] {
+        client.close(id).await?;
+    }
+    Ok(())
 }
 
 async fn service_scenario(

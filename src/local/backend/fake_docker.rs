@@ -20,6 +20,9 @@ use futures_util::stream::BoxStream;
 use super::labels;
 use crate::local::docker_api::{DockerApi, Filters};
 
+/// The id every image of the fake has.
+pub const FAKE_IMAGE_ID: &str = "sha256:fake";
+
 /// What a scripted call does instead of succeeding.
 pub enum Failure {
     /// Fails with this daemon message (status 500).
@@ -142,6 +145,7 @@ impl DockerApi for FakeDocker {
     async fn inspect_image(&self, _reference: &str) -> Result<ImageInspect, Error> {
         let labels = self.state.lock().unwrap().image_labels.clone();
         Ok(ImageInspect {
+            id: Some(FAKE_IMAGE_ID.into()),
             config: Some(bollard::models::ImageConfig {
                 labels: Some(labels),
                 ..Default::default()

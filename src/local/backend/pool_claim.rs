@@ -67,7 +67,6 @@ impl LocalBackend {
             member_ssh_bind: &pool.ssh_bind.to_string(),
             host_mounts: plan.binds.len(),
             persists_config: plan.image.persists_config(),
-            members_hold_owner_data: pool.members_hold_owner_data,
             project: plan.project.is_some(),
             per_session_log_tag: self.options.fluentd.is_some(),
             restricted_egress: plan.egress.is_some(),
@@ -86,6 +85,15 @@ impl LocalBackend {
         progress: &dyn Progress,
     ) -> Result<Option<Session>, ApiError> {
         progress.step(CreateStep::AllocatingPort);
+        let persists_config = plan.image.persists_config();
+        if persists_config
+            && let Some(pool) = &self.options.pool
+            && let pool::OwnerData::Demanded(demand) = &pool.owner_data
+        {
+            // The service's next fill boots this owner's members of the image (this create
+            // claims one if any is ready, else boots cold).
+            demand.note(image, &self.options.owner);
+        }
         let record = ClaimRecord {
             container: String::new(),
             name: plan.name.clone(),
@@ -104,10 +112,7 @@ impl LocalBackend {
             image_id: (!plan.image.id.is_empty()).then_some(plan.image.id.as_str()),
             // A member holding the owner's data volume, for an image that keeps its config
             // there (`pool_image` sent such creates cold where members hold nobody's).
-            data_owner: plan
-                .image
-                .persists_config()
-                .then_some(self.options.owner.as_str()),
+            data_owner: persists_config.then_some(self.options.owner.as_str()),
         };
         let claimed = pool::claim::claim_wanted(self.docker.as_ref(), wanted, record)
             .await

@@ -22,13 +22,28 @@ pub struct Filled {
     /// Members this fill booted to readiness.
     pub started: u32,
     pub target: u32,
+    /// The owner whose data volume these members hold (a tool image's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holding_data_of: Option<String>,
     /// Why the image got fewer than it lacked (a refusal, or the first failed boot).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
 }
 
+/// Which members a fill makes.
+#[derive(Debug, Clone, Copy)]
+enum FillOf<'a> {
+    /// Every image's; a tool image's hold this backend's owner's data (the CLI's pool).
+    All,
+    /// Only the members holding nobody's data (a service's fill for every owner).
+    Unbound,
+    /// Only these tool images' members, holding this backend's owner's data (a service's fill
+    /// for one owner who uses them).
+    OwnerData(&'a [String]),
+}
+
 /// The owner's data volume a member of an image that keeps its config there boots with.
-struct OwnerData {
+struct HeldData {
     volume: String,
     owner: String,
 }
@@ -38,7 +53,7 @@ struct OwnerData {
 struct MemberKind<'a> {
     image: &'a str,
     resolved: &'a validate::ResolvedImage,
-    holds: Option<&'a OwnerData>,
+    holds: Option<&'a HeldData>,
 }
 
 impl MemberKind<'_> {
@@ -60,27 +75,75 @@ struct MemberBoot {
 impl LocalBackend {
     /// Boots members until every image with a target has that many (ready or booting), at most
     /// [`BOOTS_AT_ONCE`] at a time, and waits for them. Members that died are removed first.
+    /// A tool image's members hold an owner's data volume ([`pool::OwnerData`]): the CLI's
+    /// own; a service's, for each owner who created a session of the image lately (the
+    /// members of owners who have not are removed).
     pub async fn fill_pool(&self) -> Result<Vec<Filled>, ApiError> {
+        let Some(pool) = &self.options.pool else {
+            return Ok(Vec::new());
+        };
+        let pool::OwnerData::Demanded(demand) = &pool.owner_data else {
+            return self.fill_pool_of(FillOf::All).await;
+        };
+        let mut filled = self.fill_pool_of(FillOf::Unbound).await?;
+        let demand = Arc::clone(demand);
+        let drained = pool::ops::drain_unwanted_owner_data(self.docker.as_ref(), |image, owner| {
+            demand.keeps(image, owner)
+        })
+        .await;
+        if let Err(err) = drained {
+            tracing::warn!("could not remove the members of owners gone quiet: {err}");
+        }
+        // Creates note demand only for tool images with a target.
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (image, _) in pool.targets.iter() {
+            for owner in demand.owners(image) {
+                wanted.entry(owner).or_default().push(image.to_string());
+            }
+        }
+        for (owner, images) in wanted {
+            let owners = LocalBackend::with_api(
+                Arc::clone(&self.docker),
+                LocalOptions {
+                    owner,
+                    ..self.options.clone()
+                },
+            );
+            filled.extend(owners.fill_pool_of(FillOf::OwnerData(&images)).await?);
+        }
+        Ok(filled)
+    }
+
+    async fn fill_pool_of(&self, which: FillOf<'_>) -> Result<Vec<Filled>, ApiError> {
         let Some(pool) = self.options.pool.clone() else {
             return Ok(Vec::new());
         };
         if pool.targets.is_empty() {
             return Ok(Vec::new());
         }
-        self.ensure_pool_network().await?;
-        self.remove_dead_members().await?;
-        // Records of claims that died before their rename hold their member (and keep it out
-        // of the count of ready ones) until swept, once old enough to be no live claim's.
-        if let Err(err) = pool::claim::sweep_records(self.docker.as_ref(), unix_now()).await {
-            tracing::warn!("could not sweep stale claim records: {err}");
+        if !matches!(which, FillOf::OwnerData(_)) {
+            // Once per round: an owner's fill follows the one for every owner.
+            self.ensure_pool_network().await?;
+            self.remove_dead_members().await?;
+            // Records of claims that died before their rename hold their member (and keep it
+            // out of the count of ready ones) until swept, once old enough to be no live claim's.
+            if let Err(err) = pool::claim::sweep_records(self.docker.as_ref(), unix_now()).await {
+                tracing::warn!("could not sweep stale claim records: {err}");
+            }
         }
         let mut filled = Vec::new();
         for (image, target) in pool.targets.iter() {
+            if let FillOf::OwnerData(images) = which
+                && !images.iter().any(|wanted| wanted == image)
+            {
+                continue;
+            }
             let mut row = Filled {
                 image: image.to_string(),
                 had: 0,
                 started: 0,
                 target,
+                holding_data_of: None,
                 failed: None,
             };
             let resolved = match self.resolve_image(image).await {
@@ -91,18 +154,13 @@ impl LocalBackend {
                     continue;
                 }
             };
-            let holds = if !resolved.persists_config() {
-                None
-            } else if !pool.members_hold_owner_data {
-                row.failed = Some(format!(
-                    "{}; its creates always go cold, so it keeps no members",
-                    pool::WhyCold::PersistsConfig
-                ));
-                filled.push(row);
-                continue;
-            } else {
-                match self.ensure_data_volume().await {
-                    Ok(volume) => Some(OwnerData {
+            let holds = match (resolved.persists_config(), which) {
+                (false, FillOf::OwnerData(_)) => continue,
+                (false, _) => None,
+                // Filled per owner who uses it (`fill_pool`), not for every owner.
+                (true, FillOf::Unbound) => continue,
+                (true, _) => match self.ensure_data_volume().await {
+                    Ok(volume) => Some(HeldData {
                         volume,
                         owner: self.options.owner.clone(),
                     }),
@@ -111,8 +169,9 @@ impl LocalBackend {
                         filled.push(row);
                         continue;
                     }
-                }
+                },
             };
+            row.holding_data_of = holds.as_ref().map(|data| data.owner.clone());
             self.remove_outdated_members(image, &resolved.id).await?;
             let kind = MemberKind {
                 image,

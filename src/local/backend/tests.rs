@@ -281,7 +281,7 @@ fn pool_fixture() -> (Fixture, String) {
             "name": "base", "description": "d", "version": "1",
             "command": ["bash"], "version_command": ["true"],
         }),
-        true,
+        pool::OwnerData::Filler,
     );
     let member = add_member(&fixture, "base", None);
     (fixture, member)
@@ -289,7 +289,7 @@ fn pool_fixture() -> (Fixture, String) {
 
 /// A fake endpoint whose images are the cubbi image `metadata` describes, with a pool of it
 /// (target 1) under sysbox-runc on 127.0.0.1, and no member.
-fn fixture_with_image_pool(metadata: serde_json::Value, hold_owner_data: bool) -> Fixture {
+fn fixture_with_image_pool(metadata: serde_json::Value, owner_data: pool::OwnerData) -> Fixture {
     let image = metadata["name"].as_str().unwrap().to_string();
     let targets: pool::PoolTargets =
         serde_json::from_value(serde_json::json!({ image: 1 })).unwrap();
@@ -297,7 +297,7 @@ fn fixture_with_image_pool(metadata: serde_json::Value, hold_owner_data: bool) -
         targets,
         runtime: "sysbox-runc".into(),
         ssh_bind: "127.0.0.1".parse().unwrap(),
-        members_hold_owner_data: hold_owner_data,
+        owner_data,
     }));
     fixture.docker.state.lock().unwrap().image_labels = HashMap::from([(
         crate::images::METADATA_LABEL.to_string(),
@@ -320,6 +320,11 @@ fn add_member(fixture: &Fixture, image: &str, data_owner: Option<&str>) -> Strin
     if let Some(owner) = data_owner {
         labels.insert(pool::member::DATA_OWNER.into(), owner.into());
     }
+    // Booted from the image as it is now (not one a fill replaces).
+    labels.insert(
+        pool::member::IMAGE_ID.into(),
+        super::fake_docker::FAKE_IMAGE_ID.into(),
+    );
     fixture.docker.add(FakeContainer {
         name: pool::MemberName::fresh(image).container_name(),
         labels,
@@ -342,7 +347,7 @@ fn tool_image() -> serde_json::Value {
 
 #[tokio::test]
 async fn a_tool_images_members_hold_the_filling_owners_data_volume() {
-    let fixture = fixture_with_image_pool(tool_image(), true);
+    let fixture = fixture_with_image_pool(tool_image(), pool::OwnerData::Filler);
     // The fake has no sshd: the member is made, then fails its boot and is removed.
     let filled = fixture.backend.fill_pool().await.unwrap();
     assert!(filled[0].failed.is_some(), "{filled:?}");
@@ -367,17 +372,40 @@ async fn a_tool_images_members_hold_the_filling_owners_data_volume() {
 }
 
 #[tokio::test]
-async fn a_pool_whose_members_hold_nobodys_data_keeps_no_tool_image() {
-    let fixture = fixture_with_image_pool(tool_image(), false);
+async fn a_services_fill_boots_a_tool_images_members_for_the_owners_who_use_it() {
+    let demand = Arc::new(pool::PoolDemand::default());
+    let fixture =
+        fixture_with_image_pool(tool_image(), pool::OwnerData::Demanded(Arc::clone(&demand)));
+    let created = |fixture: &Fixture| fixture.docker.state.lock().unwrap().created.len();
+    // Nobody used it: no member for every owner, none for anyone.
     let filled = fixture.backend.fill_pool().await.unwrap();
-    let why = filled[0].failed.clone().unwrap_or_default();
-    assert!(why.contains("hold nobody's"), "{why}");
-    assert!(fixture.docker.state.lock().unwrap().created.is_empty());
+    assert!(filled.is_empty(), "{filled:?}");
+    assert_eq!(created(&fixture), 0);
+    // Bob's member from before a restart stays (bob was not seen since).
+    let bobs = add_member(&fixture, "tool", Some("bob"));
+    // Alice's create of it (through a backend on another fake engine, so its cold boot is
+    // not among this one's creates) notes her; the fill boots her member.
+    let mut spec = pool_spec("sysbox-runc");
+    spec.image = "tool".into();
+    let alices =
+        fixture_with_image_pool(tool_image(), pool::OwnerData::Demanded(Arc::clone(&demand)));
+    let _ = alices.backend.create(spec, &crate::api::Quiet).await;
+    assert_eq!(demand.owners("tool"), vec!["alice".to_string()]);
+    let filled = fixture.backend.fill_pool().await.unwrap();
+    assert_eq!(filled.len(), 1, "{filled:?}");
+    assert_eq!(filled[0].holding_data_of.as_deref(), Some("alice"));
+    let state = fixture.docker.state.lock().unwrap();
+    let (_, body) = state.created_bodies.iter().next().expect("alice's member");
+    assert_eq!(
+        body.labels.as_ref().unwrap()[pool::member::DATA_OWNER],
+        "alice"
+    );
+    assert!(state.containers.contains_key(&bobs), "bob's member stays");
 }
 
 #[tokio::test]
 async fn a_tool_images_create_claims_only_a_member_holding_its_owners_data() {
-    let fixture = fixture_with_image_pool(tool_image(), true);
+    let fixture = fixture_with_image_pool(tool_image(), pool::OwnerData::Filler);
     let bobs = add_member(&fixture, "tool", Some("bob"));
     let unbound = add_member(&fixture, "tool", None);
     let mut spec = pool_spec("sysbox-runc");

@@ -16,11 +16,9 @@ pub struct PoolRequest<'a> {
     pub member_ssh_bind: &'a str,
     /// A workspace folder or another host volume.
     pub host_mounts: usize,
-    /// The image keeps its tools' config in the owner's data volume.
+    /// The image keeps its tools' config in the owner's data volume (members of such an image
+    /// hold their owner's, see [`super::OwnerData`]).
     pub persists_config: bool,
-    /// Members of such an image hold their owner's data volume from boot (the CLI's pool,
-    /// which has one owner); a service's members hold nobody's.
-    pub members_hold_owner_data: bool,
     /// A project session, whose configs live in the project's volume instead.
     pub project: bool,
     /// Sessions log to Fluentd with a per-session tag, fixed at create.
@@ -47,11 +45,6 @@ pub enum WhyCold {
          --project or no workspace to claim from the pool)"
     )]
     HostMount,
-    #[error(
-        "the image keeps its config in the owner's data volume, which a running container \
-         cannot be given, and this pool's members hold nobody's"
-    )]
-    PersistsConfig,
     #[error(
         "the image keeps a project session's config in the project's volume, which a running \
          container cannot be given"
@@ -91,9 +84,6 @@ impl PoolRequest<'_> {
         if self.persists_config && self.project {
             return Err(WhyCold::ProjectConfig);
         }
-        if self.persists_config && !self.members_hold_owner_data {
-            return Err(WhyCold::PersistsConfig);
-        }
         if self.per_session_log_tag {
             return Err(WhyCold::LogTag);
         }
@@ -118,7 +108,6 @@ mod tests {
             member_ssh_bind: "127.0.0.1",
             host_mounts: 0,
             persists_config: false,
-            members_hold_owner_data: true,
             project: false,
             per_session_log_tag: false,
             restricted_egress: false,
@@ -131,7 +120,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tool_image_fits_where_members_hold_the_owners_data() {
+    fn a_tool_image_fits_unless_it_is_a_project_session() {
         let tool = PoolRequest {
             persists_config: true,
             ..plain()
@@ -182,14 +171,6 @@ mod tests {
                     ..plain()
                 },
                 "members publish on 127.0.0.1",
-            ),
-            (
-                PoolRequest {
-                    persists_config: true,
-                    members_hold_owner_data: false,
-                    ..plain()
-                },
-                "hold nobody's",
             ),
             (
                 PoolRequest {

@@ -6,6 +6,7 @@
 pub mod claim;
 #[cfg(test)]
 mod claim_tests;
+pub mod demand;
 pub mod fit;
 pub mod inventory;
 pub mod member;
@@ -14,8 +15,9 @@ pub mod record;
 pub mod settings;
 pub mod targets;
 
+pub use demand::PoolDemand;
 pub use fit::{PoolRequest, WhyCold};
 pub use member::MemberName;
 pub use record::ClaimRecord;
-pub use settings::{POOL_NETWORK, PoolRefill, PoolSettings};
+pub use settings::{OwnerData, POOL_NETWORK, PoolRefill, PoolSettings};
 pub use targets::PoolTargets;

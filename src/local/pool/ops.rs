@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bollard::models::ContainerSummary;
 
 use super::inventory::{PoolRow, inventory};
-use super::member::{MemberName, POOL, serves};
+use super::member::{MemberName, POOL, data_owner, serves};
 use super::targets::PoolTargets;
 use crate::local::docker_api::DockerApi;
 
@@ -66,15 +66,35 @@ pub async fn drain(
     image: Option<&str>,
     owner: &str,
 ) -> Result<u32, PoolError> {
+    remove_members(docker_api, |member, labels| {
+        serves(labels, owner) && image.is_none_or(|image| image == member.image)
+    })
+    .await
+}
+
+/// Removes the members holding an owner's data that `keeps(image, owner)` no longer wants (a
+/// service's, of owners who created no session of the image lately). Returns how many.
+pub async fn drain_unwanted_owner_data(
+    docker_api: &dyn DockerApi,
+    keeps: impl Fn(&str, &str) -> bool,
+) -> Result<u32, PoolError> {
+    remove_members(docker_api, |member, labels| {
+        data_owner(labels).is_some_and(|owner| !keeps(&member.image, owner))
+    })
+    .await
+}
+
+/// Removes every unclaimed member (ready or booting) that `select` picks.
+async fn remove_members(
+    docker_api: &dyn DockerApi,
+    select: impl Fn(&MemberName, Option<&HashMap<String, String>>) -> bool,
+) -> Result<u32, PoolError> {
     let mut removed = 0;
     for container in labelled(docker_api).await? {
-        if !serves(container.labels.as_ref(), owner) {
-            continue;
-        }
         let Some((member, booting)) = MemberName::of_container(&container) else {
             continue;
         };
-        if image.is_some_and(|image| image != member.image) {
+        if !select(&member, container.labels.as_ref()) {
             continue;
         }
         let name = if booting {
@@ -165,5 +185,43 @@ mod tests {
             .map(|c| c.name.clone())
             .collect();
         assert_eq!(left, vec!["cubbi-mine.booting".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn members_of_owners_no_longer_wanted_are_removed_and_no_others() {
+        let docker = with_members("base", 1);
+        for (image, owner) in [
+            ("claude-code", "alice"),
+            ("claude-code", "bob"),
+            ("codex", "bob"),
+        ] {
+            let mut labels = member_labels(image, "cubbi-x", 2310, "127.0.0.1", "k", &[]);
+            labels.insert(crate::local::pool::member::DATA_OWNER.into(), owner.into());
+            docker.add(FakeContainer {
+                name: MemberName::fresh(image).container_name(),
+                labels,
+                state: ContainerSummaryStateEnum::RUNNING,
+                status: "Up".into(),
+            });
+        }
+        let keeps = |image: &str, owner: &str| (image, owner) != ("claude-code", "bob");
+        let removed = drain_unwanted_owner_data(docker.as_ref(), keeps)
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        let left: Vec<String> = docker
+            .state
+            .lock()
+            .unwrap()
+            .containers
+            .values()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(
+            left.len(),
+            3,
+            "base's, alice's and bob's codex member stay: {left:?}"
+        );
+        assert!(left.iter().all(|name| name.starts_with("cubbi-pool.")));
     }
 }

@@ -42,18 +42,27 @@ mod tests {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub targets: PoolTargets,
     /// The runtime members boot with: what a create uses by default.
     pub runtime: String,
     /// Where members publish SSH: what a create publishes on by default.
     pub ssh_bind: IpAddr,
-    /// Members of an image that keeps its config in the owner's data volume boot with the
-    /// filling owner's (Docker cannot add a volume to a running container), and serve only
-    /// that owner. The CLI's pool has one owner; a service's fill serves every owner, so
-    /// there such images boot cold.
-    pub members_hold_owner_data: bool,
+    /// Whose data volume members of an image that keeps its config there hold.
+    pub owner_data: OwnerData,
+}
+
+/// Whose data volume the members of an image that keeps its config there (a tool image) boot
+/// with. Docker cannot add a volume to a running container, so such a member serves only the
+/// owner whose volume it holds (see "Warm pool" in docs/architecture.md).
+#[derive(Debug, Clone)]
+pub enum OwnerData {
+    /// The filling owner's: the CLI's pool, which has one owner.
+    Filler,
+    /// Each owner's who created a session of the image lately: a service's pool, whose creates
+    /// note the demand and whose fill keeps the target per owner.
+    Demanded(std::sync::Arc<super::PoolDemand>),
 }
 
 /// When the CLI tops a pool up after a create took one of its members (`defaults.pool_refill`).
