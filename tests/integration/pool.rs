@@ -615,8 +615,11 @@ async fn tool_scenario(scope: &DockerScope, home: &TestHome, other: &str) -> Res
         .success()
         .stdout();
     let rows: serde_json::Value = serde_json::from_str(&theirs)?;
-    assert_eq!(rows[0]["image"], "claude-code", "{rows}");
-    assert_eq!(rows[0]["ready"], 0, "another owner's status: {rows}");
+    let row = rows
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["image"] == "claude-code"))
+        .ok_or_else(|| format!("no claude-code row in {rows}"))?;
+    assert_eq!(row["ready"], 0, "another owner's status: {rows}");
     let cold = create(other, "tool-other");
     assert!(
         cold.stderr().contains("has no ready member"),
@@ -688,7 +691,11 @@ async fn project_clone_in_a_claimed_session(
     let port = std::net::TcpListener::bind((gateway.as_str(), 0))?
         .local_addr()?
         .port();
-    let mut daemon = std::process::Command::new("git")
+    // In a group of its own: `git daemon` runs `git-daemon` as a child, which must not
+    // outlive the test (it holds the test's stdout open).
+    let mut daemon = std::process::Command::new("git");
+    std::os::unix::process::CommandExt::process_group(&mut daemon, 0);
+    let mut daemon = daemon
         .args([
             "daemon",
             "--reuseaddr",
@@ -733,7 +740,12 @@ async fn project_clone_in_a_claimed_session(
         Ok::<(), Failed>(())
     }
     .await;
-    let _ = daemon.kill();
+    if let Ok(group) = i32::try_from(daemon.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(group),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
     let _ = daemon.wait();
     let _ = scope
         .cubbi(home)
