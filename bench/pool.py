@@ -22,12 +22,12 @@ ratios against the cold create measured in the same run:
 3. idle members: with the pool at 20 and booted, per member host memory (the container's
    cgroup: memory.current or memory.usage_in_bytes, and its anonymous part) and the CPU seconds
    it uses over --idle-secs (cgroup cpu.stat usage_usec or cpuacct.usage): medians over members.
-4. a tool image (--tool, default claude-code): `cubbi pool fill` with `pool.TOOL = 1`, and the
-   line it prints (tool images keep config in a data volume, which a running container cannot
-   be given, so fill refuses them). Where the tool image is not built on the endpoint the bench
-   says so and builds a stand-in: cubbi-base under the tool's own cubbi-image.toml, built with
-   `cubbi image build --from`, so it carries the real metadata label and the refusal is the
-   real code path.
+4. a tool image (--tool, default claude-code): serial creates as in 1, from a pool of 1 (its
+   members hold the bench owner's data volume, where the tool keeps its config) and cold.
+   Where the tool image is not built on the endpoint the bench says so and builds a stand-in:
+   cubbi-base under the tool's own cubbi-image.toml, built with `cubbi image build --from`, so
+   it carries the real metadata label and persistent configs, and the claim is the real code
+   path.
 
 Needs: root (cgroup reads), a cubbi binary, docker, cubbi-base built on the endpoint.
 
@@ -122,9 +122,9 @@ class Cubbi:
     def __call__(self, *args, check=True):
         return self.run(*args, check=check).stdout
 
-    def create(self, name):
+    def create(self, name, image="base"):
         """One timed create: (wall seconds, CLI-reported seconds or None, stderr)."""
-        args = ["session", "create", "--image", "base", "--no-connect", "--no-mount",
+        args = ["session", "create", "--image", image, "--no-connect", "--no-mount",
                 "--name", name, *self.runtime]
         started = time.perf_counter()
         result = self.run(*args, check=False, env=self.timed_env)
@@ -154,20 +154,20 @@ def alive(pid):
         return False
 
 
-def wait_refills(cubbi, pids, target, timeout=900):
+def wait_refills(cubbi, pids, target, timeout=900, image="base"):
     """Waits for the detached refills to exit and the pool to be back at its target."""
     deadline = time.monotonic() + timeout
     while any(alive(pid) for pid in pids):
         if time.monotonic() > deadline:
             sys.exit(f"refill(s) {pids} still running after {timeout} s")
         time.sleep(0.5)
-    wait_ready(cubbi, target, timeout=max(60, deadline - time.monotonic()))
+    wait_ready(cubbi, target, timeout=max(60, deadline - time.monotonic()), image=image)
 
 
-def wait_ready(cubbi, target, timeout=600):
+def wait_ready(cubbi, target, timeout=600, image="base"):
     deadline = time.monotonic() + timeout
     while True:
-        row = cubbi.pool_row()
+        row = cubbi.pool_row(image)
         if row["ready"] == target and row["not_ready"] == 0 and row["target"] == target:
             return
         if time.monotonic() > deadline:
@@ -175,15 +175,15 @@ def wait_ready(cubbi, target, timeout=600):
         time.sleep(0.5)
 
 
-def fill(cubbi, target):
-    cubbi("config", "set", "pool.base", str(target))
+def fill(cubbi, target, image="base"):
+    cubbi("config", "set", f"pool.{image}", str(target))
     cubbi("pool", "fill")
-    wait_ready(cubbi, target)
+    wait_ready(cubbi, target, image=image)
 
 
-def drain(cubbi):
+def drain(cubbi, image="base"):
     cubbi("pool", "drain")
-    row = cubbi.pool_row()
+    row = cubbi.pool_row(image)
     if row["ready"] or row["not_ready"]:
         sys.exit(f"drain left members: {row}")
 
@@ -432,8 +432,10 @@ def idle_members(cubbi, idle_secs):
     return len(ids), memory, anon, cpu, dirs[ids[0]][0], stats[0].split("/")[0].strip()
 
 
-def tool_line(cubbi, tool):
-    """What `pool fill` says of a tool image, building a label-only stand-in if needed."""
+def tool_serial(cubbi, tool, n, settle):
+    """Serial creates of a tool image, from the pool (a member holding the bench owner's data
+    volume) and cold, as for `base`: (pool walls, cold walls, note). Builds a stand-in when the
+    tool image is not on the endpoint."""
     tag = f"cubbi-{tool}"
     note = ""
     have = subprocess.run(["docker", "-H", cubbi.endpoint, "image", "inspect", tag],
@@ -450,13 +452,35 @@ def tool_line(cubbi, tool):
         shutil.rmtree(build, ignore_errors=True)
         note = (f" [{tag} is not built here: a stand-in (cubbi-base + the tool's "
                 "cubbi-image.toml, built with `cubbi image build --from`) was used]")
-    cubbi("config", "set", f"pool.{tool}", "1")
-    result = cubbi.run("pool", "fill", check=False)
-    cubbi("config", "unset", f"pool.{tool}")
-    lines = [l for l in result.stderr.splitlines() if l.startswith(f"{tool}:")]
-    if not have:
-        subprocess.run(["docker", "-H", cubbi.endpoint, "image", "rm", tag], capture_output=True)
-    return (lines[0] if lines else result.stderr.strip()) + note
+    pool_walls, cold_walls = [], []
+    try:
+        # Warm-up: the owner's data volume, the image's first start.
+        cubbi("config", "set", f"pool.{tool}", "1")
+        cubbi.create("bp-tool-warm", tool)
+        cubbi("session", "close", "bp-tool-warm")
+        for i in range(n):
+            fill(cubbi, 1, tool)
+            time.sleep(settle)
+            name = f"bp-tool-pool-{i}"
+            wall, _, stderr = cubbi.create(name, tool)
+            check_pooled(name, stderr)
+            pool_walls.append(wall)
+            wait_refills(cubbi, [p for p in [refill_pid(stderr)] if p], 1, image=tool)
+            cubbi("session", "close", name)
+            drain(cubbi, tool)
+            time.sleep(settle)
+            name = f"bp-tool-cold-{i}"
+            wall, _, stderr = cubbi.create(name, tool)
+            check_cold(cubbi, name, stderr)
+            cold_walls.append(wall)
+            cubbi("session", "close", name)
+    finally:
+        cubbi("config", "unset", f"pool.{tool}", check=False)
+        cubbi("pool", "drain", check=False)
+        if not have:
+            subprocess.run(["docker", "-H", cubbi.endpoint, "image", "rm", tag],
+                           capture_output=True)
+    return pool_walls, cold_walls, note
 
 
 def main():
@@ -564,7 +588,7 @@ def main():
         drain(cubbi)
         svc_cold, svc_cold_total, _ = service_creates(cubbi, k, args.runtime, False)
 
-        tool = tool_line(cubbi, args.tool)
+        tool_pool, tool_cold, tool_note = tool_serial(cubbi, args.tool, args.n, args.settle)
 
         def row(label, samples, base=None):
             line = f"  {label:<36} median {ms(statistics.median(samples))}   p95 {ms(p95(samples))}"
@@ -635,7 +659,10 @@ def main():
         print(f"  CPU    {statistics.median(cpu) * 1000:6.0f} ms over {args.idle_secs} s idle "
               f"({100 * statistics.median(cpu) / args.idle_secs:.2f}% of a core; "
               f"max member {max(cpu) * 1000:.0f} ms)")
-        print(f"tool image {args.tool}: {tool}")
+        print(f"tool image {args.tool}, n={args.n} serial creates each way (its members hold the "
+              f"owner's data volume){tool_note}:")
+        row("cold, CLI wall to exit", tool_cold)
+        row("pool, CLI wall to exit", tool_pool, tool_cold)
         if claimed != k:
             sys.exit(f"only {claimed} of {k} concurrent creates claimed a member")
     finally:
@@ -643,6 +670,14 @@ def main():
             cubbi("session", "close", *made, check=False)
         cubbi("config", "unset", "pool.base", check=False)
         cubbi("pool", "drain", check=False)
+        # The bench owner's network and data volume (on a shared endpoint they would stay).
+        for kind in ("network", "volume"):
+            listed = subprocess.run(["docker", "-H", cubbi.endpoint, kind, "ls", "-q", "--filter",
+                                     f"label=io.cubbi.owner={OWNER}"],
+                                    capture_output=True, text=True).stdout.split()
+            if listed:
+                subprocess.run(["docker", "-H", cubbi.endpoint, kind, "rm", *listed],
+                               capture_output=True)
         shutil.rmtree(cubbi.home, ignore_errors=True)
 
 
