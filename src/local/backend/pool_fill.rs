@@ -154,15 +154,29 @@ impl LocalBackend {
                     continue;
                 }
             };
-            let holds = match (resolved.persists_config(), which) {
+            let data_owner = match (resolved.persists_config(), which) {
                 (false, FillOf::OwnerData(_)) => continue,
                 (false, _) => None,
                 // Filled per owner who uses it (`fill_pool`), not for every owner.
                 (true, FillOf::Unbound) => continue,
-                (true, _) => match self.ensure_data_volume().await {
+                (true, _) => Some(self.options.owner.as_str()),
+            };
+            row.holding_data_of = data_owner.map(str::to_string);
+            self.remove_outdated_members(image, &resolved.id).await?;
+            // The common case (the service looks every 2 s): full, found without the lock
+            // and, for a tool image, without the data volume's calls.
+            let present = self.member_count(image, data_owner).await?;
+            if present >= target {
+                row.had = present;
+                filled.push(row);
+                continue;
+            }
+            let holds = match data_owner {
+                None => None,
+                Some(owner) => match self.ensure_data_volume().await {
                     Ok(volume) => Some(HeldData {
                         volume,
-                        owner: self.options.owner.clone(),
+                        owner: owner.to_string(),
                     }),
                     Err(err) => {
                         row.failed = Some(err.to_string());
@@ -171,8 +185,6 @@ impl LocalBackend {
                     }
                 },
             };
-            row.holding_data_of = holds.as_ref().map(|data| data.owner.clone());
-            self.remove_outdated_members(image, &resolved.id).await?;
             let kind = MemberKind {
                 image,
                 resolved: &resolved,
@@ -274,11 +286,6 @@ impl LocalBackend {
         target: u32,
     ) -> Result<(u32, Vec<MemberBoot>), ApiError> {
         let image = kind.image;
-        // The common case (the service looks every 2 s): full, found without the lock.
-        let present = self.member_count(kind).await?;
-        if present >= target {
-            return Ok((present, Vec::new()));
-        }
         let mut had = None;
         let mut members = Vec::new();
         loop {
@@ -289,7 +296,7 @@ impl LocalBackend {
             let host_public = keys::public_openssh(host_key.public_key())
                 .map_err(|err| ApiError::unavailable(err.to_string()))?;
             let lock = self.lock().await?;
-            let present = self.member_count(kind).await?;
+            let present = self.member_count(image, kind.data_owner()).await?;
             had.get_or_insert(present);
             if present >= target {
                 break;
@@ -323,15 +330,15 @@ impl LocalBackend {
         Ok((had.unwrap_or(0), members))
     }
 
-    /// The image's members, ready or booting (a claimed one is a session).
-    async fn member_count(&self, kind: MemberKind<'_>) -> Result<u32, ApiError> {
-        let image = kind.image;
+    /// The image's members holding `data_owner`'s data (`None`: nobody's), ready or booting
+    /// (a claimed one is a session).
+    async fn member_count(&self, image: &str, data_owner: Option<&str>) -> Result<u32, ApiError> {
         Ok(self
             .containers("label", &[format!("{}={image}", pool::member::POOL)])
             .await?
             .iter()
             .filter(|c| MemberName::of_container(c).is_some())
-            .filter(|c| pool::member::data_owner(c.labels.as_ref()) == kind.data_owner())
+            .filter(|c| pool::member::data_owner(c.labels.as_ref()) == data_owner)
             .count() as u32)
     }
 
