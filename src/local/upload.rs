@@ -23,7 +23,14 @@ pub struct SessionFiles<'a> {
     /// The project's credential files (absolute paths under
     /// [`project::CREDENTIAL_DIR`](super::project::CREDENTIAL_DIR)); empty without one.
     pub project_credentials: &'a CredentialFiles,
+    /// The inner dockerd's bridge address (`--bip`, e.g. `172.19.0.1/16`), for a pool member
+    /// ([`INNER_DOCKER_BRIDGE_FILE`]); `None`: dockerd picks one free at its start.
+    pub inner_docker_bridge: Option<&'a str>,
 }
+
+/// Where a pool member finds its inner dockerd's bridge address (read by
+/// `cubbi-docker-storage` before dockerd starts).
+pub const INNER_DOCKER_BRIDGE_FILE: &str = "etc/cubbi/docker-bip";
 
 /// A file or folder in the archive.
 struct Entry {
@@ -91,6 +98,15 @@ pub fn archive(files: &SessionFiles<'_>) -> Result<Vec<u8>, ApiError> {
             contents: Some(persistent_configs_file(files.persistent_configs)),
         },
     ]);
+    if let Some(bridge) = files.inner_docker_bridge {
+        entries.push(Entry {
+            path: INNER_DOCKER_BRIDGE_FILE.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            contents: Some(format!("{bridge}\n")),
+        });
+    }
     if !files.project_credentials.files.is_empty() {
         entries.push(Entry {
             path: CREDENTIAL_DIR.trim_start_matches('/').into(),
@@ -191,6 +207,7 @@ mod tests {
                     "PRIVATE".to_string(),
                 )]),
             },
+            inner_docker_bridge: None,
         };
         let bytes = archive(&files).unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());

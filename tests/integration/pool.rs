@@ -349,18 +349,19 @@ fn a_claimed_session_serves_like_a_cold_one_and_the_pool_refills() -> Result<(),
     })
 }
 
-async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Failed> {
+/// `pool fill` through the CLI, which must say `says` (`IMAGE: N booted`).
+fn fill_says(scope: &DockerScope, home: &TestHome, says: &str) {
     let filled = scope
         .cubbi(home)
         .env("CUBBI_READY_TIMEOUT", "180")
         .args(["pool", "fill"])
         .run()
         .success();
-    assert!(
-        filled.stderr().contains("base: 2 booted"),
-        "{}",
-        filled.stderr()
-    );
+    assert!(filled.stderr().contains(says), "{}", filled.stderr());
+}
+
+async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Failed> {
+    fill_says(scope, home, "base: 2 booted");
     assert_eq!(pool_row(scope, home, "base")?, (2, 0), "two members ready");
     let members = crate::support::containers_labelled(&scope.docker, "io.cubbi.pool=base").await?;
     assert_eq!(members.len(), 2);
@@ -390,6 +391,29 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
         scope.cubbi(home).args(args).run()
     };
     assert_eq!(exec(&["hostname"]).success().stdout().trim(), "pool-a");
+    // The member's inner dockerd put its bridge at the gateway of the network that holds its
+    // subnet on the engine, so no network a claim joins can overlap it.
+    let reserved = scope
+        .docker
+        .inspect_network(
+            cubbi::local::pool::POOL_INNER_NETWORK,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await?;
+    let gateway = reserved
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .and_then(|configs| configs.into_iter().find_map(|c| c.gateway))
+        .ok_or("the reserved network has no gateway")?;
+    eventually(std::time::Duration::from_secs(120), || async {
+        let shown = exec(&["ip", "-4", "-o", "addr", "show", "docker0"]).stdout();
+        if shown.contains(&format!("inet {gateway}/")) {
+            Ok(())
+        } else {
+            Err(format!("docker0 is {shown:?}, not at {gateway}"))
+        }
+    })
+    .await?;
     assert_eq!(exec(&["sh", "-c", "exit 7"]).code(), Some(7));
     assert_eq!(
         exec(&["printenv", "POOL_SECRET"]).success().stdout().trim(),
@@ -561,17 +585,7 @@ async fn tool_scenario(scope: &DockerScope, home: &TestHome, other: &str) -> Res
             .run()
             .success()
     };
-    let filled = scope
-        .cubbi(home)
-        .env("CUBBI_READY_TIMEOUT", "180")
-        .args(["pool", "fill"])
-        .run()
-        .success();
-    assert!(
-        filled.stderr().contains("claude-code: 1 booted"),
-        "{}",
-        filled.stderr()
-    );
+    fill_says(scope, home, "claude-code: 1 booted");
     let members =
         crate::support::containers_labelled(&scope.docker, "io.cubbi.pool=claude-code").await?;
     let ours: Vec<_> = members

@@ -180,6 +180,7 @@ impl LocalBackend {
             .collect::<Vec<_>>()
             .join("\n");
         let archive = upload::archive(&upload::SessionFiles {
+            inner_docker_bridge: None,
             host_key,
             authorized_key: &authorized,
             env: &env,

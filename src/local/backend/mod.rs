@@ -23,7 +23,7 @@ use russh::keys::PrivateKey;
 use super::docker_api::DockerApi;
 use super::index::SessionIndex;
 use super::labels::{self, SessionLabels};
-use super::pool::{self, POOL_NETWORK, PoolSettings};
+use super::pool::{self, POOL_INNER_NETWORK, POOL_NETWORK, PoolSettings};
 use super::session_exec::{self, ExecBounds};
 use super::{limits, mounts, naming, ports, project, runtime, state, upload};
 use crate::api::{

@@ -89,6 +89,43 @@ impl LocalBackend {
         .await
     }
 
+    /// The address of every pool member's inner dockerd bridge (`--bip`): the gateway of
+    /// [`POOL_INNER_NETWORK`] with its prefix, e.g. `172.19.0.1/16`; the network is made when
+    /// missing (see there why).
+    pub(super) async fn inner_docker_bridge(&self) -> Result<String, ApiError> {
+        if let Some(bridge) = self.reserved_inner_bridge().await {
+            return Ok(bridge);
+        }
+        let _lock = self.lock().await?;
+        if let Some(bridge) = self.reserved_inner_bridge().await {
+            return Ok(bridge);
+        }
+        let labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
+        let mut options = HashMap::new();
+        if let Some(bridge) = self.network_bridge(POOL_INNER_NETWORK).await? {
+            options.insert(naming::BRIDGE_NAME_OPTION.to_string(), bridge);
+        }
+        self.create_network_retrying(NetworkCreateRequest {
+            name: POOL_INNER_NETWORK.to_string(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            labels: Some(labels),
+            options: Some(options),
+            ..Default::default()
+        })
+        .await?;
+        self.reserved_inner_bridge().await.ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "the network {POOL_INNER_NETWORK} has no IPv4 subnet and gateway"
+            ))
+        })
+    }
+
+    async fn reserved_inner_bridge(&self) -> Option<String> {
+        let network = self.docker.inspect_network(POOL_INNER_NETWORK).await.ok()?;
+        bridge_address(&network)
+    }
+
     /// Creates a network, again when Docker was rebuilding its shared iptables chains.
     async fn create_network_retrying(&self, request: NetworkCreateRequest) -> Result<(), ApiError> {
         let name = request.name.clone();
@@ -182,6 +219,24 @@ fn is_conflict(err: &bollard::errors::Error) -> bool {
     )
 }
 
+/// A network's IPv4 gateway with its subnet's prefix (`172.19.0.1/16`), as `dockerd --bip`
+/// takes it.
+fn bridge_address(network: &bollard::models::NetworkInspect) -> Option<String> {
+    network
+        .ipam
+        .as_ref()?
+        .config
+        .as_ref()?
+        .iter()
+        .find_map(|config| {
+            let subnet: ipnet::Ipv4Net = config.subnet.as_deref()?.parse().ok()?;
+            let gateway: std::net::Ipv4Addr = config.gateway.as_deref()?.parse().ok()?;
+            subnet
+                .contains(&gateway)
+                .then(|| format!("{gateway}/{}", subnet.prefix_len()))
+        })
+}
+
 #[cfg(test)]
 mod retry_tests {
     use super::*;
@@ -214,5 +269,45 @@ mod retry_tests {
             "network with name x already exists"
         )));
         assert!(!is_conflict(&server_error(500, "x")));
+    }
+}
+
+#[cfg(test)]
+mod bridge_tests {
+    use bollard::models::{Ipam, IpamConfig, NetworkInspect};
+
+    use super::bridge_address;
+
+    fn network(configs: &[(&str, &str)]) -> NetworkInspect {
+        NetworkInspect {
+            ipam: Some(Ipam {
+                config: Some(
+                    configs
+                        .iter()
+                        .map(|(subnet, gateway)| IpamConfig {
+                            subnet: Some(subnet.to_string()),
+                            gateway: Some(gateway.to_string()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_inner_bridge_is_the_ipv4_gateway_with_its_prefix() {
+        let found = bridge_address(&network(&[
+            ("fd00::/64", "fd00::1"),
+            ("172.19.0.0/16", "172.19.0.1"),
+        ]));
+        assert_eq!(found.as_deref(), Some("172.19.0.1/16"));
+        assert_eq!(
+            bridge_address(&network(&[("172.19.0.0/16", "10.0.0.1")])),
+            None
+        );
+        assert_eq!(bridge_address(&network(&[])), None);
     }
 }

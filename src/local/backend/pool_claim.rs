@@ -111,7 +111,7 @@ impl LocalBackend {
             image,
             image_id: (!plan.image.id.is_empty()).then_some(plan.image.id.as_str()),
             // A member holding the owner's data volume, for an image that keeps its config
-            // there (`pool_image` sent such creates cold where members hold nobody's).
+            // there (a project session of such an image went cold in `pool_image`).
             data_owner: persists_config.then_some(self.options.owner.as_str()),
         };
         let claimed = pool::claim::claim_wanted(self.docker.as_ref(), wanted, record)

@@ -442,7 +442,13 @@ impl LocalBackend {
         // A key only this fill knows, to see sshd accept a login as a session's create does.
         let probe = Arc::new(keys::generate("cubbi-pool-probe").map_err(|e| e.to_string())?);
         let probe_public = keys::public_openssh(probe.public_key()).map_err(|e| e.to_string())?;
+        // Where the member's inner dockerd puts its bridge: no network a claim joins overlaps.
+        let inner_bridge = self
+            .inner_docker_bridge()
+            .await
+            .map_err(|e| format!("reserving the inner Docker's subnet: {e}"))?;
         let archive = upload::archive(&upload::SessionFiles {
+            inner_docker_bridge: Some(&inner_bridge),
             host_key: Some((&host_private, &host_public)),
             authorized_key: &probe_public,
             env: &BTreeMap::new(),

@@ -19,5 +19,5 @@ pub use demand::PoolDemand;
 pub use fit::{PoolRequest, WhyCold};
 pub use member::MemberName;
 pub use record::ClaimRecord;
-pub use settings::{OwnerData, POOL_NETWORK, PoolRefill, PoolSettings};
+pub use settings::{OwnerData, POOL_INNER_NETWORK, POOL_NETWORK, PoolRefill, PoolSettings};
 pub use targets::PoolTargets;

@@ -140,6 +140,23 @@ mod tests {
         docker
     }
 
+    /// A running member of `image` holding `owner`'s data volume.
+    fn add_holding(docker: &FakeDocker, image: &str, owner: &str) {
+        let mut labels = member_labels(image, "cubbi-x", 2310, "127.0.0.1", "k", &[]);
+        labels.insert(crate::local::pool::member::DATA_OWNER.into(), owner.into());
+        docker.add(FakeContainer {
+            name: MemberName::fresh(image).container_name(),
+            labels,
+            state: ContainerSummaryStateEnum::RUNNING,
+            status: "Up".into(),
+        });
+    }
+
+    fn names(docker: &FakeDocker) -> Vec<String> {
+        let state = docker.state.lock().unwrap();
+        state.containers.values().map(|c| c.name.clone()).collect()
+    }
+
     #[tokio::test]
     async fn drain_removes_members_and_spares_claimed_ones() {
         let docker = with_members("base", 3);
@@ -154,14 +171,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let mut bobs = member_labels("base", "cubbi-base", 2310, "127.0.0.1", "k", &[]);
-        bobs.insert(crate::local::pool::member::DATA_OWNER.into(), "bob".into());
-        docker.add(FakeContainer {
-            name: MemberName::fresh("base").container_name(),
-            labels: bobs,
-            state: ContainerSummaryStateEnum::RUNNING,
-            status: "Up".into(),
-        });
+        add_holding(&docker, "base", "bob");
         let ready = |rows: Vec<PoolRow>| rows.iter().map(|r| r.ready).sum::<u32>();
         let targets = PoolTargets::default();
         let alices = status(docker.as_ref(), &targets, "alice").await.unwrap();
@@ -176,15 +186,7 @@ mod tests {
         );
         assert_eq!(drain(docker.as_ref(), None, "alice").await.unwrap(), 2);
         assert_eq!(drain(docker.as_ref(), None, "bob").await.unwrap(), 1);
-        let left: Vec<String> = docker
-            .state
-            .lock()
-            .unwrap()
-            .containers
-            .values()
-            .map(|c| c.name.clone())
-            .collect();
-        assert_eq!(left, vec!["cubbi-mine.booting".to_string()]);
+        assert_eq!(names(&docker), vec!["cubbi-mine.booting".to_string()]);
     }
 
     #[tokio::test]
@@ -195,28 +197,14 @@ mod tests {
             ("claude-code", "bob"),
             ("codex", "bob"),
         ] {
-            let mut labels = member_labels(image, "cubbi-x", 2310, "127.0.0.1", "k", &[]);
-            labels.insert(crate::local::pool::member::DATA_OWNER.into(), owner.into());
-            docker.add(FakeContainer {
-                name: MemberName::fresh(image).container_name(),
-                labels,
-                state: ContainerSummaryStateEnum::RUNNING,
-                status: "Up".into(),
-            });
+            add_holding(&docker, image, owner);
         }
         let keeps = |image: &str, owner: &str| (image, owner) != ("claude-code", "bob");
         let removed = drain_unwanted_owner_data(docker.as_ref(), keeps)
             .await
             .unwrap();
         assert_eq!(removed, 1);
-        let left: Vec<String> = docker
-            .state
-            .lock()
-            .unwrap()
-            .containers
-            .values()
-            .map(|c| c.name.clone())
-            .collect();
+        let left = names(&docker);
         assert_eq!(
             left.len(),
             3,

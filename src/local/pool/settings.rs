@@ -19,6 +19,16 @@ use super::PoolTargets;
 /// a claim 2x slower for owners named below "pool" than above.
 pub const POOL_NETWORK: &str = "cubbi--pool";
 
+/// A network no container ever joins, made to hold its subnet on the engine: a member's inner
+/// dockerd puts its bridge at this network's gateway. A member boots (and its inner dockerd
+/// picks its bridge) before it knows the owner's network a claim will join; were that network
+/// given the same subnet by the engine (Docker's default pool starts at the inner dockerd's own
+/// default, 172.17.0.0/16, wherever the engine's bridge is elsewhere), the join would fail
+/// with a route conflict. The engine never gives a subnet in use to another network, so no
+/// network a claim joins can overlap this one. A cold session joins its networks before its
+/// inner dockerd starts, which then picks a free subnet by itself.
+pub const POOL_INNER_NETWORK: &str = "cubbi--pool-inner";
+
 #[cfg(test)]
 mod tests {
     use super::*;
