@@ -1019,7 +1019,9 @@ async fn service_tool_scenario(
     service: &crate::support::service::TestService,
 ) -> Result<(), Failed> {
     use cubbi::api::Backend;
-    // The owners whose data the ready members of claude-code hold.
+    // The owners whose data this service's members of claude-code hold (whether each is
+    // ready): members carry the service's labels, so another test's are not counted.
+    let ours = scope.labels();
     let holders = || async {
         let members =
             crate::support::containers_labelled(&scope.docker, "io.cubbi.pool=claude-code")
@@ -1029,6 +1031,10 @@ async fn service_tool_scenario(
             members
                 .iter()
                 .filter(|m| MemberName::of_container(m).is_some())
+                .filter(|m| {
+                    ours.iter()
+                        .all(|(k, v)| m.labels.as_ref().and_then(|l| l.get(k)) == Some(v))
+                })
                 .map(|m| {
                     let ready = MemberName::of_container(m).is_some_and(|(_, booting)| !booting)
                         && m.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
