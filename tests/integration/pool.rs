@@ -349,6 +349,22 @@ fn a_claimed_session_serves_like_a_cold_one_and_the_pool_refills() -> Result<(),
     })
 }
 
+/// The gateway of the engine's network `name`.
+async fn gateway_of(scope: &DockerScope, name: &str) -> Result<String, Failed> {
+    let network = scope
+        .docker
+        .inspect_network(
+            name,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await?;
+    Ok(network
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .and_then(|configs| configs.into_iter().find_map(|c| c.gateway))
+        .ok_or_else(|| format!("the network {name} has no gateway"))?)
+}
+
 /// `pool fill` through the CLI, which must say `says` (`IMAGE: N booted`).
 fn fill_says(scope: &DockerScope, home: &TestHome, says: &str) {
     let filled = scope
@@ -393,18 +409,7 @@ async fn claim_scenario(scope: &DockerScope, home: &TestHome) -> Result<(), Fail
     assert_eq!(exec(&["hostname"]).success().stdout().trim(), "pool-a");
     // The member's inner dockerd put its bridge at the gateway of the network that holds its
     // subnet on the engine, so no network a claim joins can overlap it.
-    let reserved = scope
-        .docker
-        .inspect_network(
-            cubbi::local::pool::POOL_INNER_NETWORK,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await?;
-    let gateway = reserved
-        .ipam
-        .and_then(|ipam| ipam.config)
-        .and_then(|configs| configs.into_iter().find_map(|c| c.gateway))
-        .ok_or("the reserved network has no gateway")?;
+    let gateway = gateway_of(scope, cubbi::local::pool::POOL_INNER_NETWORK).await?;
     eventually(std::time::Duration::from_secs(120), || async {
         let shown = exec(&["ip", "-4", "-o", "addr", "show", "docker0"]).stdout();
         if shown.contains(&format!("inet {gateway}/")) {
@@ -690,18 +695,7 @@ async fn project_clone_in_a_claimed_session(
     git(&work, &["add", "README"])?;
     git(&work, &["commit", "-q", "-m", "main"])?;
     git(repos.path(), &["clone", "-q", "--bare", "work", "repo.git"])?;
-    let network = scope
-        .docker
-        .inspect_network(
-            cubbi::local::pool::POOL_NETWORK,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await?;
-    let gateway = network
-        .ipam
-        .and_then(|ipam| ipam.config)
-        .and_then(|configs| configs.into_iter().find_map(|c| c.gateway))
-        .ok_or("the pool network has no gateway")?;
+    let gateway = gateway_of(scope, cubbi::local::pool::POOL_NETWORK).await?;
     let port = std::net::TcpListener::bind((gateway.as_str(), 0))?
         .local_addr()?
         .port();
