@@ -62,31 +62,12 @@ impl LocalBackend {
     /// The pool's network (see [`POOL_NETWORK`]), created when missing, with traffic between
     /// its containers off.
     pub(super) async fn ensure_pool_network(&self) -> Result<(), ApiError> {
-        if self.docker.inspect_network(POOL_NETWORK).await.is_ok() {
-            return Ok(());
-        }
-        let _lock = self.lock().await?;
-        if self.docker.inspect_network(POOL_NETWORK).await.is_ok() {
-            return Ok(());
-        }
-        // Shared by every member and claimed session of the endpoint, so it carries no
-        // caller's extra labels (a test's cleanup removes what carries its label).
-        let labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
-        let mut options = HashMap::from([(
+        let options = HashMap::from([(
             "com.docker.network.bridge.enable_icc".to_string(),
             "false".to_string(),
         )]);
-        if let Some(bridge) = self.network_bridge(POOL_NETWORK).await? {
-            options.insert(naming::BRIDGE_NAME_OPTION.to_string(), bridge);
-        }
-        self.create_network_retrying(NetworkCreateRequest {
-            name: POOL_NETWORK.to_string(),
-            driver: Some("bridge".into()),
-            labels: Some(labels),
-            options: Some(options),
-            ..Default::default()
-        })
-        .await
+        self.ensure_endpoint_network(POOL_NETWORK, false, options)
+            .await
     }
 
     /// The address of every pool member's inner dockerd bridge (`--bip`): the gateway of
@@ -96,29 +77,44 @@ impl LocalBackend {
         if let Some(bridge) = self.reserved_inner_bridge().await {
             return Ok(bridge);
         }
-        let _lock = self.lock().await?;
-        if let Some(bridge) = self.reserved_inner_bridge().await {
-            return Ok(bridge);
-        }
-        let labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
-        let mut options = HashMap::new();
-        if let Some(bridge) = self.network_bridge(POOL_INNER_NETWORK).await? {
-            options.insert(naming::BRIDGE_NAME_OPTION.to_string(), bridge);
-        }
-        self.create_network_retrying(NetworkCreateRequest {
-            name: POOL_INNER_NETWORK.to_string(),
-            driver: Some("bridge".into()),
-            internal: Some(true),
-            labels: Some(labels),
-            options: Some(options),
-            ..Default::default()
-        })
-        .await?;
+        self.ensure_endpoint_network(POOL_INNER_NETWORK, true, HashMap::new())
+            .await?;
         self.reserved_inner_bridge().await.ok_or_else(|| {
             ApiError::unavailable(format!(
                 "the network {POOL_INNER_NETWORK} has no IPv4 subnet and gateway"
             ))
         })
+    }
+
+    /// A bridge network of the whole endpoint, made under the lock when missing. Shared by
+    /// every member and claimed session, so it carries no caller's extra labels (a test's
+    /// cleanup removes what carries its label).
+    async fn ensure_endpoint_network(
+        &self,
+        name: &str,
+        internal: bool,
+        mut options: HashMap<String, String>,
+    ) -> Result<(), ApiError> {
+        if self.docker.inspect_network(name).await.is_ok() {
+            return Ok(());
+        }
+        let _lock = self.lock().await?;
+        if self.docker.inspect_network(name).await.is_ok() {
+            return Ok(());
+        }
+        let labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
+        if let Some(bridge) = self.network_bridge(name).await? {
+            options.insert(naming::BRIDGE_NAME_OPTION.to_string(), bridge);
+        }
+        self.create_network_retrying(NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            internal: internal.then_some(true),
+            labels: Some(labels),
+            options: Some(options),
+            ..Default::default()
+        })
+        .await
     }
 
     async fn reserved_inner_bridge(&self) -> Option<String> {
