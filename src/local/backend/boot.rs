@@ -180,13 +180,13 @@ impl LocalBackend {
             .collect::<Vec<_>>()
             .join("\n");
         let archive = upload::archive(&upload::SessionFiles {
-            inner_docker_bridge: None,
             host_key,
             authorized_key: &authorized,
             env: &env,
             init: &init,
             persistent_configs: &persistent,
             project_credentials: credentials,
+            inner_docker_bridge: None,
         })
         .map_err(|e| BootError::at(CreateStep::CopyingFiles)(e.to_string()))?;
         let mut archives = vec![archive];

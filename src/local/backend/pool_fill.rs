@@ -154,6 +154,11 @@ impl LocalBackend {
                     continue;
                 }
             };
+            // Members of an older build go first, once per round: every owner's fill of the
+            // round follows the one for every owner (`fill_pool`), which did it.
+            if !matches!(which, FillOf::OwnerData(_)) {
+                self.remove_outdated_members(image, &resolved.id).await?;
+            }
             let data_owner = match (resolved.persists_config(), which) {
                 (false, FillOf::OwnerData(_)) => continue,
                 (false, _) => None,
@@ -162,7 +167,6 @@ impl LocalBackend {
                 (true, _) => Some(self.options.owner.as_str()),
             };
             row.holding_data_of = data_owner.map(str::to_string);
-            self.remove_outdated_members(image, &resolved.id).await?;
             // The common case (the service looks every 2 s): full, found without the lock
             // and, for a tool image, without the data volume's calls.
             let present = self.member_count(image, data_owner).await?;
@@ -448,13 +452,13 @@ impl LocalBackend {
             .await
             .map_err(|e| format!("reserving the inner Docker's subnet: {e}"))?;
         let archive = upload::archive(&upload::SessionFiles {
-            inner_docker_bridge: Some(&inner_bridge),
             host_key: Some((&host_private, &host_public)),
             authorized_key: &probe_public,
             env: &BTreeMap::new(),
             init: &BTreeMap::new(),
             persistent_configs: &[],
             project_credentials: &project::CredentialFiles::default(),
+            inner_docker_bridge: Some(&inner_bridge),
         })
         .map_err(|e| e.to_string())?;
         self.docker
